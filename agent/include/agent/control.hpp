@@ -1,0 +1,50 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include <agent/event_sink.hpp>
+#include <agent/logger.hpp>
+#include <agent/result.hpp>
+
+namespace agent {
+
+/// The daemon's local control socket: a Unix stream socket (mode 0660) speaking JSON lines.
+///
+/// A client's first line chooses what it wants:
+/// - `{"op":"status"}`: one line back, the status object, then the server closes.
+/// - `{"op":"emit"}`: every further line is one event's producer fields (PROTOCOL §4); the server
+///   answers one line per line, in order: `{"seq":N,"id":"…"}` once committed, or
+///   `{"error":"…","line":N}` (N counts the lines after the first, from 1). Blank lines are
+///   skipped but counted. The client half-closes when done; the server answers the rest and closes.
+/// Lines are at most 64 KiB. Each connection is served by its own threads; answers are pipelined,
+/// so many events from one client share a group commit.
+class ControlServer {
+ public:
+  using StatusProvider = std::function<nlohmann::ordered_json()>;
+
+  ControlServer(std::filesystem::path socket_path, EventSink& sink, StatusProvider status,
+                Logger& log);
+  ~ControlServer();  ///< stop()s
+
+  /// Binds and listens. A stale socket file (nobody answering) is replaced. Errors: io, or busy
+  /// when another daemon answers on the socket.
+  Status start();
+  /// Closes the listener and all connections and joins their threads.
+  void stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> m_impl;
+};
+
+/// Connects to a control socket. Errors: not_found when nothing listens (daemon not running),
+/// io otherwise.
+Result<int> control_connect(const std::filesystem::path& socket_path);
+
+}  // namespace agent

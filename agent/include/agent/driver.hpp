@@ -1,0 +1,64 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <agent/config.hpp>
+#include <agent/env.hpp>
+#include <agent/event_sink.hpp>
+#include <agent/logger.hpp>
+#include <agent/result.hpp>
+
+namespace agent {
+
+/// One running driver: watches a machine and submits events to the sink. Made by its kind's
+/// create(); start() opens devices and starts its work (usually a thread of its own); stop() ends
+/// it and returns only when the driver will submit nothing more. A driver only ever talks to the
+/// EventSink: never to signing, SQLite or MQTT.
+class Driver {
+ public:
+  virtual ~Driver() = default;
+
+  /// Opens devices and starts work. `state_dir` is the driver's own folder for its cursor (created
+  /// by the agent); a driver keeps there whatever it needs so that a restart neither loses nor
+  /// repeats an event. Errors: device_unavailable (retryable), io.
+  virtual Status start(EventSink& sink, const std::filesystem::path& state_dir) = 0;
+
+  /// Stops work and joins. Idempotent.
+  virtual void stop() = 0;
+};
+
+/// A driver kind: a stateless factory (Telegraf: "Init() should not contain connections to
+/// external services"). create() validates the `[[driver]]` table and opens nothing.
+class DriverKind {
+ public:
+  virtual ~DriverKind() = default;
+
+  /// The `kind` value in config: "sim", "moonraker" …
+  virtual std::string_view kind() const = 0;
+
+  /// One line for `reflow-agent drivers`.
+  virtual std::string_view summary() const = 0;
+
+  /// Validates `config` and makes an instance. Errors: invalid_config naming file, line and key.
+  virtual Result<std::unique_ptr<Driver>> create(const DriverConfig& config, Env& env,
+                                                 Logger& log) const = 0;
+};
+
+/// The kinds built into this binary, from the table CMake generates (one option per driver).
+std::span<const DriverKind* const> builtin_driver_kinds();
+
+/// Driver kinds every build knows by name, with the CMake option that builds each, so that a config
+/// naming a kind that was left out can say how to get it.
+struct KnownDriverKind {
+  std::string_view kind;
+  std::string_view cmake_option;
+};
+std::span<const KnownDriverKind> known_driver_kinds();
+
+}  // namespace agent

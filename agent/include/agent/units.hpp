@@ -1,0 +1,34 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include <agent/result.hpp>
+
+namespace agent {
+
+/// Parses a duration with a unit: "250ms", "5s", "2m", "1h", "1d" (whole numbers only).
+/// Errors: invalid_argument with a message naming the text and the accepted units.
+Result<std::chrono::milliseconds> parse_duration(std::string_view text);
+
+/// Parses a size with a unit: "512B", "64KiB", "256MiB", "1GiB" (IEC, powers of 1024),
+/// also "kB", "MB", "GB" (powers of 1000). Errors: invalid_argument as above.
+Result<std::uint64_t> parse_size_bytes(std::string_view text);
+
+/// "1.5s", "250ms", "3m20s": a short human form for logs and status.
+std::string format_duration(std::chrono::milliseconds d);
+
+/// "1.2 MiB": a short human form for logs and status.
+std::string format_size(std::uint64_t bytes);
+
+/// RFC 3339 UTC with milliseconds: "2026-11-21T09:40:19.123Z" (PROTOCOL §4 `recorded`).
+std::string format_rfc3339_ms(std::int64_t unix_ms);
+
+/// Parses an RFC 3339 timestamp with a `Z` or numeric offset, optional fraction.
+/// Returns milliseconds since the Unix epoch. Errors: invalid_argument.
+Result<std::int64_t> parse_rfc3339(std::string_view text);
+
+}  // namespace agent

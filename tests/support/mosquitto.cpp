@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include "mosquitto.hpp"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <stdexcept>
+#include <thread>
+
+namespace reflow_test {
+namespace {
+
+bool accepts_connections(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return false;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  ::close(fd);
+  return ok;
+}
+
+}  // namespace
+
+int free_loopback_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    throw std::runtime_error("cannot bind a loopback port");
+  }
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::string mosquitto_binary() {
+  const char* env = std::getenv("REFLOW_MOSQUITTO");
+  return env && *env ? env : "/usr/sbin/mosquitto";
+}
+
+MosquittoProcess::MosquittoProcess(std::filesystem::path work_dir) : m_dir(std::move(work_dir)) {}
+
+MosquittoProcess::~MosquittoProcess() {
+  if (m_pid > 0) {
+    ::kill(m_pid, SIGKILL);
+    ::waitpid(m_pid, nullptr, 0);
+  }
+}
+
+void MosquittoProcess::start() {
+  if (m_pid > 0) return;
+  if (m_port == 0) m_port = free_loopback_port();
+  auto conf = m_dir / "mosquitto.conf";
+  {
+    std::ofstream out(conf);
+    out << "listener " << m_port << " 127.0.0.1\n"
+        << "allow_anonymous true\n"
+        << "persistence false\n"
+        << "log_dest file " << (m_dir / "mosquitto.log").string() << "\n"
+        << "log_type all\n";
+  }
+  std::string binary = mosquitto_binary();
+  if (::access(binary.c_str(), X_OK) != 0)
+    throw std::runtime_error(binary + " not found: apt-get install mosquitto");
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl(binary.c_str(), binary.c_str(), "-c", conf.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  m_pid = pid;
+  // Wait for the listener: a condition with a bound, not a timing assumption.
+  for (int i = 0; i < 1000; ++i) {
+    if (accepts_connections(m_port)) return;
+    int status = 0;
+    if (::waitpid(m_pid, &status, WNOHANG) == m_pid) {
+      m_pid = -1;
+      throw std::runtime_error("mosquitto exited at start; see " + (m_dir / "mosquitto.log").string());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  throw std::runtime_error("mosquitto did not accept connections on port " + std::to_string(m_port));
+}
+
+void MosquittoProcess::stop() {
+  if (m_pid <= 0) return;
+  ::kill(m_pid, SIGTERM);
+  ::waitpid(m_pid, nullptr, 0);
+  m_pid = -1;
+}
+
+}  // namespace reflow_test
