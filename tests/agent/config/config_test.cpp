@@ -486,9 +486,8 @@ TEST_F(ConfigTest, ExampleFileDocumentsEveryKey) {
   for (const auto& info : config_reference()) {
     EXPECT_TRUE(keys.contains(info.key)) << info.key << " is missing from " << k_example;
   }
-  for (const char* sim_key :
-       {"driver.printer", "driver.filament", "driver.part", "driver.jobs", "driver.job_duration",
-        "driver.print_time", "driver.filament_grams"}) {
+  for (const char* sim_key : {"driver.printer", "driver.filament", "driver.part", "driver.jobs",
+                              "driver.job_duration", "driver.filament_grams"}) {
     EXPECT_TRUE(keys.contains(sim_key)) << sim_key;
   }
 }
@@ -514,7 +513,6 @@ TEST_F(ConfigTest, ExampleDriverTableLoadsOnceUncommented) {
   EXPECT_EQ(table["part"].value<std::string>(), "benchy.gcode");
   EXPECT_EQ(table["jobs"].value<std::int64_t>(), 0);
   EXPECT_EQ(table["job_duration"].value<std::string>(), "10s");
-  EXPECT_EQ(table["print_time"].value<std::string>(), "1h");
   EXPECT_EQ(table["filament_grams"].value<double>(), 12.5);
 }
 
