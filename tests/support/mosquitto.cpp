@@ -2,6 +2,7 @@
 #include "mosquitto.hpp"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -69,7 +70,7 @@ void MosquittoProcess::start() {
     out << "listener " << m_port << " 127.0.0.1\n"
         << "allow_anonymous true\n"
         << "persistence false\n"
-        << "log_dest file " << (m_dir / "mosquitto.log").string() << "\n"
+        << "log_dest stderr\n"
         << "log_type all\n";
   }
   std::string binary = mosquitto_binary();
@@ -77,6 +78,12 @@ void MosquittoProcess::start() {
     throw std::runtime_error(binary + " not found: apt-get install mosquitto");
   pid_t pid = ::fork();
   if (pid == 0) {
+    // The broker drops root privileges before it logs, so the log file is opened here.
+    int log_fd = ::open((m_dir / "mosquitto.log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (log_fd >= 0) {
+      ::dup2(log_fd, 1);
+      ::dup2(log_fd, 2);
+    }
     ::execl(binary.c_str(), binary.c_str(), "-c", conf.c_str(), static_cast<char*>(nullptr));
     ::_exit(127);
   }
@@ -87,11 +94,13 @@ void MosquittoProcess::start() {
     int status = 0;
     if (::waitpid(m_pid, &status, WNOHANG) == m_pid) {
       m_pid = -1;
-      throw std::runtime_error("mosquitto exited at start; see " + (m_dir / "mosquitto.log").string());
+      throw std::runtime_error("mosquitto exited at start; see " +
+                               (m_dir / "mosquitto.log").string());
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  throw std::runtime_error("mosquitto did not accept connections on port " + std::to_string(m_port));
+  throw std::runtime_error("mosquitto did not accept connections on port " +
+                           std::to_string(m_port));
 }
 
 void MosquittoProcess::stop() {

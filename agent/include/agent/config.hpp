@@ -39,20 +39,20 @@ struct DriverConfig {
 /// documents each one; `config_reference()` prints the same table.
 struct AgentConfig {
   // [agent]
-  std::string device_id;                  ///< PROTOCOL §1 device id; required
-  std::filesystem::path key_file;         ///< Ed25519 key (from `keygen`); required
-  std::filesystem::path data_dir;         ///< outbox.db, control.sock, driver state; required
+  std::string device_id;           ///< PROTOCOL §1 device id; required
+  std::filesystem::path key_file;  ///< Ed25519 key (from `keygen`); required
+  std::filesystem::path data_dir;  ///< outbox.db, control.sock, driver state; required
   LogLevel log_level = LogLevel::info;
 
   // [mqtt]
   std::string url = "mqtt://127.0.0.1:1883";  ///< mqtt://host:port or mqtts://host:port
   std::string topic_prefix = "reflow/v1";
-  std::string client_id;                      ///< default: "reflow-agent-" + device_id
-  std::string username;                       ///< default: none
-  std::filesystem::path password_file;        ///< first line is the password; default: none
-  std::filesystem::path ca_file;              ///< mqtts: CA bundle; default: system store
-  std::filesystem::path cert_file;            ///< mqtts: client certificate for mTLS
-  std::filesystem::path tls_key_file;         ///< mqtts: client key for mTLS (TOML key `key_file`)
+  std::string client_id;                ///< default: "reflow-agent-" + device_id
+  std::string username;                 ///< default: none
+  std::filesystem::path password_file;  ///< first line is the password; default: none
+  std::filesystem::path ca_file;        ///< mqtts: CA bundle; default: system store
+  std::filesystem::path cert_file;      ///< mqtts: client certificate for mTLS
+  std::filesystem::path tls_key_file;   ///< mqtts: client key for mTLS (TOML key `key_file`)
   std::chrono::milliseconds keepalive{std::chrono::seconds(30)};
   std::chrono::milliseconds connect_timeout{std::chrono::seconds(10)};
   std::chrono::milliseconds resend_after{std::chrono::seconds(30)};  ///< PROTOCOL §5
@@ -88,9 +88,9 @@ Result<AgentConfig> parse_config(std::string_view text, std::string_view file_na
 
 /// One row of the key table: used for `--help`, docs and the unknown-key check.
 struct ConfigKeyInfo {
-  std::string key;          ///< "mqtt.keepalive"
-  std::string type;         ///< "duration", "string", "path", "size", "integer", "enum(full|normal)"
-  std::string default_text; ///< "\"30s\"" or "(required)"
+  std::string key;   ///< "mqtt.keepalive"
+  std::string type;  ///< "duration", "string", "path", "size", "integer", "enum(full|normal)"
+  std::string default_text;  ///< "\"30s\"" or "(required)"
   std::string description;
 };
 

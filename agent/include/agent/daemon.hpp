@@ -13,7 +13,8 @@ namespace agent {
 /// The version string of this build ("0.1.0").
 const char* version() noexcept;
 
-/// Runs `reflow-agent run` with the driver kinds built in (`kinds`, usually builtin_driver_kinds()): loads the key (refusing a group/other-readable file), takes the data
+/// Runs `reflow-agent run` with the driver kinds built in (`kinds`, usually
+/// builtin_driver_kinds()): loads the key (refusing a group/other-readable file), takes the data
 /// directory's lock, opens the outbox, starts the writer, the forwarder, the control socket and the
 /// configured drivers, tells systemd READY=1, then waits for SIGTERM or SIGINT (sigwait), sending
 /// WATCHDOG=1 and STATUS= along the way. On a signal it stops the drivers and the control socket,

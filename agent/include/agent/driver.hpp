@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <agent/config.hpp>
+#include <agent/driver_table.hpp>
 #include <agent/env.hpp>
 #include <agent/event_sink.hpp>
 #include <agent/logger.hpp>
@@ -44,6 +45,9 @@ class DriverKind {
 
   /// One line for `reflow-agent drivers`.
   virtual std::string_view summary() const = 0;
+
+  /// The kind's own keys (besides `kind` and `name`), for `reflow-agent drivers describe KIND`.
+  virtual const std::vector<DriverKeyInfo>& keys() const = 0;
 
   /// Validates `config` and makes an instance. Errors: invalid_config naming file, line and key.
   virtual Result<std::unique_ptr<Driver>> create(const DriverConfig& config, Env& env,

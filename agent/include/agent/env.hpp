@@ -12,8 +12,8 @@ namespace agent {
 /// Whether the kernel says the system clock is synchronised (PROTOCOL §4 `clock`).
 enum class ClockSync { synced, unsynced };
 
-/// Everything that reads time or waits for it goes through an Env (LevelDB `include/leveldb/env.h`),
-/// so tests can drive time by hand. Implementations are thread-safe.
+/// Everything that reads time or waits for it goes through an Env (LevelDB
+/// `include/leveldb/env.h`), so tests can drive time by hand. Implementations are thread-safe.
 class Env {
  public:
   virtual ~Env() = default;
@@ -29,7 +29,8 @@ class Env {
 
   /// Waits until the steady clock reaches `deadline` or `stop` is requested, whichever is first.
   /// Returns false when woken by `stop`. Every pause in the agent goes through here.
-  virtual bool sleep_until(std::chrono::steady_clock::time_point deadline, std::stop_token stop) = 0;
+  virtual bool sleep_until(std::chrono::steady_clock::time_point deadline,
+                           std::stop_token stop) = 0;
 
   bool sleep_for(std::chrono::milliseconds duration, std::stop_token stop) {
     return sleep_until(steady_now() + duration, std::move(stop));

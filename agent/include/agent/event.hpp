@@ -51,11 +51,11 @@ Status validate_submission(const nlohmann::ordered_json& fields);
 
 /// The fields the writer adds to a validated submission.
 struct EventStamp {
-  std::string id;      ///< ULID
+  std::string id;  ///< ULID
   std::string device;
   std::string stream;  ///< ULID
   std::int64_t seq = 0;
-  std::string prev;    ///< b64url SHA-256 of the previous signing input; empty for seq 1 (→ null)
+  std::string prev;  ///< b64url SHA-256 of the previous signing input; empty for seq 1 (→ null)
   std::int64_t recorded_unix_ms = 0;
   ClockSync clock = ClockSync::unsynced;
 };

@@ -3,9 +3,9 @@
 
 #include <fmt/format.h>
 
-#include <utility>
 #include <string>
 #include <string_view>
+#include <utility>
 
 namespace agent {
 
@@ -30,19 +30,23 @@ class Logger {
 
   template <typename... Args>
   void debug(std::string_view component, fmt::format_string<Args...> fmt, Args&&... args) {
-    if (enabled(LogLevel::debug)) log(LogLevel::debug, component, fmt::format(fmt, std::forward<Args>(args)...));
+    if (enabled(LogLevel::debug))
+      log(LogLevel::debug, component, fmt::format(fmt, std::forward<Args>(args)...));
   }
   template <typename... Args>
   void info(std::string_view component, fmt::format_string<Args...> fmt, Args&&... args) {
-    if (enabled(LogLevel::info)) log(LogLevel::info, component, fmt::format(fmt, std::forward<Args>(args)...));
+    if (enabled(LogLevel::info))
+      log(LogLevel::info, component, fmt::format(fmt, std::forward<Args>(args)...));
   }
   template <typename... Args>
   void warning(std::string_view component, fmt::format_string<Args...> fmt, Args&&... args) {
-    if (enabled(LogLevel::warning)) log(LogLevel::warning, component, fmt::format(fmt, std::forward<Args>(args)...));
+    if (enabled(LogLevel::warning))
+      log(LogLevel::warning, component, fmt::format(fmt, std::forward<Args>(args)...));
   }
   template <typename... Args>
   void error(std::string_view component, fmt::format_string<Args...> fmt, Args&&... args) {
-    if (enabled(LogLevel::error)) log(LogLevel::error, component, fmt::format(fmt, std::forward<Args>(args)...));
+    if (enabled(LogLevel::error))
+      log(LogLevel::error, component, fmt::format(fmt, std::forward<Args>(args)...));
   }
 
  private:

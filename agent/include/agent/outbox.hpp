@@ -19,18 +19,18 @@ namespace agent {
 /// One signed event as stored.
 struct StoredEvent {
   std::int64_t seq = 0;
-  std::string id;                    ///< event id (ULID)
+  std::string id;  ///< event id (ULID)
   std::int64_t recorded_unix_ms = 0;
-  std::string envelope;              ///< the JWS envelope (PROTOCOL §3), exactly as published
+  std::string envelope;  ///< the JWS envelope (PROTOCOL §3), exactly as published
 };
 
 /// The chain state the writer needs to stamp the next event. Persisted with every commit, so it
 /// survives pruning and restarts.
 struct ChainHead {
-  std::string stream;                 ///< ULID of this outbox's stream
-  std::int64_t last_seq = 0;          ///< 0 before the first event
-  std::string last_hash;              ///< b64url SHA-256 of the last signing input; "" before seq 1
-  std::int64_t recorded_floor_ms = 0; ///< the last `recorded`; the next one is never lower
+  std::string stream;         ///< ULID of this outbox's stream
+  std::int64_t last_seq = 0;  ///< 0 before the first event
+  std::string last_hash;      ///< b64url SHA-256 of the last signing input; "" before seq 1
+  std::int64_t recorded_floor_ms = 0;  ///< the last `recorded`; the next one is never lower
 };
 
 /// Counters and sizes for `status` and the §6 status message.
@@ -38,20 +38,20 @@ struct OutboxStats {
   std::string stream;
   std::int64_t last_seq = 0;
   std::int64_t acked_seq = 0;
-  std::int64_t backlog_events = 0;       ///< last_seq − acked_seq
-  std::uint64_t backlog_bytes = 0;       ///< sum of unacked envelope sizes (what the quota counts)
+  std::int64_t backlog_events = 0;  ///< last_seq − acked_seq
+  std::uint64_t backlog_bytes = 0;  ///< sum of unacked envelope sizes (what the quota counts)
   std::optional<std::int64_t> oldest_unacked_recorded_ms;
-  std::uint64_t file_bytes = 0;          ///< outbox.db + WAL on disk
+  std::uint64_t file_bytes = 0;  ///< outbox.db + WAL on disk
   std::uint64_t quota_bytes = 0;
-  std::uint64_t refused_quota = 0;       ///< submissions refused because the quota was full
-  std::uint64_t refused_io = 0;          ///< batches that failed to commit (disk full, I/O error)
-  std::optional<std::string> quarantined; ///< path of an outbox moved aside at this start-up
+  std::uint64_t refused_quota = 0;         ///< submissions refused because the quota was full
+  std::uint64_t refused_io = 0;            ///< batches that failed to commit (disk full, I/O error)
+  std::optional<std::string> quarantined;  ///< path of an outbox moved aside at this start-up
 };
 
 /// Options for opening an outbox.
 struct OutboxOptions {
-  std::filesystem::path path;          ///< e.g. data_dir/"outbox.db"
-  std::string device_id;               ///< stored in a new outbox; a mismatch quarantines the file
+  std::filesystem::path path;  ///< e.g. data_dir/"outbox.db"
+  std::string device_id;       ///< stored in a new outbox; a mismatch quarantines the file
   std::uint64_t quota_bytes = 256ull * 1024 * 1024;
   Durability durability = Durability::full;
 };

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -21,8 +22,8 @@ namespace agent {
 /// The writer stage: the EventSink behind every producer. One thread takes whatever is queued (up
 /// to `max_batch`), stamps each event (seq, `prev`, `recorded`, `clock`, id: PROTOCOL §4), signs it
 /// (§3), appends the batch to the outbox in one transaction (group commit), then answers each
-/// producer and tells the forwarder. `recorded` never goes below the outbox's persisted floor, so it
-/// never goes backwards within a stream even when the wall clock does.
+/// producer and tells the forwarder. `recorded` never goes below the outbox's persisted floor, so
+/// it never goes backwards within a stream even when the wall clock does.
 ///
 /// Owns its thread; borrows the key, outbox, env and logger, which must outlive it.
 /// submit() is thread-safe.
@@ -49,6 +50,8 @@ class Writer final : public EventSink {
 
   /// Submissions refused because the queue was full with QueueFull::refuse.
   std::uint64_t refused_busy() const;
+  /// Submissions refused because unacked events fill the outbox quota.
+  std::uint64_t refused_quota() const { return m_refused_quota.load(); }
 
  private:
   struct Pending {
@@ -59,6 +62,9 @@ class Writer final : public EventSink {
 
   void run();
   void commit_batch(std::deque<Pending>& batch);
+  static void refuse(Pending& pending, const Error& error);
+  /// The no_space error for an event that does not fit under the quota; counts it.
+  Error quota_error();
 
   Options m_options;
   const DeviceKey& m_key;
@@ -74,6 +80,7 @@ class Writer final : public EventSink {
   std::deque<Pending> m_queue;
   bool m_stopping = false;
   std::uint64_t m_refused_busy = 0;
+  std::atomic<std::uint64_t> m_refused_quota{0};
   std::function<void(std::int64_t)> m_listener;
   std::thread m_thread;
 };

@@ -16,10 +16,14 @@ std::mutex g_write_mutex;
 
 std::string_view level_name(LogLevel level) {
   switch (level) {
-    case LogLevel::debug: return "DEBUG";
-    case LogLevel::info: return "INFO";
-    case LogLevel::warning: return "WARN";
-    case LogLevel::error: return "ERROR";
+    case LogLevel::debug:
+      return "DEBUG";
+    case LogLevel::info:
+      return "INFO";
+    case LogLevel::warning:
+      return "WARN";
+    case LogLevel::error:
+      return "ERROR";
   }
   return "?";
 }
@@ -27,10 +31,14 @@ std::string_view level_name(LogLevel level) {
 // syslog priorities (sd-daemon(3)): <7> debug, <6> info, <4> warning, <3> error.
 int syslog_priority(LogLevel level) {
   switch (level) {
-    case LogLevel::debug: return 7;
-    case LogLevel::info: return 6;
-    case LogLevel::warning: return 4;
-    case LogLevel::error: return 3;
+    case LogLevel::debug:
+      return 7;
+    case LogLevel::info:
+      return 6;
+    case LogLevel::warning:
+      return 4;
+    case LogLevel::error:
+      return 3;
   }
   return 6;
 }
@@ -38,15 +46,21 @@ int syslog_priority(LogLevel level) {
 }  // namespace
 
 bool parse_log_level(std::string_view text, LogLevel& out) noexcept {
-  if (text == "debug") out = LogLevel::debug;
-  else if (text == "info") out = LogLevel::info;
-  else if (text == "warning") out = LogLevel::warning;
-  else if (text == "error") out = LogLevel::error;
-  else return false;
+  if (text == "debug")
+    out = LogLevel::debug;
+  else if (text == "info")
+    out = LogLevel::info;
+  else if (text == "warning")
+    out = LogLevel::warning;
+  else if (text == "error")
+    out = LogLevel::error;
+  else
+    return false;
   return true;
 }
 
-Logger::Logger(LogLevel level) : m_level(level), m_journal(std::getenv("JOURNAL_STREAM") != nullptr) {}
+Logger::Logger(LogLevel level)
+    : m_level(level), m_journal(std::getenv("JOURNAL_STREAM") != nullptr) {}
 
 void Logger::log(LogLevel level, std::string_view component, std::string_view message) {
   if (!enabled(level)) return;

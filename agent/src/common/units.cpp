@@ -42,16 +42,22 @@ Result<std::chrono::milliseconds> parse_duration(std::string_view text) {
   std::string_view unit;
   if (split_number_unit(text, n, unit)) {
     std::uint64_t factor = 0;
-    if (unit == "ms") factor = 1;
-    else if (unit == "s") factor = 1000;
-    else if (unit == "m") factor = 60'000;
-    else if (unit == "h") factor = 3'600'000;
-    else if (unit == "d") factor = 86'400'000;
+    if (unit == "ms")
+      factor = 1;
+    else if (unit == "s")
+      factor = 1000;
+    else if (unit == "m")
+      factor = 60'000;
+    else if (unit == "h")
+      factor = 3'600'000;
+    else if (unit == "d")
+      factor = 86'400'000;
     if (factor != 0 && n <= (1ull << 53) / factor)
       return std::chrono::milliseconds(static_cast<std::int64_t>(n * factor));
   }
-  return fail(ErrorCode::invalid_argument,
-              fmt::format("expected a duration such as \"30s\" (units ms, s, m, h, d); got \"{}\"", text));
+  return fail(
+      ErrorCode::invalid_argument,
+      fmt::format("expected a duration such as \"30s\" (units ms, s, m, h, d); got \"{}\"", text));
 }
 
 Result<std::uint64_t> parse_size_bytes(std::string_view text) {
@@ -59,18 +65,27 @@ Result<std::uint64_t> parse_size_bytes(std::string_view text) {
   std::string_view unit;
   if (split_number_unit(text, n, unit)) {
     std::uint64_t factor = 0;
-    if (unit == "B") factor = 1;
-    else if (unit == "KiB") factor = 1ull << 10;
-    else if (unit == "MiB") factor = 1ull << 20;
-    else if (unit == "GiB") factor = 1ull << 30;
-    else if (unit == "kB") factor = 1000;
-    else if (unit == "MB") factor = 1000'000;
-    else if (unit == "GB") factor = 1000'000'000;
+    if (unit == "B")
+      factor = 1;
+    else if (unit == "KiB")
+      factor = 1ull << 10;
+    else if (unit == "MiB")
+      factor = 1ull << 20;
+    else if (unit == "GiB")
+      factor = 1ull << 30;
+    else if (unit == "kB")
+      factor = 1000;
+    else if (unit == "MB")
+      factor = 1000'000;
+    else if (unit == "GB")
+      factor = 1000'000'000;
     if (factor != 0 && n <= (1ull << 62) / factor) return n * factor;
   }
-  return fail(ErrorCode::invalid_argument,
-              fmt::format("expected a size such as \"256MiB\" (units B, KiB, MiB, GiB, kB, MB, GB); got \"{}\"",
-                          text));
+  return fail(
+      ErrorCode::invalid_argument,
+      fmt::format(
+          "expected a size such as \"256MiB\" (units B, KiB, MiB, GiB, kB, MB, GB); got \"{}\"",
+          text));
 }
 
 std::string format_duration(std::chrono::milliseconds d) {
@@ -107,8 +122,10 @@ std::string format_rfc3339_ms(std::int64_t unix_ms) {
 Result<std::int64_t> parse_rfc3339(std::string_view text) {
   // RFC 3339 §5.6: date-time = full-date "T" full-time; time-offset = "Z" / ("+" / "-") hh:mm.
   auto bad = [&] {
-    return fail(ErrorCode::invalid_argument,
-                fmt::format("expected an RFC 3339 time such as \"2026-11-21T09:40:19Z\"; got \"{}\"", text));
+    return fail(
+        ErrorCode::invalid_argument,
+        fmt::format("expected an RFC 3339 time such as \"2026-11-21T09:40:19Z\"; got \"{}\"",
+                    text));
   };
   auto digits = [&](std::size_t pos, std::size_t count, int& out) {
     if (pos + count > text.size()) return false;
@@ -155,8 +172,10 @@ Result<std::int64_t> parse_rfc3339(std::string_view text) {
     return bad();
   }
   if (pos != text.size()) return bad();
-  std::int64_t days = days_from_civil(year, static_cast<unsigned>(month), static_cast<unsigned>(day));
-  std::int64_t secs = days * 86400 + hour * 3600 + minute * 60 + std::min(second, 59) - offset_min * 60;
+  std::int64_t days =
+      days_from_civil(year, static_cast<unsigned>(month), static_cast<unsigned>(day));
+  std::int64_t secs =
+      days * 86400 + hour * 3600 + minute * 60 + std::min(second, 59) - offset_min * 60;
   return secs * 1000 + millis;
 }
 

@@ -1,0 +1,49 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <agent/config.hpp>
+#include <agent/result.hpp>
+
+namespace agent {
+
+/// Documentation of one key of a driver kind: the same table drives reading, the unknown-key
+/// check and `reflow-agent drivers describe`.
+struct DriverKeyInfo {
+  std::string_view key;
+  std::string_view type;          ///< "string", "duration", "integer", "number"
+  std::string_view default_text;  ///< "\"10s\"", or "(required)"
+  std::string_view description;
+};
+
+/// Reads the kind's own keys of one `[[driver]]` table with errors that name the file, the line
+/// and the key: `agent.toml:31: driver.printer1.job_duration: expected a duration such as "30s"
+/// …; got 10`. Each getter returns the default when the key is absent. Not thread-safe; used
+/// only inside DriverKind::create().
+class DriverTable {
+ public:
+  explicit DriverTable(const DriverConfig& config) : m_config(config) {}
+
+  /// Errors for keys other than `kind`, `name` and those in `keys`.
+  Status check_keys(const std::vector<DriverKeyInfo>& keys) const;
+
+  Result<std::string> string(std::string_view key, std::string_view fallback) const;
+  Result<std::chrono::milliseconds> duration(std::string_view key,
+                                             std::chrono::milliseconds fallback) const;
+  /// An integer in [min, max].
+  Result<std::int64_t> integer(std::string_view key, std::int64_t fallback, std::int64_t min,
+                               std::int64_t max) const;
+  /// A number (integer or float) > 0.
+  Result<double> positive_number(std::string_view key, double fallback) const;
+
+ private:
+  Error error(std::string_view key, std::string_view what) const;
+  const DriverConfig& m_config;
+};
+
+}  // namespace agent
