@@ -1,1 +1,227 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
+// The `sim` driver: a simulated 3D printer for demos, tests and the benchmark. Each job takes
+// `job_duration` of wall time and yields, sharing one process reference, `use` of the printer
+// (effortQuantity in hours, measured), `consume` of filament (grams) and `produce` of one part.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <future>
+#include <thread>
+
+#include <agent/driver.hpp>
+#include <agent/driver_table.hpp>
+#include <agent/units.hpp>
+
+namespace agent {
+namespace {
+
+const std::vector<DriverKeyInfo>& sim_keys() {
+  static const std::vector<DriverKeyInfo> keys = {
+      {"printer", "string", "\"printer:sim-01\"", "resource reference of the printer (`use`)"},
+      {"filament", "string", "\"spool:sim-pla-01\"", "resource reference of the spool (`consume`)"},
+      {"part", "string", "\"benchy.gcode\"", "resourceConformsTo of the printed part (`produce`)"},
+      {"jobs", "integer", "0", "jobs to run, then stop; 0 runs forever"},
+      {"job_duration", "duration", "\"10s\"", "wall time one simulated job takes"},
+      {"filament_grams", "number", "12.5", "grams of filament one job consumes"},
+  };
+  return keys;
+}
+
+struct SimConfig {
+  std::string name;
+  std::string printer;
+  std::string filament;
+  std::string part;
+  std::int64_t jobs = 0;
+  std::chrono::milliseconds job_duration{10'000};
+  double filament_grams = 12.5;
+};
+
+// The cursor: the number of the last job whose three events were all committed. Written with
+// write-to-temporary then rename, so a crash leaves the old or the new value, never a torn one.
+std::int64_t read_cursor(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  std::int64_t last = 0;
+  if (in >> last && last >= 0) return last;
+  return 0;
+}
+
+Status write_cursor(const std::filesystem::path& file, std::int64_t last) {
+  const auto tmp = file.string() + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+  if (fd < 0)
+    return fail(ErrorCode::io, fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
+  const std::string text = fmt::format("{}\n", last);
+  bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
+            ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), file.c_str()) != 0)
+    return fail(ErrorCode::io,
+                fmt::format("cannot write {}: {}", file.string(), std::strerror(errno)));
+  return {};
+}
+
+nlohmann::ordered_json quantity(double value, std::string_view unit) {
+  nlohmann::ordered_json q;
+  q["hasNumericalValue"] = value;
+  q["hasUnit"] = unit;
+  return q;
+}
+
+class SimDriver final : public Driver {
+ public:
+  SimDriver(SimConfig config, Env& env, Logger& log)
+      : m_config(std::move(config)), m_env(env), m_log(log) {}
+  ~SimDriver() override { stop(); }
+
+  Status start(EventSink& sink, const std::filesystem::path& state_dir) override {
+    m_cursor_file = state_dir / "last_job";
+    m_thread = std::jthread([this, &sink](std::stop_token stop) { run(sink, stop); });
+    return {};
+  }
+
+  void stop() override {
+    if (m_thread.joinable()) {
+      m_thread.request_stop();
+      m_thread.join();
+    }
+  }
+
+ private:
+  void run(EventSink& sink, std::stop_token stop) {
+    std::int64_t job = read_cursor(m_cursor_file);
+    const std::string component = fmt::format("driver sim/{}", m_config.name);
+    if (job > 0) m_log.info(component, "resuming after job {}", job);
+    while (!stop.stop_requested() && (m_config.jobs == 0 || job < m_config.jobs)) {
+      ++job;
+      const std::int64_t begin_ms = m_env.now_unix_ms();
+      const auto begin_steady = m_env.steady_now();
+      if (!m_env.sleep_for(m_config.job_duration, stop)) return;  // stopped mid-job: no events
+      const std::int64_t end_ms = begin_ms + std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                 m_env.steady_now() - begin_steady)
+                                                 .count();
+      if (!submit_job(sink, job, begin_ms, end_ms, component)) {
+        --job;  // try the same job again after a pause
+        if (!m_env.sleep_for(m_config.job_duration, stop)) return;
+        continue;
+      }
+      if (Status saved = write_cursor(m_cursor_file, job); !saved)
+        m_log.error(component, "{}", saved.error().message);
+    }
+    if (!stop.stop_requested()) m_log.info(component, "all {} jobs done", m_config.jobs);
+  }
+
+  // Submits the job's three events and waits until all are committed. False when one was refused.
+  bool submit_job(EventSink& sink, std::int64_t job, std::int64_t begin_ms, std::int64_t end_ms,
+                  const std::string& component) {
+    const std::string process = fmt::format("sim:{}:job-{}", m_config.name, job);
+    const std::string ref = fmt::format("job {}", job);
+    const std::string begin = format_rfc3339_ms(begin_ms);
+    const std::string end = format_rfc3339_ms(end_ms);
+    const double hours = static_cast<double>(end_ms - begin_ms) / 3'600'000.0;
+
+    nlohmann::ordered_json meta;
+    meta["job"] = job;
+    meta["file"] = m_config.part;
+
+    nlohmann::ordered_json use;
+    use["action"] = "use";
+    use["resourceInventoriedAs"] = m_config.printer;
+    use["effortQuantity"] = quantity(hours > 0 ? hours : 1e-9, "hour");
+    use["hasBeginning"] = begin;
+    use["hasEnd"] = end;
+    use["inputOf"] = process;
+    use["meta"] = meta;
+
+    nlohmann::ordered_json consume;
+    consume["action"] = "consume";
+    consume["resourceInventoriedAs"] = m_config.filament;
+    consume["resourceQuantity"] = quantity(m_config.filament_grams, "gram");
+    consume["hasPointInTime"] = end;
+    consume["inputOf"] = process;
+    consume["meta"] = meta;
+    consume["meta"]["method"] = "simulated";
+
+    nlohmann::ordered_json produce;
+    produce["action"] = "produce";
+    produce["resourceConformsTo"] = m_config.part;
+    produce["resourceQuantity"] = quantity(1, "one");
+    produce["hasPointInTime"] = end;
+    produce["outputOf"] = process;
+    produce["meta"] = meta;
+
+    std::vector<std::future<Result<Committed>>> results;
+    for (auto* fields : {&use, &consume, &produce}) {
+      auto promise = std::make_shared<std::promise<Result<Committed>>>();
+      results.push_back(promise->get_future());
+      Status queued =
+          sink.submit(std::move(*fields), EventSource{"sim", m_config.name, ref},
+                      [promise](Result<Committed> r) { promise->set_value(std::move(r)); });
+      if (!queued) promise->set_value(std::unexpected(queued.error()));
+    }
+    bool all = true;
+    for (auto& result : results) {
+      auto r = result.get();
+      if (!r) {
+        m_log.warning(component, "job {}: event refused: {}", job, r.error().message);
+        all = false;
+      }
+    }
+    if (all)
+      m_log.info(component, "job {} done: use {:.4f} h, consume {} g, produce 1 {}", job, hours,
+                 m_config.filament_grams, m_config.part);
+    return all;
+  }
+
+  SimConfig m_config;
+  Env& m_env;
+  Logger& m_log;
+  std::filesystem::path m_cursor_file;
+  std::jthread m_thread;
+};
+
+class SimKind final : public DriverKind {
+ public:
+  std::string_view kind() const override { return "sim"; }
+  std::string_view summary() const override {
+    return "simulated 3D printer: use, consume and produce events per job (demos, tests, "
+           "benchmark)";
+  }
+  const std::vector<DriverKeyInfo>& keys() const override { return sim_keys(); }
+
+  Result<std::unique_ptr<Driver>> create(const DriverConfig& config, Env& env,
+                                         Logger& log) const override {
+    DriverTable table(config);
+    if (Status keys = table.check_keys(sim_keys()); !keys) return std::unexpected(keys.error());
+    SimConfig sim;
+    sim.name = config.name;
+    auto printer = table.string("printer", "printer:sim-01");
+    auto filament = table.string("filament", "spool:sim-pla-01");
+    auto part = table.string("part", "benchy.gcode");
+    auto jobs = table.integer("jobs", 0, 0, 1'000'000'000);
+    auto duration = table.duration("job_duration", std::chrono::seconds(10));
+    auto grams = table.positive_number("filament_grams", 12.5);
+    for (const Error* e :
+         {printer ? nullptr : &printer.error(), filament ? nullptr : &filament.error(),
+          part ? nullptr : &part.error(), jobs ? nullptr : &jobs.error(),
+          duration ? nullptr : &duration.error(), grams ? nullptr : &grams.error()})
+      if (e) return std::unexpected(*e);
+    sim.printer = *printer;
+    sim.filament = *filament;
+    sim.part = *part;
+    sim.jobs = *jobs;
+    sim.job_duration = *duration;
+    sim.filament_grams = *grams;
+    return std::make_unique<SimDriver>(std::move(sim), env, log);
+  }
+};
+
+}  // namespace
+
+const DriverKind& sim_driver_kind() {
+  static const SimKind kind;
+  return kind;
+}
+
+}  // namespace agent

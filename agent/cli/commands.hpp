@@ -1,0 +1,28 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// The reflow-agent commands. Each returns the process exit status.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+namespace agent::cli {
+
+/// Exit status when the daemon is not running (LSB `status`: "program is not running").
+inline constexpr int k_exit_not_running = 3;
+
+int keygen(const std::filesystem::path& key_path);
+int run(const std::filesystem::path& config_path, const std::string& log_level_override);
+int emit(const std::filesystem::path& config_path);
+int status(const std::filesystem::path& config_path, bool json);
+int export_events(const std::filesystem::path& config_path, std::int64_t from_seq,
+                  const std::optional<std::filesystem::path>& outbox_file);
+int verify(const std::filesystem::path& jwk_path);
+int drivers(const std::string& describe_kind);
+int demo(int jobs, bool keep);
+
+/// Prints "reflow-agent: MESSAGE" to stderr.
+void print_error(const std::string& message);
+
+}  // namespace agent::cli
