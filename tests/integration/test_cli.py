@@ -1,0 +1,185 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""The CLI contract (notes/cli.md): keygen, emit's per-line answers, exit codes, verify."""
+
+import json
+import os
+import stat
+import unittest
+
+from jwcrypto import jwk
+
+import harness as h
+
+
+class KeygenTest(h.AgentTestCase):
+
+    def test_keygen_writes_private_file_and_prints_thumbprinted_jwk(self):
+        path = self.tmp / "other.key"
+        r = h.run_cli(["keygen", "--key", str(path)])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        lines = r.stdout.splitlines()
+        self.assertEqual(len(lines), 1, f"stdout {r.stdout!r}")
+        printed = json.loads(lines[0])
+        self.assertEqual(printed["kty"], "OKP")
+        self.assertEqual(printed["crv"], "Ed25519")
+        self.assertEqual(len(h.b64url_decode(printed["x"])), 32)
+        key = jwk.JWK(kty=printed["kty"], crv=printed["crv"], x=printed["x"])
+        self.assertEqual(printed["kid"], key.thumbprint())
+        self.assertNotEqual(printed["x"], json.loads(self.jwk_json)["x"], "every key must be new")
+
+        before = path.read_bytes()
+        again = h.run_cli(["keygen", "--key", str(path)])
+        self.assertNotEqual(again.returncode, 0, "keygen must refuse an existing file")
+        self.assertIn("exist", again.stderr.lower())
+        self.assertEqual(path.read_bytes(), before, "the existing key must be untouched")
+
+
+class EmitTest(h.AgentTestCase):
+
+    def test_malformed_lines_get_numbered_errors_and_good_lines_are_delivered(self):
+        agent = self.start_agent()
+        good = h.emit_lines(4)
+        unknown_action = dict(h.make_fields(0), action="fly")
+        negative = h.make_fields(1)
+        negative["resourceQuantity"] = {"hasNumericalValue": -12.5, "hasUnit": "gram"}
+        no_effort = h.make_fields(0)
+        del no_effort["effortQuantity"]
+        agent_field = dict(h.make_fields(2), seq=5)
+        lines = [
+            good[0],                      # 1
+            "this is not json",           # 2
+            "",                           # 3 blank: counted, not answered
+            json.dumps(unknown_action),   # 4
+            good[1],                      # 5
+            json.dumps(negative),         # 6
+            json.dumps(no_effort),        # 7
+            json.dumps(agent_field),      # 8
+            good[2],                      # 9
+            "   ",                        # 10 blank
+            good[3],                      # 11
+        ]
+        r = self.emit(lines)
+        self.assertEqual(r.returncode, 1, f"stderr {r.stderr!r}")
+        out = r.json_lines()
+        self.assertEqual(len(out), 9, f"one answer per non-blank line: {r.stdout!r}")
+        errors = {o["line"]: o["error"] for o in out if "error" in o}
+        self.assertEqual(sorted(errors), [2, 4, 6, 7, 8], f"stdout {r.stdout!r}")
+        for o in out:
+            if "error" in o:
+                self.assertEqual(set(o), {"error", "line"})
+        self.assertIn("action", errors[4])
+        self.assertIn("hasNumericalValue", errors[6])
+        self.assertIn("effortQuantity", errors[7])
+        self.assertIn("seq", errors[8])
+        committed = [o for o in out if "seq" in o]
+        self.assertEqual([o["seq"] for o in committed], [1, 2, 3, 4])
+        kinds = [("error" if "error" in o else "ok") for o in out]
+        self.assertEqual(kinds, ["ok", "error", "error", "ok", "error", "error", "error", "ok", "ok"],
+                         "answers must come in input order")
+
+        stream = agent.status()["stream"]
+        self.node.wait_contiguous(stream, 4)
+        stored = self.node.stored(stream)
+        for o, line in zip(committed, good):
+            self.assertEqual(stored[o["seq"]].id, o["id"])
+            self.assertEqual(stored[o["seq"]].event["note"], json.loads(line)["note"])
+        self.assert_node_clean()
+
+    def test_status_and_emit_exit_3_when_daemon_not_running(self):
+        r = h.run_cli(["status", "--config", str(self.config_path), "--json"])
+        self.assertEqual(r.returncode, 3, f"stdout {r.stdout!r} stderr {r.stderr!r}")
+        r = h.run_cli(["status", "--config", str(self.config_path)])
+        self.assertEqual(r.returncode, 3)
+        r = self.emit(h.emit_lines(1))
+        self.assertEqual(r.returncode, 3, f"stdout {r.stdout!r} stderr {r.stderr!r}")
+        self.assertTrue(r.stderr.strip(), "emit must say on stderr that the daemon is not running")
+
+        agent = self.start_agent()
+        agent.kill()  # a stale control socket left by a crash is "not running" too
+        r = h.run_cli(["status", "--config", str(self.config_path), "--json"])
+        self.assertEqual(r.returncode, 3)
+        self.assertEqual(self.emit(h.emit_lines(1)).returncode, 3)
+
+
+class VerifyTest(h.AgentTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.jwk_file = self.tmp / "device.jwk"
+        self.jwk_file.write_text(self.jwk_json + "\n")
+
+    def verify(self, lines, jwk_file=None):
+        r = h.run_cli(["verify", "--jwk", str(jwk_file or self.jwk_file)],
+                      input_text="".join(line + "\n" for line in lines))
+        return r, r.json_lines()
+
+    def exported(self, count):
+        self.node.pause()  # nothing acked, nothing pruned: export has every event
+        agent = self.start_agent()
+        acked = self.emit_ok(h.emit_lines(count))
+        r = h.run_cli(["export", "--config", str(self.config_path)])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = [line for line in r.stdout.splitlines() if line.strip()]
+        self.assertEqual(len(lines), count)
+        for line, (seq, event_id) in zip(lines, acked):
+            env = h.verify_envelope(line, self.key, device=h.DEVICE_ID)
+            self.assertEqual((env.seq, env.id), (seq, event_id))
+        return agent, lines, acked
+
+    def test_export_verifies_and_tampering_is_detected(self):
+        _, lines, acked = self.exported(5)
+
+        r, out = self.verify(lines)
+        self.assertEqual(r.returncode, 0, f"stdout {r.stdout!r} stderr {r.stderr!r}")
+        self.assertEqual(len(out), 5)
+        for number, (o, (seq, event_id)) in enumerate(zip(out, acked), start=1):
+            self.assertEqual(o["line"], number)
+            self.assertIs(o["ok"], True, o)
+            self.assertEqual((o["seq"], o["id"]), (seq, event_id))
+
+        tampered = json.loads(lines[2])
+        event = json.loads(h.b64url_decode(tampered["payload"]))
+        event["note"] = "changed after signing"
+        tampered["payload"] = h.b64url(json.dumps(event, separators=(",", ":")).encode())
+        r, out = self.verify(lines[:2] + [json.dumps(tampered)] + lines[3:])
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual([o["ok"] for o in out], [True, True, False, True, True], r.stdout)
+        self.assertEqual(out[2]["line"], 3)
+        self.assertTrue(out[2]["error"])
+
+        r, out = self.verify(lines[:2] + lines[3:])
+        self.assertEqual(r.returncode, 0, f"a gap is not a chain break: {r.stdout}")
+        self.assertEqual([o["seq"] for o in out], [1, 2, 4, 5])
+
+    def test_verify_accepts_jwcrypto_envelopes_and_reports_chain_break(self):
+        private = jwk.JWK.generate(kty="OKP", crv="Ed25519")
+        jwk_file = self.tmp / "jwcrypto.jwk"
+        jwk_file.write_text(private.export_public() + "\n")
+        stream = h.new_ulid()
+        events, lines, prev = [], [], None
+        for seq in range(1, 4):
+            event = h.make_event(stream, seq, prev, i=seq)
+            line = h.sign_event(private, event)
+            outer = json.loads(line)
+            prev = h.chain_hash(outer["protected"], outer["payload"])
+            events.append(event)
+            lines.append(line)
+        r, out = self.verify(lines, jwk_file)
+        self.assertEqual(r.returncode, 0, f"envelopes made by jwcrypto must verify: {r.stdout} {r.stderr}")
+        self.assertEqual([o["seq"] for o in out], [1, 2, 3])
+
+        first = json.loads(lines[0])
+        swapped = dict(events[2], prev=h.chain_hash(first["protected"], first["payload"]))
+        r, out = self.verify(lines[:2] + [h.sign_event(private, swapped)], jwk_file)
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual([o["ok"] for o in out], [True, True, False], r.stdout)
+        self.assertIn("chain break", out[2]["error"])
+
+        r, out = self.verify(lines, self.jwk_file)
+        self.assertEqual(r.returncode, 1, "another device's key must not verify these")
+        self.assertTrue(all(o["ok"] is False for o in out), r.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main()
