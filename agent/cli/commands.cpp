@@ -35,16 +35,6 @@ Result<AgentConfig> load_or_report(const std::filesystem::path& path) {
   return config;
 }
 
-bool send_all(int fd, std::string_view data) {
-  while (!data.empty()) {
-    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    data.remove_prefix(static_cast<std::size_t>(n));
-  }
-  return true;
-}
-
 // Reads the socket to its end, calling `each` per line.
 template <typename F>
 void read_lines(int fd, F&& each) {
@@ -116,7 +106,7 @@ int emit(const std::filesystem::path& config_path) {
   if (!config) return 1;
   auto fd = connect_or_report(*config);
   if (!fd) return fd.error().code == ErrorCode::not_found ? k_exit_not_running : 1;
-  if (!send_all(*fd, "{\"op\":\"emit\"}\n")) {
+  if (!control_send_all(*fd, "{\"op\":\"emit\"}\n")) {
     print_error("the daemon closed the control socket");
     ::close(*fd);
     return 1;
@@ -127,7 +117,7 @@ int emit(const std::filesystem::path& config_path) {
     std::string line;
     while (std::getline(std::cin, line)) {
       line.push_back('\n');
-      if (!send_all(fd, line)) break;
+      if (!control_send_all(fd, line)) break;
     }
     ::shutdown(fd, SHUT_WR);
   });
@@ -147,17 +137,12 @@ int emit(const std::filesystem::path& config_path) {
 int status(const std::filesystem::path& config_path, bool json) {
   auto config = load_or_report(config_path);
   if (!config) return 1;
-  auto fd = connect_or_report(*config);
-  if (!fd) return fd.error().code == ErrorCode::not_found ? k_exit_not_running : 1;
-  send_all(*fd, "{\"op\":\"status\"}\n");
-  std::string answer;
-  read_lines(*fd, [&](std::string_view line) { answer = line; });
-  ::close(*fd);
-  auto s = nlohmann::ordered_json::parse(answer, nullptr, false);
-  if (!s.is_object()) {
-    print_error("the daemon gave no status (is it shutting down?)");
-    return 1;
+  auto answer = control_status(config->control_socket_path());
+  if (!answer) {
+    print_error(answer.error().message);
+    return answer.error().code == ErrorCode::not_found ? k_exit_not_running : 1;
   }
+  nlohmann::ordered_json s = std::move(*answer);  // non-const: a missing key reads as null
   if (json) {
     fmt::print("{}\n", s.dump());
     return 0;
@@ -189,7 +174,7 @@ int status(const std::filesystem::path& config_path, bool json) {
   if (!s["quarantined"].is_null())
     fmt::print("QUARANTINED:     the previous outbox was unreadable and is kept at {}\n",
                or_dash(s["quarantined"]));
-  for (const auto& d : s["drivers"])
+  for (auto& d : s["drivers"])
     fmt::print("driver:          {} {}{}\n", or_dash(d["driver"]),
                d.value("running", false) ? "running" : "NOT running",
                d["last_error"].is_null() ? "" : fmt::format(" ({})", or_dash(d["last_error"])));

@@ -88,24 +88,6 @@ bool stop_process(pid_t pid, int signal_number) {
   return WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
-std::optional<nlohmann::ordered_json> query_status(const std::filesystem::path& socket) {
-  auto fd = control_connect(socket);
-  if (!fd) return std::nullopt;
-  const std::string request = "{\"op\":\"status\"}\n";
-  if (::send(*fd, request.data(), request.size(), MSG_NOSIGNAL) < 0) {
-    ::close(*fd);
-    return std::nullopt;
-  }
-  std::string answer;
-  char chunk[4096];
-  for (ssize_t n; (n = ::recv(*fd, chunk, sizeof chunk, 0)) > 0;)
-    answer.append(chunk, static_cast<std::size_t>(n));
-  ::close(*fd);
-  auto j = nlohmann::ordered_json::parse(answer, nullptr, false);
-  if (!j.is_object()) return std::nullopt;
-  return j;
-}
-
 std::string describe(const nlohmann::ordered_json& e) {
   std::string what;
   const auto& q = e.contains("effortQuantity") ? e["effortQuantity"] : e["resourceQuantity"];
@@ -273,8 +255,9 @@ int demo(int jobs, bool keep) {
       }
     }
     if (receiver.verified >= static_cast<std::uint64_t>(expected)) {
-      status = query_status(dir / "data" / "control.sock");
-      done = status && (*status)["backlog_events"] == 0 && (*status)["last_seq"] == expected;
+      auto answer = control_status(dir / "data" / "control.sock");
+      if (answer) status = std::move(*answer);
+      done = answer && (*status)["backlog_events"] == 0 && (*status)["last_seq"] == expected;
     }
     int wstatus = 0;
     if (::waitpid(agent_pid, &wstatus, WNOHANG) == agent_pid) {

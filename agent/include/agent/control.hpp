@@ -5,6 +5,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 
@@ -46,5 +47,12 @@ class ControlServer {
 /// Connects to a control socket. Errors: not_found when nothing listens (daemon not running),
 /// io otherwise.
 Result<int> control_connect(const std::filesystem::path& socket_path);
+
+/// Writes all of `data` to a connected socket without raising SIGPIPE. False when the peer is gone.
+bool control_send_all(int fd, std::string_view data);
+
+/// Asks the daemon for its status object (`{"op":"status"}`). Errors: not_found when the daemon is
+/// not running, io when it closed the socket without a JSON object (e.g. while shutting down).
+Result<nlohmann::ordered_json> control_status(const std::filesystem::path& socket_path);
 
 }  // namespace agent

@@ -37,16 +37,6 @@ Result<sockaddr_un> socket_address(const std::filesystem::path& path) {
   return addr;
 }
 
-bool write_all(int fd, std::string_view data) {
-  while (!data.empty()) {
-    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    data.remove_prefix(static_cast<std::size_t>(n));
-  }
-  return true;
-}
-
 // Reads newline-terminated lines from a socket. A line longer than k_max_line_bytes is reported as
 // too long (and skipped up to its newline) instead of growing the buffer.
 class LineReader {
@@ -186,12 +176,12 @@ void ControlServer::Impl::serve(Connection& conn) {
             ? request["op"].get<std::string>()
             : "";
     if (op == "status") {
-      write_all(conn.fd, status().dump() + "\n");
+      control_send_all(conn.fd, status().dump() + "\n");
     } else if (op == "emit") {
       serve_emit(conn, reader);
     } else {
-      write_all(conn.fd,
-                error_line(R"(expected {"op":"status"} or {"op":"emit"} as the first line)", 0));
+      control_send_all(
+          conn.fd, error_line(R"(expected {"op":"status"} or {"op":"emit"} as the first line)", 0));
     }
   }
   std::lock_guard lock(conn.mutex);
@@ -267,7 +257,7 @@ void ControlServer::Impl::write_answers(Connection& conn) {
     lock.unlock();
     conn.changed.notify_all();  // the reader may wait for room
     // A client that went away still gets its events committed; only the answers are lost.
-    if (!peer_gone && !write_all(conn.fd, answer->text)) peer_gone = true;
+    if (!peer_gone && !control_send_all(conn.fd, answer->text)) peer_gone = true;
     lock.lock();
   }
 }
@@ -341,6 +331,33 @@ Result<int> control_connect(const std::filesystem::path& socket_path) {
                 fmt::format("cannot connect to {}: {}", socket_path.string(), std::strerror(err)));
   }
   return fd;
+}
+
+bool control_send_all(int fd, std::string_view data) {
+  while (!data.empty()) {
+    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    data.remove_prefix(static_cast<std::size_t>(n));
+  }
+  return true;
+}
+
+Result<nlohmann::ordered_json> control_status(const std::filesystem::path& socket_path) {
+  auto fd = control_connect(socket_path);
+  if (!fd) return std::unexpected(fd.error());
+  std::string answer;
+  if (control_send_all(*fd, "{\"op\":\"status\"}\n")) {
+    char chunk[4096];
+    for (ssize_t n; (n = ::recv(*fd, chunk, sizeof chunk, 0)) > 0 || (n < 0 && errno == EINTR);)
+      if (n > 0) answer.append(chunk, static_cast<std::size_t>(n));
+  }
+  ::close(*fd);
+  auto status = nlohmann::ordered_json::parse(answer, nullptr, false);
+  if (!status.is_object())
+    return fail(ErrorCode::io, fmt::format("the daemon on {} gave no status (is it shutting down?)",
+                                           socket_path.string()));
+  return status;
 }
 
 }  // namespace agent
