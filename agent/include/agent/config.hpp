@@ -64,8 +64,8 @@ struct AgentConfig {
   // [outbox]
   std::uint64_t quota_bytes = 256ull * 1024 * 1024;  ///< bytes of unacked envelopes kept at most
   Durability durability = Durability::full;
-  std::uint32_t queue_capacity = 4096;  ///< submissions waiting for the writer, at most
-  std::uint32_t max_batch = 1024;       ///< events in one group commit, at most
+  std::uint32_t queue_capacity = 1024;  ///< submissions waiting for the writer, at most
+  std::uint32_t max_batch = 256;        ///< events in one group commit, at most
 
   std::vector<DriverConfig> drivers;  ///< `[[driver]]` tables in file order
 

@@ -31,8 +31,8 @@ class Writer final : public EventSink {
  public:
   struct Options {
     std::string device_id;
-    std::size_t queue_capacity = 4096;
-    std::size_t max_batch = 1024;
+    std::size_t queue_capacity = 1024;
+    std::size_t max_batch = 256;
   };
 
   Writer(Options options, const DeviceKey& key, Outbox& outbox, Env& env, Logger& log);

@@ -334,10 +334,10 @@ std::vector<KeySpec> make_key_specs() {
         }
         return std::nullopt;
       });
-  add("outbox", "queue_capacity", "integer", "4096",
+  add("outbox", "queue_capacity", "integer", "1024",
       "Submissions waiting for the writer at most; producers wait (or get busy) beyond it.",
       count_key(&AgentConfig::queue_capacity, 1, 1'000'000));
-  add("outbox", "max_batch", "integer", "1024", "Most events in one group commit (one fsync).",
+  add("outbox", "max_batch", "integer", "256", "Most events in one group commit (one fsync).",
       count_key(&AgentConfig::max_batch, 1, 100'000));
   return specs;
 }

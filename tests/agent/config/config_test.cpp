@@ -81,8 +81,8 @@ TEST_F(ConfigTest, FillsDefaultsForEveryOptionalKey) {
   EXPECT_EQ(config->max_inflight, 64u);
   EXPECT_EQ(config->quota_bytes, 256ull * 1024 * 1024);
   EXPECT_EQ(config->durability, Durability::full);
-  EXPECT_EQ(config->queue_capacity, 4096u);
-  EXPECT_EQ(config->max_batch, 1024u);
+  EXPECT_EQ(config->queue_capacity, 1024u);
+  EXPECT_EQ(config->max_batch, 256u);
   EXPECT_TRUE(config->drivers.empty());
   EXPECT_EQ(config->source_file, "agent.toml");
   EXPECT_EQ(config->outbox_path(), "/var/lib/reflow-agent/outbox.db");
