@@ -72,6 +72,7 @@ class Writer final : public EventSink {
   Env& m_env;
   Logger& m_log;
   std::string m_protected_b64;
+  std::size_t m_envelope_overhead_bytes;
   UlidGenerator m_ulids;
 
   mutable std::mutex m_mutex;

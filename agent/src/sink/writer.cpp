@@ -2,11 +2,39 @@
 #include <agent/writer.hpp>
 
 #include <algorithm>
+#include <thread>
 #include <vector>
 
 #include <agent/units.hpp>
 
 namespace agent {
+namespace {
+
+// Events per batch below which signing stays on the writer's thread (threads cost more).
+constexpr std::size_t k_min_parallel_events = 32;
+constexpr unsigned k_max_signing_threads = 4;
+
+// Calls fn(0) … fn(n−1), spread over up to k_max_signing_threads threads (this one included).
+template <typename F>
+void parallel_for(std::size_t n, const F& fn) {
+  const unsigned threads =
+      std::min(std::max(1u, std::thread::hardware_concurrency()), k_max_signing_threads);
+  if (threads == 1 || n < k_min_parallel_events) {
+    for (std::size_t i = 0; i < n; ++i)
+      fn(i);
+    return;
+  }
+  std::vector<std::jthread> helpers;
+  for (unsigned t = 1; t < threads; ++t)
+    helpers.emplace_back([&, t] {
+      for (std::size_t i = t; i < n; i += threads)
+        fn(i);
+    });
+  for (std::size_t i = 0; i < n; i += threads)
+    fn(i);
+}
+
+}  // namespace
 
 Writer::Writer(Options options, const DeviceKey& key, Outbox& outbox, Env& env, Logger& log)
     : m_options(std::move(options)),
@@ -14,7 +42,11 @@ Writer::Writer(Options options, const DeviceKey& key, Outbox& outbox, Env& env, 
       m_outbox(outbox),
       m_env(env),
       m_log(log),
-      m_protected_b64(jws_protected_header_b64(key.public_jwk().kid)) {
+      m_protected_b64(jws_protected_header_b64(key.public_jwk().kid)),
+      // An envelope is this overhead plus its protected and payload parts: base64url never needs
+      // escaping and an Ed25519 signature is always 64 bytes (86 base64url characters).
+      m_envelope_overhead_bytes(
+          Jws{"", "", base64url_encode(std::string(64, '\0'))}.to_envelope().size()) {
   m_options.queue_capacity = std::max<std::size_t>(1, m_options.queue_capacity);
   m_options.max_batch = std::max<std::size_t>(1, m_options.max_batch);
 }
@@ -119,11 +151,16 @@ void Writer::commit_batch(std::deque<Pending>& batch) {
                 head.recorded_floor_ms - now_ms);
   const std::int64_t recorded = std::max(now_ms, head.recorded_floor_ms);
 
-  // Events that do not fit under the quota are refused here, one by one, so that those which fit
-  // still commit (the outbox checks the quota again on append).
-  std::uint64_t free_bytes = m_outbox.quota_free_bytes();
+  // Stamping is sequential (each `prev` hashes the previous signing input), but signatures are not
+  // part of the chain, so the batch is stamped first and signed afterwards on several cores:
+  // Ed25519 signing is half of the writer's work (measured with callgrind).
+  // Events that do not fit under the quota are refused while stamping, one by one, so that those
+  // which fit still commit (the outbox checks the quota again on append).
+  const std::uint64_t free_bytes = m_outbox.quota_free_bytes();
   std::vector<StoredEvent> rows;
   rows.reserve(batch.size());
+  std::vector<Jws> signed_rows;
+  signed_rows.reserve(batch.size());
   std::vector<Committed> answers;
   answers.reserve(batch.size());
   std::vector<Pending*> accepted;
@@ -138,20 +175,28 @@ void Writer::commit_batch(std::deque<Pending>& batch) {
     stamp.prev = head.last_hash;
     stamp.recorded_unix_ms = recorded;
     stamp.clock = clock;
-    const std::string payload = make_event_payload(stamp, pending.fields, pending.source);
-    const Jws jws = jws_sign(m_key, m_protected_b64, payload);
-    std::string envelope = jws.to_envelope();
-    if (batch_bytes + envelope.size() > free_bytes) {
+    Jws jws;
+    jws.protected_b64 = m_protected_b64;
+    jws.payload_b64 = base64url_encode(make_event_payload(stamp, pending.fields, pending.source));
+    const std::uint64_t envelope_bytes =
+        m_envelope_overhead_bytes + jws.protected_b64.size() + jws.payload_b64.size();
+    if (batch_bytes + envelope_bytes > free_bytes) {
       refuse(pending, quota_error());
       continue;
     }
     head.last_seq = stamp.seq;
     head.last_hash = sha256_b64url(jws.signing_input());
-    batch_bytes += envelope.size();
+    batch_bytes += envelope_bytes;
     answers.push_back(Committed{stamp.seq, stamp.id});
-    rows.push_back(StoredEvent{stamp.seq, std::move(stamp.id), recorded, std::move(envelope)});
+    rows.push_back(StoredEvent{stamp.seq, std::move(stamp.id), recorded, {}});
+    signed_rows.push_back(std::move(jws));
     accepted.push_back(&pending);
   }
+  parallel_for(signed_rows.size(), [&](std::size_t i) {
+    Jws& jws = signed_rows[i];
+    jws.signature_b64 = base64url_encode(m_key.sign(jws.signing_input()));
+    rows[i].envelope = jws.to_envelope();
+  });
   if (rows.empty()) return;
   head.recorded_floor_ms = recorded;
 

@@ -186,6 +186,25 @@ TEST_F(WriterTest, CommitsEventsInSeqOrderWithAnUnbrokenChain) {
   EXPECT_EQ(m_outbox->head().last_hash, sha256_b64url(events.back().signing_input));
 }
 
+// Submitted before start(), the events form batches of max_batch (1024 here), which the writer
+// signs on several threads: every signature must still verify and the chain hold.
+TEST_F(WriterTest, SignsLargeBatchesCorrectly) {
+  make_writer();
+  constexpr std::size_t n = 1500;
+  std::vector<Submission> submissions;
+  for (std::size_t i = 0; i < n; ++i) {
+    submissions.push_back(submit(*m_writer, use_event()));
+    ASSERT_TRUE(submissions.back().status) << submissions.back().status.error().message;
+  }
+  m_writer->start();
+  for (std::size_t i = 0; i < n; ++i) {
+    auto answer = wait_answer(submissions[i]);
+    ASSERT_TRUE(answer) << answer.error().message;
+    EXPECT_EQ(answer->seq, static_cast<std::int64_t>(i + 1));
+  }
+  EXPECT_EQ(check_chain(stored_from(1)).size(), n);
+}
+
 TEST_F(WriterTest, RefusesInvalidSubmissionAtOnceWithoutCallingBack) {
   make_writer();
   m_writer->start();
