@@ -2,6 +2,7 @@
 #include <agent/writer.hpp>
 
 #include <algorithm>
+#include <array>
 #include <thread>
 #include <vector>
 
@@ -161,6 +162,8 @@ void Writer::commit_batch(std::deque<Pending>& batch) {
   rows.reserve(batch.size());
   std::vector<Jws> signed_rows;
   signed_rows.reserve(batch.size());
+  std::vector<std::string> signing_inputs;
+  signing_inputs.reserve(batch.size());
   std::vector<Committed> answers;
   answers.reserve(batch.size());
   std::vector<Pending*> accepted;
@@ -185,18 +188,24 @@ void Writer::commit_batch(std::deque<Pending>& batch) {
       continue;
     }
     head.last_seq = stamp.seq;
-    head.last_hash = sha256_b64url(jws.signing_input());
+    std::string signing_input = jws.signing_input();
+    head.last_hash = sha256_b64url(signing_input);  // PROTOCOL §4 `prev` of the next event
     batch_bytes += envelope_bytes;
     answers.push_back(Committed{stamp.seq, stamp.id});
     rows.push_back(StoredEvent{stamp.seq, std::move(stamp.id), recorded, {}});
     signed_rows.push_back(std::move(jws));
+    signing_inputs.push_back(std::move(signing_input));
     accepted.push_back(&pending);
   }
-  parallel_for(signed_rows.size(), [&](std::size_t i) {
-    Jws& jws = signed_rows[i];
-    jws.signature_b64 = base64url_encode(m_key.sign(jws.signing_input()));
-    rows[i].envelope = jws.to_envelope();
-  });
+  // Only the signatures are made on the helper threads, into preallocated arrays: a thread that
+  // allocated would get a malloc arena of its own, which stays in the daemon's RSS.
+  std::vector<std::array<std::uint8_t, 64>> signatures(signed_rows.size());
+  parallel_for(signed_rows.size(),
+               [&](std::size_t i) { signatures[i] = m_key.sign(signing_inputs[i]); });
+  for (std::size_t i = 0; i < signed_rows.size(); ++i) {
+    signed_rows[i].signature_b64 = base64url_encode(signatures[i]);
+    rows[i].envelope = signed_rows[i].to_envelope();
+  }
   if (rows.empty()) return;
   head.recorded_floor_ms = recorded;
 
