@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <stop_token>
@@ -56,6 +57,10 @@ class FakeEnv final : public Env {
   /// Sets the wall clock alone (to simulate a Raspberry Pi booting without an RTC).
   void set_unix_ms(std::int64_t unix_ms);
   void set_clock_sync(ClockSync sync);
+  /// Blocks until at least `count` threads wait in sleep_until(), so that a test advances the
+  /// clock only after the code under test has taken its deadline. Gives up after 30 s (real time)
+  /// and returns false.
+  bool wait_for_sleepers(std::size_t count);
 
  private:
   struct State;

@@ -52,6 +52,7 @@ struct FakeEnv::State {
   std::int64_t unix_ms = 0;
   std::chrono::steady_clock::time_point steady{};
   ClockSync sync = ClockSync::synced;
+  std::size_t sleepers = 0;
 };
 
 FakeEnv::FakeEnv(std::int64_t start_unix_ms) : m_state(std::make_shared<State>()) {
@@ -75,8 +76,17 @@ ClockSync FakeEnv::clock_sync() {
 
 bool FakeEnv::sleep_until(std::chrono::steady_clock::time_point deadline, std::stop_token stop) {
   std::unique_lock lock(m_state->mutex);
+  ++m_state->sleepers;
+  m_state->cv.notify_all();
   m_state->cv.wait(lock, stop, [&] { return m_state->steady >= deadline; });
+  --m_state->sleepers;
   return !stop.stop_requested();
+}
+
+bool FakeEnv::wait_for_sleepers(std::size_t count) {
+  std::unique_lock lock(m_state->mutex);
+  return m_state->cv.wait_for(lock, std::chrono::seconds(30),
+                              [&] { return m_state->sleepers >= count; });
 }
 
 void FakeEnv::advance_ms(std::int64_t ms) {
