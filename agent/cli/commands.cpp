@@ -4,12 +4,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <string>
 #include <thread>
 
@@ -112,25 +114,50 @@ int emit(const std::filesystem::path& config_path) {
     return 1;
   }
   // stdin is copied in one thread while answers are printed in this one, so many lines are in
-  // flight at once and share group commits.
-  std::thread feeder([fd = *fd] {
+  // flight at once and share group commits. The daemon answers every non-blank line.
+  auto sent = std::make_shared<std::atomic<std::uint64_t>>(0);
+  auto fed_all = std::make_shared<std::atomic<bool>>(false);
+  std::thread feeder([fd = *fd, sent, fed_all] {
     std::string line;
-    while (std::getline(std::cin, line)) {
+    bool daemon_gone = false;
+    while (!daemon_gone && std::getline(std::cin, line)) {
+      const bool blank = line.find_first_not_of(" \t\r") == std::string::npos;
       line.push_back('\n');
-      if (!control_send_all(fd, line)) break;
+      daemon_gone = !control_send_all(fd, line);
+      if (!daemon_gone && !blank) sent->fetch_add(1);
     }
+    // Set before the half-close: the daemon closes only after it has seen the end of input.
+    if (!daemon_gone) fed_all->store(true);
     ::shutdown(fd, SHUT_WR);
   });
   bool any_refused = false;
   std::uint64_t answers = 0;
   read_lines(*fd, [&](std::string_view line) {
     ++answers;
-    if (line.find("\"error\"") != std::string_view::npos) any_refused = true;
+    auto answer = nlohmann::ordered_json::parse(line, nullptr, false);
+    if (!answer.is_object() || answer.contains("error")) any_refused = true;
     fmt::print("{}\n", line);
     std::fflush(stdout);
   });
+  if (!fed_all->load()) {
+    // The daemon closed the connection while stdin still had lines (it stopped or was killed):
+    // those lines were not submitted. The feeder may be blocked reading stdin; it ends with us.
+    feeder.detach();
+    print_error(
+        fmt::format("the daemon closed the connection after {} answers; the remaining "
+                    "input was not submitted",
+                    answers));
+    return 1;
+  }
   feeder.join();
   ::close(*fd);
+  if (answers < sent->load()) {
+    print_error(
+        fmt::format("the daemon answered {} of {} lines; the others may not be committed "
+                    "(was it stopped?)",
+                    answers, sent->load()));
+    return 1;
+  }
   return any_refused ? 1 : 0;
 }
 
