@@ -58,16 +58,6 @@ class Fd {
   int m_fd;
 };
 
-bool send_all(int fd, std::string_view data) {
-  while (!data.empty()) {
-    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    data.remove_prefix(static_cast<std::size_t>(n));
-  }
-  return true;
-}
-
 // Reads one chunk, waiting at most k_wait_ms. nullopt on timeout or error; "" at EOF.
 std::optional<std::string> read_some(int fd) {
   pollfd p{fd, POLLIN, 0};
@@ -167,7 +157,7 @@ class ControlServerTest : public ::testing::Test {
     Fd fd = connect();
     if (fd.get() < 0) return {};
     std::thread sender([&] {
-      EXPECT_TRUE(send_all(fd.get(), text)) << std::strerror(errno);
+      EXPECT_TRUE(control_send_all(fd.get(), text)) << std::strerror(errno);
       ::shutdown(fd.get(), SHUT_WR);
     });
     Reply reply = read_to_eof(fd.get());
@@ -351,7 +341,7 @@ TEST_F(ControlServerTest, StopEndsOpenConnectionsAndRemovesTheSocket) {
   ASSERT_TRUE(m_server->start());
   Fd fd = connect();
   ASSERT_GE(fd.get(), 0);
-  ASSERT_TRUE(send_all(fd.get(), "{\"op\":\"emit\"}\n" + k_good_line + "\n"));
+  ASSERT_TRUE(control_send_all(fd.get(), "{\"op\":\"emit\"}\n" + k_good_line + "\n"));
   std::string buffer;
   auto answer = read_line(fd.get(), buffer);
   ASSERT_TRUE(answer);
