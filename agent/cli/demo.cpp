@@ -94,10 +94,10 @@ std::string describe(const nlohmann::ordered_json& e) {
   std::string resource =
       e.value("resourceInventoriedAs", e.value("resourceConformsTo", std::string("-")));
   if (q.is_object())
-    what = fmt::format("{:g} {}", q["hasNumericalValue"].get<double>(),
+    what = fmt::format("{:.4g} {}", q["hasNumericalValue"].get<double>(),
                        q["hasUnit"].get<std::string>());
   std::string process = e.value("inputOf", e.value("outputOf", std::string("")));
-  return fmt::format("{:<8} {:<18} {:<16} {}", e["action"].get<std::string>(), resource, what,
+  return fmt::format("{:<8} {:<26} {:<14} {}", e["action"].get<std::string>(), resource, what,
                      process);
 }
 
