@@ -26,7 +26,7 @@ namespace agent {
 namespace {
 
 constexpr std::string_view k_component = "forwarder";
-constexpr std::size_t k_read_batch = 256;
+constexpr std::size_t k_read_batch = 64;
 // Bounds one wait of the forwarder thread, so that a clock that is not the real one (FakeEnv) is
 // looked at again within this time even when nothing else wakes the thread.
 constexpr auto k_max_wait = std::chrono::seconds(1);
