@@ -82,7 +82,9 @@ int main(int argc, char** argv) {
       ->required();
 
   auto* drivers = app.add_subcommand("drivers", "List the driver kinds built into this binary");
-  drivers->add_option("describe", describe_kind, "Print the keys of one kind");
+  auto* describe = drivers->add_subcommand("describe", "Print the keys of one driver kind");
+  describe->add_option("KIND", describe_kind, "A kind listed by `reflow-agent drivers`")
+      ->required();
 
   auto* demo = app.add_subcommand("demo",
                                   "Run the built-in demo: a local Mosquitto, this agent with a "

@@ -35,6 +35,22 @@ class KeygenTest(h.AgentTestCase):
         self.assertEqual(path.read_bytes(), before, "the existing key must be untouched")
 
 
+class DriversTest(unittest.TestCase):
+
+    def test_drivers_lists_sim_and_describe_prints_its_keys(self):
+        listed = h.run_cli(["drivers"])
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        self.assertRegex(listed.stdout, r"(?m)^sim\s")
+        described = h.run_cli(["drivers", "describe", "sim"])
+        self.assertEqual(described.returncode, 0, described.stderr)
+        for key in ("kind", "name", "printer", "filament", "part", "jobs", "job_duration",
+                    "filament_grams"):
+            self.assertRegex(described.stdout, rf"(?m)^{key} = ", f"key {key} not described")
+        unknown = h.run_cli(["drivers", "describe", "no-such-kind"])
+        self.assertEqual(unknown.returncode, 1)
+        self.assertIn("no-such-kind", unknown.stderr)
+
+
 class EmitTest(h.AgentTestCase):
 
     def test_malformed_lines_get_numbered_errors_and_good_lines_are_delivered(self):
