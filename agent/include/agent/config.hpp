@@ -86,6 +86,19 @@ Result<AgentConfig> load_config(const std::filesystem::path& path);
 /// Same as load_config, from text (for tests). `file_name` is used in messages.
 Result<AgentConfig> parse_config(std::string_view text, std::string_view file_name);
 
+/// A broker address from `mqtt.url`.
+struct BrokerUrl {
+  std::string host;  ///< a name, an IPv4 address, or an IPv6 address in brackets ("[::1]")
+  int port = 1883;   ///< from the URL, else 1883 for mqtt:// and 8883 for mqtts://
+  bool tls = false;  ///< mqtts://
+};
+
+/// Parses mqtt://HOST[:PORT] or mqtts://HOST[:PORT]. No user info, path or query: credentials
+/// have their own keys and MQTT has no path. The config loader and the forwarder both use it.
+/// Errors: invalid_argument saying what is wrong ("unknown scheme", "the port is not a number
+/// from 1 to 65535" …).
+Result<BrokerUrl> parse_broker_url(std::string_view url);
+
 /// One row of the key table: used for `--help`, docs and the unknown-key check.
 struct ConfigKeyInfo {
   std::string key;   ///< "mqtt.keepalive"

@@ -90,50 +90,8 @@ std::string duration_text(milliseconds d) {
   return fmt::format("{}ms", ms);
 }
 
-bool is_valid_port(std::string_view port) {
-  if (port.empty() || port.size() > 5) return false;
-  unsigned value = 0;
-  for (char c : port) {
-    if (c < '0' || c > '9') return false;
-    value = value * 10 + static_cast<unsigned>(c - '0');
-  }
-  return value >= 1 && value <= 65535;
-}
-
-// mqtt://HOST[:PORT] or mqtts://HOST[:PORT]; HOST is a name, an IPv4 address or [IPv6].
-// No user info or path: credentials have their own keys, and MQTT has no path.
 bool is_valid_broker_url(std::string_view url) {
-  std::string_view rest;
-  if (url.starts_with("mqtt://")) {
-    rest = url.substr(7);
-  } else if (url.starts_with("mqtts://")) {
-    rest = url.substr(8);
-  } else {
-    return false;
-  }
-  std::string_view host;
-  std::string_view after_host;
-  bool ipv6 = false;
-  if (rest.starts_with('[')) {
-    const auto close = rest.find(']');
-    if (close == std::string_view::npos) return false;
-    host = rest.substr(1, close - 1);
-    after_host = rest.substr(close + 1);
-    ipv6 = true;
-  } else {
-    const auto colon = rest.find(':');
-    host = rest.substr(0, colon);
-    after_host = colon == std::string_view::npos ? std::string_view() : rest.substr(colon);
-  }
-  if (host.empty()) return false;
-  for (char c : host) {
-    const bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-    const bool ok =
-        ipv6 ? (alnum || c == ':' || c == '.') : (alnum || c == '.' || c == '-' || c == '_');
-    if (!ok) return false;
-  }
-  if (after_host.empty()) return true;
-  return after_host[0] == ':' && is_valid_port(after_host.substr(1));
+  return parse_broker_url(url).has_value();
 }
 
 // The prefix is the first levels of every topic (PROTOCOL §2): wildcards would make the agent
@@ -620,6 +578,58 @@ const std::vector<ConfigKeyInfo>& config_reference() {
     return rows;
   }();
   return reference;
+}
+
+Result<BrokerUrl> parse_broker_url(std::string_view url) {
+  auto bad = [](std::string_view why) {
+    return fail(ErrorCode::invalid_argument, std::string(why));
+  };
+  BrokerUrl out;
+  std::string_view rest;
+  if (url.starts_with("mqtt://")) {
+    rest = url.substr(7);
+  } else if (url.starts_with("mqtts://")) {
+    rest = url.substr(8);
+    out.tls = true;
+    out.port = 8883;
+  } else {
+    return bad("unknown scheme");
+  }
+  std::string_view host;
+  std::string_view after_host;
+  bool ipv6 = false;
+  if (rest.starts_with('[')) {
+    const auto close = rest.find(']');
+    if (close == std::string_view::npos) return bad("unterminated IPv6 address");
+    host = rest.substr(1, close - 1);
+    after_host = rest.substr(close + 1);
+    ipv6 = true;
+  } else {
+    const auto colon = rest.find(':');
+    host = rest.substr(0, colon);
+    after_host = colon == std::string_view::npos ? std::string_view() : rest.substr(colon);
+  }
+  if (host.empty()) return bad("no host");
+  for (char c : host) {
+    const bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+    const bool ok =
+        ipv6 ? (alnum || c == ':' || c == '.') : (alnum || c == '.' || c == '-' || c == '_');
+    if (!ok)
+      return bad(
+          "the host may hold only letters, digits, '.', '-' and '_' (no user, path or query)");
+  }
+  out.host = ipv6 ? fmt::format("[{}]", host) : std::string(host);
+  if (after_host.empty()) return out;
+  const std::string_view port = after_host.substr(1);
+  unsigned value = 0;
+  bool digits = after_host[0] == ':' && !port.empty() && port.size() <= 5;
+  for (char c : port) {
+    digits = digits && c >= '0' && c <= '9';
+    if (digits) value = value * 10 + static_cast<unsigned>(c - '0');
+  }
+  if (!digits || value < 1 || value > 65535) return bad("the port is not a number from 1 to 65535");
+  out.port = static_cast<int>(value);
+  return out;
 }
 
 }  // namespace agent

@@ -42,56 +42,18 @@ struct BrokerAddress {
   bool tls = false;
 };
 
-// mqtt://host[:port] → tcp://host:port (default 1883); mqtts://host[:port] → ssl://host:port
-// (default 8883). IPv6 literals keep their brackets: mqtt://[::1]:1883.
-Result<BrokerAddress> parse_broker_url(const AgentConfig& config) {
-  const std::string& url = config.url;
-  auto bad = [&](std::string_view why) {
+// mqtt://host[:port] → tcp://host:port; mqtts://host[:port] → ssl://host:port: the schemes Paho C
+// knows. The URL itself is parsed by the same function the config loader validates it with.
+Result<BrokerAddress> broker_address(const AgentConfig& config) {
+  auto url = parse_broker_url(config.url);
+  if (!url)
     return fail(ErrorCode::invalid_config,
                 fmt::format("{}: mqtt.url: {}; got \"{}\" (expected mqtt://host[:port] or "
                             "mqtts://host[:port])",
-                            config.source_file.empty() ? "config" : config.source_file, why, url));
-  };
-  BrokerAddress address;
-  std::string_view rest;
-  if (url.starts_with("mqtt://")) {
-    rest = std::string_view(url).substr(7);
-  } else if (url.starts_with("mqtts://")) {
-    rest = std::string_view(url).substr(8);
-    address.tls = true;
-  } else {
-    return bad("unknown scheme");
-  }
-  if (rest.ends_with('/')) rest.remove_suffix(1);
-  if (rest.empty()) return bad("no host");
-  if (rest.find_first_of("/?#@") != std::string_view::npos)
-    return bad("a path, query or user part is not allowed");
-  std::string_view host = rest;
-  std::string_view port;
-  if (rest.front() == '[') {
-    auto close = rest.find(']');
-    if (close == std::string_view::npos) return bad("unterminated IPv6 literal");
-    host = rest.substr(0, close + 1);
-    auto after = rest.substr(close + 1);
-    if (!after.empty()) {
-      if (after.front() != ':') return bad("junk after the IPv6 literal");
-      port = after.substr(1);
-    }
-  } else if (auto colon = rest.rfind(':'); colon != std::string_view::npos) {
-    host = rest.substr(0, colon);
-    port = rest.substr(colon + 1);
-  }
-  if (host.empty() || host == "[]") return bad("no host");
-  int port_number = address.tls ? 8883 : 1883;
-  if (!port.empty()) {
-    if (port.size() > 5 ||
-        !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; }))
-      return bad("the port is not a number");
-    port_number = std::stoi(std::string(port));
-    if (port_number < 1 || port_number > 65535) return bad("the port is out of range 1..65535");
-  }
-  address.paho_uri = fmt::format("{}://{}:{}", address.tls ? "ssl" : "tcp", host, port_number);
-  return address;
+                            config.source_file.empty() ? "config" : config.source_file,
+                            url.error().message, config.url));
+  return BrokerAddress{fmt::format("{}://{}:{}", url->tls ? "ssl" : "tcp", url->host, url->port),
+                       url->tls};
 }
 
 Status check_readable(const std::filesystem::path& path, std::string_view key) {
@@ -222,7 +184,7 @@ struct Forwarder::Impl {
   // ---- configuration and start ----
 
   Status configure() {
-    auto address = parse_broker_url(config);
+    auto address = broker_address(config);
     if (!address) return std::unexpected(address.error());
     if (config.device_id.empty())
       return fail(ErrorCode::invalid_config, "agent.device_id is empty; set it in the config");
