@@ -98,6 +98,20 @@ class DeliveryTest(h.AgentTestCase):
         self.assert_in_order(stream)
         self.assert_node_clean()
 
+    def assert_all_delivered_after_reconnect(self, agent, stream, acked):
+        """Every emit-acknowledged event of `stream` reaches the node once the agent reconnected,
+        with seqs 1..N and in order (duplicates allowed, PROTOCOL §5)."""
+        total = len(acked)
+        self.assertEqual([seq for seq, _ in acked], list(range(1, total + 1)))
+        self.node.wait_contiguous(stream, total)
+        agent.wait_status(lambda s: s["connected"] and s["acked_seq"] == total and s["backlog_events"] == 0,
+                          f"reconnected, acked_seq == {total}, backlog 0")
+        received = self.node.ids()
+        for seq, event_id in acked:
+            self.assertIn(event_id, received, f"seq {seq} lost")
+        self.assert_node_clean()
+        self.assert_in_order(stream)
+
     def test_broker_restart_mid_stream_delivers_everything_in_order(self):
         agent = self.start_agent()
         # The broker stops while emit is still committing and the agent still publishing.
@@ -108,17 +122,7 @@ class DeliveryTest(h.AgentTestCase):
         acked += self.emit_ok(h.emit_lines(10, start=300))
         self.broker.start()
         acked += self.emit_ok(h.emit_lines(10, start=310))
-        total = len(acked)
-        self.assertEqual([seq for seq, _ in acked], list(range(1, total + 1)))
-        stream = agent.status()["stream"]
-        self.node.wait_contiguous(stream, total)
-        agent.wait_status(lambda s: s["connected"] and s["acked_seq"] == total and s["backlog_events"] == 0,
-                          f"reconnected, acked_seq == {total}, backlog 0")
-        received = self.node.ids()
-        for seq, event_id in acked:
-            self.assertIn(event_id, received, f"seq {seq} lost")
-        self.assert_node_clean()
-        self.assert_in_order(stream)
+        self.assert_all_delivered_after_reconnect(agent, agent.status()["stream"], acked)
 
     def test_broker_killed_with_publishes_in_flight_delivers_everything_in_order(self):
         agent = self.start_agent()
@@ -132,16 +136,7 @@ class DeliveryTest(h.AgentTestCase):
         acked += self.emit_ok(h.emit_lines(10, start=105))
         self.broker.start()
         acked += self.emit_ok(h.emit_lines(10, start=115))
-        total = len(acked)
-        self.assertEqual([seq for seq, _ in acked], list(range(1, total + 1)))
-        self.node.wait_contiguous(stream, total)
-        agent.wait_status(lambda s: s["connected"] and s["acked_seq"] == total and s["backlog_events"] == 0,
-                          f"reconnected, acked_seq == {total}, backlog 0")
-        received = self.node.ids()
-        for seq, event_id in acked:
-            self.assertIn(event_id, received, f"seq {seq} lost")
-        self.assert_node_clean()
-        self.assert_in_order(stream)
+        self.assert_all_delivered_after_reconnect(agent, stream, acked)
 
     def test_resend_after_republishes_when_node_does_not_ack(self):
         self.node.pause()
