@@ -6,12 +6,10 @@
 #include <agent/config.hpp>
 #include <agent/driver.hpp>
 #include <agent/logger.hpp>
+#include <agent/process.hpp>
 #include <agent/result.hpp>
 
 namespace agent {
-
-/// The version string of this build ("0.1.0").
-const char* version() noexcept;
 
 /// Runs `reflow-agent run` with the driver kinds built in (`kinds`, usually
 /// builtin_driver_kinds()): loads the key (refusing a group/other-readable file), takes the data
@@ -22,8 +20,5 @@ const char* version() noexcept;
 /// The caller must have blocked SIGTERM, SIGINT and SIGPIPE in all threads (block_signals()).
 /// Returns the process exit status: 0 after a clean shutdown, 1 when start-up failed (logged).
 int run_daemon(const AgentConfig& config, std::span<const DriverKind* const> kinds, Logger& log);
-
-/// Blocks SIGTERM and SIGINT (to be taken by sigwait) and ignores SIGPIPE; call first in main().
-void block_signals();
 
 }  // namespace agent

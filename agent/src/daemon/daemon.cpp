@@ -200,19 +200,6 @@ std::string systemd_status_line(const nlohmann::ordered_json& s) {
 
 }  // namespace
 
-const char* version() noexcept {
-  return REFLOW_VERSION;
-}
-
-void block_signals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  ::signal(SIGPIPE, SIG_IGN);
-}
-
 int run_daemon(const AgentConfig& config, std::span<const DriverKind* const> kinds, Logger& log) {
   Env& env = Env::real();
   auto fatal = [&](const Error& error) {
