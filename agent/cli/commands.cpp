@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -15,6 +16,7 @@
 #include <string>
 #include <thread>
 
+#include <fmt/chrono.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -26,6 +28,7 @@
 #include <agent/event.hpp>
 #include <agent/jose.hpp>
 #include <agent/outbox.hpp>
+#include <agent/tls.hpp>
 #include <agent/units.hpp>
 
 namespace agent::cli {
@@ -68,6 +71,22 @@ std::string or_dash(const nlohmann::ordered_json& value) {
   if (value.is_null()) return "-";
   if (value.is_string()) return value.get<std::string>();
   return value.dump();
+}
+
+// The client certificate (mqtt.cert_file) as status shows it, read from the file itself:
+// {"subject","not_after" (RFC 3339),"days_left"} or {"error"}.
+nlohmann::ordered_json certificate_status(const std::filesystem::path& cert_file) {
+  nlohmann::ordered_json out;
+  auto info = tls::read_certificate(cert_file);
+  if (!info) {
+    out["error"] = info.error().message;
+    return out;
+  }
+  const std::int64_t left_s = info->not_after - static_cast<std::int64_t>(std::time(nullptr));
+  out["subject"] = info->subject;
+  out["not_after"] = fmt::format("{:%Y-%m-%dT%H:%M:%SZ}", fmt::gmtime(info->not_after));
+  out["days_left"] = left_s >= 0 ? left_s / 86400 : -((-left_s + 86399) / 86400);
+  return out;
 }
 
 }  // namespace
@@ -170,6 +189,7 @@ int status(const std::filesystem::path& config_path, bool json) {
     return answer.error().code == ErrorCode::not_found ? k_exit_not_running : 1;
   }
   nlohmann::ordered_json s = std::move(*answer);  // non-const: a missing key reads as null
+  if (!config->cert_file.empty()) s["certificate"] = certificate_status(config->cert_file);
   if (json) {
     fmt::print("{}\n", s.dump());
     return 0;
@@ -179,6 +199,16 @@ int status(const std::filesystem::path& config_path, bool json) {
              or_dash(s["version"]));
   fmt::print("broker:          {} ({} since {})\n", or_dash(s["broker"]),
              connected ? "connected" : "NOT connected", or_dash(s["since"]));
+  if (auto& c = s["certificate"]; !c.is_null()) {
+    const std::int64_t days = c.value("days_left", std::int64_t{0});
+    fmt::print(
+        "certificate:     {}\n",
+        c.contains("error")
+            ? fmt::format("UNREADABLE: {}", or_dash(c["error"]))
+            : fmt::format("{}, expires {} ({})", or_dash(c["subject"]), or_dash(c["not_after"]),
+                          days >= 0 ? fmt::format("in {} days", days)
+                                    : fmt::format("EXPIRED {} days ago", -days)));
+  }
   fmt::print("stream:          {}\n", or_dash(s["stream"]));
   fmt::print("last seq:        {}\n", or_dash(s["last_seq"]));
   fmt::print("acked seq:       {}\n", or_dash(s["acked_seq"]));

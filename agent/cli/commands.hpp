@@ -19,6 +19,10 @@ int status(const std::filesystem::path& config_path, bool json);
 int export_events(const std::filesystem::path& config_path, std::int64_t from_seq,
                   const std::optional<std::filesystem::path>& outbox_file);
 int verify(const std::filesystem::path& jwk_path);
+/// `enroll`: creates (once) the TLS key at mqtt.key_file (default DATA_DIR/tls.key) and prints a
+/// CSR with CN = agent.device_id to stdout or `out_file` (enroll.cpp).
+int enroll(const std::filesystem::path& config_path,
+           const std::optional<std::filesystem::path>& out_file);
 int drivers(const std::string& describe_kind);
 int demo(int jobs, bool keep);
 

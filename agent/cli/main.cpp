@@ -81,6 +81,14 @@ int main(int argc, char** argv) {
   verify->add_option("--jwk", jwk_path, "The device's public JWK, as keygen printed it")
       ->required();
 
+  std::string csr_out;
+  auto* enroll = app.add_subcommand(
+      "enroll",
+      "Create the device's TLS key (EC P-256, at mqtt.key_file or DATA_DIR/tls.key, mode 0600) if "
+      "missing and print a certificate signing request for the node's `reflow-ingest ca sign`");
+  enroll->add_option("--config", config_path, "The agent's TOML config file")->required();
+  enroll->add_option("--out", csr_out, "Write the CSR (PEM) to this file instead of stdout");
+
   auto* drivers = app.add_subcommand("drivers", "List the driver kinds built into this binary");
   auto* describe = drivers->add_subcommand("describe", "Print the keys of one driver kind");
   describe->add_option("KIND", describe_kind, "A kind listed by `reflow-agent drivers`")
@@ -106,6 +114,10 @@ int main(int argc, char** argv) {
           config_path, from_seq,
           outbox_file.empty() ? std::nullopt : std::optional<std::filesystem::path>(outbox_file));
     if (*verify) return agent::cli::verify(jwk_path);
+    if (*enroll)
+      return agent::cli::enroll(config_path, csr_out.empty()
+                                                 ? std::nullopt
+                                                 : std::optional<std::filesystem::path>(csr_out));
     if (*drivers) return agent::cli::drivers(describe_kind);
     if (*demo) return agent::cli::demo(jobs, keep);
   } catch (const std::exception& e) {
