@@ -1,0 +1,36 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// The reflow-ingest commands. Each add_* function adds its subcommands to the app; a subcommand's
+// callback loads the config named by `--config` (every subcommand has the option, default
+// ingest::k_default_config_path), does its work and stores the process exit status in
+// `exit_code` (0 success, 1 failure, 2 usage).
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include <agent/result.hpp>
+#include <ingest/config.hpp>
+
+namespace ingest::cli {
+
+/// Adds `--config PATH` to `command`, bound to `path`.
+void add_config_option(CLI::App& command, std::string& path);
+
+/// Loads the config at `path`; when `path` is the default and does not exist, returns the
+/// built-in defaults (so that `reflow-ingest device list` works on a fresh node). Errors are
+/// printed by the caller.
+agent::Result<IngestConfig> load_config_for_command(const std::string& path);
+
+/// Prints "reflow-ingest: MESSAGE" to stderr.
+void print_error(const std::string& message);
+
+void add_run_command(CLI::App& app, int& exit_code);  // run_commands.cpp: run
+void add_device_commands(CLI::App& app,
+                         int& exit_code);  // device_commands.cpp: device add|list|revoke
+void add_query_commands(CLI::App& app, int& exit_code);  // query_commands.cpp: events, stats, trace
+void add_export_command(CLI::App& app, int& exit_code);  // export_commands.cpp: export
+void add_ca_commands(CLI::App& app, int& exit_code);  // ca_commands.cpp: ca init|sign|server|client
+
+}  // namespace ingest::cli

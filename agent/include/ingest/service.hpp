@@ -1,0 +1,74 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+#include <agent/env.hpp>
+#include <agent/logger.hpp>
+#include <agent/result.hpp>
+#include <ingest/config.hpp>
+#include <ingest/store.hpp>
+
+namespace ingest {
+
+/// What the service has done since start(), for the `run` summary line and systemd STATUS.
+struct IngestCounters {
+  bool connected = false;        ///< to the broker, now
+  bool subscribed = false;       ///< the events subscription is in place, now
+  std::uint64_t connects = 0;    ///< successful connections since start
+  std::uint64_t received = 0;    ///< envelopes taken from MQTT
+  std::uint64_t stored = 0;      ///< new events stored
+  std::uint64_t duplicates = 0;  ///< envelopes already stored with the same bytes
+  std::uint64_t rejected = 0;    ///< envelopes stored as rejections
+  std::map<std::string, std::uint64_t> rejected_by_reason;  ///< to_string(RejectReason) → count
+  std::uint64_t acks_published = 0;  ///< retained acks handed to the MQTT client
+  std::uint64_t store_errors = 0;    ///< failed store attempts (key lookup or put); each retried
+  std::uint64_t queued = 0;          ///< envelopes received and waiting for the worker, now
+  std::string last_error;            ///< "" when none since start
+};
+
+/// The node's receiving service (`reflow-ingest run`): MQTT → verify → store → ack
+/// (PROTOCOL §5, §7; docs: notes/ingest.md "Service behaviour").
+///
+/// One Paho MQTT C++ async client, MQTT 5, clean_start=false with `session_expiry`, so that the
+/// broker queues QoS 1 events while the service is down. It subscribes QoS 1 to
+/// `PREFIX/+/events`, or `$share/GROUP/PREFIX/+/events` with `share_group` (several instances,
+/// each with its own client id, on one store). Paho's callback only puts each message in a
+/// bounded queue (2 × max_batch; when it is full the callback waits, which holds back the
+/// broker). One worker thread takes up to `max_batch` envelopes, verifies each (verify_envelope),
+/// stores them with one Store::put() and only then publishes acks: retained, QoS 1, on
+/// `PREFIX/DEVICE/ack`, `{"stream":"…","seq":N}` from Store::ack_point(), never for seq 0. Per
+/// device at most one ack per `ack_interval` (time from the Env), with a trailing ack once the
+/// interval has passed after a burst; a duplicate forces a republish (the agent may have missed
+/// the ack). A store error acks nothing of the batch: the worker retries the same batch with
+/// exponential backoff (100 ms to 10 s) until it is stored or the service stops; nothing is
+/// dropped. Lost connections are retried with full-jitter backoff between `reconnect_min` and
+/// `reconnect_max`, like the agent's forwarder.
+///
+/// Owns two threads (connection, worker) and the Paho client; borrows the store, env and logger,
+/// which must outlive it. counters() is thread-safe; start() and stop() are for one thread.
+class IngestService {
+ public:
+  IngestService(const IngestConfig& config, Store& store, agent::Env& env, agent::Logger& log);
+  ~IngestService();  ///< stop()s
+
+  /// Starts the threads; connecting happens in the background, so this fails only on a bad
+  /// configuration (invalid_config: URL, unreadable password or TLS files).
+  Status start();
+
+  /// Stops taking envelopes, stores and acks those already queued, then disconnects and joins,
+  /// within about `deadline_ms` (a store that keeps failing is abandoned at the deadline; what
+  /// it held is not acked, so the agents republish it).
+  void stop(std::int64_t deadline_ms = 3000);
+
+  IngestCounters counters() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> m_impl;
+};
+
+}  // namespace ingest

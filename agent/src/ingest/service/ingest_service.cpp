@@ -1,0 +1,793 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include <ingest/service.hpp>
+
+#include <mqtt/async_client.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <agent/units.hpp>
+#include <ingest/verifier.hpp>
+
+namespace ingest {
+namespace {
+
+constexpr std::string_view k_component = "ingest";
+constexpr int k_qos = 1;
+// Bounds one wait of a service thread, so that a clock that is not the real one (FakeEnv) is
+// looked at again within this time even when nothing else wakes the thread.
+constexpr auto k_max_wait = std::chrono::milliseconds(200);
+// Paho enforces connect_timeout itself; this is only the margin before the service stops waiting
+// for an answer Paho should already have given.
+constexpr auto k_connect_grace = std::chrono::seconds(5);
+constexpr auto k_store_retry_min = std::chrono::milliseconds(100);
+constexpr auto k_store_retry_max = std::chrono::seconds(10);
+// Envelopes waiting for the worker, per envelope of max_batch: one batch being stored while the
+// next one fills.
+constexpr std::size_t k_queue_batches = 2;
+// Paho refuses a publish when this many are waiting in its own queue, connected or not (its
+// default, 100, is less than a burst of acks to many devices).
+constexpr int k_max_buffered = 10'000;
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+Result<std::string> paho_uri(const IngestConfig& config) {
+  auto url = agent::parse_broker_url(config.url);
+  if (!url)
+    return agent::fail(agent::ErrorCode::invalid_config,
+                       fmt::format("{}: mqtt.url: {}; got \"{}\" (expected mqtt://host[:port] or "
+                                   "mqtts://host[:port])",
+                                   config.source_file.empty() ? "config" : config.source_file,
+                                   url.error().message, config.url));
+  return fmt::format("{}://{}:{}", url->tls ? "ssl" : "tcp", url->host, url->port);
+}
+
+Status check_readable(const std::filesystem::path& path, std::string_view key) {
+  std::ifstream in(path);
+  if (!in)
+    return agent::fail(agent::ErrorCode::invalid_config,
+                       fmt::format("mqtt.{}: cannot read \"{}\"; check the path and its "
+                                   "permissions",
+                                   key, path.string()));
+  return {};
+}
+
+// The password is the file's first line; a trailing CR/LF is not part of it.
+Result<std::string> read_password(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return agent::fail(agent::ErrorCode::invalid_config,
+                       fmt::format("mqtt.password_file: cannot read \"{}\"; check the path and "
+                                   "its permissions",
+                                   path.string()));
+  std::string line;
+  std::getline(in, line);
+  while (!line.empty() && (line.back() == '\r' || line.back() == '\n'))
+    line.pop_back();
+  return line;
+}
+
+// Paho takes whole seconds; round up so a "500ms" setting never becomes 0 (= off).
+int whole_seconds(milliseconds ms, std::int64_t max = 65535) {
+  auto s = (ms.count() + 999) / 1000;
+  return static_cast<int>(std::clamp<std::int64_t>(s, 1, max));
+}
+
+void* context_of(std::uint64_t generation) {
+  return reinterpret_cast<void*>(static_cast<std::uintptr_t>(generation));
+}
+
+std::uint64_t generation_of(const mqtt::token& token) {
+  return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(token.get_user_context()));
+}
+
+std::string paho_error(const mqtt::token& token) {
+  const int rc = token.get_return_code();
+  const auto reason = token.get_reason_code();
+  if (static_cast<int>(reason) >= 0x80)
+    return fmt::format("broker answered with MQTT 5 reason code {:#x}", static_cast<int>(reason));
+  return mqtt::exception::printable_error(rc, reason, mqtt::exception::error_str(rc));
+}
+
+// An MQTT 5 SUBACK says per filter whether it was granted; a code from 0x80 up is a refusal.
+std::optional<std::string> subscribe_refusal(const mqtt::token& token) {
+  try {
+    const auto response = token.get_subscribe_response();
+    for (auto code : response.get_reason_codes()) {
+      if (static_cast<int>(code) >= 0x80)
+        return fmt::format("the broker refused the subscription (MQTT 5 reason code {:#x})",
+                           static_cast<int>(code));
+    }
+  } catch (const std::exception&) {
+    // No SUBACK details (not an MQTT 5 answer): success is success.
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+struct IngestService::Impl {
+  enum class Kind {
+    connect_ok,
+    connect_failed,
+    connection_lost,
+    subscribe_ok,
+    subscribe_failed,
+  };
+
+  // What a Paho thread hands to the connection thread; Paho threads do nothing else.
+  struct Event {
+    Kind kind;
+    std::uint64_t generation = 0;
+    std::string text;
+  };
+
+  class Listener final : public mqtt::iaction_listener {
+   public:
+    Listener(Impl& impl, Kind ok, Kind failed) : m_impl(impl), m_ok(ok), m_failed(failed) {}
+    void on_success(const mqtt::token& token) override {
+      if (m_ok == Kind::subscribe_ok) {
+        if (auto refused = subscribe_refusal(token)) {
+          m_impl.post({m_failed, generation_of(token), *refused});
+          return;
+        }
+      }
+      m_impl.post({m_ok, generation_of(token), {}});
+    }
+    void on_failure(const mqtt::token& token) override {
+      m_impl.post({m_failed, generation_of(token), paho_error(token)});
+    }
+
+   private:
+    Impl& m_impl;
+    Kind m_ok;
+    Kind m_failed;
+  };
+
+  // One envelope as it arrived.
+  struct Message {
+    std::string topic;
+    std::string payload;
+  };
+
+  // The ack state of one device, owned by the worker.
+  struct DeviceAck {
+    bool dirty = false;  ///< something was stored or duplicated since the last ack
+    bool force = false;  ///< publish even when the ack point did not change
+    std::optional<Clock::time_point> last_sent;
+    std::optional<AckPoint> last_published;
+  };
+
+  Impl(const IngestConfig& config_in, Store& store_in, agent::Env& env_in, agent::Logger& log_in)
+      : config(config_in),
+        store(store_in),
+        env(env_in),
+        log(log_in),
+        events_filter(
+            config.share_group.empty()
+                ? config.topic_prefix + "/+/events"
+                : fmt::format("$share/{}/{}/+/events", config.share_group, config.topic_prefix)),
+        queue_capacity(std::max<std::size_t>(64, k_queue_batches * config.max_batch)),
+        rng(std::random_device{}()) {}
+
+  // ---- configuration ----
+
+  Status configure() {
+    auto uri = paho_uri(config);
+    if (!uri) return std::unexpected(uri.error());
+    const bool tls = config.url.starts_with("mqtts://");
+
+    // Built in place: Paho C++ 1.2's move assignment of connect_options leaves the C struct's
+    // pointer to the connect properties dangling (paho.mqtt.cpp #444, fixed in 1.3).
+    mqtt::connect_options& options = connect_options;
+    // MQTT 5 with a session kept by the broker: QoS 1 events published while the service is
+    // down wait at the broker instead of only in the agents' outboxes.
+    options.set_mqtt_version(MQTTVERSION_5);
+    options.set_clean_start(false);
+    mqtt::properties properties;
+    properties.add(mqtt::property(mqtt::property::SESSION_EXPIRY_INTERVAL,
+                                  whole_seconds(config.session_expiry, INT32_MAX)));
+    options.set_properties(properties);
+    options.set_keep_alive_interval(whole_seconds(config.keepalive));
+    options.set_connect_timeout(whole_seconds(config.connect_timeout));
+    // The connection thread reconnects itself, with backoff and jitter.
+    options.set_automatic_reconnect(false);
+    if (!config.username.empty()) options.set_user_name(config.username);
+    if (!config.password_file.empty()) {
+      if (config.username.empty())
+        return agent::fail(agent::ErrorCode::invalid_config,
+                           "mqtt.password_file is set but mqtt.username is empty; MQTT sends a "
+                           "password only with a user name");
+      auto password = read_password(config.password_file);
+      if (!password) return std::unexpected(password.error());
+      options.set_password(*password);
+    }
+    if (tls) {
+      mqtt::ssl_options ssl;
+      if (!config.ca_file.empty()) {
+        if (auto ok = check_readable(config.ca_file, "ca_file"); !ok) return ok;
+        ssl.set_trust_store(config.ca_file.string());
+      }
+      if (config.tls_key_file.empty() != config.cert_file.empty())
+        return agent::fail(agent::ErrorCode::invalid_config,
+                           "mqtt.cert_file and mqtt.key_file go together for mutual TLS; set "
+                           "both or neither");
+      if (!config.cert_file.empty()) {
+        if (auto ok = check_readable(config.cert_file, "cert_file"); !ok) return ok;
+        if (auto ok = check_readable(config.tls_key_file, "key_file"); !ok) return ok;
+        ssl.set_key_store(config.cert_file.string());
+        ssl.set_private_key(config.tls_key_file.string());
+      }
+      ssl.set_enable_server_cert_auth(true);
+      ssl.set_verify(true);  // the certificate must match the host name
+      options.set_ssl(std::move(ssl));
+    }
+
+    try {
+      // No Paho persistence: the store is the record of what arrived; what is not acked the
+      // agents republish.
+      client = std::make_unique<mqtt::async_client>(
+          *uri, config.client_id, mqtt::create_options(MQTTVERSION_5, k_max_buffered),
+          static_cast<mqtt::iclient_persistence*>(nullptr));
+    } catch (const std::exception& e) {
+      return agent::fail(
+          agent::ErrorCode::invalid_config,
+          fmt::format("mqtt.url \"{}\": the MQTT client rejected it: {}", config.url, e.what()));
+    }
+    client->set_message_callback([this](mqtt::const_message_ptr message) {
+      enqueue(Message{message->get_topic(), message->to_string()});
+    });
+    client->set_connection_lost_handler([this](const std::string& cause) {
+      post({Kind::connection_lost, 0, cause});
+    });
+    client->set_disconnected_handler([this](const mqtt::properties&, mqtt::ReasonCode reason) {
+      post({Kind::connection_lost, 0,
+            fmt::format("the broker disconnected (MQTT 5 reason code {:#x})",
+                        static_cast<int>(reason))});
+    });
+    return {};
+  }
+
+  // ---- the bounded queue from Paho's callback to the worker ----
+
+  // Runs on a Paho thread. Waiting here when the queue is full holds back Paho's reading, and so
+  // the broker, instead of dropping anything.
+  void enqueue(Message message) {
+    std::unique_lock lock(messages_mutex);
+    not_full.wait(lock, [&] { return messages.size() < queue_capacity || intake_closed; });
+    if (intake_closed) return;  // stopping: not acked, so the agent republishes it
+    messages.push_back(std::move(message));
+    const std::size_t queued = messages.size();
+    lock.unlock();
+    not_empty.notify_one();
+    std::lock_guard stats_lock(stats_mutex);
+    ++stats.received;
+    stats.queued = queued;
+  }
+
+  void close_intake() {
+    {
+      std::lock_guard lock(messages_mutex);
+      intake_closed = true;
+    }
+    not_full.notify_all();
+    not_empty.notify_all();
+  }
+
+  // ---- the worker thread ----
+
+  void work(std::stop_token stop) {
+    while (!stop.stop_requested()) {
+      std::vector<Message> batch;
+      {
+        std::unique_lock lock(messages_mutex);
+        const auto timeout = std::clamp<Clock::duration>(next_ack_due - env.steady_now(),
+                                                         Clock::duration::zero(), k_max_wait);
+        not_empty.wait_for(lock, stop, timeout, [&] { return !messages.empty(); });
+        take(batch);
+      }
+      if (!batch.empty()) {
+        not_full.notify_all();
+        process(batch, stop);
+      }
+      publish_due_acks();
+    }
+    // Stopping: what was queued before the intake closed is stored and acked, within the
+    // deadline.
+    for (;;) {
+      std::vector<Message> batch;
+      {
+        std::lock_guard lock(messages_mutex);
+        take(batch);
+      }
+      if (batch.empty() || env.steady_now() >= stop_deadline) break;
+      process(batch, std::stop_token{});
+      publish_due_acks(/*final=*/true);
+    }
+    publish_due_acks(/*final=*/true);
+    std::size_t left = 0;
+    {
+      std::lock_guard lock(messages_mutex);
+      left = messages.size();
+      messages.clear();
+    }
+    if (left > 0)
+      log.warning(k_component,
+                  "stopping with {} envelopes received but not stored; they are not acked, so "
+                  "their agents republish them",
+                  left);
+  }
+
+  // Moves up to max_batch queued messages into `batch` (messages_mutex held).
+  void take(std::vector<Message>& batch) {
+    const std::size_t n = std::min<std::size_t>(messages.size(), config.max_batch);
+    batch.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      batch.push_back(std::move(messages.front()));
+      messages.pop_front();
+    }
+    std::lock_guard stats_lock(stats_mutex);
+    stats.queued = messages.size();
+  }
+
+  // Verifies and stores `batch` in one transaction, retrying until it is stored. `stop` ends
+  // the retries (the final drain passes none, and gives up at the stop deadline instead).
+  void process(const std::vector<Message>& batch, std::stop_token stop) {
+    std::uint32_t attempt = 0;
+    for (;;) {
+      std::vector<Incoming> incoming;
+      incoming.reserve(batch.size());
+      std::optional<agent::Error> error;
+      for (const Message& message : batch) {
+        auto device = device_of_events_topic(message.topic, config.topic_prefix);
+        if (!device) {
+          // The subscription only matches PREFIX/+/events; anything else is not ours.
+          log.warning(k_component, "ignoring a message on {}: not {}/DEVICE/events", message.topic,
+                      config.topic_prefix);
+          continue;
+        }
+        auto verified = verify_envelope(store, message.topic, *device, message.payload);
+        if (!verified) {
+          error = verified.error();
+          break;
+        }
+        Incoming item;
+        if (verified->has_value())
+          item.event = std::move(verified->value());
+        else
+          item.rejection = std::move(verified->error());
+        incoming.push_back(std::move(item));
+      }
+      if (!error) {
+        if (incoming.empty()) return;
+        auto results = store.put(incoming, env.now_unix_ms());
+        if (results) {
+          apply_results(incoming, *results);
+          return;
+        }
+        error = results.error();
+      }
+
+      const auto delay = store_backoff(attempt);
+      if (attempt < 62) ++attempt;
+      const std::string message =
+          fmt::format("storing {} envelopes failed: {}", batch.size(), error->message);
+      log.error(k_component, "{}; nothing of them is acked; retrying in {}", message,
+                agent::format_duration(delay));
+      {
+        std::lock_guard lock(stats_mutex);
+        ++stats.store_errors;
+        stats.last_error = message;
+      }
+      bool slept = false;
+      if (stop.stop_possible()) {
+        slept = env.sleep_until(env.steady_now() + delay, stop);
+      } else {
+        const auto until = std::min(env.steady_now() + Clock::duration(delay), stop_deadline);
+        slept = env.steady_now() < stop_deadline && env.sleep_until(until, stop) &&
+                env.steady_now() < stop_deadline;
+      }
+      if (!slept) {
+        log.warning(k_component,
+                    "stopping with {} envelopes not stored; they are not acked, so their agents "
+                    "republish them",
+                    batch.size());
+        return;
+      }
+    }
+  }
+
+  milliseconds store_backoff(std::uint32_t attempt) const {
+    milliseconds delay = k_store_retry_min;
+    for (std::uint32_t i = 0; i < attempt && delay < k_store_retry_max; ++i)
+      delay *= 2;
+    return std::min<milliseconds>(delay, k_store_retry_max);
+  }
+
+  void apply_results(const std::vector<Incoming>& incoming, const std::vector<PutResult>& results) {
+    std::uint64_t stored = 0;
+    std::uint64_t duplicates = 0;
+    std::vector<std::string> reasons;
+    for (std::size_t i = 0; i < incoming.size() && i < results.size(); ++i) {
+      const Incoming& item = incoming[i];
+      const PutResult& result = results[i];
+      switch (result.outcome) {
+        case PutOutcome::stored:
+          ++stored;
+          log.debug(k_component, "stored {} seq {} {}", item.event->device, item.event->seq,
+                    item.event->action);
+          mark(item.event->device, false);
+          break;
+        case PutOutcome::duplicate:
+          ++duplicates;
+          log.debug(k_component, "duplicate {} seq {}", item.event->device, item.event->seq);
+          mark(item.event->device, true);
+          break;
+        case PutOutcome::rejected:
+          reasons.push_back(std::string(to_string(log_rejection(item, result))));
+          break;
+      }
+    }
+    std::lock_guard lock(stats_mutex);
+    stats.stored += stored;
+    stats.duplicates += duplicates;
+    stats.rejected += reasons.size();
+    for (const auto& reason : reasons)
+      ++stats.rejected_by_reason[reason];
+  }
+
+  RejectReason log_rejection(const Incoming& item, const PutResult& result) {
+    std::string device;
+    std::optional<std::string> stream;
+    std::optional<std::int64_t> seq;
+    RejectReason reason = result.reason.value_or(RejectReason::malformed_jws);
+    std::string detail = result.detail;
+    if (item.event) {
+      device = item.event->device;
+      stream = item.event->stream;
+      seq = item.event->seq;
+    } else if (item.rejection) {
+      device = item.rejection->device;
+      stream = item.rejection->stream;
+      seq = item.rejection->seq;
+      if (!result.reason) reason = item.rejection->reason;
+      if (detail.empty()) detail = item.rejection->detail;
+    }
+    log.warning(k_component, "rejected {} stream {} seq {}: {}: {}", device, stream.value_or("?"),
+                seq ? std::to_string(*seq) : std::string("?"), to_string(reason), detail);
+    return reason;
+  }
+
+  void mark(const std::string& device, bool force) {
+    DeviceAck& ack = acks[device];
+    ack.dirty = true;
+    ack.force = ack.force || force;
+  }
+
+  // Publishes the acks that are due; the others set next_ack_due. `final` ignores the interval:
+  // the service is stopping and the last ack must not wait for a next time.
+  void publish_due_acks(bool final = false) {
+    const auto now = env.steady_now();
+    next_ack_due = Clock::time_point::max();
+    for (auto& [device, ack] : acks) {
+      if (!ack.dirty) continue;
+      if (!final && ack.last_sent && now < *ack.last_sent + config.ack_interval) {
+        next_ack_due = std::min(next_ack_due, *ack.last_sent + config.ack_interval);
+        continue;
+      }
+      auto point = store.ack_point(device);
+      if (!point) {
+        log.warning(k_component, "reading the ack point of {} failed: {}; retrying", device,
+                    point.error().message);
+        next_ack_due = std::min(next_ack_due, now + k_max_wait);
+        continue;
+      }
+      if (!*point || (*point)->seq == 0) {
+        ack.dirty = ack.force = false;
+        continue;
+      }
+      const AckPoint& current = **point;
+      if (!ack.force && ack.last_published && ack.last_published->stream == current.stream &&
+          ack.last_published->seq == current.seq) {
+        ack.dirty = false;
+        continue;
+      }
+      nlohmann::ordered_json body;
+      body["stream"] = current.stream;
+      body["seq"] = current.seq;
+      const std::string topic = fmt::format("{}/{}/ack", config.topic_prefix, device);
+      try {
+        client->publish(mqtt::make_message(topic, body.dump(), k_qos, true));
+      } catch (const std::exception& e) {
+        // Not connected: the ack stays due and goes out once the connection is back.
+        log.debug(k_component, "publishing the ack on {} failed: {}; retrying", topic, e.what());
+        next_ack_due = std::min(next_ack_due, now + k_max_wait);
+        continue;
+      }
+      ack.dirty = ack.force = false;
+      ack.last_sent = now;
+      ack.last_published = current;
+      std::lock_guard lock(stats_mutex);
+      ++stats.acks_published;
+    }
+  }
+
+  // ---- the connection thread ----
+
+  void post(Event event) {
+    {
+      std::lock_guard lock(events_mutex);
+      events.push_back(std::move(event));
+    }
+    events_cv.notify_one();
+  }
+
+  std::deque<Event> wait_events(std::stop_token stop, Clock::duration timeout) {
+    std::unique_lock lock(events_mutex);
+    timeout = std::clamp<Clock::duration>(timeout, Clock::duration::zero(), k_max_wait);
+    events_cv.wait_for(lock, stop, timeout, [&] { return !events.empty(); });
+    return std::exchange(events, {});
+  }
+
+  void connection(std::stop_token stop) {
+    std::uint32_t attempt = 0;
+    while (!stop.stop_requested()) {
+      if (connect(stop)) {
+        attempt = 0;
+        session(stop);
+        if (stop.stop_requested()) break;
+      }
+      const auto delay = reconnect_backoff(attempt);
+      if (attempt < 62) ++attempt;
+      log.debug(k_component, "reconnecting to {} in {} ms", config.url, delay.count());
+      if (!env.sleep_until(env.steady_now() + delay, stop)) break;
+    }
+  }
+
+  // Full jitter (AWS Architecture Blog, "Exponential Backoff and Jitter") with reconnect_min as
+  // the floor, as the agent's forwarder does.
+  milliseconds reconnect_backoff(std::uint32_t attempt) {
+    const auto low = std::max<std::int64_t>(config.reconnect_min.count(), 0);
+    const auto cap = std::max<std::int64_t>(config.reconnect_max.count(), low);
+    std::int64_t high = low;
+    for (std::uint32_t i = 0; i < attempt && high < cap; ++i)
+      high = std::max<std::int64_t>(high * 2, 1);
+    high = std::min(high, cap);
+    std::uniform_int_distribution<std::int64_t> pick(low, high);
+    return milliseconds(pick(rng));
+  }
+
+  bool connect(std::stop_token stop) {
+    ++generation;
+    try {
+      client->connect(connect_options, context_of(generation), connect_listener);
+    } catch (const std::exception& e) {
+      connect_failed(e.what());
+      return false;
+    }
+    const auto give_up = env.steady_now() + config.connect_timeout + k_connect_grace;
+    while (!stop.stop_requested()) {
+      for (const Event& event : wait_events(stop, give_up - env.steady_now())) {
+        // A lost connection reported late belongs to the previous one.
+        if (event.kind == Kind::connection_lost || event.generation != generation) continue;
+        if (event.kind == Kind::connect_ok) {
+          connected();
+          return true;
+        }
+        if (event.kind == Kind::connect_failed) {
+          connect_failed(event.text);
+          return false;
+        }
+      }
+      if (env.steady_now() >= give_up) {
+        connect_failed("no answer within mqtt.connect_timeout");
+        return false;
+      }
+    }
+    return false;
+  }
+
+  void connect_failed(const std::string& why) {
+    auto message = fmt::format("cannot connect to {}: {}", config.url, why);
+    log.warning(k_component, "{}; retrying with backoff", message);
+    std::lock_guard lock(stats_mutex);
+    stats.last_error = std::move(message);
+  }
+
+  void connected() {
+    log.info(k_component, "connected to {} as {}", config.url, config.client_id);
+    {
+      std::lock_guard lock(stats_mutex);
+      stats.connected = true;
+      ++stats.connects;
+    }
+    try {
+      client->subscribe(events_filter, k_qos, context_of(generation), subscribe_listener);
+    } catch (const std::exception& e) {
+      post({Kind::subscribe_failed, generation, e.what()});
+    }
+  }
+
+  // Runs one connection until it is lost or stop is requested.
+  void session(std::stop_token stop) {
+    while (!stop.stop_requested()) {
+      for (const Event& event : wait_events(stop, k_max_wait)) {
+        switch (event.kind) {
+          case Kind::connection_lost:
+            lost(event.text.empty() ? "connection lost" : "connection lost: " + event.text);
+            return;
+          case Kind::subscribe_ok:
+            if (event.generation != generation) break;
+            subscribed();
+            break;
+          case Kind::subscribe_failed:
+            if (event.generation != generation) break;
+            log.error(k_component, "subscribing to {} failed: {}; reconnecting", events_filter,
+                      event.text);
+            try {
+              client->disconnect(0)->wait_for(std::chrono::seconds(1));
+            } catch (const std::exception&) {
+              // Already gone; the reconnect is what matters.
+            }
+            lost("subscribing to " + events_filter + " failed: " + event.text);
+            return;
+          case Kind::connect_ok:
+          case Kind::connect_failed:
+            break;
+        }
+      }
+    }
+  }
+
+  void subscribed() {
+    if (!ever_subscribed) {
+      log.info(k_component, "ready: subscribed to {} at {} (QoS 1, session kept {} by the broker)",
+               events_filter, config.url, agent::format_duration(config.session_expiry));
+    } else {
+      log.info(k_component, "subscribed to {} again", events_filter);
+    }
+    ever_subscribed = true;
+    std::lock_guard lock(stats_mutex);
+    stats.subscribed = true;
+  }
+
+  void lost(const std::string& why) {
+    log.warning(k_component, "disconnected from {}: {}", config.url, why);
+    std::lock_guard lock(stats_mutex);
+    stats.connected = false;
+    stats.subscribed = false;
+    stats.last_error = fmt::format("{}: {}", config.url, why);
+  }
+
+  // Disconnects within the stop deadline; a dead broker costs at most that deadline.
+  void shutdown() {
+    const auto remaining = [&] {
+      return std::max(std::chrono::duration_cast<milliseconds>(stop_deadline - env.steady_now()),
+                      milliseconds(0));
+    };
+    if (client->is_connected()) {
+      try {
+        // Keeps the broker session (session_expiry): events published while the service is
+        // down are queued for it.
+        if (!client->disconnect(0)->wait_for(remaining()))
+          log.warning(k_component, "disconnecting from {} did not finish before the deadline",
+                      config.url);
+      } catch (const std::exception& e) {
+        log.warning(k_component, "disconnecting from {}: {}", config.url, e.what());
+      }
+    }
+    try {
+      client->disable_callbacks();
+    } catch (const std::exception&) {
+      // Paho refuses while a connection is being torn down; nothing more is handled anyway.
+    }
+    std::lock_guard lock(stats_mutex);
+    stats.connected = false;
+    stats.subscribed = false;
+  }
+
+  const IngestConfig config;
+  Store& store;
+  agent::Env& env;
+  agent::Logger& log;
+  const std::string events_filter;
+  const std::size_t queue_capacity;
+
+  // Declared before the client: Paho may call into them until the client is destroyed.
+  std::mutex events_mutex;
+  std::condition_variable_any events_cv;
+  std::deque<Event> events;
+  Listener connect_listener{*this, Kind::connect_ok, Kind::connect_failed};
+  Listener subscribe_listener{*this, Kind::subscribe_ok, Kind::subscribe_failed};
+
+  std::mutex messages_mutex;
+  std::condition_variable_any not_empty;
+  std::condition_variable not_full;
+  std::deque<Message> messages;
+  bool intake_closed = false;
+
+  mutable std::mutex stats_mutex;
+  IngestCounters stats;
+
+  Clock::time_point stop_deadline = Clock::time_point::max();
+
+  // Owned by the connection thread.
+  std::mt19937_64 rng;
+  std::uint64_t generation = 0;  ///< one per connect attempt; tags Paho answers
+  bool ever_subscribed = false;
+
+  // Owned by the worker thread.
+  std::map<std::string, DeviceAck> acks;
+  Clock::time_point next_ack_due = Clock::time_point::max();
+
+  mqtt::connect_options connect_options;
+  std::unique_ptr<mqtt::async_client> client;
+  std::jthread connection_thread;
+  std::jthread worker_thread;
+  bool started = false;
+};
+
+IngestService::IngestService(const IngestConfig& config, Store& store, agent::Env& env,
+                             agent::Logger& log)
+    : m_impl(std::make_unique<Impl>(config, store, env, log)) {}
+
+IngestService::~IngestService() {
+  stop();
+}
+
+Status IngestService::start() {
+  if (m_impl->started) return {};
+  if (auto ok = m_impl->configure(); !ok) return ok;
+  try {
+    m_impl->worker_thread =
+        std::jthread([impl = m_impl.get()](std::stop_token stop) { impl->work(stop); });
+    m_impl->connection_thread =
+        std::jthread([impl = m_impl.get()](std::stop_token stop) { impl->connection(stop); });
+  } catch (const std::exception& e) {
+    m_impl->worker_thread = {};
+    return agent::fail(agent::ErrorCode::internal,
+                       fmt::format("cannot start the ingest threads: {}", e.what()));
+  }
+  m_impl->started = true;
+  m_impl->log.info(k_component, "receiving {} from {} into the store", m_impl->events_filter,
+                   m_impl->config.url);
+  return {};
+}
+
+void IngestService::stop(std::int64_t deadline_ms) {
+  if (!m_impl->started) return;
+  m_impl->started = false;
+  m_impl->stop_deadline = m_impl->env.steady_now() + milliseconds(deadline_ms);
+  // Order: no new envelopes; the worker stores and acks what is queued while still connected;
+  // then the connection goes.
+  m_impl->close_intake();
+  m_impl->worker_thread.request_stop();
+  m_impl->worker_thread.join();
+  m_impl->connection_thread.request_stop();
+  m_impl->connection_thread.join();
+  m_impl->shutdown();
+}
+
+IngestCounters IngestService::counters() const {
+  std::lock_guard lock(m_impl->stats_mutex);
+  return m_impl->stats;
+}
+
+}  // namespace ingest

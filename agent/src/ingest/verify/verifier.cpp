@@ -1,0 +1,171 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include <ingest/verifier.hpp>
+
+#include <limits>
+#include <utility>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <agent/event.hpp>
+#include <agent/jose.hpp>
+#include <agent/units.hpp>
+
+namespace ingest {
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+// What a payload says about where it belongs, read before it is validated so that a rejection at
+// any later step still tells the operator which stream and seq it was about.
+void note_position(const Json& payload, Rejection& out) {
+  if (!payload.is_object()) return;
+  if (auto stream = payload.find("stream"); stream != payload.end() && stream->is_string())
+    out.stream = stream->get<std::string>();
+  if (auto seq = payload.find("seq"); seq != payload.end() && seq->is_number_integer()) {
+    // A huge unsigned seq would wrap; it is not a seq the node could ever store anyway.
+    if (!seq->is_number_unsigned() ||
+        seq->get<std::uint64_t>() <=
+            static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+      out.seq = seq->get<std::int64_t>();
+  }
+}
+
+}  // namespace
+
+std::string_view to_string(RejectReason reason) noexcept {
+  switch (reason) {
+    case RejectReason::oversized:
+      return "oversized";
+    case RejectReason::malformed_jws:
+      return "malformed_jws";
+    case RejectReason::unknown_kid:
+      return "unknown_kid";
+    case RejectReason::bad_signature:
+      return "bad_signature";
+    case RejectReason::device_mismatch:
+      return "device_mismatch";
+    case RejectReason::invalid_event:
+      return "invalid_event";
+    case RejectReason::key_revoked:
+      return "key_revoked";
+    case RejectReason::equivocation:
+      return "equivocation";
+    case RejectReason::chain_break:
+      return "chain_break";
+  }
+  return "unknown";
+}
+
+std::optional<std::string> device_of_events_topic(std::string_view topic, std::string_view prefix) {
+  constexpr std::string_view k_suffix = "/events";
+  if (topic.size() <= prefix.size() + 1 + k_suffix.size()) return std::nullopt;
+  if (!topic.starts_with(prefix) || topic[prefix.size()] != '/' || !topic.ends_with(k_suffix))
+    return std::nullopt;
+  std::string_view level =
+      topic.substr(prefix.size() + 1, topic.size() - prefix.size() - 1 - k_suffix.size());
+  if (level.empty() || level.find('/') != std::string_view::npos) return std::nullopt;
+  return std::string(level);
+}
+
+Result<std::expected<VerifiedEvent, Rejection>> verify_envelope(Store& store,
+                                                                std::string_view topic,
+                                                                std::string_view topic_device,
+                                                                std::string_view envelope) {
+  using Outcome = std::expected<VerifiedEvent, Rejection>;
+  Rejection rejection;
+  rejection.topic = std::string(topic);
+  rejection.device = std::string(topic_device);
+  auto reject = [&](RejectReason reason, std::string detail) -> Result<Outcome> {
+    rejection.reason = reason;
+    rejection.detail = std::move(detail);
+    rejection.envelope = std::string(envelope);
+    return Outcome(std::unexpect, std::move(rejection));
+  };
+
+  try {
+    // Checked here rather than left to jws_parse so that size has its own reason (PROTOCOL §3).
+    if (envelope.size() > agent::k_max_envelope_bytes)
+      return reject(RejectReason::oversized,
+                    fmt::format("envelope is {} bytes; at most {} are allowed (PROTOCOL §3)",
+                                envelope.size(), agent::k_max_envelope_bytes));
+
+    auto parsed = agent::jws_parse(envelope);
+    if (!parsed) return reject(RejectReason::malformed_jws, parsed.error().message);
+
+    // Read the payload early only to label rejections; nothing below trusts it before step 3.
+    Json payload = Json::parse(parsed->payload, nullptr, /*allow_exceptions=*/false);
+    const bool payload_is_json = !payload.is_discarded();
+    if (payload_is_json) note_position(payload, rejection);
+
+    auto key = store.find_key(parsed->kid);
+    if (!key) return std::unexpected(key.error());
+    if (!key->has_value())
+      return reject(RejectReason::unknown_kid,
+                    fmt::format("kid {} is not in the device registry; register the device's "
+                                "public key with `reflow-ingest device add`",
+                                parsed->kid));
+    const DeviceKeyRecord& record = **key;
+
+    auto verified = agent::jws_verify(envelope, record.jwk);
+    if (!verified)
+      return reject(RejectReason::bad_signature,
+                    fmt::format("signature does not verify with kid {} of device {}: {}",
+                                parsed->kid, record.device, verified.error().message));
+
+    if (!payload_is_json)
+      return reject(RejectReason::invalid_event,
+                    "payload: not valid UTF-8 JSON (PROTOCOL §4 expects a JSON object)");
+
+    // Step 4 needs the payload's device; a missing or non-string one is a §4 failure (step 5).
+    if (auto device = payload.is_object() ? payload.find("device") : payload.end();
+        payload.is_object() && device != payload.end() && device->is_string()) {
+      const auto& claimed = device->get_ref<const std::string&>();
+      if (claimed != record.device)
+        return reject(RejectReason::device_mismatch,
+                      fmt::format("payload device \"{}\" but kid {} belongs to device \"{}\"",
+                                  claimed, parsed->kid, record.device));
+      if (claimed != topic_device)
+        return reject(RejectReason::device_mismatch,
+                      fmt::format("payload device \"{}\" but the topic's device is \"{}\" ({})",
+                                  claimed, topic_device, topic));
+    }
+
+    if (auto valid = agent::validate_event_payload(payload); !valid)
+      return reject(RejectReason::invalid_event, valid.error().message);
+
+    VerifiedEvent event;
+    {
+      auto recorded = agent::parse_rfc3339(payload.at("recorded").get_ref<const std::string&>());
+      if (!recorded)
+        return reject(RejectReason::invalid_event, "recorded: " + recorded.error().message);
+      event.recorded_unix_ms = *recorded;
+    }
+    if (record.revoked_unix_ms && event.recorded_unix_ms >= *record.revoked_unix_ms)
+      return reject(
+          RejectReason::key_revoked,
+          fmt::format("kid {} of device {} was revoked at {}; this event was recorded at {}",
+                      parsed->kid, record.device, agent::format_rfc3339_ms(*record.revoked_unix_ms),
+                      payload.at("recorded").get_ref<const std::string&>()));
+
+    event.topic = std::string(topic);
+    event.envelope = std::string(envelope);
+    event.kid = std::move(parsed->kid);
+    event.device = record.device;
+    event.stream = payload.at("stream").get<std::string>();
+    event.seq = payload.at("seq").get<std::int64_t>();
+    if (const Json& prev = payload.at("prev"); prev.is_string())
+      event.prev = prev.get<std::string>();
+    event.id = payload.at("id").get<std::string>();
+    event.action = payload.at("action").get<std::string>();
+    event.signing_input_sha256 = agent::sha256_b64url(verified->jws.signing_input());
+    event.payload = std::move(verified->payload);
+    return Outcome(std::move(event));
+  } catch (const std::exception& e) {
+    // validate_event_payload has checked every field read above, so this is a bug, not input.
+    return agent::fail(agent::ErrorCode::internal,
+                       fmt::format("verifying an envelope from {}: {}", topic, e.what()));
+  }
+}
+
+}  // namespace ingest
