@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 // `reflow-agent demo`: the whole path on one machine, with nothing to configure. It starts a
-// Mosquitto on a free loopback port, runs this very binary as `reflow-agent run` with the sim
-// printer, and plays the community node: every envelope is verified (signature, kid, schema,
-// chain), printed, and acknowledged as PROTOCOL §5 says, until the agent's outbox is empty.
+// Mosquitto on a free loopback port, registers a fresh device key with a real `reflow-ingest`
+// (the node's receiver, next to this binary), runs it, and runs this very binary as
+// `reflow-agent run` with the sim printer. The ingest verifies, stores and acknowledges each event
+// (PROTOCOL §5, §7); the demo watches the topics and prints each event once the node's ack covers
+// it, until the agent's outbox is empty.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -16,6 +18,7 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include <fmt/format.h>
@@ -101,60 +104,50 @@ std::string describe(const nlohmann::ordered_json& e) {
                      process);
 }
 
-// The node's part: verify, print, ack. Each stream's ack is the highest seq such that 1..seq
-// all arrived (PROTOCOL §5).
-struct Receiver {
-  PublicJwk jwk;
-  std::map<std::string, std::set<std::int64_t>> seen;                     // stream -> seqs received
-  std::map<std::string, std::int64_t> contiguous;                         // stream -> acked seq
-  std::map<std::string, std::pair<std::int64_t, std::string>> last_hash;  // stream -> (seq, hash)
-  std::uint64_t verified = 0, duplicates = 0, rejected = 0;
+// Runs `argv` to completion with its output in `log_file`; returns its exit status (-1 when it
+// did not exit normally).
+int run_to_end(const std::vector<std::string>& argv, const std::filesystem::path& log_file) {
+  pid_t pid = spawn(argv, log_file);
+  int status = 0;
+  if (pid < 0 || ::waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;
+  return WEXITSTATUS(status);
+}
 
-  // Returns the ack payload to publish, or "" when nothing changes.
-  std::string handle(const std::string& envelope) {
-    auto v = jws_verify(envelope, jwk);
-    if (!v) {
-      ++rejected;
-      fmt::print("  REJECTED  {}\n", v.error().message);
-      return "";
+std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// Watches the device's topics as any MQTT client could: remembers the events the agent
+// published and prints them once the node's retained ack covers them (the node acks only what it
+// verified and stored).
+struct Watcher {
+  std::map<std::int64_t, nlohmann::ordered_json> published;  // seq -> event (current stream)
+  std::string stream;
+  std::int64_t printed = 0;
+
+  void on_event(const std::string& envelope) {
+    auto parsed = jws_parse(envelope);
+    if (!parsed) return;
+    auto event = nlohmann::ordered_json::parse(parsed->payload, nullptr, false);
+    if (event.is_discarded() || !event.contains("seq") || !event["seq"].is_number_integer()) return;
+    const auto seq = event["seq"].get<std::int64_t>();
+    published[seq] = std::move(event);
+  }
+
+  void on_ack(const std::string& payload) {
+    auto ack = nlohmann::json::parse(payload, nullptr, false);
+    if (ack.is_discarded() || !ack.contains("seq") || !ack["seq"].is_number_integer()) return;
+    const std::int64_t acked = ack["seq"];
+    for (; printed < acked; ++printed) {
+      auto it = published.find(printed + 1);
+      if (it == published.end()) {
+        fmt::print("  seq {:>3}  stored by the node\n", printed + 1);
+        continue;
+      }
+      fmt::print("  seq {:>3}  stored by the node  {}  {}\n", printed + 1,
+                 it->second["recorded"].get<std::string>(), describe(it->second));
     }
-    auto event = nlohmann::ordered_json::parse(v->payload, nullptr, false);
-    Status valid = event.is_discarded() ? Status(fail(ErrorCode::rejected, "payload is not JSON"))
-                                        : validate_event_payload(event);
-    if (!valid) {
-      ++rejected;
-      fmt::print("  REJECTED  {}\n", valid.error().message);
-      return "";
-    }
-    const std::string stream = event["stream"];
-    const std::int64_t seq = event["seq"];
-    const std::string hash = sha256_b64url(v->jws.signing_input());
-    auto prev = last_hash.find(stream);
-    if (prev != last_hash.end() && prev->second.first + 1 == seq &&
-        event["prev"] != prev->second.second) {
-      ++rejected;
-      fmt::print("  REJECTED  seq {}: chain break\n", seq);
-      return "";
-    }
-    if (!seen[stream].insert(seq).second) {
-      ++duplicates;
-      fmt::print("  seq {:>3}  duplicate (expected now and then: delivery is at least once)\n",
-                 seq);
-    } else {
-      ++verified;
-      last_hash[stream] = {seq, hash};
-      fmt::print("  seq {:>3}  verified  {}  {}\n", seq, event["recorded"].get<std::string>(),
-                 describe(event));
-    }
-    std::int64_t& acked = contiguous[stream];
-    const std::int64_t before = acked;
-    while (seen[stream].count(acked + 1))
-      ++acked;
-    if (acked == before) return "";
-    nlohmann::ordered_json ack;
-    ack["stream"] = stream;
-    ack["seq"] = acked;
-    return ack.dump();
   }
 };
 
@@ -175,6 +168,17 @@ int demo(int jobs, bool keep) {
     print_error(fmt::format("{} not found: sudo apt-get install mosquitto", mosquitto));
     return 1;
   }
+  char self[4096];
+  ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  self[n > 0 ? n : 0] = '\0';
+  const std::string ingest = (std::filesystem::path(self).parent_path() / "reflow-ingest").string();
+  if (::access(ingest.c_str(), X_OK) != 0) {
+    print_error(
+        fmt::format("{} not found: the demo's node is reflow-ingest, built beside "
+                    "reflow-agent (cmake --build build)",
+                    ingest));
+    return 1;
+  }
   const int port = free_loopback_port();
   {
     std::ofstream conf(dir / "mosquitto.conf");
@@ -183,30 +187,49 @@ int demo(int jobs, bool keep) {
   fmt::print("reflow-agent demo: working in {}\n", dir.string());
   pid_t broker = spawn({mosquitto, "-c", (dir / "mosquitto.conf").string()}, dir / "mosquitto.log");
   pid_t agent_pid = -1;
+  pid_t node_pid = -1;
   int exit_status = 1;
   auto cleanup = [&] {
     if (agent_pid > 0) stop_process(agent_pid, SIGKILL);
+    if (node_pid > 0) stop_process(node_pid, SIGKILL);
     stop_process(broker, SIGTERM);
     if (!keep) std::filesystem::remove_all(dir);
   };
-  for (int i = 0; i < 500 && !accepts_connections(port); ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  if (!accepts_connections(port)) {
-    print_error(fmt::format("mosquitto did not start; see {}", (dir / "mosquitto.log").string()));
+  auto give_up = [&](const std::string& message) {
+    print_error(message);
     keep = true;
     cleanup();
     return 1;
-  }
+  };
+  for (int i = 0; i < 500 && !accepts_connections(port); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  if (!accepts_connections(port))
+    return give_up(
+        fmt::format("mosquitto did not start; see {}", (dir / "mosquitto.log").string()));
   fmt::print("  broker    mosquitto on 127.0.0.1:{}\n", port);
 
   auto key = DeviceKey::generate(dir / "device.key");
-  if (!key) {
-    print_error(key.error().message);
-    cleanup();
-    return 1;
-  }
-  Receiver receiver{key->public_jwk(), {}, {}, {}, 0, 0, 0};
+  if (!key) return give_up(key.error().message);
+  std::ofstream(dir / "device.jwk") << key->public_jwk().to_json() << "\n";
   fmt::print("  device    {} with key {}\n", k_device, key->public_jwk().kid);
+
+  // The node: reflow-ingest with its own store, the device's key in its registry.
+  const std::string ingest_config = (dir / "ingest.toml").string();
+  std::ofstream(ingest_config) << fmt::format(
+      "[ingest]\ndata_dir = \"node\"\n\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n"
+      "topic_prefix = \"{}\"\nclient_id = \"reflow-demo-ingest\"\nreconnect_min = \"100ms\"\n"
+      "reconnect_max = \"2s\"\n",
+      port, k_prefix);
+  if (run_to_end({ingest, "device", "add", std::string(k_device), "--jwk",
+                  (dir / "device.jwk").string(), "--config", ingest_config},
+                 dir / "node.log") != 0)
+    return give_up(
+        fmt::format("reflow-ingest device add failed; see {}", (dir / "node.log").string()));
+  node_pid =
+      spawn({ingest, "run", "--config", ingest_config, "--log-level", "debug"}, dir / "node.log");
+  fmt::print("  node      reflow-ingest run (log: {}), device registered\n",
+             (dir / "node.log").string());
+
   {
     std::ofstream conf(dir / "agent.toml");
     conf << fmt::format(
@@ -220,26 +243,23 @@ int demo(int jobs, bool keep) {
         k_device, port, k_prefix, jobs);
   }
 
-  // The receiver subscribes before the agent starts, so it sees every event.
-  mqtt::async_client client(fmt::format("tcp://127.0.0.1:{}", port), "reflow-demo-node",
+  // The watcher subscribes before the agent starts, so it sees every event.
+  mqtt::async_client client(fmt::format("tcp://127.0.0.1:{}", port), "reflow-demo-watcher",
                             mqtt::create_options(MQTTVERSION_3_1_1));
   try {
     client.start_consuming();
     client.connect(mqtt::connect_options_builder().clean_session(true).finalize())->wait();
-    client.subscribe(fmt::format("{}/+/events", k_prefix), 1)->wait();
+    client.subscribe(fmt::format("{}/{}/events", k_prefix, k_device), 1)->wait();
+    client.subscribe(fmt::format("{}/{}/ack", k_prefix, k_device), 1)->wait();
   } catch (const mqtt::exception& e) {
-    print_error(fmt::format("demo receiver: {}", e.what()));
-    cleanup();
-    return 1;
+    return give_up(fmt::format("demo watcher: {}", e.what()));
   }
 
-  char self[4096];
-  ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
-  self[n > 0 ? n : 0] = '\0';
   agent_pid = spawn({self, "run", "--config", (dir / "agent.toml").string()}, dir / "agent.log");
   fmt::print("  agent     reflow-agent run (log: {}), sim printer running {} jobs of 1 s\n\n",
              (dir / "agent.log").string(), jobs);
 
+  Watcher watcher;
   const std::int64_t expected = 3 * static_cast<std::int64_t>(jobs);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30 + 3 * jobs);
   std::optional<nlohmann::ordered_json> status;
@@ -247,14 +267,12 @@ int demo(int jobs, bool keep) {
   while (!done && std::chrono::steady_clock::now() < deadline) {
     mqtt::const_message_ptr msg;
     if (client.try_consume_message_for(&msg, std::chrono::milliseconds(200)) && msg) {
-      std::string ack = receiver.handle(msg->get_payload_str());
-      if (!ack.empty()) {
-        const std::string device = msg->get_topic().substr(
-            k_prefix.size() + 1, msg->get_topic().rfind('/') - k_prefix.size() - 1);
-        client.publish(fmt::format("{}/{}/ack", k_prefix, device), ack, 1, true);
-      }
+      if (msg->get_topic().ends_with("/events"))
+        watcher.on_event(msg->get_payload_str());
+      else
+        watcher.on_ack(msg->get_payload_str());
     }
-    if (receiver.verified >= static_cast<std::uint64_t>(expected)) {
+    if (watcher.printed >= expected) {
       auto answer = control_status(dir / "data" / "control.sock");
       if (answer) status = std::move(*answer);
       done = answer && (*status)["backlog_events"] == 0 && (*status)["last_seq"] == expected;
@@ -265,30 +283,59 @@ int demo(int jobs, bool keep) {
       print_error(fmt::format("the agent exited early; see {}", (dir / "agent.log").string()));
       break;
     }
+    if (::waitpid(node_pid, &wstatus, WNOHANG) == node_pid) {
+      node_pid = -1;
+      print_error(fmt::format("reflow-ingest exited early; see {}", (dir / "node.log").string()));
+      break;
+    }
   }
   const bool agent_clean = agent_pid > 0 && stop_process(agent_pid, SIGTERM);
   agent_pid = -1;
+  const bool node_clean = node_pid > 0 && stop_process(node_pid, SIGTERM);
+  node_pid = -1;
   try {
     client.disconnect()->wait();
   } catch (const mqtt::exception&) {
   }
+
+  // What the node itself says it stored and refused.
+  nlohmann::json node_stats;
+  if (run_to_end({ingest, "stats", "--json", "--config", ingest_config}, dir / "stats.json") == 0) {
+    std::istringstream lines(read_file(dir / "stats.json"));
+    for (std::string line; std::getline(lines, line);) {
+      auto row = nlohmann::json::parse(line, nullptr, false);
+      if (!row.is_discarded() && row.value("device", "") == k_device) node_stats = row;
+    }
+  }
+  const std::int64_t stored = node_stats.value("events", std::int64_t{0});
+  std::int64_t rejected = 0;
+  if (node_stats.contains("rejections"))
+    for (const auto& [reason, count] : node_stats["rejections"].items())
+      rejected += count.get<std::int64_t>();
+  const std::string chain = node_stats.value("chain", "unknown");
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   fmt::print(
-      "\nsummary: {} of {} events received and verified (Ed25519 JWS, kid, schema, chain), "
-      "{} duplicates, {} rejected\n",
-      receiver.verified, expected, receiver.duplicates, receiver.rejected);
+      "\nsummary: reflow-ingest stored {} of {} events after verifying each (Ed25519 JWS, kid, "
+      "device, schema, chain: {}), {} rejected\n",
+      stored, expected, chain, rejected);
   if (status)
     fmt::print(
-        "         agent outbox: last seq {}, acked {}, backlog {}; agent stopped {}; {:.1f} s\n",
+        "         agent outbox: last seq {}, acked {}, backlog {}; agent stopped {}, node stopped "
+        "{}; {:.1f} s\n",
         (*status)["last_seq"].dump(), (*status)["acked_seq"].dump(),
-        (*status)["backlog_events"].dump(), agent_clean ? "cleanly" : "WITH AN ERROR", seconds);
-  if (done && agent_clean && receiver.rejected == 0) {
+        (*status)["backlog_events"].dump(), agent_clean ? "cleanly" : "WITH AN ERROR",
+        node_clean ? "cleanly" : "WITH AN ERROR", seconds);
+  if (done && agent_clean && node_clean && stored == expected && rejected == 0 &&
+      chain == "intact") {
     fmt::print(
-        "demo OK: every event was signed, committed, delivered, verified and acknowledged\n");
+        "demo OK: every event was signed, committed, delivered, verified, stored and "
+        "acknowledged\n");
+    if (keep) fmt::print("         look inside: {} stats --config {}\n", ingest, ingest_config);
     exit_status = 0;
   } else {
-    fmt::print("demo FAILED: see {} (kept)\n", (dir / "agent.log").string());
+    fmt::print("demo FAILED: see {} and {} (kept)\n", (dir / "agent.log").string(),
+               (dir / "node.log").string());
     keep = true;
   }
   cleanup();

@@ -35,6 +35,19 @@ class KeygenTest(h.AgentTestCase):
         self.assertEqual(path.read_bytes(), before, "the existing key must be untouched")
 
 
+class DemoTest(unittest.TestCase):
+    """The README's first command ends with `reflow-agent demo`: it must work as shown."""
+
+    def test_demo_delivers_every_event_to_a_real_reflow_ingest(self):
+        r = h.run_cli(["demo", "--jobs", "2"], timeout=120)
+        self.assertEqual(r.returncode, 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}")
+        self.assertIn("reflow-ingest stored 6 of 6 events", r.stdout)
+        self.assertIn("chain: intact), 0 rejected", r.stdout)
+        self.assertIn("demo OK", r.stdout)
+        for seq in range(1, 7):
+            self.assertRegex(r.stdout, rf"seq +{seq}  stored by the node ")
+
+
 class DriversTest(unittest.TestCase):
 
     def test_drivers_lists_sim_and_describe_prints_its_keys(self):
