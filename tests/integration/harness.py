@@ -240,16 +240,23 @@ def verify_envelope(raw, key, device=None):
 
 
 class Mosquitto:
-    """A real broker on a free loopback port; stop() and start() again keep the port."""
+    """A real broker on a free loopback port; stop() and start() again keep the port.
 
-    def __init__(self, workdir, port=None):
+    `config`, when given, is a function of the port that returns the whole configuration text
+    (e.g. the node's real TLS configuration with its port rewritten); the default is a plain,
+    anonymous loopback listener."""
+
+    def __init__(self, workdir, port=None, config=None):
         self.port = port or free_port()
         self.conf = Path(workdir) / "mosquitto.conf"
         self.log_path = Path(workdir) / "mosquitto.log"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "log_dest stderr\nlog_type all\n"
-        )
+        if config is not None:
+            self.conf.write_text(config(self.port))
+        else:
+            self.conf.write_text(
+                f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                "log_dest stderr\nlog_type all\n"
+            )
         self.proc = None
 
     def start(self):

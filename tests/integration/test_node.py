@@ -1,0 +1,546 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""The community node end to end: real Mosquitto (the repository's reflow-node.conf and
+reflow.acl), real `reflow-agent run` and real `reflow-ingest run`, the node's PKI made by
+`reflow-ingest ca …` and `reflow-agent enroll` (ingest.md, PROTOCOL §2, §5, §7)."""
+
+import csv
+import io
+import json
+import os
+import random
+import sys
+import threading
+import unittest
+
+import harness as h
+import node_harness as nh
+
+P = h.PREFIX
+
+
+def events_topic(device):
+    return f"{P}/{device}/events"
+
+
+def ack_topic(device):
+    return f"{P}/{device}/ack"
+
+
+def nonzero(counts):
+    """`stats` rejections by reason, without reasons counted 0."""
+    return {reason: n for reason, n in counts.items() if n}
+
+
+class Emitter(threading.Thread):
+    """Feeds `emit` on one agent, `batch` lines per call, until stop(); keeps every (seq, id)
+    emit printed and every failure (asserted by the test, not here)."""
+
+    def __init__(self, config_path, batch=5):
+        super().__init__(daemon=True)
+        self.config_path = config_path
+        self.batch = batch
+        self.halt = threading.Event()
+        self.lock = threading.Lock()
+        self.acked = []
+        self.failures = []
+
+    def run(self):
+        start = 0
+        while not self.halt.is_set():
+            lines = h.emit_lines(self.batch, start=start)
+            start += self.batch
+            text = "".join(line + "\n" for line in lines)
+            r = h.run_cli(["emit", "--config", str(self.config_path)], input_text=text)
+            out = r.json_lines()
+            with self.lock:
+                if r.returncode != 0 or len(out) != len(lines) or any("seq" not in o for o in out):
+                    self.failures.append(f"emit exit {r.returncode}: {r.stdout!r} {r.stderr!r}")
+                else:
+                    self.acked += [(o["seq"], o["id"]) for o in out]
+
+    def count(self):
+        with self.lock:
+            return len(self.acked)
+
+    def stop(self):
+        self.halt.set()
+        self.join(h.WAIT_S)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. End to end over the real mutual-TLS configuration
+
+
+class MutualTlsDeliveryTest(nh.NodeTestCase):
+
+    def test_enrolled_device_events_are_stored_verbatim_and_acked_over_mutual_tls(self):
+        n = 20
+        self.start_tls_broker()
+        dev = self.new_device("fablab-mk4-01")
+        wire = self.probe(nh.INGEST_IDENTITY, name="wire")  # a second reader of the events
+        wire.subscribe(events_topic("+"))
+        ingest = self.start_ingest()
+        agent = self.start_device_agent(dev)
+        agent.wait_status(lambda s: s["connected"], "the agent connected over mutual TLS")
+
+        status_text = h.run_cli(["status", "--config", str(dev.config_path)]).stdout
+        self.assertIn(f"CN={dev.id}", status_text,
+                      "cli: status shows the client certificate's subject")
+
+        lines = h.emit_lines(n)
+        acked = self.emit_for(dev, lines)
+        self.assertEqual([seq for seq, _ in acked], list(range(1, n + 1)))
+        status = agent.wait_status(lambda s: s["acked_seq"] == n and s["backlog_events"] == 0,
+                                   f"the ingest's ack reaches the agent: acked_seq == {n}, backlog 0")
+        stream = status["stream"]
+
+        events = self.cli.events(dev.id)
+        self.assertEqual([(e["seq"], e["id"]) for _, e in events], acked,
+                         "events --device --format jsonl: exactly the emitted events, in seq order")
+        for (_, event), line in zip(events, lines):
+            self.assertEqual(event["device"], dev.id)
+            self.assertEqual(event["stream"], stream)
+            for name, value in json.loads(line).items():
+                self.assertEqual(event[name], value, f"producer field {name} of seq {event['seq']}")
+
+        # The stored payload is the signed bytes exactly as the agent made them.
+        h.wait_for(lambda: len(wire.received()) >= n, f"the wire reader saw {n} envelopes")
+        sent = {}
+        for _, raw, _ in wire.received():
+            env = h.verify_envelope(raw, h.public_jwk(dev.jwk_json), device=dev.id)
+            sent.setdefault(env.seq, nh.payload_of(raw.decode()))
+        self.assertEqual([raw for raw, _ in events], [sent[seq] for seq in range(1, n + 1)])
+
+        rows = list(csv.DictReader(io.StringIO(
+            "\n".join(self.cli.events_lines(dev.id, "csv")) + "\n")))
+        self.assertEqual([r.get("id") for r in rows], [i for _, i in acked], "events --format csv")
+
+        stats = self.cli.device_stats(dev.id)
+        self.assertEqual(stats["events"], n, f"stats {stats}")
+        self.assertEqual(stats["gaps"], 0, f"stats {stats}")
+        self.assertTrue(nh.chain_intact(stats), f"stats {stats}")
+        self.assertEqual(self.cli.rejections(), [])
+
+        self.assertEqual(ingest.terminate(5), 0, "run exits 0 within 5 s of SIGTERM")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. SIGKILL of the ingest while events keep coming
+
+
+class IngestCrashTest(nh.NodeTestCase):
+
+    def test_sigkill_of_ingest_mid_stream_stores_every_committed_event_exactly_once(self):
+        seed = int(os.environ.get("REFLOW_IT_SEED") or random.randrange(1 << 32))
+        sys.stderr.write(f"\n[ingest sigkill] random seed {seed} (set REFLOW_IT_SEED to replay)\n")
+        rng = random.Random(seed)
+        rounds = 10
+        self.start_plain_broker()
+        dev = self.new_device(h.DEVICE_ID)
+        agent = self.start_device_agent(dev)
+        emitter = Emitter(dev.config_path)
+        emitter.start()
+        self.addCleanup(emitter.stop)
+
+        for round_no in range(rounds):
+            ingest = self.start_ingest()
+            base = agent.wait_status(lambda s: True, "status answers")["acked_seq"]
+            acks = rng.randint(1, 25)
+            agent.wait_status(lambda s: s["acked_seq"] >= base + acks,
+                              f"round {round_no}: {acks} more events acked after the restart")
+            ingest.kill()
+            at_kill = emitter.count()
+            more = rng.randint(1, 15)
+            h.wait_for(lambda: emitter.count() >= at_kill + more or emitter.failures,
+                       f"round {round_no}: {more} events emitted while the ingest is down")
+            sys.stderr.write(f"[ingest sigkill] round {round_no}: killed after {acks} acks "
+                             f"(acked_seq was {base}), {more} emitted while down\n")
+
+        self.start_ingest()
+        emitter.stop()
+        self.assertEqual(emitter.failures, [])
+        acked = emitter.acked
+        last = agent.wait_status(lambda s: True, "status answers")["last_seq"]
+        self.assertEqual([seq for seq, _ in acked], list(range(1, last + 1)))
+        agent.wait_status(lambda s: s["acked_seq"] == last and s["backlog_events"] == 0,
+                          f"acked_seq == {last} and backlog 0 after the last restart")
+
+        stored = [(e["seq"], e["id"]) for _, e in self.cli.events(dev.id)]
+        seqs = [seq for seq, _ in stored]
+        duplicates = sorted({s for s in seqs if seqs.count(s) > 1})
+        missing = sorted(set(range(1, last + 1)) - set(seqs))
+        self.assertEqual((duplicates, missing), ([], []), "each (stream, seq) stored exactly once")
+        self.assertEqual(stored, acked)
+        self.assertEqual(self.cli.rejections(), [], "a killed ingest must not reject anything")
+        stats = self.cli.device_stats(dev.id)
+        self.assertEqual((stats["events"], stats["gaps"]), (last, 0), f"stats {stats}")
+        self.assertTrue(nh.chain_intact(stats), f"stats {stats}")
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The broker's ACL (real reflow-node.conf + reflow.acl) with the node's certificates
+
+
+class BrokerAclTest(nh.NodeTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.start_tls_broker()
+        self.dev_a = self.new_device("dev-a", register=False)
+        self.dev_b = self.new_device("dev-b", register=False)
+
+    def test_device_cannot_publish_to_another_devices_events_topic(self):
+        self.probe(self.dev_b).publish(events_topic("dev-b"), b"control by dev-b", retain=True)
+        a = self.probe(self.dev_a)
+        a.publish(events_topic("dev-b"), b"forged by dev-a", retain=True)  # PUBACK: processed
+        a.publish(events_topic("dev-a"), b"own by dev-a", retain=True)
+
+        reader = self.probe(nh.INGEST_IDENTITY)
+        reader.subscribe(events_topic("dev-b"))
+        reader.subscribe(events_topic("dev-a"))
+        reader.wait_message(lambda m: m[0] == events_topic("dev-a"), "dev-a's own retained event")
+        self.assertEqual([m[1] for m in reader.received(events_topic("dev-b"))],
+                         [b"control by dev-b"], "dev-a's publish to dev-b/events must be refused")
+        self.assertEqual([m[1] for m in reader.received(events_topic("dev-a"))], [b"own by dev-a"])
+
+    def test_device_cannot_publish_any_ack(self):
+        node = self.probe(nh.INGEST_IDENTITY)
+        node.publish(ack_topic("dev-a"), b'{"control":"a"}', retain=True)
+        node.publish(ack_topic("dev-b"), b'{"control":"b"}', retain=True)
+        a = self.probe(self.dev_a)
+        a.publish(ack_topic("dev-a"), b'{"forged":"own ack"}', retain=True)
+        a.publish(ack_topic("dev-b"), b'{"forged":"other ack"}', retain=True)
+
+        for device, control in ((self.dev_a, b'{"control":"a"}'), (self.dev_b, b'{"control":"b"}')):
+            reader = self.probe(device)
+            reader.subscribe(ack_topic(device.id))
+            topic, payload, retain = reader.wait_message(lambda m: True, f"{device.id}'s retained ack")
+            self.assertEqual((topic, payload, retain), (ack_topic(device.id), control, True),
+                             "a device's publish to an ack topic must be refused")
+
+    def test_device_cannot_read_another_devices_ack(self):
+        node = self.probe(nh.INGEST_IDENTITY)
+        node.publish(ack_topic("dev-a"), b"retained for a", retain=True)
+        node.publish(ack_topic("dev-b"), b"retained for b", retain=True)
+
+        a = self.probe(self.dev_a)
+        a.subscribe(ack_topic("dev-b"))
+        a.subscribe(ack_topic("dev-a"))
+        a.wait_message(lambda m: m[1] == b"retained for a", "dev-a reads its own retained ack")
+        wildcard = self.probe(self.dev_a)
+        granted = wildcard.subscribe(ack_topic("+"))  # the broker may refuse it (128) or filter
+        node.publish(ack_topic("dev-b"), b"live for b")
+        node.publish(ack_topic("dev-a"), b"live for a")
+        a.wait_message(lambda m: m[1] == b"live for a", "dev-a reads its own live ack")
+        if granted != 128:
+            wildcard.wait_message(lambda m: m[1] == b"live for a", "dev-a reads its own ack via +")
+        for p in (a, wildcard):
+            self.assertEqual(p.received(ack_topic("dev-b")), [], "dev-a must not read dev-b's ack")
+
+    def test_client_without_a_node_certificate_cannot_connect(self):
+        self.probe(self.dev_a)  # control: a node certificate connects
+        with self.assertRaises(nh.ConnectFailed, msg="TLS without a client certificate"):
+            self.probe(None, name="no-cert")
+        plain = nh.Probe(self.broker.port, name="plain")
+        self.probes.append(plain)
+        with self.assertRaises(nh.ConnectFailed, msg="plain MQTT on the TLS listener"):
+            plain.connect()
+
+        foreign = nh.NodeTls(self.tmp / "foreign")
+        foreign.root.mkdir()
+        foreign.cli.config_path.write_text(nh.ingest_config_text(data_dir=foreign.data_dir,
+                                                                 url="mqtt://127.0.0.1:1883"))
+        foreign.cli.ok("ca", "init")
+        (foreign.root / "id").mkdir()
+        foreign.cli.ok("ca", "client", nh.INGEST_IDENTITY, "--out-dir", foreign.root / "id")
+        cert, key = nh.find_cert_and_key(foreign.root / "id")
+        stranger = nh.Probe(self.broker.port, ca_file=self.tls.ca_cert, cert_file=cert,
+                            key_file=key, name="foreign-ca")
+        self.probes.append(stranger)
+        with self.assertRaises(nh.ConnectFailed, msg="a certificate of another CA"):
+            stranger.connect()
+
+    def test_ingest_identity_reads_every_devices_events_and_writes_their_acks(self):
+        node = self.probe(nh.INGEST_IDENTITY)
+        node.subscribe(events_topic("+"))
+        self.probe(self.dev_a).publish(events_topic("dev-a"), b"event of a")
+        self.probe(self.dev_b).publish(events_topic("dev-b"), b"event of b")
+        node.wait_message(lambda m: m[1] == b"event of a", "the ingest reads dev-a's events")
+        node.wait_message(lambda m: m[1] == b"event of b", "the ingest reads dev-b's events")
+
+        node.publish(ack_topic("dev-a"), b"ack of a", retain=True)
+        node.publish(ack_topic("dev-b"), b"ack of b", retain=True)
+        for device, payload in ((self.dev_a, b"ack of a"), (self.dev_b, b"ack of b")):
+            reader = self.probe(device)
+            reader.subscribe(ack_topic(device.id))
+            self.assertEqual(reader.wait_message(lambda m: True, f"{device.id}'s ack")[1], payload)
+
+    def test_oversized_envelope_passes_the_broker_and_is_kept_as_rejected(self):
+        # reflow-node.conf's max_packet_size leaves a margin above 64 KiB for exactly this.
+        self.start_ingest()
+        big = json.dumps({"protected": "e30", "payload": "x" * (100 * 1024), "signature": "AA"})
+        self.probe(self.dev_a).publish(events_topic("dev-a"), big.encode())
+        (rejection,) = h.wait_for(lambda: self.cli.rejections(), "the ingest keeps the rejection")
+        self.assertEqual((rejection["reason"], rejection["device"], rejection["topic"]),
+                         ("oversized", "dev-a", events_topic("dev-a")), rejection)
+        self.assertEqual(rejection["envelope"], big, "the envelope is kept whole")
+
+    def test_two_ingests_sharing_a_subscription_store_every_event_once(self):
+        n = 40
+        self.cli.device_add(self.dev_a.id, self.dev_a.jwk_json)
+        first = self.start_ingest("ingest-1", client_id="reflow-ingest-1", share_group="reflow")
+        second = self.start_ingest("ingest-2", client_id="reflow-ingest-2", share_group="reflow")
+        agent = self.start_device_agent(self.dev_a)
+        acked = []
+        for batch in range(4):
+            acked += self.emit_for(self.dev_a, h.emit_lines(n // 4, start=batch * (n // 4)))
+        agent.wait_status(lambda s: s["acked_seq"] == n and s["backlog_events"] == 0,
+                          f"acked_seq == {n} and backlog 0 with two ingests sharing the load")
+        stored = [(e["seq"], e["id"]) for _, e in self.cli.events(self.dev_a.id)]
+        self.assertEqual(stored, acked, "every event stored exactly once")
+        self.assertEqual(self.cli.rejections(), [])
+        counts = (first.stored_count(), second.stored_count())
+        self.assertEqual(sum(counts), n, f"'stored' log lines of the two ingests: {counts}")
+        self.assertTrue(all(counts), f"both ingests of the share group stored events: {counts}")
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Verdicts of PROTOCOL §7 on crafted envelopes (plain loopback broker: this tests the ingest)
+
+
+class VerdictTest(nh.NodeTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.start_plain_broker()
+        self.keys = {}
+        for device in ("dev-v", "dev-w", "ctl-01"):
+            self.keys[device] = nh.new_private_key()
+            r = self.cli.device_add(device, nh.keygen_json(self.keys[device]))
+            self.assertIn(f"added {device} kid {self.keys[device].thumbprint()}", r.stdout)
+        self.attacker = nh.new_private_key()
+        self.acks = self.ack_watcher()
+        self.ingest = self.start_ingest()
+        self.publisher = self.probe(name="publisher")
+        self.v = nh.Chain(self.keys["dev-v"], "dev-v")
+        self.ctl = nh.Chain(self.keys["ctl-01"], "ctl-01")
+
+    def publish(self, device, line):
+        self.publisher.publish(events_topic(device), line.encode() if isinstance(line, str) else line)
+
+    def publish_valid(self, chain, seq, wait_ack=None):
+        """Publishes the valid event seq of `chain` (made if needed); waits for the ack of
+        `wait_ack` (default: seq) when given a number."""
+        line = chain.lines.get(seq) or chain.add(seq)
+        self.publish(chain.device, line)
+        if wait_ack is not None:
+            self.acks.wait_ack(chain.device, chain.stream, wait_ack)
+        return line
+
+    def barrier(self):
+        """Publishes the next event of the control device and waits for its ack: the ingest takes
+        envelopes in order and acks after storing, so everything published before is decided."""
+        seq = len(self.ctl.lines) + 1
+        self.publish_valid(self.ctl, seq, wait_ack=seq)
+
+    def new_rejections(self, before):
+        return self.cli.rejections()[before:]
+
+    def assert_rejection(self, rejection, reason, device, line, what, stream=None, seq=None):
+        self.assertEqual(rejection["reason"], reason, f"{what}: {rejection}")
+        self.assertEqual(rejection["device"], device, f"{what}: {rejection}")
+        self.assertEqual(rejection["topic"], events_topic(device), f"{what}: {rejection}")
+        self.assertEqual(rejection["envelope"], line, f"{what}: the envelope as received")
+        self.assertTrue(rejection.get("detail"), f"{what}: a detail for people: {rejection}")
+        if stream is not None:
+            self.assertEqual((rejection["stream"], rejection["seq"]), (stream, seq), what)
+
+    def assert_stored(self, chain, seqs):
+        """`events --device` holds exactly the valid events `seqs` of `chain`, byte for byte."""
+        self.assertEqual([raw for raw, _ in self.cli.events(chain.device)],
+                         [nh.payload_of(chain.lines[s]) for s in seqs])
+
+    def test_envelopes_failing_verification_are_rejected_with_reason_while_valid_ones_flow(self):
+        v, key_v, key_w = self.v, self.keys["dev-v"], self.keys["dev-w"]
+        self.publish_valid(v, 1, wait_ack=1)
+
+        def tampered(line):
+            outer = json.loads(line)
+            event = json.loads(h.b64url_decode(outer["payload"]))
+            event["resourceInventoriedAs"] = "printer:someone-elses"
+            outer["payload"] = h.b64url(json.dumps(event, separators=(",", ":")).encode())
+            return json.dumps(outer, separators=(",", ":"))
+
+        def set_field(name, value):
+            return lambda event: event.__setitem__(name, value)
+
+        # (what, reason, topic device, envelope maker for the next seq). Each bad envelope claims
+        # the next seq; the valid event of that seq follows it (and acts as the barrier).
+        cases = [
+            ("forged signature (another key, dev-v's kid)", "bad_signature", "dev-v",
+             lambda s: v.variant(s, key=self.attacker, kid=key_v.thumbprint())),
+            ("tampered payload", "bad_signature", "dev-v", lambda s: tampered(v.add(s))),
+            ("unknown kid", "unknown_kid", "dev-v", lambda s: v.variant(s, key=self.attacker)),
+            ("payload device is another device", "device_mismatch", "dev-v",
+             lambda s: v.variant(s, mutate=set_field("device", "dev-w"))),
+            ("signed by another registered device's key", "device_mismatch", "dev-v",
+             lambda s: v.variant(s, key=key_w)),
+            ("published on another device's topic", "device_mismatch", "dev-w", lambda s: v.add(s)),
+            ("malformed JSON", "malformed_jws", "dev-v", lambda s: v.add(s)[:-20]),
+            ("JSON but not a JWS", "malformed_jws", "dev-v", lambda s: '{"hello":"world"}'),
+            ("bad base64url in protected", "malformed_jws", "dev-v",
+             lambda s: json.dumps(dict(json.loads(v.add(s)), protected="!!not*base64!!"))),
+            ("alg not EdDSA", "malformed_jws", "dev-v",
+             lambda s: nh.sign_payload(key_v, v.event(s), alg="HS256")),
+            ("payload not JSON", "invalid_event", "dev-v",
+             lambda s: nh.sign_payload(key_v, b"\x00 not json")),
+            ("action not a ValueFlows action", "invalid_event", "dev-v",
+             lambda s: v.variant(s, mutate=set_field("action", "print"))),
+            ("oversized (> 64 KiB)", "oversized", "dev-v",
+             lambda s: v.variant(s, mutate=set_field("note", "x" * (70 * 1024)))),
+        ]
+        seq = 1
+        for what, reason, topic_device, make in cases:
+            seq += 1
+            before = len(self.cli.rejections())
+            bad = make(seq)
+            self.publish(topic_device, bad)
+            self.publish_valid(v, seq, wait_ack=seq)
+            new = self.new_rejections(before)
+            self.assertEqual(len(new), 1, f"{what}: one new rejection, got {new}")
+            self.assert_rejection(new[0], reason, topic_device, bad, what)
+
+        self.barrier()
+        self.assert_stored(v, range(1, seq + 1))
+        self.assertEqual(self.cli.events("dev-w"), [])
+        self.assertEqual(self.acks.acks("dev-w"), [], "nothing of dev-w was stored, so no ack")
+        acks = self.acks.acks("dev-v")
+        self.assertTrue(all(a["stream"] == v.stream and 1 <= a["seq"] <= seq for a in acks), acks)
+        self.assertEqual([a["seq"] for a in acks], sorted(a["seq"] for a in acks), "acks never go back")
+        self.assertEqual(h.read_retained(self.broker.port, ack_topic("dev-v")),
+                         {"stream": v.stream, "seq": seq})
+        stats = self.cli.device_stats("dev-v")
+        want = {}
+        for _, reason, device, _ in cases:
+            if device == "dev-v":
+                want[reason] = want.get(reason, 0) + 1
+        self.assertEqual(nonzero(stats["rejections"]), want, f"stats {stats}")
+        self.assertEqual((stats["events"], stats["gaps"]), (seq, 0), f"stats {stats}")
+        self.assertTrue(nh.chain_intact(stats), f"stats {stats}")
+
+    def test_replayed_event_is_a_duplicate_stored_once_and_its_ack_republished(self):
+        v = self.v
+        self.publish_valid(v, 1)
+        self.publish_valid(v, 2, wait_ack=2)
+        acks_before = len(self.acks.acks("dev-v"))
+        self.publish(v.device, v.lines[1])
+        self.publish(v.device, v.lines[2])
+        self.barrier()
+        h.wait_for(lambda: len(self.acks.acks("dev-v")) > acks_before,
+                   "the ack is re-published when a duplicate arrives (ingest.md)")
+        self.assertTrue(all(a == {"stream": v.stream, "seq": 2}
+                            for a in self.acks.acks("dev-v")[acks_before:]), self.acks.acks("dev-v"))
+        self.assertEqual(self.cli.rejections(), [], "a duplicate is not a rejection")
+        self.assert_stored(v, [1, 2])
+        self.publish_valid(v, 3, wait_ack=3)
+        self.assert_stored(v, [1, 2, 3])
+
+    def test_equivocation_is_rejected_and_the_first_copy_kept(self):
+        v = self.v
+        self.publish_valid(v, 1, wait_ack=1)
+        other = v.variant(1, mutate=lambda e: e.__setitem__("note", "the same seq, other bytes"))
+        self.publish(v.device, other)
+        self.barrier()
+        (rejection,) = self.cli.rejections()
+        self.assert_rejection(rejection, "equivocation", "dev-v", other, "equivocation",
+                              stream=v.stream, seq=1)
+        self.assert_stored(v, [1])
+        self.publish_valid(v, 2, wait_ack=2)  # chained to the first copy
+        self.assert_stored(v, [1, 2])
+        self.assertEqual(nonzero(self.cli.device_stats("dev-v")["rejections"]), {"equivocation": 1})
+
+    def test_ack_holds_at_a_gap_and_advances_when_it_is_filled(self):
+        v = self.v
+        self.publish_valid(v, 1, wait_ack=1)
+        for seq in (2, 3, 4):
+            v.add(seq)
+        self.publish_valid(v, 3)
+        self.publish_valid(v, 4)
+        self.barrier()
+        self.assert_stored(v, [1, 3, 4])
+        stats = self.cli.device_stats("dev-v")
+        self.assertEqual((stats["events"], stats["gaps"]), (3, 1), f"stats {stats}")
+        self.assertEqual(h.read_retained(self.broker.port, ack_topic("dev-v")),
+                         {"stream": v.stream, "seq": 1}, "the ack holds below the gap")
+        self.assertEqual({a["seq"] for a in self.acks.acks("dev-v")}, {1})
+        self.publish_valid(v, 2, wait_ack=4)
+        self.assertEqual(h.read_retained(self.broker.port, ack_topic("dev-v")),
+                         {"stream": v.stream, "seq": 4})
+        self.assert_stored(v, [1, 2, 3, 4])
+        stats = self.cli.device_stats("dev-v")
+        self.assertEqual((stats["events"], stats["gaps"]), (4, 0), f"stats {stats}")
+        self.assertEqual(self.cli.rejections(), [])
+
+    def test_wrong_prev_is_a_chain_break_in_either_arrival_order(self):
+        v = self.v
+        self.publish_valid(v, 1, wait_ack=1)
+        wrong = v.variant(2, mutate=lambda e: e.__setitem__("prev", h.b64url(b"\x01" * 32)))
+        self.publish(v.device, wrong)
+        self.barrier()
+        self.assert_rejection(self.cli.rejections()[-1], "chain_break", "dev-v", wrong,
+                              "prev ≠ hash of the stored seq 1", stream=v.stream, seq=2)
+        self.publish_valid(v, 2, wait_ack=2)
+
+        # seq 4 first, across a gap; then a seq 3 that is not the one seq 4's prev names.
+        v.add(3)
+        self.publish_valid(v, 4)
+        impostor = v.variant(3, mutate=lambda e: e.__setitem__("note", "not the real seq 3"))
+        self.publish(v.device, impostor)
+        self.barrier()
+        self.assert_rejection(self.cli.rejections()[-1], "chain_break", "dev-v", impostor,
+                              "hash ≠ prev of the stored seq 4", stream=v.stream, seq=3)
+        self.assert_stored(v, [1, 2, 4])
+        self.publish_valid(v, 3, wait_ack=4)
+        self.assert_stored(v, [1, 2, 3, 4])
+        stats = self.cli.device_stats("dev-v")
+        self.assertEqual(nonzero(stats["rejections"]), {"chain_break": 2}, f"stats {stats}")
+        self.assertFalse(nh.chain_intact(stats), f"a chain break marks the stream broken: {stats}")
+
+    def test_events_recorded_after_revocation_are_rejected_as_key_revoked(self):
+        key_r = nh.new_private_key()
+        self.cli.device_add("dev-r", nh.keygen_json(key_r))
+        old = nh.Chain(key_r, "dev-r", recorded=nh.now_rfc3339(-3600))
+        self.publish_valid(old, 1, wait_ack=1)
+        r = self.cli.ok("device", "revoke", "dev-r")
+        self.assertRegex(r.stdout, r"^revoked dev-r \(1 keys?\) at \d{4}-\d\d-\d\dT")
+        listed = [d for d in self.cli.ok("device", "list", "--json").json_lines()
+                  if d["device"] == "dev-r"]
+        self.assertEqual(len(listed), 1, listed)
+        self.assertIsNotNone(listed[0]["revoked"], listed)
+        refused = self.cli.run("device", "add", "dev-r", "--jwk", "-", input_text=nh.keygen_json(key_r))
+        self.assertEqual(refused.returncode, 1, "a revoked kid cannot be added again")
+        self.assertTrue(refused.stderr.startswith("reflow-ingest: "), refused.stderr)
+
+        after = old.variant(2, mutate=lambda e: e.__setitem__("recorded", nh.now_rfc3339(60)))
+        fresh = nh.Chain(key_r, "dev-r", recorded=nh.now_rfc3339(-3600))  # back-dated new stream
+        fresh_line = fresh.add(1)
+        self.publish("dev-r", after)
+        self.publish("dev-r", fresh_line)
+        self.barrier()
+        rejections = self.cli.rejections("dev-r")
+        self.assertEqual(len(rejections), 2, rejections)
+        self.assert_rejection(rejections[0], "key_revoked", "dev-r", after,
+                              "recorded after the revocation")
+        self.assert_rejection(rejections[1], "key_revoked", "dev-r", fresh_line,
+                              "a stream first seen after the revocation")
+        self.assertEqual({a["stream"] for a in self.acks.acks("dev-r")}, {old.stream})
+        self.assertEqual({a["seq"] for a in self.acks.acks("dev-r")}, {1})
+
+        # An event recorded before the revocation, still in the outbox of the known stream, is
+        # stored (the store only refuses streams first seen after the revocation).
+        self.publish_valid(old, 2, wait_ack=2)
+        self.assert_stored(old, [1, 2])
+
+
+if __name__ == "__main__":
+    unittest.main()
