@@ -76,16 +76,6 @@ agent::Status write_certificate_file(const std::filesystem::path& path, const st
   return {};
 }
 
-// Loads the config; prints the error and returns nullopt on failure.
-std::optional<IngestConfig> config_or_report(const std::string& path) {
-  auto config = load_config_for_command(path);
-  if (!config) {
-    print_error(config.error().message);
-    return std::nullopt;
-  }
-  return std::move(*config);
-}
-
 int ca_init(const CaArgs& args) {
   auto config = config_or_report(args.config);
   if (!config) return 1;
@@ -96,10 +86,7 @@ int ca_init(const CaArgs& args) {
   std::error_code ec;
   if (!dir.parent_path().empty()) std::filesystem::create_directories(dir.parent_path(), ec);
   auto ca = agent::tls::ca_init(dir, options);
-  if (!ca) {
-    print_error(ca.error().message);
-    return 1;
-  }
+  if (print_if_error(ca)) return 1;
   fmt::print("created CA \"{}\" in {} (valid until {})\n", ca->subject, dir.string(),
              rfc3339(ca->not_after));
   fmt::print(stderr,
@@ -118,10 +105,7 @@ int ca_sign(const CaArgs& args) {
   auto config = config_or_report(args.config);
   if (!config) return 1;
   auto csr = read_input(args.csr_file);
-  if (!csr) {
-    print_error(csr.error().message);
-    return 1;
-  }
+  if (print_if_error(csr)) return 1;
   agent::tls::IssueOptions options;
   options.role = CertRole::device;
   options.days = args.days != 0 ? args.days : config->device_cert_days;
@@ -134,8 +118,7 @@ int ca_sign(const CaArgs& args) {
   }
   if (args.out_file.empty()) {
     fmt::print("{}", issued->pem);
-  } else if (auto written = write_certificate_file(args.out_file, issued->pem); !written) {
-    print_error(written.error().message);
+  } else if (print_if_error(write_certificate_file(args.out_file, issued->pem))) {
     return 1;
   }
   fmt::print(stderr,
@@ -165,14 +148,8 @@ int ca_issue_local(const CaArgs& args, CertRole role) {
   auto issued =
       agent::tls::ca_issue_with_key(config->effective_ca_dir(), key_file,
                                     role == CertRole::client ? args.client_name : "", options);
-  if (!issued) {
-    print_error(issued.error().message);
-    return 1;
-  }
-  if (auto written = write_certificate_file(cert_file, issued->pem); !written) {
-    print_error(written.error().message);
-    return 1;
-  }
+  if (print_if_error(issued)) return 1;
+  if (print_if_error(write_certificate_file(cert_file, issued->pem))) return 1;
   const auto ca_cert = config->effective_ca_dir() / agent::tls::k_ca_cert_file;
   fmt::print("issued {} ({}) serial {}, valid until {}\nkey:         {}\ncertificate: {}\n",
              issued->info.subject, agent::tls::to_string(role), issued->info.serial,

@@ -6,12 +6,15 @@
 #pragma once
 
 #include <filesystem>
+#include <memory>
+#include <optional>
 #include <string>
 
 #include <CLI/CLI.hpp>
 
 #include <agent/result.hpp>
 #include <ingest/config.hpp>
+#include <ingest/store.hpp>
 
 namespace ingest::cli {
 
@@ -25,6 +28,31 @@ agent::Result<IngestConfig> load_config_for_command(const std::string& path);
 
 /// Prints "reflow-ingest: MESSAGE" to stderr.
 void print_error(const std::string& message);
+
+/// Prints the error of a failed `result` (print_error); returns whether it failed:
+/// `if (print_if_error(result)) return 1;`.
+template <typename T>
+bool print_if_error(const agent::Result<T>& result) {
+  if (result) return false;
+  print_error(result.error().message);
+  return true;
+}
+
+/// load_config_for_command; prints the error and returns nullopt on failure.
+std::optional<IngestConfig> config_or_report(const std::string& path);
+
+/// Opens the store of `config`; prints the error and returns nullptr on failure.
+std::unique_ptr<Store> open_store_or_report(const IngestConfig& config);
+
+/// Loads the config at `config_path` and opens its store; prints the error and returns nullptr
+/// on failure.
+std::unique_ptr<Store> open_store_or_report(const std::string& config_path);
+
+/// The filter of `events` and `export` from their --device, --since and --action options (empty:
+/// not set); prints the error of a --since that is not a time and returns nullopt (exit 2).
+std::optional<EventFilter> event_filter_or_report(const std::string& device,
+                                                  const std::string& since,
+                                                  const std::string& action);
 
 void add_run_command(CLI::App& app, int& exit_code);  // run_commands.cpp: run
 void add_device_commands(CLI::App& app,

@@ -30,21 +30,6 @@ struct DeviceOptions {
   bool json = false;
 };
 
-// Opens the store named by the config at `config_path`; prints what went wrong.
-std::unique_ptr<Store> open_store_or_report(const std::string& config_path) {
-  auto config = load_config_for_command(config_path);
-  if (!config) {
-    print_error(config.error().message);
-    return nullptr;
-  }
-  auto store = open_sqlite_store(config->store_path());
-  if (!store) {
-    print_error(store.error().message);
-    return nullptr;
-  }
-  return std::move(*store);
-}
-
 // The JWK text from FILE, or stdin for "-".
 agent::Result<std::string> read_jwk_text(const std::string& file) {
   if (file == "-") {
@@ -71,10 +56,7 @@ int add(const DeviceOptions& options) {
     return 1;
   }
   auto text = read_jwk_text(options.jwk_file);
-  if (!text) {
-    print_error(text.error().message);
-    return 1;
-  }
+  if (print_if_error(text)) return 1;
   auto jwk = agent::parse_public_jwk(*text);
   if (!jwk) {
     print_error(
@@ -85,11 +67,8 @@ int add(const DeviceOptions& options) {
   }
   auto store = open_store_or_report(options.config);
   if (!store) return 1;
-  if (auto added = store->add_device(options.device, *jwk, agent::Env::real().now_unix_ms());
-      !added) {
-    print_error(added.error().message);
+  if (print_if_error(store->add_device(options.device, *jwk, agent::Env::real().now_unix_ms())))
     return 1;
-  }
   fmt::print("added {} kid {}\n", options.device, jwk->kid);
   return 0;
 }
@@ -98,10 +77,7 @@ int list(const DeviceOptions& options) {
   auto store = open_store_or_report(options.config);
   if (!store) return 1;
   auto keys = store->list_keys();
-  if (!keys) {
-    print_error(keys.error().message);
-    return 1;
-  }
+  if (print_if_error(keys)) return 1;
   std::size_t device_width = 0;
   for (const auto& key : *keys)
     device_width = std::max(device_width, key.device.size());
@@ -128,15 +104,9 @@ int revoke(const DeviceOptions& options) {
   auto store = open_store_or_report(options.config);
   if (!store) return 1;
   auto keys = store->list_keys();
-  if (!keys) {
-    print_error(keys.error().message);
-    return 1;
-  }
+  if (print_if_error(keys)) return 1;
   const auto now = agent::Env::real().now_unix_ms();
-  if (auto revoked = store->revoke_device(options.device, now); !revoked) {
-    print_error(revoked.error().message);
-    return 1;
-  }
+  if (print_if_error(store->revoke_device(options.device, now))) return 1;
   const auto count = std::count_if(keys->begin(), keys->end(),
                                    [&](const auto& key) { return key.device == options.device; });
   fmt::print("revoked {} ({} keys) at {}\n", options.device, count, agent::format_rfc3339_ms(now));

@@ -26,31 +26,14 @@ struct ExportOptions {
 };
 
 int run_export(const ExportOptions& options) {
-  EventFilter filter;
-  if (!options.device.empty()) filter.device = options.device;
-  if (!options.since.empty()) {
-    auto since = parse_since(options.since);
-    if (!since) {
-      print_error(since.error().message);
-      return 2;
-    }
-    filter.since_unix_ms = *since;
-  }
-  auto config = load_config_for_command(options.config_path);
-  if (!config) {
-    print_error(config.error().message);
-    return 1;
-  }
-  auto store = open_sqlite_store(config->store_path());
-  if (!store) {
-    print_error(store.error().message);
-    return 1;
-  }
-  auto built = build_vf_export(**store, filter, *config);
-  if (!built) {
-    print_error(built.error().message);
-    return 1;
-  }
+  auto filter = event_filter_or_report(options.device, options.since, "");
+  if (!filter) return 2;
+  auto config = config_or_report(options.config_path);
+  if (!config) return 1;
+  auto store = open_store_or_report(*config);
+  if (!store) return 1;
+  auto built = build_vf_export(*store, *filter, *config);
+  if (print_if_error(built)) return 1;
 
   if (!options.post) {
     for (const auto& request : built->requests)
@@ -80,10 +63,7 @@ int run_export(const ExportOptions& options) {
     return 1;
   }
   auto key = agent::DeviceKey::load(config->zenflows_key_file);
-  if (!key) {
-    print_error(key.error().message);
-    return 1;
-  }
+  if (print_if_error(key)) return 1;
   ZenflowsPostOptions post;
   post.url = config->zenflows_url;
   post.user = config->zenflows_user;
@@ -104,10 +84,7 @@ int run_export(const ExportOptions& options) {
     }
     std::cout.flush();
   });
-  if (!status) {
-    print_error(status.error().message);
-    return 1;
-  }
+  if (print_if_error(status)) return 1;
   std::cout << fmt::format("sent {} events and {} processes to {}\n", events, processes, post.url);
   return 0;
 }

@@ -2,11 +2,13 @@
 // reflow-ingest: parses arguments and hands over to one command (one file per command group).
 #include <cstdio>
 #include <exception>
+#include <utility>
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
 #include <agent/process.hpp>
+#include <ingest/query.hpp>
 
 #include "commands.hpp"
 
@@ -23,6 +25,38 @@ agent::Result<IngestConfig> load_config_for_command(const std::string& path) {
 
 void print_error(const std::string& message) {
   std::fputs(fmt::format("reflow-ingest: {}\n", message).c_str(), stderr);
+}
+
+std::optional<IngestConfig> config_or_report(const std::string& path) {
+  auto config = load_config_for_command(path);
+  if (print_if_error(config)) return std::nullopt;
+  return std::move(*config);
+}
+
+std::unique_ptr<Store> open_store_or_report(const IngestConfig& config) {
+  auto store = open_sqlite_store(config.store_path());
+  if (print_if_error(store)) return nullptr;
+  return std::move(*store);
+}
+
+std::unique_ptr<Store> open_store_or_report(const std::string& config_path) {
+  auto config = config_or_report(config_path);
+  if (!config) return nullptr;
+  return open_store_or_report(*config);
+}
+
+std::optional<EventFilter> event_filter_or_report(const std::string& device,
+                                                  const std::string& since,
+                                                  const std::string& action) {
+  EventFilter filter;
+  if (!device.empty()) filter.device = device;
+  if (!action.empty()) filter.action = action;
+  if (!since.empty()) {
+    auto since_unix_ms = parse_since(since);
+    if (print_if_error(since_unix_ms)) return std::nullopt;
+    filter.since_unix_ms = *since_unix_ms;
+  }
+  return filter;
 }
 
 }  // namespace ingest::cli

@@ -26,41 +26,15 @@ struct QueryOptions {
   bool json = false;
 };
 
-// Loads the config and opens the store; prints the error and returns nullptr on failure.
-std::unique_ptr<Store> open_store_or_report(const std::string& config_path) {
-  auto config = load_config_for_command(config_path);
-  if (!config) {
-    print_error(config.error().message);
-    return nullptr;
-  }
-  auto store = open_sqlite_store(config->store_path());
-  if (!store) {
-    print_error(store.error().message);
-    return nullptr;
-  }
-  return std::move(*store);
-}
-
 int run_events(const QueryOptions& options) {
-  EventFilter filter;
-  if (!options.device.empty()) filter.device = options.device;
-  if (!options.action.empty()) filter.action = options.action;
-  if (!options.since.empty()) {
-    auto since = parse_since(options.since);
-    if (!since) {
-      print_error(since.error().message);
-      return 2;
-    }
-    filter.since_unix_ms = *since;
-  }
+  auto filter = event_filter_or_report(options.device, options.since, options.action);
+  if (!filter) return 2;
   auto store = open_store_or_report(options.config_path);
   if (!store) return 1;
-  auto status = write_events(
-      *store, filter, options.format == "csv" ? EventFormat::csv : EventFormat::jsonl, std::cout);
-  if (!status) {
-    print_error(status.error().message);
+  if (print_if_error(write_events(*store, *filter,
+                                  options.format == "csv" ? EventFormat::csv : EventFormat::jsonl,
+                                  std::cout)))
     return 1;
-  }
   return 0;
 }
 
@@ -69,11 +43,7 @@ int run_rejections(const QueryOptions& options) {
   if (!store) return 1;
   std::optional<std::string_view> device;
   if (!options.device.empty()) device = options.device;
-  auto status = write_rejections(*store, device, std::cout);
-  if (!status) {
-    print_error(status.error().message);
-    return 1;
-  }
+  if (print_if_error(write_rejections(*store, device, std::cout))) return 1;
   return 0;
 }
 
@@ -81,10 +51,7 @@ int run_stats(const QueryOptions& options) {
   auto store = open_store_or_report(options.config_path);
   if (!store) return 1;
   auto stats = store->stats();
-  if (!stats) {
-    print_error(stats.error().message);
-    return 1;
-  }
+  if (print_if_error(stats)) return 1;
   if (options.json) {
     for (const auto& device : *stats)
       std::cout << device_stats_json(device).dump(-1, ' ', false,
@@ -101,10 +68,7 @@ int run_trace(const QueryOptions& options) {
   auto store = open_store_or_report(options.config_path);
   if (!store) return 1;
   auto tree = trace_resource(*store, options.resource);
-  if (!tree) {
-    print_error(tree.error().message);
-    return 1;
-  }
+  if (print_if_error(tree)) return 1;
   if (options.json)
     std::cout << trace_to_json(*tree).dump(-1, ' ', false,
                                            nlohmann::ordered_json::error_handler_t::replace)

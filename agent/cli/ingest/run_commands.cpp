@@ -2,12 +2,8 @@
 // `reflow-ingest run`: the node's daemon. Loads the config, opens the store, starts the
 // IngestService and waits for SIGTERM/SIGINT, feeding systemd (Type=notify) and logging a summary
 // every minute.
-#include <signal.h>
-#include <time.h>
-
 #include <systemd/sd-daemon.h>
 
-#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -67,11 +63,8 @@ void log_summary(agent::Logger& log, const IngestCounters& now, const IngestCoun
 
 int run(const std::string& config_path, const std::string& log_level_override) {
   agent::Logger log;
-  auto config = load_config_for_command(config_path);
-  if (!config) {
-    print_error(config.error().message);
-    return 1;
-  }
+  auto config = config_or_report(config_path);
+  if (!config) return 1;
   agent::LogLevel level = config->log_level;
   if (!log_level_override.empty() && !agent::parse_log_level(log_level_override, level)) {
     print_error(fmt::format("--log-level: expected debug, info, warning or error; got \"{}\"",
@@ -99,25 +92,9 @@ int run(const std::string& config_path, const std::string& log_level_override) {
 
   // The main thread only waits for signals; it wakes up to feed the watchdog, refresh STATUS
   // and log the summary.
-  std::uint64_t watchdog_usec = 0;
-  const bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0;
-  auto tick = std::chrono::duration_cast<std::chrono::milliseconds>(k_status_refresh);
-  if (watchdog)
-    tick = std::max(std::chrono::milliseconds(1),
-                    std::min(tick, std::chrono::milliseconds(watchdog_usec / 2000)));
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
   IngestCounters at_last_summary = service.counters();
   auto next_summary = env.steady_now() + k_summary_interval;
-  int signal_number = 0;
-  for (;;) {
-    timespec timeout{static_cast<time_t>(tick.count() / 1000),
-                     static_cast<long>((tick.count() % 1000) * 1'000'000)};
-    signal_number = sigtimedwait(&set, nullptr, &timeout);
-    if (signal_number > 0) break;
-    if (watchdog) sd_notify(0, "WATCHDOG=1");
+  agent::wait_for_stop_signal(log, k_component, k_status_refresh, [&] {
     const IngestCounters counters = service.counters();
     sd_notifyf(0, "STATUS=%s", status_line(counters).c_str());
     if (env.steady_now() >= next_summary) {
@@ -125,11 +102,8 @@ int run(const std::string& config_path, const std::string& log_level_override) {
       at_last_summary = counters;
       next_summary = env.steady_now() + k_summary_interval;
     }
-  }
+  });
 
-  log.info(k_component, "{} received; shutting down",
-           signal_number == SIGINT ? "SIGINT" : "SIGTERM");
-  sd_notify(0, "STOPPING=1");
   service.stop(3000);
   const IngestCounters last = service.counters();
   log.info(k_component,

@@ -11,7 +11,6 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
-#include <fstream>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -21,6 +20,8 @@
 #include <thread>
 #include <utility>
 #include <vector>
+
+#include "common/mqtt_connect.hpp"
 
 namespace agent {
 namespace {
@@ -36,66 +37,9 @@ constexpr auto k_connect_grace = std::chrono::seconds(5);
 constexpr int k_qos = 1;
 
 using Clock = std::chrono::steady_clock;
-
-struct BrokerAddress {
-  std::string paho_uri;  ///< tcp://host:port or ssl://host:port, the schemes Paho C knows
-  bool tls = false;
-};
-
-// mqtt://host[:port] → tcp://host:port; mqtts://host[:port] → ssl://host:port: the schemes Paho C
-// knows. The URL itself is parsed by the same function the config loader validates it with.
-Result<BrokerAddress> broker_address(const AgentConfig& config) {
-  auto url = parse_broker_url(config.url);
-  if (!url)
-    return fail(ErrorCode::invalid_config,
-                fmt::format("{}: mqtt.url: {}; got \"{}\" (expected mqtt://host[:port] or "
-                            "mqtts://host[:port])",
-                            config.source_file.empty() ? "config" : config.source_file,
-                            url.error().message, config.url));
-  return BrokerAddress{fmt::format("{}://{}:{}", url->tls ? "ssl" : "tcp", url->host, url->port),
-                       url->tls};
-}
-
-Status check_readable(const std::filesystem::path& path, std::string_view key) {
-  std::ifstream in(path);
-  if (!in)
-    return fail(ErrorCode::invalid_config,
-                fmt::format("mqtt.{}: cannot read \"{}\"; check the path and its permissions", key,
-                            path.string()));
-  return {};
-}
-
-// The password is the file's first line; a trailing CR/LF is not part of it.
-Result<std::string> read_password(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    return fail(ErrorCode::invalid_config,
-                fmt::format("mqtt.password_file: cannot read \"{}\"; check the path and its "
-                            "permissions",
-                            path.string()));
-  std::string line;
-  std::getline(in, line);
-  if (in.bad())
-    return fail(ErrorCode::invalid_config,
-                fmt::format("mqtt.password_file: reading \"{}\" failed", path.string()));
-  while (!line.empty() && (line.back() == '\r' || line.back() == '\n'))
-    line.pop_back();
-  return line;
-}
-
-// Paho takes whole seconds for these; round up so a "500ms" setting never becomes 0 (= off).
-int whole_seconds(std::chrono::milliseconds ms) {
-  auto s = (ms.count() + 999) / 1000;
-  return static_cast<int>(std::clamp<std::int64_t>(s, 1, 65535));
-}
-
-void* context_of(std::uint64_t generation) {
-  return reinterpret_cast<void*>(static_cast<std::uintptr_t>(generation));
-}
-
-std::uint64_t generation_of(const mqtt::token& token) {
-  return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(token.get_user_context()));
-}
+using mqtt_connect::context_of;
+using mqtt_connect::generation_of;
+using mqtt_connect::whole_seconds;
 
 std::string paho_error(const mqtt::token& token) {
   int rc = token.get_return_code();
@@ -184,7 +128,7 @@ struct Forwarder::Impl {
   // ---- configuration and start ----
 
   Status configure() {
-    auto address = broker_address(config);
+    auto address = mqtt_connect::broker_address(config.url, config.source_file);
     if (!address) return std::unexpected(address.error());
     if (config.device_id.empty())
       return fail(ErrorCode::invalid_config, "agent.device_id is empty; set it in the config");
@@ -200,38 +144,10 @@ struct Forwarder::Impl {
     options.set_max_inflight(static_cast<int>(config.max_inflight));
     // The forwarder reconnects itself with backoff and jitter, and republishes on each connect.
     options.set_automatic_reconnect(false);
-    if (!config.username.empty()) options.set_user_name(config.username);
-    if (!config.password_file.empty()) {
-      if (config.username.empty())
-        return fail(ErrorCode::invalid_config,
-                    "mqtt.password_file is set but mqtt.username is empty; MQTT 3.1.1 sends a "
-                    "password only with a user name");
-      auto password = read_password(config.password_file);
-      if (!password) return std::unexpected(password.error());
-      options.set_password(*password);
-    }
-    if (address->tls) {
-      mqtt::ssl_options ssl;
-      if (!config.ca_file.empty()) {
-        if (auto ok = check_readable(config.ca_file, "ca_file"); !ok) return ok;
-        ssl.set_trust_store(config.ca_file.string());
-      }
-      if (!config.cert_file.empty()) {
-        if (auto ok = check_readable(config.cert_file, "cert_file"); !ok) return ok;
-        ssl.set_key_store(config.cert_file.string());
-      }
-      if (!config.tls_key_file.empty()) {
-        if (auto ok = check_readable(config.tls_key_file, "key_file"); !ok) return ok;
-        ssl.set_private_key(config.tls_key_file.string());
-      }
-      if (config.tls_key_file.empty() != config.cert_file.empty())
-        return fail(ErrorCode::invalid_config,
-                    "mqtt.cert_file and mqtt.key_file go together for mutual TLS; set both or "
-                    "neither");
-      ssl.set_enable_server_cert_auth(true);
-      ssl.set_verify(true);  // the certificate must match the host name
-      options.set_ssl(std::move(ssl));
-    }
+    if (auto ok = mqtt_connect::set_credentials(options, mqtt_connect::credentials_of(config),
+                                                address->tls, "MQTT 3.1.1");
+        !ok)
+      return ok;
     const std::string offline = R"({"state":"offline"})";
     options.set_will(mqtt::will_options(status_topic, offline, k_qos, true));
     connect_options = std::move(options);
@@ -318,26 +234,13 @@ struct Forwarder::Impl {
         session(stop);
         if (stop.stop_requested()) break;
       }
-      auto delay = backoff(attempt);
+      auto delay =
+          mqtt_connect::reconnect_backoff(config.reconnect_min, config.reconnect_max, attempt, rng);
       if (attempt < 62) ++attempt;
       log.debug(k_component, "reconnecting to {} in {} ms", config.url, delay.count());
       if (!env.sleep_until(env.steady_now() + delay, stop)) break;
     }
     shutdown();
-  }
-
-  // Full jitter (AWS Architecture Blog, "Exponential Backoff and Jitter"), with reconnect_min as
-  // the floor so a fleet that lost its broker together never hammers it faster than that:
-  // uniform in [reconnect_min, min(reconnect_max, reconnect_min · 2^attempt)].
-  std::chrono::milliseconds backoff(std::uint32_t attempt) {
-    auto low = std::max<std::int64_t>(config.reconnect_min.count(), 0);
-    auto cap = std::max<std::int64_t>(config.reconnect_max.count(), low);
-    std::int64_t high = low;
-    for (std::uint32_t i = 0; i < attempt && high < cap; ++i)
-      high = std::max<std::int64_t>(high * 2, 1);
-    high = std::min(high, cap);
-    std::uniform_int_distribution<std::int64_t> pick(low, high);
-    return std::chrono::milliseconds(pick(rng));
   }
 
   bool connect(std::stop_token stop) {

@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstring>
 #include <ctime>
 #include <limits>
 #include <mutex>
@@ -17,10 +16,20 @@
 #include <agent/ulid.hpp>
 #include <agent/units.hpp>
 
+#include "common/sqlite.hpp"
+
 namespace agent {
 namespace {
 
 namespace fs = std::filesystem;
+using sqlite::bind_blob;
+using sqlite::bind_text;
+using sqlite::column_text;
+using sqlite::DbPtr;
+using sqlite::prepare;
+using sqlite::ResetOnExit;
+using sqlite::run;
+using sqlite::StmtPtr;
 
 constexpr std::int64_t k_page_cache_kib = 512;
 constexpr std::int64_t k_schema_version = 1;
@@ -47,63 +56,6 @@ constexpr const char* k_schema_sql =
     " id TEXT NOT NULL,"
     " recorded_ms INTEGER NOT NULL,"
     " envelope BLOB NOT NULL);";
-
-struct DbCloser {
-  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
-};
-using DbPtr = std::unique_ptr<sqlite3, DbCloser>;
-
-struct StmtFinalizer {
-  void operator()(sqlite3_stmt* stmt) const { sqlite3_finalize(stmt); }
-};
-using StmtPtr = std::unique_ptr<sqlite3_stmt, StmtFinalizer>;
-
-// A statement left un-reset keeps its read transaction open, which stops WAL checkpoints.
-class ResetOnExit {
- public:
-  explicit ResetOnExit(sqlite3_stmt* stmt) : m_stmt(stmt) {}
-  ~ResetOnExit() {
-    sqlite3_reset(m_stmt);
-    sqlite3_clear_bindings(m_stmt);
-  }
-  ResetOnExit(const ResetOnExit&) = delete;
-  ResetOnExit& operator=(const ResetOnExit&) = delete;
-
- private:
-  sqlite3_stmt* m_stmt;
-};
-
-int prepare(sqlite3* db, const char* sql, StmtPtr& out) {
-  sqlite3_stmt* raw = nullptr;
-  int rc = sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &raw, nullptr);
-  out.reset(raw);
-  return rc;
-}
-
-// Runs a statement that returns nothing (or whose rows do not matter).
-int run(sqlite3_stmt* stmt) {
-  ResetOnExit reset(stmt);
-  int rc;
-  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-  }
-  return rc == SQLITE_DONE ? SQLITE_OK : rc;
-}
-
-std::string column_text(sqlite3_stmt* stmt, int col) {
-  const unsigned char* text = sqlite3_column_text(stmt, col);
-  if (!text) return {};
-  return std::string(reinterpret_cast<const char*>(text),
-                     static_cast<std::size_t>(sqlite3_column_bytes(stmt, col)));
-}
-
-// "what failed: SQLite's message (errno text)". The errno part tells "No such file or directory"
-// from "Permission denied", which SQLite's "unable to open database file" does not.
-std::string sqlite_detail(sqlite3* db, int rc) {
-  std::string detail = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-  int sys = db ? sqlite3_system_errno(db) : 0;
-  if (sys != 0) detail += fmt::format(" ({})", std::strerror(sys));
-  return detail;
-}
 
 bool is_full(int rc) {
   return (rc & 0xff) == SQLITE_FULL;
@@ -175,34 +127,33 @@ struct Outbox::Impl {
   std::string path_text() const { return options.path.string(); }
 
   int prepare_all() {
-    sqlite3* d = db.get();
+    // Kept for the connection's life.
+    auto prepare = [d = db.get()](const char* sql, StmtPtr& out) {
+      return sqlite::prepare(d, sql, out, SQLITE_PREPARE_PERSISTENT);
+    };
     int rc;
-    if ((rc = prepare(d, "BEGIN IMMEDIATE", begin)) != SQLITE_OK) return rc;
-    if ((rc = prepare(d, "COMMIT", commit)) != SQLITE_OK) return rc;
-    if ((rc = prepare(d, "ROLLBACK", rollback)) != SQLITE_OK) return rc;
-    if ((rc = prepare(d,
-                      "INSERT INTO events(seq, id, recorded_ms, envelope) VALUES (?1, ?2, ?3, ?4)",
+    if ((rc = prepare("BEGIN IMMEDIATE", begin)) != SQLITE_OK) return rc;
+    if ((rc = prepare("COMMIT", commit)) != SQLITE_OK) return rc;
+    if ((rc = prepare("ROLLBACK", rollback)) != SQLITE_OK) return rc;
+    if ((rc = prepare("INSERT INTO events(seq, id, recorded_ms, envelope) VALUES (?1, ?2, ?3, ?4)",
                       insert_event)) != SQLITE_OK)
       return rc;
-    if ((rc = prepare(d,
-                      "UPDATE meta SET last_seq = ?1, last_hash = ?2, recorded_floor_ms = ?3 "
+    if ((rc = prepare("UPDATE meta SET last_seq = ?1, last_hash = ?2, recorded_floor_ms = ?3 "
                       "WHERE id = 1",
                       update_head)) != SQLITE_OK)
       return rc;
-    if ((rc = prepare(d,
-                      "SELECT seq, id, recorded_ms, envelope FROM events WHERE seq >= ?1 "
+    if ((rc = prepare("SELECT seq, id, recorded_ms, envelope FROM events WHERE seq >= ?1 "
                       "ORDER BY seq LIMIT ?2",
                       select_from)) != SQLITE_OK)
       return rc;
     // length() of a BLOB column is read from the record header, without loading the envelope.
-    if ((rc = prepare(d, "SELECT COALESCE(SUM(length(envelope)), 0) FROM events WHERE seq <= ?1",
+    if ((rc = prepare("SELECT COALESCE(SUM(length(envelope)), 0) FROM events WHERE seq <= ?1",
                       sum_upto)) != SQLITE_OK)
       return rc;
-    if ((rc = prepare(d, "DELETE FROM events WHERE seq <= ?1", delete_upto)) != SQLITE_OK)
+    if ((rc = prepare("DELETE FROM events WHERE seq <= ?1", delete_upto)) != SQLITE_OK) return rc;
+    if ((rc = prepare("UPDATE meta SET acked_seq = ?1 WHERE id = 1", update_acked)) != SQLITE_OK)
       return rc;
-    if ((rc = prepare(d, "UPDATE meta SET acked_seq = ?1 WHERE id = 1", update_acked)) != SQLITE_OK)
-      return rc;
-    return prepare(d, "SELECT recorded_ms FROM events WHERE seq > ?1 ORDER BY seq LIMIT 1",
+    return prepare("SELECT recorded_ms FROM events WHERE seq > ?1 ORDER BY seq LIMIT 1",
                    oldest_after);
   }
 
@@ -218,13 +169,10 @@ struct Outbox::Impl {
     sqlite3* d = db.get();
     // The file is ours now; checkpointing on close leaves no WAL behind.
     sqlite3_db_config(d, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, nullptr);
-    StmtPtr stmt;
-    int rc = prepare(d, "PRAGMA journal_mode=WAL", stmt);
+    std::string mode;
+    int rc = sqlite::enable_wal(d, mode);
     if (rc != SQLITE_OK) return rc;
-    rc = sqlite3_step(stmt.get());
-    if (rc != SQLITE_ROW) return rc;
-    if (column_text(stmt.get(), 0) != "wal") return SQLITE_CANTOPEN;
-    stmt.reset();
+    if (mode != "wal") return SQLITE_CANTOPEN;
     const char* sync = options.durability == Durability::full ? "PRAGMA synchronous=FULL"
                                                               : "PRAGMA synchronous=NORMAL";
     if ((rc = sqlite3_exec(d, sync, nullptr, nullptr, nullptr)) != SQLITE_OK) return rc;
@@ -241,15 +189,8 @@ struct Outbox::Impl {
     return sqlite3_exec(d, limit.c_str(), nullptr, nullptr, nullptr);
   }
 
-  // Reads one integer from a one-row query.
   int query_int(const char* sql, std::int64_t& out) {
-    StmtPtr stmt;
-    int rc = prepare(db.get(), sql, stmt);
-    if (rc != SQLITE_OK) return rc;
-    rc = sqlite3_step(stmt.get());
-    if (rc != SQLITE_ROW) return rc == SQLITE_DONE ? SQLITE_ERROR : rc;
-    out = sqlite3_column_int64(stmt.get(), 0);
-    return SQLITE_OK;
+    return sqlite::query_int(db.get(), sql, out);
   }
 
   // Decides whether an existing file is a usable outbox of this device and, when it is, loads its
@@ -264,12 +205,13 @@ struct Outbox::Impl {
       return Inspection{Inspection::Kind::damaged, std::move(reason)};
     };
     auto failed = [&](int rc, std::string_view what) -> Result<Inspection> {
-      if (is_content_error(rc)) return damaged(fmt::format("{}: {}", what, sqlite_detail(d, rc)));
+      if (is_content_error(rc))
+        return damaged(fmt::format("{}: {}", what, sqlite::error_detail(d, rc)));
       return fail(ErrorCode::io,
                   fmt::format("cannot open outbox {}: {}: {}; check that no other reflow-agent "
                               "uses it and that the file and its directory are readable and "
                               "writable",
-                              path_text(), what, sqlite_detail(d, rc)));
+                              path_text(), what, sqlite::error_detail(d, rc)));
     };
 
     {
@@ -381,7 +323,7 @@ struct Outbox::Impl {
   Status initialize(Env& env) {
     sqlite3* d = db.get();
     auto failed = [&](int rc) -> Status {
-      std::string detail = sqlite_detail(d, rc);
+      std::string detail = sqlite::error_detail(d, rc);
       if (!sqlite3_get_autocommit(d)) sqlite3_exec(d, "ROLLBACK", nullptr, nullptr, nullptr);
       return fail(ErrorCode::io,
                   fmt::format("cannot create outbox {}: {}; check that the directory exists, is "
@@ -408,10 +350,8 @@ struct Outbox::Impl {
                    insert);
       if (rc != SQLITE_OK) return failed(rc);
       sqlite3_bind_int64(insert.get(), 1, k_schema_version);
-      sqlite3_bind_text(insert.get(), 2, options.device_id.data(),
-                        static_cast<int>(options.device_id.size()), SQLITE_STATIC);
-      sqlite3_bind_text(insert.get(), 3, fresh.stream.data(), static_cast<int>(fresh.stream.size()),
-                        SQLITE_STATIC);
+      bind_text(insert.get(), 2, options.device_id);
+      bind_text(insert.get(), 3, fresh.stream);
       sqlite3_bind_int64(insert.get(), 4, now_ms);
       if ((rc = run(insert.get())) != SQLITE_OK) return failed(rc);
     }
@@ -426,15 +366,11 @@ struct Outbox::Impl {
   }
 
   Result<DbPtr> open_db(int flags) const {
-    sqlite3* raw = nullptr;
-    int rc = sqlite3_open_v2(options.path.c_str(), &raw, flags | SQLITE_OPEN_NOMUTEX, nullptr);
-    DbPtr out(raw);
-    if (rc != SQLITE_OK)
+    DbPtr out;
+    if (int rc = sqlite::open(options.path, flags, k_busy_timeout_ms, out); rc != SQLITE_OK)
       return fail(ErrorCode::io, fmt::format("cannot open outbox {}: {}; check that the directory "
                                              "exists and is readable and writable",
-                                             path_text(), sqlite_detail(raw, rc)));
-    sqlite3_extended_result_codes(raw, 1);
-    sqlite3_busy_timeout(raw, k_busy_timeout_ms);
+                                             path_text(), sqlite::error_detail(out.get(), rc)));
     return out;
   }
 
@@ -591,7 +527,7 @@ Status Outbox::append(const std::vector<StoredEvent>& events, const ChainHead& n
 
   sqlite3* d = s.db.get();
   auto failed = [&](int rc) -> Status {
-    std::string detail = sqlite_detail(d, rc);
+    std::string detail = sqlite::error_detail(d, rc);
     // SQLite may have rolled back already (SQLITE_FULL does); the rows and the head go together.
     if (!sqlite3_get_autocommit(d)) run(s.rollback.get());
     ++s.refused_io;
@@ -611,16 +547,14 @@ Status Outbox::append(const std::vector<StoredEvent>& events, const ChainHead& n
   sqlite3_stmt* insert = s.insert_event.get();
   for (const StoredEvent& e : events) {
     sqlite3_bind_int64(insert, 1, e.seq);
-    sqlite3_bind_text(insert, 2, e.id.data(), static_cast<int>(e.id.size()), SQLITE_STATIC);
+    bind_text(insert, 2, e.id);
     sqlite3_bind_int64(insert, 3, e.recorded_unix_ms);
-    sqlite3_bind_blob(insert, 4, e.envelope.data(), static_cast<int>(e.envelope.size()),
-                      SQLITE_STATIC);
+    bind_blob(insert, 4, e.envelope);
     if ((rc = run(insert)) != SQLITE_OK) return failed(rc);
   }
   sqlite3_stmt* update = s.update_head.get();
   sqlite3_bind_int64(update, 1, new_head.last_seq);
-  sqlite3_bind_text(update, 2, new_head.last_hash.data(),
-                    static_cast<int>(new_head.last_hash.size()), SQLITE_STATIC);
+  bind_text(update, 2, new_head.last_hash);
   sqlite3_bind_int64(update, 3, new_head.recorded_floor_ms);
   if ((rc = run(update)) != SQLITE_OK) return failed(rc);
   if ((rc = run(s.commit.get())) != SQLITE_OK) return failed(rc);
@@ -663,7 +597,7 @@ Result<std::vector<StoredEvent>> Outbox::read_from(std::int64_t from_seq,
   if (rc != SQLITE_DONE)
     return fail((rc & 0xff) == SQLITE_CORRUPT ? ErrorCode::corruption : ErrorCode::io,
                 fmt::format("outbox {}: cannot read events from seq {}: {}", s.path_text(),
-                            from_seq, sqlite_detail(s.db.get(), rc)));
+                            from_seq, sqlite::error_detail(s.db.get(), rc)));
   return out;
 }
 
@@ -676,7 +610,7 @@ Result<std::int64_t> Outbox::apply_ack(const std::string& stream, std::int64_t s
 
   sqlite3* d = s.db.get();
   auto failed = [&](int rc) -> Result<std::int64_t> {
-    std::string detail = sqlite_detail(d, rc);
+    std::string detail = sqlite::error_detail(d, rc);
     if (!sqlite3_get_autocommit(d)) run(s.rollback.get());
     return fail(is_full(rc) ? ErrorCode::no_space : ErrorCode::io,
                 fmt::format("outbox {}: cannot record the node's ack of seq {}: {}; the events "
@@ -752,14 +686,12 @@ Status Outbox::export_file(const std::filesystem::path& path, std::int64_t from_
     return fail(ErrorCode::io, fmt::format("cannot export {}: {}", path_text,
                                            ec ? ec.message() : std::string("no such file")));
   // Read-only: a quarantined file is evidence, and the live one belongs to the running agent.
-  sqlite3* raw = nullptr;
-  int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr);
-  DbPtr db(raw);
+  DbPtr db;
+  int rc = sqlite::open(path, SQLITE_OPEN_READONLY, k_busy_timeout_ms, db);
   if (rc != SQLITE_OK)
     return fail(ErrorCode::io,
-                fmt::format("cannot export {}: {}", path_text, sqlite_detail(raw, rc)));
-  sqlite3_extended_result_codes(raw, 1);
-  sqlite3_busy_timeout(raw, k_busy_timeout_ms);
+                fmt::format("cannot export {}: {}", path_text, sqlite::error_detail(db.get(), rc)));
+  sqlite3* raw = db.get();
 
   StmtPtr select;
   rc =
@@ -771,7 +703,7 @@ Status Outbox::export_file(const std::filesystem::path& path, std::int64_t from_
                          primary == SQLITE_ERROR || primary == SQLITE_FORMAT;
     return fail(content ? ErrorCode::corruption : ErrorCode::io,
                 fmt::format("cannot export {}: it cannot be read as an outbox: {}", path_text,
-                            sqlite_detail(raw, rc)));
+                            sqlite::error_detail(raw, rc)));
   }
 
   // The meta row bounds the search past damaged pages; without it the export stops at the first

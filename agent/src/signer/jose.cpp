@@ -15,8 +15,13 @@
 
 #include <agent/event.hpp>
 
+#include "common/file_io.hpp"
+
 namespace agent {
 namespace {
+
+using file_io::errno_text;
+using file_io::Fd;
 
 constexpr std::string_view k_alg = "EdDSA";
 constexpr std::string_view k_typ = "reflow-event+json";
@@ -35,55 +40,6 @@ std::string excerpt(std::string_view text) {
   constexpr std::size_t k_max = 40;
   if (text.size() <= k_max) return std::string(text);
   return fmt::format("{}… ({} bytes)", text.substr(0, k_max), text.size());
-}
-
-std::string errno_text(int err) {
-  return std::strerror(err);
-}
-
-// A file descriptor closed on scope exit.
-class Fd {
- public:
-  explicit Fd(int fd) : m_fd(fd) {}
-  ~Fd() {
-    if (m_fd >= 0) ::close(m_fd);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return m_fd; }
-  // Closes now so the caller sees close(2)'s error, which can report a failed write.
-  int close_now() {
-    int rc = ::close(m_fd);
-    m_fd = -1;
-    return rc;
-  }
-
- private:
-  int m_fd;
-};
-
-// Returns 0 or the errno of the failed write.
-int write_all(int fd, std::string_view bytes) {
-  while (!bytes.empty()) {
-    ssize_t n = ::write(fd, bytes.data(), bytes.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    bytes.remove_prefix(static_cast<std::size_t>(n));
-  }
-  return 0;
-}
-
-// Makes the new directory entry durable too, so a power cut after generate() returns cannot
-// leave the device without its key.
-void fsync_parent(const std::filesystem::path& path) {
-  std::filesystem::path dir = path.parent_path();
-  if (dir.empty()) dir = ".";
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;
-  ::fsync(fd);
-  ::close(fd);
 }
 
 Result<std::string> decode_member(std::string_view name, std::string_view text) {
@@ -223,7 +179,7 @@ Result<DeviceKey> DeviceKey::generate(const std::filesystem::path& path) {
   sodium_memzero(seed.data(), seed.size());
 
   Status written = [&]() -> Status {
-    Fd fd(::open(path.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600));
+    Fd fd = file_io::create_new(path, 0600);
     if (fd.get() < 0) {
       int err = errno;
       if (err == EEXIST)
@@ -234,19 +190,13 @@ Result<DeviceKey> DeviceKey::generate(const std::filesystem::path& path) {
       return fail(ErrorCode::io,
                   fmt::format("cannot create key file {}: {}", path.string(), errno_text(err)));
     }
-    auto fail_and_remove = [&](const std::string& what) {
-      ::unlink(path.c_str());
+    if (int err = file_io::finish_new(fd, path, line); err != 0)
       return fail(ErrorCode::io, fmt::format("cannot write key file {}: {}; nothing was kept",
-                                             path.string(), what));
-    };
-    if (int err = write_all(fd.get(), line); err != 0) return fail_and_remove(errno_text(err));
-    if (::fsync(fd.get()) != 0) return fail_and_remove(errno_text(errno));
-    if (fd.close_now() != 0) return fail_and_remove(errno_text(errno));
+                                             path.string(), errno_text(err)));
     return {};
   }();
   sodium_memzero(line.data(), line.size());
   if (!written) return std::unexpected(written.error());
-  fsync_parent(path);
 
   std::memcpy(key.m_public.x.data(), pk.data(), pk.size());
   key.m_public.kid = jwk_thumbprint(key.m_public.x);

@@ -38,8 +38,14 @@
 
 #include <agent/event.hpp>
 
+#include "common/file_io.hpp"
+
 namespace agent::tls {
 namespace {
+
+using file_io::errno_text;
+using file_io::Fd;
+using file_io::write_all;
 
 constexpr std::int64_t k_day_s = 86400;
 constexpr std::uint32_t k_max_days = 36500;
@@ -71,10 +77,6 @@ std::string mbed_error(int ret) {
   char text[256];
   mbedtls_strerror(ret, text, sizeof text);
   return fmt::format("{} (mbedTLS -0x{:04x})", text, static_cast<unsigned>(-ret));
-}
-
-std::string errno_text(int err) {
-  return std::strerror(err);
 }
 
 // A seeded CTR_DRBG per call: the contexts are not thread-safe and calls are rare.
@@ -109,64 +111,17 @@ class Rng {
   mbedtls_ctr_drbg_context m_drbg;
 };
 
-class Fd {
- public:
-  explicit Fd(int fd) : m_fd(fd) {}
-  ~Fd() {
-    if (m_fd >= 0) ::close(m_fd);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return m_fd; }
-  int close_now() {
-    int r = ::close(m_fd);
-    m_fd = -1;
-    return r;
-  }
-
- private:
-  int m_fd;
-};
-
-int write_all(int fd, std::string_view data) {
-  while (!data.empty()) {
-    ssize_t n = ::write(fd, data.data(), data.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    data.remove_prefix(static_cast<std::size_t>(n));
-  }
-  return 0;
-}
-
-void fsync_parent(const std::filesystem::path& path) {
-  auto parent = path.parent_path();
-  if (parent.empty()) parent = ".";
-  int fd = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-}
-
-// Writes `data` to an open, new file and syncs it; on failure removes the file.
+// Writes `data` to the new file `fd` and syncs it; on failure removes the file.
 Status finish_new_file(Fd& fd, const std::filesystem::path& path, std::string_view data) {
-  auto fail_and_remove = [&](int err) {
-    ::unlink(path.c_str());
+  if (int err = file_io::finish_new(fd, path, data); err != 0)
     return fail(ErrorCode::io, fmt::format("cannot write {}: {}; nothing was kept", path.string(),
                                            errno_text(err)));
-  };
-  if (int err = write_all(fd.get(), data); err != 0) return fail_and_remove(err);
-  if (::fsync(fd.get()) != 0) return fail_and_remove(errno);
-  if (fd.close_now() != 0) return fail_and_remove(errno);
-  fsync_parent(path);
   return {};
 }
 
 // Creates `path` (never overwriting) with `data`.
 Status write_new_file(const std::filesystem::path& path, std::string_view data, mode_t mode) {
-  Fd fd(::open(path.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, mode));
+  Fd fd = file_io::create_new(path, mode);
   if (fd.get() < 0) {
     int err = errno;
     if (err == EEXIST)
@@ -317,7 +272,7 @@ Result<std::string> generate_key(mbedtls_pk_context* pk, Rng& rng) {
 
 // Loads the key at `path` into `pk`, creating it first when the file does not exist.
 Result<bool> load_or_create_into(mbedtls_pk_context* pk, const std::filesystem::path& path) {
-  Fd fd(::open(path.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600));
+  Fd fd = file_io::create_new(path, 0600);
   if (fd.get() < 0) {
     int err = errno;
     if (err != EEXIST)

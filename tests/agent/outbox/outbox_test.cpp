@@ -4,14 +4,13 @@
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
-#include <atomic>
 #include <fstream>
 #include <iterator>
-#include <mutex>
 #include <sstream>
 
 #include <agent/ulid.hpp>
 
+#include "fault_vfs.hpp"
 #include "temp_dir.hpp"
 
 namespace agent {
@@ -19,128 +18,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// A VFS registered as SQLite's default in this test process: it forwards to the real "unix" VFS
-// and can fail every write (disk full, I/O error) or count fsyncs of WAL files. The outbox opens
-// files through the default VFS, so this reaches its private connection without any test hook in
-// the public header, and a fault hits exactly the write SQLite was doing.
-struct FaultVfs {
-  std::atomic<int> write_error{SQLITE_OK};
-  std::atomic<int> wal_syncs{0};
-};
-FaultVfs g_faults;
-
-struct ShimFile {
-  sqlite3_file base;
-  sqlite3_file* real;
-  bool is_wal;
-};
-
-sqlite3_vfs* g_real_vfs = nullptr;
-sqlite3_vfs g_shim_vfs;
-sqlite3_io_methods g_shim_methods;
-
-sqlite3_file* real_of(sqlite3_file* f) {
-  return reinterpret_cast<ShimFile*>(f)->real;
-}
-
-int shim_close(sqlite3_file* f) {
-  return real_of(f)->pMethods->xClose(real_of(f));
-}
-int shim_read(sqlite3_file* f, void* buf, int amt, sqlite3_int64 off) {
-  return real_of(f)->pMethods->xRead(real_of(f), buf, amt, off);
-}
-int shim_write(sqlite3_file* f, const void* buf, int amt, sqlite3_int64 off) {
-  if (int err = g_faults.write_error.load(); err != SQLITE_OK) return err;
-  return real_of(f)->pMethods->xWrite(real_of(f), buf, amt, off);
-}
-int shim_truncate(sqlite3_file* f, sqlite3_int64 size) {
-  return real_of(f)->pMethods->xTruncate(real_of(f), size);
-}
-int shim_sync(sqlite3_file* f, int flags) {
-  if (reinterpret_cast<ShimFile*>(f)->is_wal) g_faults.wal_syncs.fetch_add(1);
-  return real_of(f)->pMethods->xSync(real_of(f), flags);
-}
-int shim_file_size(sqlite3_file* f, sqlite3_int64* size) {
-  return real_of(f)->pMethods->xFileSize(real_of(f), size);
-}
-int shim_lock(sqlite3_file* f, int level) {
-  return real_of(f)->pMethods->xLock(real_of(f), level);
-}
-int shim_unlock(sqlite3_file* f, int level) {
-  return real_of(f)->pMethods->xUnlock(real_of(f), level);
-}
-int shim_check_reserved(sqlite3_file* f, int* out) {
-  return real_of(f)->pMethods->xCheckReservedLock(real_of(f), out);
-}
-int shim_file_control(sqlite3_file* f, int op, void* arg) {
-  return real_of(f)->pMethods->xFileControl(real_of(f), op, arg);
-}
-int shim_sector_size(sqlite3_file* f) {
-  return real_of(f)->pMethods->xSectorSize(real_of(f));
-}
-int shim_device_characteristics(sqlite3_file* f) {
-  return real_of(f)->pMethods->xDeviceCharacteristics(real_of(f));
-}
-int shim_shm_map(sqlite3_file* f, int page, int size, int extend, void volatile** out) {
-  return real_of(f)->pMethods->xShmMap(real_of(f), page, size, extend, out);
-}
-int shim_shm_lock(sqlite3_file* f, int offset, int n, int flags) {
-  return real_of(f)->pMethods->xShmLock(real_of(f), offset, n, flags);
-}
-void shim_shm_barrier(sqlite3_file* f) {
-  real_of(f)->pMethods->xShmBarrier(real_of(f));
-}
-int shim_shm_unmap(sqlite3_file* f, int del) {
-  return real_of(f)->pMethods->xShmUnmap(real_of(f), del);
-}
-int shim_fetch(sqlite3_file* f, sqlite3_int64 off, int amt, void** out) {
-  return real_of(f)->pMethods->xFetch(real_of(f), off, amt, out);
-}
-int shim_unfetch(sqlite3_file* f, sqlite3_int64 off, void* p) {
-  return real_of(f)->pMethods->xUnfetch(real_of(f), off, p);
-}
-
-int shim_open(sqlite3_vfs*, sqlite3_filename name, sqlite3_file* file, int flags, int* out_flags) {
-  auto* shim = reinterpret_cast<ShimFile*>(file);
-  shim->real = reinterpret_cast<sqlite3_file*>(shim + 1);
-  shim->is_wal = (flags & SQLITE_OPEN_WAL) != 0;
-  int rc = g_real_vfs->xOpen(g_real_vfs, name, shim->real, flags, out_flags);
-  // SQLite calls xClose only when pMethods is set, so mirror the real file's state.
-  shim->base.pMethods = shim->real->pMethods ? &g_shim_methods : nullptr;
-  return rc;
-}
-
-void install_fault_vfs() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    g_real_vfs = sqlite3_vfs_find("unix");
-    g_shim_methods = sqlite3_io_methods{3,
-                                        shim_close,
-                                        shim_read,
-                                        shim_write,
-                                        shim_truncate,
-                                        shim_sync,
-                                        shim_file_size,
-                                        shim_lock,
-                                        shim_unlock,
-                                        shim_check_reserved,
-                                        shim_file_control,
-                                        shim_sector_size,
-                                        shim_device_characteristics,
-                                        shim_shm_map,
-                                        shim_shm_lock,
-                                        shim_shm_barrier,
-                                        shim_shm_unmap,
-                                        shim_fetch,
-                                        shim_unfetch};
-    g_shim_vfs = *g_real_vfs;
-    g_shim_vfs.zName = "reflow-test-faults";
-    g_shim_vfs.szOsFile = static_cast<int>(sizeof(ShimFile)) + g_real_vfs->szOsFile;
-    g_shim_vfs.xOpen = shim_open;
-    g_shim_vfs.pNext = nullptr;
-    ASSERT_EQ(sqlite3_vfs_register(&g_shim_vfs, 1), SQLITE_OK);
-  });
-}
+using reflow_test::FaultVfs;
 
 std::string read_bytes(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -163,11 +41,8 @@ std::string envelope_for(std::int64_t seq, std::size_t size = 200) {
 
 class OutboxTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    install_fault_vfs();
-    g_faults.write_error = SQLITE_OK;
-  }
-  void TearDown() override { g_faults.write_error = SQLITE_OK; }
+  void SetUp() override { m_faults.write_error = SQLITE_OK; }
+  void TearDown() override { m_faults.write_error = SQLITE_OK; }
 
   OutboxOptions options(std::string device = "fablab-mk4-01") const {
     OutboxOptions o;
@@ -227,6 +102,8 @@ class OutboxTest : public ::testing::Test {
     return stream;
   }
 
+  // Installed before any database is opened: SQLite takes the default VFS at open.
+  FaultVfs& m_faults = FaultVfs::install();
   reflow_test::TempDir m_dir;
   FakeEnv m_env;
   Logger m_log{LogLevel::error};
@@ -621,9 +498,9 @@ TEST_F(OutboxTest, DiskFullIsNoSpaceAndOutboxKeepsWorking) {
   const OutboxStats before = outbox->stats();
 
   auto [events, head] = next_batch(*outbox, 50, 2000);
-  g_faults.write_error = SQLITE_FULL;
+  m_faults.write_error = SQLITE_FULL;
   auto status = outbox->append(events, head);
-  g_faults.write_error = SQLITE_OK;
+  m_faults.write_error = SQLITE_OK;
   ASSERT_FALSE(status.has_value());
   EXPECT_EQ(status.error().code, ErrorCode::no_space);
   EXPECT_NE(status.error().message.find("outbox.db"), std::string::npos) << status.error().message;
@@ -648,9 +525,9 @@ TEST_F(OutboxTest, IoErrorIsIoAndNothingIsWritten) {
   auto outbox = open();
   append(*outbox, 2);
   auto [events, head] = next_batch(*outbox, 5);
-  g_faults.write_error = SQLITE_IOERR_WRITE;
+  m_faults.write_error = SQLITE_IOERR_WRITE;
   auto status = outbox->append(events, head);
-  g_faults.write_error = SQLITE_OK;
+  m_faults.write_error = SQLITE_OK;
   ASSERT_FALSE(status.has_value());
   EXPECT_EQ(status.error().code, ErrorCode::io);
   EXPECT_EQ(outbox->stats().refused_io, 1u);
@@ -668,10 +545,10 @@ TEST_F(OutboxTest, FullDurabilitySyncsTheWalAtEveryCommit) {
   OutboxOptions o = options();
   o.durability = Durability::full;
   auto outbox = open(o);
-  g_faults.wal_syncs = 0;
+  m_faults.wal_syncs = 0;
   append(*outbox, 1);
   append(*outbox, 1);
-  EXPECT_GE(g_faults.wal_syncs.load(), 2);
+  EXPECT_GE(m_faults.wal_syncs.load(), 2);
 }
 
 TEST_F(OutboxTest, NormalDurabilityDoesNotSyncAtCommit) {
@@ -679,10 +556,10 @@ TEST_F(OutboxTest, NormalDurabilityDoesNotSyncAtCommit) {
   o.durability = Durability::normal;
   auto outbox = open(o);
   append(*outbox, 1);  // the first commit after open may checkpoint
-  g_faults.wal_syncs = 0;
+  m_faults.wal_syncs = 0;
   append(*outbox, 1);
   append(*outbox, 1);
-  EXPECT_EQ(g_faults.wal_syncs.load(), 0);
+  EXPECT_EQ(m_faults.wal_syncs.load(), 0);
   EXPECT_EQ(outbox->head().last_seq, 3);
 }
 
