@@ -3,12 +3,8 @@
 // ctest test). In one run it starts its own Mosquitto on a free loopback port, plays the community
 // node (subscribes to the events, acks contiguous seqs, retained, at most ~10 times a second), and
 // drives real `reflow-agent run` processes through their control socket. See README.md.
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,11 +12,8 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <initializer_list>
@@ -29,8 +22,6 @@
 #include <mutex>
 #include <optional>
 #include <set>
-#include <sstream>
-#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -47,257 +38,18 @@
 #include <agent/ulid.hpp>
 #include <agent/units.hpp>
 
-#include "mosquitto.hpp"
+#include "bench_support.hpp"
 
 namespace {
 
-namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
+using namespace reflow_bench;
 using nlohmann::ordered_json;
-using namespace std::chrono_literals;
-
 constexpr std::string_view k_prefix = "reflow/v1";
 constexpr std::string_view k_raw_device = "bench-raw";
-constexpr auto k_poll = 20ms;
 constexpr auto k_ack_interval = 100ms;                 // the node acks at most ~10 times a second
 constexpr std::uint64_t k_reference_fill = 1'000'000;  // the drain target is stated for this many
 
-std::atomic<bool> g_interrupted{false};
-
-extern "C" void on_signal(int) {
-  g_interrupted = true;
-}
-
-// What ends a run early; main prints it, the destructors clean up.
-struct BenchError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-void check_interrupted() {
-  if (g_interrupted) throw BenchError("interrupted by a signal");
-}
-
-double seconds_between(Clock::time_point from, Clock::time_point to) {
-  return std::chrono::duration<double>(to - from).count();
-}
-
-// Polls `done` every k_poll until it holds; false after `bound`. Throws when interrupted.
-template <class Condition>
-bool wait_for(Condition&& done, std::chrono::milliseconds bound) {
-  const auto deadline = Clock::now() + bound;
-  for (;;) {
-    if (done()) return true;
-    check_interrupted();
-    if (Clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(k_poll);
-  }
-}
-
-// ---- small process and /proc helpers ----
-
-fs::path self_directory() {
-  std::error_code ec;
-  fs::path self = fs::read_symlink("/proc/self/exe", ec);
-  return ec ? fs::current_path() : self.parent_path();
-}
-
-// One "Key:   123 kB" line of /proc/PID/status, in bytes.
-std::optional<std::uint64_t> proc_status_bytes(pid_t pid, std::string_view key) {
-  std::ifstream in(fmt::format("/proc/{}/status", pid));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (!line.starts_with(key) || line.size() <= key.size() || line[key.size()] != ':') continue;
-    std::istringstream fields(line.substr(key.size() + 1));
-    std::uint64_t kib = 0;
-    if (fields >> kib) return kib * 1024;
-  }
-  return std::nullopt;
-}
-
-// write_bytes of /proc/PID/io: bytes this process caused to be sent to the storage layer.
-std::uint64_t proc_write_bytes(pid_t pid) {
-  std::ifstream in(fmt::format("/proc/{}/io", pid));
-  std::string key;
-  std::uint64_t value = 0;
-  while (in >> key >> value)
-    if (key == "write_bytes:") return value;
-  throw BenchError(fmt::format("cannot read write_bytes from /proc/{}/io", pid));
-}
-
-// Resets VmHWM to the current RSS (proc(5), clear_refs value 5).
-void reset_peak_rss(pid_t pid) {
-  std::ofstream out(fmt::format("/proc/{}/clear_refs", pid));
-  out << "5\n";
-  out.flush();
-  if (!out) throw BenchError(fmt::format("cannot write /proc/{}/clear_refs", pid));
-}
-
-std::uint64_t peak_rss(pid_t pid) {
-  auto bytes = proc_status_bytes(pid, "VmHWM");
-  if (!bytes) throw BenchError(fmt::format("no VmHWM in /proc/{}/status", pid));
-  return *bytes;
-}
-
-pid_t spawn(const std::vector<std::string>& argv, const fs::path& log_file) {
-  pid_t pid = ::fork();
-  if (pid < 0) throw BenchError(fmt::format("fork: {}", std::strerror(errno)));
-  if (pid == 0) {
-    int fd = ::open(log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-    if (fd >= 0) {
-      ::dup2(fd, 1);
-      ::dup2(fd, 2);
-    }
-    ::signal(SIGPIPE, SIG_DFL);
-    std::vector<char*> args;
-    for (const std::string& a : argv)
-      args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    ::execvp(args[0], args.data());
-    ::_exit(127);
-  }
-  return pid;
-}
-
-int run_and_wait(const std::vector<std::string>& argv, const fs::path& log_file) {
-  pid_t pid = spawn(argv, log_file);
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-std::string tail_of(const fs::path& file, std::size_t lines) {
-  std::ifstream in(file);
-  std::deque<std::string> last;
-  for (std::string line; std::getline(in, line);) {
-    last.push_back(std::move(line));
-    if (last.size() > lines) last.pop_front();
-  }
-  std::string text;
-  for (const auto& l : last)
-    text += "    " + l + "\n";
-  return text;
-}
-
-// The run's working directory: removed with its content unless --keep.
-class WorkDir {
- public:
-  explicit WorkDir(bool keep) : m_keep(keep) {
-    std::string pattern = (fs::temp_directory_path() / "reflow-bench-XXXXXX").string();
-    if (!::mkdtemp(pattern.data())) throw BenchError("cannot create a temporary directory");
-    m_path = pattern;
-  }
-  ~WorkDir() {
-    if (m_keep) {
-      fmt::print("kept {}\n", m_path.string());
-      return;
-    }
-    std::error_code ec;
-    fs::remove_all(m_path, ec);
-  }
-  WorkDir(const WorkDir&) = delete;
-  WorkDir& operator=(const WorkDir&) = delete;
-  const fs::path& path() const { return m_path; }
-
- private:
-  fs::path m_path;
-  bool m_keep;
-};
-
-// A Mosquitto for the benchmark on a free loopback port, reused across stop()/start() to play a
-// broker outage. Not reflow_test::MosquittoProcess: that one logs every packet (log_type all),
-// which costs the broker more than the traffic measured here, and keeps Mosquitto's default of
-// 1000 queued messages per subscriber, above which it drops QoS 1 messages to a node that falls
-// behind for a moment; the agent then waits resend_after and republishes, and the drain measures
-// that stall instead of the agent.
-class Broker {
- public:
-  explicit Broker(fs::path dir)
-      : m_dir(std::move(dir)), m_port(reflow_test::free_loopback_port()) {}
-  ~Broker() {
-    if (m_pid > 0) {
-      ::kill(m_pid, SIGKILL);
-      ::waitpid(m_pid, nullptr, 0);
-    }
-  }
-  Broker(const Broker&) = delete;
-  Broker& operator=(const Broker&) = delete;
-
-  void start() {
-    std::ofstream(m_dir / "mosquitto.conf") << fmt::format(
-        "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_queued_messages 0\nlog_dest stderr\nlog_type error\n"
-        "log_type warning\nlog_type notice\n",
-        m_port);
-    m_pid = spawn({reflow_test::mosquitto_binary(), "-c", (m_dir / "mosquitto.conf").string()},
-                  m_dir / "mosquitto.log");
-    const bool up = wait_for(
-        [&] {
-          int status = 0;
-          if (::waitpid(m_pid, &status, WNOHANG) == m_pid) {
-            m_pid = -1;
-            throw BenchError(fmt::format("mosquitto exited at start; see {}",
-                                         (m_dir / "mosquitto.log").string()));
-          }
-          return accepts_connections();
-        },
-        10s);
-    if (!up)
-      throw BenchError(fmt::format("mosquitto does not listen on port {} after 10 s", m_port));
-  }
-
-  void stop() {
-    if (m_pid <= 0) return;
-    ::kill(m_pid, SIGTERM);
-    ::waitpid(m_pid, nullptr, 0);
-    m_pid = -1;
-  }
-
-  std::string url() const { return fmt::format("mqtt://127.0.0.1:{}", m_port); }
-  std::string paho_url() const { return fmt::format("tcp://127.0.0.1:{}", m_port); }
-
- private:
-  bool accepts_connections() const {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return false;
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<std::uint16_t>(m_port));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-    ::close(fd);
-    return ok;
-  }
-
-  fs::path m_dir;
-  int m_port;
-  pid_t m_pid = -1;
-};
-
 // ---- the events ----
-
-// The producer fields of the sim driver's `consume` event: the size and shape of a real event.
-class EventMaker {
- public:
-  EventMaker() : m_when(agent::format_rfc3339_ms(agent::Env::real().now_unix_ms())) {
-    m_fields["action"] = "consume";
-    m_fields["resourceInventoriedAs"] = "spool:pla-galaxy-black-01";
-    m_fields["resourceQuantity"] = {{"hasNumericalValue", 14.2}, {"hasUnit", "gram"}};
-    m_fields["hasPointInTime"] = m_when;
-    m_fields["inputOf"] = "";
-    m_fields["meta"] = {{"job", 0}, {"file", "benchy.gcode"}, {"method", "simulated"}};
-  }
-
-  const ordered_json& fields(std::int64_t job) {
-    m_fields["inputOf"] = fmt::format("sim:printer:job-{}", job);
-    m_fields["meta"]["job"] = job;
-    return m_fields;
-  }
-
- private:
-  std::string m_when;
-  ordered_json m_fields;
-};
 
 // A signed envelope as the agent would make it for a late event of a long stream (7-digit seq,
 // a prev hash, the control socket's source): the payload of the raw transport test.
@@ -544,48 +296,6 @@ class Node {
 };
 
 // ---- step 1: the raw transport ----
-
-// Counts delivery-token completions (PUBACKs) and keeps at most `window` publishes in flight.
-class Window final : public mqtt::iaction_listener {
- public:
-  explicit Window(std::size_t window) : m_window(window) {}
-
-  void acquire() {
-    std::unique_lock lock(m_mutex);
-    m_changed.wait(lock, [&] { return m_inflight < m_window; });
-    ++m_inflight;
-  }
-  // Waits until `count` publishes completed; false after `bound`.
-  bool wait_completed(std::uint64_t count, std::chrono::milliseconds bound) {
-    std::unique_lock lock(m_mutex);
-    return m_changed.wait_for(lock, bound, [&] { return m_completed + m_failed >= count; });
-  }
-  std::uint64_t failed() const {
-    std::lock_guard lock(m_mutex);
-    return m_failed;
-  }
-
-  void on_success(const mqtt::token&) override { finish(false); }
-  void on_failure(const mqtt::token&) override { finish(true); }
-
- private:
-  void finish(bool failed) {
-    {
-      std::lock_guard lock(m_mutex);
-      --m_inflight;
-      ++(failed ? m_failed : m_completed);
-    }
-    m_changed.notify_all();
-  }
-
-  std::size_t m_window;
-  mutable std::mutex m_mutex;
-  std::condition_variable m_changed;
-  std::size_t m_inflight = 0;
-  std::uint64_t m_completed = 0;
-  std::uint64_t m_failed = 0;
-};
-
 double raw_transport_rate(const std::string& url, const std::string& envelope, std::uint64_t count,
                           std::size_t window_size) {
   // Paho refuses publishes beyond max_buffered_messages (default 100) still queued in the client.
@@ -1026,36 +736,6 @@ Drain fill_and_drain(AgentProcess& agent, Node& node, Broker& broker, std::uint6
   return r;
 }
 
-// ---- the report ----
-
-struct Row {
-  std::string figure;
-  std::string value;
-  std::string target;
-  std::string verdict;  // PASS, MISS or "" for figures without a target
-};
-
-std::string mib(std::uint64_t bytes) {
-  return fmt::format("{:.2f} MiB", static_cast<double>(bytes) / (1024.0 * 1024.0));
-}
-
-Row check(std::string figure, std::string value, std::string target, bool pass) {
-  return Row{std::move(figure), std::move(value), std::move(target), pass ? "PASS" : "MISS"};
-}
-
-void print_table(const std::vector<Row>& rows) {
-  std::size_t w0 = 6, w1 = 5, w2 = 6;
-  for (const Row& r : rows) {
-    w0 = std::max(w0, r.figure.size());
-    w1 = std::max(w1, r.value.size());
-    w2 = std::max(w2, r.target.size());
-  }
-  fmt::print("\n{:<{}}  {:>{}}  {:<{}}  {}\n", "figure", w0, "value", w1, "target", w2, "result");
-  fmt::print("{}\n", std::string(w0 + w1 + w2 + 12, '-'));
-  for (const Row& r : rows)
-    fmt::print("{:<{}}  {:>{}}  {:<{}}  {}\n", r.figure, w0, r.value, w1, r.target, w2, r.verdict);
-}
-
 struct Options {
   std::uint64_t events = 200'000;
   std::uint64_t fill = 1'000'000;
@@ -1071,7 +751,7 @@ int run(const Options& options) {
         fmt::format("{} not found; build it (cmake --build BUILD --target reflow-agent) "
                     "or pass --agent",
                     options.agent_binary.string()));
-  WorkDir dir(options.keep);
+  WorkDir dir("reflow-bench", options.keep);
   fs::create_directories(dir.path() / "broker");
   Broker broker(dir.path() / "broker");
   broker.start();
@@ -1268,14 +948,7 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(1, 65535));
   CLI11_PARSE(app, argc, argv);
-  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress lines show up when piped to a file
-
-  struct sigaction action {};
-  action.sa_handler = on_signal;
-  action.sa_flags = SA_RESTART;
-  ::sigaction(SIGINT, &action, nullptr);
-  ::sigaction(SIGTERM, &action, nullptr);
-  ::signal(SIGPIPE, SIG_IGN);
+  install_signal_handlers();
 
   try {
     return run(options);

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #include <ingest/service.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -320,6 +322,49 @@ TEST_F(IngestServiceTest, BurstEndsWithTheAckAtItsLastSeqFromFarFewerAckPublishe
   EXPECT_LT(device.acks().size(), 1000u);
   EXPECT_LT(service->counters().acks_published, 1000u);
   EXPECT_EQ(stored_events().size(), 1000u);
+}
+
+// Regression: with a full queue, Paho's receiving thread waits in the message callback (holding
+// back the broker) while the worker must still be able to store and ack; when the worker itself
+// called Paho to publish an ack, it waited for a lock that receiving thread held, and both stopped
+// for good after a few acks.
+TEST_F(IngestServiceTest, KeepsStoringAndAckingWhileAFullQueueHoldsBackTheBroker) {
+  m_config.max_batch = 1;  // a queue of 64: a flood fills it at once
+  auto service = start_service(m_config);
+  DeviceClient device(m_broker.port());
+  SignedStream stream(*m_key, k_device, m_env);
+  constexpr int k_events = 3000;
+  const auto envelopes = stream.next(k_events);
+  // Paho's lock is one per process: while the service's Paho thread holds it, this client's
+  // publish waits too. So the flood goes from its own thread, and this one only watches.
+  std::atomic<bool> publish_failed{false};
+  std::thread publisher([&] {
+    try {
+      // As fast as the client takes them, in bursts that fit its own queue.
+      for (std::size_t first = 0; first < envelopes.size(); first += 1000) {
+        const std::size_t last = std::min(first + 1000, envelopes.size());
+        device.publish_all(
+            std::vector<std::string>(envelopes.begin() + static_cast<std::ptrdiff_t>(first),
+                                     envelopes.begin() + static_cast<std::ptrdiff_t>(last)));
+      }
+    } catch (const std::exception&) {
+      publish_failed = true;
+    }
+  });
+
+  const bool acked =
+      eventually([&] { return device.last_ack_is(stream.stream(), k_events); }, 240s);
+  const auto counters = service->counters();
+  // Stopping also frees a Paho thread stuck behind a full queue, so the publisher can end.
+  service->stop();
+  publisher.join();
+  ASSERT_TRUE(acked) << "stored " << counters.stored << ", last ack "
+                     << (device.last_ack() ? device.last_ack()->seq : -1);
+  ASSERT_FALSE(publish_failed.load());
+  EXPECT_EQ(counters.stored, static_cast<std::uint64_t>(k_events));
+  EXPECT_EQ(counters.rejected, 0u);
+  EXPECT_GE(counters.acks_published, 1u);
+  EXPECT_EQ(stored_events().size(), static_cast<std::size_t>(k_events));
 }
 
 TEST_F(IngestServiceTest, KeepsRejectedEnvelopesWithTheirReasonAndAcksValidEventsAfterThem) {

@@ -16,6 +16,7 @@
 #include <agent/ulid.hpp>
 #include <ingest/verifier.hpp>
 
+#include "fault_vfs.hpp"
 #include "temp_dir.hpp"
 
 namespace ingest {
@@ -59,7 +60,11 @@ class SqliteStoreTest : public ::testing::Test {
  protected:
   fs::path db_path() const { return m_dir / "data" / "ingest.db"; }
 
-  void SetUp() override { m_store = open_store(); }
+  void SetUp() override {
+    m_faults.write_error = SQLITE_OK;
+    m_store = open_store();
+  }
+  void TearDown() override { m_faults.write_error = SQLITE_OK; }
 
   std::unique_ptr<Store> open_store() {
     auto store = open_sqlite_store(db_path());
@@ -121,6 +126,14 @@ class SqliteStoreTest : public ::testing::Test {
       prev = out.back().signing_input_sha256;
     }
     return out;
+  }
+
+  // A rejection on the topic of device "junk" that names no stream or seq.
+  static Rejection junk_rejection(std::string envelope = "garbage",
+                                  RejectReason reason = RejectReason::malformed_jws,
+                                  std::string detail = "not JSON") {
+    return Rejection{"reflow/v1/junk/events", "junk",       std::move(envelope), reason,
+                     std::move(detail),       std::nullopt, std::nullopt};
   }
 
   static Incoming in(const VerifiedEvent& e) { return Incoming{e, std::nullopt}; }
@@ -199,6 +212,8 @@ class SqliteStoreTest : public ::testing::Test {
     }
   }
 
+  // Installed before the store opens its connections: SQLite takes the default VFS at open.
+  reflow_test::FaultVfs& m_faults = reflow_test::FaultVfs::install();
   reflow_test::TempDir m_dir;
   std::unique_ptr<Store> m_store;
   std::vector<std::unique_ptr<Device>> m_devices;
@@ -484,13 +499,7 @@ TEST_F(SqliteStoreTest, ReopenedFileStillHasEverything) {
   Device& d = device("fablab-mk4-01");
   const std::string s = new_stream();
   auto evs = chain(d, s, 3);
-  Rejection junk{"reflow/v1/junk/events",
-                 "junk",
-                 "garbage",
-                 RejectReason::malformed_jws,
-                 "not JSON",
-                 std::nullopt,
-                 std::nullopt};
+  const Rejection junk = junk_rejection();
   put({in(evs[0]), in(evs[2]), in(junk)}, k_t0 + 7);
   m_store.reset();
 
@@ -516,6 +525,69 @@ TEST_F(SqliteStoreTest, ReopenedFileStillHasEverything) {
   expect_outcome(r[0], PutOutcome::stored);
   EXPECT_EQ(ack(d.id)->seq, 3);
   EXPECT_TRUE(stats_of(d.id).chain_intact);
+}
+
+// The service acks what put() stored, and the agent then deletes it: a batch half stored when
+// the disk filled up or failed would be acked in part and the rest lost on a retry that
+// counts it as a duplicate. A failed put() must leave nothing of its batch.
+TEST_F(SqliteStoreTest, WriteFailureStoresNothingOfTheBatchAndARetryStoresIt) {
+  Device& d = device("fablab-mk4-01");
+  const std::string s = new_stream();
+  const std::string s2 = new_stream();
+  auto evs = chain(d, s, 5);
+  auto other = chain(d, s2, 1);
+  put({in(evs[0]), in(evs[1])});
+  const Rejection junk = junk_rejection();
+  // Events of a known and of a new stream, a gap and a rejection: every kind of row put() writes.
+  const std::vector<Incoming> batch = {in(evs[2]), in(evs[4]), in(other[0]), in(junk)};
+
+  const struct {
+    int sqlite_error;
+    agent::ErrorCode code;
+  } faults[] = {{SQLITE_FULL, agent::ErrorCode::no_space},
+                {SQLITE_IOERR_WRITE, agent::ErrorCode::io}};
+  for (const auto& fault : faults) {
+    SCOPED_TRACE(sqlite3_errstr(fault.sqlite_error));
+    m_faults.write_error = fault.sqlite_error;
+    auto failed = m_store->put(batch, k_t0 + 5);
+    m_faults.write_error = SQLITE_OK;
+    ASSERT_FALSE(failed.has_value());
+    EXPECT_EQ(agent::to_string(failed.error().code), agent::to_string(fault.code))
+        << failed.error().message;
+    EXPECT_NE(failed.error().message.find(db_path().string()), std::string::npos)
+        << failed.error().message;
+
+    auto a = ack(d.id);
+    ASSERT_TRUE(a);
+    EXPECT_EQ(a->stream, s);
+    EXPECT_EQ(a->seq, 2);
+    EXPECT_EQ(events().size(), 2u);
+    EXPECT_TRUE(rejections().empty());
+    const DeviceStats st = stats_of(d.id);
+    EXPECT_EQ(st.events, 2);
+    EXPECT_EQ(st.gaps, 0);
+    EXPECT_EQ(st.streams.size(), 1u);
+  }
+
+  auto r = put(batch, k_t0 + 6);
+  ASSERT_EQ(r.size(), 4u);
+  expect_outcome(r[0], PutOutcome::stored);
+  expect_outcome(r[1], PutOutcome::stored);
+  expect_outcome(r[2], PutOutcome::stored);
+  expect_outcome(r[3], PutOutcome::rejected, RejectReason::malformed_jws);
+  EXPECT_EQ(events().size(), 5u);
+  EXPECT_EQ(rejections().size(), 1u);
+
+  // Stored for good, not only in the connection that saw the errors.
+  m_store.reset();
+  m_store = open_store();
+  ASSERT_TRUE(m_store);
+  EXPECT_EQ(events().size(), 5u);
+  EXPECT_EQ(stats_of(d.id).gaps, 1);
+  auto a = ack(d.id);
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->stream, s2);
+  EXPECT_EQ(a->seq, 1);
 }
 
 TEST_F(SqliteStoreTest, RefusesAFileThatIsNotAnSqliteDatabase) {
@@ -610,13 +682,7 @@ TEST_F(SqliteStoreTest, StatsCountGapsRejectionsAndStreams) {
   put({in(b[0]), in(b[1])}, k_t0 + 2);
   VerifiedEvent twin = make(d, first, EventSpec{2, a[0].signing_input_sha256, k_t0, "use", "x"});
   put({in(twin)}, k_t0 + 3);
-  Rejection junk{"reflow/v1/junk/events",
-                 "junk",
-                 "x",
-                 RejectReason::oversized,
-                 "too big",
-                 std::nullopt,
-                 std::nullopt};
+  const Rejection junk = junk_rejection("x", RejectReason::oversized, "too big");
   put({in(junk), in(junk)}, k_t0 + 4);
 
   auto all = m_store->stats();

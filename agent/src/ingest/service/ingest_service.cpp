@@ -4,17 +4,19 @@
 #include <mqtt/async_client.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
-#include <fstream>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <random>
 #include <stop_token>
 #include <string>
+#include <string_view>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -24,6 +26,9 @@
 
 #include <agent/units.hpp>
 #include <ingest/verifier.hpp>
+
+#include "common/mqtt_connect.hpp"
+#include "ingest/verify/key_lookup.hpp"
 
 namespace ingest {
 namespace {
@@ -41,62 +46,28 @@ constexpr auto k_store_retry_max = std::chrono::seconds(10);
 // Envelopes waiting for the worker, per envelope of max_batch: one batch being stored while the
 // next one fills.
 constexpr std::size_t k_queue_batches = 2;
+// A failed ack publish (not connected) is tried again after this, unless a newer ack of the same
+// device replaced it meanwhile.
+constexpr auto k_ack_retry = std::chrono::milliseconds(100);
+// Acks handed to Paho and not yet confirmed by the broker, at most; more wait in the coalescing
+// map.
+constexpr std::size_t k_acks_in_flight = 64;
+// How long the ack publisher waits for one confirmation before it stops counting that ack.
+constexpr auto k_ack_delivery_wait = std::chrono::seconds(1);
+// Threads verifying one batch, at most (the worker is one of them): Ed25519 verification is most of
+// the CPU an envelope costs, and envelopes verify independently.
+constexpr unsigned k_max_verifiers = 4;
+// Envelopes per verifying thread, at least: a thread for fewer costs more than it saves.
+constexpr std::size_t k_envelopes_per_verifier = 8;
 // Paho refuses a publish when this many are waiting in its own queue, connected or not (its
 // default, 100, is less than a burst of acks to many devices).
 constexpr int k_max_buffered = 10'000;
 
 using Clock = std::chrono::steady_clock;
+using agent::mqtt_connect::context_of;
+using agent::mqtt_connect::generation_of;
+using agent::mqtt_connect::whole_seconds;
 using std::chrono::milliseconds;
-
-Result<std::string> paho_uri(const IngestConfig& config) {
-  auto url = agent::parse_broker_url(config.url);
-  if (!url)
-    return agent::fail(agent::ErrorCode::invalid_config,
-                       fmt::format("{}: mqtt.url: {}; got \"{}\" (expected mqtt://host[:port] or "
-                                   "mqtts://host[:port])",
-                                   config.source_file.empty() ? "config" : config.source_file,
-                                   url.error().message, config.url));
-  return fmt::format("{}://{}:{}", url->tls ? "ssl" : "tcp", url->host, url->port);
-}
-
-Status check_readable(const std::filesystem::path& path, std::string_view key) {
-  std::ifstream in(path);
-  if (!in)
-    return agent::fail(agent::ErrorCode::invalid_config,
-                       fmt::format("mqtt.{}: cannot read \"{}\"; check the path and its "
-                                   "permissions",
-                                   key, path.string()));
-  return {};
-}
-
-// The password is the file's first line; a trailing CR/LF is not part of it.
-Result<std::string> read_password(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    return agent::fail(agent::ErrorCode::invalid_config,
-                       fmt::format("mqtt.password_file: cannot read \"{}\"; check the path and "
-                                   "its permissions",
-                                   path.string()));
-  std::string line;
-  std::getline(in, line);
-  while (!line.empty() && (line.back() == '\r' || line.back() == '\n'))
-    line.pop_back();
-  return line;
-}
-
-// Paho takes whole seconds; round up so a "500ms" setting never becomes 0 (= off).
-int whole_seconds(milliseconds ms, std::int64_t max = 65535) {
-  auto s = (ms.count() + 999) / 1000;
-  return static_cast<int>(std::clamp<std::int64_t>(s, 1, max));
-}
-
-void* context_of(std::uint64_t generation) {
-  return reinterpret_cast<void*>(static_cast<std::uintptr_t>(generation));
-}
-
-std::uint64_t generation_of(const mqtt::token& token) {
-  return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(token.get_user_context()));
-}
 
 std::string paho_error(const mqtt::token& token) {
   const int rc = token.get_return_code();
@@ -120,6 +91,33 @@ std::optional<std::string> subscribe_refusal(const mqtt::token& token) {
   }
   return std::nullopt;
 }
+
+// The registry keys of one batch, each looked up once however many envelopes it signed and
+// whichever verifying thread asks first. Per batch, so a revocation is seen by the next one.
+class BatchKeys {
+ public:
+  explicit BatchKeys(Store& store) : m_store(store) {}
+
+  Result<std::optional<DeviceKeyRecord>> find(std::string_view kid) {
+    {
+      std::lock_guard lock(m_mutex);
+      if (auto it = m_keys.find(kid); it != m_keys.end()) return it->second;
+    }
+    // Outside the lock: two threads may both ask the store for a new kid, which is harmless,
+    // while the others go on with the kids already known.
+    auto key = m_store.find_key(kid);
+    if (key) {
+      std::lock_guard lock(m_mutex);
+      m_keys.emplace(std::string(kid), *key);
+    }
+    return key;  // an error is not kept: the batch is retried and asks again
+  }
+
+ private:
+  Store& m_store;
+  std::mutex m_mutex;
+  std::map<std::string, std::optional<DeviceKeyRecord>, std::less<>> m_keys;
+};
 
 }  // namespace
 
@@ -167,6 +165,19 @@ struct IngestService::Impl {
     std::string payload;
   };
 
+  // One envelope of a batch on its way through verification.
+  struct Check {
+    const Message* message = nullptr;
+    std::string device;  ///< the topic's DEVICE
+    std::optional<Result<std::expected<VerifiedEvent, Rejection>>> outcome;
+  };
+
+  // An ack handed from the worker to the ack publisher.
+  struct PendingAck {
+    std::string topic;
+    std::string body;
+  };
+
   // The ack state of one device, owned by the worker.
   struct DeviceAck {
     bool dirty = false;  ///< something was stored or duplicated since the last ack
@@ -185,14 +196,14 @@ struct IngestService::Impl {
                 ? config.topic_prefix + "/+/events"
                 : fmt::format("$share/{}/{}/+/events", config.share_group, config.topic_prefix)),
         queue_capacity(std::max<std::size_t>(64, k_queue_batches * config.max_batch)),
+        verifiers(std::clamp(std::thread::hardware_concurrency(), 1u, k_max_verifiers)),
         rng(std::random_device{}()) {}
 
   // ---- configuration ----
 
   Status configure() {
-    auto uri = paho_uri(config);
-    if (!uri) return std::unexpected(uri.error());
-    const bool tls = config.url.starts_with("mqtts://");
+    auto address = agent::mqtt_connect::broker_address(config.url, config.source_file);
+    if (!address) return std::unexpected(address.error());
 
     // Built in place: Paho C++ 1.2's move assignment of connect_options leaves the C struct's
     // pointer to the connect properties dangling (paho.mqtt.cpp #444, fixed in 1.3).
@@ -209,42 +220,16 @@ struct IngestService::Impl {
     options.set_connect_timeout(whole_seconds(config.connect_timeout));
     // The connection thread reconnects itself, with backoff and jitter.
     options.set_automatic_reconnect(false);
-    if (!config.username.empty()) options.set_user_name(config.username);
-    if (!config.password_file.empty()) {
-      if (config.username.empty())
-        return agent::fail(agent::ErrorCode::invalid_config,
-                           "mqtt.password_file is set but mqtt.username is empty; MQTT sends a "
-                           "password only with a user name");
-      auto password = read_password(config.password_file);
-      if (!password) return std::unexpected(password.error());
-      options.set_password(*password);
-    }
-    if (tls) {
-      mqtt::ssl_options ssl;
-      if (!config.ca_file.empty()) {
-        if (auto ok = check_readable(config.ca_file, "ca_file"); !ok) return ok;
-        ssl.set_trust_store(config.ca_file.string());
-      }
-      if (config.tls_key_file.empty() != config.cert_file.empty())
-        return agent::fail(agent::ErrorCode::invalid_config,
-                           "mqtt.cert_file and mqtt.key_file go together for mutual TLS; set "
-                           "both or neither");
-      if (!config.cert_file.empty()) {
-        if (auto ok = check_readable(config.cert_file, "cert_file"); !ok) return ok;
-        if (auto ok = check_readable(config.tls_key_file, "key_file"); !ok) return ok;
-        ssl.set_key_store(config.cert_file.string());
-        ssl.set_private_key(config.tls_key_file.string());
-      }
-      ssl.set_enable_server_cert_auth(true);
-      ssl.set_verify(true);  // the certificate must match the host name
-      options.set_ssl(std::move(ssl));
-    }
+    if (auto ok = agent::mqtt_connect::set_credentials(
+            options, agent::mqtt_connect::credentials_of(config), address->tls, "MQTT");
+        !ok)
+      return ok;
 
     try {
       // No Paho persistence: the store is the record of what arrived; what is not acked the
       // agents republish.
       client = std::make_unique<mqtt::async_client>(
-          *uri, config.client_id, mqtt::create_options(MQTTVERSION_5, k_max_buffered),
+          address->paho_uri, config.client_id, mqtt::create_options(MQTTVERSION_5, k_max_buffered),
           static_cast<mqtt::iclient_persistence*>(nullptr));
     } catch (const std::exception& e) {
       return agent::fail(
@@ -350,20 +335,26 @@ struct IngestService::Impl {
   // Verifies and stores `batch` in one transaction, retrying until it is stored. `stop` ends
   // the retries (the final drain passes none, and gives up at the stop deadline instead).
   void process(const std::vector<Message>& batch, std::stop_token stop) {
+    std::vector<Check> checks;
+    checks.reserve(batch.size());
+    for (const Message& message : batch) {
+      auto device = device_of_events_topic(message.topic, config.topic_prefix);
+      if (!device) {
+        // The subscription only matches PREFIX/+/events; anything else is not ours.
+        log.warning(k_component, "ignoring a message on {}: not {}/DEVICE/events", message.topic,
+                    config.topic_prefix);
+        continue;
+      }
+      checks.push_back(Check{&message, std::move(*device), std::nullopt});
+    }
     std::uint32_t attempt = 0;
     for (;;) {
       std::vector<Incoming> incoming;
-      incoming.reserve(batch.size());
+      incoming.reserve(checks.size());
       std::optional<agent::Error> error;
-      for (const Message& message : batch) {
-        auto device = device_of_events_topic(message.topic, config.topic_prefix);
-        if (!device) {
-          // The subscription only matches PREFIX/+/events; anything else is not ours.
-          log.warning(k_component, "ignoring a message on {}: not {}/DEVICE/events", message.topic,
-                      config.topic_prefix);
-          continue;
-        }
-        auto verified = verify_envelope(store, message.topic, *device, message.payload);
+      verify_all(checks);
+      for (Check& check : checks) {
+        auto& verified = *check.outcome;
         if (!verified) {
           error = verified.error();
           break;
@@ -413,6 +404,34 @@ struct IngestService::Impl {
       }
     }
   }
+
+  // Verifies every check (again, on a retry: a key lookup may have failed) on up to `verifiers`
+  // threads, the worker included; each registry key is looked up once for the batch.
+  void verify_all(std::vector<Check>& checks) {
+    BatchKeys keys(store);
+    const KeyLookup find_key = [&keys](std::string_view kid) { return keys.find(kid); };
+    std::atomic<std::size_t> next{0};
+    auto run = [&] {
+      for (std::size_t i = next.fetch_add(1, std::memory_order_relaxed); i < checks.size();
+           i = next.fetch_add(1, std::memory_order_relaxed)) {
+        Check& check = checks[i];
+        check.outcome = verify_envelope_with(find_key, check.message->topic, check.device,
+                                             check.message->payload);
+      }
+    };
+    const std::size_t helpers =
+        std::min<std::size_t>(verifiers - 1, checks.size() / k_envelopes_per_verifier);
+    std::vector<std::jthread> threads;
+    threads.reserve(helpers);
+    for (std::size_t i = 0; i < helpers; ++i) {
+      try {
+        threads.emplace_back(run);
+      } catch (const std::system_error&) {
+        break;  // no thread to be had: the others, or the worker alone, verify the rest
+      }
+    }
+    run();
+  }  // joins the helpers
 
   milliseconds store_backoff(std::uint32_t attempt) const {
     milliseconds delay = k_store_retry_min;
@@ -509,23 +528,124 @@ struct IngestService::Impl {
         ack.dirty = false;
         continue;
       }
-      nlohmann::ordered_json body;
-      body["stream"] = current.stream;
-      body["seq"] = current.seq;
-      const std::string topic = fmt::format("{}/{}/ack", config.topic_prefix, device);
-      try {
-        client->publish(mqtt::make_message(topic, body.dump(), k_qos, true));
-      } catch (const std::exception& e) {
-        // Not connected: the ack stays due and goes out once the connection is back.
-        log.debug(k_component, "publishing the ack on {} failed: {}; retrying", topic, e.what());
-        next_ack_due = std::min(next_ack_due, now + k_max_wait);
-        continue;
-      }
+      hand_ack(device, current);
       ack.dirty = ack.force = false;
       ack.last_sent = now;
       ack.last_published = current;
-      std::lock_guard lock(stats_mutex);
-      ++stats.acks_published;
+    }
+  }
+
+  // ---- the ack publisher thread ----
+
+  // The worker never calls Paho: Paho's receiving thread may be waiting in enqueue() for the
+  // worker to make room, holding a lock that Paho's publish() needs. So acks go to their own
+  // thread, through a map that keeps only the latest ack per device (bounded by the devices).
+  void hand_ack(const std::string& device, const AckPoint& point) {
+    nlohmann::ordered_json body;
+    body["stream"] = point.stream;
+    body["seq"] = point.seq;
+    PendingAck ack{fmt::format("{}/{}/ack", config.topic_prefix, device), body.dump()};
+    {
+      std::lock_guard lock(acks_out_mutex);
+      acks_out.insert_or_assign(device, std::move(ack));
+    }
+    acks_out_cv.notify_one();
+  }
+
+  // Publishes the acks handed over until stop is requested and none is left; stop() requests it
+  // after the worker has handed over its last ones, so those go out before the disconnect.
+  void publish_acks(std::stop_token stop) {
+    std::deque<mqtt::delivery_token_ptr> in_flight;
+    std::string cursor;  // the device after which the next round starts, so that none starves
+    for (;;) {
+      // Paho queues whatever it is handed and works through a long queue slowly (while a flood
+      // holds its lock, tens of thousands of stale acks would pile up there); an ack waiting in
+      // acks_out instead is replaced by its device's next one.
+      settle(in_flight, k_acks_in_flight - 1, stop);
+      std::map<std::string, PendingAck> round;
+      {
+        std::unique_lock lock(acks_out_mutex);
+        acks_out_cv.wait(lock, stop, [&] { return !acks_out.empty(); });
+        if (acks_out.empty()) break;  // stopping, all handed to Paho
+        auto it = acks_out.upper_bound(cursor);
+        while (round.size() + in_flight.size() < k_acks_in_flight && !acks_out.empty()) {
+          if (it == acks_out.end()) it = acks_out.begin();
+          auto next = std::next(it);
+          cursor = it->first;
+          round.insert(acks_out.extract(it));
+          it = next;
+        }
+      }
+      std::uint64_t published = 0;
+      std::string failure;
+      for (auto it = round.begin(); it != round.end();) {
+        try {
+          in_flight.push_back(
+              client->publish(mqtt::make_message(it->second.topic, it->second.body, k_qos, true)));
+          ++published;
+          it = round.erase(it);
+        } catch (const std::exception& e) {
+          failure = fmt::format("publishing the ack on {} failed: {}", it->second.topic, e.what());
+          ++it;
+        }
+      }
+      if (published > 0) {
+        std::lock_guard lock(stats_mutex);
+        stats.acks_published += published;
+      }
+      if (round.empty()) continue;
+      const std::size_t failed = round.size();
+      // Not connected: try again shortly, except where the worker has handed over a newer ack
+      // meanwhile (merge keeps that one).
+      {
+        std::lock_guard lock(acks_out_mutex);
+        acks_out.merge(round);
+      }
+      if (!stop.stop_requested()) {
+        log.debug(k_component, "{} ({} acks not published); retrying", failure, failed);
+        std::unique_lock lock(acks_out_mutex);
+        acks_out_cv.wait_for(lock, stop, k_ack_retry, [] { return false; });
+        continue;
+      }
+      if (!client->is_connected() || env.steady_now() >= stop_deadline) {
+        std::size_t left = 0;
+        {
+          std::lock_guard lock(acks_out_mutex);
+          left = std::exchange(acks_out, {}).size();
+        }
+        log.warning(k_component,
+                    "stopping with {} acks not published ({}); the agents keep those events "
+                    "and republish them",
+                    left, failure);
+        break;
+      }
+      std::this_thread::sleep_for(k_ack_retry);
+    }
+    // The last acks reach the broker before stop() disconnects, unless the deadline passes.
+    settle(in_flight, 0, stop);
+  }
+
+  // Forgets the acks the broker has confirmed, waiting (each at most k_ack_delivery_wait, and
+  // when stopping only while connected and before the deadline) until at most `keep` are left.
+  void settle(std::deque<mqtt::delivery_token_ptr>& in_flight, std::size_t keep,
+              std::stop_token stop) {
+    while (!in_flight.empty()) {
+      const mqtt::delivery_token_ptr& token = in_flight.front();
+      if (!token->is_complete()) {
+        if (in_flight.size() <= keep) return;
+        if (stop.stop_requested() &&
+            (!client->is_connected() || env.steady_now() >= stop_deadline)) {
+          in_flight.clear();  // Paho still has them; nobody waits for them any more
+          return;
+        }
+        try {
+          token->wait_for(k_ack_delivery_wait);
+        } catch (const std::exception&) {
+          // Failed (connection lost): a later ack of the device replaces it, and the agent
+          // republishes what it has not seen acked.
+        }
+      }
+      in_flight.pop_front();  // confirmed, failed, or not confirmed within the wait: Paho's now
     }
   }
 
@@ -554,24 +674,12 @@ struct IngestService::Impl {
         session(stop);
         if (stop.stop_requested()) break;
       }
-      const auto delay = reconnect_backoff(attempt);
+      const auto delay = agent::mqtt_connect::reconnect_backoff(config.reconnect_min,
+                                                                config.reconnect_max, attempt, rng);
       if (attempt < 62) ++attempt;
       log.debug(k_component, "reconnecting to {} in {} ms", config.url, delay.count());
       if (!env.sleep_until(env.steady_now() + delay, stop)) break;
     }
-  }
-
-  // Full jitter (AWS Architecture Blog, "Exponential Backoff and Jitter") with reconnect_min as
-  // the floor, as the agent's forwarder does.
-  milliseconds reconnect_backoff(std::uint32_t attempt) {
-    const auto low = std::max<std::int64_t>(config.reconnect_min.count(), 0);
-    const auto cap = std::max<std::int64_t>(config.reconnect_max.count(), low);
-    std::int64_t high = low;
-    for (std::uint32_t i = 0; i < attempt && high < cap; ++i)
-      high = std::max<std::int64_t>(high * 2, 1);
-    high = std::min(high, cap);
-    std::uniform_int_distribution<std::int64_t> pick(low, high);
-    return milliseconds(pick(rng));
   }
 
   bool connect(std::stop_token stop) {
@@ -709,6 +817,7 @@ struct IngestService::Impl {
   agent::Logger& log;
   const std::string events_filter;
   const std::size_t queue_capacity;
+  const unsigned verifiers;  ///< threads verifying a batch, the worker included
 
   // Declared before the client: Paho may call into them until the client is destroyed.
   std::mutex events_mutex;
@@ -733,6 +842,11 @@ struct IngestService::Impl {
   std::uint64_t generation = 0;  ///< one per connect attempt; tags Paho answers
   bool ever_subscribed = false;
 
+  // From the worker to the ack publisher: the latest ack per device.
+  std::mutex acks_out_mutex;
+  std::condition_variable_any acks_out_cv;
+  std::map<std::string, PendingAck> acks_out;
+
   // Owned by the worker thread.
   std::map<std::string, DeviceAck> acks;
   Clock::time_point next_ack_due = Clock::time_point::max();
@@ -740,6 +854,7 @@ struct IngestService::Impl {
   mqtt::connect_options connect_options;
   std::unique_ptr<mqtt::async_client> client;
   std::jthread connection_thread;
+  std::jthread ack_thread;
   std::jthread worker_thread;
   bool started = false;
 };
@@ -756,12 +871,15 @@ Status IngestService::start() {
   if (m_impl->started) return {};
   if (auto ok = m_impl->configure(); !ok) return ok;
   try {
+    m_impl->ack_thread =
+        std::jthread([impl = m_impl.get()](std::stop_token stop) { impl->publish_acks(stop); });
     m_impl->worker_thread =
         std::jthread([impl = m_impl.get()](std::stop_token stop) { impl->work(stop); });
     m_impl->connection_thread =
         std::jthread([impl = m_impl.get()](std::stop_token stop) { impl->connection(stop); });
   } catch (const std::exception& e) {
     m_impl->worker_thread = {};
+    m_impl->ack_thread = {};
     return agent::fail(agent::ErrorCode::internal,
                        fmt::format("cannot start the ingest threads: {}", e.what()));
   }
@@ -775,11 +893,13 @@ void IngestService::stop(std::int64_t deadline_ms) {
   if (!m_impl->started) return;
   m_impl->started = false;
   m_impl->stop_deadline = m_impl->env.steady_now() + milliseconds(deadline_ms);
-  // Order: no new envelopes; the worker stores and acks what is queued while still connected;
-  // then the connection goes.
+  // Order: no new envelopes; the worker stores what is queued and hands over its acks; the ack
+  // publisher publishes them while still connected; then the connection goes.
   m_impl->close_intake();
   m_impl->worker_thread.request_stop();
   m_impl->worker_thread.join();
+  m_impl->ack_thread.request_stop();
+  m_impl->ack_thread.join();
   m_impl->connection_thread.request_stop();
   m_impl->connection_thread.join();
   m_impl->shutdown();

@@ -15,12 +15,20 @@
 #include <agent/event.hpp>
 #include <agent/units.hpp>
 
+#include "common/sqlite.hpp"
+
 namespace ingest {
 namespace {
 
 namespace fs = std::filesystem;
 using agent::ErrorCode;
 using agent::fail;
+using agent::sqlite::bind_blob;
+using agent::sqlite::bind_text;
+using agent::sqlite::column_text;
+using agent::sqlite::DbPtr;
+using agent::sqlite::ResetOnExit;
+using agent::sqlite::StmtPtr;
 
 constexpr std::int64_t k_schema_version = 1;
 // PRAGMA application_id "RFLI": tells our file from any other SQLite database, so that pointing
@@ -116,49 +124,6 @@ constexpr const char* k_sql_insert_rejection =
 constexpr const char* k_sql_ack_point =
     "SELECT stream, contiguous FROM streams WHERE device = ?1 ORDER BY last_event DESC LIMIT 1";
 
-struct DbCloser {
-  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
-};
-using DbPtr = std::unique_ptr<sqlite3, DbCloser>;
-
-struct StmtFinalizer {
-  void operator()(sqlite3_stmt* stmt) const { sqlite3_finalize(stmt); }
-};
-using StmtPtr = std::unique_ptr<sqlite3_stmt, StmtFinalizer>;
-
-// A statement left un-reset keeps its read transaction open, which stops WAL checkpoints and
-// makes COMMIT fail with SQLITE_BUSY.
-class ResetOnExit {
- public:
-  explicit ResetOnExit(sqlite3_stmt* stmt) : m_stmt(stmt) {}
-  ~ResetOnExit() {
-    sqlite3_reset(m_stmt);
-    sqlite3_clear_bindings(m_stmt);
-  }
-  ResetOnExit(const ResetOnExit&) = delete;
-  ResetOnExit& operator=(const ResetOnExit&) = delete;
-
- private:
-  sqlite3_stmt* m_stmt;
-};
-
-void bind_text(sqlite3_stmt* stmt, int index, std::string_view text) {
-  sqlite3_bind_text(stmt, index, text.data(), static_cast<int>(text.size()), SQLITE_STATIC);
-}
-
-void bind_blob(sqlite3_stmt* stmt, int index, std::string_view bytes) {
-  sqlite3_bind_blob(stmt, index, bytes.data(), static_cast<int>(bytes.size()), SQLITE_STATIC);
-}
-
-std::string column_text(sqlite3_stmt* stmt, int col) {
-  // The pointer first, then the size: sqlite3_column_bytes after the conversion is the size of
-  // what was returned.
-  const void* data = sqlite3_column_blob(stmt, col);
-  if (data == nullptr) return {};
-  return std::string(static_cast<const char*>(data),
-                     static_cast<std::size_t>(sqlite3_column_bytes(stmt, col)));
-}
-
 std::optional<std::string> column_optional_text(sqlite3_stmt* stmt, int col) {
   if (sqlite3_column_type(stmt, col) == SQLITE_NULL) return std::nullopt;
   return column_text(stmt, col);
@@ -167,15 +132,6 @@ std::optional<std::string> column_optional_text(sqlite3_stmt* stmt, int col) {
 std::optional<std::int64_t> column_optional_int(sqlite3_stmt* stmt, int col) {
   if (sqlite3_column_type(stmt, col) == SQLITE_NULL) return std::nullopt;
   return sqlite3_column_int64(stmt, col);
-}
-
-// "SQLite's message (errno text)": the errno part tells "No such file or directory" from
-// "Permission denied", which SQLite's "unable to open database file" does not.
-std::string sqlite_detail(sqlite3* db, int rc) {
-  std::string detail = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-  int sys = db ? sqlite3_system_errno(db) : 0;
-  if (sys != 0) detail += fmt::format(" ({})", std::strerror(sys));
-  return detail;
 }
 
 ErrorCode code_of(int rc) {
@@ -211,14 +167,10 @@ struct Connection {
   sqlite3_stmt* statement(const char* sql, int& rc) {
     auto it = statements.find(sql);
     if (it != statements.end()) return it->second.get();
-    sqlite3_stmt* raw = nullptr;
-    rc = sqlite3_prepare_v3(db.get(), sql, -1, SQLITE_PREPARE_PERSISTENT, &raw, nullptr);
-    if (rc != SQLITE_OK) {
-      sqlite3_finalize(raw);
-      return nullptr;
-    }
-    statements.emplace(sql, StmtPtr(raw));
-    return raw;
+    StmtPtr stmt;
+    rc = agent::sqlite::prepare(db.get(), sql, stmt, SQLITE_PREPARE_PERSISTENT);
+    if (rc != SQLITE_OK) return nullptr;
+    return statements.emplace(sql, std::move(stmt)).first->second.get();
   }
 };
 
@@ -915,14 +867,11 @@ class SqliteStore final : public Store {
         break;
     }
     return fail(code, fmt::format("ingest store {}: {}: {}{}", m_path.string(), what,
-                                  sqlite_detail(c.db.get(), rc), advice));
+                                  agent::sqlite::error_detail(c.db.get(), rc), advice));
   }
 
   int prepare(Connection& c, const char* sql, StmtPtr& out) {
-    sqlite3_stmt* raw = nullptr;
-    int rc = sqlite3_prepare_v2(c.db.get(), sql, -1, &raw, nullptr);
-    out.reset(raw);
-    return rc;
+    return agent::sqlite::prepare(c.db.get(), sql, out);
   }
 
   Status exec(Connection& c, const char* sql, std::string_view what) {
@@ -932,24 +881,19 @@ class SqliteStore final : public Store {
   }
 
   Status open_connection(Connection& c, int flags) {
-    sqlite3* raw = nullptr;
-    int rc = sqlite3_open_v2(m_path.c_str(), &raw, flags | SQLITE_OPEN_NOMUTEX, nullptr);
-    c.db.reset(raw);
-    if (rc != SQLITE_OK)
-      return fail(ErrorCode::io, fmt::format("cannot open ingest store {}: {}; check that the "
-                                             "directory exists and is readable and writable",
-                                             m_path.string(), sqlite_detail(raw, rc)));
-    sqlite3_extended_result_codes(raw, 1);
-    sqlite3_busy_timeout(raw, k_busy_timeout_ms);
+    if (int rc = agent::sqlite::open(m_path, flags, k_busy_timeout_ms, c.db); rc != SQLITE_OK)
+      return fail(ErrorCode::io,
+                  fmt::format("cannot open ingest store {}: {}; check that the "
+                              "directory exists and is readable and writable",
+                              m_path.string(), agent::sqlite::error_detail(c.db.get(), rc)));
     return {};
   }
 
   Result<std::int64_t> query_int(const char* sql) {
-    StmtPtr stmt;
-    int rc = prepare(m_writer, sql, stmt);
-    if (rc == SQLITE_OK) rc = sqlite3_step(stmt.get());
-    if (rc != SQLITE_ROW) return error(m_writer, rc, "reading the schema");
-    return sqlite3_column_int64(stmt.get(), 0);
+    std::int64_t value = 0;
+    if (int rc = agent::sqlite::query_int(m_writer.db.get(), sql, value); rc != SQLITE_OK)
+      return error(m_writer, rc, "reading the schema");
+    return value;
   }
 
   // Our file: check its version. An empty file: make the schema. Anything else: refuse it.
@@ -993,16 +937,13 @@ class SqliteStore final : public Store {
 
     // WAL lets `reflow-ingest events` read while `run` commits; FULL fsyncs every commit, because
     // the caller acks what put() returned and the agent then deletes it.
-    {
-      StmtPtr stmt;
-      int rc = prepare(m_writer, "PRAGMA journal_mode=WAL", stmt);
-      if (rc == SQLITE_OK) rc = sqlite3_step(stmt.get());
-      if (rc != SQLITE_ROW) return error(m_writer, rc, "setting WAL mode");
-      if (column_text(stmt.get(), 0) != "wal")
-        return fail(ErrorCode::io, fmt::format("ingest store {}: cannot switch to WAL mode "
-                                               "(journal mode stays \"{}\")",
-                                               m_path.string(), column_text(stmt.get(), 0)));
-    }
+    std::string mode;
+    if (int rc = agent::sqlite::enable_wal(m_writer.db.get(), mode); rc != SQLITE_OK)
+      return error(m_writer, rc, "setting WAL mode");
+    if (mode != "wal")
+      return fail(ErrorCode::io, fmt::format("ingest store {}: cannot switch to WAL mode "
+                                             "(journal mode stays \"{}\")",
+                                             m_path.string(), mode));
     if (auto s = exec(m_writer, "PRAGMA synchronous=FULL", "configuring"); !s) return s;
     const std::string limit =
         fmt::format("PRAGMA journal_size_limit={}", k_journal_size_limit_bytes);

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #include <ingest/verifier.hpp>
 
+#include <sodium.h>
+
 #include <limits>
 #include <utility>
 
@@ -10,6 +12,8 @@
 #include <agent/event.hpp>
 #include <agent/jose.hpp>
 #include <agent/units.hpp>
+
+#include "ingest/verify/key_lookup.hpp"
 
 namespace ingest {
 namespace {
@@ -72,6 +76,17 @@ Result<std::expected<VerifiedEvent, Rejection>> verify_envelope(Store& store,
                                                                 std::string_view topic,
                                                                 std::string_view topic_device,
                                                                 std::string_view envelope) {
+  return verify_envelope_with([&](std::string_view kid) { return store.find_key(kid); }, topic,
+                              topic_device, envelope);
+}
+
+Result<std::expected<VerifiedEvent, Rejection>> verify_envelope_with(const KeyLookup& find_key,
+                                                                     std::string_view topic,
+                                                                     std::string_view topic_device,
+                                                                     std::string_view envelope) {
+  // jws_parse has initialized libsodium before the signature check below; this only makes the
+  // order not matter (sodium_init is thread-safe and idempotent).
+  static const bool sodium_ready = sodium_init() >= 0;
   using Outcome = std::expected<VerifiedEvent, Rejection>;
   Rejection rejection;
   rejection.topic = std::string(topic);
@@ -98,7 +113,7 @@ Result<std::expected<VerifiedEvent, Rejection>> verify_envelope(Store& store,
     const bool payload_is_json = !payload.is_discarded();
     if (payload_is_json) note_position(payload, rejection);
 
-    auto key = store.find_key(parsed->kid);
+    auto key = find_key(parsed->kid);
     if (!key) return std::unexpected(key.error());
     if (!key->has_value())
       return reject(RejectReason::unknown_kid,
@@ -107,11 +122,19 @@ Result<std::expected<VerifiedEvent, Rejection>> verify_envelope(Store& store,
                                 parsed->kid));
     const DeviceKeyRecord& record = **key;
 
-    auto verified = agent::jws_verify(envelope, record.jwk);
-    if (!verified)
+    // Step 3 on what jws_parse already decoded (agent::jws_verify would parse the envelope a
+    // second time); the key was found by this kid, so the kid matches. The signing input is
+    // built once: it is also what the successor's `prev` hashes.
+    const std::string signing_input = parsed->jws.signing_input();
+    auto signature = agent::base64url_decode(parsed->jws.signature_b64);
+    if (!sodium_ready || !signature || signature->size() != crypto_sign_BYTES ||
+        crypto_sign_verify_detached(reinterpret_cast<const unsigned char*>(signature->data()),
+                                    reinterpret_cast<const unsigned char*>(signing_input.data()),
+                                    signing_input.size(), record.jwk.x.data()) != 0)
       return reject(RejectReason::bad_signature,
-                    fmt::format("signature does not verify with kid {} of device {}: {}",
-                                parsed->kid, record.device, verified.error().message));
+                    fmt::format("signature does not verify with kid {} of device {}: the "
+                                "envelope was altered or signed by another key",
+                                parsed->kid, record.device));
 
     if (!payload_is_json)
       return reject(RejectReason::invalid_event,
@@ -158,8 +181,8 @@ Result<std::expected<VerifiedEvent, Rejection>> verify_envelope(Store& store,
       event.prev = prev.get<std::string>();
     event.id = payload.at("id").get<std::string>();
     event.action = payload.at("action").get<std::string>();
-    event.signing_input_sha256 = agent::sha256_b64url(verified->jws.signing_input());
-    event.payload = std::move(verified->payload);
+    event.signing_input_sha256 = agent::sha256_b64url(signing_input);
+    event.payload = std::move(parsed->payload);
     return Outcome(std::move(event));
   } catch (const std::exception& e) {
     // validate_event_payload has checked every field read above, so this is a bug, not input.
