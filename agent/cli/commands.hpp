@@ -24,7 +24,16 @@ int verify(const std::filesystem::path& jwk_path);
 int enroll(const std::filesystem::path& config_path,
            const std::optional<std::filesystem::path>& out_file);
 int drivers(const std::string& describe_kind);
-int demo(int jobs, bool keep);
+/// `reflow-agent demo`. With `drivers_file`, its `[[driver]]` tables replace the sim printer and
+/// the demo waits for `events` events (within `timeout_s` more seconds).
+struct DemoOptions {
+  int jobs = 3;
+  bool keep = false;
+  std::optional<std::filesystem::path> drivers_file;
+  std::int64_t events = 0;
+  int timeout_s = 0;
+};
+int demo(const DemoOptions& options);
 
 /// Prints "reflow-agent: MESSAGE" to stderr.
 void print_error(const std::string& message);

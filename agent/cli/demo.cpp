@@ -153,7 +153,9 @@ struct Watcher {
 
 }  // namespace
 
-int demo(int jobs, bool keep) {
+int demo(const DemoOptions& options) {
+  const int jobs = options.jobs;
+  bool keep = options.keep;
   const auto started = std::chrono::steady_clock::now();
   std::string dir_pattern =
       (std::filesystem::temp_directory_path() / "reflow-demo-XXXXXX").string();
@@ -235,12 +237,18 @@ int demo(int jobs, bool keep) {
     conf << fmt::format(
         "[agent]\ndevice_id = \"{}\"\nkey_file = \"device.key\"\ndata_dir = \"data\"\n\n"
         "[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\ntopic_prefix = \"{}\"\nresend_after = \"5s\"\n"
-        "reconnect_min = \"100ms\"\nreconnect_max = \"2s\"\n\n"
-        "[[driver]]\nkind = \"sim\"\nname = \"printer\"\nprinter = \"printer:prusa-mk4-01\"\n"
-        "filament = \"spool:pla-galaxy-black-01\"\npart = \"benchy.gcode\"\njobs = "
-        "{}\njob_duration = \"1s\"\n"
-        "filament_grams = 14.2\n",
-        k_device, port, k_prefix, jobs);
+        "reconnect_min = \"100ms\"\nreconnect_max = \"2s\"\n\n",
+        k_device, port, k_prefix);
+    if (options.drivers_file)
+      conf << read_file(*options.drivers_file);
+    else
+      conf << fmt::format(
+          "[[driver]]\nkind = \"sim\"\nname = \"printer\"\nprinter = "
+          "\"printer:prusa-mk4-01\"\n"
+          "filament = \"spool:pla-galaxy-black-01\"\npart = \"benchy.gcode\"\njobs = "
+          "{}\njob_duration = \"1s\"\n"
+          "filament_grams = 14.2\n",
+          jobs);
   }
 
   // The watcher subscribes before the agent starts, so it sees every event.
@@ -256,12 +264,18 @@ int demo(int jobs, bool keep) {
   }
 
   agent_pid = spawn({self, "run", "--config", (dir / "agent.toml").string()}, dir / "agent.log");
-  fmt::print("  agent     reflow-agent run (log: {}), sim printer running {} jobs of 1 s\n\n",
-             (dir / "agent.log").string(), jobs);
+  if (options.drivers_file)
+    fmt::print("  agent     reflow-agent run (log: {}), drivers from {}\n\n",
+               (dir / "agent.log").string(), options.drivers_file->string());
+  else
+    fmt::print("  agent     reflow-agent run (log: {}), sim printer running {} jobs of 1 s\n\n",
+               (dir / "agent.log").string(), jobs);
 
   Watcher watcher;
-  const std::int64_t expected = 3 * static_cast<std::int64_t>(jobs);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30 + 3 * jobs);
+  const std::int64_t expected =
+      options.drivers_file ? options.events : 3 * static_cast<std::int64_t>(jobs);
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(30 + 3 * jobs + options.timeout_s);
   std::optional<nlohmann::ordered_json> status;
   bool done = false;
   while (!done && std::chrono::steady_clock::now() < deadline) {

@@ -101,6 +101,22 @@ int main(int argc, char** argv) {
   demo->add_option("--jobs", jobs, "Print jobs to simulate (3 events each)")
       ->check(CLI::Range(1, 1000));
   demo->add_flag("--keep", keep, "Keep the demo's temporary directory");
+  std::string demo_drivers;
+  std::int64_t demo_events = 0;
+  int demo_timeout = 60;
+  auto* demo_drivers_option =
+      demo->add_option("--drivers", demo_drivers,
+                       "A TOML file of [[driver]] tables (e.g. a driver's sample.toml pointed at "
+                       "your machine) to run instead of the simulated printer")
+          ->check(CLI::ExistingFile);
+  demo->add_option("--events", demo_events,
+                   "With --drivers: how many events to wait for before the demo ends")
+      ->check(CLI::PositiveNumber)
+      ->needs(demo_drivers_option);
+  demo_drivers_option->needs(demo->get_option("--events"));
+  demo->add_option("--timeout", demo_timeout,
+                   "With --drivers: seconds to wait for those events (default 60)")
+      ->check(CLI::Range(1, 86400));
 
   CLI11_PARSE(app, argc, argv);
 
@@ -119,7 +135,14 @@ int main(int argc, char** argv) {
                                                  ? std::nullopt
                                                  : std::optional<std::filesystem::path>(csr_out));
     if (*drivers) return agent::cli::drivers(describe_kind);
-    if (*demo) return agent::cli::demo(jobs, keep);
+    if (*demo) {
+      agent::cli::DemoOptions options{jobs, keep, std::nullopt, demo_events, 0};
+      if (!demo_drivers.empty()) {
+        options.drivers_file = std::filesystem::absolute(demo_drivers);
+        options.timeout_s = demo_timeout;
+      }
+      return agent::cli::demo(options);
+    }
   } catch (const std::exception& e) {
     agent::cli::print_error(fmt::format("fatal: {}", e.what()));
     return 1;

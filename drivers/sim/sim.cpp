@@ -2,14 +2,12 @@
 // The `sim` driver: a simulated 3D printer for demos, tests and the benchmark. Each job takes
 // `job_duration` of wall time and yields, sharing one process reference, `use` of the printer
 // (effortQuantity in hours, measured), `consume` of filament (grams) and `produce` of one part.
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <fstream>
 #include <future>
+#include <mutex>
 #include <thread>
 
 #include <agent/driver.hpp>
+#include <agent/driver_state.hpp>
 #include <agent/driver_table.hpp>
 #include <agent/units.hpp>
 
@@ -38,30 +36,6 @@ struct SimConfig {
   double filament_grams = 12.5;
 };
 
-// The cursor: the number of the last job whose three events were all committed. Written with
-// write-to-temporary then rename, so a crash leaves the old or the new value, never a torn one.
-std::int64_t read_cursor(const std::filesystem::path& file) {
-  std::ifstream in(file);
-  std::int64_t last = 0;
-  if (in >> last && last >= 0) return last;
-  return 0;
-}
-
-Status write_cursor(const std::filesystem::path& file, std::int64_t last) {
-  const auto tmp = file.string() + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-  if (fd < 0)
-    return fail(ErrorCode::io, fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
-  const std::string text = fmt::format("{}\n", last);
-  bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
-            ::fsync(fd) == 0;
-  ::close(fd);
-  if (!ok || ::rename(tmp.c_str(), file.c_str()) != 0)
-    return fail(ErrorCode::io,
-                fmt::format("cannot write {}: {}", file.string(), std::strerror(errno)));
-  return {};
-}
-
 nlohmann::ordered_json quantity(double value, std::string_view unit) {
   nlohmann::ordered_json q;
   q["hasNumericalValue"] = value;
@@ -75,9 +49,17 @@ class SimDriver final : public Driver {
       : m_config(std::move(config)), m_env(env), m_log(log) {}
   ~SimDriver() override { stop(); }
 
+  // The cursor, {"last_job": N}, is the number of the last job whose three events were all
+  // committed: a restart continues with job N + 1.
   Status start(EventSink& sink, const std::filesystem::path& state_dir) override {
-    m_cursor_file = state_dir / "last_job";
-    m_thread = std::jthread([this, &sink](std::stop_token stop) { run(sink, stop); });
+    m_state_file = state_dir / "state.json";
+    auto state = load_driver_state(m_state_file);
+    if (!state) return std::unexpected(state.error());
+    const auto last = state->value("last_job", nlohmann::json());
+    const std::int64_t first_job = last.is_number_integer() ? last.get<std::int64_t>() : 0;
+    set_state("running");
+    m_thread = std::jthread(
+        [this, &sink, first_job](std::stop_token stop) { run(sink, first_job, stop); });
     return {};
   }
 
@@ -88,9 +70,26 @@ class SimDriver final : public Driver {
     }
   }
 
+  DriverHealth health() const override {
+    std::lock_guard lock(m_health_mutex);
+    return m_health;
+  }
+
  private:
-  void run(EventSink& sink, std::stop_token stop) {
-    std::int64_t job = read_cursor(m_cursor_file);
+  void set_state(std::string state) {
+    std::lock_guard lock(m_health_mutex);
+    m_health.state = std::move(state);
+  }
+
+  void count_error(const std::string& message) {
+    std::lock_guard lock(m_health_mutex);
+    ++m_health.errors;
+    m_health.last_error = message;
+    m_health.last_error_unix_ms = m_env.now_unix_ms();
+  }
+
+  void run(EventSink& sink, std::int64_t first_job, std::stop_token stop) {
+    std::int64_t job = first_job;
     const std::string component = fmt::format("driver sim/{}", m_config.name);
     if (job > 0) m_log.info(component, "resuming after job {}", job);
     while (!stop.stop_requested() && (m_config.jobs == 0 || job < m_config.jobs)) {
@@ -106,10 +105,15 @@ class SimDriver final : public Driver {
         if (!m_env.sleep_for(m_config.job_duration, stop)) return;
         continue;
       }
-      if (Status saved = write_cursor(m_cursor_file, job); !saved)
+      if (Status saved = save_driver_state(m_state_file, {{"last_job", job}}); !saved) {
         m_log.error(component, "{}", saved.error().message);
+        count_error(saved.error().message);
+      }
     }
-    if (!stop.stop_requested()) m_log.info(component, "all {} jobs done", m_config.jobs);
+    if (!stop.stop_requested()) {
+      set_state("finished");
+      m_log.info(component, "all {} jobs done", m_config.jobs);
+    }
   }
 
   // Submits the job's three events and waits until all are committed. False when one was refused.
@@ -165,7 +169,11 @@ class SimDriver final : public Driver {
       auto r = result.get();
       if (!r) {
         m_log.warning(component, "job {}: event refused: {}", job, r.error().message);
+        count_error(fmt::format("job {}: event refused: {}", job, r.error().message));
         all = false;
+      } else {
+        std::lock_guard lock(m_health_mutex);
+        ++m_health.events;
       }
     }
     if (all)
@@ -177,7 +185,9 @@ class SimDriver final : public Driver {
   SimConfig m_config;
   Env& m_env;
   Logger& m_log;
-  std::filesystem::path m_cursor_file;
+  std::filesystem::path m_state_file;
+  mutable std::mutex m_health_mutex;
+  DriverHealth m_health;
   std::jthread m_thread;
 };
 

@@ -4,9 +4,11 @@
 #include <chrono>
 #include <condition_variable>
 #include <fstream>
+#include <iterator>
 #include <mutex>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <agent/config.hpp>
@@ -171,6 +173,40 @@ TEST_F(SimDriverTest, RestartContinuesWithTheNextJobNeitherRepeatingNorSkipping)
   ASSERT_EQ(events.size(), 3u);
   EXPECT_EQ(events[0].fields["inputOf"], "sim:p1:job-2");
   EXPECT_EQ(events[0].source.ref, "job 2");
+}
+
+TEST_F(SimDriverTest, HealthCountsCommittedEventsAndSaysWhenFinished) {
+  RecordingSink sink;
+  auto driver = make("jobs = 1\n");
+  ASSERT_TRUE(driver);
+  ASSERT_TRUE(driver->start(sink, m_dir.path()));
+  EXPECT_EQ(driver->health().state, "running");
+  ASSERT_TRUE(m_env.wait_for_sleepers(1));
+  m_env.advance_ms(10'000);
+  // The state changes after the job's three events were committed; wait for it, bounded.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (driver->health().state != "finished" && std::chrono::steady_clock::now() < give_up)
+    std::this_thread::yield();
+  const DriverHealth health = driver->health();
+  driver->stop();
+  EXPECT_EQ(health.state, "finished");
+  EXPECT_EQ(health.events, 3u);
+  EXPECT_EQ(health.errors, 0u);
+  EXPECT_EQ(health.last_error, "");
+
+  std::ifstream state(m_dir / "state.json");
+  std::string text((std::istreambuf_iterator<char>(state)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(nlohmann::json::parse(text, nullptr, false), nlohmann::json({{"last_job", 1}}));
+}
+
+TEST_F(SimDriverTest, DamagedStateFileRefusesToStart) {
+  std::ofstream(m_dir / "state.json") << "{\"last_job\": 1";
+  RecordingSink sink;
+  auto driver = make("jobs = 1\n");
+  ASSERT_TRUE(driver);
+  auto started = driver->start(sink, m_dir.path());
+  ASSERT_FALSE(started);
+  EXPECT_EQ(started.error().code, ErrorCode::corruption);
 }
 
 TEST_F(SimDriverTest, BadKeyIsRefusedWithFileLineAndKey) {

@@ -3,8 +3,12 @@
 
 import json
 import os
+import shutil
 import stat
+import subprocess
+import tempfile
 import unittest
+from pathlib import Path
 
 from jwcrypto import jwk
 
@@ -46,6 +50,41 @@ class DemoTest(unittest.TestCase):
         self.assertIn("demo OK", r.stdout)
         for seq in range(1, 7):
             self.assertRegex(r.stdout, rf"seq +{seq}  stored by the node ")
+
+
+class DemoWithDriverTest(unittest.TestCase):
+    """`demo --drivers FILE` runs any driver instead of the sim printer: here the moonraker driver
+    against a replayed Moonraker (recorded history of one completed job), end to end through the
+    real agent, broker and reflow-ingest."""
+
+    def test_moonraker_job_reaches_the_node_signed_with_its_quantities(self):
+        tmp = Path(tempfile.mkdtemp(prefix="reflow-it-demo-"))
+        self.addCleanup(shutil.rmtree, tmp, True)
+        case = h.REPO_ROOT / "drivers" / "moonraker" / "testdata" / "completed"
+        control = tmp / "http"
+        control.mkdir()
+        (control / "script").write_text(f"{case / 'script.json'}\n1\n")
+        server = subprocess.Popen(["/usr/bin/python3", str(h.REPO_ROOT / "tests" / "support" /
+                                                          "http_replay.py"), str(control), "0"])
+        self.addCleanup(server.wait)
+        self.addCleanup(server.kill)
+        port = h.wait_for(lambda: (control / "port").exists() and
+                          (control / "port").read_text().strip(), "the replay server's port")
+        drivers = tmp / "drivers.toml"
+        drivers.write_text(
+            "[[driver]]\nkind = \"moonraker\"\nname = \"voron\"\n"
+            f"url = \"http://127.0.0.1:{port}\"\nresource = \"printer:voron-01\"\n"
+            "filament = \"spool:pla-black-01\"\npoll_interval = \"1s\"\nbackfill = \"3650d\"\n")
+        r = h.run_cli(["demo", "--drivers", str(drivers), "--events", "3", "--timeout", "60"],
+                      timeout=180)
+        self.assertEqual(r.returncode, 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}")
+        self.assertIn("reflow-ingest stored 3 of 3 events", r.stdout)
+        expected = [json.loads(line) for line in
+                    (case / "expected.jsonl").read_text().splitlines() if line.strip()]
+        for seq, event in enumerate(expected, start=1):
+            q = event.get("effortQuantity") or event.get("resourceQuantity")
+            self.assertRegex(r.stdout, rf"seq +{seq}  stored by the node .* {event['action']} ")
+            self.assertIn(f"{q['hasNumericalValue']:.4g} {q['hasUnit']}", r.stdout)
 
 
 class DriversTest(unittest.TestCase):

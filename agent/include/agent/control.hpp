@@ -4,11 +4,13 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 
 #include <nlohmann/json.hpp>
 
+#include <agent/driver.hpp>
 #include <agent/event_sink.hpp>
 #include <agent/logger.hpp>
 #include <agent/result.hpp>
@@ -43,6 +45,22 @@ class ControlServer {
   struct Impl;
   std::unique_ptr<Impl> m_impl;
 };
+
+/// A configured driver as the status object shows it (the daemon fills one per [[driver]]).
+struct DriverStatus {
+  std::string name;  ///< the [[driver]] name
+  std::string kind;  ///< "sim", "moonraker" …
+  bool running = false;
+  std::string start_error;  ///< why start() failed, while it is retried; "" when running
+  std::int64_t start_error_unix_ms = 0;
+  DriverHealth health;  ///< the driver's own report (Driver::health()) while it runs
+};
+
+/// The status object's "drivers" array, one object per driver, in config order:
+/// {"name","kind","state","events","errors","malformed","last_error","last_error_at"}. `state` is
+/// the driver's own ("running" when it gives none) while it runs, else "not started" with the
+/// start error as last_error. last_error and last_error_at (RFC 3339, UTC) are null when none.
+nlohmann::ordered_json drivers_status_json(std::span<const DriverStatus> drivers);
 
 /// Connects to a control socket. Errors: not_found when nothing listens (daemon not running),
 /// io otherwise.

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <memory>
 #include <span>
@@ -17,6 +18,18 @@
 
 namespace agent {
 
+/// What a running driver reports about itself, for `reflow-agent status` (and the log). A device
+/// that is unreachable, slow, answers with an error or sends garbage shows up here.
+struct DriverHealth {
+  std::string state;         ///< short, for people: "polling", "connected", "waiting for device"
+  std::uint64_t events = 0;  ///< events the driver submitted that were committed
+  std::uint64_t errors = 0;  ///< failed device requests (unreachable, timeout, HTTP 4xx/5xx …)
+  std::uint64_t malformed =
+      0;                   ///< device data that was malformed or unexpected, logged and skipped
+  std::string last_error;  ///< the latest error message; "" when none since start
+  std::int64_t last_error_unix_ms = 0;  ///< when it happened; 0 when none
+};
+
 /// One running driver: watches a machine and submits events to the sink. Made by its kind's
 /// create(); start() opens devices and starts its work (usually a thread of its own); stop() ends
 /// it and returns only when the driver will submit nothing more. A driver only ever talks to the
@@ -32,6 +45,9 @@ class Driver {
 
   /// Stops work and joins. Idempotent.
   virtual void stop() = 0;
+
+  /// The driver's counters and state now. Thread-safe (the control socket asks from its thread).
+  virtual DriverHealth health() const { return {}; }
 };
 
 /// A driver kind: a stateless factory (Telegraf: "Init() should not contain connections to

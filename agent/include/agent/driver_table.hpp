@@ -41,8 +41,19 @@ class DriverTable {
   /// A number (integer or float) > 0.
   Result<double> positive_number(std::string_view key, double fallback) const;
 
- private:
+  /// A non-empty string that must be present: "is required (…)" naming the table's line.
+  Result<std::string> required_string(std::string_view key) const;
+
+  /// One of `choices` (an enum key such as `protocol`); the error lists them.
+  Result<std::string> choice(std::string_view key, std::string_view fallback,
+                             const std::vector<std::string_view>& choices) const;
+
+  /// An invalid_config error for `key` in the same form as the getters' (FILE:LINE:
+  /// driver.NAME.KEY: WHAT), at the key's line, or the table's when the key is absent. For checks
+  /// between keys: `error("off_watts", "must be below on_watts (10)")`.
   Error error(std::string_view key, std::string_view what) const;
+
+ private:
   const DriverConfig& m_config;
 };
 

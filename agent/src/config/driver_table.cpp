@@ -58,6 +58,26 @@ Result<std::string> DriverTable::string(std::string_view key, std::string_view f
       error(key, fmt::format("expected a non-empty string; got {}", shown(*node))));
 }
 
+Result<std::string> DriverTable::required_string(std::string_view key) const {
+  if (!m_config.table->get(key))
+    return std::unexpected(error(key, "is required (a non-empty string)"));
+  return string(key, "");
+}
+
+Result<std::string> DriverTable::choice(std::string_view key, std::string_view fallback,
+                                        const std::vector<std::string_view>& choices) const {
+  const toml::node* node = m_config.table->get(key);
+  if (!node) return std::string(fallback);
+  if (auto s = node->as_string()) {
+    for (std::string_view c : choices)
+      if (s->get() == c) return s->get();
+  }
+  std::string list;
+  for (std::string_view c : choices)
+    list += fmt::format("{}\"{}\"", list.empty() ? "" : ", ", c);
+  return std::unexpected(error(key, fmt::format("expected one of {}; got {}", list, shown(*node))));
+}
+
 Result<std::chrono::milliseconds> DriverTable::duration(std::string_view key,
                                                         std::chrono::milliseconds fallback) const {
   const toml::node* node = m_config.table->get(key);

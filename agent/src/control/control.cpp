@@ -17,6 +17,8 @@
 
 #include <fmt/format.h>
 
+#include <agent/units.hpp>
+
 namespace agent {
 namespace {
 
@@ -358,6 +360,29 @@ Result<nlohmann::ordered_json> control_status(const std::filesystem::path& socke
     return fail(ErrorCode::io, fmt::format("the daemon on {} gave no status (is it shutting down?)",
                                            socket_path.string()));
   return status;
+}
+
+nlohmann::ordered_json drivers_status_json(std::span<const DriverStatus> drivers) {
+  nlohmann::ordered_json list = nlohmann::ordered_json::array();
+  for (const DriverStatus& d : drivers) {
+    const DriverHealth& h = d.health;
+    const std::string& error = d.running ? h.last_error : d.start_error;
+    const std::int64_t error_ms = d.running ? h.last_error_unix_ms : d.start_error_unix_ms;
+    nlohmann::ordered_json j;
+    j["name"] = d.name;
+    j["kind"] = d.kind;
+    j["state"] = !d.running ? "not started" : h.state.empty() ? "running" : h.state;
+    j["events"] = h.events;
+    j["errors"] = h.errors;
+    j["malformed"] = h.malformed;
+    j["last_error"] =
+        error.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(error);
+    j["last_error_at"] = error.empty() || error_ms <= 0
+                             ? nlohmann::ordered_json(nullptr)
+                             : nlohmann::ordered_json(format_rfc3339_ms(error_ms));
+    list.push_back(std::move(j));
+  }
+  return list;
 }
 
 }  // namespace agent

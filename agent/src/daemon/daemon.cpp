@@ -2,7 +2,6 @@
 #include <agent/daemon.hpp>
 
 #include <fcntl.h>
-#include <signal.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -19,6 +18,7 @@
 #include <agent/forwarder.hpp>
 #include <agent/jose.hpp>
 #include <agent/outbox.hpp>
+#include <agent/process.hpp>
 #include <agent/units.hpp>
 #include <agent/writer.hpp>
 
@@ -71,11 +71,14 @@ Status make_dir(const std::filesystem::path& dir, mode_t mode) {
 // A configured driver and, while it is not running, when to try starting it again.
 struct DriverSlot {
   std::string label;  // "sim/printer1"
+  std::string name;
+  std::string kind;
   std::unique_ptr<Driver> driver;
   std::filesystem::path state_dir;
   bool running = false;
   std::chrono::steady_clock::time_point retry_at{};
   std::string last_error;
+  std::int64_t last_error_unix_ms = 0;
 };
 
 // Makes the driver instances. A kind that this build lacks, or a bad driver table, stops start-up.
@@ -103,12 +106,13 @@ Result<std::vector<DriverSlot>> create_drivers(const AgentConfig& config,
     }
     auto driver = kind->create(dc, env, log);
     if (!driver) return std::unexpected(driver.error());
-    slots.push_back(DriverSlot{fmt::format("{}/{}", dc.kind, dc.name),
-                               std::move(*driver),
-                               config.driver_state_dir() / dc.name,
-                               false,
-                               {},
-                               {}});
+    DriverSlot slot;
+    slot.label = fmt::format("{}/{}", dc.kind, dc.name);
+    slot.name = dc.name;
+    slot.kind = dc.kind;
+    slot.driver = std::move(*driver);
+    slot.state_dir = config.driver_state_dir() / dc.name;
+    slots.push_back(std::move(slot));
   }
   return slots;
 }
@@ -119,6 +123,7 @@ void start_due_drivers(std::vector<DriverSlot>& slots, EventSink& sink, Env& env
     if (slot.running || now < slot.retry_at) continue;
     if (Status dir = make_dir(slot.state_dir, 0750); !dir) {
       slot.last_error = dir.error().message;
+      slot.last_error_unix_ms = env.now_unix_ms();
       slot.retry_at = now + k_driver_retry;
       log.error("daemon", "driver {}: {}", slot.label, slot.last_error);
       continue;
@@ -130,6 +135,7 @@ void start_due_drivers(std::vector<DriverSlot>& slots, EventSink& sink, Env& env
       log.info("daemon", "driver {} started", slot.label);
     } else {
       slot.last_error = started.error().message;
+      slot.last_error_unix_ms = env.now_unix_ms();
       slot.retry_at = now + k_driver_retry;
       log.warning("daemon", "driver {} did not start ({}); retrying in {}", slot.label,
                   slot.last_error, format_duration(k_driver_retry));
@@ -175,19 +181,14 @@ nlohmann::ordered_json status_json(const AgentConfig& config, Outbox& outbox, Fo
   j["connects"] = f.connects;
   j["quarantined"] =
       o.quarantined ? nlohmann::ordered_json(*o.quarantined) : nlohmann::ordered_json(nullptr);
-  nlohmann::ordered_json list = nlohmann::ordered_json::array();
+  std::vector<DriverStatus> list;
   {
     std::lock_guard lock(drivers_mutex);
-    for (const DriverSlot& slot : drivers) {
-      nlohmann::ordered_json d;
-      d["driver"] = slot.label;
-      d["running"] = slot.running;
-      d["last_error"] = slot.last_error.empty() ? nlohmann::ordered_json(nullptr)
-                                                : nlohmann::ordered_json(slot.last_error);
-      list.push_back(std::move(d));
-    }
+    for (const DriverSlot& slot : drivers)
+      list.push_back(DriverStatus{slot.name, slot.kind, slot.running, slot.last_error,
+                                  slot.last_error_unix_ms, slot.driver->health()});
   }
-  j["drivers"] = std::move(list);
+  j["drivers"] = drivers_status_json(list);
   return j;
 }
 
@@ -259,28 +260,11 @@ int run_daemon(const AgentConfig& config, std::span<const DriverKind* const> kin
 
   // The main thread only waits for signals; it wakes up to feed the watchdog, refresh STATUS and
   // retry drivers that failed to start.
-  std::uint64_t watchdog_usec = 0;
-  const bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0;
-  auto tick = std::chrono::duration_cast<std::chrono::milliseconds>(k_status_refresh);
-  if (watchdog) tick = std::min(tick, std::chrono::milliseconds(watchdog_usec / 2000));
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  int signal_number = 0;
-  for (;;) {
-    timespec timeout{static_cast<time_t>(tick.count() / 1000),
-                     static_cast<long>((tick.count() % 1000) * 1'000'000)};
-    signal_number = sigtimedwait(&set, nullptr, &timeout);
-    if (signal_number > 0) break;
-    if (watchdog) sd_notify(0, "WATCHDOG=1");
+  wait_for_stop_signal(log, "daemon", k_status_refresh, [&] {
     sd_notifyf(0, "STATUS=%s", systemd_status_line(status()).c_str());
     std::lock_guard guard(drivers_mutex);
     start_due_drivers(*drivers, writer, env, log);
-  }
-
-  log.info("daemon", "{} received; shutting down", signal_number == SIGINT ? "SIGINT" : "SIGTERM");
-  sd_notify(0, "STOPPING=1");
+  });
   {
     std::lock_guard guard(drivers_mutex);
     for (DriverSlot& slot : *drivers)

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #include <agent/config.hpp>
+#include <agent/driver_table.hpp>
 
 #include <fstream>
 #include <regex>
@@ -490,6 +491,32 @@ TEST_F(ConfigTest, ExampleFileDocumentsEveryKey) {
                               "driver.job_duration", "driver.filament_grams"}) {
     EXPECT_TRUE(keys.contains(sim_key)) << sim_key;
   }
+}
+
+TEST_F(ConfigTest, DriverTableRequiredAndChoiceKeysNameFileLineAndKey) {
+  const auto config = parse_config(with_minimal(R"(
+[[driver]]
+kind = "sim"
+name = "plug"
+protocol = "zigbee"
+)"),
+                                   "agent.toml");
+  ASSERT_TRUE(config.has_value()) << config.error().message;
+  const DriverTable table(config->drivers[0]);
+  auto protocol = table.choice("protocol", "tasmota", {"shelly-gen1", "shelly-gen2", "tasmota"});
+  ASSERT_FALSE(protocol.has_value());
+  EXPECT_EQ(protocol.error().message,
+            "agent.toml:9: driver.plug.protocol: expected one of \"shelly-gen1\", "
+            "\"shelly-gen2\", \"tasmota\"; got \"zigbee\"");
+  auto fallback = table.choice("mode", "input", {"input", "pulse"});
+  ASSERT_TRUE(fallback.has_value());
+  EXPECT_EQ(*fallback, "input");
+  auto url = table.required_string("url");
+  ASSERT_FALSE(url.has_value());
+  // Absent: the table's own line.
+  EXPECT_EQ(url.error().message, "agent.toml:6: driver.plug.url: is required (a non-empty string)");
+  EXPECT_EQ(table.error("protocol", "must differ").message,
+            "agent.toml:9: driver.plug.protocol: must differ");
 }
 
 TEST_F(ConfigTest, ExampleDriverTableLoadsOnceUncommented) {

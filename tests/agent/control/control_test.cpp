@@ -226,6 +226,55 @@ TEST_F(ControlServerTest, StatusReturnsTheProvidersObject) {
   EXPECT_EQ(reply.lines[0], status_object().dump());
 }
 
+TEST_F(ControlServerTest, StatusListsEachDriversHealth) {
+  DriverStatus polling{.name = "mk4",
+                       .kind = "moonraker",
+                       .running = true,
+                       .start_error = "",
+                       .start_error_unix_ms = 0,
+                       .health = DriverHealth{.state = "waiting for device",
+                                              .events = 12,
+                                              .errors = 3,
+                                              .malformed = 1,
+                                              .last_error = "GET http://mk4/ timed out",
+                                              .last_error_unix_ms = 1'767'225'600'000}};
+  DriverStatus quiet{.name = "sim1",
+                     .kind = "sim",
+                     .running = true,
+                     .start_error = "",
+                     .start_error_unix_ms = 0,
+                     .health = {}};
+  DriverStatus failed{.name = "plug",
+                      .kind = "power",
+                      .running = false,
+                      .start_error = "cannot read state.json",
+                      .start_error_unix_ms = 1'767'225'601'500,
+                      .health = {}};
+  const std::vector<DriverStatus> drivers{polling, quiet, failed};
+  m_server = std::make_unique<ControlServer>(
+      m_socket, *m_writer,
+      [&] {
+        ordered_json s = status_object();
+        s["drivers"] = drivers_status_json(drivers);
+        return s;
+      },
+      m_log);
+  ASSERT_TRUE(m_server->start());
+  auto s = control_status(m_socket);
+  ASSERT_TRUE(s) << s.error().message;
+  const ordered_json& list = (*s)["drivers"];
+  ASSERT_EQ(list.size(), 3u);
+  EXPECT_EQ(list[0], parse(R"({"name":"mk4","kind":"moonraker","state":"waiting for device",)"
+                           R"("events":12,"errors":3,"malformed":1,)"
+                           R"("last_error":"GET http://mk4/ timed out",)"
+                           R"("last_error_at":"2026-01-01T00:00:00.000Z"})"));
+  EXPECT_EQ(list[1], parse(R"({"name":"sim1","kind":"sim","state":"running","events":0,)"
+                           R"("errors":0,"malformed":0,"last_error":null,"last_error_at":null})"));
+  EXPECT_EQ(list[2]["state"], "not started");
+  EXPECT_EQ(list[2]["last_error"], "cannot read state.json");
+  EXPECT_EQ(list[2]["last_error_at"], "2026-01-01T00:00:01.500Z");
+}
+
 TEST_F(ControlServerTest, UnknownFirstLineGetsAnError) {
   ASSERT_TRUE(m_server->start());
   for (const std::string first : {R"({"op":"dance"})", "hello", R"(["emit"])"}) {

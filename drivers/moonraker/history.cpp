@@ -1,0 +1,184 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include "history.hpp"
+
+#include <array>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include <agent/spoolman.hpp>
+#include <agent/units.hpp>
+
+namespace agent::moonraker {
+namespace {
+
+constexpr std::array k_statuses = {"in_progress",     "completed",         "cancelled",  "error",
+                                   "klippy_shutdown", "klippy_disconnect", "interrupted"};
+
+nlohmann::ordered_json quantity(double value, std::string_view unit) {
+  nlohmann::ordered_json q;
+  q["hasNumericalValue"] = value;
+  q["hasUnit"] = unit;
+  return q;
+}
+
+double round_to(double value, double per_unit) {
+  return std::round(value * per_unit) / per_unit;
+}
+
+std::int64_t unix_ms(double unix_s) {
+  return static_cast<std::int64_t>(std::llround(unix_s * 1000));
+}
+
+}  // namespace
+
+Result<HistoryPage> parse_history_page(std::string_view body) {
+  const auto json = nlohmann::json::parse(body, nullptr, false);
+  if (json.is_discarded()) return fail(ErrorCode::invalid_argument, "the answer is not JSON");
+  const auto result = json.is_object() ? json.find("result") : json.end();
+  if (result == json.end() || !result->is_object())
+    return fail(ErrorCode::invalid_argument, "the answer has no \"result\" object");
+  const auto jobs = result->find("jobs");
+  if (jobs == result->end() || !jobs->is_array())
+    return fail(ErrorCode::invalid_argument, "the answer has no \"result.jobs\" array");
+  HistoryPage page;
+  if (auto count = result->find("count"); count != result->end() && count->is_number_integer())
+    page.count = count->get<std::int64_t>();
+  page.jobs.assign(jobs->begin(), jobs->end());
+  return page;
+}
+
+bool is_known_status(std::string_view status) {
+  for (std::string_view known : k_statuses)
+    if (status == known) return true;
+  return false;
+}
+
+Result<HistoryJob> parse_job(const nlohmann::json& entry) {
+  if (!entry.is_object()) return fail(ErrorCode::invalid_argument, "a job entry is not an object");
+  HistoryJob job;
+  const auto id = entry.find("job_id");
+  if (id == entry.end() || !id->is_string() || id->get<std::string>().empty())
+    return fail(ErrorCode::invalid_argument, "a job entry has no \"job_id\" string");
+  job.job_id = id->get<std::string>();
+  const auto bad = [&](std::string_view field, std::string_view what) {
+    return fail(ErrorCode::invalid_argument,
+                fmt::format("job {}: \"{}\" {}", job.job_id, field, what));
+  };
+  const auto string_field = [&](const char* field, std::string& out, bool nullable) -> Status {
+    const auto it = entry.find(field);
+    if (it != entry.end() && it->is_string()) {
+      out = it->get<std::string>();
+      return {};
+    }
+    if (nullable && (it == entry.end() || it->is_null())) return {};
+    return bad(field, "is not a string");
+  };
+  const auto number_field = [&](const char* field, double& out) -> Status {
+    const auto it = entry.find(field);
+    if (it == entry.end() || !it->is_number() || !std::isfinite(it->get<double>()) ||
+        it->get<double>() < 0)
+      return bad(field, "is not a number ≥ 0");
+    out = it->get<double>();
+    return {};
+  };
+  for (Status s :
+       {string_field("filename", job.filename, false), string_field("status", job.status, false),
+        string_field("user", job.user, true), number_field("start_time", job.start_time),
+        number_field("print_duration", job.print_duration_s),
+        number_field("total_duration", job.total_duration_s),
+        number_field("filament_used", job.filament_used_mm)})
+    if (!s) return std::unexpected(s.error());
+  if (!is_known_status(job.status))
+    return bad("status", fmt::format("\"{}\" is not a status Moonraker documents", job.status));
+  if (job.start_time <= 0) return bad("start_time", "is not a Unix time");
+  if (const auto end = entry.find("end_time"); end != entry.end() && !end->is_null()) {
+    if (!end->is_number() || !std::isfinite(end->get<double>()))
+      return bad("end_time", "is neither a number nor null");
+    job.end_time = end->get<double>();
+    if (*job.end_time < job.start_time) return bad("end_time", "is before start_time");
+  }
+  if (const auto meta = entry.find("metadata"); meta != entry.end() && meta->is_object())
+    if (const auto type = meta->find("filament_type"); type != meta->end() && type->is_string())
+      job.filament_type = type->get<std::string>();
+  if (const auto aux = entry.find("auxiliary_data"); aux != entry.end() && aux->is_array())
+    for (const auto& item : *aux)
+      if (item.is_object() && item.value("units", nlohmann::json()) == "kWh" &&
+          item.contains("value") && item["value"].is_number()) {
+        job.energy_kwh = item["value"].get<double>();
+        break;
+      }
+  return job;
+}
+
+std::string process_ref(std::string_view name, std::string_view job_id) {
+  return fmt::format("moonraker:{}:job-{}", name, job_id);
+}
+
+std::vector<nlohmann::ordered_json> job_events(const HistoryJob& job, const JobContext& context) {
+  const std::string process = process_ref(context.name, job.job_id);
+  const double end_s = job.end_time ? *job.end_time : job.start_time + job.total_duration_s;
+  const std::string begin = format_rfc3339_ms(unix_ms(job.start_time));
+  const std::string end = format_rfc3339_ms(unix_ms(end_s));
+  std::vector<nlohmann::ordered_json> events;
+
+  const double hours = round_to(job.print_duration_s / 3600.0, 1e6);
+  if (hours > 0) {
+    nlohmann::ordered_json use;
+    use["action"] = "use";
+    use["resourceInventoriedAs"] = context.printer;
+    use["effortQuantity"] = quantity(hours, "hour");
+    use["hasBeginning"] = begin;
+    use["hasEnd"] = end;
+    use["inputOf"] = process;
+    auto& meta = use["meta"];
+    meta["job_id"] = job.job_id;
+    meta["file"] = job.filename;
+    meta["status"] = job.status;
+    meta["print_duration_s"] = job.print_duration_s;
+    meta["total_duration_s"] = job.total_duration_s;
+    if (!job.user.empty()) meta["user"] = job.user;
+    if (job.energy_kwh) meta["energy_kWh"] = *job.energy_kwh;
+    events.push_back(std::move(use));
+  }
+
+  const double grams = round_to(
+      spoolman::filament_grams(job.filament_used_mm, context.diameter_mm, context.density_g_cm3),
+      1e3);
+  if (grams > 0) {
+    nlohmann::ordered_json consume;
+    consume["action"] = "consume";
+    if (!context.filament.empty())
+      consume["resourceInventoriedAs"] = context.filament;
+    else
+      consume["resourceConformsTo"] = job.filament_type.empty() ? "filament" : job.filament_type;
+    consume["resourceQuantity"] = quantity(grams, "gram");
+    consume["hasPointInTime"] = end;
+    consume["inputOf"] = process;
+    auto& meta = consume["meta"];
+    meta["job_id"] = job.job_id;
+    meta["file"] = job.filename;
+    meta["status"] = job.status;
+    meta["filament_mm"] = job.filament_used_mm;
+    meta["method"] = "measured";
+    meta["diameter_mm"] = context.diameter_mm;
+    meta["density_g_cm3"] = context.density_g_cm3;
+    if (context.spool_id > 0) meta["spool_id"] = context.spool_id;
+    events.push_back(std::move(consume));
+  }
+
+  if (job.status == "completed") {
+    nlohmann::ordered_json produce;
+    produce["action"] = "produce";
+    produce["resourceConformsTo"] = job.filename;
+    produce["resourceQuantity"] = quantity(1, "one");
+    produce["hasPointInTime"] = end;
+    produce["outputOf"] = process;
+    produce["meta"]["job_id"] = job.job_id;
+    produce["meta"]["file"] = job.filename;
+    events.push_back(std::move(produce));
+  }
+  return events;
+}
+
+}  // namespace agent::moonraker
