@@ -134,6 +134,67 @@ std::string tail_of(const fs::path& file, std::size_t lines) {
   return text;
 }
 
+BenchDaemon::~BenchDaemon() {
+  if (m_pid > 0) {
+    ::kill(m_pid, SIGKILL);
+    ::waitpid(m_pid, nullptr, 0);
+  }
+}
+
+void BenchDaemon::start(const std::vector<std::string>& argv) {
+  m_pid = spawn(argv, m_log_file);
+}
+
+bool BenchDaemon::alive() {
+  if (m_pid <= 0) return false;
+  int status = 0;
+  if (::waitpid(m_pid, &status, WNOHANG) == m_pid) {
+    m_pid = -1;
+    return false;
+  }
+  return true;
+}
+
+void BenchDaemon::not_ready() const {
+  throw BenchError(fmt::format("{} did not get ready; its log {}:\n{}", m_what, m_log_file.string(),
+                               tail_of(m_log_file, 15)));
+}
+
+void BenchDaemon::record_idle_memory() {
+  idle_rss = proc_status_bytes(m_pid, "VmRSS").value_or(0);
+  idle_anon = proc_status_bytes(m_pid, "RssAnon").value_or(0);
+  idle_file = proc_status_bytes(m_pid, "RssFile").value_or(0);
+}
+
+void BenchDaemon::sample_anon() {
+  if (m_pid > 0)
+    m_anon_peak = std::max(m_anon_peak, proc_status_bytes(m_pid, "RssAnon").value_or(0));
+}
+
+void BenchDaemon::reset_peaks() {
+  reset_peak_rss(m_pid);
+  m_anon_peak = 0;
+  sample_anon();
+}
+
+double BenchDaemon::terminate() {
+  const auto started = Clock::now();
+  ::kill(m_pid, SIGTERM);
+  int status = 0;
+  while (Clock::now() - started < 10s) {
+    if (::waitpid(m_pid, &status, WNOHANG) == m_pid) {
+      m_pid = -1;
+      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        throw BenchError(
+            fmt::format("{} did not exit cleanly on SIGTERM; see {}", m_what, m_log_file.string()));
+      return seconds_between(started, Clock::now());
+    }
+    std::this_thread::sleep_for(k_poll);
+  }
+  throw BenchError(
+      fmt::format("{} did not exit within 10 s of SIGTERM; see {}", m_what, m_log_file.string()));
+}
+
 WorkDir::WorkDir(std::string_view prefix, bool keep) : m_keep(keep) {
   std::string pattern = (fs::temp_directory_path() / fmt::format("{}-XXXXXX", prefix)).string();
   if (!::mkdtemp(pattern.data())) throw BenchError("cannot create a temporary directory");

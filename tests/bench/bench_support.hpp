@@ -84,6 +84,56 @@ int run_and_wait(const std::vector<std::string>& argv, const fs::path& log_file)
 // The last `lines` lines of `file`, indented, for error messages.
 std::string tail_of(const fs::path& file, std::size_t lines);
 
+// A daemon the benchmark runs as a child (`reflow-agent run`, `reflow-ingest run`): whether it
+// still runs, its memory figures, and the clean SIGTERM stop of the CLI contract. The destructor
+// SIGKILLs a daemon that still runs. `what` names it in errors ("the agent", "reflow-ingest").
+class BenchDaemon {
+ public:
+  BenchDaemon(std::string what, fs::path log_file)
+      : m_what(std::move(what)), m_log_file(std::move(log_file)) {}
+  ~BenchDaemon();
+  BenchDaemon(const BenchDaemon&) = delete;
+  BenchDaemon& operator=(const BenchDaemon&) = delete;
+
+  pid_t pid() const { return m_pid; }
+  const fs::path& log_file() const { return m_log_file; }
+
+  // Reaps the child once it exited; false from then on.
+  bool alive();
+
+  // VmHWM has no split into heap and mapped libraries, so the anonymous part (heap, stacks) is
+  // sampled at each poll: a lower bound of its true peak.
+  void sample_anon();
+  void reset_peaks();
+  std::uint64_t anon_peak() const { return m_anon_peak; }
+
+  // SIGTERM and wait (the CLI contract: exit 0 within 5 s; 10 s allowed here). Returns the
+  // seconds it took; throws when it exits otherwise or not at all.
+  double terminate();
+
+  // VmRSS, RssAnon and RssFile once ready, before any event (record_idle_memory()).
+  std::uint64_t idle_rss = 0, idle_anon = 0, idle_file = 0;
+
+ protected:
+  // Spawns `argv` with its output in log_file().
+  void start(const std::vector<std::string>& argv);
+  // Throws "WHAT did not get ready" with the log's tail unless `ready` holds within 30 s.
+  template <typename Condition>
+  void wait_ready(Condition&& ready) {
+    if (!wait_for([&] { return !alive() || ready(); }, std::chrono::seconds(30)) || !alive())
+      not_ready();
+  }
+  void record_idle_memory();
+
+ private:
+  [[noreturn]] void not_ready() const;
+
+  std::string m_what;
+  fs::path m_log_file;
+  pid_t m_pid = -1;
+  std::uint64_t m_anon_peak = 0;
+};
+
 // The run's working directory under $TMPDIR, named PREFIX-XXXXXX: removed with its content
 // unless `keep`.
 class WorkDir {

@@ -125,7 +125,7 @@ std::vector<Device> make_devices(const fs::path& key_dir, ingest::Store& store, 
 // ---- the ingest daemon ----
 
 // A `reflow-ingest run` child on the benchmark's store. The destructor kills it.
-class IngestProcess {
+class IngestProcess : public BenchDaemon {
  public:
   struct Setup {
     fs::path binary;
@@ -136,7 +136,8 @@ class IngestProcess {
   };
 
   // Writes the config and starts the daemon; returns once it logged "ready" (subscribed).
-  explicit IngestProcess(const Setup& setup) : m_setup(setup) {
+  explicit IngestProcess(const Setup& setup)
+      : BenchDaemon("reflow-ingest", setup.dir / "ingest.log"), m_setup(setup) {
     std::string config = fmt::format("[ingest]\ndata_dir = \"{}\"\nlog_level = \"{}\"\n",
                                      data_dir().string(), setup.log_level);
     if (setup.max_batch > 0) config += fmt::format("max_batch = {}\n", setup.max_batch);
@@ -145,38 +146,13 @@ class IngestProcess {
         "reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n",
         setup.broker_url, k_prefix);
     std::ofstream(config_file()) << config;
-    m_pid = spawn({setup.binary.string(), "run", "--config", config_file().string()}, log_file());
-    if (!wait_for([&] { return !alive() || log_has("ready"); }, 30s) || !alive())
-      throw BenchError(fmt::format("reflow-ingest did not get ready; its log {}:\n{}",
-                                   log_file().string(), tail_of(log_file(), 15)));
-    idle_rss = proc_status_bytes(m_pid, "VmRSS").value_or(0);
-    idle_anon = proc_status_bytes(m_pid, "RssAnon").value_or(0);
-    idle_file = proc_status_bytes(m_pid, "RssFile").value_or(0);
+    start({setup.binary.string(), "run", "--config", config_file().string()});
+    wait_ready([&] { return log_has("ready"); });
+    record_idle_memory();
   }
 
-  ~IngestProcess() {
-    if (m_pid > 0) {
-      ::kill(m_pid, SIGKILL);
-      ::waitpid(m_pid, nullptr, 0);
-    }
-  }
-  IngestProcess(const IngestProcess&) = delete;
-  IngestProcess& operator=(const IngestProcess&) = delete;
-
-  pid_t pid() const { return m_pid; }
   fs::path data_dir() const { return m_setup.dir / "data"; }
   fs::path config_file() const { return m_setup.dir / "ingest.toml"; }
-  fs::path log_file() const { return m_setup.dir / "ingest.log"; }
-
-  bool alive() {
-    if (m_pid <= 0) return false;
-    int status = 0;
-    if (::waitpid(m_pid, &status, WNOHANG) == m_pid) {
-      m_pid = -1;
-      return false;
-    }
-    return true;
-  }
 
   // Throws with the log's tail when the daemon is gone.
   void require_alive() {
@@ -185,22 +161,9 @@ class IngestProcess {
                                    tail_of(log_file(), 15)));
   }
 
-  // VmHWM has no split into heap and mapped libraries, so the anonymous part (heap, stacks) is
-  // sampled at each poll: a lower bound of its true peak.
-  void sample_anon() {
-    if (m_pid > 0)
-      m_anon_peak = std::max(m_anon_peak, proc_status_bytes(m_pid, "RssAnon").value_or(0));
-  }
-  void reset_peaks() {
-    reset_peak_rss(m_pid);
-    m_anon_peak = 0;
-    sample_anon();
-  }
-  std::uint64_t anon_peak() const { return m_anon_peak; }
-
   // utime + stime of /proc/PID/stat (fields 14 and 15, after the parenthesised command), in s.
   double cpu_seconds() const {
-    std::ifstream in(fmt::format("/proc/{}/stat", m_pid));
+    std::ifstream in(fmt::format("/proc/{}/stat", pid()));
     std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     const auto close = text.rfind(')');
     if (close == std::string::npos) throw BenchError("cannot read /proc/PID/stat of the ingest");
@@ -218,31 +181,12 @@ class IngestProcess {
   double run_delay_seconds() const {
     std::uint64_t ns = 0;
     std::error_code ec;
-    for (const auto& task : fs::directory_iterator(fmt::format("/proc/{}/task", m_pid), ec)) {
+    for (const auto& task : fs::directory_iterator(fmt::format("/proc/{}/task", pid()), ec)) {
       std::ifstream in(task.path() / "schedstat");
       std::uint64_t on_cpu = 0, waiting = 0;
       if (in >> on_cpu >> waiting) ns += waiting;
     }
     return static_cast<double>(ns) / 1e9;
-  }
-
-  // SIGTERM and wait (the CLI contract: exit 0 within 5 s). Returns the seconds it took.
-  double terminate() {
-    const auto started = Clock::now();
-    ::kill(m_pid, SIGTERM);
-    int status = 0;
-    while (Clock::now() - started < 10s) {
-      if (::waitpid(m_pid, &status, WNOHANG) == m_pid) {
-        m_pid = -1;
-        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-          throw BenchError(fmt::format("reflow-ingest did not exit cleanly on SIGTERM; see {}",
-                                       log_file().string()));
-        return seconds_between(started, Clock::now());
-      }
-      std::this_thread::sleep_for(k_poll);
-    }
-    throw BenchError(fmt::format("reflow-ingest did not exit within 10 s of SIGTERM; see {}",
-                                 log_file().string()));
   }
 
   // The first log line containing `text`, or nullopt.
@@ -254,12 +198,8 @@ class IngestProcess {
   }
   bool log_has(std::string_view text) const { return log_line(text).has_value(); }
 
-  std::uint64_t idle_rss = 0, idle_anon = 0, idle_file = 0;
-
  private:
   Setup m_setup;
-  pid_t m_pid = -1;
-  std::uint64_t m_anon_peak = 0;
 };
 
 // ---- the acks ----

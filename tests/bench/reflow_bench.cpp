@@ -351,7 +351,7 @@ std::int64_t field(const ordered_json& status, const char* name) {
 }
 
 // A `reflow-agent run` child with its own data dir, config and key. The destructor kills it.
-class AgentProcess {
+class AgentProcess : public BenchDaemon {
  public:
   struct Setup {
     fs::path binary;
@@ -365,7 +365,8 @@ class AgentProcess {
 
   // Writes the key and config (once per dir) and starts the daemon; returns once it answers on
   // its control socket.
-  explicit AgentProcess(const Setup& setup) : m_setup(setup) {
+  explicit AgentProcess(const Setup& setup)
+      : BenchDaemon("the agent", setup.dir / "agent.log"), m_setup(setup) {
     fs::create_directories(setup.dir);
     if (!fs::exists(key_file())) {
       auto key = agent::DeviceKey::generate(key_file());
@@ -384,53 +385,13 @@ class AgentProcess {
         "[outbox]\nquota = \"4GiB\"\ndurability = \"{}\"\n",
         setup.device, setup.log_level, setup.broker_url, k_prefix, setup.max_inflight,
         setup.durability);
-    m_pid = spawn({setup.binary.string(), "run", "--config", config_file().string()}, log_file());
-    if (!wait_for([&] { return alive() && query_status(socket()).has_value(); }, 30s) || !alive())
-      throw BenchError(fmt::format("the agent did not get ready; its log {}:\n{}",
-                                   log_file().string(), tail_of(log_file(), 15)));
-    idle_rss = proc_status_bytes(m_pid, "VmRSS").value_or(0);
-    idle_anon = proc_status_bytes(m_pid, "RssAnon").value_or(0);
-    idle_file = proc_status_bytes(m_pid, "RssFile").value_or(0);
+    start({setup.binary.string(), "run", "--config", config_file().string()});
+    wait_ready([&] { return query_status(socket()).has_value(); });
+    record_idle_memory();
   }
 
-  ~AgentProcess() {
-    if (m_pid > 0) {
-      ::kill(m_pid, SIGKILL);
-      ::waitpid(m_pid, nullptr, 0);
-    }
-  }
-  AgentProcess(const AgentProcess&) = delete;
-  AgentProcess& operator=(const AgentProcess&) = delete;
-
-  pid_t pid() const { return m_pid; }
-
-  // VmHWM has no split into heap and mapped libraries, so the anonymous part (heap, stacks) is
-  // sampled at each status poll: a lower bound of its true peak.
-  void sample_anon() {
-    if (m_pid > 0)
-      m_anon_peak = std::max(m_anon_peak, proc_status_bytes(m_pid, "RssAnon").value_or(0));
-  }
-  void reset_peaks() {
-    reset_peak_rss(m_pid);
-    m_anon_peak = 0;
-    sample_anon();
-  }
-  std::uint64_t anon_peak() const { return m_anon_peak; }
-  // VmRSS, RssAnon and RssFile once ready, before any event.
-  std::uint64_t idle_rss = 0, idle_anon = 0, idle_file = 0;
   const agent::PublicJwk& jwk() const { return m_jwk; }
   fs::path socket() const { return m_setup.dir / "data" / "control.sock"; }
-  fs::path log_file() const { return m_setup.dir / "agent.log"; }
-
-  bool alive() {
-    if (m_pid <= 0) return false;
-    int status = 0;
-    if (::waitpid(m_pid, &status, WNOHANG) == m_pid) {
-      m_pid = -1;
-      return false;
-    }
-    return true;
-  }
 
   // A status answer; throws when the daemon is gone or does not answer.
   ordered_json status() {
@@ -445,33 +406,12 @@ class AgentProcess {
     throw BenchError(fmt::format("the agent does not answer on {}", socket().string()));
   }
 
-  // SIGTERM and wait (the CLI contract: clean exit 0 within 5 s). Returns the seconds it took.
-  double terminate() {
-    const auto started = Clock::now();
-    ::kill(m_pid, SIGTERM);
-    int status = 0;
-    while (Clock::now() - started < 10s) {
-      if (::waitpid(m_pid, &status, WNOHANG) == m_pid) {
-        m_pid = -1;
-        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-          throw BenchError(fmt::format("the agent did not exit cleanly on SIGTERM; see {}",
-                                       log_file().string()));
-        return seconds_between(started, Clock::now());
-      }
-      std::this_thread::sleep_for(k_poll);
-    }
-    throw BenchError(
-        fmt::format("the agent did not exit within 10 s of SIGTERM; see {}", log_file().string()));
-  }
-
  private:
   fs::path key_file() const { return m_setup.dir / "device.key"; }
   fs::path config_file() const { return m_setup.dir / "agent.toml"; }
 
   Setup m_setup;
   agent::PublicJwk m_jwk;
-  pid_t m_pid = -1;
-  std::uint64_t m_anon_peak = 0;
 };
 
 // A producer on the control socket's emit protocol: a writer thread sends every line while a
