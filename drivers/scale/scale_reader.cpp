@@ -1,0 +1,438 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// The scale part's config and the real ScaleReader: a serial port or a hidraw node, the frame
+// splitter, the protocol parser and the stability rule, with reconnect after unplug.
+#include "scale_reader.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "frames.hpp"
+
+namespace agent::scale {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr auto k_backoff_min = std::chrono::milliseconds(1'000);
+constexpr auto k_backoff_max = std::chrono::milliseconds(30'000);
+constexpr auto k_read_slice = std::chrono::milliseconds(100);
+
+struct BaseKey {
+  std::string_view key;
+  std::string_view type;
+  std::string_view default_text;
+  std::string_view description;
+};
+
+constexpr std::array<BaseKey, 9> k_base_keys = {{
+    {"path", "string", "(required)",
+     "the scale's device: /dev/serial/by-id/… for serial scales, /dev/hidrawN (or a udev "
+     "symlink) for protocol hid"},
+    {"protocol", "string", "\"st_gs\"",
+     "what the indicator sends: and, st_gs, mt_sics, ohaus, toledo or hid"},
+    {"baud", "integer", "9600", "serial speed, as set on the indicator (1200 … 230400)"},
+    {"parity", "string", "\"none\"", "serial parity: none, even or odd"},
+    {"data_bits", "integer", "8", "serial data bits: 7 or 8"},
+    {"stop_bits", "integer", "1", "serial stop bits: 1 or 2"},
+    {"stable_readings", "integer", "3",
+     "consecutive stable frames with the same value that make a weight"},
+    {"poll_interval", "duration", "\"500ms\"", "mt_sics only: how often `SI` is sent"},
+    {"resolution", "number", "(exact)",
+     "kilograms within which stable frames count as the same value, e.g. 0.002"},
+}};
+
+std::string key_name(std::string_view prefix, std::string_view key) {
+  if (prefix.empty()) return std::string(key);
+  // The station spells the path key by the device's name alone: `scale`, not `scale_path`.
+  if (key == "path") {
+    std::string_view bare = prefix;
+    if (bare.ends_with('_')) bare.remove_suffix(1);
+    return std::string(bare);
+  }
+  return fmt::format("{}{}", prefix, key);
+}
+
+constexpr std::array<int, 9> k_bauds = {1200,  2400,  4800,   9600,  19200,
+                                        38400, 57600, 115200, 230400};
+
+std::string errno_text(int err) {
+  return std::strerror(err);
+}
+
+// What the reader reads from: a serial port, or a hidraw node (read-only, no termios).
+class Device {
+ public:
+  virtual ~Device() = default;
+  virtual Result<std::size_t> read(std::span<std::byte> buffer,
+                                   std::chrono::steady_clock::time_point deadline,
+                                   std::stop_token stop) = 0;
+  virtual Status write(std::string_view bytes) = 0;
+};
+
+class SerialDevice final : public Device {
+ public:
+  explicit SerialDevice(std::unique_ptr<SerialPort> port) : m_port(std::move(port)) {}
+  Result<std::size_t> read(std::span<std::byte> buffer,
+                           std::chrono::steady_clock::time_point deadline,
+                           std::stop_token stop) override {
+    return m_port->read(buffer, deadline, std::move(stop));
+  }
+  Status write(std::string_view bytes) override { return m_port->write(bytes); }
+
+ private:
+  std::unique_ptr<SerialPort> m_port;
+};
+
+class HidrawDevice final : public Device {
+ public:
+  static Result<std::unique_ptr<Device>> open(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+      const int err = errno;
+      std::string hint;
+      if (err == EACCES || err == EPERM)
+        hint =
+            "; hidraw nodes are root-only by default: add the udev rule from "
+            "drivers/scale/README.md";
+      else if (err == ENOENT || err == ENODEV || err == ENXIO)
+        hint = "; check the cable and the path (ls -l /dev/hidraw*)";
+      return fail(ErrorCode::device_unavailable,
+                  fmt::format("scale {}: open failed: {}{}", path, errno_text(err), hint));
+    }
+    return std::unique_ptr<Device>(new HidrawDevice(fd, path));
+  }
+  ~HidrawDevice() override { ::close(m_fd); }
+
+  Result<std::size_t> read(std::span<std::byte> buffer,
+                           std::chrono::steady_clock::time_point deadline,
+                           std::stop_token stop) override {
+    while (!stop.stop_requested()) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= deadline) return std::size_t{0};
+      const auto wait = std::min<std::chrono::steady_clock::duration>(deadline - now, k_read_slice);
+      pollfd pfd{m_fd, POLLIN, 0};
+      const int ready = ::poll(&pfd, 1,
+                               static_cast<int>(std::max<std::int64_t>(
+                                   1, std::chrono::ceil<std::chrono::milliseconds>(wait).count())));
+      if (ready < 0 && errno == EINTR) continue;
+      if (ready < 0) return gone(errno);
+      if (ready == 0) continue;
+      const ssize_t n = ::read(m_fd, buffer.data(), buffer.size());
+      if (n > 0) return static_cast<std::size_t>(n);
+      if (n == 0) return gone(ENODEV);
+      if (errno == EINTR || errno == EAGAIN) {
+        if ((pfd.revents & (POLLHUP | POLLERR | POLLNVAL)) != 0) return gone(ENODEV);
+        continue;
+      }
+      return gone(errno);
+    }
+    return std::size_t{0};
+  }
+
+  Status write(std::string_view) override { return {}; }  // HID scales are never asked
+
+ private:
+  HidrawDevice(int fd, std::string path) : m_fd(fd), m_path(std::move(path)) {}
+  std::unexpected<Error> gone(int err) const {
+    return fail(ErrorCode::device_unavailable,
+                fmt::format("scale {}: read failed: {}; it is reopened when it comes back", m_path,
+                            errno_text(err)));
+  }
+  int m_fd;
+  std::string m_path;
+};
+
+std::string_view status_name(Reading::Status status) {
+  switch (status) {
+    case Reading::Status::ok:
+      return "stable";
+    case Reading::Status::motion:
+      return "in motion";
+    case Reading::Status::overload:
+      return "overload";
+    case Reading::Status::underload:
+      return "underload";
+    case Reading::Status::error:
+      return "error";
+  }
+  return "?";
+}
+
+class RealScaleReader final : public ScaleReader {
+ public:
+  RealScaleReader(ScaleConfig config, Env& env, Logger& log, std::string log_name)
+      : m_config(std::move(config)),
+        m_env(env),
+        m_log(log),
+        m_name(std::move(log_name)),
+        m_splitter(m_config.protocol),
+        m_stability(m_config.stable_readings, m_config.resolution_kg) {
+    m_health.state = "stopped";
+  }
+  ~RealScaleReader() override { stop(); }
+
+  Status start(std::function<void(const Weight&)> on_weight) override {
+    if (m_thread.joinable()) return fail(ErrorCode::internal, "scale reader started twice");
+    m_on_weight = std::move(on_weight);
+    set_state("opening");
+    m_thread = std::jthread([this](std::stop_token stop) { run(stop); });
+    return {};
+  }
+
+  void stop() override {
+    if (m_thread.joinable()) {
+      m_thread.request_stop();
+      m_thread.join();
+      set_state("stopped");
+    }
+  }
+
+  ScaleHealth health() const override {
+    std::lock_guard lock(m_mutex);
+    return m_health;
+  }
+
+ private:
+  void set_state(std::string state) {
+    std::lock_guard lock(m_mutex);
+    m_health.state = std::move(state);
+  }
+
+  void count_error(const std::string& message) {
+    std::lock_guard lock(m_mutex);
+    ++m_health.errors;
+    m_health.last_error = message;
+    m_health.last_error_unix_ms = m_env.now_unix_ms();
+  }
+
+  Result<std::unique_ptr<Device>> open_device() {
+    if (m_config.protocol == Protocol::hid) return HidrawDevice::open(m_config.path);
+    auto port = SerialPort::open(m_config.path, m_config.serial);
+    if (!port) return std::unexpected(port.error());
+    return std::unique_ptr<Device>(new SerialDevice(std::move(*port)));
+  }
+
+  void run(std::stop_token stop) {
+    std::chrono::milliseconds backoff = k_backoff_min;
+    bool waiting_logged = false;
+    while (!stop.stop_requested()) {
+      auto device = open_device();
+      if (!device) {
+        count_error(device.error().message);
+        if (!waiting_logged) {
+          m_log.warning(m_name, "{}; retrying (every {} s at most)", device.error().message,
+                        k_backoff_max.count() / 1000);
+          waiting_logged = true;
+        }
+        set_state("waiting for device");
+        if (!m_env.sleep_for(backoff, stop)) return;
+        backoff = std::min(backoff * 2, k_backoff_max);
+        continue;
+      }
+      waiting_logged = false;
+      backoff = k_backoff_min;
+      m_splitter.reset();
+      m_stability.reset();
+      m_last_status.reset();
+      set_state("connected");
+      m_log.info(m_name, "connected to {} ({})", m_config.path, protocol_name(m_config.protocol));
+      Status pumped = pump(**device, stop);
+      device->reset();
+      if (stop.stop_requested()) return;
+      const std::string message = pumped ? "device closed" : pumped.error().message;
+      count_error(message);
+      m_log.warning(m_name, "{}", message);
+      waiting_logged = true;  // the loss was logged; a failing reopen need not say it again
+      set_state("waiting for device");
+      if (!m_env.sleep_for(backoff, stop)) return;
+    }
+  }
+
+  Status pump(Device& device, std::stop_token stop) {
+    std::array<std::byte, 256> buffer{};
+    std::vector<std::string> frames;
+    const bool polls = m_config.protocol == Protocol::mt_sics;
+    auto next_poll = m_env.steady_now();
+    while (!stop.stop_requested()) {
+      std::chrono::steady_clock::duration wait = 1s;
+      if (polls) {
+        const auto now = m_env.steady_now();
+        if (now >= next_poll) {
+          if (Status sent = device.write("SI\r\n"); !sent) return sent;
+          next_poll = now + m_config.poll_interval;
+        }
+        // Wake in time for the next poll on the Env clock (a fake one moves only in tests).
+        wait = std::clamp<std::chrono::steady_clock::duration>(next_poll - now, 1ms, k_read_slice);
+      }
+      auto n = device.read(buffer, std::chrono::steady_clock::now() + wait, stop);
+      if (!n) return std::unexpected(n.error());
+      if (*n == 0) continue;
+      frames.clear();
+      const std::uint64_t garbage_before = m_splitter.garbage();
+      m_splitter.feed(std::string_view(reinterpret_cast<const char*>(buffer.data()), *n), frames);
+      if (const std::uint64_t dropped = m_splitter.garbage() - garbage_before; dropped > 0) {
+        note_malformed(dropped, "bytes outside any frame (line noise or a cut frame)");
+      }
+      for (const std::string& frame : frames)
+        handle(frame);
+    }
+    return {};
+  }
+
+  void note_malformed(std::uint64_t count, const std::string& why) {
+    {
+      std::lock_guard lock(m_mutex);
+      m_health.malformed += count;
+    }
+    if (!m_in_garbage) {
+      m_log.warning(m_name, "skipping malformed data: {} (check protocol, baud and parity)", why);
+      m_in_garbage = true;
+    }
+  }
+
+  void handle(const std::string& frame) {
+    {
+      std::lock_guard lock(m_mutex);
+      ++m_health.frames;
+    }
+    auto reading = parse_frame(m_config.protocol, frame);
+    if (!reading) {
+      note_malformed(1, reading.error().message);
+      return;
+    }
+    m_in_garbage = false;
+    const Reading::Status status = reading->status;
+    if (status == Reading::Status::overload || status == Reading::Status::underload) {
+      std::lock_guard lock(m_mutex);
+      ++m_health.overloads;
+    }
+    if (status != m_last_status) {
+      if (status == Reading::Status::overload || status == Reading::Status::underload ||
+          status == Reading::Status::error) {
+        m_log.warning(m_name, "scale reports {}", status_name(status));
+      } else {
+        m_log.debug(m_name, "scale {}", status_name(status));
+      }
+      m_last_status = status;
+    }
+    const auto settled = m_stability.add(*reading);
+    if (!settled) return;
+    Weight weight;
+    weight.kilograms = settled->kilograms;
+    weight.net = settled->net;
+    weight.unix_ms = m_env.now_unix_ms();
+    weight.at = m_env.steady_now();
+    {
+      std::lock_guard lock(m_mutex);
+      ++m_health.weights;
+      m_health.last_kilograms = weight.kilograms;
+    }
+    m_log.debug(m_name, "stable weight {} kg{}", weight.kilograms, weight.net ? " (net)" : "");
+    if (m_on_weight) m_on_weight(weight);
+  }
+
+  const ScaleConfig m_config;
+  Env& m_env;
+  Logger& m_log;
+  const std::string m_name;
+  std::function<void(const Weight&)> m_on_weight;
+  // Used by the reader's thread only.
+  FrameSplitter m_splitter;
+  Stability m_stability;
+  std::optional<Reading::Status> m_last_status;
+  bool m_in_garbage = false;
+
+  mutable std::mutex m_mutex;
+  ScaleHealth m_health;
+  std::jthread m_thread;
+};
+
+}  // namespace
+
+const std::vector<DriverKeyInfo>& scale_keys(std::string_view prefix) {
+  // DriverKeyInfo holds string_views: the prefixed names live here for the process's lifetime.
+  struct KeySet {
+    std::deque<std::string> names;
+    std::vector<DriverKeyInfo> keys;
+  };
+  static std::mutex mutex;
+  static std::map<std::string, KeySet, std::less<>> sets;
+  std::lock_guard lock(mutex);
+  if (auto it = sets.find(prefix); it != sets.end()) return it->second.keys;
+  KeySet& set = sets[std::string(prefix)];
+  for (const BaseKey& base : k_base_keys) {
+    const std::string& name = set.names.emplace_back(key_name(prefix, base.key));
+    set.keys.push_back({name, base.type, base.default_text, base.description});
+  }
+  return set.keys;
+}
+
+Result<ScaleConfig> parse_scale_config(const DriverTable& table, std::string_view prefix) {
+  ScaleConfig config;
+  auto path = table.required_string(key_name(prefix, "path"));
+  if (!path) return std::unexpected(path.error());
+  config.path = *path;
+
+  auto protocol = table.choice(key_name(prefix, "protocol"), "st_gs", protocol_names());
+  if (!protocol) return std::unexpected(protocol.error());
+  config.protocol = *protocol_from_name(*protocol);
+
+  const std::string baud_key = key_name(prefix, "baud");
+  auto baud = table.integer(baud_key, 9600, 1200, 230400);
+  if (!baud) return std::unexpected(baud.error());
+  if (std::find(k_bauds.begin(), k_bauds.end(), *baud) == k_bauds.end()) {
+    return std::unexpected(table.error(
+        baud_key, fmt::format("{} is not a serial rate; use 1200, 2400, 4800, 9600, 19200, "
+                              "38400, 57600, 115200 or 230400",
+                              *baud)));
+  }
+  config.serial.baud = static_cast<int>(*baud);
+
+  auto parity = table.choice(key_name(prefix, "parity"), "none", {"none", "even", "odd"});
+  if (!parity) return std::unexpected(parity.error());
+  config.serial.parity = *parse_parity(*parity);
+
+  auto data_bits = table.integer(key_name(prefix, "data_bits"), 8, 7, 8);
+  if (!data_bits) return std::unexpected(data_bits.error());
+  config.serial.data_bits = static_cast<int>(*data_bits);
+
+  auto stop_bits = table.integer(key_name(prefix, "stop_bits"), 1, 1, 2);
+  if (!stop_bits) return std::unexpected(stop_bits.error());
+  config.serial.stop_bits = static_cast<int>(*stop_bits);
+
+  auto stable = table.integer(key_name(prefix, "stable_readings"), 3, 1, 100);
+  if (!stable) return std::unexpected(stable.error());
+  config.stable_readings = static_cast<int>(*stable);
+
+  const std::string poll_key = key_name(prefix, "poll_interval");
+  auto poll = table.duration(poll_key, std::chrono::milliseconds(500));
+  if (!poll) return std::unexpected(poll.error());
+  if (*poll < std::chrono::milliseconds(50) || *poll > std::chrono::milliseconds(60'000)) {
+    return std::unexpected(table.error(poll_key, "must be from 50ms to 60s"));
+  }
+  config.poll_interval = *poll;
+
+  auto resolution = table.positive_number(key_name(prefix, "resolution"), 0.0);
+  if (!resolution) return std::unexpected(resolution.error());
+  config.resolution_kg = *resolution;
+  return config;
+}
+
+std::unique_ptr<ScaleReader> make_scale_reader(ScaleConfig config, Env& env, Logger& log,
+                                               std::string log_name) {
+  return std::make_unique<RealScaleReader>(std::move(config), env, log, std::move(log_name));
+}
+
+}  // namespace agent::scale
