@@ -1,0 +1,87 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <agent/driver.hpp>
+#include <agent/env.hpp>
+#include <agent/logger.hpp>
+#include <agent/result.hpp>
+
+#include "../barcode/scanner.hpp"
+#include "../scale/scale_reader.hpp"
+
+namespace agent::station {
+
+/// The unit of the recorded `resourceQuantity` (OM2 names).
+enum class WeightUnit { kilogram, gram };
+
+/// One feedback output: a GPIO line found by name, driven high when "on" unless active-low.
+struct OutputRequest {
+  std::string line;  ///< line name as `gpioinfo` lists it ("GPIO22")
+  bool active_low = false;
+  std::string consumer;  ///< shown by `gpioinfo`: "reflow-agent/<name>"
+};
+
+/// The validated `[[driver]]` table of kind "station" (README.md documents every key).
+struct StationConfig {
+  std::string name;
+  std::string action;  ///< a PROTOCOL §4 action that carries resourceQuantity
+  std::string provider;
+  std::string receiver;
+  std::string at_location;
+  std::string batch_label = "batch";  ///< scans of this pattern name are batches
+  std::chrono::milliseconds window{60'000};
+  double tare_kg = 0;
+  WeightUnit unit = WeightUnit::kilogram;
+  barcode::ScannerConfig scanner;
+  std::optional<scale::ScaleConfig> scale;  ///< none: a count-only station (1 `one` per scan)
+  std::optional<OutputRequest> led;
+  std::optional<OutputRequest> buzzer;
+};
+
+const std::vector<DriverKeyInfo>& station_keys();
+
+/// Reads and validates the table (the station's own keys, the scanner's with the `scanner_`
+/// prefix and the scale's with `scale_`). Errors: invalid_config naming file, line and key.
+Result<StationConfig> parse_station_config(const DriverConfig& config);
+
+/// The seam between the station and a feedback output (LED, buzzer). The real one is a libgpiod
+/// v1 output line (gpiod_output_line.cpp); tests record what was set and when. Used by the
+/// station's thread only; the line is released when the object is destroyed.
+class OutputLine {
+ public:
+  virtual ~OutputLine() = default;
+  /// Sets the logical level (true = on; the line's active-low option applies). Errors: io.
+  virtual Status set(bool on) = 0;
+};
+
+/// Opens an output line, initially off. Errors: device_unavailable (no such line, busy), io.
+using OutputLineFactory =
+    std::function<Result<std::unique_ptr<OutputLine>>(const OutputRequest& request)>;
+
+/// Makes the (not yet started) readers of the station's devices.
+using ScannerFactory =
+    std::function<std::unique_ptr<barcode::ScannerReader>(const barcode::ScannerConfig& config)>;
+using ScaleFactory =
+    std::function<std::unique_ptr<scale::ScaleReader>(const scale::ScaleConfig& config)>;
+
+struct StationDevices {
+  ScannerFactory scanner;
+  ScaleFactory scale;  ///< not called for a count-only station
+  OutputLineFactory output;
+};
+
+/// The libgpiod v1 output line: found by name on every chip, requested as output, initially off.
+Result<std::unique_ptr<OutputLine>> open_gpiod_output_line(const OutputRequest& request);
+
+/// The driver on any devices: the kind passes the real readers and GPIO lines, tests fakes.
+std::unique_ptr<Driver> make_station_driver(StationConfig config, Env& env, Logger& log,
+                                            StationDevices devices);
+
+}  // namespace agent::station
