@@ -155,7 +155,8 @@ class GpioDriver final : public Driver {
         note_ok();
       }
       flush(sink);
-      auto edges = m_source->wait(from_ns(next_deadline_ns()), stop);
+      const std::int64_t deadline_ns = next_deadline_ns();
+      auto edges = m_source->wait(from_ns(deadline_ns), stop);
       if (!edges) {
         note_error(edges.error());
         m_source.reset();
@@ -170,7 +171,12 @@ class GpioDriver final : public Driver {
         advance_to(at, sink);
         m_debouncer.feed(Edge{edge.kind, at});
       }
-      advance_to(m_now_ns, sink);
+      // The source vouches for no edge only up to its last edge, or up to the deadline when it
+      // returned none. Edges after that may have happened already and wait unread (the thread can
+      // be preempted between the read and read_clocks()), so playing confirmations up to now could
+      // confirm a level that one of them cancels: a bounce cut a session in two. The next wait()
+      // has the pending confirmation as its deadline and plays it once nothing came before.
+      if (edges->empty()) advance_to(std::min(deadline_ns, m_now_ns), sink);
       update_state_text();
     }
     m_source.reset();

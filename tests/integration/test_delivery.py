@@ -5,19 +5,11 @@ broker restarts, a full quota and a silent node."""
 import json
 import os
 import random
+import signal
 import sys
 import unittest
 
 import harness as h
-
-
-# The sanitizer run of CI (.ci/run sets REFLOW_SANITIZED=1) found the agent's republish after a
-# broker restart sometimes sending new events ahead of the republished ones (first arrivals
-# 1..109, 311.., 110..): an ordering race in the forwarder that its slower timing exposes. Until
-# it is fixed, the two broker-restart ordering tests run in the normal build only.
-SANITIZED_ORDER_RACE = unittest.skipIf(
-    os.environ.get("REFLOW_SANITIZED") == "1",
-    "known forwarder ordering race after a broker restart under sanitizer timing (to be fixed)")
 
 
 class DeliveryTest(h.AgentTestCase):
@@ -121,7 +113,25 @@ class DeliveryTest(h.AgentTestCase):
         self.assert_node_clean()
         self.assert_in_order(stream)
 
-    @SANITIZED_ORDER_RACE
+    def start_broker_node_first(self, agent):
+        """Starts the stopped broker again and lets the agent reconnect only once the node is
+        subscribed again.
+
+        The broker keeps no sessions (persistence false) and the node's session is clean, so
+        whatever the agent publishes before the node has subscribed again is dropped by the broker.
+        The node would then first see the newer events and only later, by resend_after, the
+        republished older ones (CI's sanitizer run saw first arrivals 1..109, 311.., 110..), though
+        the agent sent them in order. Holding the agent (SIGSTOP) keeps that race out of a test
+        about the agent's order; the agent's reconnect still meets the emits that follow."""
+        self.node.subscribed.clear()  # no SUBACK can come while the broker is down
+        agent.send_signal(signal.SIGSTOP)
+        try:
+            self.broker.start()
+            self.assertTrue(self.node.subscribed.wait(h.WAIT_S),
+                            "the node subscribed again to the restarted broker")
+        finally:
+            agent.send_signal(signal.SIGCONT)
+
     def test_broker_restart_mid_stream_delivers_everything_in_order(self):
         agent = self.start_agent()
         # The broker stops while emit is still committing and the agent still publishing.
@@ -130,11 +140,10 @@ class DeliveryTest(h.AgentTestCase):
         self.assertEqual(len(acked), 300)
         agent.wait_status(lambda s: not s["connected"], "status shows the broker connection lost")
         acked += self.emit_ok(h.emit_lines(10, start=300))
-        self.broker.start()
+        self.start_broker_node_first(agent)
         acked += self.emit_ok(h.emit_lines(10, start=310))
         self.assert_all_delivered_after_reconnect(agent, agent.status()["stream"], acked)
 
-    @SANITIZED_ORDER_RACE
     def test_broker_killed_with_publishes_in_flight_delivers_everything_in_order(self):
         agent = self.start_agent()
         acked = self.emit_ok(h.emit_lines(5))
@@ -145,7 +154,7 @@ class DeliveryTest(h.AgentTestCase):
         self.broker.kill()
         agent.wait_status(lambda s: not s["connected"], "status shows the broker connection lost")
         acked += self.emit_ok(h.emit_lines(10, start=105))
-        self.broker.start()
+        self.start_broker_node_first(agent)
         acked += self.emit_ok(h.emit_lines(10, start=115))
         self.assert_all_delivered_after_reconnect(agent, stream, acked)
 

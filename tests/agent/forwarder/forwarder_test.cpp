@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -144,9 +145,8 @@ class ForwarderTest : public ::testing::Test {
     ASSERT_TRUE(ok.has_value()) << ok.error().message;
   }
 
-  agent::Forwarder& start_forwarder() {
-    m_forwarder = std::make_unique<agent::Forwarder>(m_config, *m_outbox, agent::Env::real(), m_log,
-                                                     "1.2.3-test");
+  agent::Forwarder& start_forwarder(agent::Env& env = agent::Env::real()) {
+    m_forwarder = std::make_unique<agent::Forwarder>(m_config, *m_outbox, env, m_log, "1.2.3-test");
     auto ok = m_forwarder->start();
     EXPECT_TRUE(ok.has_value()) << ok.error().message;
     m_forwarder->notify_committed(m_outbox->head().last_seq);
@@ -162,6 +162,7 @@ class ForwarderTest : public ::testing::Test {
   agent::Logger m_log{agent::LogLevel::warning};
   std::unique_ptr<agent::Outbox> m_outbox;
   agent::AgentConfig m_config;
+  agent::FakeEnv m_fake_env;  // outlives the forwarder, which may run on it
   std::unique_ptr<agent::Forwarder> m_forwarder;
 };
 
@@ -231,6 +232,68 @@ TEST_F(ForwarderTest, RepublishesFromAckedPlusOneAfterBrokerRestart) {
   EXPECT_EQ(stats.connects, 2u);
   EXPECT_EQ(stats.republished, 3u);
   EXPECT_EQ(stats.next_seq, 6);
+}
+
+// The node's subscription must not miss what the forwarder sends after its reconnect, or the
+// order seen would say nothing about the order sent. The forwarder sleeps out its reconnect
+// backoff on FakeEnv time, so it stays away until the new node is subscribed and the test lets
+// it go.
+TEST_F(ForwarderTest, RepublishesUnackedBeforeNewerEventsAfterReconnect) {
+  agent::FakeEnv& env = m_fake_env;
+  m_config.max_inflight = 4;  // most of the backlog waits in the outbox, not in Paho
+  append(5);
+  auto& forwarder = start_forwarder(env);
+  {
+    TestClient node(m_broker.port(), "node");
+    node.publish(std::string(k_prefix) + "/ack", ack(2), true);
+    ASSERT_TRUE(eventually([&] { return m_outbox->stats().acked_seq == 2; }));
+  }
+  ASSERT_TRUE(eventually([&] { return forwarder.stats().published == 5; }));
+  append(20);  // 6..25: some in flight while the broker goes
+  forwarder.notify_committed(m_outbox->head().last_seq);
+  m_broker.stop();
+  ASSERT_TRUE(eventually([&] { return !forwarder.stats().connected; }));
+  ASSERT_TRUE(env.wait_for_sleepers(1));  // the forwarder waits out its reconnect backoff
+
+  append(10);  // 26..35, committed while disconnected
+  forwarder.notify_committed(m_outbox->head().last_seq);
+  m_broker.start();
+  TestClient node(m_broker.port(), "node-2");
+  // The broker kept nothing; the node publishes its ack again on connecting, as nodes do.
+  node.publish(std::string(k_prefix) + "/ack", ack(2), true);
+
+  // More events are committed one by one while the forwarder reconnects (up to 200 before it is
+  // back), then 20 more once it is.
+  std::atomic<bool> connected_seen{false};
+  std::thread committer([&] {
+    auto commit_one = [&] {
+      append(1);
+      forwarder.notify_committed(m_outbox->head().last_seq);
+    };
+    for (int before = 0; before < 200 && !forwarder.stats().connected; ++before)
+      commit_one();
+    if (!eventually([&] { return forwarder.stats().connected; })) return;
+    for (int after = 0; after < 20; ++after)
+      commit_one();
+    connected_seen = true;
+  });
+  env.advance_ms(m_config.reconnect_max.count());
+  committer.join();
+  ASSERT_TRUE(connected_seen) << "the forwarder did not reconnect";
+  const std::int64_t last = m_outbox->head().last_seq;
+  ASSERT_TRUE(eventually([&] {
+    auto seqs = node.event_seqs();
+    return !seqs.empty() && seqs.back() == last;
+  }));
+
+  // Exactly from ack+1, in seq order, nothing newer ahead of an older event.
+  std::vector<std::int64_t> expected;
+  for (std::int64_t seq = 3; seq <= last; ++seq)
+    expected.push_back(seq);
+  EXPECT_EQ(node.event_seqs(), expected);
+  auto stats = forwarder.stats();
+  EXPECT_EQ(stats.connects, 2u);
+  EXPECT_EQ(stats.next_seq, last + 1);
 }
 
 TEST_F(ForwarderTest, RepublishesWhenNoAckComesWithinResendAfter) {

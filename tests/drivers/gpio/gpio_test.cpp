@@ -72,17 +72,20 @@ class GpioDriverTest : public ::testing::Test {
         std::move(gpio), m_env, m_log,
         [this, recording](const LineRequest& request) -> Result<std::unique_ptr<EdgeSource>> {
           m_requests.push_back(request);
-          return std::make_unique<ReplayEdgeSource>(recording, m_env);
+          return std::make_unique<ReplayEdgeSource>(recording, m_env, &m_monitor);
         });
   }
 
-  // Moves FakeEnv time forward in steps, each once the driver waits. The driver works on edge
+  // Moves FakeEnv time forward in steps, each once the driver has taken in everything up to the
+  // current time and waits for the clock (ReplayMonitor says why wait_for_sleepers() is not
+  // enough), and returns once it has taken in the last step too. The driver works on edge
   // timestamps, so the outcome does not depend on the step size.
   void advance(std::int64_t total_ms, std::int64_t step_ms = 1000) {
     for (std::int64_t done = 0; done < total_ms; done += step_ms) {
-      ASSERT_TRUE(m_env.wait_for_sleepers(1));
+      ASSERT_TRUE(m_monitor.wait_idle_at(m_env.steady_now()));
       m_env.advance_ms(step_ms);
     }
+    ASSERT_TRUE(m_monitor.wait_idle_at(m_env.steady_now()));
   }
 
   // Waits (bounded) until the driver reports `text` in its health state: the way to know it has
@@ -124,6 +127,7 @@ class GpioDriverTest : public ::testing::Test {
 
   reflow_test::TempDir m_dir;
   FakeEnv m_env;
+  ReplayMonitor m_monitor;
   Logger m_log{LogLevel::error};
   std::vector<LineRequest> m_requests;
 };
@@ -148,6 +152,64 @@ TEST_F(GpioDriverTest, BouncingContactGivesOneSession) {
   EXPECT_TRUE(m_requests[0].active_low);
   EXPECT_EQ(m_requests[0].bias, Bias::pull_up);
   EXPECT_EQ(m_requests[0].consumer, "reflow-agent/laser");
+}
+
+// Hands out one edge per wait() and moves the clock `lag_ms` past it before returning, as when
+// the driver's thread is preempted between reading an edge and reading the clock while the next
+// edge (a bounce) already waits unread; the clock never goes back. Once all edges are out it
+// waits for the deadline.
+class LaggingEdgeSource final : public EdgeSource {
+ public:
+  LaggingEdgeSource(std::vector<Edge> edges, FakeEnv& env, std::int64_t lag_ms)
+      : m_edges(std::move(edges)), m_env(env), m_lag_ms(lag_ms) {}
+
+  Result<bool> level() override { return false; }
+
+  Result<std::vector<Edge>> wait(std::chrono::steady_clock::time_point deadline,
+                                 std::stop_token stop) override {
+    if (m_next < m_edges.size()) {
+      const Edge edge = m_edges[m_next++];
+      const std::int64_t now_ms =
+          m_env.steady_now().time_since_epoch() / std::chrono::milliseconds(1);
+      if (const std::int64_t ahead = edge.timestamp_ns / 1'000'000 + m_lag_ms - now_ms; ahead > 0)
+        m_env.advance_ms(ahead);
+      return std::vector<Edge>{edge};
+    }
+    if (m_env.steady_now() < deadline) m_env.sleep_until(deadline, stop);
+    return std::vector<Edge>{};
+  }
+
+ private:
+  std::vector<Edge> m_edges;
+  FakeEnv& m_env;
+  std::int64_t m_lag_ms;
+  std::size_t m_next = 0;
+};
+
+TEST_F(GpioDriverTest, BounceReadLateDoesNotCutSession) {
+  using namespace std::chrono_literals;
+  constexpr std::int64_t k_ms = 1'000'000;
+  ASSERT_EQ(m_env.steady_now().time_since_epoch(), 0ns);  // edge timestamps below are absolute
+  const std::vector<Edge> edges{
+      {Edge::Kind::rising, 1000 * k_ms},   {Edge::Kind::falling, 1010 * k_ms},
+      {Edge::Kind::rising, 1020 * k_ms},   {Edge::Kind::falling, 30'000 * k_ms},
+      {Edge::Kind::rising, 30'010 * k_ms}, {Edge::Kind::falling, 60'000 * k_ms},
+  };
+  CapturingSink sink;
+  // debounce 50 ms; each edge is taken in 100 ms late, after the one that cancels it happened.
+  auto driver =
+      make_gpio_driver(config(k_laser + "debounce = \"50ms\"\nmin_on = \"1s\"\n"), m_env, m_log,
+                       [&](const LineRequest&) -> Result<std::unique_ptr<EdgeSource>> {
+                         return std::make_unique<LaggingEdgeSource>(edges, m_env, 100);
+                       });
+  ASSERT_TRUE(driver->start(sink, m_dir.path()));
+  auto events = sink.wait_for(1);
+  ASSERT_TRUE(m_env.wait_for_sleepers(1));  // only the idle wait after the last edge sleeps
+  driver->stop();
+  events = sink.wait_for(1);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].fields["hasBeginning"], "2026-01-01T00:00:01.020Z");
+  EXPECT_EQ(events[0].fields["hasEnd"], "2026-01-01T00:01:00.000Z");
 }
 
 TEST_F(GpioDriverTest, DropsBlipShorterThanMinOn) {

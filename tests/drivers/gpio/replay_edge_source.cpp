@@ -45,8 +45,32 @@ Result<EdgeRecording> load_edge_recording(const std::filesystem::path& file) {
   return recording;
 }
 
-ReplayEdgeSource::ReplayEdgeSource(EdgeRecording recording, Env& env)
-    : m_recording(std::move(recording)), m_env(env), m_anchor_ns(to_ns(env.steady_now())) {}
+bool ReplayMonitor::wait_idle_at(std::chrono::steady_clock::time_point now) {
+  std::unique_lock lock(m_mutex);
+  return m_changed.wait_for(lock, std::chrono::seconds(30), [&] {
+    return m_sleep && (m_sleep->since == now || m_sleep->until > now);
+  });
+}
+
+void ReplayMonitor::sleeping(std::chrono::steady_clock::time_point since,
+                             std::chrono::steady_clock::time_point until) {
+  {
+    std::lock_guard lock(m_mutex);
+    m_sleep = Sleep{since, until};
+  }
+  m_changed.notify_all();
+}
+
+void ReplayMonitor::awake() {
+  std::lock_guard lock(m_mutex);
+  m_sleep.reset();
+}
+
+ReplayEdgeSource::ReplayEdgeSource(EdgeRecording recording, Env& env, ReplayMonitor* monitor)
+    : m_recording(std::move(recording)),
+      m_env(env),
+      m_anchor_ns(to_ns(env.steady_now())),
+      m_monitor(monitor) {}
 
 Result<bool> ReplayEdgeSource::level() {
   if (m_next == 0) return m_recording.initially_active;
@@ -65,7 +89,8 @@ std::vector<Edge> ReplayEdgeSource::due(std::int64_t now_ns) {
 
 Result<std::vector<Edge>> ReplayEdgeSource::wait(std::chrono::steady_clock::time_point deadline,
                                                  std::stop_token stop) {
-  if (auto edges = due(to_ns(m_env.steady_now())); !edges.empty()) return edges;
+  const auto now = m_env.steady_now();
+  if (auto edges = due(to_ns(now)); !edges.empty()) return edges;
   auto wake = deadline;
   if (m_next < m_recording.edges.size())
     wake = std::min(
@@ -74,7 +99,9 @@ Result<std::vector<Edge>> ReplayEdgeSource::wait(std::chrono::steady_clock::time
             std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                 std::chrono::nanoseconds(m_anchor_ns + m_recording.edges[m_next].timestamp_ns))));
   // Edges that are due are returned even when woken by `stop`: they have happened.
+  if (m_monitor) m_monitor->sleeping(now, wake);
   m_env.sleep_until(wake, stop);
+  if (m_monitor) m_monitor->awake();
   return due(to_ns(m_env.steady_now()));
 }
 
