@@ -5,6 +5,7 @@
 // drives real `reflow-agent run` processes through their control socket. See README.md.
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,6 +25,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -392,6 +394,7 @@ class AgentProcess : public BenchDaemon {
 
   const agent::PublicJwk& jwk() const { return m_jwk; }
   fs::path socket() const { return m_setup.dir / "data" / "control.sock"; }
+  fs::path outbox() const { return m_setup.dir / "data" / "outbox.db"; }
 
   // A status answer; throws when the daemon is gone or does not answer.
   ordered_json status() {
@@ -592,6 +595,156 @@ EndToEnd end_to_end(AgentProcess& agent, Node& node, std::uint64_t count, std::i
   return r;
 }
 
+// ---- step 5b: one event at a time ----
+
+// What SQLite's own files say about the outbox, read from outside the daemon (the agent's
+// connection settings cannot be queried from another process). Formats: sqlite.org/fileformat.html
+// (database and WAL headers, big-endian) and SQLite's wal.c (the wal-index header at the start of
+// the -shm file, native byte order).
+struct WalSnapshot {
+  std::uint32_t page_size = 0;     // database header, offset 16 (1 means 65536)
+  std::uint32_t checkpoints = 0;   // WAL header, offset 12: +1 each time a checkpoint restarts it
+  std::uint32_t transactions = 0;  // wal-index iChange, offset 8: +1 per write transaction
+  std::uint32_t frames = 0;        // wal-index mxFrame, offset 16: valid frames in the WAL
+};
+
+std::uint32_t big_endian(const unsigned char* bytes, std::size_t size) {
+  std::uint32_t value = 0;
+  for (std::size_t i = 0; i < size; ++i)
+    value = (value << 8) | bytes[i];
+  return value;
+}
+
+// Reads `size` bytes at `offset` of `file`; throws when the file is shorter.
+std::vector<unsigned char> read_bytes(const fs::path& file, std::size_t offset, std::size_t size) {
+  std::ifstream in(file, std::ios::binary);
+  std::vector<unsigned char> bytes(size);
+  in.seekg(static_cast<std::streamoff>(offset));
+  in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size));
+  if (!in)
+    throw BenchError(fmt::format("cannot read {} bytes of {}", offset + size, file.string()));
+  return bytes;
+}
+
+WalSnapshot wal_snapshot(const fs::path& db) {
+  WalSnapshot s;
+  const auto header = read_bytes(db, 16, 2);
+  s.page_size = big_endian(header.data(), 2);
+  if (s.page_size == 1) s.page_size = 65536;
+  fs::path wal = db, shm = db;
+  wal += "-wal";
+  shm += "-shm";
+  if (fs::exists(wal) && fs::file_size(wal) >= 32)
+    s.checkpoints = big_endian(read_bytes(wal, 12, 4).data(), 4);
+  const auto index = read_bytes(shm, 0, 20);
+  std::memcpy(&s.transactions, index.data() + 8, 4);
+  std::memcpy(&s.frames, index.data() + 16, 4);
+  return s;
+}
+
+// An emit connection used one line at a time, as a device that sends an event every few minutes.
+class SingleEmitter {
+ public:
+  explicit SingleEmitter(const fs::path& socket) {
+    auto fd = agent::control_connect(socket);
+    if (!fd) throw BenchError(fd.error().message);
+    m_fd = *fd;
+    // A daemon that stops answering ends the run instead of hanging it.
+    timeval timeout{30, 0};
+    ::setsockopt(m_fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    send("{\"op\":\"emit\"}\n");
+  }
+  ~SingleEmitter() { ::close(m_fd); }
+  SingleEmitter(const SingleEmitter&) = delete;
+  SingleEmitter& operator=(const SingleEmitter&) = delete;
+
+  // Sends one event and returns its seq once the daemon answers that it is committed.
+  std::int64_t submit(const ordered_json& fields) {
+    send(fields.dump() + "\n");
+    std::size_t end;
+    while ((end = m_pending.find('\n')) == std::string::npos) {
+      char chunk[4096];
+      ssize_t n = ::recv(m_fd, chunk, sizeof chunk, 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0)
+        throw BenchError("the daemon closed the emit connection or did not answer in 30 s");
+      m_pending.append(chunk, static_cast<std::size_t>(n));
+    }
+    const std::string line = m_pending.substr(0, end);
+    m_pending.erase(0, end + 1);
+    auto answer = nlohmann::json::parse(line, nullptr, false);
+    if (!answer.is_object() || !answer.contains("seq"))
+      throw BenchError(fmt::format("the daemon refused an event: {}", line));
+    return answer.at("seq").get<std::int64_t>();
+  }
+
+ private:
+  void send(const std::string& line) {
+    if (!agent::control_send_all(m_fd, line))
+      throw BenchError("sending an event to the control socket failed");
+  }
+
+  int m_fd = -1;
+  std::string m_pending;
+};
+
+struct OneAtATime {
+  double write_bytes_per_event = 0;
+  double ms_per_event = 0;            // submit → committed → acked → pruned
+  double transactions_per_event = 0;  // WAL write transactions
+  double frames_per_event = 0;        // WAL frames appended, over events without a WAL restart
+  std::uint32_t checkpoints = 0;      // WAL restarts after an automatic checkpoint
+  std::uint32_t largest_wal_frames = 0;
+  std::uint32_t page_size = 0;
+};
+
+// Each event waits for its commit answer, the node's ack and the prune (status acked_seq) before
+// the next is sent, so every event pays its own commit, WAL frames, share of a checkpoint and
+// delete: the SD card's wear of a device that sends a few events a minute.
+OneAtATime one_at_a_time(AgentProcess& agent, Node& node, std::uint64_t count,
+                         std::int64_t first_job) {
+  OneAtATime r;
+  const std::string stream = agent.status().at("stream").get<std::string>();
+  SingleEmitter emitter(agent.socket());
+  EventMaker maker;
+  const WalSnapshot first = wal_snapshot(agent.outbox());
+  WalSnapshot last = first;
+  std::uint64_t growing_frames = 0, growing_events = 0;
+  const std::uint64_t written_before = proc_write_bytes(agent.pid());
+  const auto started = Clock::now();
+  for (std::uint64_t i = 0; i < count; ++i) {
+    const std::int64_t seq = emitter.submit(maker.fields(first_job + static_cast<std::int64_t>(i)));
+    ordered_json status;
+    if (!wait_for(
+            [&] {
+              status = agent.status();
+              return node.acked(stream) >= seq && field(status, "acked_seq") >= seq;
+            },
+            30s))
+      throw BenchError(
+          fmt::format("seq {} was not acked and pruned within 30 s: {}", seq, status.dump()));
+    const WalSnapshot now = wal_snapshot(agent.outbox());
+    if (now.checkpoints == last.checkpoints) {
+      growing_frames += now.frames - last.frames;
+      ++growing_events;
+    }
+    r.largest_wal_frames = std::max(r.largest_wal_frames, last.frames);
+    last = now;
+  }
+  r.ms_per_event = 1000.0 * seconds_between(started, Clock::now()) / static_cast<double>(count);
+  r.write_bytes_per_event = static_cast<double>(proc_write_bytes(agent.pid()) - written_before) /
+                            static_cast<double>(count);
+  r.transactions_per_event =
+      static_cast<double>(last.transactions - first.transactions) / static_cast<double>(count);
+  r.frames_per_event =
+      growing_events ? static_cast<double>(growing_frames) / static_cast<double>(growing_events)
+                     : 0;
+  r.checkpoints = last.checkpoints - first.checkpoints;
+  r.largest_wal_frames = std::max(r.largest_wal_frames, last.frames);
+  r.page_size = last.page_size;
+  return r;
+}
+
 // ---- step 3: fill while the broker is down, then drain ----
 
 struct Drain {
@@ -683,6 +836,9 @@ struct Options {
   bool keep = false;
   std::string log_level = "info";
   std::size_t window = 64;  // the agent's default mqtt.max_inflight
+  // Events sent one at a time per durability (0 skips). Each adds 4 WAL frames, so 1000 events
+  // span about 4 automatic checkpoints (SQLite's default wal_autocheckpoint of 1000 frames).
+  std::uint64_t single = 1000;
 };
 
 int run(const Options& options) {
@@ -695,9 +851,11 @@ int run(const Options& options) {
   fs::create_directories(dir.path() / "broker");
   Broker broker(dir.path() / "broker");
   broker.start();
-  fmt::print("reflow-bench: {} events end to end, {} to drain; agent {}; broker {}; work dir {}\n",
-             options.events, options.fill, options.agent_binary.string(), broker.url(),
-             dir.path().string());
+  fmt::print(
+      "reflow-bench: {} events end to end, {} one at a time, {} to drain; agent {}; broker {}; "
+      "work dir {}\n",
+      options.events, options.single, options.fill, options.agent_binary.string(), broker.url(),
+      dir.path().string());
   const std::string paho_url = broker.paho_url();
 
   // The payload of the raw test: a real envelope of the size the agent sends.
@@ -758,6 +916,33 @@ int run(const Options& options) {
     fmt::print("    peak RSS {} (anon sampled {}), {:.0f} bytes written per event\n",
                mib(normal.peak_rss), mib(normal.anon_peak), normal.write_bytes_per_event);
     agent.terminate();
+  }
+
+  // The same durabilities again, each event alone, on fresh daemons: a small outbox, as on a
+  // device whose events are acked as they come.
+  std::optional<OneAtATime> single_full, single_normal;
+  if (options.single > 0) {
+    std::int64_t first_job = 1;
+    for (auto [durability, result] :
+         {std::pair{"full", &single_full}, std::pair{"normal", &single_normal}}) {
+      fmt::print(
+          "\n[5b] {} events one at a time, durability {}: each waits for its commit, ack and "
+          "prune\n",
+          options.single, durability);
+      const AgentProcess::Setup single_setup =
+          setup(fmt::format("bench-single-{}", durability), durability);
+      AgentProcess agent(single_setup);
+      node.add_device(single_setup.device, agent.jwk());
+      *result = one_at_a_time(agent, node, options.single, first_job);
+      first_job += static_cast<std::int64_t>(options.single);
+      const OneAtATime& r = **result;
+      fmt::print(
+          "    {:.0f} bytes written per event, {:.0f} ms per event; WAL: {:.2f} transactions and "
+          "{:.2f} frames of {} + 24 bytes per event, {} checkpoints, at most {} frames\n",
+          r.write_bytes_per_event, r.ms_per_event, r.transactions_per_event, r.frames_per_event,
+          r.page_size, r.checkpoints, r.largest_wal_frames);
+      agent.terminate();
+    }
   }
 
   std::optional<Drain> drain;
@@ -844,6 +1029,27 @@ int run(const Options& options) {
                   fmt::format("{:.0f} B", full.write_bytes_per_event), "-", ""});
   rows.push_back({"[5] disk writes/event, normal",
                   fmt::format("{:.0f} B", normal.write_bytes_per_event), "-", ""});
+  for (auto [durability, single] :
+       {std::pair{"full", &single_full}, std::pair{"normal", &single_normal}}) {
+    if (!*single) continue;
+    const OneAtATime& r = **single;
+    rows.push_back({fmt::format("[5b] disk writes per event, one at a time, {} (B)", durability),
+                    fmt::format("{:.0f}", r.write_bytes_per_event), "-", ""});
+    rows.push_back({fmt::format("[5b]   WAL transactions / frames per event, {}", durability),
+                    fmt::format("{:.2f} / {:.2f}", r.transactions_per_event, r.frames_per_event),
+                    "-", ""});
+    rows.push_back(
+        {fmt::format("[5b]   WAL checkpoints in {} events, {}", options.single, durability),
+         fmt::format("{}", r.checkpoints), "-", ""});
+  }
+  if (single_full) {
+    // Read from the files: the database header and the WAL's size when it was checkpointed (the
+    // agent's wal_autocheckpoint, in frames, plus the transaction that crossed it).
+    rows.push_back(
+        {"[5b] outbox page size (B)", fmt::format("{}", single_full->page_size), "-", ""});
+    rows.push_back({"[5b] largest WAL, ~wal_autocheckpoint (frames)",
+                    fmt::format("{}", single_full->largest_wal_frames), "-", ""});
+  }
   if (drain)
     rows.push_back({"[3] disk writes/event, fill (full)",
                     fmt::format("{:.0f} B", drain->fill_write_bytes_per_event), "-", ""});
@@ -875,6 +1081,10 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--fill", options.fill,
                  "Events to fill while the broker is down, then drain (0 skips)")
+      ->capture_default_str();
+  app.add_option("--single", options.single,
+                 "Events sent one at a time (each waits for its ack and prune) per durability, "
+                 "for the disk writes of a lone event (0 skips)")
       ->capture_default_str();
   app.add_option("--agent", options.agent_binary, "The reflow-agent binary")->capture_default_str();
   app.add_flag("--keep", options.keep, "Keep the work directory (configs, logs, outboxes)");
