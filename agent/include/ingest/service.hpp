@@ -38,22 +38,26 @@ struct IngestCounters {
 /// `PREFIX/+/events`, or `$share/GROUP/PREFIX/+/events` with `share_group` (several instances,
 /// each with its own client id, on one store). Paho's callback only puts each message in a
 /// bounded queue (2 × max_batch; when it is full the callback waits, which holds back the
-/// broker). One worker thread takes up to `max_batch` envelopes, verifies them (verify_envelope;
-/// on up to min(4, hardware threads) threads per batch, each registry key looked up once per
-/// batch), stores them with one Store::put() and only then decides the acks: retained, QoS 1, on
+/// broker). One worker thread takes up to `max_batch` envelopes and verifies them
+/// (verify_envelope; on up to min(4, hardware threads) threads per batch, each registry key
+/// looked up once per batch), then hands the batch to a store thread, which stores it with one
+/// Store::put() and only then decides the acks, while the worker verifies the next batch (at most
+/// one verified batch waits between them). Acks: retained, QoS 1, on
 /// `PREFIX/DEVICE/ack`, `{"stream":"…","seq":N}` from Store::ack_point(), never for seq 0. Per
 /// device at most one ack per `ack_interval` (time from the Env), with a trailing ack once the
 /// interval has passed after a burst; a duplicate forces a republish (the agent may have missed
-/// the ack). The worker never calls Paho (Paho's receiving thread may be waiting for it in the
-/// callback while holding a lock that publishing needs): it hands each ack to an ack publisher
+/// the ack). Neither the worker nor the store thread calls Paho (Paho's receiving thread may be
+/// waiting for them in the callback while holding a lock that publishing needs): the store
+/// thread hands each ack to an ack publisher
 /// thread, through a map holding the latest ack per device. That thread publishes them, counts
 /// `acks_published`, and retries a failed publish (not connected) after 100 ms unless a newer ack
-/// of the device replaced it. A store error acks nothing of the batch: the worker retries the
-/// same batch with exponential backoff (100 ms to 10 s) until it is stored or the service stops;
-/// nothing is dropped. Lost connections are retried with full-jitter backoff between
+/// of the device replaced it. A store error acks nothing of the batch: the store thread verifies
+/// and stores the same batch again with exponential backoff (100 ms to 10 s) until it is stored
+/// or the service stops (a failed key lookup is retried the same way by the worker); nothing is
+/// dropped. Lost connections are retried with full-jitter backoff between
 /// `reconnect_min` and `reconnect_max`, like the agent's forwarder.
 ///
-/// Owns three threads (connection, worker, ack publisher), the worker's short-lived verifying
+/// Owns four threads (connection, worker, store, ack publisher), the worker's short-lived verifying
 /// threads and the Paho client; borrows the store, env and logger, which must outlive it.
 /// counters() is thread-safe; start() and stop() are for one thread.
 class IngestService {

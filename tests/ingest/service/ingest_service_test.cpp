@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <functional>
 #include <memory>
@@ -205,6 +206,67 @@ class FailingStore final : public Store {
  private:
   Store& m_real;
   std::atomic<int> m_failures;
+};
+
+// The real store, whose first put() waits (as on a slow fsync) until released; counts the key
+// lookups made meanwhile.
+class SlowCommitStore final : public Store {
+ public:
+  explicit SlowCommitStore(Store& real) : m_real(real) {}
+
+  Status add_device(std::string_view device, const agent::PublicJwk& jwk,
+                    std::int64_t now_unix_ms) override {
+    return m_real.add_device(device, jwk, now_unix_ms);
+  }
+  Status revoke_device(std::string_view device, std::int64_t now_unix_ms) override {
+    return m_real.revoke_device(device, now_unix_ms);
+  }
+  Result<std::optional<DeviceKeyRecord>> find_key(std::string_view kid) override {
+    if (m_in_put.load()) ++m_lookups_during_put;
+    return m_real.find_key(kid);
+  }
+  Result<std::vector<DeviceKeyRecord>> list_keys() override { return m_real.list_keys(); }
+  Result<std::vector<PutResult>> put(std::span<const Incoming> batch,
+                                     std::int64_t now_unix_ms) override {
+    if (!m_released.load()) {
+      m_in_put = true;
+      std::unique_lock lock(m_mutex);
+      m_cv.wait(lock, [&] { return m_released.load(); });
+    }
+    auto result = m_real.put(batch, now_unix_ms);
+    m_in_put = false;
+    return result;
+  }
+  Result<std::optional<AckPoint>> ack_point(std::string_view device) override {
+    return m_real.ack_point(device);
+  }
+  Status for_each_event(const EventFilter& filter,
+                        const std::function<bool(const StoredEvent&)>& fn) override {
+    return m_real.for_each_event(filter, fn);
+  }
+  Status for_each_rejection(std::optional<std::string_view> device,
+                            const std::function<bool(const StoredRejection&)>& fn) override {
+    return m_real.for_each_rejection(device, fn);
+  }
+  Result<std::vector<DeviceStats>> stats() override { return m_real.stats(); }
+
+  bool in_put() const { return m_in_put.load(); }
+  int lookups_during_put() const { return m_lookups_during_put.load(); }
+  void release() {
+    {
+      std::lock_guard lock(m_mutex);
+      m_released = true;
+    }
+    m_cv.notify_all();
+  }
+
+ private:
+  Store& m_real;
+  std::mutex m_mutex;
+  std::condition_variable m_cv;
+  std::atomic<bool> m_released{false};
+  std::atomic<bool> m_in_put{false};
+  std::atomic<int> m_lookups_during_put{0};
 };
 
 class IngestServiceTest : public ::testing::Test {
@@ -436,6 +498,37 @@ TEST_F(IngestServiceTest, StoreErrorsAckNothingAndTheBatchIsRetriedUntilStored) 
   EXPECT_EQ(counters.store_errors, 3u);
   EXPECT_EQ(counters.stored, 2u);
   EXPECT_FALSE(counters.last_error.empty());
+  EXPECT_EQ(stored_events().size(), 2u);
+  service.stop();
+}
+
+TEST_F(IngestServiceTest, VerifiesTheNextBatchDuringACommitAndAcksOnlyWhatIsCommitted) {
+  SlowCommitStore slow(*m_store);
+  m_config.max_batch = 1;  // one envelope per batch: the second is the next batch
+  IngestService service(m_config, slow, m_env, m_log);
+  // Destroyed before the service: a failed assertion must not leave its stop() waiting on put().
+  struct Release {
+    SlowCommitStore& store;
+    ~Release() { store.release(); }
+  } release{slow};
+  ASSERT_TRUE(service.start());
+  ASSERT_TRUE(eventually([&] { return service.counters().subscribed; }));
+  DeviceClient device(m_broker.port());
+  SignedStream stream(*m_key, k_device, m_env);
+  const auto envelopes = stream.next(2);
+
+  device.publish(envelopes[0]);
+  ASSERT_TRUE(eventually([&] { return slow.in_put(); }));
+  device.publish(envelopes[1]);
+  // The second batch's key is looked up (it is being verified) while the first commit waits.
+  ASSERT_TRUE(eventually([&] { return slow.lookups_during_put() >= 1; }));
+  EXPECT_TRUE(slow.in_put());
+  EXPECT_TRUE(device.acks().empty());
+  EXPECT_EQ(service.counters().stored, 0u);
+
+  slow.release();
+  ASSERT_TRUE(eventually([&] { return device.last_ack_is(stream.stream(), 2); }));
+  EXPECT_EQ(service.counters().stored, 2u);
   EXPECT_EQ(stored_events().size(), 2u);
   service.stop();
 }

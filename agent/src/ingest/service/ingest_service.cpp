@@ -172,13 +172,19 @@ struct IngestService::Impl {
     std::optional<Result<std::expected<VerifiedEvent, Rejection>>> outcome;
   };
 
-  // An ack handed from the worker to the ack publisher.
+  // A batch verified by the worker, for the store thread.
+  struct Pending {
+    std::vector<Message> messages;
+    std::vector<Check> checks;  ///< point into `messages`
+  };
+
+  // An ack handed from the store thread to the ack publisher.
   struct PendingAck {
     std::string topic;
     std::string body;
   };
 
-  // The ack state of one device, owned by the worker.
+  // The ack state of one device, owned by the store thread.
   struct DeviceAck {
     bool dirty = false;  ///< something was stored or duplicated since the last ack
     bool force = false;  ///< publish even when the ack point did not change
@@ -276,23 +282,21 @@ struct IngestService::Impl {
     not_empty.notify_all();
   }
 
-  // ---- the worker thread ----
+  // ---- the worker thread: verification ----
 
+  // Takes batches from the queue and verifies them, then hands each to the store thread. The two
+  // overlap: while one batch waits for its commit (fsync), the next one is being verified.
   void work(std::stop_token stop) {
     while (!stop.stop_requested()) {
       std::vector<Message> batch;
       {
         std::unique_lock lock(messages_mutex);
-        const auto timeout = std::clamp<Clock::duration>(next_ack_due - env.steady_now(),
-                                                         Clock::duration::zero(), k_max_wait);
-        not_empty.wait_for(lock, stop, timeout, [&] { return !messages.empty(); });
+        not_empty.wait_for(lock, stop, k_max_wait, [&] { return !messages.empty(); });
         take(batch);
       }
-      if (!batch.empty()) {
-        not_full.notify_all();
-        process(batch, stop);
-      }
-      publish_due_acks();
+      if (batch.empty()) continue;
+      not_full.notify_all();
+      if (!verify_and_hand_over(std::move(batch), stop)) break;
     }
     // Stopping: what was queued before the intake closed is stored and acked, within the
     // deadline.
@@ -302,11 +306,14 @@ struct IngestService::Impl {
         std::lock_guard lock(messages_mutex);
         take(batch);
       }
-      if (batch.empty() || env.steady_now() >= stop_deadline) break;
-      process(batch, std::stop_token{});
-      publish_due_acks(/*final=*/true);
+      if (batch.empty() || env.steady_now() >= stop_deadline.load()) break;
+      if (!verify_and_hand_over(std::move(batch), std::stop_token{})) break;
     }
-    publish_due_acks(/*final=*/true);
+    {
+      std::lock_guard lock(handoff_mutex);
+      handoff_done = true;
+    }
+    handoff_cv.notify_all();
     std::size_t left = 0;
     {
       std::lock_guard lock(messages_mutex);
@@ -332,12 +339,15 @@ struct IngestService::Impl {
     stats.queued = messages.size();
   }
 
-  // Verifies and stores `batch` in one transaction, retrying until it is stored. `stop` ends
-  // the retries (the final drain passes none, and gives up at the stop deadline instead).
-  void process(const std::vector<Message>& batch, std::stop_token stop) {
-    std::vector<Check> checks;
-    checks.reserve(batch.size());
-    for (const Message& message : batch) {
+  // Verifies `messages` (retrying while the registry cannot be read) and hands the batch to the
+  // store thread, waiting while the one before it is still waiting there. False: given up (stop
+  // requested, stop deadline passed, or the store thread has ended); nothing of it is acked.
+  bool verify_and_hand_over(std::vector<Message> messages, std::stop_token stop) {
+    Pending pending;
+    pending.messages = std::move(messages);
+    pending.checks.reserve(pending.messages.size());
+    // The vector's elements stay where they are when `pending` moves: the checks point at them.
+    for (const Message& message : pending.messages) {
       auto device = device_of_events_topic(message.topic, config.topic_prefix);
       if (!device) {
         // The subscription only matches PREFIX/+/events; anything else is not ours.
@@ -345,63 +355,129 @@ struct IngestService::Impl {
                     config.topic_prefix);
         continue;
       }
-      checks.push_back(Check{&message, std::move(*device), std::nullopt});
+      pending.checks.push_back(Check{&message, std::move(*device), std::nullopt});
     }
+    if (pending.checks.empty()) return true;
     std::uint32_t attempt = 0;
     for (;;) {
-      std::vector<Incoming> incoming;
-      incoming.reserve(checks.size());
-      std::optional<agent::Error> error;
-      verify_all(checks);
-      for (Check& check : checks) {
-        auto& verified = *check.outcome;
-        if (!verified) {
-          error = verified.error();
-          break;
+      verify_all(pending.checks);
+      std::optional<agent::Error> error = first_error(pending.checks);
+      if (!error) break;
+      if (!retry_after_error(*error, pending.messages.size(), attempt, stop)) return false;
+    }
+    std::unique_lock lock(handoff_mutex);
+    handoff_cv.wait(lock, [&] { return !handoff || store_ended; });
+    if (store_ended) {
+      log.warning(k_component,
+                  "stopping with {} envelopes not stored; they are not acked, so their agents "
+                  "republish them",
+                  pending.messages.size());
+      return false;
+    }
+    handoff = std::move(pending);
+    lock.unlock();
+    handoff_cv.notify_all();
+    return true;
+  }
+
+  static std::optional<agent::Error> first_error(const std::vector<Check>& checks) {
+    for (const Check& check : checks) {
+      if (!*check.outcome) return check.outcome->error();
+    }
+    return std::nullopt;
+  }
+
+  // Logs and counts a failed store attempt (key lookup or put) and sleeps its backoff. False when
+  // the retries must end: stop requested, or the stop deadline passed.
+  bool retry_after_error(const agent::Error& error, std::size_t envelopes, std::uint32_t& attempt,
+                         std::stop_token stop) {
+    const auto delay = store_backoff(attempt);
+    if (attempt < 62) ++attempt;
+    const std::string message =
+        fmt::format("storing {} envelopes failed: {}", envelopes, error.message);
+    log.error(k_component, "{}; nothing of them is acked; retrying in {}", message,
+              agent::format_duration(delay));
+    {
+      std::lock_guard lock(stats_mutex);
+      ++stats.store_errors;
+      stats.last_error = message;
+    }
+    // stop_deadline is max() until stop() sets it; from then on it bounds every retry.
+    const auto deadline = stop_deadline.load();
+    const auto until = std::min(env.steady_now() + Clock::duration(delay), deadline);
+    const bool slept = env.steady_now() < deadline && env.sleep_until(until, stop) &&
+                       env.steady_now() < stop_deadline.load();
+    if (!slept)
+      log.warning(k_component,
+                  "stopping with {} envelopes not stored; they are not acked, so their agents "
+                  "republish them",
+                  envelopes);
+    return slept;
+  }
+
+  // ---- the store thread: commit and acks ----
+
+  // Stores the verified batches one transaction each and decides the acks. Ends once the worker
+  // has handed over its last batch and that is stored (or abandoned at the stop deadline).
+  void store_batches(std::stop_token stop) {
+    for (;;) {
+      std::optional<Pending> pending;
+      bool done = false;
+      {
+        std::unique_lock lock(handoff_mutex);
+        const auto timeout = std::clamp<Clock::duration>(next_ack_due - env.steady_now(),
+                                                         Clock::duration::zero(), k_max_wait);
+        handoff_cv.wait_for(lock, timeout, [&] { return handoff.has_value() || handoff_done; });
+        if (handoff) {
+          pending = std::move(handoff);
+          handoff.reset();
+        } else {
+          done = handoff_done;
         }
-        Incoming item;
-        if (verified->has_value())
-          item.event = std::move(verified->value());
-        else
-          item.rejection = std::move(verified->error());
-        incoming.push_back(std::move(item));
       }
+      if (pending) {
+        handoff_cv.notify_all();
+        if (!store_pending(*pending, stop)) break;
+      }
+      if (done) break;
+      publish_due_acks();
+    }
+    publish_due_acks(/*final=*/true);
+    {
+      std::lock_guard lock(handoff_mutex);
+      store_ended = true;
+      handoff.reset();
+    }
+    handoff_cv.notify_all();
+  }
+
+  // Stores one verified batch in one transaction, retrying (verifying again first: a revocation
+  // may have come meanwhile) until it is stored. False: given up; nothing of it is acked.
+  bool store_pending(Pending& pending, std::stop_token stop) {
+    std::uint32_t attempt = 0;
+    for (;;) {
+      std::optional<agent::Error> error = first_error(pending.checks);
       if (!error) {
-        if (incoming.empty()) return;
+        std::vector<Incoming> incoming;
+        incoming.reserve(pending.checks.size());
+        for (Check& check : pending.checks) {
+          auto& verified = *check.outcome;
+          Incoming item;
+          if (verified->has_value())
+            item.event = std::move(verified->value());
+          else
+            item.rejection = std::move(verified->error());
+          incoming.push_back(std::move(item));
+        }
         auto results = store.put(incoming, env.now_unix_ms());
         if (results) {
           apply_results(incoming, *results);
-          return;
+          return true;
         }
         error = results.error();
       }
-
-      const auto delay = store_backoff(attempt);
-      if (attempt < 62) ++attempt;
-      const std::string message =
-          fmt::format("storing {} envelopes failed: {}", batch.size(), error->message);
-      log.error(k_component, "{}; nothing of them is acked; retrying in {}", message,
-                agent::format_duration(delay));
-      {
-        std::lock_guard lock(stats_mutex);
-        ++stats.store_errors;
-        stats.last_error = message;
-      }
-      bool slept = false;
-      if (stop.stop_possible()) {
-        slept = env.sleep_until(env.steady_now() + delay, stop);
-      } else {
-        const auto until = std::min(env.steady_now() + Clock::duration(delay), stop_deadline);
-        slept = env.steady_now() < stop_deadline && env.sleep_until(until, stop) &&
-                env.steady_now() < stop_deadline;
-      }
-      if (!slept) {
-        log.warning(k_component,
-                    "stopping with {} envelopes not stored; they are not acked, so their agents "
-                    "republish them",
-                    batch.size());
-        return;
-      }
+      if (!retry_after_error(*error, pending.messages.size(), attempt, stop)) return false;
+      verify_all(pending.checks);
     }
   }
 
@@ -607,7 +683,7 @@ struct IngestService::Impl {
         acks_out_cv.wait_for(lock, stop, k_ack_retry, [] { return false; });
         continue;
       }
-      if (!client->is_connected() || env.steady_now() >= stop_deadline) {
+      if (!client->is_connected() || env.steady_now() >= stop_deadline.load()) {
         std::size_t left = 0;
         {
           std::lock_guard lock(acks_out_mutex);
@@ -634,7 +710,7 @@ struct IngestService::Impl {
       if (!token->is_complete()) {
         if (in_flight.size() <= keep) return;
         if (stop.stop_requested() &&
-            (!client->is_connected() || env.steady_now() >= stop_deadline)) {
+            (!client->is_connected() || env.steady_now() >= stop_deadline.load())) {
           in_flight.clear();  // Paho still has them; nobody waits for them any more
           return;
         }
@@ -690,9 +766,13 @@ struct IngestService::Impl {
       connect_failed(e.what());
       return false;
     }
-    const auto give_up = env.steady_now() + config.connect_timeout + k_connect_grace;
+    // Paho's connect timeout runs on the real clock, so the margin does too (not on env's, which
+    // tests move at their own pace).
+    const auto give_up = std::chrono::steady_clock::now() + config.connect_timeout + k_connect_grace;
     while (!stop.stop_requested()) {
-      for (const Event& event : wait_events(stop, give_up - env.steady_now())) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          give_up - std::chrono::steady_clock::now());
+      for (const Event& event : wait_events(stop, left)) {
         // A lost connection reported late belongs to the previous one.
         if (event.kind == Kind::connection_lost || event.generation != generation) continue;
         if (event.kind == Kind::connect_ok) {
@@ -704,7 +784,7 @@ struct IngestService::Impl {
           return false;
         }
       }
-      if (env.steady_now() >= give_up) {
+      if (std::chrono::steady_clock::now() >= give_up) {
         connect_failed("no answer within mqtt.connect_timeout");
         return false;
       }
@@ -787,8 +867,9 @@ struct IngestService::Impl {
   // Disconnects within the stop deadline; a dead broker costs at most that deadline.
   void shutdown() {
     const auto remaining = [&] {
-      return std::max(std::chrono::duration_cast<milliseconds>(stop_deadline - env.steady_now()),
-                      milliseconds(0));
+      return std::max(
+          std::chrono::duration_cast<milliseconds>(stop_deadline.load() - env.steady_now()),
+          milliseconds(0));
     };
     if (client->is_connected()) {
       try {
@@ -835,7 +916,16 @@ struct IngestService::Impl {
   mutable std::mutex stats_mutex;
   IngestCounters stats;
 
-  Clock::time_point stop_deadline = Clock::time_point::max();
+  // Set by stop(), read by the worker and store threads while they run.
+  std::atomic<Clock::time_point> stop_deadline{Clock::time_point::max()};
+
+  // From the worker to the store thread: one verified batch at a time, so that verifying the
+  // next batch overlaps committing this one while memory stays bounded.
+  std::mutex handoff_mutex;
+  std::condition_variable handoff_cv;
+  std::optional<Pending> handoff;
+  bool handoff_done = false;  ///< the worker has handed over its last batch
+  bool store_ended = false;   ///< the store thread takes nothing more
 
   // Owned by the connection thread.
   std::mt19937_64 rng;
@@ -847,7 +937,7 @@ struct IngestService::Impl {
   std::condition_variable_any acks_out_cv;
   std::map<std::string, PendingAck> acks_out;
 
-  // Owned by the worker thread.
+  // Owned by the store thread.
   std::map<std::string, DeviceAck> acks;
   Clock::time_point next_ack_due = Clock::time_point::max();
 
@@ -855,6 +945,7 @@ struct IngestService::Impl {
   std::unique_ptr<mqtt::async_client> client;
   std::jthread connection_thread;
   std::jthread ack_thread;
+  std::jthread store_thread;
   std::jthread worker_thread;
   bool started = false;
 };
@@ -873,12 +964,21 @@ Status IngestService::start() {
   try {
     m_impl->ack_thread =
         std::jthread([impl = m_impl.get()](std::stop_token stop) { impl->publish_acks(stop); });
+    m_impl->store_thread =
+        std::jthread([impl = m_impl.get()](std::stop_token stop) { impl->store_batches(stop); });
     m_impl->worker_thread =
         std::jthread([impl = m_impl.get()](std::stop_token stop) { impl->work(stop); });
     m_impl->connection_thread =
         std::jthread([impl = m_impl.get()](std::stop_token stop) { impl->connection(stop); });
   } catch (const std::exception& e) {
     m_impl->worker_thread = {};
+    m_impl->close_intake();
+    {
+      std::lock_guard lock(m_impl->handoff_mutex);
+      m_impl->handoff_done = true;
+    }
+    m_impl->handoff_cv.notify_all();
+    m_impl->store_thread = {};
     m_impl->ack_thread = {};
     return agent::fail(agent::ErrorCode::internal,
                        fmt::format("cannot start the ingest threads: {}", e.what()));
@@ -893,11 +993,14 @@ void IngestService::stop(std::int64_t deadline_ms) {
   if (!m_impl->started) return;
   m_impl->started = false;
   m_impl->stop_deadline = m_impl->env.steady_now() + milliseconds(deadline_ms);
-  // Order: no new envelopes; the worker stores what is queued and hands over its acks; the ack
-  // publisher publishes them while still connected; then the connection goes.
+  // Order: no new envelopes; the worker verifies what is queued and the store thread stores it
+  // and hands over its acks; the ack publisher publishes them while still connected; then the
+  // connection goes.
   m_impl->close_intake();
   m_impl->worker_thread.request_stop();
   m_impl->worker_thread.join();
+  m_impl->store_thread.request_stop();
+  m_impl->store_thread.join();
   m_impl->ack_thread.request_stop();
   m_impl->ack_thread.join();
   m_impl->connection_thread.request_stop();

@@ -205,8 +205,11 @@ class SqliteStore final : public Store {
       return s;
     if (auto s = prepare_schema(); !s) return s;
     if (auto s = open_connection(m_reader, SQLITE_OPEN_READWRITE); !s) return s;
-    // The query connection never writes; saying so turns a bug into an error, not a lock.
-    return exec(m_reader, "PRAGMA query_only=1", "configuring the query connection");
+    if (auto s = open_connection(m_keys, SQLITE_OPEN_READWRITE); !s) return s;
+    // The query connections never write; saying so turns a bug into an error, not a lock.
+    if (auto s = exec(m_reader, "PRAGMA query_only=1", "configuring the query connection"); !s)
+      return s;
+    return exec(m_keys, "PRAGMA query_only=1", "configuring the key lookup connection");
   }
 
   // --- device registry ---
@@ -281,8 +284,10 @@ class SqliteStore final : public Store {
   }
 
   Result<std::optional<DeviceKeyRecord>> find_key(std::string_view kid) override {
-    std::lock_guard lock(m_writer.mutex);
-    return find_key_locked(m_writer, kid);
+    // Not the writer: verifying the next batch looks keys up while put() holds the writer
+    // through its commit (WAL: this reads the last committed state without waiting for it).
+    std::lock_guard lock(m_keys.mutex);
+    return find_key_locked(m_keys, kid);
   }
 
   Result<std::vector<DeviceKeyRecord>> list_keys() override {
@@ -970,6 +975,7 @@ class SqliteStore final : public Store {
   // call back into user code use their own connection so they never hold up put().
   Connection m_writer;
   Connection m_reader;
+  Connection m_keys;  ///< find_key only
 };
 
 }  // namespace
