@@ -768,7 +768,8 @@ struct IngestService::Impl {
     }
     // Paho's connect timeout runs on the real clock, so the margin does too (not on env's, which
     // tests move at their own pace).
-    const auto give_up = std::chrono::steady_clock::now() + config.connect_timeout + k_connect_grace;
+    const auto give_up =
+        std::chrono::steady_clock::now() + config.connect_timeout + k_connect_grace;
     while (!stop.stop_requested()) {
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
           give_up - std::chrono::steady_clock::now());
