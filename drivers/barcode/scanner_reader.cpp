@@ -40,15 +40,6 @@ constexpr std::chrono::milliseconds k_poll_slice{100};
 // still reported, unmatched) so a long QR code cannot exhaust the thread's stack.
 constexpr std::size_t k_max_matched_bytes = 1024;
 
-std::string key_name(std::string_view prefix, std::string_view key) {
-  if (key == "path" && !prefix.empty()) {
-    std::string name(prefix);
-    if (name.ends_with('_')) name.pop_back();
-    return name;
-  }
-  return fmt::format("{}{}", prefix, key);
-}
-
 struct KeyText {
   std::string_view key;
   std::string_view type;
@@ -446,14 +437,14 @@ const std::vector<DriverKeyInfo>& scanner_keys(std::string_view prefix) {
   if (auto it = cache.find(prefix); it != cache.end()) return it->second.second;
   auto& [names, keys] = cache[std::string(prefix)];
   for (const KeyText& k : k_keys) {
-    names.push_back(key_name(prefix, k.key));
+    names.push_back(prefixed_key(prefix, k.key));
     keys.push_back({names.back(), k.type, k.default_text, k.description});
   }
   return keys;
 }
 
 Result<ScannerConfig> parse_scanner_config(const DriverTable& table, std::string_view prefix) {
-  const auto key = [&](std::string_view k) { return key_name(prefix, k); };
+  const auto key = [&](std::string_view k) { return prefixed_key(prefix, k); };
   ScannerConfig config;
 
   auto path = table.string(key("path"), "");
@@ -481,20 +472,9 @@ Result<ScannerConfig> parse_scanner_config(const DriverTable& table, std::string
                                        "under a second; 200ms suits most)"));
   config.inter_key_timeout = *timeout;
 
-  auto baud = table.integer(key("baud"), 9600, 50, 4'000'000);
-  auto data_bits = table.integer(key("data_bits"), 8, 7, 8);
-  auto stop_bits = table.integer(key("stop_bits"), 1, 1, 2);
-  auto parity = table.choice(key("parity"), "none", {"none", "even", "odd"});
-  if (!baud) return std::unexpected(baud.error());
-  if (!data_bits) return std::unexpected(data_bits.error());
-  if (!stop_bits) return std::unexpected(stop_bits.error());
-  if (!parity) return std::unexpected(parity.error());
-  config.serial.baud = static_cast<int>(*baud);
-  config.serial.data_bits = static_cast<int>(*data_bits);
-  config.serial.stop_bits = static_cast<int>(*stop_bits);
-  config.serial.parity = *parity == "even"  ? SerialSettings::Parity::even
-                         : *parity == "odd" ? SerialSettings::Parity::odd
-                                            : SerialSettings::Parity::none;
+  auto serial = read_serial_settings(table, prefix);
+  if (!serial) return std::unexpected(serial.error());
+  config.serial = *serial;
 
   auto patterns_text = table.string(key("patterns"), "");
   if (!patterns_text) return std::unexpected(patterns_text.error());

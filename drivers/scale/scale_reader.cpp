@@ -53,20 +53,6 @@ constexpr std::array<BaseKey, 9> k_base_keys = {{
      "kilograms within which stable frames count as the same value, e.g. 0.002"},
 }};
 
-std::string key_name(std::string_view prefix, std::string_view key) {
-  if (prefix.empty()) return std::string(key);
-  // The station spells the path key by the device's name alone: `scale`, not `scale_path`.
-  if (key == "path") {
-    std::string_view bare = prefix;
-    if (bare.ends_with('_')) bare.remove_suffix(1);
-    return std::string(bare);
-  }
-  return fmt::format("{}{}", prefix, key);
-}
-
-constexpr std::array<int, 9> k_bauds = {1200,  2400,  4800,   9600,  19200,
-                                        38400, 57600, 115200, 230400};
-
 std::string errno_text(int err) {
   return std::strerror(err);
 }
@@ -373,7 +359,7 @@ const std::vector<DriverKeyInfo>& scale_keys(std::string_view prefix) {
   if (auto it = sets.find(prefix); it != sets.end()) return it->second.keys;
   KeySet& set = sets[std::string(prefix)];
   for (const BaseKey& base : k_base_keys) {
-    const std::string& name = set.names.emplace_back(key_name(prefix, base.key));
+    const std::string& name = set.names.emplace_back(prefixed_key(prefix, base.key));
     set.keys.push_back({name, base.type, base.default_text, base.description});
   }
   return set.keys;
@@ -381,42 +367,23 @@ const std::vector<DriverKeyInfo>& scale_keys(std::string_view prefix) {
 
 Result<ScaleConfig> parse_scale_config(const DriverTable& table, std::string_view prefix) {
   ScaleConfig config;
-  auto path = table.required_string(key_name(prefix, "path"));
+  auto path = table.required_string(prefixed_key(prefix, "path"));
   if (!path) return std::unexpected(path.error());
   config.path = *path;
 
-  auto protocol = table.choice(key_name(prefix, "protocol"), "st_gs", protocol_names());
+  auto protocol = table.choice(prefixed_key(prefix, "protocol"), "st_gs", protocol_names());
   if (!protocol) return std::unexpected(protocol.error());
   config.protocol = *protocol_from_name(*protocol);
 
-  const std::string baud_key = key_name(prefix, "baud");
-  auto baud = table.integer(baud_key, 9600, 1200, 230400);
-  if (!baud) return std::unexpected(baud.error());
-  if (std::find(k_bauds.begin(), k_bauds.end(), *baud) == k_bauds.end()) {
-    return std::unexpected(table.error(
-        baud_key, fmt::format("{} is not a serial rate; use 1200, 2400, 4800, 9600, 19200, "
-                              "38400, 57600, 115200 or 230400",
-                              *baud)));
-  }
-  config.serial.baud = static_cast<int>(*baud);
+  auto serial = read_serial_settings(table, prefix);
+  if (!serial) return std::unexpected(serial.error());
+  config.serial = *serial;
 
-  auto parity = table.choice(key_name(prefix, "parity"), "none", {"none", "even", "odd"});
-  if (!parity) return std::unexpected(parity.error());
-  config.serial.parity = *parse_parity(*parity);
-
-  auto data_bits = table.integer(key_name(prefix, "data_bits"), 8, 7, 8);
-  if (!data_bits) return std::unexpected(data_bits.error());
-  config.serial.data_bits = static_cast<int>(*data_bits);
-
-  auto stop_bits = table.integer(key_name(prefix, "stop_bits"), 1, 1, 2);
-  if (!stop_bits) return std::unexpected(stop_bits.error());
-  config.serial.stop_bits = static_cast<int>(*stop_bits);
-
-  auto stable = table.integer(key_name(prefix, "stable_readings"), 3, 1, 100);
+  auto stable = table.integer(prefixed_key(prefix, "stable_readings"), 3, 1, 100);
   if (!stable) return std::unexpected(stable.error());
   config.stable_readings = static_cast<int>(*stable);
 
-  const std::string poll_key = key_name(prefix, "poll_interval");
+  const std::string poll_key = prefixed_key(prefix, "poll_interval");
   auto poll = table.duration(poll_key, std::chrono::milliseconds(500));
   if (!poll) return std::unexpected(poll.error());
   if (*poll < std::chrono::milliseconds(50) || *poll > std::chrono::milliseconds(60'000)) {
@@ -424,7 +391,7 @@ Result<ScaleConfig> parse_scale_config(const DriverTable& table, std::string_vie
   }
   config.poll_interval = *poll;
 
-  auto resolution = table.positive_number(key_name(prefix, "resolution"), 0.0);
+  auto resolution = table.positive_number(prefixed_key(prefix, "resolution"), 0.0);
   if (!resolution) return std::unexpected(resolution.error());
   config.resolution_kg = *resolution;
   return config;

@@ -57,4 +57,9 @@ class DriverTable {
   const DriverConfig& m_config;
 };
 
+/// The name of a device key inside a driver that embeds the device's keys under `prefix`: the
+/// station embeds a scale as `scale_baud`, `scale_protocol` …, and the device's `path` key is
+/// spelled by the prefix alone (`scale`, not `scale_path`). With an empty prefix, `key` itself.
+std::string prefixed_key(std::string_view prefix, std::string_view key);
+
 }  // namespace agent

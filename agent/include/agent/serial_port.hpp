@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 
+#include <agent/driver_table.hpp>
 #include <agent/result.hpp>
 
 namespace agent {
@@ -23,6 +24,14 @@ struct SerialSettings {
   Parity parity = Parity::none;
   int stop_bits = 1;  ///< 1 or 2
 };
+
+/// Reads a serial device's line settings from a `[[driver]]` table, the keys named
+/// `<prefix>baud` (one of 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400; default
+/// 9600), `<prefix>data_bits` (7 or 8; default 8), `<prefix>parity` ("none", "even" or "odd";
+/// default "none") and `<prefix>stop_bits` (1 or 2; default 1). The scale and barcode drivers
+/// share it, with prefix "" or "scale_" / "scanner_". Errors: invalid_config naming file, line
+/// and key.
+Result<SerialSettings> read_serial_settings(const DriverTable& table, std::string_view prefix);
 
 /// Parses "none" / "even" / "odd". Errors: invalid_argument naming the value and the choices.
 Result<SerialSettings::Parity> parse_parity(std::string_view text);

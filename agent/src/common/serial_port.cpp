@@ -63,6 +63,32 @@ Result<SerialSettings::Parity> parse_parity(std::string_view text) {
               fmt::format("parity: expected \"none\", \"even\" or \"odd\"; got \"{}\"", text));
 }
 
+Result<SerialSettings> read_serial_settings(const DriverTable& table, std::string_view prefix) {
+  const auto key = [&](std::string_view name) { return fmt::format("{}{}", prefix, name); };
+  SerialSettings settings;
+  auto baud =
+      table.integer(key("baud"), settings.baud, k_bauds[0].baud, std::end(k_bauds)[-1].baud);
+  if (!baud) return std::unexpected(baud.error());
+  if (std::none_of(std::begin(k_bauds), std::end(k_bauds),
+                   [&](const BaudEntry& e) { return e.baud == *baud; })) {
+    return std::unexpected(table.error(
+        key("baud"), fmt::format("{} is not a serial rate; use 1200, 2400, 4800, 9600, 19200, "
+                                 "38400, 57600, 115200 or 230400",
+                                 *baud)));
+  }
+  settings.baud = static_cast<int>(*baud);
+  auto data_bits = table.integer(key("data_bits"), settings.data_bits, 7, 8);
+  if (!data_bits) return std::unexpected(data_bits.error());
+  settings.data_bits = static_cast<int>(*data_bits);
+  auto parity = table.choice(key("parity"), "none", {"none", "even", "odd"});
+  if (!parity) return std::unexpected(parity.error());
+  settings.parity = *parse_parity(*parity);
+  auto stop_bits = table.integer(key("stop_bits"), settings.stop_bits, 1, 2);
+  if (!stop_bits) return std::unexpected(stop_bits.error());
+  settings.stop_bits = static_cast<int>(*stop_bits);
+  return settings;
+}
+
 Result<std::unique_ptr<SerialPort>> SerialPort::open(const std::filesystem::path& path,
                                                      const SerialSettings& settings) {
   const auto baud = std::find_if(std::begin(k_bauds), std::end(k_bauds),

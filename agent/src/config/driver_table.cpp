@@ -111,4 +111,12 @@ Result<double> DriverTable::positive_number(std::string_view key, double fallbac
   return std::unexpected(error(key, fmt::format("expected a number > 0; got {}", shown(*node))));
 }
 
+std::string prefixed_key(std::string_view prefix, std::string_view key) {
+  if (key == "path" && !prefix.empty()) {
+    if (prefix.ends_with('_')) prefix.remove_suffix(1);
+    return std::string(prefix);
+  }
+  return std::string(prefix) + std::string(key);
+}
+
 }  // namespace agent
