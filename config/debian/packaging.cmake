@@ -3,7 +3,7 @@
 # the architecture being built: amd64 natively, arm64 or armhf with the toolchain files.
 #
 #   cmake -S . -B build-arm64 --toolchain toolchains/aarch64-linux-gnu.cmake \
-#         -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=/usr
+#         -DCMAKE_INSTALL_PREFIX=/usr
 #   cmake --build build-arm64 --target package     # build-arm64/reflow-agent_0.1.0_arm64.deb …
 #
 # The maintainer scripts in config/debian/<package>/ create the system user, its groups and its
