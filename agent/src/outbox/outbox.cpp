@@ -581,8 +581,9 @@ Result<std::vector<StoredEvent>> Outbox::read_from(std::int64_t from_seq,
   ResetOnExit reset(stmt);
   sqlite3_bind_int64(stmt, 1, from_seq);
   sqlite3_bind_int64(stmt, 2,
-                     static_cast<std::int64_t>(std::min<std::size_t>(
-                         max_events, std::numeric_limits<std::int64_t>::max())));
+                     std::in_range<std::int64_t>(max_events)
+                         ? static_cast<std::int64_t>(max_events)
+                         : std::numeric_limits<std::int64_t>::max());
   int rc;
   while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
     StoredEvent e;

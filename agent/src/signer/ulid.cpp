@@ -44,13 +44,20 @@ std::string UlidGenerator::next(std::int64_t unix_ms) {
   }
   m_last_ms = time_of(m_last);
 
-  unsigned __int128 value = 0;
-  for (std::uint8_t byte : m_last)
-    value = (value << 8) | byte;
-  std::string out(26, '0');
-  for (int i = 25; i >= 0; --i) {
-    out[static_cast<std::size_t>(i)] = k_alphabet[static_cast<std::size_t>(value & 31)];
-    value >>= 5;
+  // 128 bits as 26 base32 digits, most significant first: two zero bits pad them to 130, so the
+  // first digit is 0-7. Bits are shifted through a small buffer (no 128-bit integer, which 32-bit
+  // ARM lacks).
+  std::string out;
+  out.reserve(26);
+  unsigned buffer = 0;
+  int bits = 2;
+  for (std::uint8_t byte : m_last) {
+    buffer = (buffer << 8) | byte;
+    bits += 8;
+    while (bits >= 5) {
+      bits -= 5;
+      out += k_alphabet[(buffer >> bits) & 31];
+    }
   }
   return out;
 }
