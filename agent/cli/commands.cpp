@@ -16,7 +16,6 @@
 #include <string>
 #include <thread>
 
-#include <fmt/chrono.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -84,7 +83,7 @@ nlohmann::ordered_json certificate_status(const std::filesystem::path& cert_file
   }
   const std::int64_t left_s = info->not_after - static_cast<std::int64_t>(std::time(nullptr));
   out["subject"] = info->subject;
-  out["not_after"] = fmt::format("{:%Y-%m-%dT%H:%M:%SZ}", fmt::gmtime(info->not_after));
+  out["not_after"] = agent::format_rfc3339_s(info->not_after);
   out["days_left"] = left_s >= 0 ? left_s / 86400 : -((-left_s + 86399) / 86400);
   return out;
 }

@@ -13,10 +13,10 @@
 #include <memory>
 #include <sstream>
 
-#include <fmt/chrono.h>
 #include <fmt/format.h>
 
 #include <agent/tls.hpp>
+#include <agent/units.hpp>
 
 #include "commands.hpp"
 
@@ -36,10 +36,6 @@ struct CaArgs {
   std::string client_name;
   bool replace = false;
 };
-
-std::string rfc3339(std::int64_t unix_s) {
-  return fmt::format("{:%Y-%m-%dT%H:%M:%SZ}", fmt::gmtime(static_cast<std::time_t>(unix_s)));
-}
 
 agent::Result<std::string> read_input(const std::string& path) {
   std::ostringstream text;
@@ -88,7 +84,7 @@ int ca_init(const CaArgs& args) {
   auto ca = agent::tls::ca_init(dir, options);
   if (print_if_error(ca)) return 1;
   fmt::print("created CA \"{}\" in {} (valid until {})\n", ca->subject, dir.string(),
-             rfc3339(ca->not_after));
+             agent::format_rfc3339_s(ca->not_after));
   fmt::print(stderr,
              "reflow-ingest: {} is the CA's private key (mode 0600): back it up offline; whoever "
              "holds it can make device identities.\n"
@@ -125,7 +121,8 @@ int ca_sign(const CaArgs& args) {
              "reflow-ingest: issued {} (device) serial {}, valid until {}{}\n"
              "reflow-ingest: next: copy it to the device and set mqtt.cert_file to it (with "
              "mqtt.key_file, mqtt.ca_file = {} and an mqtts:// url)\n",
-             issued->info.subject, issued->info.serial, rfc3339(issued->info.not_after),
+             issued->info.subject, issued->info.serial,
+             agent::format_rfc3339_s(issued->info.not_after),
              args.out_file.empty() ? "" : fmt::format(", written to {}", args.out_file),
              (config->effective_ca_dir() / agent::tls::k_ca_cert_file).string());
   return 0;
@@ -153,7 +150,8 @@ int ca_issue_local(const CaArgs& args, CertRole role) {
   const auto ca_cert = config->effective_ca_dir() / agent::tls::k_ca_cert_file;
   fmt::print("issued {} ({}) serial {}, valid until {}\nkey:         {}\ncertificate: {}\n",
              issued->info.subject, agent::tls::to_string(role), issued->info.serial,
-             rfc3339(issued->info.not_after), key_file.string(), cert_file.string());
+             agent::format_rfc3339_s(issued->info.not_after), key_file.string(),
+             cert_file.string());
   if (role == CertRole::server)
     fmt::print(stderr,
                "reflow-ingest: Mosquitto listener for devices (PROTOCOL §2):\n"

@@ -2,7 +2,6 @@
 #include <agent/units.hpp>
 
 #include <charconv>
-#include <ctime>
 
 #include <fmt/format.h>
 
@@ -109,14 +108,36 @@ std::string format_size(std::uint64_t bytes) {
   return fmt::format("{:.1f} {}", value, units[i]);
 }
 
+UtcTime utc_from_unix_ms(std::int64_t unix_ms) {
+  using namespace std::chrono;
+  const sys_time<milliseconds> time{milliseconds{unix_ms}};
+  const sys_days day = floor<days>(time);
+  const year_month_day date{day};
+  const hh_mm_ss<milliseconds> clock{time - day};
+  return UtcTime{static_cast<int>(date.year()),
+                 static_cast<int>(static_cast<unsigned>(date.month())),
+                 static_cast<int>(static_cast<unsigned>(date.day())),
+                 static_cast<int>(clock.hours().count()),
+                 static_cast<int>(clock.minutes().count()),
+                 static_cast<int>(clock.seconds().count()),
+                 static_cast<int>(clock.subseconds().count())};
+}
+
+std::int64_t unix_ms_from_utc(const UtcTime& t) {
+  const std::int64_t days = days_from_civil(t.year, static_cast<unsigned>(t.month), 1) + t.day - 1;
+  return ((days * 24 + t.hour) * 60 + t.minute) * 60'000 + t.second * 1000 + t.millisecond;
+}
+
 std::string format_rfc3339_ms(std::int64_t unix_ms) {
-  std::int64_t secs = unix_ms >= 0 ? unix_ms / 1000 : (unix_ms - 999) / 1000;
-  auto millis = static_cast<int>(unix_ms - secs * 1000);
-  std::time_t t = static_cast<std::time_t>(secs);
-  std::tm tm{};
-  ::gmtime_r(&t, &tm);
-  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", tm.tm_year + 1900, tm.tm_mon + 1,
-                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, millis);
+  const UtcTime t = utc_from_unix_ms(unix_ms);
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", t.year, t.month, t.day, t.hour,
+                     t.minute, t.second, t.millisecond);
+}
+
+std::string format_rfc3339_s(std::int64_t unix_s) {
+  const UtcTime t = utc_from_unix_ms(unix_s * 1000);
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z", t.year, t.month, t.day, t.hour,
+                     t.minute, t.second);
 }
 
 Result<std::int64_t> parse_rfc3339(std::string_view text) {

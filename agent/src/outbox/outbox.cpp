@@ -77,12 +77,9 @@ bool is_content_error(int rc) {
 }
 
 std::string utc_stamp(std::int64_t unix_ms) {
-  std::time_t t = static_cast<std::time_t>(unix_ms >= 0 ? unix_ms / 1000 : (unix_ms - 999) / 1000);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y%m%dT%H%M%SZ", &tm);
-  return buf;
+  const UtcTime t = utc_from_unix_ms(unix_ms);
+  return fmt::format("{:04}{:02}{:02}T{:02}{:02}{:02}Z", t.year, t.month, t.day, t.hour, t.minute,
+                     t.second);
 }
 
 fs::path with_suffix(const fs::path& path, std::string_view suffix) {

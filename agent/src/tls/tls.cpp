@@ -19,7 +19,6 @@
 #include <map>
 #include <sstream>
 
-#include <fmt/chrono.h>
 #include <fmt/format.h>
 #include <sodium.h>
 #include <nlohmann/json.hpp>
@@ -37,6 +36,7 @@
 #include <mbedtls/x509_csr.h>
 
 #include <agent/event.hpp>
+#include <agent/units.hpp>
 
 #include "common/file_io.hpp"
 
@@ -177,23 +177,14 @@ std::vector<std::string> common_names(const mbedtls_x509_name* name) {
 }
 
 std::int64_t to_unix(const mbedtls_x509_time& t) {
-  std::tm tm{};
-  tm.tm_year = t.year - 1900;
-  tm.tm_mon = t.mon - 1;
-  tm.tm_mday = t.day;
-  tm.tm_hour = t.hour;
-  tm.tm_min = t.min;
-  tm.tm_sec = t.sec;
-  return static_cast<std::int64_t>(::timegm(&tm));
+  return agent::unix_ms_from_utc({t.year, t.mon, t.day, t.hour, t.min, t.sec, 0}) / 1000;
 }
 
 // "YYYYMMDDhhmmss" UTC, the format of mbedtls_x509write_crt_set_validity.
 std::string x509_time(std::int64_t unix_s) {
-  return fmt::format("{:%Y%m%d%H%M%S}", fmt::gmtime(static_cast<std::time_t>(unix_s)));
-}
-
-std::string rfc3339(std::int64_t unix_s) {
-  return fmt::format("{:%Y-%m-%dT%H:%M:%SZ}", fmt::gmtime(static_cast<std::time_t>(unix_s)));
+  const agent::UtcTime t = agent::utc_from_unix_ms(unix_s * 1000);
+  return fmt::format("{:04}{:02}{:02}{:02}{:02}{:02}", t.year, t.month, t.day, t.hour, t.minute,
+                     t.second);
 }
 
 // A CN that mbedtls_x509_string_to_names takes literally: no DN specials, no control characters.
@@ -849,7 +840,7 @@ Result<Issued> ca_sign(const std::filesystem::path& ca_dir, std::string_view csr
   if (ca.info.not_after <= now)
     return fail(ErrorCode::rejected,
                 fmt::format("the CA certificate in {} expired at {}; a new CA is needed",
-                            ca_dir.string(), rfc3339(ca.info.not_after)));
+                            ca_dir.string(), agent::format_rfc3339_s(ca.info.not_after)));
 
   auto log = IssuedLog::open_locked(ca_dir / k_issued_file);
   if (!log) return std::unexpected(log.error());
@@ -872,8 +863,8 @@ Result<Issued> ca_sign(const std::filesystem::path& ca_dir, std::string_view csr
                       "on purpose (reinstalled, new SD card), issue it anyway with --replace; "
                       "otherwise someone else may be claiming this identity",
                       cn, previous.value("serial", "?"),
-                      rfc3339(previous.value("not_after", std::int64_t{0})), short_fp(fingerprint),
-                      short_fp(request->public_key_sha256)));
+                      agent::format_rfc3339_s(previous.value("not_after", std::int64_t{0})),
+                      short_fp(fingerprint), short_fp(request->public_key_sha256)));
   }
 
   // The CA cannot vouch beyond its own validity.

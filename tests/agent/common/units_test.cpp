@@ -60,6 +60,31 @@ TEST(UnitsTest, FormatsRfc3339InUtcWithMilliseconds) {
   EXPECT_EQ(format_rfc3339_ms(1'709'164'800'000), "2024-02-29T00:00:00.000Z");
   EXPECT_EQ(format_rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
   EXPECT_EQ(format_rfc3339_ms(7), "1970-01-01T00:00:00.007Z");
+  // After 2038-01-19T03:14:07Z, where a 32-bit time_t (Debian's armhf) overflows.
+  EXPECT_EQ(format_rfc3339_ms(2'147'483'648'000), "2038-01-19T03:14:08.000Z");
+  EXPECT_EQ(format_rfc3339_ms(4'102'444'799'999), "2099-12-31T23:59:59.999Z");
+}
+
+TEST(UnitsTest, FormatsRfc3339InWholeSeconds) {
+  EXPECT_EQ(format_rfc3339_s(0), "1970-01-01T00:00:00Z");
+  EXPECT_EQ(format_rfc3339_s(1'795'254'019), "2026-11-21T09:40:19Z");
+  EXPECT_EQ(format_rfc3339_s(2'147'483'648), "2038-01-19T03:14:08Z");
+  EXPECT_EQ(format_rfc3339_s(-1), "1969-12-31T23:59:59Z");
+}
+
+TEST(UnitsTest, ConvertsUtcCalendarTimesBothWaysPast2038) {
+  const UtcTime t = utc_from_unix_ms(2'524'608'000'123);  // 2050-01-01T00:00:00.123Z
+  EXPECT_EQ(t.year, 2050);
+  EXPECT_EQ(t.month, 1);
+  EXPECT_EQ(t.day, 1);
+  EXPECT_EQ(t.hour, 0);
+  EXPECT_EQ(t.millisecond, 123);
+  EXPECT_EQ(unix_ms_from_utc(t), 2'524'608'000'123);
+  EXPECT_EQ(unix_ms_from_utc({2024, 2, 29, 23, 59, 59, 999}), 1'709'251'199'999);
+  EXPECT_EQ(unix_ms_from_utc({1969, 12, 31, 23, 59, 59, 999}), -1);
+  for (std::int64_t ms : {std::int64_t{-86'400'001}, std::int64_t{951'782'400'000},
+                          std::int64_t{4'102'444'799'999}, std::int64_t{253'402'300'799'999}})
+    EXPECT_EQ(unix_ms_from_utc(utc_from_unix_ms(ms)), ms) << ms;
 }
 
 TEST(UnitsTest, FormattedTimesParseBackToTheSameMilliseconds) {
