@@ -94,8 +94,9 @@ Jws jws_sign(const DeviceKey& key, std::string_view protected_b64, std::string_v
 /// What verify found in an envelope.
 struct VerifiedJws {
   Jws jws;
-  std::string kid;      ///< from the protected header
-  std::string payload;  ///< decoded payload bytes
+  std::string kid;                           ///< from the protected header
+  std::string payload;                       ///< decoded payload bytes
+  std::array<std::uint8_t, 64> signature{};  ///< decoded signature (jws.signature_b64)
 };
 
 /// Parses a flattened JWS envelope without checking the signature: the header must be JSON with

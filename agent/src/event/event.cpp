@@ -5,6 +5,7 @@
 #include <array>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <utility>
 
 #include <fmt/format.h>
@@ -128,6 +129,34 @@ Status check_strings(const Json& value, const std::string& path) {
   return {};
 }
 
+// True when every string value at any depth is within k_max_string_bytes: check_strings without
+// building the paths its messages name, for the common case where nothing is wrong.
+bool strings_within_limit(const Json& value) {
+  if (value.is_string()) return value.get_ref<const std::string&>().size() <= k_max_string_bytes;
+  if (value.is_structured()) {
+    for (const Json& member : value) {
+      if (!strings_within_limit(member)) return false;
+    }
+  }
+  return true;
+}
+
+// check_strings for one field that also returns its serialized size (dump().size()). One dump()
+// checks the UTF-8 of every string and member name in it at once (dump() throws on invalid
+// UTF-8); only when that or a length check fails does check_strings walk it again for the message.
+Result<std::size_t> check_field_strings(const Json& value, const std::string& path) {
+  std::optional<std::size_t> size;
+  try {
+    size = value.dump().size();
+  } catch (const Json::type_error&) {
+  }
+  if (!size || !strings_within_limit(value)) {
+    if (auto s = check_strings(value, path); !s) return std::unexpected(s.error());
+  }
+  // check_strings found nothing only if dump() did not throw, so size is set here.
+  return size.value_or(0);
+}
+
 // RFC 3339 in UTC; returns Unix ms.
 Result<std::int64_t> check_utc_time(const Json& value, std::string_view name) {
   if (!value.is_string())
@@ -197,20 +226,32 @@ bool is_valid_device_id(std::string_view id) noexcept {
                      [&](char c) { return alnum(c) || c == '.' || c == '_' || c == '-'; });
 }
 
-Status validate_submission(const nlohmann::ordered_json& fields) {
+namespace {
+
+// validate_submission on `fields`; with skip_agent_fields, on the producer fields of a whole
+// payload, so that validate_event_payload need not copy them into an object of their own. Every
+// name looked up below is a producer field, so the agent's fields cannot change the outcome.
+Status check_producer_fields(const Json& fields, bool skip_agent_fields) {
   if (!fields.is_object())
     return reject(
         fmt::format("event: expected a JSON object of PROTOCOL §4 fields; got {}", shown(fields)));
+  // The size of the producer fields' object as dump() would write it: "{", the members
+  // `"name":value` joined by ",", "}". The names are those of k_producer_fields, which JSON
+  // writes without escapes.
+  std::size_t size = 2;
+  std::size_t members = 0;
   for (const auto& [key, value] : fields.items()) {
-    if (contains(k_agent_fields, key))
+    if (contains(k_agent_fields, key)) {
+      if (skip_agent_fields) continue;
       return reject(fmt::format("{}: filled by the agent; remove it", key));
+    }
     if (!contains(k_producer_fields, key))
       return reject(
           fmt::format("{}: unknown field (expected one of: {})", key, join(k_producer_fields)));
-    if (auto s = check_strings(value, key); !s) return s;
+    auto value_size = check_field_strings(value, key);
+    if (!value_size) return std::unexpected(value_size.error());
+    size += (members++ == 0 ? 0 : 1) + key.size() + 3 + *value_size;
   }
-  // Cannot throw: check_strings has seen every string.
-  const std::size_t size = fields.dump().size();
   if (size > k_max_submission_bytes)
     return reject(
         fmt::format("event: {} bytes of fields; at most {} are allowed (move bulk data "
@@ -288,6 +329,12 @@ Status validate_submission(const nlohmann::ordered_json& fields) {
           "resourceInventoriedAs or resourceConformsTo: required for action \"{}\"", action_name));
   }
   return {};
+}
+
+}  // namespace
+
+Status validate_submission(const nlohmann::ordered_json& fields) {
+  return check_producer_fields(fields, /*skip_agent_fields=*/false);
 }
 
 std::string make_event_payload(const EventStamp& stamp, const nlohmann::ordered_json& fields,
@@ -387,13 +434,9 @@ Status validate_event_payload(const nlohmann::ordered_json& event) {
   }
   if (auto ref = source.find("ref"); ref != source.end() && !ref->is_string())
     return reject(fmt::format("source.ref: expected a string; got {}", shown(*ref)));
-  if (auto s = check_strings(source, "source"); !s) return s;
+  if (auto s = check_field_strings(source, "source"); !s) return std::unexpected(s.error());
 
-  Json fields = Json::object();
-  for (const auto& [key, value] : event.items()) {
-    if (!contains(k_agent_fields, key)) fields[key] = value;
-  }
-  return validate_submission(fields);
+  return check_producer_fields(event, /*skip_agent_fields=*/true);
 }
 
 }  // namespace agent

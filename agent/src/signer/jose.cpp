@@ -7,6 +7,9 @@
 
 #include <cerrno>
 #include <cstring>
+#include <mutex>
+#include <shared_mutex>
+#include <unordered_map>
 #include <utility>
 
 #include <fmt/format.h>
@@ -47,6 +50,50 @@ Result<std::string> decode_member(std::string_view name, std::string_view text) 
   if (!decoded)
     return fail(ErrorCode::invalid_argument, fmt::format("{}: {}", name, decoded.error().message));
   return decoded;
+}
+
+// The kid of a protected header (base64url text), or what is wrong with the header; the
+// messages are jws_parse's without its "JWS envelope: " prefix.
+Result<std::string> read_header_kid(const std::string& protected_b64) {
+  auto bad = [](std::string message) {
+    return fail(ErrorCode::invalid_argument, std::move(message));
+  };
+  auto header_bytes = decode_member("protected", protected_b64);
+  if (!header_bytes) return bad(header_bytes.error().message);
+  nlohmann::json header = nlohmann::json::parse(*header_bytes, nullptr, false);
+  if (header.is_discarded() || !header.is_object())
+    return bad("protected: header is not a JSON object");
+  auto alg = header.find("alg");
+  if (alg == header.end() || !alg->is_string())
+    return bad("protected: alg: required; expected \"EdDSA\"");
+  if (alg->get_ref<const std::string&>() != k_alg)
+    return bad(fmt::format("protected: alg: expected \"EdDSA\"; got \"{}\"",
+                           alg->get_ref<const std::string&>()));
+  auto kid = header.find("kid");
+  if (kid == header.end() || !kid->is_string() || kid->get_ref<const std::string&>().empty())
+    return bad("protected: kid: required, a non-empty string (the signing key's thumbprint)");
+  return std::move(kid->get_ref<std::string&>());
+}
+
+// read_header_kid, remembering the headers that passed. A key signs every envelope with the same
+// header bytes (jws_protected_header_b64), so a node that verifies many events of few keys
+// decodes and parses each key's header once, not once per event. Shared by all threads: the
+// node's verifier threads last one batch each.
+Result<std::string> header_kid(const std::string& protected_b64) {
+  // Bounds the memory a stream of distinct headers can take (about 200 bytes an entry).
+  constexpr std::size_t k_max_headers = 4096;
+  static std::shared_mutex mutex;
+  static std::unordered_map<std::string, std::string> kids;
+  {
+    std::shared_lock lock(mutex);
+    if (auto it = kids.find(protected_b64); it != kids.end()) return it->second;
+  }
+  auto kid = read_header_kid(protected_b64);
+  if (!kid) return kid;
+  std::unique_lock lock(mutex);
+  if (kids.size() >= k_max_headers) kids.clear();
+  kids.emplace(protected_b64, *kid);
+  return kid;
 }
 
 }  // namespace
@@ -318,24 +365,12 @@ Result<VerifiedJws> jws_parse(std::string_view envelope) {
     auto it = doc.find(name);
     if (it == doc.end()) return bad(fmt::format("{}: required", name));
     if (!it->is_string()) return bad(fmt::format("{}: expected a base64url string", name));
-    *target = it->get<std::string>();
+    *target = std::move(it->get_ref<std::string&>());
   }
 
-  auto header_bytes = decode_member("protected", out.jws.protected_b64);
-  if (!header_bytes) return bad(header_bytes.error().message);
-  nlohmann::json header = nlohmann::json::parse(*header_bytes, nullptr, false);
-  if (header.is_discarded() || !header.is_object())
-    return bad("protected: header is not a JSON object");
-  auto alg = header.find("alg");
-  if (alg == header.end() || !alg->is_string())
-    return bad("protected: alg: required; expected \"EdDSA\"");
-  if (alg->get_ref<const std::string&>() != k_alg)
-    return bad(fmt::format("protected: alg: expected \"EdDSA\"; got \"{}\"",
-                           alg->get_ref<const std::string&>()));
-  auto kid = header.find("kid");
-  if (kid == header.end() || !kid->is_string() || kid->get_ref<const std::string&>().empty())
-    return bad("protected: kid: required, a non-empty string (the signing key's thumbprint)");
-  out.kid = kid->get<std::string>();
+  auto kid = header_kid(out.jws.protected_b64);
+  if (!kid) return bad(kid.error().message);
+  out.kid = std::move(*kid);
 
   auto payload = decode_member("payload", out.jws.payload_b64);
   if (!payload) return bad(payload.error().message);
@@ -346,6 +381,7 @@ Result<VerifiedJws> jws_parse(std::string_view envelope) {
   if (signature->size() != crypto_sign_BYTES)
     return bad(fmt::format("signature: expected {} bytes for Ed25519; got {}", crypto_sign_BYTES,
                            signature->size()));
+  std::memcpy(out.signature.data(), signature->data(), out.signature.size());
   return out;
 }
 
@@ -356,11 +392,9 @@ Result<VerifiedJws> jws_verify(std::string_view envelope, const PublicJwk& key) 
   if (parsed->kid != expected_kid)
     return fail(ErrorCode::crypto, fmt::format("JWS signed by key \"{}\"; expected key \"{}\"",
                                                parsed->kid, expected_kid));
-  auto signature = base64url_decode(parsed->jws.signature_b64);
   const std::string input = parsed->jws.signing_input();
   ensure_sodium();
-  if (!signature ||
-      crypto_sign_verify_detached(reinterpret_cast<const unsigned char*>(signature->data()),
+  if (crypto_sign_verify_detached(parsed->signature.data(),
                                   reinterpret_cast<const unsigned char*>(input.data()),
                                   input.size(), key.x.data()) != 0)
     return fail(ErrorCode::crypto,

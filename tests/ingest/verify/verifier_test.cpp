@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #include <ingest/verifier.hpp>
 
+#include <algorithm>
+#include <array>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -235,6 +237,69 @@ TEST_F(VerifierTest, RejectsPayloadWithoutDeviceAsInvalidEvent) {
   Json event = Json::parse(payload(stamp(1)));
   event.erase("device");
   expect_rejected(sign(event.dump()), RejectReason::invalid_event, "device: required");
+}
+
+// The producer fields of a payload as PROTOCOL §4 bounds them: copied into an object of their
+// own and serialized (what the node measured before it learned to do so without the copy).
+std::size_t fields_size(const Json& event) {
+  constexpr std::array<std::string_view, 9> k_agent_fields = {
+      "v", "id", "device", "stream", "seq", "prev", "recorded", "clock", "source"};
+  Json fields = Json::object();
+  for (const auto& [key, value] : event.items()) {
+    if (std::find(k_agent_fields.begin(), k_agent_fields.end(), key) == k_agent_fields.end())
+      fields[key] = value;
+  }
+  return fields.dump().size();
+}
+
+TEST_F(VerifierTest, BoundsTheProducerFieldsAtExactlyTheSubmissionLimit) {
+  Json event = Json::parse(payload(stamp(1)));
+  // Escapes, non-ASCII and numbers whose serialized form differs from their source text.
+  event["meta"] = Json{{"quote", "say \"hi\"\n\t"},
+                       {"unicode", "caf\u00e9 \u2615 \u0001"},
+                       {"big", 1e22},
+                       {"small", 0.1},
+                       {"count", 42}};
+  for (int i = 0; fields_size(event) + 600 < agent::k_max_submission_bytes; ++i)
+    event["meta"]["pad" + std::to_string(i)] = std::string(500, 'm');
+  event["meta"]["last"] = "";
+  event["meta"]["last"] = std::string(agent::k_max_submission_bytes - fields_size(event), 'm');
+  ASSERT_EQ(fields_size(event), agent::k_max_submission_bytes);
+
+  auto at_limit = verify(sign(event.dump()));
+  ASSERT_TRUE(at_limit) << at_limit.error().message;
+  EXPECT_TRUE(at_limit->has_value()) << at_limit->error().detail;
+
+  event["meta"]["last"].get_ref<std::string&>() += "m";
+  ASSERT_EQ(fields_size(event), agent::k_max_submission_bytes + 1);
+  expect_rejected(sign(event.dump()), RejectReason::invalid_event,
+                  "event: 16385 bytes of fields; at most 16384 are allowed");
+}
+
+TEST_F(VerifierTest, NamesTheFirstBadStringOfAPayloadInFieldOrder) {
+  // Parsed JSON is valid UTF-8 (the parser refuses anything else), so these reach
+  // validate_event_payload as values built in memory.
+  auto message = [&](Json meta) {
+    Json event = Json::parse(payload(stamp(1)));
+    event["meta"] = std::move(meta);
+    auto valid = agent::validate_event_payload(event);
+    return valid ? std::string("accepted") : valid.error().message;
+  };
+  const std::string long_text(agent::k_max_string_bytes + 1, 'x');
+  EXPECT_EQ(message(Json{{"a", long_text}, {"b", "caf\xc3"}}),
+            "meta.a: string is 1025 bytes; at most 1024 are allowed");
+  EXPECT_EQ(message(Json{{"a", "caf\xc3"}, {"b", long_text}}), "meta.a: string is not valid UTF-8");
+  EXPECT_EQ(message(Json{{"ok", "fine"}, {"nested", Json{{"k\xc3", 1}}}}),
+            "meta.nested: a member name is not valid UTF-8");
+  EXPECT_EQ(message(Json{{"list", Json::array({"fine", "caf\xc3"})}}),
+            "meta.list[1]: string is not valid UTF-8");
+  EXPECT_EQ(message(Json{{"ok", "café ☕"}}), "accepted");
+
+  Json event = Json::parse(payload(stamp(1)));
+  event["source"]["ref"] = "caf\xc3";
+  auto valid = agent::validate_event_payload(event);
+  ASSERT_FALSE(valid);
+  EXPECT_EQ(valid.error().message, "source.ref: string is not valid UTF-8");
 }
 
 TEST_F(VerifierTest, AcceptsRevokedKeysEventsRecordedBeforeRevocationOnly) {

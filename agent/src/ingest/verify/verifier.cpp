@@ -88,10 +88,14 @@ Result<std::expected<VerifiedEvent, Rejection>> verify_envelope_with(const KeyLo
   // order not matter (sodium_init is thread-safe and idempotent).
   static const bool sodium_ready = sodium_init() >= 0;
   using Outcome = std::expected<VerifiedEvent, Rejection>;
+  // The payload, once parsed, labels a rejection at any step with its stream and seq.
+  Json payload;
+  bool payload_is_json = false;
   Rejection rejection;
-  rejection.topic = std::string(topic);
-  rejection.device = std::string(topic_device);
   auto reject = [&](RejectReason reason, std::string detail) -> Result<Outcome> {
+    if (payload_is_json) note_position(payload, rejection);
+    rejection.topic = std::string(topic);
+    rejection.device = std::string(topic_device);
     rejection.reason = reason;
     rejection.detail = std::move(detail);
     rejection.envelope = std::string(envelope);
@@ -109,9 +113,8 @@ Result<std::expected<VerifiedEvent, Rejection>> verify_envelope_with(const KeyLo
     if (!parsed) return reject(RejectReason::malformed_jws, parsed.error().message);
 
     // Read the payload early only to label rejections; nothing below trusts it before step 3.
-    Json payload = Json::parse(parsed->payload, nullptr, /*allow_exceptions=*/false);
-    const bool payload_is_json = !payload.is_discarded();
-    if (payload_is_json) note_position(payload, rejection);
+    payload = Json::parse(parsed->payload, nullptr, /*allow_exceptions=*/false);
+    payload_is_json = !payload.is_discarded();
 
     auto key = find_key(parsed->kid);
     if (!key) return std::unexpected(key.error());
@@ -126,9 +129,8 @@ Result<std::expected<VerifiedEvent, Rejection>> verify_envelope_with(const KeyLo
     // second time); the key was found by this kid, so the kid matches. The signing input is
     // built once: it is also what the successor's `prev` hashes.
     const std::string signing_input = parsed->jws.signing_input();
-    auto signature = agent::base64url_decode(parsed->jws.signature_b64);
-    if (!sodium_ready || !signature || signature->size() != crypto_sign_BYTES ||
-        crypto_sign_verify_detached(reinterpret_cast<const unsigned char*>(signature->data()),
+    if (!sodium_ready ||
+        crypto_sign_verify_detached(parsed->signature.data(),
                                     reinterpret_cast<const unsigned char*>(signing_input.data()),
                                     signing_input.size(), record.jwk.x.data()) != 0)
       return reject(RejectReason::bad_signature,
@@ -171,16 +173,17 @@ Result<std::expected<VerifiedEvent, Rejection>> verify_envelope_with(const KeyLo
                       parsed->kid, record.device, agent::format_rfc3339_ms(*record.revoked_unix_ms),
                       payload.at("recorded").get_ref<const std::string&>()));
 
+    // The parsed payload is not needed after this: its strings are moved, not copied.
     event.topic = std::string(topic);
     event.envelope = std::string(envelope);
     event.kid = std::move(parsed->kid);
     event.device = record.device;
-    event.stream = payload.at("stream").get<std::string>();
+    event.stream = std::move(payload.at("stream").get_ref<std::string&>());
     event.seq = payload.at("seq").get<std::int64_t>();
-    if (const Json& prev = payload.at("prev"); prev.is_string())
-      event.prev = prev.get<std::string>();
-    event.id = payload.at("id").get<std::string>();
-    event.action = payload.at("action").get<std::string>();
+    if (Json& prev = payload.at("prev"); prev.is_string())
+      event.prev = std::move(prev.get_ref<std::string&>());
+    event.id = std::move(payload.at("id").get_ref<std::string&>());
+    event.action = std::move(payload.at("action").get_ref<std::string&>());
     event.signing_input_sha256 = agent::sha256_b64url(signing_input);
     event.payload = std::move(parsed->payload);
     return Outcome(std::move(event));
