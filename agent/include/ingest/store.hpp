@@ -226,7 +226,8 @@ class Store {
 
 /// Opens (creating it and its directory when missing) the SQLite store at `path`
 /// (normally DATA_DIR/ingest.db): WAL, synchronous=FULL, busy timeout 5 s, schema versioned with
-/// `PRAGMA user_version`. Errors: io (cannot create/open), corruption (not our database, or a
+/// `PRAGMA user_version` (currently 2; a version 1 file is migrated when opened, which rewrites
+/// its events table once). Errors: io (cannot create/open), corruption (not our database, or a
 /// newer schema version: the message says which).
 Result<std::unique_ptr<Store>> open_sqlite_store(const std::filesystem::path& path);
 

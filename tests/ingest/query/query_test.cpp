@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -419,6 +420,9 @@ class QuerySqliteTest : public ::testing::Test {
     auto store = open_sqlite_store(m_dir / "ingest.db");
     ASSERT_TRUE(store) << store.error().message;
     m_store = std::move(*store);
+    auto key = agent::DeviceKey::generate(m_dir / "device.key");
+    ASSERT_TRUE(key) << key.error().message;
+    m_key = std::move(*key);
   }
 
   void put(const std::vector<StoredEvent>& events) {
@@ -427,8 +431,10 @@ class QuerySqliteTest : public ::testing::Test {
     for (const auto& e : events) {
       VerifiedEvent v;
       v.topic = "reflow/v1/" + e.device + "/events";
-      v.envelope = "envelope of " + e.id;
-      v.kid = "kid-" + e.device;
+      // The store keeps the envelope and reads each payload back out of it.
+      v.kid = m_key->public_jwk().kid;
+      v.envelope =
+          agent::jws_sign(*m_key, agent::jws_protected_header_b64(v.kid), e.payload).to_envelope();
       v.payload = e.payload;
       v.device = e.device;
       v.stream = e.stream;
@@ -449,6 +455,7 @@ class QuerySqliteTest : public ::testing::Test {
 
   reflow_test::TempDir m_dir;
   std::unique_ptr<Store> m_store;
+  std::optional<agent::DeviceKey> m_key;
 };
 
 TEST_F(QuerySqliteTest, JsonlAndTraceWorkOnTheSqliteStore) {

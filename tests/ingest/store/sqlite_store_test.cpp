@@ -515,6 +515,7 @@ TEST_F(SqliteStoreTest, ReopenedFileStillHasEverything) {
   auto stored = events();
   ASSERT_EQ(stored.size(), 2u);
   EXPECT_EQ(stored[1].envelope, evs[2].envelope);
+  EXPECT_EQ(stored[1].payload, evs[2].payload);  // decoded from the envelope (schema 2)
   auto rej = rejections();
   ASSERT_EQ(rej.size(), 1u);
   EXPECT_EQ(rej[0].envelope, "garbage");
@@ -624,6 +625,50 @@ TEST_F(SqliteStoreTest, RefusesANewerSchemaVersion) {
   EXPECT_EQ(store.error().code, agent::ErrorCode::corruption);
   EXPECT_NE(store.error().message.find("schema version 99 is newer"), std::string::npos)
       << store.error().message;
+}
+
+// Schema 1 kept each payload beside its envelope; opening such a file drops the column and
+// keeps every event, readable as before.
+TEST_F(SqliteStoreTest, MigratesASchemaVersion1File) {
+  Device& d = device("fablab-mk4-01");
+  auto evs = chain(d, new_stream(), 3);
+  put({in(evs[0]), in(evs[1])});
+  m_store.reset();
+  sqlite3* db = nullptr;
+  auto query_int = [&](const char* sql) {
+    sqlite3_stmt* stmt = nullptr;
+    std::int64_t value = -1;
+    if (sqlite3_prepare_v2(db, sql, -1, &stmt, nullptr) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
+      value = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+    return value;
+  };
+  ASSERT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db,
+                         "ALTER TABLE events ADD COLUMN payload TEXT NOT NULL DEFAULT '';"
+                         "PRAGMA user_version=1",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+
+  m_store = open_store();
+  ASSERT_TRUE(m_store);
+  auto stored = events();
+  ASSERT_EQ(stored.size(), 2u);
+  EXPECT_EQ(stored[0].payload, evs[0].payload);
+  EXPECT_EQ(stored[1].envelope, evs[1].envelope);
+  auto r = put({in(evs[2])});
+  expect_outcome(r[0], PutOutcome::stored);
+  EXPECT_EQ(ack(d.id)->seq, 3);
+  EXPECT_TRUE(stats_of(d.id).chain_intact);
+  m_store.reset();
+
+  ASSERT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
+  EXPECT_EQ(query_int("PRAGMA user_version"), 2);
+  EXPECT_EQ(query_int("SELECT count(*) FROM pragma_table_info('events') WHERE name = 'payload'"),
+            0);
+  sqlite3_close(db);
 }
 
 TEST_F(SqliteStoreTest, RegistryRefusesKeysOfOtherDevicesAndRevokedKeys) {
