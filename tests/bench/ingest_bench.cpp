@@ -139,11 +139,12 @@ class IngestProcess : public BenchDaemon {
     std::string broker_url;
     std::string log_level;
     std::uint32_t max_batch = 0;  // 0: the daemon's default
+    std::string log_name = "ingest.log";
   };
 
   // Writes the config and starts the daemon; returns once it logged "ready" (subscribed).
   explicit IngestProcess(const Setup& setup)
-      : BenchDaemon("reflow-ingest", setup.dir / "ingest.log"), m_setup(setup) {
+      : BenchDaemon("reflow-ingest", setup.dir / setup.log_name), m_setup(setup) {
     std::string config = fmt::format("[ingest]\ndata_dir = \"{}\"\nlog_level = \"{}\"\n",
                                      data_dir().string(), setup.log_level);
     if (setup.max_batch > 0) config += fmt::format("max_batch = {}\n", setup.max_batch);
@@ -455,6 +456,7 @@ struct Options {
   double rate = 0;          // events/s over all publishers; 0 = as fast as the broker takes them
   std::uint32_t max_batch = 0;
   fs::path ingest_binary;
+  bool backlog = false;  // publish everything while the ingest is stopped, then start it
   bool keep = false;
   std::string log_level = "info";
 };
@@ -492,10 +494,28 @@ int run(const Options& options) {
     for (const auto& m : d.messages)
       envelope_bytes += m->get_payload().size();
 
-  IngestProcess ingest({options.ingest_binary, dir.path() / "ingest", broker.url(),
-                        options.log_level, options.max_batch});
-  fmt::print("    reflow-ingest ready: VmRSS {} (anon {}, files {})\n", mib(ingest.idle_rss),
-             mib(ingest.idle_anon), mib(ingest.idle_file));
+  IngestProcess::Setup setup{options.ingest_binary, dir.path() / "ingest", broker.url(),
+                             options.log_level, options.max_batch};
+  // Live: started now, measured while the publishers publish. Backlog: a first run only
+  // subscribes (the broker keeps its session, session_expiry) and stops; the broker then queues
+  // every event for it, and the measured run starts once all are queued.
+  std::optional<IngestProcess> ingest;
+  std::uint64_t idle_rss = 0, idle_anon = 0, idle_file = 0;
+  {
+    IngestProcess::Setup first = setup;
+    if (options.backlog) first.log_name = "ingest-session.log";
+    ingest.emplace(first);
+    idle_rss = ingest->idle_rss;
+    idle_anon = ingest->idle_anon;
+    idle_file = ingest->idle_file;
+    fmt::print("    reflow-ingest ready: VmRSS {} (anon {}, files {})\n", mib(idle_rss),
+               mib(idle_anon), mib(idle_file));
+    if (options.backlog) {
+      ingest->terminate();
+      ingest.reset();
+      fmt::print("    stopped it: the broker keeps its session and queues the events for it\n");
+    }
+  }
 
   AckWatcher acks(devices, options.events_per_device);
   acks.connect(broker.paho_url());
@@ -505,19 +525,42 @@ int run(const Options& options) {
   for (std::size_t d = 0; d < devices.size(); ++d)
     publishers[d % publishers.size()]->add(devices[d]);
 
-  fmt::print("\n[1] publish everything, QoS 1; wait until every device is acked at seq {}\n",
-             options.events_per_device);
-  const double cpu_before = ingest.cpu_seconds();
-  const double run_delay_before = ingest.run_delay_seconds();
-  const std::uint64_t written_before = proc_write_bytes(ingest.pid());
-  ingest.reset_peaks();
   std::atomic<std::uint64_t> published{0};
   std::latch go(1);
   for (auto& p : publishers)
     p->start(go, options.events_per_device, options.rate / options.publishers, published);
+  Clock::time_point last_publish = Clock::now();
+  if (options.backlog) {
+    fmt::print("\n[1a] publish everything, QoS 1, while reflow-ingest is stopped\n");
+    const auto publish_start = Clock::now();
+    go.count_down();
+    for (auto& p : publishers) {
+      p->finish(std::chrono::milliseconds(120'000 + 2 * total));
+      last_publish = std::max(last_publish, p->finished_at());
+    }
+    fmt::print("    {} events queued at the broker in {:.2f} s\n", total,
+               seconds_between(publish_start, last_publish));
+    fmt::print("\n[1b] start reflow-ingest; wait until every device is acked at seq {}\n",
+               options.events_per_device);
+  } else {
+    fmt::print("\n[1] publish everything, QoS 1; wait until every device is acked at seq {}\n",
+               options.events_per_device);
+  }
+  // Backlog: the whole life of the measured process counts, from its start.
+  double cpu_before = 0, run_delay_before = 0;
+  std::uint64_t written_before = 0;
+  if (!options.backlog) {
+    cpu_before = ingest->cpu_seconds();
+    run_delay_before = ingest->run_delay_seconds();
+    written_before = proc_write_bytes(ingest->pid());
+    ingest->reset_peaks();
+  }
   const std::int64_t started_ns = steady_ns();
   const auto started = Clock::now();
-  go.count_down();
+  if (options.backlog)
+    ingest.emplace(setup);
+  else
+    go.count_down();
 
   const auto bound = std::chrono::milliseconds(120'000 + 2 * total);  // generous: 2 ms per event
   auto next_progress = started + k_progress_every;
@@ -527,8 +570,8 @@ int run(const Options& options) {
     try {
       return wait_for(
           [&] {
-            ingest.require_alive();
-            ingest.sample_anon();
+            ingest->require_alive();
+            ingest->sample_anon();
             const AckWatcher::Summary s = acks.summary();
             if (Clock::now() >= next_progress) {
               fmt::print("    {:5.1f} s: published {:>8}, acked {:>8}, devices done {:>5}\n",
@@ -547,8 +590,8 @@ int run(const Options& options) {
                   "keeps the work directory); its log {}:\n{}",
                   std::chrono::duration_cast<std::chrono::seconds>(k_stall).count(),
                   published.load(), total, s.covered, s.devices_done, options.devices,
-                  options.events_per_device, ingest.pid(), ingest.log_file().string(),
-                  tail_of(ingest.log_file(), 15)));
+                  options.events_per_device, ingest->pid(), ingest->log_file().string(),
+                  tail_of(ingest->log_file(), 15)));
             }
             return s.devices_done == options.devices;
           },
@@ -565,40 +608,44 @@ int run(const Options& options) {
         "after {} s: {} of {} events published, {} acked, {} of {} devices acked at seq {}; "
         "the ingest's log {}:\n{}",
         bound.count() / 1000, published.load(), total, s.covered, s.devices_done, options.devices,
-        options.events_per_device, ingest.log_file().string(), tail_of(ingest.log_file(), 15)));
+        options.events_per_device, ingest->log_file().string(), tail_of(ingest->log_file(), 15)));
   }
-  Clock::time_point last_publish = started;
-  for (auto& p : publishers) {
-    p->finish(60s);
-    last_publish = std::max(last_publish, p->finished_at());
+  if (!options.backlog) {
+    last_publish = started;
+    for (auto& p : publishers) {
+      p->finish(60s);
+      last_publish = std::max(last_publish, p->finished_at());
+    }
   }
-  const double intake_rate = static_cast<double>(total) / seconds_between(started, last_publish);
+  const double intake_rate =
+      options.backlog ? 0.0 : static_cast<double>(total) / seconds_between(started, last_publish);
 
   const AckWatcher::Summary summary = acks.summary();
   const double seconds = static_cast<double>(summary.last_done_ns - started_ns) / 1e9;
   const double rate = static_cast<double>(total) / seconds;
-  const std::uint64_t peak = peak_rss(ingest.pid());
-  const std::uint64_t anon_peak = ingest.anon_peak();
-  const std::uint64_t end_rss = proc_status_bytes(ingest.pid(), "VmRSS").value_or(0);
-  const double cpu = ingest.cpu_seconds() - cpu_before;
-  const double run_delay = ingest.run_delay_seconds() - run_delay_before;
+  const std::uint64_t peak = peak_rss(ingest->pid());
+  const std::uint64_t anon_peak = ingest->anon_peak();
+  const std::uint64_t end_rss = proc_status_bytes(ingest->pid(), "VmRSS").value_or(0);
+  const double cpu = ingest->cpu_seconds() - cpu_before;
+  const double run_delay = ingest->run_delay_seconds() - run_delay_before;
   const double written_per_event =
-      static_cast<double>(proc_write_bytes(ingest.pid()) - written_before) /
+      static_cast<double>(proc_write_bytes(ingest->pid()) - written_before) /
       static_cast<double>(total);
   const std::vector<double> latencies = acks.latencies_ms();
 
   fmt::print("    {} events verified, stored and acked in {:.2f} s: {:.0f} events/s\n", total,
              seconds, rate);
-  fmt::print(
-      "    ack latency: median {:.1f} ms, p99 {:.1f} ms, max {:.1f} ms ({} events, {} acks)\n",
-      percentile(latencies, 50), percentile(latencies, 99),
-      latencies.empty() ? 0.0 : latencies.back(), latencies.size(), summary.acks);
+  if (!options.backlog)
+    fmt::print(
+        "    ack latency: median {:.1f} ms, p99 {:.1f} ms, max {:.1f} ms ({} events, {} acks)\n",
+        percentile(latencies, 50), percentile(latencies, 99),
+        latencies.empty() ? 0.0 : latencies.back(), latencies.size(), summary.acks);
 
   fmt::print("\n[2] SIGTERM, then the store's view\n");
-  const double stop_s = ingest.terminate();
-  const std::string stopped = ingest.log_line("stopped: stored ").value_or("");
+  const double stop_s = ingest->terminate();
+  const std::string stopped = ingest->log_line("stopped: stored ").value_or("");
   const StoreTotals totals =
-      store_totals(options.ingest_binary, ingest.config_file(), dir.path() / "ingest");
+      store_totals(options.ingest_binary, ingest->config_file(), dir.path() / "ingest");
   fmt::print("    exited {:.2f} s after SIGTERM; {}\n", stop_s,
              stopped.empty() ? "no \"stopped:\" line in its log"
                              : stopped.substr(stopped.find("stopped:")));
@@ -606,26 +653,31 @@ int run(const Options& options) {
   std::vector<Row> rows;
   // Paced, the rate is the pace: whether the ingest keeps up with an agent is only measured
   // unpaced.
-  if (options.rate > 0)
+  // A backlog is drained as fast as the ingest goes, whatever pace it was published at.
+  if (options.rate > 0 && !options.backlog)
     rows.push_back({"ingest rate, paced (events/s)", fmt::format("{:.0f}", rate),
                     fmt::format("{:.0f} (pace)", options.rate), ""});
   else
-    rows.push_back(check("ingest rate (events/s)", fmt::format("{:.0f}", rate),
-                         fmt::format(">= {:.0f}", k_agent_events_per_s),
-                         rate >= k_agent_events_per_s));
+    rows.push_back(
+        check(options.backlog ? "ingest rate, backlog (events/s)" : "ingest rate (events/s)",
+              fmt::format("{:.0f}", rate), fmt::format(">= {:.0f}", k_agent_events_per_s),
+              rate >= k_agent_events_per_s));
   rows.push_back(
       {"  in agents at full speed", fmt::format("{:.2f}", rate / k_agent_events_per_s), "-", ""});
   rows.push_back({"  time to the last ack (s)", fmt::format("{:.2f}", seconds), "-", ""});
-  rows.push_back({"  publish rate (events/s)", fmt::format("{:.0f}", intake_rate), "-", ""});
-  rows.push_back(
-      {"ack latency, median (ms)", fmt::format("{:.1f}", percentile(latencies, 50)), "-", ""});
-  rows.push_back(
-      {"ack latency, p99 (ms)", fmt::format("{:.1f}", percentile(latencies, 99)), "-", ""});
+  // Backlog: events were published before the ingest ran, so neither figure says anything.
+  if (!options.backlog) {
+    rows.push_back({"  publish rate (events/s)", fmt::format("{:.0f}", intake_rate), "-", ""});
+    rows.push_back(
+        {"ack latency, median (ms)", fmt::format("{:.1f}", percentile(latencies, 50)), "-", ""});
+    rows.push_back(
+        {"ack latency, p99 (ms)", fmt::format("{:.1f}", percentile(latencies, 99)), "-", ""});
+  }
   rows.push_back({"peak RSS (VmHWM) under load", mib(peak), "-", ""});
   rows.push_back({"  anon RSS peak (sampled)", mib(anon_peak), "-", ""});
-  rows.push_back({"  VmRSS idle after start", mib(ingest.idle_rss), "-", ""});
-  rows.push_back({"  of which anon / files",
-                  fmt::format("{} / {}", mib(ingest.idle_anon), mib(ingest.idle_file)), "-", ""});
+  rows.push_back({"  VmRSS idle after start", mib(idle_rss), "-", ""});
+  rows.push_back(
+      {"  of which anon / files", fmt::format("{} / {}", mib(idle_anon), mib(idle_file)), "-", ""});
   rows.push_back({"  VmRSS at the end", mib(end_rss), "-", ""});
   rows.push_back({"ingest CPU per event (us)", fmt::format("{:.1f}", cpu * 1e6 / total), "-", ""});
   rows.push_back({"  on CPU / waiting for a CPU (s)",
@@ -688,6 +740,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--ingest", options.ingest_binary, "The reflow-ingest binary")
       ->capture_default_str();
+  app.add_flag("--backlog", options.backlog,
+               "Publish every event while reflow-ingest is stopped (the broker queues them in its "
+               "session), then start it and measure the drain: the node's rate with no publishers "
+               "sharing its CPUs");
   app.add_flag("--keep", options.keep, "Keep the work directory (config, log, ingest.db, keys)");
   app.add_option("--log-level", options.log_level, "The ingest's log_level (debug logs each event)")
       ->capture_default_str()
