@@ -13,8 +13,6 @@
 #include <cctype>
 #include <cerrno>
 #include <cstring>
-#include <deque>
-#include <map>
 #include <mutex>
 #include <thread>
 
@@ -40,14 +38,7 @@ constexpr std::chrono::milliseconds k_poll_slice{100};
 // still reported, unmatched) so a long QR code cannot exhaust the thread's stack.
 constexpr std::size_t k_max_matched_bytes = 1024;
 
-struct KeyText {
-  std::string_view key;
-  std::string_view type;
-  std::string_view default_text;
-  std::string_view description;
-};
-
-constexpr std::array<KeyText, 9> k_keys = {{
+constexpr std::array<DriverKeyInfo, 9> k_keys = {{
     {"path", "string", "(required)",
      "the scanner's device: /dev/input/by-id/…-event-kbd (keyboard mode), "
      "/dev/serial/by-id/… (serial mode) or /dev/hidrawN"},
@@ -428,19 +419,7 @@ class Reader final : public ScannerReader {
 }  // namespace
 
 const std::vector<DriverKeyInfo>& scanner_keys(std::string_view prefix) {
-  // The key names are built once per prefix and kept for the process: DriverKeyInfo holds views.
-  static std::mutex mutex;
-  static std::map<std::string, std::pair<std::deque<std::string>, std::vector<DriverKeyInfo>>,
-                  std::less<>>
-      cache;
-  std::lock_guard lock(mutex);
-  if (auto it = cache.find(prefix); it != cache.end()) return it->second.second;
-  auto& [names, keys] = cache[std::string(prefix)];
-  for (const KeyText& k : k_keys) {
-    names.push_back(prefixed_key(prefix, k.key));
-    keys.push_back({names.back(), k.type, k.default_text, k.description});
-  }
-  return keys;
+  return prefixed_keys(k_keys, prefix);
 }
 
 Result<ScannerConfig> parse_scanner_config(const DriverTable& table, std::string_view prefix) {

@@ -11,8 +11,6 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
-#include <deque>
-#include <map>
 #include <mutex>
 #include <thread>
 
@@ -29,14 +27,7 @@ constexpr auto k_backoff_min = std::chrono::milliseconds(1'000);
 constexpr auto k_backoff_max = std::chrono::milliseconds(30'000);
 constexpr auto k_read_slice = std::chrono::milliseconds(100);
 
-struct BaseKey {
-  std::string_view key;
-  std::string_view type;
-  std::string_view default_text;
-  std::string_view description;
-};
-
-constexpr std::array<BaseKey, 9> k_base_keys = {{
+constexpr std::array<DriverKeyInfo, 9> k_base_keys = {{
     {"path", "string", "(required)",
      "the scale's device: /dev/serial/by-id/… for serial scales, /dev/hidrawN (or a udev "
      "symlink) for protocol hid"},
@@ -348,21 +339,7 @@ class RealScaleReader final : public ScaleReader {
 }  // namespace
 
 const std::vector<DriverKeyInfo>& scale_keys(std::string_view prefix) {
-  // DriverKeyInfo holds string_views: the prefixed names live here for the process's lifetime.
-  struct KeySet {
-    std::deque<std::string> names;
-    std::vector<DriverKeyInfo> keys;
-  };
-  static std::mutex mutex;
-  static std::map<std::string, KeySet, std::less<>> sets;
-  std::lock_guard lock(mutex);
-  if (auto it = sets.find(prefix); it != sets.end()) return it->second.keys;
-  KeySet& set = sets[std::string(prefix)];
-  for (const BaseKey& base : k_base_keys) {
-    const std::string& name = set.names.emplace_back(prefixed_key(prefix, base.key));
-    set.keys.push_back({name, base.type, base.default_text, base.description});
-  }
-  return set.keys;
+  return prefixed_keys(k_base_keys, prefix);
 }
 
 Result<ScaleConfig> parse_scale_config(const DriverTable& table, std::string_view prefix) {

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -61,5 +62,12 @@ class DriverTable {
 /// station embeds a scale as `scale_baud`, `scale_protocol` …, and the device's `path` key is
 /// spelled by the prefix alone (`scale`, not `scale_path`). With an empty prefix, `key` itself.
 std::string prefixed_key(std::string_view prefix, std::string_view key);
+
+/// `keys` with every name through prefixed_key(prefix, …), for the driver_keys() of a kind that
+/// embeds a device (the scale's keys as the station's `scale_…`). Built once per `keys` array
+/// and prefix and kept for the process, since DriverKeyInfo holds views: `keys` must be static
+/// too. Thread-safe.
+const std::vector<DriverKeyInfo>& prefixed_keys(std::span<const DriverKeyInfo> keys,
+                                                std::string_view prefix);
 
 }  // namespace agent

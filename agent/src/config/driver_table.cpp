@@ -1,6 +1,11 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #include <agent/driver_table.hpp>
 
+#include <deque>
+#include <map>
+#include <mutex>
+#include <utility>
+
 #include <toml++/toml.h>
 
 #include <agent/units.hpp>
@@ -117,6 +122,25 @@ std::string prefixed_key(std::string_view prefix, std::string_view key) {
     return std::string(prefix);
   }
   return std::string(prefix) + std::string(key);
+}
+
+const std::vector<DriverKeyInfo>& prefixed_keys(std::span<const DriverKeyInfo> keys,
+                                                std::string_view prefix) {
+  struct KeySet {
+    std::deque<std::string> names;  // a deque: the views into it stay valid as it grows
+    std::vector<DriverKeyInfo> keys;
+  };
+  static std::mutex mutex;
+  static std::map<std::pair<const DriverKeyInfo*, std::string>, KeySet> sets;
+  std::lock_guard lock(mutex);
+  KeySet& set = sets[{keys.data(), std::string(prefix)}];
+  if (set.keys.empty()) {
+    for (const DriverKeyInfo& key : keys) {
+      const std::string& name = set.names.emplace_back(prefixed_key(prefix, key.key));
+      set.keys.push_back({name, key.type, key.default_text, key.description});
+    }
+  }
+  return set.keys;
 }
 
 }  // namespace agent
