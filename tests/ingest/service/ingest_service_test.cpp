@@ -164,10 +164,10 @@ class DeviceClient {
   std::vector<AckPoint> m_acks;
 };
 
-// The real store, whose put() fails (as on a full disk) while `failures` lasts.
-class FailingStore final : public Store {
+// Passes every call to the real store; the test stores below override what they change.
+class ForwardingStore : public Store {
  public:
-  FailingStore(Store& real, int failures) : m_real(real), m_failures(failures) {}
+  explicit ForwardingStore(Store& real) : m_real(real) {}
 
   Status add_device(std::string_view device, const agent::PublicJwk& jwk,
                     std::int64_t now_unix_ms) override {
@@ -182,10 +182,6 @@ class FailingStore final : public Store {
   Result<std::vector<DeviceKeyRecord>> list_keys() override { return m_real.list_keys(); }
   Result<std::vector<PutResult>> put(std::span<const Incoming> batch,
                                      std::int64_t now_unix_ms) override {
-    if (m_failures.load() > 0) {
-      --m_failures;
-      return agent::fail(agent::ErrorCode::no_space, "database or disk is full");
-    }
     return m_real.put(batch, now_unix_ms);
   }
   Result<std::optional<AckPoint>> ack_point(std::string_view device) override {
@@ -201,31 +197,40 @@ class FailingStore final : public Store {
   }
   Result<std::vector<DeviceStats>> stats() override { return m_real.stats(); }
 
+ private:
+  Store& m_real;
+};
+
+// The real store, whose put() fails (as on a full disk) while `failures` lasts.
+class FailingStore final : public ForwardingStore {
+ public:
+  FailingStore(Store& real, int failures) : ForwardingStore(real), m_failures(failures) {}
+
+  Result<std::vector<PutResult>> put(std::span<const Incoming> batch,
+                                     std::int64_t now_unix_ms) override {
+    if (m_failures.load() > 0) {
+      --m_failures;
+      return agent::fail(agent::ErrorCode::no_space, "database or disk is full");
+    }
+    return ForwardingStore::put(batch, now_unix_ms);
+  }
+
   int failures_left() const { return m_failures.load(); }
 
  private:
-  Store& m_real;
   std::atomic<int> m_failures;
 };
 
 // The real store, whose first put() waits (as on a slow fsync) until released; counts the key
 // lookups made meanwhile.
-class SlowCommitStore final : public Store {
+class SlowCommitStore final : public ForwardingStore {
  public:
-  explicit SlowCommitStore(Store& real) : m_real(real) {}
+  explicit SlowCommitStore(Store& real) : ForwardingStore(real) {}
 
-  Status add_device(std::string_view device, const agent::PublicJwk& jwk,
-                    std::int64_t now_unix_ms) override {
-    return m_real.add_device(device, jwk, now_unix_ms);
-  }
-  Status revoke_device(std::string_view device, std::int64_t now_unix_ms) override {
-    return m_real.revoke_device(device, now_unix_ms);
-  }
   Result<std::optional<DeviceKeyRecord>> find_key(std::string_view kid) override {
     if (m_in_put.load()) ++m_lookups_during_put;
-    return m_real.find_key(kid);
+    return ForwardingStore::find_key(kid);
   }
-  Result<std::vector<DeviceKeyRecord>> list_keys() override { return m_real.list_keys(); }
   Result<std::vector<PutResult>> put(std::span<const Incoming> batch,
                                      std::int64_t now_unix_ms) override {
     if (!m_released.load()) {
@@ -233,22 +238,10 @@ class SlowCommitStore final : public Store {
       std::unique_lock lock(m_mutex);
       m_cv.wait(lock, [&] { return m_released.load(); });
     }
-    auto result = m_real.put(batch, now_unix_ms);
+    auto result = ForwardingStore::put(batch, now_unix_ms);
     m_in_put = false;
     return result;
   }
-  Result<std::optional<AckPoint>> ack_point(std::string_view device) override {
-    return m_real.ack_point(device);
-  }
-  Status for_each_event(const EventFilter& filter,
-                        const std::function<bool(const StoredEvent&)>& fn) override {
-    return m_real.for_each_event(filter, fn);
-  }
-  Status for_each_rejection(std::optional<std::string_view> device,
-                            const std::function<bool(const StoredRejection&)>& fn) override {
-    return m_real.for_each_rejection(device, fn);
-  }
-  Result<std::vector<DeviceStats>> stats() override { return m_real.stats(); }
 
   bool in_put() const { return m_in_put.load(); }
   int lookups_during_put() const { return m_lookups_during_put.load(); }
@@ -261,7 +254,6 @@ class SlowCommitStore final : public Store {
   }
 
  private:
-  Store& m_real;
   std::mutex m_mutex;
   std::condition_variable m_cv;
   std::atomic<bool> m_released{false};
