@@ -193,11 +193,9 @@ Result<std::int64_t> parse_rfc3339(std::string_view text) {
     return bad();
   }
   if (pos != text.size()) return bad();
-  std::int64_t days =
-      days_from_civil(year, static_cast<unsigned>(month), static_cast<unsigned>(day));
-  std::int64_t secs =
-      days * 86400 + hour * 3600 + minute * 60 + std::min(second, 59) - offset_min * 60;
-  return secs * 1000 + millis;
+  // A leap second (60) counts as the last second of its minute, as Unix time has none.
+  return unix_ms_from_utc({year, month, day, hour, minute, std::min(second, 59), millis}) -
+         std::int64_t{offset_min} * 60'000;
 }
 
 }  // namespace agent
