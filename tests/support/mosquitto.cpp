@@ -74,7 +74,8 @@ void MosquittoProcess::start() {
         << "log_type error\nlog_type warning\nlog_type notice\n"
         // Mosquitto drops QoS 1 messages beyond 1000 queued per client by default; tests want none
         // dropped.
-        << "max_queued_messages 0\n";
+        << "max_queued_messages 0\n"
+        << m_extra_config;
   }
   std::string binary = mosquitto_binary();
   if (::access(binary.c_str(), X_OK) != 0)

@@ -21,6 +21,9 @@ class MosquittoProcess {
   void start();
   /// SIGTERM, then waits for exit.
   void stop();
+  /// A line added to the broker's configuration from the next start() on, e.g.
+  /// "max_inflight_messages 3".
+  void add_config(std::string line) { m_extra_config += std::move(line) + "\n"; }
   bool running() const { return m_pid > 0; }
 
   int port() const { return m_port; }
@@ -30,6 +33,7 @@ class MosquittoProcess {
   std::filesystem::path m_dir;
   int m_port = 0;
   pid_t m_pid = -1;
+  std::string m_extra_config;
 };
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).

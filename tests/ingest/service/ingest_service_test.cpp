@@ -327,10 +327,29 @@ TEST_F(IngestServiceTest, StoresEventsAndPublishesTheRetainedAck) {
   EXPECT_EQ(counters.stored, 3u);
   EXPECT_EQ(counters.rejected, 0u);
   EXPECT_TRUE(counters.connected);
+  // Mosquitto's CONNACK says Receive Maximum 20 (max_inflight_messages' default).
+  EXPECT_EQ(counters.ack_window, 19u);
 
   // Retained: an agent that connects later reads it at once.
   DeviceClient late(m_broker.port());
   ASSERT_TRUE(eventually([&] { return late.last_ack_is(stream.stream(), 3); }));
+}
+
+// Paho holds a QoS 1 publish beyond the broker's Receive Maximum until its send thread next wakes
+// (a new publish, or once a second); the ack publisher stays below it instead.
+TEST_F(IngestServiceTest, KeepsItsAcksInFlightBelowTheBrokersReceiveMaximum) {
+  m_broker.stop();
+  m_broker.add_config("max_inflight_messages 3");
+  m_broker.start();
+  auto service = start_service(m_config);
+  EXPECT_EQ(service->counters().ack_window, 2u);
+
+  DeviceClient device(m_broker.port());
+  SignedStream stream(*m_key, k_device, m_env);
+  for (const auto& envelope : stream.next(20))
+    device.publish(envelope);
+  ASSERT_TRUE(eventually([&] { return device.last_ack_is(stream.stream(), 20); }));
+  EXPECT_EQ(service->counters().stored, 20u);
 }
 
 TEST_F(IngestServiceTest, GapHoldsTheAckAndTheFillAdvancesIt) {
