@@ -243,7 +243,7 @@ class AckWatcher {
   AckWatcher& operator=(const AckWatcher&) = delete;
 
   void connect(const std::string& url) {
-    m_client = std::make_unique<mqtt::async_client>(url, "reflow-ingest-bench-acks",
+    m_client = std::make_unique<mqtt::async_client>(url, "reflow-ingest-bench-watcher",
                                                     mqtt::create_options(MQTTVERSION_3_1_1));
     m_client->set_message_callback([this](mqtt::const_message_ptr m) { on_message(*m); });
     m_client->connect(mqtt::connect_options_builder().clean_session(true).finalize())->wait();

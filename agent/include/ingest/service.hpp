@@ -18,6 +18,7 @@ namespace ingest {
 struct IngestCounters {
   bool connected = false;        ///< to the broker, now
   bool subscribed = false;       ///< the events subscription is in place, now
+  bool acks_connected = false;   ///< the acks' own connection (CLIENT_ID-acks) is up, now
   std::uint64_t connects = 0;    ///< successful connections since start
   std::uint64_t received = 0;    ///< envelopes taken from MQTT
   std::uint64_t stored = 0;      ///< new events stored
@@ -36,8 +37,9 @@ struct IngestCounters {
 /// The node's receiving service (`reflow-ingest run`): MQTT → verify → store → ack
 /// (PROTOCOL §5, §7; docs: notes/ingest.md "Service behaviour").
 ///
-/// One Paho MQTT C++ async client, MQTT 5, clean_start=false with `session_expiry`, so that the
-/// broker queues QoS 1 events while the service is down. It subscribes QoS 1 to
+/// Two Paho MQTT C++ async clients, MQTT 5, with the same credentials. The events client
+/// (`client_id`) has clean_start=false with `session_expiry`, so that the broker queues QoS 1
+/// events while the service is down. It subscribes QoS 1 to
 /// `PREFIX/+/events`, or `$share/GROUP/PREFIX/+/events` with `share_group` (several instances,
 /// each with its own client id, on one store). Paho's callback only puts each message in a
 /// bounded queue (2 × max_batch; when it is full the callback waits, which holds back the
@@ -52,17 +54,21 @@ struct IngestCounters {
 /// the ack). Neither the worker nor the store thread calls Paho (Paho's receiving thread may be
 /// waiting for them in the callback while holding a lock that publishing needs): the store
 /// thread hands each ack to an ack publisher
-/// thread, through a map holding the latest ack per device. That thread publishes them, with at
-/// most `ack_window` awaiting the broker's PUBACK (64, or the Receive Maximum of the broker's MQTT
-/// 5 CONNACK when lower), counts `acks_published`, and retries a failed publish (not connected)
-/// after 100 ms unless a newer ack of the device replaced it. A store error acks nothing of the
+/// thread, through a map holding the latest ack per device. That thread owns the acks client
+/// (`client_id` + "-acks", clean start, no session; connected at start and again when lost, with
+/// the same backoff): on the events connection the broker's PUBACK to an ack would wait behind
+/// every event queued for the service, which held the acks back for a whole backlog's drain. It
+/// publishes the acks with at most `ack_window` awaiting the broker's PUBACK (64, or one below
+/// the Receive Maximum of the broker's MQTT 5 CONNACK when lower), counts `acks_published`, and
+/// retries a failed publish (not connected) after 100 ms unless a newer ack of the device
+/// replaced it. A store error acks nothing of the
 /// batch: the store thread verifies and stores the same batch again with exponential backoff (100
 /// ms to 10 s) until it is stored or the service stops (a failed key lookup is retried the same way
 /// by the worker); nothing is dropped. Lost connections are retried with full-jitter backoff
 /// between `reconnect_min` and `reconnect_max`, like the agent's forwarder.
 ///
 /// Owns four threads (connection, worker, store, ack publisher), the worker's short-lived verifying
-/// threads and the Paho client; borrows the store, env and logger, which must outlive it.
+/// threads and the two Paho clients; borrows the store, env and logger, which must outlive it.
 /// counters() is thread-safe; start() and stop() are for one thread.
 class IngestService {
  public:

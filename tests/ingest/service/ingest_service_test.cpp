@@ -336,20 +336,23 @@ TEST_F(IngestServiceTest, StoresEventsAndPublishesTheRetainedAck) {
 }
 
 // Paho holds a QoS 1 publish beyond the broker's Receive Maximum until its send thread next wakes
-// (a new publish, or once a second); the ack publisher stays below it instead.
+// (a new publish, or once a second); the ack publisher stays below the maximum of the CONNACK its
+// own connection gets.
 TEST_F(IngestServiceTest, KeepsItsAcksInFlightBelowTheBrokersReceiveMaximum) {
   m_broker.stop();
   m_broker.add_config("max_inflight_messages 3");
   m_broker.start();
   auto service = start_service(m_config);
-  EXPECT_EQ(service->counters().ack_window, 2u);
 
   DeviceClient device(m_broker.port());
   SignedStream stream(*m_key, k_device, m_env);
   for (const auto& envelope : stream.next(20))
     device.publish(envelope);
   ASSERT_TRUE(eventually([&] { return device.last_ack_is(stream.stream(), 20); }));
-  EXPECT_EQ(service->counters().stored, 20u);
+  const auto counters = service->counters();
+  EXPECT_EQ(counters.stored, 20u);
+  EXPECT_TRUE(counters.acks_connected);
+  EXPECT_EQ(counters.ack_window, 2u);
 }
 
 TEST_F(IngestServiceTest, GapHoldsTheAckAndTheFillAdvancesIt) {

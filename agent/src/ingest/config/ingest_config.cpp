@@ -106,7 +106,8 @@ IngestSchema make_schema() {
                  "leading or trailing '/')",
                  is_valid_topic_prefix));
   add("mqtt", "client_id", "string", "\"reflow-ingest\"",
-      "MQTT client id; the broker keeps the session under it. Unique per instance.",
+      "MQTT client id; the broker keeps the session under it. Unique per instance. Acks go out "
+      "as CLIENT_ID-acks.",
       string_key(&IngestConfig::client_id, "expected a non-empty MQTT client id",
                  is_non_empty_text));
   add("mqtt", "share_group", "string", "(none)",

@@ -56,6 +56,8 @@ constexpr auto k_ack_retry = std::chrono::milliseconds(100);
 constexpr std::size_t k_acks_in_flight = 64;
 // MQTT 5 §3.2.2.3.3: a CONNACK without Receive Maximum means 65,535.
 constexpr std::size_t k_default_receive_maximum = 65'535;
+// Appended to mqtt.client_id for the connection that publishes the acks.
+constexpr std::string_view k_acks_client_suffix = "-acks";
 // How long the ack publisher waits for one confirmation before it stops counting that ack.
 constexpr auto k_ack_delivery_wait = std::chrono::seconds(1);
 // Threads verifying one batch, at most (the worker is one of them): Ed25519 verification is most of
@@ -153,7 +155,6 @@ struct IngestService::Impl {
     Kind kind;
     std::uint64_t generation = 0;
     std::string text;
-    std::size_t receive_maximum = k_default_receive_maximum;  ///< connect_ok: from the CONNACK
   };
 
   class Listener final : public mqtt::iaction_listener {
@@ -166,9 +167,7 @@ struct IngestService::Impl {
           return;
         }
       }
-      Event event{m_ok, generation_of(token), {}};
-      if (m_ok == Kind::connect_ok) event.receive_maximum = receive_maximum_of(token);
-      m_impl.post(std::move(event));
+      m_impl.post({m_ok, generation_of(token), {}});
     }
     void on_failure(const mqtt::token& token) override {
       m_impl.post({m_failed, generation_of(token), paho_error(token)});
@@ -262,6 +261,28 @@ struct IngestService::Impl {
       return agent::fail(
           agent::ErrorCode::invalid_config,
           fmt::format("mqtt.url \"{}\": the MQTT client rejected it: {}", config.url, e.what()));
+    }
+    // The acks' own connection: clean start, no session (it subscribes to nothing, and an ack
+    // lost with a connection is replaced by the device's next one or republished for the
+    // agent's duplicate).
+    mqtt::connect_options& acks_options = acks_connect_options;
+    acks_options.set_mqtt_version(MQTTVERSION_5);
+    acks_options.set_clean_start(true);
+    acks_options.set_keep_alive_interval(whole_seconds(config.keepalive));
+    acks_options.set_connect_timeout(whole_seconds(config.connect_timeout));
+    acks_options.set_automatic_reconnect(false);
+    if (auto ok = agent::mqtt_connect::set_credentials(
+            acks_options, agent::mqtt_connect::credentials_of(config), address->tls, "MQTT");
+        !ok)
+      return ok;
+    try {
+      acks_client = std::make_unique<mqtt::async_client>(
+          address->paho_uri, acks_client_id, mqtt::create_options(MQTTVERSION_5, k_max_buffered),
+          static_cast<mqtt::iclient_persistence*>(nullptr));
+    } catch (const std::exception& e) {
+      return agent::fail(agent::ErrorCode::invalid_config,
+                         fmt::format("mqtt.client_id \"{}\": the MQTT client rejected \"{}\": {}",
+                                     config.client_id, acks_client_id, e.what()));
     }
     client->set_message_callback([this](mqtt::const_message_ptr message) {
       enqueue(Message{message->get_topic(), message->to_string()});
@@ -658,8 +679,16 @@ struct IngestService::Impl {
       // Paho queues whatever it is handed and works through a long queue slowly (while a flood
       // holds its lock, tens of thousands of stale acks would pile up there); an ack waiting in
       // acks_out instead is replaced by its device's next one.
+      settle(in_flight, ack_window.load() - 1, stop);
+      // Connected before the first ack is due (connecting a second client takes Paho a second or
+      // two), and again after a lost connection.
+      if (!acks_client->is_connected() && !connect_acks(stop)) {
+        if (!stop.stop_requested()) continue;  // connect_acks() waited its backoff
+        if (std::lock_guard lock(acks_out_mutex); acks_out.empty()) break;
+        drop_unpublished_acks("not connected");
+        break;
+      }
       const std::size_t window = ack_window.load();
-      settle(in_flight, window - 1, stop);
       std::map<std::string, PendingAck> round;
       {
         std::unique_lock lock(acks_out_mutex);
@@ -678,8 +707,8 @@ struct IngestService::Impl {
       std::string failure;
       for (auto it = round.begin(); it != round.end();) {
         try {
-          in_flight.push_back(
-              client->publish(mqtt::make_message(it->second.topic, it->second.body, k_qos, true)));
+          in_flight.push_back(acks_client->publish(
+              mqtt::make_message(it->second.topic, it->second.body, k_qos, true)));
           ++published;
           it = round.erase(it);
         } catch (const std::exception& e) {
@@ -705,16 +734,8 @@ struct IngestService::Impl {
         acks_out_cv.wait_for(lock, stop, k_ack_retry, [] { return false; });
         continue;
       }
-      if (!client->is_connected() || env.steady_now() >= stop_deadline.load()) {
-        std::size_t left = 0;
-        {
-          std::lock_guard lock(acks_out_mutex);
-          left = std::exchange(acks_out, {}).size();
-        }
-        log.warning(k_component,
-                    "stopping with {} acks not published ({}); the agents keep those events "
-                    "and republish them",
-                    left, failure);
+      if (!acks_client->is_connected() || env.steady_now() >= stop_deadline.load()) {
+        drop_unpublished_acks(failure);
         break;
       }
       std::this_thread::sleep_for(k_ack_retry);
@@ -732,7 +753,7 @@ struct IngestService::Impl {
       if (!token->is_complete()) {
         if (in_flight.size() <= keep) return;
         if (stop.stop_requested() &&
-            (!client->is_connected() || env.steady_now() >= stop_deadline.load())) {
+            (!acks_client->is_connected() || env.steady_now() >= stop_deadline.load())) {
           in_flight.clear();  // Paho still has them; nobody waits for them any more
           return;
         }
@@ -745,6 +766,80 @@ struct IngestService::Impl {
       }
       in_flight.pop_front();  // confirmed, failed, or not confirmed within the wait: Paho's now
     }
+  }
+
+  // Stopping: forgets the acks not handed to Paho, which the agents make up for.
+  void drop_unpublished_acks(std::string_view why) {
+    std::size_t left = 0;
+    {
+      std::lock_guard lock(acks_out_mutex);
+      left = std::exchange(acks_out, {}).size();
+    }
+    log.warning(k_component,
+                "stopping with {} acks not published ({}); the agents keep those events and "
+                "republish them",
+                left, why);
+  }
+
+  // Connects the acks' connection (on the ack publisher thread). The acks have a connection of
+  // their own because on the events connection the broker's PUBACK to an ack waits behind every
+  // event it has queued for the service: draining a backlog of 500 000 events, no ack was
+  // confirmed for 25 s, so the agents would have started republishing. False: not connected
+  // (stop requested, or the attempt failed and its backoff has been waited out).
+  bool connect_acks(std::stop_token stop) {
+    if (acks_ever_connected) {
+      log.warning(k_component, "acks connection to {} lost; reconnecting", config.url);
+      std::lock_guard lock(stats_mutex);
+      stats.acks_connected = false;
+    }
+    acks_ever_connected = false;
+    std::string failure;
+    try {
+      auto token = acks_client->connect(acks_connect_options);
+      // Paho enforces connect_timeout; the margin only bounds a missing answer.
+      const auto give_up =
+          std::chrono::steady_clock::now() + config.connect_timeout + k_connect_grace;
+      while (!token->wait_for(k_max_wait)) {
+        if (stop.stop_requested()) return false;
+        if (std::chrono::steady_clock::now() >= give_up)
+          throw std::runtime_error("no answer within mqtt.connect_timeout");
+      }
+      const std::size_t receive_maximum = receive_maximum_of(*token);
+      // One below the Receive Maximum: a window of exactly the maximum still stalls now and then
+      // (`reflow-ingest-bench --backlog`: 12 100-13 800 events/s, against 14 500-15 600 one
+      // below), as if Paho completed a token before taking its publish out of its own count.
+      const std::size_t window =
+          std::min(k_acks_in_flight, std::max<std::size_t>(receive_maximum, 2) - 1);
+      ack_window.store(window);
+      acks_attempt = 0;
+      acks_ever_connected = true;
+      log.info(k_component, "acks connection: connected to {} as {}", config.url, acks_client_id);
+      log.debug(k_component, "the broker's Receive Maximum is {}: at most {} acks in flight",
+                receive_maximum, window);
+      std::lock_guard lock(stats_mutex);
+      stats.acks_connected = true;
+      stats.ack_window = window;
+      return true;
+    } catch (const mqtt::exception& e) {
+      failure = e.get_error_str().empty() ? e.what() : e.get_error_str();
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+    const auto delay = agent::mqtt_connect::reconnect_backoff(
+        config.reconnect_min, config.reconnect_max, acks_attempt, acks_rng);
+    if (acks_attempt < 62) ++acks_attempt;
+    const auto message = fmt::format("acks connection: cannot connect to {} as {}: {}", config.url,
+                                     acks_client_id, failure);
+    log.warning(k_component, "{}; retrying in {}", message, agent::format_duration(delay));
+    {
+      std::lock_guard lock(stats_mutex);
+      stats.acks_connected = false;
+      stats.last_error = message;
+    }
+    // Real time, like Paho's own timeouts; stop() ends the wait.
+    std::unique_lock lock(acks_out_mutex);
+    acks_out_cv.wait_for(lock, stop, delay, [] { return false; });
+    return false;
   }
 
   // ---- the connection thread ----
@@ -799,7 +894,7 @@ struct IngestService::Impl {
         // A lost connection reported late belongs to the previous one.
         if (event.kind == Kind::connection_lost || event.generation != generation) continue;
         if (event.kind == Kind::connect_ok) {
-          connected(event.receive_maximum);
+          connected();
           return true;
         }
         if (event.kind == Kind::connect_failed) {
@@ -822,21 +917,12 @@ struct IngestService::Impl {
     stats.last_error = std::move(message);
   }
 
-  void connected(std::size_t receive_maximum) {
+  void connected() {
     log.info(k_component, "connected to {} as {}", config.url, config.client_id);
-    // One below the Receive Maximum: a window of exactly the maximum still stalls now and then
-    // (`reflow-ingest-bench --backlog`: 12 100-13 800 events/s, against 14 500-15 600 one
-    // below), as if Paho completed a token before taking its publish out of its own count.
-    const std::size_t window =
-        std::min(k_acks_in_flight, std::max<std::size_t>(receive_maximum, 2) - 1);
-    ack_window.store(window);
-    log.debug(k_component, "the broker's Receive Maximum is {}: at most {} acks in flight",
-              receive_maximum, window);
     {
       std::lock_guard lock(stats_mutex);
       stats.connected = true;
       ++stats.connects;
-      stats.ack_window = window;
     }
     try {
       client->subscribe(events_filter, k_qos, context_of(generation), subscribe_listener);
@@ -903,6 +989,13 @@ struct IngestService::Impl {
           std::chrono::duration_cast<milliseconds>(stop_deadline.load() - env.steady_now()),
           milliseconds(0));
     };
+    if (acks_client && acks_client->is_connected()) {
+      try {
+        acks_client->disconnect(0)->wait_for(remaining());
+      } catch (const std::exception& e) {
+        log.warning(k_component, "disconnecting the acks connection: {}", e.what());
+      }
+    }
     if (client->is_connected()) {
       try {
         // Keeps the broker session (session_expiry): events published while the service is
@@ -922,6 +1015,7 @@ struct IngestService::Impl {
     std::lock_guard lock(stats_mutex);
     stats.connected = false;
     stats.subscribed = false;
+    stats.acks_connected = false;
   }
 
   const IngestConfig config;
@@ -964,9 +1058,12 @@ struct IngestService::Impl {
   std::uint64_t generation = 0;  ///< one per connect attempt; tags Paho answers
   bool ever_subscribed = false;
 
-  // Acks in flight at most: k_acks_in_flight, or the broker's Receive Maximum when lower. Set by
-  // the connection thread on each connect, read by the ack publisher.
+  // Owned by the ack publisher thread (the acks' connection). ack_window: acks in flight at most,
+  // k_acks_in_flight or one below the broker's Receive Maximum; set on each connect.
   std::atomic<std::size_t> ack_window{k_acks_in_flight};
+  std::uint32_t acks_attempt = 0;
+  bool acks_ever_connected = false;
+  std::mt19937_64 acks_rng{std::random_device{}()};
 
   // From the worker to the ack publisher: the latest ack per device.
   std::mutex acks_out_mutex;
@@ -979,6 +1076,9 @@ struct IngestService::Impl {
 
   mqtt::connect_options connect_options;
   std::unique_ptr<mqtt::async_client> client;
+  const std::string acks_client_id = config.client_id + std::string(k_acks_client_suffix);
+  mqtt::connect_options acks_connect_options;
+  std::unique_ptr<mqtt::async_client> acks_client;
   std::jthread connection_thread;
   std::jthread ack_thread;
   std::jthread store_thread;
