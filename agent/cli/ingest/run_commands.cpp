@@ -40,13 +40,20 @@ std::string rejections_text(const std::map<std::string, std::uint64_t>& by_reaso
   return text.empty() ? "none" : text;
 }
 
+// The state of the two MQTT connections: the events subscription, and the acks' own connection.
+std::string connections_text(const IngestCounters& c) {
+  std::string text = c.subscribed  ? "subscribed"
+                     : c.connected ? "connected, subscribing"
+                                   : "not connected";
+  if (!c.acks_connected) text += ", acks connection down";
+  return text;
+}
+
 // One line for systemd's STATUS= (`systemctl status`).
 std::string status_line(const IngestCounters& c) {
   return fmt::format("{}; stored {}, duplicates {}, rejected {}, acks {}, store errors {}",
-                     c.subscribed  ? "subscribed"
-                     : c.connected ? "connected, subscribing"
-                                   : "not connected",
-                     c.stored, c.duplicates, c.rejected, c.acks_published, c.store_errors);
+                     connections_text(c), c.stored, c.duplicates, c.rejected, c.acks_published,
+                     c.store_errors);
 }
 
 // The minute's counts, then the totals since start.
@@ -58,7 +65,7 @@ void log_summary(agent::Logger& log, const IngestCounters& now, const IngestCoun
            now.duplicates - before.duplicates, now.rejected - before.rejected,
            now.acks_published - before.acks_published, now.stored, now.duplicates, now.rejected,
            rejections_text(now.rejected_by_reason), now.acks_published, now.store_errors,
-           now.subscribed ? "subscribed" : "not subscribed");
+           connections_text(now));
 }
 
 int run(const std::string& config_path, const std::string& log_level_override) {

@@ -598,6 +598,8 @@ TEST_F(IngestServiceTest, ReconnectsAfterABrokerRestartAndKeepsReceiving) {
   }
   m_broker.stop();
   ASSERT_TRUE(eventually([&] { return !service->counters().connected; }));
+  // The acks' own connection sees the loss too (its handler, not the next publish).
+  ASSERT_TRUE(eventually([&] { return !service->counters().acks_connected; }));
   m_broker.start();
   // The backoff sleeps on the service's clock: move it on until the service is back.
   ASSERT_TRUE(eventually([&] {
@@ -608,14 +610,17 @@ TEST_F(IngestServiceTest, ReconnectsAfterABrokerRestartAndKeepsReceiving) {
   device.publish(stream.next());
   ASSERT_TRUE(eventually([&] { return device.last_ack_is(stream.stream(), 2); }));
   EXPECT_GE(service->counters().connects, 2u);
+  EXPECT_TRUE(service->counters().acks_connected);
 }
 
 TEST_F(IngestServiceTest, StopDisconnectsAndKeepsItsCountersReadable) {
   auto service = start_service(m_config);
+  ASSERT_TRUE(eventually([&] { return service->counters().acks_connected; }));
   service->stop();
   const auto counters = service->counters();
   EXPECT_FALSE(counters.connected);
   EXPECT_FALSE(counters.subscribed);
+  EXPECT_FALSE(counters.acks_connected);
   EXPECT_EQ(counters.connects, 1u);
 }
 

@@ -284,6 +284,10 @@ struct IngestService::Impl {
                          fmt::format("mqtt.client_id \"{}\": the MQTT client rejected \"{}\": {}",
                                      config.client_id, acks_client_id, e.what()));
     }
+    // A lost acks connection wakes the ack publisher, which reconnects at once.
+    acks_client->set_connection_lost_handler([this](const std::string&) { acks_lost(); });
+    acks_client->set_disconnected_handler(
+        [this](const mqtt::properties&, mqtt::ReasonCode) { acks_lost(); });
     client->set_message_callback([this](mqtt::const_message_ptr message) {
       enqueue(Message{message->get_topic(), message->to_string()});
     });
@@ -679,7 +683,7 @@ struct IngestService::Impl {
       // Paho queues whatever it is handed and works through a long queue slowly (while a flood
       // holds its lock, tens of thousands of stale acks would pile up there); an ack waiting in
       // acks_out instead is replaced by its device's next one.
-      settle(in_flight, ack_window.load() - 1, stop);
+      settle(in_flight, ack_window - 1, stop);
       // Connected before the first ack is due (connecting a second client takes Paho a second or
       // two), and again after a lost connection.
       if (!acks_client->is_connected() && !connect_acks(stop)) {
@@ -688,12 +692,15 @@ struct IngestService::Impl {
         drop_unpublished_acks("not connected");
         break;
       }
-      const std::size_t window = ack_window.load();
+      const std::size_t window = ack_window;
       std::map<std::string, PendingAck> round;
       {
         std::unique_lock lock(acks_out_mutex);
-        acks_out_cv.wait(lock, stop, [&] { return !acks_out.empty(); });
-        if (acks_out.empty()) break;  // stopping, all handed to Paho
+        acks_out_cv.wait(lock, stop, [&] { return !acks_out.empty() || acks_down; });
+        if (acks_out.empty()) {
+          if (stop.stop_requested()) break;  // stopping, all handed to Paho
+          continue;                          // the acks connection was lost: reconnect
+        }
         auto it = acks_out.upper_bound(cursor);
         while (round.size() + in_flight.size() < window && !acks_out.empty()) {
           if (it == acks_out.end()) it = acks_out.begin();
@@ -768,6 +775,15 @@ struct IngestService::Impl {
     }
   }
 
+  // Runs on a Paho thread when the acks connection is lost.
+  void acks_lost() {
+    {
+      std::lock_guard lock(acks_out_mutex);
+      acks_down = true;
+    }
+    acks_out_cv.notify_all();
+  }
+
   // Stopping: forgets the acks not handed to Paho, which the agents make up for.
   void drop_unpublished_acks(std::string_view why) {
     std::size_t left = 0;
@@ -793,6 +809,10 @@ struct IngestService::Impl {
       stats.acks_connected = false;
     }
     acks_ever_connected = false;
+    {
+      std::lock_guard lock(acks_out_mutex);
+      acks_down = false;  // this attempt sees the loss; a later one sets it again
+    }
     std::string failure;
     try {
       auto token = acks_client->connect(acks_connect_options);
@@ -810,7 +830,7 @@ struct IngestService::Impl {
       // below), as if Paho completed a token before taking its publish out of its own count.
       const std::size_t window =
           std::min(k_acks_in_flight, std::max<std::size_t>(receive_maximum, 2) - 1);
-      ack_window.store(window);
+      ack_window = window;
       acks_attempt = 0;
       acks_ever_connected = true;
       log.info(k_component, "acks connection: connected to {} as {}", config.url, acks_client_id);
@@ -1060,7 +1080,7 @@ struct IngestService::Impl {
 
   // Owned by the ack publisher thread (the acks' connection). ack_window: acks in flight at most,
   // k_acks_in_flight or one below the broker's Receive Maximum; set on each connect.
-  std::atomic<std::size_t> ack_window{k_acks_in_flight};
+  std::size_t ack_window = k_acks_in_flight;
   std::uint32_t acks_attempt = 0;
   bool acks_ever_connected = false;
   std::mt19937_64 acks_rng{std::random_device{}()};
@@ -1069,6 +1089,7 @@ struct IngestService::Impl {
   std::mutex acks_out_mutex;
   std::condition_variable_any acks_out_cv;
   std::map<std::string, PendingAck> acks_out;
+  bool acks_down = false;  ///< the acks connection was lost since the last connect attempt
 
   // Owned by the store thread.
   std::map<std::string, DeviceAck> acks;
