@@ -231,59 +231,30 @@ struct IngestService::Impl {
     auto address = agent::mqtt_connect::broker_address(config.url, config.source_file);
     if (!address) return std::unexpected(address.error());
 
-    // Built in place: Paho C++ 1.2's move assignment of connect_options leaves the C struct's
-    // pointer to the connect properties dangling (paho.mqtt.cpp #444, fixed in 1.3).
-    mqtt::connect_options& options = connect_options;
-    // MQTT 5 with a session kept by the broker: QoS 1 events published while the service is
+    // Both options are members built in place: Paho C++ 1.2's move assignment of connect_options
+    // leaves the C struct's pointer to the connect properties dangling (paho.mqtt.cpp #444, fixed
+    // in 1.3).
+    //
+    // Events: MQTT 5 with a session kept by the broker: QoS 1 events published while the service is
     // down wait at the broker instead of only in the agents' outboxes.
-    options.set_mqtt_version(MQTTVERSION_5);
-    options.set_clean_start(false);
+    if (auto ok = set_shared_options(connect_options, /*clean_start=*/false, address->tls); !ok)
+      return ok;
     mqtt::properties properties;
     properties.add(mqtt::property(mqtt::property::SESSION_EXPIRY_INTERVAL,
                                   whole_seconds(config.session_expiry, INT32_MAX)));
-    options.set_properties(properties);
-    options.set_keep_alive_interval(whole_seconds(config.keepalive));
-    options.set_connect_timeout(whole_seconds(config.connect_timeout));
-    // The connection thread reconnects itself, with backoff and jitter.
-    options.set_automatic_reconnect(false);
-    if (auto ok = agent::mqtt_connect::set_credentials(
-            options, agent::mqtt_connect::credentials_of(config), address->tls, "MQTT");
-        !ok)
-      return ok;
-
-    try {
-      // No Paho persistence: the store is the record of what arrived; what is not acked the
-      // agents republish.
-      client = std::make_unique<mqtt::async_client>(
-          address->paho_uri, config.client_id, mqtt::create_options(MQTTVERSION_5, k_max_buffered),
-          static_cast<mqtt::iclient_persistence*>(nullptr));
-    } catch (const std::exception& e) {
-      return agent::fail(
-          agent::ErrorCode::invalid_config,
-          fmt::format("mqtt.url \"{}\": the MQTT client rejected it: {}", config.url, e.what()));
-    }
+    connect_options.set_properties(properties);
     // The acks' own connection: clean start, no session (it subscribes to nothing, and an ack
     // lost with a connection is replaced by the device's next one or republished for the
     // agent's duplicate).
-    mqtt::connect_options& acks_options = acks_connect_options;
-    acks_options.set_mqtt_version(MQTTVERSION_5);
-    acks_options.set_clean_start(true);
-    acks_options.set_keep_alive_interval(whole_seconds(config.keepalive));
-    acks_options.set_connect_timeout(whole_seconds(config.connect_timeout));
-    acks_options.set_automatic_reconnect(false);
-    if (auto ok = agent::mqtt_connect::set_credentials(
-            acks_options, agent::mqtt_connect::credentials_of(config), address->tls, "MQTT");
-        !ok)
+    if (auto ok = set_shared_options(acks_connect_options, /*clean_start=*/true, address->tls); !ok)
       return ok;
-    try {
-      acks_client = std::make_unique<mqtt::async_client>(
-          address->paho_uri, acks_client_id, mqtt::create_options(MQTTVERSION_5, k_max_buffered),
-          static_cast<mqtt::iclient_persistence*>(nullptr));
-    } catch (const std::exception& e) {
-      return agent::fail(agent::ErrorCode::invalid_config,
-                         fmt::format("mqtt.client_id \"{}\": the MQTT client rejected \"{}\": {}",
-                                     config.client_id, acks_client_id, e.what()));
-    }
+
+    auto events_client = make_client(address->paho_uri, config.client_id);
+    if (!events_client) return std::unexpected(events_client.error());
+    client = std::move(*events_client);
+    auto ack_client = make_client(address->paho_uri, acks_client_id);
+    if (!ack_client) return std::unexpected(ack_client.error());
+    acks_client = std::move(*ack_client);
     // A lost acks connection wakes the ack publisher, which reconnects at once.
     acks_client->set_connection_lost_handler([this](const std::string&) { acks_lost(); });
     acks_client->set_disconnected_handler(
@@ -300,6 +271,35 @@ struct IngestService::Impl {
                         static_cast<int>(reason))});
     });
     return {};
+  }
+
+  // What both connections share: MQTT 5, keep alive, connect timeout and credentials. The service
+  // re-establishes each connection itself, with backoff and jitter, so Paho's automatic reconnect
+  // is off.
+  Status set_shared_options(mqtt::connect_options& options, bool clean_start, bool tls) const {
+    options.set_mqtt_version(MQTTVERSION_5);
+    options.set_clean_start(clean_start);
+    options.set_keep_alive_interval(whole_seconds(config.keepalive));
+    options.set_connect_timeout(whole_seconds(config.connect_timeout));
+    options.set_automatic_reconnect(false);
+    return agent::mqtt_connect::set_credentials(
+        options, agent::mqtt_connect::credentials_of(config), tls, "MQTT");
+  }
+
+  // A Paho client without persistence: the store is the record of what arrived; what is not
+  // acked the agents republish.
+  Result<std::unique_ptr<mqtt::async_client>> make_client(const std::string& uri,
+                                                          const std::string& client_id) const {
+    try {
+      return std::make_unique<mqtt::async_client>(
+          uri, client_id, mqtt::create_options(MQTTVERSION_5, k_max_buffered),
+          static_cast<mqtt::iclient_persistence*>(nullptr));
+    } catch (const std::exception& e) {
+      return agent::fail(agent::ErrorCode::invalid_config,
+                         fmt::format("mqtt.url \"{}\": the MQTT client rejected it (client id "
+                                     "\"{}\"): {}",
+                                     config.url, client_id, e.what()));
+    }
   }
 
   // ---- the bounded queue from Paho's callback to the worker ----
