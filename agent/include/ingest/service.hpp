@@ -28,9 +28,10 @@ struct IngestCounters {
   std::uint64_t acks_published = 0;  ///< retained acks handed to the MQTT client
   std::uint64_t store_errors = 0;    ///< failed store attempts (key lookup or put); each retried
   std::uint64_t queued = 0;          ///< envelopes received and waiting for the worker, now
-  std::uint64_t ack_window = 0;      ///< acks awaiting the broker's PUBACK, at most: 64, or the
-                                     ///< broker's MQTT 5 Receive Maximum when lower; 0 before the
-                                     ///< first connect
+  std::uint64_t ack_window = 0;      ///< acks awaiting the broker's PUBACK, at most: 64, or one
+                                     ///< below the Receive Maximum of the acks connection's MQTT 5
+                                     ///< CONNACK when lower; 0 before that connection's first
+                                     ///< connect
   std::string last_error;            ///< "" when none since start
 };
 
@@ -61,11 +62,11 @@ struct IngestCounters {
 /// publishes the acks with at most `ack_window` awaiting the broker's PUBACK (64, or one below
 /// the Receive Maximum of the broker's MQTT 5 CONNACK when lower), counts `acks_published`, and
 /// retries a failed publish (not connected) after 100 ms unless a newer ack of the device
-/// replaced it. A store error acks nothing of the
-/// batch: the store thread verifies and stores the same batch again with exponential backoff (100
-/// ms to 10 s) until it is stored or the service stops (a failed key lookup is retried the same way
-/// by the worker); nothing is dropped. Lost connections are retried with full-jitter backoff
-/// between `reconnect_min` and `reconnect_max`, like the agent's forwarder.
+/// replaced it. A store error acks nothing of the batch: the store thread verifies and stores the
+/// same batch again with exponential backoff (100 ms to 10 s) until it is stored or the service
+/// stops (a failed key lookup is retried the same way by the worker); nothing is dropped. Lost
+/// connections are retried with full-jitter backoff between `reconnect_min` and
+/// `reconnect_max`, like the agent's forwarder.
 ///
 /// Owns four threads (connection, worker, store, ack publisher), the worker's short-lived verifying
 /// threads and the two Paho clients; borrows the store, env and logger, which must outlive it.
