@@ -803,19 +803,21 @@ struct IngestService::Impl {
   // confirmed for 25 s, so the agents would have started republishing. False: not connected
   // (stop requested, or the attempt failed and its backoff has been waited out).
   bool connect_acks(std::stop_token stop) {
-    if (acks_ever_connected) {
-      log.warning(k_component, "acks connection to {} lost; reconnecting", config.url);
+    bool was_connected = false;
+    {
       std::lock_guard lock(stats_mutex);
-      stats.acks_connected = false;
+      was_connected = std::exchange(stats.acks_connected, false);
     }
-    acks_ever_connected = false;
+    if (was_connected)
+      log.warning(k_component, "acks connection to {} lost; reconnecting", config.url);
     {
       std::lock_guard lock(acks_out_mutex);
       acks_down = false;  // this attempt sees the loss; a later one sets it again
     }
     std::string failure;
+    mqtt::token_ptr token;
     try {
-      auto token = acks_client->connect(acks_connect_options);
+      token = acks_client->connect(acks_connect_options);
       // Paho enforces connect_timeout; the margin only bounds a missing answer.
       const auto give_up =
           std::chrono::steady_clock::now() + config.connect_timeout + k_connect_grace;
@@ -832,7 +834,6 @@ struct IngestService::Impl {
           std::min(k_acks_in_flight, std::max<std::size_t>(receive_maximum, 2) - 1);
       ack_window = window;
       acks_attempt = 0;
-      acks_ever_connected = true;
       log.info(k_component, "acks connection: connected to {} as {}", config.url, acks_client_id);
       log.debug(k_component, "the broker's Receive Maximum is {}: at most {} acks in flight",
                 receive_maximum, window);
@@ -840,10 +841,9 @@ struct IngestService::Impl {
       stats.acks_connected = true;
       stats.ack_window = window;
       return true;
-    } catch (const mqtt::exception& e) {
-      failure = e.get_error_str().empty() ? e.what() : e.get_error_str();
     } catch (const std::exception& e) {
-      failure = e.what();
+      // A refused connect: the broker's reason, worded as for the events connection.
+      failure = token && token->is_complete() ? paho_error(*token) : e.what();
     }
     const auto delay = agent::mqtt_connect::reconnect_backoff(
         config.reconnect_min, config.reconnect_max, acks_attempt, acks_rng);
@@ -1082,7 +1082,6 @@ struct IngestService::Impl {
   // k_acks_in_flight or one below the broker's Receive Maximum; set on each connect.
   std::size_t ack_window = k_acks_in_flight;
   std::uint32_t acks_attempt = 0;
-  bool acks_ever_connected = false;
   std::mt19937_64 acks_rng{std::random_device{}()};
 
   // From the worker to the ack publisher: the latest ack per device.
