@@ -5,9 +5,9 @@
 #include <mutex>
 #include <optional>
 
-#include <agent/driver.hpp>
-#include <agent/driver_table.hpp>
-#include <agent/units.hpp>
+#include <reflow/core/units.hpp>
+#include <reflow/device/driver.hpp>
+#include <reflow/device/driver_table.hpp>
 
 #include "key_event_source.hpp"
 #include "scanner.hpp"

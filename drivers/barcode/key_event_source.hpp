@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
-#include <agent/driver.hpp>
-#include <agent/env.hpp>
-#include <agent/result.hpp>
+#include <reflow/core/env.hpp>
+#include <reflow/core/result.hpp>
+#include <reflow/device/driver.hpp>
 
 #include "key_decoder.hpp"
 #include "scanner.hpp"

@@ -16,8 +16,8 @@
 #include <mutex>
 #include <thread>
 
-#include <agent/driver_table.hpp>
-#include <agent/units.hpp>
+#include <reflow/core/units.hpp>
+#include <reflow/device/driver_table.hpp>
 
 #include "key_event_source.hpp"
 #include "line_decoder.hpp"

@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include <agent/env.hpp>
-#include <agent/result.hpp>
+#include <reflow/core/env.hpp>
+#include <reflow/core/result.hpp>
 
 namespace agent::gpio {
 

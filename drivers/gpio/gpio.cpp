@@ -9,10 +9,10 @@
 #include <mutex>
 #include <thread>
 
-#include <agent/driver.hpp>
-#include <agent/driver_state.hpp>
-#include <agent/driver_table.hpp>
-#include <agent/units.hpp>
+#include <reflow/core/units.hpp>
+#include <reflow/device/driver.hpp>
+#include <reflow/device/driver_table.hpp>
+#include <reflow/drivers/driver_state.hpp>
 
 #include "debouncer.hpp"
 #include "gpio_driver.hpp"

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include <agent/driver.hpp>
+#include <reflow/device/driver.hpp>
 
 #include "edge_source.hpp"
 

@@ -6,8 +6,8 @@
 
 #include <fmt/format.h>
 
-#include <agent/spoolman.hpp>
-#include <agent/units.hpp>
+#include <reflow/core/units.hpp>
+#include <reflow/drivers/spoolman.hpp>
 
 namespace agent::moonraker {
 namespace {

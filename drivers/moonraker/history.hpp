@@ -9,7 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include <agent/result.hpp>
+#include <reflow/core/result.hpp>
 
 namespace agent::moonraker {
 

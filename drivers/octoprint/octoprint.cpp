@@ -13,12 +13,12 @@
 #include <optional>
 #include <thread>
 
-#include <agent/driver.hpp>
-#include <agent/driver_state.hpp>
-#include <agent/driver_table.hpp>
-#include <agent/http.hpp>
-#include <agent/spoolman.hpp>
-#include <agent/units.hpp>
+#include <reflow/core/http.hpp>
+#include <reflow/core/units.hpp>
+#include <reflow/device/driver.hpp>
+#include <reflow/device/driver_table.hpp>
+#include <reflow/drivers/driver_state.hpp>
+#include <reflow/drivers/spoolman.hpp>
 
 #include "octoprint_api.hpp"
 

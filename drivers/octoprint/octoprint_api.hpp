@@ -7,7 +7,7 @@
 #include <string>
 #include <string_view>
 
-#include <agent/result.hpp>
+#include <reflow/core/result.hpp>
 
 namespace agent::octoprint {
 

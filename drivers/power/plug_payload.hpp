@@ -8,7 +8,7 @@
 #include <string_view>
 #include <vector>
 
-#include <agent/result.hpp>
+#include <reflow/core/result.hpp>
 
 namespace agent::power {
 

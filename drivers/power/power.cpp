@@ -13,10 +13,10 @@
 #include <mutex>
 #include <thread>
 
-#include <agent/driver.hpp>
-#include <agent/driver_state.hpp>
-#include <agent/mqtt_subscriber.hpp>
-#include <agent/units.hpp>
+#include <reflow/core/units.hpp>
+#include <reflow/device/driver.hpp>
+#include <reflow/drivers/driver_state.hpp>
+#include <reflow/drivers/mqtt_subscriber.hpp>
 
 #include "power_logic.hpp"
 

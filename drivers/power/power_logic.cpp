@@ -5,7 +5,7 @@
 
 #include <fmt/format.h>
 
-#include <agent/units.hpp>
+#include <reflow/core/units.hpp>
 
 namespace agent::power {
 namespace {

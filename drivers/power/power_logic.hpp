@@ -11,9 +11,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include <agent/config.hpp>
-#include <agent/driver_table.hpp>
-#include <agent/result.hpp>
+#include <reflow/core/result.hpp>
+#include <reflow/device/config.hpp>
+#include <reflow/device/driver_table.hpp>
 
 #include "plug_payload.hpp"
 #include "session_tracker.hpp"

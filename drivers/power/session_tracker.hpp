@@ -10,7 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include <agent/result.hpp>
+#include <reflow/core/result.hpp>
 
 #include "plug_payload.hpp"
 

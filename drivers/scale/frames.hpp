@@ -11,7 +11,7 @@
 #include <string_view>
 #include <vector>
 
-#include <agent/result.hpp>
+#include <reflow/core/result.hpp>
 
 #include "scale_reader.hpp"
 

@@ -4,8 +4,8 @@
 // the station turns weights into economic events).
 #include <mutex>
 
-#include <agent/driver.hpp>
-#include <agent/driver_table.hpp>
+#include <reflow/device/driver.hpp>
+#include <reflow/device/driver_table.hpp>
 
 #include "frames.hpp"
 #include "scale_reader.hpp"

@@ -8,11 +8,11 @@
 #include <string>
 #include <vector>
 
-#include <agent/driver.hpp>
-#include <agent/env.hpp>
-#include <agent/logger.hpp>
-#include <agent/result.hpp>
-#include <agent/serial_port.hpp>
+#include <reflow/core/env.hpp>
+#include <reflow/core/logger.hpp>
+#include <reflow/core/result.hpp>
+#include <reflow/device/driver.hpp>
+#include <reflow/drivers/serial_port.hpp>
 
 namespace agent::scale {
 

@@ -17,11 +17,11 @@
 #include <set>
 #include <thread>
 
-#include <agent/driver.hpp>
-#include <agent/driver_state.hpp>
-#include <agent/driver_table.hpp>
-#include <agent/event.hpp>
-#include <agent/units.hpp>
+#include <reflow/core/event.hpp>
+#include <reflow/core/units.hpp>
+#include <reflow/device/driver.hpp>
+#include <reflow/device/driver_table.hpp>
+#include <reflow/drivers/driver_state.hpp>
 
 #include "feedback.hpp"
 #include "station_driver.hpp"

@@ -8,10 +8,10 @@
 #include <string>
 #include <vector>
 
-#include <agent/driver.hpp>
-#include <agent/env.hpp>
-#include <agent/logger.hpp>
-#include <agent/result.hpp>
+#include <reflow/core/env.hpp>
+#include <reflow/core/logger.hpp>
+#include <reflow/core/result.hpp>
+#include <reflow/device/driver.hpp>
 
 #include "../barcode/scanner.hpp"
 #include "../scale/scale_reader.hpp"

@@ -20,8 +20,8 @@
 
 #include <fmt/format.h>
 
-#include <agent/env.hpp>
-#include <agent/units.hpp>
+#include <reflow/core/env.hpp>
+#include <reflow/core/units.hpp>
 
 #include "mosquitto.hpp"
 

@@ -30,11 +30,11 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include <agent/env.hpp>
-#include <agent/event.hpp>
-#include <agent/jose.hpp>
-#include <agent/ulid.hpp>
-#include <ingest/store.hpp>
+#include <reflow/core/env.hpp>
+#include <reflow/core/event.hpp>
+#include <reflow/core/jose.hpp>
+#include <reflow/core/ulid.hpp>
+#include <reflow/node/store.hpp>
 
 #include "bench_support.hpp"
 

@@ -33,12 +33,12 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include <agent/control.hpp>
-#include <agent/env.hpp>
-#include <agent/event.hpp>
-#include <agent/jose.hpp>
-#include <agent/ulid.hpp>
-#include <agent/units.hpp>
+#include <reflow/core/env.hpp>
+#include <reflow/core/event.hpp>
+#include <reflow/core/jose.hpp>
+#include <reflow/core/ulid.hpp>
+#include <reflow/core/units.hpp>
+#include <reflow/device/control.hpp>
 
 #include "bench_support.hpp"
 

@@ -11,8 +11,8 @@
 #include <thread>
 #include <vector>
 
-#include <agent/config.hpp>
-#include <agent/driver.hpp>
+#include <reflow/device/config.hpp>
+#include <reflow/device/driver.hpp>
 
 #include "temp_dir.hpp"
 

@@ -5,7 +5,7 @@
 
 #include <gtest/gtest.h>
 
-#include <agent/event.hpp>
+#include <reflow/core/event.hpp>
 
 namespace reflow_test {
 

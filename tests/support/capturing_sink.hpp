@@ -9,8 +9,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include <agent/event.hpp>
-#include <agent/event_sink.hpp>
+#include <reflow/core/event.hpp>
+#include <reflow/device/event_sink.hpp>
 
 namespace reflow_test {
 

@@ -21,9 +21,9 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include <agent/config.hpp>
-#include <agent/driver.hpp>
-#include <agent/driver_table.hpp>
+#include <reflow/device/config.hpp>
+#include <reflow/device/driver.hpp>
+#include <reflow/device/driver_table.hpp>
 
 #include "capturing_sink.hpp"
 #include "key_decoder.hpp"

@@ -7,7 +7,7 @@
 #include <string_view>
 #include <vector>
 
-#include <agent/env.hpp>
+#include <reflow/core/env.hpp>
 
 #include "key_event_source.hpp"
 

@@ -13,9 +13,9 @@
 
 #include <fmt/format.h>
 
-#include <agent/config.hpp>
-#include <agent/driver.hpp>
-#include <agent/driver_state.hpp>
+#include <reflow/device/config.hpp>
+#include <reflow/device/driver.hpp>
+#include <reflow/drivers/driver_state.hpp>
 
 #include "capturing_sink.hpp"
 #include "gpio_driver.hpp"

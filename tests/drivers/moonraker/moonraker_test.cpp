@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
-#include <agent/config.hpp>
-#include <agent/driver.hpp>
-#include <agent/driver_state.hpp>
-#include <agent/spoolman.hpp>
+#include <reflow/device/config.hpp>
+#include <reflow/device/driver.hpp>
+#include <reflow/drivers/driver_state.hpp>
+#include <reflow/drivers/spoolman.hpp>
 
 #include "capturing_sink.hpp"
 #include "history.hpp"

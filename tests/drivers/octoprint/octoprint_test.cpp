@@ -16,9 +16,9 @@
 #include <thread>
 #include <vector>
 
-#include <agent/config.hpp>
-#include <agent/driver.hpp>
-#include <agent/driver_state.hpp>
+#include <reflow/device/config.hpp>
+#include <reflow/device/driver.hpp>
+#include <reflow/drivers/driver_state.hpp>
 
 #include "capturing_sink.hpp"
 #include "http_replay.hpp"

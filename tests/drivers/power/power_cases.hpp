@@ -18,9 +18,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include <agent/config.hpp>
-#include <agent/event.hpp>
-#include <agent/event_sink.hpp>
+#include <reflow/core/event.hpp>
+#include <reflow/device/config.hpp>
+#include <reflow/device/event_sink.hpp>
 
 #include "power_logic.hpp"
 

@@ -13,8 +13,8 @@
 
 #include <mqtt/async_client.h>
 
-#include <agent/driver.hpp>
-#include <agent/env.hpp>
+#include <reflow/core/env.hpp>
+#include <reflow/device/driver.hpp>
 
 #include "mosquitto.hpp"
 #include "power_cases.hpp"

@@ -3,7 +3,7 @@
 // the payload parsers and the session tracker, with message times from a FakeEnv.
 #include <gtest/gtest.h>
 
-#include <agent/env.hpp>
+#include <reflow/core/env.hpp>
 
 #include "plug_payload.hpp"
 #include "power_cases.hpp"

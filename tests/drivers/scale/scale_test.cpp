@@ -24,10 +24,10 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include <agent/config.hpp>
-#include <agent/driver.hpp>
-#include <agent/env.hpp>
-#include <agent/logger.hpp>
+#include <reflow/core/env.hpp>
+#include <reflow/core/logger.hpp>
+#include <reflow/device/config.hpp>
+#include <reflow/device/driver.hpp>
 
 #include "frames.hpp"
 #include "scale_reader.hpp"

@@ -9,11 +9,11 @@
 
 #include <fmt/format.h>
 
-#include <agent/config.hpp>
-#include <agent/driver.hpp>
-#include <agent/driver_state.hpp>
-#include <agent/event.hpp>
-#include <agent/units.hpp>
+#include <reflow/core/event.hpp>
+#include <reflow/core/units.hpp>
+#include <reflow/device/config.hpp>
+#include <reflow/device/driver.hpp>
+#include <reflow/drivers/driver_state.hpp>
 
 #include "capturing_sink.hpp"
 #include "station_driver.hpp"

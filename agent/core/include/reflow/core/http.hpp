@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <reflow/core/result.hpp>
+
+namespace agent {
+
+/// One HTTP request (drivers talk to Moonraker, OctoPrint, Spoolman, Shelly … with it).
+struct HttpRequest {
+  std::string method = "GET";  ///< GET, PUT, POST
+  std::string url;             ///< http:// or https://, with query string already encoded
+  std::vector<std::pair<std::string, std::string>> headers;  ///< e.g. {"X-Api-Key", "…"}
+  std::string body;  ///< sent as is; set a Content-Type header for JSON
+  std::chrono::milliseconds timeout{std::chrono::seconds(10)};  ///< whole request, connect included
+};
+
+/// What came back. Any HTTP status is a response, not an error: 401/403/500 are for the caller to
+/// judge (and to name in its log).
+struct HttpResponse {
+  long status = 0;  ///< 200, 404 …
+  std::string body;
+  std::string content_type;  ///< "" when the server sent none
+};
+
+/// A small HTTP/1.1 client on libcurl (the HTTP library Debian packages; no hand-written HTTP).
+/// Keeps one connection alive between requests to the same host. Not thread-safe: one per driver
+/// instance (or per thread). Responses larger than 8 MiB are refused.
+class HttpClient {
+ public:
+  HttpClient();
+  ~HttpClient();
+  HttpClient(const HttpClient&) = delete;
+  HttpClient& operator=(const HttpClient&) = delete;
+
+  /// Performs `request`. Errors: invalid_argument (malformed URL or method), device_unavailable
+  /// (DNS, connection refused or reset, TLS failure — the message names the URL and libcurl's
+  /// reason), timeout (no complete answer within request.timeout), io (response too large).
+  Result<HttpResponse> perform(const HttpRequest& request);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> m_impl;
+};
+
+}  // namespace agent

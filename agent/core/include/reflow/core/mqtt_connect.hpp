@@ -1,0 +1,88 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// What the device's forwarder (agent/device/src/forwarder.cpp) and the node's service
+// (agent/node/src/service.cpp) do alike to reach their broker with Paho MQTT C++: the
+// broker address, the credentials and TLS options from the [mqtt] keys both configs share, the
+// reconnect backoff and the tagging of Paho tokens with a connect attempt. Not installed.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <string_view>
+
+#include <mqtt/async_client.h>
+
+#include <reflow/core/result.hpp>
+
+namespace agent {
+
+/// A broker address from `mqtt.url`.
+struct BrokerUrl {
+  std::string host;  ///< a name, an IPv4 address, or an IPv6 address in brackets ("[::1]")
+  int port = 1883;   ///< from the URL, else 1883 for mqtt:// and 8883 for mqtts://
+  bool tls = false;  ///< mqtts://
+};
+
+/// Parses mqtt://HOST[:PORT] or mqtts://HOST[:PORT]. No user info, path or query: credentials
+/// have their own keys and MQTT has no path. The config loader and the forwarder both use it.
+/// Errors: invalid_argument saying what is wrong ("unknown scheme", "the port is not a number
+/// from 1 to 65535" …).
+Result<BrokerUrl> parse_broker_url(std::string_view url);
+
+}  // namespace agent
+
+namespace agent::mqtt_connect {
+
+struct BrokerAddress {
+  std::string paho_uri;  ///< tcp://host:port or ssl://host:port, the schemes Paho C knows
+  bool tls = false;      ///< mqtts://
+};
+
+/// mqtt://host[:port] → tcp://host:port; mqtts://host[:port] → ssl://host:port. The URL is
+/// parsed by the function the config loaders validate it with (parse_broker_url). Errors:
+/// invalid_config naming `source_file` ("config" when empty) and mqtt.url.
+Result<BrokerAddress> broker_address(std::string_view url, std::string_view source_file);
+
+/// The [mqtt] keys about who the client is and how it proves it, which both configs have.
+struct Credentials {
+  std::string username;
+  std::filesystem::path password_file;  ///< first line is the password
+  std::filesystem::path ca_file;
+  std::filesystem::path cert_file;
+  std::filesystem::path key_file;  ///< TOML key mqtt.key_file
+};
+
+/// The credentials of an AgentConfig or an IngestConfig (the fields have the same names).
+template <typename Config>
+Credentials credentials_of(const Config& config) {
+  return Credentials{config.username, config.password_file, config.ca_file, config.cert_file,
+                     config.tls_key_file};
+}
+
+/// Sets the user name, the password (read from password_file now) and, when `tls`, the SSL
+/// options (CA bundle, client certificate and key for mutual TLS, server certificate and host
+/// name verified) on `options`. `protocol` is the MQTT version the client speaks, as named in
+/// the error for a password without a user name ("MQTT 3.1.1"). Errors: invalid_config naming
+/// the mqtt.* key (a file that cannot be read, cert_file without key_file or the reverse).
+Status set_credentials(mqtt::connect_options& options, const Credentials& credentials, bool tls,
+                       std::string_view protocol);
+
+/// `ms` in whole seconds for Paho, rounded up and at least 1 so that a "500ms" setting never
+/// becomes 0 (= off), and at most `max` (keep alive is a 16-bit field).
+int whole_seconds(std::chrono::milliseconds ms, std::int64_t max = 65535);
+
+/// Full jitter (AWS Architecture Blog, "Exponential Backoff and Jitter") with `min` as the floor,
+/// so that a fleet that lost its broker together never hammers it faster than that: uniform in
+/// [min, min(max, min · 2^attempt)].
+std::chrono::milliseconds reconnect_backoff(std::chrono::milliseconds min,
+                                            std::chrono::milliseconds max, std::uint32_t attempt,
+                                            std::mt19937_64& rng);
+
+/// A connect attempt's number as a Paho token's user context, and back: an answer that arrives
+/// late is told apart from one to the current attempt.
+void* context_of(std::uint64_t generation);
+std::uint64_t generation_of(const mqtt::token& token);
+
+}  // namespace agent::mqtt_connect

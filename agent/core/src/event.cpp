@@ -1,0 +1,442 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include <reflow/core/event.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include <reflow/core/jose.hpp>
+#include <reflow/core/ulid.hpp>
+#include <reflow/core/units.hpp>
+
+namespace agent {
+namespace {
+
+// PROTOCOL §4: ValueFlows action ids, camelCase.
+constexpr std::array<std::string_view, 16> k_actions = {
+    "use",     "work",     "consume",         "produce",           "cite", "accept",
+    "modify",  "transfer", "transferCustody", "transferAllRights", "move", "pickup",
+    "dropoff", "raise",    "lower",           "deliverService"};
+
+// PROTOCOL §4: OM2 unit names.
+constexpr std::array<std::string_view, 10> k_units = {
+    "one",      "hour",       "minute-Time", "second-Time", "gram",
+    "kilogram", "millimetre", "metre",       "litre",       "kilowattHour"};
+
+// PROTOCOL §4: what a producer may supply, in the table's order (also the order of the hint in
+// the error for an unknown field).
+constexpr std::array<std::string_view, 18> k_producer_fields = {"action",
+                                                                "hasPointInTime",
+                                                                "hasBeginning",
+                                                                "hasEnd",
+                                                                "provider",
+                                                                "receiver",
+                                                                "resourceInventoriedAs",
+                                                                "toResourceInventoriedAs",
+                                                                "resourceConformsTo",
+                                                                "resourceClassifiedAs",
+                                                                "resourceQuantity",
+                                                                "effortQuantity",
+                                                                "inputOf",
+                                                                "outputOf",
+                                                                "atLocation",
+                                                                "toLocation",
+                                                                "note",
+                                                                "meta"};
+
+// References: a name or URI of an agent, resource, process or place. Empty says nothing.
+constexpr std::array<std::string_view, 9> k_reference_fields = {"provider",
+                                                                "receiver",
+                                                                "resourceInventoriedAs",
+                                                                "toResourceInventoriedAs",
+                                                                "resourceConformsTo",
+                                                                "inputOf",
+                                                                "outputOf",
+                                                                "atLocation",
+                                                                "toLocation"};
+
+// Fields the agent fills (PROTOCOL §4); a producer that sends one is confused about who does what.
+constexpr std::array<std::string_view, 9> k_agent_fields = {
+    "v", "id", "device", "stream", "seq", "prev", "recorded", "clock", "source"};
+
+// PROTOCOL §4 per-action minimum.
+constexpr std::array<std::string_view, 2> k_effort_actions = {"use", "work"};
+constexpr std::array<std::string_view, 10> k_resource_actions = {
+    "consume", "produce", "transfer", "transferCustody", "transferAllRights",
+    "move",    "accept",  "modify",   "raise",           "lower"};
+
+using Json = nlohmann::ordered_json;
+
+template <std::size_t N>
+bool contains(const std::array<std::string_view, N>& list, std::string_view name) {
+  return std::find(list.begin(), list.end(), name) != list.end();
+}
+
+template <std::size_t N>
+std::string join(const std::array<std::string_view, N>& list) {
+  std::string out;
+  for (std::string_view item : list) {
+    if (!out.empty()) out += ", ";
+    out += item;
+  }
+  return out;
+}
+
+std::unexpected<Error> reject(std::string message) {
+  return fail(ErrorCode::rejected, std::move(message));
+}
+
+// Quotes a value for an error message, shortened so one bad field cannot flood a log line.
+std::string shown(const Json& value) {
+  std::string text = value.dump(-1, ' ', false, Json::error_handler_t::replace);
+  constexpr std::size_t k_max = 60;
+  if (text.size() > k_max) text = text.substr(0, k_max) + "…";
+  return text;
+}
+
+// Every string, at any depth, within k_max_string_bytes and valid UTF-8 (the payload is UTF-8
+// JSON, PROTOCOL §4). Checked per string so the error names the field.
+Status check_strings(const Json& value, const std::string& path) {
+  if (value.is_string()) {
+    const auto& text = value.get_ref<const std::string&>();
+    if (text.size() > k_max_string_bytes)
+      return reject(fmt::format("{}: string is {} bytes; at most {} are allowed", path, text.size(),
+                                k_max_string_bytes));
+    try {
+      (void)value.dump();
+    } catch (const Json::type_error&) {
+      return reject(fmt::format("{}: string is not valid UTF-8", path));
+    }
+  } else if (value.is_object()) {
+    for (const auto& [key, member] : value.items()) {
+      try {
+        (void)Json(key).dump();
+      } catch (const Json::type_error&) {
+        return reject(fmt::format("{}: a member name is not valid UTF-8", path));
+      }
+      if (auto s = check_strings(member, path + "." + key); !s) return s;
+    }
+  } else if (value.is_array()) {
+    for (std::size_t i = 0; i < value.size(); ++i) {
+      if (auto s = check_strings(value[i], fmt::format("{}[{}]", path, i)); !s) return s;
+    }
+  }
+  return {};
+}
+
+// True when every string value at any depth is within k_max_string_bytes: check_strings without
+// building the paths its messages name, for the common case where nothing is wrong.
+bool strings_within_limit(const Json& value) {
+  if (value.is_string()) return value.get_ref<const std::string&>().size() <= k_max_string_bytes;
+  if (value.is_structured()) {
+    for (const Json& member : value) {
+      if (!strings_within_limit(member)) return false;
+    }
+  }
+  return true;
+}
+
+// check_strings for one field that also returns its serialized size (dump().size()). One dump()
+// checks the UTF-8 of every string and member name in it at once (dump() throws on invalid
+// UTF-8); only when that or a length check fails does check_strings walk it again for the message.
+Result<std::size_t> check_field_strings(const Json& value, const std::string& path) {
+  std::optional<std::size_t> size;
+  try {
+    size = value.dump().size();
+  } catch (const Json::type_error&) {
+  }
+  if (!size || !strings_within_limit(value)) {
+    if (auto s = check_strings(value, path); !s) return std::unexpected(s.error());
+  }
+  // check_strings found nothing only if dump() did not throw, so size is set here.
+  return size.value_or(0);
+}
+
+// RFC 3339 in UTC; returns Unix ms.
+Result<std::int64_t> check_utc_time(const Json& value, std::string_view name) {
+  if (!value.is_string())
+    return reject(
+        fmt::format("{}: expected an RFC 3339 UTC time string such as "
+                    "\"2026-11-21T09:40:19Z\"; got {}",
+                    name, shown(value)));
+  const auto& text = value.get_ref<const std::string&>();
+  auto ms = parse_rfc3339(text);
+  if (!ms) return reject(fmt::format("{}: {}", name, ms.error().message));
+  if (text.back() != 'Z')
+    return reject(
+        fmt::format("{}: must be in UTC, ending in \"Z\" (e.g. "
+                    "\"2026-11-21T09:40:19Z\"); got \"{}\"",
+                    name, text));
+  return ms;
+}
+
+Status check_quantity(const Json& value, std::string_view name) {
+  if (!value.is_object())
+    return reject(
+        fmt::format("{}: expected {{\"hasNumericalValue\": number > 0, \"hasUnit\": "
+                    "\"<OM2 unit>\"}}; got {}",
+                    name, shown(value)));
+  for (const auto& [key, member] : value.items()) {
+    if (key != "hasNumericalValue" && key != "hasUnit")
+      return reject(
+          fmt::format("{}.{}: unknown member (expected hasNumericalValue and hasUnit)", name, key));
+  }
+  auto number = value.find("hasNumericalValue");
+  if (number == value.end()) return reject(fmt::format("{}.hasNumericalValue: required", name));
+  if (!number->is_number() || !std::isfinite(number->get<double>()) || number->get<double>() <= 0)
+    return reject(
+        fmt::format("{}.hasNumericalValue: expected a number > 0; got {}", name, shown(*number)));
+  auto unit = value.find("hasUnit");
+  if (unit == value.end()) return reject(fmt::format("{}.hasUnit: required", name));
+  if (!unit->is_string() || !is_known_unit(unit->get_ref<const std::string&>()))
+    return reject(fmt::format("{}.hasUnit: unknown OM2 unit {} (expected one of: {})", name,
+                              shown(*unit), join(k_units)));
+  return {};
+}
+
+Status check_non_empty_string(const Json& event, std::string_view name) {
+  auto it = event.find(name);
+  if (it == event.end()) return reject(fmt::format("{}: required", name));
+  if (!it->is_string() || it->get_ref<const std::string&>().empty())
+    return reject(fmt::format("{}: expected a non-empty string; got {}", name, shown(*it)));
+  return {};
+}
+
+}  // namespace
+
+bool is_known_action(std::string_view action) noexcept {
+  return std::find(k_actions.begin(), k_actions.end(), action) != k_actions.end();
+}
+
+bool is_known_unit(std::string_view unit) noexcept {
+  return std::find(k_units.begin(), k_units.end(), unit) != k_units.end();
+}
+
+bool is_valid_device_id(std::string_view id) noexcept {
+  // ^[a-z0-9][a-z0-9._-]{0,63}$
+  if (id.empty() || id.size() > 64) return false;
+  auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
+  if (!alnum(id[0])) return false;
+  return std::all_of(id.begin() + 1, id.end(),
+                     [&](char c) { return alnum(c) || c == '.' || c == '_' || c == '-'; });
+}
+
+namespace {
+
+// validate_submission on `fields`; with skip_agent_fields, on the producer fields of a whole
+// payload, so that validate_event_payload need not copy them into an object of their own. Every
+// name looked up below is a producer field, so the agent's fields cannot change the outcome.
+Status check_producer_fields(const Json& fields, bool skip_agent_fields) {
+  if (!fields.is_object())
+    return reject(
+        fmt::format("event: expected a JSON object of PROTOCOL §4 fields; got {}", shown(fields)));
+  // The size of the producer fields' object as dump() would write it: "{", the members
+  // `"name":value` joined by ",", "}". The names are those of k_producer_fields, which JSON
+  // writes without escapes.
+  std::size_t size = 2;
+  std::size_t members = 0;
+  for (const auto& [key, value] : fields.items()) {
+    if (contains(k_agent_fields, key)) {
+      if (skip_agent_fields) continue;
+      return reject(fmt::format("{}: filled by the agent; remove it", key));
+    }
+    if (!contains(k_producer_fields, key))
+      return reject(
+          fmt::format("{}: unknown field (expected one of: {})", key, join(k_producer_fields)));
+    auto value_size = check_field_strings(value, key);
+    if (!value_size) return std::unexpected(value_size.error());
+    size += (members++ == 0 ? 0 : 1) + key.size() + 3 + *value_size;
+  }
+  if (size > k_max_submission_bytes)
+    return reject(
+        fmt::format("event: {} bytes of fields; at most {} are allowed (move bulk data "
+                    "out of meta)",
+                    size, k_max_submission_bytes));
+
+  auto action = fields.find("action");
+  if (action == fields.end())
+    return reject(fmt::format("action: required (one of: {})", join(k_actions)));
+  if (!action->is_string() || !is_known_action(action->get_ref<const std::string&>()))
+    return reject(fmt::format("action: unknown ValueFlows action {} (expected one of: {})",
+                              shown(*action), join(k_actions)));
+  const std::string& action_name = action->get_ref<const std::string&>();
+
+  auto point = fields.find("hasPointInTime");
+  auto begin = fields.find("hasBeginning");
+  auto end = fields.find("hasEnd");
+  if (point != fields.end() && (begin != fields.end() || end != fields.end()))
+    return reject("hasPointInTime and hasBeginning/hasEnd: use one time form, not both");
+  if (point == fields.end() && begin == fields.end() && end == fields.end())
+    return reject(
+        "hasPointInTime or hasBeginning/hasEnd: required (when the event happened, "
+        "RFC 3339 UTC)");
+  if (point != fields.end()) {
+    if (auto t = check_utc_time(*point, "hasPointInTime"); !t) return std::unexpected(t.error());
+  }
+  std::int64_t begin_ms = std::numeric_limits<std::int64_t>::min();
+  std::int64_t end_ms = std::numeric_limits<std::int64_t>::max();
+  if (begin != fields.end()) {
+    auto t = check_utc_time(*begin, "hasBeginning");
+    if (!t) return std::unexpected(t.error());
+    begin_ms = *t;
+  }
+  if (end != fields.end()) {
+    auto t = check_utc_time(*end, "hasEnd");
+    if (!t) return std::unexpected(t.error());
+    end_ms = *t;
+  }
+  if (begin_ms > end_ms)
+    return reject(fmt::format("hasBeginning: {} is after hasEnd {}", shown(*begin), shown(*end)));
+
+  for (std::string_view name : k_reference_fields) {
+    if (fields.contains(name)) {
+      if (auto s = check_non_empty_string(fields, name); !s) return s;
+    }
+  }
+  if (auto note = fields.find("note"); note != fields.end() && !note->is_string())
+    return reject(fmt::format("note: expected a string; got {}", shown(*note)));
+  if (auto classes = fields.find("resourceClassifiedAs"); classes != fields.end()) {
+    if (!classes->is_array())
+      return reject(fmt::format("resourceClassifiedAs: expected an array of strings; got {}",
+                                shown(*classes)));
+    for (std::size_t i = 0; i < classes->size(); ++i) {
+      const Json& item = (*classes)[i];
+      if (!item.is_string() || item.get_ref<const std::string&>().empty())
+        return reject(fmt::format("resourceClassifiedAs[{}]: expected a non-empty string; got {}",
+                                  i, shown(item)));
+    }
+  }
+  for (std::string_view name : {"resourceQuantity", "effortQuantity"}) {
+    if (auto it = fields.find(name); it != fields.end()) {
+      if (auto s = check_quantity(*it, name); !s) return s;
+    }
+  }
+  if (auto meta = fields.find("meta"); meta != fields.end() && !meta->is_object())
+    return reject(fmt::format("meta: expected an object of driver facts; got {}", shown(*meta)));
+
+  if (contains(k_effort_actions, action_name) && !fields.contains("effortQuantity"))
+    return reject(fmt::format("effortQuantity: required for action \"{}\"", action_name));
+  if (contains(k_resource_actions, action_name)) {
+    if (!fields.contains("resourceQuantity"))
+      return reject(fmt::format("resourceQuantity: required for action \"{}\"", action_name));
+    if (!fields.contains("resourceInventoriedAs") && !fields.contains("resourceConformsTo"))
+      return reject(fmt::format(
+          "resourceInventoriedAs or resourceConformsTo: required for action \"{}\"", action_name));
+  }
+  return {};
+}
+
+}  // namespace
+
+Status validate_submission(const nlohmann::ordered_json& fields) {
+  return check_producer_fields(fields, /*skip_agent_fields=*/false);
+}
+
+std::string make_event_payload(const EventStamp& stamp, const nlohmann::ordered_json& fields,
+                               const EventSource& source) {
+  Json event = Json::object();
+  event["v"] = 1;
+  event["id"] = stamp.id;
+  event["device"] = stamp.device;
+  event["stream"] = stamp.stream;
+  event["seq"] = stamp.seq;
+  event["prev"] = stamp.prev.empty() ? Json(nullptr) : Json(stamp.prev);
+  event["recorded"] = format_rfc3339_ms(stamp.recorded_unix_ms);
+  event["clock"] = stamp.clock == ClockSync::synced ? "synced" : "unsynced";
+  if (fields.is_object()) {
+    for (const auto& [key, value] : fields.items()) {
+      // validate_submission refuses these; skipping them here means an unvalidated caller still
+      // cannot overwrite a stamp field in place.
+      if (contains(k_agent_fields, key)) continue;
+      event[key] = value;
+    }
+  }
+  Json src = Json::object();
+  src["driver"] = source.driver;
+  src["instance"] = source.instance;
+  if (!source.ref.empty()) src["ref"] = source.ref;
+  event["source"] = std::move(src);
+  // `replace` keeps this from throwing on invalid UTF-8 that an unvalidated caller passed in.
+  return event.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+Status validate_event_payload(const nlohmann::ordered_json& event) {
+  if (!event.is_object())
+    return reject(fmt::format("event: expected a JSON object; got {}", shown(event)));
+  for (std::string_view name : k_agent_fields) {
+    if (!event.contains(name)) return reject(fmt::format("{}: required", name));
+  }
+  const Json& v = event.at("v");
+  if (!v.is_number_integer() || v.get<std::int64_t>() != 1)
+    return reject(fmt::format("v: expected 1 (protocol version); got {}", shown(v)));
+  for (std::string_view name : {"id", "stream"}) {
+    const Json& value = event.at(name);
+    if (!value.is_string() || !is_valid_ulid(value.get_ref<const std::string&>()))
+      return reject(fmt::format("{}: expected a ULID (26 Crockford base32 characters); got {}",
+                                name, shown(value)));
+  }
+  const Json& device = event.at("device");
+  if (!device.is_string() || !is_valid_device_id(device.get_ref<const std::string&>()))
+    return reject(
+        fmt::format("device: expected a device id matching ^[a-z0-9][a-z0-9._-]{{0,63}}$; "
+                    "got {}",
+                    shown(device)));
+
+  const Json& seq = event.at("seq");
+  const bool seq_ok =
+      (seq.is_number_unsigned() && seq.get<std::uint64_t>() >= 1 &&
+       seq.get<std::uint64_t>() <=
+           static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) ||
+      (seq.is_number_integer() && !seq.is_number_unsigned() && seq.get<std::int64_t>() >= 1);
+  if (!seq_ok) return reject(fmt::format("seq: expected an integer >= 1; got {}", shown(seq)));
+  const std::int64_t seq_value = seq.get<std::int64_t>();
+
+  const Json& prev = event.at("prev");
+  if (seq_value == 1) {
+    if (!prev.is_null())
+      return reject(
+          fmt::format("prev: must be null for seq 1 (the start of a stream); got {}", shown(prev)));
+  } else {
+    bool prev_ok = prev.is_string() && prev.get_ref<const std::string&>().size() == 43;
+    if (prev_ok) {
+      auto digest = base64url_decode(prev.get_ref<const std::string&>());
+      prev_ok = digest && digest->size() == 32;
+    }
+    if (!prev_ok)
+      return reject(
+          fmt::format("prev: expected the base64url SHA-256 (43 characters) of seq {}'s "
+                      "signing input; got {}",
+                      seq_value - 1, shown(prev)));
+  }
+
+  if (auto t = check_utc_time(event.at("recorded"), "recorded"); !t)
+    return std::unexpected(t.error());
+  const Json& clock = event.at("clock");
+  if (clock != "synced" && clock != "unsynced")
+    return reject(fmt::format("clock: expected \"synced\" or \"unsynced\"; got {}", shown(clock)));
+
+  const Json& source = event.at("source");
+  if (!source.is_object())
+    return reject(
+        fmt::format("source: expected {{\"driver\",\"instance\",\"ref\"}}; got {}", shown(source)));
+  for (const auto& [key, value] : source.items()) {
+    if (key != "driver" && key != "instance" && key != "ref")
+      return reject(fmt::format("source.{}: unknown member (expected driver, instance, ref)", key));
+  }
+  for (std::string_view name : {"driver", "instance"}) {
+    if (auto s = check_non_empty_string(source, name); !s)
+      return reject("source." + s.error().message);
+  }
+  if (auto ref = source.find("ref"); ref != source.end() && !ref->is_string())
+    return reject(fmt::format("source.ref: expected a string; got {}", shown(*ref)));
+  if (auto s = check_field_strings(source, "source"); !s) return std::unexpected(s.error());
+
+  return check_producer_fields(event, /*skip_agent_fields=*/true);
+}
+
+}  // namespace agent

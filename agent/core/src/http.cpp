@@ -1,0 +1,153 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include <reflow/core/http.hpp>
+
+#include <curl/curl.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdint>
+#include <mutex>
+#include <string_view>
+
+#include <fmt/format.h>
+
+namespace agent {
+namespace {
+
+constexpr std::size_t k_max_body_bytes = 8 * 1024 * 1024;
+
+// curl_global_init is not thread-safe before libcurl 7.84 (Debian 12 ships 7.88, but the agent
+// may be built elsewhere): do it once, whichever driver thread gets here first.
+void global_init_once() {
+  static std::once_flag once;
+  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+}
+
+struct Receiver {
+  std::string body;
+  bool too_large = false;
+};
+
+std::size_t on_body(char* data, std::size_t size, std::size_t count, void* user) {
+  auto* receiver = static_cast<Receiver*>(user);
+  const std::size_t bytes = size * count;
+  if (receiver->body.size() + bytes > k_max_body_bytes) {
+    receiver->too_large = true;
+    return 0;  // makes libcurl abort the transfer with CURLE_WRITE_ERROR
+  }
+  receiver->body.append(data, bytes);
+  return bytes;
+}
+
+bool valid_method(std::string_view method) {
+  return !method.empty() && std::all_of(method.begin(), method.end(),
+                                        [](unsigned char c) { return std::isupper(c) != 0; });
+}
+
+bool valid_url(std::string_view url) {
+  return url.starts_with("http://") || url.starts_with("https://");
+}
+
+struct HeaderList {
+  curl_slist* list = nullptr;
+  ~HeaderList() { curl_slist_free_all(list); }
+};
+
+}  // namespace
+
+struct HttpClient::Impl {
+  CURL* curl = nullptr;
+  // Lives with the handle: libcurl keeps the pointer until the next reset.
+  char error_text[CURL_ERROR_SIZE] = {};
+};
+
+HttpClient::HttpClient() : m_impl(std::make_unique<Impl>()) {
+  global_init_once();
+  m_impl->curl = curl_easy_init();
+}
+
+HttpClient::~HttpClient() {
+  if (m_impl->curl) curl_easy_cleanup(m_impl->curl);
+}
+
+Result<HttpResponse> HttpClient::perform(const HttpRequest& request) {
+  if (!valid_url(request.url))
+    return fail(
+        ErrorCode::invalid_argument,
+        fmt::format("HTTP request: URL \"{}\" must start with http:// or https://", request.url));
+  if (!valid_method(request.method))
+    return fail(ErrorCode::invalid_argument,
+                fmt::format("HTTP request to {}: method \"{}\" is not an upper-case HTTP method "
+                            "(GET, PUT, POST)",
+                            request.url, request.method));
+  CURL* curl = m_impl->curl;
+  if (!curl) return fail(ErrorCode::internal, "HTTP client: libcurl could not make an easy handle");
+
+  // Reset clears the previous request's options but keeps the live connection and DNS cache.
+  curl_easy_reset(curl);
+  Receiver receiver;
+  HeaderList headers;
+  for (const auto& [name, value] : request.headers)
+    headers.list = curl_slist_append(headers.list, fmt::format("{}: {}", name, value).c_str());
+  char* error_text = m_impl->error_text;
+  error_text[0] = '\0';
+
+  curl_easy_setopt(curl, CURLOPT_URL, request.url.c_str());
+  curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+  // Signals are how libcurl times out DNS otherwise; they are unsafe in a multi-threaded daemon.
+  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+  // 0 would mean "no timeout" to libcurl.
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS,
+                   static_cast<long>(std::max<std::int64_t>(request.timeout.count(), 1)));
+  // Refuses a declared oversized body before reading it; on_body catches undeclared ones.
+  curl_easy_setopt(curl, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(k_max_body_bytes));
+  curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, error_text);
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &receiver);
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers.list);
+  if (request.method == "GET") {
+    curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
+  } else {
+    curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, request.method.c_str());
+  }
+  if (request.method != "GET" || !request.body.empty()) {
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, request.body.data());
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE,
+                     static_cast<curl_off_t>(request.body.size()));
+  }
+
+  const CURLcode code = curl_easy_perform(curl);
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, nullptr);  // the list is freed on return
+  const std::string reason = error_text[0] != '\0' ? error_text : curl_easy_strerror(code);
+  if (code != CURLE_OK) {
+    if (receiver.too_large || code == CURLE_FILESIZE_EXCEEDED)
+      return fail(ErrorCode::io,
+                  fmt::format("HTTP {} {}: the response is larger than {} MiB; refused",
+                              request.method, request.url, k_max_body_bytes / (1024 * 1024)));
+    switch (code) {
+      case CURLE_URL_MALFORMAT:
+      case CURLE_UNSUPPORTED_PROTOCOL:
+        return fail(ErrorCode::invalid_argument, fmt::format("HTTP {} {}: malformed URL: {}",
+                                                             request.method, request.url, reason));
+      case CURLE_OPERATION_TIMEDOUT:
+        return fail(ErrorCode::timeout,
+                    fmt::format("HTTP {} {}: no complete answer within {} ms ({}); check that the "
+                                "device is on and not overloaded",
+                                request.method, request.url, request.timeout.count(), reason));
+      default:
+        return fail(ErrorCode::device_unavailable,
+                    fmt::format("HTTP {} {}: {}; check the address and that the device is on",
+                                request.method, request.url, reason));
+    }
+  }
+
+  HttpResponse response;
+  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &response.status);
+  char* content_type = nullptr;
+  curl_easy_getinfo(curl, CURLINFO_CONTENT_TYPE, &content_type);
+  if (content_type) response.content_type = content_type;
+  response.body = std::move(receiver.body);
+  return response;
+}
+
+}  // namespace agent

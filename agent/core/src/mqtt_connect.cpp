@@ -1,0 +1,172 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include <reflow/core/mqtt_connect.hpp>
+
+#include <algorithm>
+#include <fstream>
+#include <utility>
+
+#include <fmt/format.h>
+
+namespace agent {
+
+Result<BrokerUrl> parse_broker_url(std::string_view url) {
+  auto bad = [](std::string_view why) {
+    return fail(ErrorCode::invalid_argument, std::string(why));
+  };
+  BrokerUrl out;
+  std::string_view rest;
+  if (url.starts_with("mqtt://")) {
+    rest = url.substr(7);
+  } else if (url.starts_with("mqtts://")) {
+    rest = url.substr(8);
+    out.tls = true;
+    out.port = 8883;
+  } else {
+    return bad("unknown scheme");
+  }
+  std::string_view host;
+  std::string_view after_host;
+  bool ipv6 = false;
+  if (rest.starts_with('[')) {
+    const auto close = rest.find(']');
+    if (close == std::string_view::npos) return bad("unterminated IPv6 address");
+    host = rest.substr(1, close - 1);
+    after_host = rest.substr(close + 1);
+    ipv6 = true;
+  } else {
+    const auto colon = rest.find(':');
+    host = rest.substr(0, colon);
+    after_host = colon == std::string_view::npos ? std::string_view() : rest.substr(colon);
+  }
+  if (host.empty()) return bad("no host");
+  for (char c : host) {
+    const bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+    const bool ok =
+        ipv6 ? (alnum || c == ':' || c == '.') : (alnum || c == '.' || c == '-' || c == '_');
+    if (!ok)
+      return bad(
+          "the host may hold only letters, digits, '.', '-' and '_' (no user, path or query)");
+  }
+  out.host = ipv6 ? fmt::format("[{}]", host) : std::string(host);
+  if (after_host.empty()) return out;
+  const std::string_view port = after_host.substr(1);
+  unsigned value = 0;
+  bool digits = after_host[0] == ':' && !port.empty() && port.size() <= 5;
+  for (char c : port) {
+    digits = digits && c >= '0' && c <= '9';
+    if (digits) value = value * 10 + static_cast<unsigned>(c - '0');
+  }
+  if (!digits || value < 1 || value > 65535) return bad("the port is not a number from 1 to 65535");
+  out.port = static_cast<int>(value);
+  return out;
+}
+
+}  // namespace agent
+
+namespace agent::mqtt_connect {
+namespace {
+
+Status check_readable(const std::filesystem::path& path, std::string_view key) {
+  std::ifstream in(path);
+  if (!in)
+    return fail(ErrorCode::invalid_config,
+                fmt::format("mqtt.{}: cannot read \"{}\"; check the path and its permissions", key,
+                            path.string()));
+  return {};
+}
+
+// The password is the file's first line; a trailing CR/LF is not part of it.
+Result<std::string> read_password(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return fail(ErrorCode::invalid_config,
+                fmt::format("mqtt.password_file: cannot read \"{}\"; check the path and its "
+                            "permissions",
+                            path.string()));
+  std::string line;
+  std::getline(in, line);
+  if (in.bad())
+    return fail(ErrorCode::invalid_config,
+                fmt::format("mqtt.password_file: reading \"{}\" failed", path.string()));
+  while (!line.empty() && (line.back() == '\r' || line.back() == '\n'))
+    line.pop_back();
+  return line;
+}
+
+}  // namespace
+
+Result<BrokerAddress> broker_address(std::string_view url, std::string_view source_file) {
+  auto parsed = parse_broker_url(url);
+  if (!parsed)
+    return fail(
+        ErrorCode::invalid_config,
+        fmt::format("{}: mqtt.url: {}; got \"{}\" (expected mqtt://host[:port] or "
+                    "mqtts://host[:port])",
+                    source_file.empty() ? "config" : source_file, parsed.error().message, url));
+  return BrokerAddress{
+      fmt::format("{}://{}:{}", parsed->tls ? "ssl" : "tcp", parsed->host, parsed->port),
+      parsed->tls};
+}
+
+Status set_credentials(mqtt::connect_options& options, const Credentials& credentials, bool tls,
+                       std::string_view protocol) {
+  if (!credentials.username.empty()) options.set_user_name(credentials.username);
+  if (!credentials.password_file.empty()) {
+    if (credentials.username.empty())
+      return fail(ErrorCode::invalid_config,
+                  fmt::format("mqtt.password_file is set but mqtt.username is empty; {} sends a "
+                              "password only with a user name",
+                              protocol));
+    auto password = read_password(credentials.password_file);
+    if (!password) return std::unexpected(password.error());
+    options.set_password(*password);
+  }
+  if (!tls) return {};
+  mqtt::ssl_options ssl;
+  if (!credentials.ca_file.empty()) {
+    if (auto ok = check_readable(credentials.ca_file, "ca_file"); !ok) return ok;
+    ssl.set_trust_store(credentials.ca_file.string());
+  }
+  if (credentials.key_file.empty() != credentials.cert_file.empty())
+    return fail(ErrorCode::invalid_config,
+                "mqtt.cert_file and mqtt.key_file go together for mutual TLS; set both or "
+                "neither");
+  if (!credentials.cert_file.empty()) {
+    if (auto ok = check_readable(credentials.cert_file, "cert_file"); !ok) return ok;
+    if (auto ok = check_readable(credentials.key_file, "key_file"); !ok) return ok;
+    ssl.set_key_store(credentials.cert_file.string());
+    ssl.set_private_key(credentials.key_file.string());
+  }
+  ssl.set_enable_server_cert_auth(true);
+  ssl.set_verify(true);  // the certificate must match the host name
+  options.set_ssl(std::move(ssl));
+  return {};
+}
+
+int whole_seconds(std::chrono::milliseconds ms, std::int64_t max) {
+  auto s = (ms.count() + 999) / 1000;
+  return static_cast<int>(std::clamp<std::int64_t>(s, 1, max));
+}
+
+std::chrono::milliseconds reconnect_backoff(std::chrono::milliseconds min,
+                                            std::chrono::milliseconds max, std::uint32_t attempt,
+                                            std::mt19937_64& rng) {
+  const auto low = std::max<std::int64_t>(min.count(), 0);
+  const auto cap = std::max<std::int64_t>(max.count(), low);
+  std::int64_t high = low;
+  for (std::uint32_t i = 0; i < attempt && high < cap; ++i)
+    high = std::max<std::int64_t>(high * 2, 1);
+  high = std::min(high, cap);
+  std::uniform_int_distribution<std::int64_t> pick(low, high);
+  return std::chrono::milliseconds(pick(rng));
+}
+
+void* context_of(std::uint64_t generation) {
+  return reinterpret_cast<void*>(static_cast<std::uintptr_t>(generation));
+}
+
+std::uint64_t generation_of(const mqtt::token& token) {
+  return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(token.get_user_context()));
+}
+
+}  // namespace agent::mqtt_connect

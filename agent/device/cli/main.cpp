@@ -1,0 +1,151 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// reflow-agent: parses arguments and hands over to one command (commands.cpp, demo.cpp).
+#include <fmt/format.h>
+#include <CLI/CLI.hpp>
+
+#include <reflow/device/config.hpp>
+#include <reflow/device/daemon.hpp>
+
+#include "commands.hpp"
+
+namespace {
+
+std::string config_keys_footer() {
+  std::string text = "\nConfig keys (TOML; see config/reflow-agent.example.toml):\n";
+  for (const auto& key : agent::config_reference())
+    text += fmt::format("  {:<24} {:<18} default {:<24} {}\n", key.key, key.type, key.default_text,
+                        key.description);
+  text +=
+      "  [[driver]] tables: kind, name and the kind's keys (reflow-agent drivers describe KIND)\n";
+  return text;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  agent::block_signals();
+  CLI::App app{
+      "reflow-agent: signs machine events (ValueFlows) on this device, keeps them in a local "
+      "outbox "
+      "and forwards them over MQTT to a community node until the node acknowledges them."};
+  app.set_version_flag("--version", std::string("reflow-agent ") + agent::version());
+  app.require_subcommand(1);
+
+  std::string config_path;
+  std::string key_path;
+  std::string jwk_path;
+  std::string log_level;
+  std::string outbox_file;
+  std::string describe_kind;
+  std::int64_t from_seq = 1;
+  bool json = false;
+  bool keep = false;
+  int jobs = 3;
+
+  auto* keygen = app.add_subcommand(
+      "keygen", "Create the device's Ed25519 key (mode 0600) and print its public JWK");
+  keygen
+      ->add_option("--key", key_path,
+                   "Where to write the key; an existing file is never overwritten")
+      ->required();
+
+  auto* run = app.add_subcommand("run", "Run the daemon in the foreground (systemd Type=notify)");
+  run->add_option("--config", config_path, "The agent's TOML config file")->required();
+  run->add_option("--log-level", log_level,
+                  "Override agent.log_level: debug, info, warning or error");
+  run->footer(config_keys_footer());
+
+  auto* emit = app.add_subcommand("emit",
+                                  "Submit events (JSON lines on stdin) to the running daemon; "
+                                  "prints {\"seq\",\"id\"} per line once "
+                                  "committed, or {\"error\",\"line\"}. Exit 1 if any line was "
+                                  "refused, 3 if the daemon is not running");
+  emit->add_option("--config", config_path, "The agent's TOML config file")->required();
+
+  auto* status = app.add_subcommand("status",
+                                    "Show the daemon's state: connection, stream, seqs, backlog, "
+                                    "clock, outbox. Exit 3 if not running");
+  status->add_option("--config", config_path, "The agent's TOML config file")->required();
+  status->add_flag("--json", json, "One JSON object instead of text");
+
+  auto* exp =
+      app.add_subcommand("export", "Print the outbox's envelopes (JWS, PROTOCOL §3) as JSON lines");
+  exp->add_option("--config", config_path, "The agent's TOML config file")->required();
+  exp->add_option("--from", from_seq, "First seq to print")->check(CLI::PositiveNumber);
+  exp->add_option("--outbox", outbox_file,
+                  "Read this outbox file instead (e.g. a quarantined outbox.db.corrupt-*)");
+
+  auto* verify = app.add_subcommand(
+      "verify",
+      "Check envelopes (JSON lines on stdin): signature, event schema and the chain between lines");
+  verify->add_option("--jwk", jwk_path, "The device's public JWK, as keygen printed it")
+      ->required();
+
+  std::string csr_out;
+  auto* enroll = app.add_subcommand(
+      "enroll",
+      "Create the device's TLS key (EC P-256, at mqtt.key_file or DATA_DIR/tls.key, mode 0600) if "
+      "missing and print a certificate signing request for the node's `reflow-ingest ca sign`");
+  enroll->add_option("--config", config_path, "The agent's TOML config file")->required();
+  enroll->add_option("--out", csr_out, "Write the CSR (PEM) to this file instead of stdout");
+
+  auto* drivers = app.add_subcommand("drivers", "List the driver kinds built into this binary");
+  auto* describe = drivers->add_subcommand("describe", "Print the keys of one driver kind");
+  describe->add_option("KIND", describe_kind, "A kind listed by `reflow-agent drivers`")
+      ->required();
+
+  auto* demo = app.add_subcommand("demo",
+                                  "Run the built-in demo: a local Mosquitto, this agent with a "
+                                  "simulated printer, and a receiver "
+                                  "that verifies, prints and acknowledges each event");
+  demo->add_option("--jobs", jobs, "Print jobs to simulate (3 events each)")
+      ->check(CLI::Range(1, 1000));
+  demo->add_flag("--keep", keep, "Keep the demo's temporary directory");
+  std::string demo_drivers;
+  std::int64_t demo_events = 0;
+  int demo_timeout = 60;
+  auto* demo_drivers_option =
+      demo->add_option("--drivers", demo_drivers,
+                       "A TOML file of [[driver]] tables (e.g. a driver's sample.toml pointed at "
+                       "your machine) to run instead of the simulated printer")
+          ->check(CLI::ExistingFile);
+  demo->add_option("--events", demo_events,
+                   "With --drivers: how many events to wait for before the demo ends")
+      ->check(CLI::PositiveNumber)
+      ->needs(demo_drivers_option);
+  demo_drivers_option->needs(demo->get_option("--events"));
+  demo->add_option("--timeout", demo_timeout,
+                   "With --drivers: seconds to wait for those events (default 60)")
+      ->check(CLI::Range(1, 86400));
+
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    if (*keygen) return agent::cli::keygen(key_path);
+    if (*run) return agent::cli::run(config_path, log_level);
+    if (*emit) return agent::cli::emit(config_path);
+    if (*status) return agent::cli::status(config_path, json);
+    if (*exp)
+      return agent::cli::export_events(
+          config_path, from_seq,
+          outbox_file.empty() ? std::nullopt : std::optional<std::filesystem::path>(outbox_file));
+    if (*verify) return agent::cli::verify(jwk_path);
+    if (*enroll)
+      return agent::cli::enroll(config_path, csr_out.empty()
+                                                 ? std::nullopt
+                                                 : std::optional<std::filesystem::path>(csr_out));
+    if (*drivers) return agent::cli::drivers(describe_kind);
+    if (*demo) {
+      agent::cli::DemoOptions options{jobs, keep, std::nullopt, demo_events, 0};
+      if (!demo_drivers.empty()) {
+        options.drivers_file = std::filesystem::absolute(demo_drivers);
+        options.timeout_s = demo_timeout;
+      }
+      return agent::cli::demo(options);
+    }
+  } catch (const std::exception& e) {
+    agent::cli::print_error(fmt::format("fatal: {}", e.what()));
+    return 1;
+  }
+  return 1;
+}

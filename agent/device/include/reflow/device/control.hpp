@@ -1,0 +1,76 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include <reflow/core/logger.hpp>
+#include <reflow/core/result.hpp>
+#include <reflow/device/driver.hpp>
+#include <reflow/device/event_sink.hpp>
+
+namespace agent {
+
+/// The daemon's local control socket: a Unix stream socket (mode 0660) speaking JSON lines.
+///
+/// A client's first line chooses what it wants:
+/// - `{"op":"status"}`: one line back, the status object, then the server closes.
+/// - `{"op":"emit"}`: every further line is one event's producer fields (PROTOCOL §4); the server
+///   answers one line per line, in order: `{"seq":N,"id":"…"}` once committed, or
+///   `{"error":"…","line":N}` (N counts the lines after the first, from 1). Blank lines are
+///   skipped but counted. The client half-closes when done; the server answers the rest and closes.
+/// Lines are at most 64 KiB. Each connection is served by its own threads; answers are pipelined,
+/// so many events from one client share a group commit.
+class ControlServer {
+ public:
+  using StatusProvider = std::function<nlohmann::ordered_json()>;
+
+  ControlServer(std::filesystem::path socket_path, EventSink& sink, StatusProvider status,
+                Logger& log);
+  ~ControlServer();  ///< stop()s
+
+  /// Binds and listens. A stale socket file (nobody answering) is replaced. Errors: io, or busy
+  /// when another daemon answers on the socket.
+  Status start();
+  /// Closes the listener and all connections and joins their threads.
+  void stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> m_impl;
+};
+
+/// A configured driver as the status object shows it (the daemon fills one per [[driver]]).
+struct DriverStatus {
+  std::string name;  ///< the [[driver]] name
+  std::string kind;  ///< "sim", "moonraker" …
+  bool running = false;
+  std::string start_error;  ///< why start() failed, while it is retried; "" when running
+  std::int64_t start_error_unix_ms = 0;
+  DriverHealth health;  ///< the driver's own report (Driver::health()) while it runs
+};
+
+/// The status object's "drivers" array, one object per driver, in config order:
+/// {"name","kind","state","events","errors","malformed","last_error","last_error_at"}. `state` is
+/// the driver's own ("running" when it gives none) while it runs, else "not started" with the
+/// start error as last_error. last_error and last_error_at (RFC 3339, UTC) are null when none.
+nlohmann::ordered_json drivers_status_json(std::span<const DriverStatus> drivers);
+
+/// Connects to a control socket. Errors: not_found when nothing listens (daemon not running),
+/// io otherwise.
+Result<int> control_connect(const std::filesystem::path& socket_path);
+
+/// Writes all of `data` to a connected socket without raising SIGPIPE. False when the peer is gone.
+bool control_send_all(int fd, std::string_view data);
+
+/// Asks the daemon for its status object (`{"op":"status"}`). Errors: not_found when the daemon is
+/// not running, io when it closed the socket without a JSON object (e.g. while shutting down).
+Result<nlohmann::ordered_json> control_status(const std::filesystem::path& socket_path);
+
+}  // namespace agent

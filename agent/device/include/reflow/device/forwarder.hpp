@@ -1,0 +1,64 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <reflow/core/env.hpp>
+#include <reflow/core/logger.hpp>
+#include <reflow/core/result.hpp>
+#include <reflow/device/config.hpp>
+#include <reflow/device/outbox.hpp>
+
+namespace agent {
+
+/// What the forwarder reports for `status`.
+struct ForwarderStats {
+  bool connected = false;
+  std::int64_t state_since_unix_ms = 0;  ///< when it last connected or lost the connection
+  std::string broker_url;
+  std::string last_error;         ///< "" when none since start
+  std::int64_t next_seq = 0;      ///< the next seq to publish
+  std::uint64_t published = 0;    ///< PUBACKed publishes since start
+  std::uint64_t republished = 0;  ///< of which republishes (reconnect or resend_after)
+  std::uint64_t acks = 0;         ///< ack messages applied
+  std::uint64_t connects = 0;
+};
+
+/// The forwarder stage: publishes the outbox to the node over MQTT and prunes on the node's ack.
+///
+/// Paho MQTT C++ async client with Paho persistence off (the outbox is the one source of truth).
+/// Each event goes to `PREFIX/DEVICE/events`, QoS 1, not retained, in seq order, with at most
+/// `max_inflight` unPUBACKed at once. On connect it subscribes to the retained
+/// `PREFIX/DEVICE/ack`, publishes the retained §6 status (will: `{"state":"offline"}`, retained)
+/// and (re)publishes from acked+1; it republishes from acked+1 again when the ack has not
+/// advanced for `resend_after` while events are outstanding (PROTOCOL §5). Acks are applied to the
+/// outbox, which prunes what they cover. Reconnects back off exponentially with full jitter
+/// between `reconnect_min` and `reconnect_max`. The status is refreshed every `status_interval`.
+///
+/// Owns one thread and the Paho client; borrows the outbox, env and logger.
+/// notify_committed() and stats() are thread-safe.
+class Forwarder {
+ public:
+  Forwarder(const AgentConfig& config, Outbox& outbox, Env& env, Logger& log, std::string version);
+  ~Forwarder();  ///< stop()s
+
+  /// Starts the thread; connecting happens in the background, so this fails only on a bad
+  /// configuration (invalid_config: URL, unreadable password or TLS files).
+  Status start();
+
+  /// Wakes the forwarder: events up to `last_seq` are committed.
+  void notify_committed(std::int64_t last_seq);
+
+  /// Publishes the offline status, disconnects and joins, within `deadline_ms` in all.
+  void stop(std::int64_t deadline_ms = 3000);
+
+  ForwarderStats stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> m_impl;
+};
+
+}  // namespace agent

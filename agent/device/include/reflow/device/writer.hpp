@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include <reflow/core/env.hpp>
+#include <reflow/core/jose.hpp>
+#include <reflow/core/logger.hpp>
+#include <reflow/core/ulid.hpp>
+#include <reflow/device/event_sink.hpp>
+#include <reflow/device/outbox.hpp>
+
+namespace agent {
+
+/// The writer stage: the EventSink behind every producer. One thread takes whatever is queued (up
+/// to `max_batch`), stamps each event (seq, `prev`, `recorded`, `clock`, id: PROTOCOL §4), signs it
+/// (§3), appends the batch to the outbox in one transaction (group commit), then answers each
+/// producer and tells the forwarder. `recorded` never goes below the outbox's persisted floor, so
+/// it never goes backwards within a stream even when the wall clock does.
+///
+/// Owns its thread; borrows the key, outbox, env and logger, which must outlive it.
+/// submit() is thread-safe.
+class Writer final : public EventSink {
+ public:
+  struct Options {
+    std::string device_id;
+    std::size_t queue_capacity = 1024;
+    std::size_t max_batch = 256;
+  };
+
+  Writer(Options options, const DeviceKey& key, Outbox& outbox, Env& env, Logger& log);
+  ~Writer() override;  ///< stop()s
+
+  /// Called on the writer's thread after each successful commit, with the new last seq.
+  void set_commit_listener(std::function<void(std::int64_t last_seq)> listener);
+
+  void start();
+  /// Commits everything already queued, refuses later submissions with shutting_down, and joins.
+  void stop();
+
+  Status submit(nlohmann::ordered_json fields, EventSource source, SubmitCallback done,
+                QueueFull when_full = QueueFull::wait) override;
+
+  /// Submissions refused because the queue was full with QueueFull::refuse.
+  std::uint64_t refused_busy() const;
+  /// Submissions refused because unacked events fill the outbox quota.
+  std::uint64_t refused_quota() const { return m_refused_quota.load(); }
+
+ private:
+  struct Pending {
+    nlohmann::ordered_json fields;
+    EventSource source;
+    SubmitCallback done;
+  };
+
+  void run();
+  void commit_batch(std::deque<Pending>& batch);
+  static void refuse(Pending& pending, const Error& error);
+  /// The no_space error for an event that does not fit under the quota; counts it.
+  Error quota_error();
+
+  Options m_options;
+  const DeviceKey& m_key;
+  Outbox& m_outbox;
+  Env& m_env;
+  Logger& m_log;
+  std::string m_protected_b64;
+  std::size_t m_envelope_overhead_bytes;
+  UlidGenerator m_ulids;
+
+  mutable std::mutex m_mutex;
+  std::condition_variable m_not_empty;
+  std::condition_variable m_not_full;
+  std::deque<Pending> m_queue;
+  bool m_stopping = false;
+  std::uint64_t m_refused_busy = 0;
+  std::atomic<std::uint64_t> m_refused_quota{0};
+  std::function<void(std::int64_t)> m_listener;
+  std::thread m_thread;
+};
+
+}  // namespace agent

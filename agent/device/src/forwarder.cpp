@@ -1,0 +1,638 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include <reflow/device/forwarder.hpp>
+
+#include <mqtt/async_client.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <reflow/core/mqtt_connect.hpp>
+
+namespace agent {
+namespace {
+
+constexpr std::string_view k_component = "forwarder";
+constexpr std::size_t k_read_batch = 64;
+// Bounds one wait of the forwarder thread, so that a clock that is not the real one (FakeEnv) is
+// looked at again within this time even when nothing else wakes the thread.
+constexpr auto k_max_wait = std::chrono::seconds(1);
+// Paho enforces connect_timeout itself; this is only the extra margin before the forwarder stops
+// waiting for an answer that Paho should already have given.
+constexpr auto k_connect_grace = std::chrono::seconds(5);
+constexpr int k_qos = 1;
+
+using Clock = std::chrono::steady_clock;
+using mqtt_connect::context_of;
+using mqtt_connect::generation_of;
+using mqtt_connect::whole_seconds;
+
+std::string paho_error(const mqtt::token& token) {
+  int rc = token.get_return_code();
+  // MQTT 3.1.1 CONNACK return codes (§3.2.2.3) come back as the token's return code.
+  switch (rc) {
+    case 1:
+      return "broker refused the connection: unacceptable protocol version";
+    case 2:
+      return "broker refused the connection: client id rejected";
+    case 3:
+      return "broker refused the connection: server unavailable";
+    case 4:
+      return "broker refused the connection: bad user name or password";
+    case 5:
+      return "broker refused the connection: not authorised";
+    default:
+      break;
+  }
+  return mqtt::exception::printable_error(rc, mqtt::ReasonCode::SUCCESS,
+                                          mqtt::exception::error_str(rc));
+}
+
+}  // namespace
+
+struct Forwarder::Impl {
+  enum class Kind {
+    connect_ok,
+    connect_failed,
+    connection_lost,
+    message,
+    publish_ok,
+    publish_failed,
+    subscribe_ok,
+    subscribe_failed,
+  };
+
+  // What a Paho thread hands to the forwarder thread; Paho threads do nothing else.
+  struct Event {
+    Kind kind;
+    std::uint64_t generation = 0;
+    const mqtt::token* token = nullptr;
+    std::string topic;
+    std::string text;  ///< payload, cause or error
+  };
+
+  // Paho calls these on its own threads; each only posts.
+  class Listener final : public mqtt::iaction_listener {
+   public:
+    Listener(Impl& impl, Kind ok, Kind failed) : m_impl(impl), m_ok(ok), m_failed(failed) {}
+    void on_success(const mqtt::token& token) override {
+      m_impl.post({m_ok, generation_of(token), &token, {}, {}});
+    }
+    void on_failure(const mqtt::token& token) override {
+      m_impl.post({m_failed, generation_of(token), &token, {}, paho_error(token)});
+    }
+
+   private:
+    Impl& m_impl;
+    Kind m_ok;
+    Kind m_failed;
+  };
+
+  struct Inflight {
+    mqtt::delivery_token_ptr token;
+    std::int64_t seq = 0;
+    bool republish = false;
+  };
+
+  Impl(const AgentConfig& config_in, Outbox& outbox_in, Env& env_in, Logger& log_in,
+       std::string version_in)
+      : config(config_in),
+        outbox(outbox_in),
+        env(env_in),
+        log(log_in),
+        version(std::move(version_in)),
+        device_topic(config.topic_prefix + "/" + config.device_id),
+        events_topic(device_topic + "/events"),
+        ack_topic(device_topic + "/ack"),
+        status_topic(device_topic + "/status"),
+        rng(std::random_device{}()) {
+    std::lock_guard lock(stats_mutex);
+    stats.broker_url = config.url;
+    stats.state_since_unix_ms = env.now_unix_ms();
+  }
+
+  // ---- configuration and start ----
+
+  Status configure() {
+    auto address = mqtt_connect::broker_address(config.url, config.source_file);
+    if (!address) return std::unexpected(address.error());
+    if (config.device_id.empty())
+      return fail(ErrorCode::invalid_config, "agent.device_id is empty; set it in the config");
+    if (config.max_inflight == 0)
+      return fail(ErrorCode::invalid_config, "mqtt.max_inflight is 0; it must be at least 1");
+
+    mqtt::connect_options options;
+    // The outbox is the one record of what is unacknowledged, so nothing is kept at the broker
+    // or in Paho between connections: every connect republishes from acked+1.
+    options.set_clean_session(true);
+    options.set_keep_alive_interval(whole_seconds(config.keepalive));
+    options.set_connect_timeout(whole_seconds(config.connect_timeout));
+    options.set_max_inflight(static_cast<int>(config.max_inflight));
+    // The forwarder reconnects itself with backoff and jitter, and republishes on each connect.
+    options.set_automatic_reconnect(false);
+    if (auto ok = mqtt_connect::set_credentials(options, mqtt_connect::credentials_of(config),
+                                                address->tls, "MQTT 3.1.1");
+        !ok)
+      return ok;
+    const std::string offline = R"({"state":"offline"})";
+    options.set_will(mqtt::will_options(status_topic, offline, k_qos, true));
+    connect_options = std::move(options);
+
+    paho_uri = address->paho_uri;
+    client_id = config.client_id.empty() ? "reflow-agent-" + config.device_id : config.client_id;
+    if (auto made = make_client(); !made) return made;
+    stream = outbox.stats().stream;
+    return {};
+  }
+
+  // A new Paho client for every connection: Paho keeps the publishes it had not yet sent when a
+  // connection dropped and sends them first on the next one, ahead of the republish from acked+1,
+  // which would break the seq order of PROTOCOL §5. The outbox, not Paho, says what to send.
+  Status make_client() {
+    if (client) {
+      try {
+        client->disable_callbacks();
+      } catch (const std::exception&) {
+        // Paho refuses while its connection is being torn down; the client is dropped anyway.
+      }
+      client.reset();
+    }
+    try {
+      // No persistence: a null iclient_persistence means none in Paho (async_client.h).
+      client = std::make_unique<mqtt::async_client>(
+          paho_uri, client_id, static_cast<mqtt::iclient_persistence*>(nullptr));
+    } catch (const std::exception& e) {
+      return fail(
+          ErrorCode::invalid_config,
+          fmt::format("mqtt.url \"{}\": the MQTT client rejected it: {}", config.url, e.what()));
+    }
+    client->set_message_callback([this](mqtt::const_message_ptr message) {
+      post({Kind::message, 0, nullptr, message->get_topic(), message->to_string()});
+    });
+    client->set_connection_lost_handler([this](const std::string& cause) {
+      post({Kind::connection_lost, 0, nullptr, {}, cause});
+    });
+    client_used = false;
+    return {};
+  }
+
+  // ---- the queue between Paho threads and the forwarder thread ----
+
+  void post(Event event) {
+    {
+      std::lock_guard lock(queue_mutex);
+      queue.push_back(std::move(event));
+    }
+    queue_cv.notify_one();
+  }
+
+  void wake() {
+    {
+      std::lock_guard lock(queue_mutex);
+      woken = true;
+    }
+    queue_cv.notify_one();
+  }
+
+  // Waits up to `timeout` for an event, a wake-up or stop; returns what was queued.
+  std::deque<Event> wait_events(std::stop_token stop, Clock::duration timeout) {
+    std::unique_lock lock(queue_mutex);
+    timeout = std::clamp<Clock::duration>(timeout, Clock::duration::zero(), k_max_wait);
+    queue_cv.wait_for(lock, stop, timeout, [&] { return !queue.empty() || woken; });
+    woken = false;
+    return std::exchange(queue, {});
+  }
+
+  // Puts `events` from index `first` back at the front of the queue, for the session to handle.
+  void requeue(std::deque<Event>& events, std::size_t first) {
+    std::lock_guard lock(queue_mutex);
+    queue.insert(queue.begin(), std::make_move_iterator(events.begin() + first),
+                 std::make_move_iterator(events.end()));
+  }
+
+  // ---- the forwarder thread ----
+
+  void run(std::stop_token stop) {
+    std::uint32_t attempt = 0;
+    while (!stop.stop_requested()) {
+      if (connect(stop)) {
+        attempt = 0;
+        session(stop);
+        if (stop.stop_requested()) break;
+      }
+      auto delay =
+          mqtt_connect::reconnect_backoff(config.reconnect_min, config.reconnect_max, attempt, rng);
+      if (attempt < 62) ++attempt;
+      log.debug(k_component, "reconnecting to {} in {} ms", config.url, delay.count());
+      if (!env.sleep_until(env.steady_now() + delay, stop)) break;
+    }
+    shutdown();
+  }
+
+  bool connect(std::stop_token stop) {
+    ++generation;
+    if (client_used) {
+      if (auto made = make_client(); !made) {
+        connect_failed(made.error().message);
+        return false;
+      }
+    }
+    client_used = true;
+    try {
+      client->connect(connect_options, context_of(generation), connect_listener);
+    } catch (const std::exception& e) {
+      connect_failed(e.what());
+      return false;
+    }
+    auto give_up = env.steady_now() + config.connect_timeout + k_connect_grace;
+    while (!stop.stop_requested()) {
+      auto events = wait_events(stop, give_up - env.steady_now());
+      for (std::size_t i = 0; i < events.size(); ++i) {
+        const Event& event = events[i];
+        if (event.kind == Kind::connection_lost || event.generation != generation) continue;
+        if (event.kind == Kind::connect_ok) {
+          requeue(events, i + 1);
+          connected();
+          return true;
+        }
+        if (event.kind == Kind::connect_failed) {
+          connect_failed(event.text);
+          return false;
+        }
+      }
+      if (env.steady_now() >= give_up) {
+        connect_failed("no answer within mqtt.connect_timeout");
+        return false;
+      }
+    }
+    return false;
+  }
+
+  void connect_failed(const std::string& why) {
+    auto message = fmt::format("cannot connect to {}: {}", config.url, why);
+    log.warning(k_component, "{}; retrying with backoff", message);
+    std::lock_guard lock(stats_mutex);
+    stats.last_error = std::move(message);
+  }
+
+  void connected() {
+    auto outbox_stats = outbox.stats();
+    acked = outbox_stats.acked_seq;
+    known_last.store(std::max(known_last.load(), outbox_stats.last_seq));
+    cursor = acked + 1;
+    sent_through = acked;
+    pending.clear();
+    inflight.clear();
+    progress_at = env.steady_now();
+    log.info(k_component, "connected to {}; publishing from seq {}", config.url, cursor);
+    {
+      std::lock_guard lock(stats_mutex);
+      stats.connected = true;
+      stats.state_since_unix_ms = env.now_unix_ms();
+      stats.next_seq = cursor;
+      ++stats.connects;
+    }
+    try {
+      client->subscribe(ack_topic, k_qos, context_of(generation), subscribe_listener);
+    } catch (const std::exception& e) {
+      post({Kind::subscribe_failed, generation, nullptr, {}, e.what()});
+    }
+    publish_status();
+  }
+
+  // Runs one connection until it is lost or stop is requested.
+  void session(std::stop_token stop) {
+    while (!stop.stop_requested()) {
+      auto now = env.steady_now();
+      if (outstanding() && now >= progress_at + config.resend_after) {
+        log.info(k_component,
+                 "no ack beyond seq {} for {} ms; republishing from seq {} (PROTOCOL §5)", acked,
+                 config.resend_after.count(), acked + 1);
+        move_cursor(acked + 1);
+        progress_at = now;
+      }
+      pump();
+      if (now >= next_status_at) publish_status();
+      Clock::time_point next = next_status_at;
+      if (outstanding()) next = std::min(next, progress_at + config.resend_after);
+      for (auto& event : wait_events(stop, next - env.steady_now())) {
+        if (!handle(event)) return;
+      }
+    }
+  }
+
+  // Returns false when the connection is gone.
+  bool handle(const Event& event) {
+    switch (event.kind) {
+      case Kind::connection_lost:
+        lost(event.text.empty() ? "connection lost" : "connection lost: " + event.text);
+        return false;
+      case Kind::subscribe_failed:
+        if (event.generation != generation) return true;
+        log.error(k_component, "subscribing to {} failed: {}; reconnecting", ack_topic, event.text);
+        try {
+          client->disconnect(0);
+        } catch (const std::exception&) {
+          // Already gone; the reconnect below is what matters.
+        }
+        lost("subscribe to " + ack_topic + " failed: " + event.text);
+        return false;
+      case Kind::message:
+        if (event.topic == ack_topic) handle_ack(event.text);
+        return true;
+      case Kind::publish_ok:
+      case Kind::publish_failed: {
+        if (event.generation != generation) return true;
+        auto it = inflight.find(event.token);
+        if (it == inflight.end()) return true;
+        if (event.kind == Kind::publish_ok) {
+          std::lock_guard lock(stats_mutex);
+          ++stats.published;
+          if (it->second.republish) ++stats.republished;
+        } else {
+          // resend_after republishes it if the node never gets it.
+          log.warning(k_component, "publishing seq {} failed: {}", it->second.seq, event.text);
+        }
+        inflight.erase(it);
+        return true;
+      }
+      case Kind::connect_ok:
+      case Kind::connect_failed:
+      case Kind::subscribe_ok:
+        return true;
+    }
+    return true;
+  }
+
+  void lost(const std::string& why) {
+    log.warning(k_component, "disconnected from {}: {}", config.url, why);
+    inflight.clear();
+    pending.clear();
+    std::lock_guard lock(stats_mutex);
+    stats.connected = false;
+    stats.state_since_unix_ms = env.now_unix_ms();
+    stats.last_error = fmt::format("{}: {}", config.url, why);
+  }
+
+  void handle_ack(const std::string& payload) {
+    auto ack = nlohmann::json::parse(payload, nullptr, false);
+    if (ack.is_discarded() || !ack.is_object() || !ack.contains("stream") ||
+        !ack["stream"].is_string() || !ack.contains("seq") || !ack["seq"].is_number_integer() ||
+        ack["seq"].get<std::int64_t>() < 0) {
+      log.warning(k_component,
+                  "ignoring a malformed ack on {}: expected {{\"stream\":\"…\",\"seq\":N}}; got {}",
+                  ack_topic, payload.substr(0, 200));
+      return;
+    }
+    auto ack_stream = ack["stream"].get<std::string>();
+    if (ack_stream != stream) {
+      log.info(k_component, "ignoring an ack for stream {}: this outbox's stream is {}", ack_stream,
+               stream);
+      return;
+    }
+    auto applied = outbox.apply_ack(ack_stream, ack["seq"].get<std::int64_t>());
+    if (!applied) {
+      log.warning(k_component, "applying the ack {} failed: {}", payload.substr(0, 200),
+                  applied.error().message);
+      return;
+    }
+    {
+      std::lock_guard lock(stats_mutex);
+      ++stats.acks;
+    }
+    if (*applied > acked) {
+      acked = *applied;
+      progress_at = env.steady_now();
+    }
+    if (cursor <= acked) move_cursor(acked + 1);
+  }
+
+  void move_cursor(std::int64_t seq) {
+    if (seq > cursor) {
+      while (!pending.empty() && pending.front().seq < seq)
+        pending.pop_front();
+    } else {
+      pending.clear();
+    }
+    if (!pending.empty() && pending.front().seq != seq) pending.clear();
+    cursor = seq;
+    std::lock_guard lock(stats_mutex);
+    stats.next_seq = cursor;
+  }
+
+  bool outstanding() const { return sent_through > acked; }
+
+  // Publishes in seq order while fewer than max_inflight publishes await their PUBACK.
+  void pump() {
+    while (inflight.size() < config.max_inflight) {
+      if (pending.empty()) {
+        if (cursor > known_last.load()) break;
+        auto events = outbox.read_from(cursor, k_read_batch);
+        if (!events) {
+          // pump() runs on every wake-up; one warning per failure streak is enough.
+          if (!read_failing)
+            log.warning(k_component, "reading the outbox from seq {} failed: {}; retrying", cursor,
+                        events.error().message);
+          read_failing = true;
+          break;
+        }
+        read_failing = false;
+        if (events->empty()) break;
+        // Rows below the cursor's seq were pruned by an ack in the meantime.
+        if (events->front().seq > cursor) move_cursor(events->front().seq);
+        pending.assign(std::make_move_iterator(events->begin()),
+                       std::make_move_iterator(events->end()));
+      }
+      const StoredEvent& event = pending.front();
+      mqtt::delivery_token_ptr token;
+      try {
+        auto message = mqtt::make_message(events_topic, event.envelope, k_qos, false);
+        token = client->publish(message, context_of(generation), publish_listener);
+      } catch (const std::exception& e) {
+        // The connection is going; connection_lost follows and the next connect republishes.
+        log.warning(k_component, "publishing seq {} failed: {}", event.seq, e.what());
+        break;
+      }
+      if (!outstanding()) progress_at = env.steady_now();
+      bool republish = event.seq <= highest_sent;
+      highest_sent = std::max(highest_sent, event.seq);
+      sent_through = std::max(sent_through, event.seq);
+      inflight.emplace(token.get(), Inflight{token, event.seq, republish});
+      cursor = event.seq + 1;
+      pending.pop_front();
+    }
+    std::lock_guard lock(stats_mutex);
+    stats.next_seq = cursor;
+  }
+
+  std::string status_json(const OutboxStats& s) {
+    std::int64_t oldest_s = 0;
+    if (s.oldest_unacked_recorded_ms)
+      oldest_s =
+          std::max<std::int64_t>(0, (env.now_unix_ms() - *s.oldest_unacked_recorded_ms) / 1000);
+    nlohmann::ordered_json status;
+    status["state"] = "online";
+    status["version"] = version;
+    status["stream"] = s.stream;
+    status["seq"] = s.last_seq;
+    status["acked"] = s.acked_seq;
+    status["backlog"] = s.backlog_events;
+    status["oldest_unacked_s"] = oldest_s;
+    status["clock"] = env.clock_sync() == ClockSync::synced ? "synced" : "unsynced";
+    return status.dump();
+  }
+
+  void publish_status() {
+    next_status_at = env.steady_now() + config.status_interval;
+    try {
+      client->publish(mqtt::make_message(status_topic, status_json(outbox.stats()), k_qos, true));
+    } catch (const std::exception& e) {
+      log.warning(k_component, "publishing the status on {} failed: {}", status_topic, e.what());
+    }
+  }
+
+  // Says goodbye within the stop deadline; a dead broker costs at most that deadline.
+  void shutdown() {
+    auto remaining = [&] {
+      return std::chrono::duration_cast<std::chrono::milliseconds>(stop_deadline -
+                                                                   env.steady_now());
+    };
+    auto at_least_zero = [](std::chrono::milliseconds ms) {
+      return std::max(ms, std::chrono::milliseconds(0));
+    };
+    if (client->is_connected()) {
+      try {
+        auto token = client->publish(
+            mqtt::make_message(status_topic, R"({"state":"offline"})", k_qos, true));
+        if (!token->wait_for(at_least_zero(remaining() / 2)))
+          log.warning(k_component, "the offline status was not acknowledged before the deadline");
+      } catch (const std::exception& e) {
+        log.warning(k_component, "publishing the offline status failed: {}", e.what());
+      }
+      try {
+        auto done = client->disconnect(0);
+        if (!done->wait_for(at_least_zero(remaining())))
+          log.warning(k_component, "disconnecting from {} did not finish before the deadline",
+                      config.url);
+      } catch (const std::exception& e) {
+        log.warning(k_component, "disconnecting from {}: {}", config.url, e.what());
+      }
+      log.info(k_component, "disconnected from {}", config.url);
+    }
+    try {
+      client->disable_callbacks();
+    } catch (const std::exception&) {
+      // See make_client(): nothing more will be handled either way.
+    }
+    std::lock_guard lock(stats_mutex);
+    if (stats.connected) {
+      stats.connected = false;
+      stats.state_since_unix_ms = env.now_unix_ms();
+    }
+  }
+
+  const AgentConfig config;
+  Outbox& outbox;
+  Env& env;
+  Logger& log;
+  const std::string version;
+  const std::string device_topic;
+  const std::string events_topic;
+  const std::string ack_topic;
+  const std::string status_topic;
+  std::string stream;
+
+  // Declared before the client: Paho may call them until the client is destroyed.
+  std::mutex queue_mutex;
+  std::condition_variable_any queue_cv;
+  std::deque<Event> queue;
+  bool woken = false;
+  Listener connect_listener{*this, Kind::connect_ok, Kind::connect_failed};
+  Listener publish_listener{*this, Kind::publish_ok, Kind::publish_failed};
+  Listener subscribe_listener{*this, Kind::subscribe_ok, Kind::subscribe_failed};
+
+  mutable std::mutex stats_mutex;
+  ForwarderStats stats;
+
+  std::atomic<std::int64_t> known_last{0};
+  Clock::time_point stop_deadline{};
+
+  // Owned by the forwarder thread.
+  std::mt19937_64 rng;
+  std::uint64_t generation = 0;  ///< one per connect attempt; tags Paho answers
+  std::int64_t acked = 0;
+  std::int64_t cursor = 1;          ///< the next seq to publish
+  std::int64_t sent_through = 0;    ///< highest seq published on this connection
+  std::int64_t highest_sent = 0;    ///< highest seq published since start
+  Clock::time_point progress_at{};  ///< when the ack last advanced (or publishing began)
+  Clock::time_point next_status_at{};
+  std::deque<StoredEvent> pending;  ///< read from the outbox, starting at `cursor`
+  std::map<const mqtt::token*, Inflight> inflight;
+  bool read_failing = false;
+
+  mqtt::connect_options connect_options;
+  std::string paho_uri;
+  std::string client_id;
+  std::unique_ptr<mqtt::async_client> client;
+  bool client_used = false;  // connect() was called on `client`
+  std::jthread thread;
+  bool started = false;
+};
+
+Forwarder::Forwarder(const AgentConfig& config, Outbox& outbox, Env& env, Logger& log,
+                     std::string version)
+    : m_impl(std::make_unique<Impl>(config, outbox, env, log, std::move(version))) {}
+
+Forwarder::~Forwarder() {
+  stop();
+}
+
+Status Forwarder::start() {
+  if (m_impl->started) return {};
+  if (auto ok = m_impl->configure(); !ok) return ok;
+  try {
+    m_impl->thread = std::jthread([impl = m_impl.get()](std::stop_token stop) { impl->run(stop); });
+  } catch (const std::exception& e) {
+    return fail(ErrorCode::internal,
+                fmt::format("cannot start the forwarder thread: {}", e.what()));
+  }
+  m_impl->started = true;
+  m_impl->log.info(k_component, "forwarding {} to {}", m_impl->events_topic, m_impl->config.url);
+  return {};
+}
+
+void Forwarder::notify_committed(std::int64_t last_seq) {
+  auto& known = m_impl->known_last;
+  auto current = known.load();
+  while (current < last_seq && !known.compare_exchange_weak(current, last_seq)) {
+  }
+  m_impl->wake();
+}
+
+void Forwarder::stop(std::int64_t deadline_ms) {
+  if (!m_impl->thread.joinable()) return;
+  m_impl->stop_deadline = m_impl->env.steady_now() + std::chrono::milliseconds(deadline_ms);
+  m_impl->thread.request_stop();
+  m_impl->thread.join();
+}
+
+ForwarderStats Forwarder::stats() const {
+  std::lock_guard lock(m_impl->stats_mutex);
+  return m_impl->stats;
+}
+
+}  // namespace agent

@@ -1,0 +1,761 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include <reflow/device/outbox.hpp>
+
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <ctime>
+#include <limits>
+#include <mutex>
+#include <system_error>
+#include <utility>
+
+#include <reflow/core/ulid.hpp>
+#include <reflow/core/units.hpp>
+
+#include <reflow/core/sqlite.hpp>
+
+namespace agent {
+namespace {
+
+namespace fs = std::filesystem;
+using sqlite::bind_blob;
+using sqlite::bind_text;
+using sqlite::column_text;
+using sqlite::DbPtr;
+using sqlite::prepare;
+using sqlite::ResetOnExit;
+using sqlite::run;
+using sqlite::StmtPtr;
+
+constexpr std::int64_t k_page_cache_kib = 512;
+constexpr std::int64_t k_schema_version = 1;
+constexpr int k_busy_timeout_ms = 5000;
+// After a checkpoint SQLite truncates the WAL to this size, so a burst does not leave a large WAL
+// behind on a small SD card (file_bytes counts it).
+constexpr std::int64_t k_journal_size_limit_bytes = 16 * 1024 * 1024;
+
+// One row in `meta` (id = 1) holds the chain head next to the ack, so one UPDATE in the append
+// transaction keeps them consistent with the rows.
+constexpr const char* k_schema_sql =
+    "CREATE TABLE meta("
+    " id INTEGER PRIMARY KEY CHECK (id = 1),"
+    " schema_version INTEGER NOT NULL,"
+    " device_id TEXT NOT NULL,"
+    " stream TEXT NOT NULL,"
+    " last_seq INTEGER NOT NULL,"
+    " last_hash TEXT NOT NULL,"
+    " recorded_floor_ms INTEGER NOT NULL,"
+    " acked_seq INTEGER NOT NULL,"
+    " created_ms INTEGER NOT NULL);"
+    "CREATE TABLE events("
+    " seq INTEGER PRIMARY KEY,"
+    " id TEXT NOT NULL,"
+    " recorded_ms INTEGER NOT NULL,"
+    " envelope BLOB NOT NULL);";
+
+bool is_full(int rc) {
+  return (rc & 0xff) == SQLITE_FULL;
+}
+
+// Errors that come from what is in the file rather than from the system: these quarantine.
+// SQLITE_ERROR covers "no such table/column", i.e. a schema this agent does not know.
+bool is_content_error(int rc) {
+  switch (rc & 0xff) {
+    case SQLITE_NOTADB:
+    case SQLITE_CORRUPT:
+    case SQLITE_FORMAT:
+    case SQLITE_ERROR:
+    case SQLITE_MISMATCH:
+      return true;
+    default:
+      return rc == SQLITE_IOERR_SHORT_READ;
+  }
+}
+
+std::string utc_stamp(std::int64_t unix_ms) {
+  const UtcTime t = utc_from_unix_ms(unix_ms);
+  return fmt::format("{:04}{:02}{:02}T{:02}{:02}{:02}Z", t.year, t.month, t.day, t.hour, t.minute,
+                     t.second);
+}
+
+fs::path with_suffix(const fs::path& path, std::string_view suffix) {
+  fs::path out = path;
+  out += std::string(suffix);
+  return out;
+}
+
+// Makes renames durable: without it a power cut can bring the old name back.
+void sync_directory(const fs::path& dir) {
+  int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+// The verdict on an existing file.
+struct Inspection {
+  enum class Kind { usable, blank, damaged } kind = Kind::usable;
+  std::string reason;  ///< for damaged
+};
+
+}  // namespace
+
+struct Outbox::Impl {
+  OutboxOptions options;
+  Logger* log = nullptr;
+
+  mutable std::mutex mutex;
+  DbPtr db;  // declared before the statements so it is closed after they are finalized
+  StmtPtr begin, commit, rollback, insert_event, update_head, select_from, sum_upto, delete_upto,
+      update_acked, oldest_after;
+
+  ChainHead head;
+  std::int64_t acked_seq = 0;
+  std::uint64_t backlog_bytes = 0;
+  std::optional<std::int64_t> oldest_unacked_ms;
+  std::uint64_t refused_quota = 0;
+  std::uint64_t refused_io = 0;
+  std::optional<std::string> quarantined;
+
+  std::string path_text() const { return options.path.string(); }
+
+  int prepare_all() {
+    // Kept for the connection's life.
+    auto prepare = [d = db.get()](const char* sql, StmtPtr& out) {
+      return sqlite::prepare(d, sql, out, SQLITE_PREPARE_PERSISTENT);
+    };
+    int rc;
+    if ((rc = prepare("BEGIN IMMEDIATE", begin)) != SQLITE_OK) return rc;
+    if ((rc = prepare("COMMIT", commit)) != SQLITE_OK) return rc;
+    if ((rc = prepare("ROLLBACK", rollback)) != SQLITE_OK) return rc;
+    if ((rc = prepare("INSERT INTO events(seq, id, recorded_ms, envelope) VALUES (?1, ?2, ?3, ?4)",
+                      insert_event)) != SQLITE_OK)
+      return rc;
+    if ((rc = prepare("UPDATE meta SET last_seq = ?1, last_hash = ?2, recorded_floor_ms = ?3 "
+                      "WHERE id = 1",
+                      update_head)) != SQLITE_OK)
+      return rc;
+    if ((rc = prepare("SELECT seq, id, recorded_ms, envelope FROM events WHERE seq >= ?1 "
+                      "ORDER BY seq LIMIT ?2",
+                      select_from)) != SQLITE_OK)
+      return rc;
+    // length() of a BLOB column is read from the record header, without loading the envelope.
+    if ((rc = prepare("SELECT COALESCE(SUM(length(envelope)), 0) FROM events WHERE seq <= ?1",
+                      sum_upto)) != SQLITE_OK)
+      return rc;
+    if ((rc = prepare("DELETE FROM events WHERE seq <= ?1", delete_upto)) != SQLITE_OK) return rc;
+    if ((rc = prepare("UPDATE meta SET acked_seq = ?1 WHERE id = 1", update_acked)) != SQLITE_OK)
+      return rc;
+    return prepare("SELECT recorded_ms FROM events WHERE seq > ?1 ORDER BY seq LIMIT 1",
+                   oldest_after);
+  }
+
+  void finalize_all() {
+    for (StmtPtr* s : {&begin, &commit, &rollback, &insert_event, &update_head, &select_from,
+                       &sum_upto, &delete_upto, &update_acked, &oldest_after})
+      s->reset();
+  }
+
+  // journal_mode=WAL lets export and status read while the writer commits; synchronous decides
+  // whether every commit is fsynced (config.hpp Durability).
+  int configure() {
+    sqlite3* d = db.get();
+    // The file is ours now; checkpointing on close leaves no WAL behind.
+    sqlite3_db_config(d, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, nullptr);
+    std::string mode;
+    int rc = sqlite::enable_wal(d, mode);
+    if (rc != SQLITE_OK) return rc;
+    if (mode != "wal") return SQLITE_CANTOPEN;
+    const char* sync = options.durability == Durability::full ? "PRAGMA synchronous=FULL"
+                                                              : "PRAGMA synchronous=NORMAL";
+    if ((rc = sqlite3_exec(d, sync, nullptr, nullptr, nullptr)) != SQLITE_OK) return rc;
+    // Debian builds SQLite with SECURE_DELETE on, which overwrites every pruned row: about 1 KB
+    // more written per event, on SD cards that wear. Pruned events are acknowledged, signed,
+    // public records, so there is nothing to scrub.
+    if ((rc = sqlite3_exec(d, "PRAGMA secure_delete=OFF", nullptr, nullptr, nullptr)) != SQLITE_OK)
+      return rc;
+    // The outbox is written at the end and read near the front: a small page cache does (the
+    // default is 2 MiB, most of the daemon's heap on a Raspberry Pi).
+    const std::string cache = fmt::format("PRAGMA cache_size=-{}", k_page_cache_kib);
+    if ((rc = sqlite3_exec(d, cache.c_str(), nullptr, nullptr, nullptr)) != SQLITE_OK) return rc;
+    std::string limit = fmt::format("PRAGMA journal_size_limit={}", k_journal_size_limit_bytes);
+    return sqlite3_exec(d, limit.c_str(), nullptr, nullptr, nullptr);
+  }
+
+  int query_int(const char* sql, std::int64_t& out) {
+    return sqlite::query_int(db.get(), sql, out);
+  }
+
+  // Decides whether an existing file is a usable outbox of this device and, when it is, loads its
+  // state and prepares the statements. Errors are reserved for failures that are not the file's
+  // content (busy, permissions, I/O): quarantining a file another agent holds would lose data.
+  Result<Inspection> inspect() {
+    sqlite3* d = db.get();
+    // Until the file is judged ours, closing must not checkpoint its WAL into it: a quarantined
+    // file is kept exactly as it was found.
+    sqlite3_db_config(d, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
+    auto damaged = [](std::string reason) {
+      return Inspection{Inspection::Kind::damaged, std::move(reason)};
+    };
+    auto failed = [&](int rc, std::string_view what) -> Result<Inspection> {
+      if (is_content_error(rc))
+        return damaged(fmt::format("{}: {}", what, sqlite::error_detail(d, rc)));
+      return fail(ErrorCode::io,
+                  fmt::format("cannot open outbox {}: {}: {}; check that no other reflow-agent "
+                              "uses it and that the file and its directory are readable and "
+                              "writable",
+                              path_text(), what, sqlite::error_detail(d, rc)));
+    };
+
+    {
+      StmtPtr check;
+      int rc = prepare(d, "PRAGMA quick_check", check);
+      if (rc != SQLITE_OK) return failed(rc, "quick_check");
+      rc = sqlite3_step(check.get());
+      if (rc != SQLITE_ROW) return failed(rc, "quick_check");
+      std::string verdict = column_text(check.get(), 0);
+      if (verdict != "ok") return damaged(fmt::format("quick_check: {}", verdict));
+    }
+
+    std::int64_t objects = 0;
+    int rc = query_int("SELECT count(*) FROM sqlite_master", objects);
+    if (rc != SQLITE_OK) return failed(rc, "reading the schema");
+    // A crash while a new outbox was being made leaves a database without tables: nothing to keep.
+    if (objects == 0) return Inspection{Inspection::Kind::blank, {}};
+
+    std::int64_t tables = 0;
+    rc = query_int(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('meta', 'events')",
+        tables);
+    if (rc != SQLITE_OK) return failed(rc, "reading the schema");
+    if (tables != 2) return damaged("the meta or events table is missing");
+
+    std::int64_t version = 0;
+    rc = query_int("SELECT schema_version FROM meta WHERE id = 1", version);
+    if (rc != SQLITE_OK) return failed(rc, "reading the schema version");
+    if (version != k_schema_version)
+      return damaged(
+          fmt::format("schema version {}; this agent knows version {}", version, k_schema_version));
+
+    std::string device_id;
+    {
+      StmtPtr meta;
+      rc = prepare(d,
+                   "SELECT device_id, stream, last_seq, last_hash, recorded_floor_ms, acked_seq "
+                   "FROM meta WHERE id = 1",
+                   meta);
+      if (rc != SQLITE_OK) return failed(rc, "reading meta");
+      rc = sqlite3_step(meta.get());
+      if (rc != SQLITE_ROW) return failed(rc, "reading meta");
+      device_id = column_text(meta.get(), 0);
+      head.stream = column_text(meta.get(), 1);
+      head.last_seq = sqlite3_column_int64(meta.get(), 2);
+      head.last_hash = column_text(meta.get(), 3);
+      head.recorded_floor_ms = sqlite3_column_int64(meta.get(), 4);
+      acked_seq = sqlite3_column_int64(meta.get(), 5);
+    }
+    if (device_id != options.device_id)
+      return damaged(fmt::format("it belongs to device \"{}\", this agent is \"{}\"", device_id,
+                                 options.device_id));
+    if (!is_valid_ulid(head.stream))
+      return damaged(fmt::format("stream \"{}\" is not a ULID", head.stream));
+    if (head.last_seq < 0 || acked_seq < 0 || acked_seq > head.last_seq)
+      return damaged(
+          fmt::format("meta says last_seq {} and acked_seq {}", head.last_seq, acked_seq));
+
+    // Every seq in (acked, last] must be present, and nothing else: otherwise the chain this
+    // outbox would continue is not the one the node has.
+    {
+      StmtPtr range;
+      rc = prepare(d, "SELECT count(*), min(seq), max(seq) FROM events", range);
+      if (rc != SQLITE_OK) return failed(rc, "reading events");
+      rc = sqlite3_step(range.get());
+      if (rc != SQLITE_ROW) return failed(rc, "reading events");
+      const std::int64_t count = sqlite3_column_int64(range.get(), 0);
+      const std::int64_t lo = sqlite3_column_int64(range.get(), 1);
+      const std::int64_t hi = sqlite3_column_int64(range.get(), 2);
+      const std::int64_t expected = head.last_seq - acked_seq;
+      if (count != expected || (count > 0 && (lo != acked_seq + 1 || hi != head.last_seq)))
+        return damaged(fmt::format(
+            "meta expects seq {}..{} ({} events) but the events table holds {} events{}",
+            acked_seq + 1, head.last_seq, expected, count,
+            count > 0 ? fmt::format(" ({}..{})", lo, hi) : std::string()));
+    }
+
+    rc = configure();
+    if (rc != SQLITE_OK) return failed(rc, "setting WAL mode");
+    rc = prepare_all();
+    if (rc != SQLITE_OK) return failed(rc, "preparing statements");
+    rc = load_backlog();
+    if (rc != SQLITE_OK) return failed(rc, "reading the backlog");
+    return Inspection{};
+  }
+
+  int load_backlog() {
+    ResetOnExit r1(sum_upto.get());
+    sqlite3_bind_int64(sum_upto.get(), 1, std::numeric_limits<std::int64_t>::max());
+    int rc = sqlite3_step(sum_upto.get());
+    if (rc != SQLITE_ROW) return rc;
+    backlog_bytes = static_cast<std::uint64_t>(sqlite3_column_int64(sum_upto.get(), 0));
+    return refresh_oldest();
+  }
+
+  int refresh_oldest() {
+    ResetOnExit reset(oldest_after.get());
+    sqlite3_bind_int64(oldest_after.get(), 1, acked_seq);
+    int rc = sqlite3_step(oldest_after.get());
+    if (rc == SQLITE_ROW) {
+      oldest_unacked_ms = sqlite3_column_int64(oldest_after.get(), 0);
+      return SQLITE_OK;
+    }
+    oldest_unacked_ms.reset();
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+  }
+
+  // Makes the tables of a new outbox, with a new stream, on the open connection.
+  Status initialize(Env& env) {
+    sqlite3* d = db.get();
+    auto failed = [&](int rc) -> Status {
+      std::string detail = sqlite::error_detail(d, rc);
+      if (!sqlite3_get_autocommit(d)) sqlite3_exec(d, "ROLLBACK", nullptr, nullptr, nullptr);
+      return fail(ErrorCode::io,
+                  fmt::format("cannot create outbox {}: {}; check that the directory exists, is "
+                              "writable and has free space",
+                              path_text(), detail));
+    };
+    int rc = configure();
+    if (rc != SQLITE_OK) return failed(rc);
+    if ((rc = sqlite3_exec(d, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr)) != SQLITE_OK)
+      return failed(rc);
+    if ((rc = sqlite3_exec(d, k_schema_sql, nullptr, nullptr, nullptr)) != SQLITE_OK)
+      return failed(rc);
+
+    UlidGenerator ulids;
+    const std::int64_t now_ms = env.now_unix_ms();
+    ChainHead fresh;
+    fresh.stream = ulids.next(now_ms);
+    {
+      StmtPtr insert;
+      rc = prepare(d,
+                   "INSERT INTO meta(id, schema_version, device_id, stream, last_seq, last_hash, "
+                   "recorded_floor_ms, acked_seq, created_ms) VALUES (1, ?1, ?2, ?3, 0, '', 0, 0, "
+                   "?4)",
+                   insert);
+      if (rc != SQLITE_OK) return failed(rc);
+      sqlite3_bind_int64(insert.get(), 1, k_schema_version);
+      bind_text(insert.get(), 2, options.device_id);
+      bind_text(insert.get(), 3, fresh.stream);
+      sqlite3_bind_int64(insert.get(), 4, now_ms);
+      if ((rc = run(insert.get())) != SQLITE_OK) return failed(rc);
+    }
+    if ((rc = sqlite3_exec(d, "COMMIT", nullptr, nullptr, nullptr)) != SQLITE_OK) return failed(rc);
+    if ((rc = prepare_all()) != SQLITE_OK) return failed(rc);
+
+    head = std::move(fresh);
+    acked_seq = 0;
+    backlog_bytes = 0;
+    oldest_unacked_ms.reset();
+    return {};
+  }
+
+  Result<DbPtr> open_db(int flags) const {
+    DbPtr out;
+    if (int rc = sqlite::open(options.path, flags, k_busy_timeout_ms, out); rc != SQLITE_OK)
+      return fail(ErrorCode::io, fmt::format("cannot open outbox {}: {}; check that the directory "
+                                             "exists and is readable and writable",
+                                             path_text(), sqlite::error_detail(out.get(), rc)));
+    return out;
+  }
+
+  // Renames `from` and its -wal/-shm to `<path>.corrupt-<UTC time>`; returns the new main path.
+  // The main file moves first: a crash in between leaves a stray WAL, which open() moves aside
+  // before making a new file rather than letting SQLite replay it into the new one.
+  Result<fs::path> move_aside(Env& env) const {
+    const fs::path& path = options.path;
+    fs::path target = with_suffix(path, ".corrupt-" + utc_stamp(env.now_unix_ms()));
+    std::error_code ec;
+    for (int n = 2; fs::exists(target, ec) || fs::exists(with_suffix(target, "-wal"), ec); ++n)
+      target = with_suffix(path, fmt::format(".corrupt-{}-{}", utc_stamp(env.now_unix_ms()), n));
+    for (std::string_view suffix : {"", "-wal", "-shm"}) {
+      fs::path from = with_suffix(path, suffix);
+      if (!suffix.empty() && !fs::exists(from, ec)) continue;
+      fs::path to = with_suffix(target, suffix);
+      fs::rename(from, to, ec);
+      if (ec)
+        return fail(ErrorCode::io,
+                    fmt::format("cannot move unusable outbox {} aside to {}: {}; move it away by "
+                                "hand and restart",
+                                from.string(), to.string(), ec.message()));
+    }
+    sync_directory(path.parent_path());
+    return target;
+  }
+};
+
+Outbox::Outbox() : m_impl(std::make_unique<Impl>()) {}
+
+Outbox::~Outbox() {
+  if (m_impl) m_impl->finalize_all();
+}
+
+Result<std::unique_ptr<Outbox>> Outbox::open(const OutboxOptions& options, Env& env, Logger& log) {
+  std::unique_ptr<Outbox> outbox(new Outbox());
+  Impl& s = *outbox->m_impl;
+  s.options = options;
+  s.log = &log;
+  const fs::path& path = options.path;
+  const std::string path_text = path.string();
+
+  std::error_code ec;
+  const bool exists = fs::exists(path, ec);
+  if (ec)
+    return fail(ErrorCode::io, fmt::format("cannot open outbox {}: {}; check the permissions of "
+                                           "its directory",
+                                           path_text, ec.message()));
+
+  if (exists) {
+    auto db = s.open_db(SQLITE_OPEN_READWRITE);
+    if (!db) return std::unexpected(db.error());
+    s.db = std::move(*db);
+    auto inspection = s.inspect();
+    if (!inspection) {
+      s.finalize_all();
+      return std::unexpected(inspection.error());
+    }
+    switch (inspection->kind) {
+      case Inspection::Kind::usable:
+        log.info("outbox", "opened {}: stream {}, last seq {}, acked {}, {} unacked events ({})",
+                 path_text, s.head.stream, s.head.last_seq, s.acked_seq,
+                 s.head.last_seq - s.acked_seq, format_size(s.backlog_bytes));
+        return outbox;
+      case Inspection::Kind::blank: {
+        auto init = s.initialize(env);
+        if (!init) return std::unexpected(init.error());
+        log.warning("outbox",
+                    "{} held no tables (a creation interrupted by a crash?); made a new "
+                    "outbox in it with stream {}",
+                    path_text, s.head.stream);
+        return outbox;
+      }
+      case Inspection::Kind::damaged: {
+        s.finalize_all();
+        s.db.reset();
+        auto target = s.move_aside(env);
+        if (!target) return std::unexpected(target.error());
+        log.error("outbox",
+                  "outbox {} is unusable ({}); it was moved to {} and a new outbox with a new "
+                  "stream is started. The old file is kept: events the node had not acknowledged "
+                  "may still be in it, `reflow-agent export --outbox {}` reads them",
+                  path_text, inspection->reason, target->string(), target->string());
+        s.quarantined = target->string();
+        break;
+      }
+    }
+  } else {
+    // WAL or shm without their database belong to a file that was moved or deleted; SQLite
+    // would replay such a WAL into the new file.
+    bool stray =
+        fs::exists(with_suffix(path, "-wal"), ec) || fs::exists(with_suffix(path, "-shm"), ec);
+    if (stray) {
+      fs::path target = with_suffix(path, ".orphan-" + utc_stamp(env.now_unix_ms()));
+      for (std::string_view suffix : {"-wal", "-shm"}) {
+        fs::path from = with_suffix(path, suffix);
+        if (!fs::exists(from, ec)) continue;
+        fs::rename(from, with_suffix(target, suffix), ec);
+        if (ec)
+          return fail(
+              ErrorCode::io,
+              fmt::format("cannot move stray {} aside: {}; move it away by hand and restart",
+                          from.string(), ec.message()));
+      }
+      log.warning("outbox", "{} was missing but its WAL or shm file was there; moved them to {}-*",
+                  path_text, target.string());
+    }
+  }
+
+  auto db = s.open_db(SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+  if (!db) return std::unexpected(db.error());
+  s.db = std::move(*db);
+  auto init = s.initialize(env);
+  if (!init) return std::unexpected(init.error());
+  log.info("outbox", "created {} with stream {}", path_text, s.head.stream);
+  return outbox;
+}
+
+ChainHead Outbox::head() const {
+  std::lock_guard lock(m_impl->mutex);
+  return m_impl->head;
+}
+
+Status Outbox::append(const std::vector<StoredEvent>& events, const ChainHead& new_head) {
+  Impl& s = *m_impl;
+  std::lock_guard lock(s.mutex);
+  if (events.empty()) return {};
+
+  if (new_head.stream != s.head.stream || new_head.last_seq != events.back().seq)
+    return fail(ErrorCode::invalid_argument,
+                fmt::format("outbox append: new head (stream {}, seq {}) does not match the "
+                            "outbox (stream {}) and the batch's last seq {}",
+                            new_head.stream, new_head.last_seq, s.head.stream, events.back().seq));
+  std::uint64_t batch_bytes = 0;
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    const std::int64_t expected = s.head.last_seq + 1 + static_cast<std::int64_t>(i);
+    if (events[i].seq != expected)
+      return fail(ErrorCode::invalid_argument,
+                  fmt::format("outbox append: event {} has seq {}, expected {} (seqs follow the "
+                              "head without gaps)",
+                              i, events[i].seq, expected));
+    batch_bytes += events[i].envelope.size();
+  }
+
+  // Counted per refused event: each is one producer's submission (OutboxStats::refused_quota).
+  if (s.backlog_bytes + batch_bytes > s.options.quota_bytes) {
+    s.refused_quota += events.size();
+    return fail(ErrorCode::no_space,
+                fmt::format("outbox quota full: {} unacked events ({}) of {}; new events are "
+                            "refused until the node acknowledges (is the broker reachable?)",
+                            s.head.last_seq - s.acked_seq, format_size(s.backlog_bytes),
+                            format_size(s.options.quota_bytes)));
+  }
+
+  sqlite3* d = s.db.get();
+  auto failed = [&](int rc) -> Status {
+    std::string detail = sqlite::error_detail(d, rc);
+    // SQLite may have rolled back already (SQLITE_FULL does); the rows and the head go together.
+    if (!sqlite3_get_autocommit(d)) run(s.rollback.get());
+    ++s.refused_io;
+    if (is_full(rc))
+      return fail(ErrorCode::no_space,
+                  fmt::format("outbox {}: disk full while committing seq {}..{}: {}; the events "
+                              "were not stored; free space on the data_dir file system",
+                              s.path_text(), events.front().seq, events.back().seq, detail));
+    return fail(ErrorCode::io,
+                fmt::format("outbox {}: cannot commit seq {}..{}: {}; the events were not "
+                            "stored; check the disk (dmesg)",
+                            s.path_text(), events.front().seq, events.back().seq, detail));
+  };
+
+  int rc = run(s.begin.get());
+  if (rc != SQLITE_OK) return failed(rc);
+  sqlite3_stmt* insert = s.insert_event.get();
+  for (const StoredEvent& e : events) {
+    sqlite3_bind_int64(insert, 1, e.seq);
+    bind_text(insert, 2, e.id);
+    sqlite3_bind_int64(insert, 3, e.recorded_unix_ms);
+    bind_blob(insert, 4, e.envelope);
+    if ((rc = run(insert)) != SQLITE_OK) return failed(rc);
+  }
+  sqlite3_stmt* update = s.update_head.get();
+  sqlite3_bind_int64(update, 1, new_head.last_seq);
+  bind_text(update, 2, new_head.last_hash);
+  sqlite3_bind_int64(update, 3, new_head.recorded_floor_ms);
+  if ((rc = run(update)) != SQLITE_OK) return failed(rc);
+  if ((rc = run(s.commit.get())) != SQLITE_OK) return failed(rc);
+
+  if (!s.oldest_unacked_ms) s.oldest_unacked_ms = events.front().recorded_unix_ms;
+  s.backlog_bytes += batch_bytes;
+  s.head = new_head;
+  return {};
+}
+
+std::uint64_t Outbox::quota_free_bytes() const {
+  std::lock_guard lock(m_impl->mutex);
+  const Impl& s = *m_impl;
+  return s.options.quota_bytes > s.backlog_bytes ? s.options.quota_bytes - s.backlog_bytes : 0;
+}
+
+Result<std::vector<StoredEvent>> Outbox::read_from(std::int64_t from_seq,
+                                                   std::size_t max_events) const {
+  const Impl& s = *m_impl;
+  std::lock_guard lock(s.mutex);
+  std::vector<StoredEvent> out;
+  if (max_events == 0) return out;
+  sqlite3_stmt* stmt = s.select_from.get();
+  ResetOnExit reset(stmt);
+  sqlite3_bind_int64(stmt, 1, from_seq);
+  sqlite3_bind_int64(stmt, 2,
+                     std::in_range<std::int64_t>(max_events)
+                         ? static_cast<std::int64_t>(max_events)
+                         : std::numeric_limits<std::int64_t>::max());
+  int rc;
+  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+    StoredEvent e;
+    e.seq = sqlite3_column_int64(stmt, 0);
+    e.id = column_text(stmt, 1);
+    e.recorded_unix_ms = sqlite3_column_int64(stmt, 2);
+    const void* blob = sqlite3_column_blob(stmt, 3);
+    e.envelope.assign(static_cast<const char*>(blob),
+                      blob ? static_cast<std::size_t>(sqlite3_column_bytes(stmt, 3)) : 0);
+    out.push_back(std::move(e));
+  }
+  if (rc != SQLITE_DONE)
+    return fail((rc & 0xff) == SQLITE_CORRUPT ? ErrorCode::corruption : ErrorCode::io,
+                fmt::format("outbox {}: cannot read events from seq {}: {}", s.path_text(),
+                            from_seq, sqlite::error_detail(s.db.get(), rc)));
+  return out;
+}
+
+Result<std::int64_t> Outbox::apply_ack(const std::string& stream, std::int64_t seq) {
+  Impl& s = *m_impl;
+  std::lock_guard lock(s.mutex);
+  if (stream != s.head.stream) return s.acked_seq;
+  const std::int64_t target = std::max(s.acked_seq, std::min(seq, s.head.last_seq));
+  if (target == s.acked_seq) return s.acked_seq;
+
+  sqlite3* d = s.db.get();
+  auto failed = [&](int rc) -> Result<std::int64_t> {
+    std::string detail = sqlite::error_detail(d, rc);
+    if (!sqlite3_get_autocommit(d)) run(s.rollback.get());
+    return fail(is_full(rc) ? ErrorCode::no_space : ErrorCode::io,
+                fmt::format("outbox {}: cannot record the node's ack of seq {}: {}; the events "
+                            "stay until the next ack",
+                            s.path_text(), target, detail));
+  };
+
+  int rc = run(s.begin.get());
+  if (rc != SQLITE_OK) return failed(rc);
+  std::uint64_t deleted_bytes = 0;
+  {
+    sqlite3_stmt* sum = s.sum_upto.get();
+    ResetOnExit reset(sum);
+    sqlite3_bind_int64(sum, 1, target);
+    rc = sqlite3_step(sum);
+    if (rc != SQLITE_ROW) return failed(rc);
+    deleted_bytes = static_cast<std::uint64_t>(sqlite3_column_int64(sum, 0));
+  }
+  sqlite3_bind_int64(s.delete_upto.get(), 1, target);
+  if ((rc = run(s.delete_upto.get())) != SQLITE_OK) return failed(rc);
+  sqlite3_bind_int64(s.update_acked.get(), 1, target);
+  if ((rc = run(s.update_acked.get())) != SQLITE_OK) return failed(rc);
+  std::optional<std::int64_t> oldest;
+  {
+    sqlite3_stmt* next = s.oldest_after.get();
+    ResetOnExit reset(next);
+    sqlite3_bind_int64(next, 1, target);
+    rc = sqlite3_step(next);
+    if (rc == SQLITE_ROW)
+      oldest = sqlite3_column_int64(next, 0);
+    else if (rc != SQLITE_DONE)
+      return failed(rc);
+  }
+  if ((rc = run(s.commit.get())) != SQLITE_OK) return failed(rc);
+
+  s.acked_seq = target;
+  s.backlog_bytes -= std::min(deleted_bytes, s.backlog_bytes);
+  s.oldest_unacked_ms = oldest;
+  return s.acked_seq;
+}
+
+OutboxStats Outbox::stats() const {
+  const Impl& s = *m_impl;
+  OutboxStats out;
+  {
+    std::lock_guard lock(s.mutex);
+    out.stream = s.head.stream;
+    out.last_seq = s.head.last_seq;
+    out.acked_seq = s.acked_seq;
+    out.backlog_events = s.head.last_seq - s.acked_seq;
+    out.backlog_bytes = s.backlog_bytes;
+    out.oldest_unacked_recorded_ms = s.oldest_unacked_ms;
+    out.quota_bytes = s.options.quota_bytes;
+    out.refused_quota = s.refused_quota;
+    out.refused_io = s.refused_io;
+    out.quarantined = s.quarantined;
+  }
+  for (std::string_view suffix : {"", "-wal"}) {
+    std::error_code ec;
+    const std::uintmax_t size = fs::file_size(with_suffix(s.options.path, suffix), ec);
+    if (!ec) out.file_bytes += size;
+  }
+  return out;
+}
+
+Status Outbox::export_file(const std::filesystem::path& path, std::int64_t from_seq,
+                           const std::function<void(const StoredEvent&)>& each,
+                           std::size_t& skipped) {
+  skipped = 0;
+  const std::string path_text = path.string();
+  std::error_code ec;
+  if (!fs::exists(path, ec))
+    return fail(ErrorCode::io, fmt::format("cannot export {}: {}", path_text,
+                                           ec ? ec.message() : std::string("no such file")));
+  // Read-only: a quarantined file is evidence, and the live one belongs to the running agent.
+  DbPtr db;
+  int rc = sqlite::open(path, SQLITE_OPEN_READONLY, k_busy_timeout_ms, db);
+  if (rc != SQLITE_OK)
+    return fail(ErrorCode::io,
+                fmt::format("cannot export {}: {}", path_text, sqlite::error_detail(db.get(), rc)));
+  sqlite3* raw = db.get();
+
+  StmtPtr select;
+  rc =
+      prepare(raw, "SELECT seq, id, recorded_ms, envelope FROM events WHERE seq >= ?1 ORDER BY seq",
+              select);
+  if (rc != SQLITE_OK) {
+    const int primary = rc & 0xff;
+    const bool content = primary == SQLITE_NOTADB || primary == SQLITE_CORRUPT ||
+                         primary == SQLITE_ERROR || primary == SQLITE_FORMAT;
+    return fail(content ? ErrorCode::corruption : ErrorCode::io,
+                fmt::format("cannot export {}: it cannot be read as an outbox: {}", path_text,
+                            sqlite::error_detail(raw, rc)));
+  }
+
+  // The meta row bounds the search past damaged pages; without it the export stops at the first
+  // unreadable row.
+  std::optional<std::int64_t> last_seq;
+  std::int64_t next = from_seq;
+  {
+    StmtPtr meta;
+    if (prepare(raw, "SELECT last_seq, acked_seq FROM meta WHERE id = 1", meta) == SQLITE_OK &&
+        sqlite3_step(meta.get()) == SQLITE_ROW) {
+      last_seq = sqlite3_column_int64(meta.get(), 0);
+      next = std::max<std::int64_t>(next, sqlite3_column_int64(meta.get(), 1) + 1);
+    }
+  }
+
+  sqlite3_stmt* stmt = select.get();
+  for (;;) {
+    sqlite3_reset(stmt);
+    sqlite3_bind_int64(stmt, 1, next);
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+      const std::int64_t seq = sqlite3_column_int64(stmt, 0);
+      if (seq < next) {  // a damaged page can break the order; never go backwards
+        ++skipped;
+        continue;
+      }
+      next = seq + 1;
+      StoredEvent e;
+      e.seq = seq;
+      const int id_type = sqlite3_column_type(stmt, 1);
+      const int env_type = sqlite3_column_type(stmt, 3);
+      if (id_type != SQLITE_TEXT || (env_type != SQLITE_BLOB && env_type != SQLITE_TEXT)) {
+        ++skipped;
+        continue;
+      }
+      e.id = column_text(stmt, 1);
+      e.recorded_unix_ms = sqlite3_column_int64(stmt, 2);
+      const void* blob = sqlite3_column_blob(stmt, 3);
+      const int bytes = sqlite3_column_bytes(stmt, 3);
+      if (!blob && bytes == 0 && sqlite3_errcode(raw) != SQLITE_OK &&
+          sqlite3_errcode(raw) != SQLITE_ROW) {
+        ++skipped;
+        continue;
+      }
+      e.envelope.assign(static_cast<const char*>(blob), blob ? static_cast<std::size_t>(bytes) : 0);
+      each(e);
+    }
+    if (rc == SQLITE_DONE) break;
+    // The row at `next` (or the page holding it) cannot be read: count it and seek past it.
+    ++skipped;
+    if (!last_seq || next >= *last_seq) break;
+    ++next;
+  }
+  sqlite3_reset(stmt);
+  return {};
+}
+
+}  // namespace agent

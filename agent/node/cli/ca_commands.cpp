@@ -1,0 +1,234 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// `reflow-ingest ca init|sign|server|client`: the node's certificate authority for the broker's
+// mutual TLS. The CA lives in [ca] dir (IngestConfig::effective_ca_dir); the work is in
+// agent/tls.hpp, this file only reads arguments, writes files and says what to do next.
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include <reflow/core/tls.hpp>
+#include <reflow/core/units.hpp>
+
+#include "commands.hpp"
+
+namespace ingest::cli {
+namespace {
+
+using agent::tls::CertRole;
+
+struct CaArgs {
+  std::string config{k_default_config_path};
+  std::string common_name{agent::tls::k_default_ca_common_name};
+  std::uint32_t days = 0;  // 0: the command's default
+  std::string csr_file;
+  std::string out_file;
+  std::string out_dir = ".";
+  std::vector<std::string> hosts;
+  std::string client_name;
+  bool replace = false;
+};
+
+agent::Result<std::string> read_input(const std::string& path) {
+  std::ostringstream text;
+  if (path == "-") {
+    text << std::cin.rdbuf();
+    return text.str();
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return agent::fail(agent::ErrorCode::io,
+                       fmt::format("cannot read {}: {}", path, std::strerror(errno)));
+  text << in.rdbuf();
+  return text.str();
+}
+
+// Replaces `path` atomically (a renewed certificate must never be half written); mode 0644.
+agent::Status write_certificate_file(const std::filesystem::path& path, const std::string& pem) {
+  const auto temp = std::filesystem::path(path.string() + ".tmp");
+  {
+    std::ofstream out(temp, std::ios::binary | std::ios::trunc);
+    out << pem;
+    out.flush();
+    if (!out)
+      return agent::fail(agent::ErrorCode::io,
+                         fmt::format("cannot write {}: {}", temp.string(), std::strerror(errno)));
+  }
+  std::error_code ec;
+  std::filesystem::rename(temp, path, ec);
+  if (ec) {
+    std::filesystem::remove(temp, ec);
+    return agent::fail(agent::ErrorCode::io,
+                       fmt::format("cannot write {}: {}", path.string(), ec.message()));
+  }
+  return {};
+}
+
+int ca_init(const CaArgs& args) {
+  auto config = config_or_report(args.config);
+  if (!config) return 1;
+  const auto dir = config->effective_ca_dir();
+  agent::tls::CaInitOptions options;
+  options.common_name = args.common_name;
+  if (args.days != 0) options.days = args.days;
+  std::error_code ec;
+  if (!dir.parent_path().empty()) std::filesystem::create_directories(dir.parent_path(), ec);
+  auto ca = agent::tls::ca_init(dir, options);
+  if (print_if_error(ca)) return 1;
+  fmt::print("created CA \"{}\" in {} (valid until {})\n", ca->subject, dir.string(),
+             agent::format_rfc3339_s(ca->not_after));
+  fmt::print(stderr,
+             "reflow-ingest: {} is the CA's private key (mode 0600): back it up offline; whoever "
+             "holds it can make device identities.\n"
+             "reflow-ingest: next: `reflow-ingest ca server --host NAME` for the broker, "
+             "`reflow-ingest ca client ingest@node` for this service, and `reflow-ingest ca sign` "
+             "for each device's CSR (reflow-agent enroll). Give {} to the broker (cafile) and the "
+             "devices (mqtt.ca_file).\n",
+             (dir / agent::tls::k_ca_key_file).string(),
+             (dir / agent::tls::k_ca_cert_file).string());
+  return 0;
+}
+
+int ca_sign(const CaArgs& args) {
+  auto config = config_or_report(args.config);
+  if (!config) return 1;
+  auto csr = read_input(args.csr_file);
+  if (print_if_error(csr)) return 1;
+  agent::tls::IssueOptions options;
+  options.role = CertRole::device;
+  options.days = args.days != 0 ? args.days : config->device_cert_days;
+  options.replace = args.replace;
+  auto issued = agent::tls::ca_sign(config->effective_ca_dir(), *csr, options);
+  if (!issued) {
+    print_error(fmt::format("{}: {}", args.csr_file == "-" ? "stdin" : args.csr_file,
+                            issued.error().message));
+    return 1;
+  }
+  if (args.out_file.empty()) {
+    fmt::print("{}", issued->pem);
+  } else if (print_if_error(write_certificate_file(args.out_file, issued->pem))) {
+    return 1;
+  }
+  fmt::print(stderr,
+             "reflow-ingest: issued {} (device) serial {}, valid until {}{}\n"
+             "reflow-ingest: next: copy it to the device and set mqtt.cert_file to it (with "
+             "mqtt.key_file, mqtt.ca_file = {} and an mqtts:// url)\n",
+             issued->info.subject, issued->info.serial,
+             agent::format_rfc3339_s(issued->info.not_after),
+             args.out_file.empty() ? "" : fmt::format(", written to {}", args.out_file),
+             (config->effective_ca_dir() / agent::tls::k_ca_cert_file).string());
+  return 0;
+}
+
+// `ca server` and `ca client`: the key is made here, next to the certificate.
+int ca_issue_local(const CaArgs& args, CertRole role) {
+  auto config = config_or_report(args.config);
+  if (!config) return 1;
+  // Absolute, so that the printed broker and service settings work from anywhere.
+  const std::filesystem::path dir = std::filesystem::absolute(args.out_dir);
+  const std::string base = role == CertRole::server ? "server" : args.client_name;
+  const auto key_file = dir / (base + ".key");
+  const auto cert_file = dir / (base + ".crt");
+  agent::tls::IssueOptions options;
+  options.role = role;
+  options.days = args.days != 0 ? args.days : config->device_cert_days;
+  options.hosts = args.hosts;
+  options.replace = args.replace;
+  auto issued =
+      agent::tls::ca_issue_with_key(config->effective_ca_dir(), key_file,
+                                    role == CertRole::client ? args.client_name : "", options);
+  if (print_if_error(issued)) return 1;
+  if (print_if_error(write_certificate_file(cert_file, issued->pem))) return 1;
+  const auto ca_cert = config->effective_ca_dir() / agent::tls::k_ca_cert_file;
+  fmt::print("issued {} ({}) serial {}, valid until {}\nkey:         {}\ncertificate: {}\n",
+             issued->info.subject, agent::tls::to_string(role), issued->info.serial,
+             agent::format_rfc3339_s(issued->info.not_after), key_file.string(),
+             cert_file.string());
+  if (role == CertRole::server)
+    fmt::print(stderr,
+               "reflow-ingest: Mosquitto listener for devices (PROTOCOL §2):\n"
+               "  listener 8883\n  cafile {}\n  certfile {}\n  keyfile {}\n"
+               "  require_certificate true\n  use_identity_as_username true\n"
+               "  (the broker must be able to read the key: chown it to the mosquitto user)\n",
+               ca_cert.string(), cert_file.string(), key_file.string());
+  else
+    fmt::print(stderr,
+               "reflow-ingest: for this service's [mqtt]: url = \"mqtts://HOST:8883\", cert_file "
+               "= \"{}\", key_file = \"{}\", ca_file = \"{}\"; its MQTT user name at the broker is "
+               "{}\n",
+               cert_file.string(), key_file.string(), ca_cert.string(), args.client_name);
+  return 0;
+}
+
+}  // namespace
+
+void add_ca_commands(CLI::App& app, int& exit_code) {
+  auto args = std::make_shared<CaArgs>();
+  auto* ca = app.add_subcommand(
+      "ca",
+      "The node's certificate authority for the broker's mutual TLS: device certificates "
+      "(CN = device id), the broker's server certificate and service identities");
+  ca->require_subcommand(1);
+
+  auto* init = ca->add_subcommand("init",
+                                  "Create the CA key and self-signed certificate in the "
+                                  "[ca] dir (default DATA_DIR/ca); never replaces one");
+  add_config_option(*init, args->config);
+  init->add_option("--cn", args->common_name, "The CA's common name")->capture_default_str();
+  init->add_option("--days", args->days, "Validity of the CA certificate (default 3650)")
+      ->check(CLI::Range(1, 36500));
+  init->callback([args, &exit_code] { exit_code = ca_init(*args); });
+
+  auto* sign = ca->add_subcommand(
+      "sign",
+      "Issue a device certificate from a CSR (`reflow-agent enroll`); CN must be a valid "
+      "device id");
+  add_config_option(*sign, args->config);
+  sign->add_option("CSR_FILE", args->csr_file, "The CSR (PEM); - reads stdin")->required();
+  sign->add_option("--out", args->out_file, "Write the certificate here instead of stdout");
+  sign->add_option("--days", args->days, "Validity (default ca.device_cert_days)")
+      ->check(CLI::Range(1, 36500));
+  sign->add_flag("--replace", args->replace,
+                 "Issue although the device already has a certificate for another key (its key "
+                 "was replaced on purpose)");
+  sign->callback([args, &exit_code] { exit_code = ca_sign(*args); });
+
+  auto* server =
+      ca->add_subcommand("server",
+                         "Make the broker's key (server.key, kept if it exists) and certificate "
+                         "(server.crt) with these names as subjectAltName");
+  add_config_option(*server, args->config);
+  server->add_option("--host", args->hosts, "DNS name or IP address clients connect to; repeat")
+      ->required();
+  server->add_option("--out-dir", args->out_dir, "Where to write server.key and server.crt")
+      ->capture_default_str();
+  server->add_option("--days", args->days, "Validity (default ca.device_cert_days)")
+      ->check(CLI::Range(1, 36500));
+  server->add_flag("--replace", args->replace,
+                   "Issue although the name already has a certificate for another key");
+  server->callback([args, &exit_code] { exit_code = ca_issue_local(*args, CertRole::server); });
+
+  auto* client = ca->add_subcommand(
+      "client",
+      "Make a service identity's key (NAME.key, kept if it exists) and client "
+      "certificate (NAME.crt); NAME must not be a valid device id (e.g. ingest@node)");
+  add_config_option(*client, args->config);
+  client->add_option("NAME", args->client_name, "The identity, e.g. ingest@node")->required();
+  client->add_option("--out-dir", args->out_dir, "Where to write NAME.key and NAME.crt")
+      ->capture_default_str();
+  client->add_option("--days", args->days, "Validity (default ca.device_cert_days)")
+      ->check(CLI::Range(1, 36500));
+  client->add_flag("--replace", args->replace,
+                   "Issue although the name already has a certificate for another key");
+  client->callback([args, &exit_code] { exit_code = ca_issue_local(*args, CertRole::client); });
+}
+
+}  // namespace ingest::cli

@@ -1,0 +1,234 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <reflow/core/jose.hpp>
+#include <reflow/core/result.hpp>
+
+/// The community node's side of PROTOCOL v1: `reflow-ingest`.
+namespace ingest {
+
+using agent::Result;
+using agent::Status;
+
+/// Why the node refused an envelope (PROTOCOL §7). The names are stable: they are stored, counted
+/// in `stats`, printed in logs and used by tests.
+enum class RejectReason {
+  oversized,      ///< over 64 KiB (PROTOCOL §3)
+  malformed_jws,  ///< not a flattened JWS, bad base64url, header not JSON, `alg` not EdDSA (§7.1)
+  unknown_kid,    ///< no registered device has this key (§7.2)
+  bad_signature,  ///< Ed25519 verification failed (§7.3)
+  device_mismatch,  ///< payload `device` ≠ the key's device or the topic's DEVICE (§7.4)
+  invalid_event,    ///< payload is not valid JSON or fails PROTOCOL §4 (§7.5)
+  key_revoked,      ///< signed by a revoked key after its revocation (see Store::revoke_device)
+  equivocation,     ///< same (device, stream, seq) already stored with different bytes (§5, §7.6)
+  chain_break,      ///< `prev` ≠ SHA-256 of the stored predecessor's signing input (§7.7)
+};
+
+/// "oversized", "malformed_jws" … (the enumerator's name).
+std::string_view to_string(RejectReason reason) noexcept;
+
+/// A device key in the registry. A device may have several keys over time (rotation); a key
+/// (kid) belongs to exactly one device.
+struct DeviceKeyRecord {
+  std::string device;    ///< PROTOCOL §1 device id
+  agent::PublicJwk jwk;  ///< jwk.kid is the RFC 7638 thumbprint
+  std::int64_t added_unix_ms = 0;
+  std::optional<std::int64_t> revoked_unix_ms;  ///< node time of `device revoke`
+};
+
+/// An envelope that passed PROTOCOL §7 steps 1–5 (see verifier.hpp).
+struct VerifiedEvent {
+  std::string topic;     ///< the MQTT topic it arrived on
+  std::string envelope;  ///< the envelope bytes exactly as received
+  std::string kid;
+  std::string payload;  ///< the decoded payload bytes (the signed event, never re-serialized)
+  std::string device;
+  std::string stream;  ///< ULID
+  std::int64_t seq = 0;
+  std::string prev;    ///< b64url; empty when the payload's `prev` is null (seq 1)
+  std::string id;      ///< event ULID
+  std::string action;  ///< ValueFlows action id
+  std::int64_t recorded_unix_ms = 0;
+  std::string signing_input_sha256;  ///< b64url SHA-256 of this JWS's signing input: what the
+                                     ///< successor's `prev` must be
+};
+
+/// An envelope the node refused; kept with its reason and never acked.
+struct Rejection {
+  std::string topic;
+  std::string device;    ///< the topic's DEVICE (may be any string a client sent)
+  std::string envelope;  ///< the bytes as received (whole, even when oversized)
+  RejectReason reason = RejectReason::malformed_jws;
+  std::string detail;                 ///< for people: "signature does not verify with kid …"
+  std::optional<std::string> stream;  ///< when the payload could be read
+  std::optional<std::int64_t> seq;
+};
+
+/// What Store::put did with one item.
+enum class PutOutcome {
+  stored,     ///< new (device, stream, seq): stored
+  duplicate,  ///< same bytes already stored: nothing changed (expected, PROTOCOL §5)
+  rejected,   ///< stored as a rejection (given one, or equivocation / chain break / revoked key
+              ///< found by the store)
+};
+
+/// One item of a put batch: exactly one of `event` or `rejection` is set.
+struct Incoming {
+  std::optional<VerifiedEvent> event;
+  std::optional<Rejection> rejection;
+};
+
+/// Result of one Incoming.
+struct PutResult {
+  PutOutcome outcome = PutOutcome::stored;
+  std::optional<RejectReason> reason;  ///< when outcome == rejected
+  std::string detail;                  ///< when outcome == rejected: for logs
+};
+
+/// The highest contiguous point of a stream (PROTOCOL §5): events 1..seq are all stored.
+struct AckPoint {
+  std::string stream;
+  std::int64_t seq = 0;  ///< 0 when seq 1 is not stored yet (then no ack is published)
+};
+
+/// A stored event, as queries return it.
+struct StoredEvent {
+  std::string device;
+  std::string stream;
+  std::int64_t seq = 0;
+  std::string id;
+  std::string action;
+  std::string kid;
+  std::int64_t recorded_unix_ms = 0;  ///< the payload's `recorded`
+  std::int64_t received_unix_ms = 0;  ///< node time when stored
+  std::string payload;                ///< the verified payload bytes (JSON)
+  std::string envelope;               ///< the JWS as received
+};
+
+/// A stored rejection, as queries return it.
+struct StoredRejection {
+  std::string device;
+  std::string topic;
+  RejectReason reason = RejectReason::malformed_jws;
+  std::string detail;
+  std::optional<std::string> stream;
+  std::optional<std::int64_t> seq;
+  std::int64_t received_unix_ms = 0;
+  std::string envelope;
+};
+
+/// Filter for Store::for_each_event; unset fields match everything.
+struct EventFilter {
+  std::optional<std::string> device;
+  std::optional<std::int64_t> since_unix_ms;  ///< `recorded` ≥ this
+  std::optional<std::string> action;
+};
+
+/// One stream of one device, for `stats`.
+struct StreamStats {
+  std::string stream;
+  std::int64_t events = 0;      ///< stored
+  std::int64_t contiguous = 0;  ///< the AckPoint seq
+  std::int64_t max_seq = 0;     ///< highest stored seq
+  std::int64_t gaps = 0;        ///< seqs below max_seq that are missing
+  bool chain_intact = true;     ///< false once a chain break was found in this stream
+  std::int64_t first_seen_unix_ms = 0;
+  std::int64_t last_seen_unix_ms = 0;
+};
+
+/// Per device, for `stats`.
+struct DeviceStats {
+  std::string device;
+  bool registered = false;                        ///< has a key in the registry
+  bool revoked = false;                           ///< all its keys are revoked
+  std::optional<std::int64_t> last_seen_unix_ms;  ///< last envelope stored or rejected
+  std::int64_t events = 0;
+  std::int64_t gaps = 0;
+  bool chain_intact = true;
+  std::map<std::string, std::int64_t> rejections;  ///< reason name → count
+  std::vector<StreamStats> streams;                ///< oldest first
+};
+
+/// The node's durable state: the device registry, stored events and rejections.
+///
+/// PROTOCOL §7 steps 6–7 happen here, in put(), because they need the stored state:
+/// - dedupe: the same (device, stream, seq) with the same envelope bytes is a duplicate;
+///   with different bytes an equivocation (rejected, reported, the first copy kept);
+/// - chain: when seq−1 is stored, `prev` must equal its signing_input_sha256; and when seq+1 is
+///   already stored (it arrived first, across a gap), its `prev` must equal this event's hash.
+///   Either mismatch rejects the arriving event as chain_break and marks the stream broken;
+/// - revocation: an event signed by a revoked key in a stream the node first saw after the
+///   revocation is rejected (key_revoked) — a stolen key cannot start a fresh, back-dated stream.
+///   (verifier.hpp rejects events whose `recorded` is at or after the revocation.)
+///
+/// Implementations: SQLite (open_sqlite_store); PostgreSQL later. All methods are thread-safe
+/// (one connection behind a mutex is fine); several processes may open the same SQLite file
+/// (WAL, busy timeout) — `reflow-ingest events` reads while `run` writes.
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  // --- device registry ---
+
+  /// Registers `jwk` for `device`. Adding the same key to the same device again is a no-op.
+  /// Errors: rejected when the kid belongs to another device, or is revoked; invalid_argument
+  /// for a device id that is not PROTOCOL §1.
+  virtual Status add_device(std::string_view device, const agent::PublicJwk& jwk,
+                            std::int64_t now_unix_ms) = 0;
+
+  /// Revokes every key of `device` as of `now_unix_ms`. Errors: not_found for an unknown device.
+  virtual Status revoke_device(std::string_view device, std::int64_t now_unix_ms) = 0;
+
+  /// The key with this kid, or nullopt. Errors: io.
+  virtual Result<std::optional<DeviceKeyRecord>> find_key(std::string_view kid) = 0;
+
+  /// Every key, ordered by device then added time. Errors: io.
+  virtual Result<std::vector<DeviceKeyRecord>> list_keys() = 0;
+
+  // --- ingest ---
+
+  /// Applies a batch in order in ONE transaction, durably committed (synchronous=FULL) before
+  /// it returns: the caller acks only after this. Returns one PutResult per item.
+  /// Errors: io / no_space / corruption (nothing of the batch is stored; the caller must not
+  /// ack and may retry).
+  virtual Result<std::vector<PutResult>> put(std::span<const Incoming> batch,
+                                             std::int64_t now_unix_ms) = 0;
+
+  /// The ack of PROTOCOL §5 for `device`: the stream that most recently had an event stored,
+  /// and its contiguous seq. nullopt when nothing of the device is stored. Errors: io.
+  virtual Result<std::optional<AckPoint>> ack_point(std::string_view device) = 0;
+
+  // --- queries ---
+
+  /// Calls `fn` for each stored event matching `filter`, ordered by device, stream (first seen),
+  /// seq. Returning false from `fn` stops. Errors: io.
+  virtual Status for_each_event(const EventFilter& filter,
+                                const std::function<bool(const StoredEvent&)>& fn) = 0;
+
+  /// Calls `fn` for each stored rejection (optionally of one device), oldest first.
+  virtual Status for_each_rejection(std::optional<std::string_view> device,
+                                    const std::function<bool(const StoredRejection&)>& fn) = 0;
+
+  /// Per device (registered or seen), ordered by device id. Errors: io.
+  virtual Result<std::vector<DeviceStats>> stats() = 0;
+};
+
+/// Opens (creating it and its directory when missing) the SQLite store at `path`
+/// (normally DATA_DIR/ingest.db): WAL, synchronous=FULL, busy timeout 5 s, schema versioned with
+/// `PRAGMA user_version` (currently 2; a version 1 file is migrated when opened, which rewrites
+/// its events table once). Errors: io (cannot create/open), corruption (not our database, or a
+/// newer schema version: the message says which).
+Result<std::unique_ptr<Store>> open_sqlite_store(const std::filesystem::path& path);
+
+}  // namespace ingest

@@ -1,0 +1,240 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include <reflow/node/config.hpp>
+
+#include <string>
+#include <string_view>
+
+#include <fmt/format.h>
+#include <toml++/toml.h>
+
+#include <reflow/core/event.hpp>
+
+#include <reflow/core/config_table.hpp>
+
+namespace ingest {
+namespace {
+
+using namespace std::chrono_literals;
+using namespace agent::config_keys;
+
+using IngestSchema = Schema<IngestConfig>;
+using Apply = agent::config_keys::Apply<IngestConfig>;
+
+// MQTT 5 §4.8.2: a ShareName is at least one character and holds no '/', '+' or '#'.
+bool is_valid_share_group(std::string_view name) {
+  return is_non_empty_text(name) && name.find_first_of("/+#") == name.npos;
+}
+
+bool is_http_url(std::string_view url) {
+  const bool scheme = url.starts_with("http://") || url.starts_with("https://");
+  const auto host = url.substr(url.find("//") + 2);
+  return scheme && !host.empty() && host.find_first_of(" \t\r\n") == host.npos && !has_nul(url);
+}
+
+// [export.units]: OM2 unit name (PROTOCOL §4) → the server's Unit id.
+void apply_units(const toml::table& table, std::string_view dotted, const ParseContext&,
+                 IngestConfig& config, Problems& problems) {
+  for (auto&& [key, node] : table) {
+    const std::string name(key.str());
+    const std::string where = fmt::format("{}.{}", dotted, name);
+    if (!agent::is_known_unit(name)) {
+      problems.add(key.source().begin.line, where,
+                   "unknown OM2 unit (expected one of PROTOCOL §4: one, hour, minute-Time, "
+                   "second-Time, gram, kilogram, millimetre, metre, litre, kilowattHour)");
+      continue;
+    }
+    const auto* id = node.as_string();
+    if (id == nullptr || !is_non_empty_text(id->get())) {
+      problems.add(line_of(node), where, got("expected the server's Unit id (a string)", node));
+      continue;
+    }
+    config.units[name] = id->get();
+  }
+}
+
+// [export.ids]: a local reference ("spool:pla-01") → the server's id.
+void apply_ids(const toml::table& table, std::string_view dotted, const ParseContext&,
+               IngestConfig& config, Problems& problems) {
+  for (auto&& [key, node] : table) {
+    const std::string name(key.str());
+    const std::string where = fmt::format("{}.{}", dotted, name);
+    const auto* id = node.as_string();
+    if (id == nullptr || !is_non_empty_text(id->get())) {
+      problems.add(line_of(node), where, got("expected the server's id (a string)", node));
+      continue;
+    }
+    config.ids[name] = id->get();
+  }
+}
+
+IngestSchema make_schema() {
+  IngestSchema schema;
+  schema.sections = {"ingest", "mqtt", "ca", "export"};
+  schema.known_tables = "known tables: [ingest], [mqtt], [ca], [export]";
+  auto add = [&](std::string section, std::string name, std::string type, std::string default_text,
+                 std::string description, Apply apply) {
+    schema.add(std::move(section), std::move(name), std::move(type), std::move(default_text),
+               std::move(description), std::move(apply));
+  };
+
+  // [ingest]
+  add("ingest", "data_dir", "path", "\"/var/lib/reflow-ingest\"",
+      "Directory for ingest.db (events, rejections, device registry) and the CA (ca/); must "
+      "survive reboots.",
+      path_key(&IngestConfig::data_dir));
+  add("ingest", "log_level", "enum(debug|info|warning|error)", "\"info\"",
+      "Least severe log messages written to stderr (journald under systemd).",
+      log_level_key(&IngestConfig::log_level));
+  add("ingest", "max_batch", "integer", "512",
+      "Most envelopes verified and stored in one transaction (one fsync).",
+      count_key(&IngestConfig::max_batch, 1, 100'000));
+  add("ingest", "ack_interval", "duration", "\"100ms\"",
+      "Per device, at most one ack per interval; the last ack of a burst always follows.",
+      duration_key(&IngestConfig::ack_interval, 0ms, 60s));
+
+  // [mqtt]
+  add("mqtt", "url", "string", "\"mqtt://127.0.0.1:1883\"",
+      "The node's MQTT broker: mqtt://HOST[:PORT] (plain TCP) or mqtts://HOST[:PORT] (TLS).",
+      string_key(&IngestConfig::url,
+                 "expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], e.g. "
+                 "\"mqtts://node.example.org:8883\"",
+                 is_valid_broker_url));
+  add("mqtt", "topic_prefix", "string", "\"reflow/v1\"",
+      "First topic levels (PROTOCOL §2): subscribes PREFIX/+/events, publishes PREFIX/DEVICE/ack.",
+      string_key(&IngestConfig::topic_prefix,
+                 "expected topic levels such as \"reflow/v1\" (not empty, no '+' or '#', no "
+                 "leading or trailing '/')",
+                 is_valid_topic_prefix));
+  add("mqtt", "client_id", "string", "\"reflow-ingest\"",
+      "MQTT client id; the broker keeps the session under it. Unique per instance. Acks go out "
+      "as CLIENT_ID-acks.",
+      string_key(&IngestConfig::client_id, "expected a non-empty MQTT client id",
+                 is_non_empty_text));
+  add("mqtt", "share_group", "string", "(none)",
+      "Shared subscription group (MQTT 5): instances with the same group split the events.",
+      string_key(&IngestConfig::share_group,
+                 "expected a group name without '/', '+' or '#' (MQTT 5 §4.8.2)",
+                 is_valid_share_group));
+  add("mqtt", "username", "string", "(none)", "MQTT user name of the ingest service.",
+      string_key(&IngestConfig::username, "expected a non-empty MQTT user name",
+                 is_non_empty_text));
+  add("mqtt", "password_file", "path", "(none)",
+      "File whose first line is the MQTT password (kept out of this file); needs username.",
+      path_key(&IngestConfig::password_file));
+  add("mqtt", "ca_file", "path", "(system CA store)",
+      "mqtts only: PEM CA bundle that signed the broker's certificate.",
+      path_key(&IngestConfig::ca_file));
+  add("mqtt", "cert_file", "path", "(none)",
+      "mqtts only: PEM client certificate for mutual TLS (`ca client`); needs mqtt.key_file.",
+      path_key(&IngestConfig::cert_file));
+  add("mqtt", "key_file", "path", "(none)", "mqtts only: PEM private key of cert_file.",
+      path_key(&IngestConfig::tls_key_file));
+  add("mqtt", "keepalive", "duration", "\"30s\"",
+      "MQTT keep alive: the broker drops the service after 1.5 times this without traffic.",
+      duration_key(&IngestConfig::keepalive, 1s, 65535s, " (MQTT keep alive is 16-bit seconds)",
+                   true));
+  add("mqtt", "connect_timeout", "duration", "\"10s\"",
+      "How long one connection attempt may take before it counts as failed.",
+      duration_key(&IngestConfig::connect_timeout, 1s, 1h));
+  add("mqtt", "reconnect_min", "duration", "\"1s\"",
+      "First wait before reconnecting; doubles after each failure up to reconnect_max.",
+      duration_key(&IngestConfig::reconnect_min, 100ms, 24h));
+  add("mqtt", "reconnect_max", "duration", "\"60s\"",
+      "Longest wait between reconnection attempts; at least reconnect_min.",
+      duration_key(&IngestConfig::reconnect_max, 100ms, 24h));
+  add("mqtt", "session_expiry", "duration", "\"1h\"",
+      "How long the broker keeps the session and its QoS 1 messages while the service is down.",
+      duration_key(&IngestConfig::session_expiry, 1s, 49'710 * 24h,
+                   " (MQTT 5 session expiry is 32-bit seconds)", true));
+
+  // [ca]
+  add("ca", "dir", "path", "(data_dir/ca)",
+      "The node CA's directory: ca.key, ca.crt and the record of issued certificates.",
+      path_key(&IngestConfig::ca_dir));
+  add("ca", "device_cert_days", "integer", "825",
+      "Validity in days of the certificates `ca sign` issues.",
+      count_key(&IngestConfig::device_cert_days, 1, 36'500));
+
+  // [export]
+  add("export", "zenflows_url", "string", "(none: print only)",
+      "Zenflows GraphQL endpoint for `export --post`, e.g. \"https://zenflows.example.org/api\".",
+      string_key(&IngestConfig::zenflows_url,
+                 "expected an http:// or https:// URL such as \"https://zenflows.example.org/api\"",
+                 is_http_url));
+  add("export", "zenflows_user", "string", "(none)",
+      "The `zenflows-user` header: the Person.user whose key signs the requests.",
+      string_key(&IngestConfig::zenflows_user, "expected a non-empty user name",
+                 is_non_empty_text));
+  add("export", "zenflows_key_file", "path", "(none)",
+      "Ed25519 seed that signs requests, in the format `reflow-agent keygen` writes.",
+      path_key(&IngestConfig::zenflows_key_file));
+  add("export", "default_agent", "string", "(none)",
+      "Agent id used as provider/receiver when an event names none.",
+      string_key(&IngestConfig::default_agent, "expected a non-empty agent id", is_non_empty_text));
+  schema.add_table("export", "units", "table(OM2 unit = \"id\")", "(none)",
+                   "[export.units]: the server's Unit id for each OM2 unit name events use.",
+                   apply_units);
+  schema.add_table("export", "ids", "table(reference = \"id\")", "(none)",
+                   "[export.ids]: the server's id for a local reference (resource, agent, "
+                   "process).",
+                   apply_ids);
+  return schema;
+}
+
+const IngestSchema& schema() {
+  static const IngestSchema schema = make_schema();
+  return schema;
+}
+
+// Checks between keys of [export], once each key is valid on its own.
+void check_export(const std::map<std::string, const toml::node*>& seen, Problems& problems) {
+  const auto user = seen.find("export.zenflows_user");
+  const auto key = seen.find("export.zenflows_key_file");
+  if (user != seen.end() && key == seen.end()) {
+    problems.add(line_of(*user->second), "export.zenflows_user",
+                 got("expected export.zenflows_key_file to be set too (zenflows signs each "
+                     "request with the user's key)",
+                     *user->second));
+  } else if (key != seen.end() && user == seen.end()) {
+    problems.add(line_of(*key->second), "export.zenflows_key_file",
+                 got("expected export.zenflows_user to be set too (zenflows signs each "
+                     "request with the user's key)",
+                     *key->second));
+  }
+}
+
+agent::Result<IngestConfig> parse_document(std::string_view text, const std::string& file,
+                                           const std::filesystem::path& base_dir) {
+  auto root = parse_toml(text, file);
+  if (!root) return std::unexpected(root.error());
+
+  IngestConfig config;
+  config.source_file = file;
+  Problems problems(file);
+  const auto seen = apply_schema(*root, schema(), ParseContext{base_dir}, config, problems);
+  if (problems.empty()) {
+    check_mqtt_combinations(seen, config.url, config.reconnect_min, config.reconnect_max, problems);
+    check_export(seen, problems);
+  }
+  if (!problems.empty()) return std::unexpected(problems.error());
+  return config;
+}
+
+}  // namespace
+
+agent::Result<IngestConfig> load_ingest_config(const std::filesystem::path& path) {
+  auto text = read_config_file(path);
+  if (!text) return std::unexpected(text.error());
+  return parse_document(*text, path.string(), directory_of(path));
+}
+
+agent::Result<IngestConfig> parse_ingest_config(std::string_view text, std::string_view file_name) {
+  return parse_document(text, std::string(file_name), directory_of(file_name));
+}
+
+const std::vector<agent::ConfigKeyInfo>& ingest_config_reference() {
+  static const std::vector<agent::ConfigKeyInfo> reference = schema().reference();
+  return reference;
+}
+
+}  // namespace ingest

@@ -1,0 +1,336 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// The stored events as zenflows createProcess / createEconomicEvent requests (vf_export.hpp).
+#include <reflow/node/vf_export.hpp>
+
+#include <algorithm>
+#include <optional>
+#include <set>
+#include <tuple>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include <reflow/core/units.hpp>
+
+namespace ingest {
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+// zenflows src/zenflows/vf/process/type.ex (ProcessResponse) and economic_event/type.ex.
+constexpr std::string_view k_create_process =
+    "mutation($process: ProcessCreateParams!) "
+    "{ createProcess(process: $process) { process { id } } }";
+constexpr std::string_view k_create_economic_event =
+    "mutation($event: EconomicEventCreateParams!, "
+    "$newInventoriedResource: EconomicResourceCreateParams) "
+    "{ createEconomicEvent(event: $event, newInventoriedResource: $newInventoriedResource) "
+    "{ economicEvent { id resourceInventoriedAs { id } } } }";
+
+std::string string_field(const Json& object, const char* name) {
+  auto it = object.find(name);
+  if (it == object.end() || !it->is_string()) return {};
+  return it->get<std::string>();
+}
+
+struct ParsedEvent {
+  const StoredEvent* stored = nullptr;
+  Json payload;
+  std::int64_t time_unix_ms = 0;
+};
+
+std::int64_t time_of(const std::string& text, std::int64_t fallback) {
+  if (text.empty()) return fallback;
+  auto t = agent::parse_rfc3339(text);
+  return t ? *t : fallback;
+}
+
+bool is_one_of(std::string_view action, std::initializer_list<std::string_view> set) {
+  return std::find(set.begin(), set.end(), action) != set.end();
+}
+
+// Collects references without a server id, each once.
+class Resolver {
+ public:
+  explicit Resolver(const IngestConfig& config) : m_config(config) {}
+
+  std::optional<std::string> server_id(const std::string& reference) const {
+    auto it = m_config.ids.find(reference);
+    if (it == m_config.ids.end()) return std::nullopt;
+    return it->second;
+  }
+
+  // The server id, or the local reference itself (reported missing).
+  std::string id_or_missing(const std::string& kind, const std::string& reference,
+                            const std::string& event_id) {
+    if (auto id = server_id(reference)) return *id;
+    report(kind, reference, event_id);
+    return reference;
+  }
+
+  std::string unit(const std::string& om2, const std::string& event_id) {
+    auto it = m_config.units.find(om2);
+    if (it != m_config.units.end()) return it->second;
+    report("unit", om2, event_id);
+    return om2;
+  }
+
+  void report(const std::string& kind, const std::string& reference, const std::string& event_id) {
+    if (m_reported.insert({kind, reference}).second)
+      m_missing.push_back(MissingReference{kind, reference, event_id});
+  }
+
+  std::vector<MissingReference> take_missing() { return std::move(m_missing); }
+
+ private:
+  const IngestConfig& m_config;
+  std::set<std::pair<std::string, std::string>> m_reported;
+  std::vector<MissingReference> m_missing;
+};
+
+struct ProcessSpan {
+  std::optional<std::pair<std::int64_t, std::string>> begin;
+  std::optional<std::pair<std::int64_t, std::string>> end;
+  std::vector<std::string> devices;
+};
+
+Json measure(const Json& quantity, Resolver& resolver, const std::string& event_id) {
+  Json out = Json::object();
+  if (auto v = quantity.find("hasNumericalValue"); v != quantity.end())
+    out["hasNumericalValue"] = *v;
+  if (auto u = quantity.find("hasUnit"); u != quantity.end() && u->is_string())
+    out["hasUnit"] = resolver.unit(u->get<std::string>(), event_id);
+  return out;
+}
+
+std::string provenance_note(const ParsedEvent& e) {
+  const StoredEvent& s = *e.stored;
+  std::string source;
+  if (auto it = e.payload.find("source"); it != e.payload.end() && it->is_object()) {
+    source =
+        fmt::format(", source {}/{}", string_field(*it, "driver"), string_field(*it, "instance"));
+    if (auto ref = string_field(*it, "ref"); !ref.empty()) source += " " + ref;
+  }
+  auto provenance = fmt::format("(reflow event {}, device {}, stream {} seq {}{})", s.id, s.device,
+                                s.stream, s.seq, source);
+  auto note = string_field(e.payload, "note");
+  return note.empty() ? provenance : note + " " + provenance;
+}
+
+}  // namespace
+
+std::string_view vf_mutation_text(VfRequestKind kind) {
+  return kind == VfRequestKind::create_process ? k_create_process : k_create_economic_event;
+}
+
+std::string vf_request_body(const VfRequest& request) {
+  Json body;
+  body["query"] = vf_mutation_text(request.kind);
+  body["variables"] = request.variables;
+  // ensure_ascii: the body is what gets signed, and zenflows' normalisation mangles non-ASCII
+  // bytes (see zenflows_compact_ascii); escaped, every character survives intact.
+  return body.dump(-1, ' ', true, Json::error_handler_t::replace);
+}
+
+VfExport build_vf_export(const std::vector<StoredEvent>& events, const IngestConfig& config) {
+  std::vector<ParsedEvent> parsed;
+  parsed.reserve(events.size());
+  for (const auto& stored : events) {
+    ParsedEvent e;
+    e.stored = &stored;
+    e.payload = Json::parse(stored.payload, nullptr, false);
+    if (!e.payload.is_object()) continue;
+    e.time_unix_ms = stored.recorded_unix_ms;
+    for (const char* field : {"hasPointInTime", "hasBeginning", "hasEnd"}) {
+      auto text = string_field(e.payload, field);
+      if (!text.empty()) {
+        e.time_unix_ms = time_of(text, stored.recorded_unix_ms);
+        break;
+      }
+    }
+    parsed.push_back(std::move(e));
+  }
+  // Time order: a resource is produced before it is consumed, and zenflows checks that.
+  std::sort(parsed.begin(), parsed.end(), [](const ParsedEvent& a, const ParsedEvent& b) {
+    return std::tuple(a.time_unix_ms, a.stored->recorded_unix_ms, a.stored->id) <
+           std::tuple(b.time_unix_ms, b.stored->recorded_unix_ms, b.stored->id);
+  });
+
+  Resolver resolver(config);
+
+  // Each process's span over the exported events, for its createProcess.
+  std::map<std::string, ProcessSpan> spans;
+  for (const auto& e : parsed) {
+    for (const char* field : {"inputOf", "outputOf"}) {
+      auto process = string_field(e.payload, field);
+      if (process.empty() || resolver.server_id(process)) continue;
+      ProcessSpan& span = spans[process];
+      auto point = string_field(e.payload, "hasPointInTime");
+      auto begin = point.empty() ? string_field(e.payload, "hasBeginning") : point;
+      auto end = point.empty() ? string_field(e.payload, "hasEnd") : point;
+      if (!begin.empty()) {
+        auto t = time_of(begin, e.time_unix_ms);
+        if (!span.begin || t < span.begin->first) span.begin = {t, begin};
+      }
+      if (!end.empty()) {
+        auto t = time_of(end, e.time_unix_ms);
+        if (!span.end || t > span.end->first) span.end = {t, end};
+      }
+      if (std::find(span.devices.begin(), span.devices.end(), e.stored->device) ==
+          span.devices.end())
+        span.devices.push_back(e.stored->device);
+    }
+  }
+
+  VfExport out;
+  // Local references an earlier request of this export creates on the server.
+  std::set<std::string> created_processes;
+  std::set<std::string> created_resources;
+
+  for (const auto& e : parsed) {
+    const Json& p = e.payload;
+    const std::string& event_id = e.stored->id;
+    const std::string action = string_field(p, "action");
+    VfRequest request;
+    request.kind = VfRequestKind::create_economic_event;
+    request.event_id = event_id;
+    request.device = e.stored->device;
+    Json event = Json::object();
+    event["action"] = action;
+
+    for (const char* field : {"provider", "receiver"}) {
+      auto agent = string_field(p, field);
+      if (!agent.empty())
+        event[field] = resolver.id_or_missing("agent", agent, event_id);
+      else if (!config.default_agent.empty())
+        event[field] = config.default_agent;
+      else
+        resolver.report("agent", fmt::format("(no {}: set [export] default_agent)", field),
+                        event_id);
+    }
+
+    for (const char* field : {"inputOf", "outputOf"}) {
+      auto process = string_field(p, field);
+      if (process.empty()) continue;
+      if (auto id = resolver.server_id(process)) {
+        event[field] = *id;
+        continue;
+      }
+      if (created_processes.insert(process).second) {
+        VfRequest create;
+        create.kind = VfRequestKind::create_process;
+        create.process = process;
+        create.creates = process;
+        Json params = Json::object();
+        params["name"] = process;
+        const ProcessSpan& span = spans[process];
+        params["note"] =
+            fmt::format("reflow process {} recorded by {}", process, fmt::join(span.devices, ", "));
+        if (span.begin) params["hasBeginning"] = span.begin->second;
+        if (span.end) params["hasEnd"] = span.end->second;
+        create.variables["process"] = std::move(params);
+        out.requests.push_back(std::move(create));
+      }
+      event[field] = process;
+      request.pending[field] = process;
+    }
+
+    // zenflows: use/cite/produce/raise take resourceInventoriedAs XOR resourceConformsTo.
+    const bool exclusive = is_one_of(action, {"use", "cite", "produce", "raise"});
+    const bool may_create = is_one_of(action, {"produce", "raise"});
+    auto resource = string_field(p, "resourceInventoriedAs");
+    auto spec = string_field(p, "resourceConformsTo");
+    bool resource_known = false;
+    std::optional<Json> new_resource;
+    if (!resource.empty()) {
+      if (auto id = resolver.server_id(resource)) {
+        event["resourceInventoriedAs"] = *id;
+        resource_known = true;
+      } else if (created_resources.contains(resource)) {
+        event["resourceInventoriedAs"] = resource;
+        request.pending["resourceInventoriedAs"] = resource;
+        resource_known = true;
+      } else if (may_create && !spec.empty()) {
+        Json params = Json::object();
+        params["name"] = resource;
+        params["trackingIdentifier"] = resource;
+        new_resource = std::move(params);
+        request.creates = resource;
+        created_resources.insert(resource);
+      } else {
+        event["resourceInventoriedAs"] = resolver.id_or_missing("resource", resource, event_id);
+        resource_known = true;
+      }
+    }
+    auto to_resource = string_field(p, "toResourceInventoriedAs");
+    if (!to_resource.empty()) {
+      if (auto id = resolver.server_id(to_resource)) {
+        event["toResourceInventoriedAs"] = *id;
+      } else if (created_resources.contains(to_resource)) {
+        event["toResourceInventoriedAs"] = to_resource;
+        request.pending["toResourceInventoriedAs"] = to_resource;
+      } else {
+        event["toResourceInventoriedAs"] =
+            resolver.id_or_missing("resource", to_resource, event_id);
+      }
+    }
+    if (!spec.empty() && !(exclusive && resource_known))
+      event["resourceConformsTo"] =
+          resolver.id_or_missing("resource specification", spec, event_id);
+    if (auto it = p.find("resourceClassifiedAs"); it != p.end() && it->is_array())
+      event["resourceClassifiedAs"] = *it;
+    for (const char* field : {"resourceQuantity", "effortQuantity"})
+      if (auto it = p.find(field); it != p.end() && it->is_object())
+        event[field] = measure(*it, resolver, event_id);
+    for (const char* field : {"hasPointInTime", "hasBeginning", "hasEnd"})
+      if (auto value = string_field(p, field); !value.empty()) event[field] = value;
+    for (const char* field : {"atLocation", "toLocation"})
+      if (auto location = string_field(p, field); !location.empty())
+        event[field] = resolver.id_or_missing("location", location, event_id);
+    event["note"] = provenance_note(e);
+
+    request.variables["event"] = std::move(event);
+    if (new_resource) request.variables["newInventoriedResource"] = std::move(*new_resource);
+    out.requests.push_back(std::move(request));
+  }
+  out.missing = resolver.take_missing();
+  return out;
+}
+
+Result<VfExport> build_vf_export(Store& store, const EventFilter& filter,
+                                 const IngestConfig& config) {
+  std::vector<StoredEvent> events;
+  auto status = store.for_each_event(filter, [&](const StoredEvent& event) {
+    events.push_back(event);
+    return true;
+  });
+  if (!status) return std::unexpected(status.error());
+  return build_vf_export(events, config);
+}
+
+std::string describe_missing(const std::vector<MissingReference>& missing) {
+  std::string out;
+  std::vector<const MissingReference*> units, ids;
+  for (const auto& m : missing) {
+    out += fmt::format("  {} \"{}\" (first in event {})\n", m.kind, m.reference, m.first_event);
+    if (m.reference.starts_with("(")) continue;  // not a reference: a missing default
+    (m.kind == "unit" ? units : ids).push_back(&m);
+  }
+  // TOML basic strings: the reference is quoted with JSON rules, which TOML shares.
+  if (!units.empty()) {
+    out += "add to the config:\n  [export.units]\n";
+    for (const auto* m : units)
+      out += fmt::format("  {} = \"SERVER-UNIT-ID\"\n", Json(m->reference).dump());
+  }
+  if (!ids.empty()) {
+    out += units.empty() ? "add to the config:\n" : "";
+    out += "  [export.ids]\n";
+    for (const auto* m : ids)
+      out += fmt::format("  {} = \"SERVER-ID\"  # {}\n",
+                         Json(m->reference).dump(-1, ' ', false, Json::error_handler_t::replace),
+                         m->kind);
+  }
+  return out;
+}
+
+}  // namespace ingest

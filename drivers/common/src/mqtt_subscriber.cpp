@@ -1,0 +1,270 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include <reflow/drivers/mqtt_subscriber.hpp>
+
+#include <mqtt/async_client.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <stop_token>
+#include <thread>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include <reflow/core/mqtt_connect.hpp>
+
+namespace agent {
+namespace {
+
+constexpr int k_qos = 1;
+
+std::string paho_reason(const mqtt::token& token) {
+  const int rc = token.get_return_code();
+  if (rc == 4 || rc == 5) return "the broker refused the user name, password or client";
+  return mqtt::exception::printable_error(rc, mqtt::ReasonCode::SUCCESS,
+                                          mqtt::exception::error_str(rc));
+}
+
+}  // namespace
+
+struct MqttSubscriber::Impl {
+  enum class Kind { connect_ok, connect_failed, subscribe_ok, subscribe_failed, lost, message };
+
+  // What a Paho thread hands to the subscriber's thread; Paho threads do nothing else, so that
+  // the driver's callbacks run on one thread, in arrival order.
+  struct Event {
+    Kind kind;
+    std::uint64_t generation = 0;
+    MqttMessage message;
+    std::string reason;
+  };
+
+  class Listener final : public mqtt::iaction_listener {
+   public:
+    Listener(Impl& impl, Kind ok, Kind failed) : m_impl(impl), m_ok(ok), m_failed(failed) {}
+    void on_success(const mqtt::token& token) override {
+      m_impl.post({m_ok, mqtt_connect::generation_of(token), {}, {}});
+    }
+    void on_failure(const mqtt::token& token) override {
+      m_impl.post({m_failed, mqtt_connect::generation_of(token), {}, paho_reason(token)});
+    }
+
+   private:
+    Impl& m_impl;
+    Kind m_ok;
+    Kind m_failed;
+  };
+
+  Impl(MqttSubscriberOptions options_in, Env& env_in, Logger& log_in)
+      : options(std::move(options_in)),
+        env(env_in),
+        log(log_in),
+        component(fmt::format("mqtt subscriber {}", options.client_id)),
+        rng(std::random_device{}()) {}
+
+  void post(Event event) {
+    {
+      std::lock_guard lock(queue_mutex);
+      queue.push_back(std::move(event));
+    }
+    queue_cv.notify_one();
+  }
+
+  std::optional<Event> next_event(std::stop_token stop) {
+    std::unique_lock lock(queue_mutex);
+    if (!queue_cv.wait(lock, stop, [&] { return !queue.empty(); })) return std::nullopt;
+    Event event = std::move(queue.front());
+    queue.pop_front();
+    return event;
+  }
+
+  // Reports the connection only when it changes, so that a driver counts outages, not retries.
+  void report(bool connected, const std::string& reason) {
+    if (reported == connected) return;
+    reported = connected;
+    if (connected)
+      log.info(component, "subscribed at {}", options.url);
+    else
+      log.warning(component, "not connected to {}: {}; retrying with backoff", options.url, reason);
+    on_connection(connected, reason);
+  }
+
+  // One connection attempt, then its session until the connection is lost. True when it got as
+  // far as subscribing (the backoff starts again from reconnect_min).
+  bool connect_and_serve(std::stop_token stop) {
+    const std::uint64_t attempt = ++generation;
+    try {
+      client->connect(connect_options, mqtt_connect::context_of(attempt), connect_listener);
+    } catch (const std::exception& e) {
+      report(false, e.what());
+      return false;
+    }
+    bool subscribed = false;
+    while (auto event = next_event(stop)) {
+      // Answers to an older attempt, and its messages' losses, are of no concern now.
+      const bool current = event->generation == attempt;
+      switch (event->kind) {
+        case Kind::message:
+          on_message(event->message);
+          break;
+        case Kind::connect_ok:
+          if (!current) break;
+          try {
+            if (options.topics.empty()) {
+              subscribed = true;
+              report(true, "");
+            } else {
+              client->subscribe(mqtt::string_collection::create(options.topics),
+                                std::vector<int>(options.topics.size(), k_qos),
+                                mqtt_connect::context_of(attempt), subscribe_listener);
+            }
+          } catch (const std::exception& e) {
+            report(false, fmt::format("subscribing failed: {}", e.what()));
+            disconnect();
+            return false;
+          }
+          break;
+        case Kind::subscribe_ok:
+          if (!current) break;
+          subscribed = true;
+          report(true, "");
+          break;
+        case Kind::connect_failed:
+          if (!current) break;
+          report(false, event->reason);
+          return false;
+        case Kind::subscribe_failed:
+          if (!current) break;
+          report(false, fmt::format("subscribing failed: {}", event->reason));
+          disconnect();
+          return false;
+        case Kind::lost:
+          report(false, event->reason.empty() ? "connection lost" : event->reason);
+          return subscribed;
+      }
+    }
+    return subscribed;  // stop requested
+  }
+
+  void disconnect() {
+    try {
+      if (client->is_connected()) client->disconnect(0)->wait_for(std::chrono::seconds(5));
+    } catch (const std::exception&) {
+      // Already gone; the next connect or the end is what matters.
+    }
+  }
+
+  void run(std::stop_token stop) {
+    std::uint32_t attempt = 0;
+    while (!stop.stop_requested()) {
+      if (connect_and_serve(stop)) attempt = 0;
+      if (stop.stop_requested()) break;
+      auto delay = mqtt_connect::reconnect_backoff(options.reconnect_min, options.reconnect_max,
+                                                   attempt, rng);
+      if (attempt < 62) ++attempt;
+      if (!env.sleep_until(env.steady_now() + delay, stop)) break;
+    }
+  }
+
+  MqttSubscriberOptions options;
+  Env& env;
+  Logger& log;
+  std::string component;
+  std::mt19937_64 rng;
+  OnMessage on_message;
+  OnConnection on_connection;
+  std::optional<bool> reported;
+  std::uint64_t generation = 0;
+
+  std::mutex queue_mutex;
+  std::condition_variable_any queue_cv;
+  std::deque<Event> queue;
+
+  Listener connect_listener{*this, Kind::connect_ok, Kind::connect_failed};
+  Listener subscribe_listener{*this, Kind::subscribe_ok, Kind::subscribe_failed};
+  mqtt::connect_options connect_options;
+  std::unique_ptr<mqtt::async_client> client;
+  std::jthread thread;
+};
+
+MqttSubscriber::MqttSubscriber(MqttSubscriberOptions options, Env& env, Logger& log)
+    : m_impl(std::make_unique<Impl>(std::move(options), env, log)) {}
+
+MqttSubscriber::~MqttSubscriber() {
+  stop();
+}
+
+Status MqttSubscriber::start(OnMessage on_message, OnConnection on_connection) {
+  Impl& impl = *m_impl;
+  if (impl.thread.joinable()) return {};
+  const MqttSubscriberOptions& options = impl.options;
+  auto address = mqtt_connect::broker_address(options.url, "MQTT subscriber");
+  if (!address) return std::unexpected(address.error());
+  if (options.client_id.empty())
+    return fail(ErrorCode::invalid_config,
+                fmt::format("MQTT subscriber for {}: client_id is empty; it must be unique on that "
+                            "broker",
+                            options.url));
+
+  mqtt::connect_options connect;
+  // Nothing is kept at the broker between connections: every connect subscribes again, and the
+  // retained messages tell the driver the current state.
+  connect.set_clean_session(true);
+  connect.set_keep_alive_interval(mqtt_connect::whole_seconds(options.keepalive));
+  connect.set_connect_timeout(mqtt_connect::whole_seconds(options.keepalive, 30));
+  connect.set_automatic_reconnect(false);  // the backoff with jitter is ours
+  mqtt_connect::Credentials credentials;
+  credentials.username = options.username;
+  credentials.password_file = options.password_file;
+  credentials.ca_file = options.ca_file;
+  if (auto ok = mqtt_connect::set_credentials(connect, credentials, address->tls, "MQTT 3.1.1");
+      !ok)
+    return ok;
+  impl.connect_options = std::move(connect);
+
+  try {
+    // No persistence: a null iclient_persistence means none in Paho (async_client.h).
+    impl.client = std::make_unique<mqtt::async_client>(
+        address->paho_uri, options.client_id, static_cast<mqtt::iclient_persistence*>(nullptr));
+  } catch (const std::exception& e) {
+    return fail(
+        ErrorCode::invalid_config,
+        fmt::format("MQTT subscriber: the MQTT client rejected \"{}\": {}", options.url, e.what()));
+  }
+  impl.client->set_message_callback([&impl](mqtt::const_message_ptr message) {
+    impl.post({Impl::Kind::message,
+               0,
+               {message->get_topic(), message->to_string(), message->is_retained()},
+               {}});
+  });
+  impl.client->set_connection_lost_handler([&impl](const std::string& cause) {
+    impl.post({Impl::Kind::lost, 0, {}, cause});
+  });
+  impl.on_message = std::move(on_message);
+  impl.on_connection = std::move(on_connection);
+  impl.reported.reset();
+  impl.thread = std::jthread([&impl](std::stop_token stop) { impl.run(stop); });
+  return {};
+}
+
+void MqttSubscriber::stop() {
+  Impl& impl = *m_impl;
+  if (!impl.thread.joinable()) return;
+  impl.thread.request_stop();
+  impl.thread.join();
+  impl.disconnect();
+  try {
+    impl.client->disable_callbacks();
+  } catch (const std::exception&) {
+    // Paho refuses while its connection is being torn down; the client is dropped anyway.
+  }
+  impl.client.reset();
+  std::lock_guard lock(impl.queue_mutex);
+  impl.queue.clear();
+}
+
+}  // namespace agent

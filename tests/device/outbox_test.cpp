@@ -1,0 +1,610 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include <reflow/device/outbox.hpp>
+
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+
+#include <fstream>
+#include <iterator>
+#include <sstream>
+
+#include <reflow/core/ulid.hpp>
+
+#include "fault_vfs.hpp"
+#include "temp_dir.hpp"
+
+namespace agent {
+namespace {
+
+namespace fs = std::filesystem;
+
+using reflow_test::FaultVfs;
+
+std::string read_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_bytes(const fs::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << bytes;
+}
+
+// The envelope of seq `seq`, `size` bytes, recognisable when read back.
+std::string envelope_for(std::int64_t seq, std::size_t size = 200) {
+  std::string text = "{\"seq\":" + std::to_string(seq) + ",\"pad\":\"";
+  text.resize(std::max(size, text.size() + 2), 'x');
+  text[text.size() - 2] = '"';
+  text.back() = '}';
+  return text;
+}
+
+class OutboxTest : public ::testing::Test {
+ protected:
+  void SetUp() override { m_faults.write_error = SQLITE_OK; }
+  void TearDown() override { m_faults.write_error = SQLITE_OK; }
+
+  OutboxOptions options(std::string device = "fablab-mk4-01") const {
+    OutboxOptions o;
+    o.path = m_dir / "outbox.db";
+    o.device_id = std::move(device);
+    return o;
+  }
+
+  std::unique_ptr<Outbox> open(const OutboxOptions& o) {
+    auto outbox = Outbox::open(o, m_env, m_log);
+    EXPECT_TRUE(outbox.has_value()) << outbox.error().message;
+    return outbox ? std::move(*outbox) : nullptr;
+  }
+  std::unique_ptr<Outbox> open() { return open(options()); }
+
+  // Builds the next `n` events after the outbox's head and the head that follows them.
+  std::pair<std::vector<StoredEvent>, ChainHead> next_batch(const Outbox& outbox, int n,
+                                                            std::size_t size = 200) {
+    ChainHead head = outbox.head();
+    std::vector<StoredEvent> events;
+    for (int i = 0; i < n; ++i) {
+      StoredEvent e;
+      e.seq = head.last_seq + 1;
+      e.id = "01JD0000000000000000" + std::to_string(1000000 + e.seq).substr(1);
+      e.recorded_unix_ms = 1'767'225'600'000 + e.seq * 1000;
+      e.envelope = envelope_for(e.seq, size);
+      head.last_seq = e.seq;
+      head.last_hash = "hash-" + std::to_string(e.seq);
+      head.recorded_floor_ms = e.recorded_unix_ms;
+      events.push_back(std::move(e));
+    }
+    return {std::move(events), head};
+  }
+
+  void append(Outbox& outbox, int n, std::size_t size = 200) {
+    auto [events, head] = next_batch(outbox, n, size);
+    auto status = outbox.append(events, head);
+    ASSERT_TRUE(status.has_value()) << status.error().message;
+  }
+
+  std::vector<StoredEvent> export_all(const fs::path& path, std::size_t& skipped,
+                                      std::int64_t from_seq = 1) {
+    std::vector<StoredEvent> out;
+    auto status = Outbox::export_file(
+        path, from_seq, [&](const StoredEvent& e) { out.push_back(e); }, skipped);
+    EXPECT_TRUE(status.has_value()) << status.error().message;
+    return out;
+  }
+
+  // A valid outbox of `n` events of `size` bytes, closed (so checkpointed: no WAL left).
+  std::string make_closed_outbox(int n, std::size_t size = 200) {
+    auto outbox = open();
+    append(*outbox, n, size);
+    std::string stream = outbox->head().stream;
+    outbox.reset();
+    EXPECT_FALSE(fs::exists(m_dir / "outbox.db-wal"));
+    return stream;
+  }
+
+  // Installed before any database is opened: SQLite takes the default VFS at open.
+  FaultVfs& m_faults = FaultVfs::install();
+  reflow_test::TempDir m_dir;
+  FakeEnv m_env;
+  Logger m_log{LogLevel::error};
+};
+
+TEST_F(OutboxTest, NewOutboxHasStreamAndSeqZero) {
+  auto outbox = open();
+  ASSERT_TRUE(outbox);
+  ChainHead head = outbox->head();
+  EXPECT_TRUE(is_valid_ulid(head.stream)) << head.stream;
+  EXPECT_EQ(head.last_seq, 0);
+  EXPECT_EQ(head.last_hash, "");
+  EXPECT_EQ(head.recorded_floor_ms, 0);
+  OutboxStats stats = outbox->stats();
+  EXPECT_EQ(stats.stream, head.stream);
+  EXPECT_EQ(stats.acked_seq, 0);
+  EXPECT_EQ(stats.backlog_events, 0);
+  EXPECT_EQ(stats.backlog_bytes, 0u);
+  EXPECT_FALSE(stats.oldest_unacked_recorded_ms);
+  EXPECT_FALSE(stats.quarantined);
+  EXPECT_GT(stats.file_bytes, 0u);
+  EXPECT_EQ(outbox->quota_free_bytes(), options().quota_bytes);
+}
+
+TEST_F(OutboxTest, TwoNewOutboxesHaveDifferentStreams) {
+  auto first = open();
+  std::string stream = first->head().stream;
+  first.reset();
+  fs::remove(m_dir / "outbox.db");
+  auto second = open();
+  EXPECT_NE(second->head().stream, stream);
+}
+
+TEST_F(OutboxTest, KeepsUnackedEventsAcrossRestart) {
+  ChainHead before;
+  {
+    auto outbox = open();
+    append(*outbox, 3);
+    append(*outbox, 2);
+    before = outbox->head();
+  }
+  auto outbox = open();
+  ChainHead after = outbox->head();
+  EXPECT_EQ(after.stream, before.stream);
+  EXPECT_EQ(after.last_seq, 5);
+  EXPECT_EQ(after.last_hash, "hash-5");
+  EXPECT_EQ(after.recorded_floor_ms, before.recorded_floor_ms);
+  auto events = outbox->read_from(1, 100);
+  ASSERT_TRUE(events.has_value()) << events.error().message;
+  ASSERT_EQ(events->size(), 5u);
+  for (std::int64_t seq = 1; seq <= 5; ++seq) {
+    const StoredEvent& e = (*events)[static_cast<std::size_t>(seq - 1)];
+    EXPECT_EQ(e.seq, seq);
+    EXPECT_EQ(e.envelope, envelope_for(seq));
+    EXPECT_EQ(e.recorded_unix_ms, 1'767'225'600'000 + seq * 1000);
+  }
+  OutboxStats stats = outbox->stats();
+  EXPECT_EQ(stats.backlog_events, 5);
+  EXPECT_EQ(stats.backlog_bytes, 5 * envelope_for(1).size());
+  EXPECT_EQ(stats.oldest_unacked_recorded_ms, 1'767'225'600'000 + 1000);
+  EXPECT_FALSE(stats.quarantined);
+}
+
+TEST_F(OutboxTest, ReadFromReturnsEventsInSeqOrderWithinLimit) {
+  auto outbox = open();
+  append(*outbox, 10);
+  auto some = outbox->read_from(4, 3);
+  ASSERT_TRUE(some.has_value());
+  ASSERT_EQ(some->size(), 3u);
+  EXPECT_EQ((*some)[0].seq, 4);
+  EXPECT_EQ((*some)[1].seq, 5);
+  EXPECT_EQ((*some)[2].seq, 6);
+  EXPECT_EQ((*some)[2].id, "01JD0000000000000000000006");
+
+  auto tail = outbox->read_from(9, 100);
+  ASSERT_TRUE(tail.has_value());
+  ASSERT_EQ(tail->size(), 2u);
+  EXPECT_EQ(tail->back().seq, 10);
+
+  EXPECT_TRUE(outbox->read_from(11, 100)->empty());
+  EXPECT_TRUE(outbox->read_from(1, 0)->empty());
+}
+
+TEST_F(OutboxTest, RejectsBatchThatDoesNotFollowTheHead) {
+  auto outbox = open();
+  append(*outbox, 2);
+  auto [events, head] = next_batch(*outbox, 2);
+  events[1].seq = 5;
+  auto status = outbox->append(events, head);
+  ASSERT_FALSE(status.has_value());
+  EXPECT_EQ(status.error().code, ErrorCode::invalid_argument);
+  EXPECT_EQ(outbox->head().last_seq, 2);
+  EXPECT_TRUE(outbox->read_from(3, 10)->empty());
+}
+
+TEST_F(OutboxTest, AckPrunesOnlyWhatItCoversAndPersists) {
+  std::string stream;
+  {
+    auto outbox = open();
+    append(*outbox, 10);
+    stream = outbox->head().stream;
+    auto acked = outbox->apply_ack(stream, 4);
+    ASSERT_TRUE(acked.has_value()) << acked.error().message;
+    EXPECT_EQ(*acked, 4);
+    auto rest = outbox->read_from(1, 100);
+    ASSERT_EQ(rest->size(), 6u);
+    EXPECT_EQ(rest->front().seq, 5);
+    OutboxStats stats = outbox->stats();
+    EXPECT_EQ(stats.acked_seq, 4);
+    EXPECT_EQ(stats.backlog_events, 6);
+    EXPECT_EQ(stats.backlog_bytes, 6 * envelope_for(1).size());
+    EXPECT_EQ(stats.oldest_unacked_recorded_ms, 1'767'225'600'000 + 5 * 1000);
+    // An older ack never moves acked back.
+    EXPECT_EQ(*outbox->apply_ack(stream, 2), 4);
+  }
+  auto outbox = open();
+  OutboxStats stats = outbox->stats();
+  EXPECT_EQ(stats.stream, stream);
+  EXPECT_EQ(stats.acked_seq, 4);
+  EXPECT_EQ(stats.last_seq, 10);
+  EXPECT_EQ(stats.backlog_bytes, 6 * envelope_for(1).size());
+  EXPECT_EQ(stats.oldest_unacked_recorded_ms, 1'767'225'600'000 + 5 * 1000);
+  EXPECT_EQ(outbox->read_from(1, 100)->front().seq, 5);
+}
+
+TEST_F(OutboxTest, AckForAnotherStreamChangesNothing) {
+  auto outbox = open();
+  append(*outbox, 5);
+  auto acked = outbox->apply_ack("01ARZ3NDEKTSV4RRFFQ69G5FAV", 5);
+  ASSERT_TRUE(acked.has_value());
+  EXPECT_EQ(*acked, 0);
+  EXPECT_EQ(outbox->read_from(1, 100)->size(), 5u);
+  EXPECT_EQ(outbox->stats().acked_seq, 0);
+  EXPECT_EQ(outbox->stats().backlog_events, 5);
+}
+
+TEST_F(OutboxTest, AckBeyondLastSeqClampsToLastSeq) {
+  auto outbox = open();
+  append(*outbox, 3);
+  auto acked = outbox->apply_ack(outbox->head().stream, 1000);
+  ASSERT_TRUE(acked.has_value());
+  EXPECT_EQ(*acked, 3);
+  OutboxStats stats = outbox->stats();
+  EXPECT_EQ(stats.acked_seq, 3);
+  EXPECT_EQ(stats.backlog_events, 0);
+  EXPECT_EQ(stats.backlog_bytes, 0u);
+  EXPECT_FALSE(stats.oldest_unacked_recorded_ms);
+  EXPECT_TRUE(outbox->read_from(1, 100)->empty());
+  // Events appended later are not covered by the earlier, too-high ack.
+  append(*outbox, 2);
+  EXPECT_EQ(outbox->stats().backlog_events, 2);
+  EXPECT_EQ(outbox->stats().oldest_unacked_recorded_ms, 1'767'225'600'000 + 4 * 1000);
+}
+
+TEST_F(OutboxTest, RefusesWholeBatchWhenQuotaIsFullUntilAnAckFreesSpace) {
+  OutboxOptions o = options();
+  o.quota_bytes = 10 * 100;
+  auto outbox = open(o);
+  append(*outbox, 8, 100);
+  EXPECT_EQ(outbox->quota_free_bytes(), 200u);
+
+  auto [events, head] = next_batch(*outbox, 3, 100);
+  auto refused = outbox->append(events, head);
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_EQ(refused.error().code, ErrorCode::no_space);
+  EXPECT_NE(refused.error().message.find("outbox quota full: 8 unacked events (800 B) of 1000 B"),
+            std::string::npos)
+      << refused.error().message;
+  EXPECT_EQ(outbox->head().last_seq, 8);
+  EXPECT_TRUE(outbox->read_from(9, 10)->empty());
+  OutboxStats stats = outbox->stats();
+  EXPECT_EQ(stats.refused_quota, 3u);
+  EXPECT_EQ(stats.refused_io, 0u);
+  EXPECT_EQ(stats.backlog_bytes, 800u);
+
+  ASSERT_EQ(*outbox->apply_ack(outbox->head().stream, 5), 5);
+  EXPECT_EQ(outbox->quota_free_bytes(), 700u);
+  auto accepted = outbox->append(events, head);
+  ASSERT_TRUE(accepted.has_value()) << accepted.error().message;
+  EXPECT_EQ(outbox->head().last_seq, 11);
+  EXPECT_EQ(outbox->stats().backlog_bytes, 600u);
+  EXPECT_EQ(outbox->stats().refused_quota, 3u);
+
+  // The backlog is recomputed from the file at open.
+  outbox.reset();
+  outbox = open(o);
+  EXPECT_EQ(outbox->stats().backlog_bytes, 600u);
+  EXPECT_EQ(outbox->quota_free_bytes(), 400u);
+}
+
+TEST_F(OutboxTest, QuarantinesGarbageFileAndStartsNewStream) {
+  std::string garbage;
+  for (int i = 0; i < 200; ++i)
+    garbage += "this is not an SQLite database, line " + std::to_string(i) + "\n";
+  write_bytes(m_dir / "outbox.db", garbage);
+
+  auto outbox = open();
+  ASSERT_TRUE(outbox);
+  OutboxStats stats = outbox->stats();
+  ASSERT_TRUE(stats.quarantined);
+  EXPECT_EQ(*stats.quarantined, (m_dir / "outbox.db.corrupt-20260101T000000Z").string());
+  EXPECT_EQ(read_bytes(*stats.quarantined), garbage);
+  EXPECT_TRUE(is_valid_ulid(stats.stream));
+  EXPECT_EQ(stats.last_seq, 0);
+  append(*outbox, 2);
+  outbox.reset();
+
+  // The new file is a good outbox: it opens without another quarantine.
+  outbox = open();
+  EXPECT_FALSE(outbox->stats().quarantined);
+  EXPECT_EQ(outbox->head().last_seq, 2);
+}
+
+TEST_F(OutboxTest, QuarantinesTruncatedDatabase) {
+  const std::string stream = make_closed_outbox(300, 1000);
+  const fs::path db = m_dir / "outbox.db";
+  const std::string bytes = read_bytes(db);
+  ASSERT_GT(bytes.size(), 100'000u);
+  const std::string truncated = bytes.substr(0, bytes.size() / 2);
+  write_bytes(db, truncated);
+
+  auto outbox = open();
+  ASSERT_TRUE(outbox);
+  OutboxStats stats = outbox->stats();
+  ASSERT_TRUE(stats.quarantined);
+  EXPECT_EQ(read_bytes(*stats.quarantined), truncated);
+  EXPECT_NE(stats.stream, stream);
+  EXPECT_EQ(stats.last_seq, 0);
+}
+
+TEST_F(OutboxTest, QuarantinesDatabaseWithDamagedPages) {
+  const std::string stream = make_closed_outbox(300, 1000);
+  const fs::path db = m_dir / "outbox.db";
+  std::string bytes = read_bytes(db);
+  // Overwrite a run of pages in the middle of the events table.
+  const std::size_t page = 4096;
+  ASSERT_GT(bytes.size(), 40 * page);
+  for (std::size_t i = 20 * page; i < 24 * page; ++i)
+    bytes[i] = static_cast<char>(0xA5);
+  write_bytes(db, bytes);
+
+  auto outbox = open();
+  ASSERT_TRUE(outbox);
+  OutboxStats stats = outbox->stats();
+  ASSERT_TRUE(stats.quarantined);
+  EXPECT_EQ(read_bytes(*stats.quarantined), bytes);
+  EXPECT_NE(stats.stream, stream);
+}
+
+TEST_F(OutboxTest, QuarantinesOutboxOfAnotherDevice) {
+  std::string stream;
+  {
+    auto outbox = open(options("printer-01"));
+    append(*outbox, 4);
+    stream = outbox->head().stream;
+  }
+  const std::string bytes = read_bytes(m_dir / "outbox.db");
+  auto outbox = open(options("printer-02"));
+  ASSERT_TRUE(outbox);
+  OutboxStats stats = outbox->stats();
+  ASSERT_TRUE(stats.quarantined);
+  EXPECT_NE(stats.stream, stream);
+  EXPECT_EQ(stats.last_seq, 0);
+  EXPECT_EQ(read_bytes(*stats.quarantined), bytes);
+
+  // Nothing was lost: the moved file still holds the other device's events.
+  std::size_t skipped = 99;
+  auto events = export_all(*stats.quarantined, skipped);
+  EXPECT_EQ(skipped, 0u);
+  ASSERT_EQ(events.size(), 4u);
+  EXPECT_EQ(events[3].envelope, envelope_for(4));
+}
+
+TEST_F(OutboxTest, QuarantinesUnknownSchemaVersion) {
+  make_closed_outbox(1);
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((m_dir / "outbox.db").c_str(), &db), SQLITE_OK);
+    EXPECT_EQ(sqlite3_exec(db, "UPDATE meta SET schema_version = 99", nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(db);
+  }
+  auto outbox = open();
+  EXPECT_TRUE(outbox->stats().quarantined);
+  EXPECT_EQ(outbox->head().last_seq, 0);
+}
+
+TEST_F(OutboxTest, QuarantinesDatabaseWithoutOutboxTables) {
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((m_dir / "outbox.db").c_str(), &db), SQLITE_OK);
+    EXPECT_EQ(sqlite3_exec(db, "CREATE TABLE other(x)", nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(db);
+  }
+  auto outbox = open();
+  ASSERT_TRUE(outbox->stats().quarantined);
+  EXPECT_TRUE(fs::exists(*outbox->stats().quarantined));
+}
+
+TEST_F(OutboxTest, ExportReadsLiveOutboxWithoutModifyingIt) {
+  auto outbox = open();
+  append(*outbox, 6);
+  ASSERT_EQ(*outbox->apply_ack(outbox->head().stream, 2), 2);
+  const fs::path db = m_dir / "outbox.db";
+  const std::string db_before = read_bytes(db);
+  const std::string wal_before = read_bytes(m_dir / "outbox.db-wal");
+  ASSERT_FALSE(wal_before.empty());
+
+  std::size_t skipped = 99;
+  auto events = export_all(db, skipped, 4);
+  EXPECT_EQ(skipped, 0u);
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[0].seq, 4);
+  EXPECT_EQ(events[2].seq, 6);
+  EXPECT_EQ(events[2].envelope, envelope_for(6));
+  EXPECT_EQ(read_bytes(db), db_before);
+  EXPECT_EQ(read_bytes(m_dir / "outbox.db-wal"), wal_before);
+
+  // The live outbox keeps working while and after it is exported.
+  append(*outbox, 1);
+  EXPECT_EQ(outbox->head().last_seq, 7);
+}
+
+TEST_F(OutboxTest, ExportReadsQuarantinedOutboxWithItsWal) {
+  // A file quarantined while its last commits were still in the WAL: the WAL moves with it.
+  auto live = open(options("printer-01"));
+  append(*live, 5);
+  const fs::path db = m_dir / "outbox.db";
+  const fs::path copy = m_dir / "copy.db";
+  fs::copy_file(db, copy);
+  fs::copy_file(m_dir / "outbox.db-wal", m_dir / "copy.db-wal");
+  live.reset();
+  fs::remove(db);
+  fs::rename(copy, db);
+  fs::rename(m_dir / "copy.db-wal", m_dir / "outbox.db-wal");
+
+  auto outbox = open(options("printer-02"));
+  ASSERT_TRUE(outbox->stats().quarantined);
+  const fs::path moved = *outbox->stats().quarantined;
+  ASSERT_TRUE(fs::exists(moved.string() + "-wal"));
+  const std::string db_before = read_bytes(moved);
+  const std::string wal_before = read_bytes(moved.string() + "-wal");
+
+  std::size_t skipped = 99;
+  auto events = export_all(moved, skipped);
+  EXPECT_EQ(skipped, 0u);
+  ASSERT_EQ(events.size(), 5u);
+  EXPECT_EQ(events[4].envelope, envelope_for(5));
+  EXPECT_EQ(read_bytes(moved), db_before);
+  EXPECT_EQ(read_bytes(moved.string() + "-wal"), wal_before);
+}
+
+TEST_F(OutboxTest, ExportSkipsUnreadableRowsOfDamagedFile) {
+  make_closed_outbox(300, 1000);
+  const fs::path db = m_dir / "outbox.db";
+  std::string bytes = read_bytes(db);
+  const std::size_t page = 4096;
+  for (std::size_t i = 20 * page + 100; i < 21 * page; ++i)
+    bytes[i] = static_cast<char>(0xA5);
+  write_bytes(db, bytes);
+
+  std::size_t skipped = 0;
+  auto events = export_all(db, skipped);
+  EXPECT_GT(skipped, 0u);
+  EXPECT_GT(events.size(), 200u);
+  EXPECT_EQ(events.size() + skipped, 300u);
+  for (const StoredEvent& e : events)
+    EXPECT_EQ(e.envelope, envelope_for(e.seq, 1000));
+  EXPECT_EQ(read_bytes(db), bytes);
+}
+
+TEST_F(OutboxTest, ExportOfGarbageIsCorruption) {
+  const fs::path path = m_dir / "garbage.db";
+  write_bytes(path, std::string(8192, 'g'));
+  std::size_t skipped = 0;
+  auto status = Outbox::export_file(
+      path, 1, [](const StoredEvent&) {}, skipped);
+  ASSERT_FALSE(status.has_value());
+  EXPECT_EQ(status.error().code, ErrorCode::corruption);
+  EXPECT_NE(status.error().message.find(path.string()), std::string::npos);
+  EXPECT_EQ(read_bytes(path), std::string(8192, 'g'));
+
+  auto missing = Outbox::export_file(
+      m_dir / "none.db", 1, [](const StoredEvent&) {}, skipped);
+  ASSERT_FALSE(missing.has_value());
+  EXPECT_EQ(missing.error().code, ErrorCode::io);
+}
+
+TEST_F(OutboxTest, DiskFullIsNoSpaceAndOutboxKeepsWorking) {
+  auto outbox = open();
+  append(*outbox, 3);
+  const OutboxStats before = outbox->stats();
+
+  auto [events, head] = next_batch(*outbox, 50, 2000);
+  m_faults.write_error = SQLITE_FULL;
+  auto status = outbox->append(events, head);
+  m_faults.write_error = SQLITE_OK;
+  ASSERT_FALSE(status.has_value());
+  EXPECT_EQ(status.error().code, ErrorCode::no_space);
+  EXPECT_NE(status.error().message.find("outbox.db"), std::string::npos) << status.error().message;
+  OutboxStats after = outbox->stats();
+  EXPECT_EQ(after.refused_io, 1u);
+  EXPECT_EQ(after.refused_quota, 0u);
+  EXPECT_EQ(after.last_seq, 3);
+  EXPECT_EQ(after.backlog_bytes, before.backlog_bytes);
+  EXPECT_EQ(outbox->head().last_hash, "hash-3");
+  EXPECT_TRUE(outbox->read_from(4, 100)->empty());
+
+  auto retry = outbox->append(events, head);
+  ASSERT_TRUE(retry.has_value()) << retry.error().message;
+  EXPECT_EQ(outbox->head().last_seq, 53);
+  outbox.reset();
+  outbox = open();
+  EXPECT_EQ(outbox->head().last_seq, 53);
+  EXPECT_EQ(outbox->read_from(1, 100)->size(), 53u);
+}
+
+TEST_F(OutboxTest, IoErrorIsIoAndNothingIsWritten) {
+  auto outbox = open();
+  append(*outbox, 2);
+  auto [events, head] = next_batch(*outbox, 5);
+  m_faults.write_error = SQLITE_IOERR_WRITE;
+  auto status = outbox->append(events, head);
+  m_faults.write_error = SQLITE_OK;
+  ASSERT_FALSE(status.has_value());
+  EXPECT_EQ(status.error().code, ErrorCode::io);
+  EXPECT_EQ(outbox->stats().refused_io, 1u);
+  EXPECT_EQ(outbox->head().last_seq, 2);
+
+  auto retry = outbox->append(events, head);
+  ASSERT_TRUE(retry.has_value()) << retry.error().message;
+  outbox.reset();
+  outbox = open();
+  EXPECT_FALSE(outbox->stats().quarantined);
+  EXPECT_EQ(outbox->read_from(1, 100)->size(), 7u);
+}
+
+TEST_F(OutboxTest, FullDurabilitySyncsTheWalAtEveryCommit) {
+  OutboxOptions o = options();
+  o.durability = Durability::full;
+  auto outbox = open(o);
+  m_faults.wal_syncs = 0;
+  append(*outbox, 1);
+  append(*outbox, 1);
+  EXPECT_GE(m_faults.wal_syncs.load(), 2);
+}
+
+TEST_F(OutboxTest, NormalDurabilityDoesNotSyncAtCommit) {
+  OutboxOptions o = options();
+  o.durability = Durability::normal;
+  auto outbox = open(o);
+  append(*outbox, 1);  // the first commit after open may checkpoint
+  m_faults.wal_syncs = 0;
+  append(*outbox, 1);
+  append(*outbox, 1);
+  EXPECT_EQ(m_faults.wal_syncs.load(), 0);
+  EXPECT_EQ(outbox->head().last_seq, 3);
+}
+
+TEST_F(OutboxTest, UsesWalJournalMode) {
+  auto outbox = open();
+  append(*outbox, 1);
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open_v2((m_dir / "outbox.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr),
+            SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &stmt, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+  EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0)), "wal");
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  EXPECT_TRUE(fs::exists(m_dir / "outbox.db-wal"));
+  EXPECT_GT(outbox->stats().file_bytes, fs::file_size(m_dir / "outbox.db"));
+}
+
+TEST_F(OutboxTest, OpenFailsWithIoWhenTheFileCannotBeCreated) {
+  OutboxOptions o = options();
+  o.path = m_dir / "missing-dir" / "outbox.db";
+  auto outbox = Outbox::open(o, m_env, m_log);
+  ASSERT_FALSE(outbox.has_value());
+  EXPECT_EQ(outbox.error().code, ErrorCode::io);
+  EXPECT_NE(outbox.error().message.find(o.path.string()), std::string::npos)
+      << outbox.error().message;
+  EXPECT_NE(outbox.error().message.find("No such file or directory"), std::string::npos)
+      << outbox.error().message;
+}
+
+TEST_F(OutboxTest, StrayWalWithoutDatabaseIsNotReplayedIntoNewOutbox) {
+  auto live = open();
+  append(*live, 4);
+  const fs::path wal = m_dir / "outbox.db-wal";
+  fs::copy_file(wal, m_dir / "saved-wal");
+  live.reset();
+  fs::remove(m_dir / "outbox.db");
+  fs::rename(m_dir / "saved-wal", wal);
+
+  auto outbox = open();
+  EXPECT_EQ(outbox->head().last_seq, 0);
+  EXPECT_TRUE(outbox->read_from(1, 10)->empty());
+  EXPECT_TRUE(fs::exists(m_dir / "outbox.db.orphan-20260101T000000Z-wal"));
+}
+
+}  // namespace
+}  // namespace agent

@@ -1,0 +1,351 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include <reflow/node/config.hpp>
+
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "temp_dir.hpp"
+
+namespace ingest {
+namespace {
+
+using namespace std::chrono_literals;
+
+const std::filesystem::path k_example =
+    std::filesystem::path(REFLOW_SOURCE_DIR) / "config" / "reflow-ingest.example.toml";
+
+std::string read_text(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+class IngestConfigTest : public ::testing::Test {
+ protected:
+  // Parses and expects failure; returns the message.
+  static std::string error_of(std::string_view text) {
+    const auto config = parse_ingest_config(text, "ingest.toml");
+    EXPECT_FALSE(config.has_value()) << text;
+    if (config.has_value()) return {};
+    EXPECT_EQ(config.error().code, agent::ErrorCode::invalid_config);
+    return config.error().message;
+  }
+
+  reflow_test::TempDir m_dir;
+};
+
+TEST_F(IngestConfigTest, EmptyFileMeansEveryDefault) {
+  const auto config = parse_ingest_config("", "ingest.toml");
+  ASSERT_TRUE(config.has_value()) << config.error().message;
+  EXPECT_EQ(config->data_dir, "/var/lib/reflow-ingest");
+  EXPECT_EQ(config->log_level, agent::LogLevel::info);
+  EXPECT_EQ(config->max_batch, 512u);
+  EXPECT_EQ(config->ack_interval, 100ms);
+  EXPECT_EQ(config->url, "mqtt://127.0.0.1:1883");
+  EXPECT_EQ(config->topic_prefix, "reflow/v1");
+  EXPECT_EQ(config->client_id, "reflow-ingest");
+  EXPECT_TRUE(config->share_group.empty());
+  EXPECT_TRUE(config->username.empty());
+  EXPECT_TRUE(config->password_file.empty());
+  EXPECT_TRUE(config->ca_file.empty());
+  EXPECT_TRUE(config->cert_file.empty());
+  EXPECT_TRUE(config->tls_key_file.empty());
+  EXPECT_EQ(config->keepalive, 30s);
+  EXPECT_EQ(config->connect_timeout, 10s);
+  EXPECT_EQ(config->reconnect_min, 1s);
+  EXPECT_EQ(config->reconnect_max, 60s);
+  EXPECT_EQ(config->session_expiry, 1h);
+  EXPECT_TRUE(config->ca_dir.empty());
+  EXPECT_EQ(config->device_cert_days, 825u);
+  EXPECT_TRUE(config->zenflows_url.empty());
+  EXPECT_TRUE(config->units.empty());
+  EXPECT_TRUE(config->ids.empty());
+  EXPECT_EQ(config->source_file, "ingest.toml");
+  EXPECT_EQ(config->store_path(), "/var/lib/reflow-ingest/ingest.db");
+  EXPECT_EQ(config->effective_ca_dir(), "/var/lib/reflow-ingest/ca");
+}
+
+TEST_F(IngestConfigTest, ReadsEveryKey) {
+  const auto config = parse_ingest_config(R"([ingest]
+data_dir = "/srv/ingest"
+log_level = "debug"
+max_batch = 64
+ack_interval = "250ms"
+[mqtt]
+url = "mqtts://node.example.org:8883"
+topic_prefix = "coop/reflow/v1"
+client_id = "ingest-2"
+share_group = "ingest"
+username = "ingest@node"
+password_file = "/etc/reflow-ingest/password"
+ca_file = "/etc/reflow-ingest/ca.pem"
+cert_file = "/etc/reflow-ingest/ingest.crt"
+key_file = "/etc/reflow-ingest/ingest.key"
+keepalive = "45s"
+connect_timeout = "5s"
+reconnect_min = "500ms"
+reconnect_max = "5m"
+session_expiry = "2d"
+[ca]
+dir = "/srv/ca"
+device_cert_days = 365
+[export]
+zenflows_url = "https://zenflows.example.org/api"
+zenflows_user = "fablab"
+zenflows_key_file = "/etc/reflow-ingest/zenflows.key"
+default_agent = "agent-1"
+[export.units]
+gram = "u-gram"
+kilowattHour = "u-kwh"
+[export.ids]
+"spool:pla-01" = "r-1"
+)",
+                                          "/etc/reflow-ingest/ingest.toml");
+  ASSERT_TRUE(config.has_value()) << config.error().message;
+  EXPECT_EQ(config->data_dir, "/srv/ingest");
+  EXPECT_EQ(config->log_level, agent::LogLevel::debug);
+  EXPECT_EQ(config->max_batch, 64u);
+  EXPECT_EQ(config->ack_interval, 250ms);
+  EXPECT_EQ(config->url, "mqtts://node.example.org:8883");
+  EXPECT_EQ(config->topic_prefix, "coop/reflow/v1");
+  EXPECT_EQ(config->client_id, "ingest-2");
+  EXPECT_EQ(config->share_group, "ingest");
+  EXPECT_EQ(config->username, "ingest@node");
+  EXPECT_EQ(config->password_file, "/etc/reflow-ingest/password");
+  EXPECT_EQ(config->ca_file, "/etc/reflow-ingest/ca.pem");
+  EXPECT_EQ(config->cert_file, "/etc/reflow-ingest/ingest.crt");
+  EXPECT_EQ(config->tls_key_file, "/etc/reflow-ingest/ingest.key");
+  EXPECT_EQ(config->keepalive, 45s);
+  EXPECT_EQ(config->connect_timeout, 5s);
+  EXPECT_EQ(config->reconnect_min, 500ms);
+  EXPECT_EQ(config->reconnect_max, 5min);
+  EXPECT_EQ(config->session_expiry, 48h);
+  EXPECT_EQ(config->effective_ca_dir(), "/srv/ca");
+  EXPECT_EQ(config->device_cert_days, 365u);
+  EXPECT_EQ(config->zenflows_url, "https://zenflows.example.org/api");
+  EXPECT_EQ(config->zenflows_user, "fablab");
+  EXPECT_EQ(config->zenflows_key_file, "/etc/reflow-ingest/zenflows.key");
+  EXPECT_EQ(config->default_agent, "agent-1");
+  EXPECT_EQ(config->units,
+            (std::map<std::string, std::string>{{"gram", "u-gram"}, {"kilowattHour", "u-kwh"}}));
+  EXPECT_EQ(config->ids, (std::map<std::string, std::string>{{"spool:pla-01", "r-1"}}));
+}
+
+TEST_F(IngestConfigTest, EveryErrorNamesFileLineAndKey) {
+  struct Case {
+    std::string text;
+    std::uint32_t line;
+    std::string key;
+    std::string expected;  // the message after "FILE:LINE: KEY: "
+  };
+  const std::vector<Case> cases = {
+      {"[ingest]\ncolour = 1\n", 2, "ingest.colour",
+       "unknown key (known keys in [ingest]: data_dir, log_level, max_batch, ack_interval)"},
+      {"[ingset]\n", 1, "ingset", "unknown table"},
+      {"verbose = true\n", 1, "verbose", "unknown key"},
+      {"mqtt = \"x\"\n", 1, "mqtt", "expected a table [mqtt]; got \"x\""},
+      {"[ingest]\ndata_dir = 7\n", 2, "ingest.data_dir", "expected a file path"},
+      {"[ingest]\nlog_level = \"loud\"\n", 2, "ingest.log_level",
+       "expected one of \"debug\", \"info\", \"warning\", \"error\"; got \"loud\""},
+      {"[ingest]\nmax_batch = 0\n", 2, "ingest.max_batch",
+       "expected an integer from 1 to 100000; got 0"},
+      {"[ingest]\n\nack_interval = 100\n", 3, "ingest.ack_interval",
+       "expected a duration such as \"30s\" (units ms, s, m, h, d); got 100"},
+      {"[ingest]\nack_interval = \"2m\"\n", 2, "ingest.ack_interval",
+       "expected a duration from \"0ms\" to \"1m\"; got \"2m\""},
+      {"[mqtt]\nurl = \"htp://node\"\n", 2, "mqtt.url", "expected mqtt://HOST[:PORT]"},
+      {"[mqtt]\ntopic_prefix = \"a/+\"\n", 2, "mqtt.topic_prefix", "expected topic levels"},
+      {"[mqtt]\nclient_id = \"\"\n", 2, "mqtt.client_id",
+       "expected a non-empty MQTT client id; got \"\""},
+      {"[mqtt]\nshare_group = \"a/b\"\n", 2, "mqtt.share_group",
+       "expected a group name without '/', '+' or '#' (MQTT 5 §4.8.2); got \"a/b\""},
+      {"[mqtt]\nkeepalive = \"1500ms\"\n", 2, "mqtt.keepalive",
+       "expected a duration from \"1s\" to \"65535s\" in whole seconds"},
+      {"[mqtt]\nsession_expiry = \"0s\"\n", 2, "mqtt.session_expiry",
+       "expected a duration from \"1s\" to \"49710d\" in whole seconds (MQTT 5 session expiry "
+       "is 32-bit seconds); got \"0s\""},
+      {"[mqtt]\nca_file = \"/ca.pem\"\n", 2, "mqtt.ca_file", "expected only with an mqtts:// url"},
+      {"[mqtt]\nurl = \"mqtts://n\"\ncert_file = \"/c\"\n", 3, "mqtt.cert_file",
+       "expected mqtt.key_file to be set too"},
+      {"[mqtt]\npassword_file = \"/p\"\n", 2, "mqtt.password_file",
+       "expected mqtt.username to be set too"},
+      {"[mqtt]\nreconnect_min = \"2m\"\nreconnect_max = \"1m\"\n", 3, "mqtt.reconnect_max",
+       "expected reconnect_min (\"2m\") to be at most reconnect_max (\"1m\"); got \"1m\""},
+      {"[ca]\ndevice_cert_days = -1\n", 2, "ca.device_cert_days",
+       "expected an integer from 1 to 36500; got -1"},
+      {"[ca]\ndir = \"\"\n", 2, "ca.dir", "expected a file path"},
+      {"[export]\nzenflows_url = \"ftp://x\"\n", 2, "export.zenflows_url",
+       "expected an http:// or https:// URL"},
+      {"[export]\nzenflows_user = \"u\"\n", 2, "export.zenflows_user",
+       "expected export.zenflows_key_file to be set too"},
+      {"[export]\nunits = \"gram\"\n", 2, "export.units",
+       "expected a table [export.units]; got \"gram\""},
+      {"[export.units]\ngram = 3\n", 2, "export.units.gram",
+       "expected the server's Unit id (a string); got 3"},
+      {"[export.units]\ngram = \"g\"\ngrams = \"g\"\n", 3, "export.units.grams",
+       "unknown OM2 unit (expected one of PROTOCOL §4: one, hour"},
+      {"[export.ids]\n\"spool:1\" = \"\"\n", 2, "export.ids.spool:1",
+       "expected the server's id (a string); got \"\""},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.text);
+    const auto message = error_of(c.text);
+    EXPECT_EQ(message.rfind(fmt::format("ingest.toml:{}: {}: {}", c.line, c.key, c.expected), 0),
+              0u)
+        << message;
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+  }
+}
+
+TEST_F(IngestConfigTest, UnitsMapTakesEveryOm2UnitAndRefusesOthers) {
+  const auto message = error_of("[export.units]\nhour = \"h\"\nKilogram = \"kg\"\n");
+  EXPECT_EQ(message.rfind("ingest.toml:3: export.units.Kilogram: unknown OM2 unit", 0), 0u)
+      << message;
+  for (const char* unit : {"one", "hour", "minute-Time", "second-Time", "gram", "kilogram",
+                           "millimetre", "metre", "litre", "kilowattHour"}) {
+    SCOPED_TRACE(unit);
+    const auto config =
+        parse_ingest_config(fmt::format("[export.units]\n{} = \"id\"\n", unit), "ingest.toml");
+    ASSERT_TRUE(config.has_value()) << config.error().message;
+    EXPECT_EQ(config->units.at(unit), "id");
+  }
+}
+
+TEST_F(IngestConfigTest, ReportsAllProblemsInFileOrder) {
+  EXPECT_EQ(error_of("[mqtt]\nkeepalive = 30\n[ingest]\nmax_batch = 0\n"),
+            "ingest.toml:2: mqtt.keepalive: expected a duration such as \"30s\" (units ms, s, m, "
+            "h, d); got 30\n"
+            "ingest.toml:4: ingest.max_batch: expected an integer from 1 to 100000; got 0");
+}
+
+TEST_F(IngestConfigTest, ReportsTomlSyntaxErrorWithItsLine) {
+  const auto message = error_of("[ingest]\ndata_dir = /var\n");
+  EXPECT_EQ(message.rfind("ingest.toml:2: TOML syntax error", 0), 0u) << message;
+}
+
+TEST_F(IngestConfigTest, ResolvesRelativePathsAgainstTheConfigDirectory) {
+  const auto file = m_dir / "etc" / "ingest.toml";
+  std::filesystem::create_directories(file.parent_path());
+  std::ofstream(file) << "[ingest]\ndata_dir = \"../var/ingest\"\n[ca]\ndir = \"ca\"\n";
+  const auto config = load_ingest_config(file);
+  ASSERT_TRUE(config.has_value()) << config.error().message;
+  EXPECT_EQ(config->data_dir, m_dir / "var" / "ingest");
+  EXPECT_EQ(config->effective_ca_dir(), m_dir / "etc" / "ca");
+  EXPECT_EQ(config->source_file, file.string());
+}
+
+TEST_F(IngestConfigTest, ReportsMissingFileAndNamesTheFileInMessages) {
+  const auto missing = load_ingest_config(m_dir / "none.toml");
+  ASSERT_FALSE(missing.has_value());
+  EXPECT_EQ(missing.error().code, agent::ErrorCode::invalid_config);
+  EXPECT_EQ(missing.error().message, fmt::format("cannot read {}: No such file or directory",
+                                                 (m_dir / "none.toml").string()));
+
+  const auto file = m_dir / "ingest.toml";
+  std::ofstream(file) << "[ingest]\nmax_batch = \"many\"\n";
+  const auto bad = load_ingest_config(file);
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_EQ(bad.error().message.rfind(fmt::format("{}:2: ingest.max_batch: ", file.string()), 0),
+            0u)
+      << bad.error().message;
+}
+
+TEST_F(IngestConfigTest, ExampleFileLoadsAsIsWithTheDefaults) {
+  const auto config = load_ingest_config(k_example);
+  ASSERT_TRUE(config.has_value()) << config.error().message;
+  EXPECT_EQ(config->data_dir, "/var/lib/reflow-ingest");
+  EXPECT_EQ(config->url, "mqtt://127.0.0.1:1883");
+  EXPECT_EQ(config->topic_prefix, "reflow/v1");
+  const IngestConfig defaults;
+  EXPECT_EQ(config->log_level, defaults.log_level);
+  EXPECT_EQ(config->max_batch, defaults.max_batch);
+  EXPECT_EQ(config->ack_interval, defaults.ack_interval);
+  EXPECT_EQ(config->client_id, defaults.client_id);
+  EXPECT_EQ(config->share_group, defaults.share_group);
+  EXPECT_EQ(config->keepalive, defaults.keepalive);
+  EXPECT_EQ(config->connect_timeout, defaults.connect_timeout);
+  EXPECT_EQ(config->reconnect_min, defaults.reconnect_min);
+  EXPECT_EQ(config->reconnect_max, defaults.reconnect_max);
+  EXPECT_EQ(config->session_expiry, defaults.session_expiry);
+  EXPECT_EQ(config->device_cert_days, defaults.device_cert_days);
+  EXPECT_EQ(config->effective_ca_dir(), defaults.effective_ca_dir());
+}
+
+// Each key written in the example, commented or not: "mqtt.keepalive"; a sub-table header
+// ("[export.units]") counts as its key "export.units".
+std::set<std::string> keys_in_example() {
+  const std::regex header(R"(^(?:#\s*)?\[([a-z_.]+)\]\s*$)");
+  const std::regex assignment(R"(^(?:#\s*)?([a-z_]+)\s*=)");
+  std::set<std::string> keys;
+  std::istringstream lines(read_text(k_example));
+  std::string section;
+  for (std::string line; std::getline(lines, line);) {
+    std::smatch match;
+    if (std::regex_match(line, match, header)) {
+      section = match[1];
+      if (section.find('.') != std::string::npos) keys.insert(section);
+    } else if (std::regex_search(line, match, assignment) && !section.empty()) {
+      keys.insert(section + "." + match[1].str());
+    }
+  }
+  return keys;
+}
+
+TEST_F(IngestConfigTest, ExampleFileDocumentsEveryKey) {
+  const auto keys = keys_in_example();
+  ASSERT_FALSE(keys.empty());
+  for (const auto& info : ingest_config_reference()) {
+    EXPECT_TRUE(keys.contains(info.key)) << info.key << " is missing from " << k_example;
+  }
+}
+
+TEST_F(IngestConfigTest, ExampleExportTablesLoadOnceUncommented) {
+  // From the [export.units] example on, the commented tables and their entries.
+  const std::regex entry(R"(^# (\[export\.[a-z]+\]|("[^"]*"|[a-z]+) = ".*")$)");
+  std::istringstream lines(read_text(k_example));
+  std::string text;
+  bool in_tables = false;
+  for (std::string line; std::getline(lines, line);) {
+    if (line == "# [export.units]") in_tables = true;
+    if (in_tables && std::regex_match(line, entry)) line = line.substr(2);
+    text += line + '\n';
+  }
+  ASSERT_TRUE(in_tables);
+  const auto config = parse_ingest_config(text, "example.toml");
+  ASSERT_TRUE(config.has_value()) << config.error().message;
+  EXPECT_EQ(config->units.at("gram"), "unit-gram-id");
+  EXPECT_EQ(config->ids.at("spool:pla-01"), "resource-id");
+}
+
+TEST_F(IngestConfigTest, ReferenceListsEachKeyOnceAndItsDefaultsLoad) {
+  std::set<std::string> seen;
+  for (const auto& info : ingest_config_reference()) {
+    SCOPED_TRACE(info.key);
+    EXPECT_TRUE(seen.insert(info.key).second);
+    EXPECT_FALSE(info.type.empty());
+    EXPECT_FALSE(info.default_text.empty());
+    EXPECT_FALSE(info.description.empty());
+    if (info.default_text.starts_with('(')) continue;
+    // Writing a key's documented default must load and mean the same as leaving it out.
+    const auto dot = info.key.find('.');
+    const auto config =
+        parse_ingest_config(fmt::format("[{}]\n{} = {}\n", info.key.substr(0, dot),
+                                        info.key.substr(dot + 1), info.default_text),
+                            "ingest.toml");
+    EXPECT_TRUE(config.has_value()) << config.error().message;
+  }
+  EXPECT_TRUE(seen.contains("mqtt.session_expiry"));
+  EXPECT_TRUE(seen.contains("export.units"));
+  EXPECT_TRUE(seen.contains("export.ids"));
+}
+
+}  // namespace
+}  // namespace ingest

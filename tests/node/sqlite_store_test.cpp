@@ -1,0 +1,916 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include <reflow/node/store.hpp>
+
+#include <sqlite3.h>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <reflow/core/event.hpp>
+#include <reflow/core/jose.hpp>
+#include <reflow/core/ulid.hpp>
+#include <reflow/node/verifier.hpp>
+
+#include "fault_vfs.hpp"
+#include "temp_dir.hpp"
+
+namespace ingest {
+namespace {
+
+namespace fs = std::filesystem;
+using Json = nlohmann::ordered_json;
+
+constexpr std::int64_t k_t0 = 1'767'225'600'000;  // 2026-01-01T00:00:00Z
+
+// A registered (or not) device with its signing key.
+struct Device {
+  std::string id;
+  agent::DeviceKey key;
+  std::string header;
+
+  std::string topic() const { return "reflow/v1/" + id + "/events"; }
+};
+
+Json fields_for(const std::string& action) {
+  Json fields = {{"action", action}, {"hasPointInTime", "2026-01-01T00:00:00Z"}};
+  if (action == "use" || action == "work") {
+    fields["resourceInventoriedAs"] = "printer-1";
+    fields["effortQuantity"] = {{"hasNumericalValue", 1.5}, {"hasUnit", "hour"}};
+  } else {
+    fields["resourceInventoriedAs"] = "spool-7";
+    fields["resourceQuantity"] = {{"hasNumericalValue", 12}, {"hasUnit", "gram"}};
+  }
+  return fields;
+}
+
+struct EventSpec {
+  std::int64_t seq = 1;
+  std::string prev;  // empty for seq 1
+  std::int64_t recorded_ms = k_t0;
+  std::string action = "use";
+  std::string note;  // makes a different event with the same seq
+};
+
+class SqliteStoreTest : public ::testing::Test {
+ protected:
+  fs::path db_path() const { return m_dir / "data" / "ingest.db"; }
+
+  void SetUp() override {
+    m_faults.write_error = SQLITE_OK;
+    m_store = open_store();
+  }
+  void TearDown() override { m_faults.write_error = SQLITE_OK; }
+
+  std::unique_ptr<Store> open_store() {
+    auto store = open_sqlite_store(db_path());
+    EXPECT_TRUE(store) << store.error().message;
+    return store ? std::move(*store) : nullptr;
+  }
+
+  Device& device(const std::string& id, bool registered = true) {
+    auto key = agent::DeviceKey::generate(m_dir / (id + std::to_string(m_devices.size()) + ".key"));
+    EXPECT_TRUE(key) << key.error().message;
+    std::string header = agent::jws_protected_header_b64(key->public_jwk().kid);
+    m_devices.push_back(std::make_unique<Device>(Device{id, std::move(*key), std::move(header)}));
+    if (registered) {
+      EXPECT_TRUE(m_store->add_device(id, m_devices.back()->key.public_jwk(), k_t0));
+    }
+    return *m_devices.back();
+  }
+
+  std::string new_stream() { return m_ulids.next(k_t0); }
+
+  VerifiedEvent make(const Device& d, const std::string& stream, const EventSpec& spec) {
+    agent::EventStamp s;
+    s.id = m_ulids.next(k_t0);
+    s.device = d.id;
+    s.stream = stream;
+    s.seq = spec.seq;
+    s.prev = spec.prev;
+    s.recorded_unix_ms = spec.recorded_ms;
+    s.clock = agent::ClockSync::synced;
+    Json fields = fields_for(spec.action);
+    if (!spec.note.empty()) fields["note"] = spec.note;
+    const std::string payload =
+        agent::make_event_payload(s, fields, agent::EventSource{"sim", "printer", ""});
+    const agent::Jws jws = agent::jws_sign(d.key, d.header, payload);
+    VerifiedEvent e;
+    e.topic = d.topic();
+    e.envelope = jws.to_envelope();
+    e.kid = d.key.public_jwk().kid;
+    e.payload = payload;
+    e.device = d.id;
+    e.stream = stream;
+    e.seq = spec.seq;
+    e.prev = spec.prev;
+    e.id = s.id;
+    e.action = spec.action;
+    e.recorded_unix_ms = spec.recorded_ms;
+    e.signing_input_sha256 = agent::sha256_b64url(jws.signing_input());
+    return e;
+  }
+
+  // Events first..last of one stream, each linked to the one before.
+  std::vector<VerifiedEvent> chain(const Device& d, const std::string& stream, std::int64_t count,
+                                   std::int64_t recorded_ms = k_t0,
+                                   const std::string& action = "use") {
+    std::vector<VerifiedEvent> out;
+    std::string prev;
+    for (std::int64_t seq = 1; seq <= count; ++seq) {
+      out.push_back(make(d, stream, EventSpec{seq, prev, recorded_ms + seq, action, ""}));
+      prev = out.back().signing_input_sha256;
+    }
+    return out;
+  }
+
+  // A rejection on the topic of device "junk" that names no stream or seq.
+  static Rejection junk_rejection(std::string envelope = "garbage",
+                                  RejectReason reason = RejectReason::malformed_jws,
+                                  std::string detail = "not JSON") {
+    return Rejection{"reflow/v1/junk/events", "junk",       std::move(envelope), reason,
+                     std::move(detail),       std::nullopt, std::nullopt};
+  }
+
+  static Incoming in(const VerifiedEvent& e) { return Incoming{e, std::nullopt}; }
+  static Incoming in(const Rejection& r) { return Incoming{std::nullopt, r}; }
+
+  std::vector<PutResult> put(const std::vector<Incoming>& batch, std::int64_t now = k_t0) {
+    return put_into(*m_store, batch, now);
+  }
+
+  static std::vector<PutResult> put_into(Store& store, const std::vector<Incoming>& batch,
+                                         std::int64_t now) {
+    auto r = store.put(batch, now);
+    EXPECT_TRUE(r) << r.error().message;
+    if (!r) return {};
+    EXPECT_EQ(r->size(), batch.size());
+    return *r;
+  }
+
+  std::optional<AckPoint> ack(const std::string& device) {
+    auto r = m_store->ack_point(device);
+    EXPECT_TRUE(r) << r.error().message;
+    return r ? *r : std::nullopt;
+  }
+
+  std::vector<StoredEvent> events(const EventFilter& filter = {}, Store* store = nullptr) {
+    std::vector<StoredEvent> out;
+    auto s = (store ? store : m_store.get())->for_each_event(filter, [&](const StoredEvent& e) {
+      out.push_back(e);
+      return true;
+    });
+    EXPECT_TRUE(s) << s.error().message;
+    return out;
+  }
+
+  std::vector<StoredRejection> rejections(std::optional<std::string_view> device = std::nullopt,
+                                          Store* store = nullptr) {
+    std::vector<StoredRejection> out;
+    auto s =
+        (store ? store : m_store.get())->for_each_rejection(device, [&](const StoredRejection& r) {
+          out.push_back(r);
+          return true;
+        });
+    EXPECT_TRUE(s) << s.error().message;
+    return out;
+  }
+
+  DeviceStats stats_of(const std::string& device, Store* store = nullptr) {
+    auto all = (store ? store : m_store.get())->stats();
+    EXPECT_TRUE(all) << all.error().message;
+    if (all) {
+      for (auto& d : *all)
+        if (d.device == device) return d;
+    }
+    ADD_FAILURE() << "no stats for " << device;
+    return {};
+  }
+
+  Rejection verified_rejection(Device& d, std::string_view envelope,
+                               std::string topic_device = "") {
+    if (topic_device.empty()) topic_device = d.id;
+    auto r =
+        verify_envelope(*m_store, "reflow/v1/" + topic_device + "/events", topic_device, envelope);
+    EXPECT_TRUE(r) << r.error().message;
+    if (!r) return {};
+    EXPECT_FALSE(r->has_value());
+    return r->has_value() ? Rejection{} : r->error();
+  }
+
+  static void expect_outcome(const PutResult& r, PutOutcome outcome,
+                             std::optional<RejectReason> reason = std::nullopt) {
+    EXPECT_EQ(r.outcome, outcome) << r.detail;
+    if (reason) {
+      ASSERT_TRUE(r.reason.has_value()) << r.detail;
+      EXPECT_EQ(to_string(*r.reason), to_string(*reason)) << r.detail;
+      EXPECT_FALSE(r.detail.empty());
+    }
+  }
+
+  // Installed before the store opens its connections: SQLite takes the default VFS at open.
+  reflow_test::FaultVfs& m_faults = reflow_test::FaultVfs::install();
+  reflow_test::TempDir m_dir;
+  std::unique_ptr<Store> m_store;
+  std::vector<std::unique_ptr<Device>> m_devices;
+  agent::UlidGenerator m_ulids;
+};
+
+TEST_F(SqliteStoreTest, StoresEventsAndAcksTheContiguousPoint) {
+  Device& d = device("fablab-mk4-01");
+  const std::string s = new_stream();
+  auto evs = chain(d, s, 3);
+  EXPECT_FALSE(ack(d.id).has_value());
+  auto r = put({in(evs[0]), in(evs[1]), in(evs[2])});
+  ASSERT_EQ(r.size(), 3u);
+  for (const auto& x : r)
+    expect_outcome(x, PutOutcome::stored);
+  auto a = ack(d.id);
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->stream, s);
+  EXPECT_EQ(a->seq, 3);
+
+  auto stored = events();
+  ASSERT_EQ(stored.size(), 3u);
+  EXPECT_EQ(stored[1].seq, 2);
+  EXPECT_EQ(stored[1].payload, evs[1].payload);
+  EXPECT_EQ(stored[1].envelope, evs[1].envelope);
+  EXPECT_EQ(stored[1].id, evs[1].id);
+  EXPECT_EQ(stored[1].kid, evs[1].kid);
+  EXPECT_EQ(stored[1].action, "use");
+  EXPECT_EQ(stored[1].recorded_unix_ms, evs[1].recorded_unix_ms);
+  EXPECT_EQ(stored[1].received_unix_ms, k_t0);
+}
+
+TEST_F(SqliteStoreTest, DuplicateChangesNothingButEquivocationIsRejectedAndFirstKept) {
+  Device& d = device("fablab-mk4-01");
+  const std::string s = new_stream();
+  auto evs = chain(d, s, 2);
+  put({in(evs[0]), in(evs[1])});
+
+  // The same signed bytes re-sent (the agent resends until acked), also inside one batch.
+  VerifiedEvent twin = make(d, s,
+                            EventSpec{2, evs[0].signing_input_sha256, k_t0 + 2, "use",
+                                      "a different event with the same seq"});
+  auto r = put({in(evs[1]), in(evs[0]), in(twin)}, k_t0 + 10);
+  ASSERT_EQ(r.size(), 3u);
+  expect_outcome(r[0], PutOutcome::duplicate);
+  expect_outcome(r[1], PutOutcome::duplicate);
+  expect_outcome(r[2], PutOutcome::rejected, RejectReason::equivocation);
+
+  auto stored = events();
+  ASSERT_EQ(stored.size(), 2u);
+  EXPECT_EQ(stored[1].envelope, evs[1].envelope);
+  auto rej = rejections();
+  ASSERT_EQ(rej.size(), 1u);
+  EXPECT_EQ(rej[0].reason, RejectReason::equivocation);
+  EXPECT_EQ(rej[0].envelope, twin.envelope);
+  EXPECT_EQ(rej[0].stream, s);
+  EXPECT_EQ(rej[0].seq, 2);
+  EXPECT_EQ(rej[0].device, d.id);
+  EXPECT_EQ(rej[0].topic, d.topic());
+  EXPECT_EQ(rej[0].received_unix_ms, k_t0 + 10);
+  EXPECT_EQ(ack(d.id)->seq, 2);
+}
+
+TEST_F(SqliteStoreTest, DuplicateWithinOneBatchIsStoredOnce) {
+  Device& d = device("fablab-mk4-01");
+  auto evs = chain(d, new_stream(), 1);
+  auto r = put({in(evs[0]), in(evs[0])});
+  ASSERT_EQ(r.size(), 2u);
+  expect_outcome(r[0], PutOutcome::stored);
+  expect_outcome(r[1], PutOutcome::duplicate);
+  EXPECT_EQ(events().size(), 1u);
+}
+
+TEST_F(SqliteStoreTest, AckHeldAtGapThenAdvancesPastItWhenFilled) {
+  Device& d = device("fablab-mk4-01");
+  const std::string s = new_stream();
+  auto evs = chain(d, s, 6);
+  put({in(evs[0]), in(evs[1]), in(evs[3]), in(evs[4])});
+  EXPECT_EQ(ack(d.id)->seq, 2);
+  EXPECT_EQ(stats_of(d.id).gaps, 1);
+
+  put({in(evs[2])});
+  EXPECT_EQ(ack(d.id)->seq, 5);
+  EXPECT_EQ(stats_of(d.id).gaps, 0);
+
+  put({in(evs[5])});
+  EXPECT_EQ(ack(d.id)->seq, 6);
+}
+
+TEST_F(SqliteStoreTest, AckIsZeroUntilSeqOneArrives) {
+  Device& d = device("fablab-mk4-01");
+  const std::string s = new_stream();
+  auto evs = chain(d, s, 3);
+  put({in(evs[2]), in(evs[1])});
+  auto a = ack(d.id);
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->stream, s);
+  EXPECT_EQ(a->seq, 0);
+  put({in(evs[0])});
+  EXPECT_EQ(ack(d.id)->seq, 3);
+}
+
+TEST_F(SqliteStoreTest, ChainBreakWhenStoredPredecessorDisagrees) {
+  Device& d = device("fablab-mk4-01");
+  const std::string s = new_stream();
+  auto evs = chain(d, s, 3);
+  put({in(evs[0]), in(evs[1])});
+  VerifiedEvent forged =
+      make(d, s, EventSpec{3, agent::sha256_b64url("not seq 2"), k_t0 + 3, "use", ""});
+  auto r = put({in(forged), in(evs[2])});
+  ASSERT_EQ(r.size(), 2u);
+  expect_outcome(r[0], PutOutcome::rejected, RejectReason::chain_break);
+  expect_outcome(r[1], PutOutcome::stored);
+  EXPECT_EQ(ack(d.id)->seq, 3);
+  DeviceStats st = stats_of(d.id);
+  EXPECT_FALSE(st.chain_intact);
+  ASSERT_EQ(st.streams.size(), 1u);
+  EXPECT_FALSE(st.streams[0].chain_intact);
+  EXPECT_EQ(st.rejections["chain_break"], 1);
+}
+
+TEST_F(SqliteStoreTest, ChainBreakWhenStoredSuccessorDisagrees) {
+  Device& d = device("fablab-mk4-01");
+  const std::string s = new_stream();
+  auto evs = chain(d, s, 4);
+  // Seq 4 arrives first across the gap; then a seq 3 it does not vouch for.
+  put({in(evs[0]), in(evs[1]), in(evs[3])});
+  VerifiedEvent impostor =
+      make(d, s, EventSpec{3, evs[1].signing_input_sha256, k_t0 + 3, "use", "impostor"});
+  auto r = put({in(impostor)});
+  ASSERT_EQ(r.size(), 1u);
+  expect_outcome(r[0], PutOutcome::rejected, RejectReason::chain_break);
+  EXPECT_EQ(ack(d.id)->seq, 2);
+  EXPECT_FALSE(stats_of(d.id).chain_intact);
+
+  // The real seq 3 still fills the gap.
+  r = put({in(evs[2])});
+  expect_outcome(r[0], PutOutcome::stored);
+  EXPECT_EQ(ack(d.id)->seq, 4);
+}
+
+TEST_F(SqliteStoreTest, IntactChainAcrossGapFill) {
+  Device& d = device("fablab-mk4-01");
+  auto evs = chain(d, new_stream(), 5);
+  put({in(evs[4]), in(evs[0]), in(evs[2])});
+  put({in(evs[3]), in(evs[1])});
+  DeviceStats st = stats_of(d.id);
+  EXPECT_TRUE(st.chain_intact);
+  EXPECT_EQ(st.rejections.size(), 0u);
+  EXPECT_EQ(ack(d.id)->seq, 5);
+}
+
+TEST_F(SqliteStoreTest, RevokedKeyKeepsOldStreamsButCannotStartNewOnes) {
+  Device& d = device("fablab-mk4-01");
+  const std::string old_stream = new_stream();
+  auto evs = chain(d, old_stream, 3, k_t0);
+  put({in(evs[0])}, k_t0 + 10);
+
+  const std::int64_t revoked_at = k_t0 + 1000;
+  ASSERT_TRUE(m_store->revoke_device(d.id, revoked_at));
+
+  // Recorded before the revocation, in a stream first seen before it: accepted end to end.
+  auto v = verify_envelope(*m_store, d.topic(), d.id, evs[1].envelope);
+  ASSERT_TRUE(v && v->has_value());
+  // Recorded after: the verifier refuses it.
+  VerifiedEvent late =
+      make(d, old_stream, EventSpec{3, evs[1].signing_input_sha256, revoked_at + 5, "use", "late"});
+  Rejection late_rejection = verified_rejection(d, late.envelope);
+  EXPECT_EQ(late_rejection.reason, RejectReason::key_revoked);
+  // A fresh stream, back-dated before the revocation: the store refuses it.
+  auto fresh = chain(d, new_stream(), 1, k_t0);
+
+  auto r = put({in(**v), in(late_rejection), in(fresh[0])}, revoked_at + 10);
+  ASSERT_EQ(r.size(), 3u);
+  expect_outcome(r[0], PutOutcome::stored);
+  expect_outcome(r[1], PutOutcome::rejected, RejectReason::key_revoked);
+  expect_outcome(r[2], PutOutcome::rejected, RejectReason::key_revoked);
+  EXPECT_EQ(ack(d.id)->stream, old_stream);
+  EXPECT_EQ(ack(d.id)->seq, 2);
+  EXPECT_EQ(stats_of(d.id).rejections["key_revoked"], 2);
+  EXPECT_TRUE(stats_of(d.id).revoked);
+}
+
+TEST_F(SqliteStoreTest, KeepsEveryRejectionReasonBesideGoodEventsInOneBatch) {
+  Device& d = device("fablab-mk4-01");
+  Device& stranger = device("stranger", /*registered=*/false);
+  Device& retired = device("retired-01");
+  ASSERT_TRUE(m_store->revoke_device(retired.id, k_t0 + 100));
+
+  const std::string s = new_stream();
+  auto evs = chain(d, s, 4);
+  put({in(evs[0])});
+
+  auto sign = [&](Device& who, const std::string& bytes) {
+    return agent::jws_sign(who.key, who.header, bytes).to_envelope();
+  };
+  Json bad_unit = Json::parse(evs[1].payload);
+  bad_unit["effortQuantity"]["hasUnit"] = "grams";
+  agent::Jws bad_sig = agent::jws_sign(d.key, d.header, evs[1].payload);
+  bad_sig.signature_b64 = agent::jws_sign(d.key, d.header, evs[2].payload).signature_b64;
+  Json hs256 = {{"alg", "HS256"}, {"kid", d.key.public_jwk().kid}};
+  VerifiedEvent retired_late = make(retired, new_stream(), EventSpec{1, "", k_t0 + 200, "use", ""});
+  Json other_device = Json::parse(evs[1].payload);
+  other_device["device"] = "someone-else";
+
+  std::vector<Rejection> verified = {
+      verified_rejection(d, std::string(agent::k_max_envelope_bytes + 10, '{')),
+      verified_rejection(
+          d, agent::jws_sign(d.key, agent::base64url_encode(hs256.dump()), evs[1].payload)
+                 .to_envelope()),
+      verified_rejection(stranger, make(stranger, new_stream(), EventSpec{}).envelope),
+      verified_rejection(d, bad_sig.to_envelope()),
+      verified_rejection(d, sign(d, other_device.dump())),
+      verified_rejection(d, sign(d, bad_unit.dump())),
+      verified_rejection(retired, retired_late.envelope),
+  };
+  const std::vector<RejectReason> expected = {
+      RejectReason::oversized,     RejectReason::malformed_jws,   RejectReason::unknown_kid,
+      RejectReason::bad_signature, RejectReason::device_mismatch, RejectReason::invalid_event,
+      RejectReason::key_revoked};
+  ASSERT_EQ(verified.size(), expected.size());
+  for (std::size_t i = 0; i < expected.size(); ++i)
+    EXPECT_EQ(to_string(verified[i].reason), to_string(expected[i])) << verified[i].detail;
+
+  VerifiedEvent equivocating = make(d, s, EventSpec{1, "", k_t0, "use", "second seq 1"});
+  VerifiedEvent broken = make(d, s, EventSpec{3, agent::sha256_b64url("x"), k_t0, "use", ""});
+
+  std::vector<Incoming> batch;
+  batch.push_back(in(evs[1]));
+  for (const auto& r : verified)
+    batch.push_back(in(r));
+  batch.push_back(in(equivocating));
+  batch.push_back(in(broken));
+  batch.push_back(in(evs[2]));
+  batch.push_back(in(evs[3]));
+  auto r = put(batch, k_t0 + 500);
+  ASSERT_EQ(r.size(), batch.size());
+  expect_outcome(r[0], PutOutcome::stored);
+  for (std::size_t i = 0; i < expected.size(); ++i)
+    expect_outcome(r[1 + i], PutOutcome::rejected, expected[i]);
+  expect_outcome(r[8], PutOutcome::rejected, RejectReason::equivocation);
+  expect_outcome(r[9], PutOutcome::rejected, RejectReason::chain_break);
+  expect_outcome(r[10], PutOutcome::stored);
+  expect_outcome(r[11], PutOutcome::stored);
+
+  EXPECT_EQ(ack(d.id)->seq, 4);
+  auto stored = rejections();
+  ASSERT_EQ(stored.size(), 9u);
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_EQ(stored[i].reason, expected[i]);
+    EXPECT_EQ(stored[i].envelope, verified[i].envelope);
+    EXPECT_EQ(stored[i].detail, verified[i].detail);
+  }
+  EXPECT_EQ(stored[8].reason, RejectReason::chain_break);
+  EXPECT_EQ(stored[0].envelope.size(), agent::k_max_envelope_bytes + 10);
+  EXPECT_FALSE(stored[0].stream.has_value());
+  EXPECT_EQ(stored[4].stream, s);
+  EXPECT_EQ(stored[4].seq, 2);
+}
+
+TEST_F(SqliteStoreTest, AckPointFollowsTheMostRecentStream) {
+  Device& d = device("fablab-mk4-01");
+  const std::string first = new_stream();
+  const std::string second = new_stream();
+  auto a = chain(d, first, 3);
+  auto b = chain(d, second, 2);
+  put({in(a[0]), in(a[1])});
+  put({in(b[0])});
+  EXPECT_EQ(ack(d.id)->stream, second);
+  EXPECT_EQ(ack(d.id)->seq, 1);
+  // The old stream's agent (e.g. before a quarantine) delivers one more.
+  put({in(a[2])});
+  EXPECT_EQ(ack(d.id)->stream, first);
+  EXPECT_EQ(ack(d.id)->seq, 3);
+  // A duplicate is not activity.
+  put({in(b[0]), in(b[1]), in(a[2])});
+  EXPECT_EQ(ack(d.id)->stream, second);
+  EXPECT_EQ(ack(d.id)->seq, 2);
+  EXPECT_FALSE(ack("nobody").has_value());
+}
+
+TEST_F(SqliteStoreTest, ReopenedFileStillHasEverything) {
+  Device& d = device("fablab-mk4-01");
+  const std::string s = new_stream();
+  auto evs = chain(d, s, 3);
+  const Rejection junk = junk_rejection();
+  put({in(evs[0]), in(evs[2]), in(junk)}, k_t0 + 7);
+  m_store.reset();
+
+  m_store = open_store();
+  ASSERT_TRUE(m_store);
+  auto keys = m_store->list_keys();
+  ASSERT_TRUE(keys);
+  ASSERT_EQ(keys->size(), 1u);
+  EXPECT_EQ((*keys)[0].device, d.id);
+  EXPECT_EQ((*keys)[0].jwk.kid, d.key.public_jwk().kid);
+  EXPECT_EQ((*keys)[0].jwk.x, d.key.public_jwk().x);
+  EXPECT_EQ(ack(d.id)->seq, 1);
+  auto stored = events();
+  ASSERT_EQ(stored.size(), 2u);
+  EXPECT_EQ(stored[1].envelope, evs[2].envelope);
+  EXPECT_EQ(stored[1].payload, evs[2].payload);  // decoded from the envelope (schema 2)
+  auto rej = rejections();
+  ASSERT_EQ(rej.size(), 1u);
+  EXPECT_EQ(rej[0].envelope, "garbage");
+  EXPECT_EQ(rej[0].received_unix_ms, k_t0 + 7);
+
+  // The chain state survives too: seq 2 fills the gap and links both ways.
+  auto r = put({in(evs[1])});
+  expect_outcome(r[0], PutOutcome::stored);
+  EXPECT_EQ(ack(d.id)->seq, 3);
+  EXPECT_TRUE(stats_of(d.id).chain_intact);
+}
+
+// The service acks what put() stored, and the agent then deletes it: a batch half stored when
+// the disk filled up or failed would be acked in part and the rest lost on a retry that
+// counts it as a duplicate. A failed put() must leave nothing of its batch.
+TEST_F(SqliteStoreTest, WriteFailureStoresNothingOfTheBatchAndARetryStoresIt) {
+  Device& d = device("fablab-mk4-01");
+  const std::string s = new_stream();
+  const std::string s2 = new_stream();
+  auto evs = chain(d, s, 5);
+  auto other = chain(d, s2, 1);
+  put({in(evs[0]), in(evs[1])});
+  const Rejection junk = junk_rejection();
+  // Events of a known and of a new stream, a gap and a rejection: every kind of row put() writes.
+  const std::vector<Incoming> batch = {in(evs[2]), in(evs[4]), in(other[0]), in(junk)};
+
+  const struct {
+    int sqlite_error;
+    agent::ErrorCode code;
+  } faults[] = {{SQLITE_FULL, agent::ErrorCode::no_space},
+                {SQLITE_IOERR_WRITE, agent::ErrorCode::io}};
+  for (const auto& fault : faults) {
+    SCOPED_TRACE(sqlite3_errstr(fault.sqlite_error));
+    m_faults.write_error = fault.sqlite_error;
+    auto failed = m_store->put(batch, k_t0 + 5);
+    m_faults.write_error = SQLITE_OK;
+    ASSERT_FALSE(failed.has_value());
+    EXPECT_EQ(agent::to_string(failed.error().code), agent::to_string(fault.code))
+        << failed.error().message;
+    EXPECT_NE(failed.error().message.find(db_path().string()), std::string::npos)
+        << failed.error().message;
+
+    auto a = ack(d.id);
+    ASSERT_TRUE(a);
+    EXPECT_EQ(a->stream, s);
+    EXPECT_EQ(a->seq, 2);
+    EXPECT_EQ(events().size(), 2u);
+    EXPECT_TRUE(rejections().empty());
+    const DeviceStats st = stats_of(d.id);
+    EXPECT_EQ(st.events, 2);
+    EXPECT_EQ(st.gaps, 0);
+    EXPECT_EQ(st.streams.size(), 1u);
+  }
+
+  auto r = put(batch, k_t0 + 6);
+  ASSERT_EQ(r.size(), 4u);
+  expect_outcome(r[0], PutOutcome::stored);
+  expect_outcome(r[1], PutOutcome::stored);
+  expect_outcome(r[2], PutOutcome::stored);
+  expect_outcome(r[3], PutOutcome::rejected, RejectReason::malformed_jws);
+  EXPECT_EQ(events().size(), 5u);
+  EXPECT_EQ(rejections().size(), 1u);
+
+  // Stored for good, not only in the connection that saw the errors.
+  m_store.reset();
+  m_store = open_store();
+  ASSERT_TRUE(m_store);
+  EXPECT_EQ(events().size(), 5u);
+  EXPECT_EQ(stats_of(d.id).gaps, 1);
+  auto a = ack(d.id);
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->stream, s2);
+  EXPECT_EQ(a->seq, 1);
+}
+
+TEST_F(SqliteStoreTest, RefusesAFileThatIsNotAnSqliteDatabase) {
+  const fs::path path = m_dir / "notes.db";
+  std::ofstream(path) << std::string(8192, 'x');
+  auto store = open_sqlite_store(path);
+  ASSERT_FALSE(store);
+  EXPECT_EQ(store.error().code, agent::ErrorCode::corruption);
+  EXPECT_NE(store.error().message.find("not an SQLite database"), std::string::npos)
+      << store.error().message;
+}
+
+TEST_F(SqliteStoreTest, RefusesSomeoneElsesSqliteDatabase) {
+  const fs::path path = m_dir / "other.db";
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "CREATE TABLE inventory(x)", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  auto store = open_sqlite_store(path);
+  ASSERT_FALSE(store);
+  EXPECT_EQ(store.error().code, agent::ErrorCode::corruption);
+  EXPECT_NE(store.error().message.find("not a reflow-ingest database"), std::string::npos)
+      << store.error().message;
+}
+
+TEST_F(SqliteStoreTest, RefusesANewerSchemaVersion) {
+  m_store.reset();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "PRAGMA user_version=99", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  auto store = open_sqlite_store(db_path());
+  ASSERT_FALSE(store);
+  EXPECT_EQ(store.error().code, agent::ErrorCode::corruption);
+  EXPECT_NE(store.error().message.find("schema version 99 is newer"), std::string::npos)
+      << store.error().message;
+}
+
+// Schema 1 kept each payload beside its envelope; opening such a file drops the column and
+// keeps every event, readable as before.
+TEST_F(SqliteStoreTest, MigratesASchemaVersion1File) {
+  Device& d = device("fablab-mk4-01");
+  auto evs = chain(d, new_stream(), 3);
+  put({in(evs[0]), in(evs[1])});
+  m_store.reset();
+  sqlite3* db = nullptr;
+  auto query_int = [&](const char* sql) {
+    sqlite3_stmt* stmt = nullptr;
+    std::int64_t value = -1;
+    if (sqlite3_prepare_v2(db, sql, -1, &stmt, nullptr) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
+      value = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+    return value;
+  };
+  ASSERT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db,
+                         "ALTER TABLE events ADD COLUMN payload TEXT NOT NULL DEFAULT '';"
+                         "PRAGMA user_version=1",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+
+  m_store = open_store();
+  ASSERT_TRUE(m_store);
+  auto stored = events();
+  ASSERT_EQ(stored.size(), 2u);
+  EXPECT_EQ(stored[0].payload, evs[0].payload);
+  EXPECT_EQ(stored[1].envelope, evs[1].envelope);
+  auto r = put({in(evs[2])});
+  expect_outcome(r[0], PutOutcome::stored);
+  EXPECT_EQ(ack(d.id)->seq, 3);
+  EXPECT_TRUE(stats_of(d.id).chain_intact);
+  m_store.reset();
+
+  ASSERT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
+  EXPECT_EQ(query_int("PRAGMA user_version"), 2);
+  EXPECT_EQ(query_int("SELECT count(*) FROM pragma_table_info('events') WHERE name = 'payload'"),
+            0);
+  sqlite3_close(db);
+}
+
+TEST_F(SqliteStoreTest, RegistryRefusesKeysOfOtherDevicesAndRevokedKeys) {
+  Device& d = device("fablab-mk4-01");
+  EXPECT_TRUE(m_store->add_device(d.id, d.key.public_jwk(), k_t0 + 5));  // no-op
+
+  auto taken = m_store->add_device("thief", d.key.public_jwk(), k_t0);
+  ASSERT_FALSE(taken);
+  EXPECT_EQ(taken.error().code, agent::ErrorCode::rejected);
+
+  auto invalid = m_store->add_device("Bad/Id", d.key.public_jwk(), k_t0);
+  ASSERT_FALSE(invalid);
+  EXPECT_EQ(invalid.error().code, agent::ErrorCode::invalid_argument);
+
+  auto unknown = m_store->revoke_device("nobody", k_t0);
+  ASSERT_FALSE(unknown);
+  EXPECT_EQ(unknown.error().code, agent::ErrorCode::not_found);
+
+  ASSERT_TRUE(m_store->revoke_device(d.id, k_t0 + 100));
+  auto again = m_store->add_device(d.id, d.key.public_jwk(), k_t0 + 200);
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().code, agent::ErrorCode::rejected);
+  // A second revocation keeps the first time.
+  ASSERT_TRUE(m_store->revoke_device(d.id, k_t0 + 300));
+
+  auto found = m_store->find_key(d.key.public_jwk().kid);
+  ASSERT_TRUE(found && found->has_value());
+  EXPECT_EQ((*found)->device, d.id);
+  EXPECT_EQ((*found)->added_unix_ms, k_t0);
+  EXPECT_EQ((*found)->revoked_unix_ms, k_t0 + 100);
+  auto missing = m_store->find_key("no-such-kid");
+  ASSERT_TRUE(missing);
+  EXPECT_FALSE(missing->has_value());
+
+  Device& rotated = device("fablab-mk4-01", /*registered=*/false);  // re-enrolled, new key
+  ASSERT_TRUE(m_store->add_device(rotated.id, rotated.key.public_jwk(), k_t0 + 400));
+  Device& other = device("a-first");
+  auto keys = m_store->list_keys();
+  ASSERT_TRUE(keys);
+  ASSERT_EQ(keys->size(), 3u);
+  EXPECT_EQ((*keys)[0].device, other.id);
+  EXPECT_EQ((*keys)[1].jwk.kid, d.key.public_jwk().kid);
+  EXPECT_EQ((*keys)[2].jwk.kid, rotated.key.public_jwk().kid);
+  EXPECT_FALSE((*keys)[2].revoked_unix_ms.has_value());
+  EXPECT_FALSE(stats_of(d.id).revoked);  // one key is still valid
+}
+
+TEST_F(SqliteStoreTest, StatsCountGapsRejectionsAndStreams) {
+  Device& d = device("fablab-mk4-01");
+  Device& quiet = device("quiet-01");
+  const std::string first = new_stream();
+  const std::string second = new_stream();
+  auto a = chain(d, first, 6);
+  auto b = chain(d, second, 2);
+  put({in(a[0]), in(a[1]), in(a[3]), in(a[5])}, k_t0 + 1);
+  put({in(b[0]), in(b[1])}, k_t0 + 2);
+  VerifiedEvent twin = make(d, first, EventSpec{2, a[0].signing_input_sha256, k_t0, "use", "x"});
+  put({in(twin)}, k_t0 + 3);
+  const Rejection junk = junk_rejection("x", RejectReason::oversized, "too big");
+  put({in(junk), in(junk)}, k_t0 + 4);
+
+  auto all = m_store->stats();
+  ASSERT_TRUE(all) << all.error().message;
+  ASSERT_EQ(all->size(), 3u);
+  EXPECT_EQ((*all)[0].device, d.id);
+  EXPECT_EQ((*all)[1].device, "junk");
+  EXPECT_EQ((*all)[2].device, quiet.id);
+
+  const DeviceStats& st = (*all)[0];
+  EXPECT_TRUE(st.registered);
+  EXPECT_FALSE(st.revoked);
+  EXPECT_EQ(st.events, 6);
+  EXPECT_EQ(st.gaps, 2);
+  EXPECT_TRUE(st.chain_intact);
+  EXPECT_EQ(st.last_seen_unix_ms, k_t0 + 3);
+  EXPECT_EQ(st.rejections.size(), 1u);
+  EXPECT_EQ(st.rejections.at("equivocation"), 1);
+  ASSERT_EQ(st.streams.size(), 2u);
+  EXPECT_EQ(st.streams[0].stream, first);
+  EXPECT_EQ(st.streams[0].events, 4);
+  EXPECT_EQ(st.streams[0].contiguous, 2);
+  EXPECT_EQ(st.streams[0].max_seq, 6);
+  EXPECT_EQ(st.streams[0].gaps, 2);
+  EXPECT_EQ(st.streams[0].first_seen_unix_ms, k_t0 + 1);
+  EXPECT_EQ(st.streams[0].last_seen_unix_ms, k_t0 + 1);
+  EXPECT_EQ(st.streams[1].stream, second);
+  EXPECT_EQ(st.streams[1].contiguous, 2);
+  EXPECT_EQ(st.streams[1].gaps, 0);
+
+  const DeviceStats& junk_stats = (*all)[1];
+  EXPECT_FALSE(junk_stats.registered);
+  EXPECT_EQ(junk_stats.events, 0);
+  EXPECT_EQ(junk_stats.rejections.at("oversized"), 2);
+  EXPECT_EQ(junk_stats.last_seen_unix_ms, k_t0 + 4);
+
+  const DeviceStats& quiet_stats = (*all)[2];
+  EXPECT_TRUE(quiet_stats.registered);
+  EXPECT_FALSE(quiet_stats.last_seen_unix_ms.has_value());
+  EXPECT_TRUE(quiet_stats.streams.empty());
+}
+
+TEST_F(SqliteStoreTest, ForEachEventFiltersAndOrders) {
+  Device& d = device("fablab-mk4-01");
+  Device& e = device("another-02");
+  // Named so that name order and first-seen order differ.
+  const std::string late_name = "01KDXE6E00ZZZZZZZZZZZZZZZZ";
+  const std::string early_name = "01KDXE6E000000000000000000";
+  auto a = chain(d, late_name, 3, k_t0, "use");
+  auto b = chain(d, early_name, 2, k_t0 + 1000, "produce");
+  auto c = chain(e, new_stream(), 2, k_t0 + 500, "produce");
+  // `late_name` is seen first, so it comes first although it sorts last by name.
+  put({in(a[2]), in(a[0])});
+  put({in(b[0]), in(c[1])});
+  put({in(a[1]), in(b[1]), in(c[0])});
+
+  auto seqs = [](const std::vector<StoredEvent>& evs) {
+    std::vector<std::string> out;
+    for (const auto& x : evs)
+      out.push_back(fmt::format("{}/{}/{}", x.device, x.stream.back(), x.seq));
+    return out;
+  };
+  const char last = c[0].stream.back();
+  EXPECT_EQ(seqs(events()),
+            (std::vector<std::string>{fmt::format("another-02/{}/1", last),
+                                      fmt::format("another-02/{}/2", last), "fablab-mk4-01/Z/1",
+                                      "fablab-mk4-01/Z/2", "fablab-mk4-01/Z/3", "fablab-mk4-01/0/1",
+                                      "fablab-mk4-01/0/2"}));
+
+  EventFilter by_device;
+  by_device.device = d.id;
+  EXPECT_EQ(events(by_device).size(), 5u);
+
+  EventFilter since;
+  since.since_unix_ms = k_t0 + 501;
+  EXPECT_EQ(seqs(events(since)),
+            (std::vector<std::string>{fmt::format("another-02/{}/1", last),
+                                      fmt::format("another-02/{}/2", last), "fablab-mk4-01/0/1",
+                                      "fablab-mk4-01/0/2"}));
+
+  EventFilter produce_of_d;
+  produce_of_d.device = d.id;
+  produce_of_d.action = "produce";
+  EXPECT_EQ(seqs(events(produce_of_d)),
+            (std::vector<std::string>{"fablab-mk4-01/0/1", "fablab-mk4-01/0/2"}));
+
+  EventFilter all_three;
+  all_three.device = d.id;
+  all_three.action = "use";
+  all_three.since_unix_ms = k_t0 + 2;
+  EXPECT_EQ(seqs(events(all_three)),
+            (std::vector<std::string>{"fablab-mk4-01/Z/2", "fablab-mk4-01/Z/3"}));
+
+  int calls = 0;
+  ASSERT_TRUE(m_store->for_each_event({}, [&](const StoredEvent&) { return ++calls < 2; }));
+  EXPECT_EQ(calls, 2);
+
+  EXPECT_EQ(rejections(std::string_view("another-02")).size(), 0u);
+}
+
+TEST_F(SqliteStoreTest, SecondStoreReadsWhileTheFirstWrites) {
+  Device& d = device("fablab-mk4-01");
+  constexpr int k_batches = 30;
+  constexpr int k_per_batch = 50;
+  auto evs = chain(d, new_stream(), k_batches * k_per_batch);
+  std::unique_ptr<Store> reader = open_store();
+  ASSERT_TRUE(reader);
+
+  std::atomic<bool> write_failed{false};
+  std::thread writer([&] {
+    for (int b = 0; b < k_batches; ++b) {
+      std::vector<Incoming> batch;
+      for (int i = 0; i < k_per_batch; ++i)
+        batch.push_back(in(evs[b * k_per_batch + i]));
+      if (!m_store->put(batch, k_t0 + b)) write_failed = true;
+    }
+  });
+
+  std::size_t last_count = 0;
+  bool went_backwards = false;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (last_count < evs.size() && std::chrono::steady_clock::now() < deadline) {
+    std::size_t count = 0;
+    auto s = reader->for_each_event({}, [&](const StoredEvent&) {
+      ++count;
+      return true;
+    });
+    ASSERT_TRUE(s) << s.error().message;
+    // A reader sees whole batches only: a commit is all or nothing.
+    EXPECT_EQ(count % k_per_batch, 0u);
+    auto st = reader->stats();
+    ASSERT_TRUE(st) << st.error().message;
+    if (count < last_count) went_backwards = true;
+    last_count = count;
+  }
+  writer.join();
+  EXPECT_FALSE(write_failed);
+  EXPECT_FALSE(went_backwards);
+  EXPECT_EQ(last_count, evs.size());
+  auto a = reader->ack_point(d.id);
+  ASSERT_TRUE(a && a->has_value());
+  EXPECT_EQ((*a)->seq, k_batches * k_per_batch);
+}
+
+TEST_F(SqliteStoreTest, ReadersAreNotBlockedByAnOpenWriteTransaction) {
+  Device& d = device("fablab-mk4-01");
+  auto evs = chain(d, new_stream(), 2);
+  put({in(evs[0])});
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "BEGIN IMMEDIATE; DELETE FROM events;", nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  // Another process holds the write lock mid-transaction: reads still see the last commit.
+  std::unique_ptr<Store> reader = open_store();
+  ASSERT_TRUE(reader);
+  EXPECT_EQ(events({}, reader.get()).size(), 1u);
+  EXPECT_EQ(stats_of(d.id, reader.get()).events, 1);
+  EXPECT_EQ(events().size(), 1u);
+  ASSERT_EQ(sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  auto r = put({in(evs[1])});
+  expect_outcome(r[0], PutOutcome::stored);
+}
+
+// Not an assertion: prints put() throughput for the lead (batches of 512, as the service does).
+TEST_F(SqliteStoreTest, ReportsPutThroughput) {
+  Device& d = device("fablab-mk4-01");
+  constexpr int k_batch = 512;
+  constexpr int k_batches = 100;
+  auto evs = chain(d, new_stream(), k_batch * k_batches);
+  std::vector<std::vector<Incoming>> batches(k_batches);
+  for (int b = 0; b < k_batches; ++b)
+    for (int i = 0; i < k_batch; ++i)
+      batches[b].push_back(in(evs[b * k_batch + i]));
+  const auto start = std::chrono::steady_clock::now();
+  for (const auto& batch : batches)
+    put(batch);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("put(): %d events (%zu-byte envelopes) in %.3f s = %.0f events/s\n",
+              k_batch * k_batches, evs[0].envelope.size(), seconds, k_batch * k_batches / seconds);
+  EXPECT_EQ(ack(d.id)->seq, k_batch * k_batches);
+}
+
+}  // namespace
+}  // namespace ingest
