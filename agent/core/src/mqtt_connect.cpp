@@ -169,4 +169,37 @@ std::uint64_t generation_of(const mqtt::token& token) {
   return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(token.get_user_context()));
 }
 
+std::string reason_code_text(int reason_code) {
+  return fmt::format("{:#04x} ({})", reason_code, mqtt::exception::reason_code_str(reason_code));
+}
+
+std::string paho_error(const mqtt::token& token) {
+  const int rc = token.get_return_code();
+  // An MQTT 5 refusal comes as the token's reason code, or (a refused CONNECT) as its return
+  // code. Codes 0x80 … 0xA2 are MQTT 5's errors (§2.4); Paho leaves other values (0xFF) in the
+  // reason code of an MQTT 3.1.1 answer.
+  const auto is_error_reason = [](int code) { return code >= 0x80 && code <= 0xA2; };
+  int reason = static_cast<int>(token.get_reason_code());
+  if (!is_error_reason(reason) && is_error_reason(rc)) reason = rc;
+  if (is_error_reason(reason))
+    return fmt::format("the broker refused: MQTT 5 reason code {}", reason_code_text(reason));
+  // MQTT 3.1.1 CONNACK return codes (§3.2.2.3) come back as the token's return code.
+  switch (rc) {
+    case 1:
+      return "the broker refused the connection: unacceptable protocol version";
+    case 2:
+      return "the broker refused the connection: client id rejected";
+    case 3:
+      return "the broker refused the connection: server unavailable";
+    case 4:
+      return "the broker refused the connection: bad user name or password";
+    case 5:
+      return "the broker refused the connection: not authorised";
+    default:
+      break;
+  }
+  return mqtt::exception::printable_error(rc, mqtt::ReasonCode::SUCCESS,
+                                          mqtt::exception::error_str(rc));
+}
+
 }  // namespace agent::mqtt_connect

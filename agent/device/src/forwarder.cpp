@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -39,28 +38,8 @@ constexpr int k_qos = 1;
 using Clock = std::chrono::steady_clock;
 using mqtt_connect::context_of;
 using mqtt_connect::generation_of;
+using mqtt_connect::paho_error;
 using mqtt_connect::whole_seconds;
-
-std::string paho_error(const mqtt::token& token) {
-  int rc = token.get_return_code();
-  // MQTT 3.1.1 CONNACK return codes (§3.2.2.3) come back as the token's return code.
-  switch (rc) {
-    case 1:
-      return "broker refused the connection: unacceptable protocol version";
-    case 2:
-      return "broker refused the connection: client id rejected";
-    case 3:
-      return "broker refused the connection: server unavailable";
-    case 4:
-      return "broker refused the connection: bad user name or password";
-    case 5:
-      return "broker refused the connection: not authorised";
-    default:
-      break;
-  }
-  return mqtt::exception::printable_error(rc, mqtt::ReasonCode::SUCCESS,
-                                          mqtt::exception::error_str(rc));
-}
 
 }  // namespace
 
@@ -83,23 +62,6 @@ struct Forwarder::Impl {
     const mqtt::token* token = nullptr;
     std::string topic;
     std::string text;  ///< payload, cause or error
-  };
-
-  // Paho calls these on its own threads; each only posts.
-  class Listener final : public mqtt::iaction_listener {
-   public:
-    Listener(Impl& impl, Kind ok, Kind failed) : m_impl(impl), m_ok(ok), m_failed(failed) {}
-    void on_success(const mqtt::token& token) override {
-      m_impl.post({m_ok, generation_of(token), &token, {}, {}});
-    }
-    void on_failure(const mqtt::token& token) override {
-      m_impl.post({m_failed, generation_of(token), &token, {}, paho_error(token)});
-    }
-
-   private:
-    Impl& m_impl;
-    Kind m_ok;
-    Kind m_failed;
   };
 
   struct Inflight {
@@ -192,36 +154,24 @@ struct Forwarder::Impl {
 
   // ---- the queue between Paho threads and the forwarder thread ----
 
-  void post(Event event) {
-    {
-      std::lock_guard lock(queue_mutex);
-      queue.push_back(std::move(event));
-    }
-    queue_cv.notify_one();
-  }
+  void post(Event event) { queue.post(std::move(event)); }
+  void wake() { queue.wake(); }
 
-  void wake() {
-    {
-      std::lock_guard lock(queue_mutex);
-      woken = true;
-    }
-    queue_cv.notify_one();
-  }
-
-  // Waits up to `timeout` for an event, a wake-up or stop; returns what was queued.
+  // Waits up to `timeout` (at most k_max_wait) for an event, a wake-up or stop; returns what was
+  // queued.
   std::deque<Event> wait_events(std::stop_token stop, Clock::duration timeout) {
-    std::unique_lock lock(queue_mutex);
-    timeout = std::clamp<Clock::duration>(timeout, Clock::duration::zero(), k_max_wait);
-    queue_cv.wait_for(lock, stop, timeout, [&] { return !queue.empty() || woken; });
-    woken = false;
-    return std::exchange(queue, {});
+    return queue.wait(stop,
+                      std::clamp<Clock::duration>(timeout, Clock::duration::zero(), k_max_wait));
   }
 
-  // Puts `events` from index `first` back at the front of the queue, for the session to handle.
-  void requeue(std::deque<Event>& events, std::size_t first) {
-    std::lock_guard lock(queue_mutex);
-    queue.insert(queue.begin(), std::make_move_iterator(events.begin() + first),
-                 std::make_move_iterator(events.end()));
+  // A listener whose answers reach the forwarder thread as `ok` and `failed` events.
+  mqtt_connect::Listener listener(Kind ok, Kind failed) {
+    return {[this, ok](const mqtt::token& token) {
+              post({ok, generation_of(token), &token, {}, {}});
+            },
+            [this, failed](const mqtt::token& token) {
+              post({failed, generation_of(token), &token, {}, paho_error(token)});
+            }};
   }
 
   // ---- the forwarder thread ----
@@ -265,7 +215,7 @@ struct Forwarder::Impl {
         const Event& event = events[i];
         if (event.kind == Kind::connection_lost || event.generation != generation) continue;
         if (event.kind == Kind::connect_ok) {
-          requeue(events, i + 1);
+          queue.requeue(events, i + 1);
           connected();
           return true;
         }
@@ -557,13 +507,10 @@ struct Forwarder::Impl {
   std::string stream;
 
   // Declared before the client: Paho may call them until the client is destroyed.
-  std::mutex queue_mutex;
-  std::condition_variable_any queue_cv;
-  std::deque<Event> queue;
-  bool woken = false;
-  Listener connect_listener{*this, Kind::connect_ok, Kind::connect_failed};
-  Listener publish_listener{*this, Kind::publish_ok, Kind::publish_failed};
-  Listener subscribe_listener{*this, Kind::subscribe_ok, Kind::subscribe_failed};
+  mqtt_connect::EventQueue<Event> queue;
+  mqtt_connect::Listener connect_listener = listener(Kind::connect_ok, Kind::connect_failed);
+  mqtt_connect::Listener publish_listener = listener(Kind::publish_ok, Kind::publish_failed);
+  mqtt_connect::Listener subscribe_listener = listener(Kind::subscribe_ok, Kind::subscribe_failed);
 
   mutable std::mutex stats_mutex;
   ForwarderStats stats;

@@ -72,16 +72,9 @@ constexpr int k_max_buffered = 10'000;
 using Clock = std::chrono::steady_clock;
 using agent::mqtt_connect::context_of;
 using agent::mqtt_connect::generation_of;
+using agent::mqtt_connect::paho_error;
 using agent::mqtt_connect::whole_seconds;
 using std::chrono::milliseconds;
-
-std::string paho_error(const mqtt::token& token) {
-  const int rc = token.get_return_code();
-  const auto reason = token.get_reason_code();
-  if (static_cast<int>(reason) >= 0x80)
-    return fmt::format("broker answered with MQTT 5 reason code {:#x}", static_cast<int>(reason));
-  return mqtt::exception::printable_error(rc, reason, mqtt::exception::error_str(rc));
-}
 
 // An MQTT 5 SUBACK says per filter whether it was granted; a code from 0x80 up is a refusal.
 std::optional<std::string> subscribe_refusal(const mqtt::token& token) {
@@ -89,8 +82,8 @@ std::optional<std::string> subscribe_refusal(const mqtt::token& token) {
     const auto response = token.get_subscribe_response();
     for (auto code : response.get_reason_codes()) {
       if (static_cast<int>(code) >= 0x80)
-        return fmt::format("the broker refused the subscription (MQTT 5 reason code {:#x})",
-                           static_cast<int>(code));
+        return fmt::format("the broker refused the subscription: MQTT 5 reason code {}",
+                           agent::mqtt_connect::reason_code_text(static_cast<int>(code)));
     }
   } catch (const std::exception&) {
     // No SUBACK details (not an MQTT 5 answer): success is success.
@@ -155,28 +148,6 @@ struct IngestService::Impl {
     Kind kind;
     std::uint64_t generation = 0;
     std::string text;
-  };
-
-  class Listener final : public mqtt::iaction_listener {
-   public:
-    Listener(Impl& impl, Kind ok, Kind failed) : m_impl(impl), m_ok(ok), m_failed(failed) {}
-    void on_success(const mqtt::token& token) override {
-      if (m_ok == Kind::subscribe_ok) {
-        if (auto refused = subscribe_refusal(token)) {
-          m_impl.post({m_failed, generation_of(token), *refused});
-          return;
-        }
-      }
-      m_impl.post({m_ok, generation_of(token), {}});
-    }
-    void on_failure(const mqtt::token& token) override {
-      m_impl.post({m_failed, generation_of(token), paho_error(token)});
-    }
-
-   private:
-    Impl& m_impl;
-    Kind m_ok;
-    Kind m_failed;
   };
 
   // One envelope as it arrived.
@@ -864,19 +835,28 @@ struct IngestService::Impl {
 
   // ---- the connection thread ----
 
-  void post(Event event) {
-    {
-      std::lock_guard lock(events_mutex);
-      events.push_back(std::move(event));
-    }
-    events_cv.notify_one();
-  }
+  void post(Event event) { events.post(std::move(event)); }
 
   std::deque<Event> wait_events(std::stop_token stop, Clock::duration timeout) {
-    std::unique_lock lock(events_mutex);
-    timeout = std::clamp<Clock::duration>(timeout, Clock::duration::zero(), k_max_wait);
-    events_cv.wait_for(lock, stop, timeout, [&] { return !events.empty(); });
-    return std::exchange(events, {});
+    return events.wait(stop,
+                       std::clamp<Clock::duration>(timeout, Clock::duration::zero(), k_max_wait));
+  }
+
+  // A listener whose answers reach the connection thread as `ok` and `failed` events; a SUBACK
+  // that refuses a filter is a failure.
+  agent::mqtt_connect::Listener listener(Kind ok, Kind failed) {
+    return {[this, ok, failed](const mqtt::token& token) {
+              if (ok == Kind::subscribe_ok) {
+                if (auto refused = subscribe_refusal(token)) {
+                  post({failed, generation_of(token), *refused});
+                  return;
+                }
+              }
+              post({ok, generation_of(token), {}});
+            },
+            [this, failed](const mqtt::token& token) {
+              post({failed, generation_of(token), paho_error(token)});
+            }};
   }
 
   void connection(std::stop_token stop) {
@@ -1047,11 +1027,10 @@ struct IngestService::Impl {
   const unsigned verifiers;  ///< threads verifying a batch, the worker included
 
   // Declared before the client: Paho may call into them until the client is destroyed.
-  std::mutex events_mutex;
-  std::condition_variable_any events_cv;
-  std::deque<Event> events;
-  Listener connect_listener{*this, Kind::connect_ok, Kind::connect_failed};
-  Listener subscribe_listener{*this, Kind::subscribe_ok, Kind::subscribe_failed};
+  agent::mqtt_connect::EventQueue<Event> events;
+  agent::mqtt_connect::Listener connect_listener = listener(Kind::connect_ok, Kind::connect_failed);
+  agent::mqtt_connect::Listener subscribe_listener =
+      listener(Kind::subscribe_ok, Kind::subscribe_failed);
 
   std::mutex messages_mutex;
   std::condition_variable_any not_empty;

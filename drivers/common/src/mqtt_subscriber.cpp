@@ -3,7 +3,6 @@
 
 #include <mqtt/async_client.h>
 
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <mutex>
@@ -22,13 +21,6 @@ namespace {
 
 constexpr int k_qos = 1;
 
-std::string paho_reason(const mqtt::token& token) {
-  const int rc = token.get_return_code();
-  if (rc == 4 || rc == 5) return "the broker refused the user name, password or client";
-  return mqtt::exception::printable_error(rc, mqtt::ReasonCode::SUCCESS,
-                                          mqtt::exception::error_str(rc));
-}
-
 }  // namespace
 
 struct MqttSubscriber::Impl {
@@ -43,21 +35,16 @@ struct MqttSubscriber::Impl {
     std::string reason;
   };
 
-  class Listener final : public mqtt::iaction_listener {
-   public:
-    Listener(Impl& impl, Kind ok, Kind failed) : m_impl(impl), m_ok(ok), m_failed(failed) {}
-    void on_success(const mqtt::token& token) override {
-      m_impl.post({m_ok, mqtt_connect::generation_of(token), {}, {}});
-    }
-    void on_failure(const mqtt::token& token) override {
-      m_impl.post({m_failed, mqtt_connect::generation_of(token), {}, paho_reason(token)});
-    }
-
-   private:
-    Impl& m_impl;
-    Kind m_ok;
-    Kind m_failed;
-  };
+  // A listener whose answers reach the subscriber's thread as `ok` and `failed` events.
+  mqtt_connect::Listener listener(Kind ok, Kind failed) {
+    return {
+        [this, ok](const mqtt::token& token) {
+          post({ok, mqtt_connect::generation_of(token), {}, {}});
+        },
+        [this, failed](const mqtt::token& token) {
+          post({failed, mqtt_connect::generation_of(token), {}, mqtt_connect::paho_error(token)});
+        }};
+  }
 
   Impl(MqttSubscriberOptions options_in, Env& env_in, Logger& log_in)
       : options(std::move(options_in)),
@@ -66,21 +53,7 @@ struct MqttSubscriber::Impl {
         component(fmt::format("mqtt subscriber {}", options.client_id)),
         rng(std::random_device{}()) {}
 
-  void post(Event event) {
-    {
-      std::lock_guard lock(queue_mutex);
-      queue.push_back(std::move(event));
-    }
-    queue_cv.notify_one();
-  }
-
-  std::optional<Event> next_event(std::stop_token stop) {
-    std::unique_lock lock(queue_mutex);
-    if (!queue_cv.wait(lock, stop, [&] { return !queue.empty(); })) return std::nullopt;
-    Event event = std::move(queue.front());
-    queue.pop_front();
-    return event;
-  }
+  void post(Event event) { queue.post(std::move(event)); }
 
   // Reports the connection only when it changes, so that a driver counts outages, not retries.
   void report(bool connected, const std::string& reason) {
@@ -104,7 +77,7 @@ struct MqttSubscriber::Impl {
       return false;
     }
     bool subscribed = false;
-    while (auto event = next_event(stop)) {
+    while (auto event = queue.next(stop)) {
       // Answers to an older attempt, and its messages' losses, are of no concern now.
       const bool current = event->generation == attempt;
       switch (event->kind) {
@@ -180,12 +153,10 @@ struct MqttSubscriber::Impl {
   std::optional<bool> reported;
   std::uint64_t generation = 0;
 
-  std::mutex queue_mutex;
-  std::condition_variable_any queue_cv;
-  std::deque<Event> queue;
+  mqtt_connect::EventQueue<Event> queue;
 
-  Listener connect_listener{*this, Kind::connect_ok, Kind::connect_failed};
-  Listener subscribe_listener{*this, Kind::subscribe_ok, Kind::subscribe_failed};
+  mqtt_connect::Listener connect_listener = listener(Kind::connect_ok, Kind::connect_failed);
+  mqtt_connect::Listener subscribe_listener = listener(Kind::subscribe_ok, Kind::subscribe_failed);
   mqtt::connect_options connect_options;
   std::unique_ptr<mqtt::async_client> client;
   std::jthread thread;
@@ -263,7 +234,6 @@ void MqttSubscriber::stop() {
     // Paho refuses while its connection is being torn down; the client is dropped anyway.
   }
   impl.client.reset();
-  std::lock_guard lock(impl.queue_mutex);
   impl.queue.clear();
 }
 

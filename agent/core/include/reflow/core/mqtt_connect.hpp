@@ -6,11 +6,20 @@
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
+#include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <filesystem>
+#include <functional>
+#include <iterator>
+#include <mutex>
+#include <optional>
 #include <random>
+#include <stop_token>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include <mqtt/async_client.h>
 
@@ -84,5 +93,95 @@ std::chrono::milliseconds reconnect_backoff(std::chrono::milliseconds min,
 /// late is told apart from one to the current attempt.
 void* context_of(std::uint64_t generation);
 std::uint64_t generation_of(const mqtt::token& token);
+
+/// Why a Paho token failed, in words an operator can act on:
+/// - an MQTT 5 reason code from 0x80 up (CONNACK, SUBACK, PUBACK; MQTT 5 §2.4) as its code and
+///   name, from Paho C's table: "the broker refused: MQTT 5 reason code 0x87 (Not authorized)";
+/// - an MQTT 3.1.1 CONNACK return code 1–5 (MQTT 3.1.1 §3.2.2.3) by its meaning;
+/// - else Paho's own text for its return code ("MQTT error [-1]: Failure").
+std::string paho_error(const mqtt::token& token);
+
+/// The MQTT 5 reason code (MQTT 5 §2.4) as text, "0x87 (Not authorized)".
+std::string reason_code_text(int reason_code);
+
+/// Paho calls listeners and callbacks on its own threads. A client that keeps its state on one
+/// thread of its own (the forwarder, the node's service, the drivers' subscriber) has those
+/// threads only post() what happened, and takes it on its own thread with wait() or next().
+/// Thread-safe.
+template <typename Event>
+class EventQueue {
+ public:
+  /// From any thread: queues `event` and wakes the waiting thread.
+  void post(Event event) {
+    {
+      std::lock_guard lock(m_mutex);
+      m_events.push_back(std::move(event));
+    }
+    m_cv.notify_one();
+  }
+
+  /// From any thread: ends the current (or the next) wait() early, with nothing queued.
+  void wake() {
+    {
+      std::lock_guard lock(m_mutex);
+      m_woken = true;
+    }
+    m_cv.notify_one();
+  }
+
+  /// Waits up to `timeout` for an event, a wake() or `stop`; returns all that was queued, in
+  /// order (empty on a time-out, a wake-up or stop).
+  template <typename Duration>
+  std::deque<Event> wait(std::stop_token stop, Duration timeout) {
+    std::unique_lock lock(m_mutex);
+    m_cv.wait_for(lock, stop, timeout, [&] { return !m_events.empty() || m_woken; });
+    m_woken = false;
+    return std::exchange(m_events, {});
+  }
+
+  /// Waits without limit for one event; nullopt once `stop` is requested.
+  std::optional<Event> next(std::stop_token stop) {
+    std::unique_lock lock(m_mutex);
+    if (!m_cv.wait(lock, stop, [&] { return !m_events.empty(); })) return std::nullopt;
+    Event event = std::move(m_events.front());
+    m_events.pop_front();
+    return event;
+  }
+
+  /// Puts `events` from index `first` on back at the front of the queue, ahead of what arrived
+  /// since they were taken.
+  void requeue(std::deque<Event>& events, std::size_t first) {
+    std::lock_guard lock(m_mutex);
+    m_events.insert(m_events.begin(), std::make_move_iterator(events.begin() + first),
+                    std::make_move_iterator(events.end()));
+  }
+
+  /// Drops everything queued (after the client is gone, before the queue is).
+  void clear() {
+    std::lock_guard lock(m_mutex);
+    m_events.clear();
+  }
+
+ private:
+  std::mutex m_mutex;
+  std::condition_variable_any m_cv;
+  std::deque<Event> m_events;
+  bool m_woken = false;
+};
+
+/// A Paho action listener that hands each answer to a function, on Paho's thread: the function
+/// should only post() to an EventQueue. Must outlive every token it is given to.
+class Listener final : public mqtt::iaction_listener {
+ public:
+  using Callback = std::function<void(const mqtt::token&)>;
+  Listener(Callback on_success, Callback on_failure)
+      : m_on_success(std::move(on_success)), m_on_failure(std::move(on_failure)) {}
+  void on_success(const mqtt::token& token) override { m_on_success(token); }
+  void on_failure(const mqtt::token& token) override { m_on_failure(token); }
+
+ private:
+  Callback m_on_success;
+  Callback m_on_failure;
+};
 
 }  // namespace agent::mqtt_connect
