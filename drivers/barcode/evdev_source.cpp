@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
-// The libevdev backend of KeyEventSource (reference/drivers.md §5.1).
+// The libevdev backend of KeyEventSource (docs/reference/drivers.md §5.1).
 #include <fcntl.h>
 #include <libevdev/libevdev.h>
 #include <poll.h>

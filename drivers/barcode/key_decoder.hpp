@@ -23,11 +23,11 @@ struct KeyEvent {
 };
 
 /// Turns the key events of a scanner in keyboard-emulation mode into codes, on a US layout
-/// (reference/drivers.md §5.1): only EV_KEY counts; a press (1) types a character, an autorepeat
-/// (2) of a character key types it again (what a console would show) but repeats nothing else,
-/// a release (0) only matters for Shift. Shift and CapsLock give upper case and symbols; keypad
-/// digits and operators type their characters whatever NumLock says. KEY_ENTER, KEY_KPENTER and
-/// KEY_TAB end a code; an empty code is ignored.
+/// (docs/reference/drivers.md §5.1): only EV_KEY counts; a press (1) types a character, an
+/// autorepeat (2) of a character key types it again (what a console would show) but repeats nothing
+/// else, a release (0) only matters for Shift. Shift and CapsLock give upper case and symbols;
+/// keypad digits and operators type their characters whatever NumLock says. KEY_ENTER, KEY_KPENTER
+/// and KEY_TAB end a code; an empty code is ignored.
 ///
 /// A pause longer than the inter-key timeout between two key events (by their timestamps) drops
 /// the fragment typed before it (counted in fragments()): a half-read code is never reported. A

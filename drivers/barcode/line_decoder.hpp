@@ -41,8 +41,8 @@ class LineDecoder {
 /// Size of one report of a scanner in "simple COM" HID mode on /dev/hidrawN.
 inline constexpr std::size_t k_hidraw_report_bytes = 64;
 
-/// Decodes the reports of a scanner in "simple COM" HID mode (reference/drivers.md §5.2): byte 0
-/// is the number of data bytes that follow, the rest of the 64-byte report is NUL padding. The
+/// Decodes the reports of a scanner in "simple COM" HID mode (docs/reference/drivers.md §5.2): byte
+/// 0 is the number of data bytes that follow, the rest of the 64-byte report is NUL padding. The
 /// data go through a LineDecoder (CR/LF end a code); a report that is not full (fewer than 63
 /// data bytes) also ends the code when no terminator came, since scanners without a suffix send
 /// each code in reports of their own. A report whose length byte exceeds what was read is counted

@@ -18,7 +18,7 @@
 
 namespace agent::barcode {
 
-/// How the scanner talks to the Pi (reference/drivers.md §5).
+/// How the scanner talks to the Pi (docs/reference/drivers.md §5).
 enum class ScannerMode {
   evdev,  ///< USB HID keyboard emulation, /dev/input/by-id/…-event-kbd (libevdev, exclusive grab)
   serial,  ///< USB CDC-ACM or RS-232, /dev/serial/by-id/…, codes end with CR, LF or CRLF

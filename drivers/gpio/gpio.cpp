@@ -2,7 +2,7 @@
 // The `gpio` driver: a digital input (machine-on contact, opto-isolated mains detector, relay)
 // gives `use` sessions of a machine; an S0 pulse output of an energy meter gives `consume` of
 // electricity in kilowattHour. Lines are found by name through libgpiod v1, debounced in software
-// on the kernel's edge timestamps (reference/drivers.md §7.1, §7.2).
+// on the kernel's edge timestamps (docs/reference/drivers.md §7.1, §7.2).
 #include <algorithm>
 #include <future>
 #include <limits>

@@ -12,7 +12,7 @@
 
 namespace agent::power {
 
-/// How the plug publishes (shared/reference/drivers.md §4.1–4.3).
+/// How the plug publishes (docs/reference/drivers.md §4.1–4.3).
 enum class PlugProtocol { shelly_gen1, shelly_gen2, tasmota };
 
 /// "shelly-gen1", "shelly-gen2" or "tasmota" (the config values); nullopt for anything else.

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
-// Usage sessions from a plug's power readings (shared/reference/drivers.md §4.4). Pure: the
+// Usage sessions from a plug's power readings (docs/reference/drivers.md §4.4). Pure: the
 // caller gives each reading its time; no I/O, no clock, no threads.
 #pragma once
 

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 // Pure protocol code of the scale driver: splitting a byte stream into frames, parsing one frame of
-// each protocol (reference/drivers.md §6) and deciding when a reading has settled. No I/O.
+// each protocol (docs/reference/drivers.md §6) and deciding when a reading has settled. No I/O.
 #pragma once
 
 #include <cstddef>

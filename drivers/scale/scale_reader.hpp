@@ -16,7 +16,7 @@
 
 namespace agent::scale {
 
-/// The scale's protocol (reference/drivers.md §6).
+/// The scale's protocol (docs/reference/drivers.md §6).
 enum class Protocol {
   and_standard,  ///< A&D `ST,+00123.45  g`
   st_gs,         ///< generic indicators `ST,GS,+  1.234,kg`

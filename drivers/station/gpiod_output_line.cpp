@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 // The libgpiod v1 (1.6, Debian 12) backend of OutputLine: the station's LED and buzzer. Lines are
 // found by name on every chip (never by chip number, which differs between Pi models and
-// kernels: reference/drivers.md §7.1).
+// kernels: docs/reference/drivers.md §7.1).
 #include <gpiod.h>
 
 #include <cerrno>

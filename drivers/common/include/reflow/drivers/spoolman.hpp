@@ -10,7 +10,7 @@
 
 /// Spoolman (Donkie/Spoolman, REST under `/api/v1/`, no authentication by design: the boundary is
 /// the network), the filament inventory that printer drivers read spools from and report usage to.
-/// Reference: /work/shared/reference/drivers.md §3.
+/// Reference: docs/reference/drivers.md §3.
 namespace agent::spoolman {
 
 /// Grams of filament in `length_mm` of a strand `diameter_mm` thick, at `density_g_cm3`:
