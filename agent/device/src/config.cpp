@@ -41,7 +41,6 @@ AgentSchema make_schema() {
     schema.add(std::move(section), std::move(name), std::move(type), std::move(default_text),
                std::move(description), std::move(apply), required);
   };
-  auto non_empty = is_non_empty_text;
 
   // [agent]
   add("agent", "device_id", "string", "(required)",
@@ -62,53 +61,20 @@ AgentSchema make_schema() {
       log_level_key(&AgentConfig::log_level));
 
   // [mqtt]
-  add("mqtt", "url", "string", "\"mqtt://127.0.0.1:1883\"",
-      "The node's MQTT broker: mqtt://HOST[:PORT] (plain TCP) or mqtts://HOST[:PORT] (TLS).",
-      string_key(&AgentConfig::url,
-                 "expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], e.g. "
-                 "\"mqtts://node.example.org:8883\"",
-                 is_valid_broker_url));
-  add("mqtt", "topic_prefix", "string", "\"reflow/v1\"",
-      "First topic levels (PROTOCOL §2); topics are PREFIX/DEVICE/events, /ack and /status.",
-      string_key(&AgentConfig::topic_prefix,
-                 "expected topic levels such as \"reflow/v1\" (not empty, no '+' or '#', no "
-                 "leading or trailing '/')",
-                 is_valid_topic_prefix));
-  add("mqtt", "client_id", "string", "\"reflow-agent-\" + device_id",
-      "MQTT client id; must be unique on the broker.",
-      string_key(&AgentConfig::client_id, "expected a non-empty MQTT client id", non_empty));
-  add("mqtt", "username", "string", "(none)",
-      "MQTT user name; the node's ACLs usually expect the device id.",
-      string_key(&AgentConfig::username, "expected a non-empty MQTT user name", non_empty));
-  add("mqtt", "password_file", "path", "(none)",
-      "File whose first line is the MQTT password (kept out of this file); needs username.",
-      path_key(&AgentConfig::password_file));
-  add("mqtt", "ca_file", "path", "(system CA store)",
-      "mqtts only: PEM CA bundle that signed the broker's certificate.",
-      path_key(&AgentConfig::ca_file));
-  add("mqtt", "cert_file", "path", "(none)",
-      "mqtts only: PEM client certificate for mutual TLS; needs mqtt.key_file.",
-      path_key(&AgentConfig::cert_file));
-  add("mqtt", "key_file", "path", "(none)",
-      "mqtts only: PEM private key of cert_file (not the Ed25519 signing key).",
-      path_key(&AgentConfig::tls_key_file));
-  add("mqtt", "keepalive", "duration", "\"30s\"",
-      "MQTT keep alive: the broker drops the agent after 1.5 times this without traffic.",
-      duration_key(&AgentConfig::keepalive, 1s, 65535s, " (MQTT keep alive is 16-bit seconds)",
-                   true));
-  add("mqtt", "connect_timeout", "duration", "\"10s\"",
-      "How long one connection attempt may take before it counts as failed.",
-      duration_key(&AgentConfig::connect_timeout, 1s, 1h));
+  add_mqtt_keys(schema,
+                {.who = "the agent",
+                 .topics = "topics are PREFIX/DEVICE/events, /ack and /status.",
+                 .client_id_default = "\"reflow-agent-\" + device_id",
+                 .client_id = "MQTT client id; must be unique on the broker.",
+                 .username = "MQTT user name; the node's ACLs usually expect the device id.",
+                 .cert_file = "mqtts only: PEM client certificate for mutual TLS; needs "
+                              "mqtt.key_file.",
+                 .key_file = "mqtts only: PEM private key of cert_file (not the Ed25519 signing "
+                             "key)."});
   add("mqtt", "resend_after", "duration", "\"30s\"",
       "Republish unacked events when the node's ack has not advanced for this long (PROTOCOL "
       "§5).",
       duration_key(&AgentConfig::resend_after, 1s, 24h));
-  add("mqtt", "reconnect_min", "duration", "\"1s\"",
-      "First wait before reconnecting; doubles after each failure up to reconnect_max.",
-      duration_key(&AgentConfig::reconnect_min, 100ms, 24h));
-  add("mqtt", "reconnect_max", "duration", "\"60s\"",
-      "Longest wait between reconnection attempts; at least reconnect_min.",
-      duration_key(&AgentConfig::reconnect_max, 100ms, 24h));
   add("mqtt", "status_interval", "duration", "\"60s\"",
       "How often the retained status is refreshed while connected (PROTOCOL §6).",
       duration_key(&AgentConfig::status_interval, 1s, 60s,

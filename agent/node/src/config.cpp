@@ -93,55 +93,21 @@ IngestSchema make_schema() {
       duration_key(&IngestConfig::ack_interval, 0ms, 60s));
 
   // [mqtt]
-  add("mqtt", "url", "string", "\"mqtt://127.0.0.1:1883\"",
-      "The node's MQTT broker: mqtt://HOST[:PORT] (plain TCP) or mqtts://HOST[:PORT] (TLS).",
-      string_key(&IngestConfig::url,
-                 "expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], e.g. "
-                 "\"mqtts://node.example.org:8883\"",
-                 is_valid_broker_url));
-  add("mqtt", "topic_prefix", "string", "\"reflow/v1\"",
-      "First topic levels (PROTOCOL §2): subscribes PREFIX/+/events, publishes PREFIX/DEVICE/ack.",
-      string_key(&IngestConfig::topic_prefix,
-                 "expected topic levels such as \"reflow/v1\" (not empty, no '+' or '#', no "
-                 "leading or trailing '/')",
-                 is_valid_topic_prefix));
-  add("mqtt", "client_id", "string", "\"reflow-ingest\"",
-      "MQTT client id; the broker keeps the session under it. Unique per instance. Acks go out "
-      "as CLIENT_ID-acks.",
-      string_key(&IngestConfig::client_id, "expected a non-empty MQTT client id",
-                 is_non_empty_text));
+  add_mqtt_keys(schema,
+                {.who = "the service",
+                 .topics = "subscribes PREFIX/+/events, publishes PREFIX/DEVICE/ack.",
+                 .client_id_default = "\"reflow-ingest\"",
+                 .client_id = "MQTT client id; the broker keeps the session under it. Unique per "
+                              "instance. Acks go out as CLIENT_ID-acks.",
+                 .username = "MQTT user name of the ingest service.",
+                 .cert_file = "mqtts only: PEM client certificate for mutual TLS (`ca client`); "
+                              "needs mqtt.key_file.",
+                 .key_file = "mqtts only: PEM private key of cert_file."});
   add("mqtt", "share_group", "string", "(none)",
       "Shared subscription group (MQTT 5): instances with the same group split the events.",
       string_key(&IngestConfig::share_group,
                  "expected a group name without '/', '+' or '#' (MQTT 5 §4.8.2)",
                  is_valid_share_group));
-  add("mqtt", "username", "string", "(none)", "MQTT user name of the ingest service.",
-      string_key(&IngestConfig::username, "expected a non-empty MQTT user name",
-                 is_non_empty_text));
-  add("mqtt", "password_file", "path", "(none)",
-      "File whose first line is the MQTT password (kept out of this file); needs username.",
-      path_key(&IngestConfig::password_file));
-  add("mqtt", "ca_file", "path", "(system CA store)",
-      "mqtts only: PEM CA bundle that signed the broker's certificate.",
-      path_key(&IngestConfig::ca_file));
-  add("mqtt", "cert_file", "path", "(none)",
-      "mqtts only: PEM client certificate for mutual TLS (`ca client`); needs mqtt.key_file.",
-      path_key(&IngestConfig::cert_file));
-  add("mqtt", "key_file", "path", "(none)", "mqtts only: PEM private key of cert_file.",
-      path_key(&IngestConfig::tls_key_file));
-  add("mqtt", "keepalive", "duration", "\"30s\"",
-      "MQTT keep alive: the broker drops the service after 1.5 times this without traffic.",
-      duration_key(&IngestConfig::keepalive, 1s, 65535s, " (MQTT keep alive is 16-bit seconds)",
-                   true));
-  add("mqtt", "connect_timeout", "duration", "\"10s\"",
-      "How long one connection attempt may take before it counts as failed.",
-      duration_key(&IngestConfig::connect_timeout, 1s, 1h));
-  add("mqtt", "reconnect_min", "duration", "\"1s\"",
-      "First wait before reconnecting; doubles after each failure up to reconnect_max.",
-      duration_key(&IngestConfig::reconnect_min, 100ms, 24h));
-  add("mqtt", "reconnect_max", "duration", "\"60s\"",
-      "Longest wait between reconnection attempts; at least reconnect_min.",
-      duration_key(&IngestConfig::reconnect_max, 100ms, 24h));
   add("mqtt", "session_expiry", "duration", "\"1h\"",
       "How long the broker keeps the session and its QoS 1 messages while the service is down.",
       duration_key(&IngestConfig::session_expiry, 1s, 49'710 * 24h,

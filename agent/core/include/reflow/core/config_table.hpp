@@ -377,6 +377,67 @@ std::map<std::string, const toml::node*> apply_schema(const toml::table& root,
   return seen;
 }
 
+// ---- the [mqtt] table both programs share ----
+
+// What differs between the two programs' [mqtt] rows: their words, and client_id's default.
+struct MqttKeyWords {
+  std::string who;                // "the agent": keepalive's description
+  std::string topics;             // how topic_prefix is used
+  std::string client_id_default;  // "\"reflow-agent-\" + device_id"
+  std::string client_id;          // client_id's description
+  std::string username;           // username's description
+  std::string cert_file;          // cert_file's description
+  std::string key_file;           // key_file's description
+};
+
+// Adds the [mqtt] rows that reflow-agent and reflow-ingest share, in documentation order: url,
+// topic_prefix, client_id, username, password_file, ca_file, cert_file, key_file, keepalive,
+// connect_timeout, reconnect_min, reconnect_max. `Config` has members of those names
+// (tls_key_file for key_file); check_mqtt_combinations() checks them against each other.
+template <typename Config>
+void add_mqtt_keys(Schema<Config>& schema, const MqttKeyWords& words) {
+  using namespace std::chrono_literals;
+  schema.add("mqtt", "url", "string", "\"mqtt://127.0.0.1:1883\"",
+             "The node's MQTT broker: mqtt://HOST[:PORT] (plain TCP) or mqtts://HOST[:PORT] (TLS).",
+             string_key(&Config::url,
+                        "expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], e.g. "
+                        "\"mqtts://node.example.org:8883\"",
+                        is_valid_broker_url));
+  schema.add("mqtt", "topic_prefix", "string", "\"reflow/v1\"",
+             "First topic levels (PROTOCOL §2): " + words.topics,
+             string_key(&Config::topic_prefix,
+                        "expected topic levels such as \"reflow/v1\" (not empty, no '+' or '#', "
+                        "no leading or trailing '/')",
+                        is_valid_topic_prefix));
+  schema.add(
+      "mqtt", "client_id", "string", words.client_id_default, words.client_id,
+      string_key(&Config::client_id, "expected a non-empty MQTT client id", is_non_empty_text));
+  schema.add(
+      "mqtt", "username", "string", "(none)", words.username,
+      string_key(&Config::username, "expected a non-empty MQTT user name", is_non_empty_text));
+  schema.add("mqtt", "password_file", "path", "(none)",
+             "File whose first line is the MQTT password (kept out of this file); needs username.",
+             path_key(&Config::password_file));
+  schema.add("mqtt", "ca_file", "path", "(system CA store)",
+             "mqtts only: PEM CA bundle that signed the broker's certificate.",
+             path_key(&Config::ca_file));
+  schema.add("mqtt", "cert_file", "path", "(none)", words.cert_file, path_key(&Config::cert_file));
+  schema.add("mqtt", "key_file", "path", "(none)", words.key_file, path_key(&Config::tls_key_file));
+  schema.add(
+      "mqtt", "keepalive", "duration", "\"30s\"",
+      "MQTT keep alive: the broker drops " + words.who + " after 1.5 times this without traffic.",
+      duration_key(&Config::keepalive, 1s, 65535s, " (MQTT keep alive is 16-bit seconds)", true));
+  schema.add("mqtt", "connect_timeout", "duration", "\"10s\"",
+             "How long one connection attempt may take before it counts as failed.",
+             duration_key(&Config::connect_timeout, 1s, 1h));
+  schema.add("mqtt", "reconnect_min", "duration", "\"1s\"",
+             "First wait before reconnecting; doubles after each failure up to reconnect_max.",
+             duration_key(&Config::reconnect_min, 100ms, 24h));
+  schema.add("mqtt", "reconnect_max", "duration", "\"60s\"",
+             "Longest wait between reconnection attempts; at least reconnect_min.",
+             duration_key(&Config::reconnect_max, 100ms, 24h));
+}
+
 // Checks between the [mqtt] keys both programs share, once each key is valid on its own: TLS
 // files only with mqtts://, certificate and key together, a password only with a user name,
 // reconnect_min ≤ reconnect_max.

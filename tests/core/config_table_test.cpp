@@ -1,0 +1,136 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// The [mqtt] key rows both programs' configs are built from (config_table.hpp add_mqtt_keys and
+// check_mqtt_combinations), on a config struct of the test's own.
+#include <chrono>
+#include <filesystem>
+#include <string>
+#include <variant>
+
+#include <gtest/gtest.h>
+
+#include <reflow/core/config_table.hpp>
+
+namespace agent::config_keys {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct MqttOnly {
+  std::string url = "mqtt://127.0.0.1:1883";
+  std::string topic_prefix = "reflow/v1";
+  std::string client_id = "test";
+  std::string username;
+  std::filesystem::path password_file;
+  std::filesystem::path ca_file;
+  std::filesystem::path cert_file;
+  std::filesystem::path tls_key_file;
+  std::chrono::milliseconds keepalive{30s};
+  std::chrono::milliseconds connect_timeout{10s};
+  std::chrono::milliseconds reconnect_min{1s};
+  std::chrono::milliseconds reconnect_max{60s};
+};
+
+const Schema<MqttOnly>& schema() {
+  static const Schema<MqttOnly> schema = [] {
+    Schema<MqttOnly> s;
+    s.sections = {"mqtt"};
+    s.known_tables = "known tables: [mqtt]";
+    add_mqtt_keys(s, {.who = "the test",
+                      .topics = "test topics.",
+                      .client_id_default = "\"test\"",
+                      .client_id = "the test's client id.",
+                      .username = "the test's user.",
+                      .cert_file = "the test's certificate.",
+                      .key_file = "the test's key."});
+    return s;
+  }();
+  return schema;
+}
+
+// Parses `text` as test.toml in /etc/test; returns the config, or the problems' message.
+std::variant<MqttOnly, std::string> parse(std::string_view text) {
+  auto root = parse_toml(text, "test.toml");
+  if (!root) return root.error().message;
+  MqttOnly config;
+  Problems problems("test.toml");
+  const auto seen = apply_schema(*root, schema(), ParseContext{"/etc/test"}, config, problems);
+  if (problems.empty())
+    check_mqtt_combinations(seen, config.url, config.reconnect_min, config.reconnect_max, problems);
+  if (!problems.empty()) return problems.error().message;
+  return config;
+}
+
+TEST(MqttKeysTest, ReadsEverySharedKey) {
+  const auto parsed = parse(R"([mqtt]
+url = "mqtts://node.example.org"
+topic_prefix = "coop/v1"
+client_id = "c1"
+username = "u1"
+password_file = "password"
+ca_file = "ca.pem"
+cert_file = "/etc/tls/c.pem"
+key_file = "/etc/tls/c.key"
+keepalive = "45s"
+connect_timeout = "5s"
+reconnect_min = "500ms"
+reconnect_max = "5m"
+)");
+  ASSERT_TRUE(std::holds_alternative<MqttOnly>(parsed)) << std::get<std::string>(parsed);
+  const auto& config = std::get<MqttOnly>(parsed);
+  EXPECT_EQ(config.url, "mqtts://node.example.org");
+  EXPECT_EQ(config.topic_prefix, "coop/v1");
+  EXPECT_EQ(config.client_id, "c1");
+  EXPECT_EQ(config.username, "u1");
+  EXPECT_EQ(config.password_file, "/etc/test/password");
+  EXPECT_EQ(config.ca_file, "/etc/test/ca.pem");
+  EXPECT_EQ(config.cert_file, "/etc/tls/c.pem");
+  EXPECT_EQ(config.tls_key_file, "/etc/tls/c.key");
+  EXPECT_EQ(config.keepalive, 45s);
+  EXPECT_EQ(config.connect_timeout, 5s);
+  EXPECT_EQ(config.reconnect_min, 500ms);
+  EXPECT_EQ(config.reconnect_max, 5min);
+}
+
+TEST(MqttKeysTest, ProblemsNameFileLineAndKey) {
+  const auto parsed = parse(R"([mqtt]
+url = "http://node"
+keepalive = "30"
+)");
+  ASSERT_TRUE(std::holds_alternative<std::string>(parsed));
+  const auto& message = std::get<std::string>(parsed);
+  EXPECT_NE(message.find("test.toml:2: mqtt.url: expected mqtt://HOST[:PORT]"), std::string::npos)
+      << message;
+  EXPECT_NE(message.find("test.toml:3: mqtt.keepalive: "), std::string::npos) << message;
+}
+
+TEST(MqttKeysTest, CombinationsAreChecked) {
+  const auto parsed = parse(R"([mqtt]
+url = "mqtt://node"
+cert_file = "c.pem"
+password_file = "p"
+)");
+  ASSERT_TRUE(std::holds_alternative<std::string>(parsed));
+  const auto& message = std::get<std::string>(parsed);
+  EXPECT_NE(message.find("test.toml:3: mqtt.cert_file: expected only with an mqtts:// url"),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("test.toml:4: mqtt.password_file: expected mqtt.username"),
+            std::string::npos)
+      << message;
+}
+
+TEST(MqttKeysTest, ReferenceUsesEachProgramsWords) {
+  const auto rows = schema().reference();
+  ASSERT_EQ(rows.size(), 12u);
+  EXPECT_EQ(rows[0].key, "mqtt.url");
+  EXPECT_EQ(rows[1].description, "First topic levels (PROTOCOL §2): test topics.");
+  EXPECT_EQ(rows[2].default_text, "\"test\"");
+  EXPECT_EQ(rows[7].key, "mqtt.key_file");
+  EXPECT_EQ(rows[7].description, "the test's key.");
+  EXPECT_EQ(rows[8].description,
+            "MQTT keep alive: the broker drops the test after 1.5 times this without traffic.");
+  EXPECT_EQ(rows[11].key, "mqtt.reconnect_max");
+}
+
+}  // namespace
+}  // namespace agent::config_keys
