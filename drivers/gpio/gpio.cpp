@@ -13,6 +13,7 @@
 #include <reflow/device/driver.hpp>
 #include <reflow/device/driver_table.hpp>
 #include <reflow/drivers/driver_state.hpp>
+#include <reflow/drivers/valueflows.hpp>
 
 #include "debouncer.hpp"
 #include "gpio_driver.hpp"
@@ -40,13 +41,6 @@ std::chrono::steady_clock::time_point from_ns(std::int64_t ns) {
   return std::chrono::steady_clock::time_point(
       std::chrono::duration_cast<std::chrono::steady_clock::duration>(
           std::chrono::nanoseconds(ns)));
-}
-
-nlohmann::ordered_json quantity(double value, std::string_view unit) {
-  nlohmann::ordered_json q;
-  q["hasNumericalValue"] = value;
-  q["hasUnit"] = unit;
-  return q;
 }
 
 Error required(const DriverTable& table, std::string_view key, std::string_view example) {
@@ -309,13 +303,9 @@ class GpioDriver final : public Driver {
     meta["line"] = m_config.line.line;
     meta["method"] = estimated ? "estimated" : "measured";
 
-    nlohmann::ordered_json use;
-    use["action"] = "use";
-    use["resourceInventoriedAs"] = m_config.resource;
-    use["effortQuantity"] = quantity(static_cast<double>(length_ms) / 3'600'000.0, "hour");
-    use["hasBeginning"] = format_rfc3339_ms(begin_ms);
-    use["hasEnd"] = format_rfc3339_ms(end_ms);
-    use["inputOf"] = fmt::format("gpio:{}:job-{}", m_config.name, begin_ms);
+    auto use = vf::use(m_config.resource, static_cast<double>(length_ms) / 3'600'000.0,
+                       format_rfc3339_ms(begin_ms), format_rfc3339_ms(end_ms),
+                       fmt::format("gpio:{}:job-{}", m_config.name, begin_ms));
     use["meta"] = std::move(meta);
     m_unsent.push_back(
         {std::move(use), EventSource{"gpio", m_config.name, fmt::format("session {}", begin_ms)}});
@@ -339,7 +329,7 @@ class GpioDriver final : public Driver {
       consume["resourceInventoriedAs"] = m_config.resource;
       consume["resourceConformsTo"] = "electricity";
       consume["resourceQuantity"] =
-          quantity(static_cast<double>(n) / m_config.impulses_per_kwh, "kilowattHour");
+          vf::quantity(static_cast<double>(n) / m_config.impulses_per_kwh, "kilowattHour");
       consume["hasBeginning"] = format_rfc3339_ms(std::min(m_period_begin_ms, end_ms));
       consume["hasEnd"] = format_rfc3339_ms(end_ms);
       consume["meta"] = std::move(meta);

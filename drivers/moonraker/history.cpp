@@ -8,23 +8,13 @@
 
 #include <reflow/core/units.hpp>
 #include <reflow/drivers/spoolman.hpp>
+#include <reflow/drivers/valueflows.hpp>
 
 namespace agent::moonraker {
 namespace {
 
 constexpr std::array k_statuses = {"in_progress",     "completed",         "cancelled",  "error",
                                    "klippy_shutdown", "klippy_disconnect", "interrupted"};
-
-nlohmann::ordered_json quantity(double value, std::string_view unit) {
-  nlohmann::ordered_json q;
-  q["hasNumericalValue"] = value;
-  q["hasUnit"] = unit;
-  return q;
-}
-
-double round_to(double value, double per_unit) {
-  return std::round(value * per_unit) / per_unit;
-}
 
 std::int64_t unix_ms(double unix_s) {
   return static_cast<std::int64_t>(std::llround(unix_s * 1000));
@@ -122,15 +112,9 @@ std::vector<nlohmann::ordered_json> job_events(const HistoryJob& job, const JobC
   const std::string end = format_rfc3339_ms(unix_ms(end_s));
   std::vector<nlohmann::ordered_json> events;
 
-  const double hours = round_to(job.print_duration_s / 3600.0, 1e6);
+  const double hours = vf::round_to(job.print_duration_s / 3600.0, 6);
   if (hours > 0) {
-    nlohmann::ordered_json use;
-    use["action"] = "use";
-    use["resourceInventoriedAs"] = context.printer;
-    use["effortQuantity"] = quantity(hours, "hour");
-    use["hasBeginning"] = begin;
-    use["hasEnd"] = end;
-    use["inputOf"] = process;
+    auto use = vf::use(context.printer, hours, begin, end, process);
     auto& meta = use["meta"];
     meta["job_id"] = job.job_id;
     meta["file"] = job.filename;
@@ -142,19 +126,16 @@ std::vector<nlohmann::ordered_json> job_events(const HistoryJob& job, const JobC
     events.push_back(std::move(use));
   }
 
-  const double grams = round_to(
+  const double grams = vf::round_to(
       spoolman::filament_grams(job.filament_used_mm, context.diameter_mm, context.density_g_cm3),
-      1e3);
+      3);
   if (grams > 0) {
-    nlohmann::ordered_json consume;
-    consume["action"] = "consume";
-    if (!context.filament.empty())
-      consume["resourceInventoriedAs"] = context.filament;
-    else
-      consume["resourceConformsTo"] = job.filament_type.empty() ? "filament" : job.filament_type;
-    consume["resourceQuantity"] = quantity(grams, "gram");
-    consume["hasPointInTime"] = end;
-    consume["inputOf"] = process;
+    // Without a configured or Spoolman spool, only the filament's kind is known.
+    const std::string_view kind =
+        job.filament_type.empty() ? std::string_view("filament") : job.filament_type;
+    const auto filament = context.filament.empty() ? vf::ResourceRef::conforming(kind)
+                                                   : vf::ResourceRef::inventoried(context.filament);
+    auto consume = vf::consume(filament, vf::quantity(grams, "gram"), end, process);
     auto& meta = consume["meta"];
     meta["job_id"] = job.job_id;
     meta["file"] = job.filename;
@@ -168,12 +149,7 @@ std::vector<nlohmann::ordered_json> job_events(const HistoryJob& job, const JobC
   }
 
   if (job.status == "completed") {
-    nlohmann::ordered_json produce;
-    produce["action"] = "produce";
-    produce["resourceConformsTo"] = job.filename;
-    produce["resourceQuantity"] = quantity(1, "one");
-    produce["hasPointInTime"] = end;
-    produce["outputOf"] = process;
+    auto produce = vf::produce(job.filename, vf::quantity(1, "one"), end, process);
     produce["meta"]["job_id"] = job.job_id;
     produce["meta"]["file"] = job.filename;
     events.push_back(std::move(produce));

@@ -19,6 +19,7 @@
 #include <reflow/device/driver_table.hpp>
 #include <reflow/drivers/driver_state.hpp>
 #include <reflow/drivers/spoolman.hpp>
+#include <reflow/drivers/valueflows.hpp>
 
 #include "octoprint_api.hpp"
 
@@ -149,20 +150,6 @@ std::optional<Job> job_from_json(const nlohmann::json& j) {
   job.spool_density_g_cm3 = opt("spool_density_g_cm3");
   job.spool_diameter_mm = opt("spool_diameter_mm");
   return job;
-}
-
-// Rounds to `decimals` places: value × 10ⁿ rounded, then divided, gives the double nearest the
-// decimal (2.416, not 2.4160000000000004), so events and golden files compare exactly.
-double round_to(double value, int decimals) {
-  const double scale = std::pow(10.0, decimals);
-  return std::round(value * scale) / scale;
-}
-
-nlohmann::ordered_json quantity(double value, std::string_view unit) {
-  nlohmann::ordered_json q;
-  q["hasNumericalValue"] = value;
-  q["hasUnit"] = unit;
-  return q;
 }
 
 std::int64_t seconds_to_ms(double s) {
@@ -486,16 +473,10 @@ class OctoPrintDriver final : public Driver {
       m_pending_events.push_back({{"fields", std::move(fields)}, {"ref", ref}});
     };
 
-    const double hours = round_to(job.print_time_s / 3600.0, 6);
+    const double hours = vf::round_to(job.print_time_s / 3600.0, 6);
     std::string summary = fmt::format("job {} {}: ", job.file.name, status);
     if (hours > 0) {
-      nlohmann::ordered_json use;
-      use["action"] = "use";
-      use["resourceInventoriedAs"] = m_config.resource;
-      use["effortQuantity"] = quantity(hours, "hour");
-      use["hasBeginning"] = begin;
-      use["hasEnd"] = end;
-      use["inputOf"] = process;
+      auto use = vf::use(m_config.resource, hours, begin, end, process);
       use["meta"] = {{"method", "measured"},
                      {"status", status},
                      {"file", job.file.name},
@@ -512,17 +493,13 @@ class OctoPrintDriver final : public Driver {
       summary += "; OctoPrint had no filament estimate for the file, no consume";
     } else {
       const double mm = *job.file_filament_mm * job.progress / 100.0;
-      const double grams = round_to(spoolman::filament_grams(mm, diameter, density), 3);
+      const double grams = vf::round_to(spoolman::filament_grams(mm, diameter, density), 3);
       if (grams > 0) {
-        nlohmann::ordered_json consume;
-        consume["action"] = "consume";
-        consume["resourceInventoriedAs"] = m_config.filament_reference();
-        consume["resourceQuantity"] = quantity(grams, "gram");
-        consume["hasPointInTime"] = end;
-        consume["inputOf"] = process;
+        auto consume = vf::consume(vf::ResourceRef::inventoried(m_config.filament_reference()),
+                                   vf::quantity(grams, "gram"), end, process);
         consume["meta"] = {{"method", "estimated"},
-                           {"filament_mm", round_to(mm, 2)},
-                           {"progress", round_to(job.progress, 2)},
+                           {"filament_mm", vf::round_to(mm, 2)},
+                           {"progress", vf::round_to(job.progress, 2)},
                            {"status", status},
                            {"file", job.file.name},
                            {"density_g_cm3", density},
@@ -534,7 +511,7 @@ class OctoPrintDriver final : public Driver {
           if (m_config.report == spoolman::Report::weight)
             body["use_weight"] = grams;
           else
-            body["use_length"] = round_to(mm, 2);
+            body["use_length"] = vf::round_to(mm, 2);
           m_pending_spoolman.push_back(
               {{"spool_id", m_config.spool_id}, {"body", body}, {"process", process}});
         }
@@ -542,12 +519,7 @@ class OctoPrintDriver final : public Driver {
     }
 
     if (status == "done") {
-      nlohmann::ordered_json produce;
-      produce["action"] = "produce";
-      produce["resourceConformsTo"] = job.file.name;
-      produce["resourceQuantity"] = quantity(1, "one");
-      produce["hasPointInTime"] = end;
-      produce["outputOf"] = process;
+      auto produce = vf::produce(job.file.name, vf::quantity(1, "one"), end, process);
       produce["meta"] = {{"status", status}, {"file", job.file.name}};
       add(std::move(produce));
       summary += ", produce 1";

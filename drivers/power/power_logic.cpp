@@ -6,16 +6,10 @@
 #include <fmt/format.h>
 
 #include <reflow/core/units.hpp>
+#include <reflow/drivers/valueflows.hpp>
 
 namespace agent::power {
 namespace {
-
-nlohmann::ordered_json quantity(double value, std::string_view unit) {
-  nlohmann::ordered_json q;
-  q["hasNumericalValue"] = value;
-  q["hasUnit"] = unit;
-  return q;
-}
 
 // Whole Wh in kWh: the counters resolve 1 Wh at best (Tasmota Total has three decimals of kWh),
 // and a rounded value keeps float noise out of the signed record.
@@ -145,24 +139,16 @@ SessionEvents session_events(const PowerConfig& config, const PowerSession& sess
   meta["method"] = "measured";
   meta["plug"] = config.plug.root;
 
-  nlohmann::ordered_json use;
-  use["action"] = "use";
-  use["resourceInventoriedAs"] = config.resource;
-  use["effortQuantity"] =
-      quantity(static_cast<double>(session.end_ms - session.start_ms) / 3'600'000.0, "hour");
-  use["hasBeginning"] = format_rfc3339_ms(session.start_ms);
-  use["hasEnd"] = end;
-  use["inputOf"] = process;
+  auto use =
+      vf::use(config.resource, static_cast<double>(session.end_ms - session.start_ms) / 3'600'000.0,
+              format_rfc3339_ms(session.start_ms), end, process);
   use["meta"] = meta;
   events.use = std::move(use);
 
   if (!config.electricity.empty() && session.energy_wh && kwh_from_wh(*session.energy_wh) > 0) {
-    nlohmann::ordered_json consume;
-    consume["action"] = "consume";
-    consume["resourceInventoriedAs"] = config.electricity;
-    consume["resourceQuantity"] = quantity(kwh_from_wh(*session.energy_wh), "kilowattHour");
-    consume["hasPointInTime"] = end;
-    consume["inputOf"] = process;
+    auto consume =
+        vf::consume(vf::ResourceRef::inventoried(config.electricity),
+                    vf::quantity(kwh_from_wh(*session.energy_wh), "kilowattHour"), end, process);
     consume["meta"] = meta;
     events.consume = std::move(consume);
   }

@@ -10,6 +10,7 @@
 #include <reflow/device/driver.hpp>
 #include <reflow/device/driver_table.hpp>
 #include <reflow/drivers/driver_state.hpp>
+#include <reflow/drivers/valueflows.hpp>
 
 namespace agent {
 namespace {
@@ -35,13 +36,6 @@ struct SimConfig {
   std::chrono::milliseconds job_duration{10'000};
   double filament_grams = 12.5;
 };
-
-nlohmann::ordered_json quantity(double value, std::string_view unit) {
-  nlohmann::ordered_json q;
-  q["hasNumericalValue"] = value;
-  q["hasUnit"] = unit;
-  return q;
-}
 
 class SimDriver final : public Driver {
  public:
@@ -129,30 +123,15 @@ class SimDriver final : public Driver {
     meta["job"] = job;
     meta["file"] = m_config.part;
 
-    nlohmann::ordered_json use;
-    use["action"] = "use";
-    use["resourceInventoriedAs"] = m_config.printer;
-    use["effortQuantity"] = quantity(hours > 0 ? hours : 1e-9, "hour");
-    use["hasBeginning"] = begin;
-    use["hasEnd"] = end;
-    use["inputOf"] = process;
+    auto use = vf::use(m_config.printer, hours > 0 ? hours : 1e-9, begin, end, process);
     use["meta"] = meta;
 
-    nlohmann::ordered_json consume;
-    consume["action"] = "consume";
-    consume["resourceInventoriedAs"] = m_config.filament;
-    consume["resourceQuantity"] = quantity(m_config.filament_grams, "gram");
-    consume["hasPointInTime"] = end;
-    consume["inputOf"] = process;
+    auto consume = vf::consume(vf::ResourceRef::inventoried(m_config.filament),
+                               vf::quantity(m_config.filament_grams, "gram"), end, process);
     consume["meta"] = meta;
     consume["meta"]["method"] = "simulated";
 
-    nlohmann::ordered_json produce;
-    produce["action"] = "produce";
-    produce["resourceConformsTo"] = m_config.part;
-    produce["resourceQuantity"] = quantity(1, "one");
-    produce["hasPointInTime"] = end;
-    produce["outputOf"] = process;
+    auto produce = vf::produce(m_config.part, vf::quantity(1, "one"), end, process);
     produce["meta"] = meta;
 
     std::vector<std::future<Result<Committed>>> results;

@@ -22,6 +22,7 @@
 #include <reflow/device/driver.hpp>
 #include <reflow/device/driver_table.hpp>
 #include <reflow/drivers/driver_state.hpp>
+#include <reflow/drivers/valueflows.hpp>
 
 #include "feedback.hpp"
 #include "station_driver.hpp"
@@ -39,18 +40,6 @@ constexpr auto k_idle_wake = std::chrono::hours(1);
 constexpr auto k_output_retry = std::chrono::seconds(30);
 constexpr std::string_view k_state_file = "state.json";
 constexpr std::string_view k_absent = "\x01(absent)";
-
-nlohmann::ordered_json quantity(double value, std::string_view unit) {
-  nlohmann::ordered_json q;
-  q["hasNumericalValue"] = value;
-  q["hasUnit"] = unit;
-  return q;
-}
-
-double round_to(double value, int decimals) {
-  const double scale = std::pow(10.0, decimals);
-  return std::round(value * scale) / scale;
-}
 
 // Decimals of kilograms worth keeping: the scale's resolution when known, else milligrams.
 int kilogram_decimals(const std::optional<scale::ScaleConfig>& scale) {
@@ -441,8 +430,8 @@ class StationDriver final : public Driver {
     expire(weight.at);
     std::lock_guard lock(core.mutex);
     ++core.weights;
-    const double gross = round_to(weight.kilograms, m_decimals);
-    const double net = round_to(weight.kilograms - core.config.tare_kg, m_decimals);
+    const double gross = vf::round_to(weight.kilograms, m_decimals);
+    const double net = vf::round_to(weight.kilograms - core.config.tare_kg, m_decimals);
     if (gross <= 0) {
       core.log.debug(core.component, "stable {} kg: the pan is empty", gross);
       return;
@@ -507,14 +496,14 @@ class StationDriver final : public Driver {
     std::string_view unit = "one";
     if (weighed) {
       if (c.unit == WeightUnit::gram) {
-        value = round_to(weighed->net_kg * 1000, std::max(m_decimals - 3, 0));
+        value = vf::round_to(weighed->net_kg * 1000, std::max(m_decimals - 3, 0));
         unit = "gram";
       } else {
         value = weighed->net_kg;
         unit = "kilogram";
       }
     }
-    fields["resourceQuantity"] = quantity(value, unit);
+    fields["resourceQuantity"] = vf::quantity(value, unit);
     if (!c.at_location.empty()) fields["atLocation"] = c.at_location;
     nlohmann::ordered_json meta;
     meta["station"] = c.name;
@@ -773,7 +762,7 @@ Result<StationConfig> parse_station_config(const DriverConfig& config) {
   if (!station.provider.empty()) probe["provider"] = station.provider;
   if (!station.receiver.empty()) probe["receiver"] = station.receiver;
   probe["resourceInventoriedAs"] = "urn:example:batch:1";
-  probe["resourceQuantity"] = quantity(1, "kilogram");
+  probe["resourceQuantity"] = vf::quantity(1, "kilogram");
   if (!station.at_location.empty()) probe["atLocation"] = station.at_location;
   if (Status valid = validate_submission(probe); !valid) {
     const std::string& why = valid.error().message;
