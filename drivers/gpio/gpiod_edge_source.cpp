@@ -14,6 +14,8 @@
 
 #include <fmt/format.h>
 
+#include <reflow/drivers/gpiod_line.hpp>
+
 #include "edge_source.hpp"
 
 namespace agent::gpio {
@@ -128,36 +130,22 @@ int bias_flag(Bias bias) {
 }  // namespace
 
 Result<std::unique_ptr<EdgeSource>> open_gpiod_edge_source(const LineRequest& request, Env& env) {
-  errno = 0;
-  gpiod_line* line = gpiod_line_find(request.line.c_str());
-  if (line == nullptr) {
-    const int err = errno;
-    if (err == 0 || err == ENOENT)
-      return fail(ErrorCode::device_unavailable,
-                  fmt::format("no GPIO line named \"{}\" on any chip (/dev/gpiochip*): set `line` "
-                              "to a name that `gpioinfo` lists (e.g. \"GPIO17\" on a Raspberry "
-                              "Pi); retrying",
-                              request.line));
-    return fail(ErrorCode::device_unavailable,
-                fmt::format("cannot search the GPIO chips for line \"{}\": {}{}; `gpioinfo` lists "
-                            "the line names; retrying",
-                            request.line, std::strerror(err),
-                            err == EACCES ? " (run the agent as a member of group gpio)" : ""));
+  auto found = gpiod::find_line(request.line, "`line`", "GPIO17");
+  if (!found) {
+    found.error().message += "; retrying";
+    return std::unexpected(std::move(found.error()));
   }
+  gpiod_line* line = *found;
   int flags = bias_flag(request.bias);
   if (request.active_low) flags |= GPIOD_LINE_REQUEST_FLAG_ACTIVE_LOW;
   if (gpiod_line_request_both_edges_events_flags(line, request.consumer.c_str(), flags) != 0) {
     const int err = errno;
     gpiod_line_close_chip(line);
-    if (err == EBUSY)
-      return fail(ErrorCode::device_unavailable,
-                  fmt::format("GPIO line \"{}\" is in use by another program (`gpioinfo` names "
-                              "its consumer); retrying",
-                              request.line));
-    return fail(ErrorCode::io,
-                fmt::format("cannot request edge events on GPIO line \"{}\": {}{}", request.line,
-                            std::strerror(err),
-                            err == EINVAL ? " (bias flags need kernel 5.5 or later)" : ""));
+    auto error =
+        gpiod::request_error(request.line, err, "request edge events",
+                             err == EINVAL ? " (bias flags need kernel 5.5 or later)" : "");
+    if (error.code == ErrorCode::device_unavailable) error.message += "; retrying";
+    return std::unexpected(std::move(error));
   }
   const int wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd < 0) {

@@ -1,13 +1,14 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
-// The libgpiod v1 (1.6, Debian 12) backend of OutputLine: the station's LED and buzzer. Lines are
-// found by name on every chip (never by chip number, which differs between Pi models and
-// kernels: docs/reference/drivers.md §7.1).
+// The libgpiod v1 (1.6, Debian 12) backend of OutputLine: the station's LED and buzzer, found by
+// name with drivers/common's gpiod::find_line.
 #include <gpiod.h>
 
 #include <cerrno>
 #include <cstring>
 
 #include <fmt/format.h>
+
+#include <reflow/drivers/gpiod_line.hpp>
 
 #include "station_driver.hpp"
 
@@ -41,31 +42,14 @@ class GpiodOutputLine final : public OutputLine {
 }  // namespace
 
 Result<std::unique_ptr<OutputLine>> open_gpiod_output_line(const OutputRequest& request) {
-  errno = 0;
-  gpiod_line* line = gpiod_line_find(request.line.c_str());
-  if (line == nullptr) {
-    const int err = errno;
-    if (err == 0 || err == ENOENT)
-      return fail(ErrorCode::device_unavailable,
-                  fmt::format("no GPIO line named \"{}\" on any chip (/dev/gpiochip*): set the "
-                              "line to a name that `gpioinfo` lists (e.g. \"GPIO22\")",
-                              request.line));
-    return fail(ErrorCode::device_unavailable,
-                fmt::format("cannot search the GPIO chips for line \"{}\": {}{}", request.line,
-                            std::strerror(err),
-                            err == EACCES ? " (run the agent as a member of group gpio)" : ""));
-  }
+  auto found = gpiod::find_line(request.line, "the line", "GPIO22");
+  if (!found) return std::unexpected(std::move(found.error()));
+  gpiod_line* line = *found;
   const int flags = request.active_low ? GPIOD_LINE_REQUEST_FLAG_ACTIVE_LOW : 0;
   if (gpiod_line_request_output_flags(line, request.consumer.c_str(), flags, 0) != 0) {
     const int err = errno;
     gpiod_line_close_chip(line);
-    if (err == EBUSY)
-      return fail(ErrorCode::device_unavailable,
-                  fmt::format("GPIO line \"{}\" is in use by another program (`gpioinfo` names "
-                              "its consumer)",
-                              request.line));
-    return fail(ErrorCode::io, fmt::format("cannot request GPIO line \"{}\" as an output: {}",
-                                           request.line, std::strerror(err)));
+    return std::unexpected(gpiod::request_error(request.line, err, "request as an output", ""));
   }
   return std::make_unique<GpiodOutputLine>(line, request.line);
 }
