@@ -16,6 +16,7 @@
 #include <reflow/device/driver.hpp>
 #include <reflow/device/driver_table.hpp>
 #include <reflow/drivers/driver_state.hpp>
+#include <reflow/drivers/printer_keys.hpp>
 #include <reflow/drivers/spoolman.hpp>
 
 #include "history.hpp"
@@ -28,31 +29,28 @@ constexpr int k_max_pages = 20;  // a poll reads at most 1000 jobs; the rest com
 constexpr std::chrono::milliseconds k_max_backoff = std::chrono::minutes(5);
 
 const std::vector<DriverKeyInfo>& moonraker_keys() {
-  static const std::vector<DriverKeyInfo> keys = {
-      {"url", "string", "(required)", "Moonraker's base URL: \"http://printer.local:7125\""},
-      {"api_key", "string", "(none)",
-       "Moonraker API key (X-Api-Key); not needed when this host is a trusted client"},
-      {"resource", "string", "(required)", "resource reference of the printer (`use`)"},
-      {"filament", "string", "(none)",
-       "resource reference of the filament (`consume`) when no spool_id is set; without it "
-       "`consume` names the G-code's filament type (resourceConformsTo)"},
-      {"filament_diameter_mm", "number", "1.75", "filament diameter in mm (without Spoolman)"},
-      {"filament_density_g_cm3", "number", "1.24",
-       "filament density in g/cm³ (without Spoolman; PLA 1.24, PETG 1.27, ABS 1.04)"},
-      {"poll_interval", "duration", "\"10s\"",
-       "how often the job history is read; the retry backoff starts here"},
-      {"timeout", "duration", "\"10s\"", "time allowed for one HTTP request"},
-      {"backfill", "duration", "\"1d\"",
-       "on the very first start, also record jobs that started this long before"},
-      {"spoolman_url", "string", "(none)", "Spoolman's base URL: \"http://spoolman.local:7912\""},
-      {"spool_id", "integer", "0",
-       "Spoolman spool loaded in the printer: gives the consumed resource and its density; 0: "
-       "none"},
-      {"spoolman_report", "string", "\"off\"",
-       "\"length\" or \"weight\": report each job's filament to Spoolman (PUT "
-       "/api/v1/spool/{id}/use); \"off\": don't (Moonraker's own [spoolman] section may do it "
-       "already)"},
-  };
+  static const std::vector<DriverKeyInfo> keys = [] {
+    std::vector<DriverKeyInfo> rows = {
+        {"url", "string", "(required)", "Moonraker's base URL: \"http://printer.local:7125\""},
+        {"api_key", "string", "(none)",
+         "Moonraker API key (X-Api-Key); not needed when this host is a trusted client"},
+        {"resource", "string", "(required)", "resource reference of the printer (`use`)"},
+        {"filament", "string", "(none)",
+         "resource reference of the filament (`consume`) when no spool_id is set; without it "
+         "`consume` names the G-code's filament type (resourceConformsTo)"},
+    };
+    std::ranges::copy(spoolman::filament_constant_key_rows(), std::back_inserter(rows));
+    rows.insert(rows.end(),
+                {
+                    {"poll_interval", "duration", "\"10s\"",
+                     "how often the job history is read; the retry backoff starts here"},
+                    {"timeout", "duration", "\"10s\"", "time allowed for one HTTP request"},
+                    {"backfill", "duration", "\"1d\"",
+                     "on the very first start, also record jobs that started this long before"},
+                });
+    std::ranges::copy(spoolman::spoolman_key_rows(), std::back_inserter(rows));
+    return rows;
+  }();
   return keys;
 }
 
@@ -553,51 +551,40 @@ class MoonrakerKind final : public DriverKind {
       return std::unexpected(keys.error());
     auto url = table.string("url", "");
     auto api_key = table.string("api_key", "");
-    auto resource = table.string("resource", "");
-    auto filament = table.string("filament", "");
-    auto diameter = table.positive_number("filament_diameter_mm", 1.75);
-    auto density = table.positive_number("filament_density_g_cm3", 1.24);
+    auto printer = spoolman::read_printer_keys(table);
     auto poll = table.duration("poll_interval", std::chrono::seconds(10));
     auto timeout = table.duration("timeout", std::chrono::seconds(10));
     auto backfill = table.duration("backfill", std::chrono::hours(24));
-    auto spoolman_url = table.string("spoolman_url", "");
-    auto spool_id = table.integer("spool_id", 0, 0, 1'000'000'000);
-    auto report = table.choice("spoolman_report", "off", {"off", "length", "weight"});
     for (const Error* e :
          {url ? nullptr : &url.error(), api_key ? nullptr : &api_key.error(),
-          resource ? nullptr : &resource.error(), filament ? nullptr : &filament.error(),
-          diameter ? nullptr : &diameter.error(), density ? nullptr : &density.error(),
-          poll ? nullptr : &poll.error(), timeout ? nullptr : &timeout.error(),
-          backfill ? nullptr : &backfill.error(), spoolman_url ? nullptr : &spoolman_url.error(),
-          spool_id ? nullptr : &spool_id.error(), report ? nullptr : &report.error()})
+          printer ? nullptr : &printer.error(), poll ? nullptr : &poll.error(),
+          timeout ? nullptr : &timeout.error(), backfill ? nullptr : &backfill.error()})
       if (e) return std::unexpected(*e);
     const auto missing = [&](std::string_view key, std::string_view example) {
       return std::unexpected(table.error(
           key, fmt::format("is required for kind \"moonraker\"; add e.g. {} = {}", key, example)));
     };
     if (url->empty()) return missing("url", "\"http://printer.local:7125\"");
-    if (resource->empty()) return missing("resource", "\"printer:voron-01\"");
+    if (printer->resource.empty()) return missing("resource", "\"printer:voron-01\"");
 
     MoonrakerConfig c;
     c.name = config.name;
     auto moonraker_url = base_url(table, "url", *url);
     if (!moonraker_url) return std::unexpected(moonraker_url.error());
     c.url = *moonraker_url;
-    auto spoolman = base_url(table, "spoolman_url", *spoolman_url);
+    auto spoolman = base_url(table, "spoolman_url", printer->spoolman_url);
     if (!spoolman) return std::unexpected(spoolman.error());
     c.spoolman_url = *spoolman;
     c.api_key = *api_key;
-    c.resource = *resource;
-    c.filament = *filament;
-    c.diameter_mm = *diameter;
-    c.density_g_cm3 = *density;
+    c.resource = printer->resource;
+    c.filament = printer->filament;
+    c.diameter_mm = printer->diameter_mm;
+    c.density_g_cm3 = printer->density_g_cm3;
     c.poll_interval = *poll;
     c.timeout = *timeout;
     c.backfill = *backfill;
-    c.spool_id = *spool_id;
-    c.report = *report == "length"   ? spoolman::Report::length
-               : *report == "weight" ? spoolman::Report::weight
-                                     : spoolman::Report::off;
+    c.spool_id = printer->spool_id;
+    c.report = printer->report;
     if (c.poll_interval.count() <= 0)
       return std::unexpected(table.error("poll_interval", "must be longer than 0"));
     if (c.timeout.count() <= 0)

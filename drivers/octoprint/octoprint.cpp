@@ -18,6 +18,7 @@
 #include <reflow/device/driver.hpp>
 #include <reflow/device/driver_table.hpp>
 #include <reflow/drivers/driver_state.hpp>
+#include <reflow/drivers/printer_keys.hpp>
 #include <reflow/drivers/spoolman.hpp>
 #include <reflow/drivers/valueflows.hpp>
 
@@ -40,30 +41,27 @@ constexpr std::int64_t k_save_interval_ms = 60'000;
 constexpr int k_max_inconclusive = 3;
 
 const std::vector<DriverKeyInfo>& octoprint_keys() {
-  static const std::vector<DriverKeyInfo> keys = {
-      {"url", "string", "(required)", "OctoPrint's address, e.g. \"http://octopi.local\""},
-      {"api_key", "string", "(required)",
-       "OctoPrint API key (User Settings → API Key, or an Application Key), sent as X-Api-Key"},
-      {"resource", "string", "(required)", "resource reference of the printer (`use`)"},
-      {"filament", "string", "(spool reference)",
-       "resource reference of the filament (`consume`); required unless spool_id is set"},
-      {"filament_diameter_mm", "number", "1.75",
-       "filament diameter in mm (when not from Spoolman)"},
-      {"filament_density_g_cm3", "number", "1.24",
-       "filament density in g/cm³ (when not from Spoolman); PLA 1.24, PETG 1.27, ABS 1.04"},
-      {"poll_interval", "duration", "\"5s\"", "time between two polls of OctoPrint"},
-      {"max_backoff", "duration", "\"5m\"",
-       "longest wait between retries while OctoPrint is unreachable or answers with an error"},
-      {"request_timeout", "duration", "\"10s\"", "time one HTTP request may take"},
-      {"spoolman_url", "string", "\"\" (none)",
-       "Spoolman's address, e.g. \"http://spoolman:7912\""},
-      {"spool_id", "integer", "0 (none)",
-       "Spoolman spool loaded in the printer: gives the consumed resource's reference "
-       "\"spoolman:spool-<id>\", its density and diameter"},
-      {"spoolman_report", "string", "\"off\"",
-       "\"length\" or \"weight\": also report each consume to Spoolman "
-       "(PUT /api/v1/spool/{id}/use); \"off\": don't"},
-  };
+  static const std::vector<DriverKeyInfo> keys = [] {
+    std::vector<DriverKeyInfo> rows = {
+        {"url", "string", "(required)", "OctoPrint's address, e.g. \"http://octopi.local\""},
+        {"api_key", "string", "(required)",
+         "OctoPrint API key (User Settings → API Key, or an Application Key), sent as X-Api-Key"},
+        {"resource", "string", "(required)", "resource reference of the printer (`use`)"},
+        {"filament", "string", "(spool reference)",
+         "resource reference of the filament (`consume`); required unless spool_id is set"},
+    };
+    std::ranges::copy(spoolman::filament_constant_key_rows(), std::back_inserter(rows));
+    rows.insert(rows.end(),
+                {
+                    {"poll_interval", "duration", "\"5s\"", "time between two polls of OctoPrint"},
+                    {"max_backoff", "duration", "\"5m\"",
+                     "longest wait between retries while OctoPrint is unreachable or answers "
+                     "with an error"},
+                    {"request_timeout", "duration", "\"10s\"", "time one HTTP request may take"},
+                });
+    std::ranges::copy(spoolman::spoolman_key_rows(), std::back_inserter(rows));
+    return rows;
+  }();
   return keys;
 }
 
@@ -679,24 +677,16 @@ class OctoPrintKind final : public DriverKind {
     c.name = config.name;
     auto url = table.string("url", "");
     auto api_key = table.string("api_key", "");
-    auto resource = table.string("resource", "");
-    auto filament = table.string("filament", "");
-    auto diameter = table.positive_number("filament_diameter_mm", 1.75);
-    auto density = table.positive_number("filament_density_g_cm3", 1.24);
+    auto printer = spoolman::read_printer_keys(table);
     auto poll = table.duration("poll_interval", std::chrono::seconds(5));
     auto backoff = table.duration("max_backoff", std::chrono::minutes(5));
     auto timeout = table.duration("request_timeout", std::chrono::seconds(10));
-    auto spoolman_url = table.string("spoolman_url", "");
-    auto spool_id = table.integer("spool_id", 0, 0, 1'000'000'000);
-    auto report = table.choice("spoolman_report", "off", {"off", "length", "weight"});
     for (const Error* e :
          {url ? nullptr : &url.error(), api_key ? nullptr : &api_key.error(),
-          resource ? nullptr : &resource.error(), filament ? nullptr : &filament.error(),
-          diameter ? nullptr : &diameter.error(), density ? nullptr : &density.error(),
-          poll ? nullptr : &poll.error(), backoff ? nullptr : &backoff.error(),
-          timeout ? nullptr : &timeout.error(), spoolman_url ? nullptr : &spoolman_url.error(),
-          spool_id ? nullptr : &spool_id.error(), report ? nullptr : &report.error()})
+          printer ? nullptr : &printer.error(), poll ? nullptr : &poll.error(),
+          backoff ? nullptr : &backoff.error(), timeout ? nullptr : &timeout.error()})
       if (e) return std::unexpected(*e);
+    const spoolman::PrinterKeys& p = *printer;
 
     auto base_url = [](std::string u) {
       while (u.ends_with('/'))
@@ -712,37 +702,35 @@ class OctoPrintKind final : public DriverKind {
       return invalid("url", fmt::format("expected http:// or https://; got \"{}\"", *url));
     if (api_key->empty())
       return invalid("api_key", "required: an OctoPrint API key (User Settings → API Key)");
-    if (resource->empty())
+    if (p.resource.empty())
       return invalid("resource",
                      "required: the printer's resource reference, e.g. "
                      "\"printer:mk3-01\"");
-    if (!spoolman_url->empty() && !is_http(*spoolman_url))
+    if (!p.spoolman_url.empty() && !is_http(p.spoolman_url))
       return invalid("spoolman_url",
-                     fmt::format("expected http:// or https://; got \"{}\"", *spoolman_url));
-    if (filament->empty() && *spool_id == 0)
+                     fmt::format("expected http:// or https://; got \"{}\"", p.spoolman_url));
+    if (p.filament.empty() && p.spool_id == 0)
       return invalid("filament",
                      "required unless spool_id is set: the filament's resource "
                      "reference, e.g. \"spool:pla-black-03\"");
     if (*poll < std::chrono::milliseconds(100))
       return invalid("poll_interval", "expected at least 100ms");
     if (*backoff < *poll) return invalid("max_backoff", "expected at least poll_interval");
-    c.report = *report == "length"   ? spoolman::Report::length
-               : *report == "weight" ? spoolman::Report::weight
-                                     : spoolman::Report::off;
-    if (c.report != spoolman::Report::off && (spoolman_url->empty() || *spool_id == 0))
+    c.report = p.report;
+    if (c.report != spoolman::Report::off && (p.spoolman_url.empty() || p.spool_id == 0))
       return invalid("spoolman_report", "needs spoolman_url and spool_id");
 
     c.url = base_url(*url);
     c.api_key = *api_key;
-    c.resource = *resource;
-    c.filament = *filament;
-    c.diameter_mm = *diameter;
-    c.density_g_cm3 = *density;
+    c.resource = p.resource;
+    c.filament = p.filament;
+    c.diameter_mm = p.diameter_mm;
+    c.density_g_cm3 = p.density_g_cm3;
     c.poll_interval = *poll;
     c.max_backoff = *backoff;
     c.request_timeout = *timeout;
-    c.spoolman_url = base_url(*spoolman_url);
-    c.spool_id = *spool_id;
+    c.spoolman_url = base_url(p.spoolman_url);
+    c.spool_id = p.spool_id;
     return std::make_unique<OctoPrintDriver>(std::move(c), env, log);
   }
 };
