@@ -1,15 +1,15 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
-// zenflows request signing (valueflows.md §3) and delivery over HTTP (libcurl).
+// zenflows request signing (docs/reference/valueflows.md §3) and delivery over HTTP (core's
+// HttpClient).
 #include <reflow/node/vf_export.hpp>
 
-#include <curl/curl.h>
 #include <sodium.h>
 
 #include <map>
-#include <memory>
-#include <mutex>
 
 #include <fmt/format.h>
+
+#include <reflow/core/http.hpp>
 
 namespace ingest {
 namespace {
@@ -17,31 +17,8 @@ namespace {
 using agent::ErrorCode;
 using agent::fail;
 
-// A zenflows answer is one small JSON document; anything this large is not one.
-constexpr std::size_t k_max_response_bytes = 4 * 1024 * 1024;
-
 bool is_escapable(unsigned char c) {
   return c == 'a' || c == 'b' || c == 't' || c == 'n' || c == 'v' || c == 'f' || c == 'r';
-}
-
-std::size_t collect(char* data, std::size_t size, std::size_t count, void* user) {
-  auto* out = static_cast<std::string*>(user);
-  std::size_t n = size * count;
-  if (out->size() + n > k_max_response_bytes) return 0;  // makes curl fail the transfer
-  out->append(data, n);
-  return n;
-}
-
-struct CurlDeleter {
-  void operator()(CURL* curl) const { curl_easy_cleanup(curl); }
-};
-struct SlistDeleter {
-  void operator()(curl_slist* list) const { curl_slist_free_all(list); }
-};
-
-void init_curl_once() {
-  static std::once_flag once;
-  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
 }
 
 std::string graphql_error_text(const nlohmann::json& errors) {
@@ -119,53 +96,28 @@ ZenflowsSignature zenflows_sign(const agent::DeviceKey& key, std::string_view bo
 
 Result<nlohmann::json> zenflows_post(const ZenflowsPostOptions& options,
                                      const agent::DeviceKey& key, std::string_view body) {
-  init_curl_once();
-  std::unique_ptr<CURL, CurlDeleter> curl(curl_easy_init());
-  if (!curl) return fail(ErrorCode::internal, "curl_easy_init failed");
-
   const ZenflowsSignature signature = zenflows_sign(key, body);
-  curl_slist* raw = nullptr;
-  for (const auto& header :
-       {std::string("Content-Type: application/json"), std::string("Accept: application/json"),
-        fmt::format("zenflows-user: {}", options.user),
-        fmt::format("zenflows-sign: {}", signature.sign_b64),
-        fmt::format("zenflows-hash: {}", signature.hash_hex),
-        // No "Expect: 100-continue" round trip before the body: one request, one answer.
-        std::string("Expect:")}) {
-    curl_slist* next = curl_slist_append(raw, header.c_str());
-    if (next == nullptr) {
-      curl_slist_free_all(raw);
-      return fail(ErrorCode::internal, "curl_slist_append failed (out of memory)");
-    }
-    raw = next;
-  }
-  std::unique_ptr<curl_slist, SlistDeleter> headers(raw);
-
-  std::string response;
-  char error_buffer[CURL_ERROR_SIZE] = {};
-  CURL* c = curl.get();
-  curl_easy_setopt(c, CURLOPT_URL, options.url.c_str());
-  curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers.get());
-  curl_easy_setopt(c, CURLOPT_POST, 1L);
-  // The exact bytes that were signed: curl must not touch them.
-  curl_easy_setopt(c, CURLOPT_POSTFIELDS, body.data());
-  curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
-  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, &collect);
-  curl_easy_setopt(c, CURLOPT_WRITEDATA, &response);
-  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, error_buffer);
-  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(options.timeout.count()));
-  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-
-  const CURLcode rc = curl_easy_perform(c);
-  if (rc != CURLE_OK)
+  agent::HttpRequest request;
+  request.method = "POST";
+  request.url = options.url;
+  request.headers = {{"Content-Type", "application/json"},
+                     {"Accept", "application/json"},
+                     {"zenflows-user", options.user},
+                     {"zenflows-sign", signature.sign_b64},
+                     {"zenflows-hash", signature.hash_hex},
+                     // No "Expect: 100-continue" round trip before the body: one request, one
+                     // answer. (An empty value makes libcurl drop its own header.)
+                     {"Expect", ""}};
+  request.body = std::string(body);  // the exact bytes that were signed
+  request.timeout = options.timeout;
+  agent::HttpClient http;
+  auto answer = http.perform(request);
+  if (!answer)
     return fail(
-        rc == CURLE_OPERATION_TIMEDOUT ? ErrorCode::timeout : ErrorCode::device_unavailable,
-        fmt::format("POST {} failed: {}; check [export] zenflows_url and that the server "
-                    "is reachable",
-                    options.url, error_buffer[0] != '\0' ? error_buffer : curl_easy_strerror(rc)));
-  long status = 0;
-  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+        answer.error().code,
+        fmt::format("{} (the zenflows server of [export] zenflows_url)", answer.error().message));
+  const long status = answer->status;
+  const std::string& response = answer->body;
 
   nlohmann::json parsed = nlohmann::json::parse(response, nullptr, false);
   if (!parsed.is_discarded() && parsed.is_object() && parsed.contains("errors") &&
