@@ -129,10 +129,10 @@ class ForwarderTest : public ::testing::Test {
   // The envelope only needs to be JSON for the test client: the forwarder never parses it.
   void append(int count) {
     auto head = m_outbox->head();
-    std::vector<agent::StoredEvent> events;
+    std::vector<agent::OutboxEvent> events;
     for (int i = 0; i < count; ++i) {
       ++head.last_seq;
-      agent::StoredEvent event;
+      agent::OutboxEvent event;
       event.seq = head.last_seq;
       event.id = "event-" + std::to_string(head.last_seq);
       event.recorded_unix_ms = agent::Env::real().now_unix_ms();

@@ -59,12 +59,12 @@ class OutboxTest : public ::testing::Test {
   std::unique_ptr<Outbox> open() { return open(options()); }
 
   // Builds the next `n` events after the outbox's head and the head that follows them.
-  std::pair<std::vector<StoredEvent>, ChainHead> next_batch(const Outbox& outbox, int n,
+  std::pair<std::vector<OutboxEvent>, ChainHead> next_batch(const Outbox& outbox, int n,
                                                             std::size_t size = 200) {
     ChainHead head = outbox.head();
-    std::vector<StoredEvent> events;
+    std::vector<OutboxEvent> events;
     for (int i = 0; i < n; ++i) {
-      StoredEvent e;
+      OutboxEvent e;
       e.seq = head.last_seq + 1;
       e.id = "01JD0000000000000000" + std::to_string(1000000 + e.seq).substr(1);
       e.recorded_unix_ms = 1'767'225'600'000 + e.seq * 1000;
@@ -83,11 +83,11 @@ class OutboxTest : public ::testing::Test {
     ASSERT_TRUE(status.has_value()) << status.error().message;
   }
 
-  std::vector<StoredEvent> export_all(const fs::path& path, std::size_t& skipped,
+  std::vector<OutboxEvent> export_all(const fs::path& path, std::size_t& skipped,
                                       std::int64_t from_seq = 1) {
-    std::vector<StoredEvent> out;
+    std::vector<OutboxEvent> out;
     auto status = Outbox::export_file(
-        path, from_seq, [&](const StoredEvent& e) { out.push_back(e); }, skipped);
+        path, from_seq, [&](const OutboxEvent& e) { out.push_back(e); }, skipped);
     EXPECT_TRUE(status.has_value()) << status.error().message;
     return out;
   }
@@ -155,7 +155,7 @@ TEST_F(OutboxTest, KeepsUnackedEventsAcrossRestart) {
   ASSERT_TRUE(events.has_value()) << events.error().message;
   ASSERT_EQ(events->size(), 5u);
   for (std::int64_t seq = 1; seq <= 5; ++seq) {
-    const StoredEvent& e = (*events)[static_cast<std::size_t>(seq - 1)];
+    const OutboxEvent& e = (*events)[static_cast<std::size_t>(seq - 1)];
     EXPECT_EQ(e.seq, seq);
     EXPECT_EQ(e.envelope, envelope_for(seq));
     EXPECT_EQ(e.recorded_unix_ms, 1'767'225'600'000 + seq * 1000);
@@ -470,7 +470,7 @@ TEST_F(OutboxTest, ExportSkipsUnreadableRowsOfDamagedFile) {
   EXPECT_GT(skipped, 0u);
   EXPECT_GT(events.size(), 200u);
   EXPECT_EQ(events.size() + skipped, 300u);
-  for (const StoredEvent& e : events)
+  for (const OutboxEvent& e : events)
     EXPECT_EQ(e.envelope, envelope_for(e.seq, 1000));
   EXPECT_EQ(read_bytes(db), bytes);
 }
@@ -480,14 +480,14 @@ TEST_F(OutboxTest, ExportOfGarbageIsCorruption) {
   write_bytes(path, std::string(8192, 'g'));
   std::size_t skipped = 0;
   auto status = Outbox::export_file(
-      path, 1, [](const StoredEvent&) {}, skipped);
+      path, 1, [](const OutboxEvent&) {}, skipped);
   ASSERT_FALSE(status.has_value());
   EXPECT_EQ(status.error().code, ErrorCode::corruption);
   EXPECT_NE(status.error().message.find(path.string()), std::string::npos);
   EXPECT_EQ(read_bytes(path), std::string(8192, 'g'));
 
   auto missing = Outbox::export_file(
-      m_dir / "none.db", 1, [](const StoredEvent&) {}, skipped);
+      m_dir / "none.db", 1, [](const OutboxEvent&) {}, skipped);
   ASSERT_FALSE(missing.has_value());
   EXPECT_EQ(missing.error().code, ErrorCode::io);
 }

@@ -69,7 +69,7 @@ Result<Committed> wait_answer(Submission& s) {
 }
 
 struct CheckedEvent {
-  StoredEvent stored;
+  OutboxEvent stored;
   ordered_json payload;
   std::string signing_input;
 };
@@ -109,19 +109,19 @@ class WriterTest : public ::testing::Test {
     return wait_answer(s);
   }
 
-  std::vector<StoredEvent> stored_from(std::int64_t from_seq) {
+  std::vector<OutboxEvent> stored_from(std::int64_t from_seq) {
     auto rows = m_outbox->read_from(from_seq, 1'000'000);
     EXPECT_TRUE(rows) << rows.error().message;
-    return rows ? *rows : std::vector<StoredEvent>{};
+    return rows ? *rows : std::vector<OutboxEvent>{};
   }
 
   // Verifies every envelope and the chain of PROTOCOL §4 over `rows`, which must start at seq 1.
-  std::vector<CheckedEvent> check_chain(const std::vector<StoredEvent>& rows) {
+  std::vector<CheckedEvent> check_chain(const std::vector<OutboxEvent>& rows) {
     std::vector<CheckedEvent> out;
     const std::string stream = m_outbox->head().stream;
     std::string previous_signing_input;
     for (std::size_t i = 0; i < rows.size(); ++i) {
-      const StoredEvent& row = rows[i];
+      const OutboxEvent& row = rows[i];
       SCOPED_TRACE("stored event " + std::to_string(i + 1));
       auto verified = jws_verify(row.envelope, m_key->public_jwk());
       EXPECT_TRUE(verified) << verified.error().message;
@@ -324,7 +324,7 @@ TEST_F(WriterTest, RefusesWithNoSpaceWhenUnackedEventsFillTheQuotaAndRecoversAft
   }
 
   // The chain runs on across the refusals and the pruning: no gap in seq, prev links up.
-  std::vector<StoredEvent> all;
+  std::vector<OutboxEvent> all;
   for (const auto& e : before_ack)
     all.push_back(e.stored);
   for (auto& row : stored_from(last_ok + 1))

@@ -338,7 +338,7 @@ Jws jws_sign(const DeviceKey& key, std::string_view protected_b64, std::string_v
   return jws;
 }
 
-Result<VerifiedJws> jws_parse(std::string_view envelope) {
+Result<ParsedJws> jws_parse(std::string_view envelope) {
   auto bad = [](std::string message) {
     return fail(ErrorCode::invalid_argument, "JWS envelope: " + std::move(message));
   };
@@ -358,7 +358,7 @@ Result<VerifiedJws> jws_parse(std::string_view envelope) {
                       "allowed",
                       name));
   }
-  VerifiedJws out;
+  ParsedJws out;
   for (auto [name, target] :
        {std::pair{"protected", &out.jws.protected_b64}, std::pair{"payload", &out.jws.payload_b64},
         std::pair{"signature", &out.jws.signature_b64}}) {
@@ -385,7 +385,7 @@ Result<VerifiedJws> jws_parse(std::string_view envelope) {
   return out;
 }
 
-Result<VerifiedJws> jws_verify(std::string_view envelope, const PublicJwk& key) {
+Result<ParsedJws> jws_verify(std::string_view envelope, const PublicJwk& key) {
   auto parsed = jws_parse(envelope);
   if (!parsed) return parsed;
   const std::string expected_kid = key.kid.empty() ? jwk_thumbprint(key.x) : key.kid;

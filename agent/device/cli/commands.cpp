@@ -251,7 +251,7 @@ int export_events(const std::filesystem::path& config_path, std::int64_t from_se
   std::uint64_t count = 0;
   Status done = Outbox::export_file(
       path, from_seq,
-      [&](const StoredEvent& event) {
+      [&](const OutboxEvent& event) {
         std::fwrite(event.envelope.data(), 1, event.envelope.size(), stdout);
         std::fputc('\n', stdout);
         ++count;

@@ -407,7 +407,7 @@ struct Forwarder::Impl {
         pending.assign(std::make_move_iterator(events->begin()),
                        std::make_move_iterator(events->end()));
       }
-      const StoredEvent& event = pending.front();
+      const OutboxEvent& event = pending.front();
       mqtt::delivery_token_ptr token;
       try {
         auto message = mqtt::make_message(events_topic, event.envelope, k_qos, false);
@@ -527,7 +527,7 @@ struct Forwarder::Impl {
   std::int64_t highest_sent = 0;    ///< highest seq published since start
   Clock::time_point progress_at{};  ///< when the ack last advanced (or publishing began)
   Clock::time_point next_status_at{};
-  std::deque<StoredEvent> pending;  ///< read from the outbox, starting at `cursor`
+  std::deque<OutboxEvent> pending;  ///< read from the outbox, starting at `cursor`
   std::map<const mqtt::token*, Inflight> inflight;
   bool read_failing = false;
 

@@ -491,7 +491,7 @@ ChainHead Outbox::head() const {
   return m_impl->head;
 }
 
-Status Outbox::append(const std::vector<StoredEvent>& events, const ChainHead& new_head) {
+Status Outbox::append(const std::vector<OutboxEvent>& events, const ChainHead& new_head) {
   Impl& s = *m_impl;
   std::lock_guard lock(s.mutex);
   if (events.empty()) return {};
@@ -542,7 +542,7 @@ Status Outbox::append(const std::vector<StoredEvent>& events, const ChainHead& n
   int rc = run(s.begin.get());
   if (rc != SQLITE_OK) return failed(rc);
   sqlite3_stmt* insert = s.insert_event.get();
-  for (const StoredEvent& e : events) {
+  for (const OutboxEvent& e : events) {
     sqlite3_bind_int64(insert, 1, e.seq);
     bind_text(insert, 2, e.id);
     sqlite3_bind_int64(insert, 3, e.recorded_unix_ms);
@@ -568,11 +568,11 @@ std::uint64_t Outbox::quota_free_bytes() const {
   return s.options.quota_bytes > s.backlog_bytes ? s.options.quota_bytes - s.backlog_bytes : 0;
 }
 
-Result<std::vector<StoredEvent>> Outbox::read_from(std::int64_t from_seq,
+Result<std::vector<OutboxEvent>> Outbox::read_from(std::int64_t from_seq,
                                                    std::size_t max_events) const {
   const Impl& s = *m_impl;
   std::lock_guard lock(s.mutex);
-  std::vector<StoredEvent> out;
+  std::vector<OutboxEvent> out;
   if (max_events == 0) return out;
   sqlite3_stmt* stmt = s.select_from.get();
   ResetOnExit reset(stmt);
@@ -583,7 +583,7 @@ Result<std::vector<StoredEvent>> Outbox::read_from(std::int64_t from_seq,
                          : std::numeric_limits<std::int64_t>::max());
   int rc;
   while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-    StoredEvent e;
+    OutboxEvent e;
     e.seq = sqlite3_column_int64(stmt, 0);
     e.id = column_text(stmt, 1);
     e.recorded_unix_ms = sqlite3_column_int64(stmt, 2);
@@ -675,7 +675,7 @@ OutboxStats Outbox::stats() const {
 }
 
 Status Outbox::export_file(const std::filesystem::path& path, std::int64_t from_seq,
-                           const std::function<void(const StoredEvent&)>& each,
+                           const std::function<void(const OutboxEvent&)>& each,
                            std::size_t& skipped) {
   skipped = 0;
   const std::string path_text = path.string();
@@ -728,7 +728,7 @@ Status Outbox::export_file(const std::filesystem::path& path, std::int64_t from_
         continue;
       }
       next = seq + 1;
-      StoredEvent e;
+      OutboxEvent e;
       e.seq = seq;
       const int id_type = sqlite3_column_type(stmt, 1);
       const int env_type = sqlite3_column_type(stmt, 3);

@@ -158,7 +158,7 @@ void Writer::commit_batch(std::deque<Pending>& batch) {
   // Events that do not fit under the quota are refused while stamping, one by one, so that those
   // which fit still commit (the outbox checks the quota again on append).
   const std::uint64_t free_bytes = m_outbox.quota_free_bytes();
-  std::vector<StoredEvent> rows;
+  std::vector<OutboxEvent> rows;
   rows.reserve(batch.size());
   std::vector<Jws> signed_rows;
   signed_rows.reserve(batch.size());
@@ -192,7 +192,7 @@ void Writer::commit_batch(std::deque<Pending>& batch) {
     head.last_hash = sha256_b64url(signing_input);  // PROTOCOL §4 `prev` of the next event
     batch_bytes += envelope_bytes;
     answers.push_back(Committed{stamp.seq, stamp.id});
-    rows.push_back(StoredEvent{stamp.seq, std::move(stamp.id), recorded, {}});
+    rows.push_back(OutboxEvent{stamp.seq, std::move(stamp.id), recorded, {}});
     signed_rows.push_back(std::move(jws));
     signing_inputs.push_back(std::move(signing_input));
     accepted.push_back(&pending);

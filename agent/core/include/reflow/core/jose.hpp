@@ -91,8 +91,9 @@ std::string jws_protected_header_b64(std::string_view kid);
 /// recomputing it per event.
 Jws jws_sign(const DeviceKey& key, std::string_view protected_b64, std::string_view payload);
 
-/// What verify found in an envelope.
-struct VerifiedJws {
+/// An envelope taken apart: what jws_parse found (nothing checked but its form) and what
+/// jws_verify returns once the signature has verified.
+struct ParsedJws {
   Jws jws;
   std::string kid;                           ///< from the protected header
   std::string payload;                       ///< decoded payload bytes
@@ -102,10 +103,11 @@ struct VerifiedJws {
 /// Parses a flattened JWS envelope without checking the signature: the header must be JSON with
 /// `alg` = "EdDSA" and a `kid`. Envelopes over 64 KiB are refused (PROTOCOL §3).
 /// Errors: invalid_argument naming what is wrong.
-Result<VerifiedJws> jws_parse(std::string_view envelope);
+Result<ParsedJws> jws_parse(std::string_view envelope);
 
-/// jws_parse, then checks that `kid` matches `key` and the Ed25519 signature verifies.
-/// Errors: invalid_argument (malformed), crypto (wrong kid, bad signature).
-Result<VerifiedJws> jws_verify(std::string_view envelope, const PublicJwk& key);
+/// jws_parse, then checks that `kid` matches `key` and the Ed25519 signature verifies; only then
+/// returns the parsed envelope. Errors: invalid_argument (malformed), crypto (wrong kid, bad
+/// signature).
+Result<ParsedJws> jws_verify(std::string_view envelope, const PublicJwk& key);
 
 }  // namespace agent

@@ -16,8 +16,9 @@
 
 namespace agent {
 
-/// One signed event as stored.
-struct StoredEvent {
+/// One signed event as the outbox keeps it until the node acknowledges it (the node's own record
+/// of an event is ingest::StoredEvent).
+struct OutboxEvent {
   std::int64_t seq = 0;
   std::string id;  ///< event id (ULID)
   std::int64_t recorded_unix_ms = 0;
@@ -81,13 +82,13 @@ class Outbox {
   /// Appends events (consecutive seqs following head().last_seq) and moves the head to `new_head`
   /// in one transaction. Errors: no_space (quota: nothing written, counted in refused_quota; or
   /// SQLITE_FULL), io (any other SQLite failure; nothing written, counted in refused_io).
-  Status append(const std::vector<StoredEvent>& events, const ChainHead& new_head);
+  Status append(const std::vector<OutboxEvent>& events, const ChainHead& new_head);
 
   /// Bytes still free under the quota (quota − backlog_bytes, or 0).
   std::uint64_t quota_free_bytes() const;
 
   /// Up to `max_events` stored events with seq ≥ `from_seq`, in seq order.
-  Result<std::vector<StoredEvent>> read_from(std::int64_t from_seq, std::size_t max_events) const;
+  Result<std::vector<OutboxEvent>> read_from(std::int64_t from_seq, std::size_t max_events) const;
 
   /// Applies a node ack (PROTOCOL §5): when `stream` is this outbox's stream, acked becomes
   /// max(acked, min(seq, last_seq)) and events up to it are deleted. Returns the new acked seq.
@@ -101,7 +102,7 @@ class Outbox {
   /// be read are skipped and counted in `skipped`. Errors: io or corruption when the file cannot
   /// be opened as an outbox at all.
   static Status export_file(const std::filesystem::path& path, std::int64_t from_seq,
-                            const std::function<void(const StoredEvent&)>& each,
+                            const std::function<void(const OutboxEvent&)>& each,
                             std::size_t& skipped);
 
  private:
