@@ -22,7 +22,7 @@ for package in reflow-agent reflow-ingest; do
     bash -c "dpkg-deb -f '$deb' Depends | grep -q 'libc6'"
   contents="$(dpkg-deb -c "$deb")"
   for path in "./usr/bin/$package" "./lib/systemd/system/$package.service" \
-              "./usr/share/doc/$package/README.md"; do
+              "./usr/share/doc/$package/README.md" "./usr/share/doc/$package/PROTOCOL.md"; do
     check "$package: contains $path" grep -q " $path\$" <<<"$contents"
   done
   tmp="$(mktemp -d)"

@@ -36,7 +36,7 @@ struct IngestCounters {
 };
 
 /// The node's receiving service (`reflow-ingest run`): MQTT → verify → store → ack
-/// (PROTOCOL §5, §7; operating it: README.md "Running a node").
+/// (PROTOCOL §5, §7; operating it: docs/node-guide.md).
 ///
 /// Two Paho MQTT C++ async clients, MQTT 5, with the same credentials. The events client
 /// (`client_id`) has clean_start=false with `session_expiry`, so that the broker queues QoS 1
