@@ -13,11 +13,10 @@
 #include <cctype>
 #include <cerrno>
 #include <cstring>
-#include <mutex>
-#include <thread>
 
 #include <reflow/core/units.hpp>
 #include <reflow/device/driver_table.hpp>
+#include <reflow/drivers/driver_thread.hpp>
 
 #include "key_event_source.hpp"
 #include "line_decoder.hpp"
@@ -128,30 +127,24 @@ class Reader final : public ScannerReader {
         m_component(std::move(log_name)),
         m_open_keys(std::move(open_keys)),
         m_keys(m_config.inter_key_timeout) {
-    m_health.state = "not started";
+    m_worker.set_state("not started");
   }
   ~Reader() override { stop(); }
 
   Status start(std::function<void(const Scan&)> on_scan) override {
-    if (m_thread.joinable()) return {};
+    if (m_worker.running()) return {};
     m_on_scan = std::move(on_scan);
     set_state("opening");
-    m_thread = std::jthread([this](std::stop_token stop) { run(stop); });
-    return {};
+    return m_worker.start(m_component, [this](std::stop_token stop) { run(stop); });
   }
 
   void stop() override {
-    if (!m_thread.joinable()) return;
-    m_thread.request_stop();
-    m_thread.join();
-    m_thread = std::jthread();
+    if (!m_worker.running()) return;
+    m_worker.stop();
     set_state("stopped");
   }
 
-  ScannerHealth health() const override {
-    std::lock_guard lock(m_mutex);
-    return m_health;
-  }
+  ScannerHealth health() const override { return m_worker.health(); }
 
  private:
   // A session ended: `connected` tells whether the device was opened at all.
@@ -310,11 +303,10 @@ class Reader final : public ScannerReader {
           }
       unmatched = scan.label.empty();
     }
-    {
-      std::lock_guard lock(m_mutex);
-      ++m_health.scans;
-      if (unmatched) ++m_health.unmatched;
-    }
+    m_worker.update([&](ScannerHealth& h) {
+      ++h.scans;
+      if (unmatched) ++h.unmatched;
+    });
     m_log.debug(m_component, "scanned \"{}\" ({})", scan.code,
                 unmatched ? "no pattern matched" : scan.label);
     if (m_on_scan) m_on_scan(scan);
@@ -326,13 +318,12 @@ class Reader final : public ScannerReader {
     std::uint64_t malformed = m_keys.malformed();
     bool new_fragment = false;
     bool new_malformed = false;
-    {
-      std::lock_guard lock(m_mutex);
-      new_fragment = fragments > m_key_fragments;
-      new_malformed = malformed > m_key_malformed;
-      m_health.fragments += fragments - m_key_fragments;
-      m_health.malformed += malformed - m_key_malformed;
-    }
+    new_fragment = fragments > m_key_fragments;
+    new_malformed = malformed > m_key_malformed;
+    m_worker.update([&](ScannerHealth& h) {
+      h.fragments += fragments - m_key_fragments;
+      h.malformed += malformed - m_key_malformed;
+    });
     m_key_fragments = fragments;
     m_key_malformed = malformed;
     if (new_fragment)
@@ -349,10 +340,7 @@ class Reader final : public ScannerReader {
 
   void drop_partial(const std::string& partial) {
     if (partial.empty()) return;
-    {
-      std::lock_guard lock(m_mutex);
-      ++m_health.fragments;
-    }
+    m_worker.update([](ScannerHealth& h) { ++h.fragments; });
     m_log.warning(m_component,
                   "dropped the incomplete code \"{}\" (no CR/LF before a pause or "
                   "the device closing)",
@@ -360,18 +348,12 @@ class Reader final : public ScannerReader {
   }
 
   void note_malformed(const std::string& what) {
-    {
-      std::lock_guard lock(m_mutex);
-      ++m_health.malformed;
-    }
+    m_worker.update([](ScannerHealth& h) { ++h.malformed; });
     m_log.warning(m_component, "{}: {}", m_config.path, what);
   }
 
   void note_connected() {
-    {
-      std::lock_guard lock(m_mutex);
-      m_health.state = "connected";
-    }
+    set_state("connected");
     m_logged_error.clear();
     m_log.info(m_component, "reading scanner {} ({})", m_config.path,
                m_config.mode == ScannerMode::evdev ? (m_config.grab ? "evdev, exclusive" : "evdev")
@@ -380,23 +362,19 @@ class Reader final : public ScannerReader {
   }
 
   void note_error(const Error& error, std::chrono::milliseconds retry) {
-    {
-      std::lock_guard lock(m_mutex);
-      ++m_health.errors;
-      m_health.last_error = error.message;
-      m_health.last_error_unix_ms = m_env.now_unix_ms();
-      m_health.state = "waiting for device";
-    }
+    m_worker.update([&](ScannerHealth& h) {
+      ++h.errors;
+      h.last_error = error.message;
+      h.last_error_unix_ms = m_env.now_unix_ms();
+      h.state = "waiting for device";
+    });
     if (error.message == m_logged_error) return;
     m_logged_error = error.message;
     m_log.warning(m_component, "{}; retrying in {}, then up to every {}", error.message,
                   format_duration(retry), format_duration(k_retry_max));
   }
 
-  void set_state(std::string state) {
-    std::lock_guard lock(m_mutex);
-    m_health.state = std::move(state);
-  }
+  void set_state(std::string state) { m_worker.set_state(std::move(state)); }
 
   ScannerConfig m_config;
   Env& m_env;
@@ -411,9 +389,7 @@ class Reader final : public ScannerReader {
   std::uint64_t m_key_malformed = 0;
   std::string m_logged_error;
 
-  mutable std::mutex m_mutex;
-  ScannerHealth m_health;
-  std::jthread m_thread;
+  DriverThread<ScannerHealth> m_worker;  // last: joined before the members it uses go
 };
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include <reflow/device/driver.hpp>
 #include <reflow/device/driver_table.hpp>
 #include <reflow/drivers/driver_state.hpp>
+#include <reflow/drivers/driver_thread.hpp>
 #include <reflow/drivers/valueflows.hpp>
 
 #include "debouncer.hpp"
@@ -57,12 +58,12 @@ class GpioDriver final : public Driver {
         m_open_line(std::move(open_line)),
         m_component(fmt::format("driver gpio/{}", m_config.name)),
         m_debouncer(to_ns(m_config.debounce)) {
-    m_health.state = "not started";
+    m_worker.set_state("not started");
   }
   ~GpioDriver() override { stop(); }
 
   Status start(EventSink& sink, const std::filesystem::path& state_dir) override {
-    if (m_thread.joinable()) return {};
+    if (m_worker.running()) return {};
     m_state_file = state_dir / k_state_file;
     auto state = load_driver_state(m_state_file);
     if (!state) return std::unexpected(state.error());
@@ -76,21 +77,12 @@ class GpioDriver final : public Driver {
     m_source = std::move(*source);
     m_restored = std::move(*state);
     m_first_open = true;
-    m_thread = std::jthread([this, &sink](std::stop_token stop) { run(sink, stop); });
-    return {};
+    return m_worker.start(m_component, [this, &sink](std::stop_token stop) { run(sink, stop); });
   }
 
-  void stop() override {
-    if (m_thread.joinable()) {
-      m_thread.request_stop();
-      m_thread.join();
-    }
-  }
+  void stop() override { m_worker.stop(); }
 
-  DriverHealth health() const override {
-    std::lock_guard lock(m_health_mutex);
-    return m_health;
-  }
+  DriverHealth health() const override { return m_worker.health(); }
 
  private:
   struct Pending {
@@ -361,19 +353,13 @@ class GpioDriver final : public Driver {
         m_flush_retry_ns = m_now_ns + to_ns(std::chrono::milliseconds(k_retry_max)) / 10;
         m_log.warning(m_component, "event {} not recorded, retrying later: {}", next.source.ref,
                       committed.error().message);
-        std::lock_guard lock(m_health_mutex);
-        ++m_health.errors;
-        m_health.last_error = committed.error().message;
-        m_health.last_error_unix_ms = m_env.now_unix_ms();
+        m_worker.note_error(committed.error().message, m_env.now_unix_ms());
         return;
       }
       m_log.info(m_component, "recorded {} ({})", next.source.ref,
                  next.fields["action"].get<std::string>());
       m_unsent.erase(m_unsent.begin());
-      {
-        std::lock_guard lock(m_health_mutex);
-        ++m_health.events;
-      }
+      m_worker.update([](DriverHealth& h) { ++h.events; });
       save_state();
     }
     m_flush_retry_ns = 0;
@@ -405,26 +391,21 @@ class GpioDriver final : public Driver {
   }
 
   void note_error(const Error& error) {
-    bool changed;
-    {
-      std::lock_guard lock(m_health_mutex);
-      changed = m_health.last_error != error.message || !m_failing;
-      ++m_health.errors;
-      m_health.last_error = error.message;
-      m_health.last_error_unix_ms = m_env.now_unix_ms();
-      m_health.state = fmt::format("waiting for line {}", m_config.line.line);
+    bool changed = false;
+    m_worker.update([&](DriverHealth& h) {
+      changed = h.last_error != error.message || !m_failing;
+      ++h.errors;
+      h.last_error = error.message;
+      h.last_error_unix_ms = m_env.now_unix_ms();
+      h.state = fmt::format("waiting for line {}", m_config.line.line);
       m_failing = true;
-    }
+    });
     if (changed) m_log.warning(m_component, "{}", error.message);
   }
 
   void note_ok() {
-    bool recovered;
-    {
-      std::lock_guard lock(m_health_mutex);
-      recovered = m_failing;
-      m_failing = false;
-    }
+    bool recovered = false;
+    m_worker.update([&](DriverHealth&) { recovered = std::exchange(m_failing, false); });
     if (recovered) m_log.info(m_component, "line {} is back", m_config.line.line);
     update_state_text();
   }
@@ -442,10 +423,7 @@ class GpioDriver final : public Driver {
     set_state_text(std::move(text));
   }
 
-  void set_state_text(std::string text) {
-    std::lock_guard lock(m_health_mutex);
-    m_health.state = std::move(text);
-  }
+  void set_state_text(std::string text) { m_worker.set_state(std::move(text)); }
 
   GpioConfig m_config;
   Env& m_env;
@@ -471,11 +449,9 @@ class GpioDriver final : public Driver {
   std::vector<Pending> m_unsent;
   std::int64_t m_flush_retry_ns = 0;
 
-  mutable std::mutex m_health_mutex;
-  DriverHealth m_health;
-  bool m_failing = false;
+  bool m_failing = false;  // changed with the health (under its lock)
 
-  std::jthread m_thread;
+  DriverThread<DriverHealth> m_worker;  // last: joined before the members it uses go
 };
 
 class GpioKind final : public DriverKind {

@@ -16,6 +16,7 @@
 #include <reflow/device/driver.hpp>
 #include <reflow/device/driver_table.hpp>
 #include <reflow/drivers/driver_state.hpp>
+#include <reflow/drivers/driver_thread.hpp>
 #include <reflow/drivers/printer_keys.hpp>
 #include <reflow/drivers/spoolman.hpp>
 
@@ -175,21 +176,12 @@ class MoonrakerDriver final : public Driver {
                  format_rfc3339_ms(from_ms / 1000 * 1000));
     }
     set_state("polling");
-    m_thread = std::jthread([this, &sink](std::stop_token stop) { run(sink, stop); });
-    return {};
+    return m_worker.start(m_component, [this, &sink](std::stop_token stop) { run(sink, stop); });
   }
 
-  void stop() override {
-    if (m_thread.joinable()) {
-      m_thread.request_stop();
-      m_thread.join();
-    }
-  }
+  void stop() override { m_worker.stop(); }
 
-  DriverHealth health() const override {
-    std::lock_guard lock(m_health_mutex);
-    return m_health;
-  }
+  DriverHealth health() const override { return m_worker.health(); }
 
  private:
   // Which peer a problem is about, so that each is logged once per change, not every poll.
@@ -396,8 +388,7 @@ class MoonrakerDriver final : public Driver {
         return false;
       }
       {
-        std::lock_guard lock(m_health_mutex);
-        ++m_health.events;
+        m_worker.update([](DriverHealth& h) { ++h.events; });
       }
       m_cursor.partial[job.job_id] = static_cast<std::int64_t>(next + 1);
       if (next + 1 < events.size()) save();
@@ -460,28 +451,24 @@ class MoonrakerDriver final : public Driver {
                           saved.error().message));
   }
 
-  void set_state(std::string state) {
-    std::lock_guard lock(m_health_mutex);
-    m_health.state = std::move(state);
+  void set_state(std::string state) { m_worker.set_state(std::move(state)); }
+
+  // Counts `message` as malformed (is_malformed) or as an error, and keeps it as the last error.
+  void count_problem(bool is_malformed, const std::string& message) {
+    m_worker.update([&](DriverHealth& h) {
+      ++(is_malformed ? h.malformed : h.errors);
+      h.last_error = message;
+      h.last_error_unix_ms = m_env.now_unix_ms();
+    });
   }
 
   void malformed(const std::string& message) {
-    {
-      std::lock_guard lock(m_health_mutex);
-      ++m_health.malformed;
-      m_health.last_error = message;
-      m_health.last_error_unix_ms = m_env.now_unix_ms();
-    }
+    count_problem(true, message);
     m_log.warning(m_component, "{}", message);
   }
 
   void problem(Peer peer, bool is_malformed, const std::string& message) {
-    {
-      std::lock_guard lock(m_health_mutex);
-      ++(is_malformed ? m_health.malformed : m_health.errors);
-      m_health.last_error = message;
-      m_health.last_error_unix_ms = m_env.now_unix_ms();
-    }
+    count_problem(is_malformed, message);
     std::string& last = m_last_problem[peer];
     if (last != message) m_log.warning(m_component, "{}", message);
     last = message;
@@ -517,9 +504,7 @@ class MoonrakerDriver final : public Driver {
   std::optional<spoolman::Client> m_spoolman;
   std::map<Peer, std::string> m_last_problem;
   std::set<std::string> m_reported_malformed;
-  mutable std::mutex m_health_mutex;
-  DriverHealth m_health;
-  std::jthread m_thread;
+  DriverThread<DriverHealth> m_worker;  // last: joined before the members it uses go
 };
 
 // A base URL without its trailing slashes; "" stays "" (an optional key left out).

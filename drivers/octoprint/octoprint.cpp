@@ -18,6 +18,7 @@
 #include <reflow/device/driver.hpp>
 #include <reflow/device/driver_table.hpp>
 #include <reflow/drivers/driver_state.hpp>
+#include <reflow/drivers/driver_thread.hpp>
 #include <reflow/drivers/printer_keys.hpp>
 #include <reflow/drivers/spoolman.hpp>
 #include <reflow/drivers/valueflows.hpp>
@@ -161,7 +162,7 @@ class OctoPrintDriver final : public Driver {
         m_env(env),
         m_log(log),
         m_component(fmt::format("driver octoprint/{}", m_config.name)) {
-    m_health.state = "starting";
+    m_worker.set_state("starting");
   }
   ~OctoPrintDriver() override { stop(); }
 
@@ -173,21 +174,12 @@ class OctoPrintDriver final : public Driver {
     if (m_job)
       m_log.info(m_component, "resuming job {} ({}), started {}", m_job->file.name,
                  m_job->file.origin, format_rfc3339_ms(m_job->start_ms));
-    m_thread = std::jthread([this, &sink](std::stop_token stop) { run(sink, stop); });
-    return {};
+    return m_worker.start(m_component, [this, &sink](std::stop_token stop) { run(sink, stop); });
   }
 
-  void stop() override {
-    if (m_thread.joinable()) {
-      m_thread.request_stop();
-      m_thread.join();
-    }
-  }
+  void stop() override { m_worker.stop(); }
 
-  DriverHealth health() const override {
-    std::lock_guard lock(m_health_mutex);
-    return m_health;
-  }
+  DriverHealth health() const override { return m_worker.health(); }
 
  private:
   Status load(const nlohmann::json& state) {
@@ -283,10 +275,7 @@ class OctoPrintDriver final : public Driver {
     Status parsed = octoprint::parse_printer(printer->status, printer->body, obs);
     if (parsed) parsed = octoprint::parse_job(job->body, obs);
     if (!parsed) {
-      {
-        std::lock_guard lock(m_health_mutex);
-        ++m_health.malformed;
-      }
+      m_worker.update([](DriverHealth& h) { ++h.malformed; });
       problem("malformed answer", parsed.error().message, /*count_error=*/false);
       return false;
     }
@@ -327,16 +316,14 @@ class OctoPrintDriver final : public Driver {
   }
 
   void record_error(const std::string& message, bool count_error = true) {
-    std::lock_guard lock(m_health_mutex);
-    if (count_error) ++m_health.errors;
-    m_health.last_error = message;
-    m_health.last_error_unix_ms = m_env.now_unix_ms();
+    m_worker.update([&](DriverHealth& h) {
+      if (count_error) ++h.errors;
+      h.last_error = message;
+      h.last_error_unix_ms = m_env.now_unix_ms();
+    });
   }
 
-  void set_state(std::string state) {
-    std::lock_guard lock(m_health_mutex);
-    m_health.state = std::move(state);
-  }
+  void set_state(std::string state) { m_worker.set_state(std::move(state)); }
 
   // --- the job state machine -----------------------------------------------------------------
 
@@ -390,10 +377,7 @@ class OctoPrintDriver final : public Driver {
 
   void open_job(const Observation& obs, std::int64_t now) {
     if (!obs.file) {
-      {
-        std::lock_guard lock(m_health_mutex);
-        ++m_health.malformed;
-      }
+      m_worker.update([](DriverHealth& h) { ++h.malformed; });
       problem("printing without a file",
               "OctoPrint says it is printing but /api/job names no "
               "file; waiting for the next poll",
@@ -577,10 +561,7 @@ class OctoPrintDriver final : public Driver {
       }
     }
     lock.unlock();
-    {
-      std::lock_guard health_lock(m_health_mutex);
-      m_health.events += committed;
-    }
+    m_worker.update([&](DriverHealth& h) { h.events += committed; });
     m_pending_events = std::move(remaining);
     save();
     return true;
@@ -651,9 +632,7 @@ class OctoPrintDriver final : public Driver {
   bool m_spoolman_problem = false;
   std::string m_last_state_text = "unknown";
 
-  mutable std::mutex m_health_mutex;
-  DriverHealth m_health;
-  std::jthread m_thread;
+  DriverThread<DriverHealth> m_worker;  // last: joined before the members it uses go
 };
 
 class OctoPrintKind final : public DriverKind {

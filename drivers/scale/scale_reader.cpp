@@ -7,14 +7,13 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
-#include <mutex>
-#include <thread>
 
-#include <fmt/format.h>
+#include <reflow/drivers/driver_thread.hpp>
 
 #include "frames.hpp"
 
@@ -156,42 +155,30 @@ class RealScaleReader final : public ScaleReader {
         m_name(std::move(log_name)),
         m_splitter(m_config.protocol),
         m_stability(m_config.stable_readings, m_config.resolution_kg) {
-    m_health.state = "stopped";
+    m_worker.set_state("stopped");
   }
   ~RealScaleReader() override { stop(); }
 
   Status start(std::function<void(const Weight&)> on_weight) override {
-    if (m_thread.joinable()) return fail(ErrorCode::internal, "scale reader started twice");
+    if (m_worker.running()) return fail(ErrorCode::internal, "scale reader started twice");
     m_on_weight = std::move(on_weight);
     set_state("opening");
-    m_thread = std::jthread([this](std::stop_token stop) { run(stop); });
-    return {};
+    return m_worker.start(m_name, [this](std::stop_token stop) { run(stop); });
   }
 
   void stop() override {
-    if (m_thread.joinable()) {
-      m_thread.request_stop();
-      m_thread.join();
-      set_state("stopped");
-    }
+    if (!m_worker.running()) return;
+    m_worker.stop();
+    set_state("stopped");
   }
 
-  ScaleHealth health() const override {
-    std::lock_guard lock(m_mutex);
-    return m_health;
-  }
+  ScaleHealth health() const override { return m_worker.health(); }
 
  private:
-  void set_state(std::string state) {
-    std::lock_guard lock(m_mutex);
-    m_health.state = std::move(state);
-  }
+  void set_state(std::string state) { m_worker.set_state(std::move(state)); }
 
   void count_error(const std::string& message) {
-    std::lock_guard lock(m_mutex);
-    ++m_health.errors;
-    m_health.last_error = message;
-    m_health.last_error_unix_ms = m_env.now_unix_ms();
+    m_worker.note_error(message, m_env.now_unix_ms());
   }
 
   Result<std::unique_ptr<Device>> open_device() {
@@ -269,10 +256,7 @@ class RealScaleReader final : public ScaleReader {
   }
 
   void note_malformed(std::uint64_t count, const std::string& why) {
-    {
-      std::lock_guard lock(m_mutex);
-      m_health.malformed += count;
-    }
+    m_worker.update([&](ScaleHealth& h) { h.malformed += count; });
     if (!m_in_garbage) {
       m_log.warning(m_name, "skipping malformed data: {} (check protocol, baud and parity)", why);
       m_in_garbage = true;
@@ -280,10 +264,7 @@ class RealScaleReader final : public ScaleReader {
   }
 
   void handle(const std::string& frame) {
-    {
-      std::lock_guard lock(m_mutex);
-      ++m_health.frames;
-    }
+    m_worker.update([](ScaleHealth& h) { ++h.frames; });
     auto reading = parse_frame(m_config.protocol, frame);
     if (!reading) {
       note_malformed(1, reading.error().message);
@@ -291,10 +272,8 @@ class RealScaleReader final : public ScaleReader {
     }
     m_in_garbage = false;
     const Reading::Status status = reading->status;
-    if (status == Reading::Status::overload || status == Reading::Status::underload) {
-      std::lock_guard lock(m_mutex);
-      ++m_health.overloads;
-    }
+    if (status == Reading::Status::overload || status == Reading::Status::underload)
+      m_worker.update([](ScaleHealth& h) { ++h.overloads; });
     if (status != m_last_status) {
       if (status == Reading::Status::overload || status == Reading::Status::underload ||
           status == Reading::Status::error) {
@@ -311,11 +290,10 @@ class RealScaleReader final : public ScaleReader {
     weight.net = settled->net;
     weight.unix_ms = m_env.now_unix_ms();
     weight.at = m_env.steady_now();
-    {
-      std::lock_guard lock(m_mutex);
-      ++m_health.weights;
-      m_health.last_kilograms = weight.kilograms;
-    }
+    m_worker.update([&](ScaleHealth& h) {
+      ++h.weights;
+      h.last_kilograms = weight.kilograms;
+    });
     m_log.debug(m_name, "stable weight {} kg{}", weight.kilograms, weight.net ? " (net)" : "");
     if (m_on_weight) m_on_weight(weight);
   }
@@ -331,9 +309,7 @@ class RealScaleReader final : public ScaleReader {
   std::optional<Reading::Status> m_last_status;
   bool m_in_garbage = false;
 
-  mutable std::mutex m_mutex;
-  ScaleHealth m_health;
-  std::jthread m_thread;
+  DriverThread<ScaleHealth> m_worker;  // last: joined before the members it uses go
 };
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <reflow/device/driver.hpp>
 #include <reflow/device/driver_table.hpp>
 #include <reflow/drivers/driver_state.hpp>
+#include <reflow/drivers/driver_thread.hpp>
 #include <reflow/drivers/valueflows.hpp>
 
 namespace agent {
@@ -51,37 +52,17 @@ class SimDriver final : public Driver {
     if (!state) return std::unexpected(state.error());
     const auto last = state->value("last_job", nlohmann::json());
     const std::int64_t first_job = last.is_number_integer() ? last.get<std::int64_t>() : 0;
-    set_state("running");
-    m_thread = std::jthread(
+    m_worker.set_state("running");
+    return m_worker.start(
+        "driver sim/" + m_config.name,
         [this, &sink, first_job](std::stop_token stop) { run(sink, first_job, stop); });
-    return {};
   }
 
-  void stop() override {
-    if (m_thread.joinable()) {
-      m_thread.request_stop();
-      m_thread.join();
-    }
-  }
+  void stop() override { m_worker.stop(); }
 
-  DriverHealth health() const override {
-    std::lock_guard lock(m_health_mutex);
-    return m_health;
-  }
+  DriverHealth health() const override { return m_worker.health(); }
 
  private:
-  void set_state(std::string state) {
-    std::lock_guard lock(m_health_mutex);
-    m_health.state = std::move(state);
-  }
-
-  void count_error(const std::string& message) {
-    std::lock_guard lock(m_health_mutex);
-    ++m_health.errors;
-    m_health.last_error = message;
-    m_health.last_error_unix_ms = m_env.now_unix_ms();
-  }
-
   void run(EventSink& sink, std::int64_t first_job, std::stop_token stop) {
     std::int64_t job = first_job;
     const std::string component = fmt::format("driver sim/{}", m_config.name);
@@ -101,11 +82,11 @@ class SimDriver final : public Driver {
       }
       if (Status saved = save_driver_state(m_state_file, {{"last_job", job}}); !saved) {
         m_log.error(component, "{}", saved.error().message);
-        count_error(saved.error().message);
+        m_worker.note_error(saved.error().message, m_env.now_unix_ms());
       }
     }
     if (!stop.stop_requested()) {
-      set_state("finished");
+      m_worker.set_state("finished");
       m_log.info(component, "all {} jobs done", m_config.jobs);
     }
   }
@@ -148,11 +129,11 @@ class SimDriver final : public Driver {
       auto r = result.get();
       if (!r) {
         m_log.warning(component, "job {}: event refused: {}", job, r.error().message);
-        count_error(fmt::format("job {}: event refused: {}", job, r.error().message));
+        m_worker.note_error(fmt::format("job {}: event refused: {}", job, r.error().message),
+                            m_env.now_unix_ms());
         all = false;
       } else {
-        std::lock_guard lock(m_health_mutex);
-        ++m_health.events;
+        m_worker.update([](DriverHealth& h) { ++h.events; });
       }
     }
     if (all)
@@ -165,9 +146,7 @@ class SimDriver final : public Driver {
   Env& m_env;
   Logger& m_log;
   std::filesystem::path m_state_file;
-  mutable std::mutex m_health_mutex;
-  DriverHealth m_health;
-  std::jthread m_thread;
+  DriverThread<DriverHealth> m_worker;  // last: joined before the members it uses go
 };
 
 class SimKind final : public DriverKind {
