@@ -117,22 +117,10 @@ std::string provenance_note(const ParsedEvent& e) {
   return note.empty() ? provenance : note + " " + provenance;
 }
 
-}  // namespace
-
-std::string_view vf_mutation_text(VfRequestKind kind) {
-  return kind == VfRequestKind::create_process ? k_create_process : k_create_economic_event;
-}
-
-std::string vf_request_body(const VfRequest& request) {
-  Json body;
-  body["query"] = vf_mutation_text(request.kind);
-  body["variables"] = request.variables;
-  // ensure_ascii: the body is what gets signed, and zenflows' normalisation mangles non-ASCII
-  // bytes (see zenflows_compact_ascii); escaped, every character survives intact.
-  return body.dump(-1, ' ', true, Json::error_handler_t::replace);
-}
-
-VfExport build_vf_export(const std::vector<StoredEvent>& events, const IngestConfig& config) {
+// Pass 1: the events whose payload is a JSON object, each with the time it happened (its point in
+// time or beginning, else when it was recorded), in time order: a resource is produced before it
+// is consumed, and zenflows checks that.
+std::vector<ParsedEvent> parse_in_time_order(const std::vector<StoredEvent>& events) {
   std::vector<ParsedEvent> parsed;
   parsed.reserve(events.size());
   for (const auto& stored : events) {
@@ -150,15 +138,17 @@ VfExport build_vf_export(const std::vector<StoredEvent>& events, const IngestCon
     }
     parsed.push_back(std::move(e));
   }
-  // Time order: a resource is produced before it is consumed, and zenflows checks that.
   std::sort(parsed.begin(), parsed.end(), [](const ParsedEvent& a, const ParsedEvent& b) {
     return std::tuple(a.time_unix_ms, a.stored->recorded_unix_ms, a.stored->id) <
            std::tuple(b.time_unix_ms, b.stored->recorded_unix_ms, b.stored->id);
   });
+  return parsed;
+}
 
-  Resolver resolver(config);
-
-  // Each process's span over the exported events, for its createProcess.
+// Pass 2: each process the export creates (one the config does not map to a server id), with its
+// span over the exported events and the devices that recorded them, for its createProcess.
+std::map<std::string, ProcessSpan> process_spans(const std::vector<ParsedEvent>& parsed,
+                                                 const Resolver& resolver) {
   std::map<std::string, ProcessSpan> spans;
   for (const auto& e : parsed) {
     for (const char* field : {"inputOf", "outputOf"}) {
@@ -181,13 +171,19 @@ VfExport build_vf_export(const std::vector<StoredEvent>& events, const IngestCon
         span.devices.push_back(e.stored->device);
     }
   }
+  return spans;
+}
 
-  VfExport out;
-  // Local references an earlier request of this export creates on the server.
-  std::set<std::string> created_processes;
-  std::set<std::string> created_resources;
+// Pass 3: the requests, one event at a time, in time order. Remembers which processes and
+// resources an earlier request of this export creates, so that later events refer to them.
+class RequestBuilder {
+ public:
+  RequestBuilder(const IngestConfig& config, std::map<std::string, ProcessSpan> spans)
+      : m_config(config), m_resolver(config), m_spans(std::move(spans)) {}
 
-  for (const auto& e : parsed) {
+  // Appends the createEconomicEvent of `e`, after the createProcess of a process it is the first
+  // to name.
+  void add(const ParsedEvent& e) {
     const Json& p = e.payload;
     const std::string& event_id = e.stored->id;
     const std::string action = string_field(p, "action");
@@ -201,40 +197,74 @@ VfExport build_vf_export(const std::vector<StoredEvent>& events, const IngestCon
     for (const char* field : {"provider", "receiver"}) {
       auto agent = string_field(p, field);
       if (!agent.empty())
-        event[field] = resolver.id_or_missing("agent", agent, event_id);
-      else if (!config.default_agent.empty())
-        event[field] = config.default_agent;
+        event[field] = m_resolver.id_or_missing("agent", agent, event_id);
+      else if (!m_config.default_agent.empty())
+        event[field] = m_config.default_agent;
       else
-        resolver.report("agent", fmt::format("(no {}: set [export] default_agent)", field),
-                        event_id);
+        m_resolver.report("agent", fmt::format("(no {}: set [export] default_agent)", field),
+                          event_id);
     }
 
+    resolve_processes(p, event, request);
+    std::optional<Json> new_resource = resolve_resources(p, action, event, request);
+    if (auto it = p.find("resourceClassifiedAs"); it != p.end() && it->is_array())
+      event["resourceClassifiedAs"] = *it;
+    for (const char* field : {"resourceQuantity", "effortQuantity"})
+      if (auto it = p.find(field); it != p.end() && it->is_object())
+        event[field] = measure(*it, m_resolver, event_id);
+    for (const char* field : {"hasPointInTime", "hasBeginning", "hasEnd"})
+      if (auto value = string_field(p, field); !value.empty()) event[field] = value;
+    for (const char* field : {"atLocation", "toLocation"})
+      if (auto location = string_field(p, field); !location.empty())
+        event[field] = m_resolver.id_or_missing("location", location, event_id);
+    event["note"] = provenance_note(e);
+
+    request.variables["event"] = std::move(event);
+    if (new_resource) request.variables["newInventoriedResource"] = std::move(*new_resource);
+    m_out.requests.push_back(std::move(request));
+  }
+
+  VfExport finish() {
+    m_out.missing = m_resolver.take_missing();
+    return std::move(m_out);
+  }
+
+ private:
+  // inputOf/outputOf: the server's id, or the local reference of a process this export creates
+  // (its createProcess goes first; the poster fills in the server's id).
+  void resolve_processes(const Json& p, Json& event, VfRequest& request) {
     for (const char* field : {"inputOf", "outputOf"}) {
       auto process = string_field(p, field);
       if (process.empty()) continue;
-      if (auto id = resolver.server_id(process)) {
+      if (auto id = m_resolver.server_id(process)) {
         event[field] = *id;
         continue;
       }
-      if (created_processes.insert(process).second) {
+      if (m_created_processes.insert(process).second) {
         VfRequest create;
         create.kind = VfRequestKind::create_process;
         create.process = process;
         create.creates = process;
         Json params = Json::object();
         params["name"] = process;
-        const ProcessSpan& span = spans[process];
+        const ProcessSpan& span = m_spans[process];
         params["note"] =
             fmt::format("reflow process {} recorded by {}", process, fmt::join(span.devices, ", "));
         if (span.begin) params["hasBeginning"] = span.begin->second;
         if (span.end) params["hasEnd"] = span.end->second;
         create.variables["process"] = std::move(params);
-        out.requests.push_back(std::move(create));
+        m_out.requests.push_back(std::move(create));
       }
       event[field] = process;
       request.pending[field] = process;
     }
+  }
 
+  // resourceInventoriedAs, toResourceInventoriedAs and resourceConformsTo. Returns the
+  // newInventoriedResource of a produce or raise that creates its resource.
+  std::optional<Json> resolve_resources(const Json& p, const std::string& action, Json& event,
+                                        VfRequest& request) {
+    const std::string& event_id = request.event_id;
     // zenflows: use/cite/produce/raise take resourceInventoriedAs XOR resourceConformsTo.
     const bool exclusive = is_one_of(action, {"use", "cite", "produce", "raise"});
     const bool may_create = is_one_of(action, {"produce", "raise"});
@@ -243,10 +273,10 @@ VfExport build_vf_export(const std::vector<StoredEvent>& events, const IngestCon
     bool resource_known = false;
     std::optional<Json> new_resource;
     if (!resource.empty()) {
-      if (auto id = resolver.server_id(resource)) {
+      if (auto id = m_resolver.server_id(resource)) {
         event["resourceInventoriedAs"] = *id;
         resource_known = true;
-      } else if (created_resources.contains(resource)) {
+      } else if (m_created_resources.contains(resource)) {
         event["resourceInventoriedAs"] = resource;
         request.pending["resourceInventoriedAs"] = resource;
         resource_known = true;
@@ -256,45 +286,60 @@ VfExport build_vf_export(const std::vector<StoredEvent>& events, const IngestCon
         params["trackingIdentifier"] = resource;
         new_resource = std::move(params);
         request.creates = resource;
-        created_resources.insert(resource);
+        m_created_resources.insert(resource);
       } else {
-        event["resourceInventoriedAs"] = resolver.id_or_missing("resource", resource, event_id);
+        event["resourceInventoriedAs"] = m_resolver.id_or_missing("resource", resource, event_id);
         resource_known = true;
       }
     }
     auto to_resource = string_field(p, "toResourceInventoriedAs");
     if (!to_resource.empty()) {
-      if (auto id = resolver.server_id(to_resource)) {
+      if (auto id = m_resolver.server_id(to_resource)) {
         event["toResourceInventoriedAs"] = *id;
-      } else if (created_resources.contains(to_resource)) {
+      } else if (m_created_resources.contains(to_resource)) {
         event["toResourceInventoriedAs"] = to_resource;
         request.pending["toResourceInventoriedAs"] = to_resource;
       } else {
         event["toResourceInventoriedAs"] =
-            resolver.id_or_missing("resource", to_resource, event_id);
+            m_resolver.id_or_missing("resource", to_resource, event_id);
       }
     }
     if (!spec.empty() && !(exclusive && resource_known))
       event["resourceConformsTo"] =
-          resolver.id_or_missing("resource specification", spec, event_id);
-    if (auto it = p.find("resourceClassifiedAs"); it != p.end() && it->is_array())
-      event["resourceClassifiedAs"] = *it;
-    for (const char* field : {"resourceQuantity", "effortQuantity"})
-      if (auto it = p.find(field); it != p.end() && it->is_object())
-        event[field] = measure(*it, resolver, event_id);
-    for (const char* field : {"hasPointInTime", "hasBeginning", "hasEnd"})
-      if (auto value = string_field(p, field); !value.empty()) event[field] = value;
-    for (const char* field : {"atLocation", "toLocation"})
-      if (auto location = string_field(p, field); !location.empty())
-        event[field] = resolver.id_or_missing("location", location, event_id);
-    event["note"] = provenance_note(e);
-
-    request.variables["event"] = std::move(event);
-    if (new_resource) request.variables["newInventoriedResource"] = std::move(*new_resource);
-    out.requests.push_back(std::move(request));
+          m_resolver.id_or_missing("resource specification", spec, event_id);
+    return new_resource;
   }
-  out.missing = resolver.take_missing();
-  return out;
+
+  const IngestConfig& m_config;
+  Resolver m_resolver;
+  std::map<std::string, ProcessSpan> m_spans;
+  VfExport m_out;
+  // Local references an earlier request of this export creates on the server.
+  std::set<std::string> m_created_processes;
+  std::set<std::string> m_created_resources;
+};
+
+}  // namespace
+
+std::string_view vf_mutation_text(VfRequestKind kind) {
+  return kind == VfRequestKind::create_process ? k_create_process : k_create_economic_event;
+}
+
+std::string vf_request_body(const VfRequest& request) {
+  Json body;
+  body["query"] = vf_mutation_text(request.kind);
+  body["variables"] = request.variables;
+  // ensure_ascii: the body is what gets signed, and zenflows' normalisation mangles non-ASCII
+  // bytes (see zenflows_compact_ascii); escaped, every character survives intact.
+  return body.dump(-1, ' ', true, Json::error_handler_t::replace);
+}
+
+VfExport build_vf_export(const std::vector<StoredEvent>& events, const IngestConfig& config) {
+  const std::vector<ParsedEvent> parsed = parse_in_time_order(events);
+  RequestBuilder builder(config, process_spans(parsed, Resolver(config)));
+  for (const auto& e : parsed)
+    builder.add(e);
+  return builder.finish();
 }
 
 Result<VfExport> build_vf_export(Store& store, const EventFilter& filter,
