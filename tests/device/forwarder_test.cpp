@@ -57,7 +57,7 @@ struct Received {
 class TestClient {
  public:
   TestClient(int port, std::string id)
-      : m_client("tcp://127.0.0.1:" + std::to_string(port), std::move(id),
+      : m_client("tcp://127.0.0.1:" + std::to_string(port), id,
                  static_cast<mqtt::iclient_persistence*>(nullptr)) {
     m_client.set_message_callback([this](mqtt::const_message_ptr message) {
       std::lock_guard lock(m_mutex);

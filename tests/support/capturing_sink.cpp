@@ -34,10 +34,15 @@ agent::Status CapturingSink::submit(nlohmann::ordered_json fields, agent::EventS
   }
   m_events.push_back({std::move(fields), std::move(source)});
   const auto seq = static_cast<std::int64_t>(m_events.size());
-  if (m_hold) m_held.push_back(std::move(done));
+  // Held, or answered at once (outside the lock, as the agent's writer does).
+  agent::SubmitCallback answer_now;
+  if (m_hold)
+    m_held.push_back(std::move(done));
+  else
+    answer_now = std::move(done);
   lock.unlock();
   m_changed.notify_all();
-  if (!m_hold) done(Committed{seq, "id"});
+  if (answer_now) answer_now(Committed{seq, "id"});
   return {};
 }
 

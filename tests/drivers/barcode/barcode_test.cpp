@@ -518,8 +518,8 @@ TEST_F(ScannerReaderTest, GoldenCasesGiveTheExpectedScans) {
     reader->stop();
     ASSERT_EQ(got.size(), expected.size());
     for (std::size_t i = 0; i < got.size(); ++i) {
-      EXPECT_EQ(got[i].code, expected[i]["code"]);
-      EXPECT_EQ(got[i].label, expected[i]["label"]);
+      EXPECT_EQ(got[i].code, expected[i]["code"].get<std::string>());
+      EXPECT_EQ(got[i].label, expected[i]["label"].get<std::string>());
     }
     EXPECT_EQ(scans.all().size(), expected.size());
     const ScannerHealth health = reader->health();

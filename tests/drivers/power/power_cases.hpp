@@ -142,15 +142,19 @@ class CapturingSink final : public EventSink {
                 QueueFull) override {
     if (Status valid = validate_submission(fields); !valid) return valid;
     std::int64_t seq;
+    SubmitCallback answer_now;  // unless held: answered outside the lock
     {
       std::lock_guard lock(m_mutex);
       m_events.push_back(std::move(fields));
       m_sources.push_back(std::move(source));
       seq = static_cast<std::int64_t>(m_events.size());
-      if (m_hold) m_held.push_back(std::move(done));
+      if (m_hold)
+        m_held.push_back(std::move(done));
+      else
+        answer_now = std::move(done);
     }
     m_changed.notify_all();
-    if (!m_hold) done(Committed{seq, "id"});
+    if (answer_now) answer_now(Committed{seq, "id"});
     return {};
   }
 
