@@ -43,10 +43,11 @@ TEST(ValueFlowsTest, UseConsumeAndProduceWriteTheirFieldsInOneOrder) {
 
 TEST(ValueFlowsTest, BothResourceReferencesAreWrittenInventoriedFirst) {
   const auto fields = consume({"meter:1", "electricity"}, quantity(1, "kilowattHour"), "t", "p");
-  EXPECT_EQ(fields.dump(), R"({"action":"consume","resourceInventoriedAs":"meter:1",)"
-                           R"("resourceConformsTo":"electricity",)"
-                           R"("resourceQuantity":{"hasNumericalValue":1.0,"hasUnit":"kilowattHour"},)"
-                           R"("hasPointInTime":"t","inputOf":"p"})");
+  EXPECT_EQ(fields.dump(),
+            R"({"action":"consume","resourceInventoriedAs":"meter:1",)"
+            R"("resourceConformsTo":"electricity",)"
+            R"("resourceQuantity":{"hasNumericalValue":1.0,"hasUnit":"kilowattHour"},)"
+            R"("hasPointInTime":"t","inputOf":"p"})");
 }
 
 }  // namespace
