@@ -178,8 +178,9 @@ std::map<std::string, ProcessSpan> process_spans(const std::vector<ParsedEvent>&
 // resources an earlier request of this export creates, so that later events refer to them.
 class RequestBuilder {
  public:
-  RequestBuilder(const IngestConfig& config, std::map<std::string, ProcessSpan> spans)
-      : m_config(config), m_resolver(config), m_spans(std::move(spans)) {}
+  // `parsed`: the events in the order add() will get them.
+  RequestBuilder(const IngestConfig& config, const std::vector<ParsedEvent>& parsed)
+      : m_config(config), m_resolver(config), m_spans(process_spans(parsed, m_resolver)) {}
 
   // Appends the createEconomicEvent of `e`, after the createProcess of a process it is the first
   // to name.
@@ -336,7 +337,7 @@ std::string vf_request_body(const VfRequest& request) {
 
 VfExport build_vf_export(const std::vector<StoredEvent>& events, const IngestConfig& config) {
   const std::vector<ParsedEvent> parsed = parse_in_time_order(events);
-  RequestBuilder builder(config, process_spans(parsed, Resolver(config)));
+  RequestBuilder builder(config, parsed);
   for (const auto& e : parsed)
     builder.add(e);
   return builder.finish();

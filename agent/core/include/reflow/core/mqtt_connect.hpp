@@ -2,7 +2,9 @@
 // What the device's forwarder (agent/device/src/forwarder.cpp) and the node's service
 // (agent/node/src/service.cpp) do alike to reach their broker with Paho MQTT C++: the
 // broker address, the credentials and TLS options from the [mqtt] keys both configs share, the
-// reconnect backoff and the tagging of Paho tokens with a connect attempt. Not installed.
+// reconnect backoff, the tagging of Paho tokens with a connect attempt, the words of a Paho
+// failure, and the queue that brings Paho's callbacks onto the client's own thread (the drivers'
+// MQTT subscriber uses these too). Not installed.
 #pragma once
 
 #include <chrono>
@@ -129,8 +131,8 @@ class EventQueue {
     m_cv.notify_one();
   }
 
-  /// Waits up to `timeout` for an event, a wake() or `stop`; returns all that was queued, in
-  /// order (empty on a time-out, a wake-up or stop).
+  /// Waits up to `timeout` for an event, a wake() or `stop`; returns everything queued by then,
+  /// in order (nothing after a time-out, or a wake-up or stop with nothing queued).
   template <typename Duration>
   std::deque<Event> wait(std::stop_token stop, Duration timeout) {
     std::unique_lock lock(m_mutex);
