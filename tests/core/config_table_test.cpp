@@ -132,5 +132,18 @@ TEST(MqttKeysTest, ReferenceUsesEachProgramsWords) {
   EXPECT_EQ(rows[11].key, "mqtt.reconnect_max");
 }
 
+// Issue 14 item 14: a config file size limit. /dev/zero given as the config used to be read
+// until memory ran out.
+TEST(ReadConfigFileTest, RefusesWhatCannotBeAConfigFile) {
+  auto zero = read_config_file("/dev/zero");
+  ASSERT_FALSE(zero.has_value());
+  EXPECT_EQ(zero.error().code, ErrorCode::invalid_config);
+  EXPECT_NE(zero.error().message.find("/dev/zero: more than 1024 KiB"), std::string::npos)
+      << zero.error().message;
+  auto missing = read_config_file("/nonexistent/agent.toml");
+  ASSERT_FALSE(missing.has_value());
+  EXPECT_NE(missing.error().message.find("cannot read /nonexistent/agent.toml"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace agent::config_keys

@@ -395,10 +395,14 @@ TEST_F(EventTest, ValidatesStampFieldsOfAPayload) {
       {"stream", [](Json& j) { j["stream"] = 5; }, "stream: expected a ULID"},
       {"device", [](Json& j) { j["device"] = "Fablab/1"; }, R"(device: expected a device id)"},
       {"device missing", [](Json& j) { j.erase("device"); }, "device: required"},
-      {"seq 0", [](Json& j) { j["seq"] = 0; }, "seq: expected an integer >= 1; got 0"},
-      {"seq negative", [](Json& j) { j["seq"] = -3; }, "seq: expected an integer >= 1"},
-      {"seq fraction", [](Json& j) { j["seq"] = 1.5; }, "seq: expected an integer >= 1"},
-      {"seq string", [](Json& j) { j["seq"] = "2"; }, "seq: expected an integer >= 1"},
+      {"seq 0", [](Json& j) { j["seq"] = 0; },
+       "seq: expected an integer from 1 to 2^53 − 1; got 0"},
+      {"seq negative", [](Json& j) { j["seq"] = -3; },
+       "seq: expected an integer from 1 to 2^53 − 1"},
+      {"seq fraction", [](Json& j) { j["seq"] = 1.5; },
+       "seq: expected an integer from 1 to 2^53 − 1"},
+      {"seq string", [](Json& j) { j["seq"] = "2"; },
+       "seq: expected an integer from 1 to 2^53 − 1"},
       {"prev null after seq 1", [](Json& j) { j["prev"] = nullptr; },
        "prev: expected the base64url SHA-256 (43 characters) of seq 1's signing input; got null"},
       {"prev short", [](Json& j) { j["prev"] = "abc"; }, "prev: expected the base64url SHA-256"},
@@ -420,6 +424,25 @@ TEST_F(EventTest, ValidatesStampFieldsOfAPayload) {
        "recorded: must be in UTC"},
       {"recorded garbage", [](Json& j) { j["recorded"] = "now"; },
        "recorded: expected an RFC 3339"},
+      // Issue 14 item 10: PROTOCOL §4 Limits.
+      {"recorded without milliseconds", [](Json& j) { j["recorded"] = "2026-01-01T00:00:00Z"; },
+       "recorded: expected RFC 3339 UTC with milliseconds"},
+      {"recorded with microseconds", [](Json& j) { j["recorded"] = "2026-01-01T00:00:00.000001Z"; },
+       "recorded: expected RFC 3339 UTC with milliseconds"},
+      {"recorded lower-case t", [](Json& j) { j["recorded"] = "2026-01-01t00:00:00.000Z"; },
+       "recorded: expected RFC 3339 UTC with milliseconds"},
+      {"recorded in year 9999", [](Json& j) { j["recorded"] = "9999-12-31T23:59:59.999Z"; },
+       "recorded: \"9999-12-31T23:59:59.999Z\" is outside 1970"},
+      {"recorded quoted escaped, never raw", [](Json& j) { j["recorded"] = "\x1b[31m"; },
+       R"(recorded: expected an RFC 3339 time such as "2026-11-21T09:40:19Z"; got "\u001b[31m")"},
+      {"recorded at the epoch", [](Json& j) { j["recorded"] = "1970-01-01T00:00:00.000Z"; }, ""},
+      {"seq 2^53 - 1", [](Json& j) { j["seq"] = 9007199254740991LL; }, ""},
+      {"seq 2^53", [](Json& j) { j["seq"] = 9007199254740992LL; },
+       "seq: expected an integer from 1 to 2^53 − 1"},
+      {"seq near 2^63", [](Json& j) { j["seq"] = 9223372036854775807LL; },
+       "seq: expected an integer from 1 to 2^53 − 1"},
+      {"control character in source.ref", [](Json& j) { j["source"]["ref"] = "job\x1b[2J"; },
+       "source.ref: control character at byte 4"},
       {"clock", [](Json& j) { j["clock"] = "maybe"; },
        R"(clock: expected "synced" or "unsynced"; got "maybe")"},
       {"source missing", [](Json& j) { j.erase("source"); }, "source: required"},
@@ -441,6 +464,73 @@ TEST_F(EventTest, ValidatesStampFieldsOfAPayload) {
   auto not_object = validate_event_payload(Json("event"));
   ASSERT_FALSE(not_object.has_value());
   EXPECT_EQ(not_object.error().code, ErrorCode::rejected);
+}
+
+// Issue 14 item 10: bounded, sane content, refused at emit (validate_submission) with the field
+// named. What parse_json_strict refuses in text (BOM, repeats, 1e400) has its own tests; these
+// are the values a driver can build in C++ too.
+TEST_F(EventTest, RefusesContentBeyondTheProtocolLimits) {
+  auto deep = [](std::size_t levels) {  // `levels` objects nested in each other, then a string
+    Json root = Json::object();
+    Json* inner = &root;
+    for (std::size_t i = 1; i < levels; ++i)
+      inner = &((*inner)["x"] = Json::object());
+    (*inner)["x"] = "leaf";
+    return root;
+  };
+  const std::vector<Case> cases = {
+      {"smallest quantity", [](Json& j) { j["effortQuantity"]["hasNumericalValue"] = 1e-9; }, ""},
+      {"largest quantity", [](Json& j) { j["effortQuantity"]["hasNumericalValue"] = 1e12; }, ""},
+      {"quantity too small", [](Json& j) { j["effortQuantity"]["hasNumericalValue"] = 1e-10; },
+       "effortQuantity.hasNumericalValue: 1e-10 is outside 1e-09 … 1e+12"},
+      {"subnormal quantity", [](Json& j) { j["effortQuantity"]["hasNumericalValue"] = 5e-324; },
+       "effortQuantity.hasNumericalValue: 5e-324 is beyond what every JSON reader holds"},
+      {"huge quantity", [](Json& j) { j["effortQuantity"]["hasNumericalValue"] = 1.7e308; },
+       "effortQuantity.hasNumericalValue: 1.7e+308 is outside"},
+      {"integer beyond 2^53 in meta",
+       [](Json& j) {
+         j["meta"] = {{"bytes", 9007199254740993ULL}};
+       },
+       "meta.bytes: 9007199254740993 is beyond what every JSON reader holds exactly"},
+      {"negative integer beyond 2^53 in meta",
+       [](Json& j) {
+         j["meta"] = {{"n", -9007199254740993LL}};
+       },
+       "meta.n: -9007199254740993"},
+      {"subnormal in meta",
+       [](Json& j) {
+         j["meta"] = {{"tiny", 5e-324}};
+       },
+       "meta.tiny:"},
+      {"escape sequence in note", [](Json& j) { j["note"] = "ok\x1b]0;pwned\x07"; },
+       "note: control character at byte 3"},
+      {"carriage return in a reference", [](Json& j) { j["provider"] = "alice\rbob"; },
+       "provider: control character at byte 6"},
+      {"C1 control in meta",
+       [](Json& j) {
+         j["meta"] = {{"file", "a\xc2\x9b"}};
+       },
+       "meta.file: control character at byte 2"},
+      {"tab and newline in a note", [](Json& j) { j["note"] = "line 1\n\tline 2"; }, ""},
+      {"non-ASCII text", [](Json& j) { j["note"] = "Füllmenge: 5 €"; }, ""},
+      {"control character in a member name",
+       [](Json& j) {
+         j["meta"] = {{"a\nb", 1}};
+       },
+       "meta: a member name holds a control character"},
+      {"nesting to depth 16", [&](Json& j) { j["meta"] = deep(15); }, ""},
+      {"nesting to depth 17", [&](Json& j) { j["meta"] = deep(16); },
+       "nested deeper than 16 levels"},
+      {"meta thousands deep", [&](Json& j) { j["meta"] = deep(5000); },
+       "nested deeper than 16 levels"},
+      {"time in year 9999", [](Json& j) { j["hasPointInTime"] = "9999-01-01T00:00:00Z"; },
+       "hasPointInTime: \"9999-01-01T00:00:00Z\" is outside 1970"},
+      {"time before 1970", [](Json& j) { j["hasPointInTime"] = "1969-12-31T23:59:59Z"; },
+       "is outside 1970"},
+      {"escape sequence as a time", [](Json& j) { j["hasPointInTime"] = "\x1b[31m"; },
+       "hasPointInTime: control character at byte 1"},
+  };
+  run(cases, valid_submission(), [](const Json& j) { return validate_submission(j); });
 }
 
 }  // namespace

@@ -157,6 +157,38 @@ TEST_F(JoseTest, ParsePublicJwkNamesTheWrongField) {
   }
 }
 
+// Issue 14 item 1: a key file given where a public key belongs must not come back in the error;
+// eight characters of it in a row would already be a leak worth refusing.
+TEST_F(JoseTest, NoErrorQuotesAPrivateKeyPutWhereAPublicOneBelongs) {
+  auto key = DeviceKey::generate(m_dir / "k.key");
+  ASSERT_TRUE(key.has_value());
+  const std::string key_file = read_file(m_dir / "k.key");
+  const std::string seed = key_file.substr(0, 43);
+  auto leaks = [&](const std::string& message) {
+    for (std::size_t i = 0; i + 8 <= seed.size(); ++i)
+      if (message.find(seed.substr(i, 8)) != std::string::npos) return true;
+    return false;
+  };
+  for (const std::string& text :
+       {key_file, seed, seed + "!", "{" + seed, "\"" + seed + "\"", seed.substr(0, 42) + "=",
+        R"({"kty":"OKP","crv":"Ed25519","x":")" + seed + "!\"}",
+        R"({"kty":"OKP","crv":"Ed25519","x":")" + seed + "\u0001\"}"}) {
+    auto jwk = parse_public_jwk(text);
+    ASSERT_FALSE(jwk.has_value());
+    EXPECT_FALSE(leaks(jwk.error().message)) << jwk.error().message;
+    auto decoded = base64url_decode(text);
+    if (!decoded) {
+      EXPECT_FALSE(leaks(decoded.error().message)) << decoded.error().message;
+    }
+    auto parsed = jws_parse(text);
+    ASSERT_FALSE(parsed.has_value());
+    EXPECT_FALSE(leaks(parsed.error().message)) << parsed.error().message;
+  }
+  auto jwk = parse_public_jwk(key_file);
+  ASSERT_FALSE(jwk.has_value());
+  EXPECT_NE(jwk.error().message.find("private key file"), std::string::npos) << jwk.error().message;
+}
+
 TEST_F(JoseTest, GenerateWritesSeedLineWithMode0600AndLoadRestoresTheKey) {
   auto path = m_dir / "device.key";
   auto generated = DeviceKey::generate(path);
@@ -205,6 +237,23 @@ TEST_F(JoseTest, LoadRefusesKeyFileReadableByOthers) {
   EXPECT_EQ(key.error().code, ErrorCode::crypto);
   EXPECT_NE(key.error().message.find("mode 0644"), std::string::npos) << key.error().message;
   EXPECT_NE(key.error().message.find("chmod 600 " + path.string()), std::string::npos)
+      << key.error().message;
+
+  EXPECT_NE(key.error().message.find("is readable by group, readable by others (mode 0644)"),
+            std::string::npos)
+      << key.error().message;
+
+  // Issue 14 item 14: the mode in words, exactly: 0602 is writable by others, not readable by
+  // group.
+  ASSERT_EQ(::chmod(path.c_str(), 0602), 0);
+  key = DeviceKey::load(path);
+  ASSERT_FALSE(key.has_value());
+  EXPECT_NE(key.error().message.find("is writable by others (mode 0602)"), std::string::npos)
+      << key.error().message;
+  ASSERT_EQ(::chmod(path.c_str(), 0620), 0);
+  key = DeviceKey::load(path);
+  ASSERT_FALSE(key.has_value());
+  EXPECT_NE(key.error().message.find("is writable by group (mode 0620)"), std::string::npos)
       << key.error().message;
 
   ASSERT_EQ(::chmod(path.c_str(), 0640), 0);
@@ -295,8 +344,12 @@ TEST_F(JoseTest, VerifyRefusesEnvelopeForAnotherKid) {
   EXPECT_NE(verified.error().message.find(std::string(k_rfc_thumbprint)), std::string::npos);
 }
 
+// A kid of the right shape: 43 base64url characters (an RFC 7638 SHA-256 thumbprint).
+const std::string k_kid(k_rfc_thumbprint);
+
 TEST_F(JoseTest, ParseNamesWhatIsWrongWithAnEnvelope) {
-  const nlohmann::ordered_json good_header = {{"alg", "EdDSA"}, {"kid", "k"}};
+  const nlohmann::ordered_json good_header = {
+      {"alg", "EdDSA"}, {"kid", k_kid}, {"typ", "reflow-event+json"}};
   const std::string sig = base64url_encode(std::string(64, 'x'));
   const std::pair<std::string, std::string> cases[] = {
       {"[]", "expected a JSON object"},
@@ -306,11 +359,18 @@ TEST_F(JoseTest, ParseNamesWhatIsWrongWithAnEnvelope) {
       {R"({"protected":1,"payload":"","signature":""})", "protected: expected a base64url string"},
       {R"({"protected":"@@","payload":"","signature":""})", "protected: expected unpadded"},
       {envelope(nlohmann::ordered_json::array({1}), "{}", sig), "header is not a JSON object"},
-      {envelope({{"kid", "k"}}, "{}", sig), "alg: required"},
-      {envelope({{"alg", "none"}, {"kid", "k"}}, "{}", sig),
+      {envelope({{"kid", k_kid}, {"typ", "reflow-event+json"}}, "{}", sig), "alg: required"},
+      {envelope({{"alg", "none"}, {"kid", k_kid}, {"typ", "reflow-event+json"}}, "{}", sig),
        R"(alg: expected "EdDSA"; got "none")"},
-      {envelope({{"alg", "EdDSA"}}, "{}", sig), "kid: required"},
-      {envelope({{"alg", "EdDSA"}, {"kid", 7}}, "{}", sig), "kid: required"},
+      {envelope({{"alg", "EdDSA"}, {"typ", "reflow-event+json"}}, "{}", sig), "kid: required"},
+      {envelope({{"alg", "EdDSA"}, {"kid", 7}, {"typ", "reflow-event+json"}}, "{}", sig),
+       "kid: required"},
+      {envelope({{"alg", "EdDSA"}, {"kid", "k"}, {"typ", "reflow-event+json"}}, "{}", sig),
+       "kid: required, the signing key's RFC 7638 thumbprint"},
+      {envelope({{"alg", "EdDSA"}, {"kid", k_kid}}, "{}", sig),
+       R"(typ: expected "reflow-event+json"; got nothing)"},
+      {envelope({{"alg", "EdDSA"}, {"kid", k_kid}, {"typ", "JWT"}}, "{}", sig),
+       R"(typ: expected "reflow-event+json"; got "JWT")"},
       {envelope(good_header, "{}", "AAAA"), "signature: expected 64 bytes"},
       {envelope(good_header, "{}", "a+b/"), "signature: expected unpadded"},
   };
@@ -324,8 +384,56 @@ TEST_F(JoseTest, ParseNamesWhatIsWrongWithAnEnvelope) {
   EXPECT_TRUE(jws_parse(envelope(good_header, "{}", sig)).has_value());
 }
 
+// RFC 7515 §4.1.11 lets a recipient refuse what it does not use; with `b64:false` (RFC 7797) a
+// standard library would verify other bytes than the node did, so every extension is refused.
+TEST_F(JoseTest, ParseRefusesEveryHeaderMemberPROTOCOLDoesNotName) {
+  const std::string sig = base64url_encode(std::string(64, 'x'));
+  for (const auto& [name, value] :
+       std::initializer_list<std::pair<std::string, nlohmann::ordered_json>>{
+           {"crit", nlohmann::ordered_json::array({"b64"})},
+           {"b64", false},
+           {"zip", "DEF"},
+           {"jku", "https://example.org/keys"},
+           {"cty", "json"}}) {
+    nlohmann::ordered_json header = {
+        {"alg", "EdDSA"}, {"kid", k_kid}, {"typ", "reflow-event+json"}};
+    header[name] = value;
+    auto parsed = jws_parse(envelope(header, "{}", sig));
+    ASSERT_FALSE(parsed.has_value()) << name;
+    EXPECT_NE(parsed.error().message.find("\"" + name + "\": header member not allowed"),
+              std::string::npos)
+        << parsed.error().message;
+  }
+}
+
+// One reading of every document (RFC 7493 §2.3): a repeated name in the header or the
+// envelope is refused, not resolved one way here and another way elsewhere.
+TEST_F(JoseTest, ParseRefusesRepeatedMemberNames) {
+  const std::string sig = base64url_encode(std::string(64, 'x'));
+  const std::string header_text =
+      R"({"alg":"EdDSA","kid":")" + k_kid + R"(","typ":"reflow-event+json","alg":"none"})";
+  const std::string repeated_header = nlohmann::ordered_json{
+      {"protected", base64url_encode(header_text)},
+      {"payload", base64url_encode("{}")},
+      {"signature", sig}}.dump();
+  auto parsed = jws_parse(repeated_header);
+  ASSERT_FALSE(parsed.has_value());
+  EXPECT_NE(parsed.error().message.find("member \"alg\" appears twice"), std::string::npos)
+      << parsed.error().message;
+
+  const nlohmann::ordered_json header = {
+      {"alg", "EdDSA"}, {"kid", k_kid}, {"typ", "reflow-event+json"}};
+  std::string doubled = envelope(header, "{}", sig);
+  doubled.insert(doubled.size() - 1, R"(,"payload":"e30")");
+  parsed = jws_parse(doubled);
+  ASSERT_FALSE(parsed.has_value());
+  EXPECT_NE(parsed.error().message.find("member \"payload\" appears twice"), std::string::npos)
+      << parsed.error().message;
+}
+
 TEST_F(JoseTest, ParseRefusesEnvelopeOver64KiB) {
-  const nlohmann::ordered_json header = {{"alg", "EdDSA"}, {"kid", "k"}};
+  const nlohmann::ordered_json header = {
+      {"alg", "EdDSA"}, {"kid", k_kid}, {"typ", "reflow-event+json"}};
   const std::string sig = base64url_encode(std::string(64, 'x'));
   const std::string fits = envelope(header, std::string(40'000, 'a'), sig);
   ASSERT_LE(fits.size(), 64u * 1024);

@@ -10,7 +10,7 @@ import tempfile
 import unittest
 from pathlib import Path
 
-from jwcrypto import jwk
+from jwcrypto import jwk, jws
 
 import harness as h
 
@@ -247,6 +247,45 @@ class VerifyTest(h.AgentTestCase):
         r, out = self.verify(lines, self.jwk_file)
         self.assertEqual(r.returncode, 1, "another device's key must not verify these")
         self.assertTrue(all(o["ok"] is False for o in out), r.stdout)
+
+    def test_verify_judges_every_line_and_checks_the_device(self):
+        # Issue 14 item 6: a payload whose member name is not UTF-8 used to end the run with a
+        # JSON exception and no line number; every line gets a verdict now.
+        private = jwk.JWK.generate(kty="OKP", crv="Ed25519")
+        jwk_file = self.tmp / "jwcrypto.jwk"
+        jwk_file.write_text(private.export_public() + "\n")
+
+        def sign_bytes(payload):
+            header = json.dumps({"alg": "EdDSA", "kid": private.thumbprint(), "typ": h.HEADER_TYP},
+                                separators=(",", ":"))
+            token = jws.JWS(payload)
+            token.add_signature(private, alg="EdDSA", protected=header)
+            outer = json.loads(token.serialize())
+            return json.dumps({k: outer[k] for k in ("protected", "payload", "signature")},
+                              separators=(",", ":"))
+
+        stream = h.new_ulid()
+        good = [h.sign_event(private, h.make_event(stream, 1, None, i=1))]
+        bad_name = json.dumps(h.make_event(h.new_ulid(), 1, None, i=2),
+                              separators=(",", ":")).encode().replace(b'"note"', b'"n\xffte"')
+        repeated = json.dumps(h.make_event(h.new_ulid(), 1, None, i=3),
+                              separators=(",", ":")).encode().replace(b'"v":1,', b'"v":1,"v":1,')
+        other = h.make_event(h.new_ulid(), 1, None, i=4, device="someone-else")
+        lines = good + [sign_bytes(bad_name), "\xff{", sign_bytes(repeated),
+                        h.sign_event(private, other)]
+        r, out = self.verify(lines, jwk_file)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertEqual([o["line"] for o in out], [1, 2, 3, 4, 5], r.stdout + r.stderr)
+        self.assertEqual([o["ok"] for o in out], [True, False, False, False, True], r.stdout)
+        self.assertIn("UTF-8", out[1]["error"])
+        self.assertIn('member "v" appears twice', out[3]["error"])
+
+        r = h.run_cli(["verify", "--jwk", str(jwk_file), "--device", h.DEVICE_ID],
+                      input_text=good[0] + "\n" + h.sign_event(private, other) + "\n")
+        out = r.json_lines()
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual([o["ok"] for o in out], [True, False], r.stdout)
+        self.assertIn('the event names "someone-else"', out[1]["error"])
 
 
 if __name__ == "__main__":

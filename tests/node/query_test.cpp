@@ -168,11 +168,39 @@ TEST_F(QueryTest, CsvOfNoEventsIsTheHeaderOnly) {
 }
 
 TEST_F(QueryTest, CsvFieldQuotesOnlyWhenNeeded) {
+  using agent::csv_field;
   EXPECT_EQ(csv_field("plain text"), "plain text");
   EXPECT_EQ(csv_field("a,b"), "\"a,b\"");
   EXPECT_EQ(csv_field("cr\rhere"), "\"cr\rhere\"");
   EXPECT_EQ(csv_field("\""), "\"\"\"\"");
   EXPECT_EQ(csv_field(""), "");
+}
+
+// Issue 14 item 11: nothing a device supplied can forge output. A spreadsheet must open every
+// cell as text, and a terminal must show escape sequences as text.
+TEST_F(QueryTest, CsvNeutralisesFormulasAndEscapesControls) {
+  m_store.events.push_back(make_event("dev-a", 7, "01JBQ90000000000000000000A",
+                                      "2026-11-01T10:00:00.123Z",
+                                      {{"action", "use"},
+                                       {"hasPointInTime", "2026-11-01T09:00:00Z"},
+                                       {"provider", "=HYPERLINK(\"http://x\",\"y\")"},
+                                       {"receiver", "@SUM(A1)"},
+                                       {"inputOf", "+1"},
+                                       {"outputOf", "-1+cmd|' /C calc'!A0"},
+                                       {"atLocation", "\tlab"},
+                                       {"note", "bell\x07 and \x1b[31mred"}}));
+  std::ostringstream out;
+  ASSERT_TRUE(write_events(m_store, {}, EventFormat::csv, out));
+  const std::string text = out.str();
+  const std::string row = text.substr(text.find("\r\n") + 2);
+  EXPECT_NE(row.find(R"("'=HYPERLINK(""http://x"",""y"")")"), std::string::npos) << row;
+  EXPECT_NE(row.find(",'@SUM(A1),"), std::string::npos) << row;
+  EXPECT_NE(row.find(",'+1,"), std::string::npos) << row;
+  EXPECT_NE(row.find(",'-1+cmd|' /C calc'!A0,"), std::string::npos) << row;
+  EXPECT_NE(row.find(",'\tlab,"), std::string::npos) << row;
+  EXPECT_NE(row.find("bell\\x07 and \\x1b[31mred"), std::string::npos) << row;
+  EXPECT_EQ(row.find('\x1b'), std::string::npos);
+  EXPECT_EQ(row.find('\x07'), std::string::npos);
 }
 
 TEST_F(QueryTest, EventsPassTheFilterToTheStore) {
@@ -340,6 +368,26 @@ TEST_F(QueryTest, TraceWalksBackThroughProcessesToConsumedMaterials) {
             "01JBQ9000000000000000000B3\n"
             "      2026-11-01T12:00:00Z  transferCustody  1 one  device printer-01  event "
             "01JBQ9000000000000000000B4\n");
+}
+
+// Issue 14 item 11: a resource or process name with newlines and escape sequences (stored
+// before PROTOCOL §4 Limits, or from an older agent) prints as text, on its own line.
+TEST_F(QueryTest, TraceTextEscapesWhatDevicesWrote) {
+  const std::vector<StoredEvent> events = {
+      make_event("printer-01", 1, "01JBQ9000000000000000000B1", "2026-11-01T11:00:01.000Z",
+                 {{"action", "produce"},
+                  {"hasPointInTime", "2026-11-01T11:00:00Z"},
+                  {"resourceInventoriedAs", "part\nresource forged\x1b[2J"},
+                  {"resourceQuantity", quantity(1, "one")},
+                  {"outputOf", "job\r\x9b31m"}}),
+  };
+  auto tree = trace_resource(events, "part\nresource forged\x1b[2J");
+  ASSERT_TRUE(tree) << tree.error().message;
+  const std::string text = format_trace_text(*tree);
+  EXPECT_EQ(text.rfind("resource part\\x0aresource forged\\x1b[2J\n", 0), 0u) << text;
+  EXPECT_NE(text.find("process job\\x0d\\x9b31m\n"), std::string::npos) << text;
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 3) << text;
+  EXPECT_EQ(text.find('\x1b'), std::string::npos);
 }
 
 TEST_F(QueryTest, TraceJsonIsNestedWithTypes) {

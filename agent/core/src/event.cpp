@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include <reflow/core/jose.hpp>
+#include <reflow/core/json_strict.hpp>
 #include <reflow/core/ulid.hpp>
 #include <reflow/core/units.hpp>
 
@@ -99,9 +100,44 @@ std::string shown(const Json& value) {
   return text;
 }
 
-// Every string, at any depth, within k_max_string_bytes and valid UTF-8 (the payload is UTF-8
-// JSON, PROTOCOL §4). Checked per string so the error names the field.
-Status check_strings(const Json& value, const std::string& path) {
+// What a string may hold besides its length (PROTOCOL §4 Limits): no control characters but
+// TAB and LF — C0 (U+0000–U+001F), DEL (U+007F) and C1 (U+0080–U+009F, UTF-8 C2 80–C2 9F) are
+// how a device string would drive a terminal or forge a log line. Member names hold none at all.
+// Returns the byte offset of the first such character, or npos.
+std::size_t find_control(std::string_view text, bool allow_tab_lf) {
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const auto byte = static_cast<unsigned char>(text[i]);
+    if (byte < 0x20) {
+      if (allow_tab_lf && (byte == '\t' || byte == '\n')) continue;
+      return i;
+    }
+    if (byte == 0x7f) return i;
+    if (byte == 0xc2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) < 0xa0 &&
+        static_cast<unsigned char>(text[i + 1]) >= 0x80)
+      return i;
+  }
+  return std::string_view::npos;
+}
+
+// A number every reader holds exactly (PROTOCOL §4 Limits, RFC 7493 §2.2): integers within
+// ±(2^53 − 1), other numbers finite and not subnormal. parse_json_strict already refuses the rest
+// in text; this catches what a driver builds in C++.
+bool number_within_limits(const Json& value) {
+  if (value.is_number_unsigned())
+    return value.get<std::uint64_t>() <= static_cast<std::uint64_t>(k_max_json_integer);
+  if (value.is_number_integer()) {
+    const auto n = value.get<std::int64_t>();
+    return n <= k_max_json_integer && n >= -k_max_json_integer;
+  }
+  const double x = value.get<double>();
+  return std::isfinite(x) && std::fpclassify(x) != FP_SUBNORMAL;
+}
+
+// Every string and number, at any depth: strings within k_max_string_bytes, valid UTF-8 (the
+// payload is UTF-8 JSON, PROTOCOL §4) and free of control characters; numbers within limits;
+// nesting within k_max_json_depth counting the event itself as depth 1. Checked per value so
+// the error names the field.
+Status check_values(const Json& value, const std::string& path, std::size_t depth) {
   if (value.is_string()) {
     const auto& text = value.get_ref<const std::string&>();
     if (text.size() > k_max_string_bytes)
@@ -112,50 +148,96 @@ Status check_strings(const Json& value, const std::string& path) {
     } catch (const Json::type_error&) {
       return reject(fmt::format("{}: string is not valid UTF-8", path));
     }
-  } else if (value.is_object()) {
-    for (const auto& [key, member] : value.items()) {
-      try {
-        (void)Json(key).dump();
-      } catch (const Json::type_error&) {
-        return reject(fmt::format("{}: a member name is not valid UTF-8", path));
+    if (auto at = find_control(text, /*allow_tab_lf=*/true); at != std::string_view::npos)
+      return reject(
+          fmt::format("{}: control character at byte {}; strings may hold TAB and LF but "
+                      "no other control character (PROTOCOL §4 Limits)",
+                      path, at + 1));
+  } else if (value.is_number()) {
+    if (!number_within_limits(value))
+      return reject(
+          fmt::format("{}: {} is beyond what every JSON reader holds exactly: integers "
+                      "within ±(2^53 − 1), finite numbers (PROTOCOL §4 Limits)",
+                      path, shown(value)));
+  } else if (value.is_structured()) {
+    if (depth + 1 > k_max_json_depth)
+      return reject(fmt::format("{}: nested deeper than {} levels (PROTOCOL §4 Limits)", path,
+                                k_max_json_depth));
+    if (value.is_object()) {
+      for (const auto& [key, member] : value.items()) {
+        try {
+          (void)Json(key).dump();
+        } catch (const Json::type_error&) {
+          return reject(fmt::format("{}: a member name is not valid UTF-8", path));
+        }
+        if (find_control(key, /*allow_tab_lf=*/false) != std::string_view::npos)
+          return reject(fmt::format(
+              "{}: a member name holds a control character (PROTOCOL §4 Limits)", path));
+        if (auto s = check_values(member, path + "." + key, depth + 1); !s) return s;
       }
-      if (auto s = check_strings(member, path + "." + key); !s) return s;
-    }
-  } else if (value.is_array()) {
-    for (std::size_t i = 0; i < value.size(); ++i) {
-      if (auto s = check_strings(value[i], fmt::format("{}[{}]", path, i)); !s) return s;
+    } else {
+      for (std::size_t i = 0; i < value.size(); ++i) {
+        if (auto s = check_values(value[i], fmt::format("{}[{}]", path, i), depth + 1); !s)
+          return s;
+      }
     }
   }
   return {};
 }
 
-// True when every string value at any depth is within k_max_string_bytes: check_strings without
-// building the paths its messages name, for the common case where nothing is wrong.
-bool strings_within_limit(const Json& value) {
-  if (value.is_string()) return value.get_ref<const std::string&>().size() <= k_max_string_bytes;
-  if (value.is_structured()) {
+// True when every value at any depth passes check_values: the same walk without building the
+// paths its messages name, for the common case where nothing is wrong. UTF-8 is left to the
+// caller's dump().
+bool values_within_limits(const Json& value, std::size_t depth) {
+  if (value.is_string()) {
+    const auto& text = value.get_ref<const std::string&>();
+    return text.size() <= k_max_string_bytes &&
+           find_control(text, /*allow_tab_lf=*/true) == std::string_view::npos;
+  }
+  if (value.is_number()) return number_within_limits(value);
+  if (value.is_object()) {
+    if (depth + 1 > k_max_json_depth) return false;
+    for (const auto& [key, member] : value.items()) {
+      if (find_control(key, /*allow_tab_lf=*/false) != std::string_view::npos ||
+          !values_within_limits(member, depth + 1))
+        return false;
+    }
+  } else if (value.is_array()) {
+    if (depth + 1 > k_max_json_depth) return false;
     for (const Json& member : value) {
-      if (!strings_within_limit(member)) return false;
+      if (!values_within_limits(member, depth + 1)) return false;
     }
   }
   return true;
 }
 
-// check_strings for one field that also returns its serialized size (dump().size()). One dump()
-// checks the UTF-8 of every string and member name in it at once (dump() throws on invalid
-// UTF-8); only when that or a length check fails does check_strings walk it again for the message.
-Result<std::size_t> check_field_strings(const Json& value, const std::string& path) {
+// check_values for one field (a member of the event, depth 2) that also returns its serialized
+// size (dump().size()). One dump() checks the UTF-8 of every string and member name in it at
+// once (dump() throws on invalid UTF-8); only when that or a limit check fails does check_values
+// walk it again for the message. The depth is checked before dump(), whose recursion it bounds.
+Result<std::size_t> check_field_values(const Json& value, const std::string& path) {
+  constexpr std::size_t k_field_depth = 2;  // the event object is depth 1
+  if (!values_within_limits(value, k_field_depth - 1)) {
+    if (auto s = check_values(value, path, k_field_depth - 1); !s)
+      return std::unexpected(s.error());
+  }
   std::optional<std::size_t> size;
   try {
     size = value.dump().size();
   } catch (const Json::type_error&) {
   }
-  if (!size || !strings_within_limit(value)) {
-    if (auto s = check_strings(value, path); !s) return std::unexpected(s.error());
+  if (!size) {
+    if (auto s = check_values(value, path, k_field_depth - 1); !s)
+      return std::unexpected(s.error());
   }
-  // check_strings found nothing only if dump() did not throw, so size is set here.
+  // check_values found nothing only if dump() did not throw, so size is set here.
   return size.value_or(0);
 }
+
+// Times PROTOCOL §4 accepts: from the Unix epoch (a device without a clock starts there) to the
+// end of 2099, which no honest clock reaches and which keeps every reader's arithmetic small.
+constexpr std::int64_t k_min_time_ms = 0;
+constexpr std::int64_t k_max_time_ms = 4'102'444'800'000;  // 2100-01-01T00:00:00Z
 
 // RFC 3339 in UTC; returns Unix ms.
 Result<std::int64_t> check_utc_time(const Json& value, std::string_view name) {
@@ -165,13 +247,23 @@ Result<std::int64_t> check_utc_time(const Json& value, std::string_view name) {
                     "\"2026-11-21T09:40:19Z\"; got {}",
                     name, shown(value)));
   const auto& text = value.get_ref<const std::string&>();
+  // The messages quote the value JSON-escaped (shown), never raw: it may hold control characters.
   auto ms = parse_rfc3339(text);
-  if (!ms) return reject(fmt::format("{}: {}", name, ms.error().message));
+  if (!ms)
+    return reject(
+        fmt::format("{}: expected an RFC 3339 time such as \"2026-11-21T09:40:19Z\"; "
+                    "got {}",
+                    name, shown(value)));
   if (text.back() != 'Z')
     return reject(
         fmt::format("{}: must be in UTC, ending in \"Z\" (e.g. "
-                    "\"2026-11-21T09:40:19Z\"); got \"{}\"",
-                    name, text));
+                    "\"2026-11-21T09:40:19Z\"); got {}",
+                    name, shown(value)));
+  if (*ms < k_min_time_ms || *ms >= k_max_time_ms)
+    return reject(
+        fmt::format("{}: {} is outside 1970-01-01T00:00:00Z … 2099-12-31T23:59:59Z "
+                    "(PROTOCOL §4 Limits)",
+                    name, shown(value)));
   return ms;
 }
 
@@ -191,6 +283,11 @@ Status check_quantity(const Json& value, std::string_view name) {
   if (!number->is_number() || !std::isfinite(number->get<double>()) || number->get<double>() <= 0)
     return reject(
         fmt::format("{}.hasNumericalValue: expected a number > 0; got {}", name, shown(*number)));
+  if (number->get<double>() < k_min_quantity || number->get<double>() > k_max_quantity)
+    return reject(
+        fmt::format("{}.hasNumericalValue: {} is outside {:g} … {:g} (PROTOCOL §4 "
+                    "Limits)",
+                    name, shown(*number), k_min_quantity, k_max_quantity));
   auto unit = value.find("hasUnit");
   if (unit == value.end()) return reject(fmt::format("{}.hasUnit: required", name));
   if (!unit->is_string() || !is_known_unit(unit->get_ref<const std::string&>()))
@@ -248,7 +345,7 @@ Status check_producer_fields(const Json& fields, bool skip_agent_fields) {
     if (!contains(k_producer_fields, key))
       return reject(
           fmt::format("{}: unknown field (expected one of: {})", key, join(k_producer_fields)));
-    auto value_size = check_field_strings(value, key);
+    auto value_size = check_field_values(value, key);
     if (!value_size) return std::unexpected(value_size.error());
     size += (members++ == 0 ? 0 : 1) + key.size() + 3 + *value_size;
   }
@@ -390,10 +487,11 @@ Status validate_event_payload(const nlohmann::ordered_json& event) {
   const Json& seq = event.at("seq");
   const bool seq_ok =
       (seq.is_number_unsigned() && seq.get<std::uint64_t>() >= 1 &&
-       seq.get<std::uint64_t>() <=
-           static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) ||
-      (seq.is_number_integer() && !seq.is_number_unsigned() && seq.get<std::int64_t>() >= 1);
-  if (!seq_ok) return reject(fmt::format("seq: expected an integer >= 1; got {}", shown(seq)));
+       seq.get<std::uint64_t>() <= static_cast<std::uint64_t>(k_max_json_integer)) ||
+      (seq.is_number_integer() && !seq.is_number_unsigned() && seq.get<std::int64_t>() >= 1 &&
+       seq.get<std::int64_t>() <= k_max_json_integer);
+  if (!seq_ok)
+    return reject(fmt::format("seq: expected an integer from 1 to 2^53 − 1; got {}", shown(seq)));
   const std::int64_t seq_value = seq.get<std::int64_t>();
 
   const Json& prev = event.at("prev");
@@ -416,6 +514,13 @@ Status validate_event_payload(const nlohmann::ordered_json& event) {
 
   if (auto t = check_utc_time(event.at("recorded"), "recorded"); !t)
     return std::unexpected(t.error());
+  // The agent writes `recorded` in one form (format_rfc3339_ms): 2026-11-21T09:40:19.123Z.
+  if (const auto& text = event.at("recorded").get_ref<const std::string&>();
+      text.size() != 24 || text[10] != 'T' || text[19] != '.')
+    return reject(
+        fmt::format("recorded: expected RFC 3339 UTC with milliseconds, as "
+                    "\"2026-11-21T09:40:19.123Z\"; got {}",
+                    shown(event.at("recorded"))));
   const Json& clock = event.at("clock");
   if (clock != "synced" && clock != "unsynced")
     return reject(fmt::format("clock: expected \"synced\" or \"unsynced\"; got {}", shown(clock)));
@@ -434,7 +539,7 @@ Status validate_event_payload(const nlohmann::ordered_json& event) {
   }
   if (auto ref = source.find("ref"); ref != source.end() && !ref->is_string())
     return reject(fmt::format("source.ref: expected a string; got {}", shown(*ref)));
-  if (auto s = check_field_strings(source, "source"); !s) return std::unexpected(s.error());
+  if (auto s = check_field_values(source, "source"); !s) return std::unexpected(s.error());
 
   return check_producer_fields(event, /*skip_agent_fields=*/true);
 }

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <mutex>
@@ -17,8 +18,8 @@
 #include <nlohmann/json.hpp>
 
 #include <reflow/core/event.hpp>
-
 #include <reflow/core/file_io.hpp>
+#include <reflow/core/json_strict.hpp>
 
 namespace agent {
 namespace {
@@ -38,11 +39,44 @@ void ensure_sodium() {
   (void)k_init;
 }
 
-// Error messages quote input; a whole envelope would drown the message.
-std::string excerpt(std::string_view text) {
-  constexpr std::size_t k_max = 40;
-  if (text.size() <= k_max) return std::string(text);
-  return fmt::format("{}… ({} bytes)", text.substr(0, k_max), text.size());
+// True for the characters of the base64url alphabet (RFC 4648 §5).
+bool is_base64url_char(char c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+         c == '_';
+}
+
+// What group and others may do with a file of `mode`, in words: "readable by group, writable by
+// others". Only called when mode & 077 is not zero.
+std::string describe_group_other_access(mode_t mode) {
+  auto access = [](mode_t bits, mode_t r, mode_t w, mode_t x) {
+    std::string out;
+    for (auto [bit, word] :
+         {std::pair{r, "readable"}, std::pair{w, "writable"}, std::pair{x, "executable"}}) {
+      if ((bits & bit) == 0) continue;
+      if (!out.empty()) out += " and ";
+      out += word;
+    }
+    return out;
+  };
+  std::string out;
+  for (auto [who, text] : {std::pair{"group", access(mode, S_IRGRP, S_IWGRP, S_IXGRP)},
+                           std::pair{"others", access(mode, S_IROTH, S_IWOTH, S_IXOTH)}}) {
+    if (text.empty()) continue;
+    if (!out.empty()) out += ", ";
+    out += text + " by " + who;
+  }
+  return out;
+}
+
+// True when `text` has the shape of a key file `keygen` writes: one line holding 32 bytes in
+// base64url. Used only to say so in an error instead of quoting the text.
+bool looks_like_key_file(std::string_view text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' '))
+    text.remove_suffix(1);
+  auto bytes = base64url_decode(text);
+  const bool seed = bytes && bytes->size() == 32;
+  if (bytes) sodium_memzero(bytes->data(), bytes->size());
+  return seed;
 }
 
 Result<std::string> decode_member(std::string_view name, std::string_view text) {
@@ -53,25 +87,43 @@ Result<std::string> decode_member(std::string_view name, std::string_view text) 
 }
 
 // The kid of a protected header (base64url text), or what is wrong with the header; the
-// messages are jws_parse's without its "JWS envelope: " prefix.
+// messages are jws_parse's without its "JWS envelope: " prefix. The header is exactly PROTOCOL
+// §3's three members: an extension such as `crit`, `b64` (RFC 7797) or `zip` changes what was
+// signed or how to read it, so a verifier that ignores one reads the envelope differently from
+// a library that honours it (RFC 7515 §4.1.11 lets a recipient refuse what it does not use).
 Result<std::string> read_header_kid(const std::string& protected_b64) {
   auto bad = [](std::string message) {
     return fail(ErrorCode::invalid_argument, std::move(message));
   };
   auto header_bytes = decode_member("protected", protected_b64);
   if (!header_bytes) return bad(header_bytes.error().message);
-  nlohmann::json header = nlohmann::json::parse(*header_bytes, nullptr, false);
-  if (header.is_discarded() || !header.is_object())
-    return bad("protected: header is not a JSON object");
+  auto parsed = parse_json_strict(*header_bytes, /*max_depth=*/2);
+  if (!parsed) return bad("protected: header: " + parsed.error().message);
+  nlohmann::ordered_json& header = *parsed;
+  if (!header.is_object()) return bad("protected: header is not a JSON object");
+  for (const auto& [name, value] : header.items()) {
+    if (name != "alg" && name != "kid" && name != "typ")
+      return bad(
+          fmt::format("protected: {}: header member not allowed; the header is exactly "
+                      "{{\"alg\",\"kid\",\"typ\"}} (PROTOCOL §3)",
+                      nlohmann::json(name).dump(-1, ' ', true)));
+  }
   auto alg = header.find("alg");
   if (alg == header.end() || !alg->is_string())
     return bad("protected: alg: required; expected \"EdDSA\"");
   if (alg->get_ref<const std::string&>() != k_alg)
-    return bad(fmt::format("protected: alg: expected \"EdDSA\"; got \"{}\"",
-                           alg->get_ref<const std::string&>()));
+    return bad(fmt::format("protected: alg: expected \"EdDSA\"; got {}", alg->dump(-1, ' ', true)));
+  auto typ = header.find("typ");
+  if (typ == header.end() || !typ->is_string() || typ->get_ref<const std::string&>() != k_typ)
+    return bad(fmt::format("protected: typ: expected \"{}\"; got {}", k_typ,
+                           typ == header.end() ? "nothing" : typ->dump(-1, ' ', true)));
   auto kid = header.find("kid");
-  if (kid == header.end() || !kid->is_string() || kid->get_ref<const std::string&>().empty())
-    return bad("protected: kid: required, a non-empty string (the signing key's thumbprint)");
+  if (kid == header.end() || !kid->is_string() || kid->get_ref<const std::string&>().size() != 43 ||
+      !std::all_of(kid->get_ref<const std::string&>().begin(),
+                   kid->get_ref<const std::string&>().end(), is_base64url_char))
+    return bad(
+        "protected: kid: required, the signing key's RFC 7638 thumbprint (43 base64url "
+        "characters)");
   return std::move(kid->get_ref<std::string&>());
 }
 
@@ -122,9 +174,16 @@ Result<std::string> base64url_decode(std::string_view text) {
   if (sodium_base642bin(reinterpret_cast<unsigned char*>(out.data()), out.size(), text.data(),
                         text.size(), nullptr, &len, nullptr,
                         sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0) {
+    // The text is never quoted: it may be a secret put where a public value belongs.
+    auto bad_char = std::find_if_not(text.begin(), text.end(), is_base64url_char);
     return fail(ErrorCode::invalid_argument,
-                fmt::format("expected unpadded base64url (A-Z, a-z, 0-9, '-', '_'); got \"{}\"",
-                            excerpt(text)));
+                bad_char != text.end()
+                    ? fmt::format("expected unpadded base64url (A-Z, a-z, 0-9, '-', '_'); the "
+                                  "{}-character text has another character at position {}",
+                                  text.size(), bad_char - text.begin() + 1)
+                    : fmt::format("expected unpadded base64url; {} characters is not a length "
+                                  "base64url has, or its last character carries stray bits",
+                                  text.size()));
   }
   out.resize(len);
   return out;
@@ -156,12 +215,18 @@ Result<PublicJwk> parse_public_jwk(std::string_view json) {
   auto bad = [](std::string message) {
     return fail(ErrorCode::invalid_argument, std::move(message));
   };
-  nlohmann::json doc = nlohmann::json::parse(json, nullptr, /*allow_exceptions=*/false);
-  if (doc.is_discarded() || !doc.is_object())
+  // Never quotes the text: a private key put where a public one belongs must not be printed.
+  if (looks_like_key_file(json))
+    return bad(
+        "public JWK: this is a private key file (a 32-byte seed, as `reflow-agent keygen` writes "
+        "it); pass the public JWK that keygen printed, never the key file");
+  auto parsed = parse_json_strict(json, /*max_depth=*/2);
+  if (!parsed || !parsed->is_object())
     return bad(
         fmt::format("public JWK: expected a JSON object such as "
-                    "{{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"x\":\"…\"}}; got \"{}\"",
-                    excerpt(json)));
+                    "{{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"x\":\"…\"}}; {}",
+                    parsed ? "got another JSON value" : parsed.error().message));
+  nlohmann::ordered_json& doc = *parsed;
   if (doc.contains("d"))
     return bad("public JWK: d: this is a private key; pass the public JWK that keygen prints");
   auto kty = doc.find("kty");
@@ -269,10 +334,10 @@ Result<DeviceKey> DeviceKey::load(const std::filesystem::path& path) {
   if (!S_ISREG(st.st_mode))
     return fail(ErrorCode::io, fmt::format("key file {} is not a regular file", path.string()));
   if ((st.st_mode & 077) != 0)
-    return fail(ErrorCode::crypto,
-                fmt::format("key file {} is readable by group or others (mode {:04o}); run: chmod "
-                            "600 {}",
-                            path.string(), st.st_mode & 07777, path.string()));
+    return fail(
+        ErrorCode::crypto,
+        fmt::format("key file {} is {} (mode {:04o}); run: chmod 600 {}", path.string(),
+                    describe_group_other_access(st.st_mode), st.st_mode & 07777, path.string()));
 
   std::array<char, k_max_key_file_bytes + 1> buf{};
   std::size_t len = 0;
@@ -345,12 +410,13 @@ Result<ParsedJws> jws_parse(std::string_view envelope) {
   if (envelope.size() > k_max_envelope_bytes)
     return bad(fmt::format("{} bytes; at most {} are allowed (PROTOCOL §3)", envelope.size(),
                            k_max_envelope_bytes));
-  nlohmann::json doc = nlohmann::json::parse(envelope, nullptr, /*allow_exceptions=*/false);
-  if (doc.is_discarded() || !doc.is_object())
+  auto parsed = parse_json_strict(envelope, /*max_depth=*/2);
+  if (!parsed || !parsed->is_object())
     return bad(
         fmt::format("expected a JSON object {{\"protected\",\"payload\",\"signature\"}} "
-                    "(RFC 7515 §7.2.2); got \"{}\"",
-                    excerpt(envelope)));
+                    "(RFC 7515 §7.2.2); {}",
+                    parsed ? "got another JSON value" : parsed.error().message));
+  nlohmann::ordered_json& doc = *parsed;
   for (const auto& [name, value] : doc.items()) {
     if (name != "protected" && name != "payload" && name != "signature")
       return bad(

@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include <reflow/core/env.hpp>
+#include <reflow/core/text.hpp>
 #include <reflow/core/units.hpp>
 
 namespace agent {
@@ -64,12 +65,15 @@ Logger::Logger(LogLevel level)
 
 void Logger::log(LogLevel level, std::string_view component, std::string_view message) {
   if (!enabled(level)) return;
+  // Messages quote what devices and peers sent; printable_text keeps any of it from starting a
+  // forged line or driving the terminal that shows the log.
+  const std::string text = printable_text(message);
   std::string line;
   if (m_journal) {
-    line = fmt::format("<{}>{}: {}\n", syslog_priority(level), component, message);
+    line = fmt::format("<{}>{}: {}\n", syslog_priority(level), component, text);
   } else {
     line = fmt::format("{} {:<5} {}: {}\n", format_rfc3339_ms(Env::real().now_unix_ms()),
-                       level_name(level), component, message);
+                       level_name(level), component, text);
   }
   std::lock_guard lock(g_write_mutex);
   std::fwrite(line.data(), 1, line.size(), stderr);

@@ -21,6 +21,7 @@
 
 #include <reflow/core/event.hpp>
 #include <reflow/core/jose.hpp>
+#include <reflow/core/json_strict.hpp>
 #include <reflow/core/tls.hpp>
 #include <reflow/core/units.hpp>
 #include <reflow/device/config.hpp>
@@ -267,7 +268,15 @@ int export_events(const std::filesystem::path& config_path, std::int64_t from_se
   return skipped ? 1 : 0;
 }
 
-int verify(const std::filesystem::path& jwk_path) {
+int verify(const std::filesystem::path& jwk_path, const std::string& expected_device) {
+  if (!expected_device.empty() && !is_valid_device_id(expected_device)) {
+    print_error(
+        fmt::format("--device: \"{}\" is not a device id (PROTOCOL §1: "
+                    "^[a-z0-9][a-z0-9._-]{{0,63}}$)",
+                    nlohmann::json(expected_device)
+                        .dump(-1, ' ', true, nlohmann::json::error_handler_t::replace)));
+    return 1;
+  }
   std::ifstream in(jwk_path);
   if (!in) {
     print_error(fmt::format("cannot read {}: {}", jwk_path.string(), std::strerror(errno)));
@@ -287,44 +296,55 @@ int verify(const std::filesystem::path& jwk_path) {
   std::string line;
   std::size_t line_number = 0;
   bool all_ok = true;
-  while (std::getline(std::cin, line)) {
-    ++line_number;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    nlohmann::ordered_json verdict;
-    verdict["line"] = line_number;
+  // One verdict per line whatever the line holds: a line that cannot be judged is a failed
+  // verdict, never the end of the run.
+  auto judge = [&](nlohmann::ordered_json& verdict) {
     auto fail_line = [&](const std::string& why) {
       verdict["ok"] = false;
       verdict["error"] = why;
       all_ok = false;
     };
     auto verified = jws_verify(line, *jwk);
-    if (!verified) {
-      fail_line(verified.error().message);
-    } else {
-      auto event = nlohmann::ordered_json::parse(verified->payload, nullptr, false);
-      Status valid = event.is_discarded() ? Status(fail(ErrorCode::rejected, "payload is not JSON"))
-                                          : validate_event_payload(event);
-      if (!valid) {
-        fail_line(valid.error().message);
-      } else {
-        const std::string stream = event["stream"].get<std::string>();
-        const std::int64_t seq = event["seq"].get<std::int64_t>();
-        auto previous = last_by_stream.find(stream);
-        if (previous != last_by_stream.end() && previous->second.seq + 1 == seq &&
-            (!event["prev"].is_string() ||
-             event["prev"].get<std::string>() != previous->second.hash)) {
-          fail_line(fmt::format("chain break: prev of seq {} does not match the hash of seq {}",
-                                seq, previous->second.seq));
-        } else {
-          verdict["ok"] = true;
-          verdict["stream"] = stream;
-          verdict["seq"] = seq;
-          verdict["id"] = event["id"];
-        }
-        last_by_stream[stream] = Previous{seq, sha256_b64url(verified->jws.signing_input())};
-      }
+    if (!verified) return fail_line(verified.error().message);
+    auto event = parse_json_strict(verified->payload);
+    if (!event) return fail_line("payload: " + event.error().message);
+    if (Status valid = validate_event_payload(*event); !valid)
+      return fail_line(valid.error().message);
+    const std::string& device = (*event)["device"].get_ref<const std::string&>();
+    if (!expected_device.empty() && device != expected_device)
+      return fail_line(fmt::format("device: the event names \"{}\"; expected \"{}\" (--device)",
+                                   device, expected_device));
+    const std::string stream = (*event)["stream"].get<std::string>();
+    const std::int64_t seq = (*event)["seq"].get<std::int64_t>();
+    auto previous = last_by_stream.find(stream);
+    const bool broken = previous != last_by_stream.end() && previous->second.seq + 1 == seq &&
+                        (!(*event)["prev"].is_string() ||
+                         (*event)["prev"].get<std::string>() != previous->second.hash);
+    last_by_stream[stream] = Previous{seq, sha256_b64url(verified->jws.signing_input())};
+    if (broken)
+      return fail_line(fmt::format("chain break: prev of seq {} does not match the hash of seq {}",
+                                   seq, seq - 1));
+    verdict["ok"] = true;
+    verdict["device"] = device;
+    verdict["stream"] = stream;
+    verdict["seq"] = seq;
+    verdict["id"] = (*event)["id"];
+  };
+  while (std::getline(std::cin, line)) {
+    ++line_number;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    nlohmann::ordered_json verdict;
+    verdict["line"] = line_number;
+    try {
+      judge(verdict);
+    } catch (const std::exception& e) {
+      verdict["ok"] = false;
+      verdict["error"] = fmt::format("cannot judge this line: {}", e.what());
+      all_ok = false;
     }
-    fmt::print("{}\n", verdict.dump());
+    // `replace`: an error that quotes bytes which are not UTF-8 still prints, as U+FFFD.
+    fmt::print("{}\n",
+               verdict.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace));
   }
   return all_ok ? 0 : 1;
 }

@@ -18,7 +18,7 @@ int emit(const std::filesystem::path& config_path);
 int status(const std::filesystem::path& config_path, bool json);
 int export_events(const std::filesystem::path& config_path, std::int64_t from_seq,
                   const std::optional<std::filesystem::path>& outbox_file);
-int verify(const std::filesystem::path& jwk_path);
+int verify(const std::filesystem::path& jwk_path, const std::string& expected_device);
 /// `enroll`: creates (once) the TLS key at mqtt.key_file (default DATA_DIR/tls.key) and prints a
 /// CSR with CN = agent.device_id to stdout or `out_file` (enroll.cpp).
 int enroll(const std::filesystem::path& config_path,

@@ -80,6 +80,10 @@ int main(int argc, char** argv) {
       "Check envelopes (JSON lines on stdin): signature, event schema and the chain between lines");
   verify->add_option("--jwk", jwk_path, "The device's public JWK, as keygen printed it")
       ->required();
+  std::string expected_device;
+  verify->add_option("--device", expected_device,
+                     "Also require every event's `device` to be this device id (the one the key "
+                     "was registered for)");
 
   std::string csr_out;
   auto* enroll = app.add_subcommand(
@@ -129,7 +133,7 @@ int main(int argc, char** argv) {
       return agent::cli::export_events(
           config_path, from_seq,
           outbox_file.empty() ? std::nullopt : std::optional<std::filesystem::path>(outbox_file));
-    if (*verify) return agent::cli::verify(jwk_path);
+    if (*verify) return agent::cli::verify(jwk_path, expected_device);
     if (*enroll)
       return agent::cli::enroll(config_path, csr_out.empty()
                                                  ? std::nullopt

@@ -17,6 +17,7 @@
 
 #include <fmt/format.h>
 
+#include <reflow/core/json_strict.hpp>
 #include <reflow/core/units.hpp>
 
 namespace agent {
@@ -218,13 +219,17 @@ void ControlServer::Impl::serve_emit(Connection& conn, LineReader& reader) {
       settle(error_line(fmt::format("line longer than {} bytes", k_max_line_bytes), line_number));
       continue;
     }
-    auto fields = nlohmann::ordered_json::parse(line, nullptr, false);
-    if (fields.is_discarded()) {
-      settle(error_line("not a JSON object: malformed JSON", line_number));
+    // Strict: the line is signed as it is read here, so it must read the same everywhere
+    // (PROTOCOL §4 Limits). An emit line is one line, so its column is what locates the fault.
+    auto fields = parse_json_strict(line);
+    if (!fields) {
+      std::string why = fields.error().message;
+      if (why.starts_with("line 1, ")) why.erase(0, std::string_view("line 1, ").size());
+      settle(error_line("malformed JSON: " + why, line_number));
       continue;
     }
     EventSource source{"emit", "control", ""};
-    Status submitted = sink.submit(std::move(fields), std::move(source),
+    Status submitted = sink.submit(std::move(*fields), std::move(source),
                                    [settle, line_number](Result<Committed> committed) {
                                      if (committed) {
                                        nlohmann::ordered_json ok;

@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include <reflow/core/text.hpp>
 #include <reflow/core/units.hpp>
 
 namespace ingest {
@@ -107,17 +108,6 @@ const std::vector<std::string>& event_csv_columns() {
   return k_columns;
 }
 
-std::string csv_field(std::string_view value) {
-  if (value.find_first_of(",\"\r\n") == std::string_view::npos) return std::string(value);
-  std::string out = "\"";
-  for (char c : value) {
-    if (c == '"') out += '"';
-    out += c;
-  }
-  out += '"';
-  return out;
-}
-
 std::string event_csv_row(const StoredEvent& event) {
   const Json payload = parse_payload(event.payload);
   std::string recorded = string_field(payload, "recorded");
@@ -152,7 +142,7 @@ std::string event_csv_row(const StoredEvent& event) {
   std::string row;
   for (std::size_t i = 0; i < fields.size(); ++i) {
     if (i > 0) row += ',';
-    row += csv_field(fields[i]);
+    row += agent::csv_field(fields[i]);
   }
   return row;
 }
@@ -252,7 +242,8 @@ std::string format_stats_text(const std::vector<DeviceStats>& stats) {
     std::string rejections;
     for (const auto& [reason, count] : s.rejections)
       rejections += fmt::format("{}{}={}", rejections.empty() ? "" : ",", reason, count);
-    rows.push_back({s.device,
+    // An unregistered device's name is whatever topic it published on: escaped.
+    rows.push_back({agent::printable_text(s.device),
                     s.revoked ? "revoked" : (s.registered ? "registered" : "unregistered"),
                     rfc3339_or_null_text(s.last_seen_unix_ms), std::to_string(s.events),
                     std::to_string(s.gaps), s.chain_intact ? "intact" : "broken",
@@ -429,7 +420,8 @@ void append_trace_text(const TraceNode& node, int depth, std::string& out) {
     }
   }
   if (node.repeated) line += "  (see above)";
-  out += line + "\n";
+  // Ids, references and times come from devices: escaped, they cannot forge a line.
+  out += agent::printable_text(line) + "\n";
   for (const auto& child : node.children)
     append_trace_text(child, depth + 1, out);
 }

@@ -11,6 +11,7 @@
 
 #include <reflow/core/event.hpp>
 #include <reflow/core/jose.hpp>
+#include <reflow/core/json_strict.hpp>
 #include <reflow/core/units.hpp>
 
 #include <reflow/node/key_lookup.hpp>
@@ -113,8 +114,11 @@ Result<std::expected<VerifiedEvent, Rejection>> verify_envelope_with(const KeyLo
     if (!parsed) return reject(RejectReason::malformed_jws, parsed.error().message);
 
     // Read the payload early only to label rejections; nothing below trusts it before step 3.
-    payload = Json::parse(parsed->payload, nullptr, /*allow_exceptions=*/false);
-    payload_is_json = !payload.is_discarded();
+    // parse_json_strict: one reading of the signed bytes for every reader (no repeated names,
+    // no BOM, bounded depth and numbers; PROTOCOL §4 Limits).
+    auto strict = agent::parse_json_strict(parsed->payload);
+    payload_is_json = strict.has_value();
+    if (payload_is_json) payload = std::move(*strict);
 
     auto key = find_key(parsed->kid);
     if (!key) return std::unexpected(key.error());
@@ -140,7 +144,8 @@ Result<std::expected<VerifiedEvent, Rejection>> verify_envelope_with(const KeyLo
 
     if (!payload_is_json)
       return reject(RejectReason::invalid_event,
-                    "payload: not valid UTF-8 JSON (PROTOCOL §4 expects a JSON object)");
+                    fmt::format("payload: {} (PROTOCOL §4 expects one UTF-8 JSON object)",
+                                strict.error().message));
 
     // Step 4 needs the payload's device; a missing or non-string one is a §4 failure (step 5).
     if (auto device = payload.is_object() ? payload.find("device") : payload.end();

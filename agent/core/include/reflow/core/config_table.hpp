@@ -489,18 +489,32 @@ inline void check_mqtt_combinations(const std::map<std::string, const toml::node
 
 // ---- files ----
 
-// The whole file. Errors: invalid_config `cannot read PATH: REASON`.
+/// The largest config file read_config_file reads.
+inline constexpr std::size_t k_max_config_file_bytes = 1024 * 1024;
+
+/// The whole file. Errors: invalid_config `cannot read PATH: REASON`, or `PATH: more than 1024
+/// KiB …` past k_max_config_file_bytes (reading /dev/zero by mistake must not fill memory).
+
 inline Result<std::string> read_config_file(const std::filesystem::path& path) {
   std::FILE* stream = std::fopen(path.c_str(), "rb");
   if (stream == nullptr) {
     return fail(ErrorCode::invalid_config,
                 fmt::format("cannot read {}: {}", path.string(), std::strerror(errno)));
   }
+  // A config is a few KiB; reading /dev/zero or a log file by mistake must not fill memory.
   std::string text;
   char buffer[8192];
   std::size_t count = 0;
-  while ((count = std::fread(buffer, 1, sizeof buffer, stream)) > 0)
+  while ((count = std::fread(buffer, 1, sizeof buffer, stream)) > 0) {
     text.append(buffer, count);
+    if (text.size() > k_max_config_file_bytes) {
+      std::fclose(stream);
+      return fail(ErrorCode::invalid_config,
+                  fmt::format("{}: more than {} KiB; a config file is a few KiB of TOML (is this "
+                              "the right file?)",
+                              path.string(), k_max_config_file_bytes / 1024));
+    }
+  }
   const bool failed = std::ferror(stream) != 0;
   const int error = errno;
   std::fclose(stream);

@@ -17,6 +17,10 @@ namespace agent {
 inline constexpr std::size_t k_max_submission_bytes = 16 * 1024;  ///< serialized producer fields
 inline constexpr std::size_t k_max_string_bytes = 1024;           ///< any one string value
 inline constexpr std::size_t k_max_envelope_bytes = 64 * 1024;    ///< PROTOCOL §3
+/// The range of a quantity's hasNumericalValue (PROTOCOL §4 Limits): a nanogram to a million
+/// tonnes in grams; anything outside is a driver's unit mistake or an attack on a reader's sums.
+inline constexpr double k_min_quantity = 1e-9;
+inline constexpr double k_max_quantity = 1e12;
 
 /// Where an event came from (PROTOCOL §4 `source`).
 struct EventSource {
@@ -44,7 +48,11 @@ bool is_valid_device_id(std::string_view id) noexcept;
 ///   beginning ≤ end), each RFC 3339 in UTC;
 /// - quantities `{"hasNumericalValue": number > 0, "hasUnit": OM2 name}`;
 /// - the per-action minimum of §4;
-/// - strings at most k_max_string_bytes, the whole object at most k_max_submission_bytes.
+/// - strings at most k_max_string_bytes, the whole object at most k_max_submission_bytes;
+/// - PROTOCOL §4 Limits: no control character but TAB and LF in strings and none in member names;
+///   integers within ±(2^53 − 1) and numbers finite; nesting at most k_max_json_depth (the event
+///   is depth 1); times from 1970 to the end of 2099; quantities from k_min_quantity to
+///   k_max_quantity.
 /// Errors: rejected, with a message naming the field: `resourceQuantity.hasUnit: unknown OM2 unit
 /// "grams" (expected one of one, hour, …)`.
 Status validate_submission(const nlohmann::ordered_json& fields);
@@ -66,8 +74,11 @@ struct EventStamp {
 std::string make_event_payload(const EventStamp& stamp, const nlohmann::ordered_json& fields,
                                const EventSource& source);
 
-/// Validates a whole payload as the node does (PROTOCOL §7 step 5): the stamp fields' forms plus
-/// validate_submission on the rest. Used by `verify` and by tests. Errors: rejected.
+/// Validates a whole payload as the node does (PROTOCOL §7 step 5): the stamp fields' forms
+/// (`seq` from 1 to 2^53 − 1, `recorded` with milliseconds as format_rfc3339_ms writes it) plus
+/// validate_submission on the rest. Parse the text with parse_json_strict first, which refuses
+/// what a parsed document no longer shows (repeated names, a BOM). Used by the node, `verify`
+/// and tests. Errors: rejected.
 Status validate_event_payload(const nlohmann::ordered_json& event);
 
 }  // namespace agent

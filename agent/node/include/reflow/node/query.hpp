@@ -33,9 +33,6 @@ enum class EventFormat {
 /// The CSV columns, in order (also the header row).
 const std::vector<std::string>& event_csv_columns();
 
-/// One RFC 4180 field: quoted (with inner quotes doubled) when it holds a comma, a quote, CR or LF.
-std::string csv_field(std::string_view value);
-
 /// One CSV record of `event` (without the line end): device, stream, seq, id and recorded from the
 /// store, the rest from the payload; missing fields are empty, quantities are split into value
 /// and unit, a non-string where a string belongs is written as its JSON text.

@@ -1,0 +1,41 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include <reflow/core/result.hpp>
+
+namespace agent {
+
+/// The deepest nesting parse_json_strict accepts by default: PROTOCOL §4 "Limits". An event is
+/// depth 1, its `meta` depth 2; sixteen leaves drivers room and keeps every recursive walk over a
+/// document (dump, validation) far from the end of a thread's stack.
+inline constexpr std::size_t k_max_json_depth = 16;
+
+/// The largest integer magnitude every JSON implementation reads exactly: 2^53 − 1 (I-JSON,
+/// RFC 7493 §2.2).
+inline constexpr std::int64_t k_max_json_integer = (std::int64_t{1} << 53) - 1;
+
+/// Parses `text` as exactly one JSON document (RFC 8259) under the rules that give every reader
+/// the same reading of it (I-JSON, RFC 7493), which is what a signature over JSON needs:
+///
+/// - no byte order mark (RFC 8259 §8.1), and nothing but whitespace after the value;
+/// - strings and member names are valid UTF-8 (RFC 7493 §2.1);
+/// - no object has the same member name twice (RFC 7493 §2.3): readers disagree about which
+///   value wins (nlohmann_json takes the last, SQLite's JSON functions the first);
+/// - integers lie within ±(2^53 − 1) (RFC 7493 §2.2); other numbers are finite binary64 values
+///   that neither overflow (1e400) nor underflow to zero or a subnormal (1e-400, 5e-324);
+/// - objects and arrays nest at most `max_depth` deep (the top level is depth 1).
+///
+/// Errors: invalid_argument with a message that starts "line L, column C: " (both 1-based,
+/// columns in bytes) and names what is wrong, e.g. `line 1, column 12: member "seq" appears
+/// twice`, `line 3, column 20: NaN is not a JSON number`, `line 1, column 9: 1e400 is too large
+/// for a binary64 number`. The message quotes at most a short token of the input.
+Result<nlohmann::ordered_json> parse_json_strict(std::string_view text,
+                                                 std::size_t max_depth = k_max_json_depth);
+
+}  // namespace agent

@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include <reflow/core/text.hpp>
+
+#include <gtest/gtest.h>
+
+namespace agent {
+namespace {
+
+TEST(TextTest, PrintableTextKeepsTextAndEscapesWhatDrivesATerminal) {
+  EXPECT_EQ(printable_text("spool-3 Füllung 5 € ✓"), "spool-3 Füllung 5 € ✓");
+  EXPECT_EQ(printable_text("a\nb\tc\rd"), "a\\x0ab\\x09c\\x0dd");
+  EXPECT_EQ(printable_text("\x1b[2J\x07\x7f"), "\\x1b[2J\\x07\\x7f");
+  EXPECT_EQ(printable_text("csi \xc2\x9b"
+                           "31m"),
+            "csi \\xc2\\x9b31m");                             // C1 CSI
+  EXPECT_EQ(printable_text("nbsp\xc2\xa0"), "nbsp\xc2\xa0");  // not a control
+  EXPECT_EQ(printable_text(std::string_view("nul\0", 4)), "nul\\x00");
+  EXPECT_EQ(printable_text("back\\slash"), "back\\\\slash");  // "\x1b" typed as text stays apart
+}
+
+TEST(TextTest, PrintableTextEscapesEveryByteThatIsNotUtf8) {
+  EXPECT_EQ(printable_text("\xff"), "\\xff");
+  EXPECT_EQ(printable_text("\xc0\xaf"), "\\xc0\\xaf");                    // overlong '/'
+  EXPECT_EQ(printable_text("\xed\xa0\x80"), "\\xed\\xa0\\x80");           // a surrogate
+  EXPECT_EQ(printable_text("\xf4\x90\x80\x80"), "\\xf4\\x90\\x80\\x80");  // above U+10FFFF
+  EXPECT_EQ(printable_text("cut \xe2\x82"), "cut \\xe2\\x82");            // truncated €
+  EXPECT_EQ(printable_text("\xf0\x9f\x94\xa7"), "\xf0\x9f\x94\xa7");      // 🔧
+}
+
+TEST(TextTest, CsvFieldNeutralisesFormulasAndKeepsQuotedLineBreaks) {
+  EXPECT_EQ(csv_field("=1+1"), "'=1+1");
+  EXPECT_EQ(csv_field("+1"), "'+1");
+  EXPECT_EQ(csv_field("-1"), "'-1");
+  EXPECT_EQ(csv_field("@SUM(A1)"), "'@SUM(A1)");
+  EXPECT_EQ(csv_field("\tx"), "'\tx");
+  EXPECT_EQ(csv_field("\r=x"), "\"'\r=x\"");
+  EXPECT_EQ(csv_field("a=b"), "a=b");
+  EXPECT_EQ(csv_field("two\nlines"), "\"two\nlines\"");
+  EXPECT_EQ(csv_field("esc\x1b[31m"), "esc\\x1b[31m");
+  EXPECT_EQ(csv_field("=\"x\",y"), "\"'=\"\"x\"\",y\"");
+}
+
+}  // namespace
+}  // namespace agent
