@@ -1030,7 +1030,7 @@ TEST_F(SqliteStoreTest, RevokedKeyCannotExtendAStreamWithBackDatedEvents) {
   r = put({in(evs[2])}, revoked_at + 30);
   expect_outcome(r[0], PutOutcome::stored);
   EXPECT_EQ(ack(d.id)->seq, 5);
-  // A forged seq 3 (back-dated, with the right prev) cannot replace it, nor a new stream start.
+  // Nor can a new stream start, back-dated or not.
   auto fresh = chain(d, new_stream(), 1, k_t0);
   r = put({in(fresh[0])}, revoked_at + 40);
   expect_outcome(r[0], PutOutcome::rejected, RejectReason::key_revoked);
