@@ -467,7 +467,7 @@ class VerdictTest(nh.NodeTestCase):
         self.publish_valid(v, 3)
         self.publish_valid(v, 4)
         self.barrier()
-        self.assert_stored(v, [1, 3, 4])
+        self.assert_stored(v, [1])  # 3 and 4 are held until seq 2 decides them (PROTOCOL §7)
         stats = self.cli.device_stats("dev-v")
         self.assertEqual((stats["events"], stats["gaps"]), (3, 1), f"stats {stats}")
         self.assertEqual(h.read_retained(self.broker.port, ack_topic("dev-v")),
@@ -491,16 +491,17 @@ class VerdictTest(nh.NodeTestCase):
                               "prev ≠ hash of the stored seq 1", stream=v.stream, seq=2)
         self.publish_valid(v, 2, wait_ack=2)
 
-        # seq 4 first, across a gap; then a seq 3 that is not the one seq 4's prev names.
+        # A seq 4 with a wrong prev first, across a gap: held. The real seq 3 then arrives and
+        # decides it: seq 4, not seq 3, is the wrong one (issue 14: it used to wedge the ack).
         v.add(3)
-        self.publish_valid(v, 4)
-        impostor = v.variant(3, mutate=lambda e: e.__setitem__("note", "not the real seq 3"))
-        self.publish(v.device, impostor)
+        wrong_4 = v.variant(4, mutate=lambda e: e.__setitem__("prev", h.b64url(b"\x02" * 32)))
+        self.publish(v.device, wrong_4)
         self.barrier()
-        self.assert_rejection(self.cli.rejections()[-1], "chain_break", "dev-v", impostor,
-                              "hash ≠ prev of the stored seq 4", stream=v.stream, seq=3)
-        self.assert_stored(v, [1, 2, 4])
-        self.publish_valid(v, 3, wait_ack=4)
+        self.assert_stored(v, [1, 2])
+        self.publish_valid(v, 3, wait_ack=3)
+        self.assert_rejection(self.cli.rejections()[-1], "chain_break", "dev-v", wrong_4,
+                              "prev of the held seq 4 ≠ hash of seq 3", stream=v.stream, seq=4)
+        self.publish_valid(v, 4, wait_ack=4)  # the agent resends its real seq 4
         self.assert_stored(v, [1, 2, 3, 4])
         stats = self.cli.device_stats("dev-v")
         self.assertEqual(nonzero(stats["rejections"]), {"chain_break": 2}, f"stats {stats}")
@@ -511,6 +512,9 @@ class VerdictTest(nh.NodeTestCase):
         self.cli.device_add("dev-r", nh.keygen_json(key_r))
         old = nh.Chain(key_r, "dev-r", recorded=nh.now_rfc3339(-3600))
         self.publish_valid(old, 1, wait_ack=1)
+        old.add(2)
+        self.publish_valid(old, 3)  # held across the gap at seq 2
+        self.barrier()
         r = self.cli.ok("device", "revoke", "dev-r")
         self.assertRegex(r.stdout, r"^revoked dev-r \(1 keys?\) at \d{4}-\d\d-\d\dT")
         listed = [d for d in self.cli.ok("device", "list", "--json").json_lines()
@@ -521,25 +525,31 @@ class VerdictTest(nh.NodeTestCase):
         self.assertEqual(refused.returncode, 1, "a revoked kid cannot be added again")
         self.assertTrue(refused.stderr.startswith("reflow-ingest: "), refused.stderr)
 
-        after = old.variant(2, mutate=lambda e: e.__setitem__("recorded", nh.now_rfc3339(60)))
-        fresh = nh.Chain(key_r, "dev-r", recorded=nh.now_rfc3339(-3600))  # back-dated new stream
+        after = old.variant(4, mutate=lambda e: e.__setitem__("recorded", nh.now_rfc3339(60)))
+        # Back-dated by the device's clock (issue 14): a new seq of the known stream, and a new
+        # stream. Nothing the node stored before the revocation vouches for either.
+        back_dated = old.variant(4)
+        fresh = nh.Chain(key_r, "dev-r", recorded=nh.now_rfc3339(-3600))
         fresh_line = fresh.add(1)
         self.publish("dev-r", after)
+        self.publish("dev-r", back_dated)
         self.publish("dev-r", fresh_line)
         self.barrier()
         rejections = self.cli.rejections("dev-r")
-        self.assertEqual(len(rejections), 2, rejections)
+        self.assertEqual(len(rejections), 3, rejections)
         self.assert_rejection(rejections[0], "key_revoked", "dev-r", after,
                               "recorded after the revocation")
-        self.assert_rejection(rejections[1], "key_revoked", "dev-r", fresh_line,
+        self.assert_rejection(rejections[1], "key_revoked", "dev-r", back_dated,
+                              "a seq above what the node had at the revocation")
+        self.assert_rejection(rejections[2], "key_revoked", "dev-r", fresh_line,
                               "a stream first seen after the revocation")
         self.assertEqual({a["stream"] for a in self.acks.acks("dev-r")}, {old.stream})
         self.assertEqual({a["seq"] for a in self.acks.acks("dev-r")}, {1})
 
-        # An event recorded before the revocation, still in the outbox of the known stream, is
-        # stored (the store only refuses streams first seen after the revocation).
-        self.publish_valid(old, 2, wait_ack=2)
-        self.assert_stored(old, [1, 2])
+        # seq 2, still in the outbox of the known stream, fills the gap below seq 3, which the
+        # node stored before the revocation and whose prev binds it: stored.
+        self.publish_valid(old, 2, wait_ack=3)
+        self.assert_stored(old, [1, 2, 3])
 
 
 if __name__ == "__main__":

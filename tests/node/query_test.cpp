@@ -251,8 +251,8 @@ TEST_F(QueryTest, RejectionsAreJsonLinesWithNullsForUnknownStreamAndSeq) {
   std::vector<std::string> keys;
   for (auto& [key, _] : parsed[1].items())
     keys.push_back(key);
-  EXPECT_EQ(keys, (std::vector<std::string>{"received", "device", "topic", "reason", "detail",
-                                            "stream", "seq", "envelope"}));
+  EXPECT_EQ(keys, (std::vector<std::string>{"received", "last_seen", "count", "device", "topic",
+                                            "reason", "detail", "stream", "seq", "envelope"}));
 }
 
 std::vector<DeviceStats> sample_stats() {

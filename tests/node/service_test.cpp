@@ -494,6 +494,33 @@ TEST_F(IngestServiceTest, KeepsRejectedEnvelopesWithTheirReasonAndAcksValidEvent
     EXPECT_EQ(ack.stream, stream.stream());
 }
 
+// Issue 14 item 13: a retained or repeated garbage message added a row and a log line each time.
+TEST_F(IngestServiceTest, RepeatedGarbageIsOneRowCountedAndLoggedAFewTimes) {
+  auto service = start_service(m_config);
+  DeviceClient device(m_broker.port());
+  SignedStream stream(*m_key, k_device, m_env);
+  constexpr int k_repeats = 200;
+  for (int i = 0; i < k_repeats; ++i)
+    device.publish("not a JWS");
+  device.publish(stream.next());
+  ASSERT_TRUE(eventually([&] { return device.last_ack_is(stream.stream(), 1); }));
+  ASSERT_TRUE(eventually([&] { return service->counters().rejected == k_repeats; }));
+  const auto counters = service->counters();
+  EXPECT_EQ(counters.rejected_by_reason.at("malformed_jws"), static_cast<std::uint64_t>(k_repeats));
+  EXPECT_EQ(counters.rejections_repeated, static_cast<std::uint64_t>(k_repeats - 1));
+  EXPECT_EQ(counters.rejections_not_kept, 0u);
+  // The test's clock does not move: all in one window, of which the first 10 are logged.
+  EXPECT_EQ(counters.rejection_logs_suppressed, static_cast<std::uint64_t>(k_repeats - 10));
+
+  std::vector<StoredRejection> rejections;
+  ASSERT_TRUE(m_store->for_each_rejection(std::nullopt, [&](const StoredRejection& r) {
+    rejections.push_back(r);
+    return true;
+  }));
+  ASSERT_EQ(rejections.size(), 1u);
+  EXPECT_EQ(rejections[0].count, k_repeats);
+}
+
 TEST_F(IngestServiceTest, StoreErrorsAckNothingAndTheBatchIsRetriedUntilStored) {
   FailingStore failing(*m_store, 3);
   IngestService service(m_config, failing, m_env, m_log);

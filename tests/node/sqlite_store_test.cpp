@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <fstream>
+#include <limits>
 #include <thread>
 
 #include <fmt/format.h>
@@ -47,6 +48,15 @@ Json fields_for(const std::string& action) {
   }
   return fields;
 }
+
+// Turns the rejections of the current schema back into those of versions 1 and 2.
+constexpr const char* k_rejections_as_in_version_2 =
+    "DROP INDEX rejections_envelope; DROP INDEX rejections_capped;"
+    "DROP TABLE rejections_not_kept;"
+    "ALTER TABLE rejections DROP COLUMN capped;"
+    "ALTER TABLE rejections DROP COLUMN envelope_sha256;"
+    "ALTER TABLE rejections DROP COLUMN count;"
+    "ALTER TABLE rejections DROP COLUMN last_seen_ms;";
 
 struct EventSpec {
   std::int64_t seq = 1;
@@ -335,24 +345,31 @@ TEST_F(SqliteStoreTest, ChainBreakWhenStoredPredecessorDisagrees) {
   EXPECT_EQ(st.rejections["chain_break"], 1);
 }
 
-TEST_F(SqliteStoreTest, ChainBreakWhenStoredSuccessorDisagrees) {
+// A held successor cannot judge the predecessor that arrives after it: the predecessor is checked
+// against its own stored predecessor, and the held successor is judged by it (issue 14 item 12).
+TEST_F(SqliteStoreTest, ChainBreakWhenHeldSuccessorDisagreesMovesTheSuccessorOut) {
   Device& d = device("fablab-mk4-01");
   const std::string s = new_stream();
   auto evs = chain(d, s, 4);
-  // Seq 4 arrives first across the gap; then a seq 3 it does not vouch for.
+  // Seq 4 arrives first across the gap; then a seq 3, linked to seq 2, that seq 4 does not
+  // vouch for.
   put({in(evs[0]), in(evs[1]), in(evs[3])});
-  VerifiedEvent impostor =
-      make(d, s, EventSpec{3, evs[1].signing_input_sha256, k_t0 + 3, "use", "impostor"});
-  auto r = put({in(impostor)});
+  VerifiedEvent other =
+      make(d, s, EventSpec{3, evs[1].signing_input_sha256, k_t0 + 3, "use", "another seq 3"});
+  auto r = put({in(other)});
   ASSERT_EQ(r.size(), 1u);
-  expect_outcome(r[0], PutOutcome::rejected, RejectReason::chain_break);
-  EXPECT_EQ(ack(d.id)->seq, 2);
-  EXPECT_FALSE(stats_of(d.id).chain_intact);
-
-  // The real seq 3 still fills the gap.
-  r = put({in(evs[2])});
   expect_outcome(r[0], PutOutcome::stored);
-  EXPECT_EQ(ack(d.id)->seq, 4);
+  EXPECT_EQ(ack(d.id)->seq, 3);
+  EXPECT_FALSE(stats_of(d.id).chain_intact);
+  auto rej = rejections();
+  ASSERT_EQ(rej.size(), 1u);
+  EXPECT_EQ(rej[0].reason, RejectReason::chain_break);
+  EXPECT_EQ(rej[0].envelope, evs[3].envelope);
+
+  // The first seq 3 stored is kept.
+  r = put({in(evs[2])});
+  expect_outcome(r[0], PutOutcome::rejected, RejectReason::equivocation);
+  EXPECT_EQ(ack(d.id)->seq, 3);
 }
 
 TEST_F(SqliteStoreTest, IntactChainAcrossGapFill) {
@@ -370,17 +387,18 @@ TEST_F(SqliteStoreTest, RevokedKeyKeepsOldStreamsButCannotStartNewOnes) {
   Device& d = device("fablab-mk4-01");
   const std::string old_stream = new_stream();
   auto evs = chain(d, old_stream, 3, k_t0);
-  put({in(evs[0])}, k_t0 + 10);
+  put({in(evs[0]), in(evs[2])}, k_t0 + 10);
 
   const std::int64_t revoked_at = k_t0 + 1000;
   ASSERT_TRUE(m_store->revoke_device(d.id, revoked_at));
 
-  // Recorded before the revocation, in a stream first seen before it: accepted end to end.
+  // Recorded before the revocation, filling a gap below seq 3 (stored before it): accepted end to
+  // end.
   auto v = verify_envelope(*m_store, d.topic(), d.id, evs[1].envelope);
   ASSERT_TRUE(v && v->has_value());
   // Recorded after: the verifier refuses it.
   VerifiedEvent late =
-      make(d, old_stream, EventSpec{3, evs[1].signing_input_sha256, revoked_at + 5, "use", "late"});
+      make(d, old_stream, EventSpec{4, evs[2].signing_input_sha256, revoked_at + 5, "use", "late"});
   Rejection late_rejection = verified_rejection(d, late.envelope);
   EXPECT_EQ(late_rejection.reason, RejectReason::key_revoked);
   // A fresh stream, back-dated before the revocation: the store refuses it.
@@ -392,7 +410,7 @@ TEST_F(SqliteStoreTest, RevokedKeyKeepsOldStreamsButCannotStartNewOnes) {
   expect_outcome(r[1], PutOutcome::rejected, RejectReason::key_revoked);
   expect_outcome(r[2], PutOutcome::rejected, RejectReason::key_revoked);
   EXPECT_EQ(ack(d.id)->stream, old_stream);
-  EXPECT_EQ(ack(d.id)->seq, 2);
+  EXPECT_EQ(ack(d.id)->seq, 3);
   EXPECT_EQ(stats_of(d.id).rejections["key_revoked"], 2);
   EXPECT_TRUE(stats_of(d.id).revoked);
 }
@@ -512,10 +530,8 @@ TEST_F(SqliteStoreTest, ReopenedFileStillHasEverything) {
   EXPECT_EQ((*keys)[0].jwk.kid, d.key.public_jwk().kid);
   EXPECT_EQ((*keys)[0].jwk.x, d.key.public_jwk().x);
   EXPECT_EQ(ack(d.id)->seq, 1);
-  auto stored = events();
-  ASSERT_EQ(stored.size(), 2u);
-  EXPECT_EQ(stored[1].envelope, evs[2].envelope);
-  EXPECT_EQ(stored[1].payload, evs[2].payload);  // decoded from the envelope (schema 2)
+  EXPECT_EQ(events().size(), 1u);  // seq 3 is held beyond the gap
+  EXPECT_EQ(stats_of(d.id).events, 2);
   auto rej = rejections();
   ASSERT_EQ(rej.size(), 1u);
   EXPECT_EQ(rej[0].envelope, "garbage");
@@ -526,6 +542,10 @@ TEST_F(SqliteStoreTest, ReopenedFileStillHasEverything) {
   expect_outcome(r[0], PutOutcome::stored);
   EXPECT_EQ(ack(d.id)->seq, 3);
   EXPECT_TRUE(stats_of(d.id).chain_intact);
+  auto stored = events();
+  ASSERT_EQ(stored.size(), 3u);
+  EXPECT_EQ(stored[2].envelope, evs[2].envelope);
+  EXPECT_EQ(stored[2].payload, evs[2].payload);  // decoded from the envelope (schema 2)
 }
 
 // The service acks what put() stored, and the agent then deletes it: a batch half stored when
@@ -576,14 +596,15 @@ TEST_F(SqliteStoreTest, WriteFailureStoresNothingOfTheBatchAndARetryStoresIt) {
   expect_outcome(r[1], PutOutcome::stored);
   expect_outcome(r[2], PutOutcome::stored);
   expect_outcome(r[3], PutOutcome::rejected, RejectReason::malformed_jws);
-  EXPECT_EQ(events().size(), 5u);
+  EXPECT_EQ(events().size(), 4u);  // and seq 5, held beyond the gap
   EXPECT_EQ(rejections().size(), 1u);
 
   // Stored for good, not only in the connection that saw the errors.
   m_store.reset();
   m_store = open_store();
   ASSERT_TRUE(m_store);
-  EXPECT_EQ(events().size(), 5u);
+  EXPECT_EQ(events().size(), 4u);
+  EXPECT_EQ(stats_of(d.id).events, 5);
   EXPECT_EQ(stats_of(d.id).gaps, 1);
   auto a = ack(d.id);
   ASSERT_TRUE(a);
@@ -646,8 +667,10 @@ TEST_F(SqliteStoreTest, MigratesASchemaVersion1File) {
   };
   ASSERT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
   ASSERT_EQ(sqlite3_exec(db,
-                         "ALTER TABLE events ADD COLUMN payload TEXT NOT NULL DEFAULT '';"
-                         "PRAGMA user_version=1",
+                         (std::string(k_rejections_as_in_version_2) +
+                          "ALTER TABLE events ADD COLUMN payload TEXT NOT NULL DEFAULT '';"
+                          "PRAGMA user_version=1")
+                             .c_str(),
                          nullptr, nullptr, nullptr),
             SQLITE_OK);
   sqlite3_close(db);
@@ -665,10 +688,48 @@ TEST_F(SqliteStoreTest, MigratesASchemaVersion1File) {
   m_store.reset();
 
   ASSERT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
-  EXPECT_EQ(query_int("PRAGMA user_version"), 2);
+  EXPECT_EQ(query_int("PRAGMA user_version"), 3);
   EXPECT_EQ(query_int("SELECT count(*) FROM pragma_table_info('events') WHERE name = 'payload'"),
             0);
   sqlite3_close(db);
+}
+
+// Schema 2 kept a row per arrival; opening such a file collapses the repeats into one row each.
+TEST_F(SqliteStoreTest, MigratesASchemaVersion2FileCollapsingRepeatedRejections) {
+  put({in(junk_rejection("a")), in(junk_rejection("b"))}, k_t0);
+  m_store.reset();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db,
+                         (std::string(k_rejections_as_in_version_2) +
+                          "INSERT INTO rejections(received_ms, topic, device, reason, detail, "
+                          " envelope) SELECT received_ms + 5, topic, device, reason, detail, "
+                          " envelope FROM rejections WHERE CAST(envelope AS TEXT) = 'a';"
+                          "INSERT INTO rejections(received_ms, topic, device, reason, detail, "
+                          " envelope) SELECT received_ms + 9, topic, device, reason, detail, "
+                          " envelope FROM rejections WHERE CAST(envelope AS TEXT) = 'a' AND "
+                          " received_ms = (SELECT min(received_ms) FROM rejections);"
+                          "PRAGMA user_version=2")
+                             .c_str(),
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK)
+      << sqlite3_errmsg(db);
+  sqlite3_close(db);
+
+  m_store = open_store();
+  ASSERT_TRUE(m_store);
+  auto rej = rejections();
+  ASSERT_EQ(rej.size(), 2u);
+  EXPECT_EQ(rej[0].envelope, "b");
+  EXPECT_EQ(rej[0].count, 1);
+  EXPECT_EQ(rej[1].envelope, "a");
+  EXPECT_EQ(rej[1].count, 3);
+  EXPECT_EQ(rej[1].received_unix_ms, k_t0);
+  EXPECT_EQ(rej[1].last_seen_unix_ms, k_t0 + 9);
+  // And repeats are counted from now on.
+  auto r = put({in(junk_rejection("b"))}, k_t0 + 20);
+  EXPECT_EQ(r[0].kept, RejectionKept::repeat);
+  EXPECT_EQ(stats_of("junk").rejections.at("malformed_jws"), 5);
 }
 
 TEST_F(SqliteStoreTest, RegistryRefusesKeysOfOtherDevicesAndRevokedKeys) {
@@ -893,6 +954,207 @@ TEST_F(SqliteStoreTest, ReadersAreNotBlockedByAnOpenWriteTransaction) {
 }
 
 // Not an assertion: prints put() throughput for the lead (batches of 512, as the service does).
+// Issue 14 item 12: a successor with a wrong `prev` that arrived before its predecessor used to
+// make the honest predecessor a chain break forever, wedging the stream's ack.
+TEST_F(SqliteStoreTest, WrongPrevSuccessorArrivingFirstDoesNotWedgeTheStream) {
+  Device& d = device("fablab-mk4-01");
+  const std::string s = new_stream();
+  auto evs = chain(d, s, 3);
+  VerifiedEvent wrong =
+      make(d, s, EventSpec{3, agent::sha256_b64url("not seq 2"), k_t0 + 3, "use", "wrong prev"});
+  auto r = put({in(evs[0]), in(wrong)});
+  expect_outcome(r[1], PutOutcome::stored);  // held: seq 2 is not there to check it
+  EXPECT_EQ(ack(d.id)->seq, 1);
+  EXPECT_EQ(events().size(), 1u);  // a held event is not returned (nor exported)
+
+  r = put({in(evs[1])}, k_t0 + 10);
+  expect_outcome(r[0], PutOutcome::stored);
+  EXPECT_NE(r[0].detail.find("seq 3"), std::string::npos) << r[0].detail;
+  EXPECT_EQ(ack(d.id)->seq, 2);
+  auto rej = rejections();
+  ASSERT_EQ(rej.size(), 1u);
+  EXPECT_EQ(rej[0].reason, RejectReason::chain_break);
+  EXPECT_EQ(rej[0].envelope, wrong.envelope);
+  EXPECT_EQ(rej[0].seq, 3);
+  EXPECT_EQ(rej[0].received_unix_ms, k_t0 + 10);
+
+  // The agent resends its real seq 3: accepted and acked.
+  r = put({in(evs[2])}, k_t0 + 20);
+  expect_outcome(r[0], PutOutcome::stored);
+  EXPECT_EQ(ack(d.id)->seq, 3);
+  auto stored = events();
+  ASSERT_EQ(stored.size(), 3u);
+  EXPECT_EQ(stored[2].envelope, evs[2].envelope);
+  DeviceStats st = stats_of(d.id);
+  EXPECT_EQ(st.streams[0].events, 3);
+  EXPECT_EQ(st.streams[0].max_seq, 3);
+}
+
+// A held event is decided by its predecessor even when that predecessor is itself held.
+TEST_F(SqliteStoreTest, HeldEventsAreConfirmedOnlyOnceTheirChainReachesSeqOne) {
+  Device& d = device("fablab-mk4-01");
+  auto evs = chain(d, new_stream(), 4);
+  put({in(evs[3]), in(evs[2])});
+  EXPECT_EQ(ack(d.id)->seq, 0);
+  EXPECT_TRUE(events().empty());
+  put({in(evs[1])});
+  EXPECT_TRUE(events().empty());
+  put({in(evs[0])});
+  EXPECT_EQ(ack(d.id)->seq, 4);
+  EXPECT_EQ(events().size(), 4u);
+  EXPECT_TRUE(stats_of(d.id).chain_intact);
+}
+
+// Issue 14 item 2: the node compared revocation with `recorded`, which the device writes, so a
+// revoked key could add back-dated events to a stream the node already had.
+TEST_F(SqliteStoreTest, RevokedKeyCannotExtendAStreamWithBackDatedEvents) {
+  Device& d = device("fablab-mk4-01");
+  const std::string s = new_stream();
+  auto evs = chain(d, s, 6, k_t0);
+  put({in(evs[0]), in(evs[1]), in(evs[4])}, k_t0 + 10);
+  const std::int64_t revoked_at = k_t0 + 1000;
+  ASSERT_TRUE(m_store->revoke_device(d.id, revoked_at));
+
+  // seq 6, recorded before the revocation by the device's clock: the verifier lets it through,
+  // but nothing the node stored vouches for it.
+  auto v = verify_envelope(*m_store, d.topic(), d.id, evs[5].envelope);
+  ASSERT_TRUE(v && v->has_value());
+  auto r = put({in(**v)}, revoked_at + 10);
+  expect_outcome(r[0], PutOutcome::rejected, RejectReason::key_revoked);
+  // seq 4 fills a gap below seq 5, which the node stored before the revocation and whose `prev`
+  // binds seq 4; seq 3 is not bound by anything stored (yet).
+  r = put({in(evs[2]), in(evs[3])}, revoked_at + 20);
+  expect_outcome(r[0], PutOutcome::rejected, RejectReason::key_revoked);
+  expect_outcome(r[1], PutOutcome::stored);
+  // Now seq 4 binds seq 3: the gap fills from the top, one resend at a time.
+  r = put({in(evs[2])}, revoked_at + 30);
+  expect_outcome(r[0], PutOutcome::stored);
+  EXPECT_EQ(ack(d.id)->seq, 5);
+  // Nor can a new stream start, back-dated or not.
+  auto fresh = chain(d, new_stream(), 1, k_t0);
+  r = put({in(fresh[0])}, revoked_at + 40);
+  expect_outcome(r[0], PutOutcome::rejected, RejectReason::key_revoked);
+  EXPECT_EQ(stats_of(d.id).rejections["key_revoked"], 3);
+}
+
+// Issue 14 item 2: `recorded` may not go backwards within a stream, in either arrival order.
+TEST_F(SqliteStoreTest, RefusesRecordedGoingBackwardsInAStream) {
+  Device& d = device("fablab-mk4-01");
+  const std::string s = new_stream();
+  auto first = make(d, s, EventSpec{1, "", k_t0 + 100, "use", ""});
+  auto earlier =
+      make(d, s, EventSpec{2, first.signing_input_sha256, k_t0 + 50, "use", "back-dated"});
+  auto r = put({in(first), in(earlier)});
+  expect_outcome(r[1], PutOutcome::rejected, RejectReason::recorded_backwards);
+  EXPECT_NE(r[1].detail.find("recorded"), std::string::npos) << r[1].detail;
+  auto same_ms = make(d, s, EventSpec{2, first.signing_input_sha256, k_t0 + 100, "use", ""});
+  r = put({in(same_ms)});
+  expect_outcome(r[0], PutOutcome::stored);
+
+  // Held seq 4 recorded before the seq 3 that then arrives: seq 4 is the one moved out.
+  auto third = make(d, s, EventSpec{3, same_ms.signing_input_sha256, k_t0 + 200, "use", ""});
+  auto held = make(d, s, EventSpec{4, third.signing_input_sha256, k_t0 + 10, "use", ""});
+  put({in(held)});
+  r = put({in(third)});
+  expect_outcome(r[0], PutOutcome::stored);
+  EXPECT_EQ(ack(d.id)->seq, 3);
+  auto rej = rejections();
+  ASSERT_EQ(rej.size(), 2u);
+  EXPECT_EQ(rej[1].reason, RejectReason::recorded_backwards);
+  EXPECT_EQ(rej[1].seq, 4);
+}
+
+// Issue 14 item 13: every rejected envelope was stored, repeats included.
+TEST_F(SqliteStoreTest, TheSameRejectedEnvelopeIsOneRowWithACount) {
+  const Rejection junk = junk_rejection();
+  const std::vector<Incoming> hundred(100, in(junk));
+  for (int i = 0; i < 10; ++i) {
+    auto r = put(hundred, k_t0 + i);
+    ASSERT_EQ(r.size(), 100u);
+    EXPECT_EQ(r[0].kept, i == 0 ? RejectionKept::new_row : RejectionKept::repeat);
+    EXPECT_EQ(r[99].kept, RejectionKept::repeat);
+  }
+  auto rej = rejections();
+  ASSERT_EQ(rej.size(), 1u);
+  EXPECT_EQ(rej[0].count, 1000);
+  EXPECT_EQ(rej[0].received_unix_ms, k_t0);
+  EXPECT_EQ(rej[0].last_seen_unix_ms, k_t0 + 9);
+  DeviceStats st = stats_of("junk");
+  EXPECT_EQ(st.rejections.at("malformed_jws"), 1000);
+  EXPECT_EQ(st.rejections_not_kept, 0);
+  EXPECT_EQ(st.last_seen_unix_ms, k_t0 + 9);
+}
+
+TEST_F(SqliteStoreTest, AnUnknownSenderCannotMakeTheNodeKeepMoreThanItsCap) {
+  std::vector<Incoming> batch;
+  for (int i = 0; i < 10'000; ++i)
+    batch.push_back(in(junk_rejection(fmt::format("garbage {}", i))));
+  auto r = put(batch);
+  ASSERT_EQ(r.size(), batch.size());
+  const RejectionLimits limits;
+  EXPECT_EQ(r.front().kept, RejectionKept::new_row);
+  EXPECT_EQ(r.back().kept, RejectionKept::counted);
+  EXPECT_EQ(static_cast<std::int64_t>(rejections().size()), limits.rows_per_device);
+  DeviceStats st = stats_of("junk");
+  EXPECT_EQ(st.rejections.at("malformed_jws"), 10'000);
+  EXPECT_EQ(st.rejections_not_kept, 10'000 - limits.rows_per_device);
+
+  // A registered device's authenticated rejections are not capped by a stranger's garbage.
+  Device& d = device("fablab-mk4-01");
+  auto evs = chain(d, new_stream(), 2);
+  put({in(evs[0])});
+  auto twin = make(d, evs[0].stream, EventSpec{1, "", k_t0, "use", "equivocating"});
+  r = put({in(twin)});
+  EXPECT_EQ(r[0].kept, RejectionKept::new_row);
+}
+
+TEST_F(SqliteStoreTest, RejectionCapsHoldPerDeviceInBytesAndInTotal) {
+  RejectionLimits limits;
+  limits.rows_per_device = 5;
+  limits.bytes_per_device = 100;
+  limits.rows_total = 8;
+  m_store.reset();
+  auto opened = open_sqlite_store(db_path(), limits);
+  ASSERT_TRUE(opened) << opened.error().message;
+  m_store = std::move(*opened);
+
+  auto from = [](std::string device, std::string envelope) {
+    return Rejection{"reflow/v1/" + device + "/events",
+                     device,
+                     std::move(envelope),
+                     RejectReason::malformed_jws,
+                     "not JSON",
+                     std::nullopt,
+                     std::nullopt};
+  };
+  // 60 bytes each: the second already passes a's byte cap.
+  put({in(from("a", std::string(60, 'x'))), in(from("a", std::string(60, 'y')))});
+  for (int i = 0; i < 10; ++i)
+    put({in(from("b", fmt::format("b{}", i)))});
+  for (int i = 0; i < 10; ++i)
+    put({in(from(fmt::format("c{}", i), "c"))});
+  EXPECT_EQ(rejections(std::string_view("a")).size(), 1u);
+  EXPECT_EQ(rejections(std::string_view("b")).size(), 5u);
+  EXPECT_EQ(rejections().size(), 8u);  // a: 1, b: 5, c0 and c1
+  EXPECT_EQ(stats_of("a").rejections_not_kept, 1);
+  EXPECT_EQ(stats_of("b").rejections_not_kept, 5);
+  EXPECT_EQ(stats_of("*").rejections_not_kept, 8);
+  EXPECT_EQ(stats_of("*").rejections.at("malformed_jws"), 8);
+  EXPECT_EQ(stats_of("c0").rejections.at("malformed_jws"), 1);
+}
+
+// Issue 14 item 14: a seq near 2^63 in two streams made the device's gap total overflow.
+TEST_F(SqliteStoreTest, GapTotalsSaturateInsteadOfOverflowing) {
+  Device& d = device("fablab-mk4-01");
+  constexpr std::int64_t k_huge = std::numeric_limits<std::int64_t>::max();
+  put({in(make(d, new_stream(), EventSpec{k_huge, agent::sha256_b64url("a"), k_t0, "use", ""})),
+       in(make(d, new_stream(), EventSpec{k_huge, agent::sha256_b64url("b"), k_t0, "use", ""}))});
+  DeviceStats st = stats_of(d.id);
+  ASSERT_EQ(st.streams.size(), 2u);
+  EXPECT_EQ(st.streams[0].gaps, k_huge - 1);
+  EXPECT_EQ(st.gaps, k_huge);
+}
+
 TEST_F(SqliteStoreTest, ReportsPutThroughput) {
   Device& d = device("fablab-mk4-01");
   constexpr int k_batch = 512;

@@ -366,6 +366,7 @@ TEST_F(VerifierTest, NamesEveryReason) {
   EXPECT_EQ(to_string(RejectReason::key_revoked), "key_revoked");
   EXPECT_EQ(to_string(RejectReason::equivocation), "equivocation");
   EXPECT_EQ(to_string(RejectReason::chain_break), "chain_break");
+  EXPECT_EQ(to_string(RejectReason::recorded_backwards), "recorded_backwards");
 }
 
 }  // namespace

@@ -40,6 +40,12 @@ std::string rejections_text(const std::map<std::string, std::uint64_t>& by_reaso
   return text.empty() ? "none" : text;
 }
 
+// What became of the rejections: repeats of kept envelopes, over the caps, not logged.
+std::string rejection_handling_text(const IngestCounters& c) {
+  return fmt::format("{} repeats, {} not kept, {} not logged", c.rejections_repeated,
+                     c.rejections_not_kept, c.rejection_logs_suppressed);
+}
+
 // The state of the two MQTT connections: the events subscription, and the acks' own connection.
 std::string connections_text(const IngestCounters& c) {
   std::string text = c.subscribed  ? "subscribed"
@@ -51,21 +57,21 @@ std::string connections_text(const IngestCounters& c) {
 
 // One line for systemd's STATUS= (`systemctl status`).
 std::string status_line(const IngestCounters& c) {
-  return fmt::format("{}; stored {}, duplicates {}, rejected {}, acks {}, store errors {}",
-                     connections_text(c), c.stored, c.duplicates, c.rejected, c.acks_published,
-                     c.store_errors);
+  return fmt::format("{}; stored {}, duplicates {}, rejected {} ({}), acks {}, store errors {}",
+                     connections_text(c), c.stored, c.duplicates, c.rejected,
+                     rejection_handling_text(c), c.acks_published, c.store_errors);
 }
 
 // The minute's counts, then the totals since start.
 void log_summary(agent::Logger& log, const IngestCounters& now, const IngestCounters& before) {
   log.info(k_component,
            "last {}s: received {}, stored {}, duplicates {}, rejected {}, acks {}; since start: "
-           "stored {}, duplicates {}, rejected {} ({}), acks {}, store errors {}; {}",
+           "stored {}, duplicates {}, rejected {} ({}; {}), acks {}, store errors {}; {}",
            k_summary_interval.count(), now.received - before.received, now.stored - before.stored,
            now.duplicates - before.duplicates, now.rejected - before.rejected,
            now.acks_published - before.acks_published, now.stored, now.duplicates, now.rejected,
-           rejections_text(now.rejected_by_reason), now.acks_published, now.store_errors,
-           connections_text(now));
+           rejections_text(now.rejected_by_reason), rejection_handling_text(now),
+           now.acks_published, now.store_errors, connections_text(now));
 }
 
 int run(const std::string& config_path, const std::string& log_level_override) {
@@ -114,10 +120,10 @@ int run(const std::string& config_path, const std::string& log_level_override) {
   service.stop(3000);
   const IngestCounters last = service.counters();
   log.info(k_component,
-           "stopped: stored {}, duplicates {}, rejected {} ({}), acks {}, store errors {} since "
-           "start",
+           "stopped: stored {}, duplicates {}, rejected {} ({}; {}), acks {}, store errors {} "
+           "since start",
            last.stored, last.duplicates, last.rejected, rejections_text(last.rejected_by_reason),
-           last.acks_published, last.store_errors);
+           rejection_handling_text(last), last.acks_published, last.store_errors);
   return 0;
 }
 

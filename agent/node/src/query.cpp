@@ -181,6 +181,8 @@ agent::Status write_events(Store& store, const EventFilter& filter, EventFormat 
 std::string rejection_json_line(const StoredRejection& rejection) {
   Json line;
   line["received"] = agent::format_rfc3339_ms(rejection.received_unix_ms);
+  line["last_seen"] = agent::format_rfc3339_ms(rejection.last_seen_unix_ms);
+  line["count"] = rejection.count;
   line["device"] = rejection.device;
   line["topic"] = rejection.topic;
   line["reason"] = std::string(to_string(rejection.reason));
@@ -217,6 +219,7 @@ nlohmann::ordered_json device_stats_json(const DeviceStats& stats) {
   out["rejections"] = Json::object();
   for (const auto& [reason, count] : stats.rejections)
     out["rejections"][reason] = count;
+  out["rejections_not_kept"] = stats.rejections_not_kept;
   out["streams"] = Json::array();
   for (const auto& s : stats.streams) {
     Json stream;
@@ -242,6 +245,8 @@ std::string format_stats_text(const std::vector<DeviceStats>& stats) {
     std::string rejections;
     for (const auto& [reason, count] : s.rejections)
       rejections += fmt::format("{}{}={}", rejections.empty() ? "" : ",", reason, count);
+    if (s.rejections_not_kept > 0)
+      rejections += fmt::format(" ({} not kept)", s.rejections_not_kept);
     // An unregistered device's name is whatever topic it published on: escaped.
     rows.push_back({agent::printable_text(s.device),
                     s.revoked ? "revoked" : (s.registered ? "registered" : "unregistered"),

@@ -29,12 +29,15 @@
 
 #include <reflow/core/mqtt_connect.hpp>
 #include <reflow/node/key_lookup.hpp>
+#include <reflow/node/log_limiter.hpp>
 
 namespace ingest {
 namespace {
 
 constexpr std::string_view k_component = "ingest";
 constexpr int k_qos = 1;
+// Rejections logged per sender (topic DEVICE) and minute; the rest get one summary line.
+constexpr LogLimits k_log_limits{};
 // Bounds one wait of a service thread, so that a clock that is not the real one (FakeEnv) is
 // looked at again within this time even when nothing else wakes the thread.
 constexpr auto k_max_wait = std::chrono::milliseconds(200);
@@ -536,7 +539,10 @@ struct IngestService::Impl {
   void apply_results(const std::vector<Incoming>& incoming, const std::vector<PutResult>& results) {
     std::uint64_t stored = 0;
     std::uint64_t duplicates = 0;
+    std::uint64_t repeated = 0;
+    std::uint64_t not_kept = 0;
     std::vector<std::string> reasons;
+    const auto now = env.steady_now();
     for (std::size_t i = 0; i < incoming.size() && i < results.size(); ++i) {
       const Incoming& item = incoming[i];
       const PutResult& result = results[i];
@@ -545,6 +551,10 @@ struct IngestService::Impl {
           ++stored;
           log.debug(k_component, "stored {} seq {} {}", item.event->device, item.event->seq,
                     item.event->action);
+          // Storing it proved a held successor wrong: that one is a rejection now.
+          if (!result.detail.empty() && log_limiter.admit(item.event->device, now))
+            log.warning(k_component, "stored {} stream {} seq {}; {}", item.event->device,
+                        item.event->stream, item.event->seq, result.detail);
           mark(item.event->device, false);
           break;
         case PutOutcome::duplicate:
@@ -553,19 +563,30 @@ struct IngestService::Impl {
           mark(item.event->device, true);
           break;
         case PutOutcome::rejected:
-          reasons.push_back(std::string(to_string(log_rejection(item, result))));
+          reasons.push_back(std::string(to_string(log_rejection(item, result, now))));
+          if (result.kept == RejectionKept::repeat) ++repeated;
+          if (result.kept == RejectionKept::counted) ++not_kept;
           break;
       }
     }
+    for (const auto& summary : log_limiter.take_summaries(now))
+      log.warning(k_component,
+                  "{} more rejections of {} in {} were not logged; `reflow-ingest rejections` and "
+                  "`reflow-ingest stats` have them",
+                  summary.suppressed, summary.sender, agent::format_duration(k_log_limits.window));
     std::lock_guard lock(stats_mutex);
     stats.stored += stored;
     stats.duplicates += duplicates;
     stats.rejected += reasons.size();
+    stats.rejections_repeated += repeated;
+    stats.rejections_not_kept += not_kept;
+    stats.rejection_logs_suppressed = log_limiter.suppressed_total();
     for (const auto& reason : reasons)
       ++stats.rejected_by_reason[reason];
   }
 
-  RejectReason log_rejection(const Incoming& item, const PutResult& result) {
+  RejectReason log_rejection(const Incoming& item, const PutResult& result,
+                             RejectionLogLimiter::TimePoint now) {
     std::string device;
     std::optional<std::string> stream;
     std::optional<std::int64_t> seq;
@@ -582,8 +603,13 @@ struct IngestService::Impl {
       if (!result.reason) reason = item.rejection->reason;
       if (detail.empty()) detail = item.rejection->detail;
     }
-    log.warning(k_component, "rejected {} stream {} seq {}: {}: {}", device, stream.value_or("?"),
-                seq ? std::to_string(*seq) : std::string("?"), to_string(reason), detail);
+    if (log_limiter.admit(device, now))
+      log.warning(k_component, "rejected {} stream {} seq {}: {}: {}{}", device,
+                  stream.value_or("?"), seq ? std::to_string(*seq) : std::string("?"),
+                  to_string(reason), detail,
+                  result.kept == RejectionKept::repeat    ? " (a repeat: counted on its row)"
+                  : result.kept == RejectionKept::counted ? " (over the sender's cap: counted only)"
+                                                          : "");
     return reason;
   }
 
@@ -1040,6 +1066,7 @@ struct IngestService::Impl {
 
   mutable std::mutex stats_mutex;
   IngestCounters stats;
+  RejectionLogLimiter log_limiter{k_log_limits};  ///< the store thread's
 
   // Set by stop(), read by the worker and store threads while they run.
   std::atomic<Clock::time_point> stop_deadline{Clock::time_point::max()};

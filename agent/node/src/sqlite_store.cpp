@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <system_error>
 #include <unordered_map>
@@ -33,8 +34,11 @@ using agent::sqlite::StmtPtr;
 
 // Version 2 dropped events.payload: it is the envelope's payload, decoded, and the envelope is
 // kept byte for byte, so for_each_event decodes it instead (about 40 % of each row, and of the
-// bytes a commit writes). Version 1 files are migrated when opened.
-constexpr std::int64_t k_schema_version = 2;
+// bytes a commit writes). Version 3 keeps one rejections row per (topic, envelope bytes) with a
+// count, marks the rows of unauthenticated senders (capped) and counts what the caps did not keep
+// in rejections_not_kept: every repeat used to be a row (issue 14). Older files are migrated
+// when opened.
+constexpr std::int64_t k_schema_version = 3;
 // PRAGMA application_id "RFLI": tells our file from any other SQLite database, so that pointing
 // data_dir at the wrong place fails instead of adding tables to someone else's file.
 constexpr std::int64_t k_application_id = 0x52464c49;
@@ -98,8 +102,48 @@ constexpr const char* k_schema_sql =
     " detail TEXT NOT NULL,"
     " stream TEXT,"
     " seq INTEGER,"
-    " envelope BLOB NOT NULL);"
-    "CREATE INDEX rejections_device ON rejections(device);";
+    " envelope BLOB NOT NULL,"
+    " last_seen_ms INTEGER NOT NULL DEFAULT 0,"
+    " count INTEGER NOT NULL DEFAULT 1,"
+    " envelope_sha256 TEXT NOT NULL DEFAULT '',"
+    " capped INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX rejections_device ON rejections(device);"
+    "CREATE UNIQUE INDEX rejections_envelope ON rejections(topic, envelope_sha256);"
+    "CREATE INDEX rejections_capped ON rejections(capped, device);"
+    "CREATE TABLE rejections_not_kept("
+    " device TEXT NOT NULL,"
+    " reason TEXT NOT NULL,"
+    " count INTEGER NOT NULL,"
+    " bytes INTEGER NOT NULL,"
+    " last_seen_ms INTEGER NOT NULL,"
+    " PRIMARY KEY(device, reason));";
+
+// Version 2 → 3 (the columns as k_schema_sql has them, then one row per (topic, envelope)).
+// The hashes are filled in between the two parts, by C++ (SQLite has no SHA-256).
+constexpr const char* k_migrate_2_columns_sql =
+    "ALTER TABLE rejections ADD COLUMN last_seen_ms INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE rejections ADD COLUMN count INTEGER NOT NULL DEFAULT 1;"
+    "ALTER TABLE rejections ADD COLUMN envelope_sha256 TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE rejections ADD COLUMN capped INTEGER NOT NULL DEFAULT 0;";
+constexpr const char* k_migrate_2_collapse_sql =
+    "CREATE TEMP TABLE collapsed(id INTEGER PRIMARY KEY, n INTEGER, first INTEGER, last INTEGER);"
+    "INSERT INTO collapsed SELECT max(id), count(*), min(received_ms), max(received_ms) "
+    " FROM rejections GROUP BY topic, envelope_sha256;"
+    "DELETE FROM rejections WHERE id NOT IN (SELECT id FROM collapsed);"
+    "UPDATE rejections SET (count, received_ms, last_seen_ms) = "
+    " (SELECT n, first, last FROM collapsed WHERE collapsed.id = rejections.id);"
+    "DROP TABLE collapsed;"
+    "UPDATE rejections SET capped = (reason IN ('oversized', 'malformed_jws', 'unknown_kid', "
+    " 'bad_signature') OR device NOT IN (SELECT device FROM keys));"
+    "CREATE UNIQUE INDEX rejections_envelope ON rejections(topic, envelope_sha256);"
+    "CREATE INDEX rejections_capped ON rejections(capped, device);"
+    "CREATE TABLE rejections_not_kept("
+    " device TEXT NOT NULL,"
+    " reason TEXT NOT NULL,"
+    " count INTEGER NOT NULL,"
+    " bytes INTEGER NOT NULL,"
+    " last_seen_ms INTEGER NOT NULL,"
+    " PRIMARY KEY(device, reason));";
 
 // Statements of the hot path, prepared once per connection (keyed by these pointers).
 constexpr const char* k_sql_find_key =
@@ -114,7 +158,12 @@ constexpr const char* k_sql_update_stream =
     "UPDATE streams SET last_seen_ms = ?2, contiguous = ?3, max_seq = ?4, events = ?5, "
     "chain_broken = ?6, last_event = ?7 WHERE id = ?1";
 constexpr const char* k_sql_find_event =
-    "SELECT signing_input_sha256, prev FROM events WHERE device = ?1 AND stream = ?2 AND seq = ?3";
+    "SELECT signing_input_sha256, prev, recorded_ms, id FROM events "
+    "WHERE device = ?1 AND stream = ?2 AND seq = ?3";
+constexpr const char* k_sql_event_envelope = "SELECT envelope FROM events WHERE id = ?1";
+constexpr const char* k_sql_delete_event = "DELETE FROM events WHERE id = ?1";
+constexpr const char* k_sql_max_seq =
+    "SELECT coalesce(max(seq), 0) FROM events WHERE device = ?1 AND stream = ?2";
 constexpr const char* k_sql_seqs_after =
     "SELECT seq FROM events WHERE device = ?1 AND stream = ?2 AND seq > ?3 ORDER BY seq";
 constexpr const char* k_sql_insert_event =
@@ -122,8 +171,21 @@ constexpr const char* k_sql_insert_event =
     "signing_input_sha256, prev, event_id, kid, envelope) "
     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 constexpr const char* k_sql_insert_rejection =
-    "INSERT INTO rejections(received_ms, topic, device, reason, detail, stream, seq, envelope) "
-    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+    "INSERT INTO rejections(received_ms, topic, device, reason, detail, stream, seq, envelope, "
+    "last_seen_ms, count, envelope_sha256, capped) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?1, 1, ?9, ?10)";
+constexpr const char* k_sql_repeat_rejection =
+    "UPDATE rejections SET count = count + 1, last_seen_ms = ?3, reason = ?4, detail = ?5 "
+    "WHERE topic = ?1 AND envelope_sha256 = ?2";
+constexpr const char* k_sql_capped_usage =
+    "SELECT count(*), total(length(envelope)) FROM rejections WHERE capped = 1 AND device = ?1";
+constexpr const char* k_sql_capped_total =
+    "SELECT count(*), total(length(envelope)) FROM rejections WHERE capped = 1";
+constexpr const char* k_sql_device_registered = "SELECT 1 FROM keys WHERE device = ?1 LIMIT 1";
+constexpr const char* k_sql_not_kept =
+    "INSERT INTO rejections_not_kept(device, reason, count, bytes, last_seen_ms) "
+    "VALUES (?1, ?2, 1, ?3, ?4) ON CONFLICT(device, reason) DO UPDATE SET "
+    "count = count + 1, bytes = bytes + excluded.bytes, last_seen_ms = excluded.last_seen_ms";
 constexpr const char* k_sql_ack_point =
     "SELECT stream, contiguous FROM streams WHERE device = ?1 ORDER BY last_event DESC LIMIT 1";
 
@@ -135,6 +197,14 @@ std::optional<std::string> column_optional_text(sqlite3_stmt* stmt, int col) {
 std::optional<std::int64_t> column_optional_int(sqlite3_stmt* stmt, int col) {
   if (sqlite3_column_type(stmt, col) == SQLITE_NULL) return std::nullopt;
   return sqlite3_column_int64(stmt, col);
+}
+
+std::int64_t saturating_add(std::int64_t a, std::int64_t b) {
+  std::int64_t sum = 0;
+  if (__builtin_add_overflow(a, b, &sum))
+    return b > 0 ? std::numeric_limits<std::int64_t>::max()
+                 : std::numeric_limits<std::int64_t>::min();
+  return sum;
 }
 
 ErrorCode code_of(int rc) {
@@ -154,7 +224,8 @@ std::optional<RejectReason> reason_from_name(std::string_view name) {
   for (RejectReason reason :
        {RejectReason::oversized, RejectReason::malformed_jws, RejectReason::unknown_kid,
         RejectReason::bad_signature, RejectReason::device_mismatch, RejectReason::invalid_event,
-        RejectReason::key_revoked, RejectReason::equivocation, RejectReason::chain_break}) {
+        RejectReason::key_revoked, RejectReason::equivocation, RejectReason::chain_break,
+        RejectReason::recorded_backwards}) {
     if (to_string(reason) == name) return reason;
   }
   return std::nullopt;
@@ -191,17 +262,37 @@ struct StreamState {
   // The last event stored in this batch: in-order delivery finds its predecessor here.
   std::int64_t tail_seq = 0;
   std::string tail_hash;
+  std::int64_t tail_recorded_ms = 0;
 };
 
 // A stored event's chain fields.
 struct ChainLink {
   std::string hash;  ///< signing_input_sha256
   std::string prev;  ///< empty for seq 1
+  std::int64_t recorded_ms = 0;
+  std::int64_t row_id = 0;
 };
+
+// Rejections whose sender nothing authenticates: RejectionLimits caps what they keep.
+bool unauthenticated(RejectReason reason) {
+  return reason == RejectReason::oversized || reason == RejectReason::malformed_jws ||
+         reason == RejectReason::unknown_kid || reason == RejectReason::bad_signature;
+}
+
+// Kept rows and envelope bytes of capped rejections.
+struct CappedUsage {
+  std::int64_t rows = 0;
+  std::int64_t bytes = 0;
+};
+
+// The not-kept counts beyond the total cap go under this device, which no device id can be
+// (PROTOCOL §1), so that a sender varying the topic's DEVICE adds no rows.
+constexpr std::string_view k_all_unauthenticated = "*";
 
 class SqliteStore final : public Store {
  public:
-  explicit SqliteStore(fs::path path) : m_path(std::move(path)) {}
+  SqliteStore(fs::path path, const RejectionLimits& limits)
+      : m_path(std::move(path)), m_limits(limits) {}
 
   Status open() {
     if (auto s = open_connection(m_writer, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE); !s)
@@ -328,7 +419,7 @@ class SqliteStore final : public Store {
       Batch state;
       for (const Incoming& item : batch) {
         Result<PutResult> r = item.event ? apply_event(state, *item.event, now_unix_ms)
-                                         : apply_rejection(*item.rejection, now_unix_ms);
+                                         : apply_rejection(state, *item.rejection, now_unix_ms);
         if (!r) return std::unexpected(r.error());
         results.push_back(std::move(*r));
       }
@@ -356,6 +447,7 @@ class SqliteStore final : public Store {
   Status for_each_event(const EventFilter& filter,
                         const std::function<bool(const StoredEvent&)>& fn) override {
     std::lock_guard lock(m_reader.mutex);
+    // Held events (beyond `contiguous`: their chain does not reach seq 1 yet) are left out.
     // Only the filters that are set appear in the SQL, so the planner can use their indexes
     // (events_recorded, events_action) and sort just the matching rows. Without such a filter,
     // CROSS JOIN makes streams the outer loop: rows then come in the wanted order straight from
@@ -364,7 +456,7 @@ class SqliteStore final : public Store {
     std::string sql = fmt::format(
         "SELECT e.device, e.stream, e.seq, e.event_id, e.action, e.kid, e.recorded_ms, "
         "e.received_ms, e.envelope FROM streams s {} events e "
-        "ON e.device = s.device AND e.stream = s.stream WHERE 1",
+        "ON e.device = s.device AND e.stream = s.stream WHERE e.seq <= s.contiguous",
         narrowed ? "JOIN" : "CROSS JOIN");
     if (filter.device) sql += " AND s.device = ?1";
     if (filter.since_unix_ms) sql += " AND e.recorded_ms >= ?2";
@@ -406,8 +498,8 @@ class SqliteStore final : public Store {
                             const std::function<bool(const StoredRejection&)>& fn) override {
     std::lock_guard lock(m_reader.mutex);
     std::string sql =
-        "SELECT device, topic, reason, detail, stream, seq, received_ms, envelope "
-        "FROM rejections";
+        "SELECT device, topic, reason, detail, stream, seq, received_ms, envelope, last_seen_ms, "
+        "count FROM rejections";
     if (device) sql += " WHERE device = ?1";
     sql += " ORDER BY id";
     StmtPtr stmt;
@@ -431,6 +523,8 @@ class SqliteStore final : public Store {
       rejection.seq = column_optional_int(s, 5);
       rejection.received_unix_ms = sqlite3_column_int64(s, 6);
       rejection.envelope = column_text(s, 7);
+      rejection.last_seen_unix_ms = sqlite3_column_int64(s, 8);
+      rejection.count = sqlite3_column_int64(s, 9);
       if (!fn(rejection)) return {};
     }
     if (rc != SQLITE_DONE) return error(m_reader, rc, "querying rejections");
@@ -451,6 +545,9 @@ class SqliteStore final : public Store {
     std::unordered_map<std::string, StreamState> streams;
     std::vector<StreamState*> dirty;
     std::unordered_map<std::string, std::optional<std::int64_t>> revoked;  ///< by kid
+    std::unordered_map<std::string, bool> registered;                      ///< by device
+    std::unordered_map<std::string, CappedUsage> capped;                   ///< by device
+    std::optional<CappedUsage> capped_total;
   };
 
   Result<std::vector<DeviceStats>> stats_locked() {
@@ -488,27 +585,34 @@ class SqliteStore final : public Store {
       st.events = sqlite3_column_int64(s, 2);
       st.contiguous = sqlite3_column_int64(s, 3);
       st.max_seq = sqlite3_column_int64(s, 4);
-      st.gaps = st.max_seq - st.events;
+      // Both are ≥ 0 and events ≤ max_seq, so this cannot overflow; the sums below could.
+      st.gaps = std::max<std::int64_t>(0, st.max_seq - st.events);
       st.chain_intact = sqlite3_column_int64(s, 5) == 0;
       st.first_seen_unix_ms = sqlite3_column_int64(s, 6);
       st.last_seen_unix_ms = sqlite3_column_int64(s, 7);
       d.events += st.events;
-      d.gaps += st.gaps;
+      d.gaps = saturating_add(d.gaps, st.gaps);
       d.chain_intact = d.chain_intact && st.chain_intact;
       bump_seen(d, st.last_seen_unix_ms);
       d.streams.push_back(std::move(st));
     }
     if (rc != SQLITE_DONE) return error(m_reader, rc, what);
 
+    // Kept rows (each with its repeats), then what the caps only counted.
     rc = prepare(m_reader,
-                 "SELECT device, reason, count(*), max(received_ms) FROM rejections "
-                 "GROUP BY device, reason",
+                 "SELECT device, reason, sum(count), max(last_seen_ms), 0 FROM rejections "
+                 "GROUP BY device, reason "
+                 "UNION ALL SELECT device, reason, count, last_seen_ms, 1 FROM rejections_not_kept",
                  stmt);
     if (rc != SQLITE_OK) return error(m_reader, rc, what);
     while ((rc = sqlite3_step(stmt.get())) == SQLITE_ROW) {
       sqlite3_stmt* s = stmt.get();
       DeviceStats& d = device_entry(column_text(s, 0));
-      d.rejections[column_text(s, 1)] = sqlite3_column_int64(s, 2);
+      const std::int64_t count = sqlite3_column_int64(s, 2);
+      std::int64_t& by_reason = d.rejections[column_text(s, 1)];
+      by_reason = saturating_add(by_reason, count);
+      if (sqlite3_column_int64(s, 4) != 0)
+        d.rejections_not_kept = saturating_add(d.rejections_not_kept, count);
       bump_seen(d, sqlite3_column_int64(s, 3));
     }
     if (rc != SQLITE_DONE) return error(m_reader, rc, what);
@@ -520,21 +624,19 @@ class SqliteStore final : public Store {
     return out;
   }
 
-  Result<PutResult> apply_rejection(const Rejection& r, std::int64_t now_unix_ms) {
-    if (auto s = insert_rejection(r.topic, r.device, r.reason, r.detail, r.stream, r.seq,
-                                  r.envelope, now_unix_ms);
-        !s)
-      return std::unexpected(s.error());
-    return PutResult{PutOutcome::rejected, r.reason, r.detail};
+  Result<PutResult> apply_rejection(Batch& batch, const Rejection& r, std::int64_t now_unix_ms) {
+    auto kept = keep_rejection(batch, r.topic, r.device, r.reason, r.detail, r.stream, r.seq,
+                               r.envelope, now_unix_ms);
+    if (!kept) return std::unexpected(kept.error());
+    return PutResult{PutOutcome::rejected, r.reason, r.detail, *kept};
   }
 
-  Result<PutResult> reject_event(const VerifiedEvent& e, RejectReason reason, std::string detail,
-                                 std::int64_t now_unix_ms) {
-    if (auto s = insert_rejection(e.topic, e.device, reason, detail, e.stream, e.seq, e.envelope,
-                                  now_unix_ms);
-        !s)
-      return std::unexpected(s.error());
-    return PutResult{PutOutcome::rejected, reason, std::move(detail)};
+  Result<PutResult> reject_event(Batch& batch, const VerifiedEvent& e, RejectReason reason,
+                                 std::string detail, std::int64_t now_unix_ms) {
+    auto kept = keep_rejection(batch, e.topic, e.device, reason, detail, e.stream, e.seq,
+                               e.envelope, now_unix_ms);
+    if (!kept) return std::unexpected(kept.error());
+    return PutResult{PutOutcome::rejected, reason, std::move(detail), *kept};
   }
 
   Result<PutResult> apply_event(Batch& batch, const VerifiedEvent& e, std::int64_t now_unix_ms) {
@@ -553,7 +655,7 @@ class SqliteStore final : public Store {
         if ((*stored)->hash == e.signing_input_sha256)
           return PutResult{PutOutcome::duplicate, std::nullopt, {}};
         return reject_event(
-            e, RejectReason::equivocation,
+            batch, e, RejectReason::equivocation,
             fmt::format("seq {} of stream {} is already stored with different content (stored "
                         "signing input SHA-256 {}, this one {}); the first copy is kept",
                         e.seq, e.stream, (*stored)->hash, e.signing_input_sha256),
@@ -561,51 +663,94 @@ class SqliteStore final : public Store {
       }
     }
 
-    // A stolen key must not start a fresh, back-dated stream after its revocation.
     auto revoked = revoked_ms(batch, e.kid);
     if (!revoked) return std::unexpected(revoked.error());
-    const std::int64_t first_seen = known ? st.first_seen_ms : now_unix_ms;
-    if (revoked->has_value() && first_seen >= **revoked)
-      return reject_event(
-          e, RejectReason::key_revoked,
-          fmt::format("kid {} was revoked at {} and stream {} was first seen at {}, after that",
-                      e.kid, agent::format_rfc3339_ms(**revoked), e.stream,
-                      agent::format_rfc3339_ms(first_seen)),
-          now_unix_ms);
+    const bool revoked_key = revoked->has_value();
 
-    // §7.7, both directions: the stored predecessor vouches for this event, and this event
-    // vouches for a successor that arrived first across a gap.
+    // §7.7 backwards: the stored predecessor vouches for this event, and its `recorded` is not
+    // later than this one's.
     if (known && e.seq > 1) {
-      std::optional<std::string> predecessor;
+      std::optional<ChainLink> predecessor;
       if (st.tail_seq == e.seq - 1) {
-        predecessor = st.tail_hash;
+        predecessor = ChainLink{st.tail_hash, {}, st.tail_recorded_ms, 0};
       } else if (e.seq - 1 <= st.max_seq) {
         auto link = find_link(e.device, e.stream, e.seq - 1);
         if (!link) return std::unexpected(link.error());
-        if (link->has_value()) predecessor = (*link)->hash;
+        predecessor = std::move(*link);
       }
-      if (predecessor && *predecessor != e.prev) {
+      if (predecessor && predecessor->hash != e.prev) {
         mark_broken(batch, st);
-        return reject_event(e, RejectReason::chain_break,
+        return reject_event(batch, e, RejectReason::chain_break,
                             fmt::format("prev {} of seq {} is not the SHA-256 of stored seq {}'s "
                                         "signing input ({}) in stream {}",
-                                        e.prev, e.seq, e.seq - 1, *predecessor, e.stream),
+                                        e.prev, e.seq, e.seq - 1, predecessor->hash, e.stream),
                             now_unix_ms);
       }
+      if (predecessor && e.recorded_unix_ms < predecessor->recorded_ms)
+        return reject_event(
+            batch, e, RejectReason::recorded_backwards,
+            fmt::format("recorded {} of seq {} is earlier than recorded {} of stored seq {} in "
+                        "stream {}: `recorded` must not go backwards within a stream",
+                        agent::format_rfc3339_ms(e.recorded_unix_ms), e.seq,
+                        agent::format_rfc3339_ms(predecessor->recorded_ms), e.seq - 1, e.stream),
+            now_unix_ms);
     }
+
+    // §7.7 forwards: a successor stored first, across a gap, is held until this event decides
+    // it. When it disagrees, it — not this event, which its own predecessor (if any) has just
+    // accepted — is the wrong one: it goes to the rejections. A revoked key never displaces.
+    bool vouched = false;
+    std::string displaced;
     if (known && e.seq < st.max_seq) {
       auto link = find_link(e.device, e.stream, e.seq + 1);
       if (!link) return std::unexpected(link.error());
-      if (link->has_value() && (*link)->prev != e.signing_input_sha256) {
-        mark_broken(batch, st);
-        return reject_event(
-            e, RejectReason::chain_break,
-            fmt::format("stored seq {} has prev {}, but seq {}'s signing input "
-                        "hashes to {} in stream {}",
-                        e.seq + 1, (*link)->prev, e.seq, e.signing_input_sha256, e.stream),
-            now_unix_ms);
+      if (link->has_value()) {
+        const ChainLink& next = **link;
+        std::optional<RejectReason> conflict;
+        std::string why;
+        if (next.prev != e.signing_input_sha256) {
+          conflict = RejectReason::chain_break;
+          why = fmt::format(
+              "prev {} of seq {} is not the SHA-256 of seq {}'s signing input ({}) "
+              "in stream {}",
+              next.prev, e.seq + 1, e.seq, e.signing_input_sha256, e.stream);
+        } else if (next.recorded_ms < e.recorded_unix_ms) {
+          conflict = RejectReason::recorded_backwards;
+          why = fmt::format(
+              "recorded {} of seq {} is earlier than recorded {} of seq {} in "
+              "stream {}: `recorded` must not go backwards within a stream",
+              agent::format_rfc3339_ms(next.recorded_ms), e.seq + 1,
+              agent::format_rfc3339_ms(e.recorded_unix_ms), e.seq, e.stream);
+        }
+        if (!conflict) {
+          vouched = true;
+        } else if (revoked_key) {
+          return reject_event(
+              batch, e, RejectReason::key_revoked,
+              fmt::format("kid {} was revoked at {}, and stored seq {} does not "
+                          "vouch for this seq {}: {}",
+                          e.kid, agent::format_rfc3339_ms(**revoked), e.seq + 1, e.seq, why),
+              now_unix_ms);
+        } else {
+          if (*conflict == RejectReason::chain_break) mark_broken(batch, st);
+          if (auto s = displace(batch, st, e, next, *conflict, why, now_unix_ms); !s)
+            return std::unexpected(s.error());
+          displaced = fmt::format("held seq {} moved to the rejections ({}): {}", e.seq + 1,
+                                  to_string(*conflict), why);
+        }
       }
     }
+
+    // Revocation goes by what the node had, not by the device's clock: after it, the key may
+    // only fill a gap below a stored event whose `prev` binds this one.
+    if (revoked_key && !vouched)
+      return reject_event(
+          batch, e, RejectReason::key_revoked,
+          fmt::format("kid {} was revoked at {}; since then only an event that fills a gap below "
+                      "a stored event whose prev is its hash is stored, and seq {} of stream {} "
+                      "is not one (no seq {} stored)",
+                      e.kid, agent::format_rfc3339_ms(**revoked), e.seq, e.stream, e.seq + 1),
+          now_unix_ms);
 
     if (!known) {
       if (auto s = insert_stream(e.device, e.stream, now_unix_ms, st); !s)
@@ -621,6 +766,7 @@ class SqliteStore final : public Store {
     st.last_event = *rowid;
     st.tail_seq = e.seq;
     st.tail_hash = e.signing_input_sha256;
+    st.tail_recorded_ms = e.recorded_unix_ms;
     if (e.seq == st.contiguous + 1) {
       st.contiguous = e.seq;
       // Filling a gap: the events stored beyond it now count too.
@@ -631,9 +777,53 @@ class SqliteStore final : public Store {
       }
     }
     mark_dirty(batch, st);
-    return PutResult{PutOutcome::stored, std::nullopt, {}};
+    return PutResult{PutOutcome::stored, std::nullopt, std::move(displaced)};
   }
 
+  // Moves the held event `next` (seq e.seq + 1, never confirmed: e.seq was not stored) from the
+  // events to the rejections.
+  Status displace(Batch& batch, StreamState& st, const VerifiedEvent& e, const ChainLink& next,
+                  RejectReason reason, const std::string& why, std::int64_t now_unix_ms) {
+    int rc = SQLITE_OK;
+    sqlite3_stmt* read = m_writer.statement(k_sql_event_envelope, rc);
+    if (read == nullptr) return error(m_writer, rc, "reading a held event");
+    std::string envelope;
+    {
+      ResetOnExit reset(read);
+      sqlite3_bind_int64(read, 1, next.row_id);
+      if ((rc = sqlite3_step(read)) != SQLITE_ROW)
+        return error(m_writer, rc, "reading a held event");
+      envelope = column_text(read, 0);
+    }
+    sqlite3_stmt* del = m_writer.statement(k_sql_delete_event, rc);
+    if (del == nullptr) return error(m_writer, rc, "removing a held event");
+    {
+      ResetOnExit reset(del);
+      sqlite3_bind_int64(del, 1, next.row_id);
+      if ((rc = sqlite3_step(del)) != SQLITE_DONE)
+        return error(m_writer, rc, "removing a held event");
+    }
+    const std::string detail = fmt::format(
+        "held until seq {} arrived, which decided it: {}; the agent's own seq {} is accepted when "
+        "resent",
+        e.seq, why, e.seq + 1);
+    auto kept = keep_rejection(batch, e.topic, e.device, reason, detail, e.stream, e.seq + 1,
+                               envelope, now_unix_ms);
+    if (!kept) return std::unexpected(kept.error());
+    st.events -= 1;
+    if (st.tail_seq == e.seq + 1) st.tail_seq = 0;
+    if (e.seq + 1 == st.max_seq) {
+      sqlite3_stmt* max = m_writer.statement(k_sql_max_seq, rc);
+      if (max == nullptr) return error(m_writer, rc, "reading a stream");
+      ResetOnExit reset(max);
+      bind_text(max, 1, e.device);
+      bind_text(max, 2, e.stream);
+      if ((rc = sqlite3_step(max)) != SQLITE_ROW) return error(m_writer, rc, "reading a stream");
+      st.max_seq = sqlite3_column_int64(max, 0);
+    }
+    mark_dirty(batch, st);
+    return {};
+  }
   void mark_dirty(Batch& batch, StreamState& st) {
     if (!st.dirty) {
       st.dirty = true;
@@ -725,7 +915,9 @@ class SqliteStore final : public Store {
     rc = sqlite3_step(stmt);
     if (rc == SQLITE_DONE) return std::optional<ChainLink>();
     if (rc != SQLITE_ROW) return error(m_writer, rc, "reading an event");
-    return std::optional<ChainLink>(ChainLink{column_text(stmt, 0), column_text(stmt, 1)});
+    return std::optional<ChainLink>(ChainLink{column_text(stmt, 0), column_text(stmt, 1),
+                                              sqlite3_column_int64(stmt, 2),
+                                              sqlite3_column_int64(stmt, 3)});
   }
 
   // The highest seq n ≥ `from` such that from..n are all stored (`from` is).
@@ -780,11 +972,64 @@ class SqliteStore final : public Store {
     return sqlite3_last_insert_rowid(m_writer.db.get());
   }
 
-  Status insert_rejection(std::string_view topic, std::string_view device, RejectReason reason,
-                          std::string_view detail, const std::optional<std::string>& stream,
-                          std::optional<std::int64_t> seq, std::string_view envelope,
-                          std::int64_t now_unix_ms) {
+  // Keeps one rejection: a repeat of a kept envelope on the same topic raises its row's count;
+  // a new one from an unauthenticated sender over its cap (RejectionLimits) is only counted.
+  Result<RejectionKept> keep_rejection(Batch& batch, std::string_view topic,
+                                       std::string_view device, RejectReason reason,
+                                       std::string_view detail,
+                                       const std::optional<std::string>& stream,
+                                       std::optional<std::int64_t> seq, std::string_view envelope,
+                                       std::int64_t now_unix_ms) {
+    const std::string hash = agent::sha256_b64url(envelope);
     int rc = SQLITE_OK;
+    {
+      sqlite3_stmt* stmt = m_writer.statement(k_sql_repeat_rejection, rc);
+      if (stmt == nullptr) return error(m_writer, rc, "storing a rejection");
+      ResetOnExit reset(stmt);
+      bind_text(stmt, 1, topic);
+      bind_text(stmt, 2, hash);
+      sqlite3_bind_int64(stmt, 3, now_unix_ms);
+      bind_text(stmt, 4, to_string(reason));
+      bind_text(stmt, 5, detail);
+      if ((rc = sqlite3_step(stmt)) != SQLITE_DONE)
+        return error(m_writer, rc, "storing a rejection");
+      if (sqlite3_changes(m_writer.db.get()) > 0) return RejectionKept::repeat;
+    }
+
+    bool capped = unauthenticated(reason);
+    if (!capped) {
+      auto registered = device_registered(batch, std::string(device));
+      if (!registered) return std::unexpected(registered.error());
+      capped = !*registered;
+    }
+    const auto size = static_cast<std::int64_t>(envelope.size());
+    CappedUsage* usage = nullptr;
+    CappedUsage* total = nullptr;
+    if (capped) {
+      auto u = capped_usage(batch, std::string(device));
+      if (!u) return std::unexpected(u.error());
+      usage = *u;
+      auto t = capped_total(batch);
+      if (!t) return std::unexpected(t.error());
+      total = *t;
+      const bool over_total =
+          total->rows >= m_limits.rows_total || total->bytes + size > m_limits.bytes_total;
+      const bool over_device = usage->rows >= m_limits.rows_per_device ||
+                               usage->bytes + size > m_limits.bytes_per_device;
+      if (over_total || over_device) {
+        sqlite3_stmt* stmt = m_writer.statement(k_sql_not_kept, rc);
+        if (stmt == nullptr) return error(m_writer, rc, "counting a rejection");
+        ResetOnExit reset(stmt);
+        bind_text(stmt, 1, over_total ? k_all_unauthenticated : device);
+        bind_text(stmt, 2, to_string(reason));
+        sqlite3_bind_int64(stmt, 3, size);
+        sqlite3_bind_int64(stmt, 4, now_unix_ms);
+        if ((rc = sqlite3_step(stmt)) != SQLITE_DONE)
+          return error(m_writer, rc, "counting a rejection");
+        return RejectionKept::counted;
+      }
+    }
+
     sqlite3_stmt* stmt = m_writer.statement(k_sql_insert_rejection, rc);
     if (stmt == nullptr) return error(m_writer, rc, "storing a rejection");
     ResetOnExit reset(stmt);
@@ -803,8 +1048,55 @@ class SqliteStore final : public Store {
       sqlite3_bind_null(stmt, 7);
     // A BLOB: an oversized or malformed envelope is any bytes a client sent, kept exactly.
     bind_blob(stmt, 8, envelope);
+    bind_text(stmt, 9, hash);
+    sqlite3_bind_int(stmt, 10, capped ? 1 : 0);
     if ((rc = sqlite3_step(stmt)) != SQLITE_DONE) return error(m_writer, rc, "storing a rejection");
-    return {};
+    if (capped) {
+      usage->rows += 1;
+      usage->bytes += size;
+      total->rows += 1;
+      total->bytes += size;
+    }
+    return RejectionKept::new_row;
+  }
+
+  Result<bool> device_registered(Batch& batch, const std::string& device) {
+    if (auto it = batch.registered.find(device); it != batch.registered.end()) return it->second;
+    int rc = SQLITE_OK;
+    sqlite3_stmt* stmt = m_writer.statement(k_sql_device_registered, rc);
+    if (stmt == nullptr) return error(m_writer, rc, "looking up a device");
+    ResetOnExit reset(stmt);
+    bind_text(stmt, 1, device);
+    rc = sqlite3_step(stmt);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return error(m_writer, rc, "looking up a device");
+    batch.registered.emplace(device, rc == SQLITE_ROW);
+    return rc == SQLITE_ROW;
+  }
+
+  // Loaded once per batch (another process may share the file), then kept up to date.
+  Result<CappedUsage*> capped_usage(Batch& batch, const std::string& device) {
+    if (auto it = batch.capped.find(device); it != batch.capped.end()) return &it->second;
+    int rc = SQLITE_OK;
+    sqlite3_stmt* stmt = m_writer.statement(k_sql_capped_usage, rc);
+    if (stmt == nullptr) return error(m_writer, rc, "counting rejections");
+    ResetOnExit reset(stmt);
+    bind_text(stmt, 1, device);
+    if ((rc = sqlite3_step(stmt)) != SQLITE_ROW) return error(m_writer, rc, "counting rejections");
+    CappedUsage usage{sqlite3_column_int64(stmt, 0),
+                      static_cast<std::int64_t>(sqlite3_column_double(stmt, 1))};
+    return &batch.capped.emplace(device, usage).first->second;
+  }
+
+  Result<CappedUsage*> capped_total(Batch& batch) {
+    if (batch.capped_total) return &*batch.capped_total;
+    int rc = SQLITE_OK;
+    sqlite3_stmt* stmt = m_writer.statement(k_sql_capped_total, rc);
+    if (stmt == nullptr) return error(m_writer, rc, "counting rejections");
+    ResetOnExit reset(stmt);
+    if ((rc = sqlite3_step(stmt)) != SQLITE_ROW) return error(m_writer, rc, "counting rejections");
+    batch.capped_total = CappedUsage{sqlite3_column_int64(stmt, 0),
+                                     static_cast<std::int64_t>(sqlite3_column_double(stmt, 1))};
+    return &*batch.capped_total;
   }
 
   Result<std::optional<DeviceKeyRecord>> find_key_locked(Connection& c, std::string_view kid) {
@@ -911,7 +1203,7 @@ class SqliteStore final : public Store {
   }
 
   // What prepare_schema found in the file.
-  enum class FileState { fresh, current, version_1 };
+  enum class FileState { fresh, current, version_1, version_2 };
 
   // Our file: check its version, migrating an older one. An empty file: make the schema.
   // Anything else: refuse it.
@@ -941,6 +1233,7 @@ class SqliteStore final : public Store {
                           "knows ({}); upgrade reflow-ingest",
                           *version, k_schema_version));
         if (*version == 1) return FileState::version_1;
+        if (*version == 2) return FileState::version_2;
         if (*version != k_schema_version)
           return not_ours(fmt::format("unknown schema version {}", *version));
         return FileState::current;
@@ -979,9 +1272,15 @@ class SqliteStore final : public Store {
       if (*again == FileState::current) return {};
       if (*again == FileState::version_1) {
         // Rewrites the table once (SQLite 3.35+); the envelope keeps every payload.
-        const std::string migrate = fmt::format(
-            "ALTER TABLE events DROP COLUMN payload; PRAGMA user_version={}", k_schema_version);
-        return exec(m_writer, migrate.c_str(), "migrating the schema from version 1");
+        if (auto s = exec(m_writer, "ALTER TABLE events DROP COLUMN payload",
+                          "migrating the schema from version 1");
+            !s)
+          return s;
+      }
+      if (*again == FileState::version_1 || *again == FileState::version_2) {
+        if (auto s = migrate_rejections(); !s) return s;
+        const std::string stamp = fmt::format("PRAGMA user_version={}", k_schema_version);
+        return exec(m_writer, stamp.c_str(), "migrating the schema");
       }
       if (auto s = exec(m_writer, k_schema_sql, "creating the schema"); !s) return s;
       const std::string stamp = fmt::format("PRAGMA application_id={}; PRAGMA user_version={}",
@@ -990,7 +1289,31 @@ class SqliteStore final : public Store {
     });
   }
 
+  // Version 2 → 3: one row per (topic, envelope bytes) with its count.
+  Status migrate_rejections() {
+    const char* what = "migrating the rejections to schema version 3";
+    if (auto s = exec(m_writer, k_migrate_2_columns_sql, what); !s) return s;
+    StmtPtr read;
+    StmtPtr write;
+    int rc = prepare(m_writer, "SELECT id, envelope FROM rejections", read);
+    if (rc == SQLITE_OK)
+      rc = prepare(m_writer, "UPDATE rejections SET envelope_sha256 = ?2 WHERE id = ?1", write);
+    if (rc != SQLITE_OK) return error(m_writer, rc, what);
+    while ((rc = sqlite3_step(read.get())) == SQLITE_ROW) {
+      ResetOnExit reset(write.get());
+      const std::string hash = agent::sha256_b64url(column_text(read.get(), 1));
+      sqlite3_bind_int64(write.get(), 1, sqlite3_column_int64(read.get(), 0));
+      bind_text(write.get(), 2, hash);
+      if (int w = sqlite3_step(write.get()); w != SQLITE_DONE) return error(m_writer, w, what);
+    }
+    if (rc != SQLITE_DONE) return error(m_writer, rc, what);
+    read.reset();
+    write.reset();
+    return exec(m_writer, k_migrate_2_collapse_sql, what);
+  }
+
   fs::path m_path;
+  RejectionLimits m_limits;
   // The writer serves the ingest path (registry, put, ack_point); queries that may run long or
   // call back into user code use their own connection so they never hold up put().
   Connection m_writer;
@@ -1000,7 +1323,8 @@ class SqliteStore final : public Store {
 
 }  // namespace
 
-Result<std::unique_ptr<Store>> open_sqlite_store(const std::filesystem::path& path) {
+Result<std::unique_ptr<Store>> open_sqlite_store(const std::filesystem::path& path,
+                                                 const RejectionLimits& limits) {
   if (const fs::path dir = path.parent_path(); !dir.empty()) {
     std::error_code ec;
     fs::create_directories(dir, ec);
@@ -1008,7 +1332,7 @@ Result<std::unique_ptr<Store>> open_sqlite_store(const std::filesystem::path& pa
       return fail(ErrorCode::io, fmt::format("cannot create directory {} for the ingest store: {}",
                                              dir.string(), ec.message()));
   }
-  auto store = std::make_unique<SqliteStore>(path);
+  auto store = std::make_unique<SqliteStore>(path, limits);
   if (auto s = store->open(); !s) return std::unexpected(s.error());
   return std::unique_ptr<Store>(std::move(store));
 }

@@ -58,6 +58,8 @@ std::string_view to_string(RejectReason reason) noexcept {
       return "equivocation";
     case RejectReason::chain_break:
       return "chain_break";
+    case RejectReason::recorded_backwards:
+      return "recorded_backwards";
   }
   return "unknown";
 }

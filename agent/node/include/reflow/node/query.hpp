@@ -50,8 +50,9 @@ agent::Status write_events(Store& store, const EventFilter& filter, EventFormat 
 
 // --- rejections ---
 
-/// `{"received","device","topic","reason","detail","stream","seq","envelope"}` on one line;
-/// received is RFC 3339, stream/seq null when unknown. Bytes that are not UTF-8 (a client may send
+/// `{"received","last_seen","count","device","topic","reason","detail","stream","seq","envelope"}`
+/// on one line; received (first arrival) and last_seen are RFC 3339, count the arrivals of these
+/// bytes on this topic, stream/seq null when unknown. Bytes that are not UTF-8 (a client may send
 /// anything) are replaced by U+FFFD rather than failing.
 std::string rejection_json_line(const StoredRejection& rejection);
 
@@ -62,12 +63,14 @@ agent::Status write_rejections(Store& store, std::optional<std::string_view> dev
 // --- stats ---
 
 /// One JSON object per device: {"device","registered","revoked","last_seen" (RFC 3339|null),
-/// "events","gaps","chain" ("intact"|"broken"),"rejections":{reason: n},"streams":[{"stream",
+/// "events","gaps","chain" ("intact"|"broken"),"rejections":{reason: n},"rejections_not_kept":n
+/// (of those, counted only: over RejectionLimits),"streams":[{"stream",
 /// "events","contiguous","max_seq","gaps","chain","first_seen","last_seen"}]}.
 nlohmann::ordered_json device_stats_json(const DeviceStats& stats);
 
 /// An aligned table, one row per device: DEVICE, STATUS (registered|revoked|unregistered),
-/// LAST SEEN, EVENTS, GAPS, CHAIN, STREAMS, REJECTIONS (`reason=n,…` or `-`). "no devices" when
+/// LAST SEEN, EVENTS, GAPS, CHAIN, STREAMS, REJECTIONS (`reason=n,…` or `-`, then ` (n not kept)`
+/// when the caps only counted some). "no devices" when
 /// empty.
 std::string format_stats_text(const std::vector<DeviceStats>& stats);
 

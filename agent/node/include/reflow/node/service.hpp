@@ -23,16 +23,20 @@ struct IngestCounters {
   std::uint64_t received = 0;    ///< envelopes taken from MQTT
   std::uint64_t stored = 0;      ///< new events stored
   std::uint64_t duplicates = 0;  ///< envelopes already stored with the same bytes
-  std::uint64_t rejected = 0;    ///< envelopes stored as rejections
+  std::uint64_t rejected = 0;    ///< envelopes rejected (kept, repeated or counted only)
   std::map<std::string, std::uint64_t> rejected_by_reason;  ///< to_string(RejectReason) → count
-  std::uint64_t acks_published = 0;  ///< retained acks handed to the MQTT client
-  std::uint64_t store_errors = 0;    ///< failed store attempts (key lookup or put); each retried
-  std::uint64_t queued = 0;          ///< envelopes received and waiting for the worker, now
-  std::uint64_t ack_window = 0;      ///< acks awaiting the broker's PUBACK, at most: 64, or one
-                                     ///< below the Receive Maximum of the acks connection's MQTT 5
-                                     ///< CONNACK when lower; 0 before that connection's first
-                                     ///< connect
-  std::string last_error;            ///< "" when none since start
+  std::uint64_t rejections_repeated = 0;  ///< of `rejected`: same bytes already kept (count + 1)
+  std::uint64_t rejections_not_kept = 0;  ///< of `rejected`: over RejectionLimits, counted only
+  std::uint64_t rejection_logs_suppressed = 0;  ///< rejections not logged (over LogLimits; each
+                                                ///< sender's count is logged when its minute ends)
+  std::uint64_t acks_published = 0;             ///< retained acks handed to the MQTT client
+  std::uint64_t store_errors = 0;  ///< failed store attempts (key lookup or put); each retried
+  std::uint64_t queued = 0;        ///< envelopes received and waiting for the worker, now
+  std::uint64_t ack_window = 0;    ///< acks awaiting the broker's PUBACK, at most: 64, or one
+                                   ///< below the Receive Maximum of the acks connection's MQTT 5
+                                   ///< CONNACK when lower; 0 before that connection's first
+                                   ///< connect
+  std::string last_error;          ///< "" when none since start
 };
 
 /// The node's receiving service (`reflow-ingest run`): MQTT → verify → store → ack
@@ -66,7 +70,10 @@ struct IngestCounters {
 /// same batch again with exponential backoff (100 ms to 10 s) until it is stored or the service
 /// stops (a failed key lookup is retried the same way by the worker); nothing is dropped. Lost
 /// connections are retried with full-jitter backoff between `reconnect_min` and
-/// `reconnect_max`, like the agent's forwarder.
+/// `reconnect_max`, like the agent's forwarder. Rejections are logged at most 10 per topic DEVICE
+/// per minute of the Env's steady clock (LogLimits); the rest are counted
+/// (`rejection_logs_suppressed`) and summed up in one line per DEVICE once its minute is over and
+/// the next batch is stored.
 ///
 /// Owns four threads (connection, worker, store, ack publisher), the worker's short-lived verifying
 /// threads and the two Paho clients; borrows the store, env and logger, which must outlive it.

@@ -33,6 +33,7 @@ enum class RejectReason {
   key_revoked,      ///< signed by a revoked key after its revocation (see Store::revoke_device)
   equivocation,     ///< same (device, stream, seq) already stored with different bytes (§5, §7.6)
   chain_break,      ///< `prev` ≠ SHA-256 of the stored predecessor's signing input (§7.7)
+  recorded_backwards,  ///< `recorded` earlier than the stored predecessor's in its stream (§7.7)
 };
 
 /// "oversized", "malformed_jws" … (the enumerator's name).
@@ -77,10 +78,20 @@ struct Rejection {
 
 /// What Store::put did with one item.
 enum class PutOutcome {
-  stored,     ///< new (device, stream, seq): stored
+  stored,     ///< new (device, stream, seq): stored (confirmed, or held until its predecessor
+              ///< arrives: see Store)
   duplicate,  ///< same bytes already stored: nothing changed (expected, PROTOCOL §5)
-  rejected,   ///< stored as a rejection (given one, or equivocation / chain break / revoked key
-              ///< found by the store)
+  rejected,   ///< refused (given a rejection, or equivocation / chain break / recorded going
+              ///< backwards / revoked key found by the store); see RejectionKept for whether a row
+              ///< was added
+};
+
+/// What a rejection left in the store (see Store::put and RejectionLimits).
+enum class RejectionKept {
+  new_row,  ///< a new rejections row
+  repeat,   ///< the same envelope bytes on the same topic were already kept: their row's count
+            ///< and last-seen time went up
+  counted,  ///< over its sender's cap: counted (stats' `not_kept`), envelope not kept
 };
 
 /// One item of a put batch: exactly one of `event` or `rejection` is set.
@@ -93,10 +104,13 @@ struct Incoming {
 struct PutResult {
   PutOutcome outcome = PutOutcome::stored;
   std::optional<RejectReason> reason;  ///< when outcome == rejected
-  std::string detail;                  ///< when outcome == rejected: for logs
+  std::string detail;  ///< when outcome == rejected: for logs; when stored, "" or what storing it
+                       ///< displaced (a held successor it proved wrong, moved to rejections)
+  RejectionKept kept = RejectionKept::new_row;  ///< when outcome == rejected
 };
 
-/// The highest contiguous point of a stream (PROTOCOL §5): events 1..seq are all stored.
+/// The highest contiguous point of a stream (PROTOCOL §5): events 1..seq are all stored, each
+/// `prev` checked against its predecessor (the confirmed events).
 struct AckPoint {
   std::string stream;
   std::int64_t seq = 0;  ///< 0 when seq 1 is not stored yet (then no ack is published)
@@ -116,7 +130,8 @@ struct StoredEvent {
   std::string envelope;               ///< the JWS as received
 };
 
-/// A stored rejection, as queries return it.
+/// A stored rejection, as queries return it: one row per (topic, envelope bytes), however often
+/// they arrived. `reason` and `detail` are those of the latest arrival.
 struct StoredRejection {
   std::string device;
   std::string topic;
@@ -124,8 +139,23 @@ struct StoredRejection {
   std::string detail;
   std::optional<std::string> stream;
   std::optional<std::int64_t> seq;
-  std::int64_t received_unix_ms = 0;
+  std::int64_t received_unix_ms = 0;   ///< node time of the first arrival
+  std::int64_t last_seen_unix_ms = 0;  ///< node time of the latest arrival
+  std::int64_t count = 1;              ///< arrivals
   std::string envelope;
+};
+
+/// What an unauthenticated sender can make the node keep of its rejections. A rejection is
+/// unauthenticated when its reason is oversized, malformed_jws, unknown_kid or bad_signature
+/// (nothing proves who sent it), or when the topic's DEVICE has no key in the registry.
+/// Beyond a cap such rejections are counted per (topic DEVICE, reason) — or under the device "*"
+/// once the total cap is reached — and their envelopes are not kept. Repeats of a kept envelope
+/// only raise its row's count and never count against a cap.
+struct RejectionLimits {
+  std::int64_t rows_per_device = 100;           ///< kept rows per topic DEVICE
+  std::int64_t bytes_per_device = 1024 * 1024;  ///< kept envelope bytes per topic DEVICE
+  std::int64_t rows_total = 10'000;             ///< kept rows of all such senders
+  std::int64_t bytes_total = 64 * 1024 * 1024;  ///< kept envelope bytes of all such senders
 };
 
 /// Filter for Store::for_each_event; unset fields match everything.
@@ -138,10 +168,10 @@ struct EventFilter {
 /// One stream of one device, for `stats`.
 struct StreamStats {
   std::string stream;
-  std::int64_t events = 0;      ///< stored
-  std::int64_t contiguous = 0;  ///< the AckPoint seq
+  std::int64_t events = 0;      ///< stored (confirmed and held)
+  std::int64_t contiguous = 0;  ///< the AckPoint seq: events 1..contiguous are confirmed
   std::int64_t max_seq = 0;     ///< highest stored seq
-  std::int64_t gaps = 0;        ///< seqs below max_seq that are missing
+  std::int64_t gaps = 0;        ///< seqs below max_seq that are missing (≥ 0)
   bool chain_intact = true;     ///< false once a chain break was found in this stream
   std::int64_t first_seen_unix_ms = 0;
   std::int64_t last_seen_unix_ms = 0;
@@ -154,10 +184,11 @@ struct DeviceStats {
   bool revoked = false;                           ///< all its keys are revoked
   std::optional<std::int64_t> last_seen_unix_ms;  ///< last envelope stored or rejected
   std::int64_t events = 0;
-  std::int64_t gaps = 0;
+  std::int64_t gaps = 0;  ///< sum over its streams, saturating at INT64_MAX
   bool chain_intact = true;
-  std::map<std::string, std::int64_t> rejections;  ///< reason name → count
-  std::vector<StreamStats> streams;                ///< oldest first
+  std::map<std::string, std::int64_t> rejections;  ///< reason name → arrivals (kept or not)
+  std::int64_t rejections_not_kept = 0;  ///< of those, counted only (over RejectionLimits)
+  std::vector<StreamStats> streams;      ///< oldest first
 };
 
 /// The node's durable state: the device registry, stored events and rejections.
@@ -165,12 +196,23 @@ struct DeviceStats {
 /// PROTOCOL §7 steps 6–7 happen here, in put(), because they need the stored state:
 /// - dedupe: the same (device, stream, seq) with the same envelope bytes is a duplicate;
 ///   with different bytes an equivocation (rejected, reported, the first copy kept);
-/// - chain: when seq−1 is stored, `prev` must equal its signing_input_sha256; and when seq+1 is
-///   already stored (it arrived first, across a gap), its `prev` must equal this event's hash.
-///   Either mismatch rejects the arriving event as chain_break and marks the stream broken;
-/// - revocation: an event signed by a revoked key in a stream the node first saw after the
-///   revocation is rejected (key_revoked) — a stolen key cannot start a fresh, back-dated stream.
-///   (verifier.hpp rejects events whose `recorded` is at or after the revocation.)
+/// - chain: when seq−1 is stored, `prev` must equal its signing_input_sha256 and `recorded` must
+///   not be earlier than seq−1's, else the arriving event is rejected (chain_break, which marks
+///   the stream broken, or recorded_backwards). An event whose seq−1 is not stored cannot have
+///   its `prev` checked: it is stored but held — not counted in the ack, not returned by
+///   for_each_event — until its predecessor arrives and decides it: when the predecessor's hash
+///   is its `prev` and its `recorded` is not earlier, it stays (and is confirmed once the chain
+///   below it is); otherwise the held event, not the predecessor, was wrong and is moved to the
+///   rejections (chain_break / recorded_backwards) while the predecessor is stored. So the
+///   confirmed events of a stream are exactly 1..contiguous;
+/// - revocation, decided by what the node had stored (not by the device's clock): an event
+///   signed by a revoked key is stored only when seq+1 is already stored and vouches for it
+///   (its `prev` is this event's hash): it fills a gap below events the node had before the
+///   revocation, bound to them by the chain. Anything else — a seq above every stored one, a
+///   new stream — is rejected (key_revoked). (verifier.hpp also rejects events whose `recorded`
+///   is at or after the revocation.)
+/// - rejections: one row per (topic, envelope bytes) with a count; unauthenticated senders are
+///   capped (RejectionLimits).
 ///
 /// Implementations: SQLite (open_sqlite_store); PostgreSQL later. All methods are thread-safe
 /// (one connection behind a mutex is fine); several processes may open the same SQLite file
@@ -226,9 +268,11 @@ class Store {
 
 /// Opens (creating it and its directory when missing) the SQLite store at `path`
 /// (normally DATA_DIR/ingest.db): WAL, synchronous=FULL, busy timeout 5 s, schema versioned with
-/// `PRAGMA user_version` (currently 2; a version 1 file is migrated when opened, which rewrites
-/// its events table once). Errors: io (cannot create/open), corruption (not our database, or a
-/// newer schema version: the message says which).
-Result<std::unique_ptr<Store>> open_sqlite_store(const std::filesystem::path& path);
+/// `PRAGMA user_version` (currently 3; older files are migrated when opened: version 1 rewrites
+/// its events table once, version 2 collapses repeated rejections into one row each). Errors: io
+/// (cannot create/open), corruption (not our database, or a newer schema version: the message says
+/// which).
+Result<std::unique_ptr<Store>> open_sqlite_store(const std::filesystem::path& path,
+                                                 const RejectionLimits& limits = {});
 
 }  // namespace ingest

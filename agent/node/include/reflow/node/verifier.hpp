@@ -18,8 +18,9 @@ std::optional<std::string> device_of_events_topic(std::string_view topic, std::s
 /// 3. the Ed25519 signature (else bad_signature);
 /// 4. payload `device` = the key's device = `topic_device` (else device_mismatch);
 /// 5. the payload against PROTOCOL §4 with agent::validate_event_payload (else invalid_event);
-/// then, for a revoked key, `recorded` before the revocation time (else key_revoked).
-/// Steps 6–7 are Store::put's. Never throws; a store I/O error during the key lookup is
+/// then, for a revoked key, `recorded` before the revocation time (else key_revoked): `recorded` is
+/// the device's word, so this only refuses early; Store::put decides revoked keys by what it holds.
+/// Steps 6–8 are Store::put's. Never throws; a store I/O error during the key lookup is
 /// returned as the error of the outer Result (the envelope must then be retried, not rejected).
 Result<std::expected<VerifiedEvent, Rejection>> verify_envelope(Store& store,
                                                                 std::string_view topic,
