@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #include <reflow/node/query.hpp>
 
+#include <reflow/core/text.hpp>
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -193,7 +195,7 @@ TEST_F(QueryTest, CsvNeutralisesFormulasAndEscapesControls) {
   ASSERT_TRUE(write_events(m_store, {}, EventFormat::csv, out));
   const std::string text = out.str();
   const std::string row = text.substr(text.find("\r\n") + 2);
-  EXPECT_NE(row.find(R"("'=HYPERLINK(""http://x"",""y"")")"), std::string::npos) << row;
+  EXPECT_NE(row.find(R"x("'=HYPERLINK(""http://x"",""y"")")x"), std::string::npos) << row;
   EXPECT_NE(row.find(",'@SUM(A1),"), std::string::npos) << row;
   EXPECT_NE(row.find(",'+1,"), std::string::npos) << row;
   EXPECT_NE(row.find(",'-1+cmd|' /C calc'!A0,"), std::string::npos) << row;
@@ -379,13 +381,15 @@ TEST_F(QueryTest, TraceTextEscapesWhatDevicesWrote) {
                   {"hasPointInTime", "2026-11-01T11:00:00Z"},
                   {"resourceInventoriedAs", "part\nresource forged\x1b[2J"},
                   {"resourceQuantity", quantity(1, "one")},
-                  {"outputOf", "job\r\x9b31m"}}),
+                  {"outputOf",
+                   "job\r\xc2\x9b"
+                   "31m"}}),
   };
   auto tree = trace_resource(events, "part\nresource forged\x1b[2J");
   ASSERT_TRUE(tree) << tree.error().message;
   const std::string text = format_trace_text(*tree);
   EXPECT_EQ(text.rfind("resource part\\x0aresource forged\\x1b[2J\n", 0), 0u) << text;
-  EXPECT_NE(text.find("process job\\x0d\\x9b31m\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("process job\\x0d\\xc2\\x9b31m\n"), std::string::npos) << text;
   EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 3) << text;
   EXPECT_EQ(text.find('\x1b'), std::string::npos);
 }
