@@ -124,8 +124,12 @@ std::optional<std::string> KeyDecoder::feed(const KeyEvent& event) {
   }
   if (event.type != EV_KEY) return std::nullopt;
 
-  // Timestamps only ever go forward on CLOCK_MONOTONIC; a negative gap counts as none.
-  if (m_last_us && pending() && event.time_us - *m_last_us > m_timeout_us) drop_fragment();
+  // Timestamps only ever go forward on CLOCK_MONOTONIC; a negative gap counts as none. The gap is
+  // taken in unsigned arithmetic: the difference of two far-apart timestamps overflows int64.
+  if (m_last_us && pending() && event.time_us > *m_last_us &&
+      static_cast<std::uint64_t>(event.time_us) - static_cast<std::uint64_t>(*m_last_us) >
+          static_cast<std::uint64_t>(m_timeout_us))
+    drop_fragment();
   m_last_us = event.time_us;
 
   const std::uint16_t code = event.code;

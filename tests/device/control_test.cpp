@@ -432,5 +432,17 @@ TEST_F(ControlServerTest, ConnectionsClosedBeforeTheFirstLineAreReleased) {
   EXPECT_LE(open, baseline + 1) << "the server still holds fds of closed connections";
 }
 
+TEST(ParseControlRequestTest, KnowsStatusAndEmitAndNothingElse) {
+  EXPECT_EQ(parse_control_request(R"({"op":"status"})"), ControlOp::status);
+  EXPECT_EQ(parse_control_request(R"({"client":"emit","op":"emit"})"), ControlOp::emit);
+  for (const char* line : {"", "status", R"(["emit"])", R"({"op":"dance"})", R"({"op":1})",
+                           R"({"OP":"emit"})", R"({"op":"emit")"})
+    EXPECT_EQ(parse_control_request(line), ControlOp::unknown) << line;
+}
+
+TEST(ControlErrorLineTest, IsOneJsonLine) {
+  EXPECT_EQ(control_error_line("bad \"x\"", 3), "{\"error\":\"bad \\\"x\\\"\",\"line\":3}\n");
+}
+
 }  // namespace
 }  // namespace agent

@@ -435,4 +435,28 @@ TEST_F(ForwarderTest, StopReturnsWithinDeadlineWhenBrokerIsDown) {
   EXPECT_FALSE(forwarder.stats().connected);
 }
 
+TEST(ParseAckTest, ReadsStreamAndSeqAndIgnoresOtherMembers) {
+  auto ack =
+      agent::parse_ack(R"({"node":"ingest-1","seq":12,"stream":"01KDX3G000STREAMSTREAM0000"})");
+  ASSERT_TRUE(ack) << ack.error().message;
+  EXPECT_EQ(ack->stream, "01KDX3G000STREAMSTREAM0000");
+  EXPECT_EQ(ack->seq, 12);
+  auto zero = agent::parse_ack(R"({"stream":"s","seq":0})");
+  ASSERT_TRUE(zero) << zero.error().message;
+  EXPECT_EQ(zero->seq, 0);
+}
+
+TEST(ParseAckTest, RefusesWhatIsNotAnAck) {
+  for (const char* payload :
+       {"", "not json", "[]", R"({"seq":1})", R"({"stream":"s"})", R"({"stream":1,"seq":1})",
+        R"({"stream":"s","seq":-1})", R"({"stream":"s","seq":1.5})", R"({"stream":"s","seq":"1"})",
+        R"({"stream":"s","seq":18446744073709551615})"}) {
+    auto ack = agent::parse_ack(payload);
+    EXPECT_FALSE(ack) << payload;
+    if (!ack) {
+      EXPECT_EQ(ack.error().code, agent::ErrorCode::invalid_argument) << payload;
+    }
+  }
+}
+
 }  // namespace

@@ -184,6 +184,9 @@ TEST_F(IngestConfigTest, EveryErrorNamesFileLineAndKey) {
       {"[ca]\ndir = \"\"\n", 2, "ca.dir", "expected a file path"},
       {"[export]\nzenflows_url = \"ftp://x\"\n", 2, "export.zenflows_url",
        "expected an http:// or https:// URL"},
+      // Found by tests/fuzz (node_config): an empty URL threw std::out_of_range.
+      {"[export]\nzenflows_url = \"\"\n", 2, "export.zenflows_url",
+       "expected an http:// or https:// URL"},
       {"[export]\nzenflows_user = \"u\"\n", 2, "export.zenflows_user",
        "expected export.zenflows_key_file to be set too"},
       {"[export]\nunits = \"gram\"\n", 2, "export.units",

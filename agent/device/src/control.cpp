@@ -91,13 +91,6 @@ bool is_blank(std::string_view line) {
   return line.find_first_not_of(" \t\r") == std::string_view::npos;
 }
 
-std::string error_line(std::string_view message, std::size_t line_number) {
-  nlohmann::ordered_json answer;
-  answer["error"] = message;
-  answer["line"] = line_number;
-  return answer.dump() + "\n";
-}
-
 }  // namespace
 
 // One client connection. The reader (the connection's thread) submits each line to the sink; the
@@ -173,18 +166,15 @@ void ControlServer::Impl::serve(Connection& conn) {
   std::string first;
   // A client that closes before its first line (a probe, a cancelled command) gets nothing.
   if (reader.next(first) == LineReader::Outcome::line) {
-    auto request = nlohmann::ordered_json::parse(first, nullptr, false);
-    const std::string op =
-        request.is_object() && request.contains("op") && request["op"].is_string()
-            ? request["op"].get<std::string>()
-            : "";
-    if (op == "status") {
+    const ControlOp op = parse_control_request(first);
+    if (op == ControlOp::status) {
       control_send_all(conn.fd, status().dump() + "\n");
-    } else if (op == "emit") {
+    } else if (op == ControlOp::emit) {
       serve_emit(conn, reader);
     } else {
       control_send_all(
-          conn.fd, error_line(R"(expected {"op":"status"} or {"op":"emit"} as the first line)", 0));
+          conn.fd,
+          control_error_line(R"(expected {"op":"status"} or {"op":"emit"} as the first line)", 0));
     }
   }
   std::lock_guard lock(conn.mutex);
@@ -216,7 +206,8 @@ void ControlServer::Impl::serve_emit(Connection& conn, LineReader& reader) {
       conn.changed.notify_all();
     };
     if (outcome == LineReader::Outcome::too_long) {
-      settle(error_line(fmt::format("line longer than {} bytes", k_max_line_bytes), line_number));
+      settle(control_error_line(fmt::format("line longer than {} bytes", k_max_line_bytes),
+                                line_number));
       continue;
     }
     // Strict: the line is signed as it is read here, so it must read the same everywhere
@@ -225,22 +216,22 @@ void ControlServer::Impl::serve_emit(Connection& conn, LineReader& reader) {
     if (!fields) {
       std::string why = fields.error().message;
       if (why.starts_with("line 1, ")) why.erase(0, std::string_view("line 1, ").size());
-      settle(error_line("malformed JSON: " + why, line_number));
+      settle(control_error_line("malformed JSON: " + why, line_number));
       continue;
     }
     EventSource source{"emit", "control", ""};
-    Status submitted = sink.submit(std::move(*fields), std::move(source),
-                                   [settle, line_number](Result<Committed> committed) {
-                                     if (committed) {
-                                       nlohmann::ordered_json ok;
-                                       ok["seq"] = committed->seq;
-                                       ok["id"] = committed->id;
-                                       settle(ok.dump() + "\n");
-                                     } else {
-                                       settle(error_line(committed.error().message, line_number));
-                                     }
-                                   });
-    if (!submitted) settle(error_line(submitted.error().message, line_number));
+    Status submitted = sink.submit(
+        std::move(*fields), std::move(source), [settle, line_number](Result<Committed> committed) {
+          if (committed) {
+            nlohmann::ordered_json ok;
+            ok["seq"] = committed->seq;
+            ok["id"] = committed->id;
+            settle(ok.dump() + "\n");
+          } else {
+            settle(control_error_line(committed.error().message, line_number));
+          }
+        });
+    if (!submitted) settle(control_error_line(submitted.error().message, line_number));
   }
   {
     std::lock_guard lock(conn.mutex);
@@ -320,6 +311,23 @@ void ControlServer::stop() {
   ::close(m_impl->listen_fd);
   m_impl->listen_fd = -1;
   ::unlink(m_impl->path.c_str());
+}
+
+ControlOp parse_control_request(std::string_view line) {
+  auto request = nlohmann::ordered_json::parse(line, nullptr, false);
+  if (!request.is_object()) return ControlOp::unknown;
+  auto op = request.find("op");
+  if (op == request.end() || !op->is_string()) return ControlOp::unknown;
+  if (*op == "status") return ControlOp::status;
+  if (*op == "emit") return ControlOp::emit;
+  return ControlOp::unknown;
+}
+
+std::string control_error_line(std::string_view message, std::size_t line_number) {
+  nlohmann::ordered_json answer;
+  answer["error"] = message;
+  answer["line"] = line_number;
+  return answer.dump() + "\n";
 }
 
 Result<int> control_connect(const std::filesystem::path& socket_path) {

@@ -339,22 +339,19 @@ struct Forwarder::Impl {
   }
 
   void handle_ack(const std::string& payload) {
-    auto ack = nlohmann::json::parse(payload, nullptr, false);
-    if (ack.is_discarded() || !ack.is_object() || !ack.contains("stream") ||
-        !ack["stream"].is_string() || !ack.contains("seq") || !ack["seq"].is_number_integer() ||
-        ack["seq"].get<std::int64_t>() < 0) {
+    auto ack = parse_ack(payload);
+    if (!ack) {
       log.warning(k_component,
                   "ignoring a malformed ack on {}: expected {{\"stream\":\"…\",\"seq\":N}}; got {}",
                   ack_topic, payload.substr(0, 200));
       return;
     }
-    auto ack_stream = ack["stream"].get<std::string>();
-    if (ack_stream != stream) {
-      log.info(k_component, "ignoring an ack for stream {}: this outbox's stream is {}", ack_stream,
-               stream);
+    if (ack->stream != stream) {
+      log.info(k_component, "ignoring an ack for stream {}: this outbox's stream is {}",
+               ack->stream, stream);
       return;
     }
-    auto applied = outbox.apply_ack(ack_stream, ack["seq"].get<std::int64_t>());
+    auto applied = outbox.apply_ack(ack->stream, ack->seq);
     if (!applied) {
       log.warning(k_component, "applying the ack {} failed: {}", payload.substr(0, 200),
                   applied.error().message);
@@ -539,6 +536,19 @@ struct Forwarder::Impl {
   std::jthread thread;
   bool started = false;
 };
+
+Result<Ack> parse_ack(std::string_view payload) {
+  auto ack = nlohmann::json::parse(payload, nullptr, false);
+  if (ack.is_discarded()) return fail(ErrorCode::invalid_argument, "ack: not JSON");
+  if (!ack.is_object()) return fail(ErrorCode::invalid_argument, "ack: not a JSON object");
+  auto stream = ack.find("stream");
+  if (stream == ack.end() || !stream->is_string())
+    return fail(ErrorCode::invalid_argument, "ack: stream: expected a string");
+  auto seq = ack.find("seq");
+  if (seq == ack.end() || !seq->is_number_integer() || seq->get<std::int64_t>() < 0)
+    return fail(ErrorCode::invalid_argument, "ack: seq: expected an integer ≥ 0");
+  return Ack{stream->get<std::string>(), seq->get<std::int64_t>()};
+}
 
 Forwarder::Forwarder(const AgentConfig& config, Outbox& outbox, Env& env, Logger& log,
                      std::string version)

@@ -26,9 +26,10 @@ bool is_valid_share_group(std::string_view name) {
 }
 
 bool is_http_url(std::string_view url) {
-  const bool scheme = url.starts_with("http://") || url.starts_with("https://");
+  // The host is looked for only after the scheme matched: without "//" there is none ("" threw).
+  if (!url.starts_with("http://") && !url.starts_with("https://")) return false;
   const auto host = url.substr(url.find("//") + 2);
-  return scheme && !host.empty() && host.find_first_of(" \t\r\n") == host.npos && !has_nul(url);
+  return !host.empty() && host.find_first_of(" \t\r\n") == host.npos && !has_nul(url);
 }
 
 // [export.units]: OM2 unit name (PROTOCOL §4) → the server's Unit id.

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <fstream>
+#include <limits>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -174,6 +175,22 @@ TEST(KeyDecoderTest, DropsAFragmentWhenTheNextKeyComesAfterTheTimeout) {
   EXPECT_EQ(decode(decoder, t.events()), std::vector<std::string>{"cd"});
   EXPECT_EQ(decoder.fragments(), 1u);
   EXPECT_EQ(decoder.last_dropped(), "ab");
+}
+
+// Found by tests/fuzz (barcode_decoders): the gap between two far-apart timestamps overflowed
+// std::int64_t, so a forward jump read as a step back (and the other way round).
+TEST(KeyDecoderTest, TimestampsFarApartDoNotOverflowTheGap) {
+  const std::int64_t early = std::numeric_limits<std::int64_t>::min() + 1;
+  const std::int64_t late = std::numeric_limits<std::int64_t>::max();
+  KeyDecoder decoder(std::chrono::milliseconds(200));
+  const std::vector<KeyEvent> forward = {
+      {early, EV_KEY, KEY_A, 1}, {late, EV_KEY, KEY_B, 1}, {late, EV_KEY, KEY_ENTER, 1}};
+  EXPECT_EQ(decode(decoder, forward), std::vector<std::string>{"b"});
+  EXPECT_EQ(decoder.fragments(), 1u);
+  const std::vector<KeyEvent> backward = {
+      {late, EV_KEY, KEY_C, 1}, {early, EV_KEY, KEY_D, 1}, {early, EV_KEY, KEY_ENTER, 1}};
+  EXPECT_EQ(decode(decoder, backward), std::vector<std::string>{"cd"});
+  EXPECT_EQ(decoder.fragments(), 1u);
 }
 
 TEST(KeyDecoderTest, APauseShorterThanTheTimeoutKeepsTheCode) {

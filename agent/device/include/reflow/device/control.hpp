@@ -46,6 +46,18 @@ class ControlServer {
   std::unique_ptr<Impl> m_impl;
 };
 
+/// What a control client asks for with its first line (see ControlServer).
+enum class ControlOp { status, emit, unknown };
+
+/// Reads the first line of a control connection (without its newline): a JSON object whose
+/// string `op` is "status" or "emit"; other members are ignored. Anything else (not JSON, no `op`,
+/// another value) is `unknown`, which the server answers with an error line and a close.
+ControlOp parse_control_request(std::string_view line);
+
+/// The answer to a refused line: `{"error":MESSAGE,"line":N}` and "\n" (N counts from 1 after the
+/// first line; 0 for the first line itself).
+std::string control_error_line(std::string_view message, std::size_t line_number);
+
 /// A configured driver as the status object shows it (the daemon fills one per [[driver]]).
 struct DriverStatus {
   std::string name;  ///< the [[driver]] name

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include <reflow/core/env.hpp>
 #include <reflow/core/logger.hpp>
@@ -25,6 +26,17 @@ struct ForwarderStats {
   std::uint64_t acks = 0;         ///< ack messages applied
   std::uint64_t connects = 0;
 };
+
+/// A node's ack (PROTOCOL §5): the node holds `stream` contiguously up to `seq`.
+struct Ack {
+  std::string stream;    ///< the outbox stream it acknowledges (a ULID, not checked here)
+  std::int64_t seq = 0;  ///< ≥ 0
+};
+
+/// Parses the payload of a message on `PREFIX/DEVICE/ack` (PROTOCOL §5): a JSON object with a
+/// string `stream` and an integer `seq` ≥ 0; other members are ignored. The forwarder logs and
+/// ignores anything else. Errors: invalid_argument saying what is wrong (never the payload).
+Result<Ack> parse_ack(std::string_view payload);
 
 /// The forwarder stage: publishes the outbox to the node over MQTT and prunes on the node's ack.
 ///
