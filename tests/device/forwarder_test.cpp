@@ -210,6 +210,34 @@ TEST_F(ForwarderTest, AppliesRetainedAckAndPrunesOutbox) {
   EXPECT_TRUE(eventually([&] { return forwarder.stats().acks == 2; }));
 }
 
+TEST_F(ForwarderTest, RefusesRetainedAckBeyondLastSeqAndKeepsEverything) {
+  append(5);
+  TestClient node(m_broker.port(), "node");
+  // A retained ack for events this outbox never committed (a confused or hostile node, or an ack
+  // left from an outbox that was replaced with the same stream).
+  node.publish(std::string(k_prefix) + "/ack", ack(1000), true);
+  auto* forwarder = &start_forwarder();
+  ASSERT_TRUE(eventually([&] { return forwarder->stats().refused_acks == 1; }));
+  EXPECT_EQ(forwarder->stats().acks, 0u);
+  EXPECT_EQ(m_outbox->stats().acked_seq, 0);
+  EXPECT_EQ(m_outbox->stats().backlog_events, 5);
+  ASSERT_EQ(m_outbox->read_from(1, 10)->size(), 5u);
+
+  // After a restart the broker delivers the retained ack again: still refused, still nothing
+  // pruned.
+  m_forwarder->stop();
+  forwarder = &start_forwarder();
+  ASSERT_TRUE(eventually([&] { return forwarder->stats().refused_acks == 1; }));
+  EXPECT_EQ(m_outbox->stats().backlog_events, 5);
+  // All five are (re)published, and a valid ack then prunes as usual.
+  ASSERT_TRUE(eventually([&] { return node.event_seqs().size() >= 10; }));
+  node.publish(std::string(k_prefix) + "/ack", ack(3), true);
+  ASSERT_TRUE(eventually([&] { return m_outbox->stats().acked_seq == 3; }));
+  EXPECT_EQ(m_outbox->read_from(1, 10)->front().seq, 4);
+  EXPECT_TRUE(eventually([&] { return forwarder->stats().acks == 1; }));
+  EXPECT_EQ(forwarder->stats().refused_acks, 1u);
+}
+
 TEST_F(ForwarderTest, RepublishesFromAckedPlusOneAfterBrokerRestart) {
   append(5);
   auto& forwarder = start_forwarder();

@@ -355,6 +355,12 @@ struct Forwarder::Impl {
       return;
     }
     auto applied = outbox.apply_ack(ack_stream, ack["seq"].get<std::int64_t>());
+    if (!applied && applied.error().code == ErrorCode::rejected) {
+      log.error(k_component, "refusing the ack on {}: {}", ack_topic, applied.error().message);
+      std::lock_guard lock(stats_mutex);
+      ++stats.refused_acks;
+      return;
+    }
     if (!applied) {
       log.warning(k_component, "applying the ack {} failed: {}", payload.substr(0, 200),
                   applied.error().message);
