@@ -251,13 +251,15 @@ struct Outbox::Impl {
               format_size(options.reserve_bytes));
   }
 
-  // Gives the reserve's blocks back to the file system; true when there was one.
-  bool release_reserve() {
+  // Gives the reserve's blocks back to the file system; returns its size, 0 when there was none.
+  std::uint64_t release_reserve() {
     std::error_code ec;
-    const bool removed = fs::remove(reserve_path(), ec);
+    const std::uintmax_t size = fs::file_size(reserve_path(), ec);
+    const bool removed = !ec && fs::remove(reserve_path(), ec);
     reserve_held = false;
-    if (removed) sync_directory(data_dir());
-    return removed;
+    if (!removed) return 0;
+    sync_directory(data_dir());
+    return std::max<std::uint64_t>(size, 1);
   }
 
   // With no backlog left, gives free pages and the WAL back to the file system.
@@ -872,11 +874,11 @@ Result<std::int64_t> Outbox::apply_ack(const std::string& stream, std::int64_t s
 
   int rc = prune();
   // Something else filled the disk to the last block: the reserve is there for this moment.
-  if (is_full(rc) && s.release_reserve()) {
+  if (std::uint64_t released = is_full(rc) ? s.release_reserve() : 0; released > 0) {
     s.log->warning("outbox",
                    "the disk is full; gave up the reserve file {} ({}) to record the node's ack of "
                    "seq {}. It is put back once there is room again",
-                   s.reserve_path().string(), format_size(s.options.reserve_bytes), target);
+                   s.reserve_path().string(), format_size(released), target);
     rc = prune();
   }
   if (rc != SQLITE_OK) return failed(rc);
