@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "fault_vfs.hpp"
 #include "mosquitto.hpp"
 #include "temp_dir.hpp"
 
@@ -208,6 +209,77 @@ TEST_F(ForwarderTest, AppliesRetainedAckAndPrunesOutbox) {
   EXPECT_EQ(m_outbox->stats().backlog_events, 0);
   // The counter moves just after the outbox does.
   EXPECT_TRUE(eventually([&] { return forwarder.stats().acks == 2; }));
+}
+
+TEST_F(ForwarderTest, RefusesRetainedAckBeyondLastSeqAndKeepsEverything) {
+  append(5);
+  TestClient node(m_broker.port(), "node");
+  // A retained ack for events this outbox never committed (a confused or hostile node, or an ack
+  // left from an outbox that was replaced with the same stream).
+  node.publish(std::string(k_prefix) + "/ack", ack(1000), true);
+  auto* forwarder = &start_forwarder();
+  ASSERT_TRUE(eventually([&] { return forwarder->stats().refused_acks == 1; }));
+  EXPECT_EQ(forwarder->stats().acks, 0u);
+  EXPECT_EQ(m_outbox->stats().acked_seq, 0);
+  EXPECT_EQ(m_outbox->stats().backlog_events, 5);
+  ASSERT_EQ(m_outbox->read_from(1, 10)->size(), 5u);
+
+  // After a restart the broker delivers the retained ack again: still refused, still nothing
+  // pruned.
+  m_forwarder->stop();
+  forwarder = &start_forwarder();
+  ASSERT_TRUE(eventually([&] { return forwarder->stats().refused_acks == 1; }));
+  EXPECT_EQ(m_outbox->stats().backlog_events, 5);
+  // All five are (re)published, and a valid ack then prunes as usual.
+  ASSERT_TRUE(eventually([&] { return node.event_seqs().size() >= 10; }));
+  node.publish(std::string(k_prefix) + "/ack", ack(3), true);
+  ASSERT_TRUE(eventually([&] { return m_outbox->stats().acked_seq == 3; }));
+  EXPECT_EQ(m_outbox->read_from(1, 10)->front().seq, 4);
+  EXPECT_TRUE(eventually([&] { return forwarder->stats().acks == 1; }));
+  EXPECT_EQ(forwarder->stats().refused_acks, 1u);
+}
+
+TEST_F(ForwarderTest, AnAckTheFullDiskCannotRecordStopsRepublishingAndIsRecordedLater) {
+  // Reopened through the fault VFS, without a reserve: the disk is full to the last block.
+  auto& faults = reflow_test::FaultVfs::install();
+  m_outbox.reset();
+  agent::OutboxOptions options;
+  options.path = m_dir / "outbox.db";
+  options.device_id = k_device;
+  options.reserve_bytes = 0;
+  options.min_free_bytes = 0;
+  auto reopened = agent::Outbox::open(options, agent::Env::real(), m_log);
+  ASSERT_TRUE(reopened.has_value()) << reopened.error().message;
+  m_outbox = std::move(*reopened);
+  append(3);
+  m_config.resend_after = 30s;
+  TestClient node(m_broker.port(), "node");
+  auto& forwarder = start_forwarder(m_fake_env);
+  ASSERT_TRUE(eventually([&] { return node.event_seqs().size() == 3; }));
+
+  faults.write_error = SQLITE_FULL;
+  node.publish(std::string(k_prefix) + "/ack", ack(3), true);
+  ASSERT_TRUE(eventually([&] {
+    return forwarder.stats().last_error.find("cannot record the node's ack of seq 3") !=
+           std::string::npos;
+  }));
+  // Past resend_after and status_interval: the status that follows shows the loop has run.
+  const auto statuses = node.statuses().size();
+  ASSERT_TRUE(eventually([&] {
+    m_fake_env.advance_ms(61'000);
+    return node.statuses().size() > statuses;
+  }));
+  EXPECT_EQ(node.event_seqs(), (std::vector<std::int64_t>{1, 2, 3}));
+  EXPECT_EQ(m_outbox->stats().acked_seq, 0);
+
+  // Space again: the ack is recorded without a new one from the node.
+  faults.write_error = SQLITE_OK;
+  ASSERT_TRUE(eventually([&] {
+    m_fake_env.advance_ms(1'000);
+    return m_outbox->stats().acked_seq == 3;
+  }));
+  EXPECT_EQ(m_outbox->stats().backlog_events, 0);
+  EXPECT_TRUE(eventually([&] { return forwarder.stats().last_error.empty(); }));
 }
 
 TEST_F(ForwarderTest, RepublishesFromAckedPlusOneAfterBrokerRestart) {

@@ -138,6 +138,25 @@ class CorruptOutboxTest(h.AgentTestCase):
         self.assertIsNone(env.event["prev"])
         self.assert_node_clean()
 
+    def test_export_recovers_the_envelopes_of_an_outbox_whose_first_page_is_gone(self):
+        self.node.pause()  # nothing acked: every event stays in the outbox
+        agent = self.start_agent()
+        acked = self.emit_ok(h.emit_lines(40))
+        agent.send_signal(signal.SIGTERM)
+        self.assertEqual(agent.wait_exit(h.WAIT_S), 0)
+
+        outbox = self.data_dir / "outbox.db"
+        damaged = bytearray(outbox.read_bytes())
+        damaged[:4096] = bytes(4096)
+        outbox.write_bytes(bytes(damaged))
+
+        r = h.run_cli(["export", "--config", str(self.config_path), "--outbox", str(outbox)])
+        self.assertIn("recovered 40 envelopes", r.stderr)
+        lines = [line for line in r.stdout.splitlines() if line.strip()]
+        envs = [h.verify_envelope(line, self.key, device=h.DEVICE_ID) for line in lines]
+        self.assertEqual([(e.seq, e.id) for e in envs], acked)
+        self.assertEqual(outbox.read_bytes(), bytes(damaged), "export must not modify the file")
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <mutex>
 
 namespace reflow_test {
@@ -35,6 +37,8 @@ int shim_read(sqlite3_file* f, void* buf, int amt, sqlite3_int64 off) {
 }
 int shim_write(sqlite3_file* f, const void* buf, int amt, sqlite3_int64 off) {
   if (int err = faults().write_error.load(); err != SQLITE_OK) return err;
+  if (const char* path = faults().full_while_exists.load(); path && ::access(path, F_OK) == 0)
+    return SQLITE_FULL;
   return real_of(f)->pMethods->xWrite(real_of(f), buf, amt, off);
 }
 int shim_truncate(sqlite3_file* f, sqlite3_int64 size) {

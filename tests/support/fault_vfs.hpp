@@ -20,6 +20,9 @@ struct FaultVfs {
   std::atomic<int> write_error{SQLITE_OK};
   /// xSync calls on WAL files; tests reset it to 0 before counting.
   std::atomic<int> wal_syncs{0};
+  /// When set (not null), every xWrite fails with SQLITE_FULL while this file exists: a disk that
+  /// is full until that file (the outbox's reserve) is deleted. The string must outlive the use.
+  std::atomic<const char*> full_while_exists{nullptr};
 
   /// Registers the VFS as the default, once per process (call before opening the databases it
   /// must serve), and returns its switches.

@@ -15,6 +15,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -222,11 +223,22 @@ int status(const std::filesystem::path& config_path, bool json) {
   fmt::print("outbox:          {} on disk, quota {}\n",
              format_size(s.value("outbox_bytes", std::uint64_t{0})),
              format_size(s.value("quota_bytes", std::uint64_t{0})));
-  fmt::print("refused:         {} over quota, {} disk errors, {} queue full\n",
-             or_dash(s["refused_quota"]), or_dash(s["refused_io"]), or_dash(s["refused_busy"]));
-  fmt::print("published:       {} ({} republished), {} acks, {} connects\n",
+  fmt::print("disk:            {} free, {} kept free (outbox.min_free){}; reserve {}\n",
+             s["disk_free_bytes"].is_null()
+                 ? std::string("unknown")
+                 : format_size(s["disk_free_bytes"].get<std::uint64_t>()),
+             format_size(s.value("min_free_bytes", std::uint64_t{0})),
+             s.value("accepting", true) ? "" : "; NEW EVENTS REFUSED until space is freed",
+             s.value("reserve_bytes", std::uint64_t{0}) == 0
+                 ? std::string("none")
+                 : fmt::format("{} {}", format_size(s.value("reserve_bytes", std::uint64_t{0})),
+                               s.value("reserve_held", false) ? "held" : "GIVEN UP (disk full)"));
+  fmt::print("refused:         {} over quota, {} disk nearly full, {} disk errors, {} queue full\n",
+             or_dash(s["refused_quota"]), or_dash(s["refused_disk"]), or_dash(s["refused_io"]),
+             or_dash(s["refused_busy"]));
+  fmt::print("published:       {} ({} republished), {} acks ({} refused), {} connects\n",
              or_dash(s["published"]), or_dash(s["republished"]), or_dash(s["acks"]),
-             or_dash(s["connects"]));
+             or_dash(s["refused_acks"]), or_dash(s["connects"]));
   fmt::print("last error:      {}\n", or_dash(s["last_error"]));
   if (!s["quarantined"].is_null())
     fmt::print("QUARANTINED:     the previous outbox was unreadable and is kept at {}\n",
@@ -248,24 +260,54 @@ int export_events(const std::filesystem::path& config_path, std::int64_t from_se
   auto config = load_or_report(config_path);
   if (!config) return 1;
   const auto path = outbox_file.value_or(config->outbox_path());
+  auto print = [](const OutboxEvent& event) {
+    std::fwrite(event.envelope.data(), 1, event.envelope.size(), stdout);
+    std::fputc('\n', stdout);
+  };
+  // Held back until the file is known to read whole: a damaged one is recovered instead, and the
+  // recovery's output (in seq order, deduplicated) must not follow half of this one.
+  std::vector<OutboxEvent> rows;
   std::size_t skipped = 0;
-  std::uint64_t count = 0;
   Status done = Outbox::export_file(
-      path, from_seq,
-      [&](const OutboxEvent& event) {
-        std::fwrite(event.envelope.data(), 1, event.envelope.size(), stdout);
-        std::fputc('\n', stdout);
-        ++count;
-      },
-      skipped);
-  std::fflush(stdout);
-  if (!done) {
+      path, from_seq, [&](const OutboxEvent& event) { rows.push_back(event); }, skipped);
+  if (done && skipped == 0) {
+    for (const OutboxEvent& event : rows)
+      print(event);
+    std::fflush(stdout);
+    fmt::print(stderr, "reflow-agent: exported {} envelopes from {}\n", rows.size(), path.string());
+    return 0;
+  }
+  if (!done && done.error().code != ErrorCode::corruption) {
     print_error(done.error().message);
     return 1;
   }
-  fmt::print(stderr, "reflow-agent: exported {} envelopes from {}{}\n", count, path.string(),
-             skipped ? fmt::format(" ({} unreadable rows skipped)", skipped) : "");
-  return skipped ? 1 : 0;
+  rows.clear();
+  const std::string why = done ? fmt::format("{} unreadable rows", skipped) : done.error().message;
+  // Recovery keeps only what verifies with this device's key (PROTOCOL §3).
+  auto key = DeviceKey::load(config->key_file);
+  if (!key) {
+    print_error(
+        fmt::format("{} cannot be read whole ({}); recovering its envelopes needs the "
+                    "device key to verify them: {}",
+                    path.string(), why, key.error().message));
+    return 1;
+  }
+  fmt::print(stderr,
+             "reflow-agent: {} cannot be read whole ({}); recovering the envelopes in it that "
+             "verify with key {}\n",
+             path.string(), why, key->public_jwk().kid);
+  auto report = Outbox::recover_file(path, key->public_jwk(), from_seq, print);
+  std::fflush(stdout);
+  if (!report) {
+    print_error(report.error().message);
+    return 1;
+  }
+  fmt::print(stderr, "reflow-agent: recovered {} envelopes from {}; {} damaged regions skipped{}\n",
+             report->recovered, path.string(), report->damaged_regions,
+             report->already_acked
+                 ? fmt::format("; {} already acknowledged left out", report->already_acked)
+                 : std::string());
+  return report->damaged_regions ? 1 : 0;
 }
 
 int verify(const std::filesystem::path& jwk_path, const std::string& expected_device) {

@@ -88,6 +88,14 @@ AgentSchema make_schema() {
       "Most bytes of unacked envelopes kept; when full, producers are refused, nothing is "
       "dropped.",
       size_key(&AgentConfig::quota_bytes, 64 * 1024, "64KiB"));
+  add("outbox", "min_free", "size", "\"64MiB\"",
+      "New events are refused while the data_dir file system has less than this free; acks and "
+      "pruning still work, and events are accepted again once space is free.",
+      size_key(&AgentConfig::min_free_bytes, 0, "0B"));
+  add("outbox", "reserve", "size", "\"8MiB\"",
+      "A preallocated file (outbox.db.reserve) deleted when a full disk would stop an ack from "
+      "being recorded; put back when there is room. \"0B\" for none.",
+      size_key(&AgentConfig::reserve_bytes, 0, "0B"));
   add("outbox", "durability", "enum(full|normal)", "\"full\"",
       "full: fsync every commit, survives power loss; normal: faster, but a power cut may lose "
       "the last commits although they were answered.",

@@ -175,9 +175,18 @@ nlohmann::ordered_json status_json(const AgentConfig& config, Outbox& outbox, Fo
   j["refused_quota"] = o.refused_quota + writer.refused_quota();
   j["refused_io"] = o.refused_io;
   j["refused_busy"] = writer.refused_busy();
+  j["refused_disk"] = o.refused_disk + writer.refused_disk();
+  // The free-space condition new events are held to (docs/ARCHITECTURE.md "Full disk").
+  j["disk_free_bytes"] = o.disk_free_bytes ? nlohmann::ordered_json(*o.disk_free_bytes)
+                                           : nlohmann::ordered_json(nullptr);
+  j["min_free_bytes"] = o.min_free_bytes;
+  j["accepting"] = o.accepting;
+  j["reserve_bytes"] = o.reserve_bytes;
+  j["reserve_held"] = o.reserve_held;
   j["published"] = f.published;
   j["republished"] = f.republished;
   j["acks"] = f.acks;
+  j["refused_acks"] = f.refused_acks;
   j["connects"] = f.connects;
   j["quarantined"] =
       o.quarantined ? nlohmann::ordered_json(*o.quarantined) : nlohmann::ordered_json(nullptr);
@@ -215,8 +224,13 @@ int run_daemon(const AgentConfig& config, std::span<const DriverKind* const> kin
   auto lock = DataDirLock::take(config.data_dir);
   if (!lock) return fatal(lock.error());
 
-  OutboxOptions outbox_options{config.outbox_path(), config.device_id, config.quota_bytes,
-                               config.durability};
+  OutboxOptions outbox_options;
+  outbox_options.path = config.outbox_path();
+  outbox_options.device_id = config.device_id;
+  outbox_options.quota_bytes = config.quota_bytes;
+  outbox_options.durability = config.durability;
+  outbox_options.min_free_bytes = config.min_free_bytes;
+  outbox_options.reserve_bytes = config.reserve_bytes;
   auto outbox = Outbox::open(outbox_options, env, log);
   if (!outbox) return fatal(outbox.error());
   const OutboxStats opened = (*outbox)->stats();

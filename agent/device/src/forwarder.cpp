@@ -241,7 +241,7 @@ struct Forwarder::Impl {
 
   void connected() {
     auto outbox_stats = outbox.stats();
-    acked = outbox_stats.acked_seq;
+    acked = std::max(outbox_stats.acked_seq, unrecorded_ack.value_or(0));
     known_last.store(std::max(known_last.load(), outbox_stats.last_seq));
     cursor = acked + 1;
     sent_through = acked;
@@ -275,6 +275,7 @@ struct Forwarder::Impl {
         move_cursor(acked + 1);
         progress_at = now;
       }
+      retry_unrecorded_ack();
       pump();
       if (now >= next_status_at) publish_status();
       Clock::time_point next = next_status_at;
@@ -352,9 +353,30 @@ struct Forwarder::Impl {
       return;
     }
     auto applied = outbox.apply_ack(ack->stream, ack->seq);
+    if (!applied && applied.error().code == ErrorCode::rejected) {
+      log.error(k_component, "refusing the ack on {}: {}", ack_topic, applied.error().message);
+      std::lock_guard lock(stats_mutex);
+      ++stats.refused_acks;
+      return;
+    }
     if (!applied) {
-      log.warning(k_component, "applying the ack {} failed: {}", payload.substr(0, 200),
-                  applied.error().message);
+      // The node has the events even though the outbox cannot record it (a full disk): take the
+      // ack as progress so the backlog is not republished every resend_after, and record it
+      // later (retry_unrecorded_ack).
+      const std::int64_t seq = ack->seq;
+      if (!unrecorded_ack) {
+        log.warning(k_component, "applying the ack {} failed: {}; retrying", payload.substr(0, 200),
+                    applied.error().message);
+        std::lock_guard lock(stats_mutex);
+        stats.last_error = applied.error().message;
+      }
+      unrecorded_ack = std::max(unrecorded_ack.value_or(0), seq);
+      retry_ack_at = env.steady_now() + k_max_wait;
+      if (seq > acked) {
+        acked = seq;
+        progress_at = env.steady_now();
+      }
+      if (cursor <= acked) move_cursor(acked + 1);
       return;
     }
     {
@@ -382,6 +404,19 @@ struct Forwarder::Impl {
   }
 
   bool outstanding() const { return sent_through > acked; }
+
+  // Records an ack that the outbox could not record when it came (see handle_ack).
+  void retry_unrecorded_ack() {
+    if (!unrecorded_ack || env.steady_now() < retry_ack_at) return;
+    retry_ack_at = env.steady_now() + k_max_wait;
+    auto applied = outbox.apply_ack(stream, *unrecorded_ack);
+    if (!applied && applied.error().code != ErrorCode::rejected) return;
+    if (applied) log.info(k_component, "recorded the node's ack of seq {}", *applied);
+    unrecorded_ack.reset();
+    std::lock_guard lock(stats_mutex);
+    if (stats.last_error.find("cannot record the node's ack") != std::string::npos)
+      stats.last_error.clear();
+  }
 
   // Publishes in seq order while fewer than max_inflight publishes await their PUBACK.
   void pump() {
@@ -527,6 +562,8 @@ struct Forwarder::Impl {
   std::deque<OutboxEvent> pending;  ///< read from the outbox, starting at `cursor`
   std::map<const mqtt::token*, Inflight> inflight;
   bool read_failing = false;
+  std::optional<std::int64_t> unrecorded_ack;  ///< the node's ack the outbox could not record yet
+  Clock::time_point retry_ack_at{};
 
   mqtt::connect_options connect_options;
   std::string paho_uri;

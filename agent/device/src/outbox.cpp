@@ -3,15 +3,24 @@
 
 #include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <charconv>
+#include <cstring>
 #include <ctime>
+#include <fstream>
+#include <iterator>
 #include <limits>
+#include <map>
 #include <mutex>
 #include <system_error>
 #include <utility>
+
+#include <nlohmann/json.hpp>
 
 #include <reflow/core/ulid.hpp>
 #include <reflow/core/units.hpp>
@@ -57,6 +66,11 @@ constexpr const char* k_schema_sql =
     " recorded_ms INTEGER NOT NULL,"
     " envelope BLOB NOT NULL);";
 
+// After an ack that leaves no backlog the file is shrunk when at least this much can be given
+// back (free pages, or WAL beyond it): shrinking costs a checkpoint and an fsync, which an SD card
+// should not pay at every ack of a node that keeps up.
+constexpr std::uint64_t k_shrink_threshold_bytes = 1024 * 1024;
+
 bool is_full(int rc) {
   return (rc & 0xff) == SQLITE_FULL;
 }
@@ -96,6 +110,69 @@ void sync_directory(const fs::path& dir) {
   ::close(fd);
 }
 
+// The start of an envelope as the writer serialises it (Jws::to_envelope, PROTOCOL §3).
+constexpr std::string_view k_envelope_start = R"({"protected":")";
+// PROTOCOL §3: an envelope is at most 64 KiB.
+constexpr std::size_t k_max_envelope_bytes = 64 * 1024;
+
+// An envelope that verified with the device's key, with the stream and seq of its payload.
+struct VerifiedEnvelope {
+  std::string stream;
+  OutboxEvent event;
+};
+
+std::optional<VerifiedEnvelope> verified_envelope(std::string_view envelope, const PublicJwk& key) {
+  auto parsed = jws_verify(envelope, key);
+  if (!parsed) return std::nullopt;
+  auto payload = nlohmann::json::parse(parsed->payload, nullptr, false);
+  if (payload.is_discarded() || !payload.is_object()) return std::nullopt;
+  auto stream = payload.find("stream");
+  auto seq = payload.find("seq");
+  if (stream == payload.end() || !stream->is_string() || seq == payload.end() ||
+      !seq->is_number_integer() || seq->get<std::int64_t>() < 1)
+    return std::nullopt;
+  VerifiedEnvelope out;
+  out.stream = stream->get<std::string>();
+  out.event.seq = seq->get<std::int64_t>();
+  if (auto id = payload.find("id"); id != payload.end() && id->is_string())
+    out.event.id = id->get<std::string>();
+  if (auto recorded = payload.find("recorded"); recorded != payload.end() && recorded->is_string())
+    if (auto ms = parse_rfc3339(recorded->get<std::string>())) out.event.recorded_unix_ms = *ms;
+  out.event.envelope = std::string(envelope);
+  return out;
+}
+
+// The (stream, seq) a damaged envelope's payload still names. The payload may be cut anywhere,
+// so the longest base64url prefix that decodes is searched for the two members as the writer
+// puts them (make_event_payload: `"stream":"…","seq":N`). Nothing read here is trusted; it only
+// tells whether the event was recovered from another copy.
+std::optional<std::pair<std::string, std::int64_t>> payload_position(std::string_view candidate) {
+  constexpr std::string_view k_payload = R"("payload":")";
+  const std::size_t at = candidate.find(k_payload);
+  if (at == std::string_view::npos) return std::nullopt;
+  std::string_view b64 = candidate.substr(at + k_payload.size());
+  std::size_t length = 0;
+  while (length < b64.size() && (std::isalnum(static_cast<unsigned char>(b64[length])) ||
+                                 b64[length] == '-' || b64[length] == '_'))
+    ++length;
+  auto text = base64url_decode(b64.substr(0, length - length % 4));
+  if (!text) return std::nullopt;
+  constexpr std::string_view k_stream = R"("stream":")";
+  constexpr std::string_view k_seq = R"("seq":)";
+  const std::size_t s_at = text->find(k_stream);
+  const std::size_t q_at = text->find(k_seq);
+  if (s_at == std::string::npos || q_at == std::string::npos) return std::nullopt;
+  const std::size_t s_from = s_at + k_stream.size();
+  const std::size_t s_to = text->find('"', s_from);
+  if (s_to == std::string::npos) return std::nullopt;
+  std::int64_t seq = 0;
+  const char* first = text->data() + q_at + k_seq.size();
+  const char* last = text->data() + text->size();
+  auto [end, ec] = std::from_chars(first, last, seq);
+  if (ec != std::errc() || end == last) return std::nullopt;  // the number may be cut
+  return std::pair{text->substr(s_from, s_to - s_from), seq};
+}
+
 // The verdict on an existing file.
 struct Inspection {
   enum class Kind { usable, blank, damaged } kind = Kind::usable;
@@ -104,9 +181,115 @@ struct Inspection {
 
 }  // namespace
 
+std::optional<std::uint64_t> statvfs_free_bytes(const std::filesystem::path& dir) {
+  struct statvfs st {};
+  if (::statvfs(dir.empty() ? "." : dir.c_str(), &st) != 0) return std::nullopt;
+  return static_cast<std::uint64_t>(st.f_bavail) * static_cast<std::uint64_t>(st.f_frsize);
+}
+
 struct Outbox::Impl {
   OutboxOptions options;
   Logger* log = nullptr;
+  std::uint64_t refused_disk = 0;
+  bool reserve_held = false;
+
+  fs::path data_dir() const { return options.path.parent_path(); }
+  fs::path reserve_path() const { return with_suffix(options.path, ".reserve"); }
+
+  std::optional<std::uint64_t> free_bytes() const {
+    return options.free_space ? options.free_space(data_dir()) : statvfs_free_bytes(data_dir());
+  }
+
+  // Room the disk leaves for a batch's envelopes: each is written twice (WAL, then database).
+  std::optional<std::uint64_t> disk_room(const std::optional<std::uint64_t>& free) const {
+    if (!free) return std::nullopt;
+    return *free > options.min_free_bytes ? (*free - options.min_free_bytes) / 2 : 0;
+  }
+
+  std::string disk_refusal(const std::optional<std::uint64_t>& free, std::uint64_t needed) const {
+    return fmt::format(
+        "disk nearly full: the file system of {} has {} free; new events need {} kept free "
+        "(outbox.min_free) plus {} for this submission. Refused until space is freed; acks and "
+        "pruning still work, so events are accepted again as the node acknowledges",
+        data_dir().string(), free ? format_size(*free) : std::string("?"),
+        format_size(options.min_free_bytes), format_size(2 * needed));
+  }
+
+  std::string quota_refusal() const {
+    return fmt::format(
+        "outbox quota full: {} unacked events ({}) of {}; new events are refused until the node "
+        "acknowledges (is the broker reachable?)",
+        head.last_seq - acked_seq, format_size(backlog_bytes), format_size(options.quota_bytes));
+  }
+
+  // Puts the reserve file in place when it is missing and there is room for it beyond min_free.
+  void ensure_reserve() {
+    if (options.reserve_bytes == 0 || reserve_held) return;
+    const fs::path path = reserve_path();
+    std::error_code ec;
+    if (fs::file_size(path, ec) >= options.reserve_bytes && !ec) {
+      reserve_held = true;
+      return;
+    }
+    auto free = free_bytes();
+    if (!free || *free < options.min_free_bytes + options.reserve_bytes) return;
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0) return;
+    // posix_fallocate takes the blocks now (writing zeros would too, slower): a sparse file
+    // would give nothing back when deleted.
+    int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(options.reserve_bytes));
+    if (rc == 0 && ::fsync(fd) != 0) rc = errno;
+    ::close(fd);
+    if (rc != 0) {
+      fs::remove(path, ec);
+      log->warning("outbox", "cannot make the reserve file {} ({}): {}; retrying later",
+                   path.string(), format_size(options.reserve_bytes), std::strerror(rc));
+      return;
+    }
+    reserve_held = true;
+    log->info("outbox", "reserve file {} ({}) in place", path.string(),
+              format_size(options.reserve_bytes));
+  }
+
+  // Gives the reserve's blocks back to the file system; returns its size, 0 when there was none.
+  std::uint64_t release_reserve() {
+    std::error_code ec;
+    const std::uintmax_t size = fs::file_size(reserve_path(), ec);
+    const bool removed = !ec && fs::remove(reserve_path(), ec);
+    reserve_held = false;
+    if (!removed) return 0;
+    sync_directory(data_dir());
+    return std::max<std::uint64_t>(size, 1);
+  }
+
+  // With no backlog left, gives free pages and the WAL back to the file system.
+  void shrink() {
+    sqlite3* d = db.get();
+    std::int64_t free_pages = 0, page_size = 0, auto_vacuum = 0;
+    if (query_int("PRAGMA freelist_count", free_pages) != SQLITE_OK ||
+        query_int("PRAGMA page_size", page_size) != SQLITE_OK ||
+        query_int("PRAGMA auto_vacuum", auto_vacuum) != SQLITE_OK)
+      return;
+    std::error_code ec;
+    const std::uintmax_t wal = fs::file_size(with_suffix(options.path, "-wal"), ec);
+    const std::uint64_t reclaimable = static_cast<std::uint64_t>(free_pages * page_size);
+    if (reclaimable < k_shrink_threshold_bytes && (ec || wal < k_shrink_threshold_bytes)) return;
+    int rc = SQLITE_OK;
+    if (reclaimable >= k_shrink_threshold_bytes) {
+      // An outbox made before auto_vacuum was set: one VACUUM converts it; with no backlog left
+      // it copies only the meta row.
+      rc =
+          auto_vacuum == 0
+              ? sqlite3_exec(d, "PRAGMA auto_vacuum=INCREMENTAL; VACUUM", nullptr, nullptr, nullptr)
+              : sqlite3_exec(d, "PRAGMA incremental_vacuum", nullptr, nullptr, nullptr);
+      if (rc != SQLITE_OK)
+        log->warning("outbox", "shrinking {}: {}", path_text(), sqlite::error_detail(d, rc));
+    }
+    // TRUNCATE also empties the WAL file; a reader (export) makes it give up, which is harmless.
+    rc = sqlite3_wal_checkpoint_v2(d, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+      log->warning("outbox", "checkpointing {}: {}", path_text(), sqlite::error_detail(d, rc));
+  }
 
   mutable std::mutex mutex;
   DbPtr db;  // declared before the statements so it is closed after they are finalized
@@ -327,8 +510,10 @@ struct Outbox::Impl {
                               "writable and has free space",
                               path_text(), detail));
     };
-    int rc = configure();
+    // Only possible before the first table: lets shrink() give pruned pages back.
+    int rc = sqlite3_exec(d, "PRAGMA auto_vacuum=INCREMENTAL", nullptr, nullptr, nullptr);
     if (rc != SQLITE_OK) return failed(rc);
+    if ((rc = configure()) != SQLITE_OK) return failed(rc);
     if ((rc = sqlite3_exec(d, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr)) != SQLITE_OK)
       return failed(rc);
     if ((rc = sqlite3_exec(d, k_schema_sql, nullptr, nullptr, nullptr)) != SQLITE_OK)
@@ -428,6 +613,7 @@ Result<std::unique_ptr<Outbox>> Outbox::open(const OutboxOptions& options, Env& 
     }
     switch (inspection->kind) {
       case Inspection::Kind::usable:
+        s.ensure_reserve();
         log.info("outbox", "opened {}: stream {}, last seq {}, acked {}, {} unacked events ({})",
                  path_text, s.head.stream, s.head.last_seq, s.acked_seq,
                  s.head.last_seq - s.acked_seq, format_size(s.backlog_bytes));
@@ -435,6 +621,7 @@ Result<std::unique_ptr<Outbox>> Outbox::open(const OutboxOptions& options, Env& 
       case Inspection::Kind::blank: {
         auto init = s.initialize(env);
         if (!init) return std::unexpected(init.error());
+        s.ensure_reserve();
         log.warning("outbox",
                     "{} held no tables (a creation interrupted by a crash?); made a new "
                     "outbox in it with stream {}",
@@ -482,6 +669,7 @@ Result<std::unique_ptr<Outbox>> Outbox::open(const OutboxOptions& options, Env& 
   s.db = std::move(*db);
   auto init = s.initialize(env);
   if (!init) return std::unexpected(init.error());
+  s.ensure_reserve();
   log.info("outbox", "created {} with stream {}", path_text, s.head.stream);
   return outbox;
 }
@@ -515,11 +703,12 @@ Status Outbox::append(const std::vector<OutboxEvent>& events, const ChainHead& n
   // Counted per refused event: each is one producer's submission (OutboxStats::refused_quota).
   if (s.backlog_bytes + batch_bytes > s.options.quota_bytes) {
     s.refused_quota += events.size();
-    return fail(ErrorCode::no_space,
-                fmt::format("outbox quota full: {} unacked events ({}) of {}; new events are "
-                            "refused until the node acknowledges (is the broker reachable?)",
-                            s.head.last_seq - s.acked_seq, format_size(s.backlog_bytes),
-                            format_size(s.options.quota_bytes)));
+    return fail(ErrorCode::no_space, s.quota_refusal());
+  }
+  // Asked at every batch, so events are accepted again as soon as space is freed.
+  if (auto free = s.free_bytes(); free && s.disk_room(free) < batch_bytes) {
+    s.refused_disk += events.size();
+    return fail(ErrorCode::no_space, s.disk_refusal(free, batch_bytes));
   }
 
   sqlite3* d = s.db.get();
@@ -559,7 +748,30 @@ Status Outbox::append(const std::vector<OutboxEvent>& events, const ChainHead& n
   if (!s.oldest_unacked_ms) s.oldest_unacked_ms = events.front().recorded_unix_ms;
   s.backlog_bytes += batch_bytes;
   s.head = new_head;
+  s.ensure_reserve();
   return {};
+}
+
+OutboxRoom Outbox::room() const {
+  const Impl& s = *m_impl;
+  std::lock_guard lock(s.mutex);
+  OutboxRoom out;
+  out.bytes = s.options.quota_bytes > s.backlog_bytes ? s.options.quota_bytes - s.backlog_bytes : 0;
+  if (auto disk = s.disk_room(s.free_bytes()); disk && *disk < out.bytes) {
+    out.bytes = *disk;
+    out.disk_bound = true;
+  }
+  return out;
+}
+
+Error Outbox::room_error(std::uint64_t needed_bytes) const {
+  const Impl& s = *m_impl;
+  std::lock_guard lock(s.mutex);
+  auto free = s.free_bytes();
+  const std::uint64_t quota_room =
+      s.options.quota_bytes > s.backlog_bytes ? s.options.quota_bytes - s.backlog_bytes : 0;
+  if (needed_bytes > quota_room) return Error{ErrorCode::no_space, s.quota_refusal()};
+  return Error{ErrorCode::no_space, s.disk_refusal(free, needed_bytes)};
 }
 
 std::uint64_t Outbox::quota_free_bytes() const {
@@ -603,50 +815,79 @@ Result<std::int64_t> Outbox::apply_ack(const std::string& stream, std::int64_t s
   Impl& s = *m_impl;
   std::lock_guard lock(s.mutex);
   if (stream != s.head.stream) return s.acked_seq;
-  const std::int64_t target = std::max(s.acked_seq, std::min(seq, s.head.last_seq));
+  // The node can only acknowledge what it was sent, and nothing beyond the last commit was ever
+  // sent. Clamping such an ack would prune events the node never stored, and a retained ack is
+  // delivered again at every connect, so it is refused and everything is kept.
+  if (seq > s.head.last_seq)
+    return fail(ErrorCode::rejected,
+                fmt::format("ack of seq {} for stream {} is beyond the last committed seq {}; "
+                            "refused, nothing pruned (acked stays {})",
+                            seq, stream, s.head.last_seq, s.acked_seq));
+  const std::int64_t target = std::max(s.acked_seq, seq);
   if (target == s.acked_seq) return s.acked_seq;
 
   sqlite3* d = s.db.get();
+  std::string detail;  // SQLite's message, taken before the rollback replaces it
   auto failed = [&](int rc) -> Result<std::int64_t> {
-    std::string detail = sqlite::error_detail(d, rc);
-    if (!sqlite3_get_autocommit(d)) run(s.rollback.get());
     return fail(is_full(rc) ? ErrorCode::no_space : ErrorCode::io,
                 fmt::format("outbox {}: cannot record the node's ack of seq {}: {}; the events "
                             "stay until the next ack",
                             s.path_text(), target, detail));
   };
 
-  int rc = run(s.begin.get());
-  if (rc != SQLITE_OK) return failed(rc);
   std::uint64_t deleted_bytes = 0;
-  {
-    sqlite3_stmt* sum = s.sum_upto.get();
-    ResetOnExit reset(sum);
-    sqlite3_bind_int64(sum, 1, target);
-    rc = sqlite3_step(sum);
-    if (rc != SQLITE_ROW) return failed(rc);
-    deleted_bytes = static_cast<std::uint64_t>(sqlite3_column_int64(sum, 0));
-  }
-  sqlite3_bind_int64(s.delete_upto.get(), 1, target);
-  if ((rc = run(s.delete_upto.get())) != SQLITE_OK) return failed(rc);
-  sqlite3_bind_int64(s.update_acked.get(), 1, target);
-  if ((rc = run(s.update_acked.get())) != SQLITE_OK) return failed(rc);
   std::optional<std::int64_t> oldest;
-  {
-    sqlite3_stmt* next = s.oldest_after.get();
-    ResetOnExit reset(next);
-    sqlite3_bind_int64(next, 1, target);
-    rc = sqlite3_step(next);
-    if (rc == SQLITE_ROW)
-      oldest = sqlite3_column_int64(next, 0);
-    else if (rc != SQLITE_DONE)
-      return failed(rc);
+  // One transaction; returns the result code, rolled back on failure.
+  auto prune = [&]() -> int {
+    auto undo = [&](int rc) {
+      detail = sqlite::error_detail(d, rc);
+      if (!sqlite3_get_autocommit(d)) run(s.rollback.get());
+      return rc;
+    };
+    int rc = run(s.begin.get());
+    if (rc != SQLITE_OK) return undo(rc);
+    {
+      sqlite3_stmt* sum = s.sum_upto.get();
+      ResetOnExit reset(sum);
+      sqlite3_bind_int64(sum, 1, target);
+      rc = sqlite3_step(sum);
+      if (rc != SQLITE_ROW) return undo(rc);
+      deleted_bytes = static_cast<std::uint64_t>(sqlite3_column_int64(sum, 0));
+    }
+    sqlite3_bind_int64(s.delete_upto.get(), 1, target);
+    if ((rc = run(s.delete_upto.get())) != SQLITE_OK) return undo(rc);
+    sqlite3_bind_int64(s.update_acked.get(), 1, target);
+    if ((rc = run(s.update_acked.get())) != SQLITE_OK) return undo(rc);
+    {
+      sqlite3_stmt* next = s.oldest_after.get();
+      ResetOnExit reset(next);
+      sqlite3_bind_int64(next, 1, target);
+      rc = sqlite3_step(next);
+      if (rc == SQLITE_ROW)
+        oldest = sqlite3_column_int64(next, 0);
+      else if (rc != SQLITE_DONE)
+        return undo(rc);
+    }
+    if ((rc = run(s.commit.get())) != SQLITE_OK) return undo(rc);
+    return SQLITE_OK;
+  };
+
+  int rc = prune();
+  // Something else filled the disk to the last block: the reserve is there for this moment.
+  if (std::uint64_t released = is_full(rc) ? s.release_reserve() : 0; released > 0) {
+    s.log->warning("outbox",
+                   "the disk is full; gave up the reserve file {} ({}) to record the node's ack of "
+                   "seq {}. It is put back once there is room again",
+                   s.reserve_path().string(), format_size(released), target);
+    rc = prune();
   }
-  if ((rc = run(s.commit.get())) != SQLITE_OK) return failed(rc);
+  if (rc != SQLITE_OK) return failed(rc);
 
   s.acked_seq = target;
   s.backlog_bytes -= std::min(deleted_bytes, s.backlog_bytes);
   s.oldest_unacked_ms = oldest;
+  if (s.acked_seq == s.head.last_seq) s.shrink();
+  s.ensure_reserve();
   return s.acked_seq;
 }
 
@@ -664,8 +905,14 @@ OutboxStats Outbox::stats() const {
     out.quota_bytes = s.options.quota_bytes;
     out.refused_quota = s.refused_quota;
     out.refused_io = s.refused_io;
+    out.refused_disk = s.refused_disk;
     out.quarantined = s.quarantined;
+    out.min_free_bytes = s.options.min_free_bytes;
+    out.reserve_bytes = s.options.reserve_bytes;
+    out.reserve_held = s.reserve_held;
   }
+  out.disk_free_bytes = s.free_bytes();
+  out.accepting = !out.disk_free_bytes || *out.disk_free_bytes >= out.min_free_bytes;
   for (std::string_view suffix : {"", "-wal"}) {
     std::error_code ec;
     const std::uintmax_t size = fs::file_size(with_suffix(s.options.path, suffix), ec);
@@ -756,6 +1003,87 @@ Status Outbox::export_file(const std::filesystem::path& path, std::int64_t from_
   }
   sqlite3_reset(stmt);
   return {};
+}
+
+Result<OutboxRecovery> Outbox::recover_file(const std::filesystem::path& path, const PublicJwk& key,
+                                            std::int64_t from_seq,
+                                            const std::function<void(const OutboxEvent&)>& each) {
+  OutboxRecovery report;
+  std::map<std::pair<std::string, std::int64_t>, OutboxEvent> found;
+  auto keep = [&](VerifiedEnvelope&& v) {
+    if (v.event.seq < from_seq) return;
+    found.try_emplace({std::move(v.stream), v.event.seq}, std::move(v.event));
+  };
+
+  // What SQLite still reads: the only way to rows whose envelope spills onto overflow pages.
+  std::size_t unreadable_rows = 0;
+  std::optional<std::pair<std::string, std::int64_t>> acked;  // (stream, acked seq) from meta
+  (void)export_file(
+      path, from_seq,
+      [&](const OutboxEvent& row) {
+        if (auto v = verified_envelope(row.envelope, key)) keep(std::move(*v));
+      },
+      unreadable_rows);
+  {
+    DbPtr db;
+    StmtPtr meta;
+    if (sqlite::open(path, SQLITE_OPEN_READONLY, k_busy_timeout_ms, db) == SQLITE_OK &&
+        prepare(db.get(), "SELECT stream, acked_seq FROM meta WHERE id = 1", meta) == SQLITE_OK &&
+        sqlite3_step(meta.get()) == SQLITE_ROW)
+      acked.emplace(column_text(meta.get(), 0), sqlite3_column_int64(meta.get(), 1));
+  }
+
+  // Then the bytes: the main file and its WAL (which holds the newest copies of pages).
+  bool read_any = false;
+  std::vector<std::string_view> damaged;
+  std::vector<std::string> contents;
+  for (std::string_view suffix : {"", "-wal"}) {
+    const fs::path file = with_suffix(path, suffix);
+    std::ifstream in(file, std::ios::binary);
+    if (!in) {
+      if (suffix.empty())
+        return fail(ErrorCode::io,
+                    fmt::format("cannot recover {}: cannot open it for reading", path.string()));
+      continue;
+    }
+    read_any = true;
+    std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    for (std::size_t start = bytes.find(k_envelope_start); start != std::string::npos;
+         start = bytes.find(k_envelope_start, start + 1)) {
+      // The three members are base64url strings, which hold no '}': the first one ends it.
+      const std::size_t end = bytes.find('}', start);
+      if (end == std::string::npos || end - start >= k_max_envelope_bytes) {
+        ++report.damaged_regions;
+        continue;
+      }
+      const std::string_view candidate = std::string_view(bytes).substr(start, end - start + 1);
+      if (auto v = verified_envelope(candidate, key)) {
+        keep(std::move(*v));
+        continue;
+      }
+      damaged.push_back(candidate);
+    }
+    // A damaged region whose payload still names a (stream, seq) recovered from another copy
+    // (a stale cell left in a page's free space, or the WAL's copy of a page) lost nothing.
+    for (std::string_view candidate : damaged) {
+      auto named = payload_position(candidate);
+      if (!named || !found.contains(*named)) ++report.damaged_regions;
+    }
+    damaged.clear();
+    contents.push_back(std::move(bytes));
+  }
+  if (!read_any)
+    return fail(ErrorCode::io, fmt::format("cannot recover {}: nothing to read", path.string()));
+
+  for (auto& [where, event] : found) {
+    if (acked && where.first == acked->first && where.second <= acked->second) {
+      ++report.already_acked;
+      continue;
+    }
+    each(event);
+    ++report.recovered;
+  }
+  return report;
 }
 
 }  // namespace agent

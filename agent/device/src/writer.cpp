@@ -108,15 +108,9 @@ void Writer::refuse(Pending& pending, const Error& error) {
   if (pending.done) pending.done(std::unexpected(error));
 }
 
-Error Writer::quota_error() {
-  m_refused_quota.fetch_add(1);
-  const OutboxStats stats = m_outbox.stats();
-  return Error{
-      ErrorCode::no_space,
-      fmt::format("outbox quota full: {} unacked events ({}) of {}; new events are refused "
-                  "until the node acknowledges (is the broker reachable?)",
-                  stats.backlog_events, format_size(stats.backlog_bytes),
-                  format_size(stats.quota_bytes))};
+Error Writer::room_error(const OutboxRoom& room, std::uint64_t bytes) {
+  (room.disk_bound ? m_refused_disk : m_refused_quota).fetch_add(1);
+  return m_outbox.room_error(bytes);
 }
 
 void Writer::run() {
@@ -155,9 +149,9 @@ void Writer::commit_batch(std::deque<Pending>& batch) {
   // Stamping is sequential (each `prev` hashes the previous signing input), but signatures are not
   // part of the chain, so the batch is stamped first and signed afterwards on several cores:
   // Ed25519 signing is half of the writer's work (measured with callgrind).
-  // Events that do not fit under the quota are refused while stamping, one by one, so that those
-  // which fit still commit (the outbox checks the quota again on append).
-  const std::uint64_t free_bytes = m_outbox.quota_free_bytes();
+  // Events that do not fit under the quota or on the disk are refused while stamping, one by one,
+  // so that those which fit still commit (the outbox checks both again on append).
+  const OutboxRoom room = m_outbox.room();
   std::vector<OutboxEvent> rows;
   rows.reserve(batch.size());
   std::vector<Jws> signed_rows;
@@ -183,8 +177,8 @@ void Writer::commit_batch(std::deque<Pending>& batch) {
     jws.payload_b64 = base64url_encode(make_event_payload(stamp, pending.fields, pending.source));
     const std::uint64_t envelope_bytes =
         m_envelope_overhead_bytes + jws.protected_b64.size() + jws.payload_b64.size();
-    if (batch_bytes + envelope_bytes > free_bytes) {
-      refuse(pending, quota_error());
+    if (batch_bytes + envelope_bytes > room.bytes) {
+      refuse(pending, room_error(room, batch_bytes + envelope_bytes));
       continue;
     }
     head.last_seq = stamp.seq;

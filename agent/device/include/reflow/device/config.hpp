@@ -64,6 +64,9 @@ struct AgentConfig {
 
   // [outbox]
   std::uint64_t quota_bytes = 256ull * 1024 * 1024;  ///< bytes of unacked envelopes kept at most
+  std::uint64_t min_free_bytes =
+      64ull * 1024 * 1024;                           ///< free space below which events are refused
+  std::uint64_t reserve_bytes = 8ull * 1024 * 1024;  ///< the reserve file given up for acks
   Durability durability = Durability::full;
   std::uint32_t queue_capacity = 1024;  ///< submissions waiting for the writer, at most
   std::uint32_t max_batch = 256;        ///< events in one group commit, at most

@@ -24,6 +24,8 @@ struct ForwarderStats {
   std::uint64_t published = 0;    ///< PUBACKed publishes since start
   std::uint64_t republished = 0;  ///< of which republishes (reconnect or resend_after)
   std::uint64_t acks = 0;         ///< ack messages applied
+  /// Acks refused because their seq is beyond the outbox's last committed seq (nothing pruned).
+  std::uint64_t refused_acks = 0;
   std::uint64_t connects = 0;
 };
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include <reflow/core/env.hpp>
+#include <reflow/core/jose.hpp>
 #include <reflow/core/logger.hpp>
 #include <reflow/core/result.hpp>
 #include <reflow/device/config.hpp>
@@ -44,10 +45,35 @@ struct OutboxStats {
   std::optional<std::int64_t> oldest_unacked_recorded_ms;
   std::uint64_t file_bytes = 0;  ///< outbox.db + WAL on disk
   std::uint64_t quota_bytes = 0;
-  std::uint64_t refused_quota = 0;         ///< submissions refused because the quota was full
-  std::uint64_t refused_io = 0;            ///< batches that failed to commit (disk full, I/O error)
+  std::uint64_t refused_quota = 0;  ///< submissions refused because the quota was full
+  std::uint64_t refused_io = 0;     ///< batches that failed to commit (disk full, I/O error)
+  /// Submissions refused because the data_dir file system had less than min_free_bytes free.
+  std::uint64_t refused_disk = 0;
+  std::optional<std::uint64_t> disk_free_bytes;  ///< available to the agent; none if unknown
+  std::uint64_t min_free_bytes = 0;              ///< outbox.min_free: kept free for acks
+  std::uint64_t reserve_bytes = 0;               ///< outbox.reserve, as configured
+  bool reserve_held = false;                     ///< the reserve file is in place
+  bool accepting = true;  ///< new events fit on the disk now (disk_free_bytes ≥ min_free_bytes)
   std::optional<std::string> quarantined;  ///< path of an outbox moved aside at this start-up
 };
+
+/// What Outbox::recover_file() found.
+struct OutboxRecovery {
+  std::uint64_t recovered = 0;  ///< distinct (stream, seq) envelopes that verified, passed on
+  /// Places in the bytes where an envelope starts (`{"protected":"`) but what follows does not
+  /// verify: cut by truncation, overwritten, or spread over SQLite overflow pages (an envelope
+  /// larger than a page that SQLite could not read as a row either).
+  std::uint64_t damaged_regions = 0;
+  std::uint64_t already_acked = 0;  ///< verified but at or below the acked seq the file records
+};
+
+/// Bytes available to the agent on the file system holding `dir` (statvfs f_bavail × f_frsize),
+/// or nullopt when it cannot be asked. Tests pass their own to simulate a full disk.
+using FreeSpaceProbe =
+    std::function<std::optional<std::uint64_t>(const std::filesystem::path& dir)>;
+
+/// The real probe: statvfs(2).
+std::optional<std::uint64_t> statvfs_free_bytes(const std::filesystem::path& dir);
 
 /// Options for opening an outbox.
 struct OutboxOptions {
@@ -55,6 +81,19 @@ struct OutboxOptions {
   std::string device_id;       ///< stored in a new outbox; a mismatch quarantines the file
   std::uint64_t quota_bytes = 256ull * 1024 * 1024;
   Durability durability = Durability::full;
+  /// outbox.min_free: new events are refused when committing them would leave less than this
+  /// free on the file system (acks and pruning are still written).
+  std::uint64_t min_free_bytes = 64ull * 1024 * 1024;
+  /// outbox.reserve: size of `<path>.reserve`, a preallocated file given up when an ack cannot
+  /// be committed because something else filled the disk; 0 for none.
+  std::uint64_t reserve_bytes = 8ull * 1024 * 1024;
+  FreeSpaceProbe free_space{};  ///< empty: statvfs_free_bytes
+};
+
+/// Room for new envelopes, and which limit sets it.
+struct OutboxRoom {
+  std::uint64_t bytes = 0;
+  bool disk_bound = false;  ///< the file system's free space, not the quota, is the limit
 };
 
 /// The SQLite outbox: the one source of truth for events not yet acknowledged by the node
@@ -64,6 +103,16 @@ struct OutboxOptions {
 /// Quota: the sum of unacked envelope sizes may not exceed `quota_bytes`. Acked events are pruned
 /// as soon as an ack covers them; when unacked events fill the quota, append() refuses the whole
 /// batch with no_space and counts it; unacked events are never dropped.
+///
+/// Full disk (docs/ARCHITECTURE.md "Full disk"): a batch is refused (no_space, refused_disk) when
+/// committing it would leave less than `min_free_bytes` free on the file system (a batch counts
+/// twice: once in the WAL, once in the database). Acks only delete rows, which needs a few pages,
+/// so they still commit inside that margin; should something else fill the disk completely, an
+/// ack that fails with SQLITE_FULL gives up the reserve file and is retried. The reserve is put
+/// back once there is room for it again. New events are accepted again as soon as space is free:
+/// the free space is asked at every batch. When an ack leaves no backlog, the file shrinks: new
+/// files use auto_vacuum=INCREMENTAL (older ones are converted by one VACUUM, cheap with no rows),
+/// then `PRAGMA incremental_vacuum` and `wal_checkpoint(TRUNCATE)` return the space.
 ///
 /// At open, a file that is not a database, fails `PRAGMA quick_check`, has an unknown schema or
 /// another device id is renamed to `outbox.db.corrupt-<UTC time>` (with its -wal/-shm), a new
@@ -87,12 +136,22 @@ class Outbox {
   /// Bytes still free under the quota (quota − backlog_bytes, or 0).
   std::uint64_t quota_free_bytes() const;
 
+  /// Envelope bytes a batch may add now: the smaller of quota_free_bytes() and what the file
+  /// system can take while keeping min_free_bytes free ((free − min_free) / 2, see above).
+  OutboxRoom room() const;
+
+  /// The no_space error for a submission of `needed_bytes` that room() cannot take: names the
+  /// limit, what is free and what is required. Counts nothing.
+  Error room_error(std::uint64_t needed_bytes) const;
+
   /// Up to `max_events` stored events with seq ≥ `from_seq`, in seq order.
   Result<std::vector<OutboxEvent>> read_from(std::int64_t from_seq, std::size_t max_events) const;
 
   /// Applies a node ack (PROTOCOL §5): when `stream` is this outbox's stream, acked becomes
-  /// max(acked, min(seq, last_seq)) and events up to it are deleted. Returns the new acked seq.
-  /// An ack for another stream changes nothing and returns the current acked seq.
+  /// max(acked, seq) and events up to it are deleted. Returns the new acked seq. An ack for
+  /// another stream changes nothing and returns the current acked seq. Errors: rejected when
+  /// `seq` is beyond the last committed seq (nothing is pruned; the message names both seqs),
+  /// no_space or io when the prune cannot be committed.
   Result<std::int64_t> apply_ack(const std::string& stream, std::int64_t seq);
 
   OutboxStats stats() const;
@@ -104,6 +163,21 @@ class Outbox {
   static Status export_file(const std::filesystem::path& path, std::int64_t from_seq,
                             const std::function<void(const OutboxEvent&)>& each,
                             std::size_t& skipped);
+
+  /// Salvages a damaged outbox file (truncated, first page overwritten, pages zeroed) for
+  /// `reflow-agent export`, read-only. Debian 12's libsqlite3 (3.40) is built without the
+  /// recovery extension (no sqlite3_recover_* symbols), so the file's own bytes are searched:
+  /// the rows SQLite can still read, plus every `{"protected":"…","payload":"…","signature":"…"}`
+  /// (PROTOCOL §3) found in `path` and `path`-wal, including pages SQLite no longer reaches. An
+  /// envelope is kept only when it verifies with `key` (jws_verify) and its payload carries a
+  /// stream and seq; each (stream, seq) is passed once, ordered by stream then seq, with seq ≥
+  /// `from_seq`. When the file's meta row is still readable, events at or below its acked seq
+  /// (pruned rows whose bytes remain in free pages) are left out and counted; otherwise they are
+  /// passed too, which the node takes as duplicates (PROTOCOL §5). Holds the recovered envelopes in
+  /// memory (at most the file's size). Errors: io when `path` cannot be read.
+  static Result<OutboxRecovery> recover_file(const std::filesystem::path& path,
+                                             const PublicJwk& key, std::int64_t from_seq,
+                                             const std::function<void(const OutboxEvent&)>& each);
 
  private:
   Outbox();

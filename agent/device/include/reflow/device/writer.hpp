@@ -52,6 +52,8 @@ class Writer final : public EventSink {
   std::uint64_t refused_busy() const;
   /// Submissions refused because unacked events fill the outbox quota.
   std::uint64_t refused_quota() const { return m_refused_quota.load(); }
+  /// Submissions refused because the data_dir file system is below outbox.min_free.
+  std::uint64_t refused_disk() const { return m_refused_disk.load(); }
 
  private:
   struct Pending {
@@ -63,8 +65,9 @@ class Writer final : public EventSink {
   void run();
   void commit_batch(std::deque<Pending>& batch);
   static void refuse(Pending& pending, const Error& error);
-  /// The no_space error for an event that does not fit under the quota; counts it.
-  Error quota_error();
+  /// The no_space error for an event of `bytes` that does not fit in `room` (the quota or the
+  /// disk, Outbox::room()); counts it as refused_quota or refused_disk.
+  Error room_error(const OutboxRoom& room, std::uint64_t bytes);
 
   Options m_options;
   const DeviceKey& m_key;
@@ -82,6 +85,7 @@ class Writer final : public EventSink {
   bool m_stopping = false;
   std::uint64_t m_refused_busy = 0;
   std::atomic<std::uint64_t> m_refused_quota{0};
+  std::atomic<std::uint64_t> m_refused_disk{0};
   std::function<void(std::int64_t)> m_listener;
   std::thread m_thread;
 };
