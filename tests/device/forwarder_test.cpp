@@ -304,6 +304,8 @@ TEST_F(ForwarderTest, RepublishesFromAckedPlusOneAfterBrokerRestart) {
   EXPECT_EQ(stats.connects, 2u);
   EXPECT_EQ(stats.republished, 3u);
   EXPECT_EQ(stats.next_seq, 6);
+  // Issue 14 item 14: the fault has cleared, so status no longer shows it as the last error.
+  EXPECT_EQ(stats.last_error, "");
 }
 
 // The node's subscription must not miss what the forwarder sends after its reconnect, or the

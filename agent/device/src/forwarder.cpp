@@ -255,6 +255,8 @@ struct Forwarder::Impl {
       stats.state_since_unix_ms = env.now_unix_ms();
       stats.next_seq = cursor;
       ++stats.connects;
+      // The connection fault is over; an ack the disk could not record is not, and stays shown.
+      if (!unrecorded_ack) stats.last_error.clear();
     }
     try {
       client->subscribe(ack_topic, k_qos, context_of(generation), subscribe_listener);

@@ -19,7 +19,7 @@ struct ForwarderStats {
   bool connected = false;
   std::int64_t state_since_unix_ms = 0;  ///< when it last connected or lost the connection
   std::string broker_url;
-  std::string last_error;         ///< "" when none since start
+  std::string last_error;         ///< the current fault; "" once it clears (connected again)
   std::int64_t next_seq = 0;      ///< the next seq to publish
   std::uint64_t published = 0;    ///< PUBACKed publishes since start
   std::uint64_t republished = 0;  ///< of which republishes (reconnect or resend_after)
