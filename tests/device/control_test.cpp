@@ -412,6 +412,18 @@ TEST_F(ControlServerTest, ServesManyShortConnectionsInARow) {
   }
 }
 
+// Each connection ends (and is destroyed when the next one is accepted) right after the writer
+// settles its answer: the writer's thread must be done with the connection by then. Under
+// ThreadSanitizer this caught the notification of a destroyed condition variable.
+TEST_F(ControlServerTest, ManyShortEmitConnectionsInARow) {
+  ASSERT_TRUE(m_server->start());
+  for (int i = 0; i < 200; ++i) {
+    Reply reply = exchange("{\"op\":\"emit\"}\n" + k_good_line + "\n");
+    ASSERT_EQ(reply.lines.size(), 1u) << "connection " << i;
+    ASSERT_EQ(parse(reply.lines[0])["seq"], i + 1) << reply.lines[0];
+  }
+}
+
 TEST_F(ControlServerTest, ConnectionsClosedBeforeTheFirstLineAreReleased) {
   ASSERT_TRUE(m_server->start());
   ASSERT_EQ(status().lines.size(), 1u);

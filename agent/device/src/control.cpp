@@ -206,12 +206,12 @@ void ControlServer::Impl::serve_emit(Connection& conn, LineReader& reader) {
       conn.changed.wait(lock, [&] { return conn.answers.size() < k_max_pending_answers; });
       conn.answers.push_back(answer);
     }
+    // Runs on the writer's thread. It notifies under the lock: once the answerer can see the
+    // answer, the connection may end and be destroyed, condition variable included.
     auto settle = [&conn, answer](std::string text) {
-      {
-        std::lock_guard lock(conn.mutex);
-        answer->ready = true;
-        answer->text = std::move(text);
-      }
+      std::lock_guard lock(conn.mutex);
+      answer->ready = true;
+      answer->text = std::move(text);
       conn.changed.notify_all();
     };
     if (outcome == LineReader::Outcome::too_long) {
