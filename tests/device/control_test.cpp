@@ -8,13 +8,17 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -139,6 +143,21 @@ class ControlServerTest : public ::testing::Test {
   std::unique_ptr<ControlServer> make_server() {
     return std::make_unique<ControlServer>(
         m_socket, *m_writer, [] { return status_object(); }, m_log);
+  }
+
+  std::unique_ptr<ControlServer> make_server(ControlServer::Limits limits) {
+    return std::make_unique<ControlServer>(
+        m_socket, *m_writer, [] { return status_object(); }, m_log, std::move(limits));
+  }
+
+  // An emit connection that stays open: the server holds it until the client half-closes.
+  Fd open_emit() {
+    Fd fd = connect();
+    EXPECT_TRUE(control_send_all(fd.get(), "{\"op\":\"emit\"}\n" + k_good_line + "\n"));
+    std::string buffer;
+    auto answer = read_line(fd.get(), buffer);
+    EXPECT_TRUE(answer && parse(*answer).contains("seq")) << answer.value_or("(nothing)");
+    return fd;
   }
 
   static ordered_json status_object() {
@@ -412,6 +431,18 @@ TEST_F(ControlServerTest, ServesManyShortConnectionsInARow) {
   }
 }
 
+// Each connection ends (and is destroyed when the next one is accepted) right after the writer
+// settles its answer: the writer's thread must be done with the connection by then. Under
+// ThreadSanitizer this caught the notification of a destroyed condition variable.
+TEST_F(ControlServerTest, ManyShortEmitConnectionsInARow) {
+  ASSERT_TRUE(m_server->start());
+  for (int i = 0; i < 200; ++i) {
+    Reply reply = exchange("{\"op\":\"emit\"}\n" + k_good_line + "\n");
+    ASSERT_EQ(reply.lines.size(), 1u) << "connection " << i;
+    ASSERT_EQ(parse(reply.lines[0])["seq"], i + 1) << reply.lines[0];
+  }
+}
+
 TEST_F(ControlServerTest, ConnectionsClosedBeforeTheFirstLineAreReleased) {
   ASSERT_TRUE(m_server->start());
   ASSERT_EQ(status().lines.size(), 1u);
@@ -442,6 +473,156 @@ TEST(ParseControlRequestTest, KnowsStatusAndEmitAndNothingElse) {
 
 TEST(ControlErrorLineTest, IsOneJsonLine) {
   EXPECT_EQ(control_error_line("bad \"x\"", 3), "{\"error\":\"bad \\\"x\\\"\",\"line\":3}\n");
+}
+
+ControlServer::Limits limits(std::size_t max_connections, std::chrono::milliseconds idle_timeout) {
+  ControlServer::Limits limits;
+  limits.max_connections = max_connections;
+  limits.idle_timeout = idle_timeout;
+  return limits;
+}
+
+// The refusal a client gets when it is not served: one JSON line with an error, then the end.
+void expect_refusal(const Reply& reply, const std::string& why) {
+  ASSERT_EQ(reply.lines.size(), 1u) << "expected one refusal line";
+  auto answer = parse(reply.lines[0]);
+  ASSERT_TRUE(answer.is_object() && answer.contains("error")) << reply.lines[0];
+  EXPECT_NE(answer["error"].get<std::string>().find(why), std::string::npos) << reply.lines[0];
+}
+
+TEST_F(ControlServerTest, ConnectionsBeyondTheLimitAreRefusedAndTheServerGoesOn) {
+  m_server = make_server(limits(4, std::chrono::hours(1)));
+  ASSERT_TRUE(m_server->start());
+  std::vector<Fd> held;
+  for (int i = 0; i < 4; ++i)
+    held.push_back(open_emit());
+
+  for (int i = 0; i < 100; ++i) {
+    SCOPED_TRACE("connection " + std::to_string(i));
+    Fd fd = connect();
+    Reply reply = read_to_eof(fd.get());
+    EXPECT_TRUE(reply.closed);
+    ASSERT_NO_FATAL_FAILURE(expect_refusal(reply, "too many control connections (4 open)"));
+  }
+  auto refused = control_status(m_socket);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("too many control connections"), std::string::npos)
+      << refused.error().message;
+
+  // The held connections still work; once they are done, new clients are served again.
+  for (Fd& fd : held) {
+    ASSERT_TRUE(control_send_all(fd.get(), k_good_line + "\n"));
+    ::shutdown(fd.get(), SHUT_WR);
+    Reply rest = read_to_eof(fd.get());
+    EXPECT_TRUE(rest.closed);
+    ASSERT_EQ(rest.lines.size(), 1u);
+    EXPECT_TRUE(parse(rest.lines[0]).contains("seq")) << rest.lines[0];
+  }
+  held.clear();
+  Reply reply = status();
+  ASSERT_EQ(reply.lines.size(), 1u);
+  EXPECT_EQ(parse(reply.lines[0]), status_object());
+  EXPECT_EQ(m_outbox->head().last_seq, 8);
+}
+
+TEST_F(ControlServerTest, IdleConnectionIsClosedByTheServer) {
+  // The emit client below must get its lines in before the 1 ms runs out: the server's thread for
+  // a connection starts only once the gate is open, and the lines wait in the socket meanwhile.
+  struct Gate {
+    std::mutex mutex;
+    std::condition_variable opened;
+    bool closed = false;
+  };
+  auto gate = std::make_shared<Gate>();
+  ControlServer::Limits tiny = limits(4, std::chrono::milliseconds(1));
+  tiny.start_thread = [gate](std::function<void()> body) {
+    std::unique_lock lock(gate->mutex);
+    gate->opened.wait(lock, [&] { return !gate->closed; });
+    return std::jthread(std::move(body));
+  };
+  auto set_gate = [&](bool closed) {
+    std::lock_guard lock(gate->mutex);
+    gate->closed = closed;
+    gate->opened.notify_all();
+  };
+  m_server = make_server(std::move(tiny));
+  ASSERT_TRUE(m_server->start());
+  {
+    Fd silent = connect();  // never says a word
+    Reply reply = read_to_eof(silent.get());
+    EXPECT_TRUE(reply.closed);
+    ASSERT_NO_FATAL_FAILURE(expect_refusal(reply, "no input for 1 ms"));
+  }
+  {
+    // An emit client that falls silent gets the answers it is owed, then the idle error.
+    set_gate(true);
+    Fd quiet = connect();
+    ASSERT_TRUE(control_send_all(quiet.get(), "{\"op\":\"emit\"}\n" + k_good_line + "\n"));
+    set_gate(false);
+    Reply reply = read_to_eof(quiet.get());
+    EXPECT_TRUE(reply.closed);
+    ASSERT_EQ(reply.lines.size(), 2u);
+    EXPECT_EQ(parse(reply.lines[0])["seq"], 1) << reply.lines[0];
+    EXPECT_NE(reply.lines[1].find("no input for 1 ms"), std::string::npos) << reply.lines[1];
+  }
+  // Idle connections do not count against the limit once closed.
+  for (int i = 0; i < 10; ++i) {
+    Fd silent = connect();
+    ASSERT_TRUE(read_to_eof(silent.get()).closed);
+  }
+  EXPECT_EQ(m_outbox->head().last_seq, 1);
+}
+
+TEST_F(ControlServerTest, ConnectionWithoutAThreadIsRefusedAndTheServerGoesOn) {
+  // Fails the thread starts it is told to, as std::jthread does when the process has no threads
+  // left (EAGAIN); the others start normally.
+  auto calls = std::make_shared<std::atomic<int>>(0);
+  // Thread 1 serves the first connection; 2 and 3 the emit connection and its answers.
+  auto failing = std::make_shared<std::set<int>>(std::set<int>{1, 3});
+  ControlServer::Limits failing_limits = limits(4, std::chrono::hours(1));
+  failing_limits.start_thread = [calls, failing](std::function<void()> body) -> std::jthread {
+    if (failing->contains(++*calls))
+      throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again));
+    return std::jthread(std::move(body));
+  };
+  m_server = make_server(std::move(failing_limits));
+  ASSERT_TRUE(m_server->start());
+  {
+    Fd fd = connect();
+    Reply reply = read_to_eof(fd.get());
+    EXPECT_TRUE(reply.closed);
+    ASSERT_NO_FATAL_FAILURE(expect_refusal(reply, "cannot serve this connection"));
+  }
+  {
+    Reply reply = exchange("{\"op\":\"emit\"}\n" + k_good_line + "\n");  // threads 2 and 3
+    EXPECT_TRUE(reply.closed);
+    ASSERT_NO_FATAL_FAILURE(expect_refusal(reply, "cannot serve this connection"));
+  }
+  EXPECT_EQ(m_outbox->head().last_seq, 0);
+  Reply reply = status();
+  ASSERT_EQ(reply.lines.size(), 1u);
+  EXPECT_EQ(parse(reply.lines[0]), status_object());
+}
+
+TEST_F(ControlServerTest, FirstLineLongerThan64KiBGetsAnAnswer) {
+  ASSERT_TRUE(m_server->start());
+  const std::string huge = R"({"op":"status","x":")" + std::string(300 * 1024, 'x') + "\"}";
+  // The server answers as soon as the line is over the limit and closes without reading the rest,
+  // so the client's sending may fail (EPIPE); what matters is the answer it reads.
+  for (int repeats : {1, 100}) {
+    SCOPED_TRACE(repeats == 1 ? "one long line" : "a line that does not end");
+    Fd fd = connect();
+    std::thread sender([&] {
+      const std::string text = repeats == 1 ? huge + "\n" : huge;
+      for (int i = 0; i < repeats && control_send_all(fd.get(), text); ++i) {
+      }
+    });
+    Reply reply = read_to_eof(fd.get());
+    ::shutdown(fd.get(), SHUT_RDWR);
+    sender.join();
+    ASSERT_NO_FATAL_FAILURE(expect_refusal(reply, "the first line is longer than 65536 bytes"));
+  }
+  EXPECT_EQ(status().lines.size(), 1u);
 }
 
 }  // namespace

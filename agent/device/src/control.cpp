@@ -1,17 +1,22 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #include <reflow/device/control.hpp>
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <list>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <utility>
 
@@ -41,14 +46,18 @@ Result<sockaddr_un> socket_address(const std::filesystem::path& path) {
 }
 
 // Reads newline-terminated lines from a socket. A line longer than k_max_line_bytes is reported as
-// too long (and skipped up to its newline) instead of growing the buffer.
+// too long (and skipped up to its newline, unless `give_up_when_too_long`) instead of growing the
+// buffer. When no byte arrives for `idle_timeout`, the outcome is idle.
 class LineReader {
  public:
-  explicit LineReader(int fd) : m_fd(fd) {}
+  LineReader(int fd, std::chrono::milliseconds idle_timeout)
+      : m_fd(fd),
+        m_idle_timeout_ms(static_cast<int>(
+            std::clamp<std::chrono::milliseconds::rep>(idle_timeout.count(), 0, INT_MAX))) {}
 
-  enum class Outcome { line, too_long, end };
+  enum class Outcome { line, too_long, end, idle };
 
-  Outcome next(std::string& line) {
+  Outcome next(std::string& line, bool give_up_when_too_long = false) {
     for (;;) {
       auto newline = m_buffer.find('\n', m_scanned);
       if (newline != std::string::npos) {
@@ -61,10 +70,15 @@ class LineReader {
       }
       m_scanned = m_buffer.size();
       if (m_buffer.size() > k_max_line_bytes) {
+        if (give_up_when_too_long) return Outcome::too_long;
         m_discarding = true;  // drop the rest of this line as it arrives
         m_buffer.clear();
         m_scanned = 0;
       }
+      pollfd wanted{m_fd, POLLIN, 0};
+      const int ready = ::poll(&wanted, 1, m_idle_timeout_ms);
+      if (ready < 0 && errno == EINTR) continue;
+      if (ready == 0) return Outcome::idle;
       char chunk[16384];
       ssize_t n = ::recv(m_fd, chunk, sizeof chunk, 0);
       if (n < 0 && errno == EINTR) continue;
@@ -82,6 +96,7 @@ class LineReader {
 
  private:
   int m_fd;
+  int m_idle_timeout_ms;
   std::string m_buffer;
   std::size_t m_scanned = 0;
   bool m_discarding = false;
@@ -89,6 +104,37 @@ class LineReader {
 
 bool is_blank(std::string_view line) {
   return line.find_first_not_of(" \t\r") == std::string_view::npos;
+}
+
+// A refusal that is about the connection, not one of its lines.
+std::string refusal_line(std::string_view message) {
+  nlohmann::ordered_json answer;
+  answer["error"] = message;
+  return answer.dump() + "\n";
+}
+
+std::string idle_line(std::chrono::milliseconds idle_timeout) {
+  const auto ms = idle_timeout.count();
+  return refusal_line(ms % 1000 == 0
+                          ? fmt::format("no input for {} s; closing the connection", ms / 1000)
+                          : fmt::format("no input for {} ms; closing the connection", ms));
+}
+
+std::string no_thread_message(const std::system_error& e) {
+  return fmt::format("cannot serve this connection: cannot start a thread ({}); try again later",
+                     e.what());
+}
+
+// Answers a connection the server will not serve, from the accepting thread: it must not block,
+// and the answer must reach the client. Linux resets a Unix stream socket that is closed with
+// unread data, so what the client already sent is read first.
+void refuse(int fd, std::string_view message) {
+  const std::string text = refusal_line(message);
+  (void)::send(fd, text.data(), text.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  ::shutdown(fd, SHUT_WR);
+  char chunk[4096];
+  for (int i = 0; i < 16 && ::recv(fd, chunk, sizeof chunk, MSG_DONTWAIT) > 0; ++i) {
+  }
 }
 
 }  // namespace
@@ -120,14 +166,22 @@ struct ControlServer::Impl {
   EventSink& sink;
   StatusProvider status;
   Logger& log;
+  const Limits limits;
   int listen_fd = -1;
   std::jthread accept_thread;
   std::mutex mutex;
   std::list<std::shared_ptr<Connection>> connections;
   bool stopping = false;
+  bool refusing = false;  // the last connection was refused for the bound (logged once a burst)
 
-  Impl(std::filesystem::path p, EventSink& s, StatusProvider st, Logger& l)
-      : path(std::move(p)), sink(s), status(std::move(st)), log(l) {}
+  Impl(std::filesystem::path p, EventSink& s, StatusProvider st, Logger& l, Limits lim)
+      : path(std::move(p)), sink(s), status(std::move(st)), log(l), limits(std::move(lim)) {}
+
+  // Throws std::system_error when no thread can be started.
+  std::jthread start_thread(std::function<void()> body) const {
+    if (limits.start_thread) return limits.start_thread(std::move(body));
+    return std::jthread(std::move(body));
+  }
 
   void accept_loop();
   void serve(Connection& conn);
@@ -147,6 +201,11 @@ void ControlServer::Impl::accept_loop() {
     }
     auto conn = std::make_shared<Connection>();
     conn->fd = fd;
+    // A client that neither reads nor stops writing cannot hold a thread forever in send().
+    const auto send_timeout_ms = limits.idle_timeout.count();
+    timeval send_timeout{.tv_sec = static_cast<time_t>(send_timeout_ms / 1000),
+                         .tv_usec = static_cast<suseconds_t>(send_timeout_ms % 1000 * 1000)};
+    (void)::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof send_timeout);
     std::lock_guard lock(mutex);
     if (stopping) return;  // conn's destructor closes fd
     // Forget connections that have finished, so a long-running daemon does not accumulate them.
@@ -154,18 +213,44 @@ void ControlServer::Impl::accept_loop() {
       std::lock_guard conn_lock(c->mutex);
       return c->finished;
     });
-    connections.push_back(conn);
+    if (connections.size() >= limits.max_connections) {
+      if (!std::exchange(refusing, true))
+        log.warning("control", "refusing connections on {}: {} are open, the most served at once",
+                    path.string(), connections.size());
+      refuse(fd, fmt::format("too many control connections ({} open); try again later",
+                             connections.size()));
+      continue;  // conn's destructor closes fd
+    }
+    refusing = false;
     // The thread gets a plain pointer: if it held a shared_ptr, it could end up destroying its own
     // Connection (and joining itself) when the list lets go first.
-    conn->thread = std::jthread([this, raw = conn.get()] { serve(*raw); });
+    try {
+      conn->thread = start_thread([this, raw = conn.get()] { serve(*raw); });
+    } catch (const std::system_error& e) {
+      log.warning("control", "refusing a connection on {}: cannot start a thread: {}",
+                  path.string(), e.what());
+      refuse(fd, no_thread_message(e));
+      continue;
+    }
+    connections.push_back(conn);
   }
 }
 
 void ControlServer::Impl::serve(Connection& conn) {
-  LineReader reader(conn.fd);
+  LineReader reader(conn.fd, limits.idle_timeout);
   std::string first;
   // A client that closes before its first line (a probe, a cancelled command) gets nothing.
-  if (reader.next(first) == LineReader::Outcome::line) {
+  const auto outcome = reader.next(first, /*give_up_when_too_long=*/true);
+  if (outcome == LineReader::Outcome::too_long) {
+    control_send_all(conn.fd,
+                     control_error_line(fmt::format("the first line is longer than {} bytes; "
+                                                    R"(expected {{"op":"status"}} or )"
+                                                    R"({{"op":"emit"}})",
+                                                    k_max_line_bytes),
+                                        0));
+  } else if (outcome == LineReader::Outcome::idle) {
+    control_send_all(conn.fd, idle_line(limits.idle_timeout));
+  } else if (outcome == LineReader::Outcome::line) {
     const ControlOp op = parse_control_request(first);
     if (op == ControlOp::status) {
       control_send_all(conn.fd, status().dump() + "\n");
@@ -183,12 +268,27 @@ void ControlServer::Impl::serve(Connection& conn) {
 }
 
 void ControlServer::Impl::serve_emit(Connection& conn, LineReader& reader) {
-  std::thread answerer([&] { write_answers(conn); });
+  std::jthread answerer;
+  try {
+    answerer = start_thread([&] { write_answers(conn); });
+  } catch (const std::system_error& e) {
+    log.warning("control", "refusing an emit connection on {}: cannot start a thread: {}",
+                path.string(), e.what());
+    control_send_all(conn.fd, refusal_line(no_thread_message(e)));
+    return;
+  }
   std::size_t line_number = 0;
   std::string line;
   for (;;) {
     auto outcome = reader.next(line);
     if (outcome == LineReader::Outcome::end) break;
+    if (outcome == LineReader::Outcome::idle) {
+      // After the answers still owed, in order.
+      auto answer = std::make_shared<Connection::Answer>(true, idle_line(limits.idle_timeout));
+      std::lock_guard lock(conn.mutex);
+      conn.answers.push_back(std::move(answer));
+      break;
+    }
     ++line_number;
     if (outcome == LineReader::Outcome::line && is_blank(line)) continue;
     auto answer = std::make_shared<Connection::Answer>();
@@ -197,12 +297,12 @@ void ControlServer::Impl::serve_emit(Connection& conn, LineReader& reader) {
       conn.changed.wait(lock, [&] { return conn.answers.size() < k_max_pending_answers; });
       conn.answers.push_back(answer);
     }
+    // Runs on the writer's thread. It notifies under the lock: once the answerer can see the
+    // answer, the connection may end and be destroyed, condition variable included.
     auto settle = [&conn, answer](std::string text) {
-      {
-        std::lock_guard lock(conn.mutex);
-        answer->ready = true;
-        answer->text = std::move(text);
-      }
+      std::lock_guard lock(conn.mutex);
+      answer->ready = true;
+      answer->text = std::move(text);
       conn.changed.notify_all();
     };
     if (outcome == LineReader::Outcome::too_long) {
@@ -262,7 +362,12 @@ void ControlServer::Impl::write_answers(Connection& conn) {
 
 ControlServer::ControlServer(std::filesystem::path socket_path, EventSink& sink,
                              StatusProvider status, Logger& log)
-    : m_impl(std::make_unique<Impl>(std::move(socket_path), sink, std::move(status), log)) {}
+    : ControlServer(std::move(socket_path), sink, std::move(status), log, Limits{}) {}
+
+ControlServer::ControlServer(std::filesystem::path socket_path, EventSink& sink,
+                             StatusProvider status, Logger& log, Limits limits)
+    : m_impl(std::make_unique<Impl>(std::move(socket_path), sink, std::move(status), log,
+                                    std::move(limits))) {}
 
 ControlServer::~ControlServer() {
   stop();
@@ -362,16 +467,21 @@ Result<nlohmann::ordered_json> control_status(const std::filesystem::path& socke
   auto fd = control_connect(socket_path);
   if (!fd) return std::unexpected(fd.error());
   std::string answer;
-  if (control_send_all(*fd, "{\"op\":\"status\"}\n")) {
-    char chunk[4096];
-    for (ssize_t n; (n = ::recv(*fd, chunk, sizeof chunk, 0)) > 0 || (n < 0 && errno == EINTR);)
-      if (n > 0) answer.append(chunk, static_cast<std::size_t>(n));
-  }
+  // Read even when the request could not be sent: a daemon that refuses the connection has
+  // answered why before closing it.
+  (void)control_send_all(*fd, "{\"op\":\"status\"}\n");
+  char chunk[4096];
+  for (ssize_t n; (n = ::recv(*fd, chunk, sizeof chunk, 0)) > 0 || (n < 0 && errno == EINTR);)
+    if (n > 0) answer.append(chunk, static_cast<std::size_t>(n));
   ::close(*fd);
   auto status = nlohmann::ordered_json::parse(answer, nullptr, false);
   if (!status.is_object())
     return fail(ErrorCode::io, fmt::format("the daemon on {} gave no status (is it shutting down?)",
                                            socket_path.string()));
+  if (status.contains("error") && status["error"].is_string())
+    return fail(ErrorCode::busy,
+                fmt::format("the daemon on {} refused the status request: {}", socket_path.string(),
+                            status["error"].get<std::string>()));
   return status;
 }
 

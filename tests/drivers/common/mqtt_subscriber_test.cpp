@@ -44,8 +44,11 @@ class Received {
     return wait([&] { return m_messages.size() >= n; });
   }
   // Waits for the `n`th connection report and says whether it is `up`.
+  // The report is read under the lock: the subscriber's thread may be appending the next one.
   bool wait_connection(std::size_t n, bool up) {
-    return wait([&] { return m_connections.size() >= n; }) && m_connections[n - 1] == up;
+    std::unique_lock lock(m_mutex);
+    return m_cv.wait_for(lock, k_bound, [&] { return m_connections.size() >= n; }) &&
+           m_connections[n - 1] == up;
   }
   std::vector<MqttMessage> messages() {
     std::lock_guard lock(m_mutex);

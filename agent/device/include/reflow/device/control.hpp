@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #pragma once
 
+#include <chrono>
+#include <cstddef>
 #include <filesystem>
 #include <functional>
 #include <memory>
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -27,12 +30,35 @@ namespace agent {
 ///   skipped but counted. The client half-closes when done; the server answers the rest and closes.
 /// Lines are at most 64 KiB. Each connection is served by its own threads; answers are pipelined,
 /// so many events from one client share a group commit.
+///
+/// Bounds (ControlLimits): at most 32 connections are served at once, and a connection on which
+/// nothing arrives for 5 minutes is closed. Every refusal is one JSON line `{"error":"…"}` before
+/// the server closes: a connection beyond the bound, one the server has no thread for, one whose
+/// first line is longer than 64 KiB, one that stayed idle (after the answers it is owed). Nothing a
+/// client does stops the server.
 class ControlServer {
  public:
   using StatusProvider = std::function<nlohmann::ordered_json()>;
 
+  /// The bounds of one server. The daemon uses the defaults; tests shrink them.
+  struct Limits {
+    /// Connections served at once; one more is answered {"error":"too many control connections
+    /// (N open); try again later"} and closed.
+    std::size_t max_connections = 32;
+    /// A connection on which no byte arrives for this long is answered {"error":"no input for N
+    /// ms; closing the connection"} after the answers it is owed, and closed.
+    std::chrono::milliseconds idle_timeout = std::chrono::minutes(5);
+    /// Starts each thread the server needs (one per connection, a second for an emit connection's
+    /// answers). Empty: std::jthread's constructor. It may throw std::system_error (as
+    /// std::jthread does when the process has no threads left); the connection is then answered
+    /// {"error":"cannot serve this connection: …; try again later"} and closed.
+    std::function<std::jthread(std::function<void()>)> start_thread;
+  };
+
   ControlServer(std::filesystem::path socket_path, EventSink& sink, StatusProvider status,
                 Logger& log);
+  ControlServer(std::filesystem::path socket_path, EventSink& sink, StatusProvider status,
+                Logger& log, Limits limits);
   ~ControlServer();  ///< stop()s
 
   /// Binds and listens. A stale socket file (nobody answering) is replaced. Errors: io, or busy
@@ -82,7 +108,8 @@ Result<int> control_connect(const std::filesystem::path& socket_path);
 bool control_send_all(int fd, std::string_view data);
 
 /// Asks the daemon for its status object (`{"op":"status"}`). Errors: not_found when the daemon is
-/// not running, io when it closed the socket without a JSON object (e.g. while shutting down).
+/// not running, busy when it refused the connection (its reason in the message, e.g. too many
+/// connections), io when it closed the socket without a JSON object (e.g. while shutting down).
 Result<nlohmann::ordered_json> control_status(const std::filesystem::path& socket_path);
 
 }  // namespace agent
