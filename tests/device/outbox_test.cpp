@@ -863,6 +863,36 @@ TEST_F(OutboxTest, ShrinksAnOutboxMadeWithoutAutoVacuum) {
   EXPECT_EQ(outbox->read_from(1, 10)->size(), 2u);
 }
 
+// An ack that covers a week's backlog prunes it in bounded transactions: one transaction would
+// first write every page it touches into the WAL, so a large backlog needs as much free disk as
+// it has bytes to be pruned, exactly when the disk is full.
+TEST_F(OutboxTest, PrunesALargeBacklogInTransactionsOfBoundedSize) {
+  OutboxOptions o = options();
+  o.reserve_bytes = 0;
+  o.min_free_bytes = 0;
+  auto outbox = open(o);
+  for (int i = 0; i < 30; ++i)
+    append(*outbox, 1000, 1000);
+  ASSERT_GT(outbox->stats().file_bytes, 30'000'000u);
+  // All but the last: the backlog is not gone, so nothing shrinks the WAL afterwards.
+  const std::int64_t last = outbox->head().last_seq;
+  auto acked = outbox->apply_ack(outbox->head().stream, last - 1);
+  ASSERT_TRUE(acked.has_value()) << acked.error().message;
+  EXPECT_EQ(*acked, last - 1);
+  EXPECT_EQ(outbox->stats().backlog_events, 1);
+  // SQLite checkpoints a WAL beyond 1000 pages (4 MiB) after a commit and then writes it from
+  // the start again; one transaction of 30 MB cannot be checkpointed before it commits.
+  EXPECT_LT(fs::file_size(m_dir / "outbox.db-wal"), 8u * 1024 * 1024);
+  // Recorded: a reopened outbox has the ack and only the last event.
+  outbox.reset();
+  outbox = open(o);
+  EXPECT_EQ(outbox->stats().acked_seq, last - 1);
+  auto rest = outbox->read_from(1, 10);
+  ASSERT_TRUE(rest.has_value());
+  ASSERT_EQ(rest->size(), 1u);
+  EXPECT_EQ(rest->front().seq, last);
+}
+
 // The same on a real 8 MiB file system. Mounting one needs root (CI and the dev container run
 // as root); elsewhere the test is skipped and the probe and VFS tests above cover the logic.
 TEST_F(OutboxTest, OnARealFullFileSystemAcksStillPruneAndEventsResumeWhenSpaceIsFreed) {

@@ -46,6 +46,10 @@ constexpr int k_busy_timeout_ms = 5000;
 // After a checkpoint SQLite truncates the WAL to this size, so a burst does not leave a large WAL
 // behind on a small SD card (file_bytes counts it).
 constexpr std::int64_t k_journal_size_limit_bytes = 16 * 1024 * 1024;
+// An ack is pruned in transactions of about this many envelope bytes: a transaction writes every
+// page it changes into the WAL before SQLite can checkpoint it, so pruning a week's backlog at
+// once would need as much free disk as the backlog, exactly when the disk is full.
+constexpr std::uint64_t k_prune_chunk_bytes = 1024 * 1024;
 
 // One row in `meta` (id = 1) holds the chain head next to the ack, so one UPDATE in the append
 // transaction keeps them consistent with the rows.
@@ -293,8 +297,8 @@ struct Outbox::Impl {
 
   mutable std::mutex mutex;
   DbPtr db;  // declared before the statements so it is closed after they are finalized
-  StmtPtr begin, commit, rollback, insert_event, update_head, select_from, sum_upto, delete_upto,
-      update_acked, oldest_after;
+  StmtPtr begin, commit, rollback, insert_event, update_head, select_from, sum_upto, scan_lengths,
+      delete_upto, update_acked, oldest_after;
 
   ChainHead head;
   std::int64_t acked_seq = 0;
@@ -330,6 +334,10 @@ struct Outbox::Impl {
     if ((rc = prepare("SELECT COALESCE(SUM(length(envelope)), 0) FROM events WHERE seq <= ?1",
                       sum_upto)) != SQLITE_OK)
       return rc;
+    if ((rc = prepare("SELECT seq, length(envelope) FROM events WHERE seq > ?1 AND seq <= ?2 "
+                      "ORDER BY seq",
+                      scan_lengths)) != SQLITE_OK)
+      return rc;
     if ((rc = prepare("DELETE FROM events WHERE seq <= ?1", delete_upto)) != SQLITE_OK) return rc;
     if ((rc = prepare("UPDATE meta SET acked_seq = ?1 WHERE id = 1", update_acked)) != SQLITE_OK)
       return rc;
@@ -339,7 +347,7 @@ struct Outbox::Impl {
 
   void finalize_all() {
     for (StmtPtr* s : {&begin, &commit, &rollback, &insert_event, &update_head, &select_from,
-                       &sum_upto, &delete_upto, &update_acked, &oldest_after})
+                       &sum_upto, &scan_lengths, &delete_upto, &update_acked, &oldest_after})
       s->reset();
   }
 
@@ -830,39 +838,55 @@ Result<std::int64_t> Outbox::apply_ack(const std::string& stream, std::int64_t s
   std::string detail;  // SQLite's message, taken before the rollback replaces it
   auto failed = [&](int rc) -> Result<std::int64_t> {
     return fail(is_full(rc) ? ErrorCode::no_space : ErrorCode::io,
-                fmt::format("outbox {}: cannot record the node's ack of seq {}: {}; the events "
-                            "stay until the next ack",
-                            s.path_text(), target, detail));
+                fmt::format("outbox {}: cannot record the node's ack of seq {}: {}; acked stays "
+                            "{}, the events after it stay until the next ack",
+                            s.path_text(), target, detail, s.acked_seq));
+  };
+  auto undo = [&](int rc) {
+    detail = sqlite::error_detail(d, rc);
+    if (!sqlite3_get_autocommit(d)) run(s.rollback.get());
+    return rc;
   };
 
-  std::uint64_t deleted_bytes = 0;
+  // The end of the next pruning transaction: the seq after acked_seq at which about
+  // k_prune_chunk_bytes of envelopes are covered (or `target`), and their size.
+  struct Chunk {
+    std::int64_t end = 0;
+    std::uint64_t bytes = 0;
+  };
+  auto next_chunk = [&](Chunk& chunk) -> int {
+    chunk = Chunk{target, 0};
+    sqlite3_stmt* scan = s.scan_lengths.get();
+    ResetOnExit reset(scan);
+    sqlite3_bind_int64(scan, 1, s.acked_seq);
+    sqlite3_bind_int64(scan, 2, target);
+    int rc;
+    while ((rc = sqlite3_step(scan)) == SQLITE_ROW) {
+      chunk.bytes += static_cast<std::uint64_t>(sqlite3_column_int64(scan, 1));
+      if (chunk.bytes >= k_prune_chunk_bytes) {
+        chunk.end = sqlite3_column_int64(scan, 0);
+        return SQLITE_OK;
+      }
+    }
+    return rc == SQLITE_DONE ? SQLITE_OK : undo(rc);
+  };
+
   std::optional<std::int64_t> oldest;
-  // One transaction; returns the result code, rolled back on failure.
-  auto prune = [&]() -> int {
-    auto undo = [&](int rc) {
-      detail = sqlite::error_detail(d, rc);
-      if (!sqlite3_get_autocommit(d)) run(s.rollback.get());
-      return rc;
-    };
+  // One transaction that deletes up to `end` and records it; returns the result code, rolled
+  // back on failure.
+  auto prune = [&](std::int64_t end) -> int {
     int rc = run(s.begin.get());
     if (rc != SQLITE_OK) return undo(rc);
-    {
-      sqlite3_stmt* sum = s.sum_upto.get();
-      ResetOnExit reset(sum);
-      sqlite3_bind_int64(sum, 1, target);
-      rc = sqlite3_step(sum);
-      if (rc != SQLITE_ROW) return undo(rc);
-      deleted_bytes = static_cast<std::uint64_t>(sqlite3_column_int64(sum, 0));
-    }
-    sqlite3_bind_int64(s.delete_upto.get(), 1, target);
+    sqlite3_bind_int64(s.delete_upto.get(), 1, end);
     if ((rc = run(s.delete_upto.get())) != SQLITE_OK) return undo(rc);
-    sqlite3_bind_int64(s.update_acked.get(), 1, target);
+    sqlite3_bind_int64(s.update_acked.get(), 1, end);
     if ((rc = run(s.update_acked.get())) != SQLITE_OK) return undo(rc);
     {
       sqlite3_stmt* next = s.oldest_after.get();
       ResetOnExit reset(next);
-      sqlite3_bind_int64(next, 1, target);
+      sqlite3_bind_int64(next, 1, end);
       rc = sqlite3_step(next);
+      oldest.reset();
       if (rc == SQLITE_ROW)
         oldest = sqlite3_column_int64(next, 0);
       else if (rc != SQLITE_DONE)
@@ -872,20 +896,24 @@ Result<std::int64_t> Outbox::apply_ack(const std::string& stream, std::int64_t s
     return SQLITE_OK;
   };
 
-  int rc = prune();
-  // Something else filled the disk to the last block: the reserve is there for this moment.
-  if (std::uint64_t released = is_full(rc) ? s.release_reserve() : 0; released > 0) {
-    s.log->warning("outbox",
-                   "the disk is full; gave up the reserve file {} ({}) to record the node's ack of "
-                   "seq {}. It is put back once there is room again",
-                   s.reserve_path().string(), format_size(released), target);
-    rc = prune();
+  // Each transaction is recorded as it commits, so a failure part way keeps what was pruned.
+  while (s.acked_seq < target) {
+    Chunk chunk;
+    int rc = next_chunk(chunk);
+    if (rc == SQLITE_OK) rc = prune(chunk.end);
+    // Something else filled the disk to the last block: the reserve is there for this moment.
+    if (std::uint64_t released = is_full(rc) ? s.release_reserve() : 0; released > 0) {
+      s.log->warning("outbox",
+                     "the disk is full; gave up the reserve file {} ({}) to record the node's ack "
+                     "of seq {}. It is put back once there is room again",
+                     s.reserve_path().string(), format_size(released), target);
+      rc = prune(chunk.end);
+    }
+    if (rc != SQLITE_OK) return failed(rc);
+    s.acked_seq = chunk.end;
+    s.backlog_bytes -= std::min(chunk.bytes, s.backlog_bytes);
+    s.oldest_unacked_ms = oldest;
   }
-  if (rc != SQLITE_OK) return failed(rc);
-
-  s.acked_seq = target;
-  s.backlog_bytes -= std::min(deleted_bytes, s.backlog_bytes);
-  s.oldest_unacked_ms = oldest;
   if (s.acked_seq == s.head.last_seq) s.shrink();
   s.ensure_reserve();
   return s.acked_seq;

@@ -151,7 +151,9 @@ class Outbox {
   /// max(acked, seq) and events up to it are deleted. Returns the new acked seq. An ack for
   /// another stream changes nothing and returns the current acked seq. Errors: rejected when
   /// `seq` is beyond the last committed seq (nothing is pruned; the message names both seqs),
-  /// no_space or io when the prune cannot be committed.
+  /// no_space or io when the prune cannot be committed. A large ack is pruned in transactions of
+  /// about 1 MiB of envelopes each, so the WAL stays small and a nearly full disk can take it;
+  /// when one fails, the ones before it stay recorded (stats().acked_seq says how far).
   Result<std::int64_t> apply_ack(const std::string& stream, std::int64_t seq);
 
   OutboxStats stats() const;
