@@ -13,6 +13,7 @@ from pathlib import Path
 from jwcrypto import jwk, jws
 
 import harness as h
+import node_harness as nh
 
 
 class KeygenTest(h.AgentTestCase):
@@ -101,6 +102,30 @@ class DriversTest(unittest.TestCase):
         unknown = h.run_cli(["drivers", "describe", "no-such-kind"])
         self.assertEqual(unknown.returncode, 1)
         self.assertIn("no-such-kind", unknown.stderr)
+
+
+class EmptyValueTest(unittest.TestCase):
+    """An empty option value is refused before anything runs: `events --device ""` read as "no
+    filter" would answer about every device (issue 14, item 14)."""
+
+    def test_both_programs_refuse_empty_option_values_naming_the_option(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            data_dir = Path(tmp) / "node"
+            config = Path(tmp) / "ingest.toml"
+            config.write_text(f'[ingest]\ndata_dir = "{data_dir}"\n')
+            for args in (["events", "--device", ""], ["events", "--action", ""],
+                         ["events", "--since", ""], ["rejections", "--device", ""],
+                         ["export", "--device", ""]):
+                r = nh.run_ingest([*args, "--config", config])
+                self.assertNotEqual(r.returncode, 0, f"{args}: {r.stdout}")
+                self.assertIn(f"{args[1]}: is empty", r.stderr, args)
+                self.assertFalse(data_dir.exists(), f"{args} opened the store")
+            r = h.run_cli(["verify", "--device", ""], input_text="")
+            self.assertNotEqual(r.returncode, 0, r.stdout)
+            self.assertIn("--device: is empty", r.stderr)
+            r = h.run_cli(["status", "--config", ""])
+            self.assertNotEqual(r.returncode, 0, r.stdout)
+            self.assertIn("--config: is empty", r.stderr)
 
 
 class EmitTest(h.AgentTestCase):

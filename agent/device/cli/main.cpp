@@ -2,6 +2,7 @@
 // reflow-agent: parses arguments and hands over to one command (commands.cpp, demo.cpp).
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
+#include <reflow/core/cli_options.hpp>
 
 #include <reflow/device/config.hpp>
 #include <reflow/device/daemon.hpp>
@@ -122,6 +123,7 @@ int main(int argc, char** argv) {
                    "With --drivers: seconds to wait for those events (default 60)")
       ->check(CLI::Range(1, 86400));
 
+  agent::cli_options::refuse_empty_values(app);
   CLI11_PARSE(app, argc, argv);
 
   try {

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
+#include <reflow/core/cli_options.hpp>
 #include <reflow/core/process.hpp>
 #include <reflow/node/query.hpp>
 
@@ -77,6 +78,7 @@ int main(int argc, char** argv) {
     ingest::cli::add_query_commands(app, exit_code);
     ingest::cli::add_export_command(app, exit_code);
     ingest::cli::add_ca_commands(app, exit_code);
+    agent::cli_options::refuse_empty_values(app);
     CLI11_PARSE(app, argc, argv);
   } catch (const std::exception& e) {
     ingest::cli::print_error(fmt::format("fatal: {}", e.what()));
