@@ -4,6 +4,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <limits>
 #include <mutex>
@@ -107,7 +108,10 @@ constexpr const char* k_schema_sql =
     " count INTEGER NOT NULL DEFAULT 1,"
     " envelope_sha256 TEXT NOT NULL DEFAULT '',"
     " capped INTEGER NOT NULL DEFAULT 0);"
-    "CREATE INDEX rejections_device ON rejections(device);"
+    "CREATE INDEX rejections_device ON rejections(device);";
+// What version 3 added beside the rejections' columns: part of k_schema_sql for a new file, and
+// the end of the migration from version 2.
+constexpr const char* k_rejections_v3_sql =
     "CREATE UNIQUE INDEX rejections_envelope ON rejections(topic, envelope_sha256);"
     "CREATE INDEX rejections_capped ON rejections(capped, device);"
     "CREATE TABLE rejections_not_kept("
@@ -132,18 +136,7 @@ constexpr const char* k_migrate_2_collapse_sql =
     "DELETE FROM rejections WHERE id NOT IN (SELECT id FROM collapsed);"
     "UPDATE rejections SET (count, received_ms, last_seen_ms) = "
     " (SELECT n, first, last FROM collapsed WHERE collapsed.id = rejections.id);"
-    "DROP TABLE collapsed;"
-    "UPDATE rejections SET capped = (reason IN ('oversized', 'malformed_jws', 'unknown_kid', "
-    " 'bad_signature') OR device NOT IN (SELECT device FROM keys));"
-    "CREATE UNIQUE INDEX rejections_envelope ON rejections(topic, envelope_sha256);"
-    "CREATE INDEX rejections_capped ON rejections(capped, device);"
-    "CREATE TABLE rejections_not_kept("
-    " device TEXT NOT NULL,"
-    " reason TEXT NOT NULL,"
-    " count INTEGER NOT NULL,"
-    " bytes INTEGER NOT NULL,"
-    " last_seen_ms INTEGER NOT NULL,"
-    " PRIMARY KEY(device, reason));";
+    "DROP TABLE collapsed;";
 
 // Statements of the hot path, prepared once per connection (keyed by these pointers).
 constexpr const char* k_sql_find_key =
@@ -274,9 +267,23 @@ struct ChainLink {
 };
 
 // Rejections whose sender nothing authenticates: RejectionLimits caps what they keep.
+constexpr std::array k_unauthenticated_reasons{RejectReason::oversized, RejectReason::malformed_jws,
+                                               RejectReason::unknown_kid,
+                                               RejectReason::bad_signature};
+
 bool unauthenticated(RejectReason reason) {
-  return reason == RejectReason::oversized || reason == RejectReason::malformed_jws ||
-         reason == RejectReason::unknown_kid || reason == RejectReason::bad_signature;
+  return std::ranges::find(k_unauthenticated_reasons, reason) != k_unauthenticated_reasons.end();
+}
+
+// The migration's `capped` for rows kept before version 3: an unauthenticated reason, or a
+// device the node does not know. The reasons are our constants, not input.
+std::string migrate_2_capped_sql() {
+  std::string reasons;
+  for (RejectReason reason : k_unauthenticated_reasons)
+    reasons += fmt::format("{}'{}'", reasons.empty() ? "" : ", ", to_string(reason));
+  return fmt::format(
+      "UPDATE rejections SET capped = (reason IN ({}) OR device NOT IN (SELECT device FROM keys));",
+      reasons);
 }
 
 // Kept rows and envelope bytes of capped rejections.
@@ -1283,6 +1290,7 @@ class SqliteStore final : public Store {
         return exec(m_writer, stamp.c_str(), "migrating the schema");
       }
       if (auto s = exec(m_writer, k_schema_sql, "creating the schema"); !s) return s;
+      if (auto s = exec(m_writer, k_rejections_v3_sql, "creating the schema"); !s) return s;
       const std::string stamp = fmt::format("PRAGMA application_id={}; PRAGMA user_version={}",
                                             k_application_id, k_schema_version);
       return exec(m_writer, stamp.c_str(), "creating the schema");
@@ -1309,7 +1317,9 @@ class SqliteStore final : public Store {
     if (rc != SQLITE_DONE) return error(m_writer, rc, what);
     read.reset();
     write.reset();
-    return exec(m_writer, k_migrate_2_collapse_sql, what);
+    if (auto s = exec(m_writer, k_migrate_2_collapse_sql, what); !s) return s;
+    if (auto s = exec(m_writer, migrate_2_capped_sql().c_str(), what); !s) return s;
+    return exec(m_writer, k_rejections_v3_sql, what);
   }
 
   fs::path m_path;
