@@ -31,10 +31,13 @@ inline constexpr std::int64_t k_max_json_integer = (std::int64_t{1} << 53) - 1;
 ///   that neither overflow (1e400) nor underflow to zero or a subnormal (1e-400, 5e-324);
 /// - objects and arrays nest at most `max_depth` deep (the top level is depth 1).
 ///
-/// Errors: invalid_argument with a message that starts "line L, column C: " (both 1-based,
-/// columns in bytes) and names what is wrong, e.g. `line 1, column 12: member "seq" appears
-/// twice`, `line 3, column 20: NaN is not a JSON number`, `line 1, column 9: 1e400 is too large
-/// for a binary64 number`. The message quotes at most a short token of the input.
+/// Errors: invalid_argument, with a message that locates the fault and names what is wrong. A
+/// syntax error (nlohmann's parser stopped) starts "line L, column C: " (both 1-based, columns in
+/// bytes), e.g. `line 3, column 20: NaN is not a JSON number`, `line 1, column 9: 1e400 is too
+/// large for a binary64 number`; a rule above broken by well-formed JSON starts "at PATH: " with
+/// the JSONPath of the value (the SAX interface gives no byte position for it), e.g. `at $.seq:
+/// member "seq" appears twice`, `at $.meta.n: integer 9007199254740993 is beyond ±(2^53 − 1)`.
+/// The message quotes at most a short token of the input.
 Result<nlohmann::ordered_json> parse_json_strict(std::string_view text,
                                                  std::size_t max_depth = k_max_json_depth);
 
