@@ -7,6 +7,7 @@
 #include <chrono>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <thread>
 
 #include <fmt/format.h>
@@ -15,6 +16,7 @@
 #include <reflow/core/event.hpp>
 #include <reflow/core/jose.hpp>
 #include <reflow/core/ulid.hpp>
+#include <reflow/node/query.hpp>
 #include <reflow/node/verifier.hpp>
 
 #include "fault_vfs.hpp"
@@ -829,6 +831,35 @@ TEST_F(SqliteStoreTest, StatsCountGapsRejectionsAndStreams) {
   EXPECT_TRUE(quiet_stats.registered);
   EXPECT_FALSE(quiet_stats.last_seen_unix_ms.has_value());
   EXPECT_TRUE(quiet_stats.streams.empty());
+}
+
+// A device that published before the operator ran `device add` has unknown_kid rejections from
+// then; once registered they must not read as a fault that goes on (issue 15).
+TEST_F(SqliteStoreTest, StatsKeepRejectionsFromBeforeRegistrationApart) {
+  Device& late = device("late-01", /*registered=*/false);
+  Rejection early{"reflow/v1/late-01/events", "late-01",    "early",     RejectReason::unknown_kid,
+                  "kid not in the registry",  std::nullopt, std::nullopt};
+  put({in(early)}, k_t0 + 1);
+  EXPECT_EQ(stats_of("late-01").rejections.at("unknown_kid"), 1);
+  EXPECT_TRUE(stats_of("late-01").rejections_before_registration.empty());
+
+  ASSERT_TRUE(m_store->add_device("late-01", late.key.public_jwk(), k_t0 + 10));
+  Rejection later = early;
+  later.envelope = "later";
+  later.reason = RejectReason::oversized;
+  put({in(later), in(later)}, k_t0 + 20);
+
+  const DeviceStats st = stats_of("late-01");
+  EXPECT_TRUE(st.registered);
+  EXPECT_EQ(st.rejections, (std::map<std::string, std::int64_t>{{"oversized", 2}}));
+  EXPECT_EQ(st.rejections_before_registration,
+            (std::map<std::string, std::int64_t>{{"unknown_kid", 1}}));
+  const auto json = device_stats_json(st);
+  EXPECT_EQ(json["rejections_before_registration"]["unknown_kid"], 1);
+  EXPECT_EQ(json["rejections"]["oversized"], 2);
+  const std::string table = format_stats_text({st});
+  EXPECT_NE(table.find("oversized=2; unknown_kid=1 before registration"), std::string::npos)
+      << table;
 }
 
 TEST_F(SqliteStoreTest, ForEachEventFiltersAndOrders) {

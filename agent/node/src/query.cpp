@@ -219,6 +219,9 @@ nlohmann::ordered_json device_stats_json(const DeviceStats& stats) {
   out["rejections"] = Json::object();
   for (const auto& [reason, count] : stats.rejections)
     out["rejections"][reason] = count;
+  out["rejections_before_registration"] = Json::object();
+  for (const auto& [reason, count] : stats.rejections_before_registration)
+    out["rejections_before_registration"][reason] = count;
   out["rejections_not_kept"] = stats.rejections_not_kept;
   out["streams"] = Json::array();
   for (const auto& s : stats.streams) {
@@ -245,6 +248,11 @@ std::string format_stats_text(const std::vector<DeviceStats>& stats) {
     std::string rejections;
     for (const auto& [reason, count] : s.rejections)
       rejections += fmt::format("{}{}={}", rejections.empty() ? "" : ",", reason, count);
+    std::string before;
+    for (const auto& [reason, count] : s.rejections_before_registration)
+      before += fmt::format("{}{}={}", before.empty() ? "" : ",", reason, count);
+    if (!before.empty())
+      rejections += fmt::format("{}{} before registration", rejections.empty() ? "" : "; ", before);
     if (s.rejections_not_kept > 0)
       rejections += fmt::format(" ({} not kept)", s.rejections_not_kept);
     // An unregistered device's name is whatever topic it published on: escaped.

@@ -605,18 +605,27 @@ class SqliteStore final : public Store {
     }
     if (rc != SQLITE_DONE) return error(m_reader, rc, what);
 
-    // Kept rows (each with its repeats), then what the caps only counted.
-    rc = prepare(m_reader,
-                 "SELECT device, reason, sum(count), max(last_seen_ms), 0 FROM rejections "
-                 "GROUP BY device, reason "
-                 "UNION ALL SELECT device, reason, count, last_seen_ms, 1 FROM rejections_not_kept",
-                 stmt);
+    // Kept rows (each with its repeats), then what the caps only counted; each split by
+    // whether it was last seen before the device's first key was added.
+    rc =
+        prepare(m_reader,
+                "WITH registered AS (SELECT device, min(added_ms) AS at FROM keys GROUP BY device) "
+                "SELECT r.device, r.reason, sum(r.count), max(r.last_seen_ms), 0, "
+                " coalesce(r.last_seen_ms < g.at, 0) AS before "
+                "FROM rejections r LEFT JOIN registered g ON g.device = r.device "
+                "GROUP BY r.device, r.reason, before "
+                "UNION ALL SELECT n.device, n.reason, n.count, n.last_seen_ms, 1, "
+                " coalesce(n.last_seen_ms < g.at, 0) "
+                "FROM rejections_not_kept n LEFT JOIN registered g ON g.device = n.device",
+                stmt);
     if (rc != SQLITE_OK) return error(m_reader, rc, what);
     while ((rc = sqlite3_step(stmt.get())) == SQLITE_ROW) {
       sqlite3_stmt* s = stmt.get();
       DeviceStats& d = device_entry(column_text(s, 0));
       const std::int64_t count = sqlite3_column_int64(s, 2);
-      std::int64_t& by_reason = d.rejections[column_text(s, 1)];
+      auto& counts =
+          sqlite3_column_int64(s, 5) != 0 ? d.rejections_before_registration : d.rejections;
+      std::int64_t& by_reason = counts[column_text(s, 1)];
       by_reason = saturating_add(by_reason, count);
       if (sqlite3_column_int64(s, 4) != 0)
         d.rejections_not_kept = saturating_add(d.rejections_not_kept, count);

@@ -63,15 +63,16 @@ agent::Status write_rejections(Store& store, std::optional<std::string_view> dev
 // --- stats ---
 
 /// One JSON object per device: {"device","registered","revoked","last_seen" (RFC 3339|null),
-/// "events","gaps","chain" ("intact"|"broken"),"rejections":{reason: n},"rejections_not_kept":n
-/// (of those, counted only: over RejectionLimits),"streams":[{"stream",
+/// "events","gaps","chain" ("intact"|"broken"),"rejections":{reason: n} (since the device was
+/// registered; all for an unregistered one),"rejections_before_registration":{reason: n},
+/// "rejections_not_kept":n (of both, counted only: over RejectionLimits),"streams":[{"stream",
 /// "events","contiguous","max_seq","gaps","chain","first_seen","last_seen"}]}.
 nlohmann::ordered_json device_stats_json(const DeviceStats& stats);
 
 /// An aligned table, one row per device: DEVICE, STATUS (registered|revoked|unregistered),
-/// LAST SEEN, EVENTS, GAPS, CHAIN, STREAMS, REJECTIONS (`reason=n,…` or `-`, then ` (n not kept)`
-/// when the caps only counted some). "no devices" when
-/// empty.
+/// LAST SEEN, EVENTS, GAPS, CHAIN, STREAMS, REJECTIONS (`reason=n,…` since registration, then
+/// `; reason=n,… before registration` when there were any, or `-`; then ` (n not kept)` when
+/// the caps only counted some). "no devices" when empty.
 std::string format_stats_text(const std::vector<DeviceStats>& stats);
 
 // --- trace (material passport) ---

@@ -186,8 +186,14 @@ struct DeviceStats {
   std::int64_t events = 0;
   std::int64_t gaps = 0;  ///< sum over its streams, saturating at INT64_MAX
   bool chain_intact = true;
-  std::map<std::string, std::int64_t> rejections;  ///< reason name → arrivals (kept or not)
-  std::int64_t rejections_not_kept = 0;  ///< of those, counted only (over RejectionLimits)
+  /// reason name → arrivals (kept or not) since the device was registered (the first of its
+  /// keys was added); all of them for a device that is not registered
+  std::map<std::string, std::int64_t> rejections;
+  /// reason name → arrivals last seen before the device was registered: typically unknown_kid
+  /// while the device published before `device add`. Kept apart so that they do not read as a
+  /// fault that goes on.
+  std::map<std::string, std::int64_t> rejections_before_registration;
+  std::int64_t rejections_not_kept = 0;  ///< of both, counted only (over RejectionLimits)
   std::vector<StreamStats> streams;      ///< oldest first
 };
 
