@@ -202,6 +202,11 @@ class BrokerAclTest(nh.NodeTestCase):
         self.assertEqual([m[1] for m in reader.received(events_topic("dev-b"))],
                          [b"control by dev-b"], "dev-a's publish to dev-b/events must be refused")
         self.assertEqual([m[1] for m in reader.received(events_topic("dev-a"))], [b"own by dev-a"])
+        # The shipped broker config logs the denial (written before the broker handled dev-a's
+        # next publish, which the reader has received), naming the topic.
+        log = self.broker.log_path.read_text(errors="replace")
+        self.assertTrue(any("Denied PUBLISH from " in line and f"'{events_topic('dev-b')}'" in line
+                            for line in log.splitlines()), log[-2000:])
 
     def test_device_cannot_publish_any_ack(self):
         node = self.probe(nh.INGEST_IDENTITY)
