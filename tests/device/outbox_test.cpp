@@ -68,23 +68,32 @@ class OutboxTest : public ::testing::Test {
   }
   std::unique_ptr<Outbox> open() { return open(options()); }
 
-  // Builds the next `n` events after the outbox's head and the head that follows them.
-  std::pair<std::vector<OutboxEvent>, ChainHead> next_batch(const Outbox& outbox, int n,
-                                                            std::size_t size = 200) {
-    ChainHead head = outbox.head();
+  // The next `n` events after `head` (seq, id and recorded follow from the seq; the envelope
+  // is `envelope(event, head)` with the head before the event) and the head that follows them.
+  template <typename MakeEnvelope>
+  static std::pair<std::vector<OutboxEvent>, ChainHead> chain_after(ChainHead head, int n,
+                                                                    MakeEnvelope envelope) {
     std::vector<OutboxEvent> events;
     for (int i = 0; i < n; ++i) {
       OutboxEvent e;
       e.seq = head.last_seq + 1;
       e.id = "01JD0000000000000000" + std::to_string(1000000 + e.seq).substr(1);
       e.recorded_unix_ms = 1'767'225'600'000 + e.seq * 1000;
-      e.envelope = envelope_for(e.seq, size);
+      e.envelope = envelope(e, head);
       head.last_seq = e.seq;
       head.last_hash = "hash-" + std::to_string(e.seq);
       head.recorded_floor_ms = e.recorded_unix_ms;
       events.push_back(std::move(e));
     }
     return {std::move(events), head};
+  }
+
+  // Builds the next `n` events after the outbox's head and the head that follows them.
+  std::pair<std::vector<OutboxEvent>, ChainHead> next_batch(const Outbox& outbox, int n,
+                                                            std::size_t size = 200) {
+    return chain_after(outbox.head(), n, [size](const OutboxEvent& e, const ChainHead&) {
+      return envelope_for(e.seq, size);
+    });
   }
 
   void append(Outbox& outbox, int n, std::size_t size = 200) {
@@ -119,27 +128,18 @@ class OutboxTest : public ::testing::Test {
     auto key = DeviceKey::generate(m_dir / "device.key");
     EXPECT_TRUE(key.has_value()) << key.error().message;
     const std::string protected_b64 = jws_protected_header_b64(key->public_jwk().kid);
-    ChainHead head = outbox.head();
-    std::vector<OutboxEvent> events;
-    for (int i = 0; i < n; ++i) {
-      OutboxEvent e;
-      e.seq = head.last_seq + 1;
-      e.id = "01JD0000000000000000" + std::to_string(1000000 + e.seq).substr(1);
-      e.recorded_unix_ms = 1'767'225'600'000 + e.seq * 1000;
-      nlohmann::ordered_json payload{{"v", 1},
-                                     {"id", e.id},
-                                     {"device", "fablab-mk4-01"},
-                                     {"stream", head.stream},
-                                     {"seq", e.seq},
-                                     {"recorded", format_rfc3339_ms(e.recorded_unix_ms)},
-                                     {"note", std::string(size, 'n')}};
-      e.envelope = jws_sign(*key, protected_b64, payload.dump()).to_envelope();
-      envelopes.push_back(e.envelope);
-      head.last_seq = e.seq;
-      head.last_hash = "hash-" + std::to_string(e.seq);
-      head.recorded_floor_ms = e.recorded_unix_ms;
-      events.push_back(std::move(e));
-    }
+    auto [events, head] =
+        chain_after(outbox.head(), n, [&](const OutboxEvent& e, const ChainHead& before) {
+          nlohmann::ordered_json payload{{"v", 1},
+                                         {"id", e.id},
+                                         {"device", "fablab-mk4-01"},
+                                         {"stream", before.stream},
+                                         {"seq", e.seq},
+                                         {"recorded", format_rfc3339_ms(e.recorded_unix_ms)},
+                                         {"note", std::string(size, 'n')}};
+          envelopes.push_back(jws_sign(*key, protected_b64, payload.dump()).to_envelope());
+          return envelopes.back();
+        });
     auto status = outbox.append(events, head);
     EXPECT_TRUE(status.has_value()) << status.error().message;
     return std::move(*key);
