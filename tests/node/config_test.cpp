@@ -101,12 +101,12 @@ device_cert_days = 365
 zenflows_url = "https://zenflows.example.org/api"
 zenflows_user = "fablab"
 zenflows_key_file = "/etc/reflow-ingest/zenflows.key"
-default_agent = "agent-1"
+default_agent = "01JEAGENT00000000000000001"
 [export.units]
-gram = "u-gram"
-kilowattHour = "u-kwh"
+gram = "01JEVN1TGRAM00000000000001"
+kilowattHour = "01JEVN1TKWH000000000000001"
 [export.ids]
-"spool:pla-01" = "r-1"
+"spool:pla-01" = "01JERES0VRCE00000000000001"
 )",
                                           "/etc/reflow-ingest/ingest.toml");
   ASSERT_TRUE(config.has_value()) << config.error().message;
@@ -133,10 +133,12 @@ kilowattHour = "u-kwh"
   EXPECT_EQ(config->zenflows_url, "https://zenflows.example.org/api");
   EXPECT_EQ(config->zenflows_user, "fablab");
   EXPECT_EQ(config->zenflows_key_file, "/etc/reflow-ingest/zenflows.key");
-  EXPECT_EQ(config->default_agent, "agent-1");
+  EXPECT_EQ(config->default_agent, "01JEAGENT00000000000000001");
   EXPECT_EQ(config->units,
-            (std::map<std::string, std::string>{{"gram", "u-gram"}, {"kilowattHour", "u-kwh"}}));
-  EXPECT_EQ(config->ids, (std::map<std::string, std::string>{{"spool:pla-01", "r-1"}}));
+            (std::map<std::string, std::string>{{"gram", "01JEVN1TGRAM00000000000001"},
+                                                {"kilowattHour", "01JEVN1TKWH000000000000001"}}));
+  EXPECT_EQ(config->ids,
+            (std::map<std::string, std::string>{{"spool:pla-01", "01JERES0VRCE00000000000001"}}));
 }
 
 TEST_F(IngestConfigTest, EveryErrorNamesFileLineAndKey) {
@@ -192,11 +194,18 @@ TEST_F(IngestConfigTest, EveryErrorNamesFileLineAndKey) {
       {"[export]\nunits = \"gram\"\n", 2, "export.units",
        "expected a table [export.units]; got \"gram\""},
       {"[export.units]\ngram = 3\n", 2, "export.units.gram",
-       "expected the server's Unit id (a string); got 3"},
-      {"[export.units]\ngram = \"g\"\ngrams = \"g\"\n", 3, "export.units.grams",
-       "unknown OM2 unit (expected one of PROTOCOL §4: one, hour"},
+       "expected the server's Unit id, a zenflows id: a ULID of 26 characters"},
+      {"[export.units]\ngram = \"01UNITGRAM0000000000000000\"\n", 2, "export.units.gram",
+       "expected the server's Unit id, a zenflows id: a ULID"},
+      {"[export.ids]\n\"spool:1\" = \"01JERES0VRCE0000000000001\"\n", 2, "export.ids.spool:1",
+       "expected the server's id, a zenflows id: a ULID"},
+      {"[export]\ndefault_agent = \"fablab\"\n", 2, "export.default_agent",
+       "expected the server's Agent id, a zenflows id: a ULID"},
+      {"[export.units]\ngram = \"01JEVN1TGRAM00000000000001\"\ngrams = "
+       "\"01JEVN1TGRAM00000000000001\"\n",
+       3, "export.units.grams", "unknown OM2 unit (expected one of PROTOCOL §4: one, hour"},
       {"[export.ids]\n\"spool:1\" = \"\"\n", 2, "export.ids.spool:1",
-       "expected the server's id (a string); got \"\""},
+       "expected the server's id, a zenflows id: a ULID"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.text);
@@ -209,16 +218,18 @@ TEST_F(IngestConfigTest, EveryErrorNamesFileLineAndKey) {
 }
 
 TEST_F(IngestConfigTest, UnitsMapTakesEveryOm2UnitAndRefusesOthers) {
-  const auto message = error_of("[export.units]\nhour = \"h\"\nKilogram = \"kg\"\n");
+  const auto message = error_of(
+      "[export.units]\nhour = \"01JEVN1TH0VR00000000000001\"\nKilogram = "
+      "\"01JEVN1TKG0000000000000001\"\n");
   EXPECT_EQ(message.rfind("ingest.toml:3: export.units.Kilogram: unknown OM2 unit", 0), 0u)
       << message;
   for (const char* unit : {"one", "hour", "minute-Time", "second-Time", "gram", "kilogram",
                            "millimetre", "metre", "litre", "kilowattHour"}) {
     SCOPED_TRACE(unit);
-    const auto config =
-        parse_ingest_config(fmt::format("[export.units]\n{} = \"id\"\n", unit), "ingest.toml");
+    const auto config = parse_ingest_config(
+        fmt::format("[export.units]\n{} = \"01JEVN1T000000000000000001\"\n", unit), "ingest.toml");
     ASSERT_TRUE(config.has_value()) << config.error().message;
-    EXPECT_EQ(config->units.at(unit), "id");
+    EXPECT_EQ(config->units.at(unit), "01JEVN1T000000000000000001");
   }
 }
 
@@ -324,8 +335,8 @@ TEST_F(IngestConfigTest, ExampleExportTablesLoadOnceUncommented) {
   ASSERT_TRUE(in_tables);
   const auto config = parse_ingest_config(text, "example.toml");
   ASSERT_TRUE(config.has_value()) << config.error().message;
-  EXPECT_EQ(config->units.at("gram"), "unit-gram-id");
-  EXPECT_EQ(config->ids.at("spool:pla-01"), "resource-id");
+  EXPECT_EQ(config->units.at("gram"), "01FVHYT9B8T38MQT1WSDY42XJC");
+  EXPECT_EQ(config->ids.at("spool:pla-01"), "01FVHYTB1A4GM9Y2S6Q8DX3PZR");
 }
 
 TEST_F(IngestConfigTest, ReferenceListsEachKeyOnceAndItsDefaultsLoad) {

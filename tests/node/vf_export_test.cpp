@@ -42,15 +42,15 @@ Json quantity(Json value, const char* unit) {
 
 IngestConfig full_config() {
   IngestConfig config;
-  config.default_agent = "01AGENTDEFAULT000000000000";
-  config.units = {{"hour", "01UNITHOUR0000000000000000"},
-                  {"gram", "01UNITGRAM0000000000000000"},
-                  {"one", "01UNITONE00000000000000000"}};
-  config.ids = {{"printer-mk4", "01RESPRINTER00000000000000"},
-                {"spool-3", "01RESSPOOL0000000000000000"},
+  config.default_agent = "01AGENTDEFAV1T000000000000";
+  config.units = {{"hour", "01VN1TH0VR0000000000000000"},
+                  {"gram", "01VN1TGRAM0000000000000000"},
+                  {"one", "01VN1T0NE00000000000000000"}};
+  config.ids = {{"printer-mk4", "01RESPR1NTER00000000000000"},
+                {"spool-3", "01RESSP0010000000000000000"},
                 {"pla-part", "01SPECPART0000000000000000"},
-                {"fablab", "01LOCFABLAB000000000000000"},
-                {"alice", "01AGENTALICE00000000000000"}};
+                {"fablab", "0110CFAB1AB000000000000000"},
+                {"alice", "01AGENTA11CE00000000000000"}};
   return config;
 }
 
@@ -110,19 +110,19 @@ TEST_F(VfExportTest, MapsEventFieldsToZenflowsCreateParams) {
   // use: both resource and spec given; zenflows wants one: the known resource wins.
   EXPECT_EQ(plan.requests[1].variables, Json::parse(R"json({"event":{
       "action":"use",
-      "provider":"01AGENTALICE00000000000000",
-      "receiver":"01AGENTDEFAULT000000000000",
+      "provider":"01AGENTA11CE00000000000000",
+      "receiver":"01AGENTDEFAV1T000000000000",
       "inputOf":"job-42",
-      "resourceInventoriedAs":"01RESPRINTER00000000000000",
-      "effortQuantity":{"hasNumericalValue":2,"hasUnit":"01UNITHOUR0000000000000000"},
+      "resourceInventoriedAs":"01RESPR1NTER00000000000000",
+      "effortQuantity":{"hasNumericalValue":2,"hasUnit":"01VN1TH0VR0000000000000000"},
       "hasBeginning":"2026-11-01T09:00:00Z",
       "hasEnd":"2026-11-01T11:00:00Z",
       "note":"(reflow event 01JBQ9000000000000000000B1, device printer-01, stream 01JBQ8Z6V2X4W6Y8A0C2E4G6J8 seq 1, source sim/bench)"}})json"));
   EXPECT_EQ(plan.requests[1].pending, (std::map<std::string, std::string>{{"inputOf", "job-42"}}));
   const Json& consume = plan.requests[2].variables["event"];
   EXPECT_EQ(consume["resourceQuantity"],
-            Json::parse(R"({"hasNumericalValue":12.5,"hasUnit":"01UNITGRAM0000000000000000"})"));
-  EXPECT_EQ(consume["resourceInventoriedAs"], "01RESSPOOL0000000000000000");
+            Json::parse(R"({"hasNumericalValue":12.5,"hasUnit":"01VN1TGRAM0000000000000000"})"));
+  EXPECT_EQ(consume["resourceInventoriedAs"], "01RESSP0010000000000000000");
 }
 
 TEST_F(VfExportTest, ProduceOfAnUnknownResourceCreatesItAndLaterEventsWaitForItsId) {
@@ -140,7 +140,7 @@ TEST_F(VfExportTest, ProduceOfAnUnknownResourceCreatesItAndLaterEventsWaitForIts
   EXPECT_EQ(produce.creates, "part-9");
   EXPECT_FALSE(produce.variables["event"].contains("resourceInventoriedAs"));
   EXPECT_EQ(produce.variables["event"]["resourceConformsTo"], "01SPECPART0000000000000000");
-  EXPECT_EQ(produce.variables["event"]["atLocation"], "01LOCFABLAB000000000000000");
+  EXPECT_EQ(produce.variables["event"]["atLocation"], "0110CFAB1AB000000000000000");
   EXPECT_EQ(produce.variables["newInventoriedResource"],
             Json::parse(R"({"name":"part-9","trackingIdentifier":"part-9"})"));
   const VfRequest& transfer = plan.requests[4];
@@ -151,14 +151,14 @@ TEST_F(VfExportTest, ProduceOfAnUnknownResourceCreatesItAndLaterEventsWaitForIts
 
 TEST_F(VfExportTest, AProcessListedInIdsIsUsedNotCreated) {
   IngestConfig config = full_config();
-  config.ids["job-42"] = "01PROCESSJOB42000000000000";
+  config.ids["job-42"] = "01PR0CESSJ0B42000000000000";
   VfExport plan = build_vf_export(print_job(), config);
   ASSERT_EQ(plan.requests.size(), 3u);
   for (const auto& r : plan.requests) {
     EXPECT_EQ(r.kind, VfRequestKind::create_economic_event);
     EXPECT_FALSE(r.pending.contains("inputOf"));
   }
-  EXPECT_EQ(plan.requests[0].variables["event"]["inputOf"], "01PROCESSJOB42000000000000");
+  EXPECT_EQ(plan.requests[0].variables["event"]["inputOf"], "01PR0CESSJ0B42000000000000");
 }
 
 TEST_F(VfExportTest, MissingIdsAreLeftAsLocalReferencesAndListedOnce) {

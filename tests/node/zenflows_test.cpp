@@ -314,8 +314,8 @@ StoredEvent make_event(std::int64_t seq, const std::string& id, Json fields) {
 IngestConfig mapped_config() {
   IngestConfig config;
   config.default_agent = "01AGENT000000000000000000A";
-  config.units = {{"hour", "01UNITHOUR0000000000000000"}, {"gram", "01UNITGRAM0000000000000000"}};
-  config.ids = {{"printer-mk4", "01RESPRINTER00000000000000"},
+  config.units = {{"hour", "01VN1TH0VR0000000000000000"}, {"gram", "01VN1TGRAM0000000000000000"}};
+  config.ids = {{"printer-mk4", "01RESPR1NTER00000000000000"},
                 {"spool-3", "01RESSPOOL000000000000000"}};
   return config;
 }
@@ -341,7 +341,7 @@ std::vector<StoredEvent> job_events() {
 
 TEST_F(ZenflowsTest, PostSignsEachRequestAndFeedsTheProcessIdIntoItsEvents) {
   Json responses = Json::array(
-      {{{"data", {{"createProcess", {{"process", {{"id", "01SERVERPROCESS00000000000"}}}}}}}},
+      {{{"data", {{"createProcess", {{"process", {{"id", "01SERVERPR0CESS00000000000"}}}}}}}},
        {{"data", {{"createEconomicEvent", {{"economicEvent", {{"id", "01SERVEREVENT1"}}}}}}}},
        {{"data", {{"createEconomicEvent", {{"economicEvent", {{"id", "01SERVEREVENT2"}}}}}}}}});
   StubServer server(m_dir.path(), responses);
@@ -357,7 +357,7 @@ TEST_F(ZenflowsTest, PostSignsEachRequestAndFeedsTheProcessIdIntoItsEvents) {
   auto status = post_vf_export(
       plan, options, *key, [&](const VfPosted& posted) { posted_ids.push_back(posted.server_id); });
   ASSERT_TRUE(status) << status.error().message;
-  EXPECT_EQ(posted_ids, (std::vector<std::string>{"01SERVERPROCESS00000000000", "01SERVEREVENT1",
+  EXPECT_EQ(posted_ids, (std::vector<std::string>{"01SERVERPR0CESS00000000000", "01SERVEREVENT1",
                                                   "01SERVEREVENT2"}));
 
   auto requests = server.requests();
@@ -381,20 +381,20 @@ TEST_F(ZenflowsTest, PostSignsEachRequestAndFeedsTheProcessIdIntoItsEvents) {
   EXPECT_EQ(first["variables"]["process"]["name"], "job-42");
   Json second = Json::parse(body_of(requests[1]));
   EXPECT_EQ(second["query"], vf_mutation_text(VfRequestKind::create_economic_event));
-  EXPECT_EQ(second["variables"]["event"]["inputOf"], "01SERVERPROCESS00000000000");
+  EXPECT_EQ(second["variables"]["event"]["inputOf"], "01SERVERPR0CESS00000000000");
   EXPECT_EQ(second["variables"]["event"]["note"],
             "Benchy \xc3\xa9 (reflow event 01JBQ9000000000000000000B1, device printer-01, stream "
             "01JBQ8Z6V2X4W6Y8A0C2E4G6J8 seq 1, source octoprint/mk4 job 42)");
   // The body on the wire is pure ASCII: the é travels as \u00e9.
   EXPECT_NE(body_of(requests[1]).find("Benchy \\u00e9"), std::string::npos);
   Json third = Json::parse(body_of(requests[2]));
-  EXPECT_EQ(third["variables"]["event"]["inputOf"], "01SERVERPROCESS00000000000");
+  EXPECT_EQ(third["variables"]["event"]["inputOf"], "01SERVERPR0CESS00000000000");
   EXPECT_EQ(third["variables"]["event"]["resourceInventoriedAs"], "01RESSPOOL000000000000000");
 }
 
 TEST_F(ZenflowsTest, PostStopsAtTheFirstGraphqlError) {
   Json responses = Json::array(
-      {{{"data", {{"createProcess", {{"process", {{"id", "01SERVERPROCESS00000000000"}}}}}}}},
+      {{{"data", {{"createProcess", {{"process", {{"id", "01SERVERPR0CESS00000000000"}}}}}}}},
        {{"errors", {{{"message", "unit mismatch"}}}}, {"data", nullptr}}});
   StubServer server(m_dir.path(), responses);
   auto key = agent::DeviceKey::load(write_seed_file(m_dir / "zenflows.key", k_vectors[0].seed_hex));

@@ -8,6 +8,7 @@
 #include <toml++/toml.h>
 
 #include <reflow/core/event.hpp>
+#include <reflow/core/ulid.hpp>
 
 #include <reflow/core/config_table.hpp>
 
@@ -32,6 +33,17 @@ bool is_http_url(std::string_view url) {
   return !host.empty() && host.find_first_of(" \t\r\n") == host.npos && !has_nul(url);
 }
 
+// zenflows accepts no other ID than a ULID: 26 characters of Crockford's base32, upper case
+// (Zenflows.DB.ID; docs/reference/valueflows.md §2d). A typo found here is not found by the server
+// half-way through a post.
+constexpr std::string_view k_expected_server_id =
+    "a zenflows id: a ULID of 26 characters 0-9 A-Z without I L O U, e.g. "
+    "\"01FVHYT9B8T38MQT1WSDY42XJC\"";
+
+bool is_server_id(std::string_view text) {
+  return agent::is_valid_ulid(text);
+}
+
 // [export.units]: OM2 unit name (PROTOCOL §4) → the server's Unit id.
 void apply_units(const toml::table& table, std::string_view dotted, const ParseContext&,
                  IngestConfig& config, Problems& problems) {
@@ -45,8 +57,10 @@ void apply_units(const toml::table& table, std::string_view dotted, const ParseC
       continue;
     }
     const auto* id = node.as_string();
-    if (id == nullptr || !is_non_empty_text(id->get())) {
-      problems.add(line_of(node), where, got("expected the server's Unit id (a string)", node));
+    if (id == nullptr || !is_server_id(id->get())) {
+      problems.add(
+          line_of(node), where,
+          got(fmt::format("expected the server's Unit id, {}", k_expected_server_id), node));
       continue;
     }
     config.units[name] = id->get();
@@ -60,8 +74,9 @@ void apply_ids(const toml::table& table, std::string_view dotted, const ParseCon
     const std::string name(key.str());
     const std::string where = fmt::format("{}.{}", dotted, name);
     const auto* id = node.as_string();
-    if (id == nullptr || !is_non_empty_text(id->get())) {
-      problems.add(line_of(node), where, got("expected the server's id (a string)", node));
+    if (id == nullptr || !is_server_id(id->get())) {
+      problems.add(line_of(node), where,
+                   got(fmt::format("expected the server's id, {}", k_expected_server_id), node));
       continue;
     }
     config.ids[name] = id->get();
@@ -136,14 +151,17 @@ IngestSchema make_schema() {
       "Ed25519 seed that signs requests, in the format `reflow-agent keygen` writes.",
       path_key(&IngestConfig::zenflows_key_file));
   add("export", "default_agent", "string", "(none)",
-      "Agent id used as provider/receiver when an event names none.",
-      string_key(&IngestConfig::default_agent, "expected a non-empty agent id", is_non_empty_text));
+      "The server's Agent id (a ULID) used as provider/receiver when an event names none.",
+      string_key(&IngestConfig::default_agent,
+                 fmt::format("expected the server's Agent id, {}", k_expected_server_id),
+                 is_server_id));
   schema.add_table("export", "units", "table(OM2 unit = \"id\")", "(none)",
-                   "[export.units]: the server's Unit id for each OM2 unit name events use.",
+                   "[export.units]: the server's Unit id (a ULID) for each OM2 unit name events "
+                   "use.",
                    apply_units);
   schema.add_table("export", "ids", "table(reference = \"id\")", "(none)",
-                   "[export.ids]: the server's id for a local reference (resource, agent, "
-                   "process).",
+                   "[export.ids]: the server's id (a ULID) for a local reference (resource, "
+                   "agent, process).",
                    apply_ids);
   return schema;
 }
