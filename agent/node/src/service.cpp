@@ -31,47 +31,28 @@
 #include <reflow/node/key_lookup.hpp>
 #include <reflow/node/log_limiter.hpp>
 
+#include "ack_publisher.hpp"
+#include "service_common.hpp"
+
 namespace ingest {
 namespace {
 
-constexpr std::string_view k_component = "ingest";
-constexpr int k_qos = 1;
+constexpr std::string_view k_component = k_service_component;
+constexpr int k_qos = k_service_qos;
 // Rejections logged per sender (topic DEVICE) and minute; the rest get one summary line.
 constexpr LogLimits k_log_limits{};
-// Bounds one wait of a service thread, so that a clock that is not the real one (FakeEnv) is
-// looked at again within this time even when nothing else wakes the thread.
-constexpr auto k_max_wait = std::chrono::milliseconds(200);
-// Paho enforces connect_timeout itself; this is only the margin before the service stops waiting
-// for an answer Paho should already have given.
-constexpr auto k_connect_grace = std::chrono::seconds(5);
+constexpr auto k_max_wait = k_service_max_wait;
+constexpr auto k_connect_grace = k_service_connect_grace;
 constexpr auto k_store_retry_min = std::chrono::milliseconds(100);
 constexpr auto k_store_retry_max = std::chrono::seconds(10);
 // Envelopes waiting for the worker, per envelope of max_batch: one batch being stored while the
 // next one fills.
 constexpr std::size_t k_queue_batches = 2;
-// A failed ack publish (not connected) is tried again after this, unless a newer ack of the same
-// device replaced it meanwhile.
-constexpr auto k_ack_retry = std::chrono::milliseconds(100);
-// Acks handed to Paho and not yet confirmed by the broker, at most; more wait in the coalescing
-// map. Lowered below the broker's Receive Maximum (its CONNACK; Mosquitto's max_inflight_messages,
-// 20 by default): Paho holds a publish beyond that until its send thread next wakes, which only a
-// new publish or a 1 s timer does, so a larger window stalled the acks a second at a time.
-constexpr std::size_t k_acks_in_flight = 64;
-// MQTT 5 §3.2.2.3.3: a CONNACK without Receive Maximum means 65,535.
-constexpr std::size_t k_default_receive_maximum = 65'535;
-// Appended to mqtt.client_id for the connection that publishes the acks.
-constexpr std::string_view k_acks_client_suffix = "-acks";
-// How long the ack publisher waits for one confirmation before it stops counting that ack.
-constexpr auto k_ack_delivery_wait = std::chrono::seconds(1);
 // Threads verifying one batch, at most (the worker is one of them): Ed25519 verification is most of
 // the CPU an envelope costs, and envelopes verify independently.
 constexpr unsigned k_max_verifiers = 4;
 // Envelopes per verifying thread, at least: a thread for fewer costs more than it saves.
 constexpr std::size_t k_envelopes_per_verifier = 8;
-// Paho refuses a publish when this many are waiting in its own queue, connected or not (its
-// default, 100, is less than a burst of acks to many devices).
-constexpr int k_max_buffered = 10'000;
-
 using Clock = std::chrono::steady_clock;
 using agent::mqtt_connect::context_of;
 using agent::mqtt_connect::generation_of;
@@ -92,20 +73,6 @@ std::optional<std::string> subscribe_refusal(const mqtt::token& token) {
     // No SUBACK details (not an MQTT 5 answer): success is success.
   }
   return std::nullopt;
-}
-
-// The broker's Receive Maximum from a CONNACK (MQTT 5 §3.2.2.3.3): how many QoS 1 publishes it
-// takes before their PUBACKs.
-std::size_t receive_maximum_of(const mqtt::token& token) {
-  try {
-    const mqtt::connect_response response = token.get_connect_response();  // a copy, not a view
-    const mqtt::properties& properties = response.get_properties();
-    if (properties.contains(mqtt::property::RECEIVE_MAXIMUM))
-      return mqtt::get<std::uint16_t>(properties, mqtt::property::RECEIVE_MAXIMUM);
-  } catch (const std::exception&) {
-    // No CONNACK properties (not an MQTT 5 answer): the protocol's default.
-  }
-  return k_default_receive_maximum;
 }
 
 // The registry keys of one batch, each looked up once however many envelopes it signed and
@@ -172,12 +139,6 @@ struct IngestService::Impl {
     std::vector<Check> checks;  ///< point into `messages`
   };
 
-  // An ack handed from the store thread to the ack publisher.
-  struct PendingAck {
-    std::string topic;
-    std::string body;
-  };
-
   // The ack state of one device, owned by the store thread.
   struct DeviceAck {
     bool dirty = false;  ///< something was stored or duplicated since the last ack
@@ -211,28 +172,18 @@ struct IngestService::Impl {
     //
     // Events: MQTT 5 with a session kept by the broker: QoS 1 events published while the service is
     // down wait at the broker instead of only in the agents' outboxes.
-    if (auto ok = set_shared_options(connect_options, /*clean_start=*/false, address->tls); !ok)
+    if (auto ok = set_service_options(config, connect_options, /*clean_start=*/false, address->tls);
+        !ok)
       return ok;
     mqtt::properties properties;
     properties.add(mqtt::property(mqtt::property::SESSION_EXPIRY_INTERVAL,
                                   whole_seconds(config.session_expiry, INT32_MAX)));
     connect_options.set_properties(properties);
-    // The acks' own connection: clean start, no session (it subscribes to nothing, and an ack
-    // lost with a connection is replaced by the device's next one or republished for the
-    // agent's duplicate).
-    if (auto ok = set_shared_options(acks_connect_options, /*clean_start=*/true, address->tls); !ok)
-      return ok;
-
-    auto events_client = make_client(address->paho_uri, config.client_id);
+    auto events_client = make_service_client(config, address->paho_uri, config.client_id);
     if (!events_client) return std::unexpected(events_client.error());
     client = std::move(*events_client);
-    auto ack_client = make_client(address->paho_uri, acks_client_id);
-    if (!ack_client) return std::unexpected(ack_client.error());
-    acks_client = std::move(*ack_client);
-    // A lost acks connection wakes the ack publisher, which reconnects at once.
-    acks_client->set_connection_lost_handler([this](const std::string&) { acks_lost(); });
-    acks_client->set_disconnected_handler(
-        [this](const mqtt::properties&, mqtt::ReasonCode) { acks_lost(); });
+    // The acks' own connection (clean start, no session).
+    if (auto ok = acks_out.configure(*address); !ok) return ok;
     client->set_message_callback([this](mqtt::const_message_ptr message) {
       enqueue(Message{message->get_topic(), message->to_string()});
     });
@@ -245,35 +196,6 @@ struct IngestService::Impl {
                         static_cast<int>(reason))});
     });
     return {};
-  }
-
-  // What both connections share: MQTT 5, keep alive, connect timeout and credentials. The service
-  // re-establishes each connection itself, with backoff and jitter, so Paho's automatic reconnect
-  // is off.
-  Status set_shared_options(mqtt::connect_options& options, bool clean_start, bool tls) const {
-    options.set_mqtt_version(MQTTVERSION_5);
-    options.set_clean_start(clean_start);
-    options.set_keep_alive_interval(whole_seconds(config.keepalive));
-    options.set_connect_timeout(whole_seconds(config.connect_timeout));
-    options.set_automatic_reconnect(false);
-    return agent::mqtt_connect::set_credentials(
-        options, agent::mqtt_connect::credentials_of(config), tls, "MQTT");
-  }
-
-  // A Paho client without persistence: the store is the record of what arrived; what is not
-  // acked the agents republish.
-  Result<std::unique_ptr<mqtt::async_client>> make_client(const std::string& uri,
-                                                          const std::string& client_id) const {
-    try {
-      return std::make_unique<mqtt::async_client>(
-          uri, client_id, mqtt::create_options(MQTTVERSION_5, k_max_buffered),
-          static_cast<mqtt::iclient_persistence*>(nullptr));
-    } catch (const std::exception& e) {
-      return agent::fail(agent::ErrorCode::invalid_config,
-                         fmt::format("mqtt.url \"{}\": the MQTT client rejected it (client id "
-                                     "\"{}\"): {}",
-                                     config.url, client_id, e.what()));
-    }
   }
 
   // ---- the bounded queue from Paho's callback to the worker ----
@@ -647,216 +569,11 @@ struct IngestService::Impl {
         ack.dirty = false;
         continue;
       }
-      hand_ack(device, current);
+      acks_out.hand(device, current);
       ack.dirty = ack.force = false;
       ack.last_sent = now;
       ack.last_published = current;
     }
-  }
-
-  // ---- the ack publisher thread ----
-
-  // The worker never calls Paho: Paho's receiving thread may be waiting in enqueue() for the
-  // worker to make room, holding a lock that Paho's publish() needs. So acks go to their own
-  // thread, through a map that keeps only the latest ack per device (bounded by the devices).
-  void hand_ack(const std::string& device, const AckPoint& point) {
-    nlohmann::ordered_json body;
-    body["stream"] = point.stream;
-    body["seq"] = point.seq;
-    PendingAck ack{fmt::format("{}/{}/ack", config.topic_prefix, device), body.dump()};
-    {
-      std::lock_guard lock(acks_out_mutex);
-      acks_out.insert_or_assign(device, std::move(ack));
-    }
-    acks_out_cv.notify_one();
-  }
-
-  // Publishes the acks handed over until stop is requested and none is left; stop() requests it
-  // after the worker has handed over its last ones, so those go out before the disconnect.
-  void publish_acks(std::stop_token stop) {
-    std::deque<mqtt::delivery_token_ptr> in_flight;
-    std::string cursor;  // the device after which the next round starts, so that none starves
-    for (;;) {
-      // Paho queues whatever it is handed and works through a long queue slowly (while a flood
-      // holds its lock, tens of thousands of stale acks would pile up there); an ack waiting in
-      // acks_out instead is replaced by its device's next one.
-      settle(in_flight, ack_window - 1, stop);
-      // Connected before the first ack is due (connecting a second client takes Paho a second or
-      // two), and again after a lost connection.
-      if (!acks_client->is_connected() && !connect_acks(stop)) {
-        if (!stop.stop_requested()) continue;  // connect_acks() waited its backoff
-        if (std::lock_guard lock(acks_out_mutex); acks_out.empty()) break;
-        drop_unpublished_acks("not connected");
-        break;
-      }
-      const std::size_t window = ack_window;
-      std::map<std::string, PendingAck> round;
-      {
-        std::unique_lock lock(acks_out_mutex);
-        acks_out_cv.wait(lock, stop, [&] { return !acks_out.empty() || acks_down; });
-        if (acks_out.empty()) {
-          if (stop.stop_requested()) break;  // stopping, all handed to Paho
-          continue;                          // the acks connection was lost: reconnect
-        }
-        auto it = acks_out.upper_bound(cursor);
-        while (round.size() + in_flight.size() < window && !acks_out.empty()) {
-          if (it == acks_out.end()) it = acks_out.begin();
-          auto next = std::next(it);
-          cursor = it->first;
-          round.insert(acks_out.extract(it));
-          it = next;
-        }
-      }
-      std::uint64_t published = 0;
-      std::string failure;
-      for (auto it = round.begin(); it != round.end();) {
-        try {
-          in_flight.push_back(acks_client->publish(
-              mqtt::make_message(it->second.topic, it->second.body, k_qos, true)));
-          ++published;
-          it = round.erase(it);
-        } catch (const std::exception& e) {
-          failure = fmt::format("publishing the ack on {} failed: {}", it->second.topic, e.what());
-          ++it;
-        }
-      }
-      if (published > 0) {
-        std::lock_guard lock(stats_mutex);
-        stats.acks_published += published;
-      }
-      if (round.empty()) continue;
-      const std::size_t failed = round.size();
-      // Not connected: try again shortly, except where the worker has handed over a newer ack
-      // meanwhile (merge keeps that one).
-      {
-        std::lock_guard lock(acks_out_mutex);
-        acks_out.merge(round);
-      }
-      if (!stop.stop_requested()) {
-        log.debug(k_component, "{} ({} acks not published); retrying", failure, failed);
-        std::unique_lock lock(acks_out_mutex);
-        acks_out_cv.wait_for(lock, stop, k_ack_retry, [] { return false; });
-        continue;
-      }
-      if (!acks_client->is_connected() || env.steady_now() >= stop_deadline.load()) {
-        drop_unpublished_acks(failure);
-        break;
-      }
-      std::this_thread::sleep_for(k_ack_retry);
-    }
-    // The last acks reach the broker before stop() disconnects, unless the deadline passes.
-    settle(in_flight, 0, stop);
-  }
-
-  // Forgets the acks the broker has confirmed, waiting (each at most k_ack_delivery_wait, and
-  // when stopping only while connected and before the deadline) until at most `keep` are left.
-  void settle(std::deque<mqtt::delivery_token_ptr>& in_flight, std::size_t keep,
-              std::stop_token stop) {
-    while (!in_flight.empty()) {
-      const mqtt::delivery_token_ptr& token = in_flight.front();
-      if (!token->is_complete()) {
-        if (in_flight.size() <= keep) return;
-        if (stop.stop_requested() &&
-            (!acks_client->is_connected() || env.steady_now() >= stop_deadline.load())) {
-          in_flight.clear();  // Paho still has them; nobody waits for them any more
-          return;
-        }
-        try {
-          token->wait_for(k_ack_delivery_wait);
-        } catch (const std::exception&) {
-          // Failed (connection lost): a later ack of the device replaces it, and the agent
-          // republishes what it has not seen acked.
-        }
-      }
-      in_flight.pop_front();  // confirmed, failed, or not confirmed within the wait: Paho's now
-    }
-  }
-
-  // Runs on a Paho thread when the acks connection is lost.
-  void acks_lost() {
-    {
-      std::lock_guard lock(acks_out_mutex);
-      acks_down = true;
-    }
-    acks_out_cv.notify_all();
-  }
-
-  // Stopping: forgets the acks not handed to Paho, which the agents make up for.
-  void drop_unpublished_acks(std::string_view why) {
-    std::size_t left = 0;
-    {
-      std::lock_guard lock(acks_out_mutex);
-      left = std::exchange(acks_out, {}).size();
-    }
-    log.warning(k_component,
-                "stopping with {} acks not published ({}); the agents keep those events and "
-                "republish them",
-                left, why);
-  }
-
-  // Connects the acks' connection (on the ack publisher thread). The acks have a connection of
-  // their own because on the events connection the broker's PUBACK to an ack waits behind every
-  // event it has queued for the service: draining a backlog of 500 000 events, no ack was
-  // confirmed for 25 s, so the agents would have started republishing. False: not connected
-  // (stop requested, or the attempt failed and its backoff has been waited out).
-  bool connect_acks(std::stop_token stop) {
-    bool was_connected = false;
-    {
-      std::lock_guard lock(stats_mutex);
-      was_connected = std::exchange(stats.acks_connected, false);
-    }
-    if (was_connected)
-      log.warning(k_component, "acks connection to {} lost; reconnecting", config.url);
-    {
-      std::lock_guard lock(acks_out_mutex);
-      acks_down = false;  // this attempt sees the loss; a later one sets it again
-    }
-    std::string failure;
-    mqtt::token_ptr token;
-    try {
-      token = acks_client->connect(acks_connect_options);
-      // Paho enforces connect_timeout; the margin only bounds a missing answer.
-      const auto give_up =
-          std::chrono::steady_clock::now() + config.connect_timeout + k_connect_grace;
-      while (!token->wait_for(k_max_wait)) {
-        if (stop.stop_requested()) return false;
-        if (std::chrono::steady_clock::now() >= give_up)
-          throw std::runtime_error("no answer within mqtt.connect_timeout");
-      }
-      const std::size_t receive_maximum = receive_maximum_of(*token);
-      // One below the Receive Maximum: a window of exactly the maximum still stalls now and then
-      // (`reflow-ingest-bench --backlog`: 12 100-13 800 events/s, against 14 500-15 600 one
-      // below), as if Paho completed a token before taking its publish out of its own count.
-      const std::size_t window =
-          std::min(k_acks_in_flight, std::max<std::size_t>(receive_maximum, 2) - 1);
-      ack_window = window;
-      acks_attempt = 0;
-      log.info(k_component, "acks connection: connected to {} as {}", config.url, acks_client_id);
-      log.debug(k_component, "the broker's Receive Maximum is {}: at most {} acks in flight",
-                receive_maximum, window);
-      std::lock_guard lock(stats_mutex);
-      stats.acks_connected = true;
-      stats.ack_window = window;
-      return true;
-    } catch (const std::exception& e) {
-      // A refused connect: the broker's reason, worded as for the events connection.
-      failure = token && token->is_complete() ? paho_error(*token) : e.what();
-    }
-    const auto delay = agent::mqtt_connect::reconnect_backoff(
-        config.reconnect_min, config.reconnect_max, acks_attempt, acks_rng);
-    if (acks_attempt < 62) ++acks_attempt;
-    const auto message = fmt::format("acks connection: cannot connect to {} as {}: {}", config.url,
-                                     acks_client_id, failure);
-    log.warning(k_component, "{}; retrying in {}", message, agent::format_duration(delay));
-    {
-      std::lock_guard lock(stats_mutex);
-      stats.acks_connected = false;
-      stats.last_error = message;
-    }
-    // Real time, like Paho's own timeouts; stop() ends the wait.
-    std::unique_lock lock(acks_out_mutex);
-    acks_out_cv.wait_for(lock, stop, delay, [] { return false; });
-    return false;
   }
 
   // ---- the connection thread ----
@@ -1015,13 +732,7 @@ struct IngestService::Impl {
           std::chrono::duration_cast<milliseconds>(stop_deadline.load() - env.steady_now()),
           milliseconds(0));
     };
-    if (acks_client && acks_client->is_connected()) {
-      try {
-        acks_client->disconnect(0)->wait_for(remaining());
-      } catch (const std::exception& e) {
-        log.warning(k_component, "disconnecting the acks connection: {}", e.what());
-      }
-    }
+    acks_out.disconnect(remaining());
     if (client->is_connected()) {
       try {
         // Keeps the broker session (session_expiry): events published while the service is
@@ -1064,12 +775,16 @@ struct IngestService::Impl {
   std::deque<Message> messages;
   bool intake_closed = false;
 
-  mutable std::mutex stats_mutex;
-  IngestCounters stats;
+  ServiceStats shared_stats;
+  std::mutex& stats_mutex = shared_stats.mutex;
+  IngestCounters& stats = shared_stats.counters;
   RejectionLogLimiter log_limiter{k_log_limits};  ///< the store thread's
 
   // Set by stop(), read by the worker and store threads while they run.
-  std::atomic<Clock::time_point> stop_deadline{Clock::time_point::max()};
+  StopDeadline stop_deadline{Clock::time_point::max()};
+
+  // The acks' own connection and thread; the store thread hands it the acks.
+  AckPublisher acks_out{config, env, log, shared_stats, stop_deadline};
 
   // From the worker to the store thread: one verified batch at a time, so that verifying the
   // next batch overlaps committing this one while memory stays bounded.
@@ -1084,29 +799,13 @@ struct IngestService::Impl {
   std::uint64_t generation = 0;  ///< one per connect attempt; tags Paho answers
   bool ever_subscribed = false;
 
-  // Owned by the ack publisher thread (the acks' connection). ack_window: acks in flight at most,
-  // k_acks_in_flight or one below the broker's Receive Maximum; set on each connect.
-  std::size_t ack_window = k_acks_in_flight;
-  std::uint32_t acks_attempt = 0;
-  std::mt19937_64 acks_rng{std::random_device{}()};
-
-  // From the worker to the ack publisher: the latest ack per device.
-  std::mutex acks_out_mutex;
-  std::condition_variable_any acks_out_cv;
-  std::map<std::string, PendingAck> acks_out;
-  bool acks_down = false;  ///< the acks connection was lost since the last connect attempt
-
   // Owned by the store thread.
   std::map<std::string, DeviceAck> acks;
   Clock::time_point next_ack_due = Clock::time_point::max();
 
   mqtt::connect_options connect_options;
   std::unique_ptr<mqtt::async_client> client;
-  const std::string acks_client_id = config.client_id + std::string(k_acks_client_suffix);
-  mqtt::connect_options acks_connect_options;
-  std::unique_ptr<mqtt::async_client> acks_client;
   std::jthread connection_thread;
-  std::jthread ack_thread;
   std::jthread store_thread;
   std::jthread worker_thread;
   bool started = false;
@@ -1124,8 +823,7 @@ Status IngestService::start() {
   if (m_impl->started) return {};
   if (auto ok = m_impl->configure(); !ok) return ok;
   try {
-    m_impl->ack_thread =
-        std::jthread([impl = m_impl.get()](std::stop_token stop) { impl->publish_acks(stop); });
+    m_impl->acks_out.start();
     m_impl->store_thread =
         std::jthread([impl = m_impl.get()](std::stop_token stop) { impl->store_batches(stop); });
     m_impl->worker_thread =
@@ -1141,7 +839,7 @@ Status IngestService::start() {
     }
     m_impl->handoff_cv.notify_all();
     m_impl->store_thread = {};
-    m_impl->ack_thread = {};
+    m_impl->acks_out.stop();
     return agent::fail(agent::ErrorCode::internal,
                        fmt::format("cannot start the ingest threads: {}", e.what()));
   }
@@ -1163,8 +861,7 @@ void IngestService::stop(std::int64_t deadline_ms) {
   m_impl->worker_thread.join();
   m_impl->store_thread.request_stop();
   m_impl->store_thread.join();
-  m_impl->ack_thread.request_stop();
-  m_impl->ack_thread.join();
+  m_impl->acks_out.stop();
   m_impl->connection_thread.request_stop();
   m_impl->connection_thread.join();
   m_impl->shutdown();
