@@ -29,6 +29,7 @@
 #include <mqtt/async_client.h>
 #include <nlohmann/json.hpp>
 
+#include "files.hpp"
 #include "mosquitto.hpp"
 #include "temp_dir.hpp"
 
@@ -39,22 +40,9 @@ using agent::ErrorCode;
 using ingest::CertRole;
 using ingest::IssueOptions;
 
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-void write_text(const std::filesystem::path& path, const std::string& text) {
-  std::ofstream(path) << text;
-}
-
-mode_t file_mode(const std::filesystem::path& path) {
-  struct stat st {};
-  EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
-  return st.st_mode & 07777;
-}
+using reflow_test::file_mode;
+using reflow_test::read_text;
+using reflow_test::write_text;
 
 // A parsed certificate for mbedTLS's own checks (chain, extensions).
 struct ParsedCrt {
