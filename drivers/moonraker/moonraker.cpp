@@ -22,7 +22,7 @@
 
 #include "history.hpp"
 
-namespace agent {
+namespace agent::moonraker {
 namespace {
 
 constexpr std::int64_t k_page_limit = 50;
@@ -586,9 +586,12 @@ class MoonrakerKind final : public DriverKind {
 };
 
 }  // namespace
+}  // namespace agent::moonraker
+
+namespace agent {
 
 const DriverKind& moonraker_driver_kind() {
-  static const MoonrakerKind kind;
+  static const moonraker::MoonrakerKind kind;
   return kind;
 }
 

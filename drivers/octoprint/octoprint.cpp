@@ -25,7 +25,7 @@
 
 #include "octoprint_api.hpp"
 
-namespace agent {
+namespace agent::octoprint {
 namespace {
 
 using octoprint::JobFile;
@@ -715,9 +715,12 @@ class OctoPrintKind final : public DriverKind {
 };
 
 }  // namespace
+}  // namespace agent::octoprint
+
+namespace agent {
 
 const DriverKind& octoprint_driver_kind() {
-  static const OctoPrintKind kind;
+  static const octoprint::OctoPrintKind kind;
   return kind;
 }
 

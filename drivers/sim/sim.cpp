@@ -13,7 +13,7 @@
 #include <reflow/drivers/driver_thread.hpp>
 #include <reflow/drivers/valueflows.hpp>
 
-namespace agent {
+namespace agent::sim {
 namespace {
 
 const std::vector<DriverKeyInfo>& sim_keys() {
@@ -186,9 +186,12 @@ class SimKind final : public DriverKind {
 };
 
 }  // namespace
+}  // namespace agent::sim
+
+namespace agent {
 
 const DriverKind& sim_driver_kind() {
-  static const SimKind kind;
+  static const sim::SimKind kind;
   return kind;
 }
 

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 // agent::mqtt_connect's Paho helpers: the words of a refused connect (against a real Mosquitto on
 // loopback that refuses anonymous clients), and the queue that brings Paho's callbacks onto a
-// client's own thread.
+// client's own thread, and the wait for a connect's answer on that thread.
 #include <chrono>
+#include <cstdint>
 #include <deque>
 #include <stop_token>
 #include <string>
@@ -100,6 +101,75 @@ TEST(EventQueueTest, NextTakesOneAndStopsOnRequest) {
   queue.clear();
   stop.request_stop();
   EXPECT_EQ(queue.next(stop.get_token()), std::nullopt);
+}
+
+// What await_connect() takes: an event of a connect attempt as a client's listener posts it.
+enum class TestKind { connect_ok, connect_failed, connection_lost, other };
+struct TestEvent {
+  TestKind kind;
+  std::uint64_t generation = 0;
+  std::string text;
+};
+
+// A clock the waits move: each wait takes `step` of it, so that the give-up time comes without a
+// sleep.
+struct SteppingClock {
+  std::chrono::steady_clock::time_point now{};
+  std::chrono::milliseconds step{100};
+};
+
+ConnectOutcome await(EventQueue<TestEvent>& queue, SteppingClock& clock,
+                     std::chrono::milliseconds give_up_after, const std::stop_token& stop = {}) {
+  return await_connect(
+      queue, 7, TestKind::connect_ok, TestKind::connect_failed, TestKind::connection_lost,
+      clock.now + give_up_after, stop, [&] { return clock.now; },
+      [&](std::chrono::steady_clock::duration) {
+        auto events = queue.wait(stop, std::chrono::seconds(0));
+        clock.now += clock.step;
+        return events;
+      });
+}
+
+TEST(AwaitConnectTest, SkipsOtherAttemptsAndLateLossesAndRequeuesWhatFollowsTheAnswer) {
+  EventQueue<TestEvent> queue;
+  SteppingClock clock;
+  queue.post({TestKind::connect_failed, 6, "an older attempt"});
+  queue.post({TestKind::connection_lost, 0, "the previous connection"});
+  queue.post({TestKind::connect_ok, 7, {}});
+  queue.post({TestKind::other, 7, "for the session"});
+  const ConnectOutcome outcome = await(queue, clock, std::chrono::seconds(5));
+  EXPECT_EQ(outcome.state, ConnectOutcome::State::connected);
+  const auto rest = queue.wait(std::stop_token{}, std::chrono::seconds(0));
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(rest.front().text, "for the session");
+}
+
+TEST(AwaitConnectTest, AFailedAnswerCarriesItsText) {
+  EventQueue<TestEvent> queue;
+  SteppingClock clock;
+  queue.post({TestKind::connect_failed, 7, "MQTT 5 reason code 0x87 (Not authorized)"});
+  const ConnectOutcome outcome = await(queue, clock, std::chrono::seconds(5));
+  EXPECT_EQ(outcome.state, ConnectOutcome::State::failed);
+  EXPECT_EQ(outcome.failure, "MQTT 5 reason code 0x87 (Not authorized)");
+}
+
+TEST(AwaitConnectTest, NoAnswerByTheGiveUpTimeIsAFailureNamingTheTimeout) {
+  EventQueue<TestEvent> queue;
+  SteppingClock clock;
+  const ConnectOutcome outcome = await(queue, clock, std::chrono::seconds(1));
+  EXPECT_EQ(outcome.state, ConnectOutcome::State::failed);
+  EXPECT_EQ(outcome.failure, "no answer within mqtt.connect_timeout");
+  EXPECT_EQ(clock.now, std::chrono::steady_clock::time_point{} + std::chrono::seconds(1));
+}
+
+TEST(AwaitConnectTest, AStopRequestEndsTheWaitWithoutAFailure) {
+  EventQueue<TestEvent> queue;
+  SteppingClock clock;
+  std::stop_source stop;
+  stop.request_stop();
+  const ConnectOutcome outcome = await(queue, clock, std::chrono::seconds(5), stop.get_token());
+  EXPECT_EQ(outcome.state, ConnectOutcome::State::stopped);
+  EXPECT_EQ(outcome.failure, "");
 }
 
 }  // namespace

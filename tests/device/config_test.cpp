@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 #include <toml++/toml.h>
 
+#include "files.hpp"
 #include "temp_dir.hpp"
 
 namespace agent {
@@ -30,12 +31,7 @@ constexpr std::string_view k_minimal =
 const std::filesystem::path k_example =
     std::filesystem::path(REFLOW_SOURCE_DIR) / "config" / "reflow-agent.example.toml";
 
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
-}
+using reflow_test::read_text;
 
 void write_text(const std::filesystem::path& path, std::string_view text) {
   std::filesystem::create_directories(path.parent_path());

@@ -14,6 +14,7 @@
 #include <reflow/device/config.hpp>
 #include <reflow/device/driver.hpp>
 
+#include "files.hpp"
 #include "temp_dir.hpp"
 
 namespace agent {
@@ -21,12 +22,7 @@ namespace {
 
 const std::filesystem::path k_drivers_dir = std::filesystem::path(REFLOW_SOURCE_DIR) / "drivers";
 
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
+using reflow_test::read_text;
 
 // A config around a driver's sample.toml, parsed by the real config parser.
 Result<AgentConfig> config_with(const std::string& driver_tables) {

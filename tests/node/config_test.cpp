@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include "files.hpp"
 #include "temp_dir.hpp"
 
 namespace ingest {
@@ -21,12 +22,7 @@ using namespace std::chrono_literals;
 const std::filesystem::path k_example =
     std::filesystem::path(REFLOW_SOURCE_DIR) / "config" / "reflow-ingest.example.toml";
 
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
-}
+using reflow_test::read_text;
 
 class IngestConfigTest : public ::testing::Test {
  protected:

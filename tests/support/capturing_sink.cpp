@@ -61,6 +61,13 @@ std::vector<CapturingSink::Event> CapturingSink::events() {
   return m_events;
 }
 
+std::vector<nlohmann::ordered_json> CapturingSink::fields() {
+  std::vector<nlohmann::ordered_json> fields;
+  for (Event& event : events())
+    fields.push_back(std::move(event.fields));
+  return fields;
+}
+
 std::vector<nlohmann::ordered_json> CapturingSink::lines() {
   std::vector<nlohmann::ordered_json> lines;
   for (const Event& event : events()) {

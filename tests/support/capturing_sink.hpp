@@ -39,6 +39,8 @@ class CapturingSink final : public agent::EventSink {
 
   /// The recorded events, in order.
   std::vector<Event> events();
+  /// The recorded events' fields (without their source), in order.
+  std::vector<nlohmann::ordered_json> fields();
   /// Each recorded event as one golden-file line: its fields plus
   /// "source": {"driver", "instance", "ref"}.
   std::vector<nlohmann::ordered_json> lines();

@@ -18,6 +18,8 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include "files.hpp"
+
 #ifndef REFLOW_TEST_SUPPORT_DIR
 #error "REFLOW_TEST_SUPPORT_DIR must name tests/support (set in tests/support/CMakeLists.txt)"
 #endif
@@ -30,15 +32,8 @@ std::string python_binary() {
   return env && *env ? env : "/usr/bin/python3";
 }
 
-std::string read_text(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 // Replaces `file` in one rename, so that the server never reads half of it.
-void write_text(const std::filesystem::path& file, const std::string& text) {
+void replace_file(const std::filesystem::path& file, const std::string& text) {
   const auto tmp = file.string() + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
@@ -153,7 +148,7 @@ void HttpReplayServer::load(const std::filesystem::path& script) {
   const auto newline = previous.find('\n');
   const long generation =
       newline == std::string::npos ? 0 : std::atol(previous.c_str() + newline + 1);
-  write_text(m_dir / "script", m_script.string() + "\n" + std::to_string(generation + 1) + "\n");
+  replace_file(m_dir / "script", m_script.string() + "\n" + std::to_string(generation + 1) + "\n");
 }
 
 void HttpReplayServer::stop() {

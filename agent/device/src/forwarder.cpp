@@ -208,27 +208,16 @@ struct Forwarder::Impl {
       connect_failed(e.what());
       return false;
     }
-    auto give_up = env.steady_now() + config.connect_timeout + k_connect_grace;
-    while (!stop.stop_requested()) {
-      auto events = wait_events(stop, give_up - env.steady_now());
-      for (std::size_t i = 0; i < events.size(); ++i) {
-        const Event& event = events[i];
-        if (event.kind == Kind::connection_lost || event.generation != generation) continue;
-        if (event.kind == Kind::connect_ok) {
-          queue.requeue(events, i + 1);
-          connected();
-          return true;
-        }
-        if (event.kind == Kind::connect_failed) {
-          connect_failed(event.text);
-          return false;
-        }
-      }
-      if (env.steady_now() >= give_up) {
-        connect_failed("no answer within mqtt.connect_timeout");
-        return false;
-      }
+    const auto answer = mqtt_connect::await_connect(
+        queue, generation, Kind::connect_ok, Kind::connect_failed, Kind::connection_lost,
+        env.steady_now() + config.connect_timeout + k_connect_grace, stop,
+        [this] { return env.steady_now(); },
+        [&](Clock::duration left) { return wait_events(stop, left); });
+    if (answer.state == mqtt_connect::ConnectOutcome::State::connected) {
+      connected();
+      return true;
     }
+    if (answer.state == mqtt_connect::ConnectOutcome::State::failed) connect_failed(answer.failure);
     return false;
   }
 

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 // `reflow-ingest ca init|sign|server|client`: the node's certificate authority for the broker's
 // mutual TLS. The CA lives in [ca] dir (IngestConfig::effective_ca_dir); the work is in
-// agent/tls.hpp, this file only reads arguments, writes files and says what to do next.
+// reflow/node/ca.hpp (agent/node/src/ca.cpp), this file only reads arguments, writes files and
+// says what to do next.
 #include <unistd.h>
 
 #include <cerrno>
@@ -15,19 +16,17 @@
 
 #include <fmt/format.h>
 
-#include <reflow/core/tls.hpp>
 #include <reflow/core/units.hpp>
+#include <reflow/node/ca.hpp>
 
 #include "commands.hpp"
 
 namespace ingest::cli {
 namespace {
 
-using agent::tls::CertRole;
-
 struct CaArgs {
   std::string config{k_default_config_path};
-  std::string common_name{agent::tls::k_default_ca_common_name};
+  std::string common_name{k_default_ca_common_name};
   std::uint32_t days = 0;  // 0: the command's default
   std::string csr_file;
   std::string out_file;
@@ -76,12 +75,12 @@ int ca_init(const CaArgs& args) {
   auto config = config_or_report(args.config);
   if (!config) return 1;
   const auto dir = config->effective_ca_dir();
-  agent::tls::CaInitOptions options;
+  CaInitOptions options;
   options.common_name = args.common_name;
   if (args.days != 0) options.days = args.days;
   std::error_code ec;
   if (!dir.parent_path().empty()) std::filesystem::create_directories(dir.parent_path(), ec);
-  auto ca = agent::tls::ca_init(dir, options);
+  auto ca = ca_init(dir, options);
   if (print_if_error(ca)) return 1;
   fmt::print("created CA \"{}\" in {} (valid until {})\n", ca->subject, dir.string(),
              agent::format_rfc3339_s(ca->not_after));
@@ -92,8 +91,7 @@ int ca_init(const CaArgs& args) {
              "`reflow-ingest ca client ingest@node` for this service, and `reflow-ingest ca sign` "
              "for each device's CSR (reflow-agent enroll). Give {} to the broker (cafile) and the "
              "devices (mqtt.ca_file).\n",
-             (dir / agent::tls::k_ca_key_file).string(),
-             (dir / agent::tls::k_ca_cert_file).string());
+             (dir / k_ca_key_file).string(), (dir / k_ca_cert_file).string());
   return 0;
 }
 
@@ -102,11 +100,11 @@ int ca_sign(const CaArgs& args) {
   if (!config) return 1;
   auto csr = read_input(args.csr_file);
   if (print_if_error(csr)) return 1;
-  agent::tls::IssueOptions options;
+  IssueOptions options;
   options.role = CertRole::device;
   options.days = args.days != 0 ? args.days : config->device_cert_days;
   options.replace = args.replace;
-  auto issued = agent::tls::ca_sign(config->effective_ca_dir(), *csr, options);
+  auto issued = ca_sign(config->effective_ca_dir(), *csr, options);
   if (!issued) {
     print_error(fmt::format("{}: {}", args.csr_file == "-" ? "stdin" : args.csr_file,
                             issued.error().message));
@@ -124,7 +122,7 @@ int ca_sign(const CaArgs& args) {
              issued->info.subject, issued->info.serial,
              agent::format_rfc3339_s(issued->info.not_after),
              args.out_file.empty() ? "" : fmt::format(", written to {}", args.out_file),
-             (config->effective_ca_dir() / agent::tls::k_ca_cert_file).string());
+             (config->effective_ca_dir() / k_ca_cert_file).string());
   return 0;
 }
 
@@ -137,19 +135,18 @@ int ca_issue_local(const CaArgs& args, CertRole role) {
   const std::string base = role == CertRole::server ? "server" : args.client_name;
   const auto key_file = dir / (base + ".key");
   const auto cert_file = dir / (base + ".crt");
-  agent::tls::IssueOptions options;
+  IssueOptions options;
   options.role = role;
   options.days = args.days != 0 ? args.days : config->device_cert_days;
   options.hosts = args.hosts;
   options.replace = args.replace;
-  auto issued =
-      agent::tls::ca_issue_with_key(config->effective_ca_dir(), key_file,
-                                    role == CertRole::client ? args.client_name : "", options);
+  auto issued = ca_issue_with_key(config->effective_ca_dir(), key_file,
+                                  role == CertRole::client ? args.client_name : "", options);
   if (print_if_error(issued)) return 1;
   if (print_if_error(write_certificate_file(cert_file, issued->pem))) return 1;
-  const auto ca_cert = config->effective_ca_dir() / agent::tls::k_ca_cert_file;
+  const auto ca_cert = config->effective_ca_dir() / k_ca_cert_file;
   fmt::print("issued {} ({}) serial {}, valid until {}\nkey:         {}\ncertificate: {}\n",
-             issued->info.subject, agent::tls::to_string(role), issued->info.serial,
+             issued->info.subject, to_string(role), issued->info.serial,
              agent::format_rfc3339_s(issued->info.not_after), key_file.string(),
              cert_file.string());
   if (role == CertRole::server)

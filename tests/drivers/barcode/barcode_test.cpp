@@ -27,6 +27,7 @@
 #include <reflow/device/driver_table.hpp>
 
 #include "capturing_sink.hpp"
+#include "files.hpp"
 #include "key_decoder.hpp"
 #include "key_event_source.hpp"
 #include "line_decoder.hpp"
@@ -44,12 +45,7 @@ const std::filesystem::path k_testdata =
     std::filesystem::path(REFLOW_SOURCE_DIR) / "drivers" / "barcode" / "testdata";
 constexpr auto k_bound = std::chrono::seconds(30);
 
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
+using reflow_test::read_text;
 
 Result<AgentConfig> agent_config(const std::string& driver_tables) {
   return parse_config(

@@ -18,6 +18,7 @@
 #include <reflow/drivers/driver_state.hpp>
 
 #include "capturing_sink.hpp"
+#include "files.hpp"
 #include "gpio_driver.hpp"
 #include "replay_edge_source.hpp"
 #include "temp_dir.hpp"
@@ -32,12 +33,7 @@ const std::filesystem::path k_testdata =
     std::filesystem::path(REFLOW_SOURCE_DIR) / "drivers" / "gpio" / "testdata";
 constexpr std::int64_t k_start_unix_ms = 1'767'225'600'000;  // FakeEnv's 2026-01-01T00:00:00Z
 
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
+using reflow_test::read_text;
 
 std::vector<nlohmann::json> read_jsonl(const std::filesystem::path& path) {
   std::vector<nlohmann::json> lines;

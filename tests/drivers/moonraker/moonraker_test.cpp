@@ -16,6 +16,7 @@
 #include <reflow/drivers/spoolman.hpp>
 
 #include "capturing_sink.hpp"
+#include "files.hpp"
 #include "history.hpp"
 #include "http_replay.hpp"
 #include "temp_dir.hpp"
@@ -32,12 +33,7 @@ const std::filesystem::path k_testdata =
 // One step of the fake clock: longer than any poll interval or backoff the tests use.
 constexpr std::int64_t k_step_ms = 10 * 60 * 1000;
 
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
+using reflow_test::read_text;
 
 void write_text(const std::filesystem::path& path, const std::string& text) {
   std::ofstream out(path);

@@ -21,6 +21,7 @@
 #include <reflow/drivers/driver_state.hpp>
 
 #include "capturing_sink.hpp"
+#include "files.hpp"
 #include "http_replay.hpp"
 #include "temp_dir.hpp"
 
@@ -36,12 +37,7 @@ using nlohmann::ordered_json;
 const std::filesystem::path k_testdata =
     std::filesystem::path(REFLOW_SOURCE_DIR) / "drivers" / "octoprint" / "testdata";
 
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
+using reflow_test::read_text;
 
 using reflow_test::CapturingSink;
 

@@ -6,11 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
-#include <mutex>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -20,7 +18,6 @@
 
 #include <reflow/core/event.hpp>
 #include <reflow/device/config.hpp>
-#include <reflow/device/event_sink.hpp>
 
 #include "power_logic.hpp"
 
@@ -131,56 +128,5 @@ inline void expect_events(const std::vector<nlohmann::ordered_json>& actual,
         << "\n  expected: " << expected[i].dump();
   }
 }
-
-/// A capturing EventSink: validates like the agent, records, and answers each submission with a
-/// Committed at once — or, when holding, never (the agent stopped before the commit).
-class CapturingSink final : public EventSink {
- public:
-  explicit CapturingSink(bool hold_answers = false) : m_hold(hold_answers) {}
-
-  Status submit(nlohmann::ordered_json fields, EventSource source, SubmitCallback done,
-                QueueFull) override {
-    if (Status valid = validate_submission(fields); !valid) return valid;
-    std::int64_t seq;
-    SubmitCallback answer_now;  // unless held: answered outside the lock
-    {
-      std::lock_guard lock(m_mutex);
-      m_events.push_back(std::move(fields));
-      m_sources.push_back(std::move(source));
-      seq = static_cast<std::int64_t>(m_events.size());
-      if (m_hold)
-        m_held.push_back(std::move(done));
-      else
-        answer_now = std::move(done);
-    }
-    m_changed.notify_all();
-    if (answer_now) answer_now(Committed{seq, "id"});
-    return {};
-  }
-
-  /// Waits (bounded) until at least `n` events arrived; returns all so far.
-  std::vector<nlohmann::ordered_json> wait_for(std::size_t n) {
-    std::unique_lock lock(m_mutex);
-    m_changed.wait_for(lock, std::chrono::seconds(30), [&] { return m_events.size() >= n; });
-    return m_events;
-  }
-
-  std::vector<nlohmann::ordered_json> events() {
-    std::lock_guard lock(m_mutex);
-    return m_events;
-  }
-  std::vector<EventSource> sources() {
-    std::lock_guard lock(m_mutex);
-    return m_sources;
-  }
-
- private:
-  bool m_hold;
-  std::mutex m_mutex;
-  std::condition_variable m_changed;
-  std::vector<nlohmann::ordered_json> m_events;
-  std::vector<EventSource> m_sources;
-  std::vector<SubmitCallback> m_held;
-};
 
 }  // namespace agent::power::testing

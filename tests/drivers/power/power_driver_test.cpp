@@ -16,6 +16,7 @@
 #include <reflow/core/env.hpp>
 #include <reflow/device/driver.hpp>
 
+#include "capturing_sink.hpp"
 #include "mosquitto.hpp"
 #include "power_cases.hpp"
 #include "temp_dir.hpp"
@@ -24,7 +25,7 @@ namespace agent::power {
 namespace {
 
 using namespace std::chrono_literals;
-using testing::CapturingSink;
+using reflow_test::CapturingSink;
 using testing::GoldenCase;
 using testing::k_case_start_ms;
 using testing::load_case;
@@ -136,11 +137,11 @@ TEST_P(PowerDriverTest, RecordedPayloadsThroughTheBrokerGiveTheExpectedEvents) {
   EXPECT_TRUE(eventually([&] { return driver->health().events >= golden.expected.size(); }));
   const DriverHealth health = driver->health();
   driver->stop();
-  testing::expect_events(sink.events(), golden.expected);
-  for (const EventSource& source : sink.sources()) {
-    EXPECT_EQ(source.driver, "power");
-    EXPECT_EQ(source.instance, golden.config.name);
-    EXPECT_TRUE(source.ref.starts_with("session ")) << source.ref;
+  testing::expect_events(sink.fields(), golden.expected);
+  for (const CapturingSink::Event& event : sink.events()) {
+    EXPECT_EQ(event.source.driver, "power");
+    EXPECT_EQ(event.source.instance, golden.config.name);
+    EXPECT_TRUE(event.source.ref.starts_with("session ")) << event.source.ref;
   }
   EXPECT_EQ(health.events, golden.expected.size());
   EXPECT_EQ(health.malformed, std::string(GetParam()) == "garbage_skipped" ? 6u : 0u);
@@ -179,7 +180,7 @@ TEST_F(PowerDriverRestartTest, RestartMidSessionRecordsTheSessionOnceFromItsFirs
   sink.wait_for(golden.expected.size());
   driver->stop();
   EXPECT_TRUE(first_sink.events().empty());
-  testing::expect_events(sink.events(), golden.expected);
+  testing::expect_events(sink.fields(), golden.expected);
 }
 
 TEST_F(PowerDriverRestartTest, EventsNotCommittedBeforeStopAreSubmittedOnceAfterRestart) {
@@ -199,7 +200,7 @@ TEST_F(PowerDriverRestartTest, EventsNotCommittedBeforeStopAreSubmittedOnceAfter
     ASSERT_TRUE(driver);
     sink.wait_for(2);
     driver->stop();
-    testing::expect_events(sink.events(), golden.expected);
+    testing::expect_events(sink.fields(), golden.expected);
   }
   CapturingSink sink;
   auto driver = start(golden, sink);

@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 // What the device's forwarder (agent/device/src/forwarder.cpp) and the node's service
-// (agent/node/src/service.cpp) do alike to reach their broker with Paho MQTT C++: the
-// broker address, the credentials and TLS options from the [mqtt] keys both configs share, the
-// reconnect backoff, the tagging of Paho tokens with a connect attempt, the words of a Paho
-// failure, and the queue that brings Paho's callbacks onto the client's own thread (the drivers'
-// MQTT subscriber uses these too). Not installed.
+// (agent/node/src/events_connection.cpp, ack_publisher.cpp) do alike to reach their broker with
+// Paho MQTT C++: the broker address, the credentials and TLS options from the [mqtt] keys both
+// configs share, the reconnect backoff, the tagging of Paho tokens with a connect attempt, the
+// words of a Paho failure, the queue that brings Paho's callbacks onto the client's own thread (the
+// drivers' MQTT subscriber uses these too) and the wait for a connect's answer on that thread. Not
+// installed.
 #pragma once
 
 #include <chrono>
@@ -170,6 +171,50 @@ class EventQueue {
   std::deque<Event> m_events;
   bool m_woken = false;
 };
+
+/// How a connect attempt ended, as await_connect() saw it.
+struct ConnectOutcome {
+  enum class State {
+    connected,  ///< the attempt's `ok` event arrived
+    failed,     ///< its `failed` event arrived, or no answer in time
+    stopped,    ///< stop was requested first
+  };
+  State state = State::stopped;
+  std::string failure;  ///< failed: the `failed` event's text (the broker's or Paho's words), or
+                        ///< "no answer within mqtt.connect_timeout"
+};
+
+/// The wait after `client->connect(options, context_of(generation), listener)` of a client that
+/// keeps its state on its own thread (the device's forwarder, the node's events connection).
+/// Takes what Paho's threads posted to `queue` with `wait(left)` (the client's own
+/// EventQueue::wait, with its clamp; `left` is `give_up - now()`) until the answer to attempt
+/// `generation` arrives: an event whose `kind` is `ok` or `failed` (its `text` says why), or
+/// `give_up` passes on `now()`'s clock (Paho enforces mqtt.connect_timeout itself, so `give_up`
+/// is that plus a margin), or `stop` is requested. Events of another attempt and `lost` events
+/// (a lost connection reported late belongs to the previous one) are skipped; what arrived
+/// after the answer is put back at the front of `queue`, for the session.
+/// `Event` has `kind`, `generation` and `text`; `Now` returns a time point; `Wait` takes the
+/// duration left and returns a std::deque<Event> (EventQueue::wait).
+template <typename Event, typename Kind, typename TimePoint, typename Now, typename Wait>
+ConnectOutcome await_connect(EventQueue<Event>& queue, std::uint64_t generation, Kind ok,
+                             Kind failed, Kind lost, TimePoint give_up, const std::stop_token& stop,
+                             Now now, Wait wait) {
+  while (!stop.stop_requested()) {
+    std::deque<Event> events = wait(give_up - now());
+    for (std::size_t i = 0; i < events.size(); ++i) {
+      const Event& event = events[i];
+      if (event.kind == lost || event.generation != generation) continue;
+      if (event.kind == ok) {
+        queue.requeue(events, i + 1);
+        return {ConnectOutcome::State::connected, {}};
+      }
+      if (event.kind == failed) return {ConnectOutcome::State::failed, event.text};
+    }
+    if (now() >= give_up)
+      return {ConnectOutcome::State::failed, "no answer within mqtt.connect_timeout"};
+  }
+  return {};
+}
 
 /// A Paho action listener that hands each answer to a function, on Paho's thread: the function
 /// should only post() to an EventQueue. Must outlive every token it is given to.

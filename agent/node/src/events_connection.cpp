@@ -1,0 +1,329 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include "events_connection.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include <reflow/core/units.hpp>
+
+namespace ingest {
+namespace {
+
+constexpr std::string_view k_component = k_service_component;
+constexpr int k_qos = k_service_qos;
+constexpr auto k_max_wait = k_service_max_wait;
+constexpr auto k_connect_grace = k_service_connect_grace;
+
+using Clock = std::chrono::steady_clock;
+using agent::mqtt_connect::context_of;
+using agent::mqtt_connect::generation_of;
+using agent::mqtt_connect::paho_error;
+using agent::mqtt_connect::whole_seconds;
+using std::chrono::milliseconds;
+
+// An MQTT 5 SUBACK says per filter whether it was granted; a code from 0x80 up is a refusal.
+std::optional<std::string> subscribe_refusal(const mqtt::token& token) {
+  try {
+    const auto response = token.get_subscribe_response();
+    for (auto code : response.get_reason_codes()) {
+      if (static_cast<int>(code) >= 0x80)
+        return fmt::format("the broker refused the subscription: MQTT 5 reason code {}",
+                           agent::mqtt_connect::reason_code_text(static_cast<int>(code)));
+    }
+  } catch (const std::exception&) {
+    // No SUBACK details (not an MQTT 5 answer): success is success.
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+struct EventsConnection::Impl {
+  enum class Kind {
+    connect_ok,
+    connect_failed,
+    connection_lost,
+    subscribe_ok,
+    subscribe_failed,
+  };
+
+  // What a Paho thread hands to the connection thread; Paho threads do nothing else.
+  struct Event {
+    Kind kind;
+    std::uint64_t generation = 0;
+    std::string text;
+  };
+
+  Impl(const IngestConfig& config_in, agent::Env& env_in, agent::Logger& log_in,
+       ServiceStats& stats_in, IngestPipeline& pipeline_in)
+      : config(config_in),
+        env(env_in),
+        log(log_in),
+        stats_mutex(stats_in.mutex),
+        stats(stats_in.counters),
+        pipeline(pipeline_in),
+        events_filter(
+            config.share_group.empty()
+                ? config.topic_prefix + "/+/events"
+                : fmt::format("$share/{}/{}/+/events", config.share_group, config.topic_prefix)),
+        rng(std::random_device{}()) {}
+
+  Status configure(const agent::mqtt_connect::BrokerAddress& address) {
+    // The options are a member built in place: Paho C++ 1.2's move assignment of connect_options
+    // leaves the C struct's pointer to the connect properties dangling (paho.mqtt.cpp #444, fixed
+    // in 1.3).
+    //
+    // MQTT 5 with a session kept by the broker: QoS 1 events published while the service is
+    // down wait at the broker instead of only in the agents' outboxes.
+    if (auto ok = set_service_options(config, connect_options, /*clean_start=*/false, address.tls);
+        !ok)
+      return ok;
+    mqtt::properties properties;
+    properties.add(mqtt::property(mqtt::property::SESSION_EXPIRY_INTERVAL,
+                                  whole_seconds(config.session_expiry, INT32_MAX)));
+    connect_options.set_properties(properties);
+    auto made = make_service_client(config, address.paho_uri, config.client_id);
+    if (!made) return std::unexpected(made.error());
+    client = std::move(*made);
+    client->set_message_callback([this](mqtt::const_message_ptr message) {
+      pipeline.enqueue(message->get_topic(), message->to_string());
+    });
+    client->set_connection_lost_handler([this](const std::string& cause) {
+      post({Kind::connection_lost, 0, cause});
+    });
+    client->set_disconnected_handler([this](const mqtt::properties&, mqtt::ReasonCode reason) {
+      post({Kind::connection_lost, 0,
+            fmt::format("the broker disconnected (MQTT 5 reason code {:#x})",
+                        static_cast<int>(reason))});
+    });
+    return {};
+  }
+
+  // ---- the connection thread ----
+
+  void post(Event event) { events.post(std::move(event)); }
+
+  std::deque<Event> wait_events(std::stop_token stop, Clock::duration timeout) {
+    return events.wait(stop,
+                       std::clamp<Clock::duration>(timeout, Clock::duration::zero(), k_max_wait));
+  }
+
+  // A listener whose answers reach the connection thread as `ok` and `failed` events; a SUBACK
+  // that refuses a filter is a failure.
+  agent::mqtt_connect::Listener listener(Kind ok, Kind failed) {
+    return {[this, ok, failed](const mqtt::token& token) {
+              if (ok == Kind::subscribe_ok) {
+                if (auto refused = subscribe_refusal(token)) {
+                  post({failed, generation_of(token), *refused});
+                  return;
+                }
+              }
+              post({ok, generation_of(token), {}});
+            },
+            [this, failed](const mqtt::token& token) {
+              post({failed, generation_of(token), paho_error(token)});
+            }};
+  }
+
+  void connection(std::stop_token stop) {
+    std::uint32_t attempt = 0;
+    while (!stop.stop_requested()) {
+      if (connect(stop)) {
+        attempt = 0;
+        session(stop);
+        if (stop.stop_requested()) break;
+      }
+      const auto delay = agent::mqtt_connect::reconnect_backoff(config.reconnect_min,
+                                                                config.reconnect_max, attempt, rng);
+      if (attempt < 62) ++attempt;
+      log.debug(k_component, "reconnecting to {} in {} ms", config.url, delay.count());
+      if (!env.sleep_until(env.steady_now() + delay, stop)) break;
+    }
+  }
+
+  bool connect(std::stop_token stop) {
+    ++generation;
+    try {
+      client->connect(connect_options, context_of(generation), connect_listener);
+    } catch (const std::exception& e) {
+      connect_failed(e.what());
+      return false;
+    }
+    // Paho's connect timeout runs on the real clock, so the margin does too (not on env's, which
+    // tests move at their own pace).
+    const auto answer = agent::mqtt_connect::await_connect(
+        events, generation, Kind::connect_ok, Kind::connect_failed, Kind::connection_lost,
+        std::chrono::steady_clock::now() + config.connect_timeout + k_connect_grace, stop,
+        [] { return std::chrono::steady_clock::now(); },
+        [&](Clock::duration left) {
+          return wait_events(stop, std::chrono::duration_cast<milliseconds>(left));
+        });
+    if (answer.state == agent::mqtt_connect::ConnectOutcome::State::connected) {
+      connected();
+      return true;
+    }
+    if (answer.state == agent::mqtt_connect::ConnectOutcome::State::failed)
+      connect_failed(answer.failure);
+    return false;
+  }
+
+  void connect_failed(const std::string& why) {
+    auto message = fmt::format("cannot connect to {}: {}", config.url, why);
+    log.warning(k_component, "{}; retrying with backoff", message);
+    std::lock_guard lock(stats_mutex);
+    stats.last_error = std::move(message);
+  }
+
+  void connected() {
+    log.info(k_component, "connected to {} as {}", config.url, config.client_id);
+    {
+      std::lock_guard lock(stats_mutex);
+      stats.connected = true;
+      ++stats.connects;
+    }
+    try {
+      client->subscribe(events_filter, k_qos, context_of(generation), subscribe_listener);
+    } catch (const std::exception& e) {
+      post({Kind::subscribe_failed, generation, e.what()});
+    }
+  }
+
+  // Runs one connection until it is lost or stop is requested.
+  void session(std::stop_token stop) {
+    while (!stop.stop_requested()) {
+      for (const Event& event : wait_events(stop, k_max_wait)) {
+        switch (event.kind) {
+          case Kind::connection_lost:
+            lost(event.text.empty() ? "connection lost" : "connection lost: " + event.text);
+            return;
+          case Kind::subscribe_ok:
+            if (event.generation != generation) break;
+            subscribed();
+            break;
+          case Kind::subscribe_failed:
+            if (event.generation != generation) break;
+            log.error(k_component, "subscribing to {} failed: {}; reconnecting", events_filter,
+                      event.text);
+            try {
+              client->disconnect(0)->wait_for(std::chrono::seconds(1));
+            } catch (const std::exception&) {
+              // Already gone; the reconnect is what matters.
+            }
+            lost("subscribing to " + events_filter + " failed: " + event.text);
+            return;
+          case Kind::connect_ok:
+          case Kind::connect_failed:
+            break;
+        }
+      }
+    }
+  }
+
+  void subscribed() {
+    if (!ever_subscribed) {
+      log.info(k_component, "ready: subscribed to {} at {} (QoS 1, session kept {} by the broker)",
+               events_filter, config.url, agent::format_duration(config.session_expiry));
+    } else {
+      log.info(k_component, "subscribed to {} again", events_filter);
+    }
+    ever_subscribed = true;
+    std::lock_guard lock(stats_mutex);
+    stats.subscribed = true;
+  }
+
+  void lost(const std::string& why) {
+    log.warning(k_component, "disconnected from {}: {}", config.url, why);
+    std::lock_guard lock(stats_mutex);
+    stats.connected = false;
+    stats.subscribed = false;
+    stats.last_error = fmt::format("{}: {}", config.url, why);
+  }
+
+  void disconnect(milliseconds wait) {
+    if (client->is_connected()) {
+      try {
+        // Keeps the broker session (session_expiry): events published while the service is
+        // down are queued for it.
+        if (!client->disconnect(0)->wait_for(wait))
+          log.warning(k_component, "disconnecting from {} did not finish before the deadline",
+                      config.url);
+      } catch (const std::exception& e) {
+        log.warning(k_component, "disconnecting from {}: {}", config.url, e.what());
+      }
+    }
+    try {
+      client->disable_callbacks();
+    } catch (const std::exception&) {
+      // Paho refuses while a connection is being torn down; nothing more is handled anyway.
+    }
+  }
+
+  const IngestConfig& config;
+  agent::Env& env;
+  agent::Logger& log;
+  std::mutex& stats_mutex;
+  IngestCounters& stats;
+  IngestPipeline& pipeline;
+  const std::string events_filter;
+
+  // Declared before the client: Paho may call into them until the client is destroyed.
+  agent::mqtt_connect::EventQueue<Event> events;
+  agent::mqtt_connect::Listener connect_listener = listener(Kind::connect_ok, Kind::connect_failed);
+  agent::mqtt_connect::Listener subscribe_listener =
+      listener(Kind::subscribe_ok, Kind::subscribe_failed);
+
+  // Owned by the connection thread.
+  std::mt19937_64 rng;
+  std::uint64_t generation = 0;  ///< one per connect attempt; tags Paho answers
+  bool ever_subscribed = false;
+
+  mqtt::connect_options connect_options;
+  std::unique_ptr<mqtt::async_client> client;
+  std::jthread thread;
+};
+
+EventsConnection::EventsConnection(const IngestConfig& config, agent::Env& env, agent::Logger& log,
+                                   ServiceStats& stats, IngestPipeline& pipeline)
+    : m_impl(std::make_unique<Impl>(config, env, log, stats, pipeline)) {}
+
+EventsConnection::~EventsConnection() {
+  stop();
+}
+
+Status EventsConnection::configure(const agent::mqtt_connect::BrokerAddress& address) {
+  return m_impl->configure(address);
+}
+
+void EventsConnection::start() {
+  m_impl->thread =
+      std::jthread([impl = m_impl.get()](std::stop_token stop) { impl->connection(stop); });
+}
+
+void EventsConnection::stop() {
+  if (!m_impl->thread.joinable()) return;
+  m_impl->thread.request_stop();
+  m_impl->thread.join();
+}
+
+void EventsConnection::disconnect(milliseconds wait) {
+  if (m_impl->client) m_impl->disconnect(wait);
+}
+
+const std::string& EventsConnection::events_filter() const {
+  return m_impl->events_filter;
+}
+
+}  // namespace ingest

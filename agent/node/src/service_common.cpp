@@ -1,0 +1,46 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include "service_common.hpp"
+
+#include <exception>
+
+#include <fmt/format.h>
+
+#include <reflow/core/mqtt_connect.hpp>
+
+namespace ingest {
+namespace {
+
+// Paho refuses a publish when this many are waiting in its own queue, connected or not (its
+// default, 100, is less than a burst of acks to many devices).
+constexpr int k_max_buffered = 10'000;
+
+}  // namespace
+
+Status set_service_options(const IngestConfig& config, mqtt::connect_options& options,
+                           bool clean_start, bool tls) {
+  using agent::mqtt_connect::whole_seconds;
+  options.set_mqtt_version(MQTTVERSION_5);
+  options.set_clean_start(clean_start);
+  options.set_keep_alive_interval(whole_seconds(config.keepalive));
+  options.set_connect_timeout(whole_seconds(config.connect_timeout));
+  options.set_automatic_reconnect(false);
+  return agent::mqtt_connect::set_credentials(options, agent::mqtt_connect::credentials_of(config),
+                                              tls, "MQTT");
+}
+
+Result<std::unique_ptr<mqtt::async_client>> make_service_client(const IngestConfig& config,
+                                                                const std::string& uri,
+                                                                const std::string& client_id) {
+  try {
+    return std::make_unique<mqtt::async_client>(uri, client_id,
+                                                mqtt::create_options(MQTTVERSION_5, k_max_buffered),
+                                                static_cast<mqtt::iclient_persistence*>(nullptr));
+  } catch (const std::exception& e) {
+    return agent::fail(agent::ErrorCode::invalid_config,
+                       fmt::format("mqtt.url \"{}\": the MQTT client rejected it (client id "
+                                   "\"{}\"): {}",
+                                   config.url, client_id, e.what()));
+  }
+}
+
+}  // namespace ingest

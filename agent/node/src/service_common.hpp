@@ -1,0 +1,57 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// What the pieces of the node's service (service.cpp) share: its counters behind one mutex, the
+// stop deadline, a few constants, and how its two Paho clients are made. Private to reflow_node.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+#include <mqtt/async_client.h>
+
+#include <reflow/core/result.hpp>
+#include <reflow/node/config.hpp>
+#include <reflow/node/service.hpp>
+
+namespace ingest {
+
+/// The component name of every log line the service writes.
+inline constexpr std::string_view k_service_component = "ingest";
+/// Events are subscribed and acks published with QoS 1 (PROTOCOL §5).
+inline constexpr int k_service_qos = 1;
+/// Bounds one wait of a service thread, so that a clock that is not the real one (FakeEnv) is
+/// looked at again within this time even when nothing else wakes the thread.
+inline constexpr auto k_service_max_wait = std::chrono::milliseconds(200);
+/// Paho enforces connect_timeout itself; this is only the margin before the service stops waiting
+/// for an answer Paho should already have given.
+inline constexpr auto k_service_connect_grace = std::chrono::seconds(5);
+
+/// The counters of IngestService::counters(), written by every thread of the service under
+/// `mutex`.
+struct ServiceStats {
+  mutable std::mutex mutex;
+  IngestCounters counters;
+};
+
+/// When a stopping service gives up (the Env's steady clock): time_point::max() until stop()
+/// sets it; from then on it bounds every retry and wait.
+using StopDeadline = std::atomic<std::chrono::steady_clock::time_point>;
+
+/// What both connections share: MQTT 5, keep alive, connect timeout and credentials from
+/// `config`. The service re-establishes each connection itself, with backoff and jitter, so
+/// Paho's automatic reconnect is off. Errors: invalid_config from set_credentials (a password or
+/// TLS file that cannot be read, cert_file without key_file).
+Status set_service_options(const IngestConfig& config, mqtt::connect_options& options,
+                           bool clean_start, bool tls);
+
+/// A Paho client of `uri` (tcp:// or ssl://) as `client_id`, MQTT 5, without persistence: the
+/// store is the record of what arrived; what is not acked the agents republish. Errors:
+/// invalid_config naming mqtt.url and the client id when Paho refuses them.
+Result<std::unique_ptr<mqtt::async_client>> make_service_client(const IngestConfig& config,
+                                                                const std::string& uri,
+                                                                const std::string& client_id);
+
+}  // namespace ingest
