@@ -533,6 +533,8 @@ TEST_F(IngestServiceTest, StoreErrorsAckNothingAndTheBatchIsRetriedUntilStored) 
   ASSERT_TRUE(eventually([&] { return service.counters().store_errors >= 1; }));
   EXPECT_TRUE(device.acks().empty());
   EXPECT_EQ(service.counters().stored, 0u);
+  EXPECT_NE(service.counters().last_error.find("envelopes failed"), std::string::npos)
+      << service.counters().last_error;
   // The retry waits on the service's clock: move it on until the batch is stored.
   ASSERT_TRUE(eventually([&] {
     m_env.advance_ms(1000);
@@ -542,7 +544,8 @@ TEST_F(IngestServiceTest, StoreErrorsAckNothingAndTheBatchIsRetriedUntilStored) 
   EXPECT_EQ(failing.failures_left(), 0);
   EXPECT_EQ(counters.store_errors, 3u);
   EXPECT_EQ(counters.stored, 2u);
-  EXPECT_FALSE(counters.last_error.empty());
+  // Stored: the fault is over, and status no longer reports it.
+  EXPECT_EQ(counters.last_error, "");
   EXPECT_EQ(stored_events().size(), 2u);
   service.stop();
 }
@@ -627,6 +630,7 @@ TEST_F(IngestServiceTest, ReconnectsAfterABrokerRestartAndKeepsReceiving) {
   ASSERT_TRUE(eventually([&] { return !service->counters().connected; }));
   // The acks' own connection sees the loss too (its handler, not the next publish).
   ASSERT_TRUE(eventually([&] { return !service->counters().acks_connected; }));
+  EXPECT_FALSE(service->counters().last_error.empty());
   m_broker.start();
   // The backoff sleeps on the service's clock: move it on until the service is back.
   ASSERT_TRUE(eventually([&] {
@@ -638,6 +642,8 @@ TEST_F(IngestServiceTest, ReconnectsAfterABrokerRestartAndKeepsReceiving) {
   ASSERT_TRUE(eventually([&] { return device.last_ack_is(stream.stream(), 2); }));
   EXPECT_GE(service->counters().connects, 2u);
   EXPECT_TRUE(service->counters().acks_connected);
+  // Both connections are back: the fault they reported is over.
+  EXPECT_EQ(service->counters().last_error, "");
 }
 
 TEST_F(IngestServiceTest, StopDisconnectsAndKeepsItsCountersReadable) {

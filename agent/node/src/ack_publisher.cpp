@@ -270,6 +270,7 @@ bool AckPublisher::connect(std::stop_token stop) {
     std::lock_guard lock(m_stats.mutex);
     m_stats.counters.acks_connected = true;
     m_stats.counters.ack_window = window;
+    m_stats.faults.clear(m_stats.counters, "acks connection");
     return true;
   } catch (const std::exception& e) {
     // A refused connect: the broker's reason, worded as for the events connection.
@@ -284,7 +285,7 @@ bool AckPublisher::connect(std::stop_token stop) {
   {
     std::lock_guard lock(m_stats.mutex);
     m_stats.counters.acks_connected = false;
-    m_stats.counters.last_error = message;
+    m_stats.faults.set(m_stats.counters, "acks connection", message);
   }
   // Real time, like Paho's own timeouts; stop() ends the wait.
   std::unique_lock lock(m_out_mutex);

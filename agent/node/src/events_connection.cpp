@@ -74,6 +74,7 @@ struct EventsConnection::Impl {
         log(log_in),
         stats_mutex(stats_in.mutex),
         stats(stats_in.counters),
+        faults(stats_in.faults),
         pipeline(pipeline_in),
         events_filter(
             config.share_group.empty()
@@ -184,7 +185,7 @@ struct EventsConnection::Impl {
     auto message = fmt::format("cannot connect to {}: {}", config.url, why);
     log.warning(k_component, "{}; retrying with backoff", message);
     std::lock_guard lock(stats_mutex);
-    stats.last_error = std::move(message);
+    faults.set(stats, k_fault, std::move(message));
   }
 
   void connected() {
@@ -242,6 +243,7 @@ struct EventsConnection::Impl {
     ever_subscribed = true;
     std::lock_guard lock(stats_mutex);
     stats.subscribed = true;
+    faults.clear(stats, k_fault);
   }
 
   void lost(const std::string& why) {
@@ -249,7 +251,7 @@ struct EventsConnection::Impl {
     std::lock_guard lock(stats_mutex);
     stats.connected = false;
     stats.subscribed = false;
-    stats.last_error = fmt::format("{}: {}", config.url, why);
+    faults.set(stats, k_fault, fmt::format("{}: {}", config.url, why));
   }
 
   void disconnect(milliseconds wait) {
@@ -276,6 +278,8 @@ struct EventsConnection::Impl {
   agent::Logger& log;
   std::mutex& stats_mutex;
   IngestCounters& stats;
+  FaultBoard& faults;  // under stats_mutex
+  static constexpr std::string_view k_fault = "events connection";
   IngestPipeline& pipeline;
   const std::string events_filter;
 

@@ -111,6 +111,7 @@ struct IngestPipeline::Impl {
         log(log_in),
         stats_mutex(stats_in.mutex),
         stats(stats_in.counters),
+        faults(stats_in.faults),
         stop_deadline(stop_deadline_in),
         acks(acks_in),
         queue_capacity(std::max<std::size_t>(64, k_queue_batches * config.max_batch)),
@@ -260,7 +261,7 @@ struct IngestPipeline::Impl {
     {
       std::lock_guard lock(stats_mutex);
       ++stats.store_errors;
-      stats.last_error = message;
+      faults.set(stats, k_fault, message);
     }
     // stop_deadline is max() until stop() sets it; from then on it bounds every retry.
     const auto deadline = stop_deadline.load();
@@ -415,6 +416,7 @@ struct IngestPipeline::Impl {
                   "`reflow-ingest stats` have them",
                   summary.suppressed, summary.sender, agent::format_duration(k_log_limits.window));
     std::lock_guard lock(stats_mutex);
+    faults.clear(stats, k_fault);  // stored: the store works again
     stats.stored += stored;
     stats.duplicates += duplicates;
     stats.rejected += reasons.size();
@@ -500,6 +502,8 @@ struct IngestPipeline::Impl {
   agent::Logger& log;
   std::mutex& stats_mutex;
   IngestCounters& stats;
+  FaultBoard& faults;  // under stats_mutex
+  static constexpr std::string_view k_fault = "store";
   // Set by IngestService::stop(), read by the worker and store threads while they run.
   const StopDeadline& stop_deadline;
   AckPublisher& acks;  ///< the store thread hands it the acks

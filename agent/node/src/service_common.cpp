@@ -43,4 +43,23 @@ Result<std::unique_ptr<mqtt::async_client>> make_service_client(const IngestConf
   }
 }
 
+void FaultBoard::set(IngestCounters& counters, std::string_view piece, std::string message) {
+  auto it = m_current.find(piece);
+  if (it == m_current.end()) it = m_current.emplace(std::string(piece), Fault{}).first;
+  it->second = Fault{++m_next, std::move(message)};
+  show(counters);
+}
+
+void FaultBoard::clear(IngestCounters& counters, std::string_view piece) {
+  if (auto it = m_current.find(piece); it != m_current.end()) m_current.erase(it);
+  show(counters);
+}
+
+void FaultBoard::show(IngestCounters& counters) const {
+  const Fault* latest = nullptr;
+  for (const auto& [piece, fault] : m_current)
+    if (!latest || fault.order > latest->order) latest = &fault;
+  counters.last_error = latest ? latest->message : std::string();
+}
+
 }  // namespace ingest

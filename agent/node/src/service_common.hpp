@@ -5,6 +5,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -31,9 +33,30 @@ inline constexpr auto k_service_connect_grace = std::chrono::seconds(5);
 
 /// The counters of IngestService::counters(), written by every thread of the service under
 /// `mutex`.
+/// The current fault of each piece of the service (the events connection, the acks connection,
+/// the store), shown as IngestCounters::last_error: the latest of those still current, "" when
+/// none. A piece sets its fault when something fails and clears it when the same thing works
+/// again (subscribed, connected, a batch stored). Used under ServiceStats::mutex.
+class FaultBoard {
+ public:
+  void set(IngestCounters& counters, std::string_view piece, std::string message);
+  void clear(IngestCounters& counters, std::string_view piece);
+
+ private:
+  void show(IngestCounters& counters) const;
+
+  struct Fault {
+    std::uint64_t order = 0;
+    std::string message;
+  };
+  std::map<std::string, Fault, std::less<>> m_current;
+  std::uint64_t m_next = 0;
+};
+
 struct ServiceStats {
   mutable std::mutex mutex;
   IngestCounters counters;
+  FaultBoard faults;
 };
 
 /// When a stopping service gives up (the Env's steady clock): time_point::max() until stop()

@@ -36,7 +36,9 @@ struct IngestCounters {
                                    ///< below the Receive Maximum of the acks connection's MQTT 5
                                    ///< CONNACK when lower; 0 before that connection's first
                                    ///< connect
-  std::string last_error;          ///< "" when none since start
+  /// The current fault (a connection down, the store failing): "" when none, and again once
+  /// the same thing works (subscribed, the acks connection up, a batch stored)
+  std::string last_error;
 };
 
 /// The node's receiving service (`reflow-ingest run`): MQTT → verify → store → ack
