@@ -90,6 +90,37 @@ TEST_F(JoseTest, LoadsRfc8037KeyAndDerivesItsPublicKey) {
   EXPECT_EQ(base64url_encode(key.public_jwk().x), k_rfc_x);
 }
 
+TEST_F(JoseTest, PublicJwkPathReplacesTheKeysExtension) {
+  EXPECT_EQ(public_jwk_path("/var/lib/reflow-agent/device.key"),
+            "/var/lib/reflow-agent/device.jwk");
+  EXPECT_EQ(public_jwk_path("keys/device"), "keys/device.jwk");
+  EXPECT_EQ(public_jwk_path("a.jwk"), "a.jwk");
+}
+
+TEST_F(JoseTest, WritesThePublicJwkWorldReadableWhateverTheUmaskReplacingAStaleOne) {
+  const DeviceKey key = rfc_key();
+  const auto path = m_dir / "device.jwk";
+  std::ofstream(path) << "stale\n";
+  const mode_t old_umask = ::umask(0077);
+  auto written = write_public_jwk(key.public_jwk(), path);
+  ::umask(old_umask);
+  ASSERT_TRUE(written.has_value()) << written.error().message;
+  EXPECT_EQ(read_file(path), key.public_jwk().to_json() + "\n");
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0644u);
+  EXPECT_FALSE(std::filesystem::exists(m_dir / "device.jwk.tmp"));
+}
+
+TEST_F(JoseTest, WritePublicJwkNamesTheFileItCannotWrite) {
+  const DeviceKey key = rfc_key();
+  const auto path = m_dir / "no-such-dir" / "device.jwk";
+  auto written = write_public_jwk(key.public_jwk(), path);
+  ASSERT_FALSE(written.has_value());
+  EXPECT_NE(written.error().message.find(path.string()), std::string::npos)
+      << written.error().message;
+}
+
 TEST_F(JoseTest, ThumbprintMatchesRfc8037) {
   auto x = base64url_decode(k_rfc_x);
   ASSERT_TRUE(x.has_value());

@@ -61,6 +61,13 @@ def run_ingest(args, input_text=None, timeout=h.WAIT_S):
     return h.Completed(proc.returncode, proc.stdout, proc.stderr)
 
 
+def run_ingest_as(prefix, args, timeout=h.WAIT_S):
+    """`reflow-ingest ARGS` under a command prefix (e.g. setpriv as another user)."""
+    proc = subprocess.run([*prefix, ingest_binary(), *[str(a) for a in args]],
+                          capture_output=True, text=True, timeout=timeout)
+    return h.Completed(proc.returncode, proc.stdout, proc.stderr)
+
+
 def ingest_config_text(*, data_dir, url, client_id="reflow-ingest", share_group=None,
                        ca_file=None, cert_file=None, key_file=None, prefix=h.PREFIX):
     lines = ["[ingest]", f"data_dir = {toml_str(data_dir)}", "", "[mqtt]",

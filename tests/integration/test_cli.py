@@ -40,6 +40,65 @@ class KeygenTest(h.AgentTestCase):
         self.assertEqual(path.read_bytes(), before, "the existing key must be untouched")
 
 
+class PublicKeyFileTest(unittest.TestCase):
+    """The device's public JWK travels to the node as a file: `keygen` writes it beside the key
+    (KEY with its extension replaced by .jwk, mode 0644), and `key show` derives it again from the
+    private key at any time (issue 15)."""
+
+    def setUp(self):
+        self.tmp = Path(tempfile.mkdtemp(prefix="reflow-it-"))
+        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
+
+    def test_keygen_writes_the_public_jwk_and_key_show_prints_it_after_it_is_lost(self):
+        key = self.tmp / "device.key"
+        jwk_file = self.tmp / "device.jwk"
+        # Under the service's UMask=0077 the public file must still be world-readable.
+        proc = subprocess.run([h.agent_binary(), "keygen", "--key", str(key)], capture_output=True,
+                              text=True, timeout=h.WAIT_S, preexec_fn=lambda: os.umask(0o077))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        printed = json.loads(proc.stdout)
+        self.assertEqual(stat.S_IMODE(os.stat(jwk_file).st_mode), 0o644)
+        self.assertEqual(json.loads(jwk_file.read_text()), printed)
+        self.assertIn(str(jwk_file), proc.stderr)
+
+        jwk_file.unlink()
+        shown = h.run_cli(["key", "show", "--key", str(key)])
+        self.assertEqual(shown.returncode, 0, shown.stderr)
+        self.assertEqual(json.loads(shown.stdout), printed)
+        self.assertFalse(jwk_file.exists(), "key show only prints")
+
+        config = self.tmp / "agent.toml"
+        config.write_text(h.config_text(device_id="dev-k", key_file=key, data_dir=self.tmp / "d",
+                                        url="mqtt://127.0.0.1:1883"))
+        by_config = h.run_cli(["key", "show", "--config", str(config)])
+        self.assertEqual(by_config.returncode, 0, by_config.stderr)
+        self.assertEqual(json.loads(by_config.stdout), printed)
+
+        again = h.run_cli(["keygen", "--key", str(key)])
+        self.assertNotEqual(again.returncode, 0)
+        self.assertIn("reflow-agent key show", again.stderr)
+
+    def test_key_show_names_a_missing_key_file(self):
+        r = h.run_cli(["key", "show", "--key", str(self.tmp / "nope.key")])
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(str(self.tmp / "nope.key"), r.stderr)
+        self.assertEqual(r.stdout, "")
+
+    def test_enroll_next_steps_name_the_node_operators_device_add_and_ca_sign(self):
+        key = self.tmp / "device.key"
+        self.assertEqual(h.run_cli(["keygen", "--key", str(key)]).returncode, 0)
+        config = self.tmp / "agent.toml"
+        config.write_text(h.config_text(device_id="fablab-mk4-01", key_file=key,
+                                        data_dir=self.tmp / "d", url="mqtt://127.0.0.1:1883"))
+        r = h.run_cli(["enroll", "--config", str(config), "--out", str(self.tmp / "x.csr")])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("reflow-ingest device add fablab-mk4-01 --jwk fablab-mk4-01.jwk", r.stderr)
+        self.assertIn("reflow-ingest ca sign", r.stderr)
+        self.assertIn(f"reflow-agent key show --config {config} > fablab-mk4-01.jwk", r.stderr)
+        self.assertIn("/etc/reflow-agent/node-ca.pem", r.stderr)
+        self.assertIn("/etc/reflow-agent/device.crt", r.stderr)
+
+
 class DemoTest(unittest.TestCase):
     """The README's first command ends with `reflow-agent demo`: it must work as shown."""
 

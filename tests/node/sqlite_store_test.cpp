@@ -614,6 +614,31 @@ TEST_F(SqliteStoreTest, WriteFailureStoresNothingOfTheBatchAndARetryStoresIt) {
   EXPECT_EQ(a->seq, 1);
 }
 
+TEST_F(SqliteStoreTest, ExistingOnlyRefusesAMissingStoreAndCreatesNothing) {
+  const fs::path path = m_dir / "never-run" / "ingest.db";
+  auto store = open_sqlite_store(path, {}, StoreOpen::existing_only);
+  ASSERT_FALSE(store);
+  EXPECT_EQ(store.error().code, agent::ErrorCode::not_found);
+  EXPECT_EQ(store.error().message,
+            fmt::format("no store at {}: has `reflow-ingest run` ever run with this config?",
+                        path.string()));
+  EXPECT_FALSE(fs::exists(path.parent_path()));
+}
+
+TEST_F(SqliteStoreTest, ExistingOnlyOpensTheStoreAndKeepsItsWalForReadOnlyReaders) {
+  device("dev-a");
+  m_store.reset();
+  // Persisted -wal and -shm let a reader without write access to the directory open the file.
+  EXPECT_TRUE(fs::exists(db_path().string() + "-wal"));
+  EXPECT_TRUE(fs::exists(db_path().string() + "-shm"));
+  auto store = open_sqlite_store(db_path(), {}, StoreOpen::existing_only);
+  ASSERT_TRUE(store) << store.error().message;
+  auto keys = (*store)->list_keys();
+  ASSERT_TRUE(keys) << keys.error().message;
+  ASSERT_EQ(keys->size(), 1u);
+  EXPECT_EQ(keys->front().device, "dev-a");
+}
+
 TEST_F(SqliteStoreTest, RefusesAFileThatIsNotAnSqliteDatabase) {
   const fs::path path = m_dir / "notes.db";
   std::ofstream(path) << std::string(8192, 'x');

@@ -38,6 +38,10 @@ check "the device key is mode 0600, owned by reflow-agent" \
 check "the public JWK is beside it" \
   python3 -c "import json,sys; j=json.load(open('/var/lib/reflow-agent/device.jwk')); sys.exit(j['kty']!='OKP' or j['crv']!='Ed25519')"
 check "the node's CA was created" test -s /var/lib/reflow-ingest/ca/ca.crt
+check "the node's store directory is readable by the reflow-ingest group" \
+  bash -c "[ \"\$(stat -c '%a %G' /var/lib/reflow-ingest)\" = '750 reflow-ingest' ]"
+check "the node's CA directory is the service user's alone" \
+  bash -c "[ \"\$(stat -c '%a' /var/lib/reflow-ingest/ca)\" = '700' ]"
 check "agent.toml is a conffile" bash -c "dpkg-query -W -f='\${Conffiles}' reflow-agent | grep -q /etc/reflow-agent/agent.toml"
 check "reflow-ingest.toml is a conffile" \
   bash -c "dpkg-query -W -f='\${Conffiles}' reflow-ingest | grep -q /etc/reflow-ingest/reflow-ingest.toml"

@@ -27,7 +27,8 @@ REQUIRED = {
                      "DeviceAllow=char-input r", "DeviceAllow=char-gpiochip rw", "User=reflow-agent"],
     "reflow-ingest": ["Type=notify", "WatchdogSec=", "Restart=on-failure", "StateDirectory=reflow-ingest",
                       "ProtectSystem=strict", "ProtectHome=yes", "NoNewPrivileges=yes", "PrivateTmp=yes",
-                      "RestrictAddressFamilies=", "PrivateDevices=yes", "User=reflow-ingest"],
+                      "RestrictAddressFamilies=", "PrivateDevices=yes", "User=reflow-ingest",
+                      "StateDirectoryMode=0750", "UMask=0027"],
 }
 
 

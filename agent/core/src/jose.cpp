@@ -315,6 +315,31 @@ Result<DeviceKey> DeviceKey::generate(const std::filesystem::path& path) {
   return key;
 }
 
+std::filesystem::path public_jwk_path(const std::filesystem::path& key_path) {
+  return std::filesystem::path(key_path).replace_extension(".jwk");
+}
+
+Status write_public_jwk(const PublicJwk& jwk, const std::filesystem::path& path) {
+  std::filesystem::path temporary = path;
+  temporary += ".tmp";
+  ::unlink(temporary.c_str());  // left behind by a crash: it only ever holds a public key
+  Fd fd = file_io::create_new(temporary, 0644);
+  if (fd.get() < 0)
+    return fail(ErrorCode::io, fmt::format("cannot write the public key file {}: {}", path.string(),
+                                           errno_text(errno)));
+  // create_new's mode passes through the umask (0077 under systemd): set it explicitly.
+  int err = ::fchmod(fd.get(), 0644) == 0 ? 0 : errno;
+  if (err == 0) err = file_io::finish_new(fd, temporary, jwk.to_json() + "\n");
+  if (err == 0 && ::rename(temporary.c_str(), path.c_str()) != 0) err = errno;
+  if (err != 0) {
+    ::unlink(temporary.c_str());
+    return fail(ErrorCode::io, fmt::format("cannot write the public key file {}: {}", path.string(),
+                                           errno_text(err)));
+  }
+  file_io::fsync_parent(path);
+  return {};
+}
+
 Result<DeviceKey> DeviceKey::load(const std::filesystem::path& path) {
   DeviceKey key;
   if (key.m_secret == nullptr)

@@ -97,15 +97,58 @@ void print_error(const std::string& message) {
 }
 
 int keygen(const std::filesystem::path& key_path) {
+  const std::filesystem::path jwk_path = public_jwk_path(key_path);
+  if (jwk_path == key_path) {
+    print_error(
+        fmt::format("--key {}: the key's public JWK is written to KEY with its extension "
+                    "replaced by .jwk; name the private key something else (device.key)",
+                    key_path.string()));
+    return 1;
+  }
   auto key = DeviceKey::generate(key_path);
+  if (!key) {
+    std::error_code ec;
+    if (std::filesystem::exists(key_path, ec))
+      print_error(fmt::format("{}; `reflow-agent key show --key {}` prints its public JWK",
+                              key.error().message, key_path.string()));
+    else
+      print_error(key.error().message);
+    return 1;
+  }
+  if (auto written = write_public_jwk(key->public_jwk(), jwk_path); !written) {
+    print_error(
+        fmt::format("{} (the key itself is in {}; `reflow-agent key show --key {}` prints "
+                    "its public JWK)",
+                    written.error().message, key_path.string(), key_path.string()));
+    return 1;
+  }
+  fmt::print("{}\n", key->public_jwk().to_json());
+  std::fflush(stdout);
+  fmt::print(stderr,
+             "reflow-agent: wrote {} (mode 0600) and its public JWK {} (mode 0644, printed "
+             "above; `reflow-agent key show` prints it again): give {} to your node operator\n",
+             key_path.string(), jwk_path.string(), jwk_path.filename().string());
+  return 0;
+}
+
+int key_show(const std::optional<std::filesystem::path>& key_path,
+             const std::optional<std::filesystem::path>& config_path) {
+  std::filesystem::path path;
+  if (key_path) {
+    path = *key_path;
+  } else {
+    auto config = load_or_report(*config_path);
+    if (!config) return 1;
+    path = config->key_file;
+  }
+  auto key = DeviceKey::load(path);
   if (!key) {
     print_error(key.error().message);
     return 1;
   }
   fmt::print("{}\n", key->public_jwk().to_json());
-  fmt::print(stderr, "reflow-agent: wrote {} (mode 0600); register the JWK above at the node\n",
-             key_path.string());
-  return 0;
+  std::fflush(stdout);
+  return std::ferror(stdout) ? 1 : 0;
 }
 
 int run(const std::filesystem::path& config_path, const std::string& log_level_override) {

@@ -12,7 +12,13 @@ namespace agent::cli {
 /// Exit status when the daemon is not running (LSB `status`: "program is not running").
 inline constexpr int k_exit_not_running = 3;
 
+/// `keygen`: creates the Ed25519 key at `key_path` (mode 0600, never overwriting one), writes its
+/// public JWK beside it at public_jwk_path(key_path) (mode 0644) and prints that JWK.
 int keygen(const std::filesystem::path& key_path);
+/// `key show`: prints the public JWK of the key at `key_path`, or at agent.key_file of the config
+/// at `config_path` (exactly one is set), derived from the private key file.
+int key_show(const std::optional<std::filesystem::path>& key_path,
+             const std::optional<std::filesystem::path>& config_path);
 int run(const std::filesystem::path& config_path, const std::string& log_level_override);
 int emit(const std::filesystem::path& config_path);
 int status(const std::filesystem::path& config_path, bool json);

@@ -212,7 +212,9 @@ int demo(const DemoOptions& options) {
 
   auto key = DeviceKey::generate(dir / "device.key");
   if (!key) return give_up(key.error().message);
-  std::ofstream(dir / "device.jwk") << key->public_jwk().to_json() << "\n";
+  if (auto written = write_public_jwk(key->public_jwk(), public_jwk_path(dir / "device.key"));
+      !written)
+    return give_up(written.error().message);
   fmt::print("  device    {} with key {}\n", k_device, key->public_jwk().kid);
 
   // The node: reflow-ingest with its own store, the device's key in its registry.

@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include <reflow/core/jose.hpp>
 #include <reflow/core/tls.hpp>
 #include <reflow/device/config.hpp>
 
@@ -60,23 +61,40 @@ int enroll(const std::filesystem::path& config_path,
   }
 
   const std::string device = config->device_id;
-  const std::string csr_name = out_file ? out_file->string() : device + ".csr";
+  const std::string csr_name = out_file ? out_file->filename().string() : device + ".csr";
   fmt::print(stderr, "reflow-agent: {} TLS key {} (EC P-256, mode 0600; sha256 {})\n",
              key->created ? "created the" : "using the existing", key_path.string(),
              key->public_key_sha256);
   if (out_file)
-    fmt::print(stderr, "reflow-agent: wrote the CSR for CN={} to {}\n", device, csr_name);
-  fmt::print(stderr,
-             "reflow-agent: next:\n"
-             "  1. on the node: reflow-ingest ca sign {} --out {}.crt\n"
-             "  2. copy {}.crt and the node's ca.crt to this device, then set in [mqtt] of {}:\n"
-             "       url = \"mqtts://NODE:8883\"\n"
-             "       cert_file = \"/PATH/{}.crt\"\n"
-             "{}"
-             "       ca_file = \"/PATH/ca.crt\"\n"
-             "  3. restart the agent; `reflow-agent status` shows the certificate and its expiry\n",
-             csr_name, device, device, config_path.string(), device,
-             key_configured ? "" : fmt::format("       key_file = \"{}\"\n", key_path.string()));
+    fmt::print(stderr, "reflow-agent: wrote the CSR for CN={} to {}\n", device, out_file->string());
+  // The same steps and file names as README.md "Setting up a device" and docs/node-guide.md
+  // step 5: the device's files under /etc/reflow-agent, the node's named after the device.
+  fmt::print(
+      stderr,
+      "reflow-agent: next (docs/node-guide.md, step 5):\n"
+      "  1. give the node operator two files: the CSR {csr} and the device's public key as "
+      "{dev}.jwk\n"
+      "       reflow-agent key show --config {cfg} > {dev}.jwk\n"
+      "     (the same JWK keygen wrote to {jwk})\n"
+      "  2. the node operator registers the key and signs the CSR:\n"
+      "       sudo -u reflow-ingest reflow-ingest device add {dev} --jwk {dev}.jwk\n"
+      "       sudo -u reflow-ingest reflow-ingest ca sign {csr} --out {dev}.crt\n"
+      "     and gives back {dev}.crt and the node CA's certificate ca.crt\n"
+      "  3. on this device:\n"
+      "       sudo install -m 0644 {dev}.crt /etc/reflow-agent/device.crt\n"
+      "       sudo install -m 0644 ca.crt /etc/reflow-agent/node-ca.pem\n"
+      "     then set in [mqtt] of {cfg} (NODE: a host name the node's `ca server --host` "
+      "gave):\n"
+      "       url = \"mqtts://NODE:8883\"\n"
+      "       ca_file = \"/etc/reflow-agent/node-ca.pem\"\n"
+      "       cert_file = \"/etc/reflow-agent/device.crt\"\n"
+      "{key_line}"
+      "  4. restart the agent; `reflow-agent status` shows the certificate and its expiry\n",
+      fmt::arg("csr", csr_name), fmt::arg("dev", device), fmt::arg("cfg", config_path.string()),
+      fmt::arg("jwk", public_jwk_path(config->key_file).string()),
+      fmt::arg("key_line", key_configured
+                               ? std::string()
+                               : fmt::format("       key_file = \"{}\"\n", key_path.string())));
   return 0;
 }
 

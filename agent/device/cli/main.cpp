@@ -44,11 +44,30 @@ int main(int argc, char** argv) {
   int jobs = 3;
 
   auto* keygen = app.add_subcommand(
-      "keygen", "Create the device's Ed25519 key (mode 0600) and print its public JWK");
+      "keygen",
+      "Create the device's Ed25519 key (mode 0600), write its public JWK beside it as KEY with "
+      "the extension replaced by .jwk (device.key -> device.jwk, mode 0644: the file to give the "
+      "node operator for `reflow-ingest device add`) and print that JWK");
   keygen
       ->add_option("--key", key_path,
                    "Where to write the key; an existing file is never overwritten")
       ->required();
+
+  std::string show_key_path;
+  std::string show_config_path;
+  auto* key = app.add_subcommand("key", "The device's Ed25519 key");
+  key->require_subcommand(1);
+  auto* key_show = key->add_subcommand(
+      "show",
+      "Print the public JWK of the device's key, derived from the private key file (so it works "
+      "when the .jwk file keygen wrote is lost): reflow-agent key show --config FILE > "
+      "DEVICE.jwk");
+  auto* show_key_option =
+      key_show->add_option("--key", show_key_path, "The private key file (what keygen --key got)");
+  auto* show_config_option = key_show->add_option(
+      "--config", show_config_path, "The agent's TOML config file: its agent.key_file");
+  show_key_option->excludes(show_config_option);
+  key_show->require_option(1);
 
   auto* run = app.add_subcommand("run", "Run the daemon in the foreground (systemd Type=notify)");
   run->add_option("--config", config_path, "The agent's TOML config file")->required();
@@ -128,6 +147,12 @@ int main(int argc, char** argv) {
 
   try {
     if (*keygen) return agent::cli::keygen(key_path);
+    if (*key_show)
+      return agent::cli::key_show(
+          show_key_path.empty() ? std::nullopt
+                                : std::optional<std::filesystem::path>(show_key_path),
+          show_config_path.empty() ? std::nullopt
+                                   : std::optional<std::filesystem::path>(show_config_path));
     if (*run) return agent::cli::run(config_path, log_level);
     if (*emit) return agent::cli::emit(config_path);
     if (*status) return agent::cli::status(config_path, json);

@@ -21,9 +21,10 @@ namespace ingest::cli {
 /// Adds `--config PATH` to `command`, bound to `path`.
 void add_config_option(CLI::App& command, std::string& path);
 
-/// Loads the config at `path`; when `path` is the default and does not exist, returns the
-/// built-in defaults (so that `reflow-ingest device list` works on a fresh node). Errors are
-/// printed by the caller.
+/// Loads the config at `path`. A missing file is an error (invalid_config naming the path and
+/// saying to pass --config or create it), the default path included: built-in defaults would
+/// silently create a store where nobody looks. A file the caller may not read gets the hint to
+/// run as the service user or join the reflow-ingest group. Errors are printed by the caller.
 agent::Result<IngestConfig> load_config_for_command(const std::string& path);
 
 /// Prints "reflow-ingest: MESSAGE" to stderr.
@@ -41,12 +42,14 @@ bool print_if_error(const agent::Result<T>& result) {
 /// load_config_for_command; prints the error and returns nullopt on failure.
 std::optional<IngestConfig> config_or_report(const std::string& path);
 
-/// Opens the store of `config`; prints the error and returns nullptr on failure.
-std::unique_ptr<Store> open_store_or_report(const IngestConfig& config);
+/// Opens the store of `config` (`mode`: whether a missing store is created, see
+/// open_sqlite_store); prints the error — with the service-user / group hint when the file or its
+/// directory refuses the caller — and returns nullptr on failure.
+std::unique_ptr<Store> open_store_or_report(const IngestConfig& config, StoreOpen mode);
 
 /// Loads the config at `config_path` and opens its store; prints the error and returns nullptr
 /// on failure.
-std::unique_ptr<Store> open_store_or_report(const std::string& config_path);
+std::unique_ptr<Store> open_store_or_report(const std::string& config_path, StoreOpen mode);
 
 /// The filter of `events` and `export` from their --device, --since and --action options (empty:
 /// not set); prints the error of a --since that is not a time and returns nullopt (exit 2).

@@ -55,17 +55,21 @@ int add(const DeviceOptions& options) {
                     options.device));
     return 1;
   }
+  // The config first: a wrong --config is the first thing to fix, and nothing is created for it.
+  auto config = config_or_report(options.config);
+  if (!config) return 1;
   auto text = read_jwk_text(options.jwk_file);
   if (print_if_error(text)) return 1;
   auto jwk = agent::parse_public_jwk(*text);
   if (!jwk) {
     print_error(
         fmt::format("--jwk {}: not an Ed25519 public JWK ({}); pass the JSON "
-                    "`reflow-agent keygen` prints",
+                    "`reflow-agent keygen` writes beside the key (device.jwk) or `reflow-agent key "
+                    "show` prints",
                     options.jwk_file, jwk.error().message));
     return 1;
   }
-  auto store = open_store_or_report(options.config);
+  auto store = open_store_or_report(*config, StoreOpen::create_if_missing);
   if (!store) return 1;
   if (print_if_error(store->add_device(options.device, *jwk, agent::Env::real().now_unix_ms())))
     return 1;
@@ -74,7 +78,7 @@ int add(const DeviceOptions& options) {
 }
 
 int list(const DeviceOptions& options) {
-  auto store = open_store_or_report(options.config);
+  auto store = open_store_or_report(options.config, StoreOpen::existing_only);
   if (!store) return 1;
   auto keys = store->list_keys();
   if (print_if_error(keys)) return 1;
@@ -101,7 +105,7 @@ int list(const DeviceOptions& options) {
 }
 
 int revoke(const DeviceOptions& options) {
-  auto store = open_store_or_report(options.config);
+  auto store = open_store_or_report(options.config, StoreOpen::existing_only);
   if (!store) return 1;
   auto keys = store->list_keys();
   if (print_if_error(keys)) return 1;
@@ -122,7 +126,9 @@ void add_device_commands(CLI::App& app, int& exit_code) {
 
   auto add_options = std::make_shared<DeviceOptions>();
   auto* add_command = device->add_subcommand(
-      "add", "Register a device's public key (the JWK `reflow-agent keygen` prints)");
+      "add",
+      "Register a device's public key: the JWK file `reflow-agent keygen` writes beside the "
+      "key (device.jwk), or that `reflow-agent key show` prints");
   add_config_option(*add_command, add_options->config);
   add_command->add_option("DEVICE_ID", add_options->device, "The device id (PROTOCOL §1)")
       ->required();

@@ -30,7 +30,7 @@ int run_export(const ExportOptions& options) {
   if (!filter) return 2;
   auto config = config_or_report(options.config_path);
   if (!config) return 1;
-  auto store = open_store_or_report(*config);
+  auto store = open_store_or_report(*config, StoreOpen::existing_only);
   if (!store) return 1;
   auto built = build_vf_export(*store, *filter, *config);
   if (print_if_error(built)) return 1;

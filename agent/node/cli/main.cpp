@@ -1,7 +1,11 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 // reflow-ingest: parses arguments and hands over to one command (one file per command group).
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <utility>
 
 #include <fmt/format.h>
@@ -19,9 +23,38 @@ void add_config_option(CLI::App& command, std::string& path) {
   command.add_option("--config", path, "The node's TOML config file")->capture_default_str();
 }
 
+namespace {
+
+// What to do about a file the caller may not read: the store and the config belong to the
+// service user, and the package lets the reflow-ingest group read them (docs/node-guide.md).
+constexpr std::string_view k_permission_hint =
+    "; run the command as the service user (sudo -u reflow-ingest reflow-ingest …), or, to "
+    "query only, as a member of the reflow-ingest group (sudo adduser $USER reflow-ingest, then "
+    "log in again)";
+
+// Whether `path`, or a directory on the way to it, refuses the caller `mode` access.
+bool permission_denied(const std::filesystem::path& path, int mode) {
+  if (::access(path.c_str(), mode) == 0) return false;
+  if (errno == EACCES) return true;
+  const std::filesystem::path dir = path.parent_path();
+  return !dir.empty() && ::access(dir.c_str(), X_OK) != 0 && errno == EACCES;
+}
+
+}  // namespace
+
 agent::Result<IngestConfig> load_config_for_command(const std::string& path) {
-  if (path == k_default_config_path && !std::filesystem::exists(path)) return IngestConfig{};
-  return load_ingest_config(path);
+  std::error_code ec;
+  if (std::filesystem::status(path, ec).type() == std::filesystem::file_type::not_found)
+    return agent::fail(
+        agent::ErrorCode::invalid_config,
+        fmt::format("config file {} does not exist: pass --config FILE, or create it (start from "
+                    "config/reflow-ingest.example.toml, which documents every key)",
+                    path));
+  auto config = load_ingest_config(path);
+  if (!config && permission_denied(path, R_OK))
+    return agent::fail(config.error().code,
+                       fmt::format("{}{}", config.error().message, k_permission_hint));
+  return config;
 }
 
 void print_error(const std::string& message) {
@@ -34,16 +67,22 @@ std::optional<IngestConfig> config_or_report(const std::string& path) {
   return std::move(*config);
 }
 
-std::unique_ptr<Store> open_store_or_report(const IngestConfig& config) {
-  auto store = open_sqlite_store(config.store_path());
-  if (print_if_error(store)) return nullptr;
+std::unique_ptr<Store> open_store_or_report(const IngestConfig& config, StoreOpen mode) {
+  const std::filesystem::path path = config.store_path();
+  auto store = open_sqlite_store(path, {}, mode);
+  if (!store) {
+    const bool denied = store.error().code != agent::ErrorCode::not_found &&
+                        permission_denied(path, mode == StoreOpen::existing_only ? R_OK : W_OK);
+    print_error(fmt::format("{}{}", store.error().message, denied ? k_permission_hint : ""));
+    return nullptr;
+  }
   return std::move(*store);
 }
 
-std::unique_ptr<Store> open_store_or_report(const std::string& config_path) {
+std::unique_ptr<Store> open_store_or_report(const std::string& config_path, StoreOpen mode) {
   auto config = config_or_report(config_path);
   if (!config) return nullptr;
-  return open_store_or_report(*config);
+  return open_store_or_report(*config, mode);
 }
 
 std::optional<EventFilter> event_filter_or_report(const std::string& device,

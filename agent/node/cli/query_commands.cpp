@@ -29,7 +29,7 @@ struct QueryOptions {
 int run_events(const QueryOptions& options) {
   auto filter = event_filter_or_report(options.device, options.since, options.action);
   if (!filter) return 2;
-  auto store = open_store_or_report(options.config_path);
+  auto store = open_store_or_report(options.config_path, StoreOpen::existing_only);
   if (!store) return 1;
   if (print_if_error(write_events(*store, *filter,
                                   options.format == "csv" ? EventFormat::csv : EventFormat::jsonl,
@@ -39,7 +39,7 @@ int run_events(const QueryOptions& options) {
 }
 
 int run_rejections(const QueryOptions& options) {
-  auto store = open_store_or_report(options.config_path);
+  auto store = open_store_or_report(options.config_path, StoreOpen::existing_only);
   if (!store) return 1;
   std::optional<std::string_view> device;
   if (!options.device.empty()) device = options.device;
@@ -48,7 +48,7 @@ int run_rejections(const QueryOptions& options) {
 }
 
 int run_stats(const QueryOptions& options) {
-  auto store = open_store_or_report(options.config_path);
+  auto store = open_store_or_report(options.config_path, StoreOpen::existing_only);
   if (!store) return 1;
   auto stats = store->stats();
   if (print_if_error(stats)) return 1;
@@ -65,7 +65,7 @@ int run_stats(const QueryOptions& options) {
 }
 
 int run_trace(const QueryOptions& options) {
-  auto store = open_store_or_report(options.config_path);
+  auto store = open_store_or_report(options.config_path, StoreOpen::existing_only);
   if (!store) return 1;
   auto tree = trace_resource(*store, options.resource);
   if (print_if_error(tree)) return 1;

@@ -298,12 +298,12 @@ constexpr std::string_view k_all_unauthenticated = "*";
 
 class SqliteStore final : public Store {
  public:
-  SqliteStore(fs::path path, const RejectionLimits& limits)
-      : m_path(std::move(path)), m_limits(limits) {}
+  SqliteStore(fs::path path, const RejectionLimits& limits, StoreOpen mode)
+      : m_path(std::move(path)), m_limits(limits), m_mode(mode) {}
 
   Status open() {
-    if (auto s = open_connection(m_writer, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE); !s)
-      return s;
+    const int create = m_mode == StoreOpen::create_if_missing ? SQLITE_OPEN_CREATE : 0;
+    if (auto s = open_connection(m_writer, SQLITE_OPEN_READWRITE | create); !s) return s;
     if (auto s = prepare_schema(); !s) return s;
     if (auto s = open_connection(m_reader, SQLITE_OPEN_READWRITE); !s) return s;
     if (auto s = open_connection(m_keys, SQLITE_OPEN_READWRITE); !s) return s;
@@ -1208,6 +1208,11 @@ class SqliteStore final : public Store {
                   fmt::format("cannot open ingest store {}: {}; check that the "
                               "directory exists and is readable and writable",
                               m_path.string(), agent::sqlite::error_detail(c.db.get(), rc)));
+    // Keep -wal and -shm when the last connection closes: a member of the reflow-ingest group
+    // may read the store but not create files in its directory, and SQLite opens a WAL database
+    // read-only only when those files exist (https://sqlite.org/wal.html#readonly).
+    int persist = 1;
+    sqlite3_file_control(c.db.get(), "main", SQLITE_FCNTL_PERSIST_WAL, &persist);
     return {};
   }
 
@@ -1333,6 +1338,7 @@ class SqliteStore final : public Store {
 
   fs::path m_path;
   RejectionLimits m_limits;
+  StoreOpen m_mode;
   // The writer serves the ingest path (registry, put, ack_point); queries that may run long or
   // call back into user code use their own connection so they never hold up put().
   Connection m_writer;
@@ -1343,15 +1349,25 @@ class SqliteStore final : public Store {
 }  // namespace
 
 Result<std::unique_ptr<Store>> open_sqlite_store(const std::filesystem::path& path,
-                                                 const RejectionLimits& limits) {
-  if (const fs::path dir = path.parent_path(); !dir.empty()) {
+                                                 const RejectionLimits& limits, StoreOpen mode) {
+  if (mode == StoreOpen::existing_only) {
+    std::error_code ec;
+    const fs::file_status status = fs::status(path, ec);
+    if (status.type() == fs::file_type::not_found)
+      return fail(ErrorCode::not_found,
+                  fmt::format("no store at {}: has `reflow-ingest run` ever run with this config?",
+                              path.string()));
+    if (ec)
+      return fail(ErrorCode::io,
+                  fmt::format("cannot open ingest store {}: {}", path.string(), ec.message()));
+  } else if (const fs::path dir = path.parent_path(); !dir.empty()) {
     std::error_code ec;
     fs::create_directories(dir, ec);
     if (ec)
       return fail(ErrorCode::io, fmt::format("cannot create directory {} for the ingest store: {}",
                                              dir.string(), ec.message()));
   }
-  auto store = std::make_unique<SqliteStore>(path, limits);
+  auto store = std::make_unique<SqliteStore>(path, limits, mode);
   if (auto s = store->open(); !s) return std::unexpected(s.error());
   return std::unique_ptr<Store>(std::move(store));
 }

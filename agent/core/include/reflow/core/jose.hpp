@@ -37,6 +37,17 @@ std::string jwk_thumbprint(std::span<const std::uint8_t, 32> public_key);
 /// thumbprint. Errors: invalid_argument naming the field that is wrong.
 Result<PublicJwk> parse_public_jwk(std::string_view json);
 
+/// Where `reflow-agent keygen` writes the public JWK of the key at `key_path`: the same path with
+/// its extension replaced by ".jwk" (/var/lib/reflow-agent/device.key →
+/// /var/lib/reflow-agent/device.jwk; a name without an extension gets ".jwk" appended). Equal to
+/// `key_path` itself when that already ends in ".jwk" (keygen refuses such a key path).
+std::filesystem::path public_jwk_path(const std::filesystem::path& key_path);
+
+/// Writes `jwk.to_json()` and "\n" to `path` with mode 0644 whatever the umask (the public key is
+/// meant to be copied), replacing an existing file atomically (a temporary file beside it, fsynced,
+/// then renamed). Errors: io naming `path` (no permission, no space).
+Status write_public_jwk(const PublicJwk& jwk, const std::filesystem::path& path);
+
 /// The device's Ed25519 signing key (libsodium `crypto_sign_*`). Holds the 64-byte secret key in
 /// memory locked with sodium_mlock and wipes it on destruction. Not copyable. Signing is
 /// thread-safe (const).

@@ -272,13 +272,23 @@ class Store {
   virtual Result<std::vector<DeviceStats>> stats() = 0;
 };
 
-/// Opens (creating it and its directory when missing) the SQLite store at `path`
-/// (normally DATA_DIR/ingest.db): WAL, synchronous=FULL, busy timeout 5 s, schema versioned with
-/// `PRAGMA user_version` (currently 3; older files are migrated when opened: version 1 rewrites
-/// its events table once, version 2 collapses repeated rejections into one row each). Errors: io
-/// (cannot create/open), corruption (not our database, or a newer schema version: the message says
-/// which).
+/// Whether open_sqlite_store may create a store that does not exist.
+enum class StoreOpen {
+  create_if_missing,  ///< `run`, `device add|revoke`: creates the file and its directory
+  existing_only,      ///< the query commands: a missing file is an error and nothing is created
+};
+
+/// Opens (with StoreOpen::create_if_missing, creating it and its directory when missing) the SQLite
+/// store at `path` (normally DATA_DIR/ingest.db): WAL, synchronous=FULL, busy timeout 5 s, schema
+/// versioned with `PRAGMA user_version` (currently 3; older files are migrated when opened: version
+/// 1 rewrites its events table once, version 2 collapses repeated rejections into one row each).
+/// Errors: io (cannot create/open; with StoreOpen::existing_only a file that cannot be looked at,
+/// e.g. permission denied on its directory), not_found (StoreOpen::existing_only and no file at
+/// `path`: "no store at PATH: has `reflow-ingest run` ever run with this config?"), corruption (not
+/// our database, or a newer schema version: the message says which). A file the caller may read but
+/// not write opens read-only (SQLite's fallback); writes then fail with io.
 Result<std::unique_ptr<Store>> open_sqlite_store(const std::filesystem::path& path,
-                                                 const RejectionLimits& limits = {});
+                                                 const RejectionLimits& limits = {},
+                                                 StoreOpen mode = StoreOpen::create_if_missing);
 
 }  // namespace ingest
