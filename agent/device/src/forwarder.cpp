@@ -220,7 +220,10 @@ struct Forwarder::Impl {
           return true;
         }
         if (event.kind == Kind::connect_failed) {
-          connect_failed(event.text);
+          // Paho's "MQTT error [-1]: Failure" told apart here, on the forwarder thread.
+          connect_failed(
+              mqtt_connect::connect_failure_cause(config.url, mqtt_connect::credentials_of(config),
+                                                  event.text, config.connect_timeout, stop));
           return false;
         }
       }

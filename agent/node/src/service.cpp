@@ -840,7 +840,10 @@ struct IngestService::Impl {
       return true;
     } catch (const std::exception& e) {
       // A refused connect: the broker's reason, worded as for the events connection.
-      failure = token && token->is_complete() ? paho_error(*token) : e.what();
+      failure = agent::mqtt_connect::connect_failure_cause(
+          config.url, agent::mqtt_connect::credentials_of(config),
+          token && token->is_complete() ? paho_error(*token) : e.what(), config.connect_timeout,
+          stop);
     }
     const auto delay = agent::mqtt_connect::reconnect_backoff(
         config.reconnect_min, config.reconnect_max, acks_attempt, acks_rng);
@@ -924,7 +927,9 @@ struct IngestService::Impl {
           return true;
         }
         if (event.kind == Kind::connect_failed) {
-          connect_failed(event.text);
+          connect_failed(agent::mqtt_connect::connect_failure_cause(
+              config.url, agent::mqtt_connect::credentials_of(config), event.text,
+              config.connect_timeout, stop));
           return false;
         }
       }
