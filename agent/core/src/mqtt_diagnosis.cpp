@@ -344,7 +344,11 @@ std::string tls_cause(int fd, const BrokerUrl& url, const std::string& host,
     return fmt::format("TLS: the broker's certificate ({}) has expired", info->subject);
   if ((flags & MBEDTLS_X509_BADCERT_FUTURE) != 0)
     return fmt::format("TLS: the broker's certificate ({}) is not valid yet", info->subject);
-  if (!certificate_names_host(info->dns_names, info->ip_addresses, url.host))
+  // Without DNS entries OpenSSL (Paho's check) falls back to the subject's CN, so this does too.
+  const auto& dns_names = info->dns_names.empty() && !info->common_name.empty()
+                              ? std::vector<std::string>{info->common_name}
+                              : info->dns_names;
+  if (!certificate_names_host(dns_names, info->ip_addresses, url.host))
     return fmt::format(
         "TLS: the broker's certificate names {}, not the URL's host {}; put one of its names in "
         "mqtt.url, or reissue it with `reflow-ingest ca server --host {}`",

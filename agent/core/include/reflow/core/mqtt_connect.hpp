@@ -122,7 +122,8 @@ std::string reason_code_text(int reason_code);
 /// code; it is returned as it stands), this repeats the way to `url` step by step and says where
 /// it ends:
 /// - `DNS: cannot resolve the host name "broker.example" (Name or service not known)`
-///   (getaddrinfo; its gai_strerror text in brackets);
+///   (getaddrinfo; its gai_strerror text in brackets), or `DNS: no answer for the host name
+///   "broker.example" within 5 s`;
 /// - `refused: nothing is listening on 127.0.0.1:8883 (TCP connection refused)`: the host
 ///   answered, but no broker listens on that port;
 /// - `unreachable: no route to 10.0.0.9:8883 (No route to host)` (also "Network is
@@ -134,9 +135,10 @@ std::string reason_code_text(int reason_code);
 /// - `TLS: the broker's certificate (CN=broker, issued by CN=other CA) is not trusted by
 ///   mqtt.ca_file "/etc/reflow/ca.crt"` ("by the system's CA certificates" without ca_file);
 /// - `TLS: the broker's certificate (CN=broker) has expired` / `is not valid yet`;
-/// - `TLS: the broker's certificate names DNS:localhost, not the URL's host 127.0.0.1; put one
-///   of its names in mqtt.url, or reissue it with \`reflow-ingest ca server --host 127.0.0.1\``
-///   (subjectAltName DNS and IP entries, matched as RFC 6125 §6.4 does, one left-most "*");
+/// - "TLS: the broker's certificate names DNS:localhost, not the URL's host 127.0.0.1; put one
+///   of its names in mqtt.url, or reissue it with `reflow-ingest ca server --host 127.0.0.1`"
+///   (subjectAltName DNS and IP entries, matched as RFC 6125 §6.4 does, one left-most "*"; the
+///   subject's CN when there is no DNS entry, as OpenSSL does for Paho);
 /// - when TCP and TLS both work (so the broker dropped the connection for a reason Paho does not
 ///   pass on): `paho_text` and "(127.0.0.1:8883 accepts TCP and TLS; see the broker's log)".
 /// The probe is one getaddrinfo, one non-blocking TCP connect per address and, for mqtts://, one
