@@ -37,6 +37,7 @@
 #include <mbedtls/ssl.h>
 #include <mbedtls/x509_crt.h>
 
+#include <reflow/core/file_io.hpp>
 #include <reflow/core/tls.hpp>
 
 namespace agent::mqtt_connect {
@@ -67,44 +68,7 @@ std::string whole_seconds_text(std::chrono::milliseconds timeout) {
   return fmt::format("{} s", whole_seconds(timeout));
 }
 
-// An eventfd that becomes readable when stop is requested, so that poll() waits for the socket
-// and for stop at once.
-class StopFd {
- public:
-  explicit StopFd(std::stop_token stop)
-      : m_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)), m_callback(std::move(stop), [fd = m_fd] {
-          if (fd >= 0) {
-            const std::uint64_t one = 1;
-            [[maybe_unused]] auto n = ::write(fd, &one, sizeof one);
-          }
-        }) {}
-  ~StopFd() {
-    if (m_fd >= 0) ::close(m_fd);
-  }
-  StopFd(const StopFd&) = delete;
-  StopFd& operator=(const StopFd&) = delete;
-
-  // Waits until `fd` has `events`, stop, or `deadline`: the poll() result for `fd` (0 when the
-  // deadline passed), or -1 when stopped.
-  int wait(int fd, short events, Clock::time_point deadline) const {
-    for (;;) {
-      const auto left =
-          std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
-      if (left <= 0) return 0;
-      std::array<pollfd, 2> fds{pollfd{fd, events, 0}, pollfd{m_fd, POLLIN, 0}};
-      const int n = ::poll(fds.data(), m_fd >= 0 ? 2 : 1, static_cast<int>(left));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return 0;
-      if (m_fd >= 0 && fds[1].revents != 0) return -1;
-      if (n > 0) return fds[0].revents;
-    }
-  }
-
- private:
-  int m_fd;
-  std::stop_callback<std::function<void()>> m_callback;
-};
-
+// A socket closed with its owner, movable (file_io::Fd is not).
 class Socket {
  public:
   Socket() = default;
@@ -121,6 +85,44 @@ class Socket {
 
  private:
   int m_fd = -1;
+};
+
+// An eventfd that becomes readable when stop is requested, so that poll() waits for the socket
+// and for stop at once.
+class StopFd {
+ public:
+  explicit StopFd(std::stop_token stop)
+      : m_event(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
+        m_callback(std::move(stop), [fd = m_event.get()] {
+          if (fd >= 0) {
+            const std::uint64_t one = 1;
+            [[maybe_unused]] auto n = ::write(fd, &one, sizeof one);
+          }
+        }) {}
+  StopFd(const StopFd&) = delete;
+  StopFd& operator=(const StopFd&) = delete;
+
+  // Waits until `fd` has `events`, stop, or `deadline`: the poll() result for `fd` (0 when the
+  // deadline passed), or -1 when stopped.
+  int wait(int fd, short events, Clock::time_point deadline) const {
+    for (;;) {
+      const auto left =
+          std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      if (left <= 0) return 0;
+      std::array<pollfd, 2> fds{pollfd{fd, events, 0}, pollfd{m_event.get(), POLLIN, 0}};
+      const int n = ::poll(fds.data(), m_event.get() >= 0 ? 2 : 1, static_cast<int>(left));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return 0;
+      if (m_event.get() >= 0 && fds[1].revents != 0) return -1;
+      if (n > 0) return fds[0].revents;
+    }
+  }
+
+ private:
+  // Declared first, so closed last: the callback is unregistered (or has finished running on
+  // the thread that requested stop) before its eventfd goes.
+  file_io::Fd m_event;
+  std::stop_callback<std::function<void()>> m_callback;
 };
 
 // getaddrinfo has no time-out of its own: it runs on a thread of its own, which a time-out or
