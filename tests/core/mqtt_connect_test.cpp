@@ -1,18 +1,27 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
-// agent::mqtt_connect's Paho helpers: the words of a refused connect (against a real Mosquitto on
-// loopback that refuses anonymous clients), and the queue that brings Paho's callbacks onto a
-// client's own thread, and the wait for a connect's answer on that thread.
+// agent::mqtt_connect's Paho helpers: the words of a failed connect, one test per cause, each
+// against the real thing (a real Mosquitto on loopback that refuses anonymous clients or a wrong
+// password, a port nothing listens on, a `.invalid` host name, brokers whose TLS certificate does
+// not name the URL's host or comes from another CA), the queue that brings Paho's callbacks onto
+// a client's own thread, and the wait for a connect's answer on that thread.
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
 #include <stop_token>
 #include <string>
+#include <vector>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <mqtt/async_client.h>
 
 #include <reflow/core/mqtt_connect.hpp>
+#include <reflow/core/tls.hpp>
+#include <reflow/node/ca.hpp>
 
 #include "mosquitto.hpp"
 #include "temp_dir.hpp"
@@ -56,6 +65,179 @@ TEST(PahoErrorTest, RefusedMqtt5ConnectNamesTheReasonCodeAndItsMeaning) {
 TEST(PahoErrorTest, RefusedMqtt311ConnectSaysWhy) {
   const auto text = refusal_of_anonymous_connect(MQTTVERSION_3_1_1);
   EXPECT_NE(text.find("the broker refused the connection"), std::string::npos) << text;
+}
+
+// Connects once to `url` as the agent and the node do (set_credentials), then returns what
+// connect_failure_cause() says of the failure, or "(connected)".
+std::string cause_of_connect(const std::string& url, const Credentials& credentials,
+                             int version = MQTTVERSION_3_1_1) {
+  auto address = broker_address(url, "test");
+  if (!address) return "(bad url) " + address.error().message;
+  EventQueue<std::string> answers;
+  Listener listener([&](const mqtt::token&) { answers.post("(connected)"); },
+                    [&](const mqtt::token& token) { answers.post(paho_error(token)); });
+  mqtt::async_client client(address->paho_uri, "cause-client", mqtt::create_options(version));
+  mqtt::connect_options options;
+  options.set_mqtt_version(version);
+  options.set_connect_timeout(5);
+  options.set_automatic_reconnect(false);
+  if (auto ok = set_credentials(options, credentials, address->tls, "MQTT 3.1.1"); !ok)
+    return "(bad credentials) " + ok.error().message;
+  client.connect(options, nullptr, listener);
+  const auto got = answers.wait(std::stop_token{}, k_bound);
+  if (got.empty()) return "(no answer)";
+  if (got.front() == "(connected)") {
+    client.disconnect()->wait();
+    return got.front();
+  }
+  return connect_failure_cause(url, credentials, got.front(), std::chrono::seconds(5),
+                               std::stop_token{});
+}
+
+// A CA in `dir`/`name` and a server certificate from it for `hosts`, as `reflow-ingest ca init`
+// and `ca server --host` make them.
+struct TestPki {
+  std::filesystem::path ca;
+  std::filesystem::path cert;
+  std::filesystem::path key;
+};
+
+TestPki make_pki(const std::filesystem::path& dir, const std::string& name,
+                 const std::string& ca_common_name, std::vector<std::string> hosts) {
+  const auto ca_dir = dir / name;
+  ingest::CaInitOptions init;
+  init.common_name = ca_common_name;
+  auto made = ingest::ca_init(ca_dir, init);
+  if (!made) throw std::runtime_error(made.error().message);
+  ingest::IssueOptions server;
+  server.role = ingest::CertRole::server;
+  server.hosts = std::move(hosts);
+  auto issued = ingest::ca_issue_with_key(ca_dir, dir / (name + "-server.key"), "", server);
+  if (!issued) throw std::runtime_error(issued.error().message);
+  const auto cert = dir / (name + "-server.crt");
+  std::ofstream(cert) << issued->pem;
+  return {ca_dir / ingest::k_ca_cert_file, cert, dir / (name + "-server.key")};
+}
+
+std::string mqtt_url(int port, const char* host = "127.0.0.1", bool tls = false) {
+  return fmt::format("{}://{}:{}", tls ? "mqtts" : "mqtt", host, port);
+}
+
+TEST(ConnectFailureCauseTest, NothingListeningIsRefusedNamingHostAndPort) {
+  const int port = reflow_test::free_loopback_port();
+  EXPECT_EQ(
+      cause_of_connect(mqtt_url(port), {}),
+      fmt::format("refused: nothing is listening on 127.0.0.1:{} (TCP connection refused)", port));
+}
+
+TEST(ConnectFailureCauseTest, AHostNameThatDoesNotResolveIsDns) {
+  // RFC 6761 §6.4: names under .invalid never resolve.
+  const auto text = cause_of_connect("mqtt://no-such-broker.invalid:1883", {});
+  EXPECT_EQ(text.rfind("DNS: cannot resolve the host name \"no-such-broker.invalid\" (", 0), 0u)
+      << text;
+}
+
+TEST(ConnectFailureCauseTest, ACertificateForOtherNamesNamesThemAndTheUrlsHost) {
+  reflow_test::TempDir dir;
+  const auto pki = make_pki(dir.path(), "ca", "reflow node CA", {"localhost"});
+  reflow_test::MosquittoProcess broker(dir.path());
+  broker.enable_tls(pki.ca, pki.cert, pki.key);
+  broker.start();
+  Credentials credentials;
+  credentials.ca_file = pki.ca;
+  EXPECT_EQ(cause_of_connect(mqtt_url(broker.port(), "127.0.0.1", true), credentials),
+            "TLS: the broker's certificate names DNS:localhost, not the URL's host 127.0.0.1; "
+            "put one of its names in mqtt.url, or reissue it with `reflow-ingest ca server "
+            "--host 127.0.0.1`");
+}
+
+TEST(ConnectFailureCauseTest, ACertificateFromAnotherCaIsNotTrusted) {
+  reflow_test::TempDir dir;
+  const auto pki = make_pki(dir.path(), "ca", "reflow node CA", {"127.0.0.1"});
+  const auto other = make_pki(dir.path(), "other", "other CA", {"127.0.0.1"});
+  reflow_test::MosquittoProcess broker(dir.path());
+  broker.enable_tls(pki.ca, pki.cert, pki.key);
+  broker.start();
+  Credentials credentials;
+  credentials.ca_file = other.ca;
+  EXPECT_EQ(cause_of_connect(mqtt_url(broker.port(), "127.0.0.1", true), credentials),
+            fmt::format("TLS: the broker's certificate (CN=127.0.0.1, issued by CN=reflow node "
+                        "CA) is not trusted by mqtt.ca_file \"{}\"",
+                        other.ca.string()));
+}
+
+TEST(ConnectFailureCauseTest, APlainListenerForAnMqttsUrlIsATlsHandshakeFailure) {
+  reflow_test::TempDir dir;
+  reflow_test::MosquittoProcess broker(dir.path());
+  broker.start();
+  const auto text = cause_of_connect(mqtt_url(broker.port(), "127.0.0.1", true), {});
+  EXPECT_EQ(
+      text.rfind(fmt::format("TLS: the handshake with 127.0.0.1:{} failed (", broker.port()), 0),
+      0u)
+      << text;
+}
+
+TEST(ConnectFailureCauseTest, AWrongPasswordIsNotAuthorisedWithTheReasonCode) {
+  reflow_test::TempDir dir;
+  reflow_test::MosquittoProcess broker(dir.path());
+  broker.require_password("press-01", "right horse battery");
+  broker.start();
+  std::ofstream(dir.path() / "wrong") << "wrong staple\n";
+  Credentials credentials;
+  credentials.username = "press-01";
+  credentials.password_file = dir.path() / "wrong";
+  // Mosquitto 2.0 answers a wrong password with 0x87 in MQTT 5 and 5 in MQTT 3.1.1.
+  const auto v5 = cause_of_connect(broker.url(), credentials, MQTTVERSION_5);
+  EXPECT_EQ(v5,
+            "not authorised: the broker refused the connection: MQTT 5 reason code 0x87 (Not "
+            "authorized)");
+  const auto v311 = cause_of_connect(broker.url(), credentials, MQTTVERSION_3_1_1);
+  EXPECT_EQ(v311,
+            "not authorised: the broker refused the connection: MQTT 3.1.1 return code 5 (not "
+            "authorized)");
+  for (const auto& text : {v5, v311})
+    EXPECT_EQ(text.find("staple"), std::string::npos) << text;
+}
+
+TEST(ConnectFailureCauseTest, TcpErrorsNameTheirCause) {
+  using std::chrono::seconds;
+  EXPECT_EQ(tcp_failure_text(ECONNREFUSED, "10.0.0.9:1883", seconds(5)),
+            "refused: nothing is listening on 10.0.0.9:1883 (TCP connection refused)");
+  EXPECT_EQ(tcp_failure_text(EHOSTUNREACH, "10.0.0.9:1883", seconds(5)),
+            "unreachable: no route to 10.0.0.9:1883 (No route to host)");
+  EXPECT_EQ(tcp_failure_text(ENETUNREACH, "[2001:db8::1]:8883", seconds(5)),
+            "unreachable: no route to [2001:db8::1]:8883 (Network is unreachable)");
+  EXPECT_EQ(tcp_failure_text(ETIMEDOUT, "10.0.0.9:1883", seconds(5)),
+            "timed out: no answer from 10.0.0.9:1883 within 5 s (a firewall dropping packets, "
+            "or the host is down)");
+  EXPECT_EQ(tcp_failure_text(EACCES, "10.0.0.9:1883", seconds(5)),
+            "cannot connect to 10.0.0.9:1883 (Permission denied)");
+}
+
+TEST(ConnectFailureCauseTest, CertificateNamesMatchAsRfc6125Says) {
+  const std::vector<std::string> dns = {"Broker.Example.org", "*.node.example"};
+  const std::vector<std::string> ips = {"127.0.0.1", "::1"};
+  EXPECT_TRUE(certificate_names_host(dns, ips, "broker.example.org"));
+  EXPECT_TRUE(certificate_names_host(dns, ips, "a.node.example"));
+  EXPECT_FALSE(certificate_names_host(dns, ips, "a.b.node.example"));
+  EXPECT_FALSE(certificate_names_host(dns, ips, "node.example"));
+  EXPECT_TRUE(certificate_names_host(dns, ips, "127.0.0.1"));
+  EXPECT_TRUE(certificate_names_host(dns, ips, "[::1]"));
+  EXPECT_TRUE(certificate_names_host(dns, ips, "[0:0::1]"));
+  EXPECT_FALSE(certificate_names_host(dns, ips, "127.0.0.2"));
+  // An address is never matched against DNS names, nor a name against addresses.
+  EXPECT_FALSE(certificate_names_host({"127.0.0.1"}, {}, "127.0.0.1"));
+  EXPECT_FALSE(certificate_names_host({"*.0.0.1"}, {}, "127.0.0.1"));
+  EXPECT_FALSE(certificate_names_host({}, {"127.0.0.1"}, "localhost"));
+}
+
+TEST(ConnectFailureCauseTest, StopReturnsPahosTextWithoutProbing) {
+  std::stop_source stop;
+  stop.request_stop();
+  EXPECT_EQ(
+      connect_failure_cause("mqtt://no-such-broker.invalid:1883", {}, "MQTT error [-1]: Failure",
+                            std::chrono::seconds(5), stop.get_token()),
+      "MQTT error [-1]: Failure");
 }
 
 TEST(PahoErrorTest, ReasonCodeTextNamesTheCode) {

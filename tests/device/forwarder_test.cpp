@@ -6,6 +6,7 @@
 #include <reflow/device/config.hpp>
 #include <reflow/device/outbox.hpp>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <mqtt/async_client.h>
 #include <nlohmann/json.hpp>
@@ -498,6 +499,34 @@ TEST_F(ForwarderTest, StartFailsOnUnreadableTlsCaFile) {
   ASSERT_FALSE(ok.has_value());
   EXPECT_EQ(ok.error().code, agent::ErrorCode::invalid_config);
   EXPECT_NE(ok.error().message.find("missing-ca.pem"), std::string::npos) << ok.error().message;
+}
+
+// Issue 15: status says why it cannot connect, not "MQTT error [-1]: Failure".
+TEST_F(ForwarderTest, StatusSaysAConnectionIsRefusedNamingHostAndPort) {
+  m_broker.stop();  // the port stays known, and nothing listens on it
+  auto& forwarder = start_forwarder();
+  const std::string expected = fmt::format(
+      "cannot connect to {}: refused: nothing is listening on 127.0.0.1:{} (TCP connection "
+      "refused)",
+      m_config.url, m_broker.port());
+  EXPECT_TRUE(eventually([&] { return forwarder.stats().last_error == expected; }))
+      << forwarder.stats().last_error;
+}
+
+TEST_F(ForwarderTest, StatusSaysAWrongPasswordIsNotAuthorised) {
+  m_broker.stop();
+  m_broker.require_password(k_device, "the right one");
+  m_broker.start();
+  { std::ofstream(m_dir / "password") << "a wrong one\n"; }
+  m_config.username = k_device;
+  m_config.password_file = m_dir / "password";
+  auto& forwarder = start_forwarder();
+  const std::string expected = fmt::format(
+      "cannot connect to {}: not authorised: the broker refused the connection: MQTT 3.1.1 "
+      "return code 5 (not authorized)",
+      m_config.url);
+  EXPECT_TRUE(eventually([&] { return forwarder.stats().last_error == expected; }))
+      << forwarder.stats().last_error;
 }
 
 TEST_F(ForwarderTest, StopReturnsWithinDeadlineWhenBrokerIsDown) {

@@ -6,6 +6,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -16,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <mqtt/async_client.h>
 #include <nlohmann/json.hpp>
@@ -24,8 +27,10 @@
 #include <reflow/core/event.hpp>
 #include <reflow/core/jose.hpp>
 #include <reflow/core/logger.hpp>
+#include <reflow/core/tls.hpp>
 #include <reflow/core/ulid.hpp>
 #include <reflow/core/units.hpp>
+#include <reflow/node/ca.hpp>
 #include <reflow/node/config.hpp>
 #include <reflow/node/store.hpp>
 
@@ -644,6 +649,34 @@ TEST_F(IngestServiceTest, ReconnectsAfterABrokerRestartAndKeepsReceiving) {
   EXPECT_TRUE(service->counters().acks_connected);
   // Both connections are back: the fault they reported is over.
   EXPECT_EQ(service->counters().last_error, "");
+}
+
+// Issue 15: a broker certificate that does not name the URL's host is named as such, with the
+// certificate's names, not as "MQTT error [-1]: Failure".
+TEST_F(IngestServiceTest, LastErrorNamesTheCertificatesNamesAndTheUrlsHost) {
+  const auto ca_dir = m_dir / "ca";
+  ASSERT_TRUE(ingest::ca_init(ca_dir, {}));
+  ingest::IssueOptions server;
+  server.role = ingest::CertRole::server;
+  server.hosts = {"localhost"};
+  auto issued = ingest::ca_issue_with_key(ca_dir, m_dir / "server.key", "", server);
+  ASSERT_TRUE(issued) << issued.error().message;
+  { std::ofstream(m_dir / "server.crt") << issued->pem; }
+  std::filesystem::create_directory(m_dir / "tls-broker");
+  reflow_test::MosquittoProcess broker(m_dir / "tls-broker");
+  broker.enable_tls(ca_dir / "ca.crt", m_dir / "server.crt", m_dir / "server.key");
+  broker.start();
+  IngestConfig config = m_config;
+  config.url = fmt::format("mqtts://127.0.0.1:{}", broker.port());
+  config.ca_file = ca_dir / "ca.crt";
+  IngestService service(config, *m_store, m_env, m_log);
+  ASSERT_TRUE(service.start());
+  const std::string cause =
+      "TLS: the broker's certificate names DNS:localhost, not the URL's host 127.0.0.1; put one "
+      "of its names in mqtt.url, or reissue it with `reflow-ingest ca server --host 127.0.0.1`";
+  EXPECT_TRUE(eventually([&] { return service.counters().last_error.ends_with(cause); }))
+      << service.counters().last_error;
+  service.stop();
 }
 
 TEST_F(IngestServiceTest, StopDisconnectsAndKeepsItsCountersReadable) {

@@ -76,6 +76,9 @@ void MosquittoProcess::start() {
         // dropped.
         << "max_queued_messages 0\n"
         << m_extra_config;
+    // As root, Mosquitto would switch to the `mosquitto` user, which cannot read the files
+    // created in this test's private directory.
+    if (m_reads_files && ::geteuid() == 0) out << "user root\n";
   }
   std::string binary = mosquitto_binary();
   if (::access(binary.c_str(), X_OK) != 0)
@@ -105,6 +108,38 @@ void MosquittoProcess::start() {
   }
   throw std::runtime_error("mosquitto did not accept connections on port " +
                            std::to_string(m_port));
+}
+
+void MosquittoProcess::enable_tls(const std::filesystem::path& ca,
+                                  const std::filesystem::path& cert,
+                                  const std::filesystem::path& key) {
+  add_config("cafile " + ca.string());
+  add_config("certfile " + cert.string());
+  add_config("keyfile " + key.string());
+  m_reads_files = true;
+}
+
+void MosquittoProcess::require_password(const std::string& user, const std::string& password) {
+  const auto file = m_dir / "passwords";
+  const auto tool = std::filesystem::path(mosquitto_binary()).parent_path().parent_path() / "bin" /
+                    "mosquitto_passwd";
+  const std::string binary =
+      ::access(tool.c_str(), X_OK) == 0 ? tool.string() : std::string("/usr/bin/mosquitto_passwd");
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    int null_fd = ::open("/dev/null", O_WRONLY);
+    if (null_fd >= 0) ::dup2(null_fd, 1);
+    ::execl(binary.c_str(), binary.c_str(), "-c", "-b", file.c_str(), user.c_str(),
+            password.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  int status = 0;
+  if (pid < 0 || ::waitpid(pid, &status, 0) != pid || !WIFEXITED(status) ||
+      WEXITSTATUS(status) != 0)
+    throw std::runtime_error(binary + " failed to write " + file.string());
+  add_config("allow_anonymous false");
+  add_config("password_file " + file.string());
+  m_reads_files = true;
 }
 
 void MosquittoProcess::stop() {

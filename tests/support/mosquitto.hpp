@@ -24,6 +24,14 @@ class MosquittoProcess {
   /// A line added to the broker's configuration from the next start() on, e.g.
   /// "max_inflight_messages 3".
   void add_config(std::string line) { m_extra_config += std::move(line) + "\n"; }
+  /// From the next start() on, the listener speaks TLS with the server certificate `cert` and its
+  /// `key` (PEM), clients' certificates checked against `ca` when they send one.
+  void enable_tls(const std::filesystem::path& ca, const std::filesystem::path& cert,
+                  const std::filesystem::path& key);
+  /// From the next start() on, only `user` with `password` may connect (a password_file made
+  /// with mosquitto_passwd, beside the mosquitto binary). Throws std::runtime_error when
+  /// mosquitto_passwd fails.
+  void require_password(const std::string& user, const std::string& password);
   bool running() const { return m_pid > 0; }
 
   int port() const { return m_port; }
@@ -34,6 +42,7 @@ class MosquittoProcess {
   int m_port = 0;
   pid_t m_pid = -1;
   std::string m_extra_config;
+  bool m_reads_files = false;  ///< as root, keep root to read the 0600 files in m_dir
 };
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).

@@ -175,26 +175,38 @@ std::string reason_code_text(int reason_code) {
 
 std::string paho_error(const mqtt::token& token) {
   const int rc = token.get_return_code();
+  const bool connect = token.get_type() == mqtt::token::Type::CONNECT;
   // An MQTT 5 refusal comes as the token's reason code, or (a refused CONNECT) as its return
   // code. Codes 0x80 … 0xA2 are MQTT 5's errors (§2.4); Paho leaves other values (0xFF) in the
   // reason code of an MQTT 3.1.1 answer.
   const auto is_error_reason = [](int code) { return code >= 0x80 && code <= 0xA2; };
   int reason = static_cast<int>(token.get_reason_code());
   if (!is_error_reason(reason) && is_error_reason(rc)) reason = rc;
-  if (is_error_reason(reason))
-    return fmt::format("the broker refused: MQTT 5 reason code {}", reason_code_text(reason));
+  if (is_error_reason(reason)) {
+    if (!connect)
+      return fmt::format("the broker refused: MQTT 5 reason code {}", reason_code_text(reason));
+    // MQTT 5 §3.2.2.2: 0x86 Bad User Name or Password, 0x87 Not authorized, 0x8C Bad
+    // authentication method are about who the client is; the others about what it asked.
+    const bool credentials = reason == 0x86 || reason == 0x87 || reason == 0x8C;
+    return fmt::format("{}the broker refused the connection: MQTT 5 reason code {}",
+                       credentials ? "not authorised: " : "", reason_code_text(reason));
+  }
   // MQTT 3.1.1 CONNACK return codes (§3.2.2.3) come back as the token's return code.
   switch (rc) {
     case 1:
-      return "the broker refused the connection: unacceptable protocol version";
+      return "the broker refused the connection: MQTT 3.1.1 return code 1 (unacceptable "
+             "protocol version)";
     case 2:
-      return "the broker refused the connection: client id rejected";
+      return "the broker refused the connection: MQTT 3.1.1 return code 2 (identifier "
+             "rejected)";
     case 3:
-      return "the broker refused the connection: server unavailable";
+      return "the broker refused the connection: MQTT 3.1.1 return code 3 (server unavailable)";
     case 4:
-      return "the broker refused the connection: bad user name or password";
+      return "not authorised: the broker refused the connection: MQTT 3.1.1 return code 4 (bad "
+             "user name or password)";
     case 5:
-      return "the broker refused the connection: not authorised";
+      return "not authorised: the broker refused the connection: MQTT 3.1.1 return code 5 (not "
+             "authorized)";
     default:
       break;
   }

@@ -274,7 +274,10 @@ bool AckPublisher::connect(std::stop_token stop) {
     return true;
   } catch (const std::exception& e) {
     // A refused connect: the broker's reason, worded as for the events connection.
-    failure = token && token->is_complete() ? paho_error(*token) : e.what();
+    failure = agent::mqtt_connect::connect_failure_cause(
+        m_config.url, agent::mqtt_connect::credentials_of(m_config),
+        token && token->is_complete() ? paho_error(*token) : e.what(), m_config.connect_timeout,
+        stop);
   }
   const auto delay = agent::mqtt_connect::reconnect_backoff(
       m_config.reconnect_min, m_config.reconnect_max, m_attempt, m_rng);

@@ -177,7 +177,10 @@ struct EventsConnection::Impl {
       return true;
     }
     if (answer.state == agent::mqtt_connect::ConnectOutcome::State::failed)
-      connect_failed(answer.failure);
+      // Paho's "MQTT error [-1]: Failure" told apart here, on this connection's thread.
+      connect_failed(agent::mqtt_connect::connect_failure_cause(
+          config.url, agent::mqtt_connect::credentials_of(config), answer.failure,
+          config.connect_timeout, stop));
     return false;
   }
 

@@ -3,6 +3,7 @@
 
 #include <mqtt/async_client.h>
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <mutex>
@@ -108,7 +109,8 @@ struct MqttSubscriber::Impl {
           break;
         case Kind::connect_failed:
           if (!current) break;
-          report(false, event->reason);
+          report(false, mqtt_connect::connect_failure_cause(options.url, credentials, event->reason,
+                                                            connect_timeout, stop));
           return false;
         case Kind::subscribe_failed:
           if (!current) break;
@@ -158,6 +160,8 @@ struct MqttSubscriber::Impl {
   mqtt_connect::Listener connect_listener = listener(Kind::connect_ok, Kind::connect_failed);
   mqtt_connect::Listener subscribe_listener = listener(Kind::subscribe_ok, Kind::subscribe_failed);
   mqtt::connect_options connect_options;
+  mqtt_connect::Credentials credentials;  ///< for connect_failure_cause's TLS probe
+  std::chrono::milliseconds connect_timeout{0};
   std::unique_ptr<mqtt::async_client> client;
   std::jthread thread;
 };
@@ -187,6 +191,7 @@ Status MqttSubscriber::start(OnMessage on_message, OnConnection on_connection) {
   connect.set_clean_session(true);
   connect.set_keep_alive_interval(mqtt_connect::whole_seconds(options.keepalive));
   connect.set_connect_timeout(mqtt_connect::whole_seconds(options.keepalive, 30));
+  impl.connect_timeout = connect.get_connect_timeout();
   connect.set_automatic_reconnect(false);  // the backoff with jitter is ours
   mqtt_connect::Credentials credentials;
   credentials.username = options.username;
@@ -196,6 +201,7 @@ Status MqttSubscriber::start(OnMessage on_message, OnConnection on_connection) {
       !ok)
     return ok;
   impl.connect_options = std::move(connect);
+  impl.credentials = std::move(credentials);
 
   try {
     // No persistence: a null iclient_persistence means none in Paho (async_client.h).

@@ -187,6 +187,31 @@ TEST_F(MqttSubscriberTest, NoCallbackRunsAfterStopReturns) {
   pub->disconnect()->wait();
 }
 
+// Issue 15: the driver's connection report names the cause, not "MQTT error [-1]: Failure".
+TEST_F(MqttSubscriberTest, AHostThatDoesNotResolveIsReportedAsDns) {
+  auto o = options("sub-dns");
+  o.url = "mqtt://no-such-plug-broker.invalid:1883";  // RFC 6761 §6.4: never resolves
+  MqttSubscriber subscriber(o, Env::real(), m_log);
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::vector<std::string> reasons;
+  ASSERT_TRUE(subscriber.start([](const MqttMessage&) {},
+                               [&](bool, const std::string& reason) {
+                                 std::lock_guard lock(mutex);
+                                 reasons.push_back(reason);
+                                 changed.notify_all();
+                               }));
+  std::unique_lock lock(mutex);
+  ASSERT_TRUE(changed.wait_for(lock, k_bound, [&] { return !reasons.empty(); }));
+  EXPECT_EQ(reasons.front().rfind("DNS: cannot resolve the host name "
+                                  "\"no-such-plug-broker.invalid\" (",
+                                  0),
+            0u)
+      << reasons.front();
+  lock.unlock();
+  subscriber.stop();
+}
+
 TEST_F(MqttSubscriberTest, BadUrlOrMissingClientIdIsInvalidConfig) {
   auto bad_url = options("sub-bad");
   bad_url.url = "http://127.0.0.1:1883";

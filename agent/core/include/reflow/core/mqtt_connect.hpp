@@ -3,9 +3,9 @@
 // (agent/node/src/events_connection.cpp, ack_publisher.cpp) do alike to reach their broker with
 // Paho MQTT C++: the broker address, the credentials and TLS options from the [mqtt] keys both
 // configs share, the reconnect backoff, the tagging of Paho tokens with a connect attempt, the
-// words of a Paho failure, the queue that brings Paho's callbacks onto the client's own thread (the
-// drivers' MQTT subscriber uses these too) and the wait for a connect's answer on that thread. Not
-// installed.
+// words of a Paho failure and the cause of a failed connect, the queue that brings Paho's
+// callbacks onto the client's own thread (the drivers' MQTT subscriber uses these too) and the
+// wait for a connect's answer on that thread. Not installed.
 #pragma once
 
 #include <chrono>
@@ -23,6 +23,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include <mqtt/async_client.h>
 
@@ -97,15 +98,71 @@ std::chrono::milliseconds reconnect_backoff(std::chrono::milliseconds min,
 void* context_of(std::uint64_t generation);
 std::uint64_t generation_of(const mqtt::token& token);
 
-/// Why a Paho token failed, in words an operator can act on:
-/// - an MQTT 5 reason code from 0x80 up (CONNACK, SUBACK, PUBACK; MQTT 5 §2.4) as its code and
-///   name, from Paho C's table: "the broker refused: MQTT 5 reason code 0x87 (Not authorized)";
-/// - an MQTT 3.1.1 CONNACK return code 1–5 (MQTT 3.1.1 §3.2.2.3) by its meaning;
-/// - else Paho's own text for its return code ("MQTT error [-1]: Failure").
+/// Why a Paho token failed, in words an operator can act on, without any I/O (safe on Paho's
+/// threads):
+/// - a refused CONNECT (MQTT 5 CONNACK reason code, §3.2.2.2; MQTT 3.1.1 CONNACK return code,
+///   §3.2.2.3), beginning "not authorised: " for bad credentials (MQTT 5 0x86 "Bad User Name or
+///   Password", 0x87 "Not authorized", 0x8C "Bad authentication method"; MQTT 3.1.1 4 "bad user
+///   name or password", 5 "not authorized"):
+///   "not authorised: the broker refused the connection: MQTT 5 reason code 0x87 (Not
+///   authorized)", "not authorised: the broker refused the connection: MQTT 3.1.1 return code 5
+///   (not authorized)", and for other codes "the broker refused the connection: MQTT 5 reason
+///   code 0x85 (Client Identifier not valid)" (names from Paho C's table, MQTT 5 §2.4);
+/// - another MQTT 5 reason code from 0x80 up (SUBACK, PUBACK; MQTT 5 §2.4) as its code and name:
+///   "the broker refused: MQTT 5 reason code 0x87 (Not authorized)";
+/// - else Paho's own text for its return code ("MQTT error [-1]: Failure"), which for a connect
+///   is what connect_failure_cause() looks into.
 std::string paho_error(const mqtt::token& token);
 
 /// The MQTT 5 reason code (MQTT 5 §2.4) as text, "0x87 (Not authorized)".
 std::string reason_code_text(int reason_code);
+
+/// Why a connect failed, in one line that names the cause and never a secret (issue 15). Paho C
+/// reports everything below MQTT (DNS, TCP, TLS) as MQTTASYNC_FAILURE ("MQTT error [-1]:
+/// Failure"), so unless the broker itself refused (`paho_text` from paho_error() names a CONNACK
+/// code; it is returned as it stands), this repeats the way to `url` step by step and says where
+/// it ends:
+/// - `DNS: cannot resolve the host name "broker.example" (Name or service not known)`
+///   (getaddrinfo; its gai_strerror text in brackets), or `DNS: no answer for the host name
+///   "broker.example" within 5 s`;
+/// - `refused: nothing is listening on 127.0.0.1:8883 (TCP connection refused)`: the host
+///   answered, but no broker listens on that port;
+/// - `unreachable: no route to 10.0.0.9:8883 (No route to host)` (also "Network is
+///   unreachable", "Host is down", "Network is down");
+/// - `timed out: no answer from 10.0.0.9:8883 within 5 s (a firewall dropping packets, or the
+///   host is down)`, also for a TLS handshake that does not finish;
+/// - `TLS: the handshake with 127.0.0.1:8883 failed (<mbedTLS's error text>)`, e.g. an mqtts://
+///   URL for a plain listener;
+/// - `TLS: the broker's certificate (CN=broker, issued by CN=other CA) is not trusted by
+///   mqtt.ca_file "/etc/reflow/ca.crt"` ("by the system's CA certificates" without ca_file);
+/// - `TLS: the broker's certificate (CN=broker) has expired` / `is not valid yet`;
+/// - "TLS: the broker's certificate names DNS:localhost, not the URL's host 127.0.0.1; put one
+///   of its names in mqtt.url, or reissue it with `reflow-ingest ca server --host 127.0.0.1`"
+///   (subjectAltName DNS and IP entries, matched as RFC 6125 §6.4 does, one left-most "*"; the
+///   subject's CN when there is no DNS entry, as OpenSSL does for Paho);
+/// - when TCP and TLS both work (so the broker dropped the connection for a reason Paho does not
+///   pass on): `paho_text` and "(127.0.0.1:8883 accepts TCP and TLS; see the broker's log)".
+/// The probe is one getaddrinfo, one non-blocking TCP connect per address and, for mqtts://, one
+/// TLS handshake with mbedTLS using `credentials`' CA and client certificate (to read the
+/// broker's certificate, which Paho does not expose). It runs on the calling thread (the
+/// client's own, never Paho's), takes at most `timeout` in all and returns `paho_text` at once
+/// when `stop` is requested; a getaddrinfo still running then finishes on a detached thread.
+std::string connect_failure_cause(std::string_view url, const Credentials& credentials,
+                                  std::string_view paho_text, std::chrono::milliseconds timeout,
+                                  std::stop_token stop);
+
+/// The cause for a TCP connect to `host_port` ("host:port") that ended with errno `error`
+/// (ETIMEDOUT: no answer within `timeout`), worded as connect_failure_cause() says; for other
+/// errors "cannot connect to HOST:PORT (<strerror>)".
+std::string tcp_failure_text(int error, std::string_view host_port,
+                             std::chrono::milliseconds timeout);
+
+/// True when the certificate's subjectAltName entries (`dns_names`, `ip_addresses` as
+/// tls::CertInfo has them) name `host` (a DNS name, IPv4 address or IPv6 address, brackets
+/// allowed): IP addresses compared as addresses, names case-insensitively, "*" only as the whole
+/// left-most label of a name with at least three labels (RFC 6125 §6.4.3).
+bool certificate_names_host(const std::vector<std::string>& dns_names,
+                            const std::vector<std::string>& ip_addresses, std::string_view host);
 
 /// Paho calls listeners and callbacks on its own threads. A client that keeps its state on one
 /// thread of its own (the forwarder, the node's service, the drivers' subscriber) has those
