@@ -219,9 +219,9 @@ struct Forwarder::Impl {
     }
     if (answer.state == mqtt_connect::ConnectOutcome::State::failed)
       // Paho's "MQTT error [-1]: Failure" told apart here, on the forwarder thread.
-      connect_failed(mqtt_connect::connect_failure_cause(
-          config.url, mqtt_connect::credentials_of(config), answer.failure, config.connect_timeout,
-          stop));
+      connect_failed(
+          mqtt_connect::connect_failure_cause(config.url, mqtt_connect::credentials_of(config),
+                                              answer.failure, config.connect_timeout, stop));
     return false;
   }
 
