@@ -12,6 +12,7 @@
 #include <thread>
 
 #include <reflow/core/http.hpp>
+#include <reflow/core/text.hpp>
 #include <reflow/core/units.hpp>
 #include <reflow/device/driver.hpp>
 #include <reflow/device/driver_table.hpp>
@@ -225,7 +226,10 @@ class MoonrakerDriver final : public Driver {
       const std::string id = raw.is_object() && raw.contains("job_id") && raw["job_id"].is_string()
                                  ? raw["job_id"].get<std::string>()
                                  : "";
-      const std::string key = id.empty() ? raw.dump().substr(0, 200) : id;
+      const std::string key =
+          id.empty() ? agent::shortened_text(
+                           raw.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), 200)
+                     : id;
       if (m_reported_malformed.insert(key).second)
         malformed(fmt::format("Moonraker {}/server/history/list: {}; the job is skipped",
                               m_config.url, job.error().message));

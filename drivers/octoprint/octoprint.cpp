@@ -14,6 +14,7 @@
 #include <thread>
 
 #include <reflow/core/http.hpp>
+#include <reflow/core/text.hpp>
 #include <reflow/core/units.hpp>
 #include <reflow/device/driver.hpp>
 #include <reflow/device/driver_table.hpp>
@@ -302,8 +303,9 @@ class OctoPrintDriver final : public Driver {
       return false;
     }
     problem(fmt::format("HTTP {}", response.status),
-            fmt::format("GET {}{}: HTTP {}: {}", m_config.url, path, response.status,
-                        response.body.substr(0, 200)),
+            fmt::format(
+                "GET {}{}: HTTP {}: {}", m_config.url, path, response.status,
+                agent::shortened_text(agent::printable_text(response.body.substr(0, 800)), 200)),
             true);
     return false;
   }

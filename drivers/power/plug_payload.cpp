@@ -7,6 +7,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <reflow/core/text.hpp>
+
 namespace agent::power {
 namespace {
 
@@ -19,12 +21,10 @@ std::string_view trim(std::string_view text) {
 
 // Only for error messages: long or binary payloads are cut.
 std::string shown(std::string_view payload) {
+  // Escaped first (a payload is any bytes), then cut at a character boundary: the message goes
+  // into the driver's last_error, which `status --json` serializes.
   constexpr std::size_t k_max = 60;
-  std::string out;
-  for (char c : payload.substr(0, k_max))
-    out += (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) ? '?' : c;
-  if (payload.size() > k_max) out += "…";
-  return out;
+  return agent::shortened_text(agent::printable_text(payload.substr(0, 4 * k_max)), k_max);
 }
 
 PlugReading power_reading(double watts) {

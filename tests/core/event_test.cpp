@@ -84,6 +84,19 @@ TEST_F(EventTest, RefusesANonObject) {
   EXPECT_NE(result.error().message.find("expected a JSON object"), std::string::npos);
 }
 
+// Found by tests/fuzz (event_payload): a message quoting a value was cut inside a UTF-8
+// character, and the node serves the message as JSON (a rejection's detail), which then threw.
+TEST_F(EventTest, AMessageQuotingAValueIsValidUtf8WhereverTheCutFalls) {
+  for (std::size_t pad = 50; pad < 64; ++pad) {
+    SCOPED_TRACE(pad);
+    const Json value(std::string(pad, 'a') + "€€€€");
+    for (const auto& result : {validate_submission(value), validate_event_payload(value)}) {
+      ASSERT_FALSE(result.has_value());
+      EXPECT_NO_THROW((void)Json(result.error().message).dump()) << result.error().message;
+    }
+  }
+}
+
 TEST_F(EventTest, RefusesFieldsTheAgentFillsAndUnknownFields) {
   run_submission({
       {"seq", [](Json& j) { j["seq"] = 3; }, "seq: filled by the agent; remove it"},

@@ -27,6 +27,16 @@ TEST(TextTest, PrintableTextEscapesEveryByteThatIsNotUtf8) {
   EXPECT_EQ(printable_text("\xf0\x9f\x94\xa7"), "\xf0\x9f\x94\xa7");      // 🔧
 }
 
+TEST(TextTest, ShortenedTextCutsAtACharacterBoundary) {
+  EXPECT_EQ(shortened_text("short", 60), "short");
+  EXPECT_EQ(shortened_text("abcdef", 6), "abcdef");
+  EXPECT_EQ(shortened_text("abcdefg", 6), "abcdef…");
+  // "€" is E2 82 AC at bytes 3-5: a cut at 4 or 5 goes back to 3.
+  EXPECT_EQ(shortened_text("abc€def", 4), "abc…");
+  EXPECT_EQ(shortened_text("abc€def", 5), "abc…");
+  EXPECT_EQ(shortened_text("abc€def", 6), "abc€…");
+}
+
 TEST(TextTest, CsvFieldNeutralisesFormulasAndKeepsQuotedLineBreaks) {
   EXPECT_EQ(csv_field("=1+1"), "'=1+1");
   EXPECT_EQ(csv_field("+1"), "'+1");

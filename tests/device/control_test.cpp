@@ -294,6 +294,37 @@ TEST_F(ControlServerTest, StatusListsEachDriversHealth) {
   EXPECT_EQ(list[2]["last_error_at"], "2026-01-01T00:00:01.500Z");
 }
 
+// A driver's last_error quotes what a device sent (an HTTP body, a payload), which need not be
+// UTF-8; nlohmann_json's dump throws on that, and the exception ended the daemon.
+TEST_F(ControlServerTest, StatusWithBytesThatAreNotUtf8IsStillAnswered) {
+  DriverStatus garbled{.name = "mk4",
+                       .kind = "octoprint",
+                       .running = true,
+                       .start_error = "",
+                       .start_error_unix_ms = 0,
+                       .health = DriverHealth{.state = "running",
+                                              .events = 0,
+                                              .errors = 1,
+                                              .malformed = 0,
+                                              .last_error = "HTTP 500: \xff\xfe\xe2\x82",
+                                              .last_error_unix_ms = 1'767'225'600'000}};
+  const std::vector<DriverStatus> drivers{garbled};
+  m_server = std::make_unique<ControlServer>(
+      m_socket, *m_writer,
+      [&] {
+        ordered_json s = status_object();
+        s["drivers"] = drivers_status_json(drivers);
+        return s;
+      },
+      m_log);
+  ASSERT_TRUE(m_server->start());
+  for (int i = 0; i < 2; ++i) {  // and the server is still there for the next client
+    auto s = control_status(m_socket);
+    ASSERT_TRUE(s) << s.error().message;
+    EXPECT_EQ((*s)["drivers"][0]["last_error"], "HTTP 500: \uFFFD\uFFFD\uFFFD");
+  }
+}
+
 TEST_F(ControlServerTest, UnknownFirstLineGetsAnError) {
   ASSERT_TRUE(m_server->start());
   for (const std::string first : {R"({"op":"dance"})", "hello", R"(["emit"])"}) {

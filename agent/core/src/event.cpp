@@ -12,6 +12,7 @@
 
 #include <reflow/core/jose.hpp>
 #include <reflow/core/json_strict.hpp>
+#include <reflow/core/text.hpp>
 #include <reflow/core/ulid.hpp>
 #include <reflow/core/units.hpp>
 
@@ -94,10 +95,9 @@ std::unexpected<Error> reject(std::string message) {
 
 // Quotes a value for an error message, shortened so one bad field cannot flood a log line.
 std::string shown(const Json& value) {
-  std::string text = value.dump(-1, ' ', false, Json::error_handler_t::replace);
+  // Cut at a character boundary: the message is served as JSON (a rejection's detail).
   constexpr std::size_t k_max = 60;
-  if (text.size() > k_max) text = text.substr(0, k_max) + "…";
-  return text;
+  return shortened_text(value.dump(-1, ' ', false, Json::error_handler_t::replace), k_max);
 }
 
 // What a string may hold besides its length (PROTOCOL §4 Limits): no control characters but

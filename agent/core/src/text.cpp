@@ -86,4 +86,13 @@ std::string csv_field(std::string_view value) {
   return out;
 }
 
+std::string shortened_text(std::string_view text, std::size_t max_bytes) {
+  if (text.size() <= max_bytes) return std::string(text);
+  std::size_t cut = max_bytes;
+  // A continuation byte (10xxxxxx) is never the start of a character.
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80)
+    --cut;
+  return std::string(text.substr(0, cut)) + "…";
+}
+
 }  // namespace agent

@@ -28,6 +28,13 @@
 namespace agent {
 namespace {
 
+// Every answer as one line of JSON. Strings in it may quote what a device sent (a driver's
+// last_error holds part of an HTTP body or a payload), which need not be UTF-8: bytes that are
+// not become U+FFFD instead of an exception that would end the daemon.
+std::string serialized(const nlohmann::ordered_json& answer) {
+  return answer.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
 constexpr std::size_t k_max_line_bytes = 64 * 1024;
 // Answers not yet written, per connection; the reader waits when this many are outstanding.
 constexpr std::size_t k_max_pending_answers = 8192;
@@ -110,7 +117,7 @@ bool is_blank(std::string_view line) {
 std::string refusal_line(std::string_view message) {
   nlohmann::ordered_json answer;
   answer["error"] = message;
-  return answer.dump() + "\n";
+  return serialized(answer) + "\n";
 }
 
 std::string idle_line(std::chrono::milliseconds idle_timeout) {
@@ -253,7 +260,7 @@ void ControlServer::Impl::serve(Connection& conn) {
   } else if (outcome == LineReader::Outcome::line) {
     const ControlOp op = parse_control_request(first);
     if (op == ControlOp::status) {
-      control_send_all(conn.fd, status().dump() + "\n");
+      control_send_all(conn.fd, serialized(status()) + "\n");
     } else if (op == ControlOp::emit) {
       serve_emit(conn, reader);
     } else {
@@ -326,7 +333,7 @@ void ControlServer::Impl::serve_emit(Connection& conn, LineReader& reader) {
             nlohmann::ordered_json ok;
             ok["seq"] = committed->seq;
             ok["id"] = committed->id;
-            settle(ok.dump() + "\n");
+            settle(serialized(ok) + "\n");
           } else {
             settle(control_error_line(committed.error().message, line_number));
           }
@@ -432,7 +439,7 @@ std::string control_error_line(std::string_view message, std::size_t line_number
   nlohmann::ordered_json answer;
   answer["error"] = message;
   answer["line"] = line_number;
-  return answer.dump() + "\n";
+  return serialized(answer) + "\n";
 }
 
 Result<int> control_connect(const std::filesystem::path& socket_path) {

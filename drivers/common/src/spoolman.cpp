@@ -7,6 +7,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <reflow/core/text.hpp>
+
 namespace agent::spoolman {
 
 double filament_grams(double length_mm, double diameter_mm, double density_g_cm3) {
@@ -39,7 +41,8 @@ Result<std::string> Client::call(const std::string& method, const std::string& p
   if (response->status == 200) return std::move(response->body);
   const std::string what =
       fmt::format("Spoolman {} {}{}: HTTP {} ({})", method, request.url,
-                  body.empty() ? "" : " " + body, response->status, response->body.substr(0, 200));
+                  body.empty() ? "" : " " + body, response->status,
+                  agent::shortened_text(agent::printable_text(response->body.substr(0, 800)), 200));
   if (response->status == 404)
     return fail(ErrorCode::not_found,
                 fmt::format("{}; check spool_id: Spoolman has no such spool", what));

@@ -2,6 +2,7 @@
 // The power driver's pure logic: recorded plug payloads (drivers/power/testdata/<case>/) through
 // the payload parsers and the session tracker, with message times from a FakeEnv.
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <reflow/core/env.hpp>
 
@@ -117,6 +118,18 @@ TEST_F(PlugPayloadTest, ShellyGen1EnergyIsWattMinutes) {
   EXPECT_FALSE(parse_plug_message(gen1, "shellies/shellyplug-s-C18B12/relay/0/energy", "-3"));
   EXPECT_TRUE(parse_plug_message(gen1, "shellies/shellyplug-s-C18B12/relay/1/power", "x")->empty())
       << "another channel's topic is not this plug's";
+}
+
+// A refusal quotes the payload, cut and escaped: it ends up in the driver's last_error, which
+// `status --json` serializes, so it must be valid UTF-8 whatever the plug sent.
+TEST_F(PlugPayloadTest, ARefusalQuotesThePayloadAsValidUtf8) {
+  for (const std::string& payload :
+       {std::string(58, '1') + "€€€€",
+        std::string("\xff\xfe garbage \xe2\x82") + std::string(80, 'x')}) {
+    auto r = parse_plug_message(gen1, "shellies/shellyplug-s-C18B12/relay/0/power", payload);
+    ASSERT_FALSE(r);
+    EXPECT_NO_THROW((void)nlohmann::json(r.error().message).dump()) << r.error().message;
+  }
 }
 
 TEST_F(PlugPayloadTest, ShellyGen2NotifyEventAndOtherComponentsCarryNothing) {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #pragma once
 
+#include <cstddef>
 #include <string>
 #include <string_view>
 
@@ -13,6 +14,12 @@ namespace agent {
 /// sent can move the cursor, change colours, retitle the window or start a forged line.
 /// Everything else, non-ASCII text included, is kept as it is.
 std::string printable_text(std::string_view text);
+
+/// `text` cut to at most `max_bytes` bytes plus "…" when it is longer, the cut moved back to the
+/// start of a UTF-8 sequence (RFC 3629 §3) so that valid UTF-8 stays valid: a message that quotes
+/// a value must still serialize as JSON (nlohmann_json refuses invalid UTF-8). Text that is not
+/// valid UTF-8 to begin with should go through printable_text first.
+std::string shortened_text(std::string_view text, std::size_t max_bytes);
 
 /// One RFC 4180 CSV field that a spreadsheet opens as text: printable_text's escapes except for
 /// TAB, LF and CR, which a quoted field may hold; a leading `=`, `+`, `-`, `@`, TAB or CR (what
