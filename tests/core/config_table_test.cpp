@@ -119,6 +119,74 @@ password_file = "p"
       << message;
 }
 
+// The messages of the shared keys, once for both programs (their config tests show that each
+// runs these checks).
+std::string error_of(std::string_view text) {
+  const auto parsed = parse(text);
+  return std::holds_alternative<std::string>(parsed) ? std::get<std::string>(parsed) : "";
+}
+
+TEST(MqttKeysTest, BrokerUrlIsMqttOrMqttsWithAHostAndAPort) {
+  EXPECT_EQ(error_of("[mqtt]\nurl = \"htp://node\"\n"),
+            "test.toml:2: mqtt.url: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], e.g. "
+            "\"mqtts://node.example.org:8883\"; got \"htp://node\"");
+  for (const char* url :
+       {"tcp://node:1883", "mqtt://", "mqtt://:1883", "mqtt://node:", "mqtt://node:0",
+        "mqtt://node:65536", "mqtt://node:18a3", "mqtt://node/path", "mqtt://user@node",
+        "ws://node", "mqtt://[::1", "MQTT://node", "mqtt://no de"}) {
+    SCOPED_TRACE(url);
+    EXPECT_NE(error_of(std::string("[mqtt]\nurl = \"") + url + "\"\n").find("mqtt.url"),
+              std::string::npos);
+  }
+  for (const char* url : {"mqtt://node", "mqtt://node.example.org:1883", "mqtts://10.0.0.2:8883",
+                          "mqtts://[::1]:8883", "mqtt://[fe80::1]", "mqtt://my-node_1:65535"}) {
+    SCOPED_TRACE(url);
+    const auto parsed = parse(std::string("[mqtt]\nurl = \"") + url + "\"\n");
+    ASSERT_TRUE(std::holds_alternative<MqttOnly>(parsed)) << std::get<std::string>(parsed);
+    EXPECT_EQ(std::get<MqttOnly>(parsed).url, url);
+  }
+}
+
+TEST(MqttKeysTest, TopicPrefixIsPlainLevelsAndClientIdIsNotEmpty) {
+  for (const char* prefix : {"", "reflow/+", "reflow/#", "/reflow/v1", "reflow/v1/"}) {
+    SCOPED_TRACE(prefix);
+    EXPECT_EQ(error_of(std::string("[mqtt]\ntopic_prefix = \"") + prefix + "\"\n")
+                  .rfind("test.toml:2: mqtt.topic_prefix: expected topic levels", 0),
+              0u);
+  }
+  EXPECT_EQ(error_of("[mqtt]\nclient_id = \"\"\n"),
+            "test.toml:2: mqtt.client_id: expected a non-empty MQTT client id; got \"\"");
+  EXPECT_EQ(error_of("[mqtt]\nkeepalive = \"1500ms\"\n")
+                .rfind("test.toml:2: mqtt.keepalive: expected a duration from \"1s\" to "
+                       "\"65535s\" in whole seconds",
+                       0),
+            0u);
+}
+
+TEST(MqttKeysTest, TlsFilesNeedMqttsAndEachOther) {
+  EXPECT_EQ(error_of("[mqtt]\nca_file = \"/etc/ca.pem\"\n"),
+            "test.toml:2: mqtt.ca_file: expected only with an mqtts:// url (mqtt.url is "
+            "\"mqtt://127.0.0.1:1883\"); remove it or use mqtts://; got \"/etc/ca.pem\"");
+  EXPECT_EQ(error_of("[mqtt]\nurl = \"mqtts://node\"\ncert_file = \"/c.pem\"\n"),
+            "test.toml:3: mqtt.cert_file: expected mqtt.key_file to be set too (mutual TLS "
+            "needs both); got \"/c.pem\"");
+  EXPECT_EQ(error_of("[mqtt]\nurl = \"mqtts://node\"\nkey_file = \"/c.key\"\n"),
+            "test.toml:3: mqtt.key_file: expected mqtt.cert_file to be set too (mutual TLS "
+            "needs both); got \"/c.key\"");
+}
+
+TEST(MqttKeysTest, PasswordNeedsAUserNameAndReconnectMinAtMostMax) {
+  EXPECT_EQ(error_of("[mqtt]\npassword_file = \"/p\"\n")
+                .rfind("test.toml:2: mqtt.password_file: expected mqtt.username to be set too", 0),
+            0u);
+  EXPECT_EQ(error_of("[mqtt]\nreconnect_min = \"2m\"\nreconnect_max = \"1m\"\n"),
+            "test.toml:3: mqtt.reconnect_max: expected reconnect_min (\"2m\") to be at most "
+            "reconnect_max (\"1m\"); got \"1m\"");
+  EXPECT_EQ(error_of("[mqtt]\nreconnect_min = \"2m\"\n"),
+            "test.toml:2: mqtt.reconnect_min: expected reconnect_min (\"2m\") to be at most "
+            "reconnect_max (\"1m\"); got \"2m\"");
+}
+
 TEST(MqttKeysTest, ReferenceUsesEachProgramsWords) {
   const auto rows = schema().reference();
   ASSERT_EQ(rows.size(), 12u);

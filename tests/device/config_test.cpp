@@ -191,37 +191,6 @@ TEST_F(ConfigTest, RejectsBadDurations) {
             std::string::npos);
 }
 
-TEST_F(ConfigTest, RejectsBadBrokerUrl) {
-  EXPECT_EQ(error_of(with_minimal("[mqtt]\nurl = \"htp://node\"\n")),
-            "agent.toml:6: mqtt.url: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], e.g. "
-            "\"mqtts://node.example.org:8883\"; got \"htp://node\"");
-  for (const char* url :
-       {"tcp://node:1883", "mqtt://", "mqtt://:1883", "mqtt://node:", "mqtt://node:0",
-        "mqtt://node:65536", "mqtt://node:18a3", "mqtt://node/path", "mqtt://user@node",
-        "ws://node", "mqtt://[::1", "MQTT://node", "mqtt://no de"}) {
-    SCOPED_TRACE(url);
-    EXPECT_NE(error_of(with_minimal(fmt::format("[mqtt]\nurl = \"{}\"\n", url))).find("mqtt.url"),
-              std::string::npos);
-  }
-  for (const char* url : {"mqtt://node", "mqtt://node.example.org:1883", "mqtts://10.0.0.2:8883",
-                          "mqtts://[::1]:8883", "mqtt://[fe80::1]", "mqtt://my-node_1:65535"}) {
-    SCOPED_TRACE(url);
-    const auto config =
-        parse_config(with_minimal(fmt::format("[mqtt]\nurl = \"{}\"\n", url)), "agent.toml");
-    ASSERT_TRUE(config.has_value()) << config.error().message;
-    EXPECT_EQ(config->url, url);
-  }
-}
-
-TEST_F(ConfigTest, RejectsTopicPrefixThatIsNotPlainLevels) {
-  for (const char* prefix : {"", "reflow/+", "reflow/#", "/reflow/v1", "reflow/v1/"}) {
-    SCOPED_TRACE(prefix);
-    EXPECT_EQ(error_of(with_minimal(fmt::format("[mqtt]\ntopic_prefix = \"{}\"\n", prefix)))
-                  .rfind("agent.toml:6: mqtt.topic_prefix: expected topic levels", 0),
-              0u);
-  }
-}
-
 TEST_F(ConfigTest, RejectsBadEnumsSizesAndCounts) {
   EXPECT_EQ(error_of(with_minimal("log_level = \"verbose\"\n")),
             "agent.toml:5: agent.log_level: expected one of \"debug\", \"info\", \"warning\", "
@@ -271,34 +240,12 @@ TEST_F(ConfigTest, ReportsAllProblemsInFileOrder) {
             "h, d); got 30");
 }
 
+// The [mqtt] keys and their checks are the shared table's (tests/core/config_table_test.cpp);
+// this shows reflow-agent's config runs them, line numbers and all.
 TEST_F(ConfigTest, RejectsTlsFilesWithoutMqtts) {
   EXPECT_EQ(error_of(with_minimal("[mqtt]\nca_file = \"/etc/ca.pem\"\n")),
             "agent.toml:6: mqtt.ca_file: expected only with an mqtts:// url (mqtt.url is "
             "\"mqtt://127.0.0.1:1883\"); remove it or use mqtts://; got \"/etc/ca.pem\"");
-}
-
-TEST_F(ConfigTest, RejectsClientCertificateWithoutItsKey) {
-  EXPECT_EQ(error_of(with_minimal("[mqtt]\nurl = \"mqtts://node\"\ncert_file = \"/c.pem\"\n")),
-            "agent.toml:7: mqtt.cert_file: expected mqtt.key_file to be set too (mutual TLS "
-            "needs both); got \"/c.pem\"");
-  EXPECT_EQ(error_of(with_minimal("[mqtt]\nurl = \"mqtts://node\"\nkey_file = \"/c.key\"\n")),
-            "agent.toml:7: mqtt.key_file: expected mqtt.cert_file to be set too (mutual TLS "
-            "needs both); got \"/c.key\"");
-}
-
-TEST_F(ConfigTest, RejectsPasswordWithoutUserName) {
-  EXPECT_EQ(error_of(with_minimal("[mqtt]\npassword_file = \"/p\"\n"))
-                .rfind("agent.toml:6: mqtt.password_file: expected mqtt.username to be set too", 0),
-            0u);
-}
-
-TEST_F(ConfigTest, RejectsReconnectMinAboveMax) {
-  EXPECT_EQ(error_of(with_minimal("[mqtt]\nreconnect_min = \"2m\"\nreconnect_max = \"1m\"\n")),
-            "agent.toml:7: mqtt.reconnect_max: expected reconnect_min (\"2m\") to be at most "
-            "reconnect_max (\"1m\"); got \"1m\"");
-  EXPECT_EQ(error_of(with_minimal("[mqtt]\nreconnect_min = \"2m\"\n")),
-            "agent.toml:6: mqtt.reconnect_min: expected reconnect_min (\"2m\") to be at most "
-            "reconnect_max (\"1m\"); got \"2m\"");
 }
 
 TEST_F(ConfigTest, KeepsDriverTablesInFileOrderWithTheirSourceLines) {
@@ -459,26 +406,8 @@ TEST_F(ConfigTest, ExampleFileLoadsAsIs) {
   EXPECT_EQ(config->log_level, minimal->log_level);
 }
 
-// Maps each key written in the example (commented or not) to its table: "mqtt.keepalive".
-std::set<std::string> keys_in_example() {
-  const std::regex header(R"(^(?:#\s*)?\[\[?([a-z_]+)\]\]?\s*$)");
-  const std::regex assignment(R"(^(?:#\s*)?([a-z_]+)\s*=)");
-  std::set<std::string> keys;
-  std::istringstream lines(read_text(k_example));
-  std::string section;
-  for (std::string line; std::getline(lines, line);) {
-    std::smatch match;
-    if (std::regex_match(line, match, header)) {
-      section = match[1];
-    } else if (std::regex_search(line, match, assignment) && !section.empty()) {
-      keys.insert(section + "." + match[1].str());
-    }
-  }
-  return keys;
-}
-
 TEST_F(ConfigTest, ExampleFileDocumentsEveryKey) {
-  const auto keys = keys_in_example();
+  const auto keys = reflow_test::keys_in_example(k_example);
   ASSERT_FALSE(keys.empty());
   for (const auto& info : config_reference()) {
     EXPECT_TRUE(keys.contains(info.key)) << info.key << " is missing from " << k_example;

@@ -159,24 +159,14 @@ TEST_F(IngestConfigTest, EveryErrorNamesFileLineAndKey) {
        "expected a duration such as \"30s\" (units ms, s, m, h, d); got 100"},
       {"[ingest]\nack_interval = \"2m\"\n", 2, "ingest.ack_interval",
        "expected a duration from \"0ms\" to \"1m\"; got \"2m\""},
-      {"[mqtt]\nurl = \"htp://node\"\n", 2, "mqtt.url", "expected mqtt://HOST[:PORT]"},
-      {"[mqtt]\ntopic_prefix = \"a/+\"\n", 2, "mqtt.topic_prefix", "expected topic levels"},
-      {"[mqtt]\nclient_id = \"\"\n", 2, "mqtt.client_id",
-       "expected a non-empty MQTT client id; got \"\""},
       {"[mqtt]\nshare_group = \"a/b\"\n", 2, "mqtt.share_group",
        "expected a group name without '/', '+' or '#' (MQTT 5 §4.8.2); got \"a/b\""},
-      {"[mqtt]\nkeepalive = \"1500ms\"\n", 2, "mqtt.keepalive",
-       "expected a duration from \"1s\" to \"65535s\" in whole seconds"},
       {"[mqtt]\nsession_expiry = \"0s\"\n", 2, "mqtt.session_expiry",
        "expected a duration from \"1s\" to \"49710d\" in whole seconds (MQTT 5 session expiry "
        "is 32-bit seconds); got \"0s\""},
+      // The shared [mqtt] keys' checks are tested in tests/core/config_table_test.cpp; this row
+      // shows reflow-ingest's config runs them.
       {"[mqtt]\nca_file = \"/ca.pem\"\n", 2, "mqtt.ca_file", "expected only with an mqtts:// url"},
-      {"[mqtt]\nurl = \"mqtts://n\"\ncert_file = \"/c\"\n", 3, "mqtt.cert_file",
-       "expected mqtt.key_file to be set too"},
-      {"[mqtt]\npassword_file = \"/p\"\n", 2, "mqtt.password_file",
-       "expected mqtt.username to be set too"},
-      {"[mqtt]\nreconnect_min = \"2m\"\nreconnect_max = \"1m\"\n", 3, "mqtt.reconnect_max",
-       "expected reconnect_min (\"2m\") to be at most reconnect_max (\"1m\"); got \"1m\""},
       {"[ca]\ndevice_cert_days = -1\n", 2, "ca.device_cert_days",
        "expected an integer from 1 to 36500; got -1"},
       {"[ca]\ndir = \"\"\n", 2, "ca.dir", "expected a file path"},
@@ -289,28 +279,8 @@ TEST_F(IngestConfigTest, ExampleFileLoadsAsIsWithTheDefaults) {
   EXPECT_EQ(config->effective_ca_dir(), defaults.effective_ca_dir());
 }
 
-// Each key written in the example, commented or not: "mqtt.keepalive"; a sub-table header
-// ("[export.units]") counts as its key "export.units".
-std::set<std::string> keys_in_example() {
-  const std::regex header(R"(^(?:#\s*)?\[([a-z_.]+)\]\s*$)");
-  const std::regex assignment(R"(^(?:#\s*)?([a-z_]+)\s*=)");
-  std::set<std::string> keys;
-  std::istringstream lines(read_text(k_example));
-  std::string section;
-  for (std::string line; std::getline(lines, line);) {
-    std::smatch match;
-    if (std::regex_match(line, match, header)) {
-      section = match[1];
-      if (section.find('.') != std::string::npos) keys.insert(section);
-    } else if (std::regex_search(line, match, assignment) && !section.empty()) {
-      keys.insert(section + "." + match[1].str());
-    }
-  }
-  return keys;
-}
-
 TEST_F(IngestConfigTest, ExampleFileDocumentsEveryKey) {
-  const auto keys = keys_in_example();
+  const auto keys = reflow_test::keys_in_example(k_example);
   ASSERT_FALSE(keys.empty());
   for (const auto& info : ingest_config_reference()) {
     EXPECT_TRUE(keys.contains(info.key)) << info.key << " is missing from " << k_example;
