@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include <reflow/core/event.hpp>
 #include <reflow/core/units.hpp>
 #include <reflow/drivers/spoolman.hpp>
 #include <reflow/drivers/valueflows.hpp>
@@ -88,6 +89,14 @@ Result<HistoryJob> parse_job(const nlohmann::json& entry) {
     job.end_time = end->get<double>();
     if (*job.end_time < job.start_time) return bad("end_time", "is before start_time");
   }
+  // The events' times must be ones PROTOCOL §4 accepts, or the writer refuses them and the job is
+  // lost instead of reported: a job is malformed when its start or end lies beyond them.
+  const double last_s = job.end_time ? *job.end_time : job.start_time + job.total_duration_s;
+  if (job.start_time * 1000.0 >= static_cast<double>(k_max_time_ms))
+    return bad("start_time", "is after 2099 (PROTOCOL §4 Limits)");
+  if (last_s * 1000.0 >= static_cast<double>(k_max_time_ms))
+    return bad(job.end_time ? "end_time" : "total_duration",
+               "puts the job's end after 2099 (PROTOCOL §4 Limits)");
   if (const auto meta = entry.find("metadata"); meta != entry.end() && meta->is_object())
     if (const auto type = meta->find("filament_type"); type != meta->end() && type->is_string())
       job.filament_type = type->get<std::string>();

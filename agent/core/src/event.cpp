@@ -234,11 +234,6 @@ Result<std::size_t> check_field_values(const Json& value, const std::string& pat
   return size.value_or(0);
 }
 
-// Times PROTOCOL §4 accepts: from the Unix epoch (a device without a clock starts there) to the
-// end of 2099, which no honest clock reaches and which keeps every reader's arithmetic small.
-constexpr std::int64_t k_min_time_ms = 0;
-constexpr std::int64_t k_max_time_ms = 4'102'444'800'000;  // 2100-01-01T00:00:00Z
-
 // RFC 3339 in UTC; returns Unix ms.
 Result<std::int64_t> check_utc_time(const Json& value, std::string_view name) {
   if (!value.is_string())

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include <reflow/core/event.hpp>
 #include <reflow/device/config.hpp>
 #include <reflow/device/driver.hpp>
 #include <reflow/drivers/driver_state.hpp>
@@ -206,6 +207,40 @@ TEST(MoonrakerHistoryTest, RefusesEntriesWithMissingOrMistypedFields) {
   auto backwards = good;
   backwards["end_time"] = 1767196000.0;
   EXPECT_FALSE(moonraker::parse_job(backwards));
+}
+
+// Found by tests/fuzz (moonraker_history): a job ending in 2182 gave events the writer refuses
+// (PROTOCOL §4 Limits: times up to 2099), so the job would be lost instead of reported as
+// malformed. Every finished job parse_job accepts must give events that pass validate_submission.
+TEST(MoonrakerHistoryTest, RefusesJobsBeyondTheProtocolsTimeRange) {
+  auto late_end = history_job("000016", "completed", 1767196800.48, 100);
+  late_end["end_time"] = 6711798630.98;  // 2182
+  auto job = moonraker::parse_job(late_end);
+  ASSERT_FALSE(job);
+  EXPECT_NE(job.error().message.find("end_time"), std::string::npos) << job.error().message;
+  EXPECT_NE(job.error().message.find("after 2099"), std::string::npos) << job.error().message;
+
+  auto late_start = history_job("000017", "completed", 4102444800.0, 100);
+  EXPECT_FALSE(moonraker::parse_job(late_start));
+
+  auto long_running = history_job("000018", "completed", 4102444000.0, 100);
+  long_running.erase("end_time");
+  long_running["total_duration"] = 1000.0;
+  EXPECT_FALSE(moonraker::parse_job(long_running));
+
+  // The last millisecond the protocol takes is still a job.
+  auto edge = history_job("000019", "completed", 1767196800.0, 100);
+  edge["end_time"] = 4102444799.998;
+  auto ok = moonraker::parse_job(edge);
+  ASSERT_TRUE(ok) << ok.error().message;
+  moonraker::JobContext context;
+  context.name = "prusa";
+  context.printer = "printer:prusa-mk4";
+  context.filament = "spool:42";
+  for (const auto& event : moonraker::job_events(*ok, context)) {
+    auto valid = validate_submission(event);
+    EXPECT_TRUE(valid.has_value()) << valid.error().message;
+  }
 }
 
 // Golden cases: drivers/moonraker/testdata/<case>/ holds the replay script (Moonraker's and

@@ -21,6 +21,11 @@ inline constexpr std::size_t k_max_envelope_bytes = 64 * 1024;    ///< PROTOCOL 
 /// tonnes in grams; anything outside is a driver's unit mistake or an attack on a reader's sums.
 inline constexpr double k_min_quantity = 1e-9;
 inline constexpr double k_max_quantity = 1e12;
+/// Times PROTOCOL §4 Limits accepts, in Unix ms: from the Unix epoch (a device without a clock
+/// starts there) up to, not including, 2100-01-01T00:00:00Z, which no honest clock reaches and
+/// which keeps every reader's arithmetic small.
+inline constexpr std::int64_t k_min_time_ms = 0;
+inline constexpr std::int64_t k_max_time_ms = 4'102'444'800'000;
 
 /// Where an event came from (PROTOCOL §4 `source`).
 struct EventSource {
