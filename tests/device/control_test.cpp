@@ -150,6 +150,18 @@ class ControlServerTest : public ::testing::Test {
         m_socket, *m_writer, [] { return status_object(); }, m_log, std::move(limits));
   }
 
+  // A server whose status is status_object() with `drivers` as drivers_status_json has them.
+  std::unique_ptr<ControlServer> make_server(std::vector<DriverStatus> drivers) {
+    return std::make_unique<ControlServer>(
+        m_socket, *m_writer,
+        [drivers = std::move(drivers)] {
+          ordered_json s = status_object();
+          s["drivers"] = drivers_status_json(drivers);
+          return s;
+        },
+        m_log);
+  }
+
   // An emit connection that stays open: the server holds it until the client half-closes.
   Fd open_emit() {
     Fd fd = connect();
@@ -269,15 +281,7 @@ TEST_F(ControlServerTest, StatusListsEachDriversHealth) {
                       .start_error = "cannot read state.json",
                       .start_error_unix_ms = 1'767'225'601'500,
                       .health = {}};
-  const std::vector<DriverStatus> drivers{polling, quiet, failed};
-  m_server = std::make_unique<ControlServer>(
-      m_socket, *m_writer,
-      [&] {
-        ordered_json s = status_object();
-        s["drivers"] = drivers_status_json(drivers);
-        return s;
-      },
-      m_log);
+  m_server = make_server({polling, quiet, failed});
   ASSERT_TRUE(m_server->start());
   auto s = control_status(m_socket);
   ASSERT_TRUE(s) << s.error().message;
@@ -308,15 +312,7 @@ TEST_F(ControlServerTest, StatusWithBytesThatAreNotUtf8IsStillAnswered) {
                                               .malformed = 0,
                                               .last_error = "HTTP 500: \xff\xfe\xe2\x82",
                                               .last_error_unix_ms = 1'767'225'600'000}};
-  const std::vector<DriverStatus> drivers{garbled};
-  m_server = std::make_unique<ControlServer>(
-      m_socket, *m_writer,
-      [&] {
-        ordered_json s = status_object();
-        s["drivers"] = drivers_status_json(drivers);
-        return s;
-      },
-      m_log);
+  m_server = make_server({garbled});
   ASSERT_TRUE(m_server->start());
   for (int i = 0; i < 2; ++i) {  // and the server is still there for the next client
     auto s = control_status(m_socket);
