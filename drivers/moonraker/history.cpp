@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <reflow/core/event.hpp>
+#include <reflow/core/text.hpp>
 #include <reflow/core/units.hpp>
 #include <reflow/drivers/spoolman.hpp>
 #include <reflow/drivers/valueflows.hpp>
@@ -54,13 +55,28 @@ Result<HistoryJob> parse_job(const nlohmann::json& entry) {
   job.job_id = id->get<std::string>();
   const auto bad = [&](std::string_view field, std::string_view what) {
     return fail(ErrorCode::invalid_argument,
-                fmt::format("job {}: \"{}\" {}", job.job_id, field, what));
+                fmt::format("job {}: \"{}\" {}", shortened_text(printable_text(job.job_id), 64),
+                            field, what));
+  };
+  // The job's strings go into its events, so they must be strings PROTOCOL §4 Limits takes, or
+  // the writer would refuse the events of a job that passed here.
+  const auto protocol_text = [&](std::string_view field, std::string_view text) -> Status {
+    if (text.size() > k_max_string_bytes)
+      return bad(field, fmt::format("is {} bytes; an event's strings hold at most {} "
+                                    "(PROTOCOL §4 Limits)",
+                                    text.size(), k_max_string_bytes));
+    if (const auto at = find_control_character(text, /*allow_tab_lf=*/true);
+        at != std::string_view::npos)
+      return bad(field, fmt::format("holds a control character at byte {}; an event's strings "
+                                    "may hold TAB and LF but no other (PROTOCOL §4 Limits)",
+                                    at + 1));
+    return {};
   };
   const auto string_field = [&](const char* field, std::string& out, bool nullable) -> Status {
     const auto it = entry.find(field);
     if (it != entry.end() && it->is_string()) {
       out = it->get<std::string>();
-      return {};
+      return protocol_text(field, out);
     }
     if (nullable && (it == entry.end() || it->is_null())) return {};
     return bad(field, "is not a string");
@@ -73,6 +89,7 @@ Result<HistoryJob> parse_job(const nlohmann::json& entry) {
     out = it->get<double>();
     return {};
   };
+  if (Status s = protocol_text("job_id", job.job_id); !s) return std::unexpected(s.error());
   for (Status s :
        {string_field("filename", job.filename, false), string_field("status", job.status, false),
         string_field("user", job.user, true), number_field("start_time", job.start_time),
@@ -100,6 +117,8 @@ Result<HistoryJob> parse_job(const nlohmann::json& entry) {
   if (const auto meta = entry.find("metadata"); meta != entry.end() && meta->is_object())
     if (const auto type = meta->find("filament_type"); type != meta->end() && type->is_string())
       job.filament_type = type->get<std::string>();
+  if (Status s = protocol_text("metadata.filament_type", job.filament_type); !s)
+    return std::unexpected(s.error());
   if (const auto aux = entry.find("auxiliary_data"); aux != entry.end() && aux->is_array())
     for (const auto& item : *aux)
       if (item.is_object() && item.value("units", nlohmann::json()) == "kWh" &&

@@ -50,5 +50,19 @@ TEST(TextTest, CsvFieldNeutralisesFormulasAndKeepsQuotedLineBreaks) {
   EXPECT_EQ(csv_field("=\"x\",y"), "\"'=\"\"x\"\",y\"");
 }
 
+TEST(TextTest, FindControlCharacterFindsC0DelAndC1) {
+  constexpr auto npos = std::string_view::npos;
+  EXPECT_EQ(find_control_character("plain ünïcode – text", false), npos);
+  EXPECT_EQ(find_control_character("a\tb\nc", true), npos);
+  EXPECT_EQ(find_control_character("a\tb", false), 1U);
+  EXPECT_EQ(find_control_character("ab\nc", false), 2U);
+  EXPECT_EQ(find_control_character("abc\rd", true), 3U);
+  EXPECT_EQ(find_control_character(std::string_view("a\0b", 3), true), 1U);
+  EXPECT_EQ(find_control_character("x\x7f", true), 1U);
+  EXPECT_EQ(find_control_character("CSI \xc2\x9b", true), 4U);     // U+009B
+  EXPECT_EQ(find_control_character("nbsp \xc2\xa0", true), npos);  // U+00A0 is text
+  EXPECT_EQ(find_control_character("cut \xc2", true), npos);
+}
+
 }  // namespace
 }  // namespace agent

@@ -100,25 +100,6 @@ std::string shown(const Json& value) {
   return shortened_text(value.dump(-1, ' ', false, Json::error_handler_t::replace), k_max);
 }
 
-// What a string may hold besides its length (PROTOCOL §4 Limits): no control characters but
-// TAB and LF — C0 (U+0000–U+001F), DEL (U+007F) and C1 (U+0080–U+009F, UTF-8 C2 80–C2 9F) are
-// how a device string would drive a terminal or forge a log line. Member names hold none at all.
-// Returns the byte offset of the first such character, or npos.
-std::size_t find_control(std::string_view text, bool allow_tab_lf) {
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    const auto byte = static_cast<unsigned char>(text[i]);
-    if (byte < 0x20) {
-      if (allow_tab_lf && (byte == '\t' || byte == '\n')) continue;
-      return i;
-    }
-    if (byte == 0x7f) return i;
-    if (byte == 0xc2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) < 0xa0 &&
-        static_cast<unsigned char>(text[i + 1]) >= 0x80)
-      return i;
-  }
-  return std::string_view::npos;
-}
-
 // A number every reader holds exactly (PROTOCOL §4 Limits, RFC 7493 §2.2): integers within
 // ±(2^53 − 1), other numbers finite and not subnormal. parse_json_strict already refuses the rest
 // in text; this catches what a driver builds in C++.
@@ -148,7 +129,7 @@ Status check_values(const Json& value, const std::string& path, std::size_t dept
     } catch (const Json::type_error&) {
       return reject(fmt::format("{}: string is not valid UTF-8", path));
     }
-    if (auto at = find_control(text, /*allow_tab_lf=*/true); at != std::string_view::npos)
+    if (auto at = find_control_character(text, /*allow_tab_lf=*/true); at != std::string_view::npos)
       return reject(
           fmt::format("{}: control character at byte {}; strings may hold TAB and LF but "
                       "no other control character (PROTOCOL §4 Limits)",
@@ -170,7 +151,7 @@ Status check_values(const Json& value, const std::string& path, std::size_t dept
         } catch (const Json::type_error&) {
           return reject(fmt::format("{}: a member name is not valid UTF-8", path));
         }
-        if (find_control(key, /*allow_tab_lf=*/false) != std::string_view::npos)
+        if (find_control_character(key, /*allow_tab_lf=*/false) != std::string_view::npos)
           return reject(fmt::format(
               "{}: a member name holds a control character (PROTOCOL §4 Limits)", path));
         if (auto s = check_values(member, path + "." + key, depth + 1); !s) return s;
@@ -192,13 +173,13 @@ bool values_within_limits(const Json& value, std::size_t depth) {
   if (value.is_string()) {
     const auto& text = value.get_ref<const std::string&>();
     return text.size() <= k_max_string_bytes &&
-           find_control(text, /*allow_tab_lf=*/true) == std::string_view::npos;
+           find_control_character(text, /*allow_tab_lf=*/true) == std::string_view::npos;
   }
   if (value.is_number()) return number_within_limits(value);
   if (value.is_object()) {
     if (depth + 1 > k_max_json_depth) return false;
     for (const auto& [key, member] : value.items()) {
-      if (find_control(key, /*allow_tab_lf=*/false) != std::string_view::npos ||
+      if (find_control_character(key, /*allow_tab_lf=*/false) != std::string_view::npos ||
           !values_within_limits(member, depth + 1))
         return false;
     }

@@ -86,6 +86,21 @@ std::string csv_field(std::string_view value) {
   return out;
 }
 
+std::size_t find_control_character(std::string_view text, bool allow_tab_lf) noexcept {
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const auto byte = static_cast<unsigned char>(text[i]);
+    if (byte < 0x20) {
+      if (allow_tab_lf && (byte == '\t' || byte == '\n')) continue;
+      return i;
+    }
+    if (byte == 0x7f) return i;
+    if (byte == 0xc2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) < 0xa0 &&
+        static_cast<unsigned char>(text[i + 1]) >= 0x80)
+      return i;
+  }
+  return std::string_view::npos;
+}
+
 std::string shortened_text(std::string_view text, std::size_t max_bytes) {
   if (text.size() <= max_bytes) return std::string(text);
   std::size_t cut = max_bytes;

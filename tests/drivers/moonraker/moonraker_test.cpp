@@ -243,6 +243,51 @@ TEST(MoonrakerHistoryTest, RefusesJobsBeyondTheProtocolsTimeRange) {
   }
 }
 
+// Found by tests/fuzz (moonraker_history): a user name holding a control character gave a `use`
+// whose meta.user the writer refuses (PROTOCOL §4 Limits), and so does a file name, job id or
+// filament type. parse_job refuses such a job, naming the field, so that it is reported as
+// malformed instead of passing as a job whose events cannot be written.
+TEST(MoonrakerHistoryTest, RefusesStringsTheProtocolRefuses) {
+  const auto good = history_job("000016", "completed", 1767196800.48, 100);
+  const std::string long_name(k_max_string_bytes + 1, 'a');
+  struct Case {
+    const char* field;
+    nlohmann::json value;
+  };
+  for (const Case& c : {Case{"user", "T\x12RUSTED_USER"}, Case{"filename", "part\x1b[2J.gcode"},
+                        Case{"filename", long_name},
+                        Case{"job_id",
+                             "0000\x7f"
+                             "16"},
+                        Case{"user", "admin\xc2\x9b"}}) {
+    auto bad = good;
+    bad[c.field] = c.value;
+    auto job = moonraker::parse_job(bad);
+    ASSERT_FALSE(job) << c.field;
+    EXPECT_NE(job.error().message.find(c.field), std::string::npos) << job.error().message;
+  }
+  auto bad_type = good;
+  bad_type["metadata"] = {{"filament_type", "PLA\x01"}};
+  auto job = moonraker::parse_job(bad_type);
+  ASSERT_FALSE(job);
+  EXPECT_NE(job.error().message.find("filament_type"), std::string::npos) << job.error().message;
+
+  // TAB and LF are text the protocol takes, and so is any other character.
+  auto fine = good;
+  fine["user"] = "Ana\tMaría";
+  fine["filename"] = "two\nlines – ünïcode.gcode";
+  auto ok = moonraker::parse_job(fine);
+  ASSERT_TRUE(ok) << ok.error().message;
+  moonraker::JobContext context;
+  context.name = "prusa";
+  context.printer = "printer:prusa-mk4";
+  context.filament = "spool:42";
+  for (const auto& event : moonraker::job_events(*ok, context)) {
+    auto valid = validate_submission(event);
+    EXPECT_TRUE(valid.has_value()) << valid.error().message;
+  }
+}
+
 // Golden cases: drivers/moonraker/testdata/<case>/ holds the replay script (Moonraker's and
 // Spoolman's recorded answers), driver.toml (the keys; "@SERVER@" is the replay server) and
 // expected.jsonl (the producer fields submitted, in order). The driver polls once per response

@@ -21,6 +21,13 @@ std::string printable_text(std::string_view text);
 /// valid UTF-8 to begin with should go through printable_text first.
 std::string shortened_text(std::string_view text, std::size_t max_bytes);
 
+/// The byte offset of the first control character in `text`, or std::string_view::npos: C0
+/// (U+0000–U+001F), DEL (U+007F) and C1 (U+0080–U+009F, UTF-8 C2 80–C2 9F), which is how a
+/// device's string would drive a terminal or forge a log line. With `allow_tab_lf`, TAB and LF
+/// are text: PROTOCOL §4 Limits lets an event's strings hold those two and no other, and its
+/// member names none at all.
+std::size_t find_control_character(std::string_view text, bool allow_tab_lf) noexcept;
+
 /// One RFC 4180 CSV field that a spreadsheet opens as text: printable_text's escapes except for
 /// TAB, LF and CR, which a quoted field may hold; a leading `=`, `+`, `-`, `@`, TAB or CR (what
 /// spreadsheets read as a formula: OWASP "CSV Injection") neutralised by a leading `'`; quoted
