@@ -182,6 +182,20 @@ class MoonrakerDriverTest : public ::testing::Test {
   int m_scripts = 0;
 };
 
+// Every event of `job` passes the writer's validation (validate_submission).
+void expect_events_valid(const moonraker::HistoryJob& job) {
+  moonraker::JobContext context;
+  context.name = "prusa";
+  context.printer = "printer:prusa-mk4";
+  context.filament = "spool:42";
+  const auto events = moonraker::job_events(job, context);
+  EXPECT_FALSE(events.empty()) << job.job_id;
+  for (const auto& event : events) {
+    auto valid = validate_submission(event);
+    EXPECT_TRUE(valid.has_value()) << valid.error().message;
+  }
+}
+
 TEST(MoonrakerMassTest, ThousandMillimetresOfPlaWeighAboutThreeGrams) {
   // 1000 mm × π × (1.75 mm / 2)² = 2405.28 mm³ = 2.40528 cm³; × 1.24 g/cm³ = 2.98255 g.
   const double grams = spoolman::filament_grams(1000, 1.75, 1.24);
@@ -233,14 +247,7 @@ TEST(MoonrakerHistoryTest, RefusesJobsBeyondTheProtocolsTimeRange) {
   edge["end_time"] = 4102444799.998;
   auto ok = moonraker::parse_job(edge);
   ASSERT_TRUE(ok) << ok.error().message;
-  moonraker::JobContext context;
-  context.name = "prusa";
-  context.printer = "printer:prusa-mk4";
-  context.filament = "spool:42";
-  for (const auto& event : moonraker::job_events(*ok, context)) {
-    auto valid = validate_submission(event);
-    EXPECT_TRUE(valid.has_value()) << valid.error().message;
-  }
+  expect_events_valid(*ok);
 }
 
 // Found by tests/fuzz (moonraker_history): a user name holding a control character gave a `use`
@@ -278,14 +285,7 @@ TEST(MoonrakerHistoryTest, RefusesStringsTheProtocolRefuses) {
   fine["filename"] = "two\nlines – ünïcode.gcode";
   auto ok = moonraker::parse_job(fine);
   ASSERT_TRUE(ok) << ok.error().message;
-  moonraker::JobContext context;
-  context.name = "prusa";
-  context.printer = "printer:prusa-mk4";
-  context.filament = "spool:42";
-  for (const auto& event : moonraker::job_events(*ok, context)) {
-    auto valid = validate_submission(event);
-    EXPECT_TRUE(valid.has_value()) << valid.error().message;
-  }
+  expect_events_valid(*ok);
 }
 
 // Golden cases: drivers/moonraker/testdata/<case>/ holds the replay script (Moonraker's and
