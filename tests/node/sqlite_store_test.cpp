@@ -52,7 +52,10 @@ Json fields_for(const std::string& action) {
 }
 
 // Turns the rejections of the current schema back into those of versions 1 and 2.
+// What a file looked like before version 4: no log.
+constexpr const char* k_log_as_in_version_3 = "DROP TABLE log_leaves; DROP TABLE log_nodes;";
 constexpr const char* k_rejections_as_in_version_2 =
+    "DROP TABLE log_leaves; DROP TABLE log_nodes;"
     "DROP INDEX rejections_envelope; DROP INDEX rejections_capped;"
     "DROP TABLE rejections_not_kept;"
     "ALTER TABLE rejections DROP COLUMN capped;"
@@ -715,7 +718,7 @@ TEST_F(SqliteStoreTest, MigratesASchemaVersion1File) {
   m_store.reset();
 
   ASSERT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
-  EXPECT_EQ(query_int("PRAGMA user_version"), 3);
+  EXPECT_EQ(query_int("PRAGMA user_version"), 4);
   EXPECT_EQ(query_int("SELECT count(*) FROM pragma_table_info('events') WHERE name = 'payload'"),
             0);
   sqlite3_close(db);
@@ -757,6 +760,142 @@ TEST_F(SqliteStoreTest, MigratesASchemaVersion2FileCollapsingRepeatedRejections)
   auto r = put({in(junk_rejection("b"))}, k_t0 + 20);
   EXPECT_EQ(r[0].kept, RejectionKept::repeat);
   EXPECT_EQ(stats_of("junk").rejections.at("malformed_jws"), 5);
+}
+
+// The verifiable log (issue 19): every stored envelope is a leaf, in the order stored; what is
+// not stored (duplicates, rejections) is not. After each batch the checkpoint's root is the
+// RFC 9162 root of the envelopes so far, every event's inclusion proof verifies against it, and
+// every earlier checkpoint is consistent with every later one.
+TEST_F(SqliteStoreTest, LogHoldsEveryStoredEnvelopeInOrderWithProofs) {
+  Device& a = device("fablab-mk4-01");
+  Device& b = device("saw-02");
+  auto first = chain(a, new_stream(), 5);
+  auto second = chain(b, new_stream(), 4);
+  const std::vector<std::vector<Incoming>> batches = {
+      {in(first[0]), in(first[1])},
+      {in(second[0]), in(first[2]), in(junk_rejection("x"))},
+      {in(first[2]), in(second[1]), in(second[2]), in(second[3])},  // first[2] is a duplicate
+      {in(first[4])},                                               // held at a gap
+      {in(first[3])}};
+  auto initial = m_store->log_checkpoint();
+  ASSERT_TRUE(initial) << initial.error().message;
+  EXPECT_EQ(initial->size, 0u);
+  EXPECT_EQ(initial->root, agent::merkle::empty_root());
+
+  agent::merkle::MemoryTree expected;
+  std::vector<const VerifiedEvent*> logged;
+  std::vector<LogCheckpoint> checkpoints = {*initial};
+  for (const auto& batch : batches) {
+    for (const auto& r : put(batch)) {
+      (void)r;
+    }
+    for (const Incoming& item : batch) {
+      if (!item.event) continue;
+      const bool seen = std::any_of(logged.begin(), logged.end(), [&](const VerifiedEvent* e) {
+        return e->envelope == item.event->envelope;
+      });
+      if (seen) continue;
+      logged.push_back(&*item.event);
+      expected.append(agent::merkle::leaf_hash(item.event->envelope));
+    }
+    auto checkpoint = m_store->log_checkpoint();
+    ASSERT_TRUE(checkpoint) << checkpoint.error().message;
+    ASSERT_EQ(checkpoint->size, expected.size());
+    ASSERT_EQ(agent::merkle::to_hex(checkpoint->root),
+              agent::merkle::to_hex(expected.root(expected.size())));
+    checkpoints.push_back(*checkpoint);
+  }
+  ASSERT_EQ(logged.size(), 9u);
+
+  const LogCheckpoint& last = checkpoints.back();
+  for (std::size_t i = 0; i < logged.size(); ++i) {
+    auto entries = m_store->log_entries(logged[i]->id);
+    ASSERT_TRUE(entries) << entries.error().message;
+    ASSERT_EQ(entries->size(), 1u);
+    const LogEntry& entry = entries->front();
+    EXPECT_EQ(entry.index, i);
+    EXPECT_EQ(entry.device, logged[i]->device);
+    EXPECT_EQ(entry.seq, logged[i]->seq);
+    EXPECT_EQ(entry.leaf, agent::merkle::leaf_hash(logged[i]->envelope));
+    auto proof = m_store->log_inclusion_proof(entry.index, last.size);
+    ASSERT_TRUE(proof) << proof.error().message;
+    EXPECT_TRUE(
+        agent::merkle::verify_inclusion(entry.index, last.size, entry.leaf, *proof, last.root))
+        << "leaf " << i;
+  }
+  for (const auto& older : checkpoints) {
+    for (const auto& newer : checkpoints) {
+      if (older.size > newer.size) continue;
+      auto proof = m_store->log_consistency_proof(older.size, newer.size);
+      ASSERT_TRUE(proof) << proof.error().message;
+      EXPECT_TRUE(
+          agent::merkle::verify_consistency(older.size, newer.size, older.root, newer.root, *proof))
+          << older.size << " → " << newer.size;
+    }
+  }
+  auto none = m_store->log_entries("01J000000000000000000000XX");
+  ASSERT_TRUE(none);
+  EXPECT_TRUE(none->empty());
+  auto beyond = m_store->log_inclusion_proof(0, last.size + 1);
+  ASSERT_FALSE(beyond);
+  EXPECT_EQ(beyond.error().code, agent::ErrorCode::invalid_argument);
+  EXPECT_FALSE(m_store->log_consistency_proof(2, last.size + 1));
+  EXPECT_FALSE(m_store->log_consistency_proof(3, 2));
+}
+
+// A held event that its predecessor then displaces to the rejections keeps its leaf: the log
+// only grows, and its proofs still verify.
+TEST_F(SqliteStoreTest, LogKeepsTheLeafOfADisplacedHeldEvent) {
+  Device& d = device("fablab-mk4-01");
+  const std::string s = new_stream();
+  auto good = chain(d, s, 2);
+  EventSpec wrong;
+  wrong.seq = 3;
+  wrong.prev = "not-the-hash-of-seq-2";
+  auto held = make(d, s, wrong);
+  put({in(good[0]), in(held)});
+  put({in(good[1])});  // seq 2 decides: held seq 3 is displaced
+  ASSERT_EQ(rejections().size(), 1u);
+  auto checkpoint = m_store->log_checkpoint();
+  ASSERT_TRUE(checkpoint);
+  EXPECT_EQ(checkpoint->size, 3u);
+  agent::merkle::MemoryTree expected;
+  for (const auto* e : {&good[0], &held, &good[1]})
+    expected.append(agent::merkle::leaf_hash(e->envelope));
+  EXPECT_EQ(checkpoint->root, expected.root(3));
+}
+
+// Opening a version 3 file builds its log from the stored events in the order stored.
+TEST_F(SqliteStoreTest, MigratesASchemaVersion3FileBuildingItsLog) {
+  Device& d = device("fablab-mk4-01");
+  auto evs = chain(d, new_stream(), 6);
+  put({in(evs[0]), in(evs[1]), in(evs[2])});
+  put({in(evs[3]), in(evs[4])});
+  auto before = m_store->log_checkpoint();
+  ASSERT_TRUE(before);
+  ASSERT_EQ(before->size, 5u);
+  m_store.reset();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, (std::string(k_log_as_in_version_3) + "PRAGMA user_version=3").c_str(),
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK)
+      << sqlite3_errmsg(db);
+  sqlite3_close(db);
+
+  m_store = open_store();
+  ASSERT_TRUE(m_store);
+  auto after = m_store->log_checkpoint();
+  ASSERT_TRUE(after) << after.error().message;
+  EXPECT_EQ(after->size, before->size);
+  EXPECT_EQ(after->root, before->root);
+  put({in(evs[5])});
+  auto grown = m_store->log_checkpoint();
+  ASSERT_TRUE(grown);
+  EXPECT_EQ(grown->size, 6u);
+  auto proof = m_store->log_consistency_proof(5, 6);
+  ASSERT_TRUE(proof);
+  EXPECT_TRUE(agent::merkle::verify_consistency(5, 6, before->root, grown->root, *proof));
 }
 
 TEST_F(SqliteStoreTest, RegistryRefusesKeysOfOtherDevicesAndRevokedKeys) {

@@ -39,7 +39,10 @@ using agent::sqlite::StmtPtr;
 // count, marks the rows of unauthenticated senders (capped) and counts what the caps did not keep
 // in rejections_not_kept: every repeat used to be a row (issue 14). Older files are migrated
 // when opened.
-constexpr std::int64_t k_schema_version = 3;
+// Version 4 adds the verifiable log (issue 19): the leaf hash of every stored envelope in the
+// order stored, and the perfect subtrees above them (RFC 9162 §2.1), written by put() in the
+// event's own transaction; opening a version 3 file builds them from its events.
+constexpr std::int64_t k_schema_version = 4;
 // PRAGMA application_id "RFLI": tells our file from any other SQLite database, so that pointing
 // data_dir at the wrong place fails instead of adding tables to someone else's file.
 constexpr std::int64_t k_application_id = 0x52464c49;
@@ -122,6 +125,21 @@ constexpr const char* k_rejections_v3_sql =
     " last_seen_ms INTEGER NOT NULL,"
     " PRIMARY KEY(device, reason));";
 
+// Version 4's log: log_leaves(idx) is leaf idx (0-based) with the events row it came from;
+// log_nodes(level, idx) the root of the perfect subtree of the 2^level leaves from idx × 2^level,
+// for level ≥ 1, written as soon as its last leaf is. Proofs and roots need O(log n) of them.
+constexpr const char* k_log_sql =
+    "CREATE TABLE log_leaves("
+    " idx INTEGER PRIMARY KEY,"
+    " event INTEGER NOT NULL,"
+    " hash BLOB NOT NULL);"
+    "CREATE INDEX log_leaves_event ON log_leaves(event);"
+    "CREATE TABLE log_nodes("
+    " level INTEGER NOT NULL,"
+    " idx INTEGER NOT NULL,"
+    " hash BLOB NOT NULL,"
+    " PRIMARY KEY(level, idx)) WITHOUT ROWID;";
+
 // Version 2 → 3 (the columns as k_schema_sql has them, then one row per (topic, envelope)).
 // The hashes are filled in between the two parts, by C++ (SQLite has no SHA-256).
 constexpr const char* k_migrate_2_columns_sql =
@@ -179,6 +197,17 @@ constexpr const char* k_sql_not_kept =
     "INSERT INTO rejections_not_kept(device, reason, count, bytes, last_seen_ms) "
     "VALUES (?1, ?2, 1, ?3, ?4) ON CONFLICT(device, reason) DO UPDATE SET "
     "count = count + 1, bytes = bytes + excluded.bytes, last_seen_ms = excluded.last_seen_ms";
+constexpr const char* k_sql_log_size = "SELECT coalesce(max(idx) + 1, 0) FROM log_leaves";
+constexpr const char* k_sql_log_insert_leaf =
+    "INSERT INTO log_leaves(idx, event, hash) VALUES(?1, ?2, ?3)";
+constexpr const char* k_sql_log_insert_node =
+    "INSERT INTO log_nodes(level, idx, hash) VALUES(?1, ?2, ?3)";
+constexpr const char* k_sql_log_leaf = "SELECT hash FROM log_leaves WHERE idx = ?1";
+constexpr const char* k_sql_log_node = "SELECT hash FROM log_nodes WHERE level = ?1 AND idx = ?2";
+constexpr const char* k_sql_log_entries =
+    "SELECT l.idx, l.hash, e.device, e.stream, e.seq FROM events e "
+    "JOIN log_leaves l ON l.event = e.id WHERE e.event_id = ?1 ORDER BY l.idx";
+constexpr const char* k_sql_events_in_order = "SELECT id, envelope FROM events ORDER BY id";
 constexpr const char* k_sql_ack_point =
     "SELECT stream, contiguous FROM streams WHERE device = ?1 ORDER BY last_event DESC LIMIT 1";
 
@@ -538,6 +567,68 @@ class SqliteStore final : public Store {
     return {};
   }
 
+  Result<LogCheckpoint> log_checkpoint() override {
+    return with_log_snapshot(
+        [](std::uint64_t size,
+           const agent::merkle::PerfectSubtree& lookup) -> Result<LogCheckpoint> {
+          return LogCheckpoint{size, agent::merkle::root(size, lookup)};
+        });
+  }
+
+  Result<LogCheckpoint> log_checkpoint_at(std::uint64_t size) override {
+    return with_log_snapshot(
+        [&](std::uint64_t log_size,
+            const agent::merkle::PerfectSubtree& lookup) -> Result<LogCheckpoint> {
+          if (size > log_size) return beyond_log(size, log_size);
+          return LogCheckpoint{size, agent::merkle::root(size, lookup)};
+        });
+  }
+
+  Result<std::vector<LogEntry>> log_entries(std::string_view event_id) override {
+    std::lock_guard lock(m_reader.mutex);
+    int rc = SQLITE_OK;
+    sqlite3_stmt* stmt = m_reader.statement(k_sql_log_entries, rc);
+    if (stmt == nullptr) return error(m_reader, rc, "reading the log");
+    ResetOnExit reset(stmt);
+    bind_text(stmt, 1, event_id);
+    std::vector<LogEntry> entries;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+      LogEntry entry;
+      entry.index = static_cast<std::uint64_t>(sqlite3_column_int64(stmt, 0));
+      if (sqlite3_column_bytes(stmt, 1) != static_cast<int>(entry.leaf.size()))
+        return fail(ErrorCode::corruption,
+                    fmt::format("ingest store {}: the log's leaf {} is not 32 bytes",
+                                m_path.string(), entry.index));
+      std::memcpy(entry.leaf.data(), sqlite3_column_blob(stmt, 1), entry.leaf.size());
+      entry.device = column_text(stmt, 2);
+      entry.stream = column_text(stmt, 3);
+      entry.seq = sqlite3_column_int64(stmt, 4);
+      entries.push_back(std::move(entry));
+    }
+    if (rc != SQLITE_DONE) return error(m_reader, rc, "reading the log");
+    return entries;
+  }
+
+  Result<std::vector<agent::merkle::Hash>> log_inclusion_proof(std::uint64_t index,
+                                                               std::uint64_t size) override {
+    return with_log_snapshot(
+        [&](std::uint64_t log_size, const agent::merkle::PerfectSubtree& lookup)
+            -> Result<std::vector<agent::merkle::Hash>> {
+          if (size > log_size) return beyond_log(size, log_size);
+          return agent::merkle::inclusion_proof(index, size, lookup);
+        });
+  }
+
+  Result<std::vector<agent::merkle::Hash>> log_consistency_proof(std::uint64_t old_size,
+                                                                 std::uint64_t size) override {
+    return with_log_snapshot(
+        [&](std::uint64_t log_size, const agent::merkle::PerfectSubtree& lookup)
+            -> Result<std::vector<agent::merkle::Hash>> {
+          if (size > log_size) return beyond_log(size, log_size);
+          return agent::merkle::consistency_proof(old_size, size, lookup);
+        });
+  }
+
   Result<std::vector<DeviceStats>> stats() override {
     std::lock_guard lock(m_reader.mutex);
     // One read transaction: the three queries see the same commit.
@@ -555,6 +646,7 @@ class SqliteStore final : public Store {
     std::unordered_map<std::string, bool> registered;                      ///< by device
     std::unordered_map<std::string, CappedUsage> capped;                   ///< by device
     std::optional<CappedUsage> capped_total;
+    std::optional<std::uint64_t> log_size;  ///< the log's size, read at the batch's first event
   };
 
   Result<std::vector<DeviceStats>> stats_locked() {
@@ -774,6 +866,8 @@ class SqliteStore final : public Store {
     }
     auto rowid = insert_event(e, now_unix_ms);
     if (!rowid) return std::unexpected(rowid.error());
+    if (auto s = log_append(batch.log_size, *rowid, agent::merkle::leaf_hash(e.envelope)); !s)
+      return std::unexpected(s.error());
 
     const std::int64_t old_max = st.max_seq;
     st.events += 1;
@@ -794,6 +888,114 @@ class SqliteStore final : public Store {
     }
     mark_dirty(batch, st);
     return PutResult{PutOutcome::stored, std::nullopt, std::move(displaced)};
+  }
+
+  // Appends leaf `leaf` (of events row `event_row`) to the log and every perfect subtree it
+  // completes (RFC 9162 §2.1.1: a leaf with an odd index closes its pair, and so on up).
+  // `size` is the log's size, read here when unknown and advanced.
+  Status log_append(std::optional<std::uint64_t>& size, std::int64_t event_row,
+                    const agent::merkle::Hash& leaf) {
+    const char* what = "appending to the log";
+    if (!size) {
+      auto n = query_int(k_sql_log_size);
+      if (!n) return std::unexpected(n.error());
+      size = static_cast<std::uint64_t>(*n);
+    }
+    int rc = SQLITE_OK;
+    const std::uint64_t index = *size;
+    {
+      sqlite3_stmt* insert = m_writer.statement(k_sql_log_insert_leaf, rc);
+      if (insert == nullptr) return error(m_writer, rc, what);
+      ResetOnExit reset(insert);
+      sqlite3_bind_int64(insert, 1, static_cast<std::int64_t>(index));
+      sqlite3_bind_int64(insert, 2, event_row);
+      bind_hash(insert, 3, leaf);
+      if ((rc = sqlite3_step(insert)) != SQLITE_DONE) return error(m_writer, rc, what);
+    }
+    agent::merkle::Hash hash = leaf;
+    std::uint64_t at = index;
+    for (unsigned level = 0; (at & 1U) != 0; ++level, at >>= 1U) {
+      auto left = log_hash(m_writer, level, at - 1);
+      if (!left) return std::unexpected(left.error());
+      hash = agent::merkle::node_hash(*left, hash);
+      sqlite3_stmt* insert = m_writer.statement(k_sql_log_insert_node, rc);
+      if (insert == nullptr) return error(m_writer, rc, what);
+      ResetOnExit reset(insert);
+      sqlite3_bind_int64(insert, 1, level + 1);
+      sqlite3_bind_int64(insert, 2, static_cast<std::int64_t>(at >> 1U));
+      bind_hash(insert, 3, hash);
+      if ((rc = sqlite3_step(insert)) != SQLITE_DONE) return error(m_writer, rc, what);
+    }
+    size = index + 1;
+    return {};
+  }
+
+  // The perfect subtree (level, index) of the log: a leaf hash at level 0.
+  Result<agent::merkle::Hash> log_hash(Connection& c, unsigned level, std::uint64_t index) {
+    int rc = SQLITE_OK;
+    sqlite3_stmt* stmt = c.statement(level == 0 ? k_sql_log_leaf : k_sql_log_node, rc);
+    if (stmt == nullptr) return error(c, rc, "reading the log");
+    ResetOnExit reset(stmt);
+    if (level == 0) {
+      sqlite3_bind_int64(stmt, 1, static_cast<std::int64_t>(index));
+    } else {
+      sqlite3_bind_int64(stmt, 1, level);
+      sqlite3_bind_int64(stmt, 2, static_cast<std::int64_t>(index));
+    }
+    rc = sqlite3_step(stmt);
+    if (rc == SQLITE_DONE)
+      return fail(ErrorCode::corruption,
+                  fmt::format("ingest store {}: the log has no hash for subtree ({}, {})",
+                              m_path.string(), level, index));
+    if (rc != SQLITE_ROW) return error(c, rc, "reading the log");
+    agent::merkle::Hash hash{};
+    if (sqlite3_column_bytes(stmt, 0) != static_cast<int>(hash.size()))
+      return fail(
+          ErrorCode::corruption,
+          fmt::format("ingest store {}: the log's hash for subtree ({}, {}) is not 32 bytes",
+                      m_path.string(), level, index));
+    std::memcpy(hash.data(), sqlite3_column_blob(stmt, 0), hash.size());
+    return hash;
+  }
+
+  static void bind_hash(sqlite3_stmt* stmt, int index, const agent::merkle::Hash& hash) {
+    bind_blob(stmt, index,
+              std::string_view(reinterpret_cast<const char*>(hash.data()), hash.size()));
+  }
+
+  // Runs `body(size, lookup)` in one read transaction of the reader connection: the log's size
+  // and its subtrees from one snapshot, even while `run` appends.
+  template <typename Body>
+  auto with_log_snapshot(Body&& body)
+      -> decltype(body(std::uint64_t{}, agent::merkle::PerfectSubtree{})) {
+    std::lock_guard lock(m_reader.mutex);
+    sqlite3* db = m_reader.db.get();
+    if (int rc = sqlite3_exec(db, "BEGIN", nullptr, nullptr, nullptr); rc != SQLITE_OK)
+      return error(m_reader, rc, "reading the log");
+    struct EndOnExit {
+      sqlite3* db;
+      ~EndOnExit() {
+        if (!sqlite3_get_autocommit(db)) sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+      }
+    } end{db};
+    std::int64_t size = 0;
+    if (int rc = agent::sqlite::query_int(db, k_sql_log_size, size); rc != SQLITE_OK)
+      return error(m_reader, rc, "reading the log");
+    std::optional<agent::Error> failed;
+    agent::merkle::PerfectSubtree lookup = [&](unsigned level, std::uint64_t index) {
+      auto hash = log_hash(m_reader, level, index);
+      if (hash) return *hash;
+      if (!failed) failed = hash.error();
+      return agent::merkle::Hash{};
+    };
+    auto result = body(static_cast<std::uint64_t>(size), lookup);
+    if (failed) return std::unexpected(*failed);
+    return result;
+  }
+
+  std::unexpected<agent::Error> beyond_log(std::uint64_t size, std::uint64_t log_size) const {
+    return fail(ErrorCode::invalid_argument,
+                fmt::format("the log has {} leaves; there is no tree of {}", log_size, size));
   }
 
   // Moves the held event `next` (seq e.seq + 1, never confirmed: e.seq was not stored) from the
@@ -1224,7 +1426,7 @@ class SqliteStore final : public Store {
   }
 
   // What prepare_schema found in the file.
-  enum class FileState { fresh, current, version_1, version_2 };
+  enum class FileState { fresh, current, version_1, version_2, version_3 };
 
   // Our file: check its version, migrating an older one. An empty file: make the schema.
   // Anything else: refuse it.
@@ -1255,6 +1457,7 @@ class SqliteStore final : public Store {
                           *version, k_schema_version));
         if (*version == 1) return FileState::version_1;
         if (*version == 2) return FileState::version_2;
+        if (*version == 3) return FileState::version_3;
         if (*version != k_schema_version)
           return not_ours(fmt::format("unknown schema version {}", *version));
         return FileState::current;
@@ -1298,17 +1501,38 @@ class SqliteStore final : public Store {
             !s)
           return s;
       }
-      if (*again == FileState::version_1 || *again == FileState::version_2) {
-        if (auto s = migrate_rejections(); !s) return s;
+      if (*again != FileState::fresh) {
+        if (*again != FileState::version_3) {
+          if (auto s = migrate_rejections(); !s) return s;
+        }
+        if (auto s = build_log(); !s) return s;
         const std::string stamp = fmt::format("PRAGMA user_version={}", k_schema_version);
         return exec(m_writer, stamp.c_str(), "migrating the schema");
       }
       if (auto s = exec(m_writer, k_schema_sql, "creating the schema"); !s) return s;
       if (auto s = exec(m_writer, k_rejections_v3_sql, "creating the schema"); !s) return s;
+      if (auto s = exec(m_writer, k_log_sql, "creating the schema"); !s) return s;
       const std::string stamp = fmt::format("PRAGMA application_id={}; PRAGMA user_version={}",
                                             k_application_id, k_schema_version);
       return exec(m_writer, stamp.c_str(), "creating the schema");
     });
+  }
+
+  // Version 3 → 4: the log of every stored event, in the order stored (their rowids).
+  Status build_log() {
+    const char* what = "building the log (schema version 4)";
+    if (auto s = exec(m_writer, k_log_sql, what); !s) return s;
+    StmtPtr read;
+    if (int rc = prepare(m_writer, k_sql_events_in_order, read); rc != SQLITE_OK)
+      return error(m_writer, rc, what);
+    std::optional<std::uint64_t> size = 0;
+    int rc = SQLITE_OK;
+    while ((rc = sqlite3_step(read.get())) == SQLITE_ROW) {
+      const auto leaf = agent::merkle::leaf_hash(column_text(read.get(), 1));
+      if (auto s = log_append(size, sqlite3_column_int64(read.get(), 0), leaf); !s) return s;
+    }
+    if (rc != SQLITE_DONE) return error(m_writer, rc, what);
+    return {};
   }
 
   // Version 2 → 3: one row per (topic, envelope bytes) with its count.
@@ -1347,6 +1571,29 @@ class SqliteStore final : public Store {
 };
 
 }  // namespace
+
+namespace {
+std::unexpected<agent::Error> no_log() {
+  return fail(ErrorCode::not_found, "this store keeps no log");
+}
+}  // namespace
+
+Result<LogCheckpoint> Store::log_checkpoint() {
+  return no_log();
+}
+Result<LogCheckpoint> Store::log_checkpoint_at(std::uint64_t) {
+  return no_log();
+}
+Result<std::vector<LogEntry>> Store::log_entries(std::string_view) {
+  return no_log();
+}
+Result<std::vector<agent::merkle::Hash>> Store::log_inclusion_proof(std::uint64_t, std::uint64_t) {
+  return no_log();
+}
+Result<std::vector<agent::merkle::Hash>> Store::log_consistency_proof(std::uint64_t,
+                                                                      std::uint64_t) {
+  return no_log();
+}
 
 Result<std::unique_ptr<Store>> open_sqlite_store(const std::filesystem::path& path,
                                                  const RejectionLimits& limits, StoreOpen mode) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <reflow/core/jose.hpp>
+#include <reflow/core/merkle.hpp>
 #include <reflow/core/result.hpp>
 
 /// The community node's side of PROTOCOL v1: `reflow-ingest`.
@@ -197,6 +198,22 @@ struct DeviceStats {
   std::vector<StreamStats> streams;      ///< oldest first
 };
 
+/// The verifiable log's head: its size in leaves and the root hash of its Merkle tree
+/// (RFC 9162 §2.1). The log is every envelope the node stored, in the order it stored them.
+struct LogCheckpoint {
+  std::uint64_t size = 0;
+  agent::merkle::Hash root{};
+};
+
+/// One stored event's place in the log.
+struct LogEntry {
+  std::uint64_t index = 0;     ///< 0-based leaf index
+  agent::merkle::Hash leaf{};  ///< leaf_hash(envelope): SHA-256(0x00 || envelope bytes)
+  std::string device;
+  std::string stream;
+  std::int64_t seq = 0;
+};
+
 /// The node's durable state: the device registry, stored events and rejections.
 ///
 /// PROTOCOL §7 steps 6–7 happen here, in put(), because they need the stored state:
@@ -270,6 +287,36 @@ class Store {
 
   /// Per device (registered or seen), ordered by device id. Errors: io.
   virtual Result<std::vector<DeviceStats>> stats() = 0;
+
+  // --- the verifiable log (RFC 9162 §2.1) ---
+  //
+  // put() appends the envelope of every event it stores as a leaf, in the same transaction, so
+  // the log and the events never disagree after a crash. The log is append-only: an event held
+  // and later displaced to the rejections (see above) keeps its leaf, and its envelope is then
+  // among the rejections. The default implementations fail with not_found ("keeps no log") for
+  // stores without one.
+
+  /// The log's current size and root. Errors: io.
+  virtual Result<LogCheckpoint> log_checkpoint();
+
+  /// The root of the log's first `size` leaves, as its checkpoint of that size was. Errors:
+  /// invalid_argument when size is beyond the log; io.
+  virtual Result<LogCheckpoint> log_checkpoint_at(std::uint64_t size);
+
+  /// The log entries of the stored events whose payload `id` is `event_id` (normally one; ids
+  /// are the devices' ULIDs and two devices could pick the same). Errors: io.
+  virtual Result<std::vector<LogEntry>> log_entries(std::string_view event_id);
+
+  /// The inclusion proof of leaf `index` in the log's first `size` leaves (RFC 9162 §2.1.3.1).
+  /// Errors: invalid_argument when index ≥ size or size is beyond the log; io.
+  virtual Result<std::vector<agent::merkle::Hash>> log_inclusion_proof(std::uint64_t index,
+                                                                       std::uint64_t size);
+
+  /// The consistency proof from the log's first `old_size` leaves to its first `size`
+  /// (RFC 9162 §2.1.4.1). Errors: invalid_argument when old_size > size or size is beyond the
+  /// log; io.
+  virtual Result<std::vector<agent::merkle::Hash>> log_consistency_proof(std::uint64_t old_size,
+                                                                         std::uint64_t size);
 };
 
 /// Whether open_sqlite_store may create a store that does not exist.
@@ -280,8 +327,9 @@ enum class StoreOpen {
 
 /// Opens (with StoreOpen::create_if_missing, creating it and its directory when missing) the SQLite
 /// store at `path` (normally DATA_DIR/ingest.db): WAL, synchronous=FULL, busy timeout 5 s, schema
-/// versioned with `PRAGMA user_version` (currently 3; older files are migrated when opened: version
-/// 1 rewrites its events table once, version 2 collapses repeated rejections into one row each).
+/// versioned with `PRAGMA user_version` (currently 4; older files are migrated when opened: version
+/// 1 rewrites its events table once, version 2 collapses repeated rejections into one row each,
+/// version 3 builds the log from the stored events in the order they were stored).
 /// Errors: io (cannot create/open; with StoreOpen::existing_only a file that cannot be looked at,
 /// e.g. permission denied on its directory), not_found (StoreOpen::existing_only and no file at
 /// `path`: "no store at PATH: has `reflow-ingest run` ever run with this config?"), corruption (not
