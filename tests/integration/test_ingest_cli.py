@@ -23,6 +23,7 @@ STORE_COMMANDS = [
     ["rejections"],
     ["stats"],
     ["trace", "spool:pla-01"],
+    ["log", "checkpoint"],
     ["export", "--format", "vf-graphql"],
 ]
 # The commands that only read (and revoke, which needs a registered device): they must never

@@ -4,6 +4,7 @@ reflow.acl), real `reflow-agent run` and real `reflow-ingest run`, the node's PK
 `reflow-ingest ca …` and `reflow-agent enroll` (ingest.md, PROTOCOL §2, §5, §7)."""
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -559,3 +560,151 @@ class VerdictTest(nh.NodeTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# RFC 9162 §2.1, written here from the RFC alone (hashlib), to check the node's log with nothing
+# of ours: what an auditor would write.
+def rfc9162_leaf(entry):
+    return hashlib.sha256(b"\x00" + entry).digest()
+
+
+def rfc9162_node(left, right):
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def rfc9162_root(leaves):
+    """MTH(D[n]) of §2.1.1 over leaf hashes."""
+    if not leaves:
+        return hashlib.sha256(b"").digest()
+    if len(leaves) == 1:
+        return leaves[0]
+    k = 1
+    while k * 2 < len(leaves):
+        k *= 2
+    return rfc9162_node(rfc9162_root(leaves[:k]), rfc9162_root(leaves[k:]))
+
+
+def rfc9162_verify_inclusion(index, size, leaf, proof, root):
+    """§2.1.3.2."""
+    if index >= size:
+        return False
+    fn, sn, r = index, size - 1, leaf
+    for p in proof:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = rfc9162_node(p, r)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = rfc9162_node(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root
+
+
+def rfc9162_verify_consistency(size1, size2, root1, root2, proof):
+    """§2.1.4.2 (size1 < size2, size1 > 0)."""
+    if not proof:
+        return False
+    if size1 & (size1 - 1) == 0:
+        proof = [root1] + proof
+    fn, sn = size1 - 1, size2 - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = proof[0]
+    for c in proof[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = rfc9162_node(c, fr)
+            sr = rfc9162_node(c, sr)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = rfc9162_node(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return fr == root1 and sr == root2 and sn == 0
+
+
+class LogTest(nh.NodeTestCase):
+    """`reflow-ingest log`: the node's verifiable log (issue 19), checked by the RFC 9162
+    verifier above from the envelopes the devices sent and the JSON the commands print."""
+
+    def setUp(self):
+        super().setUp()
+        self.start_plain_broker()
+        self.keys = {d: nh.new_private_key() for d in ("dev-l", "dev-m")}
+        for device, key in self.keys.items():
+            self.cli.device_add(device, nh.keygen_json(key))
+        self.acks = self.ack_watcher()
+        self.ingest = self.start_ingest()
+        self.publisher = self.probe(name="publisher")
+
+    def log(self, *args):
+        return json.loads(self.cli.ok("log", *args).stdout)
+
+    def test_every_event_is_proven_in_every_checkpoint_by_an_independent_verifier(self):
+        chains = {d: nh.Chain(key, d) for d, key in self.keys.items()}
+        sent = []  # envelopes in the order the node stores them (acked one by one)
+        checkpoints = [self.log("checkpoint")]
+        self.assertEqual(checkpoints[0], {"size": 0, "root": rfc9162_root([]).hex()})
+        for i in range(23):
+            chain = chains["dev-l" if i % 3 else "dev-m"]
+            seq = len(chain.lines) + 1
+            line = chain.add(seq)
+            self.publisher.publish(events_topic(chain.device), line.encode())
+            self.acks.wait_ack(chain.device, chain.stream, seq)
+            if seq == 2:  # a duplicate is not a new leaf
+                self.publisher.publish(events_topic(chain.device), line.encode())
+            sent.append(line)
+            if i % 4 == 0:
+                checkpoints.append(self.log("checkpoint"))
+        checkpoints.append(self.log("checkpoint"))
+        leaves = [rfc9162_leaf(line.encode()) for line in sent]
+        self.assertEqual(checkpoints[-1]["size"], len(sent))
+
+        for size in range(1, len(sent) + 1):
+            self.assertEqual(self.log("checkpoint", "--size", str(size))["root"],
+                             rfc9162_root(leaves[:size]).hex(), f"root of {size} leaves")
+        for checkpoint in checkpoints:
+            self.assertEqual(checkpoint["root"], rfc9162_root(leaves[:checkpoint["size"]]).hex())
+
+        for index, line in enumerate(sent):
+            event_id = json.loads(nh.payload_of(line))["id"]
+            for size in {index + 1, len(sent)}:
+                answer = self.log("prove", event_id, "--size", str(size))
+                self.assertEqual((answer["index"], answer["size"]), (index, size))
+                self.assertEqual(answer["leaf"], leaves[index].hex())
+                proof = [bytes.fromhex(p) for p in answer["proof"]]
+                root = bytes.fromhex(answer["root"])
+                self.assertEqual(root, rfc9162_root(leaves[:size]))
+                self.assertTrue(rfc9162_verify_inclusion(index, size, leaves[index], proof, root),
+                                f"event {index} in {size}")
+                if proof:
+                    proof[-1] = bytes(32)
+                    self.assertFalse(
+                        rfc9162_verify_inclusion(index, size, leaves[index], proof, root))
+
+        sizes = sorted({c["size"] for c in checkpoints if c["size"] > 0})
+        for old in sizes:
+            for new in sizes:
+                if old >= new:
+                    continue
+                answer = self.log("consistency", str(old), "--size", str(new))
+                proof = [bytes.fromhex(p) for p in answer["proof"]]
+                self.assertTrue(rfc9162_verify_consistency(
+                    old, new, bytes.fromhex(answer["old_root"]), bytes.fromhex(answer["root"]),
+                    proof), f"{old} → {new}")
+                self.assertEqual(answer["old_root"], rfc9162_root(leaves[:old]).hex())
+
+        unknown = self.cli.run("log", "prove", "01J0000000000000000000000Z")
+        self.assertEqual(unknown.returncode, 1)
+        self.assertIn("no stored event has id", unknown.stderr)
+        beyond = self.cli.run("log", "checkpoint", "--size", str(len(sent) + 1))
+        self.assertEqual(beyond.returncode, 1)
+        self.assertIn(f"the log has {len(sent)} leaves", beyond.stderr)
