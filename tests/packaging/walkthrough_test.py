@@ -6,7 +6,7 @@ The walkthrough is every ```sh block in README.md and docs/*.md that follows a m
     <!-- walkthrough: ROLE N -->
 (ROLE is `node` or `device`, N the block's place in the whole walkthrough; HTML comments, so a
 reader sees nothing). The blocks run in the order of N, each with `bash -euo pipefail` as root,
-all in one scratch working directory (the files a role hands to the other are there), after the
+all in one working directory (the files a role hands to the other are there), after the
 Debian packages are installed (tests/packaging/deb_test.sh runs this after `dpkg -i`). The text
 is read from the docs at every run: when a doc changes, the test runs the new text.
 
@@ -27,7 +27,9 @@ broker's port 8883 is private) and, in the new mount namespace only, scratch cop
 over /etc/reflow-agent, /etc/reflow-ingest, /etc/mosquitto, /var/lib/reflow-agent,
 /var/lib/reflow-ingest and /var/lib/mosquitto (the packages' state is copied in first), tmpfs
 over /run and /var/log, and /etc/hosts with the node's host name (the walkthrough's
-`ca server --host`) at 127.0.0.1. Nothing the walkthrough writes reaches the machine.
+`ca server --host`) at 127.0.0.1. What the walkthrough writes there stays in the scratch
+directory. The working directory is a scratch copy of the checkout (without .git and build*),
+so the docs' `config/...` paths resolve and the files the roles hand each other stay out of it.
 
 Shims (on PATH before the system's, because the real commands cannot work in the sandbox);
 everything else runs verbatim:
@@ -45,6 +47,7 @@ Usage (as root, on a throw-away machine with the packages installed):
 """
 
 import argparse
+import fcntl
 import json
 import os
 import pwd
@@ -53,6 +56,7 @@ import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -324,8 +328,17 @@ def run(argv, **kwargs):
     return subprocess.run(argv, check=True, **kwargs)
 
 
+def loopback_up():
+    """`ip link set lo up` without iproute2: SIOCGIFFLAGS/SIOCSIFFLAGS on a struct ifreq."""
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack("16sH22x", fcntl.ioctl(sock, siocgifflags, request))[1]
+        fcntl.ioctl(sock, siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))
+
+
 def enter_sandbox(scratch, host):
-    run(["ip", "link", "set", "lo", "up"])
+    loopback_up()
     for directory in SANDBOXED_DIRS:
         if not os.path.isdir(directory):
             raise Failure(f"{directory} does not exist: install the reflow-agent, reflow-ingest "
