@@ -2,7 +2,8 @@
 # Installs the amd64 Debian packages of a build with `dpkg -i` on this machine and checks what
 # they promise: the installed binaries run, the system users and their groups exist, the device
 # key and the node's CA are created once and never overwritten (a reinstall keeps them), the
-# configs are conffiles, the installed units pass `systemd-analyze verify`; then removes and
+# configs are conffiles, the installed units pass `systemd-analyze verify`, the walkthrough of
+# README.md and docs/ runs verbatim on them (walkthrough_test.py); then removes and
 # purges the packages, which keeps the keys. Needs root and changes the system: CI runs it on its
 # throw-away machine (.ci/run); don't run it on a machine you care about.
 #   tests/packaging/deb_test.sh BUILD_DIR
@@ -53,6 +54,10 @@ for unit in reflow-agent reflow-ingest; do
   check "systemd-analyze verify $unit.service" systemd-analyze verify "/lib/systemd/system/$unit.service"
   systemd-analyze security --offline=true --no-pager "/lib/systemd/system/$unit.service" | tail -1
 done
+
+echo "# the walkthrough of README.md and docs/, verbatim, in a sandbox (walkthrough_test.py)"
+check "the docs' walkthrough runs: events verified at the node over mutual TLS, a second device refused by the ACL" \
+  python3 "$(dirname "$0")/walkthrough_test.py"
 
 key_sum="$(sha256sum "$key")"
 ca_sum="$(sha256sum /var/lib/reflow-ingest/ca/ca.key)"
