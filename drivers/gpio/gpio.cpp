@@ -322,8 +322,11 @@ class GpioDriver final : public Driver {
       consume["resourceConformsTo"] = "electricity";
       consume["resourceQuantity"] =
           vf::quantity(static_cast<double>(n) / m_config.impulses_per_kwh, "kilowattHour");
-      consume["hasBeginning"] = format_rfc3339_ms(std::min(m_period_begin_ms, end_ms));
+      const std::int64_t begin_ms = std::min(m_period_begin_ms, end_ms);
+      consume["hasBeginning"] = format_rfc3339_ms(begin_ms);
       consume["hasEnd"] = format_rfc3339_ms(end_ms);
+      // An S0 meter knows no machine session: the period is the process that consumed it.
+      consume["inputOf"] = vf::period_process("gpio", m_config.name, begin_ms);
       consume["meta"] = std::move(meta);
       // The meter's impulse numbers identify the event: a node sees overlaps and gaps.
       m_unsent.push_back(

@@ -158,11 +158,14 @@ std::vector<nlohmann::ordered_json> job_events(const HistoryJob& job, const JobC
       spoolman::filament_grams(job.filament_used_mm, context.diameter_mm, context.density_g_cm3),
       3);
   if (grams > 0) {
-    // Without a configured or Spoolman spool, only the filament's kind is known.
+    // zenflows decrements an inventoried resource: the spool, or else the printer's filament
+    // stock; the kind alone (the G-code's filament type) cannot be consumed.
+    const std::string& reference =
+        context.filament.empty() ? context.filament_stock : context.filament;
     const std::string_view kind =
         job.filament_type.empty() ? std::string_view("filament") : job.filament_type;
-    const auto filament = context.filament.empty() ? vf::ResourceRef::conforming(kind)
-                                                   : vf::ResourceRef::inventoried(context.filament);
+    const auto filament = reference.empty() ? vf::ResourceRef::conforming(kind)
+                                            : vf::ResourceRef::inventoried(reference);
     auto consume = vf::consume(filament, vf::quantity(grams, "gram"), end, process);
     auto& meta = consume["meta"];
     meta["job_id"] = job.job_id;
@@ -173,11 +176,13 @@ std::vector<nlohmann::ordered_json> job_events(const HistoryJob& job, const JobC
     meta["diameter_mm"] = context.diameter_mm;
     meta["density_g_cm3"] = context.density_g_cm3;
     if (context.spool_id > 0) meta["spool_id"] = context.spool_id;
+    if (!job.filament_type.empty()) meta["filament_type"] = job.filament_type;
     events.push_back(std::move(consume));
   }
 
   if (job.status == "completed") {
-    auto produce = vf::produce(job.filename, vf::quantity(1, "one"), end, process);
+    auto produce = vf::produce(vf::part_reference(job.filename, job.job_id, context.printer),
+                               job.filename, vf::quantity(1, "one"), end, process);
     produce["meta"]["job_id"] = job.job_id;
     produce["meta"]["file"] = job.filename;
     events.push_back(std::move(produce));

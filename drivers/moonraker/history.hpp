@@ -52,7 +52,11 @@ Result<HistoryJob> parse_job(const nlohmann::json& entry);
 struct JobContext {
   std::string name;      ///< the [[driver]] name
   std::string printer;   ///< `resource`
-  std::string filament;  ///< consumed resource reference; "" → resourceConformsTo the type
+  std::string filament;  ///< the spool's resource reference (`filament` or Spoolman); "" = none
+  /// The filament stock consumed when no spool is known (`filament_stock`). When both are "",
+  /// `consume` names only the G-code's filament type, which zenflows refuses; the driver always
+  /// sets it.
+  std::string filament_stock;
   double diameter_mm = 1.75;
   double density_g_cm3 = 1.24;
   std::int64_t spool_id = 0;  ///< the Spoolman spool, 0 when none
@@ -61,11 +65,13 @@ struct JobContext {
 /// "moonraker:<name>:job-<job_id>": the process the job's events share.
 std::string process_ref(std::string_view name, std::string_view job_id);
 
-/// The events of one finished job, in submission order, as producer fields (PROTOCOL §4):
-/// `use` of the printer when print_duration > 0 (effortQuantity in hours), `consume` of filament
-/// when filament_used > 0 (grams, spoolman::filament_grams), `produce` of one part
-/// (resourceConformsTo the file name) only for completed jobs. Quantities are rounded to
-/// micro-hours and milligrams so that the numbers are stable in tests and logs.
+/// The events of one finished job, in submission order, as producer fields (PROTOCOL §4), all of
+/// the job's process (process_ref): `use` of the printer when print_duration > 0 (effortQuantity
+/// in hours), `consume` of the spool or else the filament stock when filament_used > 0 (grams,
+/// spoolman::filament_grams; the G-code's filament type in meta.filament_type), `produce` of one
+/// new part (resourceInventoriedAs vf::part_reference(file, job_id, printer), resourceConformsTo
+/// the file name) only for completed jobs. Quantities are rounded to micro-hours and milligrams
+/// so that the numbers are stable in tests and logs.
 std::vector<nlohmann::ordered_json> job_events(const HistoryJob& job, const JobContext& context);
 
 }  // namespace agent::moonraker

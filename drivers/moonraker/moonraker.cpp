@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 // The `moonraker` driver: Klipper printers through Moonraker's job history. Each finished job
 // yields, sharing the process "moonraker:<name>:job-<job_id>", `use` of the printer (hours of
-// print_duration), `consume` of filament (grams from the measured millimetres) and, for completed
-// jobs, `produce` of one part. Optionally the filament comes from a Spoolman spool, and the length
-// used is reported back to Spoolman.
+// print_duration), `consume` of filament (grams from the measured millimetres; the spool, or else
+// the printer's filament stock) and, for completed jobs, `produce` of one new, named part.
+// Optionally the filament comes from a Spoolman spool, and the length used is reported back to
+// Spoolman.
 #include <algorithm>
 #include <future>
 #include <map>
@@ -38,8 +39,10 @@ const std::vector<DriverKeyInfo>& moonraker_keys() {
          "Moonraker API key (X-Api-Key); not needed when this host is a trusted client"},
         {"resource", "string", "(required)", "resource reference of the printer (`use`)"},
         {"filament", "string", "(none)",
-         "resource reference of the filament (`consume`) when no spool_id is set; without it "
-         "`consume` names the G-code's filament type (resourceConformsTo)"},
+         "resource reference of the spool (`consume`) when no spool_id is set"},
+        {"filament_stock", "string", "\"<resource>:filament-stock\"",
+         "resource reference of the filament stock that `consume` names when no spool is known "
+         "(neither spool_id nor filament)"},
     };
     std::ranges::copy(spoolman::filament_constant_key_rows(), std::back_inserter(rows));
     rows.insert(rows.end(),
@@ -62,6 +65,7 @@ struct MoonrakerConfig {
   std::string api_key;
   std::string resource;
   std::string filament;
+  std::string filament_stock;
   double diameter_mm = 1.75;
   double density_g_cm3 = 1.24;
   std::chrono::milliseconds poll_interval{10'000};
@@ -356,6 +360,7 @@ class MoonrakerDriver final : public Driver {
     context.name = m_config.name;
     context.printer = m_config.resource;
     context.filament = m_config.filament;
+    context.filament_stock = m_config.filament_stock;
     context.diameter_mm = m_config.diameter_mm;
     context.density_g_cm3 = m_config.density_g_cm3;
     if (spool) {
@@ -541,13 +546,14 @@ class MoonrakerKind final : public DriverKind {
     auto url = table.string("url", "");
     auto api_key = table.string("api_key", "");
     auto printer = spoolman::read_printer_keys(table);
+    auto stock = table.string("filament_stock", "");
     auto poll = table.duration("poll_interval", std::chrono::seconds(10));
     auto timeout = table.duration("timeout", std::chrono::seconds(10));
     auto backfill = table.duration("backfill", std::chrono::hours(24));
-    for (const Error* e :
-         {url ? nullptr : &url.error(), api_key ? nullptr : &api_key.error(),
-          printer ? nullptr : &printer.error(), poll ? nullptr : &poll.error(),
-          timeout ? nullptr : &timeout.error(), backfill ? nullptr : &backfill.error()})
+    for (const Error* e : {url ? nullptr : &url.error(), api_key ? nullptr : &api_key.error(),
+                           printer ? nullptr : &printer.error(), stock ? nullptr : &stock.error(),
+                           poll ? nullptr : &poll.error(), timeout ? nullptr : &timeout.error(),
+                           backfill ? nullptr : &backfill.error()})
       if (e) return std::unexpected(*e);
     const auto missing = [&](std::string_view key, std::string_view example) {
       return std::unexpected(table.error(
@@ -567,6 +573,8 @@ class MoonrakerKind final : public DriverKind {
     c.api_key = *api_key;
     c.resource = printer->resource;
     c.filament = printer->filament;
+    c.filament_stock =
+        stock->empty() ? fmt::format("{}:filament-stock", printer->resource) : *stock;
     c.diameter_mm = printer->diameter_mm;
     c.density_g_cm3 = printer->density_g_cm3;
     c.poll_interval = *poll;

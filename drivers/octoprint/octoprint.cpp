@@ -2,7 +2,8 @@
 // The `octoprint` driver: polls OctoPrint's REST API (GET /api/printer for the state flags, then
 // GET /api/job) and turns each print job into, sharing one process reference, `use` of the printer
 // (measured print time, hours), `consume` of filament (the slicer's estimate scaled by progress,
-// grams, "method":"estimated") and, for a finished job, `produce` of one part.
+// grams, "method":"estimated") and, for a finished job, `produce` of one new, named part
+// ("<file>, job <start unix s> on <resource>", the job token of the process reference).
 //
 // OctoPrint has no job id and, for one cancel, announces both PrintCancelled and PrintFailed
 // (reference §1.3); polling sees exactly one transition out of the printing states instead, and
@@ -503,7 +504,9 @@ class OctoPrintDriver final : public Driver {
     }
 
     if (status == "done") {
-      auto produce = vf::produce(job.file.name, vf::quantity(1, "one"), end, process);
+      auto produce =
+          vf::produce(vf::part_reference(job.file.name, std::to_string(start_s), m_config.resource),
+                      job.file.name, vf::quantity(1, "one"), end, process);
       produce["meta"] = {{"status", status}, {"file", job.file.name}};
       add(std::move(produce));
       summary += ", produce 1";

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 // The `sim` driver: a simulated 3D printer for demos, tests and the benchmark. Each job takes
 // `job_duration` of wall time and yields, sharing one process reference, `use` of the printer
-// (effortQuantity in hours, measured), `consume` of filament (grams) and `produce` of one part.
+// (effortQuantity in hours, measured), `consume` of filament (grams) and `produce` of one new,
+// named part (vf::part_reference), so that the part traces back to the spool and the printer.
 #include <future>
 #include <mutex>
 #include <thread>
@@ -20,7 +21,9 @@ const std::vector<DriverKeyInfo>& sim_keys() {
   static const std::vector<DriverKeyInfo> keys = {
       {"printer", "string", "\"printer:sim-01\"", "resource reference of the printer (`use`)"},
       {"filament", "string", "\"spool:sim-pla-01\"", "resource reference of the spool (`consume`)"},
-      {"part", "string", "\"benchy.gcode\"", "resourceConformsTo of the printed part (`produce`)"},
+      {"part", "string", "\"benchy.gcode\"",
+       "resourceConformsTo of the printed part (`produce`); the new part is named \"<part>, job "
+       "<N> on <printer>\""},
       {"jobs", "integer", "0", "jobs to run, then stop; 0 runs forever"},
       {"job_duration", "duration", "\"10s\"", "wall time one simulated job takes"},
       {"filament_grams", "number", "12.5", "grams of filament one job consumes"},
@@ -112,7 +115,9 @@ class SimDriver final : public Driver {
     consume["meta"] = meta;
     consume["meta"]["method"] = "simulated";
 
-    auto produce = vf::produce(m_config.part, vf::quantity(1, "one"), end, process);
+    auto produce =
+        vf::produce(vf::part_reference(m_config.part, std::to_string(job), m_config.printer),
+                    m_config.part, vf::quantity(1, "one"), end, process);
     produce["meta"] = meta;
 
     std::vector<std::future<Result<Committed>>> results;

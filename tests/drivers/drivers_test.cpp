@@ -13,6 +13,7 @@
 
 #include <reflow/device/config.hpp>
 #include <reflow/device/driver.hpp>
+#include <reflow/drivers/valueflows.hpp>
 
 #include "files.hpp"
 #include "temp_dir.hpp"
@@ -138,11 +139,15 @@ TEST_F(SimDriverTest, EachJobGivesUseConsumeProduceSharingOneProcess) {
   EXPECT_EQ(events[1].fields["resourceQuantity"]["hasUnit"], "gram");
   EXPECT_EQ(events[2].fields["action"], "produce");
   EXPECT_EQ(events[2].fields["resourceConformsTo"], "benchy.gcode");
+  // A new, named part (zenflows: newInventoriedResource.name), so its trace reaches the job.
+  EXPECT_EQ(events[2].fields["resourceInventoriedAs"], "benchy.gcode, job 1 on printer:mk4");
   EXPECT_EQ(events[2].fields["resourceQuantity"]["hasUnit"], "one");
   EXPECT_EQ(events[0].fields["inputOf"], "sim:p1:job-1");
   EXPECT_EQ(events[1].fields["inputOf"], "sim:p1:job-1");
   EXPECT_EQ(events[2].fields["outputOf"], "sim:p1:job-1");
   for (const auto& e : events) {
+    Status zenflows = vf::check_zenflows_rules(e.fields);
+    EXPECT_TRUE(zenflows) << zenflows.error().message;
     EXPECT_EQ(e.source.driver, "sim");
     EXPECT_EQ(e.source.instance, "p1");
     EXPECT_EQ(e.source.ref, "job 1");

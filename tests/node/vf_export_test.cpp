@@ -149,6 +149,58 @@ TEST_F(VfExportTest, ProduceOfAnUnknownResourceCreatesItAndLaterEventsWaitForIts
   EXPECT_EQ(transfer.variables["event"]["resourceInventoriedAs"], "part-9");
 }
 
+// A print job as the printer drivers (sim, moonraker, octoprint) record it: one process, the
+// printer's use and the spool's consume its inputs, a new part named after file, job and printer
+// its output. zenflows creates the part from newInventoriedResource and requires its name.
+TEST_F(VfExportTest, APrinterJobsPartIsCreatedWithItsNameAsTheJobsOutput) {
+  const std::string part = "benchy.gcode, job 1 on printer-mk4";
+  std::vector<StoredEvent> events = {
+      make_event("printer-01", 1, "01JBQ9000000000000000000D1",
+                 {{"action", "use"},
+                  {"resourceInventoriedAs", "printer-mk4"},
+                  {"effortQuantity", quantity(0.5, "hour")},
+                  {"hasBeginning", "2026-11-01T09:00:00.000Z"},
+                  {"hasEnd", "2026-11-01T09:30:00.000Z"},
+                  {"inputOf", "sim:printer:job-1"}}),
+      make_event("printer-01", 2, "01JBQ9000000000000000000D2",
+                 {{"action", "consume"},
+                  {"resourceInventoriedAs", "spool-3"},
+                  {"resourceQuantity", quantity(14.2, "gram")},
+                  {"hasPointInTime", "2026-11-01T09:30:00.000Z"},
+                  {"inputOf", "sim:printer:job-1"}}),
+      make_event("printer-01", 3, "01JBQ9000000000000000000D3",
+                 {{"action", "produce"},
+                  {"resourceInventoriedAs", part},
+                  {"resourceConformsTo", "pla-part"},
+                  {"resourceQuantity", quantity(1, "one")},
+                  {"hasPointInTime", "2026-11-01T09:30:00.000Z"},
+                  {"outputOf", "sim:printer:job-1"}}),
+  };
+  VfExport plan = build_vf_export(events, full_config());
+  ASSERT_TRUE(plan.missing.empty()) << describe_missing(plan.missing);
+  ASSERT_EQ(plan.requests.size(), 4u);
+  EXPECT_EQ(plan.requests[0].kind, VfRequestKind::create_process);
+  EXPECT_EQ(plan.requests[0].creates, "sim:printer:job-1");
+  EXPECT_EQ(plan.requests[1].pending.at("inputOf"), "sim:printer:job-1");
+  EXPECT_EQ(plan.requests[2].pending.at("inputOf"), "sim:printer:job-1");
+  const VfRequest& produce = plan.requests[3];
+  EXPECT_EQ(produce.pending,
+            (std::map<std::string, std::string>{{"outputOf", "sim:printer:job-1"}}));
+  EXPECT_EQ(produce.creates, part);
+  EXPECT_FALSE(produce.variables["event"].contains("resourceInventoriedAs"));
+  EXPECT_EQ(produce.variables["event"]["resourceConformsTo"], "01SPECPART0000000000000000");
+  EXPECT_EQ(produce.variables["newInventoriedResource"]["name"], part);
+
+  // What the drivers sent before: a specification alone gives zenflows no name for the part.
+  auto unnamed = events;
+  Json payload = Json::parse(unnamed[2].payload);
+  payload.erase("resourceInventoriedAs");
+  unnamed[2].payload = payload.dump();
+  VfExport old = build_vf_export(unnamed, full_config());
+  ASSERT_EQ(old.requests.size(), 4u);
+  EXPECT_FALSE(old.requests[3].variables.contains("newInventoriedResource"));
+}
+
 TEST_F(VfExportTest, AProcessListedInIdsIsUsedNotCreated) {
   IngestConfig config = full_config();
   config.ids["job-42"] = "01PR0CESSJ0B42000000000000";

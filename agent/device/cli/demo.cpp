@@ -100,7 +100,7 @@ std::string describe(const nlohmann::ordered_json& e) {
     what = fmt::format("{:.4g} {}", q["hasNumericalValue"].get<double>(),
                        q["hasUnit"].get<std::string>());
   std::string process = e.value("inputOf", e.value("outputOf", std::string("")));
-  return fmt::format("{:<8} {:<26} {:<14} {}", e["action"].get<std::string>(), resource, what,
+  return fmt::format("{:<8} {:<43} {:<14} {}", e["action"].get<std::string>(), resource, what,
                      process);
 }
 

@@ -2,7 +2,10 @@
 #include <reflow/drivers/valueflows.hpp>
 
 #include <cmath>
+#include <initializer_list>
 #include <utility>
+
+#include <fmt/format.h>
 
 namespace agent::vf {
 
@@ -50,15 +53,92 @@ nlohmann::ordered_json consume(const ResourceRef& resource, nlohmann::ordered_js
   return fields;
 }
 
-nlohmann::ordered_json produce(std::string_view conforms_to, nlohmann::ordered_json quantity,
-                               std::string_view at, std::string_view process) {
+nlohmann::ordered_json produce(std::string_view new_resource, std::string_view conforms_to,
+                               nlohmann::ordered_json quantity, std::string_view at,
+                               std::string_view process) {
   nlohmann::ordered_json fields;
   fields["action"] = "produce";
+  fields["resourceInventoriedAs"] = new_resource;
   fields["resourceConformsTo"] = conforms_to;
   fields["resourceQuantity"] = std::move(quantity);
   fields["hasPointInTime"] = at;
   fields["outputOf"] = process;
   return fields;
+}
+
+std::string part_reference(std::string_view file, std::string_view job, std::string_view printer) {
+  return fmt::format("{}, job {} on {}", file, job, printer);
+}
+
+std::string period_process(std::string_view driver, std::string_view name,
+                           std::int64_t begin_unix_ms) {
+  return fmt::format("{}:{}:period-{}", driver, name, begin_unix_ms);
+}
+
+namespace {
+
+bool has_text(const nlohmann::ordered_json& fields, std::string_view name) {
+  const auto it = fields.find(name);
+  return it != fields.end() && it->is_string() && !it->get_ref<const std::string&>().empty();
+}
+
+bool has(const nlohmann::ordered_json& fields, std::string_view name) {
+  return fields.find(name) != fields.end();
+}
+
+// One rule: `field` must be there for `action`, because `why`.
+struct Rule {
+  std::string_view field;
+  bool text;  // a non-empty string (a reference), not just present (a quantity)
+  std::string_view why;
+};
+
+Status check_rules(const nlohmann::ordered_json& fields, std::string_view action,
+                   std::initializer_list<Rule> rules) {
+  for (const Rule& rule : rules)
+    if (rule.text ? !has_text(fields, rule.field) : !has(fields, rule.field))
+      return fail(ErrorCode::rejected, fmt::format("{}: required for action \"{}\" (zenflows: {})",
+                                                   rule.field, action, rule.why));
+  return {};
+}
+
+}  // namespace
+
+Status check_zenflows_rules(const nlohmann::ordered_json& fields) {
+  if (!fields.is_object() || !has_text(fields, "action")) return {};
+  const std::string& action = fields["action"].get_ref<const std::string&>();
+  if (action == "use") {
+    if (Status s = check_rules(fields, action,
+                               {{"inputOf", true, "a use is an input of a process"},
+                                {"effortQuantity", false, "the time the resource was used"}});
+        !s)
+      return s;
+    if (!has_text(fields, "resourceInventoriedAs") && !has_text(fields, "resourceConformsTo"))
+      return fail(ErrorCode::rejected,
+                  "resourceInventoriedAs or resourceConformsTo: required for action \"use\" "
+                  "(zenflows: the resource used, or its kind)");
+    return {};
+  }
+  if (action == "work")
+    return check_rules(fields, action,
+                       {{"inputOf", true, "work is an input of a process"},
+                        {"effortQuantity", false, "the time worked"},
+                        {"resourceConformsTo", true, "the kind of work"}});
+  if (action == "consume")
+    return check_rules(fields, action,
+                       {{"inputOf", true, "a consume is an input of a process"},
+                        {"resourceInventoriedAs", true,
+                         "the resource it decrements; a specification alone is not enough"},
+                        {"resourceQuantity", false, "how much was consumed"}});
+  if (action == "produce")
+    return check_rules(
+        fields, action,
+        {{"outputOf", true, "a produce is an output of a process"},
+         {"resourceInventoriedAs", true,
+          "the resource it increments, or with resourceConformsTo the name of the new resource "
+          "it creates (newInventoriedResource.name)"},
+         {"resourceQuantity", false, "how much was produced"}});
+  return {};
 }
 
 }  // namespace agent::vf

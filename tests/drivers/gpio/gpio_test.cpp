@@ -16,6 +16,7 @@
 #include <reflow/device/config.hpp>
 #include <reflow/device/driver.hpp>
 #include <reflow/drivers/driver_state.hpp>
+#include <reflow/drivers/valueflows.hpp>
 
 #include "capturing_sink.hpp"
 #include "files.hpp"
@@ -114,6 +115,9 @@ class GpioDriverTest : public ::testing::Test {
     events = sink.wait_for(expected.size());
     EXPECT_EQ(events.size(), expected.size());
     for (std::size_t i = 0; i < std::min(events.size(), expected.size()); ++i) {
+      // Every event is one zenflows records: its process link, what its action needs.
+      Status zenflows = vf::check_zenflows_rules(nlohmann::ordered_json::parse(expected[i].dump()));
+      EXPECT_TRUE(zenflows) << name << " event " << i << ": " << zenflows.error().message;
       EXPECT_EQ(nlohmann::json::parse(events[i].fields.dump()), expected[i])
           << name << " event " << i;
       EXPECT_EQ(events[i].source.driver, "gpio");

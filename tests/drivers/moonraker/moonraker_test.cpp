@@ -15,6 +15,7 @@
 #include <reflow/device/driver.hpp>
 #include <reflow/drivers/driver_state.hpp>
 #include <reflow/drivers/spoolman.hpp>
+#include <reflow/drivers/valueflows.hpp>
 
 #include "capturing_sink.hpp"
 #include "files.hpp"
@@ -288,6 +289,36 @@ TEST(MoonrakerHistoryTest, RefusesStringsTheProtocolRefuses) {
   expect_events_valid(*ok);
 }
 
+// One process per job: the printer's use and the filament's consume are its inputs, the named part
+// its output, and consume always names an inventoried resource (zenflows decrements it): the
+// spool when one is known, else the filament stock; the G-code's filament type goes to meta.
+TEST(MoonrakerHistoryTest, AJobsEventsChainThroughItsProcessAndConsumeASpoolOrTheStock) {
+  auto job = moonraker::parse_job(history_job("000031", "completed", 1767196800.0, 1000));
+  ASSERT_TRUE(job) << job.error().message;
+  moonraker::JobContext context;
+  context.name = "voron";
+  context.printer = "printer:voron-01";
+  context.filament_stock = "stock:pla";
+  auto events = moonraker::job_events(*job, context);
+  ASSERT_EQ(events.size(), 3u);
+  for (const auto& event : events) {
+    Status zenflows = vf::check_zenflows_rules(event);
+    EXPECT_TRUE(zenflows) << zenflows.error().message;
+  }
+  EXPECT_EQ(events[0]["inputOf"], "moonraker:voron:job-000031");
+  EXPECT_EQ(events[1]["inputOf"], "moonraker:voron:job-000031");
+  EXPECT_EQ(events[2]["outputOf"], "moonraker:voron:job-000031");
+  EXPECT_EQ(events[1]["resourceInventoriedAs"], "stock:pla");
+  EXPECT_FALSE(events[1].contains("resourceConformsTo"));
+  EXPECT_EQ(events[1]["meta"]["filament_type"], "PLA");
+  EXPECT_EQ(events[2]["resourceInventoriedAs"],
+            "part_000031.gcode, job 000031 on printer:voron-01");
+  EXPECT_EQ(events[2]["resourceConformsTo"], "part_000031.gcode");
+
+  context.filament = "spool:42";
+  EXPECT_EQ(moonraker::job_events(*job, context)[1]["resourceInventoriedAs"], "spool:42");
+}
+
 // Golden cases: drivers/moonraker/testdata/<case>/ holds the replay script (Moonraker's and
 // Spoolman's recorded answers), driver.toml (the keys; "@SERVER@" is the replay server) and
 // expected.jsonl (the producer fields submitted, in order). The driver polls once per response
@@ -328,6 +359,9 @@ TEST_P(MoonrakerGoldenTest, EmitsTheExpectedEvents) {
     if (!line.empty()) expected.push_back(nlohmann::ordered_json::parse(line));
   ASSERT_EQ(events.size(), expected.size());
   for (std::size_t i = 0; i < events.size(); ++i) {
+    // Every event is one zenflows records: its process link, what its action needs.
+    Status zenflows = vf::check_zenflows_rules(expected[i]);
+    EXPECT_TRUE(zenflows) << "event " << i << ": " << zenflows.error().message;
     EXPECT_EQ(events[i].fields, expected[i])
         << "event " << i << "\n got:      " << events[i].fields.dump()
         << "\n expected: " << expected[i].dump();
@@ -665,6 +699,8 @@ TEST_F(MoonrakerDriverTest, BadConfigIsRefusedNamingTheKey) {
             "\"weight\"; got \"yes\""},
            {"url = \"http://p\"\nresource = \"printer:a\"\npoll_interval = \"0s\"\n",
             "agent.toml:11: driver.voron.poll_interval: must be longer than 0"},
+           {"url = \"http://p\"\nresource = \"printer:a\"\nfilament_stock = \"\"\n",
+            "agent.toml:11: driver.voron.filament_stock: expected a non-empty string"},
        }) {
     auto driver = create(c.keys);
     ASSERT_FALSE(driver) << c.keys;

@@ -19,6 +19,7 @@
 #include <reflow/device/config.hpp>
 #include <reflow/device/driver.hpp>
 #include <reflow/drivers/driver_state.hpp>
+#include <reflow/drivers/valueflows.hpp>
 
 #include "capturing_sink.hpp"
 #include "files.hpp"
@@ -144,10 +145,14 @@ class OctoPrintDriverTest : public ::testing::Test {
       if (!line.empty()) expected.push_back(json::parse(line));
     const auto events = sink.lines();
     ASSERT_EQ(events.size(), expected.size()) << "events:\n" << actual;
-    for (std::size_t i = 0; i < events.size(); ++i)
+    for (std::size_t i = 0; i < events.size(); ++i) {
+      // Every event is one zenflows records: its process link, what its action needs.
+      Status zenflows = vf::check_zenflows_rules(nlohmann::ordered_json::parse(expected[i].dump()));
+      EXPECT_TRUE(zenflows) << "event " << i << ": " << zenflows.error().message;
       EXPECT_EQ(json::parse(events[i].dump()), expected[i])
           << "event " << i << " differs; events:\n"
           << actual;
+    }
   }
 
   reflow_test::TempDir m_state;

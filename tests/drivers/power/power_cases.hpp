@@ -18,6 +18,7 @@
 
 #include <reflow/core/event.hpp>
 #include <reflow/device/config.hpp>
+#include <reflow/drivers/valueflows.hpp>
 
 #include "power_logic.hpp"
 
@@ -123,6 +124,9 @@ inline void expect_events(const std::vector<nlohmann::ordered_json>& actual,
   ASSERT_EQ(actual.size(), expected.size());
   for (std::size_t i = 0; i < actual.size(); ++i) {
     EXPECT_TRUE(validate_submission(actual[i])) << actual[i].dump();
+    // zenflows records it: the session's process link, what its action needs.
+    Status zenflows = vf::check_zenflows_rules(expected[i]);
+    EXPECT_TRUE(zenflows) << "event " << i << ": " << zenflows.error().message;
     EXPECT_TRUE(same_json(actual[i], expected[i]))
         << "event " << i << "\n  actual:   " << actual[i].dump()
         << "\n  expected: " << expected[i].dump();

@@ -3,11 +3,17 @@
 // PROTOCOL §4): measures, and the `use`, `consume` and `produce` events of a process. Each builder
 // returns the event's fields in one order (action, resource, quantity, time, process), so that
 // every driver's events read alike; the caller adds `meta` and anything else the event needs.
+// check_zenflows_rules says whether an event of these actions is one zenflows records
+// (valueflows.md §2c–2d): the drivers' tests run every event they emit through it.
 #pragma once
 
+#include <cstdint>
+#include <string>
 #include <string_view>
 
 #include <nlohmann/json.hpp>
+
+#include <reflow/core/result.hpp>
 
 namespace agent::vf {
 
@@ -42,10 +48,40 @@ nlohmann::ordered_json use(std::string_view machine, double hours, std::string_v
 nlohmann::ordered_json consume(const ResourceRef& resource, nlohmann::ordered_json quantity,
                                std::string_view at, std::string_view process);
 
-/// A `produce` of something conforming to `conforms_to`: {"action":"produce",
+/// A `produce` of a new resource: {"action":"produce", "resourceInventoriedAs": new_resource,
 /// "resourceConformsTo": conforms_to, "resourceQuantity": quantity, "hasPointInTime": at,
-/// "outputOf": process}.
-nlohmann::ordered_json produce(std::string_view conforms_to, nlohmann::ordered_json quantity,
-                               std::string_view at, std::string_view process);
+/// "outputOf": process}. `new_resource` is the new resource's reference and, in zenflows, its
+/// name: the node's vf-graphql export creates it as `newInventoriedResource {name,
+/// trackingIdentifier}` of the `conforms_to` specification (zenflows requires the name,
+/// valueflows.md §2d). Make it with part_reference.
+nlohmann::ordered_json produce(std::string_view new_resource, std::string_view conforms_to,
+                               nlohmann::ordered_json quantity, std::string_view at,
+                               std::string_view process);
+
+/// The reference (and name) of the part a print job produces: "<file>, job <job> on <printer>",
+/// e.g. "benchy.gcode, job 12 on printer:sim-01": readable where zenflows shows it, and unique
+/// as long as the printer's job numbers are (`job` is the same job token as in the job's process
+/// reference "<driver>:<name>:job-<job>").
+std::string part_reference(std::string_view file, std::string_view job, std::string_view printer);
+
+/// The process of a metering period that belongs to no known machine session:
+/// "<driver>:<name>:period-<begin_unix_ms>" (the period's first millisecond, Unix time).
+std::string period_process(std::string_view driver, std::string_view name,
+                           std::int64_t begin_unix_ms);
+
+/// Whether `fields` (a producer's event, PROTOCOL §4) follows zenflows' per-action rules for the
+/// actions drivers emit (valueflows.md §2c–2d, zenflows `economic_event.ex`):
+/// - `use`: `inputOf` (the process that uses the machine), `effortQuantity`, and
+///   `resourceInventoriedAs` or `resourceConformsTo`;
+/// - `work`: `inputOf`, `effortQuantity`, `resourceConformsTo` (the kind of work);
+/// - `consume`: `inputOf`, `resourceInventoriedAs` (zenflows decrements that resource; a
+///   specification alone is not enough), `resourceQuantity`;
+/// - `produce`: `outputOf`, `resourceQuantity`, and `resourceInventoriedAs` (an existing resource,
+///   or with `resourceConformsTo` a new one whose name the reference gives: zenflows refuses a new
+///   resource without a name).
+/// Other actions pass: their rules belong to the agent's emit-time checks. The fields' own form
+/// (types, times, units) is validate_submission's. Errors: rejected, naming the field and the rule,
+/// e.g. `inputOf: required for action "consume" (zenflows: a consume is an input of a process)`.
+Status check_zenflows_rules(const nlohmann::ordered_json& fields);
 
 }  // namespace agent::vf
