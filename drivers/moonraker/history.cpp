@@ -89,6 +89,13 @@ Result<HistoryJob> parse_job(const nlohmann::json& entry) {
     out = it->get<double>();
     return {};
   };
+  // Moonraker's ids are 6 hex digits; the id goes into the job's process and part references,
+  // which must stay within the protocol's string limit.
+  constexpr std::size_t k_max_job_id_bytes = 64;
+  if (job.job_id.size() > k_max_job_id_bytes)
+    return bad("job_id", fmt::format("is {} bytes; Moonraker's job ids are 6 hex digits and this "
+                                     "driver takes at most {}",
+                                     job.job_id.size(), k_max_job_id_bytes));
   if (Status s = protocol_text("job_id", job.job_id); !s) return std::unexpected(s.error());
   for (Status s :
        {string_field("filename", job.filename, false), string_field("status", job.status, false),

@@ -7,6 +7,9 @@
 
 #include <fmt/format.h>
 
+#include <reflow/core/event.hpp>
+#include <reflow/core/text.hpp>
+
 namespace agent::vf {
 
 nlohmann::ordered_json quantity(double value, std::string_view unit) {
@@ -67,7 +70,13 @@ nlohmann::ordered_json produce(std::string_view new_resource, std::string_view c
 }
 
 std::string part_reference(std::string_view file, std::string_view job, std::string_view printer) {
-  return fmt::format("{}, job {} on {}", file, job, printer);
+  const std::string suffix = fmt::format(", job {} on {}", job, printer);
+  if (file.size() + suffix.size() <= k_max_string_bytes) return std::string(file) + suffix;
+  constexpr std::size_t k_ellipsis_bytes = 3;  // "…" in UTF-8, which shortened_text appends
+  const std::size_t room = suffix.size() + k_ellipsis_bytes < k_max_string_bytes
+                               ? k_max_string_bytes - suffix.size() - k_ellipsis_bytes
+                               : 0;
+  return shortened_text(file, room) + suffix;
 }
 
 std::string period_process(std::string_view driver, std::string_view name,

@@ -4,6 +4,8 @@
 
 #include <reflow/drivers/valueflows.hpp>
 
+#include <reflow/core/event.hpp>
+
 namespace agent::vf {
 namespace {
 
@@ -57,6 +59,20 @@ TEST(ValueFlowsTest, PartAndPeriodReferencesNameTheirJobAndPeriod) {
   EXPECT_EQ(part_reference("benchy.gcode", "12", "printer:sim-01"),
             "benchy.gcode, job 12 on printer:sim-01");
   EXPECT_EQ(period_process("gpio", "meter", 1767225600000), "gpio:meter:period-1767225600000");
+}
+
+// A file name near the protocol's string limit must not make the part's reference one the writer
+// refuses: the file name is cut, at a character boundary, and the job and printer kept.
+TEST(ValueFlowsTest, APartReferenceStaysWithinTheProtocolsStringLimit) {
+  std::string file;
+  while (file.size() < k_max_string_bytes)
+    file += "ü";  // 2 bytes each: a cut could split one
+  const std::string reference = part_reference(file, "000016", "printer:prusa-mk4");
+  EXPECT_LE(reference.size(), k_max_string_bytes);
+  EXPECT_TRUE(reference.ends_with("…, job 000016 on printer:prusa-mk4")) << reference;
+  EXPECT_TRUE(nlohmann::json::accept(nlohmann::json(reference).dump()));  // valid UTF-8
+  const std::string exact(k_max_string_bytes - std::string(", job 1 on p").size(), 'a');
+  EXPECT_EQ(part_reference(exact, "1", "p"), exact + ", job 1 on p");
 }
 
 // What each builder makes passes zenflows' rules; the same event without its process link, or

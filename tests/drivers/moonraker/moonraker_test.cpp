@@ -267,7 +267,7 @@ TEST(MoonrakerHistoryTest, RefusesStringsTheProtocolRefuses) {
                         Case{"job_id",
                              "0000\x7f"
                              "16"},
-                        Case{"user", "admin\xc2\x9b"}}) {
+                        Case{"user", "admin\xc2\x9b"}, Case{"job_id", std::string(65, '0')}}) {
     auto bad = good;
     bad[c.field] = c.value;
     auto job = moonraker::parse_job(bad);
@@ -287,6 +287,14 @@ TEST(MoonrakerHistoryTest, RefusesStringsTheProtocolRefuses) {
   auto ok = moonraker::parse_job(fine);
   ASSERT_TRUE(ok) << ok.error().message;
   expect_events_valid(*ok);
+
+  // The longest file name and job id taken still give events the writer takes.
+  auto longest = good;
+  longest["job_id"] = std::string(64, 'f');
+  longest["filename"] = std::string(k_max_string_bytes, 'a');
+  auto longest_job = moonraker::parse_job(longest);
+  ASSERT_TRUE(longest_job) << longest_job.error().message;
+  expect_events_valid(*longest_job);
 }
 
 // One process per job: the printer's use and the filament's consume are its inputs, the named part

@@ -61,7 +61,9 @@ nlohmann::ordered_json produce(std::string_view new_resource, std::string_view c
 /// The reference (and name) of the part a print job produces: "<file>, job <job> on <printer>",
 /// e.g. "benchy.gcode, job 12 on printer:sim-01": readable where zenflows shows it, and unique
 /// as long as the printer's job numbers are (`job` is the same job token as in the job's process
-/// reference "<driver>:<name>:job-<job>").
+/// reference "<driver>:<name>:job-<job>"). A file name that would make the reference longer
+/// than an event's strings may be (k_max_string_bytes, PROTOCOL §4 Limits) is cut at a
+/// character boundary and marked "…", before the job and printer that keep it unique.
 std::string part_reference(std::string_view file, std::string_view job, std::string_view printer);
 
 /// The process of a metering period that belongs to no known machine session:
