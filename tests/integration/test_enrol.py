@@ -142,5 +142,96 @@ class CaOwnerTest(CaCase):
         self.assertEqual(issued_lines(self.ca_dir), [])
 
 
+class PasswordFileTest(unittest.TestCase):
+    """A broker that wants a user name and password (mosquitto_passwd); the agent's
+    mqtt.password_file is read at each connect and on SIGHUP, and must not be readable by
+    others."""
+
+    def setUp(self):
+        self.tmp = Path(tempfile.mkdtemp(prefix="reflow-enrol-pw-"))
+        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
+        self.broker_dir = self.tmp / "broker"
+        self.broker_dir.mkdir()
+        self.broker_passwd = self.broker_dir / "passwd"
+        self.set_broker_password("first-secret")
+        passwd = self.broker_passwd
+
+        def conf(port):
+            return (f"listener {port} 127.0.0.1\nallow_anonymous false\n"
+                    f"password_file {passwd}\npersistence false\nlog_dest stderr\n"
+                    "log_type all\n")
+
+        self.broker = h.Mosquitto(self.broker_dir, config=conf).start()
+        self.addCleanup(self.broker.stop)
+        key = self.tmp / "device.key"
+        r = h.run_cli(["keygen", "--key", str(key)])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.password_file = self.tmp / "mqtt.password"
+        self.write_agent_password("first-secret")
+        self.config = self.tmp / "agent.toml"
+        self.config.write_text(h.config_text(
+            device_id=h.DEVICE_ID, key_file=key, data_dir=self.tmp / "data", url=self.broker.url,
+            extra_mqtt=f'username = "dev"\npassword_file = "{self.password_file}"'))
+        self.agent = h.AgentProcess(self.config, self.tmp / "agent.log")
+        self.addCleanup(self.agent.kill)
+        self.addCleanup(self._dump_log_on_failure)
+
+    def _dump_log_on_failure(self):
+        outcome = getattr(self, "_outcome", None)
+        errors = getattr(getattr(outcome, "result", None), "failures", []) + \
+            getattr(getattr(outcome, "result", None), "errors", [])
+        if any(test is self for test, _ in errors):
+            print(f"\n---- agent log ----\n{self.agent.log_text()}", flush=True)
+
+    def set_broker_password(self, password):
+        self.broker_passwd.unlink(missing_ok=True)
+        subprocess.run(["mosquitto_passwd", "-b", "-c", str(self.broker_passwd), "dev", password],
+                       check=True, capture_output=True)
+        nh.readable_by_broker(self.broker_dir)
+
+    def write_agent_password(self, password):
+        self.password_file.write_text(password + "\n")
+        self.password_file.chmod(0o600)
+
+    def connected(self, connects):
+        return self.agent.wait_status(
+            lambda s: s["connected"] and s["connects"] == connects,
+            f"the agent is connected, connect number {connects}")
+
+    def test_a_password_file_others_may_read_is_refused_naming_it_and_the_fix(self):
+        self.password_file.chmod(0o644)
+        self.agent.start()
+        self.assertEqual(self.agent.wait_exit(h.WAIT_S), 1, "run refuses to start")
+        log = self.agent.log_text()
+        self.assertIn(str(self.password_file), log)
+        self.assertIn(f"chmod 600 {self.password_file}", log)
+        self.assertNotIn("first-secret", log)
+
+    def test_sighup_rereads_the_password_file_and_reconnects_with_a_new_password(self):
+        self.agent.start()
+        self.agent.wait_ready()
+        self.connected(1)
+        # The broker learns the new password (SIGHUP makes Mosquitto re-read its password file;
+        # the agent's session stays), then the agent's file gets it, then the agent its SIGHUP.
+        self.set_broker_password("second-secret")
+        self.broker.proc.send_signal(signal.SIGHUP)
+        self.write_agent_password("second-secret")
+        self.agent.send_signal(signal.SIGHUP)
+        self.connected(2)
+        self.assertTrue(self.agent.running())
+        self.assertIn("SIGHUP", self.agent.log_text())
+        self.assertNotIn("second-secret", self.agent.log_text())
+
+    def test_each_reconnect_reads_the_password_file_again(self):
+        self.agent.start()
+        self.agent.wait_ready()
+        self.connected(1)
+        self.broker.stop()
+        self.set_broker_password("second-secret")
+        self.write_agent_password("second-secret")
+        self.broker.start()
+        self.connected(2)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -69,7 +69,11 @@ int main(int argc, char** argv) {
   show_key_option->excludes(show_config_option);
   key_show->require_option(1);
 
-  auto* run = app.add_subcommand("run", "Run the daemon in the foreground (systemd Type=notify)");
+  auto* run = app.add_subcommand(
+      "run",
+      "Run the daemon in the foreground (systemd Type=notify). SIGTERM or SIGINT stops it; "
+      "SIGHUP (systemctl reload) reads mqtt.password_file again and reconnects when the "
+      "password changed");
   run->add_option("--config", config_path, "The agent's TOML config file")->required();
   run->add_option("--log-level", log_level,
                   "Override agent.log_level: debug, info, warning or error");
