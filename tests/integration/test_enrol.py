@@ -233,5 +233,165 @@ class PasswordFileTest(unittest.TestCase):
         self.connected(2)
 
 
+
+AGENT_CONFIG_WITH_COMMENTS = """\
+# The fablab's printer agent.
+[agent]
+device_id = "{device_id}"   # as registered at the node
+key_file = "{key_file}"
+data_dir = "{data_dir}"
+
+[mqtt]
+# Set by `reflow-agent enroll BUNDLE`:
+url = "mqtt://127.0.0.1:1"  # replaced
+resend_after = "1s"
+reconnect_min = "100ms"
+reconnect_max = "1s"
+
+[outbox]
+quota = "64MiB"  # a small SD card
+"""
+
+
+class EnrolmentBundleTest(nh.NodeTestCase):
+    """Node operator: `device add` + `ca enroll`; device owner: `reflow-agent enroll BUNDLE`."""
+
+    def new_bare_device(self, device_id):
+        """A device as its owner sets it up: keygen, a config without TLS, `enroll` (the CSR)."""
+        base = self.tmp / device_id
+        base.mkdir()
+        key = base / "device.key"
+        r = h.run_cli(["keygen", "--key", str(key)])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        config = base / "agent.toml"
+        config.write_text(AGENT_CONFIG_WITH_COMMENTS.format(
+            device_id=device_id, key_file=key, data_dir=base / "data"))
+        csr = base / f"{device_id}.csr"
+        r = h.run_cli(["enroll", "--config", str(config), "--out", str(csr)])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("reflow-ingest ca enroll", r.stderr, "enroll's next steps name the bundle")
+        self.assertIn("device add", r.stderr)
+        return base, config, csr, base / "device.jwk"
+
+    def test_two_node_commands_and_one_device_command_enrol_a_device_over_mutual_tls(self):
+        self.start_tls_broker()
+        base, config, csr, jwk = self.new_bare_device("fablab-mk4-01")
+        url = f"mqtts://{nh.TLS_HOST}:{self.broker.port}"
+        bundle = self.tmp / "fablab-mk4-01.enrol.json"
+        # The node operator: two commands.
+        self.cli.ok("device", "add", "fablab-mk4-01", "--jwk", jwk)
+        r = self.tls.cli.ok("ca", "enroll", csr, "--url", url, "--out", bundle)
+        self.assertIn("reflow-agent enroll", r.stderr)
+        doc = json.loads(bundle.read_text())
+        self.assertEqual(sorted(doc), sorted(["format", "version", "device_id", "url",
+                                              "topic_prefix", "ca_cert", "device_cert",
+                                              "node_ack_jwk"]))
+        self.assertEqual((doc["format"], doc["version"], doc["device_id"], doc["url"],
+                          doc["topic_prefix"], doc["node_ack_jwk"]),
+                         ("reflow-enrolment", 1, "fablab-mk4-01", url, h.PREFIX, None))
+        self.assertEqual(doc["ca_cert"], self.tls.ca_cert.read_text())
+        self.assertEqual(issued_lines(self.tls.data_dir / "ca")[-1]["cn"], "fablab-mk4-01")
+        # The device owner: one command.
+        before = config.read_text()
+        r = h.run_cli(["enroll", "--config", str(config), str(bundle)])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        after = config.read_text()
+        for kept in ("# The fablab's printer agent.", '# as registered at the node',
+                     "# Set by `reflow-agent enroll BUNDLE`:", '# replaced',
+                     'quota = "64MiB"  # a small SD card', 'reconnect_min = "100ms"'):
+            self.assertIn(kept, after, f"kept from\n{before}\nin\n{after}")
+        self.assertIn(f'url = "{url}"  # replaced', after)
+        self.assertEqual((base / "node-ca.pem").read_text(), doc["ca_cert"])
+        self.assertEqual((base / "device.crt").read_text(), doc["device_cert"])
+        for name in ("node-ca.pem", "device.crt"):
+            self.assertEqual((base / name).stat().st_mode & 0o777, 0o644, name)
+        for line in (f'ca_file = "{base / "node-ca.pem"}"', f'cert_file = "{base / "device.crt"}"',
+                     f'key_file = "{base / "data" / "tls.key"}"',
+                     f'topic_prefix = "{h.PREFIX}"'):
+            self.assertIn(line, after)
+
+        # ... and the device's events arrive, verified, over mutual TLS.
+        self.start_ingest()
+        agent = h.AgentProcess(config, self.tmp / "agent-enrolled.log").start()
+        self.agents.append(agent)
+        agent.wait_ready()
+        agent.wait_status(lambda s: s["connected"], "the enrolled agent connected")
+        self.config_path = config
+        acked = self.emit_ok(h.emit_lines(3))
+        agent.wait_status(lambda s: s["acked_seq"] == 3, "the node acked the three events")
+        self.assertEqual([e["id"] for _, e in self.cli.events("fablab-mk4-01")],
+                         [i for _, i in acked])
+
+    def test_a_bundle_for_another_device_or_another_key_is_refused_and_nothing_is_written(self):
+        self.start_tls_broker()
+        url = f"mqtts://{nh.TLS_HOST}:{self.broker.port}"
+        base_a, config_a, csr_a, _ = self.new_bare_device("dev-a")
+        base_b, config_b, _, _ = self.new_bare_device("dev-b")
+        bundle = self.tmp / "dev-a.enrol.json"
+        self.tls.cli.ok("ca", "enroll", csr_a, "--url", url, "--out", bundle)
+        before = config_b.read_text()
+        r = h.run_cli(["enroll", "--config", str(config_b), str(bundle)])
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn('is for the device "dev-a"', r.stderr)
+        self.assertEqual(config_b.read_text(), before)
+        self.assertFalse((base_b / "device.crt").exists())
+        # dev-a's TLS key replaced since its CSR: the certificate is not for it.
+        (base_a / "data" / "tls.key").unlink()
+        h.run_cli(["enroll", "--config", str(config_a), "--out", str(self.tmp / "again.csr")])
+        before = config_a.read_text()
+        r = h.run_cli(["enroll", "--config", str(config_a), str(bundle)])
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("for another key", r.stderr)
+        self.assertEqual(config_a.read_text(), before)
+        self.assertFalse((base_a / "device.crt").exists())
+
+    def test_a_config_that_cannot_be_edited_safely_is_refused_naming_the_keys(self):
+        self.start_tls_broker()
+        url = f"mqtts://{nh.TLS_HOST}:{self.broker.port}"
+        base, config, csr, _ = self.new_bare_device("dev-a")
+        bundle = self.tmp / "dev-a.enrol.json"
+        self.tls.cli.ok("ca", "enroll", csr, "--url", url, "--out", bundle)
+        text = config.read_text().replace('url = "mqtt://127.0.0.1:1"  # replaced',
+                                          'url = """\nmqtt://127.0.0.1:1"""')
+        config.write_text(text)
+        r = h.run_cli(["enroll", "--config", str(config), str(bundle)])
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("mqtt.url", r.stderr)
+        self.assertIn("by hand", r.stderr)
+        self.assertIn(f'url = "{url}"', r.stderr)
+        self.assertEqual(config.read_text(), text)
+        self.assertFalse((base / "device.crt").exists())
+
+    def test_ca_enroll_records_nothing_when_the_bundle_cannot_be_written(self):
+        self.start_tls_broker()
+        _, _, csr, _ = self.new_bare_device("dev-a")
+        before = issued_lines(self.tls.data_dir / "ca")
+        r = self.tls.cli.run("ca", "enroll", csr, "--url", f"mqtts://{nh.TLS_HOST}:8883", "--out",
+                         self.tmp / "no-such-dir" / "dev-a.enrol.json")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertEqual(issued_lines(self.tls.data_dir / "ca"), before)
+
+
+@unittest.skipUnless(os.geteuid() == 0, "needs root: enrolling as root")
+class EnrollAsRootTest(unittest.TestCase):
+    """`sudo reflow-agent enroll`: the TLS key goes to the service user (the data dir's owner)."""
+
+    def test_the_tls_key_made_by_root_is_given_to_the_owner_of_the_data_dir(self):
+        tmp = Path(tempfile.mkdtemp(prefix="reflow-enrol-root-"))
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        data = tmp / "data"
+        data.mkdir(mode=0o750)
+        os.chown(data, NOBODY, NOBODY)
+        config = tmp / "agent.toml"
+        config.write_text(h.config_text(device_id="dev-a", key_file=tmp / "device.key",
+                                        data_dir=data, url="mqtt://127.0.0.1:1"))
+        r = h.run_cli(["enroll", "--config", str(config), "--out", str(tmp / "dev-a.csr")])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        key = data / "tls.key"
+        self.assertEqual(owner(key), (NOBODY, NOBODY))
+        self.assertEqual(key.stat().st_mode & 0o777, 0o600)
+        self.assertIn("owned by nobody", r.stderr)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -16,6 +16,8 @@
 
 #include <fmt/format.h>
 
+#include <reflow/core/enrolment.hpp>
+#include <reflow/core/mqtt_connect.hpp>
 #include <reflow/core/tls.hpp>
 #include <reflow/core/units.hpp>
 #include <reflow/node/ca.hpp>
@@ -34,6 +36,7 @@ struct CaArgs {
   std::string out_dir = ".";
   std::vector<std::string> hosts;
   std::string client_name;
+  std::string device_url;
   bool replace = false;
 };
 
@@ -88,14 +91,15 @@ int ca_init(const CaArgs& args) {
   if (print_if_error(ca)) return 1;
   fmt::print("created CA \"{}\" in {} (valid until {})\n", ca->subject, dir.string(),
              agent::format_rfc3339_s(ca->not_after));
-  fmt::print(stderr,
-             "reflow-ingest: {} is the CA's private key (mode 0600): back it up offline; whoever "
-             "holds it can make device identities.\n"
-             "reflow-ingest: next: `reflow-ingest ca server --host NAME` for the broker, "
-             "`reflow-ingest ca client ingest@node` for this service, and `reflow-ingest ca sign` "
-             "for each device's CSR (reflow-agent enroll). Give {} to the broker (cafile) and the "
-             "devices (mqtt.ca_file).\n",
-             (dir / k_ca_key_file).string(), (dir / k_ca_cert_file).string());
+  fmt::print(
+      stderr,
+      "reflow-ingest: {} is the CA's private key (mode 0600): back it up offline; whoever "
+      "holds it can make device identities.\n"
+      "reflow-ingest: next: `reflow-ingest ca server --host NAME` for the broker, "
+      "`reflow-ingest ca client ingest@node` for this service, and `reflow-ingest ca enroll` "
+      "for each device's CSR (reflow-agent enroll), which hands the device {} with its "
+      "certificate in one bundle.\n",
+      (dir / k_ca_key_file).string(), (dir / k_ca_cert_file).string());
   return 0;
 }
 
@@ -159,6 +163,59 @@ int ca_sign(const CaArgs& args) {
              agent::format_rfc3339_s(issued->info.not_after),
              args.out_file.empty() ? "" : fmt::format(", written to {}", args.out_file),
              (config->effective_ca_dir() / k_ca_cert_file).string());
+  return 0;
+}
+
+// `ca enroll`: ca sign, with the certificate handed out inside an enrolment bundle.
+int ca_enroll(const CaArgs& args) {
+  auto config = config_or_report(args.config);
+  if (!config) return 1;
+  if (auto url = agent::parse_broker_url(args.device_url); !url || !url->tls) {
+    print_error(
+        fmt::format("--url \"{}\": {}; expected mqtts://HOST[:PORT], HOST one of the "
+                    "names of `ca server --host`",
+                    args.device_url, url ? "not mqtts://" : url.error().message));
+    return 2;
+  }
+  auto csr = read_csr_or_report(args.csr_file);
+  if (!csr) return 1;
+  const auto ca_cert_path = config->effective_ca_dir() / k_ca_cert_file;
+  IssueOptions options;
+  options.role = CertRole::device;
+  options.days = args.days != 0 ? args.days : config->device_cert_days;
+  options.replace = args.replace;
+  bool written = false;
+  std::string bundle_name = args.out_file.empty() ? "stdout" : args.out_file;
+  auto issued = ca_sign(
+      config->effective_ca_dir(), *csr, options, [&](const Issued& issued) -> agent::Status {
+        auto ca_pem = read_input(ca_cert_path.string());
+        if (!ca_pem) return std::unexpected(ca_pem.error());
+        agent::enrolment::Bundle bundle;
+        bundle.device_id = issued.info.common_name;
+        bundle.url = args.device_url;
+        bundle.topic_prefix = config->topic_prefix;
+        bundle.ca_cert = *ca_pem;
+        bundle.device_cert = issued.pem;
+        return deliver_to(args.out_file, written)(Issued{agent::enrolment::to_json(bundle), {}});
+      });
+  if (!issued) {
+    std::error_code ec;
+    if (written) std::filesystem::remove(args.out_file, ec);
+    print_error(issued.error().message);
+    return 1;
+  }
+  fmt::print(stderr,
+             "reflow-ingest: issued {} (device) serial {}, valid until {}; the enrolment bundle "
+             "({} at {}, topic prefix {}) is in {}\n"
+             "reflow-ingest: next: give it to the device's owner, who runs\n"
+             "  sudo reflow-agent enroll --config /etc/reflow-agent/agent.toml {}\n"
+             "(and register the device's key, if not done yet: reflow-ingest device add {} --jwk "
+             "{}.jwk)\n",
+             issued->info.subject, issued->info.serial,
+             agent::format_rfc3339_s(issued->info.not_after), args.device_url,
+             ca_cert_path.filename().string(), config->topic_prefix, bundle_name,
+             args.out_file.empty() ? "BUNDLE" : args.out_file, issued->info.common_name,
+             issued->info.common_name);
   return 0;
 }
 
@@ -250,6 +307,29 @@ void add_ca_commands(CLI::App& app, int& exit_code) {
                  "Issue although the device already has a certificate for another key (its key "
                  "was replaced on purpose)");
   sign->callback([args, &exit_code] { exit_code = ca_sign(*args); });
+
+  auto* enroll = ca->add_subcommand(
+      "enroll",
+      "Issue a device certificate from a CSR (`reflow-agent enroll`), as `ca sign` does, and "
+      "write everything the device needs into one enrolment bundle (JSON: the CA's and the "
+      "device's certificates as PEM, the broker URL, [mqtt] topic_prefix, and node_ack_jwk, "
+      "reserved and null; docs/node-guide.md) for `reflow-agent enroll --config FILE BUNDLE`. "
+      "Nothing is recorded as issued unless the bundle was written");
+  add_config_option(*enroll, args->config);
+  enroll->add_option("CSR_FILE", args->csr_file, "The CSR (PEM); - reads stdin")->required();
+  enroll
+      ->add_option("--url", args->device_url,
+                   "The broker as the device reaches it: mqtts://HOST:PORT, HOST one of the names "
+                   "of `ca server --host`")
+      ->required();
+  enroll->add_option("--out", args->out_file,
+                     "Write the bundle here (mode 0644) instead of stdout, e.g. DEVICE.enrol.json");
+  enroll->add_option("--days", args->days, "Validity (default ca.device_cert_days)")
+      ->check(CLI::Range(1, 36500));
+  enroll->add_flag("--replace", args->replace,
+                   "Issue although the device already has a certificate for another key (its "
+                   "key was replaced on purpose)");
+  enroll->callback([args, &exit_code] { exit_code = ca_enroll(*args); });
 
   auto* server =
       ca->add_subcommand("server",
