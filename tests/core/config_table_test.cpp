@@ -40,6 +40,7 @@ const Schema<MqttOnly>& schema() {
                       .client_id_default = "\"test\"",
                       .client_id = "the test's client id.",
                       .username = "the test's user.",
+                      .password_file = "the test's password file.",
                       .cert_file = "the test's certificate.",
                       .key_file = "the test's key."});
     return s;

@@ -183,6 +183,8 @@ TEST(ConnectFailureCauseTest, AWrongPasswordIsNotAuthorisedWithTheReasonCode) {
   broker.require_password("press-01", "right horse battery");
   broker.start();
   std::ofstream(dir.path() / "wrong") << "wrong staple\n";
+  std::filesystem::permissions(dir.path() / "wrong", std::filesystem::perms::owner_read |
+                                                         std::filesystem::perms::owner_write);
   Credentials credentials;
   credentials.username = "press-01";
   credentials.password_file = dir.path() / "wrong";

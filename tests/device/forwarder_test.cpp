@@ -518,6 +518,8 @@ TEST_F(ForwarderTest, StatusSaysAWrongPasswordIsNotAuthorised) {
   m_broker.require_password(k_device, "the right one");
   m_broker.start();
   { std::ofstream(m_dir / "password") << "a wrong one\n"; }
+  std::filesystem::permissions(
+      m_dir / "password", std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
   m_config.username = k_device;
   m_config.password_file = m_dir / "password";
   auto& forwarder = start_forwarder();

@@ -225,10 +225,11 @@ class IngestProcess:
 
 
 def find_cert_and_key(directory):
-    """The one PEM certificate and one PEM private key a `ca server/client --out-dir` wrote."""
+    """The one PEM certificate and one PEM private key a `ca server/client --out-dir` wrote,
+    besides the copy of the CA's certificate (ca.crt)."""
     certs, keys = [], []
     for path in sorted(Path(directory).iterdir()):
-        if not path.is_file():
+        if not path.is_file() or path.name == "ca.crt":
             continue
         text = path.read_text(errors="replace")
         if "BEGIN CERTIFICATE" in text:
@@ -269,7 +270,8 @@ class NodeTls:
                 raise AssertionError(f"`ca server --out-dir` did not write {name}, the file "
                                      f"reflow-node.conf names; wrote "
                                      f"{sorted(p.name for p in self.broker_dir.iterdir())}")
-        shutil.copy(self.ca_cert, self.broker_dir / "ca.crt")
+        if (self.broker_dir / "ca.crt").read_bytes() != self.ca_cert.read_bytes():
+            raise AssertionError("`ca server --out-dir` did not copy the CA's ca.crt there")
         shutil.copy(NODE_ACL, self.broker_dir / "reflow.acl")
         readable_by_broker(self.broker_dir)
         self.cli.ok("ca", "client", INGEST_IDENTITY, "--out-dir", self.ingest_dir)

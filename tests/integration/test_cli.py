@@ -84,7 +84,7 @@ class PublicKeyFileTest(unittest.TestCase):
         self.assertIn(str(self.tmp / "nope.key"), r.stderr)
         self.assertEqual(r.stdout, "")
 
-    def test_enroll_next_steps_name_the_node_operators_device_add_and_ca_sign(self):
+    def test_enroll_next_steps_name_device_add_ca_enroll_and_enroll_bundle(self):
         key = self.tmp / "device.key"
         self.assertEqual(h.run_cli(["keygen", "--key", str(key)]).returncode, 0)
         config = self.tmp / "agent.toml"
@@ -92,11 +92,12 @@ class PublicKeyFileTest(unittest.TestCase):
                                         data_dir=self.tmp / "d", url="mqtt://127.0.0.1:1883"))
         r = h.run_cli(["enroll", "--config", str(config), "--out", str(self.tmp / "x.csr")])
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("reflow-ingest device add fablab-mk4-01 --jwk fablab-mk4-01.jwk", r.stderr)
-        self.assertIn("reflow-ingest ca sign", r.stderr)
-        self.assertIn(f"reflow-agent key show --config {config} > fablab-mk4-01.jwk", r.stderr)
-        self.assertIn("/etc/reflow-agent/node-ca.pem", r.stderr)
-        self.assertIn("/etc/reflow-agent/device.crt", r.stderr)
+        self.assertIn("reflow-ingest device add fablab-mk4-01 --jwk device.jwk", r.stderr)
+        self.assertIn(str(self.tmp / "device.jwk"), r.stderr)
+        self.assertIn(f"reflow-agent key show --config {config}", r.stderr)
+        self.assertIn("reflow-ingest ca enroll x.csr --url mqtts://NODE:8883 --out "
+                      "fablab-mk4-01.enrol.json", r.stderr)
+        self.assertIn(f"reflow-agent enroll --config {config} fablab-mk4-01.enrol.json", r.stderr)
 
 
 class DemoTest(unittest.TestCase):

@@ -239,6 +239,31 @@ TEST_F(CaTest, SignRefusesCommonNameThatIsNotADeviceId) {
   EXPECT_NE(issued.error().message.find("not a valid device id"), std::string::npos);
 }
 
+TEST_F(CaTest, CertificateThatCannotBeDeliveredIsNotRecordedAsIssued) {
+  init_ca();
+  const std::string csr = csr_for("a.key", "press-01");
+  int calls = 0;
+  auto refused = ingest::ca_sign(
+      ca_dir(), csr, device_options(), [&](const ingest::Issued& issued) -> agent::Status {
+        ++calls;
+        EXPECT_NE(issued.pem.find("BEGIN CERTIFICATE"), std::string::npos);
+        return agent::fail(ErrorCode::io, "disk full");
+      });
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().message, "disk full");
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(read_text(ca_dir() / ingest::k_issued_file), "");
+
+  // Delivered: recorded once, after the delivery.
+  auto issued = ingest::ca_sign(ca_dir(), csr, device_options(), [&](const ingest::Issued&) {
+    EXPECT_EQ(read_text(ca_dir() / ingest::k_issued_file), "");
+    return agent::Status{};
+  });
+  ASSERT_TRUE(issued) << issued.error().message;
+  auto record = nlohmann::json::parse(read_text(ca_dir() / ingest::k_issued_file));
+  EXPECT_EQ(record["serial"], issued->info.serial);
+}
+
 TEST_F(CaTest, SignRefusesAnotherKeyForTheSameDeviceUnlessReplaced) {
   init_ca();
   auto first = ingest::ca_sign(ca_dir(), csr_for("a.key", "press-01"), device_options());

@@ -1,11 +1,17 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #include <reflow/core/mqtt_connect.hpp>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <fstream>
 #include <utility>
 
 #include <fmt/format.h>
+
+#include <reflow/core/file_io.hpp>
 
 namespace agent {
 
@@ -75,25 +81,43 @@ Status check_readable(const std::filesystem::path& path, std::string_view key) {
   return {};
 }
 
-// The password is the file's first line; a trailing CR/LF is not part of it.
-Result<std::string> read_password(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
+}  // namespace
+
+Result<std::string> read_password_file(const std::filesystem::path& path) {
+  file_io::Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0)
     return fail(ErrorCode::invalid_config,
-                fmt::format("mqtt.password_file: cannot read \"{}\"; check the path and its "
+                fmt::format("mqtt.password_file: cannot read \"{}\" ({}); check the path and its "
                             "permissions",
-                            path.string()));
-  std::string line;
-  std::getline(in, line);
-  if (in.bad())
+                            path.string(), file_io::errno_text(errno)));
+  // fstat on the open descriptor, not stat on the path, so the file checked is the file read.
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode))
     return fail(ErrorCode::invalid_config,
-                fmt::format("mqtt.password_file: reading \"{}\" failed", path.string()));
-  while (!line.empty() && (line.back() == '\r' || line.back() == '\n'))
+                fmt::format("mqtt.password_file: \"{}\" is not a regular file", path.string()));
+  if ((st.st_mode & 007) != 0)
+    return fail(ErrorCode::invalid_config,
+                fmt::format("mqtt.password_file: \"{}\" may be read by every user (mode {:04o}); "
+                            "run: chmod 600 {} (or 640 to share it with a group)",
+                            path.string(), st.st_mode & 07777, path.string()));
+  std::string content;
+  char chunk[4096];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), chunk, sizeof chunk);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0)
+      return fail(ErrorCode::invalid_config,
+                  fmt::format("mqtt.password_file: reading \"{}\" failed: {}", path.string(),
+                              file_io::errno_text(errno)));
+    if (n == 0) break;
+    content.append(chunk, static_cast<std::size_t>(n));
+    if (content.find('\n') != std::string::npos) break;
+  }
+  std::string line = content.substr(0, content.find('\n'));
+  while (!line.empty() && line.back() == '\r')
     line.pop_back();
   return line;
 }
-
-}  // namespace
 
 Result<BrokerAddress> broker_address(std::string_view url, std::string_view source_file) {
   auto parsed = parse_broker_url(url);
@@ -117,7 +141,7 @@ Status set_credentials(mqtt::connect_options& options, const Credentials& creden
                   fmt::format("mqtt.password_file is set but mqtt.username is empty; {} sends a "
                               "password only with a user name",
                               protocol));
-    auto password = read_password(credentials.password_file);
+    auto password = read_password_file(credentials.password_file);
     if (!password) return std::unexpected(password.error());
     options.set_password(*password);
   }

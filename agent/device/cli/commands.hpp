@@ -26,9 +26,17 @@ int export_events(const std::filesystem::path& config_path, std::int64_t from_se
                   const std::optional<std::filesystem::path>& outbox_file);
 int verify(const std::filesystem::path& jwk_path, const std::string& expected_device);
 /// `enroll`: creates (once) the TLS key at mqtt.key_file (default DATA_DIR/tls.key) and prints a
-/// CSR with CN = agent.device_id to stdout or `out_file` (enroll.cpp).
+/// CSR with CN = agent.device_id to stdout or `out_file`. With `bundle` (the file of
+/// `reflow-ingest ca enroll`, reflow/core/enrolment.hpp) it installs that instead: checks that
+/// it is this device's and that its certificate is for this TLS key, writes the node CA's and the
+/// device's certificates (mode 0644; mqtt.ca_file and mqtt.cert_file when set, else node-ca.pem
+/// and device.crt beside the config) and sets mqtt.url, topic_prefix, ca_file, cert_file and
+/// key_file in the config (set_mqtt_string_keys: comments and other keys kept; refused when it
+/// cannot be edited safely, before anything is written). Run as root, either gives the TLS key
+/// to the service user (the owner of agent.data_dir, else the reflow-agent user) (enroll.cpp).
 int enroll(const std::filesystem::path& config_path,
-           const std::optional<std::filesystem::path>& out_file);
+           const std::optional<std::filesystem::path>& out_file,
+           const std::optional<std::filesystem::path>& bundle);
 int drivers(const std::string& describe_kind);
 /// `reflow-agent demo`. With `drivers_file`, its `[[driver]]` tables replace the sim printer and
 /// the demo waits for `events` events (within `timeout_s` more seconds).

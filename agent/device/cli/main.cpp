@@ -69,7 +69,11 @@ int main(int argc, char** argv) {
   show_key_option->excludes(show_config_option);
   key_show->require_option(1);
 
-  auto* run = app.add_subcommand("run", "Run the daemon in the foreground (systemd Type=notify)");
+  auto* run = app.add_subcommand(
+      "run",
+      "Run the daemon in the foreground (systemd Type=notify). SIGTERM or SIGINT stops it; "
+      "SIGHUP (systemctl reload) reads mqtt.password_file again and reconnects when the "
+      "password changed");
   run->add_option("--config", config_path, "The agent's TOML config file")->required();
   run->add_option("--log-level", log_level,
                   "Override agent.log_level: debug, info, warning or error");
@@ -106,12 +110,23 @@ int main(int argc, char** argv) {
                      "was registered for)");
 
   std::string csr_out;
+  std::string bundle_file;
   auto* enroll = app.add_subcommand(
       "enroll",
-      "Create the device's TLS key (EC P-256, at mqtt.key_file or DATA_DIR/tls.key, mode 0600) if "
-      "missing and print a certificate signing request for the node's `reflow-ingest ca sign`");
+      "Without BUNDLE: create the device's TLS key (EC P-256, at mqtt.key_file or "
+      "DATA_DIR/tls.key, mode 0600) if missing and print a certificate signing request for the "
+      "node's `reflow-ingest ca enroll`. With BUNDLE, the enrolment bundle that command made "
+      "(JSON: the node CA's and this device's certificates, the broker URL and topic prefix): "
+      "check it is this device's and for this key, write the certificates (mqtt.ca_file and "
+      "mqtt.cert_file when set, else node-ca.pem and device.crt beside the config; mode 0644) "
+      "and set [mqtt] url, topic_prefix, ca_file, cert_file and key_file in the config, keeping "
+      "its comments and other keys (refused, with nothing written, when it cannot). Run as root, "
+      "the TLS key is given to the service user (the owner of agent.data_dir)");
   enroll->add_option("--config", config_path, "The agent's TOML config file")->required();
-  enroll->add_option("--out", csr_out, "Write the CSR (PEM) to this file instead of stdout");
+  auto* out_option =
+      enroll->add_option("--out", csr_out, "Write the CSR (PEM) to this file instead of stdout");
+  enroll->add_option("BUNDLE", bundle_file, "The node's enrolment bundle (DEVICE.enrol.json)")
+      ->excludes(out_option);
 
   auto* drivers = app.add_subcommand("drivers", "List the driver kinds built into this binary");
   auto* describe = drivers->add_subcommand("describe", "Print the keys of one driver kind");
@@ -162,9 +177,10 @@ int main(int argc, char** argv) {
           outbox_file.empty() ? std::nullopt : std::optional<std::filesystem::path>(outbox_file));
     if (*verify) return agent::cli::verify(jwk_path, expected_device);
     if (*enroll)
-      return agent::cli::enroll(config_path, csr_out.empty()
-                                                 ? std::nullopt
-                                                 : std::optional<std::filesystem::path>(csr_out));
+      return agent::cli::enroll(
+          config_path,
+          csr_out.empty() ? std::nullopt : std::optional<std::filesystem::path>(csr_out),
+          bundle_file.empty() ? std::nullopt : std::optional<std::filesystem::path>(bundle_file));
     if (*drivers) return agent::cli::drivers(describe_kind);
     if (*demo) {
       agent::cli::DemoOptions options{jobs, keep, std::nullopt, demo_events, 0};

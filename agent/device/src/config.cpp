@@ -61,16 +61,21 @@ AgentSchema make_schema() {
       log_level_key(&AgentConfig::log_level));
 
   // [mqtt]
-  add_mqtt_keys(schema,
-                {.who = "the agent",
-                 .topics = "topics are PREFIX/DEVICE/events, /ack and /status.",
-                 .client_id_default = "\"reflow-agent-\" + device_id",
-                 .client_id = "MQTT client id; must be unique on the broker.",
-                 .username = "MQTT user name; the node's ACLs usually expect the device id.",
-                 .cert_file = "mqtts only: PEM client certificate for mutual TLS; needs "
-                              "mqtt.key_file.",
-                 .key_file = "mqtts only: PEM private key of cert_file (not the Ed25519 signing "
-                             "key)."});
+  add_mqtt_keys(
+      schema,
+      {.who = "the agent",
+       .topics = "topics are PREFIX/DEVICE/events, /ack and /status.",
+       .client_id_default = "\"reflow-agent-\" + device_id",
+       .client_id = "MQTT client id; must be unique on the broker.",
+       .username = "MQTT user name; the node's ACLs usually expect the device id.",
+       .password_file = "File whose first line is the MQTT password (kept out of this file); needs "
+                        "username. Must not be readable by others (chmod 600). Read again at each "
+                        "connect and on SIGHUP (systemctl reload reflow-agent), which reconnects "
+                        "when the password changed.",
+       .cert_file = "mqtts only: PEM client certificate for mutual TLS; needs "
+                    "mqtt.key_file.",
+       .key_file = "mqtts only: PEM private key of cert_file (not the Ed25519 signing "
+                   "key)."});
   add("mqtt", "resend_after", "duration", "\"30s\"",
       "Republish unacked events when the node's ack has not advanced for this long (PROTOCOL "
       "§5).",

@@ -274,11 +274,17 @@ int run_daemon(const AgentConfig& config, std::span<const DriverKind* const> kin
 
   // The main thread only waits for signals; it wakes up to feed the watchdog, refresh STATUS and
   // retry drivers that failed to start.
-  wait_for_stop_signal(log, "daemon", k_status_refresh, [&] {
-    sd_notifyf(0, "STATUS=%s", systemd_status_line(status()).c_str());
-    std::lock_guard guard(drivers_mutex);
-    start_due_drivers(*drivers, writer, env, log);
-  });
+  wait_for_stop_signal(
+      log, "daemon", k_status_refresh,
+      [&] {
+        sd_notifyf(0, "STATUS=%s", systemd_status_line(status()).c_str());
+        std::lock_guard guard(drivers_mutex);
+        start_due_drivers(*drivers, writer, env, log);
+      },
+      [&] {
+        log.info("daemon", "SIGHUP received; reading mqtt.password_file again");
+        forwarder.reload();
+      });
   {
     std::lock_guard guard(drivers_mutex);
     for (DriverSlot& slot : *drivers)

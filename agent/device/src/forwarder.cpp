@@ -53,6 +53,7 @@ struct Forwarder::Impl {
     publish_failed,
     subscribe_ok,
     subscribe_failed,
+    reload,  ///< SIGHUP: read mqtt.password_file again
   };
 
   // What a Paho thread hands to the forwarder thread; Paho threads do nothing else.
@@ -113,6 +114,7 @@ struct Forwarder::Impl {
     const std::string offline = R"({"state":"offline"})";
     options.set_will(mqtt::will_options(status_topic, offline, k_qos, true));
     connect_options = std::move(options);
+    tls = address->tls;
 
     paho_uri = address->paho_uri;
     client_id = config.client_id.empty() ? "reflow-agent-" + config.device_id : config.client_id;
@@ -202,6 +204,12 @@ struct Forwarder::Impl {
       }
     }
     client_used = true;
+    // The password file may have changed since the last connect (a rotated password): each
+    // connect reads it again, and a file that became unreadable is this attempt's failure.
+    if (auto ok = refresh_credentials(); !ok) {
+      connect_failed(ok.error().message);
+      return false;
+    }
     try {
       client->connect(connect_options, context_of(generation), connect_listener);
     } catch (const std::exception& e) {
@@ -222,6 +230,40 @@ struct Forwarder::Impl {
       connect_failed(
           mqtt_connect::connect_failure_cause(config.url, mqtt_connect::credentials_of(config),
                                               answer.failure, config.connect_timeout, stop));
+    return false;
+  }
+
+  Status refresh_credentials() {
+    return mqtt_connect::set_credentials(connect_options, mqtt_connect::credentials_of(config), tls,
+                                         "MQTT 3.1.1");
+  }
+
+  // SIGHUP during a session: a changed password takes effect at once, by reconnecting with it;
+  // an unchanged or unreadable one leaves the session as it is. Returns false to reconnect.
+  bool reload_password() {
+    if (config.password_file.empty()) {
+      log.info(k_component, "SIGHUP: no mqtt.password_file to read again");
+      return true;
+    }
+    auto password = mqtt_connect::read_password_file(config.password_file);
+    if (!password) {
+      log.error(k_component, "SIGHUP: {}; keeping the current connection",
+                password.error().message);
+      return true;
+    }
+    if (*password == connect_options.get_password_str()) {
+      log.info(k_component, "SIGHUP: mqtt.password_file {} unchanged",
+               config.password_file.string());
+      return true;
+    }
+    log.info(k_component, "SIGHUP: mqtt.password_file {} changed; reconnecting with it",
+             config.password_file.string());
+    try {
+      client->disconnect(0);
+    } catch (const std::exception&) {
+      // Already gone; the reconnect is what matters.
+    }
+    lost("reconnecting with the new mqtt.password_file");
     return false;
   }
 
@@ -316,6 +358,8 @@ struct Forwarder::Impl {
         inflight.erase(it);
         return true;
       }
+      case Kind::reload:
+        return reload_password();
       case Kind::connect_ok:
       case Kind::connect_failed:
       case Kind::subscribe_ok:
@@ -561,6 +605,7 @@ struct Forwarder::Impl {
   Clock::time_point retry_ack_at{};
 
   mqtt::connect_options connect_options;
+  bool tls = false;  ///< mqtts://
   std::string paho_uri;
   std::string client_id;
   std::unique_ptr<mqtt::async_client> client;
@@ -610,6 +655,10 @@ void Forwarder::notify_committed(std::int64_t last_seq) {
   while (current < last_seq && !known.compare_exchange_weak(current, last_seq)) {
   }
   m_impl->wake();
+}
+
+void Forwarder::reload() {
+  m_impl->post({Impl::Kind::reload, 0, nullptr, {}, {}});
 }
 
 void Forwarder::stop(std::int64_t deadline_ms) {

@@ -16,6 +16,9 @@
 
 #include <fmt/format.h>
 
+#include <reflow/core/enrolment.hpp>
+#include <reflow/core/mqtt_connect.hpp>
+#include <reflow/core/tls.hpp>
 #include <reflow/core/units.hpp>
 #include <reflow/node/ca.hpp>
 
@@ -33,6 +36,7 @@ struct CaArgs {
   std::string out_dir = ".";
   std::vector<std::string> hosts;
   std::string client_name;
+  std::string device_url;
   bool replace = false;
 };
 
@@ -62,7 +66,10 @@ agent::Status write_certificate_file(const std::filesystem::path& path, const st
                          fmt::format("cannot write {}: {}", temp.string(), std::strerror(errno)));
   }
   std::error_code ec;
-  std::filesystem::rename(temp, path, ec);
+  // 0644 whatever the umask: certificates are public, and the broker reads them as another user.
+  std::filesystem::permissions(temp, std::filesystem::perms(0644),
+                               std::filesystem::perm_options::replace, ec);
+  if (!ec) std::filesystem::rename(temp, path, ec);
   if (ec) {
     std::filesystem::remove(temp, ec);
     return agent::fail(agent::ErrorCode::io,
@@ -84,45 +91,131 @@ int ca_init(const CaArgs& args) {
   if (print_if_error(ca)) return 1;
   fmt::print("created CA \"{}\" in {} (valid until {})\n", ca->subject, dir.string(),
              agent::format_rfc3339_s(ca->not_after));
-  fmt::print(stderr,
-             "reflow-ingest: {} is the CA's private key (mode 0600): back it up offline; whoever "
-             "holds it can make device identities.\n"
-             "reflow-ingest: next: `reflow-ingest ca server --host NAME` for the broker, "
-             "`reflow-ingest ca client ingest@node` for this service, and `reflow-ingest ca sign` "
-             "for each device's CSR (reflow-agent enroll). Give {} to the broker (cafile) and the "
-             "devices (mqtt.ca_file).\n",
-             (dir / k_ca_key_file).string(), (dir / k_ca_cert_file).string());
+  fmt::print(
+      stderr,
+      "reflow-ingest: {} is the CA's private key (mode 0600): back it up offline; whoever "
+      "holds it can make device identities.\n"
+      "reflow-ingest: next: `reflow-ingest ca server --host NAME` for the broker, "
+      "`reflow-ingest ca client ingest@node` for this service, and `reflow-ingest ca enroll` "
+      "for each device's CSR (reflow-agent enroll), which hands the device {} with its "
+      "certificate in one bundle.\n",
+      (dir / k_ca_key_file).string(), (dir / k_ca_cert_file).string());
   return 0;
+}
+
+// The CSR from CA_FILE, checked before anything else so that only its own problems are
+// reported with its name; nullopt when it was refused (printed).
+std::optional<std::string> read_csr_or_report(const std::string& csr_file) {
+  const std::string name = csr_file == "-" ? "stdin" : csr_file;
+  auto csr = read_input(csr_file);
+  if (!csr) {
+    print_error(csr.error().message);
+    return std::nullopt;
+  }
+  if (auto parsed = agent::tls::parse_csr(*csr); !parsed) {
+    print_error(fmt::format("{}: {}", name, parsed.error().message));
+    return std::nullopt;
+  }
+  return std::move(*csr);
+}
+
+// Writes the certificate to `out_file`, or stdout when empty, before ca_sign records it.
+// `written` says whether a file was made (to remove if the record then fails).
+Deliver deliver_to(const std::string& out_file, bool& written) {
+  return [&out_file, &written](const Issued& issued) -> agent::Status {
+    if (out_file.empty()) {
+      fmt::print("{}", issued.pem);
+      if (std::fflush(stdout) != 0 || std::ferror(stdout))
+        return agent::fail(agent::ErrorCode::io, "cannot write the certificate to stdout");
+      return {};
+    }
+    if (auto ok = write_certificate_file(out_file, issued.pem); !ok) return ok;
+    written = true;
+    return {};
+  };
 }
 
 int ca_sign(const CaArgs& args) {
   auto config = config_or_report(args.config);
   if (!config) return 1;
-  auto csr = read_input(args.csr_file);
-  if (print_if_error(csr)) return 1;
+  auto csr = read_csr_or_report(args.csr_file);
+  if (!csr) return 1;
   IssueOptions options;
   options.role = CertRole::device;
   options.days = args.days != 0 ? args.days : config->device_cert_days;
   options.replace = args.replace;
-  auto issued = ca_sign(config->effective_ca_dir(), *csr, options);
+  bool written = false;
+  auto issued =
+      ca_sign(config->effective_ca_dir(), *csr, options, deliver_to(args.out_file, written));
   if (!issued) {
-    print_error(fmt::format("{}: {}", args.csr_file == "-" ? "stdin" : args.csr_file,
-                            issued.error().message));
-    return 1;
-  }
-  if (args.out_file.empty()) {
-    fmt::print("{}", issued->pem);
-  } else if (print_if_error(write_certificate_file(args.out_file, issued->pem))) {
+    // Not recorded as issued, so not handed out either.
+    std::error_code ec;
+    if (written) std::filesystem::remove(args.out_file, ec);
+    print_error(issued.error().message);
     return 1;
   }
   fmt::print(stderr,
              "reflow-ingest: issued {} (device) serial {}, valid until {}{}\n"
              "reflow-ingest: next: copy it to the device and set mqtt.cert_file to it (with "
-             "mqtt.key_file, mqtt.ca_file = {} and an mqtts:// url)\n",
+             "mqtt.key_file, mqtt.ca_file = {} and an mqtts:// url), or hand the device one "
+             "file with `reflow-ingest ca enroll` instead\n",
              issued->info.subject, issued->info.serial,
              agent::format_rfc3339_s(issued->info.not_after),
              args.out_file.empty() ? "" : fmt::format(", written to {}", args.out_file),
              (config->effective_ca_dir() / k_ca_cert_file).string());
+  return 0;
+}
+
+// `ca enroll`: ca sign, with the certificate handed out inside an enrolment bundle.
+int ca_enroll(const CaArgs& args) {
+  auto config = config_or_report(args.config);
+  if (!config) return 1;
+  if (auto url = agent::parse_broker_url(args.device_url); !url || !url->tls) {
+    print_error(
+        fmt::format("--url \"{}\": {}; expected mqtts://HOST[:PORT], HOST one of the "
+                    "names of `ca server --host`",
+                    args.device_url, url ? "not mqtts://" : url.error().message));
+    return 2;
+  }
+  auto csr = read_csr_or_report(args.csr_file);
+  if (!csr) return 1;
+  const auto ca_cert_path = config->effective_ca_dir() / k_ca_cert_file;
+  IssueOptions options;
+  options.role = CertRole::device;
+  options.days = args.days != 0 ? args.days : config->device_cert_days;
+  options.replace = args.replace;
+  bool written = false;
+  std::string bundle_name = args.out_file.empty() ? "stdout" : args.out_file;
+  auto issued = ca_sign(
+      config->effective_ca_dir(), *csr, options, [&](const Issued& issued) -> agent::Status {
+        auto ca_pem = read_input(ca_cert_path.string());
+        if (!ca_pem) return std::unexpected(ca_pem.error());
+        agent::enrolment::Bundle bundle;
+        bundle.device_id = issued.info.common_name;
+        bundle.url = args.device_url;
+        bundle.topic_prefix = config->topic_prefix;
+        bundle.ca_cert = *ca_pem;
+        bundle.device_cert = issued.pem;
+        return deliver_to(args.out_file, written)(Issued{agent::enrolment::to_json(bundle), {}});
+      });
+  if (!issued) {
+    std::error_code ec;
+    if (written) std::filesystem::remove(args.out_file, ec);
+    print_error(issued.error().message);
+    return 1;
+  }
+  fmt::print(stderr,
+             "reflow-ingest: issued {} (device) serial {}, valid until {}; the enrolment bundle "
+             "({} at {}, topic prefix {}) is in {}\n"
+             "reflow-ingest: next: give it to the device's owner, who runs\n"
+             "  sudo reflow-agent enroll --config /etc/reflow-agent/agent.toml {}\n"
+             "(and register the device's key, if not done yet: reflow-ingest device add {} --jwk "
+             "{}.jwk)\n",
+             issued->info.subject, issued->info.serial,
+             agent::format_rfc3339_s(issued->info.not_after), args.device_url,
+             ca_cert_path.filename().string(), config->topic_prefix, bundle_name,
+             args.out_file.empty() ? "BUNDLE" : args.out_file, issued->info.common_name,
+             issued->info.common_name);
   return 0;
 }
 
@@ -140,11 +233,25 @@ int ca_issue_local(const CaArgs& args, CertRole role) {
   options.days = args.days != 0 ? args.days : config->device_cert_days;
   options.hosts = args.hosts;
   options.replace = args.replace;
+  bool written = false;
+  const std::string cert_path = cert_file.string();
   auto issued = ca_issue_with_key(config->effective_ca_dir(), key_file,
-                                  role == CertRole::client ? args.client_name : "", options);
-  if (print_if_error(issued)) return 1;
-  if (print_if_error(write_certificate_file(cert_file, issued->pem))) return 1;
-  const auto ca_cert = config->effective_ca_dir() / k_ca_cert_file;
+                                  role == CertRole::client ? args.client_name : "", options,
+                                  deliver_to(cert_path, written));
+  if (!issued) {
+    std::error_code ec;
+    if (written) std::filesystem::remove(cert_file, ec);
+    print_error(issued.error().message);
+    return 1;
+  }
+  // A copy of the CA certificate beside the issued one: the broker (and the service) can read
+  // it there, while the CA directory is 0700 (issue 15).
+  const auto ca_cert = dir / k_ca_cert_file;
+  {
+    auto text = read_input((config->effective_ca_dir() / k_ca_cert_file).string());
+    if (print_if_error(text)) return 1;
+    if (print_if_error(write_certificate_file(ca_cert, *text))) return 1;
+  }
   fmt::print("issued {} ({}) serial {}, valid until {}\nkey:         {}\ncertificate: {}\n",
              issued->info.subject, to_string(role), issued->info.serial,
              agent::format_rfc3339_s(issued->info.not_after), key_file.string(),
@@ -154,7 +261,8 @@ int ca_issue_local(const CaArgs& args, CertRole role) {
                "reflow-ingest: Mosquitto listener for devices (PROTOCOL §2):\n"
                "  listener 8883\n  cafile {}\n  certfile {}\n  keyfile {}\n"
                "  require_certificate true\n  use_identity_as_username true\n"
-               "  (the broker must be able to read the key: chown it to the mosquitto user)\n",
+               "  (the broker must be able to read these files: chown the key to the mosquitto "
+               "user)\n",
                ca_cert.string(), cert_file.string(), key_file.string());
   else
     fmt::print(stderr,
@@ -172,7 +280,9 @@ void add_ca_commands(CLI::App& app, int& exit_code) {
   auto* ca = app.add_subcommand(
       "ca",
       "The node's certificate authority for the broker's mutual TLS: device certificates "
-      "(CN = device id), the broker's server certificate and service identities");
+      "(CN = device id), the broker's server certificate and service identities. The CA's files "
+      "belong to the owner of its directory (the reflow-ingest user): run these commands as that "
+      "user (sudo -u reflow-ingest) or as root, which leaves the files it creates to that owner");
   ca->require_subcommand(1);
 
   auto* init = ca->add_subcommand("init",
@@ -198,10 +308,34 @@ void add_ca_commands(CLI::App& app, int& exit_code) {
                  "was replaced on purpose)");
   sign->callback([args, &exit_code] { exit_code = ca_sign(*args); });
 
+  auto* enroll = ca->add_subcommand(
+      "enroll",
+      "Issue a device certificate from a CSR (`reflow-agent enroll`), as `ca sign` does, and "
+      "write everything the device needs into one enrolment bundle (JSON: the CA's and the "
+      "device's certificates as PEM, the broker URL, [mqtt] topic_prefix, and node_ack_jwk, "
+      "reserved and null; docs/node-guide.md) for `reflow-agent enroll --config FILE BUNDLE`. "
+      "Nothing is recorded as issued unless the bundle was written");
+  add_config_option(*enroll, args->config);
+  enroll->add_option("CSR_FILE", args->csr_file, "The CSR (PEM); - reads stdin")->required();
+  enroll
+      ->add_option("--url", args->device_url,
+                   "The broker as the device reaches it: mqtts://HOST:PORT, HOST one of the names "
+                   "of `ca server --host`")
+      ->required();
+  enroll->add_option("--out", args->out_file,
+                     "Write the bundle here (mode 0644) instead of stdout, e.g. DEVICE.enrol.json");
+  enroll->add_option("--days", args->days, "Validity (default ca.device_cert_days)")
+      ->check(CLI::Range(1, 36500));
+  enroll->add_flag("--replace", args->replace,
+                   "Issue although the device already has a certificate for another key (its "
+                   "key was replaced on purpose)");
+  enroll->callback([args, &exit_code] { exit_code = ca_enroll(*args); });
+
   auto* server =
       ca->add_subcommand("server",
                          "Make the broker's key (server.key, kept if it exists) and certificate "
-                         "(server.crt) with these names as subjectAltName");
+                         "(server.crt) with these names as subjectAltName, and copy the CA's "
+                         "certificate beside them (ca.crt, the broker's cafile)");
   add_config_option(*server, args->config);
   server->add_option("--host", args->hosts, "DNS name or IP address clients connect to; repeat")
       ->required();
@@ -216,7 +350,8 @@ void add_ca_commands(CLI::App& app, int& exit_code) {
   auto* client = ca->add_subcommand(
       "client",
       "Make a service identity's key (NAME.key, kept if it exists) and client "
-      "certificate (NAME.crt); NAME must not be a valid device id (e.g. ingest@node)");
+      "certificate (NAME.crt), and copy the CA's certificate beside them (ca.crt); NAME must "
+      "not be a valid device id (e.g. ingest@node)");
   add_config_option(*client, args->config);
   client->add_option("NAME", args->client_name, "The identity, e.g. ingest@node")->required();
   client->add_option("--out-dir", args->out_dir, "Where to write NAME.key and NAME.crt")

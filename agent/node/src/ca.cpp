@@ -6,6 +6,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <pwd.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -206,6 +207,44 @@ Result<std::string> write_certificate(const CertSpec& spec) {
   return std::string(reinterpret_cast<const char*>(pem.data()));
 }
 
+// ---- The CA's one owner
+// ----------------------------------------------------------------------------
+
+struct Owner {
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::filesystem::path dir;  // whose owner it is: the CA directory, or its parent
+};
+
+// The owner of `ca_dir`, or of its parent while it does not exist yet.
+std::optional<Owner> ca_owner(const std::filesystem::path& ca_dir) {
+  struct stat st {};
+  if (::stat(ca_dir.c_str(), &st) == 0) return Owner{st.st_uid, st.st_gid, ca_dir};
+  auto parent = ca_dir.parent_path();
+  if (parent.empty()) parent = ".";
+  if (::stat(parent.c_str(), &st) == 0) return Owner{st.st_uid, st.st_gid, parent};
+  return std::nullopt;
+}
+
+std::string user_name(uid_t uid) {
+  struct passwd entry {};
+  struct passwd* found = nullptr;
+  std::array<char, 4096> buf{};
+  if (::getpwuid_r(uid, &entry, buf.data(), buf.size(), &found) == 0 && found != nullptr)
+    return found->pw_name;
+  return std::to_string(uid);
+}
+
+// Run as root, gives `path` (created by this process) to the CA's owner, so that the service
+// user can keep using the CA whoever ran the command.
+Status give_to_owner(const std::filesystem::path& path, const std::optional<Owner>& owner) {
+  if (::geteuid() != 0 || !owner || owner->uid == 0) return {};
+  if (::lchown(path.c_str(), owner->uid, owner->gid) != 0)
+    return fail(ErrorCode::io, fmt::format("cannot give {} to the CA's owner {}: {}", path.string(),
+                                           user_name(owner->uid), errno_text(errno)));
+  return {};
+}
+
 // ---- CA state
 // ------------------------------------------------------------------------------------
 
@@ -247,12 +286,22 @@ Status load_ca(const std::filesystem::path& ca_dir, LoadedCa& ca) {
 // issued.jsonl, open and locked for the duration of one signing.
 class IssuedLog {
  public:
-  static Result<IssuedLog> open_locked(const std::filesystem::path& path) {
+  // `owner`: run as root, a file owned by someone else is given to the CA's owner.
+  static Result<IssuedLog> open_locked(const std::filesystem::path& path,
+                                       const std::optional<Owner>& owner) {
     int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0)
-      return fail(ErrorCode::io,
-                  fmt::format("cannot open {}: {}", path.string(), errno_text(errno)));
+      return fail(ErrorCode::io, fmt::format("cannot open the CA's record of issued certificates "
+                                             "{}: {}",
+                                             path.string(), errno_text(errno)));
     IssuedLog log(fd, path);
+    struct stat st {};
+    if (::geteuid() == 0 && owner && owner->uid != 0 && ::fstat(fd, &st) == 0 &&
+        (st.st_uid != owner->uid || st.st_gid != owner->gid) &&
+        ::fchown(fd, owner->uid, owner->gid) != 0)
+      return fail(ErrorCode::io,
+                  fmt::format("cannot give {} to the CA's owner {}: {}", path.string(),
+                              user_name(owner->uid), errno_text(errno)));
     while (::flock(fd, LOCK_EX) != 0)
       if (errno != EINTR)
         return fail(ErrorCode::io,
@@ -307,8 +356,8 @@ class IssuedLog {
   Status append(const nlohmann::ordered_json& record) {
     const std::string line = record.dump() + "\n";
     if (int err = write_all(m_fd, line); err != 0 || ::fsync(m_fd) != 0)
-      return fail(ErrorCode::io, fmt::format("cannot append to {}: {}; the certificate was not "
-                                             "handed out",
+      return fail(ErrorCode::io, fmt::format("cannot append to {}: {}; the certificate is not "
+                                             "recorded as issued",
                                              m_path.string(), errno_text(err ? err : errno)));
     return {};
   }
@@ -337,6 +386,19 @@ std::string_view to_string(CertRole role) noexcept {
   return "device";
 }
 
+Status check_ca_user(const std::filesystem::path& ca_dir) {
+  const uid_t me = ::geteuid();
+  if (me == 0) return {};
+  auto owner = ca_owner(ca_dir);
+  if (!owner || owner->uid == me) return {};
+  const std::string name = user_name(owner->uid);
+  return fail(ErrorCode::rejected,
+              fmt::format("the CA in {} belongs to the user {} ({} is owned by it), and this "
+                          "command runs as {}; run it as that user: sudo -u {} reflow-ingest ca "
+                          "… (or as root, which leaves the CA's files to {})",
+                          ca_dir.string(), name, owner->dir.string(), user_name(me), name, name));
+}
+
 bool is_valid_service_name(std::string_view name) noexcept {
   if (name.empty() || name.size() > 64) return false;
   for (char c : name)
@@ -352,6 +414,8 @@ Result<CertInfo> ca_init(const std::filesystem::path& ca_dir, const CaInitOption
   if (auto ok = check_days(options.days); !ok) return std::unexpected(ok.error());
   const auto key_path = ca_dir / k_ca_key_file;
   const auto cert_path = ca_dir / k_ca_cert_file;
+  if (auto ok = check_ca_user(ca_dir); !ok) return std::unexpected(ok.error());
+  const auto owner = ca_owner(ca_dir);
   std::error_code ec;
   for (const auto& existing : {key_path, cert_path})
     if (std::filesystem::exists(existing, ec))
@@ -363,6 +427,7 @@ Result<CertInfo> ca_init(const std::filesystem::path& ca_dir, const CaInitOption
   if (::mkdir(ca_dir.c_str(), 0700) != 0 && errno != EEXIST)
     return fail(ErrorCode::io, fmt::format("cannot create the CA directory {}: {}", ca_dir.string(),
                                            errno_text(errno)));
+  if (auto given = give_to_owner(ca_dir, owner); !given) return std::unexpected(given.error());
 
   Rng rng;
   if (auto seeded = rng.seed(); !seeded) return std::unexpected(seeded.error());
@@ -388,13 +453,19 @@ Result<CertInfo> ca_init(const std::filesystem::path& ca_dir, const CaInitOption
   spec.is_ca = true;
   auto pem = write_certificate(spec);
   if (!pem) return undo(pem.error());
+  if (auto given = give_to_owner(key_path, owner); !given) return undo(given.error());
   if (auto written = write_new_file(cert_path, *pem, 0644); !written) return undo(written.error());
+  if (auto given = give_to_owner(cert_path, owner); !given) {
+    ::unlink(cert_path.c_str());
+    return undo(given.error());
+  }
   return parse_certificate(*pem);
 }
 
 Result<Issued> ca_sign(const std::filesystem::path& ca_dir, std::string_view csr_pem,
-                       const IssueOptions& options) {
+                       const IssueOptions& options, const Deliver& deliver) {
   if (auto ok = check_days(options.days); !ok) return std::unexpected(ok.error());
+  if (auto ok = check_ca_user(ca_dir); !ok) return std::unexpected(ok.error());
   Csr csr;
   auto request = parse_csr_into(csr, csr_pem);  // checks the signature
   if (!request) return std::unexpected(request.error());
@@ -444,7 +515,7 @@ Result<Issued> ca_sign(const std::filesystem::path& ca_dir, std::string_view csr
                 fmt::format("the CA certificate in {} expired at {}; a new CA is needed",
                             ca_dir.string(), agent::format_rfc3339_s(ca.info.not_after)));
 
-  auto log = IssuedLog::open_locked(ca_dir / k_issued_file);
+  auto log = IssuedLog::open_locked(ca_dir / k_issued_file, ca_owner(ca_dir));
   if (!log) return std::unexpected(log.error());
   auto latest = log->latest_by_cn();
   if (!latest) return std::unexpected(latest.error());
@@ -494,13 +565,18 @@ Result<Issued> ca_sign(const std::filesystem::path& ca_dir, std::string_view csr
   record["not_before"] = info->not_before;
   record["not_after"] = info->not_after;
   record["issued"] = now;
+  Issued issued{std::move(*pem), std::move(*info)};
+  if (deliver)
+    if (auto delivered = deliver(issued); !delivered) return std::unexpected(delivered.error());
   if (auto ok = log->append(record); !ok) return std::unexpected(ok.error());
-  return Issued{std::move(*pem), std::move(*info)};
+  return issued;
 }
 
 Result<Issued> ca_issue_with_key(const std::filesystem::path& ca_dir,
                                  const std::filesystem::path& key_file,
-                                 std::string_view common_name, const IssueOptions& options) {
+                                 std::string_view common_name, const IssueOptions& options,
+                                 const Deliver& deliver) {
+  if (auto ok = check_ca_user(ca_dir); !ok) return std::unexpected(ok.error());
   std::string cn(common_name);
   if (cn.empty() && options.role == CertRole::server && !options.hosts.empty())
     cn = options.hosts.front();
@@ -524,7 +600,7 @@ Result<Issued> ca_issue_with_key(const std::filesystem::path& ca_dir,
   if (!created) return std::unexpected(created.error());
   auto csr = write_csr(key.get(), cn);
   if (!csr) return std::unexpected(csr.error());
-  return ca_sign(ca_dir, *csr, options);
+  return ca_sign(ca_dir, *csr, options, deliver);
 }
 
 }  // namespace ingest

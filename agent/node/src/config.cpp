@@ -116,6 +116,9 @@ IngestSchema make_schema() {
                  .client_id = "MQTT client id; the broker keeps the session under it. Unique per "
                               "instance. Acks go out as CLIENT_ID-acks.",
                  .username = "MQTT user name of the ingest service.",
+                 .password_file = "File whose first line is the MQTT password (kept out of this "
+                                  "file); needs username. Must not be readable by others (chmod "
+                                  "600).",
                  .cert_file = "mqtts only: PEM client certificate for mutual TLS (`ca client`); "
                               "needs mqtt.key_file.",
                  .key_file = "mqtts only: PEM private key of cert_file."});

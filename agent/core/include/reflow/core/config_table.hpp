@@ -386,6 +386,7 @@ struct MqttKeyWords {
   std::string client_id_default;  // "\"reflow-agent-\" + device_id"
   std::string client_id;          // client_id's description
   std::string username;           // username's description
+  std::string password_file;      // password_file's description
   std::string cert_file;          // cert_file's description
   std::string key_file;           // key_file's description
 };
@@ -415,8 +416,7 @@ void add_mqtt_keys(Schema<Config>& schema, const MqttKeyWords& words) {
   schema.add(
       "mqtt", "username", "string", "(none)", words.username,
       string_key(&Config::username, "expected a non-empty MQTT user name", is_non_empty_text));
-  schema.add("mqtt", "password_file", "path", "(none)",
-             "File whose first line is the MQTT password (kept out of this file); needs username.",
+  schema.add("mqtt", "password_file", "path", "(none)", words.password_file,
              path_key(&Config::password_file));
   schema.add("mqtt", "ca_file", "path", "(system CA store)",
              "mqtts only: PEM CA bundle that signed the broker's certificate.",

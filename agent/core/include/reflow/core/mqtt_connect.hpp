@@ -74,7 +74,13 @@ Credentials credentials_of(const Config& config) {
                      config.tls_key_file};
 }
 
-/// Sets the user name, the password (read from password_file now) and, when `tls`, the SSL
+/// The password in `path` (mqtt.password_file): its first line, without the line end. Refuses a
+/// file that every user may read or write (mode & 007, as ssh and the device key do; group access
+/// is allowed for a root:reflow-agent 0640 file), naming the file and the fix `chmod 600 PATH`,
+/// and never quoting the password. Errors: invalid_config naming mqtt.password_file and the path.
+Result<std::string> read_password_file(const std::filesystem::path& path);
+
+/// Sets the user name, the password (read_password_file, now) and, when `tls`, the SSL
 /// options (CA bundle, client certificate and key for mutual TLS, server certificate and host
 /// name verified) on `options`. `protocol` is the MQTT version the client speaks, as named in
 /// the error for a password without a user name ("MQTT 3.1.1"). Errors: invalid_config naming

@@ -13,7 +13,8 @@ namespace agent {
 /// The version string of this build ("0.1.0").
 const char* version() noexcept;
 
-/// Blocks SIGTERM and SIGINT (to be taken by sigwait) and ignores SIGPIPE; call first in main().
+/// Blocks SIGTERM, SIGINT and SIGHUP (to be taken by sigwait) and ignores SIGPIPE; call first in
+/// main().
 void block_signals();
 
 /// The main thread of a systemd Type=notify service (`reflow-agent run`, `reflow-ingest run`)
@@ -21,8 +22,11 @@ void block_signals();
 /// `refresh`, or every half watchdog interval when systemd's watchdog is on (WatchdogSec=), to
 /// send WATCHDOG=1 and call `on_wake` (refresh STATUS=, periodic work). When the signal comes it
 /// logs "SIGTERM received; shutting down" (or SIGINT) as `component`, sends STOPPING=1 and
-/// returns. Outside systemd the notifications go nowhere.
+/// returns. SIGHUP calls `on_hangup` (systemd's `systemctl reload` with ExecReload=kill -HUP) and
+/// waits on; without one it is logged and ignored, never the end of the process. Outside systemd
+/// the notifications go nowhere.
 void wait_for_stop_signal(Logger& log, std::string_view component,
-                          std::chrono::milliseconds refresh, const std::function<void()>& on_wake);
+                          std::chrono::milliseconds refresh, const std::function<void()>& on_wake,
+                          const std::function<void()>& on_hangup = {});
 
 }  // namespace agent

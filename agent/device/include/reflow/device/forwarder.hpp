@@ -52,7 +52,7 @@ Result<Ack> parse_ack(std::string_view payload);
 /// between `reconnect_min` and `reconnect_max`. The status is refreshed every `status_interval`.
 ///
 /// Owns one thread and the Paho client; borrows the outbox, env and logger.
-/// notify_committed() and stats() are thread-safe.
+/// notify_committed(), reload() and stats() are thread-safe.
 class Forwarder {
  public:
   Forwarder(const AgentConfig& config, Outbox& outbox, Env& env, Logger& log, std::string version);
@@ -64,6 +64,13 @@ class Forwarder {
 
   /// Wakes the forwarder: events up to `last_seq` are committed.
   void notify_committed(std::int64_t last_seq);
+
+  /// From any thread (SIGHUP): reads mqtt.password_file again. While connected, a changed
+  /// password ends the session and the forwarder reconnects with it; an unchanged one, or a file
+  /// that cannot be used (unreadable, readable by others), is logged and the session goes on.
+  /// Every connect attempt reads the file anyway, so a changed password is used at the next
+  /// reconnect without this too.
+  void reload();
 
   /// Publishes the offline status, disconnects and joins, within `deadline_ms` in all.
   void stop(std::int64_t deadline_ms = 3000);

@@ -9,10 +9,17 @@
 //
 // Every function is thread-safe (each call has its own random generator and contexts); they lock
 // `issued.jsonl` so that concurrent `ca sign` runs do not race on its checks.
+//
+// One owner: the CA's files belong to the user who owns the CA directory (the package's
+// reflow-ingest service user). A function run by another user refuses (rejected, naming the owner
+// and `sudo -u OWNER reflow-ingest ca …`) before it touches anything; run as root it works and
+// gives every file it creates in the CA directory to that owner, so that the service user can
+// go on using the CA (issue 15).
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -54,7 +61,9 @@ struct CaInitOptions {
 };
 
 /// Creates a CA in `ca_dir` (created with mode 0700 when missing): ca.key and ca.crt. Refuses
-/// when ca.key or ca.crt already exists (rejected; nothing is touched). Returns the CA
+/// when ca.key or ca.crt already exists (rejected; nothing is touched). The owner of a new CA is
+/// the owner of `ca_dir`'s parent (the data directory): run as root, the directory and files are
+/// given to that user; run as another user than that owner, it refuses (rejected). Returns the CA
 /// certificate's description. Errors: rejected, invalid_argument (common name, days), io, crypto.
 Result<CertInfo> ca_init(const std::filesystem::path& ca_dir, const CaInitOptions& options);
 
@@ -72,9 +81,16 @@ struct Issued {
   CertInfo info;
 };
 
+/// Hands an issued certificate out (writes it to its file, prints it) before it is recorded; an
+/// error keeps it from being recorded in issued.jsonl, and is what ca_sign returns.
+using Deliver = std::function<Status(const Issued&)>;
+
 /// Issues a certificate for the key in `csr_pem`, subject `CN=<the CSR's CN>` (nothing else of the
 /// CSR's subject or extensions is copied), a random positive 128-bit serial, not_before one hour
-/// in the past (device clocks drift), and appends it to issued.jsonl.
+/// in the past (device clocks drift), hands it to `deliver` (when set) and only when that
+/// succeeded appends it to issued.jsonl: a certificate nobody received is never recorded. A
+/// failing append after `deliver` returns io, saying that the certificate was handed out but not
+/// recorded. Errors about issued.jsonl name that file.
 /// Refusals (rejected, nothing issued, the message says how to proceed):
 /// - the CSR's signature does not verify (crypto);
 /// - role device: the CN is not a valid device id (PROTOCOL §1);
@@ -86,14 +102,23 @@ struct Issued {
 ///   expires, so revoke access at the broker if the old key is compromised).
 /// Errors besides: not_found (no CA in `ca_dir`: run `reflow-ingest ca init`), io, crypto.
 Result<Issued> ca_sign(const std::filesystem::path& ca_dir, std::string_view csr_pem,
-                       const IssueOptions& options);
+                       const IssueOptions& options, const Deliver& deliver = {});
 
 /// Loads or creates the key at `key_file` (see load_or_create_key), makes a CSR with
 /// `common_name` (for role server, empty means the first host) and issues it with ca_sign.
 /// For `reflow-ingest ca server` and `ca client`, whose keys are made on the node itself.
+/// `deliver` as for ca_sign.
 Result<Issued> ca_issue_with_key(const std::filesystem::path& ca_dir,
                                  const std::filesystem::path& key_file,
-                                 std::string_view common_name, const IssueOptions& options);
+                                 std::string_view common_name, const IssueOptions& options,
+                                 const Deliver& deliver = {});
+
+/// Refuses (rejected) when the calling process is neither root nor the owner of `ca_dir` (or, when
+/// `ca_dir` does not exist yet, of its parent), naming the owner and saying how to run as it:
+/// "the CA in DIR belongs to the user reflow-ingest; run the command as that user: sudo -u
+/// reflow-ingest reflow-ingest ca …". A directory that does not exist at all passes (there is no
+/// owner to keep). ca_init, ca_sign and ca_issue_with_key call it first.
+Status check_ca_user(const std::filesystem::path& ca_dir);
 
 /// True when `name` may be a client (service) identity: 1 … 64 characters of `[A-Za-z0-9._@-]`
 /// and not a valid device id, so no device can ever hold it.
