@@ -595,11 +595,9 @@ class SqliteStore final : public Store {
     while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
       LogEntry entry;
       entry.index = static_cast<std::uint64_t>(sqlite3_column_int64(stmt, 0));
-      if (sqlite3_column_bytes(stmt, 1) != static_cast<int>(entry.leaf.size()))
-        return fail(ErrorCode::corruption,
-                    fmt::format("ingest store {}: the log's leaf {} is not 32 bytes",
-                                m_path.string(), entry.index));
-      std::memcpy(entry.leaf.data(), sqlite3_column_blob(stmt, 1), entry.leaf.size());
+      auto leaf = column_hash(stmt, 1, fmt::format("leaf {}", entry.index));
+      if (!leaf) return std::unexpected(leaf.error());
+      entry.leaf = *leaf;
       entry.device = column_text(stmt, 2);
       entry.stream = column_text(stmt, 3);
       entry.seq = sqlite3_column_int64(stmt, 4);
@@ -948,13 +946,17 @@ class SqliteStore final : public Store {
                   fmt::format("ingest store {}: the log has no hash for subtree ({}, {})",
                               m_path.string(), level, index));
     if (rc != SQLITE_ROW) return error(c, rc, "reading the log");
+    return column_hash(stmt, 0, fmt::format("subtree ({}, {})", level, index));
+  }
+
+  // Column `col` of the current row as a log hash; corruption when it is not 32 bytes.
+  Result<agent::merkle::Hash> column_hash(sqlite3_stmt* stmt, int col, std::string_view what) {
     agent::merkle::Hash hash{};
-    if (sqlite3_column_bytes(stmt, 0) != static_cast<int>(hash.size()))
-      return fail(
-          ErrorCode::corruption,
-          fmt::format("ingest store {}: the log's hash for subtree ({}, {}) is not 32 bytes",
-                      m_path.string(), level, index));
-    std::memcpy(hash.data(), sqlite3_column_blob(stmt, 0), hash.size());
+    if (sqlite3_column_bytes(stmt, col) != static_cast<int>(hash.size()))
+      return fail(ErrorCode::corruption,
+                  fmt::format("ingest store {}: the log's hash for {} is not 32 bytes",
+                              m_path.string(), what));
+    std::memcpy(hash.data(), sqlite3_column_blob(stmt, col), hash.size());
     return hash;
   }
 
