@@ -3,6 +3,7 @@
 
 #include <array>
 #include <cmath>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -121,6 +122,19 @@ Result<HistoryJob> parse_job(const nlohmann::json& entry) {
   if (last_s * 1000.0 >= static_cast<double>(k_max_time_ms))
     return bad(job.end_time ? "end_time" : "total_duration",
                "puts the job's end after 2099 (PROTOCOL §4 Limits)");
+  // Nor can a job have lasted longer than from its start to 2099, and its filament must be a
+  // length whose weight is a quantity PROTOCOL §4 takes (found by tests/fuzz: a print_duration of
+  // 1.8e103 s gave a `use` of 5e99 hours, which the writer refuses).
+  const double longest_s = static_cast<double>(k_max_time_ms) / 1000.0 - job.start_time;
+  for (const auto& [field, seconds] : {std::pair{"print_duration", job.print_duration_s},
+                                       std::pair{"total_duration", job.total_duration_s}})
+    if (seconds > longest_s)
+      return bad(field, fmt::format("is {} s, longer than from start_time to 2099 "
+                                    "(PROTOCOL §4 Limits)",
+                                    seconds));
+  if (job.filament_used_mm > spoolman::k_max_filament_mm)
+    return bad("filament_used", fmt::format("is {} mm; a job uses at most {} mm (1000 km)",
+                                            job.filament_used_mm, spoolman::k_max_filament_mm));
   if (const auto meta = entry.find("metadata"); meta != entry.end() && meta->is_object())
     if (const auto type = meta->find("filament_type"); type != meta->end() && type->is_string())
       job.filament_type = type->get<std::string>();

@@ -104,7 +104,8 @@ Result<std::int64_t> DriverTable::integer(std::string_view key, std::int64_t fal
       error(key, fmt::format("expected an integer from {} to {}; got {}", min, max, shown(*node))));
 }
 
-Result<double> DriverTable::positive_number(std::string_view key, double fallback) const {
+Result<double> DriverTable::positive_number(std::string_view key, double fallback,
+                                            double max) const {
   const toml::node* node = m_config.table->get(key);
   if (!node) return fallback;
   double value = 0;
@@ -112,8 +113,12 @@ Result<double> DriverTable::positive_number(std::string_view key, double fallbac
     value = static_cast<double>(i->get());
   else if (auto f = node->as_floating_point())
     value = f->get();
-  if (value > 0) return value;
-  return std::unexpected(error(key, fmt::format("expected a number > 0; got {}", shown(*node))));
+  // Written so that nan fails too; inf fails against any finite max.
+  if (value > 0 && value <= max) return value;
+  const std::string wanted = max < std::numeric_limits<double>::max()
+                                 ? fmt::format("a number > 0 and ≤ {}", max)
+                                 : std::string("a finite number > 0");
+  return std::unexpected(error(key, fmt::format("expected {}; got {}", wanted, shown(*node))));
 }
 
 std::string prefixed_key(std::string_view prefix, std::string_view key) {

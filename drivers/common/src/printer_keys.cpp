@@ -8,9 +8,9 @@ Result<PrinterKeys> read_printer_keys(const DriverTable& table) {
   if (!resource) return std::unexpected(resource.error());
   auto filament = table.string("filament", "");
   if (!filament) return std::unexpected(filament.error());
-  auto diameter = table.positive_number("filament_diameter_mm", 1.75);
+  auto diameter = table.positive_number("filament_diameter_mm", 1.75, k_max_diameter_mm);
   if (!diameter) return std::unexpected(diameter.error());
-  auto density = table.positive_number("filament_density_g_cm3", 1.24);
+  auto density = table.positive_number("filament_density_g_cm3", 1.24, k_max_density_g_cm3);
   if (!density) return std::unexpected(density.error());
   auto url = table.string("spoolman_url", "");
   if (!url) return std::unexpected(url.error());
@@ -34,9 +34,10 @@ Result<PrinterKeys> read_printer_keys(const DriverTable& table) {
 std::vector<DriverKeyInfo> filament_constant_key_rows() {
   return {
       {"filament_diameter_mm", "number", "1.75",
-       "filament diameter in mm (when not from Spoolman)"},
+       "filament diameter in mm, at most 10 (when not from Spoolman)"},
       {"filament_density_g_cm3", "number", "1.24",
-       "filament density in g/cm³ (when not from Spoolman); PLA 1.24, PETG 1.27, ABS 1.04"},
+       "filament density in g/cm³, at most 25 (when not from Spoolman); PLA 1.24, PETG 1.27, "
+       "ABS 1.04"},
   };
 }
 

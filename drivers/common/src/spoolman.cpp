@@ -79,6 +79,12 @@ Result<Spool> Client::spool(std::int64_t id) {
   spool.diameter_mm = positive("diameter");
   if (spool.density_g_cm3 <= 0) return malformed("filament.density is not a number > 0");
   if (spool.diameter_mm <= 0) return malformed("filament.diameter is not a number > 0");
+  if (spool.density_g_cm3 > k_max_density_g_cm3)
+    return malformed(fmt::format("filament.density {} g/cm³ is above {}, denser than any solid",
+                                 spool.density_g_cm3, k_max_density_g_cm3));
+  if (spool.diameter_mm > k_max_diameter_mm)
+    return malformed(fmt::format("filament.diameter {} mm is above {}, thicker than any filament",
+                                 spool.diameter_mm, k_max_diameter_mm));
   if (auto m = filament->find("material"); m != filament->end() && m->is_string())
     spool.material = m->get<std::string>();
   if (auto n = filament->find("name"); n != filament->end() && n->is_string())

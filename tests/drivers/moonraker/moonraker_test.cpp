@@ -251,6 +251,47 @@ TEST(MoonrakerHistoryTest, RefusesJobsBeyondTheProtocolsTimeRange) {
   expect_events_valid(*ok);
 }
 
+// Found by tests/fuzz (moonraker_history, tests/fuzz/corpus/moonraker_history/
+// regression-print-duration): a print_duration of 1.8e103 s gave a `use` of 5e99 hours, beyond
+// PROTOCOL §4's quantity limit (1e12), so the writer refused it and the job was lost instead of
+// reported as malformed. No job lasts longer than from its start to 2099, nor uses more filament
+// than k_max_filament_mm.
+TEST(MoonrakerHistoryTest, RefusesDurationsAndFilamentBeyondTheProtocolsLimits) {
+  const auto good = history_job("000020", "completed", 1767196800.0, 100);
+  struct Case {
+    const char* field;
+    double value;
+  };
+  for (const Case& c : {Case{"print_duration", 1.8e103}, Case{"total_duration", 1.8e103},
+                        Case{"print_duration", 4102444800.0 - 1767196800.0 + 1},
+                        Case{"filament_used", 1e9 + 1}, Case{"filament_used", 1e300}}) {
+    auto bad = good;
+    bad[c.field] = c.value;
+    auto job = moonraker::parse_job(bad);
+    ASSERT_FALSE(job) << c.field << " " << c.value;
+    EXPECT_EQ(job.error().code, ErrorCode::invalid_argument);
+    EXPECT_NE(job.error().message.find(c.field), std::string::npos) << job.error().message;
+  }
+  // The longest print and the most filament taken still give events the writer takes.
+  auto longest = good;
+  longest["print_duration"] = 4102444800.0 - 1767196800.0 - 1;
+  longest["filament_used"] = spoolman::k_max_filament_mm;
+  auto ok = moonraker::parse_job(longest);
+  ASSERT_TRUE(ok) << ok.error().message;
+  expect_events_valid(*ok);
+  // …with the thickest, densest filament a config or Spoolman may give.
+  moonraker::JobContext context;
+  context.name = "prusa";
+  context.printer = "printer:prusa-mk4";
+  context.filament = "spool:42";
+  context.diameter_mm = spoolman::k_max_diameter_mm;
+  context.density_g_cm3 = spoolman::k_max_density_g_cm3;
+  for (const auto& event : moonraker::job_events(*ok, context)) {
+    auto valid = validate_submission(event);
+    EXPECT_TRUE(valid.has_value()) << valid.error().message;
+  }
+}
+
 // Found by tests/fuzz (moonraker_history): a user name holding a control character gave a `use`
 // whose meta.user the writer refuses (PROTOCOL §4 Limits), and so does a file name, job id or
 // filament type. parse_job refuses such a job, naming the field, so that it is reported as
@@ -675,6 +716,28 @@ TEST_F(MoonrakerDriverTest, SpoolmanUnreachableHoldsTheJobBackRatherThanGuessThe
   EXPECT_TRUE(requests_to(server, "PUT", "/api/v1/spool/3/use").empty());
 }
 
+// A spool whose density Spoolman gives as 1e30 g/cm³ would weigh a job's filament beyond
+// PROTOCOL §4's quantity limit: the answer is malformed and the job waits, as when Spoolman is
+// unreachable, rather than be weighed with it.
+TEST_F(MoonrakerDriverTest, SpoolmanDensityBeyondAnySolidIsMalformed) {
+  const auto job = history_job("000051", "completed", 1767196800.0, 1000);
+  nlohmann::json spool = {
+      {"id", 3},
+      {"filament", {{"density", 1e30}, {"diameter", 1.75}, {"material", "ABS"}, {"name", "ABS"}}}};
+  nlohmann::json spool_route = {
+      {"method", "GET"}, {"path", "/api/v1/spool/3"}, {"responses", {ok(spool)}}};
+  reflow_test::HttpReplayServer server(script({ok(page_of({job}))}, {spool_route}));
+  CapturingSink sink;
+  auto driver =
+      make(keys_for(server, fmt::format("spoolman_url = \"{}\"\nspool_id = 3\n", server.url())));
+  ASSERT_TRUE(driver);
+  start(*driver, sink);
+  ASSERT_TRUE(m_env.next_poll());
+  driver->stop();
+  EXPECT_TRUE(sink.events().empty());
+  EXPECT_GE(driver->health().malformed, 1u);
+}
+
 TEST_F(MoonrakerDriverTest, CorruptCursorRefusesToStart) {
   write_text(m_state_dir / "cursor.json", "{\"since\":\"yesterday\"}");
   CapturingSink sink;
@@ -698,6 +761,12 @@ TEST_F(MoonrakerDriverTest, BadConfigIsRefusedNamingTheKey) {
             "agent.toml:9: driver.voron.url: expected a URL"},
            {"url = \"http://p\"\nresource = \"printer:a\"\nfilament_density_g_cm3 = 0\n",
             "agent.toml:11: driver.voron.filament_density_g_cm3: expected a number > 0"},
+           {"url = \"http://p\"\nresource = \"printer:a\"\nfilament_density_g_cm3 = 30\n",
+            "agent.toml:11: driver.voron.filament_density_g_cm3: expected a number > 0 and ≤ 25; "
+            "got 30"},
+           {"url = \"http://p\"\nresource = \"printer:a\"\nfilament_diameter_mm = inf\n",
+            "agent.toml:11: driver.voron.filament_diameter_mm: expected a number > 0 and ≤ 10; "
+            "got inf"},
            {"url = \"http://p\"\nresource = \"printer:a\"\nspool_id = 4\n",
             "agent.toml:11: driver.voron.spool_id: needs spoolman_url"},
            {"url = \"http://p\"\nresource = \"printer:a\"\nspoolman_report = \"length\"\n",

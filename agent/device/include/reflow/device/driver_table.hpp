@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <string>
 #include <string_view>
@@ -39,8 +40,9 @@ class DriverTable {
   /// An integer in [min, max].
   Result<std::int64_t> integer(std::string_view key, std::int64_t fallback, std::int64_t min,
                                std::int64_t max) const;
-  /// A number (integer or float) > 0.
-  Result<double> positive_number(std::string_view key, double fallback) const;
+  /// A finite number (integer or float) > 0 and ≤ `max`; TOML's inf and nan are refused.
+  Result<double> positive_number(std::string_view key, double fallback,
+                                 double max = std::numeric_limits<double>::max()) const;
 
   /// A non-empty string that must be present: "is required (…)" naming the table's line.
   Result<std::string> required_string(std::string_view key) const;

@@ -18,6 +18,15 @@ namespace agent::spoolman {
 /// weight_from_length. 1000 mm of 1.75 mm PLA at 1.24 g/cm³ ≈ 2.98 g.
 double filament_grams(double length_mm, double diameter_mm, double density_g_cm3);
 
+/// The largest filament constants drivers take, from config or from Spoolman: no printer
+/// filament is thicker than 10 mm (1.75 and 2.85 mm are the sizes sold) and no solid denser than
+/// osmium (22.6 g/cm³). With k_max_filament_mm they keep filament_grams() within PROTOCOL §4's
+/// quantity limit (1e12): at most 1e9 × π × 5² × 25 / 1000 ≈ 2e9 g.
+inline constexpr double k_max_diameter_mm = 10;
+inline constexpr double k_max_density_g_cm3 = 25;
+/// The longest filament one job may report using, in mm: 1000 km, some three thousand 1 kg spools.
+inline constexpr double k_max_filament_mm = 1e9;
+
 /// The resource reference of a Spoolman spool, the same in every driver: "spoolman:spool-7".
 std::string spool_reference(std::int64_t spool_id);
 
@@ -29,8 +38,8 @@ enum class Report { off, length, weight };
 /// What a driver needs to know about one spool: its filament's physical constants.
 struct Spool {
   std::int64_t id = 0;
-  double density_g_cm3 = 0;  ///< filament.density, > 0 (Spoolman requires it)
-  double diameter_mm = 0;    ///< filament.diameter, > 0 (Spoolman requires it)
+  double density_g_cm3 = 0;  ///< filament.density, in (0, k_max_density_g_cm3]
+  double diameter_mm = 0;    ///< filament.diameter, in (0, k_max_diameter_mm]
   std::string material;      ///< filament.material; "" when unset
   std::string name;          ///< filament.name; "" when unset
 };
