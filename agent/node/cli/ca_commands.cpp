@@ -119,20 +119,52 @@ std::optional<std::string> read_csr_or_report(const std::string& csr_file) {
   return std::move(*csr);
 }
 
-// Writes the certificate to `out_file`, or stdout when empty, before ca_sign records it.
-// `written` says whether a file was made (to remove if the record then fails).
-Deliver deliver_to(const std::string& out_file, bool& written) {
-  return [&out_file, &written](const Issued& issued) -> agent::Status {
-    if (out_file.empty()) {
-      fmt::print("{}", issued.pem);
+// Where an issued certificate (or an enrolment bundle) goes: the file `out_file`, or stdout when
+// it is empty. It is written before the CA records the issuance; when recording then fails,
+// failed() removes the file, so that nothing is handed out that the CA has no record of.
+class Delivery {
+ public:
+  explicit Delivery(std::filesystem::path out_file) : m_out_file(std::move(out_file)) {}
+
+  // Writes `text`: an Issued's PEM, or the bundle that carries it.
+  agent::Status write(const std::string& text) {
+    if (m_out_file.empty()) {
+      fmt::print("{}", text);
       if (std::fflush(stdout) != 0 || std::ferror(stdout))
         return agent::fail(agent::ErrorCode::io, "cannot write the certificate to stdout");
       return {};
     }
-    if (auto ok = write_certificate_file(out_file, issued.pem); !ok) return ok;
-    written = true;
+    if (auto ok = write_certificate_file(m_out_file, text); !ok) return ok;
+    m_written = true;
     return {};
-  };
+  }
+
+  // The Deliver of ca_sign and ca_issue_with_key: writes the issued PEM.
+  Deliver certificate() {
+    return [this](const Issued& issued) { return write(issued.pem); };
+  }
+
+  // Reports a refused issuance, removing what was written for it; the exit status 1.
+  int failed(const agent::Error& error) const {
+    std::error_code ec;
+    if (m_written) std::filesystem::remove(m_out_file, ec);
+    print_error(error.message);
+    return 1;
+  }
+
+ private:
+  std::filesystem::path m_out_file;
+  bool m_written = false;
+};
+
+// The issuance options of `role` from the command line, with the configured validity by default.
+IssueOptions issue_options(const CaArgs& args, const IngestConfig& config, CertRole role) {
+  IssueOptions options;
+  options.role = role;
+  options.days = args.days != 0 ? args.days : config.device_cert_days;
+  options.hosts = args.hosts;
+  options.replace = args.replace;
+  return options;
 }
 
 int ca_sign(const CaArgs& args) {
@@ -140,20 +172,11 @@ int ca_sign(const CaArgs& args) {
   if (!config) return 1;
   auto csr = read_csr_or_report(args.csr_file);
   if (!csr) return 1;
-  IssueOptions options;
-  options.role = CertRole::device;
-  options.days = args.days != 0 ? args.days : config->device_cert_days;
-  options.replace = args.replace;
-  bool written = false;
-  auto issued =
-      ca_sign(config->effective_ca_dir(), *csr, options, deliver_to(args.out_file, written));
-  if (!issued) {
-    // Not recorded as issued, so not handed out either.
-    std::error_code ec;
-    if (written) std::filesystem::remove(args.out_file, ec);
-    print_error(issued.error().message);
-    return 1;
-  }
+  Delivery delivery(args.out_file);
+  auto issued = ca_sign(config->effective_ca_dir(), *csr,
+                        issue_options(args, *config, CertRole::device), delivery.certificate());
+  // Not recorded as issued, so not handed out either.
+  if (!issued) return delivery.failed(issued.error());
   fmt::print(stderr,
              "reflow-ingest: issued {} (device) serial {}, valid until {}{}\n"
              "reflow-ingest: next: copy it to the device and set mqtt.cert_file to it (with "
@@ -180,30 +203,22 @@ int ca_enroll(const CaArgs& args) {
   auto csr = read_csr_or_report(args.csr_file);
   if (!csr) return 1;
   const auto ca_cert_path = config->effective_ca_dir() / k_ca_cert_file;
-  IssueOptions options;
-  options.role = CertRole::device;
-  options.days = args.days != 0 ? args.days : config->device_cert_days;
-  options.replace = args.replace;
-  bool written = false;
+  Delivery delivery(args.out_file);
   std::string bundle_name = args.out_file.empty() ? "stdout" : args.out_file;
-  auto issued = ca_sign(
-      config->effective_ca_dir(), *csr, options, [&](const Issued& issued) -> agent::Status {
-        auto ca_pem = read_input(ca_cert_path.string());
-        if (!ca_pem) return std::unexpected(ca_pem.error());
-        agent::enrolment::Bundle bundle;
-        bundle.device_id = issued.info.common_name;
-        bundle.url = args.device_url;
-        bundle.topic_prefix = config->topic_prefix;
-        bundle.ca_cert = *ca_pem;
-        bundle.device_cert = issued.pem;
-        return deliver_to(args.out_file, written)(Issued{agent::enrolment::to_json(bundle), {}});
-      });
-  if (!issued) {
-    std::error_code ec;
-    if (written) std::filesystem::remove(args.out_file, ec);
-    print_error(issued.error().message);
-    return 1;
-  }
+  auto issued =
+      ca_sign(config->effective_ca_dir(), *csr, issue_options(args, *config, CertRole::device),
+              [&](const Issued& issued) -> agent::Status {
+                auto ca_pem = read_input(ca_cert_path.string());
+                if (!ca_pem) return std::unexpected(ca_pem.error());
+                agent::enrolment::Bundle bundle;
+                bundle.device_id = issued.info.common_name;
+                bundle.url = args.device_url;
+                bundle.topic_prefix = config->topic_prefix;
+                bundle.ca_cert = *ca_pem;
+                bundle.device_cert = issued.pem;
+                return delivery.write(agent::enrolment::to_json(bundle));
+              });
+  if (!issued) return delivery.failed(issued.error());
   fmt::print(stderr,
              "reflow-ingest: issued {} (device) serial {}, valid until {}; the enrolment bundle "
              "({} at {}, topic prefix {}) is in {}\n"
@@ -228,22 +243,11 @@ int ca_issue_local(const CaArgs& args, CertRole role) {
   const std::string base = role == CertRole::server ? "server" : args.client_name;
   const auto key_file = dir / (base + ".key");
   const auto cert_file = dir / (base + ".crt");
-  IssueOptions options;
-  options.role = role;
-  options.days = args.days != 0 ? args.days : config->device_cert_days;
-  options.hosts = args.hosts;
-  options.replace = args.replace;
-  bool written = false;
-  const std::string cert_path = cert_file.string();
+  Delivery delivery(cert_file);
   auto issued = ca_issue_with_key(config->effective_ca_dir(), key_file,
-                                  role == CertRole::client ? args.client_name : "", options,
-                                  deliver_to(cert_path, written));
-  if (!issued) {
-    std::error_code ec;
-    if (written) std::filesystem::remove(cert_file, ec);
-    print_error(issued.error().message);
-    return 1;
-  }
+                                  role == CertRole::client ? args.client_name : "",
+                                  issue_options(args, *config, role), delivery.certificate());
+  if (!issued) return delivery.failed(issued.error());
   // A copy of the CA certificate beside the issued one: the broker (and the service) can read
   // it there, while the CA directory is 0700 (issue 15).
   const auto ca_cert = dir / k_ca_cert_file;
