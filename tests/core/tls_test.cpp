@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include "csr.hpp"
 #include "files.hpp"
 #include "temp_dir.hpp"
 
@@ -24,11 +25,7 @@ using reflow_test::write_text;
 class TlsTest : public ::testing::Test {
  protected:
   std::string csr_for(const std::string& key_name, const std::string& cn) {
-    auto key = agent::tls::load_or_create_key(m_dir / key_name);
-    EXPECT_TRUE(key) << key.error().message;
-    auto csr = agent::tls::make_csr(m_dir / key_name, cn);
-    EXPECT_TRUE(csr) << csr.error().message;
-    return csr.value_or("");
+    return reflow_test::make_csr(m_dir / key_name, cn);
   }
 
   reflow_test::TempDir m_dir;
@@ -73,15 +70,7 @@ TEST_F(TlsTest, CsrRoundTripsCommonNameAndPublicKey) {
 }
 
 TEST_F(TlsTest, RefusesCsrWhoseSignatureDoesNotVerify) {
-  std::string csr = csr_for("tls.key", "press-01");
-  // The DER ends with the ECDSA signature's s value: change one base64 digit of it.
-  const auto end = csr.find("\n-----END");
-  ASSERT_NE(end, std::string::npos);
-  std::size_t pos = end - 1;
-  while (csr[pos] == '=')
-    --pos;
-  pos -= 2;
-  csr[pos] = csr[pos] == 'A' ? 'B' : 'A';
+  const std::string csr = reflow_test::with_broken_signature(csr_for("tls.key", "press-01"));
   auto info = agent::tls::parse_csr(csr);
   ASSERT_FALSE(info);
   EXPECT_EQ(info.error().code, ErrorCode::crypto);

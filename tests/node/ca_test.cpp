@@ -29,6 +29,7 @@
 #include <mqtt/async_client.h>
 #include <nlohmann/json.hpp>
 
+#include "csr.hpp"
 #include "files.hpp"
 #include "mosquitto.hpp"
 #include "temp_dir.hpp"
@@ -66,11 +67,7 @@ class CaTest : public ::testing::Test {
   }
 
   std::string csr_for(const std::string& key_name, const std::string& cn) {
-    auto key = agent::tls::load_or_create_key(m_dir / key_name);
-    EXPECT_TRUE(key) << key.error().message;
-    auto csr = agent::tls::make_csr(m_dir / key_name, cn);
-    EXPECT_TRUE(csr) << csr.error().message;
-    return csr.value_or("");
+    return reflow_test::make_csr(m_dir / key_name, cn);
   }
 
   IssueOptions device_options(bool replace = false) {
@@ -85,25 +82,14 @@ class CaTest : public ::testing::Test {
 };
 
 TEST_F(CaTest, RefusesCsrWhoseSignatureDoesNotVerify) {
-  std::string csr = csr_for("tls.key", "press-01");
-  // The DER ends with the ECDSA signature's s value: change one base64 digit of it.
-  const auto end = csr.find("\n-----END");
-  ASSERT_NE(end, std::string::npos);
-  std::size_t pos = end - 1;
-  while (csr[pos] == '=')
-    --pos;
-  pos -= 2;
-  csr[pos] = csr[pos] == 'A' ? 'B' : 'A';
-  auto info = agent::tls::parse_csr(csr);
-  ASSERT_FALSE(info);
-  EXPECT_EQ(info.error().code, ErrorCode::crypto);
-  EXPECT_NE(info.error().message.find("does not verify"), std::string::npos)
-      << info.error().message;
-
+  // (tls_test checks parse_csr's refusal itself.)
+  const std::string csr = reflow_test::with_broken_signature(csr_for("tls.key", "press-01"));
   init_ca();
   auto issued = ingest::ca_sign(ca_dir(), csr, device_options());
   ASSERT_FALSE(issued);
   EXPECT_EQ(issued.error().code, ErrorCode::crypto);
+  EXPECT_NE(issued.error().message.find("does not verify"), std::string::npos)
+      << issued.error().message;
   EXPECT_FALSE(std::filesystem::exists(ca_dir() / ingest::k_issued_file) &&
                !read_text(ca_dir() / ingest::k_issued_file).empty());
 }
