@@ -115,6 +115,7 @@ int main(int argc, char** argv) {
     ingest::cli::add_run_command(app, exit_code);
     ingest::cli::add_device_commands(app, exit_code);
     ingest::cli::add_query_commands(app, exit_code);
+    ingest::cli::add_report_commands(app, exit_code);
     ingest::cli::add_log_commands(app, exit_code);
     ingest::cli::add_export_command(app, exit_code);
     ingest::cli::add_ca_commands(app, exit_code);

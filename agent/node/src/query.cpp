@@ -262,20 +262,7 @@ std::string format_stats_text(const std::vector<DeviceStats>& stats) {
                     std::to_string(s.gaps), s.chain_intact ? "intact" : "broken",
                     std::to_string(s.streams.size()), rejections.empty() ? "-" : rejections});
   }
-  std::vector<std::size_t> widths(rows.front().size(), 0);
-  for (const auto& row : rows)
-    for (std::size_t i = 0; i < row.size(); ++i)
-      widths[i] = std::max(widths[i], row[i].size());
-  std::string out;
-  for (const auto& row : rows) {
-    std::string line;
-    for (std::size_t i = 0; i < row.size(); ++i) {
-      // The last column is not padded: no trailing blanks.
-      line += i + 1 < row.size() ? fmt::format("{:<{}}  ", row[i], widths[i]) : row[i];
-    }
-    out += line + "\n";
-  }
-  return out;
+  return agent::aligned_table(rows);
 }
 
 // --- trace ---

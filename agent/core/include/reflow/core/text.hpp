@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace agent {
 
@@ -33,5 +34,10 @@ std::size_t find_control_character(std::string_view text, bool allow_tab_lf) noe
 /// spreadsheets read as a formula: OWASP "CSV Injection") neutralised by a leading `'`; quoted
 /// (RFC 4180 §2) when it holds `,`, `"`, CR or LF.
 std::string csv_field(std::string_view value);
+
+/// `rows` (the first one the header) as columns aligned with spaces, two between columns, one
+/// line per row; the last column is not padded (no trailing blanks). Widths count bytes: the
+/// cells should be printable_text already. "" when `rows` is empty.
+std::string aligned_table(const std::vector<std::vector<std::string>>& rows);
 
 }  // namespace agent

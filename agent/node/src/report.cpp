@@ -1,0 +1,282 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include <reflow/node/report.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <tuple>
+#include <unordered_map>
+
+#include <fmt/format.h>
+
+#include <reflow/core/text.hpp>
+#include <reflow/core/units.hpp>
+
+namespace ingest::report {
+namespace {
+
+using agent::ErrorCode;
+using agent::fail;
+using Json = nlohmann::ordered_json;
+
+// What the report needs of one event, read once.
+struct Record {
+  std::int64_t time_ms = 0;
+  std::string action;
+  std::string process;   // inputOf, else outputOf
+  std::string machine;   // a use's resourceInventoriedAs
+  std::string member;    // a work's provider, else the receiver
+  std::string resource;  // resourceInventoriedAs, else resourceConformsTo
+  std::optional<double> hours;
+  std::optional<std::pair<double, std::string>> quantity;  // resourceQuantity
+};
+
+std::string string_of(const nlohmann::json& object, const char* key) {
+  const auto it = object.find(key);
+  return it != object.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+// {"hasNumericalValue": n, "hasUnit": "…"} (PROTOCOL §4), or nullopt.
+std::optional<std::pair<double, std::string>> measure_of(const nlohmann::json& object,
+                                                         const char* key) {
+  const auto it = object.find(key);
+  if (it == object.end() || !it->is_object()) return std::nullopt;
+  const auto value = it->find("hasNumericalValue");
+  const auto unit = it->find("hasUnit");
+  if (value == it->end() || !value->is_number() || unit == it->end() || !unit->is_string())
+    return std::nullopt;
+  return std::pair{value->get<double>(), unit->get<std::string>()};
+}
+
+// Hours in one `unit` of time (OM2 names, PROTOCOL §4); nullopt for any other unit.
+std::optional<double> hours_per(std::string_view unit) {
+  if (unit == "hour") return 1.0;
+  if (unit == "minute-Time") return 1.0 / 60;
+  if (unit == "second-Time") return 1.0 / 3600;
+  if (unit == "day") return 24.0;
+  return std::nullopt;
+}
+
+std::optional<Record> record_of(const StoredEvent& event) {
+  const auto payload = nlohmann::json::parse(event.payload, nullptr, false);
+  if (payload.is_discarded() || !payload.is_object()) return std::nullopt;
+  Record r;
+  r.action = event.action;
+  r.time_ms = event.recorded_unix_ms;
+  for (const char* field : {"hasPointInTime", "hasBeginning", "hasEnd"})
+    if (auto text = string_of(payload, field); !text.empty()) {
+      if (auto ms = agent::parse_rfc3339(text)) {
+        r.time_ms = *ms;
+        break;
+      }
+    }
+  r.process = string_of(payload, "inputOf");
+  if (r.process.empty()) r.process = string_of(payload, "outputOf");
+  r.resource = string_of(payload, "resourceInventoriedAs");
+  if (r.resource.empty()) r.resource = string_of(payload, "resourceConformsTo");
+  if (r.action == "use") r.machine = string_of(payload, "resourceInventoriedAs");
+  r.member = string_of(payload, r.action == "work" ? "provider" : "receiver");
+  if (r.action == "use" || r.action == "work")
+    if (auto effort = measure_of(payload, "effortQuantity"))
+      if (auto per = hours_per(effort->second)) r.hours = effort->first * *per;
+  r.quantity = measure_of(payload, "resourceQuantity");
+  return r;
+}
+
+const char* key_name(By by) {
+  switch (by) {
+    case By::member:
+      return "member";
+    case By::machine:
+      return "machine";
+    case By::resource:
+      return "resource";
+  }
+  return "";
+}
+
+std::string shown_key(const std::string& key) {
+  return key.empty() ? "(none)" : agent::printable_text(key);
+}
+
+// "1234.5 gram spoolman:spool-7; 0.8 kilowattHour plug:laser", or "-".
+std::string flows_text(const std::map<ResourceUnit, double>& flows) {
+  std::string out;
+  for (const auto& [what, quantity] : flows)
+    out += fmt::format("{}{:.6g} {} {}", out.empty() ? "" : "; ", quantity, what.second,
+                       agent::printable_text(what.first));
+  return out.empty() ? "-" : out;
+}
+
+std::string counts_text(const std::map<std::string, std::int64_t>& counts) {
+  std::string out;
+  for (const auto& [ref, n] : counts)
+    out += fmt::format("{}{}×{}", out.empty() ? "" : ", ", agent::printable_text(ref), n);
+  return out.empty() ? "-" : out;
+}
+
+Json flows_json(const std::map<ResourceUnit, double>& flows) {
+  Json out = Json::array();
+  for (const auto& [what, quantity] : flows)
+    out.push_back({{"resource", what.first}, {"quantity", quantity}, {"unit", what.second}});
+  return out;
+}
+
+}  // namespace
+
+Result<By> parse_by(std::string_view text) {
+  if (text == "member") return By::member;
+  if (text == "machine") return By::machine;
+  if (text == "resource") return By::resource;
+  return fail(ErrorCode::invalid_argument,
+              fmt::format("--by \"{}\": expected member, machine or resource",
+                          agent::printable_text(text)));
+}
+
+Result<Period> parse_period(std::string_view text) {
+  if (text == "day") return Period::day;
+  if (text == "week") return Period::week;
+  if (text == "month") return Period::month;
+  if (text == "all") return Period::all;
+  return fail(ErrorCode::invalid_argument,
+              fmt::format("--period \"{}\": expected day, week, month or all",
+                          agent::printable_text(text)));
+}
+
+std::string period_of(std::int64_t unix_ms, Period period) {
+  using namespace std::chrono;
+  const sys_days day = floor<days>(sys_time<milliseconds>(milliseconds(unix_ms)));
+  const year_month_day ymd{day};
+  switch (period) {
+    case Period::day:
+      return fmt::format("{:04}-{:02}-{:02}", static_cast<int>(ymd.year()),
+                         static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()));
+    case Period::month:
+      return fmt::format("{:04}-{:02}", static_cast<int>(ymd.year()),
+                         static_cast<unsigned>(ymd.month()));
+    case Period::week: {
+      // ISO 8601: the week belongs to the year of its Thursday.
+      const auto iso_weekday = static_cast<int>(weekday{day}.iso_encoding());  // Monday 1
+      const sys_days thursday = day + days(4 - iso_weekday);
+      const year week_year = year_month_day{thursday}.year();
+      const auto week = (thursday - sys_days{week_year / January / 1}).count() / 7 + 1;
+      return fmt::format("{:04}-W{:02}", static_cast<int>(week_year), week);
+    }
+    case Period::all:
+      break;
+  }
+  return "all";
+}
+
+std::vector<UsageRow> usage(const std::vector<StoredEvent>& events, const UsageOptions& options) {
+  std::vector<Record> records;
+  records.reserve(events.size());
+  // The machine and member of each process, from its first use event.
+  std::unordered_map<std::string, std::pair<std::string, std::string>> process_use;
+  for (const auto& event : events) {
+    auto record = record_of(event);
+    if (!record) continue;
+    if (record->action == "use" && !record->process.empty())
+      process_use.try_emplace(record->process, record->machine, record->member);
+    records.push_back(std::move(*record));
+  }
+
+  std::map<std::pair<std::string, std::string>, UsageRow> rows;
+  for (auto& r : records) {
+    if (options.from_unix_ms && r.time_ms < *options.from_unix_ms) continue;
+    if (options.to_unix_ms && r.time_ms >= *options.to_unix_ms) continue;
+    if (const auto use = process_use.find(r.process);
+        !r.process.empty() && use != process_use.end()) {
+      if (r.machine.empty()) r.machine = use->second.first;
+      if (r.member.empty()) r.member = use->second.second;
+    }
+    const std::string& key = options.by == By::member    ? r.member
+                             : options.by == By::machine ? r.machine
+                                                         : r.resource;
+    const std::string period = period_of(r.time_ms, options.period);
+    UsageRow& row = rows[{period, key}];
+    row.period = period;
+    row.key = key;
+    ++row.events;
+    if (r.action == "use" || r.action == "work") {
+      ++row.sessions;
+      row.use_hours += r.hours.value_or(0);
+      if (options.by == By::member) {
+        if (!r.machine.empty()) ++row.machines[r.machine];
+      } else if (!r.member.empty()) {
+        ++row.members[r.member];
+      }
+    } else if (r.quantity && (r.action == "consume" || r.action == "produce")) {
+      auto& flows = r.action == "consume" ? row.consumed : row.produced;
+      flows[{r.resource, r.quantity->second}] += r.quantity->first;
+    }
+  }
+  std::vector<UsageRow> out;
+  out.reserve(rows.size());
+  for (auto& [_, row] : rows)
+    out.push_back(std::move(row));
+  return out;
+}
+
+Result<std::vector<UsageRow>> usage(Store& store, const UsageOptions& options) {
+  std::vector<StoredEvent> events;
+  auto status = store.for_each_event(EventFilter{}, [&](const StoredEvent& event) {
+    events.push_back(event);
+    return true;
+  });
+  if (!status) return std::unexpected(status.error());
+  return usage(events, options);
+}
+
+std::string format_usage_table(const std::vector<UsageRow>& rows, By by) {
+  if (rows.empty()) return "no events in the period\n";
+  std::string key = key_name(by);
+  std::ranges::transform(key, key.begin(), [](unsigned char c) { return std::toupper(c); });
+  std::vector<std::vector<std::string>> table;
+  table.push_back({"PERIOD", key, "HOURS", "SESSIONS", "CONSUMED", "PRODUCED",
+                   by == By::member ? "MACHINES" : "MEMBERS"});
+  for (const auto& row : rows)
+    table.push_back({row.period, shown_key(row.key), fmt::format("{:.3f}", row.use_hours),
+                     std::to_string(row.sessions), flows_text(row.consumed),
+                     flows_text(row.produced),
+                     counts_text(by == By::member ? row.machines : row.members)});
+  return agent::aligned_table(table);
+}
+
+std::string format_usage_csv(const std::vector<UsageRow>& rows, By by) {
+  std::string out =
+      fmt::format("period,{},hours,sessions,events,flow,resource,quantity,unit\r\n", key_name(by));
+  for (const auto& row : rows) {
+    const std::string head =
+        fmt::format("{},{},{},{},{}", agent::csv_field(row.period), agent::csv_field(row.key),
+                    row.use_hours, row.sessions, row.events);
+    bool any = false;
+    for (const auto& [flow, flows] :
+         {std::pair{"consume", &row.consumed}, std::pair{"produce", &row.produced}})
+      for (const auto& [what, quantity] : *flows) {
+        out += fmt::format("{},{},{},{},{}\r\n", head, flow, agent::csv_field(what.first), quantity,
+                           agent::csv_field(what.second));
+        any = true;
+      }
+    if (!any) out += head + ",,,,\r\n";
+  }
+  return out;
+}
+
+nlohmann::ordered_json usage_json(const UsageRow& row, By by) {
+  Json out;
+  out["period"] = row.period;
+  out[key_name(by)] = row.key.empty() ? Json() : Json(row.key);
+  out["hours"] = row.use_hours;
+  out["sessions"] = row.sessions;
+  out["events"] = row.events;
+  out["consumed"] = flows_json(row.consumed);
+  out["produced"] = flows_json(row.produced);
+  Json counts = Json::object();
+  for (const auto& [ref, n] : by == By::member ? row.machines : row.members)
+    counts[ref] = n;
+  out[by == By::member ? "machines" : "members"] = std::move(counts);
+  return out;
+}
+
+}  // namespace ingest::report

@@ -1,0 +1,255 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// `reflow-ingest report usage` over a hand-made month of a makerspace: two members, a printer
+// whose jobs consume filament, a laser, and events without a member. Every figure below is
+// computed by hand from the events.
+#include <reflow/node/report.hpp>
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include <reflow/core/units.hpp>
+
+namespace ingest::report {
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+Json quantity(double value, const char* unit) {
+  return {{"hasNumericalValue", value}, {"hasUnit", unit}};
+}
+
+StoredEvent event(std::int64_t seq, const std::string& recorded, Json fields) {
+  Json payload = {{"v", 1},
+                  {"id", "01JBQ8Z6V2X4W6Y8A0C2E4G6" + std::to_string(10 + seq)},
+                  {"device", "fablab-mk4-01"},
+                  {"seq", seq},
+                  {"recorded", recorded}};
+  for (auto& [key, value] : fields.items())
+    payload[key] = value;
+  StoredEvent e;
+  e.device = "fablab-mk4-01";
+  e.seq = seq;
+  e.id = payload["id"];
+  e.action = fields.value("action", "");
+  e.recorded_unix_ms = *agent::parse_rfc3339(recorded);
+  e.payload = payload.dump();
+  return e;
+}
+
+// November: Ana prints job 1 (1.5 h, 30 g of spool 7, a part) and uses the laser for 30 minutes;
+// Ben prints job 2 (5400 s = 1.5 h, 12.5 g of spool 7), whose consume names him itself; a third
+// job has no member (0.25 h, 4 g). December: Ana works 2 hours on the shredder (work: provider).
+std::vector<StoredEvent> month() {
+  return {
+      event(1, "2026-11-02T11:00:00Z",
+            {{"action", "use"},
+             {"resourceInventoriedAs", "printer:mk4"},
+             {"receiver", "member:ana"},
+             {"provider", "org:fablab"},
+             {"effortQuantity", quantity(1.5, "hour")},
+             {"hasBeginning", "2026-11-02T09:30:00Z"},
+             {"hasEnd", "2026-11-02T11:00:00Z"},
+             {"inputOf", "moonraker:mk4:job-1"}}),
+      // The consume comes before the process's use in the store: attribution must not depend on
+      // the order.
+      event(2, "2026-11-03T08:00:00Z",
+            {{"action", "consume"},
+             {"resourceInventoriedAs", "spoolman:spool-7"},
+             {"resourceQuantity", quantity(12.5, "gram")},
+             {"hasPointInTime", "2026-11-03T08:00:00Z"},
+             {"receiver", "member:ben"},
+             {"inputOf", "moonraker:mk4:job-2"}}),
+      event(3, "2026-11-02T11:00:01Z",
+            {{"action", "consume"},
+             {"resourceInventoriedAs", "spoolman:spool-7"},
+             {"resourceQuantity", quantity(30, "gram")},
+             {"hasPointInTime", "2026-11-02T11:00:00Z"},
+             {"inputOf", "moonraker:mk4:job-1"}}),
+      event(4, "2026-11-02T11:00:02Z",
+            {{"action", "produce"},
+             {"resourceInventoriedAs", "part:knob"},
+             {"resourceQuantity", quantity(1, "one")},
+             {"hasPointInTime", "2026-11-02T11:00:00Z"},
+             {"outputOf", "moonraker:mk4:job-1"}}),
+      event(5, "2026-11-03T08:00:01Z",
+            {{"action", "use"},
+             {"resourceInventoriedAs", "printer:mk4"},
+             {"receiver", "member:ben"},
+             {"effortQuantity", quantity(5400, "second-Time")},
+             {"hasBeginning", "2026-11-03T06:30:00Z"},
+             {"hasEnd", "2026-11-03T08:00:00Z"},
+             {"inputOf", "moonraker:mk4:job-2"}}),
+      event(6, "2026-11-20T10:00:00Z",
+            {{"action", "use"},
+             {"resourceInventoriedAs", "laser:trotec"},
+             {"receiver", "member:ana"},
+             {"effortQuantity", quantity(30, "minute-Time")},
+             {"hasBeginning", "2026-11-20T09:30:00Z"},
+             {"hasEnd", "2026-11-20T10:00:00Z"}}),
+      event(7, "2026-11-25T12:00:00Z",
+            {{"action", "use"},
+             {"resourceInventoriedAs", "printer:mk4"},
+             {"effortQuantity", quantity(0.25, "hour")},
+             {"hasBeginning", "2026-11-25T11:45:00Z"},
+             {"hasEnd", "2026-11-25T12:00:00Z"},
+             {"inputOf", "moonraker:mk4:job-3"}}),
+      event(8, "2026-11-25T12:00:01Z",
+            {{"action", "consume"},
+             {"resourceInventoriedAs", "spoolman:spool-7"},
+             {"resourceQuantity", quantity(4, "gram")},
+             {"hasPointInTime", "2026-11-25T12:00:00Z"},
+             {"inputOf", "moonraker:mk4:job-3"}}),
+      event(9, "2026-12-01T12:00:00Z",
+            {{"action", "work"},
+             {"provider", "member:ana"},
+             {"resourceConformsTo", "shredding"},
+             {"effortQuantity", quantity(2, "hour")},
+             {"hasBeginning", "2026-12-01T10:00:00Z"},
+             {"hasEnd", "2026-12-01T12:00:00Z"}}),
+  };
+}
+
+UsageOptions options(By by, Period period) {
+  UsageOptions o;
+  o.by = by;
+  o.period = period;
+  return o;
+}
+
+const UsageRow* find(const std::vector<UsageRow>& rows, std::string_view period,
+                     std::string_view key) {
+  for (const auto& row : rows)
+    if (row.period == period && row.key == key) return &row;
+  return nullptr;
+}
+
+TEST(ReportTest, ByMemberPerMonthGivesHoursAndTheMaterialOfTheirJobs) {
+  const auto rows = usage(month(), options(By::member, Period::month));
+  ASSERT_EQ(rows.size(), 4u);  // ana, ben, (none) in November; ana in December
+
+  const UsageRow* ana = find(rows, "2026-11", "member:ana");
+  ASSERT_NE(ana, nullptr);
+  EXPECT_DOUBLE_EQ(ana->use_hours, 2.0);  // 1.5 h printing + 30 min laser
+  EXPECT_EQ(ana->sessions, 2);
+  EXPECT_EQ(ana->events, 4);  // use, consume and produce of job 1, the laser's use
+  EXPECT_EQ(ana->consumed, (std::map<ResourceUnit, double>{{{"spoolman:spool-7", "gram"}, 30}}));
+  EXPECT_EQ(ana->produced, (std::map<ResourceUnit, double>{{{"part:knob", "one"}, 1}}));
+  EXPECT_EQ(ana->machines,
+            (std::map<std::string, std::int64_t>{{"laser:trotec", 1}, {"printer:mk4", 1}}));
+
+  const UsageRow* ben = find(rows, "2026-11", "member:ben");
+  ASSERT_NE(ben, nullptr);
+  EXPECT_DOUBLE_EQ(ben->use_hours, 1.5);  // 5400 s
+  EXPECT_EQ(ben->consumed, (std::map<ResourceUnit, double>{{{"spoolman:spool-7", "gram"}, 12.5}}));
+
+  const UsageRow* none = find(rows, "2026-11", "");
+  ASSERT_NE(none, nullptr);
+  EXPECT_DOUBLE_EQ(none->use_hours, 0.25);
+  EXPECT_EQ(none->consumed, (std::map<ResourceUnit, double>{{{"spoolman:spool-7", "gram"}, 4}}));
+
+  const UsageRow* december = find(rows, "2026-12", "member:ana");
+  ASSERT_NE(december, nullptr);
+  EXPECT_DOUBLE_EQ(december->use_hours, 2.0);  // work: the provider is the member
+  EXPECT_TRUE(december->machines.empty());
+
+  // Sorted by period, then key ("" first).
+  EXPECT_EQ(rows[0].key, "");
+  EXPECT_EQ(rows[3].period, "2026-12");
+}
+
+TEST(ReportTest, ByMachineSumsEveryJobAndNamesItsMembers) {
+  const auto rows = usage(month(), options(By::machine, Period::all));
+  const UsageRow* printer = find(rows, "all", "printer:mk4");
+  ASSERT_NE(printer, nullptr);
+  EXPECT_DOUBLE_EQ(printer->use_hours, 3.25);
+  EXPECT_EQ(printer->sessions, 3);
+  EXPECT_EQ(printer->consumed,
+            (std::map<ResourceUnit, double>{{{"spoolman:spool-7", "gram"}, 46.5}}));
+  EXPECT_EQ(printer->members,
+            (std::map<std::string, std::int64_t>{{"member:ana", 1}, {"member:ben", 1}}));
+  const UsageRow* laser = find(rows, "all", "laser:trotec");
+  ASSERT_NE(laser, nullptr);
+  EXPECT_DOUBLE_EQ(laser->use_hours, 0.5);
+  // The shredding work has no machine.
+  const UsageRow* none = find(rows, "all", "");
+  ASSERT_NE(none, nullptr);
+  EXPECT_DOUBLE_EQ(none->use_hours, 2.0);
+}
+
+TEST(ReportTest, ByResourceGroupsMaterialsByTheirOwnReference) {
+  const auto rows = usage(month(), options(By::resource, Period::all));
+  const UsageRow* spool = find(rows, "all", "spoolman:spool-7");
+  ASSERT_NE(spool, nullptr);
+  EXPECT_EQ(spool->events, 3);
+  EXPECT_EQ(spool->sessions, 0);
+  EXPECT_EQ(spool->consumed,
+            (std::map<ResourceUnit, double>{{{"spoolman:spool-7", "gram"}, 46.5}}));
+  EXPECT_TRUE(spool->members.empty());  // consumes are not sessions
+  EXPECT_NE(find(rows, "all", "part:knob"), nullptr);
+  EXPECT_NE(find(rows, "all", "shredding"), nullptr);
+}
+
+TEST(ReportTest, FromAndToSelectByTheEventsOwnTime) {
+  // Job 1's use began 09:30 on Nov 2 and was recorded at 11:00: its time is its beginning.
+  const auto rows = usage(month(), {.by = By::member,
+                                    .period = Period::all,
+                                    .from_unix_ms = *agent::parse_rfc3339("2026-11-02T09:30:00Z"),
+                                    .to_unix_ms = *agent::parse_rfc3339("2026-11-03T06:30:00Z")});
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].key, "member:ana");
+  EXPECT_DOUBLE_EQ(rows[0].use_hours, 1.5);
+  EXPECT_EQ(rows[0].events, 3);  // job 1's use, consume and produce; not Ben's job (to is open)
+}
+
+TEST(ReportTest, PeriodsAreUtcDaysIsoWeeksAndMonths) {
+  const auto at = [](const char* t) { return *agent::parse_rfc3339(t); };
+  EXPECT_EQ(period_of(at("2026-11-30T23:59:59.999Z"), Period::day), "2026-11-30");
+  EXPECT_EQ(period_of(at("2026-11-30T23:30:00-01:00"), Period::day), "2026-12-01");
+  EXPECT_EQ(period_of(at("2026-11-21T12:00:00Z"), Period::month), "2026-11");
+  // ISO 8601 weeks: Monday first, the week of the year's first Thursday is week 1.
+  EXPECT_EQ(period_of(at("2026-11-16T00:00:00Z"), Period::week), "2026-W47");  // a Monday
+  EXPECT_EQ(period_of(at("2026-11-22T23:59:59Z"), Period::week), "2026-W47");  // its Sunday
+  EXPECT_EQ(period_of(at("2027-01-01T12:00:00Z"), Period::week), "2026-W53");  // a Friday
+  EXPECT_EQ(period_of(at("2025-12-29T12:00:00Z"), Period::week), "2026-W01");  // a Monday
+  EXPECT_EQ(period_of(at("2026-11-21T12:00:00Z"), Period::all), "all");
+  EXPECT_TRUE(parse_by("member"));
+  EXPECT_FALSE(parse_by("person"));
+  EXPECT_FALSE(parse_period("year"));
+}
+
+TEST(ReportTest, TableCsvAndJsonShowTheSameFigures) {
+  const auto rows = usage(month(), options(By::member, Period::month));
+  const std::string table = format_usage_table(rows, By::member);
+  EXPECT_NE(table.find("PERIOD   MEMBER      HOURS  SESSIONS  CONSUMED"), std::string::npos)
+      << table;
+  EXPECT_NE(table.find("2026-11  member:ana  2.000  2         30 gram spoolman:spool-7"),
+            std::string::npos)
+      << table;
+  EXPECT_NE(table.find("(none)"), std::string::npos);
+  EXPECT_NE(table.find("laser:trotec×1, printer:mk4×1"), std::string::npos) << table;
+  EXPECT_EQ(format_usage_table({}, By::member), "no events in the period\n");
+
+  const std::string csv = format_usage_csv(rows, By::member);
+  EXPECT_EQ(csv.substr(0, csv.find("\r\n")),
+            "period,member,hours,sessions,events,flow,resource,quantity,unit");
+  EXPECT_NE(csv.find("2026-11,member:ana,2,2,4,consume,spoolman:spool-7,30,gram\r\n"),
+            std::string::npos)
+      << csv;
+  EXPECT_NE(csv.find("2026-11,member:ana,2,2,4,produce,part:knob,1,one\r\n"), std::string::npos);
+  EXPECT_NE(csv.find("2026-12,member:ana,2,1,1,,,,\r\n"), std::string::npos) << csv;
+
+  const auto* ben = find(rows, "2026-11", "member:ben");
+  ASSERT_NE(ben, nullptr);
+  EXPECT_EQ(usage_json(*ben, By::member).dump(),
+            R"({"period":"2026-11","member":"member:ben","hours":1.5,"sessions":1,"events":2,)"
+            R"("consumed":[{"resource":"spoolman:spool-7","quantity":12.5,"unit":"gram"}],)"
+            R"("produced":[],"machines":{"printer:mk4":1}})");
+  EXPECT_TRUE(usage_json(rows[0], By::member)["member"].is_null());
+}
+
+}  // namespace
+}  // namespace ingest::report
