@@ -88,6 +88,11 @@ Rule process_rule(std::string_view action) {
 
 }  // namespace
 
+bool keeps_one_agent(std::string_view action) noexcept {
+  return is_one_of(
+      action, {"consume", "produce", "raise", "accept", "modify", "pickup", "dropoff", "move"});
+}
+
 std::string RuleProblem::message() const {
   return fmt::format("{}: {} (zenflows, {}: {})", field, rule, section, why);
 }
@@ -143,9 +148,7 @@ std::vector<RuleProblem> zenflows_problems(const Json& fields) {
     return {};
   }
 
-  if (is_one_of(action,
-                {"consume", "produce", "raise", "accept", "modify", "pickup", "dropoff", "move"}) &&
-      has_text(fields, "provider") && has_text(fields, "receiver") &&
+  if (keeps_one_agent(action) && has_text(fields, "provider") && has_text(fields, "receiver") &&
       fields["provider"] != fields["receiver"])
     c.add_rule("provider, receiver",
                fmt::format("must be the same agent for action \"{}\"", action),

@@ -53,6 +53,10 @@ struct RuleProblem {
 /// server ids are the export's.
 std::vector<RuleProblem> zenflows_problems(const nlohmann::ordered_json& fields);
 
+/// True for the actions whose provider and receiver zenflows requires to be one agent (consume,
+/// produce, raise, accept, modify, pickup, dropoff, move: valueflows.md §2c).
+bool keeps_one_agent(std::string_view action) noexcept;
+
 /// zenflows_problems' first problem as an error: rejected, with RuleProblem::message(); success
 /// when there is none.
 Status check_zenflows_rules(const nlohmann::ordered_json& fields);
