@@ -10,6 +10,7 @@
 #include <reflow/node/store.hpp>
 
 #include "temp_dir.hpp"
+#include "verified_events.hpp"
 
 namespace ingest {
 namespace {
@@ -286,31 +287,9 @@ class VfCheckSqliteTest : public ::testing::Test {
     m_key = std::move(*key);
   }
 
-  // Stores `events` as the node does after verifying them: signed envelopes, chained per stream.
   void put(const std::vector<StoredEvent>& events) {
-    std::vector<Incoming> batch;
-    for (const auto& e : events) {
-      VerifiedEvent v;
-      v.topic = "reflow/v1/" + e.device + "/events";
-      v.kid = m_key->public_jwk().kid;
-      v.envelope =
-          agent::jws_sign(*m_key, agent::jws_protected_header_b64(v.kid), e.payload).to_envelope();
-      v.payload = e.payload;
-      v.device = e.device;
-      v.stream = e.stream;
-      v.seq = e.seq;
-      v.prev = e.seq == 1 ? "" : m_last_hash[{e.device, e.stream}];
-      v.id = e.id;
-      v.action = e.action;
-      v.recorded_unix_ms = e.recorded_unix_ms;
-      v.signing_input_sha256 = agent::sha256_b64url(v.envelope);
-      m_last_hash[{e.device, e.stream}] = v.signing_input_sha256;
-      batch.push_back(Incoming{v, std::nullopt});
-    }
-    auto results = m_store->put(batch, *agent::parse_rfc3339("2026-11-02T00:00:00Z"));
-    ASSERT_TRUE(results) << results.error().message;
-    for (const auto& r : *results)
-      ASSERT_EQ(r.outcome, PutOutcome::stored) << r.detail;
+    test_store::put_verified(*m_store, *m_key, events, m_last_hash,
+                             *agent::parse_rfc3339("2026-11-02T00:00:00Z"));
   }
 
   VfCheck check(const IngestConfig& config, const EventFilter& filter = {}) {
@@ -322,8 +301,7 @@ class VfCheckSqliteTest : public ::testing::Test {
   reflow_test::TempDir m_dir;
   std::unique_ptr<Store> m_store;
   std::optional<agent::DeviceKey> m_key;
-  // Per (device, stream): the hash of the last event put, for the next one's `prev`.
-  std::map<std::pair<std::string, std::string>, std::string> m_last_hash;
+  test_store::LastHashes m_last_hash;
 };
 
 // What the drivers sent before issue 16 and a station's intake: each a way zenflows refuses.

@@ -12,6 +12,7 @@
 
 #include <reflow/core/units.hpp>
 #include <reflow/core/zenflows_rules.hpp>
+#include <reflow/node/query.hpp>
 
 namespace ingest {
 namespace {
@@ -362,13 +363,9 @@ VfExport build_vf_export(const std::vector<StoredEvent>& events, const IngestCon
 
 Result<VfExport> build_vf_export(Store& store, const EventFilter& filter,
                                  const IngestConfig& config) {
-  std::vector<StoredEvent> events;
-  auto status = store.for_each_event(filter, [&](const StoredEvent& event) {
-    events.push_back(event);
-    return true;
-  });
-  if (!status) return std::unexpected(status.error());
-  return build_vf_export(events, config);
+  auto events = collect_events(store, filter);
+  if (!events) return std::unexpected(events.error());
+  return build_vf_export(*events, config);
 }
 
 namespace {
@@ -442,13 +439,9 @@ VfCheck check_vf_export(const std::vector<StoredEvent>& events, const IngestConf
 
 Result<VfCheck> check_vf_export(Store& store, const EventFilter& filter,
                                 const IngestConfig& config) {
-  std::vector<StoredEvent> events;
-  auto status = store.for_each_event(filter, [&](const StoredEvent& event) {
-    events.push_back(event);
-    return true;
-  });
-  if (!status) return std::unexpected(status.error());
-  return check_vf_export(events, config);
+  auto events = collect_events(store, filter);
+  if (!events) return std::unexpected(events.error());
+  return check_vf_export(*events, config);
 }
 
 std::string format_vf_check_text(const VfCheck& check) {
