@@ -235,6 +235,38 @@ TEST_F(WriterTest, RefusesInvalidSubmissionAtOnceWithoutCallingBack) {
   EXPECT_EQ(stored_from(1).size(), 1u);
 }
 
+// PROTOCOL v1 asks less than zenflows: a `use` without its process is a valid event, which the
+// writer commits (producers written against v1 keep working), but it is counted and the latest
+// such warning names the source, the field and the rule. An event that follows zenflows' rules is
+// not counted, nor is one the writer refuses.
+TEST_F(WriterTest, CommitsButCountsEventsThatZenflowsWouldRefuse) {
+  make_writer();
+  m_writer->start();
+  EXPECT_EQ(m_writer->zenflows_warnings(), 0u);
+  EXPECT_EQ(m_writer->last_zenflows_warning(), "");
+
+  auto without_process = commit_one();  // use_event() has no inputOf
+  ASSERT_TRUE(without_process) << without_process.error().message;
+  EXPECT_EQ(m_writer->zenflows_warnings(), 1u);
+  EXPECT_EQ(m_writer->last_zenflows_warning(),
+            "sim/demo: inputOf: required for action \"use\" (zenflows, valueflows.md §2c: a use "
+            "is an input of a process)");
+
+  ordered_json with_process = use_event();
+  with_process["inputOf"] = "sim:demo:job-7";
+  Submission good = submit(*m_writer, with_process);
+  ASSERT_TRUE(good.status) << good.status.error().message;
+  ASSERT_TRUE(wait_answer(good));
+  ordered_json invalid = with_process;
+  invalid.erase("effortQuantity");  // PROTOCOL §4's own minimum: refused, not warned about
+  EXPECT_FALSE(submit(*m_writer, invalid).status);
+  EXPECT_EQ(m_writer->zenflows_warnings(), 1u);
+  EXPECT_EQ(stored_from(1).size(), 2u);
+
+  ASSERT_TRUE(commit_one());
+  EXPECT_EQ(m_writer->zenflows_warnings(), 2u);
+}
+
 TEST_F(WriterTest, RecordedNeverGoesBackwardsWhenTheClockDoes) {
   make_writer();
   m_writer->start();

@@ -239,6 +239,22 @@ class EmitTest(h.AgentTestCase):
             self.assertEqual(stored[o["seq"]].event["note"], json.loads(line)["note"])
         self.assert_node_clean()
 
+    def test_emit_accepts_but_warns_about_an_event_zenflows_would_refuse(self):
+        agent = self.start_agent()
+        fields = h.make_fields(1)  # a consume of a spool, input of a job
+        del fields["inputOf"]      # valid in PROTOCOL v1, refused by zenflows
+        self.emit_ok([json.dumps(fields), json.dumps(h.make_fields(4))])
+        status = agent.status()
+        self.assertEqual(status["zenflows_warnings"], 1, status)
+        self.assertEqual(status["zenflows_last_warning"],
+                         'emit/control: inputOf: required for action "consume" (zenflows, '
+                         'valueflows.md §2c: a consume is an input of a process)')
+        self.assertIn('would refuse at export', agent.log_text())
+        self.assertIn('inputOf: required for action "consume"', agent.log_text())
+        r = h.run_cli(["status", "--config", str(self.config_path)])
+        self.assertIn("zenflows:        1 events accepted that zenflows would refuse at export",
+                      r.stdout)
+
     def test_status_and_emit_exit_3_when_daemon_not_running(self):
         r = h.run_cli(["status", "--config", str(self.config_path), "--json"])
         self.assertEqual(r.returncode, 3, f"stdout {r.stdout!r} stderr {r.stderr!r}")

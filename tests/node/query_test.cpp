@@ -16,6 +16,7 @@
 #include <reflow/core/units.hpp>
 
 #include "temp_dir.hpp"
+#include "verified_events.hpp"
 
 namespace ingest {
 namespace {
@@ -478,31 +479,8 @@ class QuerySqliteTest : public ::testing::Test {
   }
 
   void put(const std::vector<StoredEvent>& events) {
-    std::vector<Incoming> batch;
-    std::map<std::pair<std::string, std::string>, std::string> last_hash;
-    for (const auto& e : events) {
-      VerifiedEvent v;
-      v.topic = "reflow/v1/" + e.device + "/events";
-      // The store keeps the envelope and reads each payload back out of it.
-      v.kid = m_key->public_jwk().kid;
-      v.envelope =
-          agent::jws_sign(*m_key, agent::jws_protected_header_b64(v.kid), e.payload).to_envelope();
-      v.payload = e.payload;
-      v.device = e.device;
-      v.stream = e.stream;
-      v.seq = e.seq;
-      v.prev = e.seq == 1 ? "" : last_hash[{e.device, e.stream}];
-      v.id = e.id;
-      v.action = e.action;
-      v.recorded_unix_ms = e.recorded_unix_ms;
-      v.signing_input_sha256 = agent::sha256_b64url(v.envelope);
-      last_hash[{e.device, e.stream}] = v.signing_input_sha256;
-      batch.push_back(Incoming{v, std::nullopt});
-    }
-    auto results = m_store->put(batch, ms("2026-11-02T00:00:00Z"));
-    ASSERT_TRUE(results) << results.error().message;
-    for (const auto& r : *results)
-      ASSERT_EQ(r.outcome, PutOutcome::stored) << r.detail;
+    test_store::LastHashes last_hash;
+    test_store::put_verified(*m_store, *m_key, events, last_hash, ms("2026-11-02T00:00:00Z"));
   }
 
   reflow_test::TempDir m_dir;

@@ -5,7 +5,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include <reflow/core/jose.hpp>
 #include <reflow/core/units.hpp>
+#include <reflow/node/store.hpp>
+
+#include "temp_dir.hpp"
+#include "verified_events.hpp"
 
 namespace ingest {
 namespace {
@@ -267,6 +272,167 @@ TEST_F(VfExportTest, BodyIsTheConstantQueryWithTheDataInVariablesOnly) {
       "\"}) { deleteProcess(id: \"x\") } #\n caf\xc3\xa9 (reflow event"));
   EXPECT_EQ(vf_mutation_text(VfRequestKind::create_process).find("deleteProcess"),
             std::string::npos);
+}
+
+// --- export --check: the events of a real SQLite store, checked without sending anything ---
+
+class VfCheckSqliteTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto store = open_sqlite_store(m_dir / "ingest.db");
+    ASSERT_TRUE(store) << store.error().message;
+    m_store = std::move(*store);
+    auto key = agent::DeviceKey::generate(m_dir / "device.key");
+    ASSERT_TRUE(key) << key.error().message;
+    m_key = std::move(*key);
+  }
+
+  void put(const std::vector<StoredEvent>& events) {
+    test_store::put_verified(*m_store, *m_key, events, m_last_hash,
+                             *agent::parse_rfc3339("2026-11-02T00:00:00Z"));
+  }
+
+  VfCheck check(const IngestConfig& config, const EventFilter& filter = {}) {
+    auto result = check_vf_export(*m_store, filter, config);
+    EXPECT_TRUE(result) << result.error().message;
+    return result ? *result : VfCheck{};
+  }
+
+  reflow_test::TempDir m_dir;
+  std::unique_ptr<Store> m_store;
+  std::optional<agent::DeviceKey> m_key;
+  test_store::LastHashes m_last_hash;
+};
+
+// What the drivers sent before issue 16 and a station's intake: each a way zenflows refuses.
+std::vector<StoredEvent> bad_events() {
+  return {
+      // A consume with neither process nor inventoried resource (moonraker without a spool).
+      make_event("station-01", 1, "01JBQ9000000000000000000D1",
+                 {{"action", "consume"},
+                  {"hasPointInTime", "2026-11-01T12:00:00Z"},
+                  {"resourceConformsTo", "pla-part"},
+                  {"resourceQuantity", quantity(3, "gram")}}),
+      // An intake recorded as accept, of a batch the config has no id for, weighed in litres.
+      make_event("station-01", 2, "01JBQ9000000000000000000D2",
+                 {{"action", "accept"},
+                  {"hasPointInTime", "2026-11-01T12:01:00Z"},
+                  {"resourceInventoriedAs", "batch-17"},
+                  {"resourceQuantity", quantity(2, "litre")}}),
+  };
+}
+
+TEST_F(VfCheckSqliteTest, ListsEveryProblemOfEveryStoredEventWithItsFieldAndRule) {
+  auto events = print_job();
+  for (auto& e : bad_events())
+    events.push_back(e);
+  put(events);
+  const VfCheck result = check(full_config());
+  ASSERT_EQ(result.events.size(), 5u);
+  EXPECT_EQ(result.refused, 2u);
+  EXPECT_EQ(result.problems, 5u);
+  // Sent in time order: the print job's three, which pass, then the two bad ones.
+  for (std::size_t i = 0; i < 3; ++i)
+    EXPECT_TRUE(result.events[i].problems.empty()) << result.events[i].problems[0].message;
+  const VfEventCheck& consume = result.events[3];
+  EXPECT_EQ(consume.id, "01JBQ9000000000000000000D1");
+  EXPECT_EQ(consume.device, "station-01");
+  EXPECT_EQ(consume.action, "consume");
+  ASSERT_EQ(consume.problems.size(), 2u);
+  EXPECT_EQ(consume.problems[0].field, "inputOf");
+  EXPECT_EQ(consume.problems[0].rule, R"(required for action "consume")");
+  EXPECT_EQ(consume.problems[0].section, "valueflows.md §2c");
+  EXPECT_EQ(consume.problems[1].field, "resourceInventoriedAs");
+  const VfEventCheck& accept = result.events[4];
+  ASSERT_EQ(accept.problems.size(), 3u);
+  EXPECT_EQ(accept.problems[0].field, "inputOf");
+  EXPECT_EQ(accept.problems[1].field, "resourceInventoriedAs");
+  EXPECT_EQ(accept.problems[1].rule, R"(resource "batch-17" has no server id in [export.ids])");
+  EXPECT_EQ(accept.problems[1].section, "valueflows.md §2b");
+  EXPECT_EQ(accept.problems[2].field, "resourceQuantity.hasUnit");
+  EXPECT_EQ(accept.problems[2].rule, R"(unit "litre" has no server id in [export.units])");
+  EXPECT_EQ(accept.problems[2].section, "valueflows.md §1f");
+
+  const std::string text = format_vf_check_text(result);
+  EXPECT_NE(text.find("01JBQ9000000000000000000B1 use (device printer-01): ok\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("01JBQ9000000000000000000D1 consume (device station-01): 2 problems\n"
+                      "  inputOf: required for action \"consume\" (zenflows, valueflows.md §2c: a "
+                      "consume is an input of a process)\n"),
+            std::string::npos)
+      << text;
+  EXPECT_TRUE(
+      text.ends_with("checked 5 events: 2 would be refused by zenflows (5 problems), 3 pass\n"))
+      << text;
+
+  const Json json = vf_check_json(result);
+  EXPECT_EQ(json["checked"], 5);
+  EXPECT_EQ(json["refused"], 2);
+  EXPECT_EQ(json["problems"], 5);
+  ASSERT_EQ(json["events"].size(), 5u);
+  EXPECT_EQ(json["events"][0]["problems"], Json::array());
+  EXPECT_EQ(json["events"][3]["id"], "01JBQ9000000000000000000D1");
+  EXPECT_EQ(json["events"][3]["problems"][0],
+            Json::parse(R"json({"field":"inputOf","rule":"required for action \"consume\"",
+                "section":"valueflows.md §2c","message":"inputOf: required for action \"consume\" (zenflows, valueflows.md §2c: a consume is an input of a process)"})json"));
+}
+
+// The same filter as the export: only what would be sent is checked.
+TEST_F(VfCheckSqliteTest, ChecksOnlyTheEventsTheExportWouldSend) {
+  auto events = print_job();
+  for (auto& e : bad_events())
+    events.push_back(e);
+  put(events);
+  EventFilter filter;
+  filter.device = "printer-01";
+  const VfCheck result = check(full_config(), filter);
+  EXPECT_EQ(result.events.size(), 2u);
+  EXPECT_EQ(result.refused, 0u);
+  EXPECT_EQ(format_vf_check_text(result),
+            "01JBQ9000000000000000000B1 use (device printer-01): ok\n"
+            "01JBQ9000000000000000000B2 consume (device printer-01): ok\n"
+            "checked 2 events: 0 would be refused by zenflows (0 problems), 2 pass\n");
+}
+
+// An agent's action keeps one agent even when default_agent fills one side in; without
+// default_agent, the side the event leaves out is missing.
+TEST_F(VfCheckSqliteTest, ChecksTheAgentsTheExportFillsIn) {
+  put({make_event("scale-01", 1, "01JBQ9000000000000000000C1",
+                  {{"action", "produce"},
+                   {"hasPointInTime", "2026-11-01T11:30:00Z"},
+                   {"provider", "alice"},
+                   {"resourceInventoriedAs", "spool-3"},
+                   {"resourceQuantity", quantity(1, "one")},
+                   {"outputOf", "job-42"}})});
+  IngestConfig config = full_config();
+  VfCheck result = check(config);
+  ASSERT_EQ(result.events.size(), 1u);
+  ASSERT_EQ(result.events[0].problems.size(), 1u);
+  EXPECT_EQ(result.events[0].problems[0].field, "provider, receiver");
+  EXPECT_EQ(result.events[0].problems[0].rule,
+            R"(must be the same agent for action "produce" ([export] default_agent filled in )"
+            R"(one of them))");
+  EXPECT_EQ(result.events[0].problems[0].section, "valueflows.md §2c");
+
+  config.default_agent.clear();
+  result = check(config);
+  ASSERT_EQ(result.events[0].problems.size(), 1u);
+  EXPECT_EQ(result.events[0].problems[0].field, "receiver");
+  EXPECT_EQ(result.events[0].problems[0].rule, "no value and no [export] default_agent");
+
+  IngestConfig with_bob = full_config();
+  with_bob.ids["bob"] = "01AGENTB0B0000000000000000";
+  put({make_event("scale-01", 2, "01JBQ9000000000000000000C2",
+                  {{"action", "transfer"},
+                   {"hasPointInTime", "2026-11-01T11:40:00Z"},
+                   {"provider", "alice"},
+                   {"receiver", "bob"},
+                   {"resourceInventoriedAs", "spool-3"},
+                   {"resourceQuantity", quantity(1, "one")}})});
+  result = check(with_bob);
+  ASSERT_EQ(result.events.size(), 2u);
+  EXPECT_TRUE(result.events[1].problems.empty());  // a transfer is between two agents
 }
 
 }  // namespace

@@ -279,6 +279,10 @@ int status(const std::filesystem::path& config_path, bool json) {
   fmt::print("refused:         {} over quota, {} disk nearly full, {} disk errors, {} queue full\n",
              or_dash(s["refused_quota"]), or_dash(s["refused_disk"]), or_dash(s["refused_io"]),
              or_dash(s["refused_busy"]));
+  if (s.value("zenflows_warnings", std::uint64_t{0}) > 0)
+    fmt::print(
+        "zenflows:        {} events accepted that zenflows would refuse at export; last: {}\n",
+        or_dash(s["zenflows_warnings"]), or_dash(s["zenflows_last_warning"]));
   fmt::print("published:       {} ({} republished), {} acks ({} refused), {} connects\n",
              or_dash(s["published"]), or_dash(s["republished"]), or_dash(s["acks"]),
              or_dash(s["refused_acks"]), or_dash(s["connects"]));

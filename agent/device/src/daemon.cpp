@@ -176,6 +176,12 @@ nlohmann::ordered_json status_json(const AgentConfig& config, Outbox& outbox, Fo
   j["refused_io"] = o.refused_io;
   j["refused_busy"] = writer.refused_busy();
   j["refused_disk"] = o.refused_disk + writer.refused_disk();
+  // Accepted, but zenflows would refuse them at export (writer.hpp zenflows_warnings).
+  j["zenflows_warnings"] = writer.zenflows_warnings();
+  const std::string last_zenflows_warning = writer.last_zenflows_warning();
+  j["zenflows_last_warning"] = last_zenflows_warning.empty()
+                                   ? nlohmann::ordered_json(nullptr)
+                                   : nlohmann::ordered_json(last_zenflows_warning);
   // The free-space condition new events are held to (docs/ARCHITECTURE.md "Full disk").
   j["disk_free_bytes"] = o.disk_free_bytes ? nlohmann::ordered_json(*o.disk_free_bytes)
                                            : nlohmann::ordered_json(nullptr);

@@ -6,7 +6,10 @@
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include <reflow/core/units.hpp>
+#include <reflow/core/zenflows_rules.hpp>
 
 namespace agent {
 namespace {
@@ -82,6 +85,12 @@ Status Writer::submit(nlohmann::ordered_json fields, EventSource source, SubmitC
                       QueueFull when_full) {
   // Validate on the producer's thread: a bad event is refused at once and never takes queue room.
   if (auto valid = validate_submission(fields); !valid) return valid;
+  // zenflows' rules are stricter than PROTOCOL v1, which producers were written against: an event
+  // that breaks one is still committed (refusing it would break them), but warned about.
+  std::string warning;
+  if (Status zenflows = vf::check_zenflows_rules(fields); !zenflows)
+    warning = fmt::format("{}/{}: {}", source.driver, source.instance, zenflows.error().message);
+  bool log_warning = false;
   std::unique_lock lock(m_mutex);
   if (m_queue.size() >= m_options.queue_capacity) {
     if (when_full == QueueFull::refuse) {
@@ -94,9 +103,27 @@ Status Writer::submit(nlohmann::ordered_json fields, EventSource source, SubmitC
   }
   if (m_stopping) return fail(ErrorCode::shutting_down, "the agent is shutting down");
   m_queue.push_back(Pending{std::move(fields), std::move(source), std::move(done)});
+  if (!warning.empty()) {
+    m_zenflows_warnings.fetch_add(1);
+    m_last_zenflows_warning = warning;
+    // Bounded: a producer that makes every event different cannot grow it without end.
+    constexpr std::size_t k_max_logged = 1024;
+    log_warning =
+        m_zenflows_logged.size() < k_max_logged && m_zenflows_logged.insert(warning).second;
+  }
   lock.unlock();
   m_not_empty.notify_one();
+  if (log_warning)
+    m_log.warning("writer",
+                  "accepted an event that zenflows would refuse at export (logged once per source "
+                  "and problem; counted in status as zenflows_warnings): {}",
+                  warning);
   return {};
+}
+
+std::string Writer::last_zenflows_warning() const {
+  std::lock_guard lock(m_mutex);
+  return m_last_zenflows_warning;
 }
 
 std::uint64_t Writer::refused_busy() const {

@@ -23,7 +23,23 @@ struct ExportOptions {
   std::string device;
   std::string since;
   bool post = false;
+  bool check = false;
+  bool json = false;
 };
+
+// --check: every event that would be exported, through zenflows' rules and the export mapping;
+// nothing is sent. Exit status 1 when any event would be refused.
+int run_check(Store& store, const EventFilter& filter, const IngestConfig& config, bool json) {
+  auto check = check_vf_export(store, filter, config);
+  if (print_if_error(check)) return 1;
+  if (json)
+    std::cout << vf_check_json(*check).dump(2) << '\n';
+  else
+    std::cout << format_vf_check_text(*check);
+  std::cout.flush();
+  if (!std::cout) return 1;
+  return check->refused == 0 ? 0 : 1;
+}
 
 int run_export(const ExportOptions& options) {
   auto filter = event_filter_or_report(options.device, options.since, "");
@@ -32,6 +48,7 @@ int run_export(const ExportOptions& options) {
   if (!config) return 1;
   auto store = open_store_or_report(*config, StoreOpen::existing_only);
   if (!store) return 1;
+  if (options.check) return run_check(*store, *filter, *config, options.json);
   auto built = build_vf_export(*store, *filter, *config);
   if (print_if_error(built)) return 1;
 
@@ -106,9 +123,18 @@ void add_export_command(CLI::App& app, int& exit_code) {
   command->add_option("--device", options->device, "Only this device");
   command->add_option("--since", options->since,
                       "Only events recorded at or after TIME: RFC 3339 or a date (UTC)");
-  command->add_flag("--post", options->post,
-                    "Send the requests (signed with [export] zenflows_key_file as "
-                    "[export] zenflows_user); refuses while any reference lacks a server id");
+  auto* post =
+      command->add_flag("--post", options->post,
+                        "Send the requests (signed with [export] zenflows_key_file as "
+                        "[export] zenflows_user); refuses while any reference lacks a server id");
+  auto* check = command->add_flag(
+      "--check", options->check,
+      "Send nothing: check every event that would be exported against zenflows' per-action rules "
+      "and the export's mapping (server ids, units, default_agent), print each problem with its "
+      "field and rule, and exit 1 when zenflows would refuse any event");
+  check->excludes(post);
+  command->add_flag("--json", options->json, "With --check: the report as one JSON object")
+      ->needs(check);
   command->callback([options, &exit_code] { exit_code = run_export(*options); });
 }
 

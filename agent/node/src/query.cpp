@@ -441,14 +441,20 @@ Result<TraceNode> trace_resource(const std::vector<StoredEvent>& events,
   return tracer.resource_node(id);
 }
 
-Result<TraceNode> trace_resource(Store& store, std::string_view resource) {
+Result<std::vector<StoredEvent>> collect_events(Store& store, const EventFilter& filter) {
   std::vector<StoredEvent> events;
-  auto status = store.for_each_event(EventFilter{}, [&](const StoredEvent& event) {
+  auto status = store.for_each_event(filter, [&](const StoredEvent& event) {
     events.push_back(event);
     return true;
   });
   if (!status) return std::unexpected(status.error());
-  return trace_resource(events, resource);
+  return events;
+}
+
+Result<TraceNode> trace_resource(Store& store, std::string_view resource) {
+  auto events = collect_events(store, EventFilter{});
+  if (!events) return std::unexpected(events.error());
+  return trace_resource(*events, resource);
 }
 
 std::string format_trace_text(const TraceNode& root) {

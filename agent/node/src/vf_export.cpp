@@ -11,6 +11,8 @@
 #include <fmt/format.h>
 
 #include <reflow/core/units.hpp>
+#include <reflow/core/zenflows_rules.hpp>
+#include <reflow/node/query.hpp>
 
 namespace ingest {
 namespace {
@@ -61,23 +63,31 @@ class Resolver {
   }
 
   // The server id, or the local reference itself (reported missing).
-  std::string id_or_missing(const std::string& kind, const std::string& reference,
-                            const std::string& event_id) {
+  std::string id_or_missing(const std::string& kind, const std::string& field,
+                            const std::string& reference, const std::string& event_id) {
     if (auto id = server_id(reference)) return *id;
-    report(kind, reference, event_id);
+    report(kind, field, reference, event_id);
     return reference;
   }
 
-  std::string unit(const std::string& om2, const std::string& event_id) {
+  std::string unit(const std::string& om2, const std::string& field, const std::string& event_id) {
     auto it = m_config.units.find(om2);
     if (it != m_config.units.end()) return it->second;
-    report("unit", om2, event_id);
+    report("unit", field, om2, event_id);
     return om2;
   }
 
-  void report(const std::string& kind, const std::string& reference, const std::string& event_id) {
-    if (m_reported.insert({kind, reference}).second)
-      m_missing.push_back(MissingReference{kind, reference, event_id});
+  // Once per export in missing(); every time into the current event's list, when there is one.
+  void report(const std::string& kind, const std::string& field, const std::string& reference,
+              const std::string& event_id) {
+    MissingReference m{kind, reference, event_id, field};
+    if (m_event_missing) m_event_missing->push_back(m);
+    if (m_reported.insert({kind, reference}).second) m_missing.push_back(std::move(m));
+  }
+
+  // Where report() also lists what is missing, for one event's request; nullptr for none.
+  void collect_into(std::vector<MissingReference>* event_missing) {
+    m_event_missing = event_missing;
   }
 
   std::vector<MissingReference> take_missing() { return std::move(m_missing); }
@@ -86,6 +96,7 @@ class Resolver {
   const IngestConfig& m_config;
   std::set<std::pair<std::string, std::string>> m_reported;
   std::vector<MissingReference> m_missing;
+  std::vector<MissingReference>* m_event_missing = nullptr;
 };
 
 struct ProcessSpan {
@@ -94,12 +105,13 @@ struct ProcessSpan {
   std::vector<std::string> devices;
 };
 
-Json measure(const Json& quantity, Resolver& resolver, const std::string& event_id) {
+Json measure(const Json& quantity, const std::string& field, Resolver& resolver,
+             const std::string& event_id) {
   Json out = Json::object();
   if (auto v = quantity.find("hasNumericalValue"); v != quantity.end())
     out["hasNumericalValue"] = *v;
   if (auto u = quantity.find("hasUnit"); u != quantity.end() && u->is_string())
-    out["hasUnit"] = resolver.unit(u->get<std::string>(), event_id);
+    out["hasUnit"] = resolver.unit(u->get<std::string>(), field + ".hasUnit", event_id);
   return out;
 }
 
@@ -192,17 +204,18 @@ class RequestBuilder {
     request.kind = VfRequestKind::create_economic_event;
     request.event_id = event_id;
     request.device = e.stored->device;
+    m_resolver.collect_into(&request.missing);
     Json event = Json::object();
     event["action"] = action;
 
     for (const char* field : {"provider", "receiver"}) {
       auto agent = string_field(p, field);
       if (!agent.empty())
-        event[field] = m_resolver.id_or_missing("agent", agent, event_id);
+        event[field] = m_resolver.id_or_missing("agent", field, agent, event_id);
       else if (!m_config.default_agent.empty())
         event[field] = m_config.default_agent;
       else
-        m_resolver.report("agent", fmt::format("(no {}: set [export] default_agent)", field),
+        m_resolver.report("agent", field, fmt::format("(no {}: set [export] default_agent)", field),
                           event_id);
     }
 
@@ -212,18 +225,22 @@ class RequestBuilder {
       event["resourceClassifiedAs"] = *it;
     for (const char* field : {"resourceQuantity", "effortQuantity"})
       if (auto it = p.find(field); it != p.end() && it->is_object())
-        event[field] = measure(*it, m_resolver, event_id);
+        event[field] = measure(*it, field, m_resolver, event_id);
     for (const char* field : {"hasPointInTime", "hasBeginning", "hasEnd"})
       if (auto value = string_field(p, field); !value.empty()) event[field] = value;
     for (const char* field : {"atLocation", "toLocation"})
       if (auto location = string_field(p, field); !location.empty())
-        event[field] = m_resolver.id_or_missing("location", location, event_id);
+        event[field] = m_resolver.id_or_missing("location", field, location, event_id);
     event["note"] = provenance_note(e);
 
+    m_resolver.collect_into(nullptr);
     request.variables["event"] = std::move(event);
     if (new_resource) request.variables["newInventoriedResource"] = std::move(*new_resource);
     m_out.requests.push_back(std::move(request));
   }
+
+  // The createEconomicEvent of the event add() took last.
+  const VfRequest& last_event_request() const { return m_out.requests.back(); }
 
   VfExport finish() {
     m_out.missing = m_resolver.take_missing();
@@ -289,7 +306,8 @@ class RequestBuilder {
         request.creates = resource;
         m_created_resources.insert(resource);
       } else {
-        event["resourceInventoriedAs"] = m_resolver.id_or_missing("resource", resource, event_id);
+        event["resourceInventoriedAs"] =
+            m_resolver.id_or_missing("resource", "resourceInventoriedAs", resource, event_id);
         resource_known = true;
       }
     }
@@ -302,12 +320,12 @@ class RequestBuilder {
         request.pending["toResourceInventoriedAs"] = to_resource;
       } else {
         event["toResourceInventoriedAs"] =
-            m_resolver.id_or_missing("resource", to_resource, event_id);
+            m_resolver.id_or_missing("resource", "toResourceInventoriedAs", to_resource, event_id);
       }
     }
     if (!spec.empty() && !(exclusive && resource_known))
       event["resourceConformsTo"] =
-          m_resolver.id_or_missing("resource specification", spec, event_id);
+          m_resolver.id_or_missing("resource specification", "resourceConformsTo", spec, event_id);
     return new_resource;
   }
 
@@ -345,13 +363,124 @@ VfExport build_vf_export(const std::vector<StoredEvent>& events, const IngestCon
 
 Result<VfExport> build_vf_export(Store& store, const EventFilter& filter,
                                  const IngestConfig& config) {
-  std::vector<StoredEvent> events;
-  auto status = store.for_each_event(filter, [&](const StoredEvent& event) {
-    events.push_back(event);
-    return true;
-  });
-  if (!status) return std::unexpected(status.error());
-  return build_vf_export(events, config);
+  auto events = collect_events(store, filter);
+  if (!events) return std::unexpected(events.error());
+  return build_vf_export(*events, config);
+}
+
+namespace {
+
+VfProblem problem(std::string field, std::string rule, std::string section, std::string_view why) {
+  std::string message = fmt::format("{}: {} (zenflows, {}: {})", field, rule, section, why);
+  return VfProblem{std::move(field), std::move(rule), std::move(section), std::move(message)};
+}
+
+// The [export] table a missing reference of this kind belongs in.
+std::string_view config_table_of(const MissingReference& m) {
+  if (m.kind == "unit") return "[export.units]";
+  if (m.reference.starts_with("(")) return "[export] default_agent";
+  return "[export.ids]";
+}
+
+// The mapping's problems of one event's request: references with no server id, and one agent's
+// action that default_agent made two agents'. (The config's ids are ULIDs: config.cpp checks them
+// at load.)
+void check_mapping(const VfRequest& request, const std::string& action, bool agents_checked,
+                   std::vector<VfProblem>& out) {
+  std::set<std::string> missing_fields;
+  for (const MissingReference& m : request.missing) {
+    missing_fields.insert(m.field);
+    if (m.reference.starts_with("("))
+      out.push_back(problem(m.field, "no value and no [export] default_agent", "valueflows.md §2c",
+                            "provider and receiver are required for every event"));
+    else
+      out.push_back(problem(
+          m.field,
+          fmt::format("{} \"{}\" has no server id in {}", m.kind, m.reference, config_table_of(m)),
+          m.kind == "unit" ? "valueflows.md §1f" : "valueflows.md §2b",
+          "zenflows references records by their server id"));
+  }
+  const Json& event = request.variables["event"];
+  if (!agents_checked && agent::vf::keeps_one_agent(action) && event.contains("provider") &&
+      event.contains("receiver") && event["provider"] != event["receiver"] &&
+      !missing_fields.contains("provider") && !missing_fields.contains("receiver"))
+    out.push_back(problem(
+        "provider, receiver",
+        fmt::format("must be the same agent for action \"{}\" ([export] default_agent filled "
+                    "in one of them)",
+                    action),
+        "valueflows.md §2c", "the agent changes its own resource"));
+}
+
+}  // namespace
+
+VfCheck check_vf_export(const std::vector<StoredEvent>& events, const IngestConfig& config) {
+  const std::vector<ParsedEvent> parsed = parse_in_time_order(events);
+  RequestBuilder builder(config, parsed);
+  VfCheck check;
+  for (const auto& e : parsed) {
+    builder.add(e);
+    VfEventCheck result;
+    result.id = e.stored->id;
+    result.device = e.stored->device;
+    result.action = string_field(e.payload, "action");
+    bool agents_checked = false;
+    for (const agent::vf::RuleProblem& p : agent::vf::zenflows_problems(e.payload)) {
+      agents_checked = agents_checked || p.field == "provider, receiver";
+      result.problems.push_back(VfProblem{p.field, p.rule, std::string(p.section), p.message()});
+    }
+    check_mapping(builder.last_event_request(), result.action, agents_checked, result.problems);
+    if (!result.problems.empty()) ++check.refused;
+    check.problems += result.problems.size();
+    check.events.push_back(std::move(result));
+  }
+  return check;
+}
+
+Result<VfCheck> check_vf_export(Store& store, const EventFilter& filter,
+                                const IngestConfig& config) {
+  auto events = collect_events(store, filter);
+  if (!events) return std::unexpected(events.error());
+  return check_vf_export(*events, config);
+}
+
+std::string format_vf_check_text(const VfCheck& check) {
+  std::string out;
+  for (const VfEventCheck& e : check.events) {
+    if (e.problems.empty()) {
+      out += fmt::format("{} {} (device {}): ok\n", e.id, e.action, e.device);
+      continue;
+    }
+    out += fmt::format("{} {} (device {}): {} problem{}\n", e.id, e.action, e.device,
+                       e.problems.size(), e.problems.size() == 1 ? "" : "s");
+    for (const VfProblem& p : e.problems)
+      out += fmt::format("  {}\n", p.message);
+  }
+  out += fmt::format(
+      "checked {} event{}: {} would be refused by zenflows ({} problem{}), {} pass\n",
+      check.events.size(), check.events.size() == 1 ? "" : "s", check.refused, check.problems,
+      check.problems == 1 ? "" : "s", check.events.size() - check.refused);
+  return out;
+}
+
+nlohmann::ordered_json vf_check_json(const VfCheck& check) {
+  Json out;
+  out["checked"] = check.events.size();
+  out["refused"] = check.refused;
+  out["problems"] = check.problems;
+  out["events"] = Json::array();
+  for (const VfEventCheck& e : check.events) {
+    Json event;
+    event["id"] = e.id;
+    event["device"] = e.device;
+    event["action"] = e.action;
+    event["problems"] = Json::array();
+    for (const VfProblem& p : e.problems)
+      event["problems"].push_back(
+          {{"field", p.field}, {"rule", p.rule}, {"section", p.section}, {"message", p.message}});
+    out["events"].push_back(std::move(event));
+  }
+  return out;
 }
 
 std::string describe_missing(const std::vector<MissingReference>& missing) {

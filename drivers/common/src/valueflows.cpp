@@ -2,7 +2,6 @@
 #include <reflow/drivers/valueflows.hpp>
 
 #include <cmath>
-#include <initializer_list>
 #include <utility>
 
 #include <fmt/format.h>
@@ -82,72 +81,6 @@ std::string part_reference(std::string_view file, std::string_view job, std::str
 std::string period_process(std::string_view driver, std::string_view name,
                            std::int64_t begin_unix_ms) {
   return fmt::format("{}:{}:period-{}", driver, name, begin_unix_ms);
-}
-
-namespace {
-
-bool has_text(const nlohmann::ordered_json& fields, std::string_view name) {
-  const auto it = fields.find(name);
-  return it != fields.end() && it->is_string() && !it->get_ref<const std::string&>().empty();
-}
-
-bool has(const nlohmann::ordered_json& fields, std::string_view name) {
-  return fields.find(name) != fields.end();
-}
-
-// One rule: `field` must be there for `action`, because `why`.
-struct Rule {
-  std::string_view field;
-  bool text;  // a non-empty string (a reference), not just present (a quantity)
-  std::string_view why;
-};
-
-Status check_rules(const nlohmann::ordered_json& fields, std::string_view action,
-                   std::initializer_list<Rule> rules) {
-  for (const Rule& rule : rules)
-    if (rule.text ? !has_text(fields, rule.field) : !has(fields, rule.field))
-      return fail(ErrorCode::rejected, fmt::format("{}: required for action \"{}\" (zenflows: {})",
-                                                   rule.field, action, rule.why));
-  return {};
-}
-
-}  // namespace
-
-Status check_zenflows_rules(const nlohmann::ordered_json& fields) {
-  if (!fields.is_object() || !has_text(fields, "action")) return {};
-  const std::string& action = fields["action"].get_ref<const std::string&>();
-  if (action == "use") {
-    if (Status s = check_rules(fields, action,
-                               {{"inputOf", true, "a use is an input of a process"},
-                                {"effortQuantity", false, "the time the resource was used"}});
-        !s)
-      return s;
-    if (!has_text(fields, "resourceInventoriedAs") && !has_text(fields, "resourceConformsTo"))
-      return fail(ErrorCode::rejected,
-                  "resourceInventoriedAs or resourceConformsTo: required for action \"use\" "
-                  "(zenflows: the resource used, or its kind)");
-    return {};
-  }
-  if (action == "work")
-    return check_rules(fields, action,
-                       {{"inputOf", true, "work is an input of a process"},
-                        {"effortQuantity", false, "the time worked"},
-                        {"resourceConformsTo", true, "the kind of work"}});
-  if (action == "consume")
-    return check_rules(fields, action,
-                       {{"inputOf", true, "a consume is an input of a process"},
-                        {"resourceInventoriedAs", true,
-                         "the resource it decrements; a specification alone is not enough"},
-                        {"resourceQuantity", false, "how much was consumed"}});
-  if (action == "produce")
-    return check_rules(
-        fields, action,
-        {{"outputOf", true, "a produce is an output of a process"},
-         {"resourceInventoriedAs", true,
-          "the resource it increments, or with resourceConformsTo the name of the new resource "
-          "it creates (newInventoriedResource.name)"},
-         {"resourceQuantity", false, "how much was produced"}});
-  return {};
 }
 
 }  // namespace agent::vf

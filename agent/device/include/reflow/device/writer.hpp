@@ -7,6 +7,7 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -54,6 +55,13 @@ class Writer final : public EventSink {
   std::uint64_t refused_quota() const { return m_refused_quota.load(); }
   /// Submissions refused because the data_dir file system is below outbox.min_free.
   std::uint64_t refused_disk() const { return m_refused_disk.load(); }
+  /// Accepted submissions that break a zenflows per-action rule (reflow/core/zenflows_rules.hpp,
+  /// PROTOCOL §4 "zenflows"): valid v1 events, so the writer commits them, but zenflows would
+  /// refuse them at export. Each distinct (source, problem) is logged once as a warning.
+  std::uint64_t zenflows_warnings() const { return m_zenflows_warnings.load(); }
+  /// The latest of those: "sim/demo: inputOf: required for action \"use\" (zenflows, …)"; empty
+  /// while there is none.
+  std::string last_zenflows_warning() const;
 
  private:
   struct Pending {
@@ -86,6 +94,9 @@ class Writer final : public EventSink {
   std::uint64_t m_refused_busy = 0;
   std::atomic<std::uint64_t> m_refused_quota{0};
   std::atomic<std::uint64_t> m_refused_disk{0};
+  std::atomic<std::uint64_t> m_zenflows_warnings{0};
+  std::string m_last_zenflows_warning;      // guarded by m_mutex
+  std::set<std::string> m_zenflows_logged;  // guarded by m_mutex; (source, problem) logged
   std::function<void(std::int64_t)> m_listener;
   std::thread m_thread;
 };

@@ -25,6 +25,10 @@ Result<std::int64_t> parse_since(std::string_view text);
 
 // --- events ---
 
+/// Every stored event matching `filter`, in the store's order, read into memory (trace and the
+/// export sort them by event time). Errors: those of Store::for_each_event.
+Result<std::vector<StoredEvent>> collect_events(Store& store, const EventFilter& filter);
+
 enum class EventFormat {
   jsonl,  ///< the stored payload bytes, one event per line
   csv,    ///< RFC 4180: header row, CRLF line ends, fields quoted when needed

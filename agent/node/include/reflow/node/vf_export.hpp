@@ -72,6 +72,15 @@ ZenflowsSignature zenflows_sign(const agent::DeviceKey& key, std::string_view bo
 
 enum class VfRequestKind { create_process, create_economic_event };
 
+/// A reference with no server id in the config.
+struct MissingReference {
+  std::string kind;         ///< "agent", "resource", "resource specification", "location", "unit"
+  std::string reference;    ///< the local reference (OM2 name for units)
+  std::string first_event;  ///< the first event that names it (in VfRequest::missing: that event)
+  std::string field;        ///< where: "provider", "resourceInventoriedAs",
+                            ///< "resourceQuantity.hasUnit" …
+};
+
 /// One GraphQL request of an export. `variables` are final except the fields named in `pending`.
 struct VfRequest {
   VfRequestKind kind = VfRequestKind::create_economic_event;
@@ -87,13 +96,9 @@ struct VfRequest {
   /// inputOf/outputOf name processes, the others resources).
   std::map<std::string, std::string> pending;
   nlohmann::ordered_json variables;
-};
-
-/// A reference with no server id in the config.
-struct MissingReference {
-  std::string kind;         ///< "agent", "resource", "resource specification", "location", "unit"
-  std::string reference;    ///< the local reference (OM2 name for units)
-  std::string first_event;  ///< the first event that names it
+  /// create_economic_event: each reference of this event with no server id in the config (see
+  /// VfExport::missing), every time it occurs.
+  std::vector<MissingReference> missing;
 };
 
 struct VfExport {
@@ -118,6 +123,54 @@ Result<VfExport> build_vf_export(Store& store, const EventFilter& filter,
 
 /// "resource \"spool-7\" (first in event 01J…)", one per line, then the TOML lines to add.
 std::string describe_missing(const std::vector<MissingReference>& missing);
+
+// --- the check before sending (vf_export.cpp): `export --check` ---
+
+/// One reason zenflows would refuse an event of the export.
+struct VfProblem {
+  std::string field;    ///< "inputOf", "resourceQuantity.hasUnit", "provider, receiver" …
+  std::string rule;     ///< `required for action "consume"`, `no server id in [export.ids]` …
+  std::string section;  ///< where the rule is written down: "valueflows.md §2c" …
+  std::string message;  ///< the whole sentence, field first, as the text output prints it
+};
+
+/// One event of the export and what zenflows would refuse it for (nothing: it would pass).
+struct VfEventCheck {
+  std::string id;      ///< the reflow event ULID
+  std::string device;  ///< the device that signed it
+  std::string action;
+  std::vector<VfProblem> problems;
+};
+
+struct VfCheck {
+  std::vector<VfEventCheck> events;  ///< in sending order (event time)
+  std::size_t refused = 0;           ///< events with at least one problem
+  std::size_t problems = 0;          ///< all problems of all events
+};
+
+/// What build_vf_export would send for `events`, checked without sending anything. Per event,
+/// every problem of:
+/// - zenflows' per-action rules on the stored event (agent::vf::zenflows_problems; section
+///   valueflows.md §2c/§2d);
+/// - the mapping: a reference with no [export.ids] / [export.units] entry or a provider/receiver
+///   with neither a value nor [export] default_agent (zenflows requires both and takes only
+///   server ids: valueflows.md §2b/§2c); provider ≠ receiver after default_agent filled one
+///   in, for the actions that keep one agent (§2c). The config's ids themselves are ULIDs
+///   (load_ingest_config refuses others, valueflows.md §2d).
+VfCheck check_vf_export(const std::vector<StoredEvent>& events, const IngestConfig& config);
+
+/// The same over the store's events matching `filter`. Errors: those of Store::for_each_event.
+Result<VfCheck> check_vf_export(Store& store, const EventFilter& filter,
+                                const IngestConfig& config);
+
+/// The check for people: per event a line `ID ACTION (device D): ok` or `… N problem(s)` and an
+/// indented line per problem (`field: rule (zenflows, section: why)`), then the summary
+/// `checked N events: M would be refused by zenflows (K problems), P pass`.
+std::string format_vf_check_text(const VfCheck& check);
+
+/// The check for programs: {"checked":N,"refused":M,"problems":K,"events":[{"id","device",
+/// "action","problems":[{"field","rule","section","message"}]}]}.
+nlohmann::ordered_json vf_check_json(const VfCheck& check);
 
 // --- delivery (zenflows.cpp) ---
 

@@ -3,8 +3,9 @@
 // PROTOCOL §4): measures, and the `use`, `consume` and `produce` events of a process. Each builder
 // returns the event's fields in one order (action, resource, quantity, time, process), so that
 // every driver's events read alike; the caller adds `meta` and anything else the event needs.
-// check_zenflows_rules says whether an event of these actions is one zenflows records
-// (valueflows.md §2c–2d): the drivers' tests run every event they emit through it.
+// zenflows' per-action rules that these events must pass are agent/core's
+// (reflow/core/zenflows_rules.hpp, included here): the drivers' tests run every event they emit
+// through check_zenflows_rules.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include <reflow/core/result.hpp>
+#include <reflow/core/zenflows_rules.hpp>
 
 namespace agent::vf {
 
@@ -70,20 +72,5 @@ std::string part_reference(std::string_view file, std::string_view job, std::str
 /// "<driver>:<name>:period-<begin_unix_ms>" (the period's first millisecond, Unix time).
 std::string period_process(std::string_view driver, std::string_view name,
                            std::int64_t begin_unix_ms);
-
-/// Whether `fields` (a producer's event, PROTOCOL §4) follows zenflows' per-action rules for the
-/// actions drivers emit (valueflows.md §2c–2d, zenflows `economic_event.ex`):
-/// - `use`: `inputOf` (the process that uses the machine), `effortQuantity`, and
-///   `resourceInventoriedAs` or `resourceConformsTo`;
-/// - `work`: `inputOf`, `effortQuantity`, `resourceConformsTo` (the kind of work);
-/// - `consume`: `inputOf`, `resourceInventoriedAs` (zenflows decrements that resource; a
-///   specification alone is not enough), `resourceQuantity`;
-/// - `produce`: `outputOf`, `resourceQuantity`, and `resourceInventoriedAs` (an existing resource,
-///   or with `resourceConformsTo` a new one whose name the reference gives: zenflows refuses a new
-///   resource without a name).
-/// Other actions pass: their rules belong to the agent's emit-time checks. The fields' own form
-/// (types, times, units) is validate_submission's. Errors: rejected, naming the field and the rule,
-/// e.g. `inputOf: required for action "consume" (zenflows: a consume is an input of a process)`.
-Status check_zenflows_rules(const nlohmann::ordered_json& fields);
 
 }  // namespace agent::vf
