@@ -11,6 +11,7 @@
 
 #include <reflow/core/text.hpp>
 #include <reflow/core/units.hpp>
+#include <reflow/node/query.hpp>
 
 namespace ingest::report {
 namespace {
@@ -219,13 +220,9 @@ std::vector<UsageRow> usage(const std::vector<StoredEvent>& events, const UsageO
 }
 
 Result<std::vector<UsageRow>> usage(Store& store, const UsageOptions& options) {
-  std::vector<StoredEvent> events;
-  auto status = store.for_each_event(EventFilter{}, [&](const StoredEvent& event) {
-    events.push_back(event);
-    return true;
-  });
-  if (!status) return std::unexpected(status.error());
-  return usage(events, options);
+  auto events = collect_events(store, EventFilter{});
+  if (!events) return std::unexpected(events.error());
+  return usage(*events, options);
 }
 
 std::string format_usage_table(const std::vector<UsageRow>& rows, By by) {
