@@ -140,6 +140,7 @@ class IngestProcess : public BenchDaemon {
     std::string log_level;
     std::uint32_t max_batch = 0;  // 0: the daemon's default
     std::string log_name = "ingest.log";
+    bool signed_acks = false;  // the node has a key (`key init`): signed acks and checkpoints
   };
 
   // Writes the config and starts the daemon; returns once it logged "ready" (subscribed).
@@ -153,6 +154,10 @@ class IngestProcess : public BenchDaemon {
         "reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n",
         setup.broker_url, k_prefix);
     std::ofstream(config_file()) << config;
+    if (setup.signed_acks && !fs::exists(data_dir() / "node.key") &&
+        run_and_wait({setup.binary.string(), "key", "init", "--config", config_file().string()},
+                     setup.dir / "key-init.log") != 0)
+      throw BenchError("reflow-ingest key init failed:\n" + tail_of(setup.dir / "key-init.log", 5));
     start({setup.binary.string(), "run", "--config", config_file().string()});
     wait_ready([&] { return log_has("ready"); });
     record_idle_memory();
@@ -218,6 +223,7 @@ class AckWatcher {
  public:
   struct Summary {
     std::uint64_t acks = 0;
+    std::uint64_t ack_bytes = 0;       // payload bytes of all acks
     std::uint64_t covered = 0;         // events acked
     std::uint32_t devices_done = 0;    // acked at M
     std::uint64_t foreign = 0;         // wrong stream, unknown device or not JSON
@@ -273,6 +279,7 @@ class AckWatcher {
 
     std::lock_guard lock(m_mutex);
     ++m_summary.acks;
+    m_summary.ack_bytes += message.get_payload().size();
     auto found = m_index.find(device);
     if (found == m_index.end() || !ack.is_object() || !ack.contains("stream") ||
         !ack.contains("seq") || !ack["stream"].is_string() || !ack["seq"].is_number_integer() ||
@@ -458,6 +465,7 @@ struct Options {
   fs::path ingest_binary;
   bool backlog = false;  // publish everything while the ingest is stopped, then start it
   bool keep = false;
+  bool signed_acks = false;
   std::string log_level = "info";
 };
 
@@ -496,6 +504,7 @@ int run(const Options& options) {
 
   IngestProcess::Setup setup{options.ingest_binary, dir.path() / "ingest", broker.url(),
                              options.log_level, options.max_batch};
+  setup.signed_acks = options.signed_acks;
   // Live: started now, measured while the publishers publish. Backlog: a first run only
   // subscribes (the broker keeps its session, session_expiry) and stops; the broker then queues
   // every event for it, and the measured run starts once all are queued.
@@ -696,6 +705,11 @@ int run(const Options& options) {
   rows.push_back({"acks received / foreign",
                   fmt::format("{} / {}", summary.acks, summary.foreign + summary.before_publish),
                   "-", ""});
+  rows.push_back({options.signed_acks ? "ack size, mean (bytes; signed)" : "ack size, mean (bytes)",
+                  fmt::format("{:.0f}", summary.acks == 0 ? 0.0
+                                                          : static_cast<double>(summary.ack_bytes) /
+                                                                static_cast<double>(summary.acks)),
+                  "-", ""});
   rows.push_back(
       {"envelope size, mean (bytes)",
        fmt::format("{:.0f}", static_cast<double>(envelope_bytes) / static_cast<double>(total)), "-",
@@ -744,6 +758,9 @@ int main(int argc, char** argv) {
                "Publish every event while reflow-ingest is stopped (the broker queues them in its "
                "session), then start it and measure the drain: the node's rate with no publishers "
                "sharing its CPUs");
+  app.add_flag("--signed", options.signed_acks,
+               "Give the node a key first (`reflow-ingest key init`): signed acks with inclusion "
+               "proofs, and signed checkpoints (PROTOCOL §5.1)");
   app.add_flag("--keep", options.keep, "Keep the work directory (config, log, ingest.db, keys)");
   app.add_option("--log-level", options.log_level, "The ingest's log_level (debug logs each event)")
       ->capture_default_str()

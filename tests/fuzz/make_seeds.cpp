@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 // Writes the seeds that need the fixed keys of fuzz_support.hpp: real signed envelopes for the jws
-// and node_verifier targets, and real event payloads (make_event_payload) for event_payload.
+// and node_verifier targets, real event payloads (make_event_payload) for event_payload, and
+// signed checkpoints (key 0 and, ignored by the target, key 1) for signed_note.
 // Usage: reflow_fuzz_seeds CORPUS_DIR (tests/fuzz/corpus); run again when the payload format
 // changes. Seeds are named seed-*, so hand-made and minimized files beside them are kept.
 #include <cstdio>
@@ -13,6 +14,7 @@
 
 #include <reflow/core/event.hpp>
 #include <reflow/core/jose.hpp>
+#include <reflow/core/signed_note.hpp>
 
 #include "fuzz_support.hpp"
 
@@ -79,5 +81,13 @@ int main(int argc, char** argv) {
             std::string(1, key_index == 0 ? '\x01' : '\x02') + payload);
     }
   }
+  agent::note::Checkpoint checkpoint{"fablab.example/reflow", 5, {}};
+  checkpoint.root.fill(0xA5);
+  const std::string note = agent::note::sign_checkpoint(reflow_fuzz::fixed_key(0), checkpoint);
+  write(corpus / "signed_note", "seed-checkpoint", note);
+  const std::string cosigned = agent::note::sign(reflow_fuzz::fixed_key(1), "witness.example/w1",
+                                                 agent::note::checkpoint_text(checkpoint));
+  write(corpus / "signed_note", "seed-cosigned",
+        note + cosigned.substr(cosigned.rfind("\n\n") + 2));
   return 0;
 }

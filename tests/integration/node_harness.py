@@ -456,6 +456,13 @@ class AckWatcher(Probe):
         return self
 
     def acks(self, device):
+        """The (stream, seq) of each ack of `device`, as `{"stream","seq"}` dicts: what every
+        agent reads, whether the node signs its acks (PROTOCOL §5.1) or not."""
+        return [{k: ack[k] for k in ("stream", "seq") if k in ack}
+                for ack in self.raw_acks(device)]
+
+    def raw_acks(self, device):
+        """Each ack of `device` as published, parsed (with its `signed` member, if any)."""
         out = []
         for topic, payload, _ in self.received(f"{h.PREFIX}/{device}/ack"):
             with contextlib.suppress(ValueError):

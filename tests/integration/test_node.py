@@ -3,6 +3,7 @@
 reflow.acl), real `reflow-agent run` and real `reflow-ingest run`, the node's PKI made by
 `reflow-ingest ca …` and `reflow-agent enroll` (ingest.md, PROTOCOL §2, §5, §7)."""
 
+import base64
 import csv
 import hashlib
 import io
@@ -631,9 +632,47 @@ def rfc9162_verify_consistency(size1, size2, root1, root2, proof):
     return fr == root1 and sr == root2 and sn == 0
 
 
+def b64url_decode(text):
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def ed25519_verify(public_key, signature, message):
+    """True when `signature` is the Ed25519 signature of `message` by the 32-byte key
+    (python3-cryptography, independent of the node's libsodium)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+        return True
+    except InvalidSignature:
+        return False
+
+
+def verify_signed_checkpoint(note, origin, public_key):
+    """Checks a C2SP tlog-checkpoint signed note (c2sp.org/signed-note, Ed25519) from the
+    specification alone; returns (size, root) or raises AssertionError."""
+    text, sep, signatures = note.rpartition("\n\n")
+    assert sep, f"no blank line in {note!r}"
+    text += "\n"
+    key_id = hashlib.sha256(origin.encode() + b"\n\x01" + public_key).digest()[:4]
+    verified = False
+    for line in signatures.splitlines():
+        assert line.startswith("\u2014 "), line
+        name, blob = line[2:].split(" ")
+        blob = base64.b64decode(blob)
+        if name == origin and blob[:4] == key_id:
+            assert ed25519_verify(public_key, blob[4:], text.encode()), "bad signature"
+            verified = True
+    assert verified, f"no signature of {origin} in {note!r}"
+    lines = text.splitlines()
+    assert lines[0] == origin, lines
+    return int(lines[1]), base64.b64decode(lines[2])
+
+
 class LogTest(nh.NodeTestCase):
     """`reflow-ingest log`: the node's verifiable log (issue 19), checked by the RFC 9162
-    verifier above from the envelopes the devices sent and the JSON the commands print."""
+    verifier above from the envelopes the devices sent and the JSON the commands print; the node
+    has its own key, so its acks and its checkpoints are signed (PROTOCOL §5.1)."""
 
     def setUp(self):
         super().setUp()
@@ -641,12 +680,83 @@ class LogTest(nh.NodeTestCase):
         self.keys = {d: nh.new_private_key() for d in ("dev-l", "dev-m")}
         for device, key in self.keys.items():
             self.cli.device_add(device, nh.keygen_json(key))
+        self.node_key = json.loads(self.cli.ok("key", "init", "--json").stdout)
+        self.checkpoints = self.probe(name="checkpoints")
+        self.checkpoints.subscribe(f"{P}/_node/checkpoint")
         self.acks = self.ack_watcher()
         self.ingest = self.start_ingest()
         self.publisher = self.probe(name="publisher")
 
     def log(self, *args):
         return json.loads(self.cli.ok("log", *args).stdout)
+
+    def test_signed_checkpoints_and_acks_verify_from_the_published_formats(self):
+        origin = self.node_key["origin"]
+        kid = self.node_key["kid"]
+        public_key = b64url_decode(self.node_key["jwk"]["x"])
+        self.assertEqual(self.cli.ok("key", "show", "--json").stdout.strip(),
+                         json.dumps(self.node_key, separators=(",", ":")))
+        chains = {d: nh.Chain(key, d) for d, key in self.keys.items()}
+        sent = []
+        for i in range(11):
+            chain = chains["dev-l" if i % 2 else "dev-m"]
+            seq = len(chain.lines) + 1
+            line = chain.add(seq)
+            self.publisher.publish(events_topic(chain.device), line.encode())
+            self.acks.wait_ack(chain.device, chain.stream, seq)
+            sent.append(line)
+        leaves = [rfc9162_leaf(line.encode()) for line in sent]
+
+        # The retained checkpoint follows the burst (at most a second later) and verifies.
+        topic = f"{P}/_node/checkpoint"
+        self.checkpoints.wait_message(
+            lambda m: m[0] == topic and m[1].startswith(f"{origin}\n{len(sent)}\n".encode()),
+            f"the checkpoint of {len(sent)} leaves")
+        notes = [m[1].decode() for m in self.checkpoints.received(topic)]
+        for note in notes:
+            size, root = verify_signed_checkpoint(note, origin, public_key)
+            self.assertEqual(root, rfc9162_root(leaves[:size]), f"checkpoint of {size}")
+        # A late subscriber gets the latest one, retained.
+        late = self.probe(name="late")
+        late.subscribe(topic)
+        late.wait_message(lambda m: m[0] == topic and m[2], "the retained checkpoint")
+        size, root = verify_signed_checkpoint(late.received(topic)[-1][1].decode(), origin,
+                                              public_key)
+        self.assertEqual((size, root), (len(sent), rfc9162_root(leaves)))
+        # On request, the same note.
+        printed = self.cli.ok("log", "checkpoint", "--signed").stdout
+        self.assertEqual(verify_signed_checkpoint(printed, origin, public_key),
+                         (len(sent), rfc9162_root(leaves)))
+        forged = printed.replace(f"\n{len(sent)}\n", f"\n{len(sent) - 1}\n")
+        with self.assertRaises(AssertionError):
+            verify_signed_checkpoint(forged, origin, public_key)
+
+        # Every ack carries the node's signed statement: stream and seq for old agents, and a
+        # JWS whose inclusion proof puts the acked envelope in the log.
+        checked = 0
+        for device, chain in chains.items():
+            for ack in self.acks.raw_acks(device):
+                jws = ack["signed"]
+                header = json.loads(b64url_decode(jws["protected"]))
+                self.assertEqual(header, {"alg": "EdDSA", "kid": kid, "typ": "reflow-ack+json"})
+                signing_input = f"{jws['protected']}.{jws['payload']}".encode()
+                signature = b64url_decode(jws["signature"])
+                self.assertTrue(ed25519_verify(public_key, signature, signing_input))
+                self.assertFalse(ed25519_verify(public_key, signature, signing_input + b" "))
+                payload = json.loads(b64url_decode(jws["payload"]))
+                self.assertEqual((payload["device"], payload["stream"], payload["seq"]),
+                                 (device, ack["stream"], ack["seq"]))
+                self.assertEqual((payload["node"], payload["origin"]), (kid, origin))
+                index, size = payload["leaf_index"], payload["tree_size"]
+                envelope = chain.lines[ack["seq"]].encode()
+                self.assertEqual(leaves[index], rfc9162_leaf(envelope))
+                root = base64.b64decode(payload["root"])
+                self.assertEqual(root, rfc9162_root(leaves[:size]))
+                proof = [base64.b64decode(p) for p in payload["inclusion"]]
+                self.assertTrue(rfc9162_verify_inclusion(index, size, rfc9162_leaf(envelope),
+                                                         proof, root), payload)
+                checked += 1
+        self.assertGreaterEqual(checked, len(sent))
 
     def test_every_event_is_proven_in_every_checkpoint_by_an_independent_verifier(self):
         chains = {d: nh.Chain(key, d) for d, key in self.keys.items()}

@@ -146,7 +146,8 @@ TEST_F(IngestConfigTest, EveryErrorNamesFileLineAndKey) {
   };
   const std::vector<Case> cases = {
       {"[ingest]\ncolour = 1\n", 2, "ingest.colour",
-       "unknown key (known keys in [ingest]: data_dir, log_level, max_batch, ack_interval)"},
+       "unknown key (known keys in [ingest]: data_dir, log_level, max_batch, ack_interval, "
+       "node_key_file, log_origin)"},
       {"[ingset]\n", 1, "ingset", "unknown table"},
       {"verbose = true\n", 1, "verbose", "unknown key"},
       {"mqtt = \"x\"\n", 1, "mqtt", "expected a table [mqtt]; got \"x\""},
@@ -200,6 +201,29 @@ TEST_F(IngestConfigTest, EveryErrorNamesFileLineAndKey) {
               0u)
         << message;
     EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+  }
+}
+
+TEST_F(IngestConfigTest, NodeKeyAndLogOriginHaveDefaultsAndAreChecked) {
+  auto defaults = parse_ingest_config("[ingest]\ndata_dir = \"/srv/node\"\n", "ingest.toml");
+  ASSERT_TRUE(defaults.has_value()) << defaults.error().message;
+  EXPECT_EQ(defaults->effective_node_key_file(), "/srv/node/node.key");
+  EXPECT_TRUE(defaults->effective_log_origin().ends_with("/reflow-ingest"));
+
+  auto set = parse_ingest_config(
+      "[ingest]\nnode_key_file = \"/etc/keys/node.key\"\nlog_origin = \"fablab.example/log\"\n",
+      "ingest.toml");
+  ASSERT_TRUE(set.has_value()) << set.error().message;
+  EXPECT_EQ(set->effective_node_key_file(), "/etc/keys/node.key");
+  EXPECT_EQ(set->effective_log_origin(), "fablab.example/log");
+
+  // c2sp.org/signed-note: a key name holds no space and no '+'.
+  for (const char* origin : {"fab lab", "fab+lab"}) {
+    auto bad =
+        parse_ingest_config(fmt::format("[ingest]\nlog_origin = \"{}\"\n", origin), "ingest.toml");
+    ASSERT_FALSE(bad.has_value()) << origin;
+    EXPECT_NE(bad.error().message.find("ingest.toml:2: ingest.log_origin"), std::string::npos)
+        << bad.error().message;
   }
 }
 

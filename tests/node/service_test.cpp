@@ -21,17 +21,21 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <mqtt/async_client.h>
+#include <sodium.h>
 #include <nlohmann/json.hpp>
 
 #include <reflow/core/env.hpp>
 #include <reflow/core/event.hpp>
 #include <reflow/core/jose.hpp>
 #include <reflow/core/logger.hpp>
+#include <reflow/core/merkle.hpp>
+#include <reflow/core/signed_note.hpp>
 #include <reflow/core/tls.hpp>
 #include <reflow/core/ulid.hpp>
 #include <reflow/core/units.hpp>
 #include <reflow/node/ca.hpp>
 #include <reflow/node/config.hpp>
+#include <reflow/node/node_key.hpp>
 #include <reflow/node/store.hpp>
 
 #include "mosquitto.hpp"
@@ -45,6 +49,7 @@ using namespace std::chrono_literals;
 constexpr const char* k_device = "dev-1";
 constexpr const char* k_events_topic = "reflow/v1/dev-1/events";
 constexpr const char* k_ack_topic = "reflow/v1/dev-1/ack";
+constexpr const char* k_checkpoint_topic = "reflow/v1/_node/checkpoint";
 
 // Polls a condition with a generous bound; tests wait for what happens, never for time to pass.
 bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds bound = 30s) {
@@ -117,15 +122,21 @@ class DeviceClient {
                  mqtt::create_options(MQTTVERSION_3_1_1, 2000),
                  static_cast<mqtt::iclient_persistence*>(nullptr)) {
     m_client.set_message_callback([this](mqtt::const_message_ptr message) {
-      auto ack = nlohmann::json::parse(message->to_string());
       std::lock_guard lock(m_mutex);
+      if (message->get_topic() == k_checkpoint_topic) {
+        m_checkpoints.push_back(message->to_string());
+        return;
+      }
+      auto ack = nlohmann::json::parse(message->to_string());
       m_acks.push_back({ack.at("stream").get<std::string>(), ack.at("seq").get<std::int64_t>()});
+      m_raw_acks.push_back(std::move(ack));
     });
     mqtt::connect_options options;
     options.set_mqtt_version(MQTTVERSION_3_1_1);
     options.set_clean_session(true);
     m_client.connect(options)->wait();
     m_client.subscribe(k_ack_topic, 1)->wait();
+    m_client.subscribe(k_checkpoint_topic, 1)->wait();
   }
   ~DeviceClient() {
     try {
@@ -152,6 +163,16 @@ class DeviceClient {
     return m_acks;
   }
 
+  // The acks as published (with `signed` when the node has a key), and the log's checkpoints.
+  std::vector<nlohmann::json> raw_acks() const {
+    std::lock_guard lock(m_mutex);
+    return m_raw_acks;
+  }
+  std::vector<std::string> checkpoints() const {
+    std::lock_guard lock(m_mutex);
+    return m_checkpoints;
+  }
+
   std::optional<AckPoint> last_ack() const {
     std::lock_guard lock(m_mutex);
     if (m_acks.empty()) return std::nullopt;
@@ -167,6 +188,8 @@ class DeviceClient {
   mqtt::async_client m_client;
   mutable std::mutex m_mutex;
   std::vector<AckPoint> m_acks;
+  std::vector<nlohmann::json> m_raw_acks;
+  std::vector<std::string> m_checkpoints;
 };
 
 // Passes every call to the real store; the test stores below override what they change.
@@ -407,6 +430,64 @@ TEST_F(IngestServiceTest, BurstEndsWithTheAckAtItsLastSeqFromFarFewerAckPublishe
   EXPECT_LT(device.acks().size(), 1000u);
   EXPECT_LT(service->counters().acks_published, 1000u);
   EXPECT_EQ(stored_events().size(), 1000u);
+}
+
+// With a node key (PROTOCOL §5.1): every ack carries the node's signed statement with the acked
+// event's inclusion proof, and the log's signed checkpoint goes out at start, then at most once a
+// second: a burst stored one envelope per batch makes no checkpoint until the node's clock has
+// passed the second, then exactly one, of the whole burst.
+TEST_F(IngestServiceTest, WithANodeKeyAcksAreSignedAndOneCheckpointFollowsABurst) {
+  m_config.data_dir = m_dir / "node";
+  m_config.log_origin = "test.example/log";
+  m_config.max_batch = 1;
+  auto jwk = create_node_key(m_config);
+  ASSERT_TRUE(jwk.has_value()) << jwk.error().message;
+  auto service = start_service(m_config);
+  EXPECT_EQ(service->counters().node_kid, jwk->kid);
+  DeviceClient device(m_broker.port());
+  ASSERT_TRUE(eventually([&] { return device.checkpoints().size() == 1; }));
+  auto empty = agent::note::verify_checkpoint(device.checkpoints()[0], "test.example/log", *jwk);
+  ASSERT_TRUE(empty.has_value()) << empty.error().message;
+  EXPECT_EQ(empty->size, 0u);
+
+  SignedStream stream(*m_key, k_device, m_env);
+  const auto envelopes = stream.next(30);
+  device.publish_all(envelopes);
+  ASSERT_TRUE(eventually([&] { return device.last_ack_is(stream.stream(), 30); }));
+  m_env.advance_ms(1000);
+  ASSERT_TRUE(eventually([&] { return device.checkpoints().size() >= 2; }));
+  const auto notes = device.checkpoints();
+  ASSERT_EQ(notes.size(), 2u);
+  auto full = agent::note::verify_checkpoint(notes[1], "test.example/log", *jwk);
+  ASSERT_TRUE(full.has_value()) << full.error().message;
+  EXPECT_EQ(full->size, 30u);
+
+  const nlohmann::json last = device.raw_acks().back();
+  const auto& jws = last.at("signed");
+  const std::string signing_input =
+      jws.at("protected").get<std::string>() + "." + jws.at("payload").get<std::string>();
+  auto signature = agent::base64url_decode(jws.at("signature").get<std::string>());
+  ASSERT_TRUE(signature.has_value() && signature->size() == 64);
+  EXPECT_EQ(
+      crypto_sign_verify_detached(reinterpret_cast<const unsigned char*>(signature->data()),
+                                  reinterpret_cast<const unsigned char*>(signing_input.data()),
+                                  signing_input.size(), jwk->x.data()),
+      0);
+  const auto payload =
+      nlohmann::json::parse(*agent::base64url_decode(jws.at("payload").get<std::string>()));
+  EXPECT_EQ(payload.at("seq"), 30);
+  EXPECT_EQ(payload.at("leaf_index"), 29);
+  EXPECT_EQ(payload.at("tree_size"), 30);
+  EXPECT_EQ(payload.at("root"), agent::note::base64_encode(full->root));
+  std::vector<agent::merkle::Hash> proof;
+  for (const auto& hash : payload.at("inclusion")) {
+    auto bytes = agent::note::base64_decode(hash.get<std::string>());
+    ASSERT_TRUE(bytes.has_value() && bytes->size() == 32);
+    proof.emplace_back();
+    std::copy(bytes->begin(), bytes->end(), proof.back().begin());
+  }
+  EXPECT_TRUE(agent::merkle::verify_inclusion(29, 30, agent::merkle::leaf_hash(envelopes[29]),
+                                              proof, full->root));
 }
 
 // Regression: with a full queue, Paho's receiving thread waits in the message callback (holding

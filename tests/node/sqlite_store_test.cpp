@@ -822,7 +822,19 @@ TEST_F(SqliteStoreTest, LogHoldsEveryStoredEnvelopeInOrderWithProofs) {
     EXPECT_TRUE(
         agent::merkle::verify_inclusion(entry.index, last.size, entry.leaf, *proof, last.root))
         << "leaf " << i;
+    // What a signed ack carries: the same leaf, proof and checkpoint, by (device, stream, seq).
+    auto inclusion = m_store->log_inclusion(logged[i]->device, logged[i]->stream, logged[i]->seq);
+    ASSERT_TRUE(inclusion) << inclusion.error().message;
+    ASSERT_TRUE(inclusion->has_value());
+    EXPECT_EQ((*inclusion)->entry.index, i);
+    EXPECT_EQ((*inclusion)->entry.leaf, entry.leaf);
+    EXPECT_EQ((*inclusion)->checkpoint.size, last.size);
+    EXPECT_EQ((*inclusion)->checkpoint.root, last.root);
+    EXPECT_EQ((*inclusion)->proof, *proof);
   }
+  auto not_stored = m_store->log_inclusion(logged[0]->device, logged[0]->stream, 99);
+  ASSERT_TRUE(not_stored) << not_stored.error().message;
+  EXPECT_FALSE(not_stored->has_value());
   for (const auto& older : checkpoints) {
     for (const auto& newer : checkpoints) {
       if (older.size > newer.size) continue;

@@ -21,6 +21,7 @@
 #include <reflow/core/tls.hpp>
 #include <reflow/core/units.hpp>
 #include <reflow/node/ca.hpp>
+#include <reflow/node/node_key.hpp>
 
 #include "commands.hpp"
 
@@ -202,6 +203,10 @@ int ca_enroll(const CaArgs& args) {
   }
   auto csr = read_csr_or_report(args.csr_file);
   if (!csr) return 1;
+  // The node's key, when it has one, goes to the device with the CA: its acks are signed by it
+  // (PROTOCOL §5.1).
+  auto signer = NodeSigner::load(*config);
+  if (print_if_error(signer)) return 1;
   const auto ca_cert_path = config->effective_ca_dir() / k_ca_cert_file;
   Delivery delivery(args.out_file);
   std::string bundle_name = args.out_file.empty() ? "stdout" : args.out_file;
@@ -216,6 +221,7 @@ int ca_enroll(const CaArgs& args) {
                 bundle.topic_prefix = config->topic_prefix;
                 bundle.ca_cert = *ca_pem;
                 bundle.device_cert = issued.pem;
+                if (*signer) bundle.node_ack_jwk = (*signer)->public_jwk().to_json();
                 return delivery.write(agent::enrolment::to_json(bundle));
               });
   if (!issued) return delivery.failed(issued.error());
@@ -317,7 +323,8 @@ void add_ca_commands(CLI::App& app, int& exit_code) {
       "Issue a device certificate from a CSR (`reflow-agent enroll`), as `ca sign` does, and "
       "write everything the device needs into one enrolment bundle (JSON: the CA's and the "
       "device's certificates as PEM, the broker URL, [mqtt] topic_prefix, and node_ack_jwk, "
-      "reserved and null; docs/node-guide.md) for `reflow-agent enroll --config FILE BUNDLE`. "
+      "the node's public key (`key init`) or null; docs/node-guide.md) for `reflow-agent enroll "
+      "--config FILE BUNDLE`. "
       "Nothing is recorded as issued unless the bundle was written");
   add_config_option(*enroll, args->config);
   enroll->add_option("CSR_FILE", args->csr_file, "The CSR (PEM); - reads stdin")->required();

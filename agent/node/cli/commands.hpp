@@ -65,6 +65,7 @@ void add_report_commands(CLI::App& app, int& exit_code);  // report_commands.cpp
 void add_export_command(CLI::App& app, int& exit_code);   // export_commands.cpp: export
 void add_log_commands(CLI::App& app,
                       int& exit_code);  // log_commands.cpp: log checkpoint|prove|consistency
+void add_key_commands(CLI::App& app, int& exit_code);  // key_commands.cpp: key init|show
 void add_ca_commands(CLI::App& app, int& exit_code);  // ca_commands.cpp: ca init|sign|server|client
 
 }  // namespace ingest::cli

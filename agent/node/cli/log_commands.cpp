@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include <reflow/core/merkle.hpp>
+#include <reflow/node/node_key.hpp>
 #include <reflow/node/store.hpp>
 
 #include "commands.hpp"
@@ -24,6 +25,7 @@ struct LogOptions {
   std::string event_id;
   std::optional<std::uint64_t> size;
   std::uint64_t old_size = 0;
+  bool signed_note = false;
 };
 
 nlohmann::ordered_json hex_list(const std::vector<agent::merkle::Hash>& hashes) {
@@ -49,6 +51,22 @@ int run_checkpoint(const LogOptions& options) {
   if (!store) return 1;
   auto checkpoint = checkpoint_of(*store, options.size);
   if (print_if_error(checkpoint)) return 1;
+  if (options.signed_note) {
+    auto config = config_or_report(options.config_path);
+    if (!config) return 1;
+    auto signer = NodeSigner::load(*config);
+    if (print_if_error(signer)) return 1;
+    if (!*signer) {
+      print_error(
+          fmt::format("the node has no key to sign with: {} does not exist; create it "
+                      "with `reflow-ingest key init`",
+                      config->effective_node_key_file().string()));
+      return 1;
+    }
+    std::cout << (*signer)->checkpoint_note(*checkpoint);
+    std::cout.flush();
+    return std::cout ? 0 : 1;
+  }
   return print({{"size", checkpoint->size}, {"root", agent::merkle::to_hex(checkpoint->root)}});
 }
 
@@ -119,6 +137,9 @@ void add_log_commands(CLI::App& app, int& exit_code) {
       "checkpoint", "The log's size and root hash: {\"size\": N, \"root\": HEX}");
   add_config_option(*checkpoint, options->config_path);
   add_size(*checkpoint, "The root of the first N leaves, as the checkpoint of that size was");
+  checkpoint->add_flag("--signed", options->signed_note,
+                       "Print the checkpoint signed by the node's key instead: the C2SP "
+                       "tlog-checkpoint signed note (origin, size, base64 root, signature line)");
   checkpoint->callback([options, &exit_code] { exit_code = run_checkpoint(*options); });
 
   auto* prove = log->add_subcommand(

@@ -57,10 +57,12 @@ std::string connections_text(const IngestCounters& c) {
 
 // One line for systemd's STATUS= (`systemctl status`).
 std::string status_line(const IngestCounters& c) {
-  return fmt::format("{}; stored {}, duplicates {}, rejected {} ({}), acks {}, store errors {}{}",
-                     connections_text(c), c.stored, c.duplicates, c.rejected,
-                     rejection_handling_text(c), c.acks_published, c.store_errors,
-                     c.last_error.empty() ? "" : "; last error: " + c.last_error);
+  return fmt::format(
+      "{}; stored {}, duplicates {}, rejected {} ({}), acks {} ({}), store errors "
+      "{}{}",
+      connections_text(c), c.stored, c.duplicates, c.rejected, rejection_handling_text(c),
+      c.acks_published, c.node_kid.empty() ? "unsigned" : "signed by node key " + c.node_kid,
+      c.store_errors, c.last_error.empty() ? "" : "; last error: " + c.last_error);
 }
 
 // The minute's counts, then the totals since start.

@@ -9,7 +9,6 @@
 #include <utility>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include <reflow/core/units.hpp>
 
@@ -30,6 +29,10 @@ constexpr std::size_t k_acks_in_flight = 64;
 constexpr std::size_t k_default_receive_maximum = 65'535;
 // Appended to mqtt.client_id for the connection that publishes the acks.
 constexpr std::string_view k_acks_client_suffix = "-acks";
+// The checkpoint's topic below PREFIX (PROTOCOL §2), and its key among the devices' acks: a
+// device id starts with [a-z0-9] (PROTOCOL §1), so neither can be a device's.
+constexpr std::string_view k_checkpoint_topic = "_node/checkpoint";
+constexpr std::string_view k_checkpoint_key = "_checkpoint";
 // How long the ack publisher waits for one confirmation before it stops counting that ack.
 constexpr auto k_ack_delivery_wait = std::chrono::seconds(1);
 
@@ -93,14 +96,21 @@ void AckPublisher::stop() {
 // The store thread never calls Paho: Paho's receiving thread may be waiting in the service's
 // queue for the worker to make room, holding a lock that Paho's publish() needs. So acks go to
 // their own thread, through a map that keeps only the latest ack per device.
-void AckPublisher::hand(const std::string& device, const AckPoint& point) {
-  nlohmann::ordered_json body;
-  body["stream"] = point.stream;
-  body["seq"] = point.seq;
-  PendingAck ack{fmt::format("{}/{}/ack", m_config.topic_prefix, device), body.dump()};
+void AckPublisher::hand(const std::string& device, std::string body) {
+  PendingAck ack{fmt::format("{}/{}/ack", m_config.topic_prefix, device), std::move(body)};
   {
     std::lock_guard lock(m_out_mutex);
     m_out.insert_or_assign(device, std::move(ack));
+  }
+  m_out_cv.notify_one();
+}
+
+void AckPublisher::hand_checkpoint(std::string note) {
+  PendingAck checkpoint{fmt::format("{}/{}", m_config.topic_prefix, k_checkpoint_topic),
+                        std::move(note)};
+  {
+    std::lock_guard lock(m_out_mutex);
+    m_out.insert_or_assign(std::string(k_checkpoint_key), std::move(checkpoint));
   }
   m_out_cv.notify_one();
 }
@@ -147,7 +157,7 @@ void AckPublisher::run(std::stop_token stop) {
       try {
         in_flight.push_back(m_client->publish(
             mqtt::make_message(it->second.topic, it->second.body, k_service_qos, true)));
-        ++published;
+        if (it->first != k_checkpoint_key) ++published;
         it = round.erase(it);
       } catch (const std::exception& e) {
         failure = fmt::format("publishing the ack on {} failed: {}", it->second.topic, e.what());

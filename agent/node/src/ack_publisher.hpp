@@ -30,7 +30,8 @@
 
 namespace ingest {
 
-/// Publishes acks, retained, QoS 1, `{"stream":"…","seq":N}` on `PREFIX/DEVICE/ack`, on a
+/// Publishes acks, retained, QoS 1, `{"stream":"…","seq":N}` on `PREFIX/DEVICE/ack` (and the
+/// log's signed checkpoint on `PREFIX/_node/checkpoint`, the same way), on a
 /// connection of its own (`client_id` + "-acks", MQTT 5, clean start, no session): on the events
 /// connection the broker's PUBACK to an ack waits behind every event it has queued for the
 /// service, which held the acks back for a whole backlog's drain.
@@ -63,9 +64,14 @@ class AckPublisher {
   /// std::system_error when no thread can be had.
   void start();
 
-  /// From any thread: `point` becomes the ack to publish next for `device`, replacing one of the
-  /// same device not yet handed to Paho.
-  void hand(const std::string& device, const AckPoint& point);
+  /// From any thread: `body` (ack_body(), PROTOCOL §5) becomes the ack to publish next for
+  /// `device`, replacing one of the same device not yet handed to Paho.
+  void hand(const std::string& device, std::string body);
+
+  /// From any thread: `note` (the log's signed checkpoint, PROTOCOL §5.1) becomes the checkpoint
+  /// to publish next, retained on PREFIX/_node/checkpoint, replacing one not yet handed to Paho.
+  /// Not counted in acks_published.
+  void hand_checkpoint(std::string note);
 
   /// Publishes what was handed over (while connected and before the stop deadline), waits for
   /// the broker to confirm it, and joins the thread. Call after the last hand(); what is left is

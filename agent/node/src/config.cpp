@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #include <reflow/node/config.hpp>
 
+#include <unistd.h>
+
+#include <array>
 #include <string>
 #include <string_view>
 
@@ -8,6 +11,7 @@
 #include <toml++/toml.h>
 
 #include <reflow/core/event.hpp>
+#include <reflow/core/signed_note.hpp>
 #include <reflow/core/ulid.hpp>
 
 #include <reflow/core/config_table.hpp>
@@ -107,6 +111,18 @@ IngestSchema make_schema() {
   add("ingest", "ack_interval", "duration", "\"100ms\"",
       "Per device, at most one ack per interval; the last ack of a burst always follows.",
       duration_key(&IngestConfig::ack_interval, 0ms, 60s));
+  add("ingest", "node_key_file", "path", "(data_dir/node.key)",
+      "The node's Ed25519 key (`key init`): signs the acks and the log's checkpoints. Without "
+      "the file, acks are unsigned and no checkpoint is published.",
+      path_key(&IngestConfig::node_key_file));
+  add("ingest", "log_origin", "string", "(HOST NAME/reflow-ingest)",
+      "The log's origin (c2sp.org/tlog-checkpoint): first line of each checkpoint and the name "
+      "of the node's key in its signature; a schema-less URL such as \"fablab.example/reflow\". "
+      "Set it once: auditors pin it.",
+      string_key(&IngestConfig::log_origin,
+                 "expected a name without spaces or '+', such as \"fablab.example/reflow\" "
+                 "(c2sp.org/signed-note)",
+                 agent::note::is_valid_key_name));
 
   // [mqtt]
   add_mqtt_keys(schema,
@@ -218,6 +234,15 @@ agent::Result<IngestConfig> load_ingest_config(const std::filesystem::path& path
 
 agent::Result<IngestConfig> parse_ingest_config(std::string_view text, std::string_view file_name) {
   return parse_document(text, std::string(file_name), directory_of(file_name));
+}
+
+std::string IngestConfig::effective_log_origin() const {
+  if (!log_origin.empty()) return log_origin;
+  std::array<char, 256> host{};
+  std::string name = ::gethostname(host.data(), host.size() - 1) == 0 ? host.data() : "";
+  // A host name never holds a space or '+', but an empty one would make an invalid key name.
+  if (!agent::note::is_valid_key_name(name)) name = "localhost";
+  return name + "/reflow-ingest";
 }
 
 const std::vector<agent::ConfigKeyInfo>& ingest_config_reference() {

@@ -23,6 +23,7 @@
 #include <reflow/core/units.hpp>
 #include <reflow/node/key_lookup.hpp>
 #include <reflow/node/log_limiter.hpp>
+#include <reflow/node/node_key.hpp>
 #include <reflow/node/verifier.hpp>
 
 namespace ingest {
@@ -32,6 +33,9 @@ constexpr std::string_view k_component = k_service_component;
 constexpr auto k_max_wait = k_service_max_wait;
 // Rejections logged per sender (topic DEVICE) and minute; the rest get one summary line.
 constexpr LogLimits k_log_limits{};
+// The log's signed checkpoint is published at most once per this (PROTOCOL §5.1), and once it
+// has passed after a burst.
+constexpr auto k_checkpoint_interval = std::chrono::seconds(1);
 constexpr auto k_store_retry_min = std::chrono::milliseconds(100);
 constexpr auto k_store_retry_max = std::chrono::seconds(10);
 // Envelopes waiting for the worker, per envelope of max_batch: one batch being stored while the
@@ -397,6 +401,7 @@ struct IngestPipeline::Impl {
             log.warning(k_component, "stored {} stream {} seq {}; {}", item.event->device,
                         item.event->stream, item.event->seq, result.detail);
           mark(item.event->device, false);
+          checkpoint_dirty = true;
           break;
         case PutOutcome::duplicate:
           ++duplicates;
@@ -489,11 +494,63 @@ struct IngestPipeline::Impl {
         ack.dirty = false;
         continue;
       }
-      acks.hand(device, current);
+      auto body = ack_body_of(device, current);
+      if (!body) {
+        log.warning(k_component, "signing the ack of {} failed: {}; retrying", device,
+                    body.error().message);
+        next_ack_due = std::min(next_ack_due, now + k_max_wait);
+        continue;
+      }
+      acks.hand(device, std::move(*body));
       ack.dirty = ack.force = false;
       ack.last_sent = now;
       ack.last_published = current;
     }
+    publish_due_checkpoint(now, final);
+  }
+
+  // The ack's body: unsigned without a node key (PROTOCOL §5), else with the node's signed
+  // statement of the event's inclusion in the log as it is now (§5.1).
+  Result<std::string> ack_body_of(const std::string& device, const AckPoint& point) {
+    if (signer == nullptr) return ack_body(point, nullptr);
+    auto inclusion = store.log_inclusion(device, point.stream, point.seq);
+    if (!inclusion) return std::unexpected(inclusion.error());
+    if (!*inclusion)
+      return agent::fail(
+          agent::ErrorCode::not_found,
+          fmt::format("stream {} seq {} is not in the log", point.stream, point.seq));
+    AckStatement statement{device,
+                           point,
+                           env.now_unix_ms(),
+                           (*inclusion)->checkpoint.size,
+                           (*inclusion)->checkpoint.root,
+                           (*inclusion)->entry.index,
+                           std::move((*inclusion)->proof)};
+    const nlohmann::ordered_json signed_ack = signer->sign_ack(statement);
+    return ack_body(point, &signed_ack);
+  }
+
+  // Hands the log's signed checkpoint to the publisher when the log grew, at most once per
+  // k_checkpoint_interval (a trailing one after a burst; at once when `final`).
+  void publish_due_checkpoint(Clock::time_point now, bool final) {
+    if (signer == nullptr || !checkpoint_dirty) return;
+    if (!final && last_checkpoint_sent && now < *last_checkpoint_sent + k_checkpoint_interval) {
+      next_ack_due = std::min(next_ack_due, *last_checkpoint_sent + k_checkpoint_interval);
+      return;
+    }
+    auto checkpoint = store.log_checkpoint();
+    if (!checkpoint) {
+      log.warning(k_component, "reading the log's checkpoint failed: {}; retrying",
+                  checkpoint.error().message);
+      next_ack_due = std::min(next_ack_due, now + k_max_wait);
+      return;
+    }
+    checkpoint_dirty = false;
+    if (last_checkpoint_size == checkpoint->size) return;
+    acks.hand_checkpoint(signer->checkpoint_note(*checkpoint));
+    last_checkpoint_sent = now;
+    last_checkpoint_size = checkpoint->size;
+    log.debug(k_component, "published the log's checkpoint of {} leaves", checkpoint->size);
   }
 
   const IngestConfig& config;
@@ -529,6 +586,10 @@ struct IngestPipeline::Impl {
   // Owned by the store thread.
   std::map<std::string, DeviceAck> device_acks;
   Clock::time_point next_ack_due = Clock::time_point::max();
+  const NodeSigner* signer = nullptr;  ///< set before start(); null: unsigned acks (§5)
+  bool checkpoint_dirty = true;        ///< the log may have grown since the last checkpoint
+  std::optional<Clock::time_point> last_checkpoint_sent;
+  std::optional<std::uint64_t> last_checkpoint_size;
 
   std::jthread store_thread;
   std::jthread worker_thread;
@@ -541,6 +602,10 @@ IngestPipeline::IngestPipeline(const IngestConfig& config, Store& store, agent::
 
 IngestPipeline::~IngestPipeline() {
   stop();
+}
+
+void IngestPipeline::set_signer(const NodeSigner* signer) {
+  m_impl->signer = signer;
 }
 
 void IngestPipeline::start() {

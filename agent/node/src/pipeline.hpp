@@ -10,6 +10,7 @@
 #include <reflow/core/env.hpp>
 #include <reflow/core/logger.hpp>
 #include <reflow/node/config.hpp>
+#include <reflow/node/node_key.hpp>
 #include <reflow/node/store.hpp>
 
 #include "ack_publisher.hpp"
@@ -43,6 +44,11 @@ class IngestPipeline {
 
   IngestPipeline(const IngestPipeline&) = delete;
   IngestPipeline& operator=(const IngestPipeline&) = delete;
+
+  /// Before start(): with a signer, each ack carries the node's signed statement and the log's
+  /// signed checkpoint is published (PROTOCOL §5.1); null (the default): unsigned acks (§5).
+  /// The signer must outlive the pipeline.
+  void set_signer(const NodeSigner* signer);
 
   /// Starts the store thread, then the worker. Throws std::system_error when no thread can be
   /// had (stop() then ends the one started).

@@ -9,10 +9,12 @@
 #include <chrono>
 #include <exception>
 #include <mutex>
+#include <optional>
 
 #include <fmt/format.h>
 
 #include <reflow/core/mqtt_connect.hpp>
+#include <reflow/node/node_key.hpp>
 
 #include "ack_publisher.hpp"
 #include "events_connection.hpp"
@@ -60,6 +62,7 @@ struct IngestService::Impl {
   ServiceStats stats;
   // Set by stop(), read by the threads of the pieces while they run.
   StopDeadline stop_deadline{std::chrono::steady_clock::time_point::max()};
+  std::optional<NodeSigner> signer;  ///< the node's key, when it has one; outlives the pipeline
   // Declared in the order they depend on each other, so that each is destroyed (and its thread
   // joined, its client gone) before what it calls into: the connection hands messages to the
   // pipeline, the pipeline hands acks to the publisher.
@@ -80,6 +83,25 @@ IngestService::~IngestService() {
 Status IngestService::start() {
   if (m_impl->started) return {};
   if (auto ok = m_impl->configure(); !ok) return ok;
+  auto signer = NodeSigner::load(m_impl->config);
+  if (!signer) return std::unexpected(signer.error());
+  m_impl->signer = std::move(*signer);
+  if (m_impl->signer) {
+    m_impl->pipeline.set_signer(&*m_impl->signer);
+    m_impl->log.info(k_service_component,
+                     "signing acks and the log's checkpoints with the node's key {} (log origin "
+                     "{})",
+                     m_impl->signer->public_jwk().kid, m_impl->signer->origin());
+  } else {
+    m_impl->log.info(k_service_component,
+                     "the node has no key ({} does not exist): acks are not signed and no "
+                     "checkpoint is published; `reflow-ingest key init` makes one",
+                     m_impl->config.effective_node_key_file().string());
+  }
+  {
+    std::lock_guard lock(m_impl->stats.mutex);
+    m_impl->stats.counters.node_kid = m_impl->signer ? m_impl->signer->public_jwk().kid : "";
+  }
   try {
     m_impl->acks.start();
     m_impl->pipeline.start();

@@ -207,6 +207,9 @@ constexpr const char* k_sql_log_node = "SELECT hash FROM log_nodes WHERE level =
 constexpr const char* k_sql_log_entries =
     "SELECT l.idx, l.hash, e.device, e.stream, e.seq FROM events e "
     "JOIN log_leaves l ON l.event = e.id WHERE e.event_id = ?1 ORDER BY l.idx";
+constexpr const char* k_sql_log_entry_of =
+    "SELECT l.idx, l.hash FROM events e JOIN log_leaves l ON l.event = e.id "
+    "WHERE e.device = ?1 AND e.stream = ?2 AND e.seq = ?3 ORDER BY l.idx LIMIT 1";
 constexpr const char* k_sql_events_in_order = "SELECT id, envelope FROM events ORDER BY id";
 constexpr const char* k_sql_ack_point =
     "SELECT stream, contiguous FROM streams WHERE device = ?1 ORDER BY last_event DESC LIMIT 1";
@@ -605,6 +608,38 @@ class SqliteStore final : public Store {
     }
     if (rc != SQLITE_DONE) return error(m_reader, rc, "reading the log");
     return entries;
+  }
+
+  Result<std::optional<LogInclusion>> log_inclusion(std::string_view device,
+                                                    std::string_view stream,
+                                                    std::int64_t seq) override {
+    return with_log_snapshot(
+        [&](std::uint64_t log_size,
+            const agent::merkle::PerfectSubtree& lookup) -> Result<std::optional<LogInclusion>> {
+          int rc = SQLITE_OK;
+          sqlite3_stmt* stmt = m_reader.statement(k_sql_log_entry_of, rc);
+          if (stmt == nullptr) return error(m_reader, rc, "reading the log");
+          ResetOnExit reset(stmt);
+          bind_text(stmt, 1, device);
+          bind_text(stmt, 2, stream);
+          sqlite3_bind_int64(stmt, 3, seq);
+          rc = sqlite3_step(stmt);
+          if (rc == SQLITE_DONE) return std::optional<LogInclusion>{};
+          if (rc != SQLITE_ROW) return error(m_reader, rc, "reading the log");
+          LogInclusion out;
+          out.entry.index = static_cast<std::uint64_t>(sqlite3_column_int64(stmt, 0));
+          auto leaf = column_hash(stmt, 1, fmt::format("leaf {}", out.entry.index));
+          if (!leaf) return std::unexpected(leaf.error());
+          out.entry.leaf = *leaf;
+          out.entry.device = std::string(device);
+          out.entry.stream = std::string(stream);
+          out.entry.seq = seq;
+          auto proof = agent::merkle::inclusion_proof(out.entry.index, log_size, lookup);
+          if (!proof) return std::unexpected(proof.error());
+          out.proof = std::move(*proof);
+          out.checkpoint = {log_size, agent::merkle::root(log_size, lookup)};
+          return out;
+        });
   }
 
   Result<std::vector<agent::merkle::Hash>> log_inclusion_proof(std::uint64_t index,
@@ -1587,6 +1622,10 @@ Result<LogCheckpoint> Store::log_checkpoint_at(std::uint64_t) {
   return no_log();
 }
 Result<std::vector<LogEntry>> Store::log_entries(std::string_view) {
+  return no_log();
+}
+Result<std::optional<LogInclusion>> Store::log_inclusion(std::string_view, std::string_view,
+                                                         std::int64_t) {
   return no_log();
 }
 Result<std::vector<agent::merkle::Hash>> Store::log_inclusion_proof(std::uint64_t, std::uint64_t) {

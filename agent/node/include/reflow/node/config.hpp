@@ -26,6 +26,8 @@ struct IngestConfig {
   std::uint32_t max_batch = 512;                ///< envelopes stored in one transaction, at most
   std::chrono::milliseconds ack_interval{100};  ///< per device, at most one ack per interval
                                                 ///< (PROTOCOL §5: "about ten a second")
+  std::filesystem::path node_key_file;  ///< default: DATA_DIR/node.key (the node's Ed25519 key)
+  std::string log_origin;               ///< default: effective_log_origin()
 
   // [mqtt]
   std::string url = "mqtt://127.0.0.1:1883";
@@ -60,6 +62,12 @@ struct IngestConfig {
   std::string source_file;  ///< where this config came from ("" = built-in defaults)
 
   std::filesystem::path store_path() const { return data_dir / "ingest.db"; }
+  std::filesystem::path effective_node_key_file() const {
+    return node_key_file.empty() ? data_dir / "node.key" : node_key_file;
+  }
+  /// log_origin, or "HOST NAME/reflow-ingest" (gethostname) when it is not set: the origin line
+  /// of the log's checkpoints (c2sp.org/tlog-checkpoint) and the key name of their signature.
+  std::string effective_log_origin() const;
   std::filesystem::path effective_ca_dir() const {
     return ca_dir.empty() ? data_dir / "ca" : ca_dir;
   }

@@ -36,6 +36,9 @@ struct IngestCounters {
                                    ///< below the Receive Maximum of the acks connection's MQTT 5
                                    ///< CONNACK when lower; 0 before that connection's first
                                    ///< connect
+  /// The kid (RFC 7638) of the node's key that signs acks and checkpoints; "" when the node has
+  /// none and acks are unsigned (PROTOCOL §5.1)
+  std::string node_kid;
   /// The current fault (a connection down, the store failing): "" when none, and again once
   /// the same thing works (subscribed, the acks connection up, a batch stored)
   std::string last_error;

@@ -214,6 +214,14 @@ struct LogEntry {
   std::int64_t seq = 0;
 };
 
+/// A stored event's inclusion in the log as it is now, read in one snapshot (a signed ack
+/// carries it, PROTOCOL §5.1).
+struct LogInclusion {
+  LogCheckpoint checkpoint;                ///< the log's size and root when read
+  LogEntry entry;                          ///< the event's leaf
+  std::vector<agent::merkle::Hash> proof;  ///< RFC 9162 §2.1.3.1, of entry.index in checkpoint
+};
+
 /// The node's durable state: the device registry, stored events and rejections.
 ///
 /// PROTOCOL §7 steps 6–7 happen here, in put(), because they need the stored state:
@@ -306,6 +314,12 @@ class Store {
   /// The log entries of the stored events whose payload `id` is `event_id` (normally one; ids
   /// are the devices' ULIDs and two devices could pick the same). Errors: io.
   virtual Result<std::vector<LogEntry>> log_entries(std::string_view event_id);
+
+  /// The current checkpoint with the leaf of the stored event (device, stream, seq) and its
+  /// inclusion proof, all of one snapshot; nullopt when no such event is stored. Errors: io.
+  virtual Result<std::optional<LogInclusion>> log_inclusion(std::string_view device,
+                                                            std::string_view stream,
+                                                            std::int64_t seq);
 
   /// The inclusion proof of leaf `index` in the log's first `size` leaves (RFC 9162 §2.1.3.1).
   /// Errors: invalid_argument when index ≥ size or size is beyond the log; io.
