@@ -93,6 +93,22 @@ std::uint64_t peak_rss(pid_t pid) {
   return *bytes;
 }
 
+SmapsRollup proc_smaps_rollup(pid_t pid) {
+  std::ifstream in(fmt::format("/proc/{}/smaps_rollup", pid));
+  SmapsRollup out;
+  std::string key;
+  std::uint64_t kib = 0;
+  std::string unit;
+  // Lines are "Key:   123 kB"; the first line (the address range) does not parse and is skipped.
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream fields(line);
+    if (!(fields >> key >> kib >> unit) || unit != "kB") continue;
+    if (key == "Pss:") out.pss = kib * 1024;
+    if (key == "Private_Clean:" || key == "Private_Dirty:") out.private_bytes += kib * 1024;
+  }
+  return out;
+}
+
 pid_t spawn(const std::vector<std::string>& argv, const fs::path& log_file) {
   pid_t pid = ::fork();
   if (pid < 0) throw BenchError(fmt::format("fork: {}", std::strerror(errno)));

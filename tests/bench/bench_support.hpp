@@ -75,6 +75,16 @@ void reset_peak_rss(pid_t pid);
 // VmHWM of /proc/PID/status, in bytes.
 std::uint64_t peak_rss(pid_t pid);
 
+// Memory of /proc/PID/smaps_rollup (proc(5), Linux 4.14+), in bytes: `pss` is the proportional set
+// size (each mapped page divided by the processes sharing it), `private_bytes` the pages only
+// this process maps (Private_Clean + Private_Dirty), whether anonymous or file-backed. Zero when
+// the file cannot be read.
+struct SmapsRollup {
+  std::uint64_t pss = 0;
+  std::uint64_t private_bytes = 0;
+};
+SmapsRollup proc_smaps_rollup(pid_t pid);
+
 // fork + exec with stdout and stderr appended to `log_file`.
 pid_t spawn(const std::vector<std::string>& argv, const fs::path& log_file);
 

@@ -539,6 +539,7 @@ struct EndToEnd {
   std::uint64_t peak_rss = 0;
   std::uint64_t anon_peak = 0;
   std::uint64_t idle_rss = 0, idle_anon = 0, idle_file = 0;
+  SmapsRollup steady;  // at the end of the run, everything acked
   double write_bytes_per_event = 0;
   std::int64_t republished = 0;
 };
@@ -586,6 +587,7 @@ EndToEnd end_to_end(AgentProcess& agent, Node& node, std::uint64_t count, std::i
   r.acked_s = seconds_between(answers.started, acked_at);
   r.peak_rss = peak_rss(agent.pid());
   r.anon_peak = agent.anon_peak();
+  r.steady = proc_smaps_rollup(agent.pid());
   r.idle_rss = agent.idle_rss;
   r.idle_anon = agent.idle_anon;
   r.idle_file = agent.idle_file;
@@ -724,7 +726,9 @@ OneAtATime one_at_a_time(AgentProcess& agent, Node& node, std::uint64_t count,
       throw BenchError(
           fmt::format("seq {} was not acked and pruned within 30 s: {}", seq, status.dump()));
     const WalSnapshot now = wal_snapshot(agent.outbox());
-    if (now.checkpoints == last.checkpoints) {
+    // A checkpoint that truncates the WAL (the outbox's shrink) sets mxFrame back to 0 before
+    // the next write bumps the WAL header's checkpoint sequence.
+    if (now.checkpoints == last.checkpoints && now.frames >= last.frames) {
       growing_frames += now.frames - last.frames;
       ++growing_events;
     }
@@ -755,6 +759,7 @@ struct Drain {
   double drain_s = 0;
   std::uint64_t drain_peak_rss = 0;
   std::uint64_t drain_anon_peak = 0;
+  SmapsRollup drained;  // right after the backlog reached 0
   std::uint64_t end_rss = 0;
   std::int64_t republished = 0;
 };
@@ -824,6 +829,7 @@ Drain fill_and_drain(AgentProcess& agent, Node& node, Broker& broker, std::uint6
   r.drain_s = seconds_between(started, Clock::now());
   r.drain_peak_rss = peak_rss(agent.pid());
   r.drain_anon_peak = agent.anon_peak();
+  r.drained = proc_smaps_rollup(agent.pid());
   r.end_rss = proc_status_bytes(agent.pid(), "VmRSS").value_or(0);
   r.republished = field(status, "republished") - field(before, "republished");
   return r;
@@ -893,8 +899,10 @@ int run(const Options& options) {
         full.republished);
     fmt::print("    idle after start: VmRSS {} (anon {}, files {})\n", mib(agent.idle_rss),
                mib(agent.idle_anon), mib(agent.idle_file));
-    fmt::print("    peak RSS {} (anon sampled {}), {:.0f} bytes written per event\n",
-               mib(full.peak_rss), mib(full.anon_peak), full.write_bytes_per_event);
+    fmt::print(
+        "    peak RSS {} (anon sampled {}), PSS {}, private {}, {:.0f} bytes written per event\n",
+        mib(full.peak_rss), mib(full.anon_peak), mib(full.steady.pss),
+        mib(full.steady.private_bytes), full.write_bytes_per_event);
     agent.terminate();
   }
 
@@ -1018,12 +1026,19 @@ int run(const Options& options) {
   rows.push_back({"[4]   of which anon / files",
                   fmt::format("{} / {}", mib(full.idle_anon), mib(full.idle_file)), "-", ""});
   rows.push_back({"[4] anon RSS peak (sampled), steady", mib(full.anon_peak), "-", ""});
+  rows.push_back({"[4] PSS / private, steady (smaps_rollup)",
+                  fmt::format("{} / {}", mib(full.steady.pss), mib(full.steady.private_bytes)), "-",
+                  ""});
   if (drain) {
     rows.push_back({"[4] peak RSS, filling", mib(drain->fill_peak_rss), "-", ""});
     rows.push_back(check("[4] peak RSS, draining", mib(drain->drain_peak_rss), "< 16 MiB",
                          drain->drain_peak_rss < 16ull << 20));
     rows.push_back({"[4] anon RSS peak (sampled), draining", mib(drain->drain_anon_peak), "-", ""});
     rows.push_back({"[4] VmRSS at the end", mib(drain->end_rss), "-", ""});
+    rows.push_back(
+        {"[4] PSS / private, drained (smaps_rollup)",
+         fmt::format("{} / {}", mib(drain->drained.pss), mib(drain->drained.private_bytes)), "-",
+         ""});
   }
   rows.push_back({"[5] disk writes/event, full",
                   fmt::format("{:.0f} B", full.write_bytes_per_event), "-", ""});
@@ -1037,6 +1052,11 @@ int run(const Options& options) {
                     fmt::format("{:.0f}", r.write_bytes_per_event), "-", ""});
     rows.push_back({fmt::format("[5b]   WAL transactions / frames per event, {}", durability),
                     fmt::format("{:.2f} / {:.2f}", r.transactions_per_event, r.frames_per_event),
+                    "-", ""});
+    rows.push_back({fmt::format("[5b]   WAL frames per commit, {}", durability),
+                    r.transactions_per_event > 0
+                        ? fmt::format("{:.2f}", r.frames_per_event / r.transactions_per_event)
+                        : std::string("-"),
                     "-", ""});
     rows.push_back(
         {fmt::format("[5b]   WAL checkpoints in {} events, {}", options.single, durability),

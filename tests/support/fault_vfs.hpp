@@ -24,6 +24,17 @@ struct FaultVfs {
   /// is full until that file (the outbox's reserve) is deleted. The string must outlive the use.
   std::atomic<const char*> full_while_exists{nullptr};
 
+  /// Power-cut simulation. While `record_unsynced` is set, every write and truncate of a database
+  /// or WAL file keeps the bytes it replaced until that file's next xSync. power_cut() then puts
+  /// all of those bytes back (each file as it was at its last fsync: every write that was not
+  /// synced is lost, the worst a power cut can do) and, until power_restored(), drops every
+  /// write, truncate, sync and delete: the connections still open belong to a machine that is
+  /// off, and closing them must not checkpoint or delete anything. Also removes `-shm` files,
+  /// which live in memory on a real device (tmpfs) or are rebuilt from the WAL.
+  std::atomic<bool> record_unsynced{false};
+  void power_cut();
+  void power_restored();
+
   /// Registers the VFS as the default, once per process (call before opening the databases it
   /// must serve), and returns its switches.
   static FaultVfs& install();

@@ -153,7 +153,11 @@ class Outbox {
   /// `seq` is beyond the last committed seq (nothing is pruned; the message names both seqs),
   /// no_space or io when the prune cannot be committed. A large ack is pruned in transactions of
   /// about 1 MiB of envelopes each, so the WAL stays small and a nearly full disk can take it;
-  /// when one fails, the ones before it stay recorded (stats().acked_seq says how far).
+  /// when one fails, the ones before it stay recorded (stats().acked_seq says how far). With
+  /// Durability::full the prune is committed without an fsync: a power cut may lose the acks
+  /// recorded since the last append (whose fsync makes them durable), and the events they covered
+  /// are then republished until the node's retained ack prunes them again (PROTOCOL §5
+  /// duplicates); answered events are never lost.
   Result<std::int64_t> apply_ack(const std::string& stream, std::int64_t seq);
 
   OutboxStats stats() const;
