@@ -65,10 +65,35 @@ def chain_hash(protected_b64, payload_b64):
     return b64url(hashlib.sha256(f"{protected_b64}.{payload_b64}".encode("ascii")).digest())
 
 
+def ephemeral_port_floor():
+    """The first port of the kernel's ephemeral range (ip_local_port_range), 32768 by default."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port that is free now, below the kernel's ephemeral range.
+
+    A test that stops its broker and starts it again on the same port needs the port to stay
+    free in between. A port the kernel hands out for bind(0) comes from the ephemeral range, from
+    which it also picks the source port of every outgoing connection, so any client of a test
+    running in parallel may take it meanwhile (seen in CI: the restarted Mosquitto exited with
+    "Address already in use"). Below that range only listeners that bind it by number take it."""
+    floor = ephemeral_port_floor()
+    first = 10000 if floor > 11000 else 1024
+    rng = secrets.SystemRandom()
+    for _ in range(1000):
+        port = rng.randrange(first, floor)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in {first}..{floor - 1}")
 
 
 def wait_for(predicate, what, timeout=WAIT_S, interval=0.05):

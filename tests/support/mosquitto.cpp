@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <random>
 #include <stdexcept>
 #include <thread>
 
@@ -30,21 +31,41 @@ bool accepts_connections(int port) {
   return ok;
 }
 
+// The first port of the kernel's ephemeral range (ip_local_port_range), 32768 by default.
+int ephemeral_port_floor() {
+  std::ifstream range("/proc/sys/net/ipv4/ip_local_port_range");
+  int floor = 0;
+  if (range >> floor && floor > 1024) return floor;
+  return 32768;
+}
+
+bool can_bind(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return false;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  ::close(fd);
+  return ok;
+}
+
 }  // namespace
 
 int free_loopback_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    throw std::runtime_error("cannot bind a loopback port");
-  }
-  socklen_t len = sizeof addr;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
+  // Below the ephemeral range, from which the kernel also takes every outgoing connection's
+  // source port: a broker stopped and started again on its port must find it free, and any
+  // client of a test running in parallel could take an ephemeral one meanwhile (CI saw the
+  // restarted Mosquitto exit with "Address already in use").
+  const int floor = ephemeral_port_floor();
+  const int first = floor > 11000 ? 10000 : 1024;
+  std::random_device seed;
+  std::mt19937 rng(seed());
+  std::uniform_int_distribution<int> pick(first, floor - 1);
+  for (int attempt = 0; attempt < 1000; ++attempt)
+    if (const int port = pick(rng); can_bind(port)) return port;
+  throw std::runtime_error("no free loopback port below the ephemeral range");
 }
 
 std::string mosquitto_binary() {

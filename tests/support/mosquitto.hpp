@@ -45,7 +45,9 @@ class MosquittoProcess {
   bool m_reads_files = false;  ///< as root, keep root to read the 0600 files in m_dir
 };
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+/// A TCP port on 127.0.0.1 that is free now (bound and released), chosen at random below the
+/// kernel's ephemeral range so that no outgoing connection takes it while a test's broker is
+/// stopped and started again on it.
 int free_loopback_port();
 
 /// The mosquitto binary: $REFLOW_MOSQUITTO, else /usr/sbin/mosquitto.
