@@ -264,6 +264,10 @@ class RealScaleReader final : public ScaleReader {
   }
 
   void handle(const std::string& frame) {
+    // The frame's time is read before it is counted: whoever waits for the count (a test on the
+    // fake Env clock) may move the clock as soon as it sees it.
+    const std::int64_t unix_ms = m_env.now_unix_ms();
+    const auto at = m_env.steady_now();
     m_worker.update([](ScaleHealth& h) { ++h.frames; });
     auto reading = parse_frame(m_config.protocol, frame);
     if (!reading) {
@@ -288,8 +292,8 @@ class RealScaleReader final : public ScaleReader {
     Weight weight;
     weight.kilograms = settled->kilograms;
     weight.net = settled->net;
-    weight.unix_ms = m_env.now_unix_ms();
-    weight.at = m_env.steady_now();
+    weight.unix_ms = unix_ms;
+    weight.at = at;
     m_worker.update([&](ScaleHealth& h) {
       ++h.weights;
       h.last_kilograms = weight.kilograms;
