@@ -732,6 +732,42 @@ TEST_F(IngestServiceTest, ReconnectsAfterABrokerRestartAndKeepsReceiving) {
   EXPECT_EQ(service->counters().last_error, "");
 }
 
+// Issue 15: the node's MQTT password is rotated while it runs: the broker restarts with the new
+// one and the file says it. Each connect attempt of both connections reads the file again, so the
+// service comes back without a restart (it used to retry the old password for ever).
+TEST_F(IngestServiceTest, EachReconnectReadsThePasswordFileAgain) {
+  const auto password_file = m_dir / "mqtt.password";
+  const auto write_password = [&](const char* password) {
+    std::ofstream(password_file) << password << "\n";
+    std::filesystem::permissions(
+        password_file, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  };
+  m_broker.stop();
+  m_broker.require_password("ingest", "first-secret");
+  m_broker.start();
+  write_password("first-secret");
+  IngestConfig config = m_config;
+  config.username = "ingest";
+  config.password_file = password_file;
+  auto service = start_service(config);
+  ASSERT_TRUE(eventually([&] { return service->counters().acks_connected; }));
+
+  m_broker.stop();
+  ASSERT_TRUE(eventually([&] {
+    const auto counters = service->counters();
+    return !counters.connected && !counters.acks_connected;
+  }));
+  m_broker.require_password("ingest", "second-secret");
+  write_password("second-secret");
+  m_broker.start();
+  ASSERT_TRUE(eventually([&] {
+    m_env.advance_ms(100);
+    const auto counters = service->counters();
+    return counters.subscribed && counters.acks_connected;
+  })) << service->counters().last_error;
+  EXPECT_EQ(service->counters().last_error, "");
+}
+
 // Issue 15: a broker certificate that does not name the URL's host is named as such, with the
 // certificate's names, not as "MQTT error [-1]: Failure".
 TEST_F(IngestServiceTest, LastErrorNamesTheCertificatesNamesAndTheUrlsHost) {

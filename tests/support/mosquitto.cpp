@@ -15,6 +15,7 @@
 #include <random>
 #include <stdexcept>
 #include <thread>
+#include <utility>
 
 namespace reflow_test {
 namespace {
@@ -158,6 +159,7 @@ void MosquittoProcess::require_password(const std::string& user, const std::stri
   if (pid < 0 || ::waitpid(pid, &status, 0) != pid || !WIFEXITED(status) ||
       WEXITSTATUS(status) != 0)
     throw std::runtime_error(binary + " failed to write " + file.string());
+  if (std::exchange(m_password_required, true)) return;
   add_config("allow_anonymous false");
   add_config("password_file " + file.string());
   m_reads_files = true;

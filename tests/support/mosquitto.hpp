@@ -28,7 +28,8 @@ class MosquittoProcess {
   /// `key` (PEM), clients' certificates checked against `ca` when they send one.
   void enable_tls(const std::filesystem::path& ca, const std::filesystem::path& cert,
                   const std::filesystem::path& key);
-  /// From the next start() on, only `user` with `password` may connect (a password_file made
+  /// From the next start() on, only `user` with `password` may connect; called again, it
+  /// replaces the user and password (a rotated password) (a password_file made
   /// with mosquitto_passwd, beside the mosquitto binary). Throws std::runtime_error when
   /// mosquitto_passwd fails.
   void require_password(const std::string& user, const std::string& password);
@@ -42,7 +43,8 @@ class MosquittoProcess {
   int m_port = 0;
   pid_t m_pid = -1;
   std::string m_extra_config;
-  bool m_reads_files = false;  ///< as root, keep root to read the 0600 files in m_dir
+  bool m_password_required = false;  ///< the password_file lines are in the config
+  bool m_reads_files = false;        ///< as root, keep root to read the 0600 files in m_dir
 };
 
 /// A TCP port on 127.0.0.1 that is free now (bound and released), chosen at random below the

@@ -71,6 +71,7 @@ AckPublisher::~AckPublisher() {
 Status AckPublisher::configure(const agent::mqtt_connect::BrokerAddress& address) {
   // Clean start, no session: it subscribes to nothing, and an ack lost with a connection is
   // replaced by the device's next one or republished for the agent's duplicate.
+  m_tls = address.tls;
   if (auto ok = set_service_options(m_config, m_connect_options, /*clean_start=*/true, address.tls);
       !ok)
     return ok;
@@ -256,38 +257,44 @@ bool AckPublisher::connect(std::stop_token stop) {
   }
   std::string failure;
   mqtt::token_ptr token;
-  try {
-    token = m_client->connect(m_connect_options);
-    // Paho enforces connect_timeout; the margin only bounds a missing answer.
-    const auto give_up =
-        std::chrono::steady_clock::now() + m_config.connect_timeout + k_service_connect_grace;
-    while (!token->wait_for(k_max_wait)) {
-      if (stop.stop_requested()) return false;
-      if (std::chrono::steady_clock::now() >= give_up)
-        throw std::runtime_error("no answer within mqtt.connect_timeout");
+  // The password file may have changed since the last connect (a rotated password); a file that
+  // became unreadable is this attempt's failure, and no probe of the broker would explain it.
+  if (auto ok = refresh_credentials(m_config, m_connect_options, m_tls); !ok) {
+    failure = ok.error().message;
+  } else {
+    try {
+      token = m_client->connect(m_connect_options);
+      // Paho enforces connect_timeout; the margin only bounds a missing answer.
+      const auto give_up =
+          std::chrono::steady_clock::now() + m_config.connect_timeout + k_service_connect_grace;
+      while (!token->wait_for(k_max_wait)) {
+        if (stop.stop_requested()) return false;
+        if (std::chrono::steady_clock::now() >= give_up)
+          throw std::runtime_error("no answer within mqtt.connect_timeout");
+      }
+      const std::size_t receive_maximum = receive_maximum_of(*token);
+      // One below the Receive Maximum: a window of exactly the maximum still stalls now and then
+      // (`reflow-ingest-bench --backlog`: 12 100-13 800 events/s, against 14 500-15 600 one
+      // below), as if Paho completed a token before taking its publish out of its own count.
+      const std::size_t window =
+          std::min(k_acks_in_flight, std::max<std::size_t>(receive_maximum, 2) - 1);
+      m_window = window;
+      m_attempt = 0;
+      m_log.info(k_component, "acks connection: connected to {} as {}", m_config.url, m_client_id);
+      m_log.debug(k_component, "the broker's Receive Maximum is {}: at most {} acks in flight",
+                  receive_maximum, window);
+      std::lock_guard lock(m_stats.mutex);
+      m_stats.counters.acks_connected = true;
+      m_stats.counters.ack_window = window;
+      m_stats.faults.clear(m_stats.counters, "acks connection");
+      return true;
+    } catch (const std::exception& e) {
+      // A refused connect: the broker's reason, worded as for the events connection.
+      failure = agent::mqtt_connect::connect_failure_cause(
+          m_config.url, agent::mqtt_connect::credentials_of(m_config),
+          token && token->is_complete() ? paho_error(*token) : e.what(), m_config.connect_timeout,
+          stop);
     }
-    const std::size_t receive_maximum = receive_maximum_of(*token);
-    // One below the Receive Maximum: a window of exactly the maximum still stalls now and then
-    // (`reflow-ingest-bench --backlog`: 12 100-13 800 events/s, against 14 500-15 600 one
-    // below), as if Paho completed a token before taking its publish out of its own count.
-    const std::size_t window =
-        std::min(k_acks_in_flight, std::max<std::size_t>(receive_maximum, 2) - 1);
-    m_window = window;
-    m_attempt = 0;
-    m_log.info(k_component, "acks connection: connected to {} as {}", m_config.url, m_client_id);
-    m_log.debug(k_component, "the broker's Receive Maximum is {}: at most {} acks in flight",
-                receive_maximum, window);
-    std::lock_guard lock(m_stats.mutex);
-    m_stats.counters.acks_connected = true;
-    m_stats.counters.ack_window = window;
-    m_stats.faults.clear(m_stats.counters, "acks connection");
-    return true;
-  } catch (const std::exception& e) {
-    // A refused connect: the broker's reason, worded as for the events connection.
-    failure = agent::mqtt_connect::connect_failure_cause(
-        m_config.url, agent::mqtt_connect::credentials_of(m_config),
-        token && token->is_complete() ? paho_error(*token) : e.what(), m_config.connect_timeout,
-        stop);
   }
   const auto delay = agent::mqtt_connect::reconnect_backoff(
       m_config.reconnect_min, m_config.reconnect_max, m_attempt, m_rng);

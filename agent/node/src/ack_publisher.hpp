@@ -117,6 +117,7 @@ class AckPublisher {
   bool m_down = false;  ///< the connection was lost since the last connect attempt
 
   mqtt::connect_options m_connect_options;
+  bool m_tls = false;  ///< mqtts: the broker address of configure()
   std::unique_ptr<mqtt::async_client> m_client;
   std::jthread m_thread;
 };

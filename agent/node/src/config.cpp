@@ -134,7 +134,8 @@ IngestSchema make_schema() {
                  .username = "MQTT user name of the ingest service.",
                  .password_file = "File whose first line is the MQTT password (kept out of this "
                                   "file); needs username. Must not be readable by others (chmod "
-                                  "600).",
+                                  "600). Read again at each connect, so a rotated password is used "
+                                  "from the next reconnect on.",
                  .cert_file = "mqtts only: PEM client certificate for mutual TLS (`ca client`); "
                               "needs mqtt.key_file.",
                  .key_file = "mqtts only: PEM private key of cert_file."});

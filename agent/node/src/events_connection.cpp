@@ -89,6 +89,7 @@ struct EventsConnection::Impl {
     //
     // MQTT 5 with a session kept by the broker: QoS 1 events published while the service is
     // down wait at the broker instead of only in the agents' outboxes.
+    tls = address.tls;
     if (auto ok = set_service_options(config, connect_options, /*clean_start=*/false, address.tls);
         !ok)
       return ok;
@@ -157,6 +158,12 @@ struct EventsConnection::Impl {
 
   bool connect(std::stop_token stop) {
     ++generation;
+    // The password file may have changed since the last connect (a rotated password); a file
+    // that became unreadable is this attempt's failure.
+    if (auto ok = refresh_credentials(config, connect_options, tls); !ok) {
+      connect_failed(ok.error().message);
+      return false;
+    }
     try {
       client->connect(connect_options, context_of(generation), connect_listener);
     } catch (const std::exception& e) {
@@ -298,6 +305,7 @@ struct EventsConnection::Impl {
   bool ever_subscribed = false;
 
   mqtt::connect_options connect_options;
+  bool tls = false;  ///< mqtts: the broker address of configure()
   std::unique_ptr<mqtt::async_client> client;
   std::jthread thread;
 };

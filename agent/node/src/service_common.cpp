@@ -24,6 +24,10 @@ Status set_service_options(const IngestConfig& config, mqtt::connect_options& op
   options.set_keep_alive_interval(whole_seconds(config.keepalive));
   options.set_connect_timeout(whole_seconds(config.connect_timeout));
   options.set_automatic_reconnect(false);
+  return refresh_credentials(config, options, tls);
+}
+
+Status refresh_credentials(const IngestConfig& config, mqtt::connect_options& options, bool tls) {
   return agent::mqtt_connect::set_credentials(options, agent::mqtt_connect::credentials_of(config),
                                               tls, "MQTT");
 }

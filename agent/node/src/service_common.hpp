@@ -70,6 +70,12 @@ using StopDeadline = std::atomic<std::chrono::steady_clock::time_point>;
 Status set_service_options(const IngestConfig& config, mqtt::connect_options& options,
                            bool clean_start, bool tls);
 
+/// Reads mqtt.password_file (and checks the TLS files) again into `options`, as before every
+/// connect attempt: a password rotated while the service runs is the one its next connect uses,
+/// so a broker restarted with the new password takes the service back without a restart.
+/// Errors: as set_service_options; the caller counts them as that attempt's failure.
+Status refresh_credentials(const IngestConfig& config, mqtt::connect_options& options, bool tls);
+
 /// A Paho client of `uri` (tcp:// or ssl://) as `client_id`, MQTT 5, without persistence: the
 /// store is the record of what arrived; what is not acked the agents republish. Errors:
 /// invalid_config naming mqtt.url and the client id when Paho refuses them.
