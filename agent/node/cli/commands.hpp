@@ -14,6 +14,7 @@
 
 #include <reflow/core/result.hpp>
 #include <reflow/node/config.hpp>
+#include <reflow/node/node_key.hpp>
 #include <reflow/node/store.hpp>
 
 namespace ingest::cli {
@@ -41,6 +42,11 @@ bool print_if_error(const agent::Result<T>& result) {
 
 /// load_config_for_command; prints the error and returns nullopt on failure.
 std::optional<IngestConfig> config_or_report(const std::string& path);
+
+/// The node's key of `config` (NodeSigner::load); prints the error — for a node without a key,
+/// the file that does not exist and that `reflow-ingest key init` creates it — and returns
+/// nullopt on failure.
+std::optional<NodeSigner> node_signer_or_report(const IngestConfig& config);
 
 /// Opens the store of `config` (`mode`: whether a missing store is created, see
 /// open_sqlite_store); prints the error — with the service-user / group hint when the file or its

@@ -51,16 +51,9 @@ int run_init(const KeyOptions& options) {
 int run_show(const KeyOptions& options) {
   auto config = config_or_report(options.config_path);
   if (!config) return 1;
-  auto signer = NodeSigner::load(*config);
-  if (print_if_error(signer)) return 1;
-  if (!*signer) {
-    print_error(
-        fmt::format("the node has no key: {} does not exist; create it with `reflow-ingest "
-                    "key init`",
-                    config->effective_node_key_file().string()));
-    return 1;
-  }
-  return print_key(*config, (*signer)->public_jwk(), options.json);
+  auto signer = node_signer_or_report(*config);
+  if (!signer) return 1;
+  return print_key(*config, signer->public_jwk(), options.json);
 }
 
 }  // namespace

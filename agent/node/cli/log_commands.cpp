@@ -54,16 +54,9 @@ int run_checkpoint(const LogOptions& options) {
   if (options.signed_note) {
     auto config = config_or_report(options.config_path);
     if (!config) return 1;
-    auto signer = NodeSigner::load(*config);
-    if (print_if_error(signer)) return 1;
-    if (!*signer) {
-      print_error(
-          fmt::format("the node has no key to sign with: {} does not exist; create it "
-                      "with `reflow-ingest key init`",
-                      config->effective_node_key_file().string()));
-      return 1;
-    }
-    std::cout << (*signer)->checkpoint_note(*checkpoint);
+    auto signer = node_signer_or_report(*config);
+    if (!signer) return 1;
+    std::cout << signer->checkpoint_note(*checkpoint);
     std::cout.flush();
     return std::cout ? 0 : 1;
   }

@@ -67,6 +67,17 @@ std::optional<IngestConfig> config_or_report(const std::string& path) {
   return std::move(*config);
 }
 
+std::optional<NodeSigner> node_signer_or_report(const IngestConfig& config) {
+  auto signer = NodeSigner::load(config);
+  if (print_if_error(signer)) return std::nullopt;
+  if (!*signer)
+    print_error(
+        fmt::format("the node has no key: {} does not exist; create it with "
+                    "`reflow-ingest key init`",
+                    config.effective_node_key_file().string()));
+  return std::move(*signer);
+}
+
 std::unique_ptr<Store> open_store_or_report(const IngestConfig& config, StoreOpen mode) {
   const std::filesystem::path path = config.store_path();
   auto store = open_sqlite_store(path, {}, mode);
