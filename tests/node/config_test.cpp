@@ -243,6 +243,24 @@ TEST_F(IngestConfigTest, UnitsMapTakesEveryOm2UnitAndRefusesOthers) {
   }
 }
 
+TEST_F(IngestConfigTest, MaintenanceIntervalsAreDurationsPerMachine) {
+  const auto config = parse_ingest_config(
+      "[maintenance]\ninterval = \"200h\"\n[maintenance.intervals]\n\"printer:mk4\" = \"300h\"\n",
+      "ingest.toml");
+  ASSERT_TRUE(config.has_value()) << config.error().message;
+  EXPECT_EQ(config->maintenance_interval, std::chrono::hours(200));
+  EXPECT_EQ(config->maintenance_intervals.at("printer:mk4"), std::chrono::hours(300));
+  const auto message = error_of("[maintenance.intervals]\n\"laser:trotec\" = \"30m\"\n");
+  EXPECT_EQ(message.rfind("ingest.toml:2: maintenance.intervals.\"laser:trotec\": expected the "
+                          "hours of use between services",
+                          0),
+            0u)
+      << message;
+  EXPECT_NE(message.find("got \"30m\""), std::string::npos) << message;
+  EXPECT_NE(error_of("[maintenance]\ninterval = 200\n").find("ingest.toml:2: maintenance.interval"),
+            std::string::npos);
+}
+
 TEST_F(IngestConfigTest, ReportsAllProblemsInFileOrder) {
   EXPECT_EQ(error_of("[mqtt]\nkeepalive = 30\n[ingest]\nmax_batch = 0\n"),
             "ingest.toml:2: mqtt.keepalive: expected a duration such as \"30s\" (units ms, s, m, "

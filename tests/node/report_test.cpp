@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -249,6 +250,95 @@ TEST(ReportTest, TableCsvAndJsonShowTheSameFigures) {
             R"("consumed":[{"resource":"spoolman:spool-7","quantity":12.5,"unit":"gram"}],)"
             R"("produced":[],"machines":{"printer:mk4":1}})");
   EXPECT_TRUE(usage_json(rows[0], By::member)["member"].is_null());
+}
+
+// The month above, plus the printer's service after job 2 (a modify of the machine with its
+// note) and a modify of a part, which is no machine's service.
+std::vector<StoredEvent> month_with_services() {
+  auto events = month();
+  events.push_back(event(10, "2026-11-03T12:00:00Z",
+                         {{"action", "modify"},
+                          {"resourceInventoriedAs", "printer:mk4"},
+                          {"resourceQuantity", quantity(1, "one")},
+                          {"hasPointInTime", "2026-11-03T12:00:00Z"},
+                          {"note", "nozzle replaced"}}));
+  events.push_back(event(11, "2026-11-30T12:00:00Z",
+                         {{"action", "modify"},
+                          {"resourceInventoriedAs", "part:knob"},
+                          {"resourceQuantity", quantity(1, "one")},
+                          {"hasPointInTime", "2026-11-30T12:00:00Z"}}));
+  return events;
+}
+
+TEST(MaintenanceReportTest, CountsUseSinceTheLastServiceAgainstEachInterval) {
+  using std::chrono::hours;
+  using std::chrono::minutes;
+  const auto rows = maintenance(month_with_services(),
+                                {.default_interval = minutes(20),
+                                 .intervals = {{"printer:mk4", hours(3)}, {"kiln:1", hours(50)}}});
+  ASSERT_EQ(rows.size(), 3u);  // the laser, the printer, and the kiln without any use
+  // The most overdue first: the laser's 30 minutes against the default 20.
+  EXPECT_EQ(rows[0].machine, "laser:trotec");
+  EXPECT_DOUBLE_EQ(rows[0].hours_since, 0.5);
+  EXPECT_EQ(rows[0].sessions_since, 1);
+  EXPECT_FALSE(rows[0].last_service_ms.has_value());
+  ASSERT_TRUE(rows[0].hours_left.has_value());
+  EXPECT_NEAR(*rows[0].hours_left, -1.0 / 6, 1e-12);
+  EXPECT_TRUE(rows[0].overdue());
+  // The printer: jobs 1 and 2 (3 h) before its service, job 3 (0.25 h) after.
+  EXPECT_EQ(rows[1].machine, "printer:mk4");
+  EXPECT_DOUBLE_EQ(rows[1].hours_total, 3.25);
+  EXPECT_DOUBLE_EQ(rows[1].hours_since, 0.25);
+  EXPECT_EQ(rows[1].sessions_since, 1);
+  EXPECT_EQ(rows[1].last_service_ms, *agent::parse_rfc3339("2026-11-03T12:00:00Z"));
+  EXPECT_EQ(rows[1].last_service_note, "nozzle replaced");
+  EXPECT_DOUBLE_EQ(*rows[1].hours_left, 2.75);
+  EXPECT_FALSE(rows[1].overdue());
+  EXPECT_EQ(rows[2].machine, "kiln:1");
+  EXPECT_DOUBLE_EQ(rows[2].hours_since, 0);
+  EXPECT_DOUBLE_EQ(*rows[2].hours_left, 50);
+}
+
+TEST(MaintenanceReportTest, WithoutIntervalsMachinesAreListedAfterTheDueOnes) {
+  const auto rows =
+      maintenance(month_with_services(), {.intervals = {{"laser:trotec", std::chrono::hours(1)}}});
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].machine, "laser:trotec");
+  EXPECT_DOUBLE_EQ(*rows[0].hours_left, 0.5);
+  EXPECT_EQ(rows[1].machine, "printer:mk4");
+  EXPECT_FALSE(rows[1].interval_hours.has_value());
+  EXPECT_FALSE(rows[1].overdue());
+}
+
+TEST(MaintenanceReportTest, TableCsvAndJsonShowTheSameFigures) {
+  const auto rows =
+      maintenance(month_with_services(), {.default_interval = std::chrono::minutes(20),
+                                          .intervals = {{"printer:mk4", std::chrono::hours(3)}}});
+  const std::string table = format_maintenance_table(rows);
+  EXPECT_NE(table.find("MACHINE       USE SINCE  SESSIONS  LAST SERVICE"), std::string::npos)
+      << table;
+  EXPECT_NE(table.find("0.3333 h  overdue by 0.17 h"), std::string::npos) << table;
+  EXPECT_NE(table.find("0.25 h     1         2026-11-03 nozzle replaced  3 h       due in 2.75 h"),
+            std::string::npos)
+      << table;
+  EXPECT_NE(table.find("never"), std::string::npos);
+  EXPECT_EQ(format_maintenance_table({}), "no machines\n");
+
+  const std::string csv = format_maintenance_csv(rows);
+  EXPECT_EQ(csv.substr(0, csv.find("\r\n")),
+            "machine,hours_since_service,sessions_since_service,hours_total,last_service,"
+            "last_service_note,interval_hours,hours_left,overdue");
+  EXPECT_NE(csv.find("printer:mk4,0.25,1,3.25,2026-11-03T12:00:00.000Z,nozzle replaced,3,2.75,"
+                     "false\r\n"),
+            std::string::npos)
+      << csv;
+
+  EXPECT_EQ(maintenance_json(rows[1]).dump(),
+            R"({"machine":"printer:mk4","hours_since_service":0.25,"sessions_since_service":1,)"
+            R"("hours_total":3.25,"last_service":{"time":"2026-11-03T12:00:00.000Z",)"
+            R"("note":"nozzle replaced"},"interval_hours":3.0,"hours_left":2.75,)"
+            R"("overdue":false})");
+  EXPECT_TRUE(maintenance_json(rows[0])["last_service"].is_null());
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
-// report usage: hours of use and materials per member, machine or resource and period (logic in
-// reflow/node/report.hpp).
+// report usage|maintenance: hours of use and materials per member, machine or resource and
+// period; hours of use per machine since its last service (logic in reflow/node/report.hpp).
+#include <algorithm>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -23,6 +24,7 @@ struct ReportOptions {
   std::string from;
   std::string to;
   std::string format = "table";
+  bool fail_when_overdue = false;  // maintenance --check
 };
 
 int run_usage(const ReportOptions& options) {
@@ -62,6 +64,30 @@ int run_usage(const ReportOptions& options) {
   return std::cout ? 0 : 1;
 }
 
+int run_maintenance(const ReportOptions& options) {
+  auto config = config_or_report(options.config_path);
+  if (!config) return 1;
+  auto store = open_store_or_report(*config, StoreOpen::existing_only);
+  if (!store) return 1;
+  auto rows = report::maintenance(*store, {.default_interval = config->maintenance_interval,
+                                           .intervals = config->maintenance_intervals});
+  if (print_if_error(rows)) return 1;
+  if (options.format == "csv") {
+    std::cout << report::format_maintenance_csv(*rows);
+  } else if (options.format == "json") {
+    for (const auto& row : *rows)
+      std::cout << report::maintenance_json(row).dump(
+                       -1, ' ', false, nlohmann::ordered_json::error_handler_t::replace)
+                << '\n';
+  } else {
+    std::cout << report::format_maintenance_table(*rows);
+  }
+  std::cout.flush();
+  if (!std::cout) return 1;
+  const bool overdue = std::ranges::any_of(*rows, &report::MaintenanceRow::overdue);
+  return options.fail_when_overdue && overdue ? 3 : 0;
+}
+
 }  // namespace
 
 void add_report_commands(CLI::App& app, int& exit_code) {
@@ -94,6 +120,21 @@ void add_report_commands(CLI::App& app, int& exit_code) {
       ->check(CLI::IsMember({"table", "csv", "json"}))
       ->capture_default_str();
   usage->callback([options, &exit_code] { exit_code = run_usage(*options); });
+
+  auto* maintenance = report->add_subcommand(
+      "maintenance",
+      "Hours of use of each machine since its last service (a modify event of the machine, its "
+      "note saying what was done), against the intervals of [maintenance]; the most overdue "
+      "first");
+  add_config_option(*maintenance, options->config_path);
+  maintenance
+      ->add_option("--format", options->format,
+                   "table, csv (RFC 4180) or json (one object per line)")
+      ->check(CLI::IsMember({"table", "csv", "json"}))
+      ->capture_default_str();
+  maintenance->add_flag("--check", options->fail_when_overdue,
+                        "Exit with status 3 when a machine is overdue (for cron or monitoring)");
+  maintenance->callback([options, &exit_code] { exit_code = run_maintenance(*options); });
 }
 
 }  // namespace ingest::cli

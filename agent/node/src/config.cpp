@@ -12,7 +12,9 @@
 
 #include <reflow/core/event.hpp>
 #include <reflow/core/signed_note.hpp>
+#include <reflow/core/text.hpp>
 #include <reflow/core/ulid.hpp>
+#include <reflow/core/units.hpp>
 
 #include <reflow/core/config_table.hpp>
 
@@ -87,10 +89,38 @@ void apply_ids(const toml::table& table, std::string_view dotted, const ParseCon
   }
 }
 
+// The longest maintenance interval: ten years of use without a stop.
+constexpr std::chrono::milliseconds k_max_maintenance_interval = 3650 * 24h;
+
+// [maintenance.intervals]: a machine (a use's resourceInventoriedAs) → hours of use between
+// services.
+void apply_intervals(const toml::table& table, std::string_view dotted, const ParseContext&,
+                     IngestConfig& config, Problems& problems) {
+  for (auto&& [key, node] : table) {
+    const std::string name(key.str());
+    const std::string where = fmt::format("{}.\"{}\"", dotted, agent::printable_text(name));
+    const std::string expected = fmt::format(
+        "expected the hours of use between services, a duration from \"1h\" to \"{}\" such "
+        "as \"200h\"",
+        duration_text(k_max_maintenance_interval));
+    const auto* text = node.as_string();
+    if (text == nullptr) {
+      problems.add(line_of(node), where, got(expected, node));
+      continue;
+    }
+    const auto interval = agent::parse_duration(text->get());
+    if (!interval || *interval < 1h || *interval > k_max_maintenance_interval) {
+      problems.add(line_of(node), where, got(expected, node));
+      continue;
+    }
+    config.maintenance_intervals[name] = *interval;
+  }
+}
+
 IngestSchema make_schema() {
   IngestSchema schema;
-  schema.sections = {"ingest", "mqtt", "ca", "export"};
-  schema.known_tables = "known tables: [ingest], [mqtt], [ca], [export]";
+  schema.sections = {"ingest", "mqtt", "ca", "export", "maintenance"};
+  schema.known_tables = "known tables: [ingest], [mqtt], [ca], [export], [maintenance]";
   auto add = [&](std::string section, std::string name, std::string type, std::string default_text,
                  std::string description, Apply apply) {
     schema.add(std::move(section), std::move(name), std::move(type), std::move(default_text),
@@ -183,6 +213,16 @@ IngestSchema make_schema() {
                    "[export.ids]: the server's id (a ULID) for a local reference (resource, "
                    "agent, process).",
                    apply_ids);
+
+  // [maintenance]
+  add("maintenance", "interval", "duration", "(none)",
+      "`report maintenance`: hours of use between services of every machine without its own "
+      "interval, e.g. \"200h\".",
+      duration_key(&IngestConfig::maintenance_interval, 1h, k_max_maintenance_interval));
+  schema.add_table("maintenance", "intervals", "table(machine = duration)", "(none)",
+                   "[maintenance.intervals]: hours of use between services per machine (a use "
+                   "event's resourceInventoriedAs), e.g. \"printer:mk4\" = \"300h\".",
+                   apply_intervals);
   return schema;
 }
 

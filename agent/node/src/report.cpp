@@ -28,6 +28,8 @@ struct Record {
   std::string machine;   // a use's resourceInventoriedAs
   std::string member;    // a work's provider, else the receiver
   std::string resource;  // resourceInventoriedAs, else resourceConformsTo
+  std::string serviced;  // a modify's resourceInventoriedAs
+  std::string note;      // a modify's note
   std::optional<double> hours;
   std::optional<std::pair<double, std::string>> quantity;  // resourceQuantity
 };
@@ -76,6 +78,10 @@ std::optional<Record> record_of(const StoredEvent& event) {
   r.resource = string_of(payload, "resourceInventoriedAs");
   if (r.resource.empty()) r.resource = string_of(payload, "resourceConformsTo");
   if (r.action == "use") r.machine = string_of(payload, "resourceInventoriedAs");
+  if (r.action == "modify") {
+    r.serviced = string_of(payload, "resourceInventoriedAs");
+    r.note = string_of(payload, "note");
+  }
   r.member = string_of(payload, r.action == "work" ? "provider" : "receiver");
   if (r.action == "use" || r.action == "work")
     if (auto effort = measure_of(payload, "effortQuantity"))
@@ -273,6 +279,117 @@ nlohmann::ordered_json usage_json(const UsageRow& row, By by) {
   for (const auto& [ref, n] : by == By::member ? row.machines : row.members)
     counts[ref] = n;
   out[by == By::member ? "machines" : "members"] = std::move(counts);
+  return out;
+}
+
+std::vector<MaintenanceRow> maintenance(const std::vector<StoredEvent>& events,
+                                        const MaintenanceOptions& options) {
+  std::vector<Record> records;
+  records.reserve(events.size());
+  std::map<std::string, MaintenanceRow> rows;
+  for (const auto& [machine, interval] : options.intervals)
+    rows[machine].machine = machine;
+  for (const auto& event : events) {
+    auto record = record_of(event);
+    if (!record) continue;
+    if (record->action == "use" && !record->machine.empty())
+      rows[record->machine].machine = record->machine;
+    records.push_back(std::move(*record));
+  }
+  // The last service of each machine: the latest modify by its time; the later stored of two at
+  // the same time.
+  for (const auto& r : records) {
+    if (r.action != "modify") continue;
+    const auto row = rows.find(r.serviced);
+    if (row == rows.end()) continue;  // a modified part or batch, not a machine
+    if (!row->second.last_service_ms || r.time_ms >= *row->second.last_service_ms) {
+      row->second.last_service_ms = r.time_ms;
+      row->second.last_service_note = r.note;
+    }
+  }
+  for (const auto& r : records) {
+    if (r.action != "use" || r.machine.empty()) continue;
+    MaintenanceRow& row = rows[r.machine];
+    const double hours = r.hours.value_or(0);
+    row.hours_total += hours;
+    if (row.last_service_ms && r.time_ms < *row.last_service_ms) continue;
+    row.hours_since += hours;
+    ++row.sessions_since;
+  }
+  std::vector<MaintenanceRow> out;
+  out.reserve(rows.size());
+  for (auto& [machine, row] : rows) {
+    const auto own = options.intervals.find(machine);
+    const auto interval = own != options.intervals.end() ? own->second : options.default_interval;
+    if (interval.count() > 0) {
+      row.interval_hours = std::chrono::duration<double, std::ratio<3600>>(interval).count();
+      row.hours_left = *row.interval_hours - row.hours_since;
+    }
+    out.push_back(std::move(row));
+  }
+  std::ranges::stable_sort(out, [](const MaintenanceRow& a, const MaintenanceRow& b) {
+    if (a.hours_left.has_value() != b.hours_left.has_value()) return a.hours_left.has_value();
+    return a.hours_left && *a.hours_left < *b.hours_left;
+  });
+  return out;
+}
+
+Result<std::vector<MaintenanceRow>> maintenance(Store& store, const MaintenanceOptions& options) {
+  auto events = collect_events(store, EventFilter{});
+  if (!events) return std::unexpected(events.error());
+  return maintenance(*events, options);
+}
+
+std::string format_maintenance_table(const std::vector<MaintenanceRow>& rows) {
+  if (rows.empty()) return "no machines\n";
+  std::vector<std::vector<std::string>> table;
+  table.push_back({"MACHINE", "USE SINCE", "SESSIONS", "LAST SERVICE", "INTERVAL", "STATUS"});
+  for (const auto& row : rows) {
+    std::string last = "never";
+    if (row.last_service_ms) {
+      last = agent::format_rfc3339_s(*row.last_service_ms / 1000).substr(0, 10);
+      if (!row.last_service_note.empty())
+        last += " " + agent::printable_text(row.last_service_note);
+    }
+    std::string status = "-";
+    if (row.hours_left)
+      status = row.overdue() ? fmt::format("overdue by {:.2f} h", -*row.hours_left)
+                             : fmt::format("due in {:.2f} h", *row.hours_left);
+    table.push_back({shown_key(row.machine), fmt::format("{:.2f} h", row.hours_since),
+                     std::to_string(row.sessions_since), last,
+                     row.interval_hours ? fmt::format("{:.4g} h", *row.interval_hours) : "-",
+                     status});
+  }
+  return agent::aligned_table(table);
+}
+
+std::string format_maintenance_csv(const std::vector<MaintenanceRow>& rows) {
+  std::string out =
+      "machine,hours_since_service,sessions_since_service,hours_total,last_service,"
+      "last_service_note,interval_hours,hours_left,overdue\r\n";
+  for (const auto& row : rows)
+    out += fmt::format("{},{},{},{},{},{},{},{},{}\r\n", agent::csv_field(row.machine),
+                       row.hours_since, row.sessions_since, row.hours_total,
+                       row.last_service_ms ? agent::format_rfc3339_ms(*row.last_service_ms) : "",
+                       agent::csv_field(row.last_service_note),
+                       row.interval_hours ? fmt::format("{}", *row.interval_hours) : "",
+                       row.hours_left ? fmt::format("{}", *row.hours_left) : "", row.overdue());
+  return out;
+}
+
+nlohmann::ordered_json maintenance_json(const MaintenanceRow& row) {
+  Json out;
+  out["machine"] = row.machine;
+  out["hours_since_service"] = row.hours_since;
+  out["sessions_since_service"] = row.sessions_since;
+  out["hours_total"] = row.hours_total;
+  out["last_service"] = row.last_service_ms
+                            ? Json{{"time", agent::format_rfc3339_ms(*row.last_service_ms)},
+                                   {"note", row.last_service_note}}
+                            : Json();
+  out["interval_hours"] = row.interval_hours ? Json(*row.interval_hours) : Json();
+  out["hours_left"] = row.hours_left ? Json(*row.hours_left) : Json();
+  out["overdue"] = row.overdue();
   return out;
 }
 

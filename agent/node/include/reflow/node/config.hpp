@@ -59,6 +59,11 @@ struct IngestConfig {
   std::map<std::string, std::string> units;  ///< [export.units]: OM2 name → server Unit id
   std::map<std::string, std::string> ids;    ///< [export.ids]: local reference → server id
 
+  // [maintenance] (reflow-ingest report maintenance)
+  std::chrono::milliseconds maintenance_interval{0};  ///< hours of use between services of any
+                                                      ///< machine; 0: none
+  std::map<std::string, std::chrono::milliseconds> maintenance_intervals;  ///< per machine
+
   std::string source_file;  ///< where this config came from ("" = built-in defaults)
 
   std::filesystem::path store_path() const { return data_dir / "ingest.db"; }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -98,5 +99,52 @@ std::string format_usage_csv(const std::vector<UsageRow>& rows, By by);
 /// One JSON object per row: {"period","member"|"machine"|"resource","hours","sessions","events",
 /// "consumed":[{"resource","quantity","unit"}],"produced":[…],"machines"|"members":{ref: n}}.
 nlohmann::ordered_json usage_json(const UsageRow& row, By by);
+
+/// `report maintenance`: the hours each machine was used since it was last serviced, against
+/// its interval. A machine is a `use` event's resourceInventoriedAs or a machine with a
+/// configured interval. Its service is a `modify` event of it (resourceInventoriedAs = the
+/// machine): in ValueFlows a repair or service is a process whose output is the modified
+/// resource (valueflows.md §1: modify, output, pairs with accept); the event's `note` says what
+/// was done. The use since a service is that of the `use` events whose time (above) is at or
+/// after the last service's.
+struct MaintenanceOptions {
+  std::chrono::milliseconds default_interval{0};               ///< [maintenance] interval; 0: none
+  std::map<std::string, std::chrono::milliseconds> intervals;  ///< [maintenance.intervals]
+};
+
+/// One machine.
+struct MaintenanceRow {
+  std::string machine;
+  double hours_since = 0;  ///< use since the last service (all use when never serviced)
+  std::int64_t sessions_since = 0;
+  double hours_total = 0;                       ///< all stored use
+  std::optional<std::int64_t> last_service_ms;  ///< the last modify's time; nullopt: never
+  std::string last_service_note;                ///< its `note`, "" when it has none
+  std::optional<double> interval_hours;         ///< nullopt: no interval configured
+  std::optional<double> hours_left;             ///< interval − hours_since; < 0: overdue
+  bool overdue() const { return hours_left && *hours_left < 0; }
+};
+
+/// The machines of `events`: those with an interval first, least hours left first (the most
+/// overdue at the top), then those without, each group by machine.
+std::vector<MaintenanceRow> maintenance(const std::vector<StoredEvent>& events,
+                                        const MaintenanceOptions& options);
+
+/// The same over the store's confirmed events. Errors: those of Store::for_each_event.
+Result<std::vector<MaintenanceRow>> maintenance(Store& store, const MaintenanceOptions& options);
+
+/// An aligned table: MACHINE, USE SINCE (hours since the last service, 2 decimals), SESSIONS,
+/// LAST SERVICE (UTC date and note, or "never"), INTERVAL ("200 h" or "-"), STATUS ("overdue
+/// by 12.50 h", "due in 37.50 h" or "-"). "no machines" when `rows` is empty.
+std::string format_maintenance_table(const std::vector<MaintenanceRow>& rows);
+
+/// RFC 4180 CSV with a header: machine,hours_since_service,sessions_since_service,hours_total,
+/// last_service,last_service_note,interval_hours,hours_left,overdue (last_service RFC 3339;
+/// empty fields for what is not known). CRLF line ends.
+std::string format_maintenance_csv(const std::vector<MaintenanceRow>& rows);
+
+/// {"machine","hours_since_service","sessions_since_service","hours_total","last_service":
+/// {"time","note"}|null,"interval_hours"|null,"hours_left"|null,"overdue"}.
+nlohmann::ordered_json maintenance_json(const MaintenanceRow& row);
 
 }  // namespace ingest::report
