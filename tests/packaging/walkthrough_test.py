@@ -4,6 +4,8 @@
 
 The walkthrough is every ```sh block in README.md and docs/*.md that follows a marker line
     <!-- walkthrough: ROLE N -->
+Every other ```sh block there must follow a line <!-- not walked: REASON --> (the commands that
+need hardware, a zenflows server or placeholders filled in), or the test fails naming it.
 (ROLE is `node` or `device`, N the block's place in the whole walkthrough; HTML comments, so a
 reader sees nothing). The blocks run in the order of N, each with `bash -euo pipefail` as root,
 all in one working directory (the files a role hands to the other are there), after the
@@ -65,6 +67,8 @@ import tomllib
 from pathlib import Path
 
 MARKER = re.compile(r"^<!--\s*walkthrough:\s*(node|device)\s+(\d+)\s*-->\s*$")
+# A command block the walkthrough does not run says why, so that no new block escapes unseen.
+NOT_WALKED = re.compile(r"^<!--\s*not walked:\s*\S.*-->\s*$")
 SANDBOXED_DIRS = ["/etc/reflow-agent", "/etc/reflow-ingest", "/etc/mosquitto",
                   "/var/lib/reflow-agent", "/var/lib/reflow-ingest", "/var/lib/mosquitto"]
 TMPFS_DIRS = ["/run", "/var/log"]
@@ -86,11 +90,24 @@ def extract_blocks(repo):
     """[(n, role, file:line, text)] of the marked ```sh blocks, in walkthrough order."""
     docs = [repo / "README.md"] + sorted((repo / "docs").glob("*.md"))
     blocks = []
+    unmarked = []
     for doc in docs:
         lines = doc.read_text(encoding="utf-8").splitlines()
         i = 0
         while i < len(lines):
             match = MARKER.match(lines[i].strip())
+            if lines[i].strip() in ("```sh", "```bash"):
+                # Reached without its marker: only a block that says why it is not walked may be.
+                before = i - 1
+                while before >= 0 and not lines[before].strip():
+                    before -= 1
+                if before < 0 or not NOT_WALKED.match(lines[before].strip()):
+                    unmarked.append(f"{doc.relative_to(repo)}:{i + 1}")
+                i += 1
+                while i < len(lines) and lines[i].strip() != "```":
+                    i += 1
+                i += 1
+                continue
             if not match:
                 if "walkthrough:" in lines[i] and "<!--" in lines[i]:
                     raise Failure(f"{doc.relative_to(repo)}:{i + 1}: a walkthrough marker must "
@@ -110,6 +127,10 @@ def extract_blocks(repo):
                 raise Failure(f"{where}: the ```sh block after the marker is not closed")
             blocks.append((int(match.group(2)), match.group(1), where, "\n".join(lines[j + 1:k])))
             i = k + 1
+    if unmarked:
+        raise Failure("command blocks the walkthrough neither runs nor excuses (put "
+                      "<!-- walkthrough: node|device N --> or <!-- not walked: REASON --> on the "
+                      "line before): " + ", ".join(unmarked))
     seen = {}
     for n, _, where, _ in blocks:
         if n in seen:
