@@ -172,10 +172,14 @@ class StrictBuilder {
     for (std::size_t i = 0; i < m_stack.size(); ++i) {
       const Frame& frame = m_stack[i];
       const bool innermost = i + 1 == m_stack.size();
-      if (frame.node->is_object())
-        out += "." + printable(frame.key);
-      else
+      if (frame.node->is_object()) {
+        // Appended in two steps: `"." + string` trips GCC 12's -Wrestrict at -O3 (a false
+        // positive, GCC bug 105329), which broke Release builds with REFLOW_WERROR.
+        out += '.';
+        out += printable(frame.key);
+      } else {
         out += fmt::format("[{}]", frame.node->size() - (innermost ? 0 : 1));
+      }
     }
     return out;
   }
