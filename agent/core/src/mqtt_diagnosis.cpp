@@ -38,6 +38,7 @@
 #include <mbedtls/x509_crt.h>
 
 #include <reflow/core/file_io.hpp>
+#include <reflow/core/http.hpp>
 #include <reflow/core/tls.hpp>
 
 namespace agent::mqtt_connect {
@@ -425,12 +426,42 @@ bool certificate_names_host(const std::vector<std::string>& dns_names,
 
 std::string connect_failure_cause(std::string_view url_text, const Credentials& credentials,
                                   std::string_view paho_text, std::chrono::milliseconds timeout,
-                                  std::stop_token stop) {
+                                  std::stop_token stop, std::string_view proxy_text) {
   const std::string as_is(paho_text);
   // The broker answered (paho_error named its CONNACK code): that is the cause.
   if (as_is.find("the broker refused") != std::string::npos) return as_is;
   auto url = parse_broker_url(url_text);
   if (!url || stop.stop_requested()) return as_is;
+  if (!proxy_text.empty()) {
+    // Through a proxy the broker's host may only resolve at the proxy's end (an onion name):
+    // the way to ask about is the proxy's.
+    auto proxy = parse_proxy_url(proxy_text);
+    if (!proxy) return as_is;
+    const std::string via = proxy->host_port();
+    const std::string target = fmt::format("{}:{}", url->host, url->port);
+    auto status = proxy_connect_status(via, target, timeout, stop);
+    if (!status) {
+      if (status.error().code == ErrorCode::shutting_down) return as_is;
+      if (status.error().code == ErrorCode::timeout)
+        return fmt::format(
+            "proxy {}: no answer within {} ({}); is the proxy (Tor's "
+            "HTTPTunnelPort) running and not overloaded?",
+            via, whole_seconds_text(timeout), status.error().message);
+      return fmt::format(
+          "proxy {}: cannot reach it ({}); is the proxy (Tor's HTTPTunnelPort) "
+          "running? (mqtt.proxy)",
+          via, status.error().message);
+    }
+    if (*status < 200 || *status > 299)
+      return fmt::format(
+          "proxy {} refused CONNECT to {} (HTTP {}); see the proxy's log (Tor: "
+          "is the onion service up and this device authorised?)",
+          via, target, *status);
+    return fmt::format(
+        "{} (proxy {} opens a tunnel to {}; the broker or TLS inside it failed; "
+        "see the broker's log)",
+        as_is, via, target);
+  }
   const std::string host = url->host.starts_with('[')
                                ? url->host.substr(1, url->host.size() - 2)
                                : url->host;  // getaddrinfo takes IPv6 without brackets
