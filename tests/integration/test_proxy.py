@@ -115,7 +115,10 @@ class ProxyTest(nh.NodeTestCase):
         dev = self.device_through(proxy, "fablab-proxy-01")
         self.start_ingest()
         agent = self.start_device_agent(dev)
-        agent.wait_status(lambda s: s["connected"], "the agent connected through the proxy")
+        status = agent.wait_status(lambda s: s["connected"], "the agent connected through the proxy")
+        self.assertEqual(status["proxy"], proxy.url, "status --json names the proxy")
+        self.assertIn(f"proxy:           {proxy.url}",
+                      h.run_cli(["status", "--config", str(dev.config_path)]).stdout)
         self.assertGreaterEqual(proxy.connects_to(self.target()), 1,
                                 "the proxy's log shows the agent's CONNECT to the broker")
         self.assertIn(f"through proxy {proxy.url}", agent.log_text())
