@@ -115,7 +115,8 @@ class ProxyTest(nh.NodeTestCase):
         dev = self.device_through(proxy, "fablab-proxy-01")
         self.start_ingest()
         agent = self.start_device_agent(dev)
-        status = agent.wait_status(lambda s: s["connected"], "the agent connected through the proxy")
+        status = agent.wait_status(lambda s: s["connected"],
+                                   "the agent connected through the proxy")
         self.assertEqual(status["proxy"], proxy.url, "status --json names the proxy")
         self.assertIn(f"proxy:           {proxy.url}",
                       h.run_cli(["status", "--config", str(dev.config_path)]).stdout)
@@ -172,6 +173,26 @@ class ProxyTest(nh.NodeTestCase):
         agent.wait_status(lambda s: s["connected"] and s["acked_seq"] == 5,
                           "delivered once the proxy allows the broker's port")
         self.assertEqual([(e["seq"], e["id"]) for _, e in self.cli.events(dev.id)], emitted)
+
+    def test_a_certificate_without_the_urls_name_is_named_from_inside_the_tunnel(self):
+        # The broker listens on every loopback address, but its certificate names localhost and
+        # 127.0.0.1 only: through the proxy to 127.0.0.2, as with an onion name missing from
+        # `ca server --host`, TLS refuses, and the diagnosis says so from inside the tunnel.
+        self.start_tls_broker()
+        proxy = self.new_proxy(self.broker.port).start()
+        dev = self.device_through(proxy, "fablab-proxy-03")
+        text = dev.config_path.read_text()
+        dev.config_path.write_text(
+            text.replace(f"mqtts://{nh.TLS_HOST}:", "mqtts://127.0.0.2:", 1))
+        agent = self.start_device_agent(dev)
+        status = agent.wait_status(
+            lambda s: "TLS: the broker's certificate names" in (s["last_error"] or ""),
+            "status names the TLS cause found through the proxy")
+        self.assertIn("not the URL's host 127.0.0.2", status["last_error"])
+        self.assertIn(f"(through proxy 127.0.0.1:{proxy.port})", status["last_error"])
+        self.assertFalse(status["connected"])
+        self.assertGreaterEqual(proxy.connects_to(f"127.0.0.2:{self.broker.port}"), 2,
+                                "Paho's CONNECT and the diagnosis's both went through the proxy")
 
 
 if __name__ == "__main__":

@@ -172,7 +172,8 @@ struct EasyHandle {
 
 Result<long> proxy_connect_status(std::string_view proxy_host_port,
                                   std::string_view target_host_port,
-                                  std::chrono::milliseconds timeout, std::stop_token stop) {
+                                  std::chrono::milliseconds timeout, std::stop_token stop,
+                                  const std::function<void(int socket)>& inside) {
   global_init_once();
   EasyHandle handle;
   CURL* curl = handle.curl;
@@ -196,6 +197,12 @@ Result<long> proxy_connect_status(std::string_view proxy_host_port,
   const CURLcode code = curl_easy_perform(curl);
   long status = 0;
   curl_easy_getinfo(curl, CURLINFO_HTTP_CONNECTCODE, &status);
+  if (code == CURLE_OK && inside && (status == 0 || (status >= 200 && status <= 299))) {
+    curl_socket_t socket = CURL_SOCKET_BAD;
+    if (curl_easy_getinfo(curl, CURLINFO_ACTIVESOCKET, &socket) == CURLE_OK &&
+        socket != CURL_SOCKET_BAD)
+      inside(static_cast<int>(socket));
+  }
   if (status != 0) return status;  // the proxy answered the CONNECT, whatever libcurl made of it
   const std::string reason = error_text[0] != '\0' ? error_text : curl_easy_strerror(code);
   switch (code) {

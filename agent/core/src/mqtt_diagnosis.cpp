@@ -439,7 +439,20 @@ std::string connect_failure_cause(std::string_view url_text, const Credentials& 
     if (!proxy) return as_is;
     const std::string via = proxy->host_port();
     const std::string target = fmt::format("{}:{}", url->host, url->port);
-    auto status = proxy_connect_status(via, target, timeout, stop);
+    const auto deadline = Clock::now() + timeout;
+    std::string tls_text;
+    Step tls_step = Step::go_on;
+    // Through an open tunnel, the same TLS handshake as Paho's: a certificate without the onion
+    // name is the likely mistake, and it is only seen from inside.
+    const auto try_tls = [&](int socket) {
+      if (!url->tls) return;
+      const StopFd stop_fd(stop);
+      const std::string host =
+          url->host.starts_with('[') ? url->host.substr(1, url->host.size() - 2) : url->host;
+      tls_text =
+          tls_cause(socket, *url, host, target, credentials, stop_fd, deadline, timeout, tls_step);
+    };
+    auto status = proxy_connect_status(via, target, timeout, stop, try_tls);
     if (!status) {
       if (status.error().code == ErrorCode::shutting_down) return as_is;
       if (status.error().code == ErrorCode::timeout)
@@ -457,10 +470,10 @@ std::string connect_failure_cause(std::string_view url_text, const Credentials& 
           "proxy {} refused CONNECT to {} (HTTP {}); see the proxy's log (Tor: "
           "is the onion service up and this device authorised?)",
           via, target, *status);
-    return fmt::format(
-        "{} (proxy {} opens a tunnel to {}; the broker or TLS inside it failed; "
-        "see the broker's log)",
-        as_is, via, target);
+    if (tls_step == Step::stopped) return as_is;
+    if (tls_step == Step::cause) return fmt::format("{} (through proxy {})", tls_text, via);
+    return fmt::format("{} (proxy {} opens a tunnel to {}{}; see the broker's log)", as_is, via,
+                       target, url->tls ? " and TLS works through it" : "");
   }
   const std::string host = url->host.starts_with('[')
                                ? url->host.substr(1, url->host.size() - 2)

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <stop_token>
 #include <string>
@@ -56,14 +57,17 @@ class HttpClient {
 };
 
 /// Asks the HTTP proxy at `proxy_host_port` ("host:port") for a CONNECT tunnel (RFC 9110
-/// §9.3.6) to `target_host_port` ("host:port") with libcurl, sends nothing through it and closes
-/// it: the proxy's HTTP status, 200 when the tunnel opened, else the refusal (403 …). Used to
-/// say why an MQTT connect through mqtt.proxy failed. Ends early when `stop` is
+/// §9.3.6) to `target_host_port` ("host:port") with libcurl and closes it: the proxy's HTTP
+/// status, 200 when the tunnel opened, else the refusal (403 …). When it opened and `inside` is
+/// given, `inside` is called with the tunnel's socket (non-blocking, owned by libcurl: not to be
+/// closed) before it is closed, e.g. to try TLS with the far end. Used to say why an MQTT connect
+/// through mqtt.proxy failed. Ends early when `stop` is
 /// requested. Errors: device_unavailable (the proxy's name does not resolve, nothing listens,
 /// the connection was reset — the message is libcurl's reason), timeout (no answer within
 /// `timeout`), shutting_down (stopped).
 Result<long> proxy_connect_status(std::string_view proxy_host_port,
                                   std::string_view target_host_port,
-                                  std::chrono::milliseconds timeout, std::stop_token stop);
+                                  std::chrono::milliseconds timeout, std::stop_token stop,
+                                  const std::function<void(int socket)>& inside = {});
 
 }  // namespace agent

@@ -183,8 +183,10 @@ std::string reason_code_text(int reason_code);
 /// - `proxy 127.0.0.1:9080: nothing is listening (TCP connection refused); is the proxy (Tor's
 ///   HTTPTunnelPort) running?`, or cannot resolve / no answer within the timeout;
 /// - `proxy 127.0.0.1:9080 refused CONNECT to broker.onion:8883 (HTTP 403)`;
-/// - when the tunnel opens: `paho_text` and "(proxy 127.0.0.1:9080 opens a tunnel to HOST:PORT;
-///   the broker or TLS inside it failed; see the broker's log)".
+/// - when the tunnel opens, for mqtts:// the TLS step above through it (a `TLS:` cause, with
+///   "(through proxy 127.0.0.1:9080)" after it: e.g. a broker certificate without the onion
+///   name); else `paho_text` and "(proxy 127.0.0.1:9080 opens a tunnel to HOST:PORT and TLS
+///   works through it; see the broker's log)".
 std::string connect_failure_cause(std::string_view url, const Credentials& credentials,
                                   std::string_view paho_text, std::chrono::milliseconds timeout,
                                   std::stop_token stop, std::string_view proxy = {});
