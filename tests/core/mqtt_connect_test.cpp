@@ -130,6 +130,53 @@ TEST(ConnectFailureCauseTest, NothingListeningIsRefusedNamingHostAndPort) {
       fmt::format("refused: nothing is listening on 127.0.0.1:{} (TCP connection refused)", port));
 }
 
+TEST(ConnectFailureCauseTest, ThroughAProxyNothingListeningNamesTheProxy) {
+  const int proxy_port = reflow_test::free_loopback_port();
+  const std::string proxy = fmt::format("http://127.0.0.1:{}", proxy_port);
+  // The broker's name is never resolved here: only the proxy's end knows an onion name.
+  const auto text = connect_failure_cause("mqtts://node.onion:8883", {}, "MQTT error [-1]: Failure",
+                                          std::chrono::seconds(5), std::stop_token(), proxy);
+  EXPECT_EQ(text.rfind(fmt::format("proxy 127.0.0.1:{}: cannot reach it (", proxy_port), 0), 0u)
+      << text;
+}
+
+TEST(ProxyUrlTest, TakesHttpHostAndPort) {
+  auto plain = parse_proxy_url("http://127.0.0.1:9080");
+  ASSERT_TRUE(plain) << plain.error().message;
+  EXPECT_EQ(plain->host_port(), "127.0.0.1:9080");
+  auto named = parse_proxy_url("http://tor-gateway.lan:8118/");
+  ASSERT_TRUE(named) << named.error().message;
+  EXPECT_EQ(named->host_port(), "tor-gateway.lan:8118");
+  auto ipv6 = parse_proxy_url("http://[::1]:9080");
+  ASSERT_TRUE(ipv6) << ipv6.error().message;
+  EXPECT_EQ(ipv6->host_port(), "[::1]:9080");
+}
+
+TEST(ProxyUrlTest, RefusesOtherSchemesMissingPortsUserInfoAndPaths) {
+  for (const char* bad :
+       {"https://127.0.0.1:9080", "socks5://127.0.0.1:9050", "127.0.0.1:9080", "http://127.0.0.1",
+        "http://:9080", "http://user:pw@127.0.0.1:9080", "http://127.0.0.1:9080/path",
+        "http://127.0.0.1:0", "http://127.0.0.1:65536", ""}) {
+    SCOPED_TRACE(bad);
+    EXPECT_FALSE(parse_proxy_url(bad).has_value());
+  }
+  EXPECT_EQ(parse_proxy_url("http://127.0.0.1").error().message, "no port (write HOST:PORT)");
+}
+
+TEST(ProxyUrlTest, SetProxyGivesPahoHostAndPortForPlainAndTls) {
+  mqtt::connect_options options;
+  ASSERT_TRUE(set_proxy(options, "http://127.0.0.1:9080"));
+  EXPECT_EQ(options.get_http_proxy(), "127.0.0.1:9080");
+  EXPECT_EQ(options.get_https_proxy(), "127.0.0.1:9080");
+  mqtt::connect_options untouched;
+  ASSERT_TRUE(set_proxy(untouched, ""));
+  EXPECT_EQ(untouched.get_http_proxy(), "");
+  auto bad = set_proxy(untouched, "https://127.0.0.1:9080");
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code, ErrorCode::invalid_config);
+  EXPECT_EQ(bad.error().message.rfind("mqtt.proxy: ", 0), 0u) << bad.error().message;
+}
+
 TEST(ConnectFailureCauseTest, AHostNameThatDoesNotResolveIsDns) {
   // RFC 6761 §6.4: names under .invalid never resolve.
   const auto text = cause_of_connect("mqtt://no-such-broker.invalid:1883", {});

@@ -166,6 +166,20 @@ TEST_F(ConfigTest, RejectsValueOfTheWrongType) {
       "agent.toml:6: outbox.durability: expected \"full\" or \"normal\"; got \"f\\\"ull\\n\"");
 }
 
+TEST_F(ConfigTest, ProxyIsAnHttpConnectProxyForMqttOnly) {
+  const auto minimal = parse_config(k_minimal, "agent.toml");
+  ASSERT_TRUE(minimal) << minimal.error().message;
+  EXPECT_EQ(minimal->proxy, "");
+  const auto config = parse_config(with_minimal("[mqtt]\nurl = \"mqtts://abc.onion:8883\"\nproxy = "
+                                                "\"http://127.0.0.1:9080\"\n"),
+                                   "agent.toml");
+  ASSERT_TRUE(config) << config.error().message;
+  EXPECT_EQ(config->proxy, "http://127.0.0.1:9080");
+  EXPECT_EQ(error_of(with_minimal("[mqtt]\nproxy = \"https://127.0.0.1:9080\"\n")),
+            "agent.toml:6: mqtt.proxy: expected http://HOST:PORT, an HTTP CONNECT proxy such as "
+            "\"http://127.0.0.1:9080\"; got \"https://127.0.0.1:9080\"");
+}
+
 TEST_F(ConfigTest, RejectsDurationWithoutUnit) {
   EXPECT_EQ(error_of("[agent]\ndevice_id = \"a\"\nkey_file = \"k\"\ndata_dir = \"d\"\n\n[mqtt]\n"
                      "keepalive = 30\n"),
@@ -356,6 +370,8 @@ TEST_F(ConfigTest, EveryErrorNamesFileLineAndKey) {
       {"log_level = 1\n", 5, "agent.log_level"},
       {"shade = 1\n", 5, "agent.shade"},
       {"[mqtt]\nurl = \"mqtt:/x\"\n", 6, "mqtt.url"},
+      {"[mqtt]\nproxy = \"socks5://127.0.0.1:9050\"\n", 6, "mqtt.proxy"},
+      {"[mqtt]\n\nproxy = \"http://127.0.0.1\"\n", 7, "mqtt.proxy"},
       {"[mqtt]\n\nclient_id = \"\"\n", 7, "mqtt.client_id"},
       {"[mqtt]\nusername = []\n", 6, "mqtt.username"},
       {"[mqtt]\nca_file = \"\"\n", 6, "mqtt.ca_file"},

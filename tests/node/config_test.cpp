@@ -95,6 +95,7 @@ dir = "/srv/ca"
 device_cert_days = 365
 [export]
 zenflows_url = "https://zenflows.example.org/api"
+proxy = "http://127.0.0.1:9080"
 zenflows_user = "fablab"
 zenflows_key_file = "/etc/reflow-ingest/zenflows.key"
 default_agent = "01JEAGENT00000000000000001"
@@ -127,6 +128,7 @@ kilowattHour = "01JEVN1TKWH000000000000001"
   EXPECT_EQ(config->effective_ca_dir(), "/srv/ca");
   EXPECT_EQ(config->device_cert_days, 365u);
   EXPECT_EQ(config->zenflows_url, "https://zenflows.example.org/api");
+  EXPECT_EQ(config->export_proxy, "http://127.0.0.1:9080");
   EXPECT_EQ(config->zenflows_user, "fablab");
   EXPECT_EQ(config->zenflows_key_file, "/etc/reflow-ingest/zenflows.key");
   EXPECT_EQ(config->default_agent, "01JEAGENT00000000000000001");
@@ -176,6 +178,9 @@ TEST_F(IngestConfigTest, EveryErrorNamesFileLineAndKey) {
       // Found by tests/fuzz (node_config): an empty URL threw std::out_of_range.
       {"[export]\nzenflows_url = \"\"\n", 2, "export.zenflows_url",
        "expected an http:// or https:// URL"},
+      {"[export]\nproxy = \"socks5h://127.0.0.1:9050\"\n", 2, "export.proxy",
+       "expected http://HOST:PORT, an HTTP proxy such as \"http://127.0.0.1:9080\"; got "
+       "\"socks5h://127.0.0.1:9050\""},
       {"[export]\nzenflows_user = \"u\"\n", 2, "export.zenflows_user",
        "expected export.zenflows_key_file to be set too"},
       {"[export]\nunits = \"gram\"\n", 2, "export.units",

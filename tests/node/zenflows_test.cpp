@@ -339,6 +339,32 @@ std::vector<StoredEvent> job_events() {
   };
 }
 
+TEST_F(ZenflowsTest, PostGoesThroughTheExportProxy) {
+  // The stub stands in for the proxy: libcurl sends a plain http:// request to a proxy with the
+  // whole URL as its target (RFC 9112 §3.2.2, absolute-form), and the .invalid host (RFC 6761
+  // §6.4) never resolves, so an answer proves the request went through the proxy.
+  Json responses = Json::array(
+      {{{"data", {{"createEconomicEvent", {{"economicEvent", {{"id", "01SERVEREVENT1"}}}}}}}}});
+  StubServer proxy(m_dir.path(), responses);
+  auto key = agent::DeviceKey::load(write_seed_file(m_dir / "zenflows.key", k_vectors[0].seed_hex));
+  ASSERT_TRUE(key);
+  ZenflowsPostOptions options;
+  options.url = "http://zenflows.invalid/api";
+  options.user = "reflow-node";
+  const std::string stub = proxy.url();                // http://127.0.0.1:PORT/api
+  options.proxy = stub.substr(0, stub.rfind("/api"));  // http://127.0.0.1:PORT
+  auto answer = zenflows_post(options, *key, R"({"query":"{}"})");
+  ASSERT_TRUE(answer) << answer.error().message;
+  auto requests = proxy.requests();
+  ASSERT_EQ(requests.size(), 1u);
+  EXPECT_EQ(requests[0]["path"], "http://zenflows.invalid/api");
+  EXPECT_EQ(requests[0]["headers"]["zenflows-user"], "reflow-node");
+
+  options.proxy.clear();  // without it the name does not resolve: no request reaches the stub
+  EXPECT_FALSE(zenflows_post(options, *key, R"({"query":"{}"})"));
+  EXPECT_EQ(proxy.requests().size(), 1u);
+}
+
 TEST_F(ZenflowsTest, PostSignsEachRequestAndFeedsTheProcessIdIntoItsEvents) {
   Json responses = Json::array(
       {{{"data", {{"createProcess", {{"process", {{"id", "01SERVERPR0CESS00000000000"}}}}}}}},

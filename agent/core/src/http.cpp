@@ -105,6 +105,8 @@ Result<HttpResponse> HttpClient::perform(const HttpRequest& request) {
   curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(curl, CURLOPT_WRITEDATA, &receiver);
   curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers.list);
+  // "" is no proxy, not even one from the environment.
+  curl_easy_setopt(curl, CURLOPT_PROXY, request.proxy.c_str());
   if (request.method == "GET") {
     curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
   } else {
@@ -148,6 +150,71 @@ Result<HttpResponse> HttpClient::perform(const HttpRequest& request) {
   if (content_type) response.content_type = content_type;
   response.body = std::move(receiver.body);
   return response;
+}
+
+namespace {
+
+int stop_on_request(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+  return static_cast<const std::stop_token*>(user)->stop_requested() ? 1 : 0;
+}
+
+struct EasyHandle {
+  CURL* curl = curl_easy_init();
+  ~EasyHandle() {
+    if (curl) curl_easy_cleanup(curl);
+  }
+  EasyHandle() = default;
+  EasyHandle(const EasyHandle&) = delete;
+  EasyHandle& operator=(const EasyHandle&) = delete;
+};
+
+}  // namespace
+
+Result<long> proxy_connect_status(std::string_view proxy_host_port,
+                                  std::string_view target_host_port,
+                                  std::chrono::milliseconds timeout, std::stop_token stop,
+                                  const std::function<void(int socket)>& inside) {
+  global_init_once();
+  EasyHandle handle;
+  CURL* curl = handle.curl;
+  if (!curl) return fail(ErrorCode::internal, "HTTP client: libcurl could not make an easy handle");
+  char error_text[CURL_ERROR_SIZE] = {};
+  const std::string proxy = fmt::format("http://{}", proxy_host_port);
+  // The target's scheme only names the tunnel's far end to libcurl: CONNECT_ONLY stops once the
+  // tunnel is open, before anything is sent through it.
+  const std::string url = fmt::format("http://{}/", target_host_port);
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_PROXY, proxy.c_str());
+  curl_easy_setopt(curl, CURLOPT_HTTPPROXYTUNNEL, 1L);
+  curl_easy_setopt(curl, CURLOPT_CONNECT_ONLY, 1L);
+  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS,
+                   static_cast<long>(std::max<std::int64_t>(timeout.count(), 1)));
+  curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, error_text);
+  curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+  curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, stop_on_request);
+  curl_easy_setopt(curl, CURLOPT_XFERINFODATA, &stop);
+  const CURLcode code = curl_easy_perform(curl);
+  long status = 0;
+  curl_easy_getinfo(curl, CURLINFO_HTTP_CONNECTCODE, &status);
+  if (code == CURLE_OK && inside && (status == 0 || (status >= 200 && status <= 299))) {
+    curl_socket_t socket = CURL_SOCKET_BAD;
+    if (curl_easy_getinfo(curl, CURLINFO_ACTIVESOCKET, &socket) == CURLE_OK &&
+        socket != CURL_SOCKET_BAD)
+      inside(static_cast<int>(socket));
+  }
+  if (status != 0) return status;  // the proxy answered the CONNECT, whatever libcurl made of it
+  const std::string reason = error_text[0] != '\0' ? error_text : curl_easy_strerror(code);
+  switch (code) {
+    case CURLE_OK:
+      return 200L;
+    case CURLE_ABORTED_BY_CALLBACK:
+      return fail(ErrorCode::shutting_down, "stopped");
+    case CURLE_OPERATION_TIMEDOUT:
+      return fail(ErrorCode::timeout, reason);
+    default:
+      return fail(ErrorCode::device_unavailable, reason);
+  }
 }
 
 }  // namespace agent

@@ -15,21 +15,15 @@
 
 namespace agent {
 
-Result<BrokerUrl> parse_broker_url(std::string_view url) {
+namespace {
+
+// HOST[:PORT] after a URL's scheme: a name, an IPv4 address or a bracketed IPv6 address, and a
+// port from 1 to 65535 (`default_port` when absent and not required).
+Result<std::pair<std::string, int>> parse_host_port(std::string_view rest, int default_port,
+                                                    bool port_required) {
   auto bad = [](std::string_view why) {
     return fail(ErrorCode::invalid_argument, std::string(why));
   };
-  BrokerUrl out;
-  std::string_view rest;
-  if (url.starts_with("mqtt://")) {
-    rest = url.substr(7);
-  } else if (url.starts_with("mqtts://")) {
-    rest = url.substr(8);
-    out.tls = true;
-    out.port = 8883;
-  } else {
-    return bad("unknown scheme");
-  }
   std::string_view host;
   std::string_view after_host;
   bool ipv6 = false;
@@ -53,8 +47,11 @@ Result<BrokerUrl> parse_broker_url(std::string_view url) {
       return bad(
           "the host may hold only letters, digits, '.', '-' and '_' (no user, path or query)");
   }
-  out.host = ipv6 ? fmt::format("[{}]", host) : std::string(host);
-  if (after_host.empty()) return out;
+  std::string host_text = ipv6 ? fmt::format("[{}]", host) : std::string(host);
+  if (after_host.empty()) {
+    if (port_required) return bad("no port (write HOST:PORT)");
+    return std::pair{std::move(host_text), default_port};
+  }
   const std::string_view port = after_host.substr(1);
   unsigned value = 0;
   bool digits = after_host[0] == ':' && !port.empty() && port.size() <= 5;
@@ -63,8 +60,46 @@ Result<BrokerUrl> parse_broker_url(std::string_view url) {
     if (digits) value = value * 10 + static_cast<unsigned>(c - '0');
   }
   if (!digits || value < 1 || value > 65535) return bad("the port is not a number from 1 to 65535");
-  out.port = static_cast<int>(value);
+  return std::pair{std::move(host_text), static_cast<int>(value)};
+}
+
+}  // namespace
+
+Result<BrokerUrl> parse_broker_url(std::string_view url) {
+  auto bad = [](std::string_view why) {
+    return fail(ErrorCode::invalid_argument, std::string(why));
+  };
+  BrokerUrl out;
+  std::string_view rest;
+  if (url.starts_with("mqtt://")) {
+    rest = url.substr(7);
+  } else if (url.starts_with("mqtts://")) {
+    rest = url.substr(8);
+    out.tls = true;
+    out.port = 8883;
+  } else {
+    return bad("unknown scheme");
+  }
+  auto parsed = parse_host_port(rest, out.port, /*port_required=*/false);
+  if (!parsed) return std::unexpected(parsed.error());
+  out.host = std::move(parsed->first);
+  out.port = parsed->second;
   return out;
+}
+
+std::string ProxyUrl::host_port() const {
+  return fmt::format("{}:{}", host, port);
+}
+
+Result<ProxyUrl> parse_proxy_url(std::string_view url) {
+  if (!url.starts_with("http://"))
+    return fail(ErrorCode::invalid_argument,
+                "the scheme must be http:// (an HTTP CONNECT proxy such as Tor's HTTPTunnelPort)");
+  std::string_view rest = url.substr(7);
+  if (rest.ends_with('/')) rest.remove_suffix(1);
+  auto parsed = parse_host_port(rest, 0, /*port_required=*/true);
+  if (!parsed) return std::unexpected(parsed.error());
+  return ProxyUrl{std::move(parsed->first), parsed->second};
 }
 
 }  // namespace agent
@@ -164,6 +199,21 @@ Status set_credentials(mqtt::connect_options& options, const Credentials& creden
   ssl.set_enable_server_cert_auth(true);
   ssl.set_verify(true);  // the certificate must match the host name
   options.set_ssl(std::move(ssl));
+  return {};
+}
+
+Status set_proxy(mqtt::connect_options& options, std::string_view proxy) {
+  if (proxy.empty()) return {};
+  auto parsed = parse_proxy_url(proxy);
+  if (!parsed)
+    return fail(ErrorCode::invalid_config,
+                fmt::format("mqtt.proxy: {}; got \"{}\" (expected http://HOST:PORT)",
+                            parsed.error().message, proxy));
+  // Without the scheme: Paho strips "http://" from httpProxy but looks for "https://" on
+  // httpsProxy (MQTTProtocol_setHTTPProxy), so "host:port" is the form both take alike.
+  const std::string host_port = parsed->host_port();
+  options.set_http_proxy(host_port);
+  options.set_https_proxy(host_port);
   return {};
 }
 

@@ -38,6 +38,7 @@
 #include <mbedtls/x509_crt.h>
 
 #include <reflow/core/file_io.hpp>
+#include <reflow/core/http.hpp>
 #include <reflow/core/tls.hpp>
 
 namespace agent::mqtt_connect {
@@ -425,12 +426,55 @@ bool certificate_names_host(const std::vector<std::string>& dns_names,
 
 std::string connect_failure_cause(std::string_view url_text, const Credentials& credentials,
                                   std::string_view paho_text, std::chrono::milliseconds timeout,
-                                  std::stop_token stop) {
+                                  std::stop_token stop, std::string_view proxy_text) {
   const std::string as_is(paho_text);
   // The broker answered (paho_error named its CONNACK code): that is the cause.
   if (as_is.find("the broker refused") != std::string::npos) return as_is;
   auto url = parse_broker_url(url_text);
   if (!url || stop.stop_requested()) return as_is;
+  if (!proxy_text.empty()) {
+    // Through a proxy the broker's host may only resolve at the proxy's end (an onion name):
+    // the way to ask about is the proxy's.
+    auto proxy = parse_proxy_url(proxy_text);
+    if (!proxy) return as_is;
+    const std::string via = proxy->host_port();
+    const std::string target = fmt::format("{}:{}", url->host, url->port);
+    const auto deadline = Clock::now() + timeout;
+    std::string tls_text;
+    Step tls_step = Step::go_on;
+    // Through an open tunnel, the same TLS handshake as Paho's: a certificate without the onion
+    // name is the likely mistake, and it is only seen from inside.
+    const auto try_tls = [&](int socket) {
+      if (!url->tls) return;
+      const StopFd stop_fd(stop);
+      const std::string host =
+          url->host.starts_with('[') ? url->host.substr(1, url->host.size() - 2) : url->host;
+      tls_text =
+          tls_cause(socket, *url, host, target, credentials, stop_fd, deadline, timeout, tls_step);
+    };
+    auto status = proxy_connect_status(via, target, timeout, stop, try_tls);
+    if (!status) {
+      if (status.error().code == ErrorCode::shutting_down) return as_is;
+      if (status.error().code == ErrorCode::timeout)
+        return fmt::format(
+            "proxy {}: no answer within {} ({}); is the proxy (Tor's "
+            "HTTPTunnelPort) running and not overloaded?",
+            via, whole_seconds_text(timeout), status.error().message);
+      return fmt::format(
+          "proxy {}: cannot reach it ({}); is the proxy (Tor's HTTPTunnelPort) "
+          "running? (mqtt.proxy)",
+          via, status.error().message);
+    }
+    if (*status < 200 || *status > 299)
+      return fmt::format(
+          "proxy {} refused CONNECT to {} (HTTP {}); see the proxy's log (Tor: "
+          "is the onion service up and this device authorised?)",
+          via, target, *status);
+    if (tls_step == Step::stopped) return as_is;
+    if (tls_step == Step::cause) return fmt::format("{} (through proxy {})", tls_text, via);
+    return fmt::format("{} (proxy {} opens a tunnel to {}{}; see the broker's log)", as_is, via,
+                       target, url->tls ? " and TLS works through it" : "");
+  }
   const std::string host = url->host.starts_with('[')
                                ? url->host.substr(1, url->host.size() - 2)
                                : url->host;  // getaddrinfo takes IPv6 without brackets

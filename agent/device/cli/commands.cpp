@@ -243,6 +243,8 @@ int status(const std::filesystem::path& config_path, bool json) {
              or_dash(s["version"]));
   fmt::print("broker:          {} ({} since {})\n", or_dash(s["broker"]),
              connected ? "connected" : "NOT connected", or_dash(s["since"]));
+  if (const auto& proxy = s["proxy"]; proxy.is_string())
+    fmt::print("proxy:           {} (mqtt.proxy)\n", proxy.get<std::string>());
   if (auto& c = s["certificate"]; !c.is_null()) {
     const std::int64_t days = c.value("days_left", std::int64_t{0});
     fmt::print(

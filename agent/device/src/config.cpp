@@ -76,6 +76,14 @@ AgentSchema make_schema() {
                     "mqtt.key_file.",
        .key_file = "mqtts only: PEM private key of cert_file (not the Ed25519 signing "
                    "key)."});
+  add("mqtt", "proxy", "string", "(none)",
+      "HTTP CONNECT proxy for the MQTT connection only, http://HOST:PORT, e.g. Tor's "
+      "HTTPTunnelPort \"http://127.0.0.1:9080\" to reach an mqtts://NAME.onion:8883 broker; "
+      "TLS and the broker's name check are unchanged. Drivers never use it.",
+      string_key(
+          &AgentConfig::proxy,
+          "expected http://HOST:PORT, an HTTP CONNECT proxy such as \"http://127.0.0.1:9080\"",
+          [](std::string_view s) { return parse_proxy_url(s).has_value(); }));
   add("mqtt", "resend_after", "duration", "\"30s\"",
       "Republish unacked events when the node's ack has not advanced for this long (PROTOCOL "
       "§5).",

@@ -157,6 +157,9 @@ nlohmann::ordered_json status_json(const AgentConfig& config, Outbox& outbox, Fo
                    ? nlohmann::ordered_json(format_rfc3339_ms(f.state_since_unix_ms))
                    : nlohmann::ordered_json(nullptr);
   j["broker"] = config.url;
+  // mqtt.proxy, the HTTP CONNECT proxy the broker is reached through; null: direct.
+  j["proxy"] =
+      config.proxy.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(config.proxy);
   j["stream"] = o.stream;
   j["last_seq"] = o.last_seq;
   j["acked_seq"] = o.acked_seq;

@@ -111,6 +111,7 @@ struct Forwarder::Impl {
                                                 address->tls, "MQTT 3.1.1");
         !ok)
       return ok;
+    if (auto ok = mqtt_connect::set_proxy(options, config.proxy); !ok) return ok;
     const std::string offline = R"({"state":"offline"})";
     options.set_will(mqtt::will_options(status_topic, offline, k_qos, true));
     connect_options = std::move(options);
@@ -227,10 +228,15 @@ struct Forwarder::Impl {
     }
     if (answer.state == mqtt_connect::ConnectOutcome::State::failed)
       // Paho's "MQTT error [-1]: Failure" told apart here, on the forwarder thread.
-      connect_failed(
-          mqtt_connect::connect_failure_cause(config.url, mqtt_connect::credentials_of(config),
-                                              answer.failure, config.connect_timeout, stop));
+      connect_failed(mqtt_connect::connect_failure_cause(
+          config.url, mqtt_connect::credentials_of(config), answer.failure, config.connect_timeout,
+          stop, config.proxy));
     return false;
+  }
+
+  // " through proxy http://…" for the log when mqtt.proxy is set.
+  std::string via_proxy() const {
+    return config.proxy.empty() ? std::string() : " through proxy " + config.proxy;
   }
 
   Status refresh_credentials() {
@@ -283,7 +289,8 @@ struct Forwarder::Impl {
     pending.clear();
     inflight.clear();
     progress_at = env.steady_now();
-    log.info(k_component, "connected to {}; publishing from seq {}", config.url, cursor);
+    log.info(k_component, "connected to {}{}; publishing from seq {}", config.url, via_proxy(),
+             cursor);
     {
       std::lock_guard lock(stats_mutex);
       stats.connected = true;
@@ -645,7 +652,8 @@ Status Forwarder::start() {
                 fmt::format("cannot start the forwarder thread: {}", e.what()));
   }
   m_impl->started = true;
-  m_impl->log.info(k_component, "forwarding {} to {}", m_impl->events_topic, m_impl->config.url);
+  m_impl->log.info(k_component, "forwarding {} to {}{}", m_impl->events_topic, m_impl->config.url,
+                   m_impl->via_proxy());
   return {};
 }
 

@@ -84,6 +84,7 @@ int run_export(const ExportOptions& options) {
   ZenflowsPostOptions post;
   post.url = config->zenflows_url;
   post.user = config->zenflows_user;
+  post.proxy = config->export_proxy;
   std::size_t events = 0, processes = 0;
   auto status = post_vf_export(*built, post, *key, [&](const VfPosted& posted) {
     const VfRequest& r = *posted.request;

@@ -193,6 +193,12 @@ IngestSchema make_schema() {
       string_key(&IngestConfig::zenflows_url,
                  "expected an http:// or https:// URL such as \"https://zenflows.example.org/api\"",
                  is_http_url));
+  add("export", "proxy", "string", "(none)",
+      "HTTP proxy for `export --post` only, http://HOST:PORT, e.g. Tor's HTTPTunnelPort "
+      "\"http://127.0.0.1:9080\"; an https:// zenflows_url goes through it with CONNECT.",
+      string_key(&IngestConfig::export_proxy,
+                 "expected http://HOST:PORT, an HTTP proxy such as \"http://127.0.0.1:9080\"",
+                 [](std::string_view s) { return agent::parse_proxy_url(s).has_value(); }));
   add("export", "zenflows_user", "string", "(none)",
       "The `zenflows-user` header: the Person.user whose key signs the requests.",
       string_key(&IngestConfig::zenflows_user, "expected a non-empty user name",

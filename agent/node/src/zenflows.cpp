@@ -110,6 +110,7 @@ Result<nlohmann::json> zenflows_post(const ZenflowsPostOptions& options,
                      {"Expect", ""}};
   request.body = std::string(body);  // the exact bytes that were signed
   request.timeout = options.timeout;
+  request.proxy = options.proxy;
   agent::HttpClient http;
   auto answer = http.perform(request);
   if (!answer)

@@ -2,8 +2,11 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
+#include <stop_token>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -18,6 +21,11 @@ struct HttpRequest {
   std::vector<std::pair<std::string, std::string>> headers;  ///< e.g. {"X-Api-Key", "…"}
   std::string body;  ///< sent as is; set a Content-Type header for JSON
   std::chrono::milliseconds timeout{std::chrono::seconds(10)};  ///< whole request, connect included
+  /// The HTTP proxy for this request (libcurl's CURLOPT_PROXY, e.g. "http://127.0.0.1:9080",
+  /// Tor's HTTPTunnelPort); https:// URLs go through it with CONNECT. Empty: no proxy at all,
+  /// and the http_proxy/https_proxy environment variables are ignored too (drivers talk to
+  /// machines on the local network; only the node's export sets one, `[export] proxy`).
+  std::string proxy;
 };
 
 /// What came back. Any HTTP status is a response, not an error: 401/403/500 are for the caller to
@@ -47,5 +55,19 @@ class HttpClient {
   struct Impl;
   std::unique_ptr<Impl> m_impl;
 };
+
+/// Asks the HTTP proxy at `proxy_host_port` ("host:port") for a CONNECT tunnel (RFC 9110
+/// §9.3.6) to `target_host_port` ("host:port") with libcurl and closes it: the proxy's HTTP
+/// status, 200 when the tunnel opened, else the refusal (403 …). When it opened and `inside` is
+/// given, `inside` is called with the tunnel's socket (non-blocking, owned by libcurl: not to be
+/// closed) before it is closed, e.g. to try TLS with the far end. Used to say why an MQTT connect
+/// through mqtt.proxy failed. Ends early when `stop` is
+/// requested. Errors: device_unavailable (the proxy's name does not resolve, nothing listens,
+/// the connection was reset — the message is libcurl's reason), timeout (no answer within
+/// `timeout`), shutting_down (stopped).
+Result<long> proxy_connect_status(std::string_view proxy_host_port,
+                                  std::string_view target_host_port,
+                                  std::chrono::milliseconds timeout, std::stop_token stop,
+                                  const std::function<void(int socket)>& inside = {});
 
 }  // namespace agent

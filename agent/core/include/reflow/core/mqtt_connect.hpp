@@ -44,6 +44,19 @@ struct BrokerUrl {
 /// from 1 to 65535" …).
 Result<BrokerUrl> parse_broker_url(std::string_view url);
 
+/// An HTTP CONNECT proxy (RFC 9110 §9.3.6) from `mqtt.proxy`, such as Tor's HTTPTunnelPort.
+struct ProxyUrl {
+  std::string host;  ///< a name, an IPv4 address, or an IPv6 address in brackets ("[::1]")
+  int port = 0;      ///< always given in the URL
+  /// "host:port", the form Paho C's httpProxy/httpsProxy options and the log use.
+  std::string host_port() const;
+};
+
+/// Parses http://HOST:PORT (an optional trailing "/"). No user info, path or query, and the port
+/// is required (Tor's HTTPTunnelPort has no standard port). Errors: invalid_argument saying what
+/// is wrong ("the scheme must be http://", "the port is not a number from 1 to 65535" …).
+Result<ProxyUrl> parse_proxy_url(std::string_view url);
+
 }  // namespace agent
 
 namespace agent::mqtt_connect {
@@ -87,6 +100,16 @@ Result<std::string> read_password_file(const std::filesystem::path& path);
 /// the mqtt.* key (a file that cannot be read, cert_file without key_file or the reverse).
 Status set_credentials(mqtt::connect_options& options, const Credentials& credentials, bool tls,
                        std::string_view protocol);
+
+/// Sends the MQTT connection through the HTTP CONNECT proxy `proxy` (an mqtt.proxy value that
+/// parse_proxy_url accepts): Paho C (1.3.12, MQTTProtocolOut.c MQTTProtocol_connect and
+/// MQTTAsyncUtils.c MQTTAsync_connecting) connects to the proxy, sends "CONNECT host:port
+/// HTTP/1.1" (Proxy.c Proxy_connect), waits up to 10 s for "HTTP/1.x 200", then does TLS (for
+/// mqtts://, verifying the broker's name from mqtt.url) and MQTT inside the tunnel; httpProxy is
+/// used for mqtt://, httpsProxy for mqtts://, so both are set. An empty `proxy` leaves the options
+/// alone (Paho then falls back to the http_proxy/https_proxy environment variables). Errors:
+/// invalid_config naming mqtt.proxy.
+Status set_proxy(mqtt::connect_options& options, std::string_view proxy);
 
 /// `ms` in whole seconds for Paho, rounded up and at least 1 so that a "500ms" setting never
 /// becomes 0 (= off), and at most `max` (keep alive is a 16-bit field).
@@ -153,9 +176,20 @@ std::string reason_code_text(int reason_code);
 /// broker's certificate, which Paho does not expose). It runs on the calling thread (the
 /// client's own, never Paho's), takes at most `timeout` in all and returns `paho_text` at once
 /// when `stop` is requested; a getaddrinfo still running then finishes on a detached thread.
+///
+/// With a `proxy` (mqtt.proxy), the way is the proxy's instead, asked with libcurl (a CONNECT
+/// to the broker's host and port, nothing sent inside the tunnel), and every cause begins with
+/// "proxy HOST:PORT":
+/// - `proxy 127.0.0.1:9080: nothing is listening (TCP connection refused); is the proxy (Tor's
+///   HTTPTunnelPort) running?`, or cannot resolve / no answer within the timeout;
+/// - `proxy 127.0.0.1:9080 refused CONNECT to broker.onion:8883 (HTTP 403)`;
+/// - when the tunnel opens, for mqtts:// the TLS step above through it (a `TLS:` cause, with
+///   "(through proxy 127.0.0.1:9080)" after it: e.g. a broker certificate without the onion
+///   name); else `paho_text` and "(proxy 127.0.0.1:9080 opens a tunnel to HOST:PORT and TLS
+///   works through it; see the broker's log)".
 std::string connect_failure_cause(std::string_view url, const Credentials& credentials,
                                   std::string_view paho_text, std::chrono::milliseconds timeout,
-                                  std::stop_token stop);
+                                  std::stop_token stop, std::string_view proxy = {});
 
 /// The cause for a TCP connect to `host_port` ("host:port") that ended with errno `error`
 /// (ETIMEDOUT: no answer within `timeout`), worded as connect_failure_cause() says; for other

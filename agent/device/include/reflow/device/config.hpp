@@ -47,6 +47,7 @@ struct AgentConfig {
 
   // [mqtt]
   std::string url = "mqtt://127.0.0.1:1883";  ///< mqtt://host:port or mqtts://host:port
+  std::string proxy;  ///< http://host:port, an HTTP CONNECT proxy for MQTT only; default: none
   std::string topic_prefix = "reflow/v1";
   std::string client_id;                ///< default: "reflow-agent-" + device_id
   std::string username;                 ///< default: none

@@ -53,6 +53,7 @@ struct IngestConfig {
   // [export] (zenflows, reflow-ingest export --format vf-graphql)
   std::string zenflows_url;   ///< e.g. "https://zenflows.example.org/api"; empty: print only
   std::string zenflows_user;  ///< `zenflows-user` header (Person.user)
+  std::string export_proxy;   ///< [export] proxy: http://HOST:PORT for the zenflows requests
   std::filesystem::path zenflows_key_file;   ///< Ed25519 seed, the format `reflow-agent keygen`
                                              ///< writes
   std::string default_agent;                 ///< provider/receiver id when an event names none

@@ -182,8 +182,9 @@ struct VfPosted {
 };
 
 struct ZenflowsPostOptions {
-  std::string url;                                              ///< [export] zenflows_url
-  std::string user;                                             ///< [export] zenflows_user
+  std::string url;    ///< [export] zenflows_url
+  std::string user;   ///< [export] zenflows_user
+  std::string proxy;  ///< [export] proxy (CURLOPT_PROXY, http://HOST:PORT); empty: none
   std::chrono::milliseconds timeout{std::chrono::seconds(30)};  ///< per request
 };
 
