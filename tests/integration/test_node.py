@@ -10,6 +10,8 @@ import io
 import json
 import os
 import random
+import signal
+import sqlite3
 import sys
 import threading
 import unittest
@@ -916,3 +918,44 @@ class SignedAckTest(nh.NodeTestCase):
         self.assertIsNone(s["ack_error"])
         self.assertGreaterEqual(s["verified_tree_size"], 5)
         self.assertEqual(len(self.cli.events("dev-s")), 4)
+
+    def test_an_altered_node_store_fails_the_next_proof_and_prunes_nothing(self):
+        agent = self.start_device_agent(self.device)
+        other_agent = self.start_device_agent(self.other)
+        for seq in (1, 2):  # leaves 0 and 1 of the node's log
+            self.emit_for(self.device, h.emit_lines(1, start=seq - 1))
+            agent.wait_status(lambda s, seq=seq: s["acked_seq"] == seq, f"seq {seq} acked")
+        self.emit_for(self.other, h.emit_lines(1))  # leaf 2
+        other_agent.wait_status(lambda s: s["acked_seq"] == 1, "the other device acked")
+
+        # Event 3 reaches the broker while the node is down (its session keeps it), and the node
+        # stores it as leaf 3 while the agent is down: the agent has not seen its ack.
+        self.assertIsNotNone(self.ingest.terminate(h.WAIT_S))
+        self.emit_for(self.device, h.emit_lines(1, start=2))
+        s = agent.wait_status(lambda s: s["published"] >= 3, "seq 3 published")
+        stream = s["stream"]
+        agent.send_signal(signal.SIGTERM)
+        self.assertIsNotNone(agent.wait_exit(h.WAIT_S))
+        self.ingest = self.start_ingest()
+        self.acks.wait_ack("dev-s", stream, 3)
+        self.assertIsNotNone(self.ingest.terminate(h.WAIT_S))
+
+        # The operator changes a byte of every interior hash of the log, by SQL, and removes
+        # the retained ack that proved event 3 in the untouched log.
+        db = sqlite3.connect(self.ingest_data / "ingest.db")
+        with db:
+            changed = db.execute(
+                "UPDATE log_nodes SET hash = CASE WHEN substr(hash, 1, 1) = X'00' THEN X'01' "
+                "ELSE X'00' END || substr(hash, 2)").rowcount
+        db.close()
+        self.assertGreaterEqual(changed, 2)
+        self.probe(name="operator").publish(ack_topic("dev-s"), b"", retain=True)
+
+        # The node acks the republished event 3 from the altered log: the proof fails.
+        self.ingest = self.start_ingest()
+        agent = self.start_device_agent(self.device)
+        s = agent.wait_status(lambda s: s["ack_error"] is not None, "the failed proof in status")
+        self.assertIn("inclusion proof", s["ack_error"])
+        self.assertGreaterEqual(s["refused_acks_by_reason"]["bad_inclusion"], 1)
+        self.assertEqual((s["acked_seq"], s["backlog_events"]), (2, 1), "nothing pruned")
+        self.assertIn("(bad_inclusion)", agent.log_text())
