@@ -204,6 +204,20 @@ TEST_F(AckVerifierTest, RefusesAProofThatDoesNotHoldThisDevicesEnvelope) {
   EXPECT_EQ(refusal(ack(*m_node, smaller, 4)), AckRefusal::bad_inclusion);
 }
 
+TEST_F(AckVerifierTest, RefusesALogThatShrankOrChangedItsRootAtTheSameSize) {
+  const std::uint64_t size = m_tree.size();
+  auto ctx = context();
+  ctx.verified_log = std::pair{size + 1, m_tree.root(size)};
+  EXPECT_EQ(refusal(ack(4), ctx), AckRefusal::inconsistent);
+  ctx.verified_log = std::pair{size, merkle::leaf_hash("another history")};
+  EXPECT_EQ(refusal(ack(4), ctx), AckRefusal::inconsistent);
+  // The same log, or a smaller one it grew from, is accepted.
+  ctx.verified_log = std::pair{size, m_tree.root(size)};
+  EXPECT_TRUE(verify_signed_ack(ack(4), m_node->public_jwk(), ctx).has_value());
+  ctx.verified_log = std::pair{std::uint64_t{2}, m_tree.root(2)};
+  EXPECT_TRUE(verify_signed_ack(ack(4), m_node->public_jwk(), ctx).has_value());
+}
+
 TEST_F(AckVerifierTest, RefusesWhenTheOutboxNoLongerHoldsTheEnvelope) {
   m_envelopes.erase(4);
   EXPECT_EQ(refusal(ack(4)), AckRefusal::bad_inclusion);

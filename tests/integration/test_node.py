@@ -959,3 +959,32 @@ class SignedAckTest(nh.NodeTestCase):
         self.assertGreaterEqual(s["refused_acks_by_reason"]["bad_inclusion"], 1)
         self.assertEqual((s["acked_seq"], s["backlog_events"]), (2, 1), "nothing pruned")
         self.assertIn("(bad_inclusion)", agent.log_text())
+
+    def test_a_node_log_cut_back_by_sql_is_inconsistent_and_prunes_nothing(self):
+        agent = self.start_device_agent(self.device)
+        for seq in (1, 2):  # leaves 0 and 1
+            self.emit_for(self.device, h.emit_lines(1, start=seq - 1))
+            s = agent.wait_status(lambda s, seq=seq: s["acked_seq"] == seq, f"seq {seq} acked")
+        self.assertEqual(s["verified_tree_size"], 2)
+
+        # The operator cuts the log back to its first leaf; the node then stores event 3 as a
+        # second leaf 1: a log of the size the agent verified, with another root.
+        self.assertIsNotNone(self.ingest.terminate(h.WAIT_S))
+        db = sqlite3.connect(self.ingest_data / "ingest.db")
+        with db:
+            db.execute("DELETE FROM log_leaves WHERE idx >= 1")
+            db.execute("DELETE FROM log_nodes")
+        db.close()
+        self.ingest = self.start_ingest()
+        self.emit_for(self.device, h.emit_lines(1, start=2))
+        s = agent.wait_status(lambda s: s["refused_acks_by_reason"]["inconsistent"] >= 1,
+                              "the inconsistent log refused")
+        self.assertIn("a log only grows", s["ack_error"])
+        self.assertEqual((s["acked_seq"], s["backlog_events"]), (2, 1), "nothing pruned")
+        # A restarted agent holds the node to the same log: it was kept in the outbox.
+        agent.send_signal(signal.SIGTERM)
+        self.assertIsNotNone(agent.wait_exit(h.WAIT_S))
+        agent = self.start_device_agent(self.device)
+        s = agent.wait_status(lambda s: s["refused_acks_by_reason"]["inconsistent"] >= 1,
+                              "the inconsistent log refused after a restart")
+        self.assertEqual((s["acked_seq"], s["backlog_events"]), (2, 1), "nothing pruned")

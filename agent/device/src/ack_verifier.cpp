@@ -65,6 +65,8 @@ std::string_view to_string(AckRefusal reason) {
       return "replayed";
     case AckRefusal::bad_inclusion:
       return "bad_inclusion";
+    case AckRefusal::inconsistent:
+      return "inconsistent";
   }
   return "malformed";
 }
@@ -155,6 +157,17 @@ std::expected<VerifiedAck, AckRefused> verify_signed_ack(std::string_view payloa
     return refuse(AckRefusal::replayed,
                   fmt::format("ack: seq {} is older than the last verified ack, seq {}", acked,
                               context.last_verified));
+
+  if (context.verified_log) {
+    const auto& [old_size, old_root] = *context.verified_log;
+    if (*tree_size < old_size || (*tree_size == old_size && *root != old_root))
+      return refuse(AckRefusal::inconsistent,
+                    fmt::format("ack: the node's log of {} leaves {} the log of {} leaves this "
+                                "agent verified before: a log only grows (RFC 9162 §2.1.4)",
+                                *tree_size,
+                                *tree_size < old_size ? "is smaller than" : "has another root than",
+                                old_size));
+  }
 
   VerifiedAck out{*stream, acked, *tree_size, *root, *leaf_index, acked == context.last_verified};
   if (out.repeat) return out;

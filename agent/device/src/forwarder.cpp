@@ -404,6 +404,7 @@ struct Forwarder::Impl {
     context.stream = stream;
     context.last_committed = std::max(outbox_stats.last_seq, known_last.load());
     context.last_verified = std::max(outbox_stats.acked_seq, unrecorded_ack.value_or(0));
+    context.verified_log = outbox.verified_log();
     context.envelope_of = [this](std::int64_t seq) -> Result<std::optional<std::string>> {
       auto events = outbox.read_from(seq, 1);
       if (!events) return std::unexpected(events.error());
@@ -413,6 +414,13 @@ struct Forwarder::Impl {
     auto verified = verify_signed_ack(payload, *node_key, context);
     if (verified) {
       if (verified->repeat) return std::nullopt;
+      if (auto recorded = outbox.record_verified_log(verified->tree_size, verified->root);
+          !recorded) {
+        // Pruning without the log recorded would let a restarted agent accept a shrunk log.
+        log.warning(k_component, "not applying the verified ack of seq {}: {}", verified->seq,
+                    recorded.error().message);
+        return std::nullopt;
+      }
       std::lock_guard lock(stats_mutex);
       stats.ack_error.clear();
       stats.verified_tree_size = verified->tree_size;
@@ -424,7 +432,8 @@ struct Forwarder::Impl {
       std::lock_guard lock(stats_mutex);
       ++stats.refused_acks;
       ++stats.refused_by_reason[index];
-      if (reason == AckRefusal::bad_inclusion) stats.ack_error = verified.error().message;
+      if (reason == AckRefusal::bad_inclusion || reason == AckRefusal::inconsistent)
+        stats.ack_error = verified.error().message;
     }
     // A hostile client can publish acks as fast as the broker takes them: one line per reason
     // a minute, saying how many were not logged.

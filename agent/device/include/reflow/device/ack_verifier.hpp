@@ -27,11 +27,12 @@ enum class AckRefusal : std::uint8_t {
   beyond_committed,  ///< seq beyond the last seq this agent committed (PROTOCOL §5)
   replayed,          ///< seq older than the last ack this agent verified
   bad_inclusion,     ///< the inclusion proof does not put this agent's envelope under `root`
+  inconsistent,      ///< the log shrank, or has another root at the size last verified
 };
-inline constexpr std::size_t k_ack_refusal_kinds = 8;
+inline constexpr std::size_t k_ack_refusal_kinds = 9;
 
 /// "malformed", "unsigned", "wrong_key", "bad_signature", "misrouted", "beyond_committed",
-/// "replayed", "bad_inclusion": the names `status` counts them under.
+/// "replayed", "bad_inclusion", "inconsistent": the names `status` counts them under.
 std::string_view to_string(AckRefusal reason);
 
 /// A refused ack: the reason and a message saying what failed (never the payload's bytes).
@@ -63,6 +64,8 @@ struct AckContext {
   /// This agent's own envelope of `seq`, exactly as it published it; nullopt when the outbox no
   /// longer (or never) held it.
   std::function<Result<std::optional<std::string>>(std::int64_t seq)> envelope_of;
+  /// The node's log (tree_size, root) as the last verified ack stated it; nullopt: none yet.
+  std::optional<std::pair<std::uint64_t, merkle::Hash>> verified_log;
 };
 
 /// Checks an ack payload from `PREFIX/DEVICE/ack` against the pinned node key, in the order of
@@ -72,8 +75,10 @@ struct AckContext {
 /// context.stream and the outer members, `seq` ≤ last_committed and ≥ last_verified, and an
 /// inclusion proof (standard base64 hashes, RFC 9162 §2.1.3.2) that puts
 /// SHA-256(0x00 ‖ envelope_of(seq)) at `leaf_index` of the tree of `tree_size` leaves whose
-/// root is `root`. Returns the statement, or the first check that failed with its reason (an
-/// envelope that cannot be read is bad_inclusion: nothing was proven).
+/// root is `root`, and a log no smaller than `verified_log` with the same root at the same size
+/// (RFC 9162 §2.1.4: a log only grows; a larger log's consistency is not proven here, as §5.1
+/// acks carry no consistency proof yet). Returns the statement, or the first check that failed with
+/// its reason (an envelope that cannot be read is bad_inclusion: nothing was proven).
 std::expected<VerifiedAck, AckRefused> verify_signed_ack(std::string_view payload,
                                                          const PublicJwk& node_key,
                                                          const AckContext& context);
