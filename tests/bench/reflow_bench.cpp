@@ -36,6 +36,8 @@
 #include <reflow/core/env.hpp>
 #include <reflow/core/event.hpp>
 #include <reflow/core/jose.hpp>
+#include <reflow/core/merkle.hpp>
+#include <reflow/core/signed_note.hpp>
 #include <reflow/core/ulid.hpp>
 #include <reflow/core/units.hpp>
 #include <reflow/device/control.hpp>
@@ -135,9 +137,19 @@ class TopLevelFields final : public nlohmann::json_sax<nlohmann::json> {
 // The community node's part (PROTOCOL §5): receives envelopes, keeps per stream the highest seq
 // up to which all arrived, and publishes it retained on PREFIX/DEVICE/ack at most every
 // k_ack_interval. The first envelope of each stream is fully verified (signature, kid); the rest
-// are only parsed, to leave the CPU to the agent.
+// are only parsed, to leave the CPU to the agent. With sign_acks(), every envelope from an agent
+// is also a leaf of an in-memory RFC 9162 log and each ack is signed with its inclusion proof
+// (PROTOCOL §5.1), for agents that pin the node's key.
 class Node {
  public:
+  void sign_acks(agent::DeviceKey key) {
+    std::lock_guard lock(m_mutex);
+    const nlohmann::ordered_json header = {
+        {"alg", "EdDSA"}, {"kid", key.public_jwk().kid}, {"typ", std::string(agent::k_ack_typ)}};
+    m_ack_header_b64 = agent::base64url_encode(header.dump());
+    m_signer.emplace(std::move(key));
+  }
+
   struct Counters {
     std::uint64_t raw = 0;
     std::uint64_t received = 0;  // from agents
@@ -199,6 +211,7 @@ class Node {
     std::int64_t contiguous = 0;
     std::set<std::int64_t> ahead;  // arrived beyond a gap
     std::int64_t ack_sent = 0;
+    std::map<std::int64_t, std::uint64_t> leaves;  // seq → leaf index, with sign_acks()
   };
 
   void run() {
@@ -265,6 +278,7 @@ class Node {
       ++m_counters.duplicates;
       return;
     }
+    if (m_signer) state.leaves[seq] = m_tree.append(agent::merkle::leaf_hash(envelope));
     while (!state.ahead.empty() && *state.ahead.begin() == state.contiguous + 1) {
       state.ahead.erase(state.ahead.begin());
       ++state.contiguous;
@@ -278,6 +292,7 @@ class Node {
       nlohmann::ordered_json ack;
       ack["stream"] = stream;
       ack["seq"] = state.contiguous;
+      if (m_signer) ack["signed"] = signed_statement(stream, state);
       try {
         m_client->publish(fmt::format("{}/{}/ack", k_prefix, state.device), ack.dump(), 1, true);
         state.ack_sent = state.contiguous;
@@ -288,7 +303,38 @@ class Node {
     }
   }
 
+  // The JWS of PROTOCOL §5.1 for the ack of `state.contiguous`, over the whole log so far.
+  nlohmann::ordered_json signed_statement(const std::string& stream, StreamState& state) {
+    const std::uint64_t size = m_tree.size();
+    const std::uint64_t index = state.leaves.at(state.contiguous);
+    auto proof = agent::merkle::inclusion_proof(index, size, m_tree.subtrees());
+    if (!proof) throw BenchError(proof.error().message);
+    auto inclusion = nlohmann::ordered_json::array();
+    for (const auto& hash : *proof)
+      inclusion.push_back(agent::note::base64_encode(hash));
+    const nlohmann::ordered_json payload = {
+        {"device", state.device},
+        {"stream", stream},
+        {"seq", state.contiguous},
+        {"node", m_signer->public_jwk().kid},
+        {"origin", "reflow-bench"},
+        {"time", agent::format_rfc3339_ms(agent::Env::real().now_unix_ms())},
+        {"tree_size", size},
+        {"root", agent::note::base64_encode(m_tree.root(size))},
+        {"leaf_index", index},
+        {"inclusion", std::move(inclusion)}};
+    // Leaves below the acked seq are never proven again.
+    state.leaves.erase(state.leaves.begin(), state.leaves.lower_bound(state.contiguous));
+    const agent::Jws jws = agent::jws_sign(*m_signer, m_ack_header_b64, payload.dump());
+    return {{"protected", jws.protected_b64},
+            {"payload", jws.payload_b64},
+            {"signature", jws.signature_b64}};
+  }
+
   mutable std::mutex m_mutex;
+  std::optional<agent::DeviceKey> m_signer;
+  std::string m_ack_header_b64;
+  agent::merkle::MemoryTree m_tree;
   std::map<std::string, agent::PublicJwk> m_keys;
   std::map<std::string, StreamState> m_streams;
   Counters m_counters;
@@ -363,6 +409,7 @@ class AgentProcess : public BenchDaemon {
     std::string broker_url;
     std::string log_level;
     std::size_t max_inflight;
+    fs::path node_jwk;  // set: the agent pins it (mqtt.node_jwk) and verifies every ack
   };
 
   // Writes the key and config (once per dir) and starts the daemon; returns once it answers on
@@ -383,9 +430,11 @@ class AgentProcess : public BenchDaemon {
         "[agent]\ndevice_id = \"{}\"\nkey_file = \"device.key\"\ndata_dir = \"data\"\n"
         "log_level = \"{}\"\n\n"
         "[mqtt]\nurl = \"{}\"\ntopic_prefix = \"{}\"\nresend_after = \"5s\"\n"
-        "reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\nmax_inflight = {}\n\n"
+        "reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\nmax_inflight = {}\n{}\n"
         "[outbox]\nquota = \"4GiB\"\ndurability = \"{}\"\n",
         setup.device, setup.log_level, setup.broker_url, k_prefix, setup.max_inflight,
+        setup.node_jwk.empty() ? std::string()
+                               : fmt::format("node_jwk = \"{}\"\n", setup.node_jwk.string()),
         setup.durability);
     start({setup.binary.string(), "run", "--config", config_file().string()});
     wait_ready([&] { return query_status(socket()).has_value(); });
@@ -845,6 +894,8 @@ struct Options {
   // Events sent one at a time per durability (0 skips). Each adds 4 WAL frames, so 1000 events
   // span about 4 automatic checkpoints (SQLite's default wal_autocheckpoint of 1000 frames).
   std::uint64_t single = 1000;
+  // The node signs its acks and the agents pin its key (PROTOCOL §5.1).
+  bool signed_acks = false;
 };
 
 int run(const Options& options) {
@@ -870,6 +921,16 @@ int run(const Options& options) {
   const std::string envelope = probe_envelope(*probe_key);
 
   Node node;
+  fs::path node_jwk;
+  if (options.signed_acks) {
+    auto node_key = agent::DeviceKey::generate(dir.path() / "node.key");
+    if (!node_key) throw BenchError(node_key.error().message);
+    node_jwk = dir.path() / "node.jwk";
+    if (auto written = agent::write_public_jwk(node_key->public_jwk(), node_jwk); !written)
+      throw BenchError(written.error().message);
+    node.sign_acks(std::move(*node_key));
+    fmt::print("signed acks: the node signs every ack with an inclusion proof; agents verify\n");
+  }
   node.add_device(std::string(k_raw_device), probe_key->public_jwk());
   node.connect(paho_url);
 
@@ -880,8 +941,9 @@ int run(const Options& options) {
   fmt::print("    {:.0f} messages/s until the last PUBACK\n", raw_rate);
 
   const auto setup = [&](std::string device, std::string durability) {
-    return AgentProcess::Setup{options.agent_binary, dir.path() / device, device,        durability,
-                               broker.url(),         options.log_level,   options.window};
+    return AgentProcess::Setup{
+        options.agent_binary, dir.path() / device, device,         durability,
+        broker.url(),         options.log_level,   options.window, node_jwk};
   };
   const AgentProcess::Setup full_setup = setup("bench-full", "full");
 
@@ -1108,6 +1170,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--agent", options.agent_binary, "The reflow-agent binary")->capture_default_str();
   app.add_flag("--keep", options.keep, "Keep the work directory (configs, logs, outboxes)");
+  app.add_flag("--signed-acks", options.signed_acks,
+               "The node signs its acks with inclusion proofs and the agents verify them "
+               "(mqtt.node_jwk, PROTOCOL 5.1)");
   app.add_option("--log-level", options.log_level,
                  "The agents' log_level (debug shows each commit)")
       ->capture_default_str()

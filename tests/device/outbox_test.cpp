@@ -214,6 +214,23 @@ TEST_F(OutboxTest, TwoNewOutboxesHaveDifferentStreams) {
   EXPECT_NE(second->head().stream, stream);
 }
 
+TEST_F(OutboxTest, KeepsTheNodesVerifiedLogAcrossRestart) {
+  merkle::Hash root{};
+  root.fill(0xab);
+  {
+    auto outbox = open();
+    EXPECT_FALSE(outbox->verified_log().has_value());
+    ASSERT_TRUE(outbox->record_verified_log(7, root).has_value());
+    root.fill(0xcd);
+    ASSERT_TRUE(outbox->record_verified_log(9, root).has_value());
+  }
+  auto outbox = open();
+  auto log = outbox->verified_log();
+  ASSERT_TRUE(log.has_value());
+  EXPECT_EQ(log->first, 9u);
+  EXPECT_EQ(log->second, root);
+}
+
 TEST_F(OutboxTest, KeepsUnackedEventsAcrossRestart) {
   ChainHead before;
   {

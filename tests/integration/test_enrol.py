@@ -322,6 +322,37 @@ class EnrolmentBundleTest(nh.NodeTestCase):
         self.assertEqual([e["id"] for _, e in self.cli.events("fablab-mk4-01")],
                          [i for _, i in acked])
 
+    def test_a_bundle_with_the_nodes_key_pins_it_and_the_nodes_signed_acks_prune(self):
+        self.start_tls_broker()
+        node_key = json.loads(self.tls.cli.ok("key", "init", "--json").stdout)
+        # The running ingest signs with the key `ca enroll` hands out.
+        self.ingest_data.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(self.tls.data_dir / "node.key", self.ingest_data / "node.key")
+        base, config, csr, jwk = self.new_bare_device("fablab-mk4-02")
+        url = f"mqtts://{nh.TLS_HOST}:{self.broker.port}"
+        bundle = self.tmp / "fablab-mk4-02.enrol.json"
+        self.cli.ok("device", "add", "fablab-mk4-02", "--jwk", jwk)
+        self.tls.cli.ok("ca", "enroll", csr, "--url", url, "--out", bundle)
+        self.assertEqual(json.loads(bundle.read_text())["node_ack_jwk"]["kid"], node_key["kid"])
+
+        r = h.run_cli(["enroll", "--config", str(config), str(bundle)])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"node_jwk:  {base / 'node.jwk'}", r.stdout)
+        self.assertIn(f'node_jwk = "{base / "node.jwk"}"', config.read_text())
+        self.assertEqual(json.loads((base / "node.jwk").read_text())["kid"], node_key["kid"])
+
+        self.start_ingest()
+        agent = h.AgentProcess(config, self.tmp / "agent-pinned.log").start()
+        self.agents.append(agent)
+        agent.wait_ready()
+        s = agent.wait_status(lambda s: s["connected"], "the enrolled agent connected")
+        self.assertEqual((s["acks_verified"], s["node_kid"]), (True, node_key["kid"]))
+        self.config_path = config
+        self.emit_ok(h.emit_lines(3))
+        s = agent.wait_status(lambda s: s["acked_seq"] == 3 and s["backlog_events"] == 0,
+                              "the node's signed acks verified and pruned")
+        self.assertEqual(s["refused_acks"], 0, s)
+
     def test_a_bundle_for_another_device_or_another_key_is_refused_and_nothing_is_written(self):
         self.start_tls_broker()
         url = f"mqtts://{nh.TLS_HOST}:{self.broker.port}"

@@ -10,6 +10,8 @@ import io
 import json
 import os
 import random
+import signal
+import sqlite3
 import sys
 import threading
 import unittest
@@ -818,3 +820,171 @@ class LogTest(nh.NodeTestCase):
         beyond = self.cli.run("log", "checkpoint", "--size", str(len(sent) + 1))
         self.assertEqual(beyond.returncode, 1)
         self.assertIn(f"the log has {len(sent)} leaves", beyond.stderr)
+
+
+def sign_ack(private_key, statement, *, kid=None):
+    """A flattened JWS of a PROTOCOL §5.1 ack statement with `private_key`, whatever `kid` says:
+    a node's signed ack, or a forged one."""
+    payload = json.dumps(statement, separators=(",", ":")).encode("utf-8")
+    header = json.dumps({"alg": "EdDSA", "kid": kid or private_key.thumbprint(),
+                         "typ": "reflow-ack+json"}, separators=(",", ":"))
+    protected, payload_b64 = h.b64url(header.encode("utf-8")), h.b64url(payload)
+    signature = private_key.get_op_key("sign").sign(f"{protected}.{payload_b64}".encode("ascii"))
+    return {"protected": protected, "payload": payload_b64, "signature": h.b64url(signature)}
+
+
+class SignedAckTest(nh.NodeTestCase):
+    """An agent that pins the node's key (`[mqtt] node_jwk`, PROTOCOL §5.1) against a hostile
+    client that publishes acks straight to the broker (the plain test broker has no ACL: open on
+    purpose). Unsigned, forged, replayed-older and misrouted acks prune nothing and are counted by
+    reason in `status`; the node's own signed acks then prune as before."""
+
+    def setUp(self):
+        super().setUp()
+        self.start_plain_broker()
+        self.node_key = json.loads(self.cli.ok("key", "init", "--json").stdout)
+        self.acks = self.ack_watcher()
+        self.ingest = self.start_ingest()
+        self.device = self.new_device("dev-s")
+        self.other = self.new_device("dev-o")
+        jwk_file = self.device.config_path.parent / "node.jwk"
+        jwk_file.write_text(json.dumps(self.node_key["jwk"]) + "\n")
+        with open(self.device.config_path, "a") as config:  # [mqtt] is the config's last table
+            config.write(f"node_jwk = {nh.toml_str(jwk_file)}\n")
+
+    def signed_ack(self, device, seq):
+        """The node's signed ack of `device` up to `seq`, as it published it."""
+        for ack in self.acks.raw_acks(device):
+            if ack["seq"] == seq and "signed" in ack:
+                return ack
+        self.fail(f"no signed ack of {device} seq {seq} in {self.acks.raw_acks(device)}")
+
+    def test_hostile_acks_prune_nothing_and_the_nodes_signed_ack_then_prunes(self):
+        agent = self.start_device_agent(self.device)
+        other_agent = self.start_device_agent(self.other)
+        self.assertIn("acks are verified", agent.log_text())
+        self.assertIn("acks are NOT verified", other_agent.log_text())
+        self.assertFalse(other_agent.status()["acks_verified"])
+
+        # The node's signed acks prune, one event at a time so that each seq has its own ack.
+        for seq in (1, 2):
+            self.emit_for(self.device, h.emit_lines(1, start=seq - 1))
+            s = agent.wait_status(lambda s, seq=seq: s["acked_seq"] == seq and
+                                  s["backlog_events"] == 0, f"seq {seq} acked and pruned")
+        self.assertTrue(s["acks_verified"])
+        self.assertEqual(s["node_kid"], self.node_key["kid"])
+        self.assertEqual(s["refused_acks"], 0, s)
+        self.assertGreaterEqual(s["verified_tree_size"], 2)
+        self.assertIsNone(s["ack_error"])
+        stream = s["stream"]
+        self.emit_for(self.other, h.emit_lines(1))
+        other_agent.wait_status(lambda s: s["acked_seq"] == 1, "the other device acked")
+        old_ack, last_ack = self.signed_ack("dev-s", 1), self.signed_ack("dev-s", 2)
+        other_ack = self.signed_ack("dev-o", 1)
+
+        # The node stops; two more events wait in the outbox.
+        self.assertIsNotNone(self.ingest.terminate(h.WAIT_S))
+        self.emit_for(self.device, h.emit_lines(2, start=2))
+        agent.wait_status(lambda s: s["last_seq"] == 4 and s["backlog_events"] == 2, "seq 3..4 kept")
+
+        forger = nh.new_private_key()
+        statement = json.loads(b64url_decode(last_ack["signed"]["payload"]))
+        statement["seq"] = 4
+        tampered = dict(last_ack["signed"])
+        tampered["payload"] = h.b64url(json.dumps(statement, separators=(",", ":")).encode())
+        hostile = {
+            "replayed": old_ack,
+            "unsigned": {"stream": stream, "seq": 4},
+            "wrong_key": {"stream": stream, "seq": 4, "signed": sign_ack(forger, statement)},
+            "bad_signature": {"stream": stream, "seq": 4, "signed": tampered},
+            "misrouted": other_ack,
+        }
+        attacker = self.probe(name="attacker")
+        for ack in hostile.values():
+            attacker.publish(ack_topic("dev-s"), json.dumps(ack).encode())
+        s = agent.wait_status(lambda s: s["refused_acks"] == len(hostile), "every hostile ack refused")
+        self.assertEqual({reason: n for reason, n in s["refused_acks_by_reason"].items() if n},
+                         {reason: 1 for reason in hostile})
+        self.assertEqual((s["acked_seq"], s["backlog_events"]), (2, 2), "nothing pruned")
+        log = agent.log_text()
+        for reason in hostile:
+            self.assertIn(f"({reason})", log)
+
+        # The node comes back; the agent republishes and the node's signed ack prunes as before.
+        self.ingest = self.start_ingest()
+        s = agent.wait_status(lambda s: s["acked_seq"] == 4 and s["backlog_events"] == 0,
+                              "seq 3..4 acked by the node and pruned")
+        self.assertEqual(s["refused_acks"], len(hostile))
+        self.assertIsNone(s["ack_error"])
+        self.assertGreaterEqual(s["verified_tree_size"], 5)
+        self.assertEqual(len(self.cli.events("dev-s")), 4)
+
+    def test_an_altered_node_store_fails_the_next_proof_and_prunes_nothing(self):
+        agent = self.start_device_agent(self.device)
+        other_agent = self.start_device_agent(self.other)
+        for seq in (1, 2):  # leaves 0 and 1 of the node's log
+            self.emit_for(self.device, h.emit_lines(1, start=seq - 1))
+            agent.wait_status(lambda s, seq=seq: s["acked_seq"] == seq, f"seq {seq} acked")
+        self.emit_for(self.other, h.emit_lines(1))  # leaf 2
+        other_agent.wait_status(lambda s: s["acked_seq"] == 1, "the other device acked")
+
+        # Event 3 reaches the broker while the node is down (its session keeps it), and the node
+        # stores it as leaf 3 while the agent is down: the agent has not seen its ack.
+        self.assertIsNotNone(self.ingest.terminate(h.WAIT_S))
+        self.emit_for(self.device, h.emit_lines(1, start=2))
+        s = agent.wait_status(lambda s: s["published"] >= 3, "seq 3 published")
+        stream = s["stream"]
+        agent.send_signal(signal.SIGTERM)
+        self.assertIsNotNone(agent.wait_exit(h.WAIT_S))
+        self.ingest = self.start_ingest()
+        self.acks.wait_ack("dev-s", stream, 3)
+        self.assertIsNotNone(self.ingest.terminate(h.WAIT_S))
+
+        # The operator changes a byte of every interior hash of the log, by SQL, and removes
+        # the retained ack that proved event 3 in the untouched log.
+        db = sqlite3.connect(self.ingest_data / "ingest.db")
+        with db:
+            changed = db.execute(
+                "UPDATE log_nodes SET hash = CASE WHEN substr(hash, 1, 1) = X'00' THEN X'01' "
+                "ELSE X'00' END || substr(hash, 2)").rowcount
+        db.close()
+        self.assertGreaterEqual(changed, 2)
+        self.probe(name="operator").publish(ack_topic("dev-s"), b"", retain=True)
+
+        # The node acks the republished event 3 from the altered log: the proof fails.
+        self.ingest = self.start_ingest()
+        agent = self.start_device_agent(self.device)
+        s = agent.wait_status(lambda s: s["ack_error"] is not None, "the failed proof in status")
+        self.assertIn("inclusion proof", s["ack_error"])
+        self.assertGreaterEqual(s["refused_acks_by_reason"]["bad_inclusion"], 1)
+        self.assertEqual((s["acked_seq"], s["backlog_events"]), (2, 1), "nothing pruned")
+        self.assertIn("(bad_inclusion)", agent.log_text())
+
+    def test_a_node_log_cut_back_by_sql_is_inconsistent_and_prunes_nothing(self):
+        agent = self.start_device_agent(self.device)
+        for seq in (1, 2):  # leaves 0 and 1
+            self.emit_for(self.device, h.emit_lines(1, start=seq - 1))
+            s = agent.wait_status(lambda s, seq=seq: s["acked_seq"] == seq, f"seq {seq} acked")
+        self.assertEqual(s["verified_tree_size"], 2)
+
+        # The operator cuts the log back to its first leaf; the node then stores event 3 as a
+        # second leaf 1: a log of the size the agent verified, with another root.
+        self.assertIsNotNone(self.ingest.terminate(h.WAIT_S))
+        db = sqlite3.connect(self.ingest_data / "ingest.db")
+        with db:
+            db.execute("DELETE FROM log_leaves WHERE idx >= 1")
+            db.execute("DELETE FROM log_nodes")
+        db.close()
+        self.ingest = self.start_ingest()
+        self.emit_for(self.device, h.emit_lines(1, start=2))
+        s = agent.wait_status(lambda s: s["refused_acks_by_reason"]["inconsistent"] >= 1,
+                              "the inconsistent log refused")
+        self.assertIn("a log only grows", s["ack_error"])
+        self.assertEqual((s["acked_seq"], s["backlog_events"]), (2, 1), "nothing pruned")
+        # A restarted agent holds the node to the same log: it was kept in the outbox.
+        agent.send_signal(signal.SIGTERM)
+        self.assertIsNotNone(agent.wait_exit(h.WAIT_S))
+        agent = self.start_device_agent(self.device)
+        s = agent.wait_status(lambda s: s["refused_acks_by_reason"]["inconsistent"] >= 1,
+                              "the inconsistent log refused after a restart")
+        self.assertEqual((s["acked_seq"], s["backlog_events"]), (2, 1), "nothing pruned")

@@ -28,7 +28,6 @@ using file_io::errno_text;
 using file_io::Fd;
 
 constexpr std::string_view k_alg = "EdDSA";
-constexpr std::string_view k_typ = "reflow-event+json";
 // A key file is one base64url line; anything much larger is not a key file.
 constexpr std::size_t k_max_key_file_bytes = 256;
 
@@ -91,7 +90,7 @@ Result<std::string> decode_member(std::string_view name, std::string_view text) 
 // §3's three members: an extension such as `crit`, `b64` (RFC 7797) or `zip` changes what was
 // signed or how to read it, so a verifier that ignores one reads the envelope differently from
 // a library that honours it (RFC 7515 §4.1.11 lets a recipient refuse what it does not use).
-Result<std::string> read_header_kid(const std::string& protected_b64) {
+Result<std::string> read_header_kid(const std::string& protected_b64, std::string_view typ_wanted) {
   auto bad = [](std::string message) {
     return fail(ErrorCode::invalid_argument, std::move(message));
   };
@@ -114,8 +113,8 @@ Result<std::string> read_header_kid(const std::string& protected_b64) {
   if (alg->get_ref<const std::string&>() != k_alg)
     return bad(fmt::format("protected: alg: expected \"EdDSA\"; got {}", alg->dump(-1, ' ', true)));
   auto typ = header.find("typ");
-  if (typ == header.end() || !typ->is_string() || typ->get_ref<const std::string&>() != k_typ)
-    return bad(fmt::format("protected: typ: expected \"{}\"; got {}", k_typ,
+  if (typ == header.end() || !typ->is_string() || typ->get_ref<const std::string&>() != typ_wanted)
+    return bad(fmt::format("protected: typ: expected \"{}\"; got {}", typ_wanted,
                            typ == header.end() ? "nothing" : typ->dump(-1, ' ', true)));
   auto kid = header.find("kid");
   if (kid == header.end() || !kid->is_string() || kid->get_ref<const std::string&>().size() != 43 ||
@@ -130,8 +129,10 @@ Result<std::string> read_header_kid(const std::string& protected_b64) {
 // read_header_kid, remembering the headers that passed. A key signs every envelope with the same
 // header bytes (jws_protected_header_b64), so a node that verifies many events of few keys
 // decodes and parses each key's header once, not once per event. Shared by all threads: the
-// node's verifier threads last one batch each.
-Result<std::string> header_kid(const std::string& protected_b64) {
+// node's verifier threads last one batch each. Only event headers are remembered: other types
+// (an agent's acks) are few, and the cache then never answers for a `typ` it did not check.
+Result<std::string> header_kid(const std::string& protected_b64, std::string_view typ_wanted) {
+  if (typ_wanted != k_event_typ) return read_header_kid(protected_b64, typ_wanted);
   // Bounds the memory a stream of distinct headers can take (about 200 bytes an entry).
   constexpr std::size_t k_max_headers = 4096;
   static std::shared_mutex mutex;
@@ -140,7 +141,7 @@ Result<std::string> header_kid(const std::string& protected_b64) {
     std::shared_lock lock(mutex);
     if (auto it = kids.find(protected_b64); it != kids.end()) return it->second;
   }
-  auto kid = read_header_kid(protected_b64);
+  auto kid = read_header_kid(protected_b64, typ_wanted);
   if (!kid) return kid;
   std::unique_lock lock(mutex);
   if (kids.size() >= k_max_headers) kids.clear();
@@ -416,7 +417,7 @@ std::string Jws::to_envelope() const {
 
 std::string jws_protected_header_b64(std::string_view kid) {
   nlohmann::ordered_json header = {
-      {"alg", std::string(k_alg)}, {"kid", std::string(kid)}, {"typ", std::string(k_typ)}};
+      {"alg", std::string(k_alg)}, {"kid", std::string(kid)}, {"typ", std::string(k_event_typ)}};
   return base64url_encode(header.dump());
 }
 
@@ -428,7 +429,7 @@ Jws jws_sign(const DeviceKey& key, std::string_view protected_b64, std::string_v
   return jws;
 }
 
-Result<ParsedJws> jws_parse(std::string_view envelope) {
+Result<ParsedJws> jws_parse(std::string_view envelope, std::string_view typ) {
   auto bad = [](std::string message) {
     return fail(ErrorCode::invalid_argument, "JWS envelope: " + std::move(message));
   };
@@ -459,7 +460,7 @@ Result<ParsedJws> jws_parse(std::string_view envelope) {
     *target = std::move(it->get_ref<std::string&>());
   }
 
-  auto kid = header_kid(out.jws.protected_b64);
+  auto kid = header_kid(out.jws.protected_b64, typ);
   if (!kid) return bad(kid.error().message);
   out.kid = std::move(*kid);
 
@@ -476,8 +477,9 @@ Result<ParsedJws> jws_parse(std::string_view envelope) {
   return out;
 }
 
-Result<ParsedJws> jws_verify(std::string_view envelope, const PublicJwk& key) {
-  auto parsed = jws_parse(envelope);
+Result<ParsedJws> jws_verify(std::string_view envelope, const PublicJwk& key,
+                             std::string_view typ) {
+  auto parsed = jws_parse(envelope, typ);
   if (!parsed) return parsed;
   const std::string expected_kid = key.kid.empty() ? jwk_thumbprint(key.x) : key.kid;
   if (parsed->kid != expected_kid)

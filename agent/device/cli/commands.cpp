@@ -288,6 +288,20 @@ int status(const std::filesystem::path& config_path, bool json) {
   fmt::print("published:       {} ({} republished), {} acks ({} refused), {} connects\n",
              or_dash(s["published"]), or_dash(s["republished"]), or_dash(s["acks"]),
              or_dash(s["refused_acks"]), or_dash(s["connects"]));
+  if (s.value("acks_verified", false)) {
+    std::string reasons;
+    for (auto& [name, count] : s["refused_acks_by_reason"].items()) {
+      if (count.get<std::uint64_t>() == 0) continue;
+      reasons +=
+          fmt::format("{}{} {}", reasons.empty() ? "" : ", ", count.get<std::uint64_t>(), name);
+    }
+    fmt::print("acks:            verified with node key {}; log size {}; refused: {}\n",
+               or_dash(s["node_kid"]), or_dash(s["verified_tree_size"]),
+               reasons.empty() ? std::string("none") : reasons);
+    if (!s["ack_error"].is_null()) fmt::print("ACK PROOF FAILED: {}\n", or_dash(s["ack_error"]));
+  } else {
+    fmt::print("acks:            NOT verified (no mqtt.node_jwk; PROTOCOL §5.1)\n");
+  }
   fmt::print("last error:      {}\n", or_dash(s["last_error"]));
   if (!s["quarantined"].is_null())
     fmt::print("QUARANTINED:     the previous outbox was unreadable and is kept at {}\n",

@@ -15,6 +15,8 @@
 #include <fstream>
 #include <sstream>
 #include <system_error>
+#include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -166,13 +168,16 @@ int enroll_bundle(const std::filesystem::path& config_path, const AgentConfig& c
     print_error(config_text.error().message);
     return 1;
   }
-  auto edited = set_mqtt_string_keys(*config_text,
-                                     {{"url", bundle.url},
-                                      {"topic_prefix", bundle.topic_prefix},
-                                      {"ca_file", ca_file.string()},
-                                      {"cert_file", cert_file.string()},
-                                      {"key_file", std::filesystem::absolute(key_path).string()}},
-                                     config_path.string());
+  std::vector<std::pair<std::string, std::string>> keys = {
+      {"url", bundle.url},
+      {"topic_prefix", bundle.topic_prefix},
+      {"ca_file", ca_file.string()},
+      {"cert_file", cert_file.string()},
+      {"key_file", std::filesystem::absolute(key_path).string()}};
+  // The node's key, when it has one: pinned, so that only its signed acks prune (PROTOCOL §5.1).
+  const auto node_jwk_file = config.node_jwk.empty() ? config_dir / "node.jwk" : config.node_jwk;
+  if (bundle.node_ack_jwk) keys.emplace_back("node_jwk", node_jwk_file.string());
+  auto edited = set_mqtt_string_keys(*config_text, keys, config_path.string());
   if (!edited) {
     print_error(edited.error().message);
     return 1;
@@ -183,6 +188,12 @@ int enroll_bundle(const std::filesystem::path& config_path, const AgentConfig& c
       print_error(written.error().message);
       return 1;
     }
+  if (bundle.node_ack_jwk) {
+    if (auto written = replace_file(node_jwk_file, *bundle.node_ack_jwk + "\n", 0644); !written) {
+      print_error(written.error().message);
+      return 1;
+    }
+  }
   auto given = give_key_to_service_user(key_path, config);
   if (!given) {
     print_error(given.error().message);
@@ -201,14 +212,14 @@ int enroll_bundle(const std::filesystem::path& config_path, const AgentConfig& c
       cert_file.string(), format_rfc3339_s(parsed->device.not_after), key_path.string(),
       given->empty() ? std::string() : fmt::format(" (owned by {}, mode 0600)", *given));
   if (bundle.node_ack_jwk)
-    fmt::print(stderr,
-               "reflow-agent: the bundle holds node_ack_jwk, which this version does not use\n");
+    fmt::print("node_jwk:  {} (acks are verified with the node's key)\n", node_jwk_file.string());
   fmt::print(stderr,
-             "reflow-agent: wrote the [mqtt] keys url, topic_prefix, ca_file, cert_file and "
-             "key_file into {} (its comments and other keys kept); next: restart the agent "
+             "reflow-agent: wrote the [mqtt] keys url, topic_prefix, ca_file, cert_file, "
+             "key_file{} into {} (its comments and other keys kept); next: restart the agent "
              "(systemctl restart reflow-agent); `reflow-agent status --config {}` then shows the "
              "certificate\n",
-             config_path.string(), config_path.string());
+             bundle.node_ack_jwk ? " and node_jwk" : "", config_path.string(),
+             config_path.string());
   return 0;
 }
 

@@ -95,6 +95,11 @@ AgentSchema make_schema() {
   add("mqtt", "max_inflight", "integer", "64",
       "QoS 1 publishes awaiting the broker's PUBACK at once.",
       count_key(&AgentConfig::max_inflight, 1, 65535));
+  add("mqtt", "node_jwk", "path", "(none)",
+      "The node's public JWK (`reflow-ingest key show`, the enrolment bundle's node_ack_jwk). "
+      "Set: events are pruned only on acks the node signed with it, proven in its log "
+      "(PROTOCOL §5.1). Unset: acks are not verified.",
+      path_key(&AgentConfig::node_jwk));
 
   // [outbox]
   add("outbox", "quota", "size", "\"256MiB\"",

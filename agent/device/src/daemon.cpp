@@ -196,6 +196,17 @@ nlohmann::ordered_json status_json(const AgentConfig& config, Outbox& outbox, Fo
   j["republished"] = f.republished;
   j["acks"] = f.acks;
   j["refused_acks"] = f.refused_acks;
+  // PROTOCOL §5.1: whether acks are verified, and why the refused ones were refused.
+  j["acks_verified"] = f.node_kid.has_value();
+  j["node_kid"] =
+      f.node_kid ? nlohmann::ordered_json(*f.node_kid) : nlohmann::ordered_json(nullptr);
+  nlohmann::ordered_json by_reason = nlohmann::ordered_json::object();
+  for (std::size_t i = 0; i < k_ack_refusal_kinds; ++i)
+    by_reason[std::string(to_string(static_cast<AckRefusal>(i)))] = f.refused_by_reason[i];
+  j["refused_acks_by_reason"] = std::move(by_reason);
+  j["ack_error"] =
+      f.ack_error.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(f.ack_error);
+  j["verified_tree_size"] = f.verified_tree_size;
   j["connects"] = f.connects;
   j["quarantined"] =
       o.quarantined ? nlohmann::ordered_json(*o.quarantined) : nlohmann::ordered_json(nullptr);

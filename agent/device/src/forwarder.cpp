@@ -119,6 +119,22 @@ struct Forwarder::Impl {
 
     paho_uri = address->paho_uri;
     client_id = config.client_id.empty() ? "reflow-agent-" + config.device_id : config.client_id;
+    if (!config.node_jwk.empty()) {
+      auto jwk = load_node_jwk(config.node_jwk, config.source_file);
+      if (!jwk) return std::unexpected(jwk.error());
+      node_key = std::move(*jwk);
+      log.info(k_component, "acks are verified: pruning only on acks signed by node key {} ({})",
+               node_key->kid, config.node_jwk.string());
+    } else {
+      log.warning(k_component,
+                  "acks are NOT verified (no mqtt.node_jwk): any client that can write {} can "
+                  "make this agent prune events (PROTOCOL §5.1)",
+                  ack_topic);
+    }
+    {
+      std::lock_guard lock(stats_mutex);
+      if (node_key) stats.node_kid = node_key->kid;
+    }
     if (auto made = make_client(); !made) return made;
     stream = outbox.stats().stream;
     return {};
@@ -385,7 +401,73 @@ struct Forwarder::Impl {
     stats.last_error = fmt::format("{}: {}", config.url, why);
   }
 
+  // With a pinned node key: the statement the ack makes once verify_signed_ack accepts it, or
+  // nullopt after counting and logging why not. A repeat of the last verified ack (the retained
+  // ack on reconnect) is neither counted nor applied.
+  std::optional<VerifiedAck> verify_ack(const std::string& payload) {
+    const auto outbox_stats = outbox.stats();
+    AckContext context;
+    context.device = config.device_id;
+    context.stream = stream;
+    context.last_committed = std::max(outbox_stats.last_seq, known_last.load());
+    context.last_verified = std::max(outbox_stats.acked_seq, unrecorded_ack.value_or(0));
+    context.verified_log = outbox.verified_log();
+    context.envelope_of = [this](std::int64_t seq) -> Result<std::optional<std::string>> {
+      auto events = outbox.read_from(seq, 1);
+      if (!events) return std::unexpected(events.error());
+      if (events->empty() || events->front().seq != seq) return std::optional<std::string>{};
+      return std::optional<std::string>(std::move(events->front().envelope));
+    };
+    auto verified = verify_signed_ack(payload, *node_key, context);
+    if (verified) {
+      if (verified->repeat) return std::nullopt;
+      if (auto recorded = outbox.record_verified_log(verified->tree_size, verified->root);
+          !recorded) {
+        // Pruning without the log recorded would let a restarted agent accept a shrunk log.
+        log.warning(k_component, "not applying the verified ack of seq {}: {}", verified->seq,
+                    recorded.error().message);
+        return std::nullopt;
+      }
+      std::lock_guard lock(stats_mutex);
+      stats.ack_error.clear();
+      stats.verified_tree_size = verified->tree_size;
+      return std::move(*verified);
+    }
+    const auto reason = verified.error().reason;
+    const auto index = static_cast<std::size_t>(reason);
+    {
+      std::lock_guard lock(stats_mutex);
+      ++stats.refused_acks;
+      ++stats.refused_by_reason[index];
+      if (reason == AckRefusal::bad_inclusion || reason == AckRefusal::inconsistent)
+        stats.ack_error = verified.error().message;
+    }
+    // A hostile client can publish acks as fast as the broker takes them: one line per reason
+    // a minute, saying how many were not logged.
+    auto& limit = refusal_log[index];
+    const auto now = env.steady_now();
+    if (limit.logged_at && now < *limit.logged_at + std::chrono::minutes(1)) {
+      ++limit.suppressed;
+      return std::nullopt;
+    }
+    log.error(k_component, "refusing an ack on {} ({}): {}; nothing pruned{}", ack_topic,
+              to_string(reason), verified.error().message,
+              limit.suppressed == 0
+                  ? std::string()
+                  : fmt::format(" ({} more refused for this reason in the last minute)",
+                                limit.suppressed));
+    limit.logged_at = now;
+    limit.suppressed = 0;
+    return std::nullopt;
+  }
+
   void handle_ack(const std::string& payload) {
+    if (node_key) {
+      auto verified = verify_ack(payload);
+      if (!verified) return;
+      apply_ack(payload, Ack{verified->stream, verified->seq});
+      return;
+    }
     auto ack = parse_ack(payload);
     if (!ack) {
       log.warning(k_component,
@@ -398,7 +480,12 @@ struct Forwarder::Impl {
                ack->stream, stream);
       return;
     }
-    auto applied = outbox.apply_ack(ack->stream, ack->seq);
+    apply_ack(payload, *ack);
+  }
+
+  // Applies an ack that passed the checks: the outbox prunes what it covers.
+  void apply_ack(const std::string& payload, const Ack& ack) {
+    auto applied = outbox.apply_ack(ack.stream, ack.seq);
     if (!applied && applied.error().code == ErrorCode::rejected) {
       log.error(k_component, "refusing the ack on {}: {}", ack_topic, applied.error().message);
       std::lock_guard lock(stats_mutex);
@@ -409,7 +496,7 @@ struct Forwarder::Impl {
       // The node has the events even though the outbox cannot record it (a full disk): take the
       // ack as progress so the backlog is not republished every resend_after, and record it
       // later (retry_unrecorded_ack).
-      const std::int64_t seq = ack->seq;
+      const std::int64_t seq = ack.seq;
       if (!unrecorded_ack) {
         log.warning(k_component, "applying the ack {} failed: {}; retrying", payload.substr(0, 200),
                     applied.error().message);
@@ -608,6 +695,12 @@ struct Forwarder::Impl {
   std::deque<OutboxEvent> pending;  ///< read from the outbox, starting at `cursor`
   std::map<const mqtt::token*, Inflight> inflight;
   bool read_failing = false;
+  std::optional<PublicJwk> node_key;  ///< mqtt.node_jwk, when set
+  struct RefusalLog {
+    std::optional<Clock::time_point> logged_at;
+    std::uint64_t suppressed = 0;
+  };
+  std::array<RefusalLog, k_ack_refusal_kinds> refusal_log{};
   std::optional<std::int64_t> unrecorded_ack;  ///< the node's ack the outbox could not record yet
   Clock::time_point retry_ack_at{};
 

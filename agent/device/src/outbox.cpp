@@ -331,6 +331,16 @@ struct Outbox::Impl {
   std::string path_text() const { return options.path.string(); }
 
   int prepare_all() {
+    // The node's verified log (PROTOCOL §5.1) lives beside meta, not in it, so an outbox made
+    // before it keeps its schema version and older agents still open the file.
+    if (int rc = sqlite3_exec(db.get(),
+                              "CREATE TABLE IF NOT EXISTS node_log("
+                              " id INTEGER PRIMARY KEY CHECK (id = 1),"
+                              " tree_size INTEGER NOT NULL,"
+                              " root BLOB NOT NULL)",
+                              nullptr, nullptr, nullptr);
+        rc != SQLITE_OK)
+      return rc;
     // Kept for the connection's life.
     auto prepare = [d = db.get()](const char* sql, StmtPtr& out) {
       return sqlite::prepare(d, sql, out, SQLITE_PREPARE_PERSISTENT);
@@ -838,6 +848,39 @@ Result<std::vector<OutboxEvent>> Outbox::read_from(std::int64_t from_seq,
                 fmt::format("outbox {}: cannot read events from seq {}: {}", s.path_text(),
                             from_seq, sqlite::error_detail(s.db.get(), rc)));
   return out;
+}
+
+std::optional<std::pair<std::uint64_t, merkle::Hash>> Outbox::verified_log() const {
+  Impl& s = *m_impl;
+  std::lock_guard lock(s.mutex);
+  sqlite::StmtPtr select;
+  if (sqlite::prepare(s.db.get(), "SELECT tree_size, root FROM node_log WHERE id = 1", select) !=
+          SQLITE_OK ||
+      sqlite3_step(select.get()) != SQLITE_ROW)
+    return std::nullopt;
+  merkle::Hash root{};
+  if (sqlite3_column_bytes(select.get(), 1) != static_cast<int>(root.size())) return std::nullopt;
+  std::memcpy(root.data(), sqlite3_column_blob(select.get(), 1), root.size());
+  return std::pair{static_cast<std::uint64_t>(sqlite3_column_int64(select.get(), 0)), root};
+}
+
+Status Outbox::record_verified_log(std::uint64_t tree_size, const merkle::Hash& root) {
+  Impl& s = *m_impl;
+  std::lock_guard lock(s.mutex);
+  sqlite::StmtPtr upsert;
+  int rc = sqlite::prepare(
+      s.db.get(), "INSERT OR REPLACE INTO node_log(id, tree_size, root) VALUES (1, ?1, ?2)",
+      upsert);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(upsert.get(), 1, static_cast<sqlite3_int64>(tree_size));
+    sqlite3_bind_blob(upsert.get(), 2, root.data(), static_cast<int>(root.size()), SQLITE_STATIC);
+    rc = sqlite::run(upsert.get());
+  }
+  if (rc != SQLITE_OK)
+    return fail(is_full(rc) ? ErrorCode::no_space : ErrorCode::io,
+                fmt::format("outbox {}: cannot record the node's verified log of {} leaves: {}",
+                            s.path_text(), tree_size, sqlite::error_detail(s.db.get(), rc)));
+  return {};
 }
 
 Result<std::int64_t> Outbox::apply_ack(const std::string& stream, std::int64_t seq) {

@@ -12,6 +12,11 @@
 
 namespace agent {
 
+/// The `typ` of a device's signed event (PROTOCOL §3).
+inline constexpr std::string_view k_event_typ = "reflow-event+json";
+/// The `typ` of a node's signed ack (PROTOCOL §5.1).
+inline constexpr std::string_view k_ack_typ = "reflow-ack+json";
+
 /// base64url without padding (RFC 7515 §2, RFC 4648 §5), through libsodium.
 std::string base64url_encode(std::span<const std::uint8_t> bytes);
 std::string base64url_encode(std::string_view bytes);
@@ -111,14 +116,16 @@ struct ParsedJws {
   std::array<std::uint8_t, 64> signature{};  ///< decoded signature (jws.signature_b64)
 };
 
-/// Parses a flattened JWS envelope without checking the signature: the header must be JSON with
-/// `alg` = "EdDSA" and a `kid`. Envelopes over 64 KiB are refused (PROTOCOL §3).
+/// Parses a flattened JWS envelope without checking the signature: the header must be exactly
+/// `alg` = "EdDSA", a `kid` and `typ` = `typ` (an event's by default; k_ack_typ for a node's
+/// ack). Envelopes over 64 KiB are refused (PROTOCOL §3).
 /// Errors: invalid_argument naming what is wrong.
-Result<ParsedJws> jws_parse(std::string_view envelope);
+Result<ParsedJws> jws_parse(std::string_view envelope, std::string_view typ = k_event_typ);
 
 /// jws_parse, then checks that `kid` matches `key` and the Ed25519 signature verifies; only then
 /// returns the parsed envelope. Errors: invalid_argument (malformed), crypto (wrong kid, bad
 /// signature).
-Result<ParsedJws> jws_verify(std::string_view envelope, const PublicJwk& key);
+Result<ParsedJws> jws_verify(std::string_view envelope, const PublicJwk& key,
+                             std::string_view typ = k_event_typ);
 
 }  // namespace agent

@@ -62,6 +62,8 @@ struct AgentConfig {
   std::chrono::milliseconds reconnect_max{std::chrono::seconds(60)};
   std::chrono::milliseconds status_interval{std::chrono::seconds(60)};  ///< PROTOCOL §6: ≤ 60 s
   std::uint32_t max_inflight = 64;  ///< QoS 1 publishes awaiting PUBACK at once
+  /// The node's public JWK (PROTOCOL §5.1); set: prune only on acks it signed. Default: none.
+  std::filesystem::path node_jwk;
 
   // [outbox]
   std::uint64_t quota_bytes = 256ull * 1024 * 1024;  ///< bytes of unacked envelopes kept at most

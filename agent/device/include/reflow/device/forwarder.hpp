@@ -1,14 +1,17 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
 #include <reflow/core/env.hpp>
 #include <reflow/core/logger.hpp>
 #include <reflow/core/result.hpp>
+#include <reflow/device/ack_verifier.hpp>
 #include <reflow/device/config.hpp>
 #include <reflow/device/outbox.hpp>
 
@@ -24,8 +27,17 @@ struct ForwarderStats {
   std::uint64_t published = 0;    ///< PUBACKed publishes since start
   std::uint64_t republished = 0;  ///< of which republishes (reconnect or resend_after)
   std::uint64_t acks = 0;         ///< ack messages applied
-  /// Acks refused because their seq is beyond the outbox's last committed seq (nothing pruned).
+  /// Acks refused, nothing pruned: a seq beyond the outbox's last committed seq, and with a
+  /// pinned node key every ack that does not verify (PROTOCOL §5.1).
   std::uint64_t refused_acks = 0;
+  /// The pinned node key's kid (mqtt.node_jwk); nullopt: acks are not verified.
+  std::optional<std::string> node_kid;
+  /// With a pinned key: refused acks per reason, indexed by AckRefusal.
+  std::array<std::uint64_t, k_ack_refusal_kinds> refused_by_reason{};
+  /// The last failed proof (bad_inclusion), "" once an ack verifies again.
+  std::string ack_error;
+  /// The node's log as the last verified ack stated it (0: none verified since start).
+  std::uint64_t verified_tree_size = 0;
   std::uint64_t connects = 0;
 };
 
@@ -48,7 +60,9 @@ Result<Ack> parse_ack(std::string_view payload);
 /// `PREFIX/DEVICE/ack`, publishes the retained §6 status (will: `{"state":"offline"}`, retained)
 /// and (re)publishes from acked+1; it republishes from acked+1 again when the ack has not
 /// advanced for `resend_after` while events are outstanding (PROTOCOL §5). Acks are applied to the
-/// outbox, which prunes what they cover. Reconnects back off exponentially with full jitter
+/// outbox, which prunes what they cover. With `mqtt.node_jwk` set, an ack prunes only once
+/// verify_signed_ack accepts it (PROTOCOL §5.1); others are counted per reason and logged at most
+/// once a minute per reason. Reconnects back off exponentially with full jitter
 /// between `reconnect_min` and `reconnect_max`. The status is refreshed every `status_interval`.
 ///
 /// Owns one thread and the Paho client; borrows the outbox, env and logger.

@@ -12,6 +12,7 @@
 #include <reflow/core/env.hpp>
 #include <reflow/core/jose.hpp>
 #include <reflow/core/logger.hpp>
+#include <reflow/core/merkle.hpp>
 #include <reflow/core/result.hpp>
 #include <reflow/device/config.hpp>
 
@@ -161,6 +162,15 @@ class Outbox {
   Result<std::int64_t> apply_ack(const std::string& stream, std::int64_t seq);
 
   OutboxStats stats() const;
+
+  /// The node's log as the last verified signed ack stated it (PROTOCOL §5.1): its size in
+  /// leaves and root hash. Kept in the outbox file (table node_log, one row), so a restarted
+  /// agent holds the node to it. nullopt before the first verified ack.
+  std::optional<std::pair<std::uint64_t, merkle::Hash>> verified_log() const;
+
+  /// Records the log of a verified ack, before the ack is applied (a crash in between leaves a
+  /// log that the next copy of the same ack matches). Errors: io or no_space naming the file.
+  Status record_verified_log(std::uint64_t tree_size, const merkle::Hash& root);
 
   /// Reads the envelopes of an outbox file (the live one or a quarantined one) read-only, in seq
   /// order from `from_seq`, calling `each` per event, for `reflow-agent export`. Rows that cannot

@@ -24,7 +24,7 @@
 namespace ingest {
 
 /// The `typ` of a signed ack's protected header (PROTOCOL §5.1).
-inline constexpr std::string_view k_ack_typ = "reflow-ack+json";
+using agent::k_ack_typ;
 
 /// What a signed ack states (PROTOCOL §5.1): the node stored `device`'s events 1..`seq` of
 /// `stream`, and event `seq` is leaf `leaf_index` of the log whose first `tree_size` leaves have
