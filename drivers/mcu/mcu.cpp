@@ -216,7 +216,7 @@ class McuDriver final : public Driver {
         fw::Header{fw::k_link_version, fw::MessageType::config, boot, 0}, m_config.board, p);
     send(p, n);
     m_config_sent_for = boot;
-    m_warned_config = false;
+    m_mismatched = 0;
     m_log.info(m_component, "sent the config to boot {}", boot);
   }
 
@@ -289,9 +289,13 @@ class McuDriver final : public Driver {
         // the board resend every unacknowledged message at once (LINK §5).
         if (m_config_sent_for != h.boot) {
           send_config(h.boot);
-        } else if (!configured && !m_warned_config) {
-          m_warned_config = true;
-          m_log.warning(m_component, "the board runs another config than this driver's");
+        } else if (!configured && ++m_mismatched == 2) {
+          // The first may have left the board before the config arrived.
+          m_log.warning(m_component,
+                        "the board runs another config than this driver's (it "
+                        "refused it? see the board's error)");
+        } else if (configured) {
+          m_mismatched = 0;
         }
         return;
       }
@@ -532,7 +536,7 @@ class McuDriver final : public Driver {
   fw::FrameDecoder m_decoder;
   Cursor m_cursor;
   std::uint32_t m_boot = 0;
-  bool m_warned_config = false;
+  int m_mismatched = 0;  // heartbeats without this driver's config since it was sent
   std::uint32_t m_config_sent_for = 0;
   std::optional<std::int64_t> m_offset_ms;
   std::set<std::uint32_t> m_open_sessions;

@@ -3,7 +3,8 @@
 // board until the STM32 port exists. It makes a pseudo-terminal (openpty) and plays the board on
 // its master side; the agent's mcu driver opens the slave (printed on stdout, and linked at
 // --link). Clamp samples are synthesised: a 50 Hz sine of the RMS current given per --session,
-// or ADC counts read from a file (--samples). The board's clock is virtual: it runs --speed
+// or ADC counts read from a file (--samples), both timed from the agent's first config (the
+// board samples nothing before it). The board's clock is virtual: it runs --speed
 // times faster than real time, so tests see minutes of a machine in seconds without sleeping.
 #include <fcntl.h>
 #include <poll.h>
@@ -138,9 +139,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.001, 100000.0))
       ->capture_default_str();
   cli.add_option("--session", session_texts,
-                 "START_MS:LENGTH_MS:AMPS: a 50 Hz load of AMPS RMS from board time START_MS");
+                 "START_MS:LENGTH_MS:AMPS: a 50 Hz load of AMPS RMS, START_MS after the board was "
+                 "configured");
   cli.add_option("--samples", samples_file,
-                 "ADC counts, one per line, played from board time 0 at the configured rate")
+                 "ADC counts, one per line, played from the configuration on at its rate")
       ->check(CLI::ExistingFile);
   cli.add_option("--badge", badge_texts, "AT_MS:TAG: a badge read (TAG: 10 hex characters)");
   cli.add_option("--mid-rail", mid_rail, "ADC counts of the clamp's bias")->capture_default_str();
@@ -210,6 +212,7 @@ int main(int argc, char** argv) {
   bool was_configured = false;
   std::size_t next_badge = 0;
   std::uint32_t last_seq_logged = 0;
+  std::size_t unacked_logged = 0;
   while (g_stop == 0) {
     const double real_ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - real_start)
@@ -231,13 +234,14 @@ int main(int argc, char** argv) {
         const std::uint64_t due = (ms - sampling_from_ms) * c.sample_rate_hz / 1000;
         for (; samples_taken < due; ++samples_taken) {
           const double t = static_cast<double>(samples_taken) / c.sample_rate_hz;
-          const auto board_ms = sampling_from_ms + samples_taken * 1000 / c.sample_rate_hz;
+          const auto since_config_ms = samples_taken * 1000 / c.sample_rate_hz;
           std::uint16_t counts = static_cast<std::uint16_t>(mid_rail);
           if (samples_taken < recorded.size()) {
             counts = recorded[samples_taken];
           } else {
             for (const Session& s : sessions) {
-              if (board_ms < s.start_ms || board_ms >= s.start_ms + s.length_ms) continue;
+              if (since_config_ms < s.start_ms || since_config_ms >= s.start_ms + s.length_ms)
+                continue;
               const double peak_counts = s.amps * std::numbers::sqrt2 * 1e6 / c.ua_per_count;
               counts = static_cast<std::uint16_t>(
                   std::lround(mid_rail + peak_counts * std::sin(2 * std::numbers::pi * 50.0 * t)));
@@ -251,8 +255,9 @@ int main(int argc, char** argv) {
           app.on_badge_byte(static_cast<std::uint8_t>(ch));
       app.poll();
     }
-    if (app.last_seq() != last_seq_logged) {
+    if (app.last_seq() != last_seq_logged || app.unacked() != unacked_logged) {
       last_seq_logged = app.last_seq();
+      unacked_logged = app.unacked();
       std::fprintf(stderr, "sent seq %u at %llu ms, %zu unacked\n", last_seq_logged,
                    static_cast<unsigned long long>(clock.now_ms()), app.unacked());
     }
