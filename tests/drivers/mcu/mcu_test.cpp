@@ -290,6 +290,33 @@ TEST_F(McuDriverTest, GarbageDuplicateAndGap) {
   EXPECT_NE(h.state.find("lost 2, duplicates 1"), std::string::npos) << h.state;
 }
 
+TEST_F(McuDriverTest, RunningInputSessionIsUseOnlyAndUnknownTypesAreAcked) {
+  CapturingSink sink;
+  auto driver = start(sink);
+  handshake(4);
+  fw::SessionEnd e;
+  e.session = 1;
+  e.source = fw::SessionSource::running_input;
+  e.start_ms = 10'000;
+  e.end_ms = 1'810'000;
+  m_board.send(header(fw::MessageType::session_end, 4, 1), e);
+  EXPECT_EQ(m_board.ack(), 1U);
+  // A message of a later minor version: acknowledged and ignored (LINK §6).
+  fw::PayloadBuffer p{};
+  const std::size_t n = fw::encode(header(fw::MessageType::pulses, 4, 2), fw::Pulses{}, p);
+  p[1] = 42;
+  std::array<std::uint8_t, fw::k_max_frame_bytes> frame{};
+  const std::size_t f = fw::encode_frame({p.data(), n}, frame);
+  m_board.raw({reinterpret_cast<const char*>(frame.data()), f});
+  EXPECT_EQ(m_board.ack(), 2U);
+  const auto events = sink.fields();
+  ASSERT_EQ(events.size(), 1U);
+  EXPECT_EQ(events[0]["action"], "use");
+  EXPECT_DOUBLE_EQ(events[0]["effortQuantity"]["hasNumericalValue"].get<double>(), 0.5);
+  EXPECT_EQ(events[0]["inputOf"], "mcu:saw:boot-4-input-1");
+  EXPECT_EQ(events[0]["meta"]["method"], "measured");
+}
+
 TEST_F(McuDriverTest, BoardRebootMidSessionStartsAFreshSequence) {
   CapturingSink sink;
   auto driver = start(sink);

@@ -255,4 +255,34 @@ TEST_F(AppTest, BadgeIsReportedOncePerPresentation) {
   EXPECT_EQ(b.tag, (TagId{0x0A, 0x1B, 0x2C, 0x3D, 0x4E}));
 }
 
+TEST_F(AppTest, RunningInputGivesDebouncedSessionsOfSource2) {
+  send(7, test_config());  // debounce 20 ms
+  uart.take();
+  const auto level = [&](bool on, int ms) {
+    for (int i = 0; i < ms; ++i) {
+      app.on_running(on);
+      app.poll();
+      ++clock.now;
+    }
+  };
+  level(false, 100);
+  const std::uint64_t on_at = clock.now;
+  level(true, 5);  // bounce
+  level(false, 3);
+  level(true, 1000);
+  const std::uint64_t off_at = clock.now;
+  level(false, 100);
+  const auto frames = uart.take();
+  const auto starts = of_type(frames, MessageType::session_start);
+  const auto ends = of_type(frames, MessageType::session_end);
+  ASSERT_EQ(starts.size(), 1U);
+  ASSERT_EQ(ends.size(), 1U);
+  SessionEnd end;
+  ASSERT_TRUE(decode(ends[0].body, end));
+  EXPECT_EQ(end.source, SessionSource::running_input);
+  EXPECT_EQ(end.start_ms, on_at + 8);  // the level that then held
+  EXPECT_EQ(end.end_ms, off_at);
+  EXPECT_EQ(end.charge_mc, 0U);
+}
+
 }  // namespace
