@@ -3,6 +3,8 @@
 firmware/app) plays the board on one end of a pseudo-terminal, a real `reflow-agent run` with
 the `mcu` driver opens the other, and a real Mosquitto carries its signed events to a real
 `reflow-ingest run` that verifies and stores them (drivers/mcu/README.md, docs/firmware-link.md).
+Covered: a session arriving as verified use + consume, the agent SIGKILLed mid-session (nothing
+lost, nothing twice) and the board reset mid-session (a new boot; only the open session lost).
 
 The sim's board clock runs faster than real time (--speed), so a session of board minutes takes
 real seconds; nothing sleeps to let time pass: every wait polls observable state (the sim's log,
@@ -129,6 +131,23 @@ class McuTest(nh.NodeTestCase):
                           "the ingest's ack covers the two events, and nothing more was made")
         self.assertEqual(len(self.stored(dev)), 2)
         self.assertEqual(self.cli.rejections(dev.id), [])
+
+    def test_board_reset_mid_session_loses_only_the_open_session(self):
+        dev, agent = self.start_node_and_agent("3000:40000:4")
+        self.sim_says("sent seq 1 ")  # a session started on the board
+        self.sim.kill()  # the board resets: its RAM ring and the open session are gone
+        self.sim.wait()
+        self.link.unlink()
+        self.start_sim("2000:10000:4")  # the same board (boot file): boot 2
+        self.sim_says("boot 2")
+        events = self.wait_stored(dev, 2)
+        self.assert_session(events, 10)
+        self.assertTrue(all(e["inputOf"] == "mcu:saw:boot-2-session-1" for e in events), events)
+        status = agent.wait_status(lambda s: s["acked_seq"] == s["last_seq"] == 2,
+                                   "the ingest's ack covers the two events")
+        saw = [d for d in status["drivers"] if d["name"] == "saw"][0]
+        self.assertIn("boot 2", saw["state"])
+        self.assertEqual(len(self.stored(dev)), 2)
 
 
 if __name__ == "__main__":
