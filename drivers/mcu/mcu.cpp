@@ -77,6 +77,7 @@ struct Shared {
   std::uint64_t duplicates = 0;      // resent messages already committed
   std::uint64_t dropped_frames = 0;  // the board's ring overflows (heartbeat)
   std::uint64_t badges = 0;
+  std::uint64_t refused_events = 0;  // invalid events skipped (never in practice)
   std::string last_badge;
   bool configured = false;
 };
@@ -135,7 +136,7 @@ class McuDriver final : public Driver {
         s.configured ? "configured" : "not configured", s.link_errors, s.dropped_frames,
         s.lost_messages, s.duplicates, s.badges,
         s.last_badge.empty() ? "" : fmt::format(" (last {})", s.last_badge));
-    h.malformed = s.link_errors;
+    h.malformed = s.link_errors + s.refused_events;
     return h;
   }
 
@@ -360,9 +361,16 @@ class McuDriver final : public Driver {
                                             shared->answers.push_back(std::move(a));
                                           });
         if (!submitted) {
-          error(fmt::format("event refused: {}", submitted.error().message));
-          m_in_flight->failed = true;
           --m_in_flight->outstanding;
+          if (submitted.error().code == ErrorCode::rejected) {
+            // Invalid whatever happens: retrying would stall the link for good. Skipped, counted.
+            std::lock_guard lock(m_shared->mutex);
+            ++m_shared->refused_events;
+          } else {
+            m_in_flight->failed = true;
+          }
+          error(fmt::format("event of boot {} seq {} refused: {}", m_boot, seq,
+                            submitted.error().message));
         }
       }
       if (m_in_flight->outstanding == 0) finish_in_flight();
@@ -460,7 +468,8 @@ class McuDriver final : public Driver {
           return out;
         }
         m_open_sessions.erase(s.session);
-        if (s.end_ms <= s.start_ms) return out;
+        // Under 1.8 ms rounds to 0 hours, which no event may carry (PROTOCOL §4 Limits).
+        if (s.end_ms < s.start_ms + 2) return out;
         const bool clamp = s.source == fw::SessionSource::current;
         const std::string process =
             fmt::format("mcu:{}:boot-{}-{}-{}", m_config.name, m.header.boot,
