@@ -59,7 +59,7 @@ inline constexpr std::uint64_t k_pulses_interval_ms = 1'000;
 /// byte from the agent, on_sample() for each clamp ADC sample (at the configured rate),
 /// on_running() and on_s0() with the inputs' levels, on_badge_byte() for each byte from the badge
 /// reader, and poll() at least every few milliseconds for the timers. Everything happens in those
-/// calls (single-threaded; an ISR should only queue bytes and samples). About 4 KiB of static
+/// calls (single-threaded; an ISR should only queue bytes and samples). About 3 KiB of static
 /// state, mostly the resend ring.
 class App {
  public:
