@@ -1,0 +1,155 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""A machine-node board end to end: `reflow-fw-sim` (the firmware's main logic on the host,
+firmware/app) plays the board on one end of a pseudo-terminal, a real `reflow-agent run` with
+the `mcu` driver opens the other, and a real Mosquitto carries its signed events to a real
+`reflow-ingest run` that verifies and stores them (drivers/mcu/README.md, docs/firmware-link.md).
+Covered: a session arriving as verified use + consume, the agent SIGKILLed mid-session (nothing
+lost, nothing twice) and the board reset mid-session (a new boot; only the open session lost).
+
+The sim's board clock runs faster than real time (--speed), so a session of board minutes takes
+real seconds; nothing sleeps to let time pass: every wait polls observable state (the sim's log,
+the ingest's store) with a bound."""
+
+import os
+import signal
+import subprocess
+
+import harness as h
+import node_harness as nh
+
+DEVICE = "saw-node-01"
+
+
+def sim_binary():
+    return os.environ.get("REFLOW_FW_SIM") or str(h.REPO_ROOT / "build" / "bin" / "reflow-fw-sim")
+
+
+class McuTest(nh.NodeTestCase):
+
+    def setUp(self):
+        super().setUp()
+        if not os.access(sim_binary(), os.X_OK):
+            self.fail(f"reflow-fw-sim not found at {sim_binary()} (set REFLOW_FW_SIM)")
+        self.link = self.tmp / "ttyMCU"
+        self.sim_log = self.tmp / "fw-sim.log"
+        self.sim = None
+        self.addCleanup(self._stop_sim)
+
+    def _stop_sim(self):
+        if self.sim is not None and self.sim.poll() is None:
+            self.sim.send_signal(signal.SIGTERM)
+            self.sim.wait(timeout=h.WAIT_S)
+
+    def start_sim(self, *sessions, speed=10):
+        args = [sim_binary(), "--link", str(self.link), "--boot-file", str(self.tmp / "boot"),
+                "--speed", str(speed)]
+        for s in sessions:
+            args += ["--session", s]
+        with open(self.sim_log, "ab") as log:
+            self.sim = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        h.wait_for(lambda: self.link.is_symlink(), "the sim's pty link")
+
+    def sim_says(self, text):
+        return h.wait_for(lambda: text in self.sim_log.read_text(errors="replace"),
+                          f"the sim's log says {text!r}")
+
+    def start_node_and_agent(self, *sessions):
+        """Broker, ingest, the sim (first, so the agent finds its pty at once) and the agent."""
+        self.start_plain_broker()
+        dev = self.new_device(DEVICE)
+        driver = "\n".join([
+            "",
+            "[[driver]]",
+            'kind = "mcu"',
+            'name = "saw"',
+            f"path = {nh.toml_str(self.link)}",
+            'resource = "machine:bandsaw-01"',
+            'electricity = "electricity:workshop"',
+            "ua_per_count = 10000",
+            "sample_rate_hz = 1000",
+            "window_samples = 200",
+            "on_ma = 1000",
+            "off_ma = 500",
+            'min_on = "1s"',
+            'gap_merge = "2s"',
+            "voltage = 230",
+            "power_factor = 1.0",
+            "",
+        ])
+        dev.config_path.write_text(dev.config_path.read_text() + driver)
+        self.start_ingest()
+        self.start_sim(*sessions)
+        return dev, self.start_device_agent(dev)
+
+    def stored(self, dev):
+        return [event for _, event in self.cli.events(dev.id)]
+
+    def wait_stored(self, dev, n):
+        return h.wait_for(lambda: len(self.stored(dev)) >= n and self.stored(dev),
+                          f"the ingest stores {n} event(s) of {dev.id}")
+
+    def assert_session(self, events, seconds):
+        self.assertEqual(len(events), 2, events)
+        use, consume = sorted(events, key=lambda e: e["action"], reverse=True)
+        self.assertEqual(use["action"], "use")
+        self.assertEqual(use["resourceInventoriedAs"], "machine:bandsaw-01")
+        self.assertEqual(use["effortQuantity"]["hasUnit"], "hour")
+        self.assertAlmostEqual(use["effortQuantity"]["hasNumericalValue"], seconds / 3600,
+                               delta=1 / 3600)
+        self.assertEqual(consume["action"], "consume")
+        self.assertEqual(consume["resourceInventoriedAs"], "electricity:workshop")
+        self.assertEqual(consume["resourceQuantity"]["hasUnit"], "kilowattHour")
+        # 4 A at 230 V: 0.92 kW, within a window of the session's length
+        self.assertAlmostEqual(consume["resourceQuantity"]["hasNumericalValue"],
+                               0.92 * seconds / 3600, delta=0.92 * 1 / 3600 + 1e-4)
+        self.assertEqual(use["inputOf"], consume["inputOf"])
+        self.assertEqual(use["source"]["driver"], "mcu")
+        self.assertEqual(use["meta"]["source"], "current clamp")
+        self.assertAlmostEqual(use["meta"]["peak_a"], 4.0, delta=0.05)
+
+    def test_a_session_measured_by_the_board_arrives_verified_at_the_node(self):
+        # 4 A for 20 s of board time, from 3 s after the agent configured the board
+        dev, agent = self.start_node_and_agent("3000:20000:4")
+        events = self.wait_stored(dev, 2)
+        self.assert_session(events, 20)
+        agent.wait_status(lambda s: s["last_seq"] == 2 and s["acked_seq"] == 2,
+                          "the ingest's ack covers the two events")
+        self.assertEqual(self.cli.rejections(dev.id), [], "the ingest rejected nothing")
+        self.assertTrue(nh.chain_intact(self.cli.device_stats(dev.id)))
+        self.sim_says("0 unacked")  # the board forgot the session once the agent acked it
+
+    def test_agent_killed_mid_session_loses_nothing(self):
+        dev, agent = self.start_node_and_agent("3000:40000:4")
+        self.sim_says("configured at")
+        self.sim_says("sent seq 1 ")  # the session started on the board
+        agent.kill()  # SIGKILL: the Pi's power cut mid-session
+        self.sim_says("sent seq 2 ")  # it ended while nobody listened
+        agent = self.start_device_agent(dev)
+        events = self.wait_stored(dev, 2)
+        self.assert_session(events, 40)
+        agent.wait_status(lambda s: s["acked_seq"] == s["last_seq"] == 2,
+                          "the ingest's ack covers the two events, and nothing more was made")
+        self.assertEqual(len(self.stored(dev)), 2)
+        self.assertEqual(self.cli.rejections(dev.id), [])
+
+    def test_board_reset_mid_session_loses_only_the_open_session(self):
+        dev, agent = self.start_node_and_agent("3000:40000:4")
+        self.sim_says("sent seq 1 ")  # a session started on the board
+        self.sim.kill()  # the board resets: its RAM ring and the open session are gone
+        self.sim.wait()
+        self.link.unlink()
+        self.start_sim("2000:10000:4")  # the same board (boot file): boot 2
+        self.sim_says("boot 2")
+        events = self.wait_stored(dev, 2)
+        self.assert_session(events, 10)
+        self.assertTrue(all(e["inputOf"] == "mcu:saw:boot-2-session-1" for e in events), events)
+        status = agent.wait_status(lambda s: s["acked_seq"] == s["last_seq"] == 2,
+                                   "the ingest's ack covers the two events")
+        saw = [d for d in status["drivers"] if d["name"] == "saw"][0]
+        self.assertIn("boot 2", saw["state"])
+        self.assertEqual(len(self.stored(dev)), 2)
+
+
+if __name__ == "__main__":
+    import unittest
+    unittest.main()
