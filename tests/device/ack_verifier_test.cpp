@@ -260,15 +260,15 @@ TEST_F(AckVerifierTest, RefusesAConsistencyProofThatFails) {
             AckRefusal::inconsistent);
 }
 
-TEST_F(AckVerifierTest, RefusesAConsistencyProofFromAnotherSizeAsStale) {
+TEST_F(AckVerifierTest, RefusesAConsistencyProofFromAnotherSize) {
   auto ctx = context();
   ctx.verified_log = std::pair{std::uint64_t{3}, m_tree.root(3)};
   ctx.consistency_seen = true;
   // A valid proof, but from a size the agent does not hold the root of: nothing is proven.
   EXPECT_EQ(refusal(ack(*m_node, with_consistency(statement(4), 2), 4), ctx),
-            AckRefusal::stale_consistency);
+            AckRefusal::no_consistency_proof);
   EXPECT_EQ(refusal(ack(*m_node, with_consistency(statement(4), 5), 4), ctx),
-            AckRefusal::stale_consistency);
+            AckRefusal::no_consistency_proof);
 }
 
 TEST_F(AckVerifierTest, RefusesAGrownLogWithoutAProofOnceTheNodeSentOne) {
@@ -279,9 +279,9 @@ TEST_F(AckVerifierTest, RefusesAGrownLogWithoutAProofOnceTheNodeSentOne) {
   ASSERT_TRUE(verified.has_value()) << verified.error().message;
   EXPECT_FALSE(verified->carried_consistency);
   EXPECT_FALSE(verified->consistency_proven);
-  // After one: refused.
+  // After one: refused (the node will sign again once it reads this agent's status).
   ctx.consistency_seen = true;
-  EXPECT_EQ(refusal(ack(4), ctx), AckRefusal::inconsistent);
+  EXPECT_EQ(refusal(ack(4), ctx), AckRefusal::no_consistency_proof);
   // The same log as verified needs no proof.
   ctx.verified_log = std::pair{m_tree.size(), m_tree.root(m_tree.size())};
   verified = verify_signed_ack(ack(4), m_node->public_jwk(), ctx);

@@ -67,8 +67,8 @@ std::string_view to_string(AckRefusal reason) {
       return "bad_inclusion";
     case AckRefusal::inconsistent:
       return "inconsistent";
-    case AckRefusal::stale_consistency:
-      return "stale_consistency";
+    case AckRefusal::no_consistency_proof:
+      return "no_consistency_proof";
   }
   return "malformed";
 }
@@ -201,14 +201,15 @@ std::expected<VerifiedAck, AckRefused> verify_signed_ack(std::string_view payloa
     const auto& [old_size, old_root] = *context.verified_log;
     if (!consistency) {
       if (context.consistency_seen)
-        return refuse(AckRefusal::inconsistent,
+        return refuse(AckRefusal::no_consistency_proof,
                       fmt::format("ack: the node's log grew from {} to {} leaves without a "
                                   "consistency proof, and this node sent one before "
-                                  "(PROTOCOL §5.1)",
+                                  "(PROTOCOL §5.1; the node signs again when it reads the "
+                                  "agent's status)",
                                   old_size, *tree_size));
       out.consistency_proven = false;
     } else if (*consistency_from != old_size) {
-      return refuse(AckRefusal::stale_consistency,
+      return refuse(AckRefusal::no_consistency_proof,
                     fmt::format("ack: the consistency proof is from a log of {} leaves; this "
                                 "agent verified the log of {} leaves (PROTOCOL §5.1; the node "
                                 "signs again when it reads the agent's status)",

@@ -27,17 +27,18 @@ enum class AckRefusal : std::uint8_t {
   beyond_committed,  ///< seq beyond the last seq this agent committed (PROTOCOL §5)
   replayed,          ///< seq older than the last ack this agent verified
   bad_inclusion,     ///< the inclusion proof does not put this agent's envelope under `root`
-  inconsistent,      ///< the log shrank, has another root at the size last verified, or grew
-                     ///< without a valid consistency proof from that size (once one was seen)
-  /// a consistency proof from another size than the one this agent verified: the node had not
-  /// yet read that size from the agent's status (PROTOCOL §6); not evidence against the node,
-  /// the next ack it signs after reading the status is checked
-  stale_consistency,
+  inconsistent,      ///< the log shrank, has another root at the size last verified, or its
+                     ///< consistency proof from that size fails
+  /// the log grew, the node sent consistency proofs before, and this ack has none from the size
+  /// this agent verified (none, or from another size): the node had not yet read that size from
+  /// the agent's status (PROTOCOL §6), as after its restart. No evidence against the node, so no
+  /// ack_error; it signs the ack again once it reads the status
+  no_consistency_proof,
 };
 inline constexpr std::size_t k_ack_refusal_kinds = 10;
 
 /// "malformed", "unsigned", "wrong_key", "bad_signature", "misrouted", "beyond_committed",
-/// "replayed", "bad_inclusion", "inconsistent", "stale_consistency": the names `status` counts
+/// "replayed", "bad_inclusion", "inconsistent", "no_consistency_proof": the names `status` counts
 /// them under.
 std::string_view to_string(AckRefusal reason);
 
@@ -94,9 +95,10 @@ struct AckContext {
 /// A log larger than `verified_log` (old_size, old_root) needs `consistency_from` == old_size
 /// and `consistency` (standard base64 hashes, RFC 9162 §2.1.4.1) that verifies by
 /// merkle::verify_consistency (RFC 9162 §2.1.4.2); a payload without them is accepted, not
-/// proven (VerifiedAck::consistency_proven false), only while !consistency_seen. A proof present
-/// is always checked. Returns the statement, or the first check that failed with its reason (an
-/// envelope that cannot be read is bad_inclusion: nothing was proven).
+/// proven (VerifiedAck::consistency_proven false), only while !consistency_seen, else refused as
+/// no_consistency_proof, as is a proof from another size. Returns the statement, or the first check
+/// that failed with its reason (an envelope that cannot be read is bad_inclusion: nothing was
+/// proven).
 std::expected<VerifiedAck, AckRefused> verify_signed_ack(std::string_view payload,
                                                          const PublicJwk& node_key,
                                                          const AckContext& context);
