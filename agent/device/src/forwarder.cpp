@@ -434,9 +434,10 @@ struct Forwarder::Impl {
       std::lock_guard lock(stats_mutex);
       stats.ack_error.clear();
       stats.verified_tree_size = verified->tree_size;
-      // Proven once a proof verified; unproven when a log grew without one (a node that sends
-      // none, PROTOCOL §5.1); a repeat of the same log changes nothing.
-      if (verified->carried_consistency)
+      // Proven once a proof of growth verified; unproven when a log grew without one (a node
+      // that sends none, PROTOCOL §5.1); the same log again changes nothing.
+      if (verified->carried_consistency && context.verified_log &&
+          verified->tree_size > context.verified_log->first)
         stats.consistency_proven = true;
       else if (!verified->consistency_proven)
         stats.consistency_proven = false;

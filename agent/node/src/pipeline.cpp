@@ -107,6 +107,9 @@ struct IngestPipeline::Impl {
     bool force = false;  ///< publish even when the ack point did not change
     std::optional<Clock::time_point> last_sent;
     std::optional<AckPoint> last_published;
+    /// The log size and consistency_from of the last signed ack (PROTOCOL §5.1).
+    std::optional<std::uint64_t> last_tree_size;
+    std::optional<std::uint64_t> last_consistency_from;
   };
 
   Impl(const IngestConfig& config_in, Store& store_in, agent::Env& env_in, agent::Logger& log_in,
@@ -500,13 +503,23 @@ struct IngestPipeline::Impl {
   // Store thread: the devices whose verified size changed get their ack signed again, with a
   // proof from that size.
   void mark_resigned() {
-    std::set<std::string, std::less<>> devices;
+    std::map<std::string, std::uint64_t, std::less<>> devices;
     {
       std::lock_guard lock(status_mutex);
-      devices.swap(resign);
+      for (const auto& device : resign)
+        devices.emplace(device, verified_sizes[device]);
+      resign.clear();
     }
-    for (const auto& device : devices)
+    // Only when the last signed ack does not verify for the device as it is now: it neither
+    // states the log the device verified nor proves the growth from it (after a restart
+    // nothing is known, so the retained ack is signed again).
+    for (const auto& [device, size] : devices) {
+      auto it = device_acks.find(device);
+      if (it != device_acks.end() && it->second.last_tree_size &&
+          (*it->second.last_tree_size == size || it->second.last_consistency_from == size))
+        continue;
       mark(device, /*force=*/true);
+    }
   }
 
   void mark(const std::string& device, bool force) {
@@ -544,7 +557,7 @@ struct IngestPipeline::Impl {
         ack.dirty = false;
         continue;
       }
-      auto body = ack_body_of(device, current);
+      auto body = ack_body_of(device, current, ack);
       if (!body) {
         log.warning(k_component, "signing the ack of {} failed: {}; retrying", device,
                     body.error().message);
@@ -561,7 +574,8 @@ struct IngestPipeline::Impl {
 
   // The ack's body: unsigned without a node key (PROTOCOL §5), else with the node's signed
   // statement of the event's inclusion in the log as it is now (§5.1).
-  Result<std::string> ack_body_of(const std::string& device, const AckPoint& point) {
+  Result<std::string> ack_body_of(const std::string& device, const AckPoint& point,
+                                  DeviceAck& ack) {
     if (signer == nullptr) return ack_body(point, nullptr);
     auto inclusion = store.log_inclusion(device, point.stream, point.seq);
     if (!inclusion) return std::unexpected(inclusion.error());
@@ -587,6 +601,8 @@ struct IngestPipeline::Impl {
       statement.consistency = std::move(*consistency);
     }
     const nlohmann::ordered_json signed_ack = signer->sign_ack(statement);
+    ack.last_tree_size = statement.tree_size;
+    ack.last_consistency_from = statement.consistency_from;
     return ack_body(point, &signed_ack);
   }
 
