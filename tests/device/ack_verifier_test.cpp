@@ -63,6 +63,19 @@ class AckVerifierTest : public ::testing::Test {
             {"inclusion", std::move(inclusion)}};
   }
 
+  // `payload` with the consistency proof from the tree's first `from` leaves (PROTOCOL §5.1).
+  nlohmann::ordered_json with_consistency(nlohmann::ordered_json payload,
+                                          std::uint64_t from) const {
+    auto proof = merkle::consistency_proof(from, m_tree.size(), m_tree.subtrees());
+    EXPECT_TRUE(proof.has_value());
+    auto hashes = nlohmann::ordered_json::array();
+    for (const auto& hash : *proof)
+      hashes.push_back(note::base64_encode(hash));
+    payload["consistency_from"] = from;
+    payload["consistency"] = std::move(hashes);
+    return payload;
+  }
+
   static std::string ack(const DeviceKey& key, const nlohmann::ordered_json& payload,
                          std::int64_t outer_seq, std::string_view typ = k_ack_typ) {
     const nlohmann::ordered_json header = {
@@ -216,6 +229,81 @@ TEST_F(AckVerifierTest, RefusesALogThatShrankOrChangedItsRootAtTheSameSize) {
   EXPECT_TRUE(verify_signed_ack(ack(4), m_node->public_jwk(), ctx).has_value());
   ctx.verified_log = std::pair{std::uint64_t{2}, m_tree.root(2)};
   EXPECT_TRUE(verify_signed_ack(ack(4), m_node->public_jwk(), ctx).has_value());
+}
+
+TEST_F(AckVerifierTest, AcceptsAGrownLogWithAValidConsistencyProof) {
+  auto ctx = context();
+  ctx.verified_log = std::pair{std::uint64_t{3}, m_tree.root(3)};
+  for (const bool seen : {false, true}) {
+    ctx.consistency_seen = seen;
+    auto verified = verify_signed_ack(ack(*m_node, with_consistency(statement(4), 3), 4),
+                                      m_node->public_jwk(), ctx);
+    ASSERT_TRUE(verified.has_value()) << verified.error().message;
+    EXPECT_TRUE(verified->carried_consistency);
+    EXPECT_TRUE(verified->consistency_proven);
+    EXPECT_EQ(verified->tree_size, m_tree.size());
+  }
+}
+
+TEST_F(AckVerifierTest, RefusesAConsistencyProofThatFails) {
+  auto ctx = context();
+  ctx.verified_log = std::pair{std::uint64_t{3}, m_tree.root(3)};
+  // A proof with one hash changed.
+  auto payload = with_consistency(statement(4), 3);
+  ASSERT_FALSE(payload["consistency"].empty());
+  payload["consistency"][0] = note::base64_encode(merkle::leaf_hash("not in the log"));
+  EXPECT_EQ(refusal(ack(*m_node, payload, 4), ctx), AckRefusal::inconsistent);
+  // A valid proof of this log, but the agent verified another history at size 3 (a node that
+  // rewrote its first leaves): the log it shows now does not extend the one it showed before.
+  ctx.verified_log = std::pair{std::uint64_t{3}, merkle::leaf_hash("another history")};
+  EXPECT_EQ(refusal(ack(*m_node, with_consistency(statement(4), 3), 4), ctx),
+            AckRefusal::inconsistent);
+}
+
+TEST_F(AckVerifierTest, RefusesAConsistencyProofFromAnotherSize) {
+  auto ctx = context();
+  ctx.verified_log = std::pair{std::uint64_t{3}, m_tree.root(3)};
+  ctx.consistency_seen = true;
+  // A valid proof, but from a size the agent does not hold the root of: nothing is proven.
+  EXPECT_EQ(refusal(ack(*m_node, with_consistency(statement(4), 2), 4), ctx),
+            AckRefusal::no_consistency_proof);
+  EXPECT_EQ(refusal(ack(*m_node, with_consistency(statement(4), 5), 4), ctx),
+            AckRefusal::no_consistency_proof);
+}
+
+TEST_F(AckVerifierTest, RefusesAGrownLogWithoutAProofOnceTheNodeSentOne) {
+  auto ctx = context();
+  ctx.verified_log = std::pair{std::uint64_t{3}, m_tree.root(3)};
+  // Before any proof from this node: accepted, not proven (PROTOCOL §5.1 compatibility).
+  auto verified = verify_signed_ack(ack(4), m_node->public_jwk(), ctx);
+  ASSERT_TRUE(verified.has_value()) << verified.error().message;
+  EXPECT_FALSE(verified->carried_consistency);
+  EXPECT_FALSE(verified->consistency_proven);
+  // After one: refused (the node will sign again once it reads this agent's status).
+  ctx.consistency_seen = true;
+  EXPECT_EQ(refusal(ack(4), ctx), AckRefusal::no_consistency_proof);
+  // The same log as verified needs no proof.
+  ctx.verified_log = std::pair{m_tree.size(), m_tree.root(m_tree.size())};
+  verified = verify_signed_ack(ack(4), m_node->public_jwk(), ctx);
+  ASSERT_TRUE(verified.has_value()) << verified.error().message;
+  EXPECT_TRUE(verified->consistency_proven);
+}
+
+TEST_F(AckVerifierTest, RefusesAHalfOrBadlyTypedConsistencyProofAsMalformed) {
+  auto ctx = context();
+  ctx.verified_log = std::pair{std::uint64_t{3}, m_tree.root(3)};
+  auto only_from = statement(4);
+  only_from["consistency_from"] = 3;
+  EXPECT_EQ(refusal(ack(*m_node, only_from, 4), ctx), AckRefusal::malformed);
+  auto only_proof = with_consistency(statement(4), 3);
+  only_proof.erase("consistency_from");
+  EXPECT_EQ(refusal(ack(*m_node, only_proof, 4), ctx), AckRefusal::malformed);
+  auto not_hashes = with_consistency(statement(4), 3);
+  not_hashes["consistency"] = {"not base64!"};
+  EXPECT_EQ(refusal(ack(*m_node, not_hashes, 4), ctx), AckRefusal::malformed);
+  auto negative = with_consistency(statement(4), 3);
+  negative["consistency_from"] = -3;
+  EXPECT_EQ(refusal(ack(*m_node, negative, 4), ctx), AckRefusal::malformed);
 }
 
 TEST_F(AckVerifierTest, RefusesWhenTheOutboxNoLongerHoldsTheEnvelope) {

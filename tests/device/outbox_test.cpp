@@ -220,15 +220,18 @@ TEST_F(OutboxTest, KeepsTheNodesVerifiedLogAcrossRestart) {
   {
     auto outbox = open();
     EXPECT_FALSE(outbox->verified_log().has_value());
-    ASSERT_TRUE(outbox->record_verified_log(7, root).has_value());
+    EXPECT_FALSE(outbox->node_sends_consistency());
+    ASSERT_TRUE(outbox->record_verified_log(7, root, false).has_value());
+    EXPECT_FALSE(outbox->node_sends_consistency());
     root.fill(0xcd);
-    ASSERT_TRUE(outbox->record_verified_log(9, root).has_value());
+    ASSERT_TRUE(outbox->record_verified_log(9, root, true).has_value());
   }
   auto outbox = open();
   auto log = outbox->verified_log();
   ASSERT_TRUE(log.has_value());
   EXPECT_EQ(log->first, 9u);
   EXPECT_EQ(log->second, root);
+  EXPECT_TRUE(outbox->node_sends_consistency());
 }
 
 TEST_F(OutboxTest, KeepsUnackedEventsAcrossRestart) {

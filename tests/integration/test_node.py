@@ -914,8 +914,14 @@ class SignedAckTest(nh.NodeTestCase):
         self.ingest = self.start_ingest()
         s = agent.wait_status(lambda s: s["acked_seq"] == 4 and s["backlog_events"] == 0,
                               "seq 3..4 acked by the node and pruned")
-        self.assertEqual(s["refused_acks"], len(hostile))
+        # The node may sign the republished events' ack before it reads the agent's retained
+        # status (its session delivers the queued events first): that ack has no consistency
+        # proof and is refused as no_consistency_proof, without an error, until the node signs
+        # again with the proof (PROTOCOL §5.1).
+        self.assertEqual(s["refused_acks"] - s["refused_acks_by_reason"]["no_consistency_proof"],
+                         len(hostile))
         self.assertIsNone(s["ack_error"])
+        self.assertIs(s["consistency_proven"], True, s)
         self.assertGreaterEqual(s["verified_tree_size"], 5)
         self.assertEqual(len(self.cli.events("dev-s")), 4)
 
@@ -954,11 +960,55 @@ class SignedAckTest(nh.NodeTestCase):
         # The node acks the republished event 3 from the altered log: the proof fails.
         self.ingest = self.start_ingest()
         agent = self.start_device_agent(self.device)
+        # Its consistency proof from the log the agent verified (2 leaves) fails first; the
+        # inclusion proof would too.
         s = agent.wait_status(lambda s: s["ack_error"] is not None, "the failed proof in status")
-        self.assertIn("inclusion proof", s["ack_error"])
-        self.assertGreaterEqual(s["refused_acks_by_reason"]["bad_inclusion"], 1)
+        self.assertIn("consistency proof fails", s["ack_error"])
+        self.assertGreaterEqual(s["refused_acks_by_reason"]["inconsistent"], 1)
         self.assertEqual((s["acked_seq"], s["backlog_events"]), (2, 1), "nothing pruned")
-        self.assertIn("(bad_inclusion)", agent.log_text())
+        self.assertIn("(inconsistent)", agent.log_text())
+
+    def test_a_grown_log_whose_consistency_proof_fails_prunes_nothing(self):
+        agent = self.start_device_agent(self.device)
+        other_agent = self.start_device_agent(self.other)
+        # Seq 1 is leaf 0; the agent's status then says it verified the log of 1 leaf, which the
+        # node reads before seq 2 (same client, in order), so the ack of seq 2 (leaf 1) carries
+        # the proof that the log of 2 leaves extends it.
+        for seq in (1, 2):
+            self.emit_for(self.device, h.emit_lines(1, start=seq - 1))
+            s = agent.wait_status(lambda s, seq=seq: s["acked_seq"] == seq, f"seq {seq} acked")
+        self.assertEqual(s["verified_tree_size"], 2)
+        self.assertIs(s["consistency_proven"], True, s)
+        statement = json.loads(b64url_decode(self.signed_ack("dev-s", 2)["signed"]["payload"]))
+        self.assertEqual(statement["consistency_from"], 1)
+        self.assertEqual(statement["tree_size"], 2)
+
+        # After the agent verified the log of 2 leaves, the operator deletes event 2's leaf
+        # (and what hangs on it) from the node's log by SQL.
+        self.assertIsNotNone(self.ingest.terminate(h.WAIT_S))
+        db = sqlite3.connect(self.ingest_data / "ingest.db")
+        with db:
+            deleted = db.execute("DELETE FROM log_leaves WHERE idx >= 1").rowcount
+            db.execute("DELETE FROM log_nodes")
+        db.close()
+        self.assertEqual(deleted, 1)
+
+        # The log grows again: the other device's event is leaf 1, seq 3 leaf 2. The node reads
+        # the agent's retained status (2) and proves the log of 3 leaves from the log of 2 it has
+        # now, which is not the one the agent verified.
+        self.ingest = self.start_ingest()
+        self.emit_for(self.other, h.emit_lines(1))
+        other_agent.wait_status(lambda s: s["acked_seq"] == 1, "the other device acked")
+        self.emit_for(self.device, h.emit_lines(1, start=2))
+        s = agent.wait_status(lambda s: s["refused_acks_by_reason"]["inconsistent"] >= 1,
+                              "the grown log's failed consistency proof refused")
+        self.assertIn("consistency proof fails", s["ack_error"])
+        self.assertEqual(s["refused_acks_by_reason"]["no_consistency_proof"], 0, s)
+        self.assertEqual((s["acked_seq"], s["backlog_events"]), (2, 1), "nothing pruned")
+        self.assertEqual(s["verified_tree_size"], 2)
+        self.assertIn("(inconsistent)", agent.log_text())
+        statement = json.loads(b64url_decode(self.signed_ack("dev-s", 3)["signed"]["payload"]))
+        self.assertEqual((statement["consistency_from"], statement["tree_size"]), (2, 3))
 
     def test_a_node_log_cut_back_by_sql_is_inconsistent_and_prunes_nothing(self):
         agent = self.start_device_agent(self.device)

@@ -82,7 +82,7 @@ TEST_F(NodeKeyTest, ASignedAckVerifiesAndItsInclusionProofHolds) {
   auto proof = agent::merkle::inclusion_proof(4, 7, tree.subtrees());
   ASSERT_TRUE(proof.has_value());
   const AckStatement statement{
-      "printer-01", {"01JSTREAM", 12}, 1'765'000'000'000, 7, tree.root(7), 4, *proof};
+      "printer-01", {"01JSTREAM", 12}, 1'765'000'000'000, 7, tree.root(7), 4, *proof, {}, {}};
   const nlohmann::ordered_json signed_ack = node.sign_ack(statement);
   const std::string body = ack_body(statement.point, &signed_ack);
 
@@ -137,6 +137,49 @@ TEST_F(NodeKeyTest, ASignedAckVerifiesAndItsInclusionProofHolds) {
                                               root_hash));
   EXPECT_FALSE(agent::merkle::verify_inclusion(4, 7, agent::merkle::leaf_hash("envelope 3"),
                                                carried, root_hash));
+}
+
+TEST_F(NodeKeyTest, ASignedAckCarriesAConsistencyProofThatVerifies) {
+  const NodeSigner node = signer();
+  agent::merkle::MemoryTree tree;
+  for (int i = 0; i < 11; ++i)
+    tree.append(agent::merkle::leaf_hash("envelope " + std::to_string(i)));
+  auto inclusion = agent::merkle::inclusion_proof(9, 11, tree.subtrees());
+  auto consistency = agent::merkle::consistency_proof(6, 11, tree.subtrees());
+  ASSERT_TRUE(inclusion.has_value() && consistency.has_value());
+  AckStatement statement{
+      "printer-01", {"01JSTREAM", 12}, 1'765'000'000'000, 11, tree.root(11), 9, *inclusion, 6,
+      *consistency};
+  const nlohmann::ordered_json signed_ack = node.sign_ack(statement);
+  auto verified = agent::jws_verify(signed_ack.dump(), node.public_jwk(), k_ack_typ);
+  ASSERT_TRUE(verified.has_value()) << verified.error().message;
+  const auto payload = nlohmann::json::parse(verified->payload);
+  EXPECT_EQ(payload.at("consistency_from"), 6);
+  auto decode = [](const nlohmann::json& value) {
+    auto bytes = agent::note::base64_decode(value.get<std::string>());
+    EXPECT_TRUE(bytes.has_value() && bytes->size() == 32);
+    agent::merkle::Hash hash{};
+    if (bytes && bytes->size() == 32) std::copy(bytes->begin(), bytes->end(), hash.begin());
+    return hash;
+  };
+  std::vector<agent::merkle::Hash> carried;
+  for (const auto& hash : payload.at("consistency"))
+    carried.push_back(decode(hash));
+  ASSERT_FALSE(carried.empty());
+  const auto root = decode(payload.at("root"));
+  // The log of 11 leaves as carried extends the one of 6 leaves the device verified, and not
+  // another history of 6 leaves.
+  EXPECT_TRUE(agent::merkle::verify_consistency(6, 11, tree.root(6), root, carried));
+  EXPECT_FALSE(agent::merkle::verify_consistency(6, 11, tree.root(5), root, carried));
+
+  // Without consistency_from, no consistency members (what a device that verified nothing
+  // yet, or the same size, gets).
+  statement.consistency_from.reset();
+  auto plain = agent::jws_verify(node.sign_ack(statement).dump(), node.public_jwk(), k_ack_typ);
+  ASSERT_TRUE(plain.has_value());
+  const auto plain_payload = nlohmann::json::parse(plain->payload);
+  EXPECT_FALSE(plain_payload.contains("consistency_from"));
+  EXPECT_FALSE(plain_payload.contains("consistency"));
 }
 
 TEST_F(NodeKeyTest, AnAckWithoutAKeyIsTheProtocolOneAck) {

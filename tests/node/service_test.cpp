@@ -150,6 +150,11 @@ class DeviceClient {
   }
 
   // Publishes all, then waits for every PUBACK: a burst.
+  /// Publishes `payload` retained on the device's status topic (PROTOCOL §6), as its agent does.
+  void publish_status(const std::string& payload) {
+    m_client.publish(mqtt::make_message("reflow/v1/dev-1/status", payload, 1, true))->wait();
+  }
+
   void publish_all(const std::vector<std::string>& envelopes) {
     std::vector<mqtt::delivery_token_ptr> tokens;
     for (const auto& envelope : envelopes)
@@ -488,6 +493,54 @@ TEST_F(IngestServiceTest, WithANodeKeyAcksAreSignedAndOneCheckpointFollowsABurst
   }
   EXPECT_TRUE(agent::merkle::verify_inclusion(29, 30, agent::merkle::leaf_hash(envelopes[29]),
                                               proof, full->root));
+}
+
+// PROTOCOL §5.1: the node reads the size the device verified from its status and proves the
+// next log consistent with it in the signed ack.
+TEST_F(IngestServiceTest, ASignedAckProvesTheLogGrewFromTheSizeInTheDevicesStatus) {
+  m_config.data_dir = m_dir / "node";
+  m_config.max_batch = 1;
+  auto jwk = create_node_key(m_config);
+  ASSERT_TRUE(jwk.has_value()) << jwk.error().message;
+  auto service = start_service(m_config);
+  DeviceClient device(m_broker.port());
+  auto payload_of = [&](const nlohmann::json& ack) {
+    auto verified = agent::jws_verify(ack.at("signed").dump(), *jwk, k_ack_typ);
+    EXPECT_TRUE(verified.has_value());
+    return verified ? nlohmann::json::parse(verified->payload) : nlohmann::json::object();
+  };
+  auto hash_of = [](const nlohmann::json& value) {
+    auto bytes = agent::note::base64_decode(value.get<std::string>());
+    EXPECT_TRUE(bytes.has_value() && bytes->size() == 32);
+    agent::merkle::Hash hash{};
+    if (bytes && bytes->size() == 32) std::copy(bytes->begin(), bytes->end(), hash.begin());
+    return hash;
+  };
+
+  SignedStream stream(*m_key, k_device, m_env);
+  device.publish_all(stream.next(10));
+  ASSERT_TRUE(eventually([&] { return device.last_ack_is(stream.stream(), 10); }));
+  const auto first = payload_of(device.raw_acks().back());
+  EXPECT_FALSE(first.contains("consistency")) << "no status read yet: nothing to prove from";
+  ASSERT_EQ(first.at("tree_size"), 10);
+  const auto old_root = hash_of(first.at("root"));
+
+  // The device verified the log of 10 leaves and says so; then 5 more events.
+  device.publish_status(R"({"state":"online","seq":10,"acked":10,"verified_tree_size":10})");
+  device.publish_all(stream.next(5));
+  m_env.advance_ms(1000);  // past ack_interval, for the trailing ack of the burst
+  ASSERT_TRUE(eventually([&] { return device.last_ack_is(stream.stream(), 15); }));
+  const auto grown = payload_of(device.raw_acks().back());
+  ASSERT_EQ(grown.at("tree_size"), 15);
+  ASSERT_TRUE(grown.contains("consistency_from")) << grown.dump();
+  EXPECT_EQ(grown.at("consistency_from"), 10);
+  std::vector<agent::merkle::Hash> proof;
+  for (const auto& hash : grown.at("consistency"))
+    proof.push_back(hash_of(hash));
+  const auto new_root = hash_of(grown.at("root"));
+  // RFC 9162 §2.1.4.2, checked here with the core's verifier against the first ack's root.
+  EXPECT_TRUE(agent::merkle::verify_consistency(10, 15, old_root, new_root, proof));
+  EXPECT_FALSE(agent::merkle::verify_consistency(10, 15, new_root, new_root, proof));
 }
 
 // Regression: with a full queue, Paho's receiving thread waits in the message callback (holding

@@ -295,8 +295,12 @@ int status(const std::filesystem::path& config_path, bool json) {
       reasons +=
           fmt::format("{}{} {}", reasons.empty() ? "" : ", ", count.get<std::uint64_t>(), name);
     }
-    fmt::print("acks:            verified with node key {}; log size {}; refused: {}\n",
+    const auto& proven = s["consistency_proven"];
+    fmt::print("acks:            verified with node key {}; log size {}{}; refused: {}\n",
                or_dash(s["node_kid"]), or_dash(s["verified_tree_size"]),
+               !proven.is_boolean() ? ""
+               : proven.get<bool>() ? " (growth proven)"
+                                    : " (growth NOT proven: the node sends no consistency proofs)",
                reasons.empty() ? std::string("none") : reasons);
     if (!s["ack_error"].is_null()) fmt::print("ACK PROOF FAILED: {}\n", or_dash(s["ack_error"]));
   } else {

@@ -67,6 +67,8 @@ std::string_view to_string(AckRefusal reason) {
       return "bad_inclusion";
     case AckRefusal::inconsistent:
       return "inconsistent";
+    case AckRefusal::no_consistency_proof:
+      return "no_consistency_proof";
   }
   return "malformed";
 }
@@ -130,13 +132,37 @@ std::expected<VerifiedAck, AckRefused> verify_signed_ack(std::string_view payloa
     return refuse(AckRefusal::malformed,
                   "ack: signed payload: expected device, stream, seq, tree_size, root, "
                   "leaf_index and inclusion (PROTOCOL §5.1)");
-  std::vector<merkle::Hash> inclusion;
-  for (const auto& item : *inclusion_it) {
-    auto hash = decode_hash(item);
-    if (!hash)
+  auto decode_proof =
+      [](const nlohmann::ordered_json& list) -> std::optional<std::vector<merkle::Hash>> {
+    std::vector<merkle::Hash> out;
+    for (const auto& item : list) {
+      auto hash = decode_hash(item);
+      if (!hash) return std::nullopt;
+      out.push_back(*hash);
+    }
+    return out;
+  };
+  auto inclusion = decode_proof(*inclusion_it);
+  if (!inclusion)
+    return refuse(AckRefusal::malformed,
+                  "ack: signed payload: inclusion: expected base64 SHA-256 hashes");
+  // Optional: the consistency proof from the log the device last verified (PROTOCOL §5.1).
+  const auto consistency_from = count_of(doc, "consistency_from");
+  auto consistency_it = doc.find("consistency");
+  const bool has_from = doc.contains("consistency_from");
+  const bool has_consistency = consistency_it != doc.end();
+  if (has_from != has_consistency || (has_from && !consistency_from) ||
+      (has_consistency &&
+       (!consistency_it->is_array() || consistency_it->size() > k_max_proof_hashes)))
+    return refuse(AckRefusal::malformed,
+                  "ack: signed payload: expected consistency_from and consistency together, a "
+                  "count and a list of hashes (PROTOCOL §5.1)");
+  std::optional<std::vector<merkle::Hash>> consistency;
+  if (has_consistency) {
+    consistency = decode_proof(*consistency_it);
+    if (!consistency)
       return refuse(AckRefusal::malformed,
-                    "ack: signed payload: inclusion: expected base64 SHA-256 hashes");
-    inclusion.push_back(*hash);
+                    "ack: signed payload: consistency: expected base64 SHA-256 hashes");
   }
 
   const std::int64_t outer_seq_value = outer_seq->get<std::int64_t>();
@@ -170,6 +196,33 @@ std::expected<VerifiedAck, AckRefused> verify_signed_ack(std::string_view payloa
   }
 
   VerifiedAck out{*stream, acked, *tree_size, *root, *leaf_index, acked == context.last_verified};
+  out.carried_consistency = consistency.has_value();
+  if (context.verified_log && *tree_size > context.verified_log->first) {
+    const auto& [old_size, old_root] = *context.verified_log;
+    if (!consistency) {
+      if (context.consistency_seen)
+        return refuse(AckRefusal::no_consistency_proof,
+                      fmt::format("ack: the node's log grew from {} to {} leaves without a "
+                                  "consistency proof, and this node sent one before "
+                                  "(PROTOCOL §5.1; the node signs again when it reads the "
+                                  "agent's status)",
+                                  old_size, *tree_size));
+      out.consistency_proven = false;
+    } else if (*consistency_from != old_size) {
+      return refuse(AckRefusal::no_consistency_proof,
+                    fmt::format("ack: the consistency proof is from a log of {} leaves; this "
+                                "agent verified the log of {} leaves (PROTOCOL §5.1; the node "
+                                "signs again when it reads the agent's status)",
+                                *consistency_from, old_size));
+    } else if (!merkle::verify_consistency(old_size, *tree_size, old_root, *root, *consistency)) {
+      return refuse(AckRefusal::inconsistent,
+                    fmt::format("ack: the node's log of {} leaves is not an extension of the log "
+                                "of {} leaves this agent verified: its consistency proof fails "
+                                "(RFC 9162 §2.1.4.2)",
+                                *tree_size, old_size));
+    }
+  }
+  // Otherwise the log did not grow from the one verified (or none was): nothing to prove.
   if (out.repeat) return out;
 
   auto envelope = context.envelope_of(acked);
@@ -180,7 +233,7 @@ std::expected<VerifiedAck, AckRefused> verify_signed_ack(std::string_view payloa
   if (!*envelope)
     return refuse(AckRefusal::bad_inclusion,
                   fmt::format("ack: the outbox no longer holds seq {} to check the proof", acked));
-  if (!merkle::verify_inclusion(*leaf_index, *tree_size, merkle::leaf_hash(**envelope), inclusion,
+  if (!merkle::verify_inclusion(*leaf_index, *tree_size, merkle::leaf_hash(**envelope), *inclusion,
                                 *root))
     return refuse(AckRefusal::bad_inclusion,
                   fmt::format("ack: the inclusion proof does not put this agent's envelope of seq "

@@ -207,6 +207,8 @@ nlohmann::ordered_json status_json(const AgentConfig& config, Outbox& outbox, Fo
   j["ack_error"] =
       f.ack_error.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(f.ack_error);
   j["verified_tree_size"] = f.verified_tree_size;
+  j["consistency_proven"] = f.consistency_proven ? nlohmann::ordered_json(*f.consistency_proven)
+                                                 : nlohmann::ordered_json(nullptr);
   j["connects"] = f.connects;
   j["quarantined"] =
       o.quarantined ? nlohmann::ordered_json(*o.quarantined) : nlohmann::ordered_json(nullptr);

@@ -412,6 +412,7 @@ struct Forwarder::Impl {
     context.last_committed = std::max(outbox_stats.last_seq, known_last.load());
     context.last_verified = std::max(outbox_stats.acked_seq, unrecorded_ack.value_or(0));
     context.verified_log = outbox.verified_log();
+    context.consistency_seen = outbox.node_sends_consistency();
     context.envelope_of = [this](std::int64_t seq) -> Result<std::optional<std::string>> {
       auto events = outbox.read_from(seq, 1);
       if (!events) return std::unexpected(events.error());
@@ -421,7 +422,9 @@ struct Forwarder::Impl {
     auto verified = verify_signed_ack(payload, *node_key, context);
     if (verified) {
       if (verified->repeat) return std::nullopt;
-      if (auto recorded = outbox.record_verified_log(verified->tree_size, verified->root);
+      if (auto recorded =
+              outbox.record_verified_log(verified->tree_size, verified->root,
+                                         context.consistency_seen || verified->carried_consistency);
           !recorded) {
         // Pruning without the log recorded would let a restarted agent accept a shrunk log.
         log.warning(k_component, "not applying the verified ack of seq {}: {}", verified->seq,
@@ -431,6 +434,13 @@ struct Forwarder::Impl {
       std::lock_guard lock(stats_mutex);
       stats.ack_error.clear();
       stats.verified_tree_size = verified->tree_size;
+      // Proven once a proof of growth verified; unproven when a log grew without one (a node
+      // that sends none, PROTOCOL §5.1); the same log again changes nothing.
+      if (verified->carried_consistency && context.verified_log &&
+          verified->tree_size > context.verified_log->first)
+        stats.consistency_proven = true;
+      else if (!verified->consistency_proven)
+        stats.consistency_proven = false;
       return std::move(*verified);
     }
     const auto reason = verified.error().reason;
@@ -463,9 +473,13 @@ struct Forwarder::Impl {
 
   void handle_ack(const std::string& payload) {
     if (node_key) {
+      const auto before = outbox.verified_log();
       auto verified = verify_ack(payload);
       if (!verified) return;
       apply_ack(payload, Ack{verified->stream, verified->seq});
+      // The node proves its next log from the size in the status: it should learn it now, not
+      // at the next status interval (PROTOCOL §5.1).
+      if (!before || before->first != verified->tree_size) publish_status();
       return;
     }
     auto ack = parse_ack(payload);
@@ -608,6 +622,11 @@ struct Forwarder::Impl {
     status["backlog"] = s.backlog_events;
     status["oldest_unacked_s"] = oldest_s;
     status["clock"] = env.clock_sync() == ClockSync::synced ? "synced" : "unsynced";
+    // With a pinned node key: the size of the node's log this agent verified last, which the
+    // node proves its next log consistent with (PROTOCOL §5.1, §6). Public; nothing secret.
+    if (node_key)
+      if (auto verified_log = outbox.verified_log())
+        status["verified_tree_size"] = verified_log->first;
     return status.dump();
   }
 

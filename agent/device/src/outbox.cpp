@@ -337,10 +337,16 @@ struct Outbox::Impl {
                               "CREATE TABLE IF NOT EXISTS node_log("
                               " id INTEGER PRIMARY KEY CHECK (id = 1),"
                               " tree_size INTEGER NOT NULL,"
-                              " root BLOB NOT NULL)",
+                              " root BLOB NOT NULL,"
+                              " consistency_seen INTEGER NOT NULL DEFAULT 0)",
                               nullptr, nullptr, nullptr);
         rc != SQLITE_OK)
       return rc;
+    // A node_log made before consistency_seen: the column is added (an error here means it is
+    // there already; a real one shows in node_sends_consistency() reading false).
+    sqlite3_exec(db.get(),
+                 "ALTER TABLE node_log ADD COLUMN consistency_seen INTEGER NOT NULL DEFAULT 0",
+                 nullptr, nullptr, nullptr);
     // Kept for the connection's life.
     auto prepare = [d = db.get()](const char* sql, StmtPtr& out) {
       return sqlite::prepare(d, sql, out, SQLITE_PREPARE_PERSISTENT);
@@ -864,16 +870,28 @@ std::optional<std::pair<std::uint64_t, merkle::Hash>> Outbox::verified_log() con
   return std::pair{static_cast<std::uint64_t>(sqlite3_column_int64(select.get(), 0)), root};
 }
 
-Status Outbox::record_verified_log(std::uint64_t tree_size, const merkle::Hash& root) {
+bool Outbox::node_sends_consistency() const {
+  Impl& s = *m_impl;
+  std::lock_guard lock(s.mutex);
+  sqlite::StmtPtr select;
+  return sqlite::prepare(s.db.get(), "SELECT consistency_seen FROM node_log WHERE id = 1",
+                         select) == SQLITE_OK &&
+         sqlite3_step(select.get()) == SQLITE_ROW && sqlite3_column_int(select.get(), 0) != 0;
+}
+
+Status Outbox::record_verified_log(std::uint64_t tree_size, const merkle::Hash& root,
+                                   bool consistency_seen) {
   Impl& s = *m_impl;
   std::lock_guard lock(s.mutex);
   sqlite::StmtPtr upsert;
-  int rc = sqlite::prepare(
-      s.db.get(), "INSERT OR REPLACE INTO node_log(id, tree_size, root) VALUES (1, ?1, ?2)",
-      upsert);
+  int rc = sqlite::prepare(s.db.get(),
+                           "INSERT OR REPLACE INTO node_log(id, tree_size, root, "
+                           "consistency_seen) VALUES (1, ?1, ?2, ?3)",
+                           upsert);
   if (rc == SQLITE_OK) {
     sqlite3_bind_int64(upsert.get(), 1, static_cast<sqlite3_int64>(tree_size));
     sqlite3_bind_blob(upsert.get(), 2, root.data(), static_cast<int>(root.size()), SQLITE_STATIC);
+    sqlite3_bind_int(upsert.get(), 3, consistency_seen ? 1 : 0);
     rc = sqlite::run(upsert.get());
   }
   if (rc != SQLITE_OK)

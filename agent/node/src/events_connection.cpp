@@ -80,6 +80,7 @@ struct EventsConnection::Impl {
             config.share_group.empty()
                 ? config.topic_prefix + "/+/events"
                 : fmt::format("$share/{}/{}/+/events", config.share_group, config.topic_prefix)),
+        status_filter(config.topic_prefix + "/+/status"),
         rng(std::random_device{}()) {}
 
   Status configure(const agent::mqtt_connect::BrokerAddress& address) {
@@ -101,7 +102,12 @@ struct EventsConnection::Impl {
     if (!made) return std::unexpected(made.error());
     client = std::move(*made);
     client->set_message_callback([this](mqtt::const_message_ptr message) {
-      pipeline.enqueue(message->get_topic(), message->to_string());
+      const std::string& topic = message->get_topic();
+      if (topic.ends_with("/status")) {
+        pipeline.note_status(topic, message->to_string());
+        return;
+      }
+      pipeline.enqueue(topic, message->to_string());
     });
     client->set_connection_lost_handler([this](const std::string& cause) {
       post({Kind::connection_lost, 0, cause});
@@ -210,6 +216,16 @@ struct EventsConnection::Impl {
     } catch (const std::exception& e) {
       post({Kind::subscribe_failed, generation, e.what()});
     }
+    // The devices' status, for the size of the log each verified last (PROTOCOL §5.1, §6):
+    // every instance reads all of them (no $share), QoS 0 (the retained one comes with each
+    // subscribe; none is queued in the session). A broker that refuses it (an ACL without
+    // `topic read PREFIX/+/status`) only costs the consistency proofs, so it is not waited for.
+    try {
+      client->subscribe(status_filter, 0);
+    } catch (const std::exception& e) {
+      log.warning(k_component, "subscribing to {} failed: {}; acks carry no consistency proofs",
+                  status_filter, e.what());
+    }
   }
 
   // Runs one connection until it is lost or stop is requested.
@@ -292,6 +308,7 @@ struct EventsConnection::Impl {
   static constexpr std::string_view k_fault = "events connection";
   IngestPipeline& pipeline;
   const std::string events_filter;
+  const std::string status_filter;
 
   // Declared before the client: Paho may call into them until the client is destroyed.
   agent::mqtt_connect::EventQueue<Event> events;

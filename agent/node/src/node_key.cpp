@@ -61,7 +61,7 @@ nlohmann::ordered_json NodeSigner::sign_ack(const AckStatement& statement) const
   auto inclusion = nlohmann::ordered_json::array();
   for (const auto& hash : statement.inclusion)
     inclusion.push_back(agent::note::base64_encode(hash));
-  const nlohmann::ordered_json payload = {
+  nlohmann::ordered_json payload = {
       {"device", statement.device},
       {"stream", statement.point.stream},
       {"seq", statement.point.seq},
@@ -73,6 +73,13 @@ nlohmann::ordered_json NodeSigner::sign_ack(const AckStatement& statement) const
       {"leaf_index", statement.leaf_index},
       {"inclusion", std::move(inclusion)},
   };
+  if (statement.consistency_from) {
+    auto consistency = nlohmann::ordered_json::array();
+    for (const auto& hash : statement.consistency)
+      consistency.push_back(agent::note::base64_encode(hash));
+    payload["consistency_from"] = *statement.consistency_from;
+    payload["consistency"] = std::move(consistency);
+  }
   const agent::Jws jws = agent::jws_sign(m_key, m_protected_b64, payload.dump());
   return {{"protected", jws.protected_b64},
           {"payload", jws.payload_b64},

@@ -10,6 +10,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <stop_token>
 #include <string>
 #include <string_view>
@@ -20,6 +21,7 @@
 
 #include <fmt/format.h>
 
+#include <reflow/core/json_strict.hpp>
 #include <reflow/core/units.hpp>
 #include <reflow/node/key_lookup.hpp>
 #include <reflow/node/log_limiter.hpp>
@@ -105,6 +107,9 @@ struct IngestPipeline::Impl {
     bool force = false;  ///< publish even when the ack point did not change
     std::optional<Clock::time_point> last_sent;
     std::optional<AckPoint> last_published;
+    /// The log size and consistency_from of the last signed ack (PROTOCOL §5.1).
+    std::optional<std::uint64_t> last_tree_size;
+    std::optional<std::uint64_t> last_consistency_from;
   };
 
   Impl(const IngestConfig& config_in, Store& store_in, agent::Env& env_in, agent::Logger& log_in,
@@ -460,6 +465,63 @@ struct IngestPipeline::Impl {
     return reason;
   }
 
+  // ---- the devices' verified log sizes, from their status (PROTOCOL §5.1, §6) ----
+
+  // Runs on a Paho thread.
+  void note_status(std::string_view topic, std::string_view payload) {
+    if (signer == nullptr) return;
+    constexpr std::string_view k_suffix = "/status";
+    const std::string_view prefix = config.topic_prefix;
+    if (topic.size() <= prefix.size() + 1 + k_suffix.size() || !topic.starts_with(prefix) ||
+        topic[prefix.size()] != '/' || !topic.ends_with(k_suffix))
+      return;
+    const std::string_view device =
+        topic.substr(prefix.size() + 1, topic.size() - prefix.size() - 1 - k_suffix.size());
+    if (device.empty() || device.find('/') != std::string_view::npos) return;
+    auto status = agent::parse_json_strict(payload, /*max_depth=*/2);
+    if (!status || !status->is_object()) return;
+    auto it = status->find("verified_tree_size");
+    if (it == status->end() || !it->is_number_unsigned()) return;
+    const auto size = it->get<std::uint64_t>();
+    {
+      std::lock_guard lock(status_mutex);
+      auto [entry, added] = verified_sizes.try_emplace(std::string(device), size);
+      if (!added && entry->second == size) return;
+      entry->second = size;
+      resign.insert(entry->first);
+    }
+    handoff_cv.notify_all();
+  }
+
+  // The size `device` last verified, per its status; 0 when none came.
+  std::uint64_t verified_size_of(const std::string& device) {
+    std::lock_guard lock(status_mutex);
+    auto it = verified_sizes.find(device);
+    return it == verified_sizes.end() ? 0 : it->second;
+  }
+
+  // Store thread: the devices whose verified size changed get their ack signed again, with a
+  // proof from that size.
+  void mark_resigned() {
+    std::map<std::string, std::uint64_t, std::less<>> devices;
+    {
+      std::lock_guard lock(status_mutex);
+      for (const auto& device : resign)
+        devices.emplace(device, verified_sizes[device]);
+      resign.clear();
+    }
+    // Only when the last signed ack does not verify for the device as it is now: it neither
+    // states the log the device verified nor proves the growth from it (after a restart
+    // nothing is known, so the retained ack is signed again).
+    for (const auto& [device, size] : devices) {
+      auto it = device_acks.find(device);
+      if (it != device_acks.end() && it->second.last_tree_size &&
+          (*it->second.last_tree_size == size || it->second.last_consistency_from == size))
+        continue;
+      mark(device, /*force=*/true);
+    }
+  }
+
   void mark(const std::string& device, bool force) {
     DeviceAck& ack = device_acks[device];
     ack.dirty = true;
@@ -469,6 +531,7 @@ struct IngestPipeline::Impl {
   // Publishes the acks that are due; the others set next_ack_due. `final` ignores the interval:
   // the service is stopping and the last ack must not wait for a next time.
   void publish_due_acks(bool final = false) {
+    mark_resigned();
     const auto now = env.steady_now();
     next_ack_due = Clock::time_point::max();
     for (auto& [device, ack] : device_acks) {
@@ -494,7 +557,7 @@ struct IngestPipeline::Impl {
         ack.dirty = false;
         continue;
       }
-      auto body = ack_body_of(device, current);
+      auto body = ack_body_of(device, current, ack);
       if (!body) {
         log.warning(k_component, "signing the ack of {} failed: {}; retrying", device,
                     body.error().message);
@@ -511,7 +574,8 @@ struct IngestPipeline::Impl {
 
   // The ack's body: unsigned without a node key (PROTOCOL §5), else with the node's signed
   // statement of the event's inclusion in the log as it is now (§5.1).
-  Result<std::string> ack_body_of(const std::string& device, const AckPoint& point) {
+  Result<std::string> ack_body_of(const std::string& device, const AckPoint& point,
+                                  DeviceAck& ack) {
     if (signer == nullptr) return ack_body(point, nullptr);
     auto inclusion = store.log_inclusion(device, point.stream, point.seq);
     if (!inclusion) return std::unexpected(inclusion.error());
@@ -525,8 +589,20 @@ struct IngestPipeline::Impl {
                            (*inclusion)->checkpoint.size,
                            (*inclusion)->checkpoint.root,
                            (*inclusion)->entry.index,
-                           std::move((*inclusion)->proof)};
+                           std::move((*inclusion)->proof),
+                           std::nullopt,
+                           {}};
+    // The proof that this log extends the one the device verified last (log2 of the size in
+    // hashes); none when the device verified nothing yet or this very log.
+    if (const auto from = verified_size_of(device); from > 0 && from < statement.tree_size) {
+      auto consistency = store.log_consistency_proof(from, statement.tree_size);
+      if (!consistency) return std::unexpected(consistency.error());
+      statement.consistency_from = from;
+      statement.consistency = std::move(*consistency);
+    }
     const nlohmann::ordered_json signed_ack = signer->sign_ack(statement);
+    ack.last_tree_size = statement.tree_size;
+    ack.last_consistency_from = statement.consistency_from;
     return ack_body(point, &signed_ack);
   }
 
@@ -585,6 +661,11 @@ struct IngestPipeline::Impl {
 
   // Owned by the store thread.
   std::map<std::string, DeviceAck> device_acks;
+
+  // From Paho's thread (note_status) to the store thread: each device's verified log size.
+  std::mutex status_mutex;
+  std::map<std::string, std::uint64_t, std::less<>> verified_sizes;
+  std::set<std::string, std::less<>> resign;  ///< devices whose size changed since last looked
   Clock::time_point next_ack_due = Clock::time_point::max();
   const NodeSigner* signer = nullptr;  ///< set before start(); null: unsigned acks (§5)
   bool checkpoint_dirty = true;        ///< the log may have grown since the last checkpoint
@@ -617,6 +698,10 @@ void IngestPipeline::start() {
 
 void IngestPipeline::enqueue(std::string topic, std::string payload) {
   m_impl->enqueue(Impl::Message{std::move(topic), std::move(payload)});
+}
+
+void IngestPipeline::note_status(std::string_view topic, std::string_view payload) {
+  m_impl->note_status(topic, payload);
 }
 
 void IngestPipeline::close_intake() {

@@ -59,6 +59,14 @@ class IngestPipeline {
   /// republishes it.
   void enqueue(std::string topic, std::string payload);
 
+  /// From Paho's thread: the retained status of `topic` (PREFIX/DEVICE/status, PROTOCOL §6).
+  /// With a signer, its `verified_tree_size` (the size of the log the device verified last) is
+  /// kept in memory per device, and the device's next ack carries the consistency proof from it
+  /// (PROTOCOL §5.1); a changed size makes the store thread sign the device's ack again. A
+  /// status without it (a 1.0 agent, an agent without a pinned key, the offline will) changes
+  /// nothing; a payload that is not the §6 object is ignored. Never waits for the store.
+  void note_status(std::string_view topic, std::string_view payload);
+
   /// Takes no more envelopes; what is queued is still verified and stored by stop().
   void close_intake();
 

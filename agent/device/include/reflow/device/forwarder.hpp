@@ -38,6 +38,10 @@ struct ForwarderStats {
   std::string ack_error;
   /// The node's log as the last verified ack stated it (0: none verified since start).
   std::uint64_t verified_tree_size = 0;
+  /// Whether the node proved its log's growth (PROTOCOL §5.1): true once a consistency proof
+  /// verified, false when a grown log was accepted without one (a node that sends none),
+  /// nullopt before either since start.
+  std::optional<bool> consistency_proven;
   std::uint64_t connects = 0;
 };
 

@@ -168,9 +168,16 @@ class Outbox {
   /// agent holds the node to it. nullopt before the first verified ack.
   std::optional<std::pair<std::uint64_t, merkle::Hash>> verified_log() const;
 
-  /// Records the log of a verified ack, before the ack is applied (a crash in between leaves a
-  /// log that the next copy of the same ack matches). Errors: io or no_space naming the file.
-  Status record_verified_log(std::uint64_t tree_size, const merkle::Hash& root);
+  /// Whether the node sent a consistency proof in an ack verified before (PROTOCOL §5.1): from
+  /// then on a grown log needs one. Kept beside verified_log(); false before the first record.
+  bool node_sends_consistency() const;
+
+  /// Records the log of a verified ack, and whether the node has sent consistency proofs
+  /// (`consistency_seen`, never set back by the forwarder), before the ack is applied (a crash
+  /// in between leaves a log that the next copy of the same ack matches). Errors: io or no_space
+  /// naming the file.
+  Status record_verified_log(std::uint64_t tree_size, const merkle::Hash& root,
+                             bool consistency_seen);
 
   /// Reads the envelopes of an outbox file (the live one or a quarantined one) read-only, in seq
   /// order from `from_seq`, calling `each` per event, for `reflow-agent export`. Rows that cannot

@@ -28,7 +28,9 @@ using agent::k_ack_typ;
 
 /// What a signed ack states (PROTOCOL §5.1): the node stored `device`'s events 1..`seq` of
 /// `stream`, and event `seq` is leaf `leaf_index` of the log whose first `tree_size` leaves have
-/// the root hash `root`, as `inclusion` (RFC 9162 §2.1.3.1, leaf to root) proves.
+/// the root hash `root`, as `inclusion` (RFC 9162 §2.1.3.1, leaf to root) proves; with
+/// `consistency_from`, that log extends its first `consistency_from` leaves, as `consistency`
+/// (RFC 9162 §2.1.4.1) proves.
 struct AckStatement {
   std::string device;
   AckPoint point;
@@ -37,6 +39,10 @@ struct AckStatement {
   agent::merkle::Hash root{};
   std::uint64_t leaf_index = 0;
   std::vector<agent::merkle::Hash> inclusion;
+  /// The size the device last verified (its status' `verified_tree_size`, PROTOCOL §6), when
+  /// 0 < it < tree_size; nullopt: no consistency members in the payload.
+  std::optional<std::uint64_t> consistency_from;
+  std::vector<agent::merkle::Hash> consistency;  ///< PROOF(consistency_from, D[tree_size])
 };
 
 /// The node's key with the log's origin: signs checkpoints and acks. Not copyable (it holds the
@@ -59,7 +65,8 @@ class NodeSigner {
 
   /// The flattened JWS (RFC 7515 §7.2.2) of `statement`: protected header
   /// `{"alg":"EdDSA","kid":KID,"typ":"reflow-ack+json"}`, payload the JSON object of
-  /// PROTOCOL §5.1, as one JSON object on one line.
+  /// PROTOCOL §5.1 (with `consistency_from` and `consistency` when the statement has them), as
+  /// one JSON object on one line.
   nlohmann::ordered_json sign_ack(const AckStatement& statement) const;
 
  private:
