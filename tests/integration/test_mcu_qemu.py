@@ -3,7 +3,10 @@
 `qemu-system-arm -M netduinoplus2` (an emulated STM32F405), reads its clamp samples from a file
 this test synthesises, through ARM semihosting, and talks over its emulated USART1 to the real
 `reflow-agent` with the `mcu` driver, whose events go through a real Mosquitto to a real
-`reflow-ingest run` that verifies and stores them.
+`reflow-ingest run` that verifies and stores them. Covered: a session arriving as verified use +
+consume, garbage on the line both ways, the agent SIGKILLed mid-session (nothing lost, nothing
+twice) and the board reset mid-session (a new boot from the same boot counter file; only the open
+session lost).
 
 QEMU's USART1 is a Unix socket (`-chardev socket`); the test relays it to a pseudo-terminal that
 the agent opens as its serial port, as it would the Pi's UART, and can put garbage on the line in
@@ -86,20 +89,23 @@ class Relay:
         os.write(self.master, data)
 
     def _run(self):
-        while True:
-            ready, _, _ = select.select([self.master, self.sock, self.stop_r], [], [])
-            if self.stop_r in ready:
-                return
-            if self.sock in ready:
-                data = self.sock.recv(4096)
-                if not data:
+        try:
+            while True:
+                ready, _, _ = select.select([self.master, self.sock, self.stop_r], [], [])
+                if self.stop_r in ready:
                     return
-                os.write(self.master, data)
-            if self.master in ready:
-                try:
-                    self.sock.sendall(os.read(self.master, 4096))
-                except BlockingIOError:
-                    pass
+                if self.sock in ready:
+                    data = self.sock.recv(4096)
+                    if not data:
+                        return  # QEMU ended: the board is off
+                    os.write(self.master, data)
+                if self.master in ready:
+                    try:
+                        self.sock.sendall(os.read(self.master, 4096))
+                    except BlockingIOError:
+                        pass
+        except OSError:
+            return  # either end went away mid-transfer: a board reset or the test's end
 
     def close(self):
         os.write(self.stop_w, b"x")
@@ -133,6 +139,7 @@ class McuQemuTest(nh.NodeTestCase):
             self.qemu.wait(timeout=h.WAIT_S)
         if self.relay is not None:
             self.relay.close()
+            self.relay = None
 
     def start_board(self, *sessions, total_ms=30000):
         (self.board_dir / "fw-samples.bin").write_bytes(samples(*sessions, total_ms=total_ms))
@@ -214,6 +221,21 @@ class McuQemuTest(nh.NodeTestCase):
                           "the ingest's ack covers the two events, and nothing more was made")
         self.assertEqual(len(self.stored(dev)), 2)
         self.assertEqual(self.cli.rejections(dev.id), [])
+
+    def test_board_reset_mid_session_loses_only_the_open_session(self):
+        dev, agent = self.start_node_and_agent((2000, 30000, 4))
+        self.board_says("sent seq 1 ")  # a session started on the board
+        self._stop_board()  # the board resets: its RAM ring and the open session are gone
+        self.link.unlink()
+        self.start_board((2000, 5000, 4))  # the same board (fw-boot.bin): boot 2
+        self.board_says("boot 2")
+        events = self.wait_stored(dev, 2)
+        assert_session(self, events, 5)
+        self.assertTrue(all(e["inputOf"] == "mcu:saw:boot-2-session-1" for e in events), events)
+        status = agent.wait_status(lambda s: s["acked_seq"] == s["last_seq"] == 2,
+                                   "the ingest's ack covers the two events")
+        self.assertIn("boot 2", self.saw_state(status))
+        self.assertEqual(len(self.stored(dev)), 2)
 
 
 if __name__ == "__main__":
