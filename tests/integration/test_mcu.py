@@ -24,6 +24,52 @@ def sim_binary():
     return os.environ.get("REFLOW_FW_SIM") or str(h.REPO_ROOT / "build" / "bin" / "reflow-fw-sim")
 
 
+def driver_toml(link):
+    """The agent's [[driver]] table for the board at `link`: 10 mA per count, 1 kHz sampling,
+    0.2 s RMS windows, on at 1 A, off under 0.5 A, 230 V (drivers/mcu/README.md)."""
+    return "\n".join([
+        "",
+        "[[driver]]",
+        'kind = "mcu"',
+        'name = "saw"',
+        f"path = {nh.toml_str(link)}",
+        'resource = "machine:bandsaw-01"',
+        'electricity = "electricity:workshop"',
+        "ua_per_count = 10000",
+        "sample_rate_hz = 1000",
+        "window_samples = 200",
+        "on_ma = 1000",
+        "off_ma = 500",
+        'min_on = "1s"',
+        'gap_merge = "2s"',
+        "voltage = 230",
+        "power_factor = 1.0",
+        "",
+    ])
+
+
+def assert_session(tc, events, seconds):
+    """`events` are the use and consume of one session of 4 A at 230 V lasting `seconds`."""
+    tc.assertEqual(len(events), 2, events)
+    use, consume = sorted(events, key=lambda e: e["action"], reverse=True)
+    tc.assertEqual(use["action"], "use")
+    tc.assertEqual(use["resourceInventoriedAs"], "machine:bandsaw-01")
+    tc.assertEqual(use["effortQuantity"]["hasUnit"], "hour")
+    tc.assertAlmostEqual(use["effortQuantity"]["hasNumericalValue"], seconds / 3600,
+                         delta=1 / 3600)
+    tc.assertEqual(consume["action"], "consume")
+    tc.assertEqual(consume["resourceInventoriedAs"], "electricity:workshop")
+    tc.assertEqual(consume["resourceQuantity"]["hasUnit"], "kilowattHour")
+    # 4 A at 230 V: 0.92 kW, within a window of the session's length
+    tc.assertAlmostEqual(consume["resourceQuantity"]["hasNumericalValue"],
+                         0.92 * seconds / 3600,
+                         delta=0.92 * 1 / 3600 + 1e-4)
+    tc.assertEqual(use["inputOf"], consume["inputOf"])
+    tc.assertEqual(use["source"]["driver"], "mcu")
+    tc.assertEqual(use["meta"]["source"], "current clamp")
+    tc.assertAlmostEqual(use["meta"]["peak_a"], 4.0, delta=0.05)
+
+
 class McuTest(nh.NodeTestCase):
 
     def setUp(self):
@@ -57,26 +103,7 @@ class McuTest(nh.NodeTestCase):
         """Broker, ingest, the sim (first, so the agent finds its pty at once) and the agent."""
         self.start_plain_broker()
         dev = self.new_device(DEVICE)
-        driver = "\n".join([
-            "",
-            "[[driver]]",
-            'kind = "mcu"',
-            'name = "saw"',
-            f"path = {nh.toml_str(self.link)}",
-            'resource = "machine:bandsaw-01"',
-            'electricity = "electricity:workshop"',
-            "ua_per_count = 10000",
-            "sample_rate_hz = 1000",
-            "window_samples = 200",
-            "on_ma = 1000",
-            "off_ma = 500",
-            'min_on = "1s"',
-            'gap_merge = "2s"',
-            "voltage = 230",
-            "power_factor = 1.0",
-            "",
-        ])
-        dev.config_path.write_text(dev.config_path.read_text() + driver)
+        dev.config_path.write_text(dev.config_path.read_text() + driver_toml(self.link))
         self.start_ingest()
         self.start_sim(*sessions)
         return dev, self.start_device_agent(dev)
@@ -89,23 +116,7 @@ class McuTest(nh.NodeTestCase):
                           f"the ingest stores {n} event(s) of {dev.id}")
 
     def assert_session(self, events, seconds):
-        self.assertEqual(len(events), 2, events)
-        use, consume = sorted(events, key=lambda e: e["action"], reverse=True)
-        self.assertEqual(use["action"], "use")
-        self.assertEqual(use["resourceInventoriedAs"], "machine:bandsaw-01")
-        self.assertEqual(use["effortQuantity"]["hasUnit"], "hour")
-        self.assertAlmostEqual(use["effortQuantity"]["hasNumericalValue"], seconds / 3600,
-                               delta=1 / 3600)
-        self.assertEqual(consume["action"], "consume")
-        self.assertEqual(consume["resourceInventoriedAs"], "electricity:workshop")
-        self.assertEqual(consume["resourceQuantity"]["hasUnit"], "kilowattHour")
-        # 4 A at 230 V: 0.92 kW, within a window of the session's length
-        self.assertAlmostEqual(consume["resourceQuantity"]["hasNumericalValue"],
-                               0.92 * seconds / 3600, delta=0.92 * 1 / 3600 + 1e-4)
-        self.assertEqual(use["inputOf"], consume["inputOf"])
-        self.assertEqual(use["source"]["driver"], "mcu")
-        self.assertEqual(use["meta"]["source"], "current clamp")
-        self.assertAlmostEqual(use["meta"]["peak_a"], 4.0, delta=0.05)
+        assert_session(self, events, seconds)
 
     def test_a_session_measured_by_the_board_arrives_verified_at_the_node(self):
         # 4 A for 20 s of board time, from 3 s after the agent configured the board
