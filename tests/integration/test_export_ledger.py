@@ -8,6 +8,7 @@ flight and sends the rest, after which the server holds each event, process and 
 once, and a further --post sends nothing."""
 
 import collections
+import fcntl
 import json
 import os
 import re
@@ -190,6 +191,21 @@ class ExportLedgerTest(unittest.TestCase):
             # Killed with the answer unread: its intent is found on the server, not resent.
             self.assertRegex(err, r"export: create\w+ for .* was created as [0-9A-Z]{26}.*: "
                                   r"recorded", n)
+
+    def test_a_second_post_while_one_runs_sends_nothing(self):
+        standin = self.new_standin()
+        config = self.fresh_node(standin)
+        data_dir = config.parent / "data"
+        # Another --post holds the store's export lock (as a running one does).
+        with open(data_dir / "ingest.db.export-lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            code, out, err = self.post(config, standin)
+        self.assertEqual(code, 1, f"{out}\n{err}")
+        self.assertIn("another `reflow-ingest export --post` is running", err)
+        self.assertEqual(standin.mutations, 0)
+        code, out, err = self.post(config, standin)
+        self.assertEqual(code, 0, f"{out}\n{err}")
+        self.assert_exactly_once(standin, "after the lock was released")
 
     def test_a_server_that_cannot_be_asked_keeps_the_intent_and_sends_nothing(self):
         standin = self.new_standin()

@@ -681,6 +681,23 @@ TEST_F(ZenflowsLedgerTest, SettlingRecordsWhatTheServerHasAndDropsWhatItLacks) {
   EXPECT_EQ(server.requests().size(), 3u);
 }
 
+TEST_F(ZenflowsLedgerTest, SettlingKeepsTheIntentsWhenTheAnswerIsNotAPage) {
+  StubServer server(m_dir.path(), Json::array({{{"data", nullptr}}}));
+  ZenflowsPostOptions options;
+  options.url = server.url();
+  options.user = "reflow-node";
+  ASSERT_TRUE(
+      m_store->ledger_intent(ledger_row(options.url, LedgerKind::event, "dev-a/S/1", "n"), 1));
+  auto settled = settle_export_intents(*m_store, options, *m_key);
+  ASSERT_FALSE(settled);
+  EXPECT_EQ(settled.error().code, agent::ErrorCode::invalid_argument);
+  EXPECT_NE(settled.error().message.find("economicEvents without edges"), std::string::npos)
+      << settled.error().message;
+  auto ledger = read_export_ledger(*m_store, options.url);
+  ASSERT_TRUE(ledger);
+  EXPECT_EQ(ledger->intents.size(), 1u);
+}
+
 TEST_F(ZenflowsLedgerTest, SettlingKeepsTheIntentsWhenTheServerCannotBeAsked) {
   ZenflowsPostOptions options;
   options.url = "http://127.0.0.1:1/api";  // nothing listens there

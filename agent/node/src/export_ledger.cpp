@@ -90,7 +90,7 @@ Result<Found> look_up(LedgerKind kind, const std::set<std::string>& notes, std::
                   fmt::format("looking up unsettled export intents: {}", answer.error().message));
     const nlohmann::json* data = &*answer;
     for (const char* step : {"data", connection})
-      data = data->is_object() && data->contains(step) ? &(*data)[step] : nullptr;
+      if (data) data = data->is_object() && data->contains(step) ? &(*data)[step] : nullptr;
     if (!data || !data->is_object() || !data->contains("edges") || !(*data)["edges"].is_array())
       return fail(ErrorCode::invalid_argument,
                   fmt::format("looking up unsettled export intents: zenflows at {} answered "
