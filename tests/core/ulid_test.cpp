@@ -23,6 +23,19 @@ TEST_F(UlidTest, EncodesTimeAsTheFirstTenCharacters) {
   EXPECT_TRUE(is_valid_ulid(id)) << id;
 }
 
+TEST_F(UlidTest, FloorIsTheSmallestIdOfItsMillisecondAndTimeReadsItBack) {
+  EXPECT_EQ(ulid_floor(1'469'918'176'385), "01ARYZ6S410000000000000000");
+  EXPECT_EQ(ulid_time("01ARYZ6S410000000000000000"), 1'469'918'176'385);
+  const std::string id = m_gen.next(1'469'918'176'385);
+  EXPECT_EQ(ulid_time(id), 1'469'918'176'385);
+  EXPECT_LE(ulid_floor(1'469'918'176'385), id);
+  EXPECT_LT(id, ulid_floor(1'469'918'176'386));
+  EXPECT_EQ(ulid_floor(-5), "00000000000000000000000000");
+  EXPECT_EQ(ulid_time("7ZZZZZZZZZZZZZZZZZZZZZZZZZ"), (std::int64_t{1} << 48) - 1);
+  EXPECT_EQ(ulid_time("01ARYZ6S41"), std::nullopt);
+  EXPECT_EQ(ulid_time("01ARYZ6S41000000000000000U"), std::nullopt);
+}
+
 TEST_F(UlidTest, IsMonotonicWithinOneMillisecond) {
   std::vector<std::string> ids;
   for (int i = 0; i < 1000; ++i)

@@ -52,10 +52,12 @@ Json fields_for(const std::string& action) {
 }
 
 // Turns the rejections of the current schema back into those of versions 1 and 2.
-// What a file looked like before version 4: no log.
-constexpr const char* k_log_as_in_version_3 = "DROP TABLE log_leaves; DROP TABLE log_nodes;";
+// What a file looked like before version 5: no export ledger; before version 4: no log either.
+constexpr const char* k_ledger_as_in_version_4 = "DROP TABLE export_ledger;";
+constexpr const char* k_log_as_in_version_3 =
+    "DROP TABLE export_ledger; DROP TABLE log_leaves; DROP TABLE log_nodes;";
 constexpr const char* k_rejections_as_in_version_2 =
-    "DROP TABLE log_leaves; DROP TABLE log_nodes;"
+    "DROP TABLE export_ledger; DROP TABLE log_leaves; DROP TABLE log_nodes;"
     "DROP INDEX rejections_envelope; DROP INDEX rejections_capped;"
     "DROP TABLE rejections_not_kept;"
     "ALTER TABLE rejections DROP COLUMN capped;"
@@ -718,7 +720,7 @@ TEST_F(SqliteStoreTest, MigratesASchemaVersion1File) {
   m_store.reset();
 
   ASSERT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
-  EXPECT_EQ(query_int("PRAGMA user_version"), 4);
+  EXPECT_EQ(query_int("PRAGMA user_version"), 5);
   EXPECT_EQ(query_int("SELECT count(*) FROM pragma_table_info('events') WHERE name = 'payload'"),
             0);
   sqlite3_close(db);
@@ -908,6 +910,112 @@ TEST_F(SqliteStoreTest, MigratesASchemaVersion3FileBuildingItsLog) {
   auto proof = m_store->log_consistency_proof(5, 6);
   ASSERT_TRUE(proof);
   EXPECT_TRUE(agent::merkle::verify_consistency(5, 6, before->root, grown->root, *proof));
+}
+
+// An intent row of the export ledger.
+LedgerEntry ledger_row(std::string server, LedgerKind kind, std::string ref, std::string note,
+                       std::string event_id = "", std::string creates = "") {
+  LedgerEntry e;
+  e.server = std::move(server);
+  e.kind = kind;
+  e.ref = std::move(ref);
+  e.note = std::move(note);
+  e.event_id = std::move(event_id);
+  e.creates = std::move(creates);
+  return e;
+}
+
+// Opening a version 4 file adds the empty export ledger and keeps everything else.
+TEST_F(SqliteStoreTest, MigratesASchemaVersion4FileAddingAnEmptyExportLedger) {
+  Device& d = device("fablab-mk4-01");
+  auto evs = chain(d, new_stream(), 3);
+  put({in(evs[0]), in(evs[1])});
+  auto before = m_store->log_checkpoint();
+  ASSERT_TRUE(before);
+  m_store.reset();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(
+      sqlite3_exec(db, (std::string(k_ledger_as_in_version_4) + "PRAGMA user_version=4").c_str(),
+                   nullptr, nullptr, nullptr),
+      SQLITE_OK)
+      << sqlite3_errmsg(db);
+  sqlite3_close(db);
+
+  m_store = open_store();
+  ASSERT_TRUE(m_store);
+  EXPECT_EQ(events().size(), 2u);
+  auto after = m_store->log_checkpoint();
+  ASSERT_TRUE(after);
+  EXPECT_EQ(after->root, before->root);
+  auto ledger = m_store->ledger_entries("http://zenflows.test/api");
+  ASSERT_TRUE(ledger) << ledger.error().message;
+  EXPECT_TRUE(ledger->empty());
+  LedgerEntry intent = ledger_row("http://zenflows.test/api", LedgerKind::process, "job-1", "n");
+  EXPECT_TRUE(m_store->ledger_intent(intent, k_t0));
+  put({in(evs[2])});
+  EXPECT_EQ(ack(d.id)->seq, 3);
+  m_store.reset();
+  ASSERT_EQ(sqlite3_open(db_path().c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &stmt, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int64(stmt, 0), 5);
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+}
+
+// The ledger's rows: an intent before the request, recorded with the answer's ids (a produce's
+// new resource beside its event), dropped when the server refused; per server; durable.
+TEST_F(SqliteStoreTest, ExportLedgerWritesIntentsRecordsAnswersAndDropsRefusals) {
+  const std::string server = "http://zenflows.test/api";
+  LedgerEntry produce =
+      ledger_row(server, LedgerKind::event, "dev-a/S/3",
+                 "part (reflow event 01E, device dev-a, stream S seq 3)", "01E", "part-1");
+  ASSERT_TRUE(m_store->ledger_intent(produce, k_t0));
+  auto twice = m_store->ledger_intent(produce, k_t0 + 1);
+  ASSERT_FALSE(twice);
+  EXPECT_EQ(twice.error().code, agent::ErrorCode::rejected);
+  EXPECT_NE(twice.error().message.find("another `export --post`"), std::string::npos);
+
+  auto rows = m_store->ledger_entries(server);
+  ASSERT_TRUE(rows);
+  ASSERT_EQ(rows->size(), 1u);
+  EXPECT_FALSE(rows->at(0).recorded);
+  EXPECT_EQ(rows->at(0).note, produce.note);
+  EXPECT_EQ(rows->at(0).intent_unix_ms, k_t0);
+  EXPECT_TRUE(m_store->ledger_entries("http://other.test/api")->empty());
+
+  ASSERT_TRUE(m_store->ledger_record(server, LedgerKind::event, "dev-a/S/3",
+                                     "01SERVEREVENT0000000000000", "01SERVERRES0URCE0000000000",
+                                     k_t0 + 5));
+  auto again = m_store->ledger_record(server, LedgerKind::event, "dev-a/S/3", "01X", "", k_t0);
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().code, agent::ErrorCode::not_found);
+  auto forget_recorded = m_store->ledger_forget(server, LedgerKind::event, "dev-a/S/3");
+  ASSERT_FALSE(forget_recorded);
+  EXPECT_EQ(forget_recorded.error().code, agent::ErrorCode::not_found);
+
+  LedgerEntry process =
+      ledger_row(server, LedgerKind::process, "job-1", "job-1 (reflow export 01M)");
+  ASSERT_TRUE(m_store->ledger_intent(process, k_t0 + 6));
+  ASSERT_TRUE(m_store->ledger_forget(server, LedgerKind::process, "job-1"));
+
+  m_store.reset();
+  m_store = open_store();
+  ASSERT_TRUE(m_store);
+  rows = m_store->ledger_entries(server);
+  ASSERT_TRUE(rows);
+  ASSERT_EQ(rows->size(), 2u);  // ordered by kind: event, resource
+  EXPECT_EQ(rows->at(0).kind, LedgerKind::event);
+  EXPECT_TRUE(rows->at(0).recorded);
+  EXPECT_EQ(rows->at(0).server_id, "01SERVEREVENT0000000000000");
+  EXPECT_EQ(rows->at(0).recorded_unix_ms, k_t0 + 5);
+  EXPECT_EQ(rows->at(1).kind, LedgerKind::resource);
+  EXPECT_EQ(rows->at(1).ref, "part-1");
+  EXPECT_TRUE(rows->at(1).recorded);
+  EXPECT_EQ(rows->at(1).server_id, "01SERVERRES0URCE0000000000");
+  EXPECT_EQ(rows->at(1).event_id, "01E");
 }
 
 TEST_F(SqliteStoreTest, RegistryRefusesKeysOfOtherDevicesAndRevokedKeys) {

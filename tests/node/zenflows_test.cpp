@@ -10,13 +10,16 @@
 
 #include <chrono>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include <reflow/core/jose.hpp>
+#include <reflow/core/ulid.hpp>
 #include <reflow/core/units.hpp>
+#include <reflow/node/export_ledger.hpp>
 
 #include "temp_dir.hpp"
 
@@ -467,6 +470,246 @@ TEST_F(ZenflowsTest, PostReportsAnUnreachableServer) {
   ASSERT_FALSE(answer);
   EXPECT_EQ(answer.error().code, agent::ErrorCode::device_unavailable);
   EXPECT_NE(answer.error().message.find("http://127.0.0.1:1/api"), std::string::npos);
+}
+
+// --- the export ledger (export_ledger.hpp) ---
+
+std::vector<StoredEvent> produce_job_events() {
+  auto events = job_events();
+  events.push_back(
+      make_event(3, "01JBQ9000000000000000000B3",
+                 {{"action", "produce"},
+                  {"hasPointInTime", "2026-11-01T11:00:01Z"},
+                  {"resourceInventoriedAs", "benchy, job 42"},
+                  {"resourceConformsTo", "benchy"},
+                  {"resourceQuantity", {{"hasNumericalValue", 1}, {"hasUnit", "gram"}}},
+                  {"outputOf", "job-42"}}));
+  return events;
+}
+
+IngestConfig produce_config() {
+  IngestConfig config = mapped_config();
+  config.ids["benchy"] = "01SPECBENCHY00000000000000";
+  return config;
+}
+
+TEST_F(ZenflowsTest, LedgerPlanLeavesOutRecordedEventsAndUsesRecordedProcessesAndResources) {
+  const auto events = produce_job_events();
+  ExportLedger ledger;
+  ledger.server = "http://zenflows.test/api";
+  LedgerPlan fresh = plan_ledger_export(events, produce_config(), ledger);
+  ASSERT_EQ(fresh.export_.requests.size(), 4u);  // createProcess, use, consume, produce
+  EXPECT_EQ(fresh.events_total, 3u);
+  EXPECT_EQ(fresh.events_recorded, 0u);
+
+  // The process and the use were recorded: the rest refers to the process by its id.
+  ledger.processes["job-42"] = "01SERVERPR0CESS00000000000";
+  ledger.events[ledger_event_ref("printer-01", "01JBQ8Z6V2X4W6Y8A0C2E4G6J8", 1)] = "01EV1";
+  LedgerPlan resumed = plan_ledger_export(events, produce_config(), ledger);
+  EXPECT_EQ(resumed.events_recorded, 1u);
+  ASSERT_EQ(resumed.export_.requests.size(), 2u);
+  for (const VfRequest& r : resumed.export_.requests) {
+    EXPECT_EQ(r.kind, VfRequestKind::create_economic_event);
+    EXPECT_TRUE(r.pending.empty());
+  }
+  EXPECT_EQ(resumed.export_.requests[0].variables["event"]["inputOf"],
+            "01SERVERPR0CESS00000000000");
+  EXPECT_EQ(resumed.export_.requests[1].variables["event"]["outputOf"],
+            "01SERVERPR0CESS00000000000");
+  EXPECT_TRUE(resumed.export_.requests[1].variables.contains("newInventoriedResource"));
+
+  // A resource the ledger holds is added to, not created again.
+  ledger.resources["benchy, job 42"] = "01SERVERRES0URCE0000000000";
+  LedgerPlan with_resource = plan_ledger_export(events, produce_config(), ledger);
+  ASSERT_EQ(with_resource.export_.requests.size(), 2u);
+  const Json& produce = with_resource.export_.requests[1].variables;
+  EXPECT_FALSE(produce.contains("newInventoriedResource"));
+  EXPECT_EQ(produce["event"]["resourceInventoriedAs"], "01SERVERRES0URCE0000000000");
+
+  // Everything recorded: nothing to send, and what is missing for recorded events is moot.
+  for (std::int64_t seq : {2, 3})
+    ledger.events[ledger_event_ref("printer-01", "01JBQ8Z6V2X4W6Y8A0C2E4G6J8", seq)] = "01EV";
+  IngestConfig config = produce_config();
+  config.units.erase("gram");
+  LedgerPlan done = plan_ledger_export(events, config, ledger);
+  EXPECT_TRUE(done.export_.requests.empty());
+  EXPECT_TRUE(done.export_.missing.empty());
+  EXPECT_EQ(done.events_recorded, 3u);
+}
+
+// An intent row of the export ledger.
+LedgerEntry ledger_row(std::string server, LedgerKind kind, std::string ref, std::string note,
+                       std::string event_id = "", std::string creates = "") {
+  LedgerEntry e;
+  e.server = std::move(server);
+  e.kind = kind;
+  e.ref = std::move(ref);
+  e.note = std::move(note);
+  e.event_id = std::move(event_id);
+  e.creates = std::move(creates);
+  return e;
+}
+
+class ZenflowsLedgerTest : public ZenflowsTest {
+ protected:
+  void SetUp() override {
+    auto store = open_sqlite_store(m_dir / "ingest.db");
+    ASSERT_TRUE(store) << store.error().message;
+    m_store = std::move(*store);
+    auto key =
+        agent::DeviceKey::load(write_seed_file(m_dir / "zenflows.key", k_vectors[0].seed_hex));
+    ASSERT_TRUE(key);
+    m_key.emplace(std::move(*key));
+  }
+  std::unique_ptr<Store> m_store;
+  std::optional<agent::DeviceKey> m_key;
+};
+
+TEST_F(ZenflowsLedgerTest, PostWritesAnIntentBeforeEachRequestAndItsIdsAfter) {
+  Json responses = Json::array(
+      {{{"data", {{"createProcess", {{"process", {{"id", "01SERVERPR0CESS00000000000"}}}}}}}},
+       {{"data", {{"createEconomicEvent", {{"economicEvent", {{"id", "01SERVEREVENT1"}}}}}}}},
+       {{"errors", {{{"message", "unit mismatch"}}}}, {"data", nullptr}}});
+  StubServer server(m_dir.path(), responses);
+  ZenflowsPostOptions options;
+  options.url = server.url();
+  options.user = "reflow-node";
+  ExportLedger empty;
+  LedgerPlan plan = plan_ledger_export(job_events(), mapped_config(), empty);
+  std::int64_t clock = 1'800'000'000'000;
+  agent::UlidGenerator ulids;
+  std::vector<std::size_t> intents_seen;
+  auto hooks = ledger_post_hooks(
+      *m_store, options.url, [&] { return ++clock; }, ulids, [](const VfPosted&) {});
+  // Wrap before_send: the intent is in the store before the request leaves.
+  auto write_intent = hooks.before_send;
+  hooks.before_send = [&](VfRequest& r) -> agent::Status {
+    auto s = write_intent(r);
+    intents_seen.push_back(m_store->ledger_entries(options.url)->size());
+    EXPECT_EQ(server.requests().size() + 1, intents_seen.size());
+    return s;
+  };
+  auto status = post_vf_export(plan.export_, options, *m_key, hooks);
+  ASSERT_FALSE(status);  // the consume was refused
+  EXPECT_EQ(intents_seen, (std::vector<std::size_t>{1, 2, 3}));
+
+  auto ledger = read_export_ledger(*m_store, options.url);
+  ASSERT_TRUE(ledger);
+  EXPECT_EQ(ledger->processes.at("job-42"), "01SERVERPR0CESS00000000000");
+  EXPECT_EQ(ledger->events.size(), 1u);
+  EXPECT_TRUE(ledger->intents.empty());  // the refused request's intent was dropped
+  // The createProcess note carries the ledger's marker, which settling looks for.
+  auto requests = server.requests();
+  Json first = Json::parse(body_of(requests[0]));
+  const std::string note = first["variables"]["process"]["note"];
+  EXPECT_NE(note.find("(reflow export "), std::string::npos) << note;
+}
+
+TEST_F(ZenflowsLedgerTest, SettlingRecordsWhatTheServerHasAndDropsWhatItLacks) {
+  // Two intents left by a killed exporter: an event the server did create (its note is on a
+  // later page), and a process it did not.
+  const std::string event_note = "part (reflow event 01E, device dev-a, stream S seq 3)";
+  Json responses = Json::array();
+  responses.push_back(
+      {{"data",
+        {{"processes",
+          {{"edges", Json::array({{{"cursor", "01P1"},
+                                   {"node", {{"id", "01P1"}, {"note", "someone else's"}}}}})},
+           {"pageInfo", {{"hasNextPage", false}, {"endCursor", "01P1"}}}}}}}});
+  responses.push_back(
+      {{"data",
+        {{"economicEvents",
+          {{"edges",
+            Json::array(
+                {{{"cursor", "01E1"},
+                  {"node",
+                   {{"id", "01E1"}, {"note", "other"}, {"resourceInventoriedAs", nullptr}}}}})},
+           {"pageInfo", {{"hasNextPage", true}, {"endCursor", "01E1"}}}}}}}});
+  responses.push_back(
+      {{"data",
+        {{"economicEvents",
+          {{"edges", Json::array({{{"cursor", "01E2"},
+                                   {"node",
+                                    {{"id", "01E2"},
+                                     {"note", event_note},
+                                     {"resourceInventoriedAs", {{"id", "01RES"}}}}}}})},
+           {"pageInfo", {{"hasNextPage", false}, {"endCursor", "01E2"}}}}}}}});
+  StubServer server(m_dir.path(), responses);
+  ZenflowsPostOptions options;
+  options.url = server.url();
+  options.user = "reflow-node";
+  const std::int64_t t = 1'800'000'000'000;
+  ASSERT_TRUE(m_store->ledger_intent(
+      ledger_row(options.url, LedgerKind::event, "dev-a/S/3", event_note, "01E", "part-1"), t));
+  ASSERT_TRUE(m_store->ledger_intent(
+      ledger_row(options.url, LedgerKind::process, "job-1", "job-1 (reflow export 01M)"), t));
+
+  auto settled = settle_export_intents(*m_store, options, *m_key);
+  ASSERT_TRUE(settled) << settled.error().message;
+  ASSERT_EQ(settled->size(), 2u);
+  EXPECT_FALSE(settled->at(0).created);  // the process: looked up first
+  EXPECT_TRUE(settled->at(1).created);
+  EXPECT_EQ(settled->at(1).server_id, "01E2");
+  EXPECT_EQ(settled->at(1).created_resource_id, "01RES");
+
+  auto ledger = read_export_ledger(*m_store, options.url);
+  ASSERT_TRUE(ledger);
+  EXPECT_TRUE(ledger->intents.empty());
+  EXPECT_TRUE(ledger->processes.empty());
+  EXPECT_EQ(ledger->events.at("dev-a/S/3"), "01E2");
+  EXPECT_EQ(ledger->resources.at("part-1"), "01RES");
+
+  // Signed queries, paging from a cursor a margin before the intents, then from endCursor.
+  auto requests = server.requests();
+  ASSERT_EQ(requests.size(), 3u);
+  const std::string floor = agent::ulid_floor(t - k_settle_margin_ms);
+  Json q0 = Json::parse(body_of(requests[0]));
+  EXPECT_EQ(q0["query"], settle_query_text(LedgerKind::process));
+  EXPECT_EQ(q0["variables"]["after"], floor);
+  EXPECT_EQ(q0["variables"]["first"], 100);
+  Json q1 = Json::parse(body_of(requests[1]));
+  EXPECT_EQ(q1["query"], settle_query_text(LedgerKind::event));
+  EXPECT_EQ(q1["variables"]["after"], floor);
+  EXPECT_EQ(Json::parse(body_of(requests[2]))["variables"]["after"], "01E1");
+  for (const auto& r : requests)
+    EXPECT_TRUE(signature_verifies(r, m_key->public_jwk()));
+
+  // Nothing left to settle: no request.
+  auto again = settle_export_intents(*m_store, options, *m_key);
+  ASSERT_TRUE(again);
+  EXPECT_TRUE(again->empty());
+  EXPECT_EQ(server.requests().size(), 3u);
+}
+
+TEST_F(ZenflowsLedgerTest, SettlingKeepsTheIntentsWhenTheAnswerIsNotAPage) {
+  StubServer server(m_dir.path(), Json::array({{{"data", nullptr}}}));
+  ZenflowsPostOptions options;
+  options.url = server.url();
+  options.user = "reflow-node";
+  ASSERT_TRUE(
+      m_store->ledger_intent(ledger_row(options.url, LedgerKind::event, "dev-a/S/1", "n"), 1));
+  auto settled = settle_export_intents(*m_store, options, *m_key);
+  ASSERT_FALSE(settled);
+  EXPECT_EQ(settled.error().code, agent::ErrorCode::invalid_argument);
+  EXPECT_NE(settled.error().message.find("economicEvents without edges"), std::string::npos)
+      << settled.error().message;
+  auto ledger = read_export_ledger(*m_store, options.url);
+  ASSERT_TRUE(ledger);
+  EXPECT_EQ(ledger->intents.size(), 1u);
+}
+
+TEST_F(ZenflowsLedgerTest, SettlingKeepsTheIntentsWhenTheServerCannotBeAsked) {
+  ZenflowsPostOptions options;
+  options.url = "http://127.0.0.1:1/api";  // nothing listens there
+  options.user = "reflow-node";
+  ASSERT_TRUE(
+      m_store->ledger_intent(ledger_row(options.url, LedgerKind::event, "dev-a/S/1", "n"), 1));
+  auto settled = settle_export_intents(*m_store, options, *m_key);
+  ASSERT_FALSE(settled);
+  EXPECT_EQ(settled.error().code, agent::ErrorCode::device_unavailable);
+  auto ledger = read_export_ledger(*m_store, options.url);
+  ASSERT_TRUE(ledger);
+  EXPECT_EQ(ledger->intents.size(), 1u);
 }
 
 }  // namespace

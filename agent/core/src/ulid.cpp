@@ -24,6 +24,25 @@ std::int64_t time_of(const std::uint8_t (&ulid)[16]) {
   return ms;
 }
 
+// 128 bits as 26 base32 digits, most significant first: two zero bits pad them to 130, so the
+// first digit is 0-7. Bits are shifted through a small buffer (no 128-bit integer, which 32-bit
+// ARM lacks).
+std::string encode(const std::uint8_t (&ulid)[16]) {
+  std::string out;
+  out.reserve(26);
+  unsigned buffer = 0;
+  int bits = 2;
+  for (std::uint8_t byte : ulid) {
+    buffer = (buffer << 8) | byte;
+    bits += 8;
+    while (bits >= 5) {
+      bits -= 5;
+      out += k_alphabet[(buffer >> bits) & 31];
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string UlidGenerator::next(std::int64_t unix_ms) {
@@ -44,22 +63,24 @@ std::string UlidGenerator::next(std::int64_t unix_ms) {
   }
   m_last_ms = time_of(m_last);
 
-  // 128 bits as 26 base32 digits, most significant first: two zero bits pad them to 130, so the
-  // first digit is 0-7. Bits are shifted through a small buffer (no 128-bit integer, which 32-bit
-  // ARM lacks).
-  std::string out;
-  out.reserve(26);
-  unsigned buffer = 0;
-  int bits = 2;
-  for (std::uint8_t byte : m_last) {
-    buffer = (buffer << 8) | byte;
-    bits += 8;
-    while (bits >= 5) {
-      bits -= 5;
-      out += k_alphabet[(buffer >> bits) & 31];
-    }
-  }
-  return out;
+  return encode(m_last);
+}
+
+std::string ulid_floor(std::int64_t unix_ms) {
+  unix_ms = std::clamp<std::int64_t>(unix_ms, 0, k_max_time_ms);
+  std::uint8_t bytes[16] = {};
+  for (int i = 0; i < 6; ++i)
+    bytes[i] = static_cast<std::uint8_t>(unix_ms >> (8 * (5 - i)));
+  return encode(bytes);
+}
+
+std::optional<std::int64_t> ulid_time(std::string_view ulid) noexcept {
+  if (!is_valid_ulid(ulid)) return std::nullopt;
+  // The first 10 digits are 50 bits: two zero pad bits, then the 48-bit time.
+  std::int64_t ms = 0;
+  for (char c : ulid.substr(0, 10))
+    ms = (ms << 5) | static_cast<std::int64_t>(k_alphabet.find(c));
+  return ms;
 }
 
 bool is_valid_ulid(std::string_view text) noexcept {

@@ -42,7 +42,9 @@ using agent::sqlite::StmtPtr;
 // Version 4 adds the verifiable log (issue 19): the leaf hash of every stored envelope in the
 // order stored, and the perfect subtrees above them (RFC 9162 §2.1), written by put() in the
 // event's own transaction; opening a version 3 file builds them from its events.
-constexpr std::int64_t k_schema_version = 4;
+// Version 5 adds the export ledger (issue 16): what `export --post` sent to which zenflows server
+// and the ids it got, with the intent of a request in flight; older files get it empty.
+constexpr std::int64_t k_schema_version = 5;
 // PRAGMA application_id "RFLI": tells our file from any other SQLite database, so that pointing
 // data_dir at the wrong place fails instead of adding tables to someone else's file.
 constexpr std::int64_t k_application_id = 0x52464c49;
@@ -139,6 +141,22 @@ constexpr const char* k_log_sql =
     " idx INTEGER NOT NULL,"
     " hash BLOB NOT NULL,"
     " PRIMARY KEY(level, idx)) WITHOUT ROWID;";
+
+// Version 5's export ledger (store.hpp LedgerEntry): one row per (server, kind, ref), written as
+// an intent (recorded = 0) before its request is sent and completed with the server's id after.
+constexpr const char* k_ledger_sql =
+    "CREATE TABLE export_ledger("
+    " server TEXT NOT NULL,"
+    " kind TEXT NOT NULL,"
+    " ref TEXT NOT NULL,"
+    " recorded INTEGER NOT NULL,"
+    " server_id TEXT,"
+    " note TEXT NOT NULL,"
+    " event_id TEXT NOT NULL,"
+    " creates TEXT NOT NULL,"
+    " intent_ms INTEGER NOT NULL,"
+    " recorded_ms INTEGER,"
+    " PRIMARY KEY(server, kind, ref)) WITHOUT ROWID;";
 
 // Version 2 → 3 (the columns as k_schema_sql has them, then one row per (topic, envelope)).
 // The hashes are filled in between the two parts, by C++ (SQLite has no SHA-256).
@@ -568,6 +586,108 @@ class SqliteStore final : public Store {
     }
     if (rc != SQLITE_DONE) return error(m_reader, rc, "querying rejections");
     return {};
+  }
+
+  // --- the export ledger ---
+
+  Result<std::vector<LedgerEntry>> ledger_entries(std::string_view server) override {
+    std::lock_guard lock(m_writer.mutex);
+    const char* what = "reading the export ledger";
+    StmtPtr read;
+    int rc = prepare(m_writer,
+                     "SELECT kind, ref, recorded, server_id, note, event_id, creates, intent_ms, "
+                     "recorded_ms FROM export_ledger WHERE server = ?1 ORDER BY kind, ref",
+                     read);
+    if (rc != SQLITE_OK) return error(m_writer, rc, what);
+    bind_text(read.get(), 1, server);
+    std::vector<LedgerEntry> out;
+    while ((rc = sqlite3_step(read.get())) == SQLITE_ROW) {
+      LedgerEntry e;
+      e.server = std::string(server);
+      const std::string kind = column_text(read.get(), 0);
+      e.kind = kind == "process"    ? LedgerKind::process
+               : kind == "resource" ? LedgerKind::resource
+                                    : LedgerKind::event;
+      e.ref = column_text(read.get(), 1);
+      e.recorded = sqlite3_column_int64(read.get(), 2) != 0;
+      e.server_id = column_text(read.get(), 3);
+      e.note = column_text(read.get(), 4);
+      e.event_id = column_text(read.get(), 5);
+      e.creates = column_text(read.get(), 6);
+      e.intent_unix_ms = sqlite3_column_int64(read.get(), 7);
+      e.recorded_unix_ms = sqlite3_column_int64(read.get(), 8);
+      out.push_back(std::move(e));
+    }
+    if (rc != SQLITE_DONE) return error(m_writer, rc, what);
+    return out;
+  }
+
+  Status ledger_intent(const LedgerEntry& entry, std::int64_t now_unix_ms) override {
+    std::lock_guard lock(m_writer.mutex);
+    return in_transaction([&]() -> Status {
+      return ledger_insert(entry.server, entry.kind, entry.ref, false, "", entry.note,
+                           entry.event_id, entry.creates, now_unix_ms, "writing an export intent");
+    });
+  }
+
+  Status ledger_record(std::string_view server, LedgerKind kind, std::string_view ref,
+                       std::string_view server_id, std::string_view created_resource_id,
+                       std::int64_t now_unix_ms) override {
+    std::lock_guard lock(m_writer.mutex);
+    const char* what = "recording an export answer";
+    return in_transaction([&]() -> Status {
+      StmtPtr update;
+      int rc = prepare(m_writer,
+                       "UPDATE export_ledger SET recorded = 1, server_id = ?4, recorded_ms = ?5 "
+                       "WHERE server = ?1 AND kind = ?2 AND ref = ?3 AND recorded = 0 "
+                       "RETURNING creates, event_id",
+                       update);
+      if (rc != SQLITE_OK) return error(m_writer, rc, what);
+      bind_text(update.get(), 1, server);
+      bind_text(update.get(), 2, to_string(kind));
+      bind_text(update.get(), 3, ref);
+      bind_text(update.get(), 4, server_id);
+      sqlite3_bind_int64(update.get(), 5, now_unix_ms);
+      rc = sqlite3_step(update.get());
+      if (rc == SQLITE_DONE)
+        return fail(ErrorCode::not_found,
+                    fmt::format("ingest store {}: no export intent for {} {} at {}",
+                                m_path.string(), to_string(kind), ref, server));
+      if (rc != SQLITE_ROW) return error(m_writer, rc, what);
+      const std::string creates = column_text(update.get(), 0);
+      const std::string event_id = column_text(update.get(), 1);
+      if ((rc = sqlite3_step(update.get())) != SQLITE_DONE) return error(m_writer, rc, what);
+      update.reset();
+      if (created_resource_id.empty() || creates.empty()) return {};
+      // A resource the ledger already holds keeps its first id (the builder never creates one
+      // twice; this keeps a recorded answer from being lost over it).
+      auto s = ledger_insert(server, LedgerKind::resource, creates, true, created_resource_id, "",
+                             event_id, "", now_unix_ms, what);
+      if (!s && s.error().code != ErrorCode::rejected) return s;
+      return {};
+    });
+  }
+
+  Status ledger_forget(std::string_view server, LedgerKind kind, std::string_view ref) override {
+    std::lock_guard lock(m_writer.mutex);
+    const char* what = "dropping an export intent";
+    return in_transaction([&]() -> Status {
+      StmtPtr erase;
+      int rc = prepare(m_writer,
+                       "DELETE FROM export_ledger "
+                       "WHERE server = ?1 AND kind = ?2 AND ref = ?3 AND recorded = 0",
+                       erase);
+      if (rc != SQLITE_OK) return error(m_writer, rc, what);
+      bind_text(erase.get(), 1, server);
+      bind_text(erase.get(), 2, to_string(kind));
+      bind_text(erase.get(), 3, ref);
+      if ((rc = sqlite3_step(erase.get())) != SQLITE_DONE) return error(m_writer, rc, what);
+      if (sqlite3_changes(m_writer.db.get()) == 0)
+        return fail(ErrorCode::not_found,
+                    fmt::format("ingest store {}: no export intent for {} {} at {}",
+                                m_path.string(), to_string(kind), ref, server));
+      return {};
+    });
   }
 
   Result<LogCheckpoint> log_checkpoint() override {
@@ -1463,7 +1583,7 @@ class SqliteStore final : public Store {
   }
 
   // What prepare_schema found in the file.
-  enum class FileState { fresh, current, version_1, version_2, version_3 };
+  enum class FileState { fresh, current, version_1, version_2, version_3, version_4 };
 
   // Our file: check its version, migrating an older one. An empty file: make the schema.
   // Anything else: refuse it.
@@ -1495,6 +1615,7 @@ class SqliteStore final : public Store {
         if (*version == 1) return FileState::version_1;
         if (*version == 2) return FileState::version_2;
         if (*version == 3) return FileState::version_3;
+        if (*version == 4) return FileState::version_4;
         if (*version != k_schema_version)
           return not_ours(fmt::format("unknown schema version {}", *version));
         return FileState::current;
@@ -1539,16 +1660,22 @@ class SqliteStore final : public Store {
           return s;
       }
       if (*again != FileState::fresh) {
-        if (*again != FileState::version_3) {
+        if (*again != FileState::version_3 && *again != FileState::version_4) {
           if (auto s = migrate_rejections(); !s) return s;
         }
-        if (auto s = build_log(); !s) return s;
+        if (*again != FileState::version_4) {
+          if (auto s = build_log(); !s) return s;
+        }
+        if (auto s = exec(m_writer, k_ledger_sql, "adding the export ledger (schema version 5)");
+            !s)
+          return s;
         const std::string stamp = fmt::format("PRAGMA user_version={}", k_schema_version);
         return exec(m_writer, stamp.c_str(), "migrating the schema");
       }
       if (auto s = exec(m_writer, k_schema_sql, "creating the schema"); !s) return s;
       if (auto s = exec(m_writer, k_rejections_v3_sql, "creating the schema"); !s) return s;
       if (auto s = exec(m_writer, k_log_sql, "creating the schema"); !s) return s;
+      if (auto s = exec(m_writer, k_ledger_sql, "creating the schema"); !s) return s;
       const std::string stamp = fmt::format("PRAGMA application_id={}; PRAGMA user_version={}",
                                             k_application_id, k_schema_version);
       return exec(m_writer, stamp.c_str(), "creating the schema");
@@ -1597,6 +1724,44 @@ class SqliteStore final : public Store {
     return exec(m_writer, k_rejections_v3_sql, what);
   }
 
+  // One export_ledger row, inside the caller's transaction. A row that exists is `rejected`.
+  Status ledger_insert(std::string_view server, LedgerKind kind, std::string_view ref,
+                       bool recorded, std::string_view server_id, std::string_view note,
+                       std::string_view event_id, std::string_view creates, std::int64_t now_ms,
+                       const char* what) {
+    StmtPtr insert;
+    int rc = prepare(m_writer,
+                     "INSERT INTO export_ledger(server, kind, ref, recorded, server_id, note, "
+                     "event_id, creates, intent_ms, recorded_ms) "
+                     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                     insert);
+    if (rc != SQLITE_OK) return error(m_writer, rc, what);
+    bind_text(insert.get(), 1, server);
+    bind_text(insert.get(), 2, to_string(kind));
+    bind_text(insert.get(), 3, ref);
+    sqlite3_bind_int64(insert.get(), 4, recorded ? 1 : 0);
+    if (recorded)
+      bind_text(insert.get(), 5, server_id);
+    else
+      sqlite3_bind_null(insert.get(), 5);
+    bind_text(insert.get(), 6, note);
+    bind_text(insert.get(), 7, event_id);
+    bind_text(insert.get(), 8, creates);
+    sqlite3_bind_int64(insert.get(), 9, now_ms);
+    if (recorded)
+      sqlite3_bind_int64(insert.get(), 10, now_ms);
+    else
+      sqlite3_bind_null(insert.get(), 10);
+    rc = sqlite3_step(insert.get());
+    if ((rc & 0xff) == SQLITE_CONSTRAINT)
+      return fail(ErrorCode::rejected,
+                  fmt::format("ingest store {}: the export ledger already holds {} {} for {} "
+                              "(is another `export --post` running?)",
+                              m_path.string(), to_string(kind), ref, server));
+    if (rc != SQLITE_DONE) return error(m_writer, rc, what);
+    return {};
+  }
+
   fs::path m_path;
   RejectionLimits m_limits;
   StoreOpen m_mode;
@@ -1634,6 +1799,38 @@ Result<std::vector<agent::merkle::Hash>> Store::log_inclusion_proof(std::uint64_
 Result<std::vector<agent::merkle::Hash>> Store::log_consistency_proof(std::uint64_t,
                                                                       std::uint64_t) {
   return no_log();
+}
+
+std::string_view to_string(LedgerKind kind) noexcept {
+  switch (kind) {
+    case LedgerKind::process:
+      return "process";
+    case LedgerKind::event:
+      return "event";
+    case LedgerKind::resource:
+      return "resource";
+  }
+  return "event";
+}
+
+namespace {
+std::unexpected<agent::Error> no_ledger() {
+  return fail(ErrorCode::not_found, "this store keeps no export ledger");
+}
+}  // namespace
+
+Result<std::vector<LedgerEntry>> Store::ledger_entries(std::string_view) {
+  return no_ledger();
+}
+Status Store::ledger_intent(const LedgerEntry&, std::int64_t) {
+  return no_ledger();
+}
+Status Store::ledger_record(std::string_view, LedgerKind, std::string_view, std::string_view,
+                            std::string_view, std::int64_t) {
+  return no_ledger();
+}
+Status Store::ledger_forget(std::string_view, LedgerKind, std::string_view) {
+  return no_ledger();
 }
 
 Result<std::unique_ptr<Store>> open_sqlite_store(const std::filesystem::path& path,

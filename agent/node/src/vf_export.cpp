@@ -204,6 +204,8 @@ class RequestBuilder {
     request.kind = VfRequestKind::create_economic_event;
     request.event_id = event_id;
     request.device = e.stored->device;
+    request.stream = e.stored->stream;
+    request.seq = e.stored->seq;
     m_resolver.collect_into(&request.missing);
     Json event = Json::object();
     event["action"] = action;

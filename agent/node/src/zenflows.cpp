@@ -6,6 +6,7 @@
 #include <sodium.h>
 
 #include <map>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -94,8 +95,20 @@ ZenflowsSignature zenflows_sign(const agent::DeviceKey& key, std::string_view bo
   return out;
 }
 
-Result<nlohmann::json> zenflows_post(const ZenflowsPostOptions& options,
-                                     const agent::DeviceKey& key, std::string_view body) {
+namespace {
+
+// One answer of the server, judged: `json` is set when it is a JSON object without GraphQL
+// errors and a 2xx status; otherwise `error` says why, and `refused` whether zenflows itself
+// answered with a GraphQL `errors` array (it then ran nothing of the request: its mutations are
+// one database transaction each, e.g. EconomicEvent.Domain.create's Ecto.Multi).
+struct Answer {
+  std::optional<nlohmann::json> json;
+  agent::Error error;
+  bool refused = false;
+};
+
+Result<Answer> exchange(const ZenflowsPostOptions& options, const agent::DeviceKey& key,
+                        std::string_view body) {
   const ZenflowsSignature signature = zenflows_sign(key, body);
   agent::HttpRequest request;
   request.method = "POST";
@@ -120,25 +133,39 @@ Result<nlohmann::json> zenflows_post(const ZenflowsPostOptions& options,
   const long status = answer->status;
   const std::string& response = answer->body;
 
+  Answer out;
   nlohmann::json parsed = nlohmann::json::parse(response, nullptr, false);
   if (!parsed.is_discarded() && parsed.is_object() && parsed.contains("errors") &&
-      parsed["errors"].is_array() && !parsed["errors"].empty())
-    return fail(ErrorCode::rejected,
-                fmt::format("zenflows at {} answered with errors (HTTP {}): {}", options.url,
-                            status, graphql_error_text(parsed["errors"])));
-  if (status < 200 || status > 299)
-    return fail(ErrorCode::rejected, fmt::format("zenflows at {} answered HTTP {}: {}", options.url,
-                                                 status, response.substr(0, 300)));
-  if (parsed.is_discarded() || !parsed.is_object())
-    return fail(ErrorCode::invalid_argument,
-                fmt::format("zenflows at {} answered something that is not a JSON object: {}",
-                            options.url, response.substr(0, 300)));
-  return parsed;
+      parsed["errors"].is_array() && !parsed["errors"].empty()) {
+    out.refused = true;
+    out.error = {ErrorCode::rejected,
+                 fmt::format("zenflows at {} answered with errors (HTTP {}): {}", options.url,
+                             status, graphql_error_text(parsed["errors"]))};
+  } else if (status < 200 || status > 299) {
+    out.error = {ErrorCode::rejected, fmt::format("zenflows at {} answered HTTP {}: {}",
+                                                  options.url, status, response.substr(0, 300))};
+  } else if (parsed.is_discarded() || !parsed.is_object()) {
+    out.error = {ErrorCode::invalid_argument,
+                 fmt::format("zenflows at {} answered something that is not a JSON object: {}",
+                             options.url, response.substr(0, 300))};
+  } else {
+    out.json = std::move(parsed);
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<nlohmann::json> zenflows_post(const ZenflowsPostOptions& options,
+                                     const agent::DeviceKey& key, std::string_view body) {
+  auto answer = exchange(options, key, body);
+  if (!answer) return std::unexpected(answer.error());
+  if (!answer->json) return std::unexpected(answer->error);
+  return std::move(*answer->json);
 }
 
 agent::Status post_vf_export(const VfExport& export_, const ZenflowsPostOptions& options,
-                             const agent::DeviceKey& key,
-                             const std::function<void(const VfPosted&)>& on_posted) {
+                             const agent::DeviceKey& key, const VfPostHooks& hooks) {
   if (!export_.missing.empty())
     return fail(ErrorCode::invalid_config,
                 fmt::format("not sending anything: {} reference(s) have no server id in the "
@@ -157,6 +184,7 @@ agent::Status post_vf_export(const VfExport& export_, const ZenflowsPostOptions&
   std::map<std::string, std::string> process_ids;
   std::map<std::string, std::string> resource_ids;
   std::size_t sent = 0;
+  const std::size_t total = export_.requests.size();
   for (const VfRequest& original : export_.requests) {
     VfRequest request = original;
     for (const auto& [field, reference] : request.pending) {
@@ -169,39 +197,64 @@ agent::Status post_vf_export(const VfExport& export_, const ZenflowsPostOptions&
                                 describe(request), is_process ? "process" : "resource", reference));
       request.variables["event"][field] = it->second;
     }
+    if (hooks.before_send) {
+      if (auto s = hooks.before_send(request); !s)
+        return fail(s.error().code, fmt::format("{}: not sent ({} of {} requests recorded): {}",
+                                                describe(request), sent, total, s.error().message));
+    }
 
-    auto answer = zenflows_post(options, key, vf_request_body(request));
+    auto answer = exchange(options, key, vf_request_body(request));
+    const agent::Error* failure = nullptr;
     if (!answer)
-      return fail(
-          answer.error().code,
-          fmt::format("{} failed after {} of {} requests were recorded (they stay "
-                      "recorded; zenflows has no dedupe, so do not resend them): {}",
-                      describe(request), sent, export_.requests.size(), answer.error().message));
+      failure = &answer.error();
+    else if (!answer->json)
+      failure = &answer->error;
+    if (failure) {
+      if (answer && answer->refused && hooks.on_refused) {
+        if (auto s = hooks.on_refused(request); !s) return s;
+      }
+      return fail(failure->code, fmt::format("{} failed after {} of {} requests were recorded: {}",
+                                             describe(request), sent, total, failure->message));
+    }
+    const nlohmann::json& json = *answer->json;
     ++sent;
     VfPosted posted;
     posted.request = &original;
     if (request.kind == VfRequestKind::create_process) {
-      posted.server_id = string_at(*answer, {"data", "createProcess", "process", "id"});
+      posted.server_id = string_at(json, {"data", "createProcess", "process", "id"});
       if (!posted.server_id.empty()) process_ids[request.creates] = posted.server_id;
     } else {
-      posted.server_id = string_at(*answer, {"data", "createEconomicEvent", "economicEvent", "id"});
+      posted.server_id = string_at(json, {"data", "createEconomicEvent", "economicEvent", "id"});
       if (!request.creates.empty()) {
         posted.created_resource_id = string_at(
-            *answer,
-            {"data", "createEconomicEvent", "economicEvent", "resourceInventoriedAs", "id"});
+            json, {"data", "createEconomicEvent", "economicEvent", "resourceInventoriedAs", "id"});
         if (!posted.created_resource_id.empty())
           resource_ids[request.creates] = posted.created_resource_id;
       }
     }
     if (posted.server_id.empty())
-      return fail(ErrorCode::rejected,
-                  fmt::format("{}: the answer has no id ({} of {} requests recorded): {}",
-                              describe(request), sent, export_.requests.size(),
-                              answer->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
-                                  .substr(0, 300)));
-    on_posted(posted);
+      return fail(
+          ErrorCode::rejected,
+          fmt::format(
+              "{}: the answer has no id ({} of {} requests recorded): {}", describe(request), sent,
+              total,
+              json.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).substr(0, 300)));
+    if (hooks.on_posted) {
+      if (auto s = hooks.on_posted(posted); !s) return s;
+    }
   }
   return {};
+}
+
+agent::Status post_vf_export(const VfExport& export_, const ZenflowsPostOptions& options,
+                             const agent::DeviceKey& key,
+                             const std::function<void(const VfPosted&)>& on_posted) {
+  VfPostHooks hooks;
+  hooks.on_posted = [&](const VfPosted& posted) -> agent::Status {
+    on_posted(posted);
+    return {};
+  };
+  return post_vf_export(export_, options, key, hooks);
 }
 
 }  // namespace ingest

@@ -222,6 +222,33 @@ struct LogInclusion {
   std::vector<agent::merkle::Hash> proof;  ///< RFC 9162 §2.1.3.1, of entry.index in checkpoint
 };
 
+/// What an export ledger row stands for (Store::ledger_entries).
+enum class LedgerKind {
+  process,  ///< a Process the export created (createProcess); ref: the local process reference
+  event,  ///< an EconomicEvent (createEconomicEvent); ref: "DEVICE/STREAM/SEQ" of the stored event
+  resource,  ///< an EconomicResource a produce/raise created (newInventoriedResource); ref: the
+             ///< local resource reference
+};
+
+/// "process", "event", "resource" (stored as such).
+std::string_view to_string(LedgerKind kind) noexcept;
+
+/// One row of the export ledger: what the node sent to one zenflows server, so that an export
+/// can resume after any failure without sending anything twice (export_ledger.hpp).
+struct LedgerEntry {
+  std::string server;  ///< the zenflows URL ([export] zenflows_url) it was sent to
+  LedgerKind kind = LedgerKind::event;
+  std::string ref;        ///< see LedgerKind
+  bool recorded = false;  ///< false: an intent, written before the request was sent, whose
+                          ///< answer was never recorded (the exporter stopped in between)
+  std::string server_id;  ///< the zenflows id (ULID), once recorded
+  std::string note;       ///< the `note` the request carried: what settling an intent looks for
+  std::string event_id;   ///< event: the reflow event ULID
+  std::string creates;    ///< event: the local resource reference its request creates, or ""
+  std::int64_t intent_unix_ms = 0;    ///< node time the intent was written
+  std::int64_t recorded_unix_ms = 0;  ///< node time the answer was recorded (0 while an intent)
+};
+
 /// The node's durable state: the device registry, stored events and rejections.
 ///
 /// PROTOCOL §7 steps 6–7 happen here, in put(), because they need the stored state:
@@ -331,6 +358,30 @@ class Store {
   /// log; io.
   virtual Result<std::vector<agent::merkle::Hash>> log_consistency_proof(std::uint64_t old_size,
                                                                          std::uint64_t size);
+
+  // --- the export ledger (export_ledger.hpp) ---
+  //
+  // Each method commits durably (synchronous=FULL) before it returns. The default
+  // implementations fail with not_found ("keeps no export ledger").
+
+  /// Every row for `server`, intents included, ordered by kind then ref. Errors: io.
+  virtual Result<std::vector<LedgerEntry>> ledger_entries(std::string_view server);
+
+  /// Writes `entry` as an intent (entry.recorded and server_id are ignored). Errors: rejected
+  /// when the ledger already has a row for (server, kind, ref) (another export is sending it,
+  /// or it was recorded); io.
+  virtual Status ledger_intent(const LedgerEntry& entry, std::int64_t now_unix_ms);
+
+  /// Turns the intent (server, kind, ref) into a recorded row with `server_id`; when
+  /// `created_resource_id` is not empty, also records the resource the intent's `creates` names
+  /// with that id, in the same transaction. Errors: not_found when there is no such intent; io.
+  virtual Status ledger_record(std::string_view server, LedgerKind kind, std::string_view ref,
+                               std::string_view server_id, std::string_view created_resource_id,
+                               std::int64_t now_unix_ms);
+
+  /// Deletes the intent (server, kind, ref): the server did not create it. A recorded row is
+  /// never deleted. Errors: not_found when there is no such intent; io.
+  virtual Status ledger_forget(std::string_view server, LedgerKind kind, std::string_view ref);
 };
 
 /// Whether open_sqlite_store may create a store that does not exist.
@@ -341,9 +392,10 @@ enum class StoreOpen {
 
 /// Opens (with StoreOpen::create_if_missing, creating it and its directory when missing) the SQLite
 /// store at `path` (normally DATA_DIR/ingest.db): WAL, synchronous=FULL, busy timeout 5 s, schema
-/// versioned with `PRAGMA user_version` (currently 4; older files are migrated when opened: version
+/// versioned with `PRAGMA user_version` (currently 5; older files are migrated when opened: version
 /// 1 rewrites its events table once, version 2 collapses repeated rejections into one row each,
-/// version 3 builds the log from the stored events in the order they were stored).
+/// version 3 builds the log from the stored events in the order they were stored, version 4 adds
+/// the empty export ledger).
 /// Errors: io (cannot create/open; with StoreOpen::existing_only a file that cannot be looked at,
 /// e.g. permission denied on its directory), not_found (StoreOpen::existing_only and no file at
 /// `path`: "no store at PATH: has `reflow-ingest run` ever run with this config?"), corruption (not

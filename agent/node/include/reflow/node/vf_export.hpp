@@ -38,12 +38,13 @@
 /// - `note` = the event's note followed by its provenance
 ///   `(reflow event ULID, device D, stream S seq N, source DRIVER/INSTANCE REF)`. The event's own
 ///   id goes there because zenflows has no field for an external id and NO dedupe: exporting the
-///   same events twice records them twice. Export each event once (use --since).
+///   same events twice records them twice. `export --post` sends each once through the export
+///   ledger (export_ledger.hpp), which also finds an event on the server by this note.
 ///
 /// Missing ids: a reference with no [export.ids] / [export.units] entry is left as the local
 /// reference in the printed mutation and listed in VfExport::missing (the CLI warns on stderr);
 /// post_vf_export refuses to send anything while any is missing (zenflows would refuse the event,
-/// after earlier ones were already recorded, and there is no dedupe to make a re-run safe).
+/// after earlier ones were already recorded).
 namespace ingest {
 
 // --- zenflows request signing (zenflows.cpp) ---
@@ -87,6 +88,8 @@ struct VfRequest {
   std::string process;   ///< create_process: the local process reference it records
   std::string event_id;  ///< create_economic_event: the reflow event ULID
   std::string device;    ///< create_economic_event: the device that signed it
+  std::string stream;    ///< create_economic_event: the event's stream (ULID)
+  std::int64_t seq = 0;  ///< create_economic_event: the event's seq in its stream
   /// Local reference this request creates on the server (a process, or a resource through
   /// newInventoriedResource); empty when none. Later requests name it in `pending`.
   std::string creates;
@@ -196,11 +199,30 @@ struct ZenflowsPostOptions {
 Result<nlohmann::json> zenflows_post(const ZenflowsPostOptions& options,
                                      const agent::DeviceKey& key, std::string_view body);
 
+/// What post_vf_export tells its caller around each request, so that the export ledger
+/// (export_ledger.hpp) can write an intent before a request leaves and its answer after. An error
+/// returned by a hook stops the post there (before the request, for before_send). Unset hooks
+/// are skipped.
+struct VfPostHooks {
+  /// Just before `request` is sent, with its `pending` fields filled in; may add to the note of
+  /// a createProcess (variables.process.note), which is then sent as changed.
+  std::function<agent::Status(VfRequest& request)> before_send;
+  /// The server answered with the id(s).
+  std::function<agent::Status(const VfPosted& posted)> on_posted;
+  /// The server answered the request with a GraphQL `errors` array: zenflows ran nothing of it
+  /// (its mutations run in one database transaction), so nothing was created.
+  std::function<agent::Status(const VfRequest& request)> on_refused;
+};
+
 /// Sends the export's requests in order, filling `pending` fields with the ids earlier responses
-/// returned, and calls `on_posted` after each success. Refuses up front (invalid_config, listing
+/// returned, and calls the hooks around each. Refuses up front (invalid_config, listing
 /// them) when `export_.missing` is not empty or the URL/user is not set; stops at the first
 /// failure with a message saying which request failed and how many were already recorded (those
 /// are not rolled back).
+agent::Status post_vf_export(const VfExport& export_, const ZenflowsPostOptions& options,
+                             const agent::DeviceKey& key, const VfPostHooks& hooks);
+
+/// The same with only an on_posted hook that cannot fail.
 agent::Status post_vf_export(const VfExport& export_, const ZenflowsPostOptions& options,
                              const agent::DeviceKey& key,
                              const std::function<void(const VfPosted&)>& on_posted);
