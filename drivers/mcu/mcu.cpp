@@ -78,7 +78,6 @@ struct Shared {
   std::uint64_t dropped_frames = 0;  // the board's ring overflows (heartbeat)
   std::uint64_t badges = 0;
   std::uint64_t refused_events = 0;  // invalid events skipped (never in practice)
-  std::string last_badge;
   bool configured = false;
 };
 
@@ -111,12 +110,23 @@ class McuDriver final : public Driver {
       return fail(ErrorCode::corruption, fmt::format("{}: {}; move the file away to start afresh",
                                                      m_state_file.string(), e.what()));
     }
+    if (m_config.badge && !m_badges) {
+      auto badges =
+          BadgeAttribution::open(*m_config.badge, m_config.name, state_dir, m_log, m_component);
+      if (!badges) return std::unexpected(badges.error());
+      m_badges = std::move(*badges);
+      if (m_config.badge->source == BadgeConfig::Source::serial)
+        m_reader = std::make_unique<SerialBadgeReader>(m_config.badge->device, *m_badges, m_env,
+                                                       m_log, m_component);
+    }
     m_sink = &sink;
+    if (m_reader) m_reader->start();
     m_thread = std::jthread([this](std::stop_token stop) { run(stop); });
     return {};
   }
 
   void stop() override {
+    if (m_reader) m_reader->stop();
     if (m_thread.joinable()) {
       m_thread.request_stop();
       m_thread.join();
@@ -131,12 +141,13 @@ class McuDriver final : public Driver {
     DriverHealth h = s.health;
     h.state = fmt::format(
         "{}; {}; boot {}, uptime {} s, {}; link errors {}, dropped frames {} (board ring), lost "
-        "{}, duplicates {}, badges {}{}",
+        "{}, duplicates {}, {}{}",
         s.link, s.board.empty() ? "no hello yet" : s.board, s.boot, s.uptime_ms / 1000,
         s.configured ? "configured" : "not configured", s.link_errors, s.dropped_frames,
-        s.lost_messages, s.duplicates, s.badges,
-        s.last_badge.empty() ? "" : fmt::format(" (last {})", s.last_badge));
-    h.malformed = s.link_errors + s.refused_events;
+        s.lost_messages, s.duplicates,
+        m_badges ? m_badges->status() : fmt::format("badges {} (no badge table)", s.badges),
+        m_reader ? "; " + m_reader->status() : "");
+    h.malformed = s.link_errors + s.refused_events + (m_reader ? m_reader->bad_frames() : 0);
     return h;
   }
 
@@ -488,14 +499,22 @@ class McuDriver final : public Driver {
         }
         const double kwh = vf::round_to(static_cast<double>(s.energy_mj) / 3.6e9, 6);
         if (kwh > 0) meta["energy_kwh"] = kwh;
+        // "Badge then use": the member whose badge came within the window before the start.
+        std::optional<Attribution> who;
+        if (m_badges) {
+          who = m_badges->for_session(to_unix_ms(s.start_ms, m));
+          if (!who && m_cursor.partial_seq != m.header.seq) m_badges->count_unbadged_session();
+        }
         auto use =
             vf::use(m_config.resource, vf::round_to((s.end_ms - s.start_ms) / 3'600'000.0, 6),
                     begin, end, process);
+        if (who) attribute(use, *who);
         use["meta"] = meta;
         out.emplace_back("use", std::move(use));
         if (clamp && !m_config.electricity.empty() && kwh > 0) {
           auto consume = vf::consume(vf::ResourceRef::inventoried(m_config.electricity),
                                      vf::quantity(kwh, "kilowattHour"), end, process);
+          if (who) attribute(consume, *who);
           consume["meta"] = meta;
           out.emplace_back("consume", std::move(consume));
         }
@@ -508,12 +527,22 @@ class McuDriver final : public Driver {
           link_error("short badge");
           return out;
         }
-        // The agent has no members yet (issue 17): the tag is logged and counted only.
-        const std::string tag = hex(b.tag);
-        m_log.info(m_component, "badge {} at {}", tag, format_rfc3339_ms(to_unix_ms(b.at_ms, m)));
-        std::lock_guard lock(m_shared->mutex);
-        ++m_shared->badges;
-        m_shared->last_badge = tag;
+        {
+          std::lock_guard lock(m_shared->mutex);
+          ++m_shared->badges;
+        }
+        // The raw tag goes to the badge module, which keeps only its keyed hash; without a
+        // badge table it is counted and never logged (issue 17: a card id never leaves here).
+        if (m_badges && m_config.badge->source == BadgeConfig::Source::mcu) {
+          std::string tag = hex(b.tag);
+          m_badges->on_card(tag, to_unix_ms(b.at_ms, m));
+          std::fill(tag.begin(), tag.end(), '\0');
+        } else {
+          m_log.info(m_component,
+                     "badge read at {} (not attributed: no [driver.badge] table "
+                     "with source \"mcu\")",
+                     format_rfc3339_ms(to_unix_ms(b.at_ms, m)));
+        }
         return out;
       }
       case fw::MessageType::error: {
@@ -551,6 +580,9 @@ class McuDriver final : public Driver {
   std::set<std::uint32_t> m_open_sessions;
   std::deque<Message> m_queue;
   std::optional<InFlight> m_in_flight;
+
+  std::unique_ptr<BadgeAttribution> m_badges;   // set at start() when configured
+  std::unique_ptr<SerialBadgeReader> m_reader;  // source "serial"
 
   std::shared_ptr<Shared> m_shared;
   std::jthread m_thread;  // last: joined before the members it uses go
@@ -596,6 +628,7 @@ const std::vector<DriverKeyInfo>& mcu_keys() {
       {"power_factor", "number", "1.0", "power factor (at most 1), for the energy estimate"},
       {"debounce", "duration", "\"50ms\"", "the running input's debounce time"},
       {"s0_min_pulse", "duration", "\"30ms\"", "shortest valid S0 pulse"},
+      badge_key_info(),
   };
   return keys;
 }
@@ -645,6 +678,10 @@ Result<McuConfig> parse_mcu_config(const DriverConfig& config) {
     return std::unexpected(table.error("debounce", "must be at most 65535ms"));
   if (s0->count() > 65535)
     return std::unexpected(table.error("s0_min_pulse", "must be at most 65535ms"));
+
+  auto badge = parse_badge_config(config, {"mcu", "serial"});
+  if (!badge) return std::unexpected(badge.error());
+  out.badge = std::move(*badge);
 
   fw::Config& b = out.board;
   b.ua_per_count = static_cast<std::uint32_t>(*ua);

@@ -5,6 +5,7 @@
 #include <toml++/toml.h>
 
 #include <reflow/core/units.hpp>
+#include <reflow/drivers/serial_port.hpp>
 
 namespace agent {
 namespace {
@@ -79,11 +80,11 @@ DriverKeyInfo badge_key_info() {
 
 const std::vector<DriverKeyInfo>& badge_keys() {
   static const std::vector<DriverKeyInfo> keys = {
-      {"source", "enum(mcu|serial|evdev)", "(required)",
-       "mcu: the board's own reader; serial: an RDM6300/EM4100 module (9600 8N1); evdev: a "
-       "keyboard-mode USB reader"},
-      {"device", "string", "(required for serial, evdev)",
-       "the reader's device (/dev/serial/by-id/…, /dev/input/by-id/…)"},
+      {"source", "enum(mcu|serial)", "(required)",
+       "mcu: the board's own reader (mcu driver only); serial: an RDM6300/EM4100 module "
+       "(9600 8N1)"},
+      {"device", "string", "(required for serial)",
+       "the reader's serial device (/dev/serial/by-id/…)"},
       {"window", "duration", "\"2m\"",
        "a session beginning at most this long after a known badge is that member's"},
   };
@@ -113,9 +114,7 @@ Result<std::optional<BadgeConfig>> parse_badge_config(
   if (!source) return std::unexpected(source.error());
   if (source->empty())
     return std::unexpected(table.error("source", "is required (one of the listed sources)"));
-  out.source = *source == "serial"  ? BadgeConfig::Source::serial
-               : *source == "evdev" ? BadgeConfig::Source::evdev
-                                    : BadgeConfig::Source::mcu;
+  out.source = *source == "serial" ? BadgeConfig::Source::serial : BadgeConfig::Source::mcu;
   if (out.source != BadgeConfig::Source::mcu) {
     auto device = table.required_string("device");
     if (!device) return std::unexpected(device.error());
@@ -236,6 +235,100 @@ std::uint64_t BadgeAttribution::unknown_badges() const {
 std::uint64_t BadgeAttribution::unbadged_sessions() const {
   std::lock_guard lock(m_mutex);
   return m_unbadged;
+}
+
+SerialBadgeReader::SerialBadgeReader(std::string device, BadgeAttribution& badges, Env& env,
+                                     Logger& log, std::string component)
+    : m_device(std::move(device)),
+      m_badges(badges),
+      m_env(env),
+      m_log(log),
+      m_component(std::move(component)) {}
+
+SerialBadgeReader::~SerialBadgeReader() {
+  stop();
+}
+
+void SerialBadgeReader::start() {
+  if (m_thread.joinable()) return;
+  m_thread = std::jthread([this](std::stop_token stop) { run(stop); });
+}
+
+void SerialBadgeReader::stop() {
+  if (!m_thread.joinable()) return;
+  m_thread.request_stop();
+  m_thread.join();
+}
+
+std::string SerialBadgeReader::status() const {
+  std::lock_guard lock(m_mutex);
+  return fmt::format("{}, frames {}, bad frames {}", m_state, m_frames, m_bad_frames);
+}
+
+std::uint64_t SerialBadgeReader::bad_frames() const {
+  std::lock_guard lock(m_mutex);
+  return m_bad_frames;
+}
+
+void SerialBadgeReader::run(std::stop_token stop) {
+  using namespace std::chrono_literals;
+  constexpr auto k_reopen = 5s;
+  constexpr std::int64_t k_repeat_ms = 2000;  // a held card repeats its frame
+  std::string last_id;
+  std::int64_t last_at = 0;
+  while (!stop.stop_requested()) {
+    auto port =
+        SerialPort::open(m_device, SerialSettings{9600, 8, SerialSettings::Parity::none, 1});
+    if (!port) {
+      {
+        std::lock_guard lock(m_mutex);
+        m_state = fmt::format("reader waiting for {}", m_device);
+      }
+      m_log.warning(m_component, "badge reader: {}", port.error().message);
+      m_env.sleep_until(m_env.steady_now() + k_reopen, stop);
+      continue;
+    }
+    {
+      std::lock_guard lock(m_mutex);
+      m_state = "reader open";
+    }
+    Em4100Decoder decoder;
+    std::uint64_t bad_before = 0;
+    while (!stop.stop_requested()) {
+      std::array<std::byte, 64> buffer{};
+      auto n = (*port)->read(buffer, std::chrono::steady_clock::now() + 200ms, stop);
+      if (!n) {
+        m_log.warning(m_component, "badge reader: {}", n.error().message);
+        break;
+      }
+      for (std::size_t i = 0; i < *n; ++i) {
+        auto id = decoder.feed(static_cast<std::uint8_t>(buffer[i]));
+        if (decoder.bad_frames() != bad_before) {
+          bad_before = decoder.bad_frames();
+          std::lock_guard lock(m_mutex);
+          ++m_bad_frames;
+          m_log.debug(m_component, "badge reader: a bad frame skipped");
+        }
+        if (!id) continue;
+        {
+          std::lock_guard lock(m_mutex);
+          ++m_frames;
+        }
+        const std::int64_t now = m_env.now_unix_ms();
+        const bool repeat = *id == last_id && now - last_at < k_repeat_ms;
+        last_at = now;
+        if (repeat) continue;
+        last_id = *id;
+        m_badges.on_card(*id, now);
+      }
+    }
+    {
+      std::lock_guard lock(m_mutex);
+      m_state = fmt::format("reader waiting for {}", m_device);
+    }
+    m_env.sleep_until(m_env.steady_now() + k_reopen, stop);
+  }
+  std::fill(last_id.begin(), last_id.end(), '\0');
 }
 
 }  // namespace agent

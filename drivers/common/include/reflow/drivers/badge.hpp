@@ -7,8 +7,8 @@
 //     name = "laser"
 //     …
 //     [driver.badge]
-//     source = "mcu"        # "mcu" (the board's reader), "serial" (RDM6300), "evdev" (keyboard)
-//     device = "/dev/serial/by-id/…"   # serial and evdev only
+//     source = "mcu"        # "mcu" (the board's reader) or "serial" (an RDM6300 module)
+//     device = "/dev/serial/by-id/…"   # serial only
 //     window = "2m"         # a session starting this long after a known badge is the member's
 //
 // The raw card id goes from the reader straight into BadgeAttribution::on_card, which hashes it
@@ -24,10 +24,12 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include <reflow/core/env.hpp>
 #include <reflow/core/logger.hpp>
 #include <reflow/core/result.hpp>
 #include <reflow/device/config.hpp>
@@ -62,9 +64,9 @@ class Em4100Decoder {
 
 /// The validated `badge` sub-table of a driver.
 struct BadgeConfig {
-  enum class Source { mcu, serial, evdev };
+  enum class Source { mcu, serial };
   Source source = Source::mcu;
-  std::string device;  ///< serial/evdev device path; empty for mcu
+  std::string device;  ///< the serial device; empty for mcu
   std::chrono::milliseconds window{std::chrono::minutes(2)};
   std::filesystem::path members_file;  ///< from [members] file
   std::string provider;                ///< from [members] provider
@@ -156,6 +158,42 @@ class BadgeAttribution {
   std::uint64_t m_unknown = 0;
   std::uint64_t m_unbadged = 0;
   std::string m_last_member;
+};
+
+/// An RDM6300/EM4100 reader on a serial port (9600 8N1) feeding a BadgeAttribution: one thread
+/// opens the device (again after it went away, every 5 s of Env time), decodes frames with
+/// Em4100Decoder and passes each card, stamped with the Env clock, to on_card. A reader repeats a
+/// frame while a card is held: a card read again within 2 s is one badge. Thread-safe status().
+class SerialBadgeReader {
+ public:
+  SerialBadgeReader(std::string device, BadgeAttribution& badges, Env& env, Logger& log,
+                    std::string component);
+  ~SerialBadgeReader();
+  SerialBadgeReader(const SerialBadgeReader&) = delete;
+  SerialBadgeReader& operator=(const SerialBadgeReader&) = delete;
+
+  /// Starts the reader's thread. Idempotent.
+  void start();
+  /// Stops and joins. Idempotent.
+  void stop();
+
+  /// "reader open, frames 3, bad frames 1" / "reader waiting for /dev/…".
+  std::string status() const;
+  std::uint64_t bad_frames() const;
+
+ private:
+  void run(std::stop_token stop);
+
+  const std::string m_device;
+  BadgeAttribution& m_badges;
+  Env& m_env;
+  Logger& m_log;
+  const std::string m_component;
+  mutable std::mutex m_mutex;
+  std::string m_state = "reader starting";
+  std::uint64_t m_frames = 0;
+  std::uint64_t m_bad_frames = 0;
+  std::jthread m_thread;  // last: joined before the members it uses go
 };
 
 }  // namespace agent
