@@ -252,6 +252,8 @@ class McuDriver final : public Driver {
     m_boot = boot;
     m_offset_ms.reset();
     m_open_sessions.clear();
+    // Board badges are in board ms of the old boot: a new clock.
+    if (m_badges && m_config.badge->source == BadgeConfig::Source::mcu) m_badges->forget_badges();
     m_queue.clear();
     m_in_flight.reset();
     if (m_cursor.boot != boot) {
@@ -502,7 +504,10 @@ class McuDriver final : public Driver {
         // "Badge then use": the member whose badge came within the window before the start.
         std::optional<Attribution> who;
         if (m_badges) {
-          who = m_badges->for_session(to_unix_ms(s.start_ms, m));
+          // Board badges compare in board ms (one clock, one boot); a serial reader's in UTC.
+          who = m_config.badge->source == BadgeConfig::Source::mcu
+                    ? m_badges->for_session(static_cast<std::int64_t>(s.start_ms))
+                    : m_badges->for_session(to_unix_ms(s.start_ms, m));
           if (!who && m_cursor.partial_seq != m.header.seq) m_badges->count_unbadged_session();
         }
         auto use =
@@ -535,7 +540,7 @@ class McuDriver final : public Driver {
         // badge table it is counted and never logged (issue 17: a card id never leaves here).
         if (m_badges && m_config.badge->source == BadgeConfig::Source::mcu) {
           std::string tag = hex(b.tag);
-          m_badges->on_card(tag, to_unix_ms(b.at_ms, m));
+          m_badges->on_card(tag, static_cast<std::int64_t>(b.at_ms), to_unix_ms(b.at_ms, m));
           std::fill(tag.begin(), tag.end(), '\0');
         } else {
           m_log.info(m_component,

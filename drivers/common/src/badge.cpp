@@ -174,42 +174,47 @@ BadgeAttribution::BadgeAttribution(const BadgeConfig& config, SiteSecret secret,
       m_log(log),
       m_component(std::move(component)) {}
 
-void BadgeAttribution::on_card(std::string_view card_hex, std::int64_t at_unix_ms) {
+void BadgeAttribution::on_card(std::string_view card_hex, std::int64_t at_ms,
+                               std::int64_t seen_unix_ms) {
   const std::string hash = badge_hash(m_secret, card_hex);
   const Member* member = m_members.by_badge(hash);
-  const std::string at = format_rfc3339_ms(at_unix_ms);
+  const std::string at = format_rfc3339_ms(seen_unix_ms);
   if (member == nullptr) {
     m_log.warning(m_component,
                   "unknown badge {} at {} ({}); enrol it with `reflow-agent members add HANDLE "
                   "--agent REF --last-unknown --machine {}`",
                   hash, m_machine, at, m_machine);
-    {
-      std::lock_guard lock(m_mutex);
-      ++m_unknown;
-    }
+    // Saved before it is counted: a status that shows it finds the file.
     if (Status s = save_last_unknown(m_state_dir, UnknownBadge{hash, at}); !s)
       m_log.error(m_component, "cannot keep the last unknown badge: {}", s.error().message);
+    std::lock_guard lock(m_mutex);
+    ++m_unknown;
     return;
   }
   m_log.info(m_component, "badge of {} at {} ({})", member->handle, m_machine, at);
   std::lock_guard lock(m_mutex);
   ++m_known;
   m_last_member = member->handle;
-  m_history.push_back(Seen{at_unix_ms, member});
+  m_history.push_back(Seen{at_ms, member});
   while (m_history.size() > k_history)
     m_history.pop_front();
 }
 
-std::optional<Attribution> BadgeAttribution::for_session(std::int64_t begin_unix_ms) const {
+std::optional<Attribution> BadgeAttribution::for_session(std::int64_t begin_ms) const {
   std::lock_guard lock(m_mutex);
   const Seen* best = nullptr;
   for (const Seen& s : m_history) {
-    if (s.at_unix_ms > begin_unix_ms) continue;
-    if (begin_unix_ms - s.at_unix_ms > m_config.window.count()) continue;
-    if (best == nullptr || s.at_unix_ms >= best->at_unix_ms) best = &s;
+    if (s.at_ms > begin_ms) continue;
+    if (begin_ms - s.at_ms > m_config.window.count()) continue;
+    if (best == nullptr || s.at_ms >= best->at_ms) best = &s;
   }
   if (best == nullptr) return std::nullopt;
   return Attribution{best->member->handle, best->member->agent, m_config.provider};
+}
+
+void BadgeAttribution::forget_badges() {
+  std::lock_guard lock(m_mutex);
+  m_history.clear();
 }
 
 void BadgeAttribution::count_unbadged_session() {

@@ -451,6 +451,32 @@ TEST_F(McuBadgeTest, BoardBadgeThenUseMakesTheMemberReceiverOfUseAndConsume) {
     EXPECT_EQ(e.dump().find("0a1b2c3d4e"), std::string::npos);
 }
 
+TEST_F(McuBadgeTest, BoardBadgesCompareInBoardTimeWhateverTheUtcMapping) {
+  CapturingSink sink;
+  auto driver = start_badged(sink, "source = \"mcu\"\n");
+  handshake(3, 10'000);
+  m_board.send(header(fw::MessageType::badge, 3, 1),
+               fw::Badge{10'500, {0x0a, 0x1b, 0x2c, 0x3d, 0x4e}});
+  EXPECT_EQ(m_board.ack(), 1U);
+  // A heartbeat whose uptime moves the board-to-UTC offset by 50 s (a drifting board clock):
+  // mapped to UTC the session would begin before the badge; on the board it is 0.5 s after.
+  fw::Heartbeat hb;
+  hb.uptime_ms = 60'000;
+  m_board.send(header(fw::MessageType::heartbeat, 3), hb);
+  m_board.send(header(fw::MessageType::session_end, 3, 2), session_end(1, 11'000, 100'000));
+  EXPECT_EQ(m_board.ack(), 2U);
+  const auto events = sink.fields();
+  ASSERT_EQ(events.size(), 2U);
+  EXPECT_LT(events[0]["hasBeginning"].get<std::string>(), format_rfc3339_ms(k_start_unix_ms));
+  EXPECT_EQ(events[0]["receiver"], "person:ada");
+  // A board reset starts its clock again: the old boot's badges are forgotten.
+  m_board.send(header(fw::MessageType::session_end, 4, 1), session_end(1, 11'000, 100'000));
+  EXPECT_EQ(m_board.ack(), 1U);
+  const auto after = sink.fields();
+  ASSERT_EQ(after.size(), 4U);
+  EXPECT_FALSE(after[2].contains("receiver"));
+}
+
 TEST_F(McuBadgeTest, SerialReaderBadgeAttributesTheNextSession) {
   int master = -1;
   int slave = -1;

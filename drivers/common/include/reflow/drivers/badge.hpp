@@ -113,15 +113,23 @@ class BadgeAttribution {
                                                         std::filesystem::path state_dir,
                                                         Logger& log, std::string component);
 
-  /// A card was read at `at_unix_ms`. `card_hex` is the raw id in hex: hashed here and dropped.
-  /// A known card becomes the machine's current badge; an unknown one is logged (hash only),
-  /// counted and saved as the machine's last unknown card.
-  void on_card(std::string_view card_hex, std::int64_t at_unix_ms);
+  /// A card was read at `at_ms`, on the clock the driver gives sessions in (Unix ms; the mcu
+  /// driver uses the board's own ms within one boot, which a drifting board clock cannot put
+  /// out of order), and at `seen_unix_ms` for the log and the last unknown card. `card_hex` is
+  /// the raw id in hex: hashed here and dropped. A known card becomes the machine's current
+  /// badge; an unknown one is logged (hash only), counted and saved as the last unknown card.
+  void on_card(std::string_view card_hex, std::int64_t at_ms, std::int64_t seen_unix_ms);
+  void on_card(std::string_view card_hex, std::int64_t at_unix_ms) {
+    on_card(card_hex, at_unix_ms, at_unix_ms);
+  }
 
-  /// The member of a session that began at `begin_unix_ms`: the latest known badge at or before
-  /// it and no more than the window before it. Deterministic for the same history (a resent
-  /// session gets the same answer). nullopt: no member.
-  std::optional<Attribution> for_session(std::int64_t begin_unix_ms) const;
+  /// The member of a session that began at `begin_ms` (the clock of on_card's `at_ms`): the
+  /// latest known badge at or before it and no more than the window before it. Deterministic for
+  /// the same history (a resent session gets the same answer). nullopt: no member.
+  std::optional<Attribution> for_session(std::int64_t begin_ms) const;
+
+  /// Forgets the badges seen (the board reset: its clock starts again).
+  void forget_badges();
 
   /// Counts a session that had no member (for status).
   void count_unbadged_session();
@@ -139,7 +147,7 @@ class BadgeAttribution {
                    std::string component);
 
   struct Seen {
-    std::int64_t at_unix_ms = 0;
+    std::int64_t at_ms = 0;
     const Member* member = nullptr;
   };
   static constexpr std::size_t k_history = 32;
