@@ -510,18 +510,57 @@ class McuDriver final : public Driver {
                     : m_badges->for_session(to_unix_ms(s.start_ms, m));
           if (!who && m_cursor.partial_seq != m.header.seq) m_badges->count_unbadged_session();
         }
-        auto use =
-            vf::use(m_config.resource, vf::round_to((s.end_ms - s.start_ms) / 3'600'000.0, 6),
-                    begin, end, process);
-        if (who) attribute(use, *who);
-        use["meta"] = meta;
-        out.emplace_back("use", std::move(use));
-        if (clamp && !m_config.electricity.empty() && kwh > 0) {
-          auto consume = vf::consume(vf::ResourceRef::inventoried(m_config.electricity),
-                                     vf::quantity(kwh, "kilowattHour"), end, process);
-          if (who) attribute(consume, *who);
-          consume["meta"] = meta;
-          out.emplace_back("consume", std::move(consume));
+        // Handover (board badges only: their times are the session's clock): a new member's
+        // badge during the session closes the previous part and starts the member's own.
+        struct Part {
+          std::uint64_t start_ms;
+          std::uint64_t end_ms;
+          std::optional<Attribution> who;
+        };
+        std::vector<Part> parts{{s.start_ms, s.end_ms, who}};
+        if (m_badges && m_config.badge->source == BadgeConfig::Source::mcu) {
+          for (auto& [at, next] : m_badges->handovers(static_cast<std::int64_t>(s.start_ms),
+                                                      static_cast<std::int64_t>(s.end_ms), who)) {
+            const auto at_ms = static_cast<std::uint64_t>(at);
+            if (at_ms < parts.back().start_ms + 2 || s.end_ms < at_ms + 2) continue;
+            parts.back().end_ms = at_ms;
+            parts.push_back(Part{at_ms, s.end_ms, std::move(next)});
+          }
+        }
+        const double total_ms = static_cast<double>(s.end_ms - s.start_ms);
+        for (std::size_t i = 0; i < parts.size(); ++i) {
+          const Part& part = parts[i];
+          // One part keeps the names of before; parts are named apart for the partial-commit
+          // record, and carry their share of the session in meta.
+          const std::string suffix = parts.size() == 1 ? "" : fmt::format("#{}", i + 1);
+          nlohmann::ordered_json part_meta = meta;
+          if (parts.size() > 1) {
+            part_meta["part"] = i + 1;
+            part_meta["parts"] = parts.size();
+          }
+          const std::string part_begin =
+              parts.size() == 1 ? begin : format_rfc3339_ms(to_unix_ms(part.start_ms, m));
+          const std::string part_end =
+              parts.size() == 1 ? end : format_rfc3339_ms(to_unix_ms(part.end_ms, m));
+          auto use = vf::use(m_config.resource,
+                             vf::round_to((part.end_ms - part.start_ms) / 3'600'000.0, 6),
+                             part_begin, part_end, process);
+          if (part.who) attribute(use, *part.who);
+          use["meta"] = part_meta;
+          out.emplace_back("use" + suffix, std::move(use));
+          // The energy shared by time: the board reports one total per session.
+          const double part_kwh =
+              parts.size() == 1
+                  ? kwh
+                  : vf::round_to(kwh * static_cast<double>(part.end_ms - part.start_ms) / total_ms,
+                                 6);
+          if (clamp && !m_config.electricity.empty() && part_kwh > 0) {
+            auto consume = vf::consume(vf::ResourceRef::inventoried(m_config.electricity),
+                                       vf::quantity(part_kwh, "kilowattHour"), part_end, process);
+            if (part.who) attribute(consume, *part.who);
+            consume["meta"] = part_meta;
+            out.emplace_back("consume" + suffix, std::move(consume));
+          }
         }
         m_log.info(m_component, "session {} {} – {}: {} kWh", s.session, begin, end, kwh);
         return out;

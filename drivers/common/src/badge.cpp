@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #include <reflow/drivers/badge.hpp>
 
+#include <algorithm>
+
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
@@ -210,6 +212,24 @@ std::optional<Attribution> BadgeAttribution::for_session(std::int64_t begin_ms) 
   }
   if (best == nullptr) return std::nullopt;
   return Attribution{best->member->handle, best->member->agent, m_config.provider};
+}
+
+std::vector<std::pair<std::int64_t, Attribution>> BadgeAttribution::handovers(
+    std::int64_t begin_ms, std::int64_t end_ms, const std::optional<Attribution>& first) const {
+  std::lock_guard lock(m_mutex);
+  std::vector<const Seen*> inside;
+  for (const Seen& s : m_history)
+    if (s.at_ms > begin_ms && s.at_ms < end_ms) inside.push_back(&s);
+  std::stable_sort(inside.begin(), inside.end(),
+                   [](const Seen* a, const Seen* b) { return a->at_ms < b->at_ms; });
+  std::vector<std::pair<std::int64_t, Attribution>> out;
+  std::string current = first ? first->handle : std::string();
+  for (const Seen* s : inside) {
+    if (s->member->handle == current) continue;
+    current = s->member->handle;
+    out.emplace_back(s->at_ms, Attribution{s->member->handle, s->member->agent, m_config.provider});
+  }
+  return out;
 }
 
 void BadgeAttribution::forget_badges() {

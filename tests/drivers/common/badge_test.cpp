@@ -190,6 +190,14 @@ TEST_F(BadgeTest, SessionWithinTheWindowAfterAKnownBadgeIsTheMembers) {
   EXPECT_EQ(who->handle, "ada");
   EXPECT_EQ(who->receiver, "person:ada");
   EXPECT_EQ(who->provider, "org:fablab");
+  // Handover: ada's badge inside a session that had nobody starts her part; inside her own
+  // session it changes nothing; at the session's very start or end it is not inside.
+  const auto into_nobodys = a->handovers(k_t0 - 1000, k_t0 + 1000, std::nullopt);
+  ASSERT_EQ(into_nobodys.size(), 1U);
+  EXPECT_EQ(into_nobodys[0].first, k_t0);
+  EXPECT_EQ(into_nobodys[0].second.receiver, "person:ada");
+  EXPECT_TRUE(a->handovers(k_t0 - 1000, k_t0 + 1000, who).empty());
+  EXPECT_TRUE(a->handovers(k_t0, k_t0 + 1000, std::nullopt).empty());
   // Asked again (a resent session): the same answer.
   EXPECT_EQ(a->for_session(k_t0 + 30'000)->receiver, "person:ada");
 

@@ -386,7 +386,9 @@ class McuBadgeTest : public McuDriverTest {
     EXPECT_TRUE(secret);
     std::ofstream(m_dir / "members.toml")
         << "[[member]]\nhandle = \"ada\"\nagent = \"person:ada\"\nbadges = [\""
-        << badge_hash(*secret, "0a1b2c3d4e") << "\"]\n";
+        << badge_hash(*secret, "0a1b2c3d4e") << "\"]\n"
+        << "[[member]]\nhandle = \"bob\"\nagent = \"person:bob\"\nbadges = [\""
+        << badge_hash(*secret, "1122334455") << "\"]\n";
     return "[driver.badge]\n" + source + "window = \"2m\"\n[members]\nfile = \"" +
            (m_dir / "members.toml").string() + "\"\nprovider = \"org:fablab\"\n";
   }
@@ -475,6 +477,49 @@ TEST_F(McuBadgeTest, BoardBadgesCompareInBoardTimeWhateverTheUtcMapping) {
   const auto after = sink.fields();
   ASSERT_EQ(after.size(), 4U);
   EXPECT_FALSE(after[2].contains("receiver"));
+}
+
+TEST_F(McuBadgeTest, ANewBadgeDuringASessionHandsItOver) {
+  CapturingSink sink;
+  auto driver = start_badged(sink, "source = \"mcu\"\n");
+  handshake(3, 10'000);
+  m_board.send(header(fw::MessageType::badge, 3, 1),
+               fw::Badge{10'500, {0x0a, 0x1b, 0x2c, 0x3d, 0x4e}});
+  EXPECT_EQ(m_board.ack(), 1U);
+  // ada's again (no handover), then bob's at board ms 46 000, during the session.
+  m_board.send(header(fw::MessageType::badge, 3, 2),
+               fw::Badge{30'000, {0x0a, 0x1b, 0x2c, 0x3d, 0x4e}});
+  EXPECT_EQ(m_board.ack(), 2U);
+  m_board.send(header(fw::MessageType::badge, 3, 3),
+               fw::Badge{46'000, {0x11, 0x22, 0x33, 0x44, 0x55}});
+  EXPECT_EQ(m_board.ack(), 3U);
+  m_board.send(header(fw::MessageType::session_end, 3, 4), session_end(1, 11'000, 100'000));
+  EXPECT_EQ(m_board.ack(), 4U);
+  const auto events = sink.fields();
+  ASSERT_EQ(events.size(), 4U);
+  EXPECT_EQ(events[0]["action"], "use");
+  EXPECT_EQ(events[0]["receiver"], "person:ada");
+  EXPECT_EQ(events[0]["hasBeginning"], format_rfc3339_ms(k_start_unix_ms + 1'000));
+  EXPECT_EQ(events[0]["hasEnd"], format_rfc3339_ms(k_start_unix_ms + 36'000));
+  EXPECT_DOUBLE_EQ(events[0]["effortQuantity"]["hasNumericalValue"].get<double>(), 0.009722);
+  EXPECT_EQ(events[1]["action"], "consume");
+  EXPECT_EQ(events[1]["receiver"], "person:ada");
+  EXPECT_EQ(events[2]["action"], "use");
+  EXPECT_EQ(events[2]["receiver"], "person:bob");
+  EXPECT_EQ(events[2]["provider"], "org:fablab");
+  EXPECT_EQ(events[2]["hasBeginning"], format_rfc3339_ms(k_start_unix_ms + 36'000));
+  EXPECT_DOUBLE_EQ(events[2]["effortQuantity"]["hasNumericalValue"].get<double>(), 0.015);
+  EXPECT_EQ(events[3]["receiver"], "person:bob");
+  EXPECT_EQ(events[2]["meta"]["part"], 2);
+  EXPECT_EQ(events[2]["meta"]["parts"], 2);
+  EXPECT_EQ(events[0]["inputOf"], events[2]["inputOf"]);  // one machine session
+  // 4 A × 230 V for 89 s = 0.022744 kWh, shared 35 : 54.
+  const double ada = events[1]["resourceQuantity"]["hasNumericalValue"].get<double>();
+  const double bob = events[3]["resourceQuantity"]["hasNumericalValue"].get<double>();
+  EXPECT_NEAR(ada, 0.008944, 1e-6);
+  EXPECT_NEAR(bob, 0.0138, 1e-6);
+  for (const auto& e : events)
+    EXPECT_TRUE(vf::check_zenflows_rules(e)) << e.dump();
 }
 
 TEST_F(McuBadgeTest, SerialReaderBadgeAttributesTheNextSession) {

@@ -25,6 +25,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -127,6 +128,12 @@ class BadgeAttribution {
   /// latest known badge at or before it and no more than the window before it. Deterministic for
   /// the same history (a resent session gets the same answer). nullopt: no member.
   std::optional<Attribution> for_session(std::int64_t begin_ms) const;
+
+  /// Handover: the known badges strictly inside (begin_ms, end_ms), in time order, each of a
+  /// member other than the one before it (`first`: the session's member from for_session, or
+  /// none). Each starts that member's part of the session.
+  std::vector<std::pair<std::int64_t, Attribution>> handovers(
+      std::int64_t begin_ms, std::int64_t end_ms, const std::optional<Attribution>& first) const;
 
   /// Forgets the badges seen (the board reset: its clock starts again).
   void forget_badges();
