@@ -78,7 +78,6 @@ struct Shared {
   std::uint64_t dropped_frames = 0;  // the board's ring overflows (heartbeat)
   std::uint64_t badges = 0;
   std::uint64_t refused_events = 0;  // invalid events skipped (never in practice)
-  std::string last_badge;
   bool configured = false;
 };
 
@@ -111,12 +110,23 @@ class McuDriver final : public Driver {
       return fail(ErrorCode::corruption, fmt::format("{}: {}; move the file away to start afresh",
                                                      m_state_file.string(), e.what()));
     }
+    if (m_config.badge && !m_badges) {
+      auto badges =
+          BadgeAttribution::open(*m_config.badge, m_config.name, state_dir, m_log, m_component);
+      if (!badges) return std::unexpected(badges.error());
+      m_badges = std::move(*badges);
+      if (m_config.badge->source == BadgeConfig::Source::serial)
+        m_reader = std::make_unique<SerialBadgeReader>(m_config.badge->device, *m_badges, m_env,
+                                                       m_log, m_component);
+    }
     m_sink = &sink;
+    if (m_reader) m_reader->start();
     m_thread = std::jthread([this](std::stop_token stop) { run(stop); });
     return {};
   }
 
   void stop() override {
+    if (m_reader) m_reader->stop();
     if (m_thread.joinable()) {
       m_thread.request_stop();
       m_thread.join();
@@ -131,12 +141,13 @@ class McuDriver final : public Driver {
     DriverHealth h = s.health;
     h.state = fmt::format(
         "{}; {}; boot {}, uptime {} s, {}; link errors {}, dropped frames {} (board ring), lost "
-        "{}, duplicates {}, badges {}{}",
+        "{}, duplicates {}, {}{}",
         s.link, s.board.empty() ? "no hello yet" : s.board, s.boot, s.uptime_ms / 1000,
         s.configured ? "configured" : "not configured", s.link_errors, s.dropped_frames,
-        s.lost_messages, s.duplicates, s.badges,
-        s.last_badge.empty() ? "" : fmt::format(" (last {})", s.last_badge));
-    h.malformed = s.link_errors + s.refused_events;
+        s.lost_messages, s.duplicates,
+        m_badges ? m_badges->status() : fmt::format("badges {} (no badge table)", s.badges),
+        m_reader ? "; " + m_reader->status() : "");
+    h.malformed = s.link_errors + s.refused_events + (m_reader ? m_reader->bad_frames() : 0);
     return h;
   }
 
@@ -241,6 +252,8 @@ class McuDriver final : public Driver {
     m_boot = boot;
     m_offset_ms.reset();
     m_open_sessions.clear();
+    // Board badges are in board ms of the old boot: a new clock.
+    if (m_badges && m_config.badge->source == BadgeConfig::Source::mcu) m_badges->forget_badges();
     m_queue.clear();
     m_in_flight.reset();
     if (m_cursor.boot != boot) {
@@ -488,16 +501,66 @@ class McuDriver final : public Driver {
         }
         const double kwh = vf::round_to(static_cast<double>(s.energy_mj) / 3.6e9, 6);
         if (kwh > 0) meta["energy_kwh"] = kwh;
-        auto use =
-            vf::use(m_config.resource, vf::round_to((s.end_ms - s.start_ms) / 3'600'000.0, 6),
-                    begin, end, process);
-        use["meta"] = meta;
-        out.emplace_back("use", std::move(use));
-        if (clamp && !m_config.electricity.empty() && kwh > 0) {
-          auto consume = vf::consume(vf::ResourceRef::inventoried(m_config.electricity),
-                                     vf::quantity(kwh, "kilowattHour"), end, process);
-          consume["meta"] = meta;
-          out.emplace_back("consume", std::move(consume));
+        // "Badge then use": the member whose badge came within the window before the start.
+        std::optional<Attribution> who;
+        if (m_badges) {
+          // Board badges compare in board ms (one clock, one boot); a serial reader's in UTC.
+          who = m_config.badge->source == BadgeConfig::Source::mcu
+                    ? m_badges->for_session(static_cast<std::int64_t>(s.start_ms))
+                    : m_badges->for_session(to_unix_ms(s.start_ms, m));
+          if (!who && m_cursor.partial_seq != m.header.seq) m_badges->count_unbadged_session();
+        }
+        // Handover (board badges only: their times are the session's clock): a new member's
+        // badge during the session closes the previous part and starts the member's own.
+        struct Part {
+          std::uint64_t start_ms;
+          std::uint64_t end_ms;
+          std::optional<Attribution> who;
+        };
+        std::vector<Part> parts{{s.start_ms, s.end_ms, who}};
+        if (m_badges && m_config.badge->source == BadgeConfig::Source::mcu) {
+          for (auto& [at, next] : m_badges->handovers(static_cast<std::int64_t>(s.start_ms),
+                                                      static_cast<std::int64_t>(s.end_ms), who)) {
+            const auto at_ms = static_cast<std::uint64_t>(at);
+            if (at_ms < parts.back().start_ms + 2 || s.end_ms < at_ms + 2) continue;
+            parts.back().end_ms = at_ms;
+            parts.push_back(Part{at_ms, s.end_ms, std::move(next)});
+          }
+        }
+        const double total_ms = static_cast<double>(s.end_ms - s.start_ms);
+        for (std::size_t i = 0; i < parts.size(); ++i) {
+          const Part& part = parts[i];
+          // One part keeps the names of before; parts are named apart for the partial-commit
+          // record, and carry their share of the session in meta.
+          const std::string suffix = parts.size() == 1 ? "" : fmt::format("#{}", i + 1);
+          nlohmann::ordered_json part_meta = meta;
+          if (parts.size() > 1) {
+            part_meta["part"] = i + 1;
+            part_meta["parts"] = parts.size();
+          }
+          const std::string part_begin =
+              parts.size() == 1 ? begin : format_rfc3339_ms(to_unix_ms(part.start_ms, m));
+          const std::string part_end =
+              parts.size() == 1 ? end : format_rfc3339_ms(to_unix_ms(part.end_ms, m));
+          auto use = vf::use(m_config.resource,
+                             vf::round_to((part.end_ms - part.start_ms) / 3'600'000.0, 6),
+                             part_begin, part_end, process);
+          if (part.who) attribute(use, *part.who);
+          use["meta"] = part_meta;
+          out.emplace_back("use" + suffix, std::move(use));
+          // The energy shared by time: the board reports one total per session.
+          const double part_kwh =
+              parts.size() == 1
+                  ? kwh
+                  : vf::round_to(kwh * static_cast<double>(part.end_ms - part.start_ms) / total_ms,
+                                 6);
+          if (clamp && !m_config.electricity.empty() && part_kwh > 0) {
+            auto consume = vf::consume(vf::ResourceRef::inventoried(m_config.electricity),
+                                       vf::quantity(part_kwh, "kilowattHour"), part_end, process);
+            if (part.who) attribute(consume, *part.who);
+            consume["meta"] = part_meta;
+            out.emplace_back("consume" + suffix, std::move(consume));
+          }
         }
         m_log.info(m_component, "session {} {} – {}: {} kWh", s.session, begin, end, kwh);
         return out;
@@ -508,12 +571,22 @@ class McuDriver final : public Driver {
           link_error("short badge");
           return out;
         }
-        // The agent has no members yet (issue 17): the tag is logged and counted only.
-        const std::string tag = hex(b.tag);
-        m_log.info(m_component, "badge {} at {}", tag, format_rfc3339_ms(to_unix_ms(b.at_ms, m)));
-        std::lock_guard lock(m_shared->mutex);
-        ++m_shared->badges;
-        m_shared->last_badge = tag;
+        {
+          std::lock_guard lock(m_shared->mutex);
+          ++m_shared->badges;
+        }
+        // The raw tag goes to the badge module, which keeps only its keyed hash; without a
+        // badge table it is counted and never logged (issue 17: a card id never leaves here).
+        if (m_badges && m_config.badge->source == BadgeConfig::Source::mcu) {
+          std::string tag = hex(b.tag);
+          m_badges->on_card(tag, static_cast<std::int64_t>(b.at_ms), to_unix_ms(b.at_ms, m));
+          std::fill(tag.begin(), tag.end(), '\0');
+        } else {
+          m_log.info(m_component,
+                     "badge read at {} (not attributed: no [driver.badge] table "
+                     "with source \"mcu\")",
+                     format_rfc3339_ms(to_unix_ms(b.at_ms, m)));
+        }
         return out;
       }
       case fw::MessageType::error: {
@@ -551,6 +624,9 @@ class McuDriver final : public Driver {
   std::set<std::uint32_t> m_open_sessions;
   std::deque<Message> m_queue;
   std::optional<InFlight> m_in_flight;
+
+  std::unique_ptr<BadgeAttribution> m_badges;   // set at start() when configured
+  std::unique_ptr<SerialBadgeReader> m_reader;  // source "serial"
 
   std::shared_ptr<Shared> m_shared;
   std::jthread m_thread;  // last: joined before the members it uses go
@@ -596,6 +672,7 @@ const std::vector<DriverKeyInfo>& mcu_keys() {
       {"power_factor", "number", "1.0", "power factor (at most 1), for the energy estimate"},
       {"debounce", "duration", "\"50ms\"", "the running input's debounce time"},
       {"s0_min_pulse", "duration", "\"30ms\"", "shortest valid S0 pulse"},
+      badge_key_info(),
   };
   return keys;
 }
@@ -645,6 +722,10 @@ Result<McuConfig> parse_mcu_config(const DriverConfig& config) {
     return std::unexpected(table.error("debounce", "must be at most 65535ms"));
   if (s0->count() > 65535)
     return std::unexpected(table.error("s0_min_pulse", "must be at most 65535ms"));
+
+  auto badge = parse_badge_config(config, {"mcu", "serial"});
+  if (!badge) return std::unexpected(badge.error());
+  out.badge = std::move(*badge);
 
   fw::Config& b = out.board;
   b.ua_per_count = static_cast<std::uint32_t>(*ua);

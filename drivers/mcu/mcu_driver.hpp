@@ -5,10 +5,12 @@
 #pragma once
 
 #include <chrono>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <reflow/device/driver.hpp>
+#include <reflow/drivers/badge.hpp>
 #include <reflow/fw/messages.hpp>
 
 namespace agent::mcu {
@@ -20,6 +22,9 @@ struct McuConfig {
   std::string resource;      ///< the machine: `use` events' resourceInventoriedAs
   std::string electricity;   ///< the metered supply for `consume`; empty: no consume events
   reflow::fw::Config board;  ///< thresholds and calibration sent to the board (LINK §4.2)
+  /// [driver.badge]: the board's own reader ("mcu") or an RDM6300 ("serial"); none: badges are
+  /// counted only and sessions carry no member.
+  std::optional<BadgeConfig> badge;
 };
 
 const std::vector<DriverKeyInfo>& mcu_keys();

@@ -53,6 +53,8 @@ struct Core : std::enable_shared_from_this<Core> {
   std::int64_t retry_delay_ms = k_retry_min_ms;
   std::stop_source wake;  // wakes the driver's thread: a new deadline or a retry
 
+  BadgeAttribution* badges = nullptr;  // owned by the driver; set before any message
+
   DriverHealth health;
   std::string connection = "connecting";
   std::optional<bool> plug_online;
@@ -84,6 +86,11 @@ struct Core : std::enable_shared_from_this<Core> {
       PendingSession p;
       p.session = session;
       p.consume_done = !power::session_events(config, session).consume.has_value();
+      // "Badge then use": decided once, when the session closes, and saved with it.
+      if (badges != nullptr) {
+        p.who = badges->for_session(session.start_ms);
+        if (!p.who) badges->count_unbadged_session();
+      }
       pending.push_back(p);
       log.info(component, "session {} – {} ({}): {}", format_rfc3339_ms(session.start_ms),
                format_rfc3339_ms(session.end_ms), to_string(session.end),
@@ -116,6 +123,15 @@ class PowerDriver final : public Driver {
                               state_file.string(), tracker.error().message));
     auto core = std::make_shared<Core>(m_config, m_env, m_log, std::move(*tracker));
     core->component = fmt::format("driver power/{}", m_config.name);
+    if (m_config.badge && !m_badges) {
+      auto badges =
+          BadgeAttribution::open(*m_config.badge, m_config.name, state_dir, m_log, core->component);
+      if (!badges) return std::unexpected(badges.error());
+      m_badges = std::move(*badges);
+      m_reader = std::make_unique<SerialBadgeReader>(m_config.badge->device, *m_badges, m_env,
+                                                     m_log, core->component);
+    }
+    core->badges = m_badges.get();
     core->state_file = state_file;
     for (const auto& item : state->value("pending", nlohmann::json::array())) {
       auto pending = power::pending_from_json(item);
@@ -144,11 +160,13 @@ class PowerDriver final : public Driver {
     if (!started) return started;
     m_core = core;
     m_subscriber = std::move(subscriber);
+    if (m_reader) m_reader->start();
     m_thread = std::jthread([core, &sink](std::stop_token stop) { run(*core, sink, stop); });
     return {};
   }
 
   void stop() override {
+    if (m_reader) m_reader->stop();
     if (m_subscriber) m_subscriber->stop();  // no message arrives after this
     if (m_thread.joinable()) {
       m_thread.request_stop();
@@ -174,6 +192,8 @@ class PowerDriver final : public Driver {
                                                     : "plug offline";
     h.state = fmt::format("{}; {}; {}; {} to record ({} messages)", m_core->connection, plug,
                           m_core->tracker.describe(), m_core->pending.size(), m_core->messages);
+    if (m_badges) h.state += fmt::format("; {}; {}", m_badges->status(), m_reader->status());
+    if (m_reader) h.malformed += m_reader->bad_frames();
     return h;
   }
 
@@ -279,7 +299,7 @@ class PowerDriver final : public Driver {
       std::lock_guard lock(core.mutex);
       if (core.env.now_unix_ms() < core.retry_at_ms) return;
       for (const PendingSession& p : core.pending) {
-        power::SessionEvents events = power::session_events(core.config, p.session);
+        power::SessionEvents events = power::session_events(core.config, p.session, p.who);
         const std::int64_t start = p.session.start_ms;
         if (!p.use_done && !in_flight(core, start, Which::use))
           jobs.push_back({start, Which::use, std::move(events.use), events.ref});
@@ -337,6 +357,8 @@ class PowerDriver final : public Driver {
   PowerConfig m_config;
   Env& m_env;
   Logger& m_log;
+  std::unique_ptr<BadgeAttribution> m_badges;  // [driver.badge]; set at start()
+  std::unique_ptr<SerialBadgeReader> m_reader;
   std::shared_ptr<Core> m_core;
   std::unique_ptr<MqttSubscriber> m_subscriber;
   std::jthread m_thread;

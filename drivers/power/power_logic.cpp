@@ -42,6 +42,7 @@ const std::vector<DriverKeyInfo>& power_keys() {
       {"username", "string", "(none)", "broker user name"},
       {"password_file", "string", "(none)", "file whose first line is the broker password"},
       {"ca_file", "string", "(none)", "CA certificate(s) for mqtts:// (PEM)"},
+      badge_key_info(),
   };
   return keys;
 }
@@ -116,6 +117,9 @@ Result<PowerConfig> read_power_config(const DriverConfig& config) {
   out.username = *username;
   out.password_file = *password_file;
   out.ca_file = *ca_file;
+  auto badge = parse_badge_config(config, {"serial"});
+  if (!badge) return std::unexpected(badge.error());
+  out.badge = std::move(*badge);
   return out;
 }
 
@@ -126,7 +130,8 @@ PlugReading usable_reading(PlugReading reading, bool retained) {
   return availability;
 }
 
-SessionEvents session_events(const PowerConfig& config, const PowerSession& session) {
+SessionEvents session_events(const PowerConfig& config, const PowerSession& session,
+                             const std::optional<Attribution>& who) {
   SessionEvents events;
   const std::string process = fmt::format("power:{}:job-{}", config.name, session.start_ms);
   events.ref = fmt::format("session {}", session.start_ms);
@@ -142,6 +147,7 @@ SessionEvents session_events(const PowerConfig& config, const PowerSession& sess
   auto use =
       vf::use(config.resource, static_cast<double>(session.end_ms - session.start_ms) / 3'600'000.0,
               format_rfc3339_ms(session.start_ms), end, process);
+  if (who) attribute(use, *who);
   use["meta"] = meta;
   events.use = std::move(use);
 
@@ -149,6 +155,7 @@ SessionEvents session_events(const PowerConfig& config, const PowerSession& sess
     auto consume =
         vf::consume(vf::ResourceRef::inventoried(config.electricity),
                     vf::quantity(kwh_from_wh(*session.energy_wh), "kilowattHour"), end, process);
+    if (who) attribute(consume, *who);
     consume["meta"] = meta;
     events.consume = std::move(consume);
   }
@@ -164,6 +171,10 @@ nlohmann::json to_json(const PendingSession& pending) {
   json["counter_resets"] = pending.session.counter_resets;
   json["use_done"] = pending.use_done;
   json["consume_done"] = pending.consume_done;
+  if (pending.who)
+    json["member"] = {{"handle", pending.who->handle},
+                      {"receiver", pending.who->receiver},
+                      {"provider", pending.who->provider}};
   return json;
 }
 
@@ -180,6 +191,12 @@ Result<PendingSession> pending_from_json(const nlohmann::json& json) {
     pending.session.counter_resets = json.at("counter_resets").get<int>();
     pending.use_done = json.at("use_done").get<bool>();
     pending.consume_done = json.at("consume_done").get<bool>();
+    if (json.contains("member")) {
+      const auto& m = json.at("member");
+      pending.who =
+          Attribution{m.at("handle").get<std::string>(), m.at("receiver").get<std::string>(),
+                      m.at("provider").get<std::string>()};
+    }
   } catch (const nlohmann::json::exception& e) {
     return fail(ErrorCode::corruption, fmt::format("pending session: {}", e.what()));
   }

@@ -14,6 +14,7 @@
 #include <reflow/core/result.hpp>
 #include <reflow/device/config.hpp>
 #include <reflow/device/driver_table.hpp>
+#include <reflow/drivers/badge.hpp>
 
 #include "plug_payload.hpp"
 #include "session_tracker.hpp"
@@ -32,6 +33,8 @@ struct PowerConfig {
   std::string username;
   std::filesystem::path password_file;
   std::filesystem::path ca_file;
+  /// [driver.badge] ("serial": an RDM6300 at the machine); none: sessions carry no member.
+  std::optional<BadgeConfig> badge;
 };
 
 const std::vector<DriverKeyInfo>& power_keys();
@@ -45,19 +48,22 @@ Result<PowerConfig> read_power_config(const DriverConfig& config);
 PlugReading usable_reading(PlugReading reading, bool retained);
 
 /// The events of one session: `use` of the machine, and `consume` of electricity when configured
-/// and the plug counted energy. Both share the process `power:<name>:job-<start unix ms>`.
+/// and the plug counted energy. Both share the process `power:<name>:job-<start unix ms>`. With
+/// `who` (the member badged before the session) both carry the member (badge.hpp attribute()).
 struct SessionEvents {
   nlohmann::ordered_json use;
   std::optional<nlohmann::ordered_json> consume;
   std::string ref;  ///< source.ref: "session <start unix ms>"
 };
-SessionEvents session_events(const PowerConfig& config, const PowerSession& session);
+SessionEvents session_events(const PowerConfig& config, const PowerSession& session,
+                             const std::optional<Attribution>& who = std::nullopt);
 
 /// A finished session waiting until its events are committed (persisted across restarts).
 struct PendingSession {
   PowerSession session;
   bool use_done = false;
   bool consume_done = false;
+  std::optional<Attribution> who;  ///< decided when the session closed, kept across restarts
 };
 nlohmann::json to_json(const PendingSession& pending);
 /// Errors: corruption.

@@ -525,3 +525,30 @@ TEST_F(ConfigTest, ReferenceDefaultsAreValidValues) {
 
 }  // namespace
 }  // namespace agent
+
+namespace {
+
+TEST(MembersConfigTest, MembersTableReachesEveryDriver) {
+  const auto config = agent::parse_config(
+      "[agent]\ndevice_id = \"d\"\nkey_file = \"/k\"\ndata_dir = \"/var/lib/r\"\n"
+      "[members]\nfile = \"members.toml\"\nprovider = \"org:fablab\"\n"
+      "[[driver]]\nkind = \"sim\"\nname = \"a\"\n",
+      "/etc/reflow-agent/agent.toml");
+  ASSERT_TRUE(config.has_value()) << config.error().message;
+  EXPECT_EQ(config->members_file, "/etc/reflow-agent/members.toml");  // relative to the config
+  EXPECT_EQ(config->members_provider, "org:fablab");
+  ASSERT_EQ(config->drivers.size(), 1U);
+  EXPECT_EQ(config->drivers[0].members_file, "/etc/reflow-agent/members.toml");
+  EXPECT_EQ(config->drivers[0].members_provider, "org:fablab");
+  EXPECT_EQ(config->drivers[0].data_dir, "/var/lib/r");
+  const auto bad = agent::parse_config(
+      "[agent]\ndevice_id = \"d\"\nkey_file = \"/k\"\ndata_dir = \"/d\"\n[members]\nprovider = "
+      "\"\"\n",
+      "agent.toml");
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_NE(bad.error().message.find("agent.toml:6: members.provider: expected a ValueFlows"),
+            std::string::npos)
+      << bad.error().message;
+}
+
+}  // namespace

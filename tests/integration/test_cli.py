@@ -389,5 +389,81 @@ class VerifyTest(h.AgentTestCase):
         self.assertIn('the event names "someone-else"', out[1]["error"])
 
 
+
+class MembersTest(unittest.TestCase):
+    """`members add --last-unknown` enrols the card a machine saw (its keyed hash, from the
+    driver's state directory) into the members file, keeping its comments; `members list` shows
+    members and the cards still unknown (issue 17)."""
+
+    HASH_A = "kX3v" + "A" * 39
+    HASH_B = "Zz09" + "B" * 38 + "E"  # 32 bytes: the last digit has 2 zero bits
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = Path(self.tmp.name)
+        self.config = self.dir / "agent.toml"
+        self.members = self.dir / "members.toml"
+        tables = "".join(
+            f'[[driver]]\nkind = "mcu"\nname = "{name}"\npath = "/dev/null"\n'
+            f'resource = "machine:{name}"\n[driver.badge]\nsource = "mcu"\n'
+            for name in ("laser", "saw"))
+        self.config.write_text(
+            f'[agent]\ndevice_id = "lab-01"\nkey_file = "device.key"\ndata_dir = "data"\n'
+            f'[members]\nfile = "members.toml"\nprovider = "org:fablab"\n{tables}')
+        self.members.write_text('# who may use what\n[[member]]\nhandle = "bob"  # since 2025\n'
+                                f'agent = "person:bob"\nbadges = ["{self.HASH_B}"]\n')
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def unknown_at(self, machine, badge):
+        state = self.dir / "data" / "drivers" / machine
+        state.mkdir(parents=True, exist_ok=True)
+        (state / "last-unknown.json").write_text(json.dumps(
+            {"version": 1, "hash": badge, "seen_at": "2026-01-01T10:00:00.000Z"}))
+
+    def members_cli(self, *args):
+        return h.run_cli(["members", *args, "--config", str(self.config)])
+
+    def test_enrols_the_last_unknown_card_keeping_comments(self):
+        nothing = self.members_cli("add", "ada", "--agent", "person:ada", "--last-unknown")
+        self.assertEqual(nothing.returncode, 1)
+        self.assertIn("no machine has seen an unknown card", nothing.stderr)
+
+        self.unknown_at("laser", self.HASH_A)
+        listed = self.members_cli("list")
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        self.assertRegex(listed.stdout, r"(?m)^bob\s+person:bob\s+1\s+-$")
+        self.assertIn(f"last unknown card at laser: {self.HASH_A}", listed.stdout)
+
+        added = self.members_cli("add", "ada", "--agent", "person:ada", "--last-unknown")
+        self.assertEqual(added.returncode, 0, added.stderr)
+        text = self.members.read_text()
+        self.assertTrue(text.startswith("# who may use what\n"), text)
+        self.assertIn('handle = "bob"  # since 2025', text)
+        self.assertIn(f'badges = ["{self.HASH_A}"]', text)
+        self.assertIn('machines = ["laser"]', text)
+        listed = self.members_cli("list")
+        self.assertRegex(listed.stdout, r"(?m)^ada\s+person:ada\s+1\s+laser$")
+        self.assertNotIn("last unknown", listed.stdout)  # enrolled: no longer unknown
+
+    def test_refuses_raw_ids_ambiguous_machines_and_someone_elses_badge(self):
+        raw = self.members_cli("add", "eve", "--agent", "person:eve", "--badge", "0415A3B2C1")
+        self.assertEqual(raw.returncode, 1)
+        self.assertIn("a raw card id is never written", raw.stderr)
+        taken = self.members_cli("add", "eve", "--agent", "person:eve", "--badge", self.HASH_B)
+        self.assertEqual(taken.returncode, 1)
+        self.assertIn("already \"bob\"'s", taken.stderr)
+        self.unknown_at("laser", self.HASH_A)
+        self.unknown_at("saw", "Qq11" + "C" * 38 + "Q")
+        both = self.members_cli("add", "eve", "--agent", "person:eve", "--last-unknown")
+        self.assertEqual(both.returncode, 1)
+        self.assertIn("add --machine NAME", both.stderr)
+        picked = self.members_cli("add", "bob", "--agent", "person:bob", "--last-unknown",
+                                  "--machine", "saw")
+        self.assertEqual(picked.returncode, 0, picked.stderr)
+        self.assertIn(f'"{self.HASH_B}", "Qq11', self.members.read_text())
+        self.assertIn('machines = ["saw"]', self.members.read_text())
+
 if __name__ == "__main__":
     unittest.main()

@@ -10,6 +10,9 @@ The sim's board clock runs faster than real time (--speed), so a session of boar
 real seconds; nothing sleeps to let time pass: every wait polls observable state (the sim's log,
 the ingest's store) with a bound."""
 
+import base64
+import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -86,11 +89,13 @@ class McuTest(nh.NodeTestCase):
             self.sim.send_signal(signal.SIGTERM)
             self.sim.wait(timeout=h.WAIT_S)
 
-    def start_sim(self, *sessions, speed=10):
+    def start_sim(self, *sessions, speed=10, badges=()):
         args = [sim_binary(), "--link", str(self.link), "--boot-file", str(self.tmp / "boot"),
                 "--speed", str(speed)]
         for s in sessions:
             args += ["--session", s]
+        for b in badges:
+            args += ["--badge", b]
         with open(self.sim_log, "ab") as log:
             self.sim = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         h.wait_for(lambda: self.link.is_symlink(), "the sim's pty link")
@@ -99,13 +104,15 @@ class McuTest(nh.NodeTestCase):
         return h.wait_for(lambda: text in self.sim_log.read_text(errors="replace"),
                           f"the sim's log says {text!r}")
 
-    def start_node_and_agent(self, *sessions):
+    def start_node_and_agent(self, *sessions, extra="", badges=(), before_start=None):
         """Broker, ingest, the sim (first, so the agent finds its pty at once) and the agent."""
         self.start_plain_broker()
         dev = self.new_device(DEVICE)
-        dev.config_path.write_text(dev.config_path.read_text() + driver_toml(self.link))
+        dev.config_path.write_text(dev.config_path.read_text() + driver_toml(self.link) + extra)
+        if before_start:
+            before_start(dev)
         self.start_ingest()
-        self.start_sim(*sessions)
+        self.start_sim(*sessions, badges=badges)
         return dev, self.start_device_agent(dev)
 
     def stored(self, dev):
@@ -159,6 +166,59 @@ class McuTest(nh.NodeTestCase):
         saw = [d for d in status["drivers"] if d["name"] == "saw"][0]
         self.assertIn("boot 2", saw["state"])
         self.assertEqual(len(self.stored(dev)), 2)
+
+    def test_a_badged_session_arrives_at_the_node_with_its_member(self):
+        """Badge then use (issue 17): the sim's board reads an RDM6300 card, the agent turns it
+        into a keyed hash that the members file knows, and the session that follows arrives at
+        the node with the member as receiver and the makerspace as provider. The keyed hash is
+        computed here independently (BLAKE2b keyed with the site secret, over the card id in
+        lowercase hex, base64url without padding: README "Badges and members")."""
+        secret = os.urandom(32)
+
+        def enrol(dev):
+            dev.data_dir.mkdir(parents=True, exist_ok=True)
+            secret_file = dev.data_dir / "site-secret"
+            secret_file.write_bytes(secret)
+            secret_file.chmod(0o600)
+            digest = hashlib.blake2b(b"0a1b2c3d4e", key=secret, digest_size=32).digest()
+            badge = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+            (dev.data_dir.parent / "members.toml").write_text(
+                f'[[member]]\nhandle = "ada"\nagent = "person:ada"\nbadges = ["{badge}"]\n')
+
+        extra = "\n".join([
+            "[driver.badge]",
+            'source = "mcu"',
+            'window = "10m"',  # board minutes: a slow agent start must not push the session out
+            "[members]",
+            'file = "members.toml"',
+            'provider = "org:fablab"',
+            "",
+        ])
+        # ada badges at board ms 100, an unknown card later; 4 A for 20 s from 3 s after config
+        dev, agent = self.start_node_and_agent(
+            "3000:20000:4", extra=extra, before_start=enrol,
+            badges=("100:0A1B2C3D4E", "40000:0102030405"))
+        events = self.wait_stored(dev, 2)
+        self.assert_session(events, 20)
+        use, consume = sorted(events, key=lambda e: e["action"], reverse=True)
+        self.assertEqual(use["provider"], "org:fablab")
+        self.assertEqual(use["receiver"], "person:ada")
+        self.assertEqual(consume["receiver"], "person:ada")
+        self.assertEqual(self.cli.rejections(dev.id), [])
+        status = agent.wait_status(
+            lambda s: "unknown 1" in [d for d in s["drivers"] if d["name"] == "saw"][0]["state"],
+            "the agent saw the unknown card")
+        saw = [d for d in status["drivers"] if d["name"] == "saw"][0]
+        self.assertIn("known 1, unknown 1", saw["state"])
+        self.assertIn("last member ada", saw["state"])
+        last = json.loads((dev.data_dir / "drivers" / "saw" / "last-unknown.json").read_text())
+        digest = hashlib.blake2b(b"0102030405", key=secret, digest_size=32).digest()
+        self.assertEqual(last["hash"], base64.urlsafe_b64encode(digest).rstrip(b"=").decode())
+        # The raw ids are in no event, no status line and no log line of the agent.
+        for raw in ("0a1b2c3d4e", "0A1B2C3D4E", "0102030405"):
+            self.assertNotIn(raw, json.dumps(self.stored(dev)))
+            self.assertNotIn(raw, json.dumps(status))
+            self.assertNotIn(raw, agent.log_path.read_text(errors="replace"))
 
 
 if __name__ == "__main__":

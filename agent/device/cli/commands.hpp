@@ -49,6 +49,22 @@ struct DemoOptions {
 };
 int demo(const DemoOptions& options);
 
+/// `members list`: the members of [members] file (handle, agent, number of badges, machines) and
+/// the last unknown card (keyed hash) each machine saw (members.cpp).
+int members_list(const std::filesystem::path& config_path);
+/// `members add HANDLE --agent REF (--last-unknown [--machine NAME] | --badge HASH)`: adds the
+/// badge to the member (a new [[member]] when the handle is new) in [members] file, keeping the
+/// file's comments (drivers/common add_member_badge). --last-unknown takes the last unknown card
+/// of the one machine that saw one, or of --machine; the member is then authorised on it.
+struct MembersAddOptions {
+  std::string handle;
+  std::string agent_ref;
+  bool last_unknown = false;
+  std::string badge;  ///< a keyed hash, when not --last-unknown
+  std::optional<std::string> machine;
+};
+int members_add(const std::filesystem::path& config_path, const MembersAddOptions& options);
+
 /// Prints "reflow-agent: MESSAGE" to stderr.
 void print_error(const std::string& message);
 

@@ -133,6 +133,40 @@ int main(int argc, char** argv) {
   describe->add_option("KIND", describe_kind, "A kind listed by `reflow-agent drivers`")
       ->required();
 
+  auto* members = app.add_subcommand(
+      "members", "Members and their badges (the [members] file; README \"Badges and members\")");
+  members->require_subcommand(1);
+  std::string members_config;
+  auto* members_list = members->add_subcommand(
+      "list", "List the members and the last unknown card each machine saw (keyed hashes)");
+  members_list->add_option("--config", members_config, "The agent's TOML config file")->required();
+  agent::cli::MembersAddOptions add_options;
+  std::string add_machine;
+  auto* members_add = members->add_subcommand(
+      "add",
+      "Add a badge to a member (a new one when HANDLE is new) in the members file, keeping its "
+      "comments");
+  members_add->add_option("--config", members_config, "The agent's TOML config file")->required();
+  members_add->add_option("HANDLE", add_options.handle, "The member's short local name")
+      ->required();
+  members_add
+      ->add_option("--agent", add_options.agent_ref,
+                   "The member's ValueFlows agent reference (a zenflows Person id, …)")
+      ->required();
+  auto* last_unknown = members_add->add_flag(
+      "--last-unknown", add_options.last_unknown,
+      "Enrol the last unknown card a machine saw (badge it at the machine first)");
+  auto* badge_option = members_add->add_option(
+      "--badge", add_options.badge, "A keyed badge hash (from the log or `members list`)");
+  last_unknown->excludes(badge_option);
+  members_add->add_option("--machine", add_machine,
+                          "With --last-unknown: the machine (driver name) that saw the card, "
+                          "when several did; the member is authorised on it");
+  members_add->callback([&] {
+    if (!add_options.last_unknown && add_options.badge.empty())
+      throw CLI::RequiredError("--last-unknown or --badge");
+  });
+
   auto* demo = app.add_subcommand("demo",
                                   "Run the built-in demo: a local Mosquitto, this agent with a "
                                   "simulated printer, and a receiver "
@@ -182,6 +216,11 @@ int main(int argc, char** argv) {
           csr_out.empty() ? std::nullopt : std::optional<std::filesystem::path>(csr_out),
           bundle_file.empty() ? std::nullopt : std::optional<std::filesystem::path>(bundle_file));
     if (*drivers) return agent::cli::drivers(describe_kind);
+    if (*members_list) return agent::cli::members_list(members_config);
+    if (*members_add) {
+      if (!add_machine.empty()) add_options.machine = add_machine;
+      return agent::cli::members_add(members_config, add_options);
+    }
     if (*demo) {
       agent::cli::DemoOptions options{jobs, keep, std::nullopt, demo_events, 0};
       if (!demo_drivers.empty()) {

@@ -33,9 +33,9 @@ bool is_valid_driver_name(std::string_view name) {
 
 AgentSchema make_schema() {
   AgentSchema schema;
-  schema.sections = {"agent", "mqtt", "outbox"};
+  schema.sections = {"agent", "mqtt", "outbox", "members"};
   schema.other_top_level = {"driver"};
-  schema.known_tables = "known tables: [agent], [mqtt], [outbox], [[driver]]";
+  schema.known_tables = "known tables: [agent], [mqtt], [outbox], [members], [[driver]]";
   auto add = [&](std::string section, std::string name, std::string type, std::string default_text,
                  std::string description, Apply apply, bool required = false) {
     schema.add(std::move(section), std::move(name), std::move(type), std::move(default_text),
@@ -134,6 +134,18 @@ AgentSchema make_schema() {
       count_key(&AgentConfig::queue_capacity, 1, 1'000'000));
   add("outbox", "max_batch", "integer", "256", "Most events in one group commit (one fsync).",
       count_key(&AgentConfig::max_batch, 1, 100'000));
+
+  // [members] (issue 17: badges at machines)
+  add("members", "file", "path", "(none)",
+      "The members file ([[member]] handle, agent, badges, machines); needed by a driver with a "
+      "badge table. `reflow-agent members add` writes it.",
+      path_key(&AgentConfig::members_file));
+  add("members", "provider", "string", "(none)",
+      "The makerspace's ValueFlows agent reference: `provider` of a badged member's `use` events "
+      "(the member is the receiver); needed by a driver with a badge table.",
+      string_key(&AgentConfig::members_provider,
+                 "expected a ValueFlows agent reference such as \"org:fablab\"",
+                 is_non_empty_text));
   return schema;
 }
 
@@ -223,6 +235,11 @@ Result<AgentConfig> parse_document(std::string_view text, const std::string& fil
       config.drivers[i].table =
           std::make_shared<const toml::table>(std::move(*tables[i].as_table()));
     }
+  }
+  for (DriverConfig& driver : config.drivers) {
+    driver.data_dir = config.data_dir;
+    driver.members_file = config.members_file;
+    driver.members_provider = config.members_provider;
   }
   return config;
 }

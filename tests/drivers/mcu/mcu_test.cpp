@@ -12,6 +12,7 @@
 
 #include <array>
 #include <chrono>
+#include <fstream>
 #include <functional>
 #include <optional>
 #include <string>
@@ -28,6 +29,9 @@
 #include <reflow/device/driver.hpp>
 #include <reflow/fw/link.hpp>
 #include <reflow/fw/messages.hpp>
+
+#include <reflow/core/zenflows_rules.hpp>
+#include <reflow/drivers/members.hpp>
 
 #include "capturing_sink.hpp"
 #include "mcu_driver.hpp"
@@ -147,8 +151,8 @@ class McuDriverTest : public ::testing::Test {
            extra;
   }
 
-  std::unique_ptr<Driver> start(CapturingSink& sink) {
-    auto parsed = agent_config(table());
+  std::unique_ptr<Driver> start(CapturingSink& sink, const std::string& extra = "") {
+    auto parsed = agent_config(table(extra));
     EXPECT_TRUE(parsed) << parsed.error().message;
     auto driver = mcu_driver_kind().create(parsed->drivers.at(0), m_env, m_log);
     EXPECT_TRUE(driver) << driver.error().message;
@@ -371,6 +375,202 @@ TEST_F(McuDriverTest, AgentRestartCommitsEachSessionOnce) {
     EXPECT_EQ(m_board.ack(), 1U);
     EXPECT_TRUE(sink.fields().empty());
   }
+}
+
+// Badges (issue 17): the board's reader and an RDM6300 on its own pseudo-terminal.
+class McuBadgeTest : public McuDriverTest {
+ protected:
+  // ada's card is 0a1b2c3d4e; the badge table and [members] for `source`.
+  std::string badge_tables(const std::string& source) {
+    auto secret = load_or_create_site_secret(site_secret_path(m_dir.path()));
+    EXPECT_TRUE(secret);
+    std::ofstream(m_dir / "members.toml")
+        << "[[member]]\nhandle = \"ada\"\nagent = \"person:ada\"\nbadges = [\""
+        << badge_hash(*secret, "0a1b2c3d4e") << "\"]\n"
+        << "[[member]]\nhandle = \"bob\"\nagent = \"person:bob\"\nbadges = [\""
+        << badge_hash(*secret, "1122334455") << "\"]\n";
+    return "[driver.badge]\n" + source + "window = \"2m\"\n[members]\nfile = \"" +
+           (m_dir / "members.toml").string() + "\"\nprovider = \"org:fablab\"\n";
+  }
+  Result<AgentConfig> badge_config(const std::string& extra) {
+    return parse_config("[agent]\ndevice_id = \"test-01\"\nkey_file = \"/tmp/k\"\ndata_dir = \"" +
+                            m_dir.path().string() + "\"\n\n" + table(extra),
+                        "driver.toml");
+  }
+  std::unique_ptr<Driver> start_badged(CapturingSink& sink, const std::string& source) {
+    auto parsed = badge_config(badge_tables(source));
+    EXPECT_TRUE(parsed) << parsed.error().message;
+    auto driver = mcu_driver_kind().create(parsed->drivers.at(0), m_env, m_log);
+    EXPECT_TRUE(driver) << driver.error().message;
+    EXPECT_TRUE((*driver)->start(sink, m_dir.path()));
+    EXPECT_TRUE(wait_until([&] { return (*driver)->health().state.starts_with("open"); }));
+    return std::move(*driver);
+  }
+};
+
+TEST_F(McuBadgeTest, BoardBadgeThenUseMakesTheMemberReceiverOfUseAndConsume) {
+  CapturingSink sink;
+  auto driver = start_badged(sink, "source = \"mcu\"\n");
+  handshake(3, 10'000);  // board ms 10 000 is k_start_unix_ms
+  m_board.send(header(fw::MessageType::badge, 3, 1),
+               fw::Badge{10'500, {0x0a, 0x1b, 0x2c, 0x3d, 0x4e}});
+  EXPECT_EQ(m_board.ack(), 1U);
+  // Starts 0.5 s after the badge: ada's.
+  m_board.send(header(fw::MessageType::session_end, 3, 2), session_end(1, 11'000, 100'000));
+  EXPECT_EQ(m_board.ack(), 2U);
+  // Starts 10 min after it, beyond the 2 min window: nobody's, counted.
+  m_board.send(header(fw::MessageType::session_end, 3, 3), session_end(2, 611'000, 700'000));
+  EXPECT_EQ(m_board.ack(), 3U);
+  // An unknown card: logged by its hash, kept as the machine's last unknown.
+  m_board.send(header(fw::MessageType::badge, 3, 4), fw::Badge{800'000, {1, 2, 3, 4, 5}});
+  EXPECT_EQ(m_board.ack(), 4U);
+
+  const auto events = sink.fields();
+  ASSERT_EQ(events.size(), 4U);
+  EXPECT_EQ(events[0]["action"], "use");
+  EXPECT_EQ(events[0]["provider"], "org:fablab");
+  EXPECT_EQ(events[0]["receiver"], "person:ada");
+  EXPECT_EQ(events[1]["action"], "consume");
+  EXPECT_EQ(events[1]["receiver"], "person:ada");
+  EXPECT_FALSE(events[1].contains("provider"));
+  EXPECT_FALSE(events[2].contains("receiver"));
+  EXPECT_FALSE(events[3].contains("receiver"));
+  for (const auto& e : events)
+    EXPECT_TRUE(vf::check_zenflows_rules(e)) << e.dump();
+
+  const auto state = driver->health().state;
+  EXPECT_NE(state.find("badges 2 (known 1, unknown 1), sessions without badge 1, last member ada"),
+            std::string::npos)
+      << state;
+  EXPECT_EQ(state.find("0a1b2c3d4e"), std::string::npos) << state;
+  auto unknown = load_last_unknown(m_dir.path());
+  ASSERT_TRUE(unknown && *unknown);
+  auto secret = load_or_create_site_secret(site_secret_path(m_dir.path()));
+  ASSERT_TRUE(secret);
+  EXPECT_EQ((*unknown)->hash, badge_hash(*secret, "0102030405"));
+  EXPECT_EQ((*unknown)->seen_at, format_rfc3339_ms(k_start_unix_ms + 790'000));
+  for (const auto& e : events)
+    EXPECT_EQ(e.dump().find("0a1b2c3d4e"), std::string::npos);
+}
+
+TEST_F(McuBadgeTest, BoardBadgesCompareInBoardTimeWhateverTheUtcMapping) {
+  CapturingSink sink;
+  auto driver = start_badged(sink, "source = \"mcu\"\n");
+  handshake(3, 10'000);
+  m_board.send(header(fw::MessageType::badge, 3, 1),
+               fw::Badge{10'500, {0x0a, 0x1b, 0x2c, 0x3d, 0x4e}});
+  EXPECT_EQ(m_board.ack(), 1U);
+  // A heartbeat whose uptime moves the board-to-UTC offset by 50 s (a drifting board clock):
+  // mapped to UTC the session would begin before the badge; on the board it is 0.5 s after.
+  fw::Heartbeat hb;
+  hb.uptime_ms = 60'000;
+  m_board.send(header(fw::MessageType::heartbeat, 3), hb);
+  m_board.send(header(fw::MessageType::session_end, 3, 2), session_end(1, 11'000, 100'000));
+  EXPECT_EQ(m_board.ack(), 2U);
+  const auto events = sink.fields();
+  ASSERT_EQ(events.size(), 2U);
+  EXPECT_LT(events[0]["hasBeginning"].get<std::string>(), format_rfc3339_ms(k_start_unix_ms));
+  EXPECT_EQ(events[0]["receiver"], "person:ada");
+  // A board reset starts its clock again: the old boot's badges are forgotten.
+  m_board.send(header(fw::MessageType::session_end, 4, 1), session_end(1, 11'000, 100'000));
+  EXPECT_EQ(m_board.ack(), 1U);
+  const auto after = sink.fields();
+  ASSERT_EQ(after.size(), 4U);
+  EXPECT_FALSE(after[2].contains("receiver"));
+}
+
+TEST_F(McuBadgeTest, ANewBadgeDuringASessionHandsItOver) {
+  CapturingSink sink;
+  auto driver = start_badged(sink, "source = \"mcu\"\n");
+  handshake(3, 10'000);
+  m_board.send(header(fw::MessageType::badge, 3, 1),
+               fw::Badge{10'500, {0x0a, 0x1b, 0x2c, 0x3d, 0x4e}});
+  EXPECT_EQ(m_board.ack(), 1U);
+  // ada's again (no handover), then bob's at board ms 46 000, during the session.
+  m_board.send(header(fw::MessageType::badge, 3, 2),
+               fw::Badge{30'000, {0x0a, 0x1b, 0x2c, 0x3d, 0x4e}});
+  EXPECT_EQ(m_board.ack(), 2U);
+  m_board.send(header(fw::MessageType::badge, 3, 3),
+               fw::Badge{46'000, {0x11, 0x22, 0x33, 0x44, 0x55}});
+  EXPECT_EQ(m_board.ack(), 3U);
+  m_board.send(header(fw::MessageType::session_end, 3, 4), session_end(1, 11'000, 100'000));
+  EXPECT_EQ(m_board.ack(), 4U);
+  const auto events = sink.fields();
+  ASSERT_EQ(events.size(), 4U);
+  EXPECT_EQ(events[0]["action"], "use");
+  EXPECT_EQ(events[0]["receiver"], "person:ada");
+  EXPECT_EQ(events[0]["hasBeginning"], format_rfc3339_ms(k_start_unix_ms + 1'000));
+  EXPECT_EQ(events[0]["hasEnd"], format_rfc3339_ms(k_start_unix_ms + 36'000));
+  EXPECT_DOUBLE_EQ(events[0]["effortQuantity"]["hasNumericalValue"].get<double>(), 0.009722);
+  EXPECT_EQ(events[1]["action"], "consume");
+  EXPECT_EQ(events[1]["receiver"], "person:ada");
+  EXPECT_EQ(events[2]["action"], "use");
+  EXPECT_EQ(events[2]["receiver"], "person:bob");
+  EXPECT_EQ(events[2]["provider"], "org:fablab");
+  EXPECT_EQ(events[2]["hasBeginning"], format_rfc3339_ms(k_start_unix_ms + 36'000));
+  EXPECT_DOUBLE_EQ(events[2]["effortQuantity"]["hasNumericalValue"].get<double>(), 0.015);
+  EXPECT_EQ(events[3]["receiver"], "person:bob");
+  EXPECT_EQ(events[2]["meta"]["part"], 2);
+  EXPECT_EQ(events[2]["meta"]["parts"], 2);
+  EXPECT_EQ(events[0]["inputOf"], events[2]["inputOf"]);  // one machine session
+  // 4 A × 230 V for 89 s = 0.022744 kWh, shared 35 : 54.
+  const double ada = events[1]["resourceQuantity"]["hasNumericalValue"].get<double>();
+  const double bob = events[3]["resourceQuantity"]["hasNumericalValue"].get<double>();
+  EXPECT_NEAR(ada, 0.008944, 1e-6);
+  EXPECT_NEAR(bob, 0.0138, 1e-6);
+  for (const auto& e : events)
+    EXPECT_TRUE(vf::check_zenflows_rules(e)) << e.dump();
+}
+
+TEST_F(McuBadgeTest, SerialReaderBadgeAttributesTheNextSession) {
+  int master = -1;
+  int slave = -1;
+  std::array<char, 128> name{};
+  ASSERT_EQ(::openpty(&master, &slave, name.data(), nullptr, nullptr), 0);
+  CapturingSink sink;
+  auto driver =
+      start_badged(sink, fmt::format("source = \"serial\"\ndevice = \"{}\"\n", name.data()));
+  ASSERT_TRUE(
+      wait_until([&] { return driver->health().state.find("reader open") != std::string::npos; }));
+  // RDM6300 frame of 0A1B2C3D4E (checksum 0A^1B^2C^3D^4E = 0x4E), held: sent twice, one badge.
+  const std::string frame =
+      "\x02"
+      "0A1B2C3D4E4E\x03";
+  const std::string twice = "noise" + frame + frame;
+  ASSERT_EQ(::write(master, twice.data(), twice.size()), static_cast<ssize_t>(twice.size()));
+  ASSERT_TRUE(wait_until([&] {
+    return driver->health().state.find("known 1") != std::string::npos;
+  })) << driver->health().state;
+  handshake(3, 10'000);
+  m_board.send(header(fw::MessageType::session_end, 3, 1), session_end(1, 11'000, 100'000));
+  EXPECT_EQ(m_board.ack(), 1U);
+  const auto events = sink.fields();
+  ASSERT_EQ(events.size(), 2U);
+  EXPECT_EQ(events[0]["receiver"], "person:ada");
+  EXPECT_EQ(events[1]["receiver"], "person:ada");
+  const auto health = driver->health();
+  EXPECT_NE(health.state.find("frames 2, bad frames 1"), std::string::npos) << health.state;
+  EXPECT_NE(health.state.find("badges 1 (known 1"), std::string::npos) << health.state;
+  driver->stop();
+  ::close(master);
+  ::close(slave);
+}
+
+TEST_F(McuBadgeTest, BadgeTableNeedsMembersAndAKnownSource) {
+  auto parsed = agent_config(table("[driver.badge]\nsource = \"mcu\"\n"));
+  ASSERT_TRUE(parsed) << parsed.error().message;
+  auto bad = mcu::parse_mcu_config(parsed->drivers.at(0));
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("driver.saw.badge.source: needs [members]"), std::string::npos)
+      << bad.error().message;
+  parsed = badge_config(badge_tables("source = \"evdev\"\ndevice = \"/dev/input/event0\"\n"));
+  ASSERT_TRUE(parsed) << parsed.error().message;
+  bad = mcu::parse_mcu_config(parsed->drivers.at(0));
+  ASSERT_FALSE(bad);
+  EXPECT_NE(
+      bad.error().message.find("driver.saw.badge.source: expected one of \"mcu\", \"serial\""),
+      std::string::npos)
+      << bad.error().message;
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <reflow/core/env.hpp>
+#include <reflow/core/zenflows_rules.hpp>
 
 #include "plug_payload.hpp"
 #include "power_cases.hpp"
@@ -262,4 +263,66 @@ TEST_F(PowerConfigTest, MissingOrUnknownProtocolIsRefusedByName) {
 }
 
 }  // namespace
+// Badges (issue 17): a power driver takes an RDM6300 badge table; a session decided to be a
+// member's carries the member on `use` and `consume`, and keeps it across a restart.
+TEST_F(PowerConfigTest, BadgeTableIsASerialReaderAndNeedsMembers) {
+  auto no_members =
+      read(k_minimal + "[driver.badge]\nsource = \"serial\"\ndevice = \"/dev/ttyUSB0\"\n");
+  ASSERT_FALSE(no_members);
+  EXPECT_NE(no_members.error().message.find("driver.p1.badge.source: needs [members]"),
+            std::string::npos)
+      << no_members.error().message;
+  auto driver = testing::driver_config(
+      "[members]\nfile = \"/etc/m.toml\"\nprovider = \"org:fablab\"\n[[driver]]\nkind = "
+      "\"power\"\nname = \"p1\"\n" +
+      k_minimal + "[driver.badge]\nsource = \"serial\"\ndevice = \"/dev/ttyUSB0\"\n");
+  ASSERT_TRUE(driver) << driver.error().message;
+  auto config = read_power_config(*driver);
+  ASSERT_TRUE(config) << config.error().message;
+  ASSERT_TRUE(config->badge);
+  EXPECT_EQ(config->badge->device, "/dev/ttyUSB0");
+  EXPECT_EQ(config->badge->provider, "org:fablab");
+  // The plug driver owns no board: "mcu" is not a source here.
+  driver = testing::driver_config(
+      "[members]\nfile = \"/etc/m.toml\"\nprovider = \"org:fablab\"\n[[driver]]\nkind = "
+      "\"power\"\nname = \"p1\"\n" +
+      k_minimal + "[driver.badge]\nsource = \"mcu\"\n");
+  ASSERT_TRUE(driver);
+  auto mcu = read_power_config(*driver);
+  ASSERT_FALSE(mcu);
+  EXPECT_NE(mcu.error().message.find("driver.p1.badge.source: expected one of \"serial\""),
+            std::string::npos)
+      << mcu.error().message;
+}
+
+TEST_F(PowerConfigTest, MembersSessionCarriesTheMemberAndKeepsItAcrossRestart) {
+  auto config = read(k_minimal + "electricity = \"electricity:workshop\"\n");
+  ASSERT_TRUE(config) << config.error().message;
+  PowerSession session;
+  session.start_ms = 1'767'225'600'000;
+  session.end_ms = session.start_ms + 3'600'000;
+  session.energy_wh = 500;
+  PendingSession pending;
+  pending.session = session;
+  pending.who = Attribution{"ada", "person:ada", "org:fablab"};
+  auto restored = pending_from_json(to_json(pending));
+  ASSERT_TRUE(restored) << restored.error().message;
+  ASSERT_TRUE(restored->who);
+  EXPECT_EQ(restored->who->receiver, "person:ada");
+  const SessionEvents events = session_events(*config, restored->session, restored->who);
+  EXPECT_EQ(events.use["provider"], "org:fablab");
+  EXPECT_EQ(events.use["receiver"], "person:ada");
+  ASSERT_TRUE(events.consume);
+  EXPECT_EQ((*events.consume)["receiver"], "person:ada");
+  EXPECT_TRUE(vf::check_zenflows_rules(events.use));
+  EXPECT_TRUE(vf::check_zenflows_rules(*events.consume));
+  // Without a member: neither.
+  const SessionEvents nobody = session_events(*config, session);
+  EXPECT_FALSE(nobody.use.contains("receiver"));
+  EXPECT_FALSE(nobody.consume->contains("receiver"));
+  PendingSession plain;
+  plain.session = session;
+  EXPECT_FALSE(pending_from_json(to_json(plain))->who);
+}
+
 }  // namespace agent::power

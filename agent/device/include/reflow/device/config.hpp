@@ -34,6 +34,10 @@ struct DriverConfig {
   std::string name;
   std::shared_ptr<const toml::table> table;  ///< the whole `[[driver]]` table, never null
   std::string file;                          ///< config file path, for error messages
+  // From the agent's config, for drivers that read badges (drivers/common members.hpp):
+  std::filesystem::path data_dir;      ///< [agent] data_dir: where the site secret lives
+  std::filesystem::path members_file;  ///< [members] file; empty: none
+  std::string members_provider;        ///< [members] provider; empty: none
 };
 
 /// The agent's configuration, every key with its default. `config/reflow-agent.example.toml`
@@ -73,6 +77,10 @@ struct AgentConfig {
   Durability durability = Durability::full;
   std::uint32_t queue_capacity = 1024;  ///< submissions waiting for the writer, at most
   std::uint32_t max_batch = 256;        ///< events in one group commit, at most
+
+  // [members]
+  std::filesystem::path members_file;  ///< the members file; default: none
+  std::string members_provider;        ///< the makerspace's agent reference; default: none
 
   std::vector<DriverConfig> drivers;  ///< `[[driver]]` tables in file order
 

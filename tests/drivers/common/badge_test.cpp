@@ -1,0 +1,244 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// Badge readers and "badge then use": the EM4100 (RDM6300) frame decoder fed through a real
+// pseudo-terminal and agent::SerialPort, the `badge` sub-table's errors, and the attribution
+// window on explicit times (no clock, no sleeps).
+#include <poll.h>
+#include <pty.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <reflow/core/logger.hpp>
+#include <reflow/device/config.hpp>
+#include <reflow/drivers/badge.hpp>
+#include <reflow/drivers/serial_port.hpp>
+
+#include "temp_dir.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using namespace agent;
+
+constexpr std::int64_t k_t0 = 1'767'225'600'000;  // 2026-01-01T00:00:00Z
+
+// An RDM6300 frame of the 5 bytes `card` (10 hex digits), with a right or wrong checksum.
+std::string frame(std::string_view card, bool good_checksum = true) {
+  std::uint8_t x = 0;
+  for (std::size_t i = 0; i < 10; i += 2)
+    x ^= static_cast<std::uint8_t>(std::stoi(std::string(card.substr(i, 2)), nullptr, 16));
+  if (!good_checksum) x ^= 0x01;
+  return fmt::format("\x02{}{:02X}\x03", card, x);
+}
+
+std::vector<std::string> decode(Em4100Decoder& d, std::string_view bytes) {
+  std::vector<std::string> out;
+  for (char c : bytes)
+    if (auto id = d.feed(static_cast<std::uint8_t>(c))) out.push_back(*id);
+  return out;
+}
+
+TEST(Em4100DecoderTest, DecodesFramesAndResynchronisesAfterGarbage) {
+  Em4100Decoder d;
+  EXPECT_EQ(decode(d, frame("0415A3B2C1")), std::vector<std::string>{"0415A3B2C1"});
+  EXPECT_EQ(d.frames(), 1U);
+  EXPECT_EQ(d.bad_frames(), 0U);
+  // Noise, a bad checksum, a frame torn by the next STX, non-hex digits, a long frame: each
+  // counted once and skipped; the valid frames around them decode.
+  const std::string torn = frame("0000000001").substr(0, 7);
+  const std::string nonhex =
+      "\x02"
+      "0415A3B2ZZ99\x03";
+  const std::string longer =
+      "\x02"
+      "0415A3B2C1C1C1\x03";
+  const auto ids = decode(d, "line noise" + frame("0415A3B2C1", false) + torn +
+                                 frame("1122334455") + nonhex + longer + frame("0415A3B2C1"));
+  EXPECT_EQ(ids, (std::vector<std::string>{"1122334455", "0415A3B2C1"}));
+  EXPECT_EQ(d.frames(), 3U);
+  EXPECT_EQ(d.bad_frames(), 5U);
+}
+
+TEST(Em4100DecoderTest, ReadsFramesFromAPseudoTerminal) {
+  int master = -1;
+  int slave = -1;
+  std::array<char, 128> name{};
+  ASSERT_EQ(::openpty(&master, &slave, name.data(), nullptr, nullptr), 0);
+  auto port =
+      SerialPort::open(name.data(), SerialSettings{9600, 8, SerialSettings::Parity::none, 1});
+  ASSERT_TRUE(port) << port.error().message;
+  // Two reads of one card (a reader repeats while the card is held) with noise between them,
+  // written in pieces as a UART delivers them.
+  const std::string bytes = frame("0415A3B2C1") + "\xff\xfe" + frame("0415A3B2C1");
+  for (std::size_t i = 0; i < bytes.size(); i += 5) {
+    const std::string piece = bytes.substr(i, 5);
+    ASSERT_EQ(::write(master, piece.data(), piece.size()), static_cast<ssize_t>(piece.size()));
+  }
+  Em4100Decoder d;
+  std::vector<std::string> ids;
+  const auto deadline = std::chrono::steady_clock::now() + 10s;  // a bound, not a timing
+  while (ids.size() < 2 && std::chrono::steady_clock::now() < deadline) {
+    std::array<std::byte, 64> buf{};
+    auto n = (*port)->read(buf, deadline, std::stop_token{});
+    ASSERT_TRUE(n) << n.error().message;
+    for (std::size_t i = 0; i < *n; ++i)
+      if (auto id = d.feed(static_cast<std::uint8_t>(buf[i]))) ids.push_back(*id);
+  }
+  EXPECT_EQ(ids, (std::vector<std::string>{"0415A3B2C1", "0415A3B2C1"}));
+  EXPECT_EQ(d.bad_frames(), 1U);
+  ::close(master);
+  ::close(slave);
+}
+
+class BadgeTest : public ::testing::Test {
+ protected:
+  Result<AgentConfig> config(const std::string& badge_table, bool with_members = true) {
+    return parse_config(
+        fmt::format("[agent]\ndevice_id = \"test-01\"\nkey_file = \"/tmp/k\"\ndata_dir = "
+                    "\"{}\"\n{}[[driver]]\nkind = \"mcu\"\nname = \"laser\"\n{}",
+                    m_dir.path().string(),
+                    with_members ? fmt::format("[members]\nfile = \"{}\"\nprovider = "
+                                               "\"org:fablab\"\n",
+                                               (m_dir / "members.toml").string())
+                                 : "",
+                    badge_table),
+        "agent.toml");
+  }
+
+  std::string error_of(const std::string& badge_table, bool with_members = true) {
+    auto c = config(badge_table, with_members);
+    EXPECT_TRUE(c) << c.error().message;
+    if (!c) return "";
+    auto b = parse_badge_config(c->drivers.at(0), {"mcu", "serial"});
+    EXPECT_FALSE(b);
+    return b ? "" : b.error().message;
+  }
+
+  // Enrols ada with card 0415A3B2C1 and opens the attribution of machine "laser".
+  std::unique_ptr<BadgeAttribution> open(std::chrono::milliseconds window = 2min) {
+    auto c = config(
+        fmt::format("[driver.badge]\nsource = \"mcu\"\nwindow = \"{}ms\"\n", window.count()));
+    EXPECT_TRUE(c) << c.error().message;
+    auto b = parse_badge_config(c->drivers.at(0), {"mcu"});
+    EXPECT_TRUE(b && *b) << (b ? "absent" : b.error().message);
+    auto secret = load_or_create_site_secret(site_secret_path(m_dir.path()));
+    EXPECT_TRUE(secret);
+    m_ada = badge_hash(*secret, "0415A3B2C1");
+    std::ofstream(m_dir / "members.toml")
+        << "[[member]]\nhandle = \"ada\"\nagent = \"person:ada\"\nbadges = [\"" << m_ada << "\"]\n";
+    std::filesystem::create_directories(m_dir / "state");
+    auto a = BadgeAttribution::open(**b, "laser", m_dir / "state", m_log, "driver mcu/laser");
+    EXPECT_TRUE(a) << a.error().message;
+    return a ? std::move(*a) : nullptr;
+  }
+
+  reflow_test::TempDir m_dir;
+  Logger m_log{LogLevel::debug};
+  std::string m_ada;
+};
+
+TEST_F(BadgeTest, TableIsOptionalAndItsErrorsNameFileLineAndKey) {
+  auto none = config("");
+  ASSERT_TRUE(none);
+  auto absent = parse_badge_config(none->drivers.at(0), {"mcu"});
+  ASSERT_TRUE(absent);
+  EXPECT_FALSE(*absent);
+  EXPECT_NE(error_of("[driver.badge]\nsource = \"nfc\"\n").find("driver.laser.badge.source"),
+            std::string::npos);
+  EXPECT_NE(error_of("[driver.badge]\nsource = \"serial\"\n")
+                .find("agent.toml:11: driver.laser.badge.device: is required"),
+            std::string::npos);
+  EXPECT_NE(error_of("[driver.badge]\nsource = \"mcu\"\nwindow = 5\n")
+                .find("agent.toml:13: driver.laser.badge.window: expected a duration"),
+            std::string::npos);
+  EXPECT_NE(error_of("[driver.badge]\nsource = \"mcu\"\ncolour = 1\n")
+                .find("driver.laser.badge.colour: unknown key"),
+            std::string::npos);
+  EXPECT_NE(error_of("[driver.badge]\nsource = \"mcu\"\n", false).find("needs [members] file"),
+            std::string::npos);
+  EXPECT_NE(error_of("badge = \"mcu\"\n").find("driver.laser.badge: expected a table"),
+            std::string::npos);
+  auto serial = config("[driver.badge]\nsource = \"serial\"\ndevice = \"/dev/ttyUSB0\"\n");
+  ASSERT_TRUE(serial);
+  auto ok = parse_badge_config(serial->drivers.at(0), {"mcu", "serial"});
+  ASSERT_TRUE(ok && *ok);
+  EXPECT_EQ((*ok)->source, BadgeConfig::Source::serial);
+  EXPECT_EQ((*ok)->device, "/dev/ttyUSB0");
+  EXPECT_EQ((*ok)->window, 2min);
+  EXPECT_EQ((*ok)->provider, "org:fablab");
+  EXPECT_EQ((*ok)->secret_file, m_dir / "site-secret");
+}
+
+TEST_F(BadgeTest, SessionWithinTheWindowAfterAKnownBadgeIsTheMembers) {
+  ::testing::internal::CaptureStderr();  // the log, checked for the raw id
+  auto a = open(2min);
+  ASSERT_TRUE(a);
+  a->on_card("0415A3B2C1", k_t0);
+  // Before the badge, or more than the window after it: nobody's.
+  EXPECT_FALSE(a->for_session(k_t0 - 1));
+  EXPECT_FALSE(a->for_session(k_t0 + 120'001));
+  auto who = a->for_session(k_t0 + 120'000);
+  ASSERT_TRUE(who);
+  EXPECT_EQ(who->handle, "ada");
+  EXPECT_EQ(who->receiver, "person:ada");
+  EXPECT_EQ(who->provider, "org:fablab");
+  // Handover: ada's badge inside a session that had nobody starts her part; inside her own
+  // session it changes nothing; at the session's very start or end it is not inside.
+  const auto into_nobodys = a->handovers(k_t0 - 1000, k_t0 + 1000, std::nullopt);
+  ASSERT_EQ(into_nobodys.size(), 1U);
+  EXPECT_EQ(into_nobodys[0].first, k_t0);
+  EXPECT_EQ(into_nobodys[0].second.receiver, "person:ada");
+  EXPECT_TRUE(a->handovers(k_t0 - 1000, k_t0 + 1000, who).empty());
+  EXPECT_TRUE(a->handovers(k_t0, k_t0 + 1000, std::nullopt).empty());
+  // Asked again (a resent session): the same answer.
+  EXPECT_EQ(a->for_session(k_t0 + 30'000)->receiver, "person:ada");
+
+  nlohmann::ordered_json use = {{"action", "use"}};
+  nlohmann::ordered_json consume = {{"action", "consume"}};
+  attribute(use, *who);
+  attribute(consume, *who);
+  EXPECT_EQ(use["provider"], "org:fablab");
+  EXPECT_EQ(use["receiver"], "person:ada");
+  EXPECT_EQ(consume["receiver"], "person:ada");
+  EXPECT_FALSE(consume.contains("provider"));
+  EXPECT_EQ(a->known_badges(), 1U);
+  EXPECT_NE(a->status().find("known 1, unknown 0"), std::string::npos) << a->status();
+  // The raw id is in no log line.
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(log.find("badge of ada at laser"), std::string::npos) << log;
+  EXPECT_EQ(log.find("0415A3B2C1"), std::string::npos) << log;
+  EXPECT_EQ(log.find("0415a3b2c1"), std::string::npos) << log;
+}
+
+TEST_F(BadgeTest, UnknownCardIsLoggedByHashCountedAndKeptAsLastUnknown) {
+  ::testing::internal::CaptureStderr();
+  auto a = open();
+  ASSERT_TRUE(a);
+  a->on_card("DEADBEEF01", k_t0);
+  EXPECT_FALSE(a->for_session(k_t0 + 1000));
+  a->count_unbadged_session();
+  EXPECT_EQ(a->unknown_badges(), 1U);
+  EXPECT_EQ(a->unbadged_sessions(), 1U);
+  EXPECT_NE(a->status().find("unknown 1), sessions without badge 1"), std::string::npos)
+      << a->status();
+  auto last = load_last_unknown(m_dir / "state");
+  ASSERT_TRUE(last && *last);
+  auto secret = load_or_create_site_secret(site_secret_path(m_dir.path()));
+  ASSERT_TRUE(secret);
+  EXPECT_EQ((*last)->hash, badge_hash(*secret, "DEADBEEF01"));
+  EXPECT_EQ((*last)->seen_at, "2026-01-01T00:00:00.000Z");
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(log.find((*last)->hash), std::string::npos) << log;
+  EXPECT_EQ(log.find("DEADBEEF01"), std::string::npos) << log;
+  EXPECT_EQ(log.find("deadbeef01"), std::string::npos) << log;
+}
+
+}  // namespace
