@@ -932,7 +932,7 @@ class SqliteStore final : public Store {
       return fail(ErrorCode::corruption,
                   fmt::format("ingest store {}: the log has no hash for subtree ({}, {})",
                               m_path.string(), level, index));
-    return std::move(**hash);
+    return **hash;
   }
 
   // Column `col` of the current row as a log hash; corruption when it is not 32 bytes.
