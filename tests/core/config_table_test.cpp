@@ -201,6 +201,21 @@ TEST(MqttKeysTest, ReferenceUsesEachProgramsWords) {
   EXPECT_EQ(rows[11].key, "mqtt.reconnect_max");
 }
 
+TEST(CheckDurationTest, AcceptsADurationWithinItsBoundsAndSaysWhyNotOtherwise) {
+  const toml::table t = toml::parse(
+      "ok = \"90s\"\nlow = \"500ms\"\nhigh = \"2h\"\nfraction = \"1500ms\"\n"
+      "number = 90\nword = \"soon\"\n");
+  EXPECT_EQ(check_duration(*t.get("ok"), 1s, 1h), 90s);
+  EXPECT_EQ(check_duration(*t.get("ok"), 90s, 90s, true), 90s);  // the bounds are inclusive
+  EXPECT_EQ(check_duration(*t.get("low"), 1s, 1h).error(), DurationProblem::out_of_range);
+  EXPECT_EQ(check_duration(*t.get("high"), 1s, 1h).error(), DurationProblem::out_of_range);
+  EXPECT_EQ(check_duration(*t.get("fraction"), 1s, 1h), 1500ms);
+  EXPECT_EQ(check_duration(*t.get("fraction"), 1s, 1h, true).error(),
+            DurationProblem::out_of_range);
+  EXPECT_EQ(check_duration(*t.get("number"), 1s, 1h).error(), DurationProblem::not_a_duration);
+  EXPECT_EQ(check_duration(*t.get("word"), 1s, 1h).error(), DurationProblem::not_a_duration);
+}
+
 // Issue 14 item 14: a config file size limit. /dev/zero given as the config used to be read
 // until memory ran out.
 TEST(ReadConfigFileTest, RefusesWhatCannotBeAConfigFile) {

@@ -6,19 +6,23 @@
 // a client's own thread, and the wait for a connect's answer on that thread.
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <stdexcept>
 #include <stop_token>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <mqtt/async_client.h>
 
+#include <reflow/core/env.hpp>
 #include <reflow/core/mqtt_connect.hpp>
 #include <reflow/core/tls.hpp>
 #include <reflow/node/ca.hpp>
@@ -401,6 +405,72 @@ TEST(AwaitConnectTest, AStopRequestEndsTheWaitWithoutAFailure) {
   const ConnectOutcome outcome = await(queue, clock, std::chrono::seconds(5), stop.get_token());
   EXPECT_EQ(outcome.state, ConnectOutcome::State::stopped);
   EXPECT_EQ(outcome.failure, "");
+}
+
+TEST(BackoffTest, DoublesItsRangeUpToTheMaximumAndStartsOverAfterReset) {
+  Backoff backoff(std::chrono::milliseconds(1000), std::chrono::milliseconds(4000));
+  EXPECT_EQ(backoff.next().count(), 1000);  // [1 s, 1 s]
+  const auto second = backoff.next().count();
+  EXPECT_GE(second, 1000);
+  EXPECT_LE(second, 2000);
+  for (int i = 0; i < 100; ++i) {
+    const auto later = backoff.next().count();
+    EXPECT_GE(later, 1000);
+    EXPECT_LE(later, 4000);
+  }
+  backoff.reset();
+  EXPECT_EQ(backoff.next().count(), 1000);
+}
+
+// The loop every long-lived client runs: attempt, wait on the Env's clock, attempt again; a
+// connect starts the waits over. Time is a FakeEnv moved by hand.
+TEST(ReconnectLoopTest, WaitsTheBackoffBetweenAttemptsUntilStopped) {
+  FakeEnv env;
+  Backoff backoff(std::chrono::milliseconds(1000), std::chrono::milliseconds(60'000));
+  std::mutex mutex;
+  std::condition_variable cv;
+  int attempts = 0;
+  std::vector<std::int64_t> waits;
+  std::jthread client([&](std::stop_token stop) {
+    reconnect_loop(
+        stop, env, backoff,
+        [&](std::stop_token) {
+          std::lock_guard lock(mutex);
+          return ++attempts == 3;  // the third attempt connects (and its session ends)
+        },
+        [&](std::chrono::milliseconds delay) {
+          {
+            std::lock_guard lock(mutex);
+            waits.push_back(delay.count());
+          }
+          cv.notify_all();
+        });
+  });
+  auto wait_for_waits = [&](std::size_t n) {
+    std::unique_lock lock(mutex);
+    return cv.wait_for(lock, std::chrono::seconds(30), [&] { return waits.size() >= n; });
+  };
+  for (std::size_t n = 1; n <= 2; ++n) {
+    ASSERT_TRUE(wait_for_waits(n));
+    ASSERT_TRUE(env.wait_for_sleepers(1));
+    std::int64_t delay = 0;
+    {
+      std::lock_guard lock(mutex);
+      EXPECT_EQ(attempts, static_cast<int>(n));  // no new attempt before the wait is over
+      delay = waits.back();
+    }
+    env.advance_ms(delay);
+  }
+  ASSERT_TRUE(wait_for_waits(3));
+  ASSERT_TRUE(env.wait_for_sleepers(1));
+  client.request_stop();
+  client.join();
+  EXPECT_EQ(attempts, 3);
+  ASSERT_EQ(waits.size(), 3U);
+  EXPECT_EQ(waits[0], 1000);
+  EXPECT_GE(waits[1], 1000);
+  EXPECT_LE(waits[1], 2000);
+  EXPECT_EQ(waits[2], 1000);  // after the connect: from the minimum again
 }
 
 }  // namespace

@@ -470,12 +470,7 @@ TEST_F(QueryTest, TraceReadsTheEventsThroughTheStore) {
 class QuerySqliteTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto store = open_sqlite_store(m_dir / "ingest.db");
-    ASSERT_TRUE(store) << store.error().message;
-    m_store = std::move(*store);
-    auto key = agent::DeviceKey::generate(m_dir / "device.key");
-    ASSERT_TRUE(key) << key.error().message;
-    m_key = std::move(*key);
+    ASSERT_NO_FATAL_FAILURE(test_store::open_store_and_key(m_dir.path(), m_store, m_key));
   }
 
   void put(const std::vector<StoredEvent>& events) {

@@ -40,6 +40,7 @@
 
 #include "mosquitto.hpp"
 #include "temp_dir.hpp"
+#include "verified_events.hpp"
 
 namespace ingest {
 namespace {
@@ -298,12 +299,7 @@ class IngestServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
     m_broker.start();
-    auto store = open_sqlite_store(m_dir / "ingest.db");
-    ASSERT_TRUE(store.has_value()) << store.error().message;
-    m_store = std::move(*store);
-    auto key = agent::DeviceKey::generate(m_dir / "device.key");
-    ASSERT_TRUE(key.has_value()) << key.error().message;
-    m_key = std::make_unique<agent::DeviceKey>(std::move(*key));
+    ASSERT_NO_FATAL_FAILURE(test_store::open_store_and_key(m_dir.path(), m_store, m_key));
     ASSERT_TRUE(m_store->add_device(k_device, m_key->public_jwk(), m_env.now_unix_ms()));
     m_config.url = m_broker.url();
     m_config.client_id = "ingest-test";
@@ -336,7 +332,7 @@ class IngestServiceTest : public ::testing::Test {
   agent::FakeEnv m_env;
   agent::Logger m_log{agent::LogLevel::error};
   std::unique_ptr<Store> m_store;
-  std::unique_ptr<agent::DeviceKey> m_key;
+  std::optional<agent::DeviceKey> m_key;
   IngestConfig m_config;
 };
 

@@ -1,10 +1,13 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
-// Fills a real store with events as the node stores them after verifying them (PROTOCOL §7), for
-// the tests that query or export a store.
+// A real store and a device key, filled with events as the node stores them after verifying
+// them (PROTOCOL §7), for the tests that verify, query or export a store.
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <map>
+#include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,6 +18,19 @@
 #include <reflow/node/store.hpp>
 
 namespace ingest::test_store {
+
+/// Opens a real SQLite store at DIR/ingest.db into `store` and generates a device key at
+/// DIR/device.key into `key`. Either failing is a fatal test failure: call it under
+/// ASSERT_NO_FATAL_FAILURE.
+inline void open_store_and_key(const std::filesystem::path& dir, std::unique_ptr<Store>& store,
+                               std::optional<agent::DeviceKey>& key) {
+  auto opened = open_sqlite_store(dir / "ingest.db");
+  ASSERT_TRUE(opened) << opened.error().message;
+  store = std::move(*opened);
+  auto made = agent::DeviceKey::generate(dir / "device.key");
+  ASSERT_TRUE(made) << made.error().message;
+  key.emplace(std::move(*made));
+}
 
 /// The hash of the last event put per (device, stream), for the next one's `prev`.
 using LastHashes = std::map<std::pair<std::string, std::string>, std::string>;

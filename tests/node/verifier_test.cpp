@@ -13,6 +13,7 @@
 #include <reflow/core/units.hpp>
 
 #include "temp_dir.hpp"
+#include "verified_events.hpp"
 
 namespace ingest {
 namespace {
@@ -61,12 +62,7 @@ class BrokenStore final : public Store {
 class VerifierTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto store = open_sqlite_store(m_dir / "ingest.db");
-    ASSERT_TRUE(store) << store.error().message;
-    m_store = std::move(*store);
-    auto key = agent::DeviceKey::generate(m_dir / "device.key");
-    ASSERT_TRUE(key) << key.error().message;
-    m_key.emplace(std::move(*key));
+    ASSERT_NO_FATAL_FAILURE(test_store::open_store_and_key(m_dir.path(), m_store, m_key));
     m_header = agent::jws_protected_header_b64(m_key->public_jwk().kid);
     ASSERT_TRUE(m_store->add_device(k_device, m_key->public_jwk(), k_t0));
     m_stream = m_ulids.next(k_t0);

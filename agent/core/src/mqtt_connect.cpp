@@ -235,6 +235,18 @@ std::chrono::milliseconds reconnect_backoff(std::chrono::milliseconds min,
   return std::chrono::milliseconds(pick(rng));
 }
 
+void reconnect_loop(std::stop_token stop, Env& env, Backoff& backoff,
+                    const std::function<bool(std::stop_token)>& attempt,
+                    const std::function<void(std::chrono::milliseconds)>& waiting) {
+  while (!stop.stop_requested()) {
+    if (attempt(stop)) backoff.reset();
+    if (stop.stop_requested()) break;
+    const auto delay = backoff.next();
+    if (waiting) waiting(delay);
+    if (!env.sleep_until(env.steady_now() + delay, stop)) break;
+  }
+}
+
 void* context_of(std::uint64_t generation) {
   return reinterpret_cast<void*>(static_cast<std::uintptr_t>(generation));
 }

@@ -82,7 +82,7 @@ struct Forwarder::Impl {
         events_topic(device_topic + "/events"),
         ack_topic(device_topic + "/ack"),
         status_topic(device_topic + "/status"),
-        rng(std::random_device{}()) {
+        backoff(config.reconnect_min, config.reconnect_max) {
     std::lock_guard lock(stats_mutex);
     stats.broker_url = config.url;
     stats.state_since_unix_ms = env.now_unix_ms();
@@ -196,19 +196,16 @@ struct Forwarder::Impl {
   // ---- the forwarder thread ----
 
   void run(std::stop_token stop) {
-    std::uint32_t attempt = 0;
-    while (!stop.stop_requested()) {
-      if (connect(stop)) {
-        attempt = 0;
-        session(stop);
-        if (stop.stop_requested()) break;
-      }
-      auto delay =
-          mqtt_connect::reconnect_backoff(config.reconnect_min, config.reconnect_max, attempt, rng);
-      if (attempt < 62) ++attempt;
-      log.debug(k_component, "reconnecting to {} in {} ms", config.url, delay.count());
-      if (!env.sleep_until(env.steady_now() + delay, stop)) break;
-    }
+    mqtt_connect::reconnect_loop(
+        stop, env, backoff,
+        [this](std::stop_token s) {
+          if (!connect(s)) return false;
+          session(s);
+          return true;
+        },
+        [this](std::chrono::milliseconds delay) {
+          log.debug(k_component, "reconnecting to {} in {} ms", config.url, delay.count());
+        });
     shutdown();
   }
 
@@ -703,7 +700,7 @@ struct Forwarder::Impl {
   Clock::time_point stop_deadline{};
 
   // Owned by the forwarder thread.
-  std::mt19937_64 rng;
+  mqtt_connect::Backoff backoff;
   std::uint64_t generation = 0;  ///< one per connect attempt; tags Paho answers
   std::int64_t acked = 0;
   std::int64_t cursor = 1;          ///< the next seq to publish

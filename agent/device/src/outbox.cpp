@@ -31,12 +31,9 @@ namespace agent {
 namespace {
 
 namespace fs = std::filesystem;
-using sqlite::bind_blob;
-using sqlite::bind_text;
 using sqlite::column_text;
 using sqlite::DbPtr;
 using sqlite::prepare;
-using sqlite::ResetOnExit;
 using sqlite::run;
 using sqlite::StmtPtr;
 
@@ -523,20 +520,20 @@ struct Outbox::Impl {
   }
 
   int load_backlog() {
-    ResetOnExit r1(sum_upto.get());
-    sqlite3_bind_int64(sum_upto.get(), 1, std::numeric_limits<std::int64_t>::max());
-    int rc = sqlite3_step(sum_upto.get());
-    if (rc != SQLITE_ROW) return rc;
-    backlog_bytes = static_cast<std::uint64_t>(sqlite3_column_int64(sum_upto.get(), 0));
+    {
+      sqlite::Cursor sum(sum_upto.get(), std::numeric_limits<std::int64_t>::max());
+      const int rc = sum.step();
+      if (rc != SQLITE_ROW) return rc;
+      backlog_bytes = static_cast<std::uint64_t>(sum.int64(0));
+    }
     return refresh_oldest();
   }
 
   int refresh_oldest() {
-    ResetOnExit reset(oldest_after.get());
-    sqlite3_bind_int64(oldest_after.get(), 1, acked_seq);
-    int rc = sqlite3_step(oldest_after.get());
+    sqlite::Cursor oldest(oldest_after.get(), acked_seq);
+    const int rc = oldest.step();
     if (rc == SQLITE_ROW) {
-      oldest_unacked_ms = sqlite3_column_int64(oldest_after.get(), 0);
+      oldest_unacked_ms = oldest.int64(0);
       return SQLITE_OK;
     }
     oldest_unacked_ms.reset();
@@ -575,11 +572,8 @@ struct Outbox::Impl {
                    "?4)",
                    insert);
       if (rc != SQLITE_OK) return failed(rc);
-      sqlite3_bind_int64(insert.get(), 1, k_schema_version);
-      bind_text(insert.get(), 2, options.device_id);
-      bind_text(insert.get(), 3, fresh.stream);
-      sqlite3_bind_int64(insert.get(), 4, now_ms);
-      if ((rc = run(insert.get())) != SQLITE_OK) return failed(rc);
+      rc = run(insert.get(), k_schema_version, options.device_id, fresh.stream, now_ms);
+      if (rc != SQLITE_OK) return failed(rc);
     }
     if ((rc = sqlite3_exec(d, "COMMIT", nullptr, nullptr, nullptr)) != SQLITE_OK) return failed(rc);
     if ((rc = prepare_all()) != SQLITE_OK) return failed(rc);
@@ -777,17 +771,12 @@ Status Outbox::append(const std::vector<OutboxEvent>& events, const ChainHead& n
   if ((rc = run(s.begin.get())) != SQLITE_OK) return failed(rc);
   sqlite3_stmt* insert = s.insert_event.get();
   for (const OutboxEvent& e : events) {
-    sqlite3_bind_int64(insert, 1, e.seq);
-    bind_text(insert, 2, e.id);
-    sqlite3_bind_int64(insert, 3, e.recorded_unix_ms);
-    bind_blob(insert, 4, e.envelope);
-    if ((rc = run(insert)) != SQLITE_OK) return failed(rc);
+    if ((rc = run(insert, e.seq, e.id, e.recorded_unix_ms, sqlite::Blob{e.envelope})) != SQLITE_OK)
+      return failed(rc);
   }
-  sqlite3_stmt* update = s.update_head.get();
-  sqlite3_bind_int64(update, 1, new_head.last_seq);
-  bind_text(update, 2, new_head.last_hash);
-  sqlite3_bind_int64(update, 3, new_head.recorded_floor_ms);
-  if ((rc = run(update)) != SQLITE_OK) return failed(rc);
+  if ((rc = run(s.update_head.get(), new_head.last_seq, new_head.last_hash,
+                new_head.recorded_floor_ms)) != SQLITE_OK)
+    return failed(rc);
   if ((rc = run(s.commit.get())) != SQLITE_OK) return failed(rc);
 
   if (!s.oldest_unacked_ms) s.oldest_unacked_ms = events.front().recorded_unix_ms;
@@ -831,22 +820,17 @@ Result<std::vector<OutboxEvent>> Outbox::read_from(std::int64_t from_seq,
   std::lock_guard lock(s.mutex);
   std::vector<OutboxEvent> out;
   if (max_events == 0) return out;
-  sqlite3_stmt* stmt = s.select_from.get();
-  ResetOnExit reset(stmt);
-  sqlite3_bind_int64(stmt, 1, from_seq);
-  sqlite3_bind_int64(stmt, 2,
-                     std::in_range<std::int64_t>(max_events)
-                         ? static_cast<std::int64_t>(max_events)
-                         : std::numeric_limits<std::int64_t>::max());
+  const std::int64_t limit = std::in_range<std::int64_t>(max_events)
+                                 ? static_cast<std::int64_t>(max_events)
+                                 : std::numeric_limits<std::int64_t>::max();
+  sqlite::Cursor rows(s.select_from.get(), from_seq, limit);
   int rc;
-  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+  while ((rc = rows.step()) == SQLITE_ROW) {
     OutboxEvent e;
-    e.seq = sqlite3_column_int64(stmt, 0);
-    e.id = column_text(stmt, 1);
-    e.recorded_unix_ms = sqlite3_column_int64(stmt, 2);
-    const void* blob = sqlite3_column_blob(stmt, 3);
-    e.envelope.assign(static_cast<const char*>(blob),
-                      blob ? static_cast<std::size_t>(sqlite3_column_bytes(stmt, 3)) : 0);
+    e.seq = rows.int64(0);
+    e.id = rows.text(1);
+    e.recorded_unix_ms = rows.int64(2);
+    e.envelope = rows.text(3);
     out.push_back(std::move(e));
   }
   if (rc != SQLITE_DONE)
@@ -888,12 +872,11 @@ Status Outbox::record_verified_log(std::uint64_t tree_size, const merkle::Hash& 
                            "INSERT OR REPLACE INTO node_log(id, tree_size, root, "
                            "consistency_seen) VALUES (1, ?1, ?2, ?3)",
                            upsert);
-  if (rc == SQLITE_OK) {
-    sqlite3_bind_int64(upsert.get(), 1, static_cast<sqlite3_int64>(tree_size));
-    sqlite3_bind_blob(upsert.get(), 2, root.data(), static_cast<int>(root.size()), SQLITE_STATIC);
-    sqlite3_bind_int(upsert.get(), 3, consistency_seen ? 1 : 0);
-    rc = sqlite::run(upsert.get());
-  }
+  if (rc == SQLITE_OK)
+    rc =
+        run(upsert.get(), static_cast<std::int64_t>(tree_size),
+            sqlite::Blob{std::string_view(reinterpret_cast<const char*>(root.data()), root.size())},
+            consistency_seen);
   if (rc != SQLITE_OK)
     return fail(is_full(rc) ? ErrorCode::no_space : ErrorCode::io,
                 fmt::format("outbox {}: cannot record the node's verified log of {} leaves: {}",
@@ -938,15 +921,12 @@ Result<std::int64_t> Outbox::apply_ack(const std::string& stream, std::int64_t s
   };
   auto next_chunk = [&](Chunk& chunk) -> int {
     chunk = Chunk{target, 0};
-    sqlite3_stmt* scan = s.scan_lengths.get();
-    ResetOnExit reset(scan);
-    sqlite3_bind_int64(scan, 1, s.acked_seq);
-    sqlite3_bind_int64(scan, 2, target);
+    sqlite::Cursor scan(s.scan_lengths.get(), s.acked_seq, target);
     int rc;
-    while ((rc = sqlite3_step(scan)) == SQLITE_ROW) {
-      chunk.bytes += static_cast<std::uint64_t>(sqlite3_column_int64(scan, 1));
+    while ((rc = scan.step()) == SQLITE_ROW) {
+      chunk.bytes += static_cast<std::uint64_t>(scan.int64(1));
       if (chunk.bytes >= k_prune_chunk_bytes) {
-        chunk.end = sqlite3_column_int64(scan, 0);
+        chunk.end = scan.int64(0);
         return SQLITE_OK;
       }
     }
@@ -959,18 +939,14 @@ Result<std::int64_t> Outbox::apply_ack(const std::string& stream, std::int64_t s
   auto prune_transaction = [&](std::int64_t end) -> int {
     int rc = run(s.begin.get());
     if (rc != SQLITE_OK) return undo(rc);
-    sqlite3_bind_int64(s.delete_upto.get(), 1, end);
-    if ((rc = run(s.delete_upto.get())) != SQLITE_OK) return undo(rc);
-    sqlite3_bind_int64(s.update_acked.get(), 1, end);
-    if ((rc = run(s.update_acked.get())) != SQLITE_OK) return undo(rc);
+    if ((rc = run(s.delete_upto.get(), end)) != SQLITE_OK) return undo(rc);
+    if ((rc = run(s.update_acked.get(), end)) != SQLITE_OK) return undo(rc);
     {
-      sqlite3_stmt* next = s.oldest_after.get();
-      ResetOnExit reset(next);
-      sqlite3_bind_int64(next, 1, end);
-      rc = sqlite3_step(next);
+      sqlite::Cursor next(s.oldest_after.get(), end);
+      rc = next.step();
       oldest.reset();
       if (rc == SQLITE_ROW)
-        oldest = sqlite3_column_int64(next, 0);
+        oldest = next.int64(0);
       else if (rc != SQLITE_DONE)
         return undo(rc);
     }

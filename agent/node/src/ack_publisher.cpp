@@ -279,7 +279,7 @@ bool AckPublisher::connect(std::stop_token stop) {
       const std::size_t window =
           std::min(k_acks_in_flight, std::max<std::size_t>(receive_maximum, 2) - 1);
       m_window = window;
-      m_attempt = 0;
+      m_backoff.reset();
       m_log.info(k_component, "acks connection: connected to {} as {}", m_config.url, m_client_id);
       m_log.debug(k_component, "the broker's Receive Maximum is {}: at most {} acks in flight",
                   receive_maximum, window);
@@ -296,9 +296,7 @@ bool AckPublisher::connect(std::stop_token stop) {
           stop);
     }
   }
-  const auto delay = agent::mqtt_connect::reconnect_backoff(
-      m_config.reconnect_min, m_config.reconnect_max, m_attempt, m_rng);
-  if (m_attempt < 62) ++m_attempt;
+  const auto delay = m_backoff.next();
   const auto message = fmt::format("acks connection: cannot connect to {} as {}: {}", m_config.url,
                                    m_client_id, failure);
   m_log.warning(k_component, "{}; retrying in {}", message, agent::format_duration(delay));

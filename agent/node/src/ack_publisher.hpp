@@ -11,7 +11,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <random>
 #include <stop_token>
 #include <string>
 #include <string_view>
@@ -106,8 +105,7 @@ class AckPublisher {
 
   // Owned by the publisher thread. m_window: acks in flight at most, set on each connect.
   std::size_t m_window;
-  std::uint32_t m_attempt = 0;
-  std::mt19937_64 m_rng{std::random_device{}()};
+  agent::mqtt_connect::Backoff m_backoff{m_config.reconnect_min, m_config.reconnect_max};
 
   // From hand() to the publisher thread: the latest ack per device. Declared before the client:
   // Paho may call lost() until the client is destroyed.

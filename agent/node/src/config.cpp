@@ -103,13 +103,8 @@ void apply_intervals(const toml::table& table, std::string_view dotted, const Pa
         "expected the hours of use between services, a duration from \"1h\" to \"{}\" such "
         "as \"200h\"",
         duration_text(k_max_maintenance_interval));
-    const auto* text = node.as_string();
-    if (text == nullptr) {
-      problems.add(line_of(node), where, got(expected, node));
-      continue;
-    }
-    const auto interval = agent::parse_duration(text->get());
-    if (!interval || *interval < 1h || *interval > k_max_maintenance_interval) {
+    const auto interval = check_duration(node, 1h, k_max_maintenance_interval);
+    if (!interval) {
       problems.add(line_of(node), where, got(expected, node));
       continue;
     }

@@ -81,7 +81,7 @@ struct EventsConnection::Impl {
                 ? config.topic_prefix + "/+/events"
                 : fmt::format("$share/{}/{}/+/events", config.share_group, config.topic_prefix)),
         status_filter(config.topic_prefix + "/+/status"),
-        rng(std::random_device{}()) {}
+        backoff(config.reconnect_min, config.reconnect_max) {}
 
   Status configure(const agent::mqtt_connect::BrokerAddress& address) {
     // The options are a member built in place: Paho C++ 1.2's move assignment of connect_options
@@ -147,19 +147,16 @@ struct EventsConnection::Impl {
   }
 
   void connection(std::stop_token stop) {
-    std::uint32_t attempt = 0;
-    while (!stop.stop_requested()) {
-      if (connect(stop)) {
-        attempt = 0;
-        session(stop);
-        if (stop.stop_requested()) break;
-      }
-      const auto delay = agent::mqtt_connect::reconnect_backoff(config.reconnect_min,
-                                                                config.reconnect_max, attempt, rng);
-      if (attempt < 62) ++attempt;
-      log.debug(k_component, "reconnecting to {} in {} ms", config.url, delay.count());
-      if (!env.sleep_until(env.steady_now() + delay, stop)) break;
-    }
+    agent::mqtt_connect::reconnect_loop(
+        stop, env, backoff,
+        [this](std::stop_token s) {
+          if (!connect(s)) return false;
+          session(s);
+          return true;
+        },
+        [this](milliseconds delay) {
+          log.debug(k_component, "reconnecting to {} in {} ms", config.url, delay.count());
+        });
   }
 
   bool connect(std::stop_token stop) {
@@ -317,7 +314,7 @@ struct EventsConnection::Impl {
       listener(Kind::subscribe_ok, Kind::subscribe_failed);
 
   // Owned by the connection thread.
-  std::mt19937_64 rng;
+  agent::mqtt_connect::Backoff backoff;
   std::uint64_t generation = 0;  ///< one per connect attempt; tags Paho answers
   bool ever_subscribed = false;
 

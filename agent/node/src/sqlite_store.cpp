@@ -9,6 +9,7 @@
 #include <limits>
 #include <mutex>
 #include <system_error>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 
@@ -26,11 +27,10 @@ namespace {
 namespace fs = std::filesystem;
 using agent::ErrorCode;
 using agent::fail;
-using agent::sqlite::bind_blob;
-using agent::sqlite::bind_text;
+using agent::sqlite::Blob;
 using agent::sqlite::column_text;
+using agent::sqlite::Cursor;
 using agent::sqlite::DbPtr;
-using agent::sqlite::ResetOnExit;
 using agent::sqlite::StmtPtr;
 
 // Version 2 dropped events.payload: it is the envelope's payload, decoded, and the envelope is
@@ -174,7 +174,13 @@ constexpr const char* k_migrate_2_collapse_sql =
     " (SELECT n, first, last FROM collapsed WHERE collapsed.id = rejections.id);"
     "DROP TABLE collapsed;";
 
-// Statements of the hot path, prepared once per connection (keyed by these pointers).
+// Statements prepared once per connection (keyed by these pointers): the hot path's, and the
+// registry's, which write() and only_row() take as well.
+constexpr const char* k_sql_insert_key =
+    "INSERT INTO keys(kid, device, x, added_ms) VALUES (?1, ?2, ?3, ?4)";
+constexpr const char* k_sql_count_keys = "SELECT count(*) FROM keys WHERE device = ?1";
+constexpr const char* k_sql_revoke_keys =
+    "UPDATE keys SET revoked_ms = ?2 WHERE device = ?1 AND revoked_ms IS NULL";
 constexpr const char* k_sql_find_key =
     "SELECT device, x, added_ms, revoked_ms FROM keys WHERE kid = ?1";
 constexpr const char* k_sql_load_stream =
@@ -391,46 +397,25 @@ class SqliteStore final : public Store {
                           jwk.kid, device, agent::format_rfc3339_ms(*record.revoked_unix_ms)));
         return {};
       }
-      StmtPtr insert;
-      int rc = prepare(
-          m_writer, "INSERT INTO keys(kid, device, x, added_ms) VALUES (?1, ?2, ?3, ?4)", insert);
-      if (rc != SQLITE_OK) return error(m_writer, rc, "adding a device key");
-      const std::string x = agent::base64url_encode(jwk.x);
-      bind_text(insert.get(), 1, jwk.kid);
-      bind_text(insert.get(), 2, device);
-      bind_text(insert.get(), 3, x);
-      sqlite3_bind_int64(insert.get(), 4, now_unix_ms);
-      if ((rc = sqlite3_step(insert.get())) != SQLITE_DONE)
-        return error(m_writer, rc, "adding a device key");
-      return {};
+      return write(m_writer, k_sql_insert_key, "adding a device key", jwk.kid, device,
+                   agent::base64url_encode(jwk.x), now_unix_ms);
     });
   }
 
   Status revoke_device(std::string_view device, std::int64_t now_unix_ms) override {
     std::lock_guard lock(m_writer.mutex);
     return in_transaction([&]() -> Status {
-      StmtPtr count;
-      int rc = prepare(m_writer, "SELECT count(*) FROM keys WHERE device = ?1", count);
-      if (rc != SQLITE_OK) return error(m_writer, rc, "revoking a device");
-      bind_text(count.get(), 1, device);
-      if ((rc = sqlite3_step(count.get())) != SQLITE_ROW)
-        return error(m_writer, rc, "revoking a device");
-      if (sqlite3_column_int64(count.get(), 0) == 0)
+      const char* what = "revoking a device";
+      auto keys = only_row(
+          m_writer, k_sql_count_keys, what, [](Cursor& row) { return row.int64(0); }, device);
+      if (!keys) return std::unexpected(keys.error());
+      if (*keys == 0)
         return fail(ErrorCode::not_found,
                     fmt::format("device \"{}\" has no key in the registry; see `reflow-ingest "
                                 "device list`",
                                 device));
       // Keys revoked earlier keep their time: events between the two revocations stay rejected.
-      StmtPtr update;
-      rc = prepare(m_writer,
-                   "UPDATE keys SET revoked_ms = ?2 WHERE device = ?1 AND revoked_ms IS NULL",
-                   update);
-      if (rc != SQLITE_OK) return error(m_writer, rc, "revoking a device");
-      bind_text(update.get(), 1, device);
-      sqlite3_bind_int64(update.get(), 2, now_unix_ms);
-      if ((rc = sqlite3_step(update.get())) != SQLITE_DONE)
-        return error(m_writer, rc, "revoking a device");
-      return {};
+      return write(m_writer, k_sql_revoke_keys, what, device, now_unix_ms);
     });
   }
 
@@ -443,19 +428,17 @@ class SqliteStore final : public Store {
 
   Result<std::vector<DeviceKeyRecord>> list_keys() override {
     std::lock_guard lock(m_reader.mutex);
-    StmtPtr stmt;
-    int rc = prepare(m_reader,
-                     "SELECT kid, device, x, added_ms, revoked_ms FROM keys "
-                     "ORDER BY device, added_ms, kid",
-                     stmt);
-    if (rc != SQLITE_OK) return error(m_reader, rc, "listing device keys");
     std::vector<DeviceKeyRecord> out;
-    while ((rc = sqlite3_step(stmt.get())) == SQLITE_ROW) {
-      auto record = key_from_row(stmt.get(), column_text(stmt.get(), 0), 1);
-      if (!record) return std::unexpected(record.error());
-      out.push_back(std::move(*record));
-    }
-    if (rc != SQLITE_DONE) return error(m_reader, rc, "listing device keys");
+    auto listed = each_row(m_reader,
+                           "SELECT kid, device, x, added_ms, revoked_ms FROM keys "
+                           "ORDER BY device, added_ms, kid",
+                           "listing device keys", [&](Cursor& row) -> Status {
+                             auto record = key_from_row(row.get(), row.text(0), 1);
+                             if (!record) return std::unexpected(record.error());
+                             out.push_back(std::move(*record));
+                             return {};
+                           });
+    if (!listed) return std::unexpected(listed.error());
     return out;
   }
 
@@ -488,15 +471,12 @@ class SqliteStore final : public Store {
 
   Result<std::optional<AckPoint>> ack_point(std::string_view device) override {
     std::lock_guard lock(m_writer.mutex);
-    int rc = SQLITE_OK;
-    sqlite3_stmt* stmt = m_writer.statement(k_sql_ack_point, rc);
-    if (stmt == nullptr) return error(m_writer, rc, "reading the ack point");
-    ResetOnExit reset(stmt);
-    bind_text(stmt, 1, device);
-    rc = sqlite3_step(stmt);
-    if (rc == SQLITE_DONE) return std::optional<AckPoint>();
-    if (rc != SQLITE_ROW) return error(m_writer, rc, "reading the ack point");
-    return std::optional<AckPoint>(AckPoint{column_text(stmt, 0), sqlite3_column_int64(stmt, 1)});
+    return first_row(
+        m_writer, k_sql_ack_point, "reading the ack point",
+        [](Cursor& row) {
+          return AckPoint{row.text(0), row.int64(1)};
+        },
+        device);
   }
 
   // --- queries ---
@@ -519,36 +499,31 @@ class SqliteStore final : public Store {
     if (filter.since_unix_ms) sql += " AND e.recorded_ms >= ?2";
     if (filter.action) sql += " AND e.action = ?3";
     sql += " ORDER BY s.device, s.first_seen_ms, s.id, e.seq";
-    StmtPtr stmt;
-    int rc = prepare(m_reader, sql.c_str(), stmt);
-    if (rc != SQLITE_OK) return error(m_reader, rc, "querying events");
-    if (filter.device) bind_text(stmt.get(), 1, *filter.device);
-    if (filter.since_unix_ms) sqlite3_bind_int64(stmt.get(), 2, *filter.since_unix_ms);
-    if (filter.action) bind_text(stmt.get(), 3, *filter.action);
+    // An unset filter binds NULL to a parameter its SQL does not have, which SQLite ignores.
     StoredEvent event;
-    while ((rc = sqlite3_step(stmt.get())) == SQLITE_ROW) {
-      sqlite3_stmt* s = stmt.get();
-      event.device = column_text(s, 0);
-      event.stream = column_text(s, 1);
-      event.seq = sqlite3_column_int64(s, 2);
-      event.id = column_text(s, 3);
-      event.action = column_text(s, 4);
-      event.kid = column_text(s, 5);
-      event.recorded_unix_ms = sqlite3_column_int64(s, 6);
-      event.received_unix_ms = sqlite3_column_int64(s, 7);
-      event.envelope = column_text(s, 8);
-      // Stored only after verification, so the envelope parses; a failure means the file was
-      // changed behind our back.
-      auto parsed = agent::jws_parse(event.envelope);
-      if (!parsed)
-        return fail(ErrorCode::corruption,
-                    fmt::format("ingest store {}: event {}/{}/{}: {}", m_path.string(),
-                                event.device, event.stream, event.seq, parsed.error().message));
-      event.payload = std::move(parsed->payload);
-      if (!fn(event)) return {};
-    }
-    if (rc != SQLITE_DONE) return error(m_reader, rc, "querying events");
-    return {};
+    return each_row(
+        m_reader, sql.c_str(), "querying events",
+        [&](Cursor& row) -> Result<bool> {
+          event.device = row.text(0);
+          event.stream = row.text(1);
+          event.seq = row.int64(2);
+          event.id = row.text(3);
+          event.action = row.text(4);
+          event.kid = row.text(5);
+          event.recorded_unix_ms = row.int64(6);
+          event.received_unix_ms = row.int64(7);
+          event.envelope = row.text(8);
+          // Stored only after verification, so the envelope parses; a failure means the file
+          // was changed behind our back.
+          auto parsed = agent::jws_parse(event.envelope);
+          if (!parsed)
+            return fail(ErrorCode::corruption,
+                        fmt::format("ingest store {}: event {}/{}/{}: {}", m_path.string(),
+                                    event.device, event.stream, event.seq, parsed.error().message));
+          event.payload = std::move(parsed->payload);
+          return fn(event);
+        },
+        filter.device, filter.since_unix_ms, filter.action);
   }
 
   Status for_each_rejection(std::optional<std::string_view> device,
@@ -559,33 +534,30 @@ class SqliteStore final : public Store {
         "count FROM rejections";
     if (device) sql += " WHERE device = ?1";
     sql += " ORDER BY id";
-    StmtPtr stmt;
-    int rc = prepare(m_reader, sql.c_str(), stmt);
-    if (rc != SQLITE_OK) return error(m_reader, rc, "querying rejections");
-    if (device) bind_text(stmt.get(), 1, *device);
     StoredRejection rejection;
-    while ((rc = sqlite3_step(stmt.get())) == SQLITE_ROW) {
-      sqlite3_stmt* s = stmt.get();
-      rejection.device = column_text(s, 0);
-      rejection.topic = column_text(s, 1);
-      const std::string reason = column_text(s, 2);
-      auto parsed = reason_from_name(reason);
-      if (!parsed)
-        return fail(ErrorCode::corruption,
-                    fmt::format("ingest store {}: rejection with unknown reason \"{}\"",
-                                m_path.string(), reason));
-      rejection.reason = *parsed;
-      rejection.detail = column_text(s, 3);
-      rejection.stream = column_optional_text(s, 4);
-      rejection.seq = column_optional_int(s, 5);
-      rejection.received_unix_ms = sqlite3_column_int64(s, 6);
-      rejection.envelope = column_text(s, 7);
-      rejection.last_seen_unix_ms = sqlite3_column_int64(s, 8);
-      rejection.count = sqlite3_column_int64(s, 9);
-      if (!fn(rejection)) return {};
-    }
-    if (rc != SQLITE_DONE) return error(m_reader, rc, "querying rejections");
-    return {};
+    return each_row(
+        m_reader, sql.c_str(), "querying rejections",
+        [&](Cursor& row) -> Result<bool> {
+          sqlite3_stmt* s = row.get();
+          rejection.device = row.text(0);
+          rejection.topic = row.text(1);
+          const std::string reason = row.text(2);
+          auto parsed = reason_from_name(reason);
+          if (!parsed)
+            return fail(ErrorCode::corruption,
+                        fmt::format("ingest store {}: rejection with unknown reason \"{}\"",
+                                    m_path.string(), reason));
+          rejection.reason = *parsed;
+          rejection.detail = row.text(3);
+          rejection.stream = column_optional_text(s, 4);
+          rejection.seq = column_optional_int(s, 5);
+          rejection.received_unix_ms = row.int64(6);
+          rejection.envelope = row.text(7);
+          rejection.last_seen_unix_ms = row.int64(8);
+          rejection.count = row.int64(9);
+          return fn(rejection);
+        },
+        device);
   }
 
   // --- the export ledger ---
@@ -709,24 +681,24 @@ class SqliteStore final : public Store {
 
   Result<std::vector<LogEntry>> log_entries(std::string_view event_id) override {
     std::lock_guard lock(m_reader.mutex);
-    int rc = SQLITE_OK;
-    sqlite3_stmt* stmt = m_reader.statement(k_sql_log_entries, rc);
-    if (stmt == nullptr) return error(m_reader, rc, "reading the log");
-    ResetOnExit reset(stmt);
-    bind_text(stmt, 1, event_id);
+    const char* what = "reading the log";
+    auto cursor = rows(m_reader, k_sql_log_entries, what, event_id);
+    if (!cursor) return std::unexpected(cursor.error());
     std::vector<LogEntry> entries;
-    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+    while (true) {
+      auto row = next(m_reader, *cursor, what);
+      if (!row) return std::unexpected(row.error());
+      if (!*row) break;
       LogEntry entry;
-      entry.index = static_cast<std::uint64_t>(sqlite3_column_int64(stmt, 0));
-      auto leaf = column_hash(stmt, 1, fmt::format("leaf {}", entry.index));
+      entry.index = static_cast<std::uint64_t>(cursor->int64(0));
+      auto leaf = column_hash(cursor->get(), 1, fmt::format("leaf {}", entry.index));
       if (!leaf) return std::unexpected(leaf.error());
       entry.leaf = *leaf;
-      entry.device = column_text(stmt, 2);
-      entry.stream = column_text(stmt, 3);
-      entry.seq = sqlite3_column_int64(stmt, 4);
+      entry.device = cursor->text(2);
+      entry.stream = cursor->text(3);
+      entry.seq = cursor->int64(4);
       entries.push_back(std::move(entry));
     }
-    if (rc != SQLITE_DONE) return error(m_reader, rc, "reading the log");
     return entries;
   }
 
@@ -736,21 +708,17 @@ class SqliteStore final : public Store {
     return with_log_snapshot(
         [&](std::uint64_t log_size,
             const agent::merkle::PerfectSubtree& lookup) -> Result<std::optional<LogInclusion>> {
-          int rc = SQLITE_OK;
-          sqlite3_stmt* stmt = m_reader.statement(k_sql_log_entry_of, rc);
-          if (stmt == nullptr) return error(m_reader, rc, "reading the log");
-          ResetOnExit reset(stmt);
-          bind_text(stmt, 1, device);
-          bind_text(stmt, 2, stream);
-          sqlite3_bind_int64(stmt, 3, seq);
-          rc = sqlite3_step(stmt);
-          if (rc == SQLITE_DONE) return std::optional<LogInclusion>{};
-          if (rc != SQLITE_ROW) return error(m_reader, rc, "reading the log");
           LogInclusion out;
-          out.entry.index = static_cast<std::uint64_t>(sqlite3_column_int64(stmt, 0));
-          auto leaf = column_hash(stmt, 1, fmt::format("leaf {}", out.entry.index));
+          auto leaf = first_row(
+              m_reader, k_sql_log_entry_of, "reading the log",
+              [&](Cursor& row) {
+                out.entry.index = static_cast<std::uint64_t>(row.int64(0));
+                return column_hash(row.get(), 1, fmt::format("leaf {}", out.entry.index));
+              },
+              device, stream, seq);
           if (!leaf) return std::unexpected(leaf.error());
-          out.entry.leaf = *leaf;
+          if (!*leaf) return std::optional<LogInclusion>{};
+          out.entry.leaf = **leaf;
           out.entry.device = std::string(device);
           out.entry.stream = std::string(stream);
           out.entry.seq = seq;
@@ -813,70 +781,66 @@ class SqliteStore final : public Store {
       if (!d.last_seen_unix_ms || *d.last_seen_unix_ms < ms) d.last_seen_unix_ms = ms;
     };
     const char* what = "reading stats";
-    StmtPtr stmt;
-    int rc = prepare(m_reader,
-                     "SELECT device, count(*), count(revoked_ms) FROM keys GROUP BY device", stmt);
-    if (rc != SQLITE_OK) return error(m_reader, rc, what);
-    while ((rc = sqlite3_step(stmt.get())) == SQLITE_ROW) {
-      DeviceStats& d = device_entry(column_text(stmt.get(), 0));
-      d.registered = true;
-      d.revoked = sqlite3_column_int64(stmt.get(), 1) == sqlite3_column_int64(stmt.get(), 2);
-    }
-    if (rc != SQLITE_DONE) return error(m_reader, rc, what);
+    auto keys =
+        each_row(m_reader, "SELECT device, count(*), count(revoked_ms) FROM keys GROUP BY device",
+                 what, [&](Cursor& row) -> Status {
+                   DeviceStats& d = device_entry(row.text(0));
+                   d.registered = true;
+                   d.revoked = row.int64(1) == row.int64(2);
+                   return {};
+                 });
+    if (!keys) return std::unexpected(keys.error());
 
-    rc = prepare(m_reader,
+    auto streams =
+        each_row(m_reader,
                  "SELECT device, stream, events, contiguous, max_seq, chain_broken, first_seen_ms, "
                  "last_seen_ms FROM streams ORDER BY device, first_seen_ms, id",
-                 stmt);
-    if (rc != SQLITE_OK) return error(m_reader, rc, what);
-    while ((rc = sqlite3_step(stmt.get())) == SQLITE_ROW) {
-      sqlite3_stmt* s = stmt.get();
-      DeviceStats& d = device_entry(column_text(s, 0));
-      StreamStats st;
-      st.stream = column_text(s, 1);
-      st.events = sqlite3_column_int64(s, 2);
-      st.contiguous = sqlite3_column_int64(s, 3);
-      st.max_seq = sqlite3_column_int64(s, 4);
-      // Both are ≥ 0 and events ≤ max_seq, so this cannot overflow; the sums below could.
-      st.gaps = std::max<std::int64_t>(0, st.max_seq - st.events);
-      st.chain_intact = sqlite3_column_int64(s, 5) == 0;
-      st.first_seen_unix_ms = sqlite3_column_int64(s, 6);
-      st.last_seen_unix_ms = sqlite3_column_int64(s, 7);
-      d.events += st.events;
-      d.gaps = saturating_add(d.gaps, st.gaps);
-      d.chain_intact = d.chain_intact && st.chain_intact;
-      bump_seen(d, st.last_seen_unix_ms);
-      d.streams.push_back(std::move(st));
-    }
-    if (rc != SQLITE_DONE) return error(m_reader, rc, what);
+                 what, [&](Cursor& row) -> Status {
+                   DeviceStats& d = device_entry(row.text(0));
+                   StreamStats st;
+                   st.stream = row.text(1);
+                   st.events = row.int64(2);
+                   st.contiguous = row.int64(3);
+                   st.max_seq = row.int64(4);
+                   // Both are ≥ 0 and events ≤ max_seq, so this cannot overflow; the sums below
+                   // could.
+                   st.gaps = std::max<std::int64_t>(0, st.max_seq - st.events);
+                   st.chain_intact = row.int64(5) == 0;
+                   st.first_seen_unix_ms = row.int64(6);
+                   st.last_seen_unix_ms = row.int64(7);
+                   d.events += st.events;
+                   d.gaps = saturating_add(d.gaps, st.gaps);
+                   d.chain_intact = d.chain_intact && st.chain_intact;
+                   bump_seen(d, st.last_seen_unix_ms);
+                   d.streams.push_back(std::move(st));
+                   return {};
+                 });
+    if (!streams) return std::unexpected(streams.error());
 
     // Kept rows (each with its repeats), then what the caps only counted; each split by
     // whether it was last seen before the device's first key was added.
-    rc =
-        prepare(m_reader,
-                "WITH registered AS (SELECT device, min(added_ms) AS at FROM keys GROUP BY device) "
-                "SELECT r.device, r.reason, sum(r.count), max(r.last_seen_ms), 0, "
-                " coalesce(r.last_seen_ms < g.at, 0) AS before "
-                "FROM rejections r LEFT JOIN registered g ON g.device = r.device "
-                "GROUP BY r.device, r.reason, before "
-                "UNION ALL SELECT n.device, n.reason, n.count, n.last_seen_ms, 1, "
-                " coalesce(n.last_seen_ms < g.at, 0) "
-                "FROM rejections_not_kept n LEFT JOIN registered g ON g.device = n.device",
-                stmt);
-    if (rc != SQLITE_OK) return error(m_reader, rc, what);
-    while ((rc = sqlite3_step(stmt.get())) == SQLITE_ROW) {
-      sqlite3_stmt* s = stmt.get();
-      DeviceStats& d = device_entry(column_text(s, 0));
-      const std::int64_t count = sqlite3_column_int64(s, 2);
-      auto& counts =
-          sqlite3_column_int64(s, 5) != 0 ? d.rejections_before_registration : d.rejections;
-      std::int64_t& by_reason = counts[column_text(s, 1)];
-      by_reason = saturating_add(by_reason, count);
-      if (sqlite3_column_int64(s, 4) != 0)
-        d.rejections_not_kept = saturating_add(d.rejections_not_kept, count);
-      bump_seen(d, sqlite3_column_int64(s, 3));
-    }
-    if (rc != SQLITE_DONE) return error(m_reader, rc, what);
+    auto rejections = each_row(
+        m_reader,
+        "WITH registered AS (SELECT device, min(added_ms) AS at FROM keys GROUP BY device) "
+        "SELECT r.device, r.reason, sum(r.count), max(r.last_seen_ms), 0, "
+        " coalesce(r.last_seen_ms < g.at, 0) AS before "
+        "FROM rejections r LEFT JOIN registered g ON g.device = r.device "
+        "GROUP BY r.device, r.reason, before "
+        "UNION ALL SELECT n.device, n.reason, n.count, n.last_seen_ms, 1, "
+        " coalesce(n.last_seen_ms < g.at, 0) "
+        "FROM rejections_not_kept n LEFT JOIN registered g ON g.device = n.device",
+        what, [&](Cursor& row) -> Status {
+          DeviceStats& d = device_entry(row.text(0));
+          const std::int64_t count = row.int64(2);
+          auto& counts = row.int64(5) != 0 ? d.rejections_before_registration : d.rejections;
+          std::int64_t& by_reason = counts[row.text(1)];
+          by_reason = saturating_add(by_reason, count);
+          if (row.int64(4) != 0)
+            d.rejections_not_kept = saturating_add(d.rejections_not_kept, count);
+          bump_seen(d, row.int64(3));
+          return {};
+        });
+    if (!rejections) return std::unexpected(rejections.error());
 
     std::vector<DeviceStats> out;
     out.reserve(devices.size());
@@ -1054,30 +1018,21 @@ class SqliteStore final : public Store {
       if (!n) return std::unexpected(n.error());
       size = static_cast<std::uint64_t>(*n);
     }
-    int rc = SQLITE_OK;
     const std::uint64_t index = *size;
-    {
-      sqlite3_stmt* insert = m_writer.statement(k_sql_log_insert_leaf, rc);
-      if (insert == nullptr) return error(m_writer, rc, what);
-      ResetOnExit reset(insert);
-      sqlite3_bind_int64(insert, 1, static_cast<std::int64_t>(index));
-      sqlite3_bind_int64(insert, 2, event_row);
-      bind_hash(insert, 3, leaf);
-      if ((rc = sqlite3_step(insert)) != SQLITE_DONE) return error(m_writer, rc, what);
-    }
+    if (auto s = write(m_writer, k_sql_log_insert_leaf, what, static_cast<std::int64_t>(index),
+                       event_row, hash_blob(leaf));
+        !s)
+      return s;
     agent::merkle::Hash hash = leaf;
     std::uint64_t at = index;
     for (unsigned level = 0; (at & 1U) != 0; ++level, at >>= 1U) {
       auto left = log_hash(m_writer, level, at - 1);
       if (!left) return std::unexpected(left.error());
       hash = agent::merkle::node_hash(*left, hash);
-      sqlite3_stmt* insert = m_writer.statement(k_sql_log_insert_node, rc);
-      if (insert == nullptr) return error(m_writer, rc, what);
-      ResetOnExit reset(insert);
-      sqlite3_bind_int64(insert, 1, level + 1);
-      sqlite3_bind_int64(insert, 2, static_cast<std::int64_t>(at >> 1U));
-      bind_hash(insert, 3, hash);
-      if ((rc = sqlite3_step(insert)) != SQLITE_DONE) return error(m_writer, rc, what);
+      if (auto s = write(m_writer, k_sql_log_insert_node, what, std::int64_t{level} + 1,
+                         static_cast<std::int64_t>(at >> 1U), hash_blob(hash));
+          !s)
+        return s;
     }
     size = index + 1;
     return {};
@@ -1085,23 +1040,19 @@ class SqliteStore final : public Store {
 
   // The perfect subtree (level, index) of the log: a leaf hash at level 0.
   Result<agent::merkle::Hash> log_hash(Connection& c, unsigned level, std::uint64_t index) {
-    int rc = SQLITE_OK;
-    sqlite3_stmt* stmt = c.statement(level == 0 ? k_sql_log_leaf : k_sql_log_node, rc);
-    if (stmt == nullptr) return error(c, rc, "reading the log");
-    ResetOnExit reset(stmt);
-    if (level == 0) {
-      sqlite3_bind_int64(stmt, 1, static_cast<std::int64_t>(index));
-    } else {
-      sqlite3_bind_int64(stmt, 1, level);
-      sqlite3_bind_int64(stmt, 2, static_cast<std::int64_t>(index));
-    }
-    rc = sqlite3_step(stmt);
-    if (rc == SQLITE_DONE)
+    auto read = [&](Cursor& row) {
+      return column_hash(row.get(), 0, fmt::format("subtree ({}, {})", level, index));
+    };
+    const auto at = static_cast<std::int64_t>(index);
+    auto hash =
+        level == 0 ? first_row(c, k_sql_log_leaf, "reading the log", read, at)
+                   : first_row(c, k_sql_log_node, "reading the log", read, std::int64_t{level}, at);
+    if (!hash) return std::unexpected(hash.error());
+    if (!*hash)
       return fail(ErrorCode::corruption,
                   fmt::format("ingest store {}: the log has no hash for subtree ({}, {})",
                               m_path.string(), level, index));
-    if (rc != SQLITE_ROW) return error(c, rc, "reading the log");
-    return column_hash(stmt, 0, fmt::format("subtree ({}, {})", level, index));
+    return **hash;
   }
 
   // Column `col` of the current row as a log hash; corruption when it is not 32 bytes.
@@ -1115,9 +1066,8 @@ class SqliteStore final : public Store {
     return hash;
   }
 
-  static void bind_hash(sqlite3_stmt* stmt, int index, const agent::merkle::Hash& hash) {
-    bind_blob(stmt, index,
-              std::string_view(reinterpret_cast<const char*>(hash.data()), hash.size()));
+  static Blob hash_blob(const agent::merkle::Hash& hash) {
+    return Blob{std::string_view(reinterpret_cast<const char*>(hash.data()), hash.size())};
   }
 
   // Runs `body(size, lookup)` in one read transaction of the reader connection: the log's size
@@ -1159,42 +1109,27 @@ class SqliteStore final : public Store {
   // events to the rejections.
   Status displace(Batch& batch, StreamState& st, const VerifiedEvent& e, const ChainLink& next,
                   RejectReason reason, const std::string& why, std::int64_t now_unix_ms) {
-    int rc = SQLITE_OK;
-    sqlite3_stmt* read = m_writer.statement(k_sql_event_envelope, rc);
-    if (read == nullptr) return error(m_writer, rc, "reading a held event");
-    std::string envelope;
-    {
-      ResetOnExit reset(read);
-      sqlite3_bind_int64(read, 1, next.row_id);
-      if ((rc = sqlite3_step(read)) != SQLITE_ROW)
-        return error(m_writer, rc, "reading a held event");
-      envelope = column_text(read, 0);
-    }
-    sqlite3_stmt* del = m_writer.statement(k_sql_delete_event, rc);
-    if (del == nullptr) return error(m_writer, rc, "removing a held event");
-    {
-      ResetOnExit reset(del);
-      sqlite3_bind_int64(del, 1, next.row_id);
-      if ((rc = sqlite3_step(del)) != SQLITE_DONE)
-        return error(m_writer, rc, "removing a held event");
-    }
+    auto envelope = only_row(
+        m_writer, k_sql_event_envelope, "reading a held event",
+        [](Cursor& row) { return row.text(0); }, next.row_id);
+    if (!envelope) return std::unexpected(envelope.error());
+    if (auto s = write(m_writer, k_sql_delete_event, "removing a held event", next.row_id); !s)
+      return s;
     const std::string detail = fmt::format(
         "held until seq {} arrived, which decided it: {}; the agent's own seq {} is accepted when "
         "resent",
         e.seq, why, e.seq + 1);
     auto kept = keep_rejection(batch, e.topic, e.device, reason, detail, e.stream, e.seq + 1,
-                               envelope, now_unix_ms);
+                               *envelope, now_unix_ms);
     if (!kept) return std::unexpected(kept.error());
     st.events -= 1;
     if (st.tail_seq == e.seq + 1) st.tail_seq = 0;
     if (e.seq + 1 == st.max_seq) {
-      sqlite3_stmt* max = m_writer.statement(k_sql_max_seq, rc);
-      if (max == nullptr) return error(m_writer, rc, "reading a stream");
-      ResetOnExit reset(max);
-      bind_text(max, 1, e.device);
-      bind_text(max, 2, e.stream);
-      if ((rc = sqlite3_step(max)) != SQLITE_ROW) return error(m_writer, rc, "reading a stream");
-      st.max_seq = sqlite3_column_int64(max, 0);
+      auto max = only_row(
+          m_writer, k_sql_max_seq, "reading a stream", [](Cursor& row) { return row.int64(0); },
+          e.device, e.stream);
+      if (!max) return std::unexpected(max.error());
+      st.max_seq = *max;
     }
     mark_dirty(batch, st);
     return {};
@@ -1220,40 +1155,32 @@ class SqliteStore final : public Store {
     auto it = batch.streams.find(key);
     if (it != batch.streams.end()) return &it->second;
 
-    int rc = SQLITE_OK;
-    sqlite3_stmt* stmt = m_writer.statement(k_sql_load_stream, rc);
-    if (stmt == nullptr) return error(m_writer, rc, "reading a stream");
-    ResetOnExit reset(stmt);
-    bind_text(stmt, 1, device);
-    bind_text(stmt, 2, stream);
-    StreamState st;
-    rc = sqlite3_step(stmt);
-    if (rc == SQLITE_ROW) {
-      st.row_id = sqlite3_column_int64(stmt, 0);
-      st.first_seen_ms = sqlite3_column_int64(stmt, 1);
-      st.last_seen_ms = sqlite3_column_int64(stmt, 2);
-      st.contiguous = sqlite3_column_int64(stmt, 3);
-      st.max_seq = sqlite3_column_int64(stmt, 4);
-      st.events = sqlite3_column_int64(stmt, 5);
-      st.chain_broken = sqlite3_column_int64(stmt, 6) != 0;
-      st.last_event = sqlite3_column_int64(stmt, 7);
-    } else if (rc != SQLITE_DONE) {
-      return error(m_writer, rc, "reading a stream");
-    }
+    auto loaded = first_row(
+        m_writer, k_sql_load_stream, "reading a stream",
+        [](Cursor& row) {
+          StreamState st;
+          st.row_id = row.int64(0);
+          st.first_seen_ms = row.int64(1);
+          st.last_seen_ms = row.int64(2);
+          st.contiguous = row.int64(3);
+          st.max_seq = row.int64(4);
+          st.events = row.int64(5);
+          st.chain_broken = row.int64(6) != 0;
+          st.last_event = row.int64(7);
+          return st;
+        },
+        device, stream);
+    if (!loaded) return std::unexpected(loaded.error());
     // unordered_map never moves its elements, so the pointers in Batch::dirty stay valid.
-    return &batch.streams.emplace(std::move(key), std::move(st)).first->second;
+    return &batch.streams.emplace(std::move(key), loaded->value_or(StreamState{})).first->second;
   }
 
   Status insert_stream(const std::string& device, const std::string& stream,
                        std::int64_t now_unix_ms, StreamState& st) {
-    int rc = SQLITE_OK;
-    sqlite3_stmt* stmt = m_writer.statement(k_sql_insert_stream, rc);
-    if (stmt == nullptr) return error(m_writer, rc, "storing a stream");
-    ResetOnExit reset(stmt);
-    bind_text(stmt, 1, device);
-    bind_text(stmt, 2, stream);
-    sqlite3_bind_int64(stmt, 3, now_unix_ms);
-    if ((rc = sqlite3_step(stmt)) != SQLITE_DONE) return error(m_writer, rc, "storing a stream");
+    if (auto s =
+            write(m_writer, k_sql_insert_stream, "storing a stream", device, stream, now_unix_ms);
+        !s)
+      return s;
     st.row_id = sqlite3_last_insert_rowid(m_writer.db.get());
     st.first_seen_ms = now_unix_ms;
     st.last_seen_ms = now_unix_ms;
@@ -1261,57 +1188,39 @@ class SqliteStore final : public Store {
   }
 
   Status flush_streams(Batch& batch) {
-    int rc = SQLITE_OK;
-    sqlite3_stmt* stmt = m_writer.statement(k_sql_update_stream, rc);
-    if (stmt == nullptr) return error(m_writer, rc, "updating a stream");
     for (StreamState* st : batch.dirty) {
-      ResetOnExit reset(stmt);
-      sqlite3_bind_int64(stmt, 1, st->row_id);
-      sqlite3_bind_int64(stmt, 2, st->last_seen_ms);
-      sqlite3_bind_int64(stmt, 3, st->contiguous);
-      sqlite3_bind_int64(stmt, 4, st->max_seq);
-      sqlite3_bind_int64(stmt, 5, st->events);
-      sqlite3_bind_int(stmt, 6, st->chain_broken ? 1 : 0);
-      sqlite3_bind_int64(stmt, 7, st->last_event);
-      if ((rc = sqlite3_step(stmt)) != SQLITE_DONE) return error(m_writer, rc, "updating a stream");
+      if (auto s = write(m_writer, k_sql_update_stream, "updating a stream", st->row_id,
+                         st->last_seen_ms, st->contiguous, st->max_seq, st->events,
+                         st->chain_broken, st->last_event);
+          !s)
+        return s;
     }
     return {};
   }
 
   Result<std::optional<ChainLink>> find_link(const std::string& device, const std::string& stream,
                                              std::int64_t seq) {
-    int rc = SQLITE_OK;
-    sqlite3_stmt* stmt = m_writer.statement(k_sql_find_event, rc);
-    if (stmt == nullptr) return error(m_writer, rc, "reading an event");
-    ResetOnExit reset(stmt);
-    bind_text(stmt, 1, device);
-    bind_text(stmt, 2, stream);
-    sqlite3_bind_int64(stmt, 3, seq);
-    rc = sqlite3_step(stmt);
-    if (rc == SQLITE_DONE) return std::optional<ChainLink>();
-    if (rc != SQLITE_ROW) return error(m_writer, rc, "reading an event");
-    return std::optional<ChainLink>(ChainLink{column_text(stmt, 0), column_text(stmt, 1),
-                                              sqlite3_column_int64(stmt, 2),
-                                              sqlite3_column_int64(stmt, 3)});
+    return first_row(
+        m_writer, k_sql_find_event, "reading an event",
+        [](Cursor& row) {
+          return ChainLink{row.text(0), row.text(1), row.int64(2), row.int64(3)};
+        },
+        device, stream, seq);
   }
 
   // The highest seq n ≥ `from` such that from..n are all stored (`from` is).
   Result<std::int64_t> contiguous_from(const std::string& device, const std::string& stream,
                                        std::int64_t from) {
-    int rc = SQLITE_OK;
-    sqlite3_stmt* stmt = m_writer.statement(k_sql_seqs_after, rc);
-    if (stmt == nullptr) return error(m_writer, rc, "reading a stream");
-    ResetOnExit reset(stmt);
-    bind_text(stmt, 1, device);
-    bind_text(stmt, 2, stream);
-    sqlite3_bind_int64(stmt, 3, from);
+    const char* what = "reading a stream";
+    auto cursor = rows(m_writer, k_sql_seqs_after, what, device, stream, from);
+    if (!cursor) return std::unexpected(cursor.error());
     std::int64_t reach = from;
-    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-      if (sqlite3_column_int64(stmt, 0) != reach + 1) return reach;
+    while (true) {
+      auto row = next(m_writer, *cursor, what);
+      if (!row) return std::unexpected(row.error());
+      if (!*row || cursor->int64(0) != reach + 1) return reach;
       ++reach;
     }
-    if (rc != SQLITE_DONE) return error(m_writer, rc, "reading a stream");
-    return reach;
   }
 
   Result<std::optional<std::int64_t>> revoked_ms(Batch& batch, const std::string& kid) {
@@ -1325,25 +1234,12 @@ class SqliteStore final : public Store {
   }
 
   Result<std::int64_t> insert_event(const VerifiedEvent& e, std::int64_t now_unix_ms) {
-    int rc = SQLITE_OK;
-    sqlite3_stmt* stmt = m_writer.statement(k_sql_insert_event, rc);
-    if (stmt == nullptr) return error(m_writer, rc, "storing an event");
-    ResetOnExit reset(stmt);
-    bind_text(stmt, 1, e.device);
-    bind_text(stmt, 2, e.stream);
-    sqlite3_bind_int64(stmt, 3, e.seq);
-    sqlite3_bind_int64(stmt, 4, e.recorded_unix_ms);
-    sqlite3_bind_int64(stmt, 5, now_unix_ms);
-    bind_text(stmt, 6, e.action);
-    bind_text(stmt, 7, e.signing_input_sha256);
-    if (e.prev.empty())
-      sqlite3_bind_null(stmt, 8);
-    else
-      bind_text(stmt, 8, e.prev);
-    bind_text(stmt, 9, e.id);
-    bind_text(stmt, 10, e.kid);
-    bind_text(stmt, 11, e.envelope);
-    if ((rc = sqlite3_step(stmt)) != SQLITE_DONE) return error(m_writer, rc, "storing an event");
+    const auto prev = e.prev.empty() ? std::nullopt : std::optional<std::string_view>(e.prev);
+    if (auto s = write(m_writer, k_sql_insert_event, "storing an event", e.device, e.stream, e.seq,
+                       e.recorded_unix_ms, now_unix_ms, e.action, e.signing_input_sha256, prev,
+                       e.id, e.kid, e.envelope);
+        !s)
+      return std::unexpected(s.error());
     return sqlite3_last_insert_rowid(m_writer.db.get());
   }
 
@@ -1356,20 +1252,12 @@ class SqliteStore final : public Store {
                                        std::optional<std::int64_t> seq, std::string_view envelope,
                                        std::int64_t now_unix_ms) {
     const std::string hash = agent::sha256_b64url(envelope);
-    int rc = SQLITE_OK;
-    {
-      sqlite3_stmt* stmt = m_writer.statement(k_sql_repeat_rejection, rc);
-      if (stmt == nullptr) return error(m_writer, rc, "storing a rejection");
-      ResetOnExit reset(stmt);
-      bind_text(stmt, 1, topic);
-      bind_text(stmt, 2, hash);
-      sqlite3_bind_int64(stmt, 3, now_unix_ms);
-      bind_text(stmt, 4, to_string(reason));
-      bind_text(stmt, 5, detail);
-      if ((rc = sqlite3_step(stmt)) != SQLITE_DONE)
-        return error(m_writer, rc, "storing a rejection");
-      if (sqlite3_changes(m_writer.db.get()) > 0) return RejectionKept::repeat;
-    }
+    const char* what = "storing a rejection";
+    if (auto s = write(m_writer, k_sql_repeat_rejection, what, topic, hash, now_unix_ms,
+                       to_string(reason), detail);
+        !s)
+      return std::unexpected(s.error());
+    if (sqlite3_changes(m_writer.db.get()) > 0) return RejectionKept::repeat;
 
     bool capped = unauthenticated(reason);
     if (!capped) {
@@ -1392,40 +1280,20 @@ class SqliteStore final : public Store {
       const bool over_device = usage->rows >= m_limits.rows_per_device ||
                                usage->bytes + size > m_limits.bytes_per_device;
       if (over_total || over_device) {
-        sqlite3_stmt* stmt = m_writer.statement(k_sql_not_kept, rc);
-        if (stmt == nullptr) return error(m_writer, rc, "counting a rejection");
-        ResetOnExit reset(stmt);
-        bind_text(stmt, 1, over_total ? k_all_unauthenticated : device);
-        bind_text(stmt, 2, to_string(reason));
-        sqlite3_bind_int64(stmt, 3, size);
-        sqlite3_bind_int64(stmt, 4, now_unix_ms);
-        if ((rc = sqlite3_step(stmt)) != SQLITE_DONE)
-          return error(m_writer, rc, "counting a rejection");
+        if (auto s = write(m_writer, k_sql_not_kept, "counting a rejection",
+                           over_total ? k_all_unauthenticated : device, to_string(reason), size,
+                           now_unix_ms);
+            !s)
+          return std::unexpected(s.error());
         return RejectionKept::counted;
       }
     }
 
-    sqlite3_stmt* stmt = m_writer.statement(k_sql_insert_rejection, rc);
-    if (stmt == nullptr) return error(m_writer, rc, "storing a rejection");
-    ResetOnExit reset(stmt);
-    sqlite3_bind_int64(stmt, 1, now_unix_ms);
-    bind_text(stmt, 2, topic);
-    bind_text(stmt, 3, device);
-    bind_text(stmt, 4, to_string(reason));
-    bind_text(stmt, 5, detail);
-    if (stream)
-      bind_text(stmt, 6, *stream);
-    else
-      sqlite3_bind_null(stmt, 6);
-    if (seq)
-      sqlite3_bind_int64(stmt, 7, *seq);
-    else
-      sqlite3_bind_null(stmt, 7);
     // A BLOB: an oversized or malformed envelope is any bytes a client sent, kept exactly.
-    bind_blob(stmt, 8, envelope);
-    bind_text(stmt, 9, hash);
-    sqlite3_bind_int(stmt, 10, capped ? 1 : 0);
-    if ((rc = sqlite3_step(stmt)) != SQLITE_DONE) return error(m_writer, rc, "storing a rejection");
+    if (auto s = write(m_writer, k_sql_insert_rejection, what, now_unix_ms, topic, device,
+                       to_string(reason), detail, stream, seq, Blob{envelope}, hash, capped);
+        !s)
+      return std::unexpected(s.error());
     if (capped) {
       usage->rows += 1;
       usage->bytes += size;
@@ -1437,55 +1305,40 @@ class SqliteStore final : public Store {
 
   Result<bool> device_registered(Batch& batch, const std::string& device) {
     if (auto it = batch.registered.find(device); it != batch.registered.end()) return it->second;
-    int rc = SQLITE_OK;
-    sqlite3_stmt* stmt = m_writer.statement(k_sql_device_registered, rc);
-    if (stmt == nullptr) return error(m_writer, rc, "looking up a device");
-    ResetOnExit reset(stmt);
-    bind_text(stmt, 1, device);
-    rc = sqlite3_step(stmt);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return error(m_writer, rc, "looking up a device");
-    batch.registered.emplace(device, rc == SQLITE_ROW);
-    return rc == SQLITE_ROW;
+    auto row = first_row(
+        m_writer, k_sql_device_registered, "looking up a device", [](Cursor&) { return true; },
+        device);
+    if (!row) return std::unexpected(row.error());
+    batch.registered.emplace(device, row->has_value());
+    return row->has_value();
+  }
+
+  // A row of k_sql_capped_usage or k_sql_capped_total: count(*), total(length(envelope)).
+  static CappedUsage capped_row(Cursor& row) {
+    return CappedUsage{row.int64(0),
+                       static_cast<std::int64_t>(sqlite3_column_double(row.get(), 1))};
   }
 
   // Loaded once per batch (another process may share the file), then kept up to date.
   Result<CappedUsage*> capped_usage(Batch& batch, const std::string& device) {
     if (auto it = batch.capped.find(device); it != batch.capped.end()) return &it->second;
-    int rc = SQLITE_OK;
-    sqlite3_stmt* stmt = m_writer.statement(k_sql_capped_usage, rc);
-    if (stmt == nullptr) return error(m_writer, rc, "counting rejections");
-    ResetOnExit reset(stmt);
-    bind_text(stmt, 1, device);
-    if ((rc = sqlite3_step(stmt)) != SQLITE_ROW) return error(m_writer, rc, "counting rejections");
-    CappedUsage usage{sqlite3_column_int64(stmt, 0),
-                      static_cast<std::int64_t>(sqlite3_column_double(stmt, 1))};
-    return &batch.capped.emplace(device, usage).first->second;
+    auto usage = only_row(m_writer, k_sql_capped_usage, "counting rejections", capped_row, device);
+    if (!usage) return std::unexpected(usage.error());
+    return &batch.capped.emplace(device, *usage).first->second;
   }
 
   Result<CappedUsage*> capped_total(Batch& batch) {
     if (batch.capped_total) return &*batch.capped_total;
-    int rc = SQLITE_OK;
-    sqlite3_stmt* stmt = m_writer.statement(k_sql_capped_total, rc);
-    if (stmt == nullptr) return error(m_writer, rc, "counting rejections");
-    ResetOnExit reset(stmt);
-    if ((rc = sqlite3_step(stmt)) != SQLITE_ROW) return error(m_writer, rc, "counting rejections");
-    batch.capped_total = CappedUsage{sqlite3_column_int64(stmt, 0),
-                                     static_cast<std::int64_t>(sqlite3_column_double(stmt, 1))};
+    auto total = only_row(m_writer, k_sql_capped_total, "counting rejections", capped_row);
+    if (!total) return std::unexpected(total.error());
+    batch.capped_total = *total;
     return &*batch.capped_total;
   }
 
   Result<std::optional<DeviceKeyRecord>> find_key_locked(Connection& c, std::string_view kid) {
-    int rc = SQLITE_OK;
-    sqlite3_stmt* stmt = c.statement(k_sql_find_key, rc);
-    if (stmt == nullptr) return error(c, rc, "looking up a key");
-    ResetOnExit reset(stmt);
-    bind_text(stmt, 1, kid);
-    rc = sqlite3_step(stmt);
-    if (rc == SQLITE_DONE) return std::optional<DeviceKeyRecord>();
-    if (rc != SQLITE_ROW) return error(c, rc, "looking up a key");
-    auto record = key_from_row(stmt, std::string(kid), 0);
-    if (!record) return std::unexpected(record.error());
-    return std::optional<DeviceKeyRecord>(std::move(*record));
+    return first_row(
+        c, k_sql_find_key, "looking up a key",
+        [&](Cursor& row) { return key_from_row(row.get(), std::string(kid), 0); }, kid);
   }
 
   // Columns from `first`: device, x, added_ms, revoked_ms.
@@ -1553,6 +1406,99 @@ class SqliteStore final : public Store {
 
   int prepare(Connection& c, const char* sql, StmtPtr& out) {
     return agent::sqlite::prepare(c.db.get(), sql, out);
+  }
+
+  // Runs the cached statement `sql` (a k_sql_* constant) on `c` with `args` bound to ?1, ?2, …
+  // (agent::sqlite::bind_value): a write, whose rows are ignored. The error names `what`.
+  template <typename... Args>
+  Status write(Connection& c, const char* sql, std::string_view what, const Args&... args) {
+    int rc = SQLITE_OK;
+    sqlite3_stmt* stmt = c.statement(sql, rc);
+    if (stmt == nullptr) return error(c, rc, what);
+    if ((rc = agent::sqlite::run(stmt, args...)) != SQLITE_OK) return error(c, rc, what);
+    return {};
+  }
+
+  // The cached statement `sql` on `c` with `args` bound, to step through its rows (next()).
+  template <typename... Args>
+  Result<Cursor> rows(Connection& c, const char* sql, std::string_view what, Args&&... args) {
+    int rc = SQLITE_OK;
+    sqlite3_stmt* stmt = c.statement(sql, rc);
+    if (stmt == nullptr) return error(c, rc, what);
+    return Cursor(stmt, std::forward<Args>(args)...);
+  }
+
+  // Runs `sql`, prepared for this call only (its text varies, or it runs rarely), on `c` with
+  // `args` bound, and calls `each(row)` at each row; `each` returns a Status, or a Result<bool>
+  // that is false to stop early. The error names `what`.
+  template <typename Each, typename... Args>
+  Status each_row(Connection& c, const char* sql, std::string_view what, Each&& each,
+                  Args&&... args) {
+    StmtPtr stmt;
+    if (int rc = prepare(c, sql, stmt); rc != SQLITE_OK) return error(c, rc, what);
+    Cursor cursor(stmt.get(), std::forward<Args>(args)...);  // reset before stmt is finalized
+    while (true) {
+      auto row = next(c, cursor, what);
+      if (!row) return std::unexpected(row.error());
+      if (!*row) return {};
+      auto go = each(cursor);
+      if constexpr (std::is_same_v<decltype(go), Status>) {
+        if (!go) return go;
+      } else {
+        if (!go) return std::unexpected(go.error());
+        if (!*go) return {};
+      }
+    }
+  }
+
+  // Steps `cursor` (of `c`): true at a row, false past the last, the error naming `what` else.
+  Result<bool> next(Connection& c, Cursor& cursor, std::string_view what) {
+    const int rc = cursor.step();
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    return error(c, rc, what);
+  }
+
+  // What `read(row)` makes of a row: T, also when it returns Result<T> (its error is passed on).
+  template <typename T>
+  struct RowOf {
+    using type = T;
+  };
+  template <typename T>
+  struct RowOf<Result<T>> {
+    using type = T;
+  };
+  template <typename Read>
+  using RowType = typename RowOf<std::invoke_result_t<Read&, Cursor&>>::type;
+
+  // The first row of the cached statement `sql` on `c` with `args` bound, as `read(row)` makes
+  // it (a T or a Result<T>); std::nullopt when there is no row. The error names `what`.
+  template <typename Read, typename... Args>
+  Result<std::optional<RowType<Read>>> first_row(Connection& c, const char* sql,
+                                                 std::string_view what, Read&& read,
+                                                 Args&&... args) {
+    auto cursor = rows(c, sql, what, std::forward<Args>(args)...);
+    if (!cursor) return std::unexpected(cursor.error());
+    auto found = next(c, *cursor, what);
+    if (!found) return std::unexpected(found.error());
+    if (!*found) return std::optional<RowType<Read>>();
+    auto row = read(*cursor);
+    if constexpr (std::is_same_v<decltype(row), RowType<Read>>) {
+      return std::optional<RowType<Read>>(std::move(row));
+    } else {
+      if (!row) return std::unexpected(row.error());
+      return std::optional<RowType<Read>>(std::move(*row));
+    }
+  }
+
+  // first_row for a query that always returns a row (an aggregate): its absence is an error.
+  template <typename Read, typename... Args>
+  Result<RowType<Read>> only_row(Connection& c, const char* sql, std::string_view what, Read&& read,
+                                 Args&&... args) {
+    auto row = first_row(c, sql, what, std::forward<Read>(read), std::forward<Args>(args)...);
+    if (!row) return std::unexpected(row.error());
+    if (!*row) return error(c, SQLITE_DONE, what);
+    return std::move(**row);
   }
 
   Status exec(Connection& c, const char* sql, std::string_view what) {
@@ -1686,39 +1632,30 @@ class SqliteStore final : public Store {
   Status build_log() {
     const char* what = "building the log (schema version 4)";
     if (auto s = exec(m_writer, k_log_sql, what); !s) return s;
-    StmtPtr read;
-    if (int rc = prepare(m_writer, k_sql_events_in_order, read); rc != SQLITE_OK)
-      return error(m_writer, rc, what);
     std::optional<std::uint64_t> size = 0;
-    int rc = SQLITE_OK;
-    while ((rc = sqlite3_step(read.get())) == SQLITE_ROW) {
-      const auto leaf = agent::merkle::leaf_hash(column_text(read.get(), 1));
-      if (auto s = log_append(size, sqlite3_column_int64(read.get(), 0), leaf); !s) return s;
-    }
-    if (rc != SQLITE_DONE) return error(m_writer, rc, what);
-    return {};
+    return each_row(m_writer, k_sql_events_in_order, what, [&](Cursor& row) {
+      return log_append(size, row.int64(0), agent::merkle::leaf_hash(row.text(1)));
+    });
   }
 
   // Version 2 → 3: one row per (topic, envelope bytes) with its count.
   Status migrate_rejections() {
     const char* what = "migrating the rejections to schema version 3";
     if (auto s = exec(m_writer, k_migrate_2_columns_sql, what); !s) return s;
-    StmtPtr read;
-    StmtPtr write;
-    int rc = prepare(m_writer, "SELECT id, envelope FROM rejections", read);
-    if (rc == SQLITE_OK)
-      rc = prepare(m_writer, "UPDATE rejections SET envelope_sha256 = ?2 WHERE id = ?1", write);
-    if (rc != SQLITE_OK) return error(m_writer, rc, what);
-    while ((rc = sqlite3_step(read.get())) == SQLITE_ROW) {
-      ResetOnExit reset(write.get());
-      const std::string hash = agent::sha256_b64url(column_text(read.get(), 1));
-      sqlite3_bind_int64(write.get(), 1, sqlite3_column_int64(read.get(), 0));
-      bind_text(write.get(), 2, hash);
-      if (int w = sqlite3_step(write.get()); w != SQLITE_DONE) return error(m_writer, w, what);
-    }
-    if (rc != SQLITE_DONE) return error(m_writer, rc, what);
-    read.reset();
-    write.reset();
+    StmtPtr update;
+    if (int rc =
+            prepare(m_writer, "UPDATE rejections SET envelope_sha256 = ?2 WHERE id = ?1", update);
+        rc != SQLITE_OK)
+      return error(m_writer, rc, what);
+    auto hashed =
+        each_row(m_writer, "SELECT id, envelope FROM rejections", what, [&](Cursor& row) -> Status {
+          const std::string hash = agent::sha256_b64url(row.text(1));
+          if (int rc = agent::sqlite::run(update.get(), row.int64(0), hash); rc != SQLITE_OK)
+            return error(m_writer, rc, what);
+          return {};
+        });
+    if (!hashed) return hashed;
+    update.reset();
     if (auto s = exec(m_writer, k_migrate_2_collapse_sql, what); !s) return s;
     if (auto s = exec(m_writer, migrate_2_capped_sql().c_str(), what); !s) return s;
     return exec(m_writer, k_rejections_v3_sql, what);

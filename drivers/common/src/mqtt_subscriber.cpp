@@ -52,7 +52,7 @@ struct MqttSubscriber::Impl {
         env(env_in),
         log(log_in),
         component(fmt::format("mqtt subscriber {}", options.client_id)),
-        rng(std::random_device{}()) {}
+        backoff(options.reconnect_min, options.reconnect_max) {}
 
   void post(Event event) { queue.post(std::move(event)); }
 
@@ -134,22 +134,15 @@ struct MqttSubscriber::Impl {
   }
 
   void run(std::stop_token stop) {
-    std::uint32_t attempt = 0;
-    while (!stop.stop_requested()) {
-      if (connect_and_serve(stop)) attempt = 0;
-      if (stop.stop_requested()) break;
-      auto delay = mqtt_connect::reconnect_backoff(options.reconnect_min, options.reconnect_max,
-                                                   attempt, rng);
-      if (attempt < 62) ++attempt;
-      if (!env.sleep_until(env.steady_now() + delay, stop)) break;
-    }
+    mqtt_connect::reconnect_loop(stop, env, backoff,
+                                 [this](std::stop_token s) { return connect_and_serve(s); });
   }
 
   MqttSubscriberOptions options;
   Env& env;
   Logger& log;
   std::string component;
-  std::mt19937_64 rng;
+  mqtt_connect::Backoff backoff;
   OnMessage on_message;
   OnConnection on_connection;
   std::optional<bool> reported;

@@ -8,7 +8,6 @@
 #include <libevdev/libevdev-uinput.h>
 #include <libevdev/libevdev.h>
 #include <linux/input-event-codes.h>
-#include <pty.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -31,6 +30,7 @@
 #include "key_decoder.hpp"
 #include "key_event_source.hpp"
 #include "line_decoder.hpp"
+#include "pty.hpp"
 #include "replay_key_source.hpp"
 #include "scanner.hpp"
 #include "temp_dir.hpp"
@@ -664,36 +664,7 @@ TEST_F(ScannerReaderTest, BackoffGrowsToThirtySecondsAndStopIsIdempotent) {
 // ---------------------------------------------------------------------------------------------
 // Serial mode through real pseudo-terminals
 
-class Pty {
- public:
-  Pty() {
-    char name[256] = {};
-    if (::openpty(&m_master, &m_slave, name, nullptr, nullptr) != 0) return;
-    m_name = name;
-  }
-  ~Pty() {
-    close_slave();
-    close_master();
-  }
-  bool ok() const { return m_master >= 0; }
-  const std::string& name() const { return m_name; }
-  bool write(std::string_view bytes) {
-    return ::write(m_master, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size());
-  }
-  void close_slave() {
-    if (m_slave >= 0) ::close(m_slave);
-    m_slave = -1;
-  }
-  void close_master() {
-    if (m_master >= 0) ::close(m_master);
-    m_master = -1;
-  }
-
- private:
-  int m_master = -1;
-  int m_slave = -1;
-  std::string m_name;
-};
+using reflow_test::Pty;
 
 class SerialScannerTest : public ::testing::Test {
  protected:

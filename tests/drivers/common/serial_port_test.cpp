@@ -1,11 +1,7 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 // agent::SerialPort against a real pseudo-terminal pair: the slave side is what the agent opens,
 // the master side plays the device.
-#include <fcntl.h>
-#include <poll.h>
-#include <pty.h>
 #include <termios.h>
-#include <unistd.h>
 
 #include <array>
 #include <chrono>
@@ -17,40 +13,18 @@
 
 #include <reflow/drivers/serial_port.hpp>
 
+#include "pty.hpp"
+
 namespace {
 
 using namespace std::chrono_literals;
 
 class SerialPortTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::array<char, 128> name{};
-    ASSERT_EQ(::openpty(&m_master, &m_slave, name.data(), nullptr, nullptr), 0);
-    m_path = name.data();
-  }
-  void TearDown() override {
-    if (m_master >= 0) ::close(m_master);
-    if (m_slave >= 0) ::close(m_slave);
-  }
-
-  void close_master() {
-    ::close(m_master);
-    m_master = -1;
-  }
+  void SetUp() override { ASSERT_TRUE(m_pty.ok()) << "openpty failed"; }
 
   // Reads what the port wrote, waiting up to a generous bound.
-  std::string read_master(std::size_t want) {
-    std::string out;
-    const auto deadline = std::chrono::steady_clock::now() + 10s;
-    while (out.size() < want && std::chrono::steady_clock::now() < deadline) {
-      pollfd pfd{m_master, POLLIN, 0};
-      if (::poll(&pfd, 1, 100) <= 0) continue;
-      std::array<char, 256> buf{};
-      const ssize_t n = ::read(m_master, buf.data(), buf.size());
-      if (n > 0) out.append(buf.data(), static_cast<std::size_t>(n));
-    }
-    return out;
-  }
+  std::string read_master(std::size_t want) { return m_pty.read(want, 10s); }
 
   std::string read_port(agent::SerialPort& port, std::size_t want) {
     std::string out;
@@ -64,9 +38,7 @@ class SerialPortTest : public ::testing::Test {
     return out;
   }
 
-  int m_master = -1;
-  int m_slave = -1;
-  std::string m_path;
+  reflow_test::Pty m_pty;
 };
 
 TEST_F(SerialPortTest, AppliesRawModeAndLineSettings) {
@@ -75,11 +47,11 @@ TEST_F(SerialPortTest, AppliesRawModeAndLineSettings) {
   settings.data_bits = 7;
   settings.parity = agent::SerialSettings::Parity::odd;
   settings.stop_bits = 2;
-  auto port = agent::SerialPort::open(m_path, settings);
+  auto port = agent::SerialPort::open(m_pty.name(), settings);
   ASSERT_TRUE(port) << port.error().message;
 
   termios tio{};
-  ASSERT_EQ(::tcgetattr(m_slave, &tio), 0);
+  ASSERT_EQ(::tcgetattr(m_pty.slave(), &tio), 0);
   EXPECT_EQ(::cfgetispeed(&tio), B4800);
   EXPECT_EQ(::cfgetospeed(&tio), B4800);
   EXPECT_EQ(tio.c_lflag & (ICANON | ECHO | ISIG), 0u);
@@ -93,29 +65,29 @@ TEST_F(SerialPortTest, AppliesRawModeAndLineSettings) {
 }
 
 TEST_F(SerialPortTest, DefaultsTo8N1) {
-  auto port = agent::SerialPort::open(m_path, agent::SerialSettings{});
+  auto port = agent::SerialPort::open(m_pty.name(), agent::SerialSettings{});
   ASSERT_TRUE(port) << port.error().message;
   termios tio{};
-  ASSERT_EQ(::tcgetattr(m_slave, &tio), 0);
+  ASSERT_EQ(::tcgetattr(m_pty.slave(), &tio), 0);
   EXPECT_EQ(::cfgetispeed(&tio), B9600);
   EXPECT_EQ(tio.c_cflag & CSIZE, static_cast<tcflag_t>(CS8));
   EXPECT_EQ(tio.c_cflag & (PARENB | CSTOPB), 0u);
 }
 
 TEST_F(SerialPortTest, CarriesBytesBothWaysUnchanged) {
-  auto port = agent::SerialPort::open(m_path, agent::SerialSettings{});
+  auto port = agent::SerialPort::open(m_pty.name(), agent::SerialSettings{});
   ASSERT_TRUE(port) << port.error().message;
 
   ASSERT_TRUE((*port)->write("SI\r\n"));
   EXPECT_EQ(read_master(4), "SI\r\n");  // raw mode: no CR/LF translation
 
   const std::string frame = "ST,GS,+  1.234,kg\r\n\x03";
-  ASSERT_EQ(::write(m_master, frame.data(), frame.size()), static_cast<ssize_t>(frame.size()));
+  ASSERT_TRUE(m_pty.write(frame));
   EXPECT_EQ(read_port(**port, frame.size()), frame);
 }
 
 TEST_F(SerialPortTest, ReturnsZeroBytesAtTheDeadline) {
-  auto port = agent::SerialPort::open(m_path, agent::SerialSettings{});
+  auto port = agent::SerialPort::open(m_pty.name(), agent::SerialSettings{});
   ASSERT_TRUE(port) << port.error().message;
   std::array<std::byte, 16> buf{};
   const auto deadline = std::chrono::steady_clock::now() + 50ms;
@@ -126,7 +98,7 @@ TEST_F(SerialPortTest, ReturnsZeroBytesAtTheDeadline) {
 }
 
 TEST_F(SerialPortTest, ReturnsZeroBytesWhenStopIsRequested) {
-  auto port = agent::SerialPort::open(m_path, agent::SerialSettings{});
+  auto port = agent::SerialPort::open(m_pty.name(), agent::SerialSettings{});
   ASSERT_TRUE(port) << port.error().message;
   std::stop_source stop;
   std::jthread stopper([&] { stop.request_stop(); });
@@ -138,10 +110,10 @@ TEST_F(SerialPortTest, ReturnsZeroBytesWhenStopIsRequested) {
 }
 
 TEST_F(SerialPortTest, ReportsDeviceUnavailableWhenTheOtherSideCloses) {
-  auto port = agent::SerialPort::open(m_path, agent::SerialSettings{});
+  auto port = agent::SerialPort::open(m_pty.name(), agent::SerialSettings{});
   ASSERT_TRUE(port) << port.error().message;
   // The agent's own slave fd stays open; only the "device" side goes away.
-  close_master();
+  m_pty.close_master();
   std::array<std::byte, 16> buf{};
   auto n = (*port)->read(buf, std::chrono::steady_clock::now() + 10s, std::stop_token{});
   ASSERT_FALSE(n);
@@ -159,7 +131,7 @@ TEST_F(SerialPortTest, OpeningAMissingPathIsDeviceUnavailable) {
 TEST_F(SerialPortTest, RejectsABaudRateTermiosDoesNotHave) {
   agent::SerialSettings settings;
   settings.baud = 9601;
-  auto port = agent::SerialPort::open(m_path, settings);
+  auto port = agent::SerialPort::open(m_pty.name(), settings);
   ASSERT_FALSE(port);
   EXPECT_EQ(port.error().code, agent::ErrorCode::invalid_argument);
   EXPECT_NE(port.error().message.find("9601"), std::string::npos);

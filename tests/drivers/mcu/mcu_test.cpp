@@ -4,12 +4,6 @@
 // the handshake, a session becoming `use` and `consume`, garbage on the line, a duplicate, a gap,
 // a board reboot mid-session and the agent's restart (events committed once: acks only after
 // commit). Time stamps are a FakeEnv's; every wait is for observable state, bounded.
-#include <fcntl.h>
-#include <poll.h>
-#include <pty.h>
-#include <termios.h>
-#include <unistd.h>
-
 #include <array>
 #include <chrono>
 #include <fstream>
@@ -35,6 +29,7 @@
 
 #include "capturing_sink.hpp"
 #include "mcu_driver.hpp"
+#include "pty.hpp"
 #include "temp_dir.hpp"
 
 namespace agent {
@@ -61,31 +56,9 @@ Result<AgentConfig> agent_config(const std::string& driver_tables) {
 // The board's side of a pseudo-terminal pair.
 class Board {
  public:
-  Board() {
-    std::array<char, 128> name{};
-    if (::openpty(&m_master, &m_slave, name.data(), nullptr, nullptr) != 0) return;
-    m_name = name.data();
-    termios tio{};
-    ::tcgetattr(m_slave, &tio);
-    ::cfmakeraw(&tio);
-    ::tcsetattr(m_slave, TCSANOW, &tio);
-  }
-  ~Board() {
-    if (m_master >= 0) ::close(m_master);
-    if (m_slave >= 0) ::close(m_slave);
-  }
-  Board(const Board&) = delete;
-  Board& operator=(const Board&) = delete;
+  const std::string& name() const { return m_pty.name(); }
 
-  const std::string& name() const { return m_name; }
-
-  void raw(std::string_view bytes) {
-    while (!bytes.empty()) {
-      const ssize_t n = ::write(m_master, bytes.data(), bytes.size());
-      if (n <= 0) return;
-      bytes.remove_prefix(static_cast<std::size_t>(n));
-    }
-  }
+  void raw(std::string_view bytes) { m_pty.write(bytes); }
 
   template <typename Body>
   void send(fw::Header header, const Body& body) {
@@ -100,12 +73,8 @@ class Board {
   std::optional<std::pair<fw::Header, std::vector<std::uint8_t>>> next(fw::MessageType type) {
     const auto deadline = std::chrono::steady_clock::now() + k_bound;
     while (std::chrono::steady_clock::now() < deadline) {
-      pollfd pfd{m_master, POLLIN, 0};
-      if (::poll(&pfd, 1, 100) <= 0) continue;
-      std::array<std::uint8_t, 256> buf{};
-      const ssize_t n = ::read(m_master, buf.data(), buf.size());
-      for (ssize_t i = 0; i < n; ++i) {
-        if (!m_decoder.feed(buf[static_cast<std::size_t>(i)])) continue;
+      for (const char byte : m_pty.read_some()) {
+        if (!m_decoder.feed(static_cast<std::uint8_t>(byte))) continue;
         fw::Header h;
         if (!fw::decode_header(m_decoder.payload(), h)) continue;
         const auto body = fw::body_of(m_decoder.payload());
@@ -130,9 +99,7 @@ class Board {
   }
 
  private:
-  int m_master = -1;
-  int m_slave = -1;
-  std::string m_name;
+  reflow_test::Pty m_pty{reflow_test::Pty::Termios::raw};
   fw::FrameDecoder m_decoder;
   std::vector<std::pair<fw::Header, std::vector<std::uint8_t>>> m_pending;
 };

@@ -2,13 +2,7 @@
 // The scale reader and the `scale` kind through real pseudo-terminals: the test holds the master
 // side and plays the scale; the reader opens a symlink to the slave, so the test can remove the
 // link and point it at a new pty to simulate unplug and replug. Time is a FakeEnv.
-#include <fcntl.h>
-#include <poll.h>
-#include <pty.h>
-#include <termios.h>
-#include <unistd.h>
 
-#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -30,6 +24,7 @@
 #include <reflow/device/driver.hpp>
 
 #include "frames.hpp"
+#include "pty.hpp"
 #include "scale_reader.hpp"
 #include "temp_dir.hpp"
 
@@ -53,64 +48,10 @@ std::string read_file(const std::filesystem::path& path) {
   return text.str();
 }
 
-// The device side of a pseudo-terminal pair.
-class Pty {
- public:
-  Pty() {
-    std::array<char, 128> name{};
-    if (::openpty(&m_master, &m_slave, name.data(), nullptr, nullptr) != 0) return;
-    m_name = name.data();
-    // Raw from the start: a hidraw stand-in gets no termios from the reader.
-    termios tio{};
-    ::tcgetattr(m_slave, &tio);
-    ::cfmakeraw(&tio);
-    ::tcsetattr(m_slave, TCSANOW, &tio);
-  }
-  ~Pty() { close(); }
-  Pty(const Pty&) = delete;
-  Pty& operator=(const Pty&) = delete;
-
-  bool ok() const { return m_master >= 0; }
-  const std::string& name() const { return m_name; }
-
-  void write(std::string_view bytes) {
-    while (!bytes.empty()) {
-      const ssize_t n = ::write(m_master, bytes.data(), bytes.size());
-      if (n <= 0) return;
-      bytes.remove_prefix(static_cast<std::size_t>(n));
-    }
-  }
-
-  // Waits until `text` arrived from the reader; consumes up to and including it.
-  bool expect(std::string_view text) {
-    const auto deadline = std::chrono::steady_clock::now() + k_bound;
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (const auto pos = m_input.find(text); pos != std::string::npos) {
-        m_input.erase(0, pos + text.size());
-        return true;
-      }
-      pollfd pfd{m_master, POLLIN, 0};
-      if (::poll(&pfd, 1, 100) <= 0) continue;
-      std::array<char, 256> buf{};
-      const ssize_t n = ::read(m_master, buf.data(), buf.size());
-      if (n > 0) m_input.append(buf.data(), static_cast<std::size_t>(n));
-    }
-    return false;
-  }
-
-  // Unplug: the device side goes away.
-  void close() {
-    if (m_master >= 0) ::close(m_master);
-    if (m_slave >= 0) ::close(m_slave);
-    m_master = m_slave = -1;
-  }
-
- private:
-  int m_master = -1;
-  int m_slave = -1;
-  std::string m_name;
-  std::string m_input;
-};
+// The scale's side of a pseudo-terminal pair, raw from the start: a hidraw stand-in gets no
+// termios from the reader.
+using reflow_test::Pty;
+constexpr auto k_raw = Pty::Termios::raw;
 
 class ScaleReaderTest : public ::testing::Test {
  protected:
@@ -200,7 +141,7 @@ class ScaleReaderTest : public ::testing::Test {
     std::vector<std::string> frames;
     counter.feed(stream, frames);
 
-    Pty pty;
+    Pty pty(k_raw);
     ASSERT_TRUE(pty.ok());
     plug(pty);
     start(protocol);
@@ -261,13 +202,13 @@ TEST_F(ScaleReaderTest, PollsMtSicsWithSiOnTheEnvClock) {
     replies.push_back(line + "\n");
   ASSERT_FALSE(replies.empty());
 
-  Pty pty;
+  Pty pty(k_raw);
   ASSERT_TRUE(pty.ok());
   plug(pty);
   start(Protocol::mt_sics);
   for (std::size_t i = 0; i < replies.size(); ++i) {
     SCOPED_TRACE(i);
-    ASSERT_TRUE(pty.expect("SI\r\n")) << "the reader did not ask";
+    ASSERT_TRUE(pty.expect("SI\r\n", k_bound)) << "the reader did not ask";
     pty.write(replies[i]);
     ASSERT_TRUE(wait_until([&] { return m_reader->health().frames >= i + 1; }));
     m_env.advance_ms(500);  // the next poll is due
@@ -284,7 +225,7 @@ TEST_F(ScaleReaderTest, PollsMtSicsWithSiOnTheEnvClock) {
 
 TEST_F(ScaleReaderTest, SurvivesUnplugAndReplugWithBackoff) {
   const std::string frames = "ST,GS,+  1.234,kg\r\nST,GS,+  1.234,kg\r\nST,GS,+  1.234,kg\r\n";
-  auto first = std::make_unique<Pty>();
+  auto first = std::make_unique<Pty>(k_raw);
   ASSERT_TRUE(first->ok());
   plug(*first);
   start(Protocol::st_gs);
@@ -302,7 +243,7 @@ TEST_F(ScaleReaderTest, SurvivesUnplugAndReplugWithBackoff) {
   ASSERT_TRUE(wait_for_errors(2));
   ASSERT_TRUE(m_env.wait_for_sleepers(1));
 
-  Pty second;
+  Pty second(k_raw);
   ASSERT_TRUE(second.ok());
   plug(second);
   m_env.advance_ms(2'000);
@@ -327,7 +268,7 @@ TEST_F(ScaleReaderTest, WaitsForAScaleThatIsNotThereYet) {
     m_env.advance_ms(ms);
     ASSERT_TRUE(wait_for_errors(before + 1)) << "no retry after " << ms << " ms";
   }
-  Pty pty;
+  Pty pty(k_raw);
   ASSERT_TRUE(pty.ok());
   plug(pty);
   ASSERT_TRUE(m_env.wait_for_sleepers(1));
@@ -417,7 +358,7 @@ class NoEventsSink final : public agent::EventSink {
 };
 
 TEST_F(ScaleReaderTest, ScaleKindShowsTheLastWeightInHealthAndEmitsNothing) {
-  Pty pty;
+  Pty pty(k_raw);
   ASSERT_TRUE(pty.ok());
   plug(pty);
   auto config = agent::parse_config(

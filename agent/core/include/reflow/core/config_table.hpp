@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <expected>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -239,17 +240,37 @@ Apply<Config> path_key(std::filesystem::path Config::*member) {
   };
 }
 
+/// Why check_duration refused a value.
+enum class DurationProblem {
+  not_a_duration,  ///< not a string, or not parse_duration's syntax ("30s", "1h")
+  out_of_range,    ///< below `min`, above `max`, or not whole seconds where they are required
+};
+
+/// `node` as a duration (units.hpp parse_duration) from `min` to `max` inclusive, in whole seconds
+/// when `whole_seconds`; the caller words the problem for its key.
+inline std::expected<milliseconds, DurationProblem> check_duration(const toml::node& node,
+                                                                   milliseconds min,
+                                                                   milliseconds max,
+                                                                   bool whole_seconds = false) {
+  const auto* text = node.as_string();
+  if (text == nullptr) return std::unexpected(DurationProblem::not_a_duration);
+  const auto parsed = parse_duration(text->get());
+  if (!parsed) return std::unexpected(DurationProblem::not_a_duration);
+  if (*parsed < min || *parsed > max || (whole_seconds && parsed->count() % 1000 != 0))
+    return std::unexpected(DurationProblem::out_of_range);
+  return *parsed;
+}
+
 // `note` says where a bound comes from, for bounds a user would not guess.
 template <typename Config>
 Apply<Config> duration_key(milliseconds Config::*member, milliseconds min, milliseconds max,
                            std::string note = {}, bool whole_seconds = false) {
   return [=](const toml::node& node, const ParseContext&,
              Config& config) -> std::optional<std::string> {
-    const auto* text = node.as_string();
-    if (text == nullptr) return got(k_duration_expected, node);
-    const auto parsed = parse_duration(text->get());
-    if (!parsed) return got(k_duration_expected, node);
-    if (*parsed < min || *parsed > max || (whole_seconds && parsed->count() % 1000 != 0)) {
+    const auto parsed = check_duration(node, min, max, whole_seconds);
+    if (!parsed && parsed.error() == DurationProblem::not_a_duration)
+      return got(k_duration_expected, node);
+    if (!parsed) {
       return got(fmt::format("expected a duration from \"{}\" to \"{}\"{}{}", duration_text(min),
                              duration_text(max), whole_seconds ? " in whole seconds" : "", note),
                  node);

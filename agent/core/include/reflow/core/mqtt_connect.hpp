@@ -27,6 +27,7 @@
 
 #include <mqtt/async_client.h>
 
+#include <reflow/core/env.hpp>
 #include <reflow/core/result.hpp>
 
 namespace agent {
@@ -121,6 +122,40 @@ int whole_seconds(std::chrono::milliseconds ms, std::int64_t max = 65535);
 std::chrono::milliseconds reconnect_backoff(std::chrono::milliseconds min,
                                             std::chrono::milliseconds max, std::uint32_t attempt,
                                             std::mt19937_64& rng);
+
+/// One client's reconnect delays: reconnect_backoff() with the count of attempts that failed
+/// since the last connect, seeded from std::random_device. One thread.
+class Backoff {
+ public:
+  Backoff(std::chrono::milliseconds min, std::chrono::milliseconds max)
+      : m_min(min), m_max(max), m_rng(std::random_device{}()) {}
+
+  /// The wait before the next attempt, counting one more failed one (the range stops doubling
+  /// at `max`; the count stops at 62).
+  std::chrono::milliseconds next() {
+    const auto delay = reconnect_backoff(m_min, m_max, m_attempt, m_rng);
+    if (m_attempt < 62) ++m_attempt;
+    return delay;
+  }
+
+  /// A connect succeeded: the next wait is drawn from [min, min · 2] again.
+  void reset() { m_attempt = 0; }
+
+ private:
+  std::chrono::milliseconds m_min;
+  std::chrono::milliseconds m_max;
+  std::uint32_t m_attempt = 0;
+  std::mt19937_64 m_rng;
+};
+
+/// The loop of a client thread that keeps one connection (the forwarder, the node's events
+/// connection, the drivers' subscriber): `attempt(stop)` connects and, once connected, serves
+/// the session until it ends, returning true when it connected (which resets `backoff`); until
+/// `stop`, each attempt is followed by a wait of `backoff.next()` on `env`'s clock, which
+/// `waiting(delay)` (when set) is told of first, for the log. Returns once `stop` is requested.
+void reconnect_loop(std::stop_token stop, Env& env, Backoff& backoff,
+                    const std::function<bool(std::stop_token)>& attempt,
+                    const std::function<void(std::chrono::milliseconds)>& waiting = {});
 
 /// A connect attempt's number as a Paho token's user context, and back: an answer that arrives
 /// late is told apart from one to the current attempt.
