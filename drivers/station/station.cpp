@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 // The `station` driver: a recycling station's scan-and-weigh workflow. A batch label scanned on
 // the station's scanner arms it; the next stable weight on its scale within `window` (net of
-// `tare`) completes one record, emitted as the configured action (`accept` at intake,
-// `transferCustody` on hand-over, `produce` at the shredder, `consume` at the extruder …) of the
-// batch with the weight as resourceQuantity. A count-only station (no scale) records 1 `one` per
-// batch scan. An optional LED and buzzer on GPIO lines tell the operator what happened.
+// `tare`) completes one record, emitted as the configured action (`transferCustody` at intake
+// and on hand-over, into the receiver's `to_resource`, `produce` at the shredder, `consume` at the
+// extruder …) of the batch with the weight as resourceQuantity. A count-only station (no scale)
+// records 1 `one` per batch scan. An optional LED and buzzer on GPIO lines tell the operator what
+// happened.
 //
 // Threads: the scanner's and the scale's reader threads only queue what they read; the driver's
 // own thread runs the workflow, hands records to the sink and drives the feedback lines; the
@@ -15,6 +16,8 @@
 #include <deque>
 #include <mutex>
 #include <set>
+#include <string>
+#include <string_view>
 #include <thread>
 
 #include <reflow/core/event.hpp>
@@ -30,6 +33,27 @@
 namespace agent {
 namespace station {
 namespace {
+
+// The actions whose event may name the receiver's resource (toResourceInventoriedAs).
+bool is_transfer_action(std::string_view action) {
+  return action == "transfer" || action == "transferCustody" || action == "transferAllRights" ||
+         action == "move";
+}
+
+// `pattern` (the `resource` or `to_resource` key) with every `{batch}` replaced by the code.
+std::string expand_batch(std::string_view pattern, std::string_view code) {
+  constexpr std::string_view k_placeholder = "{batch}";
+  std::string out;
+  std::string_view rest = pattern;
+  for (auto at = rest.find(k_placeholder); at != std::string_view::npos;
+       at = rest.find(k_placeholder)) {
+    out += rest.substr(0, at);
+    out += code;
+    rest.remove_prefix(at + k_placeholder.size());
+  }
+  out += rest;
+  return out;
+}
 
 using TimePoint = std::chrono::steady_clock::time_point;
 using Signal = FeedbackPlan::Signal;
@@ -491,7 +515,9 @@ class StationDriver final : public Driver {
     fields["hasPointInTime"] = format_rfc3339_ms(at_unix_ms);
     if (!c.provider.empty()) fields["provider"] = c.provider;
     if (!c.receiver.empty()) fields["receiver"] = c.receiver;
-    fields["resourceInventoriedAs"] = code;
+    fields["resourceInventoriedAs"] = expand_batch(c.resource, code);
+    if (!c.to_resource.empty())
+      fields["toResourceInventoriedAs"] = expand_batch(c.to_resource, code);
     double value = 1;
     std::string_view unit = "one";
     if (weighed) {
@@ -632,12 +658,19 @@ class StationDriver final : public Driver {
 const std::vector<DriverKeyInfo>& own_keys() {
   static const std::vector<DriverKeyInfo> keys = {
       {"action", "string", "(required)",
-       "what one record is: \"accept\" (intake), \"transferCustody\" (hand-over), \"transfer\", "
+       "what one record is: \"transferCustody\" (intake, hand-over), \"transfer\", "
        "\"produce\" (shredder output), \"consume\" (extruder input) … (a PROTOCOL §4 action that "
        "carries resourceQuantity)"},
       {"provider", "string", "\"\"", "agent reference of who hands the batch over; none if empty"},
       {"receiver", "string", "\"\"", "agent reference of who receives it; none if empty"},
       {"at_location", "string", "\"\"", "atLocation: where the station stands; none if empty"},
+      {"resource", "string", "\"{batch}\"",
+       "resourceInventoriedAs; {batch} stands for the scanned code (after a hand-over: the "
+       "receiver's resource, as the hand-over's to_resource named it)"},
+      {"to_resource", "string", "\"\"",
+       "transfer, transferCustody, transferAllRights, move: toResourceInventoriedAs, the "
+       "receiver's resource the batch goes into; {batch} stands for the scanned code; none if "
+       "empty"},
       {"batch_label", "string", "\"batch\"",
        "name of the scanner pattern whose codes are batches; other labels are ignored (with no "
        "scanner patterns every code is a batch)"},
@@ -727,10 +760,13 @@ Result<StationConfig> parse_station_config(const DriverConfig& config) {
   auto provider = table.string("provider", "");
   auto receiver = table.string("receiver", "");
   auto at_location = table.string("at_location", "");
+  auto resource = table.string("resource", "{batch}");
+  auto to_resource = table.string("to_resource", "");
   auto batch_label = table.string("batch_label", "batch");
   auto window = table.duration("window", std::chrono::seconds(60));
   auto unit = table.choice("unit", "kilogram", {"kilogram", "gram"});
-  for (const auto* r : {&action, &provider, &receiver, &at_location, &batch_label, &unit})
+  for (const auto* r :
+       {&action, &provider, &receiver, &at_location, &resource, &to_resource, &batch_label, &unit})
     if (!*r) return std::unexpected(r->error());
   if (!window) return std::unexpected(window.error());
   if (window->count() <= 0 || *window > std::chrono::hours(1))
@@ -739,6 +775,22 @@ Result<StationConfig> parse_station_config(const DriverConfig& config) {
   station.provider = *provider;
   station.receiver = *receiver;
   station.at_location = *at_location;
+  station.resource = *resource;
+  station.to_resource = *to_resource;
+  if (station.resource.empty())
+    return std::unexpected(
+        table.error("resource", "must not be empty (the default is \"{batch}\")"));
+  if (station.to_resource == station.resource)
+    return std::unexpected(
+        table.error("to_resource",
+                    "must differ from resource: name the receiver's resource, e.g. "
+                    "\"{batch}@fablab-recycling\" or a stock resource such as "
+                    "\"stock:pet-flakes\""));
+  if (!station.to_resource.empty() && !is_transfer_action(station.action))
+    return std::unexpected(table.error(
+        "to_resource", fmt::format("only a transfer, transferCustody, transferAllRights or move "
+                                   "goes into another resource, not \"{}\"",
+                                   station.action)));
   station.batch_label = *batch_label;
   station.window = *window;
   station.unit = *unit == "gram" ? WeightUnit::gram : WeightUnit::kilogram;
@@ -761,7 +813,9 @@ Result<StationConfig> parse_station_config(const DriverConfig& config) {
   probe["hasPointInTime"] = "2026-01-01T00:00:00.000Z";
   if (!station.provider.empty()) probe["provider"] = station.provider;
   if (!station.receiver.empty()) probe["receiver"] = station.receiver;
-  probe["resourceInventoriedAs"] = "urn:example:batch:1";
+  probe["resourceInventoriedAs"] = expand_batch(station.resource, "urn:example:batch:1");
+  if (!station.to_resource.empty())
+    probe["toResourceInventoriedAs"] = expand_batch(station.to_resource, "urn:example:batch:1");
   probe["resourceQuantity"] = vf::quantity(1, "kilogram");
   if (!station.at_location.empty()) probe["atLocation"] = station.at_location;
   if (Status valid = validate_submission(probe); !valid) {
@@ -772,8 +826,8 @@ Result<StationConfig> parse_station_config(const DriverConfig& config) {
                                                                  : "action";
     return std::unexpected(table.error(
         key, fmt::format("a station cannot record this: {}{}", why,
-                         key == "action" ? "; use \"accept\" (intake), \"transferCustody\" "
-                                           "(hand-over), \"transfer\", \"produce\" (shredder "
+                         key == "action" ? "; use \"transferCustody\" (intake, "
+                                           "hand-over), \"transfer\", \"produce\" (shredder "
                                            "output) or \"consume\" (extruder input)"
                                          : "")));
   }

@@ -35,6 +35,13 @@ struct StationConfig {
   std::string provider;
   std::string receiver;
   std::string at_location;
+  /// resourceInventoriedAs: `{batch}` stands for the scanned code (the default: the code itself).
+  /// Stations after a hand-over name the receiver's resource as the hand-over's to_resource did.
+  std::string resource = "{batch}";
+  /// transfer, transferCustody, transferAllRights, move: the receiver's resource the batch goes
+  /// into (toResourceInventoriedAs), `{batch}` standing for the scanned code; empty: none (then
+  /// zenflows creates a new resource for the receiver, valueflows.md §2d).
+  std::string to_resource;
   std::string batch_label = "batch";  ///< scans of this pattern name are batches
   std::chrono::milliseconds window{60'000};
   double tare_kg = 0;

@@ -451,6 +451,182 @@ TEST_F(QueryTest, TraceEndsOnCyclesAndMarksRepeatedNodes) {
   EXPECT_NE(format_trace_text(*tree).find("resource chair-1  (see above)"), std::string::npos);
 }
 
+// A return: the pallet goes from the workshop (A) to the shop (B) and back again. Each
+// transfer into a resource leads to its source, so the walk meets A again and stops there.
+TEST_F(QueryTest, TraceEndsOnATransferCycle) {
+  const std::vector<StoredEvent> events = {
+      make_event("desk-01", 1, "01JBQ9000000000000000000D1", "2026-11-01T08:00:00.000Z",
+                 {{"action", "transferCustody"},
+                  {"hasPointInTime", "2026-11-01T08:00:00Z"},
+                  {"resourceInventoriedAs", "pallet-A"},
+                  {"toResourceInventoriedAs", "pallet-B"},
+                  {"resourceQuantity", quantity(1, "one")}}),
+      make_event("desk-01", 2, "01JBQ9000000000000000000D2", "2026-11-01T09:00:00.000Z",
+                 {{"action", "transferCustody"},
+                  {"hasPointInTime", "2026-11-01T09:00:00Z"},
+                  {"resourceInventoriedAs", "pallet-B"},
+                  {"toResourceInventoriedAs", "pallet-A"},
+                  {"resourceQuantity", quantity(1, "one")}}),
+  };
+  auto tree = trace_resource(events, "pallet-A");
+  ASSERT_TRUE(tree) << tree.error().message;
+  EXPECT_EQ(format_trace_text(*tree),
+            "resource pallet-A\n"
+            "  2026-11-01T08:00:00Z  transferCustody  1 one  device desk-01  event "
+            "01JBQ9000000000000000000D1\n"
+            "  2026-11-01T09:00:00Z  transferCustody  1 one  device desk-01  event "
+            "01JBQ9000000000000000000D2\n"
+            "    resource pallet-B\n"
+            "      2026-11-01T08:00:00Z  transferCustody  1 one  device desk-01  event "
+            "01JBQ9000000000000000000D1\n"
+            "        resource pallet-A  (see above)\n"
+            "      2026-11-01T09:00:00Z  transferCustody  1 one  device desk-01  event "
+            "01JBQ9000000000000000000D2\n");
+}
+
+// A recycling station's chain (issue 16): two households hand in bags (intake = transferCustody
+// into the station's batch, toResourceInventoriedAs), the desk hands batch A over to the
+// shredder, the shredder consumes both batches and produces flakes, the extruder consumes the
+// flakes (using the extruder) and produces pellets.
+std::vector<StoredEvent> recycling_chain() {
+  const Json station = "did:reflow:station-7";
+  return {
+      make_event("desk-01", 1, "01JBQ9000000000000000000E1", "2026-11-02T09:00:00.000Z",
+                 {{"action", "transferCustody"},
+                  {"hasPointInTime", "2026-11-02T09:00:00Z"},
+                  {"provider", "did:reflow:household-5"},
+                  {"receiver", station},
+                  {"resourceInventoriedAs", "bag-5"},
+                  {"toResourceInventoriedAs", "intake-A"},
+                  {"resourceQuantity", quantity(2.4, "kilogram")}}),
+      make_event("desk-01", 2, "01JBQ9000000000000000000E2", "2026-11-02T09:30:00.000Z",
+                 {{"action", "transferCustody"},
+                  {"hasPointInTime", "2026-11-02T09:30:00Z"},
+                  {"provider", "did:reflow:school-2"},
+                  {"receiver", station},
+                  {"resourceInventoriedAs", "bag-2"},
+                  {"toResourceInventoriedAs", "intake-B"},
+                  {"resourceQuantity", quantity(1.1, "kilogram")}}),
+      make_event("desk-01", 3, "01JBQ9000000000000000000E3", "2026-11-02T10:00:00.000Z",
+                 {{"action", "transferCustody"},
+                  {"hasPointInTime", "2026-11-02T10:00:00Z"},
+                  {"provider", station},
+                  {"receiver", "did:reflow:shredder-crew"},
+                  {"resourceInventoriedAs", "intake-A"},
+                  {"toResourceInventoriedAs", "shred-in-A"},
+                  {"resourceQuantity", quantity(2.4, "kilogram")}}),
+      make_event("shredder-01", 1, "01JBQ9000000000000000000F1", "2026-11-02T11:00:00.000Z",
+                 {{"action", "consume"},
+                  {"hasPointInTime", "2026-11-02T11:00:00Z"},
+                  {"resourceInventoriedAs", "shred-in-A"},
+                  {"resourceQuantity", quantity(2.4, "kilogram")},
+                  {"inputOf", "shred-1"}}),
+      make_event("shredder-01", 2, "01JBQ9000000000000000000F2", "2026-11-02T11:05:00.000Z",
+                 {{"action", "consume"},
+                  {"hasPointInTime", "2026-11-02T11:05:00Z"},
+                  {"resourceInventoriedAs", "intake-B"},
+                  {"resourceQuantity", quantity(1.1, "kilogram")},
+                  {"inputOf", "shred-1"}}),
+      make_event("shredder-01", 3, "01JBQ9000000000000000000F3", "2026-11-02T11:30:00.000Z",
+                 {{"action", "produce"},
+                  {"hasPointInTime", "2026-11-02T11:30:00Z"},
+                  {"resourceInventoriedAs", "flakes-1"},
+                  {"resourceQuantity", quantity(3.3, "kilogram")},
+                  {"outputOf", "shred-1"}}),
+      make_event("extruder-01", 1, "01JBQ9000000000000000000G1", "2026-11-02T13:00:00.000Z",
+                 {{"action", "consume"},
+                  {"hasPointInTime", "2026-11-02T13:00:00Z"},
+                  {"resourceInventoriedAs", "flakes-1"},
+                  {"resourceQuantity", quantity(3.3, "kilogram")},
+                  {"inputOf", "extrude-1"}}),
+      make_event("extruder-01", 2, "01JBQ9000000000000000000G2", "2026-11-02T14:00:00.000Z",
+                 {{"action", "use"},
+                  {"hasBeginning", "2026-11-02T13:00:00Z"},
+                  {"hasEnd", "2026-11-02T14:00:00Z"},
+                  {"resourceInventoriedAs", "extruder-felfil"},
+                  {"effortQuantity", quantity(1, "hour")},
+                  {"inputOf", "extrude-1"}}),
+      make_event("extruder-01", 3, "01JBQ9000000000000000000G3", "2026-11-02T14:00:01.000Z",
+                 {{"action", "produce"},
+                  {"hasPointInTime", "2026-11-02T14:00:00Z"},
+                  {"resourceInventoriedAs", "pellets-1"},
+                  {"resourceQuantity", quantity(3.1, "kilogram")},
+                  {"outputOf", "extrude-1"}}),
+  };
+}
+
+// The passport of a pellet batch: pellets <- extruder <- flakes <- shredder <- both intake
+// batches (a branch: two consumed inputs of one process) <- the providers' hand-ins.
+const char* const k_pellets_passport =
+    "resource pellets-1\n"
+    "  2026-11-02T14:00:00Z  produce  3.1 kilogram  device extruder-01  event "
+    "01JBQ9000000000000000000G3\n"
+    "    process extrude-1\n"
+    "      2026-11-02T13:00:00Z  consume  3.3 kilogram  device extruder-01  event "
+    "01JBQ9000000000000000000G1\n"
+    "        resource flakes-1\n"
+    "          2026-11-02T11:30:00Z  produce  3.3 kilogram  device shredder-01  event "
+    "01JBQ9000000000000000000F3\n"
+    "            process shred-1\n"
+    "              2026-11-02T11:00:00Z  consume  2.4 kilogram  device shredder-01  event "
+    "01JBQ9000000000000000000F1\n"
+    "                resource shred-in-A\n"
+    "                  2026-11-02T10:00:00Z  transferCustody  2.4 kilogram  provider "
+    "did:reflow:station-7  receiver did:reflow:shredder-crew  device desk-01  event "
+    "01JBQ9000000000000000000E3\n"
+    "                    resource intake-A\n"
+    "                      2026-11-02T09:00:00Z  transferCustody  2.4 kilogram  provider "
+    "did:reflow:household-5  receiver did:reflow:station-7  device desk-01  event "
+    "01JBQ9000000000000000000E1\n"
+    "                        resource bag-5\n"
+    "                          2026-11-02T09:00:00Z  transferCustody  2.4 kilogram  provider "
+    "did:reflow:household-5  receiver did:reflow:station-7  device desk-01  event "
+    "01JBQ9000000000000000000E1\n"
+    "                      2026-11-02T10:00:00Z  transferCustody  2.4 kilogram  provider "
+    "did:reflow:station-7  receiver did:reflow:shredder-crew  device desk-01  event "
+    "01JBQ9000000000000000000E3\n"
+    "                  2026-11-02T11:00:00Z  consume  2.4 kilogram  device shredder-01  event "
+    "01JBQ9000000000000000000F1\n"
+    "              2026-11-02T11:05:00Z  consume  1.1 kilogram  device shredder-01  event "
+    "01JBQ9000000000000000000F2\n"
+    "                resource intake-B\n"
+    "                  2026-11-02T09:30:00Z  transferCustody  1.1 kilogram  provider "
+    "did:reflow:school-2  receiver did:reflow:station-7  device desk-01  event "
+    "01JBQ9000000000000000000E2\n"
+    "                    resource bag-2\n"
+    "                      2026-11-02T09:30:00Z  transferCustody  1.1 kilogram  provider "
+    "did:reflow:school-2  receiver did:reflow:station-7  device desk-01  event "
+    "01JBQ9000000000000000000E2\n"
+    "                  2026-11-02T11:05:00Z  consume  1.1 kilogram  device shredder-01  event "
+    "01JBQ9000000000000000000F2\n"
+    "          2026-11-02T13:00:00Z  consume  3.3 kilogram  device extruder-01  event "
+    "01JBQ9000000000000000000G1\n"
+    "      2026-11-02T13:00:00Z..2026-11-02T14:00:00Z  use  effort 1 hour  device extruder-01  "
+    "event 01JBQ9000000000000000000G2\n";
+
+TEST_F(QueryTest, TraceOfAPelletBatchReachesBothIntakeBatchesAndTheirProviders) {
+  auto tree = trace_resource(recycling_chain(), "pellets-1");
+  ASSERT_TRUE(tree) << tree.error().message;
+  EXPECT_EQ(format_trace_text(*tree), k_pellets_passport);
+}
+
+TEST_F(QueryTest, TraceJsonOfAnIntakeBatchNamesItsProvider) {
+  auto tree = trace_resource(recycling_chain(), "intake-B");
+  ASSERT_TRUE(tree) << tree.error().message;
+  Json json = trace_to_json(*tree);
+  ASSERT_EQ(json["children"].size(), 2u);
+  const Json& intake = json["children"][0];
+  EXPECT_EQ(intake["action"], "transferCustody");
+  EXPECT_EQ(intake["provider"], "did:reflow:school-2");
+  EXPECT_EQ(intake["receiver"], "did:reflow:station-7");
+  EXPECT_EQ(intake["toResourceInventoriedAs"], "intake-B");
+  ASSERT_EQ(intake["children"].size(), 1u);
+  EXPECT_EQ(intake["children"][0]["id"], "bag-2");
+  // Forward events (the shredder's consume) are part of the batch's life, but lead nowhere.
+  EXPECT_EQ(json["children"][1]["action"], "consume");
+  EXPECT_TRUE(json["children"][1]["children"].empty());
+}
+
 TEST_F(QueryTest, TraceOfAnUnknownResourceIsNotFound) {
   auto tree = trace_resource(print_job_history(), "nothing");
   ASSERT_FALSE(tree);
@@ -495,6 +671,18 @@ TEST_F(QuerySqliteTest, JsonlAndTraceWorkOnTheSqliteStore) {
   auto tree = trace_resource(*m_store, "shop-part-9");
   ASSERT_TRUE(tree) << tree.error().message;
   EXPECT_EQ(format_trace_text(*tree), format_trace_text(*trace_resource(events, "shop-part-9")));
+}
+
+// The node-level passport of a pellet batch over a real SQLite file filled with verified,
+// chained envelopes from three devices (desk, shredder, extruder).
+TEST_F(QuerySqliteTest, TraceOfARecyclingChainOnTheSqliteStore) {
+  put(recycling_chain());
+  auto tree = trace_resource(*m_store, "pellets-1");
+  ASSERT_TRUE(tree) << tree.error().message;
+  EXPECT_EQ(format_trace_text(*tree), k_pellets_passport);
+  auto missing = trace_resource(*m_store, "pellets-2");
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().code, agent::ErrorCode::not_found);
 }
 
 TEST_F(QuerySqliteTest, CsvAndStatsWorkOnTheSqliteStore) {

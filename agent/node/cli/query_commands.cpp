@@ -23,6 +23,7 @@ struct QueryOptions {
   std::string action;
   std::string format = "jsonl";
   std::string resource;
+  std::string trace_format = "text";  // trace: text or json (--json is the same as json)
   bool json = false;
 };
 
@@ -69,7 +70,7 @@ int run_trace(const QueryOptions& options) {
   if (!store) return 1;
   auto tree = trace_resource(*store, options.resource);
   if (print_if_error(tree)) return 1;
-  if (options.json)
+  if (options.json || options.trace_format == "json")
     std::cout << trace_to_json(*tree).dump(-1, ' ', false,
                                            nlohmann::ordered_json::error_handler_t::replace)
               << '\n';
@@ -124,8 +125,13 @@ void add_query_commands(CLI::App& app, int& exit_code) {
       ->add_option("RESOURCE", options->resource,
                    "The resource reference (resourceInventoriedAs as the devices send it)")
       ->required();
-  trace->add_flag("--json", options->json,
-                  "Nested JSON {type: resource|event|process, id, …, children: […]}");
+  trace
+      ->add_option("--format", options->trace_format,
+                   "text (an indented tree) or json (nested {type: resource|event|process, id, "
+                   "…, children: […]})")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
+  trace->add_flag("--json", options->json, "The same as --format json");
   trace->callback([options, &exit_code] { exit_code = run_trace(*options); });
 }
 

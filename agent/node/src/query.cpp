@@ -415,6 +415,9 @@ void append_trace_text(const TraceNode& node, int depth, std::string& out) {
       line += time + "  " + string_field(e, "action");
       if (auto q = quantity_text(e, "resourceQuantity"); !q.empty()) line += "  " + q;
       if (auto q = quantity_text(e, "effortQuantity"); !q.empty()) line += "  effort " + q;
+      // Who handed it over to whom: for an intake, the provider is where the material came from.
+      if (auto a = string_field(e, "provider"); !a.empty()) line += "  provider " + a;
+      if (auto a = string_field(e, "receiver"); !a.empty()) line += "  receiver " + a;
       line += "  device " + node.device + "  event " + node.id;
       break;
     }

@@ -11,6 +11,7 @@
 
 #include <reflow/core/event.hpp>
 #include <reflow/core/units.hpp>
+#include <reflow/core/zenflows_rules.hpp>
 #include <reflow/device/config.hpp>
 #include <reflow/device/driver.hpp>
 #include <reflow/drivers/driver_state.hpp>
@@ -156,7 +157,8 @@ const std::string k_patterns =
     "spool = ^WEB\\\\+SPOOLMAN:S-[0-9]+$\n\"\"\"\n";
 
 const std::string k_intake =
-    "[[driver]]\nkind = \"station\"\nname = \"intake\"\naction = \"accept\"\n"
+    "[[driver]]\nkind = \"station\"\nname = \"intake\"\naction = \"transferCustody\"\n"
+    "to_resource = \"{batch}@fablab-recycling\"\n"
     "provider = \"agent:green-shed-collective\"\nreceiver = \"agent:fablab-recycling\"\n"
     "at_location = \"place:fablab-intake\"\ntare = 1.2\n"
     "scanner = \"/dev/serial/by-id/usb-Example_Scanner-if00\"\nscanner_mode = \"serial\"\n" +
@@ -241,7 +243,7 @@ class StationDriverTest : public ::testing::Test {
   OutputLog m_outputs;
 };
 
-TEST_F(StationDriverTest, ScanThenStableWeightGivesOneAcceptOfTheNetWeight) {
+TEST_F(StationDriverTest, ScanThenStableWeightGivesOneIntakeOfTheNetWeight) {
   CapturingSink sink;
   auto driver = make(config(k_intake));
   ASSERT_TRUE(driver->start(sink, m_dir.path()));
@@ -260,8 +262,11 @@ TEST_F(StationDriverTest, ScanThenStableWeightGivesOneAcceptOfTheNetWeight) {
   ASSERT_EQ(events.size(), 1u);
   const ordered_json& e = events[0].fields;
   EXPECT_TRUE(validate_submission(e)) << e.dump();
-  EXPECT_EQ(e["action"], "accept");
+  EXPECT_TRUE(vf::check_zenflows_rules(e)) << vf::check_zenflows_rules(e).error().message;
+  // Intake (issue 16): custody of the provider's batch passes into the receiver's resource.
+  EXPECT_EQ(e["action"], "transferCustody");
   EXPECT_EQ(e["resourceInventoriedAs"], k_batch);
+  EXPECT_EQ(e["toResourceInventoriedAs"], std::string(k_batch) + "@fablab-recycling");
   EXPECT_EQ(e["resourceQuantity"]["hasUnit"], "kilogram");
   EXPECT_EQ(e["resourceQuantity"]["hasNumericalValue"].dump(), "12.345") << "net of the tare";
   EXPECT_EQ(e["hasPointInTime"], format_rfc3339_ms(k_start_unix_ms + 5'000));
@@ -430,6 +435,30 @@ TEST_F(StationDriverTest, CountOnlyStationRecordsOnePerBatchScan) {
   }
   EXPECT_EQ(events[0].fields["resourceInventoriedAs"], "urn:example:batch:0007");
   EXPECT_EQ(events[1].fields["resourceInventoriedAs"], "urn:example:batch:0008");
+}
+
+// After an intake into "{batch}@fablab-recycling", a hand-over station names that resource as
+// the giver's and the next group's as the receiver's, every `{batch}` replaced.
+TEST_F(StationDriverTest, ResourceAndToResourceNameBothSidesOfAHandOver) {
+  CapturingSink sink;
+  auto driver = make(
+      config("[[driver]]\nkind = \"station\"\nname = \"hand-over\"\naction = \"transferCustody\"\n"
+             "provider = \"agent:fablab-recycling\"\nreceiver = \"agent:shredder-crew\"\n"
+             "resource = \"{batch}@fablab-recycling\"\n"
+             "to_resource = \"{batch}@shredder-crew/{batch}\"\n"
+             "scanner = \"/dev/input/by-id/usb-Example_Scanner-event-kbd\"\n" +
+             k_patterns));
+  ASSERT_TRUE(driver->start(sink, m_dir.path()));
+  m_scanner->scan("urn:example:batch:0007", "batch");
+  auto events = sink.wait_for(1);
+  driver->stop();
+  ASSERT_EQ(events.size(), 1u);
+  const ordered_json& e = events[0].fields;
+  EXPECT_TRUE(validate_submission(e)) << e.dump();
+  EXPECT_TRUE(vf::check_zenflows_rules(e)) << e.dump();
+  EXPECT_EQ(e["resourceInventoriedAs"], "urn:example:batch:0007@fablab-recycling");
+  EXPECT_EQ(e["toResourceInventoriedAs"],
+            "urn:example:batch:0007@shredder-crew/urn:example:batch:0007");
 }
 
 TEST_F(StationDriverTest, WithoutPatternsEveryCodeIsABatch) {
@@ -671,6 +700,16 @@ TEST_F(StationDriverTest, ConfigErrorsNameTheKey) {
                 .message.find("buzzer_line"),
             std::string::npos);
   EXPECT_NE(config_error(base + "action = \"accept\"\nbogus = 1\n").message.find("bogus"),
+            std::string::npos);
+  // to_resource: only where the batch goes into another resource, and not the batch itself.
+  const Error into = config_error(base + "action = \"consume\"\nto_resource = \"stock:pet\"\n");
+  EXPECT_NE(into.message.find("driver.s.to_resource"), std::string::npos) << into.message;
+  EXPECT_NE(into.message.find("\"consume\""), std::string::npos) << into.message;
+  EXPECT_NE(config_error(base + "action = \"transfer\"\nto_resource = \"{batch}\"\n")
+                .message.find("to_resource"),
+            std::string::npos);
+  EXPECT_NE(config_error(base + "action = \"transfer\"\nresource = \"\"\n")
+                .message.find("driver.s.resource"),
             std::string::npos);
   // tare = 0 is the default spelled out, and allowed.
   EXPECT_EQ(config(base + "action = \"accept\"\nscale = \"/dev/ttyUSB0\"\ntare = 0\n").tare_kg, 0);

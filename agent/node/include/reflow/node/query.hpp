@@ -117,7 +117,8 @@ Result<TraceNode> trace_resource(const std::vector<StoredEvent>& events, std::st
 
 /// An indented tree, two spaces per level, one node per line:
 ///   `resource REF`, `process REF`, and for events
-///   `TIME ACTION [QUANTITY UNIT] [effort QUANTITY UNIT] device DEVICE event ID`
+///   `TIME ACTION [QUANTITY UNIT] [effort QUANTITY UNIT] [provider AGENT] [receiver AGENT]
+///    device DEVICE event ID`
 /// where TIME is hasPointInTime or `BEGIN..END`; `(see above)` marks a repeated node.
 std::string format_trace_text(const TraceNode& root);
 
