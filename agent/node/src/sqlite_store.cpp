@@ -27,6 +27,7 @@ namespace {
 namespace fs = std::filesystem;
 using agent::ErrorCode;
 using agent::fail;
+using agent::sqlite::bind_text;
 using agent::sqlite::Blob;
 using agent::sqlite::column_text;
 using agent::sqlite::Cursor;

@@ -490,13 +490,11 @@ TEST_F(McuBadgeTest, ANewBadgeDuringASessionHandsItOver) {
 }
 
 TEST_F(McuBadgeTest, SerialReaderBadgeAttributesTheNextSession) {
-  int master = -1;
-  int slave = -1;
-  std::array<char, 128> name{};
-  ASSERT_EQ(::openpty(&master, &slave, name.data(), nullptr, nullptr), 0);
+  reflow_test::Pty reader;  // the RDM6300 module
+  ASSERT_TRUE(reader.ok());
   CapturingSink sink;
   auto driver =
-      start_badged(sink, fmt::format("source = \"serial\"\ndevice = \"{}\"\n", name.data()));
+      start_badged(sink, fmt::format("source = \"serial\"\ndevice = \"{}\"\n", reader.name()));
   ASSERT_TRUE(
       wait_until([&] { return driver->health().state.find("reader open") != std::string::npos; }));
   // RDM6300 frame of 0A1B2C3D4E (checksum 0A^1B^2C^3D^4E = 0x4E), held: sent twice, one badge.
@@ -504,7 +502,7 @@ TEST_F(McuBadgeTest, SerialReaderBadgeAttributesTheNextSession) {
       "\x02"
       "0A1B2C3D4E4E\x03";
   const std::string twice = "noise" + frame + frame;
-  ASSERT_EQ(::write(master, twice.data(), twice.size()), static_cast<ssize_t>(twice.size()));
+  ASSERT_TRUE(reader.write(twice));
   ASSERT_TRUE(wait_until([&] {
     return driver->health().state.find("known 1") != std::string::npos;
   })) << driver->health().state;
@@ -519,8 +517,6 @@ TEST_F(McuBadgeTest, SerialReaderBadgeAttributesTheNextSession) {
   EXPECT_NE(health.state.find("frames 2, bad frames 1"), std::string::npos) << health.state;
   EXPECT_NE(health.state.find("badges 1 (known 1"), std::string::npos) << health.state;
   driver->stop();
-  ::close(master);
-  ::close(slave);
 }
 
 TEST_F(McuBadgeTest, BadgeTableNeedsMembersAndAKnownSource) {
