@@ -1125,6 +1125,207 @@ TEST_F(OutboxTest, APowerCutKeepsEveryAnsweredEventAndLosesAtMostTheAcksSinceThe
   EXPECT_GT(acks_lost, 0);
 }
 
+// Schema 2 keeps the chain head in the last row and marks that row acked instead of deleting
+// it when an ack covers every event: the head survives, and the row is never sent again.
+TEST_F(OutboxTest, KeepsTheChainHeadWhenEveryEventIsAcked) {
+  std::string stream;
+  {
+    auto outbox = open();
+    append(*outbox, 3);
+    stream = outbox->head().stream;
+    ASSERT_EQ(*outbox->apply_ack(stream, 3), 3);
+    EXPECT_TRUE(outbox->read_from(1, 10)->empty());
+    EXPECT_EQ(outbox->stats().backlog_bytes, 0u);
+  }
+  std::size_t skipped = 0;
+  EXPECT_TRUE(export_all(m_dir / "outbox.db", skipped).empty());
+  EXPECT_EQ(skipped, 0u);
+  {
+    auto outbox = open();
+    const ChainHead head = outbox->head();
+    EXPECT_EQ(head.stream, stream);
+    EXPECT_EQ(head.last_seq, 3);
+    EXPECT_EQ(head.last_hash, "hash-3");
+    EXPECT_EQ(head.recorded_floor_ms, 1'767'225'600'000 + 3 * 1000);
+    const OutboxStats stats = outbox->stats();
+    EXPECT_EQ(stats.acked_seq, 3);
+    EXPECT_EQ(stats.backlog_events, 0);
+    EXPECT_EQ(stats.backlog_bytes, 0u);
+    EXPECT_FALSE(stats.oldest_unacked_recorded_ms);
+    EXPECT_FALSE(stats.quarantined);
+    EXPECT_TRUE(outbox->read_from(1, 10)->empty());
+    append(*outbox, 2);
+    auto rest = outbox->read_from(1, 10);
+    ASSERT_EQ(rest->size(), 2u);
+    EXPECT_EQ(rest->front().seq, 4);
+    EXPECT_EQ(outbox->stats().backlog_bytes, 2 * envelope_for(1).size());
+  }
+  auto outbox = open();
+  EXPECT_EQ(outbox->head().last_seq, 5);
+  EXPECT_EQ(outbox->head().last_hash, "hash-5");
+  EXPECT_EQ(outbox->stats().acked_seq, 3);
+  EXPECT_EQ(outbox->read_from(1, 10)->size(), 2u);
+}
+
+// An outbox written by an agent of schema 1 (its exact tables, head and ack in `meta`) is
+// migrated at open and keeps its stream, head, ack and events.
+TEST_F(OutboxTest, MigratesASchema1Outbox) {
+  const std::string stream = "01JD00000000000000000000AB";
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((m_dir / "outbox.db").c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db,
+                           "PRAGMA journal_mode=WAL;"
+                           "CREATE TABLE meta("
+                           " id INTEGER PRIMARY KEY CHECK (id = 1),"
+                           " schema_version INTEGER NOT NULL,"
+                           " device_id TEXT NOT NULL,"
+                           " stream TEXT NOT NULL,"
+                           " last_seq INTEGER NOT NULL,"
+                           " last_hash TEXT NOT NULL,"
+                           " recorded_floor_ms INTEGER NOT NULL,"
+                           " acked_seq INTEGER NOT NULL,"
+                           " created_ms INTEGER NOT NULL);"
+                           "CREATE TABLE events("
+                           " seq INTEGER PRIMARY KEY,"
+                           " id TEXT NOT NULL,"
+                           " recorded_ms INTEGER NOT NULL,"
+                           " envelope BLOB NOT NULL);",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    const std::string insert_meta = "INSERT INTO meta VALUES (1, 1, 'fablab-mk4-01', '" + stream +
+                                    "', 5, 'hash-5', 1767225605000, 2, 1767225600000)";
+    ASSERT_EQ(sqlite3_exec(db, insert_meta.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+    for (std::int64_t seq = 3; seq <= 5; ++seq) {
+      const std::string insert = "INSERT INTO events VALUES (" + std::to_string(seq) +
+                                 ", '01JD000000000000000000000" + std::to_string(seq) + "', " +
+                                 std::to_string(1'767'225'600'000 + seq * 1000) + ", '" +
+                                 envelope_for(seq) + "')";
+      ASSERT_EQ(sqlite3_exec(db, insert.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+    }
+    sqlite3_close(db);
+  }
+  {
+    auto outbox = open();
+    ASSERT_TRUE(outbox);
+    EXPECT_FALSE(outbox->stats().quarantined);
+    EXPECT_EQ(outbox->head().stream, stream);
+    EXPECT_EQ(outbox->head().last_seq, 5);
+    EXPECT_EQ(outbox->head().last_hash, "hash-5");
+    EXPECT_EQ(outbox->head().recorded_floor_ms, 1'767'225'605'000);
+    EXPECT_EQ(outbox->stats().acked_seq, 2);
+    EXPECT_EQ(outbox->stats().backlog_bytes, 3 * envelope_for(1).size());
+    auto rows = outbox->read_from(1, 10);
+    ASSERT_EQ(rows->size(), 3u);
+    EXPECT_EQ(rows->front().seq, 3);
+    EXPECT_EQ(rows->front().envelope, envelope_for(3));
+    // Every event of the old rows acked: the last one keeps meta's head.
+    ASSERT_EQ(*outbox->apply_ack(stream, 5), 5);
+  }
+  {
+    auto outbox = open();
+    EXPECT_FALSE(outbox->stats().quarantined);
+    EXPECT_EQ(outbox->head().last_seq, 5);
+    EXPECT_EQ(outbox->head().last_hash, "hash-5");
+    EXPECT_EQ(outbox->stats().acked_seq, 5);
+    append(*outbox, 2);
+  }
+  auto outbox = open();
+  EXPECT_EQ(outbox->head().last_seq, 7);
+  EXPECT_EQ(outbox->head().last_hash, "hash-7");
+  EXPECT_EQ(outbox->stats().acked_seq, 5);
+  EXPECT_EQ(outbox->read_from(1, 10)->size(), 2u);
+  outbox.reset();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((m_dir / "outbox.db").c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT schema_version FROM meta", -1, &stmt, nullptr),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int64(stmt, 0), 2);
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+}
+
+// A device at a makerspace's pace: one event appended, then (mostly) acked, many times, with
+// power cuts at random points (every write not synced is lost). Every answered event the node
+// has not acked is in the reopened outbox; nothing unacked is pruned; the chain head is the last
+// answered event's; and the events republished are at most those acked since the last append
+// (PROTOCOL §5 duplicates), which the node's retained ack prunes again.
+TEST_F(OutboxTest, APowerCutOneEventAtATimeKeepsTheHeadAndEveryUnackedEvent) {
+  std::mt19937 random(20261208);
+  int acks_lost = 0;
+  for (int round = 0; round < 60; ++round) {
+    SCOPED_TRACE(::testing::Message() << "round " << round);
+    OutboxOptions o = options();
+    fs::create_directories(m_dir / std::to_string(round));
+    o.path = m_dir / std::to_string(round) / "outbox.db";
+    o.durability = Durability::full;
+    o.reserve_bytes = 0;
+    o.min_free_bytes = 0;
+    auto outbox = open(o);
+    ASSERT_TRUE(outbox);
+    const std::string stream = outbox->head().stream;
+    std::map<std::int64_t, std::string> answered;
+    std::int64_t acked = 0;
+    std::int64_t acked_at_last_append = 0;
+    m_faults.record_unsynced = true;
+    const int steps = std::uniform_int_distribution<int>(1, 30)(random);
+    for (int step = 0; step < steps; ++step) {
+      auto [events, head] = next_batch(*outbox, 1, 985);
+      ASSERT_TRUE(outbox->append(events, head).has_value());
+      answered[events.front().seq] = events.front().envelope;
+      acked_at_last_append = acked;
+      if (std::uniform_int_distribution<int>(0, 3)(random) != 0) {
+        auto applied = outbox->apply_ack(stream, outbox->head().last_seq);
+        ASSERT_TRUE(applied.has_value()) << applied.error().message;
+        acked = *applied;
+      }
+    }
+    m_faults.power_cut();
+    outbox.reset();
+    m_faults.power_restored();
+
+    {
+      sqlite3* raw = nullptr;
+      ASSERT_EQ(sqlite3_open_v2(o.path.c_str(), &raw, SQLITE_OPEN_READWRITE, nullptr), SQLITE_OK);
+      sqlite3_stmt* stmt = nullptr;
+      ASSERT_EQ(sqlite3_prepare_v2(raw, "PRAGMA integrity_check", -1, &stmt, nullptr), SQLITE_OK);
+      ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+      EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0)), "ok");
+      sqlite3_finalize(stmt);
+      sqlite3_close(raw);
+    }
+    outbox = open(o);
+    ASSERT_TRUE(outbox);
+    const OutboxStats after = outbox->stats();
+    EXPECT_FALSE(after.quarantined);
+    const std::int64_t last = answered.rbegin()->first;
+    EXPECT_EQ(after.last_seq, last);
+    EXPECT_EQ(outbox->head().last_hash, "hash-" + std::to_string(last));
+    // Nothing the node has not acked is gone; what comes back is acked since the last append.
+    EXPECT_LE(after.acked_seq, acked);
+    EXPECT_GE(after.acked_seq, acked_at_last_append);
+    if (after.acked_seq < acked) ++acks_lost;
+    auto rest = outbox->read_from(1, 100'000);
+    ASSERT_TRUE(rest.has_value());
+    ASSERT_EQ(rest->size(), static_cast<std::size_t>(last - after.acked_seq));
+    std::int64_t expected_seq = after.acked_seq + 1;
+    for (const OutboxEvent& e : *rest) {
+      EXPECT_EQ(e.seq, expected_seq++);
+      EXPECT_EQ(e.envelope, answered[e.seq]);
+    }
+    if (acked > 0) {
+      ASSERT_EQ(*outbox->apply_ack(stream, acked), acked);
+      EXPECT_EQ(outbox->stats().backlog_events, last - acked);
+    }
+    // The chain goes on from the recovered head.
+    append(*outbox, 1);
+    EXPECT_EQ(outbox->head().last_seq, last + 1);
+  }
+  EXPECT_GT(acks_lost, 0);
+}
+
 TEST_F(OutboxTest, UsesWalJournalMode) {
   auto outbox = open();
   append(*outbox, 1);

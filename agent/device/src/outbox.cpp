@@ -17,6 +17,8 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <optional>
+#include <optional>
 #include <system_error>
 #include <utility>
 
@@ -38,7 +40,7 @@ using sqlite::run;
 using sqlite::StmtPtr;
 
 constexpr std::int64_t k_page_cache_kib = 512;
-constexpr std::int64_t k_schema_version = 1;
+constexpr std::int64_t k_schema_version = 2;
 constexpr int k_busy_timeout_ms = 5000;
 // After a checkpoint SQLite truncates the WAL to this size, so a burst does not leave a large WAL
 // behind on a small SD card (file_bytes counts it).
@@ -48,8 +50,16 @@ constexpr std::int64_t k_journal_size_limit_bytes = 16 * 1024 * 1024;
 // once would need as much free disk as the backlog, exactly when the disk is full.
 constexpr std::uint64_t k_prune_chunk_bytes = 1024 * 1024;
 
-// One row in `meta` (id = 1) holds the chain head next to the ack, so one UPDATE in the append
-// transaction keeps them consistent with the rows.
+// Schema 2. The chain head and the ack live in the `events` rows, so that an append and a prune
+// each change only the `events` leaf they write (one 4 KiB page per transaction for a device
+// whose events are acked as they come, instead of two with a `meta` row: tests/bench/README.md):
+// - a batch's last row carries the chain head after it (`head_hash`, `floor_ms`); the last row
+//   of the table is always the last of a batch, so it holds the head;
+// - a prune deletes the acked rows but keeps the last row, marked `acked = 1` when the ack
+//   covers it, so the head survives; the next append deletes it. Rows below the lowest one left
+//   are acked, so the acked seq is the lowest seq − 1, or the last seq when that row is marked.
+// `meta` keeps the device, the stream and the head and ack as of the file's creation or its
+// migration from schema 1 (lower bounds of the real ones, used while `events` is empty).
 constexpr const char* k_schema_sql =
     "CREATE TABLE meta("
     " id INTEGER PRIMARY KEY CHECK (id = 1),"
@@ -65,7 +75,18 @@ constexpr const char* k_schema_sql =
     " seq INTEGER PRIMARY KEY,"
     " id TEXT NOT NULL,"
     " recorded_ms INTEGER NOT NULL,"
-    " envelope BLOB NOT NULL);";
+    " envelope BLOB NOT NULL,"
+    " head_hash TEXT,"
+    " floor_ms INTEGER,"
+    " acked INTEGER);";
+
+// Schema 1 → 2: the head and ack of schema 1's meta row stay valid as lower bounds; the new
+// columns are NULL in the existing rows, whose head is then meta's (inspect() checks it).
+constexpr const char* k_migrate_1_to_2_sql =
+    "ALTER TABLE events ADD COLUMN head_hash TEXT;"
+    "ALTER TABLE events ADD COLUMN floor_ms INTEGER;"
+    "ALTER TABLE events ADD COLUMN acked INTEGER;"
+    "UPDATE meta SET schema_version = 2 WHERE id = 1;";
 
 // After an ack that leaves no backlog the file is shrunk when at least this much can be given
 // back (free pages, or WAL beyond it): shrinking costs a checkpoint and an fsync, which an SD card
@@ -172,6 +193,44 @@ std::optional<std::pair<std::string, std::int64_t>> payload_position(std::string
   auto [end, ec] = std::from_chars(first, last, seq);
   if (ec != std::errc() || end == last) return std::nullopt;  // the number may be cut
   return std::pair{text->substr(s_from, s_to - s_from), seq};
+}
+
+// What an outbox file records about its stream, read-only and best effort (a damaged file may
+// answer only part): meta's, raised by what schema 2's rows say (k_schema_sql).
+struct FileMarks {
+  std::optional<std::string> stream;
+  std::optional<std::int64_t> last_seq;
+  std::int64_t acked_seq = 0;
+};
+
+FileMarks file_marks(sqlite3* db) {
+  FileMarks out;
+  StmtPtr meta;
+  if (prepare(db, "SELECT stream, last_seq, acked_seq FROM meta WHERE id = 1", meta) == SQLITE_OK &&
+      sqlite3_step(meta.get()) == SQLITE_ROW) {
+    out.stream = column_text(meta.get(), 0);
+    out.last_seq = sqlite3_column_int64(meta.get(), 1);
+    out.acked_seq = sqlite3_column_int64(meta.get(), 2);
+  }
+  // Rows below the lowest one are pruned; a last row marked acked is acked (schema 1 has no
+  // `acked` column: the second query then fails and meta's ack stands, which schema 1 keeps
+  // current).
+  StmtPtr range;
+  if (prepare(db, "SELECT min(seq), max(seq) FROM events", range) == SQLITE_OK &&
+      sqlite3_step(range.get()) == SQLITE_ROW &&
+      sqlite3_column_type(range.get(), 0) != SQLITE_NULL) {
+    const std::int64_t lo = sqlite3_column_int64(range.get(), 0);
+    const std::int64_t hi = sqlite3_column_int64(range.get(), 1);
+    out.last_seq = std::max(out.last_seq.value_or(hi), hi);
+    out.acked_seq = std::max(out.acked_seq, lo - 1);
+    StmtPtr last;
+    if (prepare(db, "SELECT acked FROM events WHERE seq = ?1", last) == SQLITE_OK) {
+      sqlite3_bind_int64(last.get(), 1, hi);
+      if (sqlite3_step(last.get()) == SQLITE_ROW && sqlite3_column_int64(last.get(), 0) == 1)
+        out.acked_seq = std::max(out.acked_seq, hi);
+    }
+  }
+  return out;
 }
 
 // The verdict on an existing file.
@@ -314,8 +373,8 @@ struct Outbox::Impl {
 
   mutable std::mutex mutex;
   DbPtr db;  // declared before the statements so it is closed after they are finalized
-  StmtPtr begin, commit, rollback, insert_event, update_head, select_from, sum_upto, scan_lengths,
-      delete_upto, update_acked, oldest_after;
+  StmtPtr begin, commit, rollback, insert_event, select_from, sum_after, scan_lengths, delete_upto,
+      mark_acked, oldest_after;
 
   ChainHead head;
   std::int64_t acked_seq = 0;
@@ -352,35 +411,34 @@ struct Outbox::Impl {
     if ((rc = prepare("BEGIN IMMEDIATE", begin)) != SQLITE_OK) return rc;
     if ((rc = prepare("COMMIT", commit)) != SQLITE_OK) return rc;
     if ((rc = prepare("ROLLBACK", rollback)) != SQLITE_OK) return rc;
-    if ((rc = prepare("INSERT INTO events(seq, id, recorded_ms, envelope) VALUES (?1, ?2, ?3, ?4)",
+    if ((rc = prepare("INSERT INTO events(seq, id, recorded_ms, envelope, head_hash, floor_ms) "
+                      "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                       insert_event)) != SQLITE_OK)
-      return rc;
-    if ((rc = prepare("UPDATE meta SET last_seq = ?1, last_hash = ?2, recorded_floor_ms = ?3 "
-                      "WHERE id = 1",
-                      update_head)) != SQLITE_OK)
       return rc;
     if ((rc = prepare("SELECT seq, id, recorded_ms, envelope FROM events WHERE seq >= ?1 "
                       "ORDER BY seq LIMIT ?2",
                       select_from)) != SQLITE_OK)
       return rc;
     // length() of a BLOB column is read from the record header, without loading the envelope.
-    if ((rc = prepare("SELECT COALESCE(SUM(length(envelope)), 0) FROM events WHERE seq <= ?1",
-                      sum_upto)) != SQLITE_OK)
+    if ((rc = prepare("SELECT COALESCE(SUM(length(envelope)), 0) FROM events WHERE seq > ?1",
+                      sum_after)) != SQLITE_OK)
       return rc;
     if ((rc = prepare("SELECT seq, length(envelope) FROM events WHERE seq > ?1 AND seq <= ?2 "
                       "ORDER BY seq",
                       scan_lengths)) != SQLITE_OK)
       return rc;
-    if ((rc = prepare("DELETE FROM events WHERE seq <= ?1", delete_upto)) != SQLITE_OK) return rc;
-    if ((rc = prepare("UPDATE meta SET acked_seq = ?1 WHERE id = 1", update_acked)) != SQLITE_OK)
+    // ?2: the last seq, whose row keeps the chain head (see k_schema_sql).
+    if ((rc = prepare("DELETE FROM events WHERE seq <= ?1 AND seq < ?2", delete_upto)) != SQLITE_OK)
+      return rc;
+    if ((rc = prepare("UPDATE events SET acked = 1 WHERE seq = ?1", mark_acked)) != SQLITE_OK)
       return rc;
     return prepare("SELECT recorded_ms FROM events WHERE seq > ?1 ORDER BY seq LIMIT 1",
                    oldest_after);
   }
 
   void finalize_all() {
-    for (StmtPtr* s : {&begin, &commit, &rollback, &insert_event, &update_head, &select_from,
-                       &sum_upto, &scan_lengths, &delete_upto, &update_acked, &oldest_after})
+    for (StmtPtr* s : {&begin, &commit, &rollback, &insert_event, &select_from, &sum_after,
+                       &scan_lengths, &delete_upto, &mark_acked, &oldest_after})
       s->reset();
   }
 
@@ -461,7 +519,7 @@ struct Outbox::Impl {
     std::int64_t version = 0;
     rc = query_int("SELECT schema_version FROM meta WHERE id = 1", version);
     if (rc != SQLITE_OK) return failed(rc, "reading the schema version");
-    if (version != k_schema_version)
+    if (version != 1 && version != k_schema_version)
       return damaged(
           fmt::format("schema version {}; this agent knows version {}", version, k_schema_version));
 
@@ -491,8 +549,7 @@ struct Outbox::Impl {
       return damaged(
           fmt::format("meta says last_seq {} and acked_seq {}", head.last_seq, acked_seq));
 
-    // Every seq in (acked, last] must be present, and nothing else: otherwise the chain this
-    // outbox would continue is not the one the node has.
+    // Schema 2 keeps the head and the ack in the rows (k_schema_sql); meta's are lower bounds.
     {
       StmtPtr range;
       rc = prepare(d, "SELECT count(*), min(seq), max(seq) FROM events", range);
@@ -502,12 +559,52 @@ struct Outbox::Impl {
       const std::int64_t count = sqlite3_column_int64(range.get(), 0);
       const std::int64_t lo = sqlite3_column_int64(range.get(), 1);
       const std::int64_t hi = sqlite3_column_int64(range.get(), 2);
-      const std::int64_t expected = head.last_seq - acked_seq;
-      if (count != expected || (count > 0 && (lo != acked_seq + 1 || hi != head.last_seq)))
+      const ChainHead meta_head = head;
+      const std::int64_t meta_acked = acked_seq;
+      bool last_row_acked = false;
+      if (count > 0 && version >= 2) {
+        StmtPtr last;
+        rc = prepare(d, "SELECT head_hash, floor_ms, acked FROM events WHERE seq = ?1", last);
+        if (rc != SQLITE_OK) return failed(rc, "reading the last event");
+        sqlite3_bind_int64(last.get(), 1, hi);
+        rc = sqlite3_step(last.get());
+        if (rc != SQLITE_ROW) return failed(rc, "reading the last event");
+        if (sqlite3_column_type(last.get(), 0) != SQLITE_NULL) {
+          head.last_seq = hi;
+          head.last_hash = column_text(last.get(), 0);
+          head.recorded_floor_ms = sqlite3_column_int64(last.get(), 1);
+        }
+        last_row_acked = sqlite3_column_int64(last.get(), 2) == 1;
+        acked_seq = last_row_acked ? hi : lo - 1;
+      }
+      if (head.last_seq < meta_head.last_seq || acked_seq < meta_acked || acked_seq > head.last_seq)
         return damaged(fmt::format(
-            "meta expects seq {}..{} ({} events) but the events table holds {} events{}",
-            acked_seq + 1, head.last_seq, expected, count,
+            "meta says last_seq {} and acked_seq {}, the events table last_seq {} and acked_seq {}",
+            meta_head.last_seq, meta_acked, head.last_seq, acked_seq));
+      // Every seq in (acked, last] must be present, and nothing else (but the acked last row
+      // that keeps the head): otherwise the chain this outbox would continue is not the one the
+      // node has.
+      const std::int64_t expected = last_row_acked ? 1 : head.last_seq - acked_seq;
+      const std::int64_t first = last_row_acked ? head.last_seq : acked_seq + 1;
+      if (count != expected || (count > 0 && (lo != first || hi != head.last_seq)))
+        return damaged(fmt::format(
+            "the outbox expects seq {}..{} ({} events) but the events table holds {} events{}",
+            first, head.last_seq, expected, count,
             count > 0 ? fmt::format(" ({}..{})", lo, hi) : std::string()));
+    }
+
+    if (version == 1) {
+      // Judged ours and whole: migrated in one transaction (a crash leaves schema 1).
+      rc = sqlite3_exec(d, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr);
+      if (rc == SQLITE_OK) rc = sqlite3_exec(d, k_migrate_1_to_2_sql, nullptr, nullptr, nullptr);
+      if (rc == SQLITE_OK) rc = sqlite3_exec(d, "COMMIT", nullptr, nullptr, nullptr);
+      if (rc != SQLITE_OK) {
+        std::string detail = sqlite::error_detail(d, rc);
+        if (!sqlite3_get_autocommit(d)) sqlite3_exec(d, "ROLLBACK", nullptr, nullptr, nullptr);
+        return fail(ErrorCode::io, fmt::format("cannot migrate outbox {} from schema 1 to 2: {}",
+                                               path_text(), detail));
+      }
+      log->info("outbox", "migrated {} from schema 1 to 2", path_text());
     }
 
     rc = configure();
@@ -521,7 +618,7 @@ struct Outbox::Impl {
 
   int load_backlog() {
     {
-      sqlite::Cursor sum(sum_upto.get(), std::numeric_limits<std::int64_t>::max());
+      sqlite::Cursor sum(sum_after.get(), acked_seq);
       const int rc = sum.step();
       if (rc != SQLITE_ROW) return rc;
       backlog_bytes = static_cast<std::uint64_t>(sum.int64(0));
@@ -771,11 +868,16 @@ Status Outbox::append(const std::vector<OutboxEvent>& events, const ChainHead& n
   if ((rc = run(s.begin.get())) != SQLITE_OK) return failed(rc);
   sqlite3_stmt* insert = s.insert_event.get();
   for (const OutboxEvent& e : events) {
-    if ((rc = run(insert, e.seq, e.id, e.recorded_unix_ms, sqlite::Blob{e.envelope})) != SQLITE_OK)
+    // The batch's last row carries the head (k_schema_sql): no `meta` page in this transaction.
+    const bool last = e.seq == new_head.last_seq;
+    if ((rc = run(insert, e.seq, e.id, e.recorded_unix_ms, sqlite::Blob{e.envelope},
+                  last ? std::optional<std::string_view>(new_head.last_hash) : std::nullopt,
+                  last ? std::optional<std::int64_t>(new_head.recorded_floor_ms) : std::nullopt)) !=
+        SQLITE_OK)
       return failed(rc);
   }
-  if ((rc = run(s.update_head.get(), new_head.last_seq, new_head.last_hash,
-                new_head.recorded_floor_ms)) != SQLITE_OK)
+  // The acked row kept for the head before this batch (if any) goes, in the same leaf page.
+  if ((rc = run(s.delete_upto.get(), s.acked_seq, new_head.last_seq)) != SQLITE_OK)
     return failed(rc);
   if ((rc = run(s.commit.get())) != SQLITE_OK) return failed(rc);
 
@@ -823,7 +925,9 @@ Result<std::vector<OutboxEvent>> Outbox::read_from(std::int64_t from_seq,
   const std::int64_t limit = std::in_range<std::int64_t>(max_events)
                                  ? static_cast<std::int64_t>(max_events)
                                  : std::numeric_limits<std::int64_t>::max();
-  sqlite::Cursor rows(s.select_from.get(), from_seq, limit);
+  // Never the acked last row kept for the chain head (k_schema_sql).
+  const std::int64_t first = std::max(from_seq, s.acked_seq + 1);
+  sqlite::Cursor rows(s.select_from.get(), first, limit);
   int rc;
   while ((rc = rows.step()) == SQLITE_ROW) {
     OutboxEvent e;
@@ -939,8 +1043,10 @@ Result<std::int64_t> Outbox::apply_ack(const std::string& stream, std::int64_t s
   auto prune_transaction = [&](std::int64_t end) -> int {
     int rc = run(s.begin.get());
     if (rc != SQLITE_OK) return undo(rc);
-    if ((rc = run(s.delete_upto.get(), end)) != SQLITE_OK) return undo(rc);
-    if ((rc = run(s.update_acked.get(), end)) != SQLITE_OK) return undo(rc);
+    // The last row stays, marked acked, for the chain head (k_schema_sql): the ack is recorded
+    // in the `events` pages the prune changes anyway, with no `meta` page.
+    if ((rc = run(s.delete_upto.get(), end, s.head.last_seq)) != SQLITE_OK) return undo(rc);
+    if (end == s.head.last_seq && (rc = run(s.mark_acked.get(), end)) != SQLITE_OK) return undo(rc);
     {
       sqlite::Cursor next(s.oldest_after.get(), end);
       rc = next.step();
@@ -1054,18 +1160,11 @@ Status Outbox::export_file(const std::filesystem::path& path, std::int64_t from_
                             sqlite::error_detail(raw, rc)));
   }
 
-  // The meta row bounds the search past damaged pages; without it the export stops at the first
+  // The last seq bounds the search past damaged pages; without it the export stops at the first
   // unreadable row.
-  std::optional<std::int64_t> last_seq;
-  std::int64_t next = from_seq;
-  {
-    StmtPtr meta;
-    if (prepare(raw, "SELECT last_seq, acked_seq FROM meta WHERE id = 1", meta) == SQLITE_OK &&
-        sqlite3_step(meta.get()) == SQLITE_ROW) {
-      last_seq = sqlite3_column_int64(meta.get(), 0);
-      next = std::max<std::int64_t>(next, sqlite3_column_int64(meta.get(), 1) + 1);
-    }
-  }
+  const FileMarks marks = file_marks(raw);
+  const std::optional<std::int64_t> last_seq = marks.last_seq;
+  std::int64_t next = std::max<std::int64_t>(from_seq, marks.acked_seq + 1);
 
   sqlite3_stmt* stmt = select.get();
   for (;;) {
@@ -1129,11 +1228,10 @@ Result<OutboxRecovery> Outbox::recover_file(const std::filesystem::path& path, c
       unreadable_rows);
   {
     DbPtr db;
-    StmtPtr meta;
-    if (sqlite::open(path, SQLITE_OPEN_READONLY, k_busy_timeout_ms, db) == SQLITE_OK &&
-        prepare(db.get(), "SELECT stream, acked_seq FROM meta WHERE id = 1", meta) == SQLITE_OK &&
-        sqlite3_step(meta.get()) == SQLITE_ROW)
-      acked.emplace(column_text(meta.get(), 0), sqlite3_column_int64(meta.get(), 1));
+    if (sqlite::open(path, SQLITE_OPEN_READONLY, k_busy_timeout_ms, db) == SQLITE_OK) {
+      FileMarks marks = file_marks(db.get());
+      if (marks.stream) acked.emplace(std::move(*marks.stream), marks.acked_seq);
+    }
   }
 
   // Then the bytes: the main file and its WAL (which holds the newest copies of pages).

@@ -27,8 +27,8 @@ struct OutboxEvent {
   std::string envelope;  ///< the JWS envelope (PROTOCOL §3), exactly as published
 };
 
-/// The chain state the writer needs to stamp the next event. Persisted with every commit, so it
-/// survives pruning and restarts.
+/// The chain state the writer needs to stamp the next event. Persisted with every commit (in the
+/// batch's last row, which pruning keeps), so it survives pruning and restarts.
 struct ChainHead {
   std::string stream;         ///< ULID of this outbox's stream
   std::int64_t last_seq = 0;  ///< 0 before the first event
@@ -100,6 +100,12 @@ struct OutboxRoom {
 /// The SQLite outbox: the one source of truth for events not yet acknowledged by the node
 /// (PROTOCOL §5). WAL mode; every append is one transaction (a group commit) that also advances
 /// the ChainHead, so the chain and the rows can never disagree after a crash.
+///
+/// File format (schema 2; a schema-1 file is migrated at open): the chain head is stored in the
+/// last row of each batch and the acked seq follows from the rows (the lowest seq − 1; a prune
+/// that covers every event keeps the last row, marked acked, for the head), so an append and a
+/// prune of a device whose events are acked as they come each write one 4 KiB page. An agent
+/// of schema 1 quarantines a schema-2 file (`reflow-agent export` still reads it).
 ///
 /// Quota: the sum of unacked envelope sizes may not exceed `quota_bytes`. Acked events are pruned
 /// as soon as an ack covers them; when unacked events fill the quota, append() refuses the whole
