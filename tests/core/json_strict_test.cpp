@@ -86,5 +86,15 @@ TEST(JsonStrictTest, RefusesInvalidUtf8AndQuotesNoRawBytes) {
   EXPECT_NE(message.find("line 1"), std::string::npos);
 }
 
+TEST(JsonStringAtTest, FollowsMemberNamesAndGivesEmptyWhereThePathEnds) {
+  const auto answer = nlohmann::json::parse(
+      R"({"data": {"createProcess": {"process": {"id": "01HX", "n": 3}}, "list": [1]}})");
+  EXPECT_EQ(string_at(answer, {"data", "createProcess", "process", "id"}), "01HX");
+  EXPECT_EQ(string_at(answer, {"data", "createProcess", "process", "missing"}), "");
+  EXPECT_EQ(string_at(answer, {"data", "createProcess", "process", "n"}), "");  // not a string
+  EXPECT_EQ(string_at(answer, {"data", "list", "0"}), "");                      // not an object
+  EXPECT_EQ(string_at(nlohmann::json(nullptr), {"data"}), "");
+}
+
 }  // namespace
 }  // namespace agent

@@ -252,4 +252,15 @@ Result<nlohmann::ordered_json> parse_json_strict(std::string_view text, std::siz
   return builder.take();
 }
 
+std::string string_at(const nlohmann::json& root, std::initializer_list<const char*> path) {
+  const nlohmann::json* node = &root;
+  for (const char* key : path) {
+    if (!node->is_object()) return {};
+    auto it = node->find(key);
+    if (it == node->end()) return {};
+    node = &*it;
+  }
+  return node->is_string() ? node->get<std::string>() : std::string();
+}
+
 }  // namespace agent

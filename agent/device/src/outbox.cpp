@@ -18,7 +18,6 @@
 #include <map>
 #include <mutex>
 #include <optional>
-#include <optional>
 #include <system_error>
 #include <utility>
 

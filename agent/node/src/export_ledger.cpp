@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include <reflow/core/json_strict.hpp>
 #include <reflow/node/query.hpp>
 
 namespace ingest {
@@ -16,6 +17,7 @@ namespace {
 
 using agent::ErrorCode;
 using agent::fail;
+using agent::string_at;
 using Json = nlohmann::ordered_json;
 
 // zenflows caps a page at max_page_size (GQL_MAX_PAGE_SIZE, default 100: conf/runtime.exs).
@@ -32,17 +34,6 @@ constexpr std::string_view k_settle_events =
 constexpr std::string_view k_settle_processes =
     "query($first: Int, $after: ID) { processes(first: $first, after: $after) "
     "{ edges { node { id note } } pageInfo { hasNextPage endCursor } } }";
-
-std::string string_at(const nlohmann::json& root, std::initializer_list<const char*> path) {
-  const nlohmann::json* node = &root;
-  for (const char* key : path) {
-    if (!node->is_object()) return {};
-    auto it = node->find(key);
-    if (it == node->end()) return {};
-    node = &*it;
-  }
-  return node->is_string() ? node->get<std::string>() : std::string();
-}
 
 LedgerKind kind_of(const VfRequest& request) {
   return request.kind == VfRequestKind::create_process ? LedgerKind::process : LedgerKind::event;

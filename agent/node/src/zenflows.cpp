@@ -11,12 +11,14 @@
 #include <fmt/format.h>
 
 #include <reflow/core/http.hpp>
+#include <reflow/core/json_strict.hpp>
 
 namespace ingest {
 namespace {
 
 using agent::ErrorCode;
 using agent::fail;
+using agent::string_at;
 
 bool is_escapable(unsigned char c) {
   return c == 'a' || c == 'b' || c == 't' || c == 'n' || c == 'v' || c == 'f' || c == 'r';
@@ -32,17 +34,6 @@ std::string graphql_error_text(const nlohmann::json& errors) {
     text += (text.empty() ? "" : "; ") + message;
   }
   return text;
-}
-
-std::string string_at(const nlohmann::json& root, std::initializer_list<const char*> path) {
-  const nlohmann::json* node = &root;
-  for (const char* key : path) {
-    if (!node->is_object()) return {};
-    auto it = node->find(key);
-    if (it == node->end()) return {};
-    node = &*it;
-  }
-  return node->is_string() ? node->get<std::string>() : std::string();
 }
 
 std::string describe(const VfRequest& request) {

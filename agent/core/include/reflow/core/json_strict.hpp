@@ -3,6 +3,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
+#include <string>
 #include <string_view>
 
 #include <nlohmann/json.hpp>
@@ -40,5 +42,10 @@ inline constexpr std::int64_t k_max_json_integer = (std::int64_t{1} << 53) - 1;
 /// The message quotes at most a short token of the input.
 Result<nlohmann::ordered_json> parse_json_strict(std::string_view text,
                                                  std::size_t max_depth = k_max_json_depth);
+
+/// The string at `path` (object member names, outermost first) in `root`, e.g.
+/// `string_at(answer, {"data", "createProcess", "process", "id"})` for a GraphQL answer; "" when
+/// a member is missing, a step is not an object, or the value is not a string. Never throws.
+std::string string_at(const nlohmann::json& root, std::initializer_list<const char*> path);
 
 }  // namespace agent
