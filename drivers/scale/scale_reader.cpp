@@ -263,12 +263,18 @@ class RealScaleReader final : public ScaleReader {
     }
   }
 
+  // A frame is counted once it is handled, weight delivered or malformed counted: whoever waits
+  // for the count (a test) sees everything the frame caused. Its time is read first, before the
+  // count lets a test on the fake Env clock move the clock.
   void handle(const std::string& frame) {
-    // The frame's time is read before it is counted: whoever waits for the count (a test on the
-    // fake Env clock) may move the clock as soon as it sees it.
     const std::int64_t unix_ms = m_env.now_unix_ms();
     const auto at = m_env.steady_now();
+    handle_at(frame, unix_ms, at);
     m_worker.update([](ScaleHealth& h) { ++h.frames; });
+  }
+
+  void handle_at(const std::string& frame, std::int64_t unix_ms,
+                 std::chrono::steady_clock::time_point at) {
     auto reading = parse_frame(m_config.protocol, frame);
     if (!reading) {
       note_malformed(1, reading.error().message);
