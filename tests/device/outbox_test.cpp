@@ -72,6 +72,19 @@ class OutboxTest : public ::testing::Test {
   }
   std::unique_ptr<Outbox> open() { return open(options()); }
 
+  // SQLite's `PRAGMA integrity_check` of the outbox file at `path` answers "ok" (what a power cut
+  // must leave: the file as of its last synced commit).
+  static void expect_integrity_ok(const std::filesystem::path& path) {
+    sqlite3* raw = nullptr;
+    ASSERT_EQ(sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE, nullptr), SQLITE_OK);
+    sqlite3_stmt* stmt = nullptr;
+    ASSERT_EQ(sqlite3_prepare_v2(raw, "PRAGMA integrity_check", -1, &stmt, nullptr), SQLITE_OK);
+    ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+    EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0)), "ok");
+    sqlite3_finalize(stmt);
+    sqlite3_close(raw);
+  }
+
   // The next `n` events after `head` (seq, id and recorded follow from the seq; the envelope
   // is `envelope(event, head)` with the head before the event) and the head that follows them.
   template <typename MakeEnvelope>
@@ -1088,16 +1101,7 @@ TEST_F(OutboxTest, APowerCutKeepsEveryAnsweredEventAndLosesAtMostTheAcksSinceThe
     outbox.reset();  // its close writes nothing: the power is off
     m_faults.power_restored();
 
-    {
-      sqlite3* raw = nullptr;
-      ASSERT_EQ(sqlite3_open_v2(o.path.c_str(), &raw, SQLITE_OPEN_READWRITE, nullptr), SQLITE_OK);
-      sqlite3_stmt* stmt = nullptr;
-      ASSERT_EQ(sqlite3_prepare_v2(raw, "PRAGMA integrity_check", -1, &stmt, nullptr), SQLITE_OK);
-      ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
-      EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0)), "ok");
-      sqlite3_finalize(stmt);
-      sqlite3_close(raw);
-    }
+    expect_integrity_ok(o.path);
     outbox = open(o);
     ASSERT_TRUE(outbox);
     const OutboxStats after = outbox->stats();
@@ -1286,16 +1290,7 @@ TEST_F(OutboxTest, APowerCutOneEventAtATimeKeepsTheHeadAndEveryUnackedEvent) {
     outbox.reset();
     m_faults.power_restored();
 
-    {
-      sqlite3* raw = nullptr;
-      ASSERT_EQ(sqlite3_open_v2(o.path.c_str(), &raw, SQLITE_OPEN_READWRITE, nullptr), SQLITE_OK);
-      sqlite3_stmt* stmt = nullptr;
-      ASSERT_EQ(sqlite3_prepare_v2(raw, "PRAGMA integrity_check", -1, &stmt, nullptr), SQLITE_OK);
-      ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
-      EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0)), "ok");
-      sqlite3_finalize(stmt);
-      sqlite3_close(raw);
-    }
+    expect_integrity_ok(o.path);
     outbox = open(o);
     ASSERT_TRUE(outbox);
     const OutboxStats after = outbox->stats();

@@ -21,6 +21,7 @@
 
 #include "fault_vfs.hpp"
 #include "temp_dir.hpp"
+#include "verified_events.hpp"
 
 namespace ingest {
 namespace {
@@ -912,18 +913,7 @@ TEST_F(SqliteStoreTest, MigratesASchemaVersion3FileBuildingItsLog) {
   EXPECT_TRUE(agent::merkle::verify_consistency(5, 6, before->root, grown->root, *proof));
 }
 
-// An intent row of the export ledger.
-LedgerEntry ledger_row(std::string server, LedgerKind kind, std::string ref, std::string note,
-                       std::string event_id = "", std::string creates = "") {
-  LedgerEntry e;
-  e.server = std::move(server);
-  e.kind = kind;
-  e.ref = std::move(ref);
-  e.note = std::move(note);
-  e.event_id = std::move(event_id);
-  e.creates = std::move(creates);
-  return e;
-}
+using test_store::ledger_row;
 
 // Opening a version 4 file adds the empty export ledger and keeps everything else.
 TEST_F(SqliteStoreTest, MigratesASchemaVersion4FileAddingAnEmptyExportLedger) {

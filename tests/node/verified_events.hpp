@@ -66,4 +66,18 @@ inline void put_verified(Store& store, const agent::DeviceKey& key,
     ASSERT_EQ(r.outcome, PutOutcome::stored) << r.detail;
 }
 
+// An intent row of the export ledger (recorded = false, no server id yet).
+inline LedgerEntry ledger_row(std::string server, LedgerKind kind, std::string ref,
+                              std::string note, std::string event_id = "",
+                              std::string creates = "") {
+  LedgerEntry e;
+  e.server = std::move(server);
+  e.kind = kind;
+  e.ref = std::move(ref);
+  e.note = std::move(note);
+  e.event_id = std::move(event_id);
+  e.creates = std::move(creates);
+  return e;
+}
+
 }  // namespace ingest::test_store

@@ -22,6 +22,7 @@
 #include <reflow/node/export_ledger.hpp>
 
 #include "temp_dir.hpp"
+#include "verified_events.hpp"
 
 extern char** environ;
 
@@ -537,18 +538,7 @@ TEST_F(ZenflowsTest, LedgerPlanLeavesOutRecordedEventsAndUsesRecordedProcessesAn
   EXPECT_EQ(done.events_recorded, 3u);
 }
 
-// An intent row of the export ledger.
-LedgerEntry ledger_row(std::string server, LedgerKind kind, std::string ref, std::string note,
-                       std::string event_id = "", std::string creates = "") {
-  LedgerEntry e;
-  e.server = std::move(server);
-  e.kind = kind;
-  e.ref = std::move(ref);
-  e.note = std::move(note);
-  e.event_id = std::move(event_id);
-  e.creates = std::move(creates);
-  return e;
-}
+using test_store::ledger_row;
 
 class ZenflowsLedgerTest : public ZenflowsTest {
  protected:
