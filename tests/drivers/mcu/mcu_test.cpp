@@ -119,7 +119,13 @@ class McuDriverTest : public ::testing::Test {
   }
 
   std::unique_ptr<Driver> start(CapturingSink& sink, const std::string& extra = "") {
-    auto parsed = agent_config(table(extra));
+    return start_from(sink, agent_config(table(extra)));
+  }
+
+  // Creates the mcu driver of `parsed`'s first table and starts it; returns once its port is
+  // open.
+  template <typename Parsed>
+  std::unique_ptr<Driver> start_from(CapturingSink& sink, const Parsed& parsed) {
     EXPECT_TRUE(parsed) << parsed.error().message;
     auto driver = mcu_driver_kind().create(parsed->drivers.at(0), m_env, m_log);
     EXPECT_TRUE(driver) << driver.error().message;
@@ -365,13 +371,7 @@ class McuBadgeTest : public McuDriverTest {
                         "driver.toml");
   }
   std::unique_ptr<Driver> start_badged(CapturingSink& sink, const std::string& source) {
-    auto parsed = badge_config(badge_tables(source));
-    EXPECT_TRUE(parsed) << parsed.error().message;
-    auto driver = mcu_driver_kind().create(parsed->drivers.at(0), m_env, m_log);
-    EXPECT_TRUE(driver) << driver.error().message;
-    EXPECT_TRUE((*driver)->start(sink, m_dir.path()));
-    EXPECT_TRUE(wait_until([&] { return (*driver)->health().state.starts_with("open"); }));
-    return std::move(*driver);
+    return start_from(sink, badge_config(badge_tables(source)));
   }
 };
 
