@@ -32,7 +32,7 @@ constexpr std::chrono::hours k_idle_wake{1};
 // SerialPort and hidraw waits are in real time (SerialPort's contract); a stop is noticed
 // within 100 ms either way.
 constexpr std::chrono::seconds k_device_wait{1};
-constexpr std::chrono::milliseconds k_poll_slice{100};
+constexpr std::chrono::milliseconds k_reader_poll_slice{100};
 // std::regex recurses per character: longer codes are not matched against patterns (they are
 // still reported, unmatched) so a long QR code cannot exhaust the thread's stack.
 constexpr std::size_t k_max_matched_bytes = 1024;
@@ -248,7 +248,7 @@ class Reader final : public ScannerReader {
     Status status;
     while (!stop.stop_requested()) {
       pollfd p{fd, POLLIN, 0};
-      const int ready = ::poll(&p, 1, static_cast<int>(k_poll_slice.count()));
+      const int ready = ::poll(&p, 1, static_cast<int>(k_reader_poll_slice.count()));
       if (ready < 0 && errno != EINTR) {
         status = fail(ErrorCode::io,
                       fmt::format("{}: poll failed: {}", m_config.path, std::strerror(errno)));

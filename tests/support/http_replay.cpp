@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 
 #include "files.hpp"
+#include "mosquitto.hpp"
 
 #ifndef REFLOW_TEST_SUPPORT_DIR
 #error "REFLOW_TEST_SUPPORT_DIR must name tests/support (set in tests/support/CMakeLists.txt)"
@@ -41,18 +42,6 @@ void replace_file(const std::filesystem::path& file, const std::string& text) {
     if (!out.flush()) throw std::runtime_error("http_replay: cannot write " + tmp);
   }
   std::filesystem::rename(tmp, file);
-}
-
-bool accepts_connections(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-  ::close(fd);
-  return ok;
 }
 
 std::filesystem::path make_control_dir() {

@@ -20,18 +20,6 @@
 namespace reflow_test {
 namespace {
 
-bool accepts_connections(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return false;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-  ::close(fd);
-  return ok;
-}
-
 // The first port of the kernel's ephemeral range (ip_local_port_range), 32768 by default.
 int ephemeral_port_floor() {
   std::ifstream range("/proc/sys/net/ipv4/ip_local_port_range");
@@ -53,6 +41,18 @@ bool can_bind(int port) {
 }
 
 }  // namespace
+
+bool accepts_connections(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  ::close(fd);
+  return ok;
+}
 
 int free_loopback_port() {
   // Below the ephemeral range, from which the kernel also takes every outgoing connection's

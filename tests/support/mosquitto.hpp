@@ -52,6 +52,9 @@ class MosquittoProcess {
 /// stopped and started again on it.
 int free_loopback_port();
 
+/// True when something accepts TCP connections on 127.0.0.1:`port` now (a connect that succeeds).
+bool accepts_connections(int port);
+
 /// The mosquitto binary: $REFLOW_MOSQUITTO, else /usr/sbin/mosquitto.
 std::string mosquitto_binary();
 

@@ -10,7 +10,8 @@ namespace {
 
 // Crockford base32: no I, L, O, U, so ids survive being read aloud or retyped.
 constexpr std::string_view k_alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-constexpr std::int64_t k_max_time_ms = (std::int64_t{1} << 48) - 1;
+// The largest time a ULID's 48-bit field holds (ms since the epoch).
+constexpr std::int64_t k_max_ulid_time_ms = (std::int64_t{1} << 48) - 1;
 
 void ensure_sodium() {
   static const int k_init = sodium_init();
@@ -46,7 +47,7 @@ std::string encode(const std::uint8_t (&ulid)[16]) {
 }  // namespace
 
 std::string UlidGenerator::next(std::int64_t unix_ms) {
-  unix_ms = std::clamp<std::int64_t>(unix_ms, 0, k_max_time_ms);
+  unix_ms = std::clamp<std::int64_t>(unix_ms, 0, k_max_ulid_time_ms);
   std::lock_guard lock(m_mutex);
   if (unix_ms > m_last_ms) {
     for (int i = 0; i < 6; ++i)
@@ -67,7 +68,7 @@ std::string UlidGenerator::next(std::int64_t unix_ms) {
 }
 
 std::string ulid_floor(std::int64_t unix_ms) {
-  unix_ms = std::clamp<std::int64_t>(unix_ms, 0, k_max_time_ms);
+  unix_ms = std::clamp<std::int64_t>(unix_ms, 0, k_max_ulid_time_ms);
   std::uint8_t bytes[16] = {};
   for (int i = 0; i < 6; ++i)
     bytes[i] = static_cast<std::uint8_t>(unix_ms >> (8 * (5 - i)));

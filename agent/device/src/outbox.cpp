@@ -133,8 +133,6 @@ void sync_directory(const fs::path& dir) {
 
 // The start of an envelope as the writer serialises it (Jws::to_envelope, PROTOCOL §3).
 constexpr std::string_view k_envelope_start = R"({"protected":")";
-// PROTOCOL §3: an envelope is at most 64 KiB.
-constexpr std::size_t k_max_envelope_bytes = 64 * 1024;
 
 // An envelope that verified with the device's key, with the stream and seq of its payload.
 struct VerifiedEnvelope {

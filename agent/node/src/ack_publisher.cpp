@@ -15,8 +15,6 @@
 namespace ingest {
 namespace {
 
-constexpr std::string_view k_component = k_service_component;
-constexpr auto k_max_wait = k_service_max_wait;
 // A failed ack publish (not connected) is tried again after this, unless a newer ack of the same
 // device replaced it meanwhile.
 constexpr auto k_ack_retry = std::chrono::milliseconds(100);
@@ -178,7 +176,7 @@ void AckPublisher::run(std::stop_token stop) {
       m_out.merge(round);
     }
     if (!stop.stop_requested()) {
-      m_log.debug(k_component, "{} ({} acks not published); retrying", failure, failed);
+      m_log.debug(k_service_component, "{} ({} acks not published); retrying", failure, failed);
       std::unique_lock lock(m_out_mutex);
       m_out_cv.wait_for(lock, stop, k_ack_retry, [] { return false; });
       continue;
@@ -233,7 +231,7 @@ void AckPublisher::drop_unpublished(std::string_view why) {
     std::lock_guard lock(m_out_mutex);
     left = std::exchange(m_out, {}).size();
   }
-  m_log.warning(k_component,
+  m_log.warning(k_service_component,
                 "stopping with {} acks not published ({}); the agents keep those events and "
                 "republish them",
                 left, why);
@@ -250,7 +248,7 @@ bool AckPublisher::connect(std::stop_token stop) {
     was_connected = std::exchange(m_stats.counters.acks_connected, false);
   }
   if (was_connected)
-    m_log.warning(k_component, "acks connection to {} lost; reconnecting", m_config.url);
+    m_log.warning(k_service_component, "acks connection to {} lost; reconnecting", m_config.url);
   {
     std::lock_guard lock(m_out_mutex);
     m_down = false;  // this attempt sees the loss; a later one sets it again
@@ -267,7 +265,7 @@ bool AckPublisher::connect(std::stop_token stop) {
       // Paho enforces connect_timeout; the margin only bounds a missing answer.
       const auto give_up =
           std::chrono::steady_clock::now() + m_config.connect_timeout + k_service_connect_grace;
-      while (!token->wait_for(k_max_wait)) {
+      while (!token->wait_for(k_service_max_wait)) {
         if (stop.stop_requested()) return false;
         if (std::chrono::steady_clock::now() >= give_up)
           throw std::runtime_error("no answer within mqtt.connect_timeout");
@@ -280,9 +278,11 @@ bool AckPublisher::connect(std::stop_token stop) {
           std::min(k_acks_in_flight, std::max<std::size_t>(receive_maximum, 2) - 1);
       m_window = window;
       m_backoff.reset();
-      m_log.info(k_component, "acks connection: connected to {} as {}", m_config.url, m_client_id);
-      m_log.debug(k_component, "the broker's Receive Maximum is {}: at most {} acks in flight",
-                  receive_maximum, window);
+      m_log.info(k_service_component, "acks connection: connected to {} as {}", m_config.url,
+                 m_client_id);
+      m_log.debug(k_service_component,
+                  "the broker's Receive Maximum is {}: at most {} acks in flight", receive_maximum,
+                  window);
       std::lock_guard lock(m_stats.mutex);
       m_stats.counters.acks_connected = true;
       m_stats.counters.ack_window = window;
@@ -299,7 +299,7 @@ bool AckPublisher::connect(std::stop_token stop) {
   const auto delay = m_backoff.next();
   const auto message = fmt::format("acks connection: cannot connect to {} as {}: {}", m_config.url,
                                    m_client_id, failure);
-  m_log.warning(k_component, "{}; retrying in {}", message, agent::format_duration(delay));
+  m_log.warning(k_service_component, "{}; retrying in {}", message, agent::format_duration(delay));
   {
     std::lock_guard lock(m_stats.mutex);
     m_stats.counters.acks_connected = false;
@@ -316,7 +316,7 @@ void AckPublisher::disconnect(std::chrono::milliseconds wait) {
   try {
     m_client->disconnect(0)->wait_for(wait);
   } catch (const std::exception& e) {
-    m_log.warning(k_component, "disconnecting the acks connection: {}", e.what());
+    m_log.warning(k_service_component, "disconnecting the acks connection: {}", e.what());
   }
 }
 

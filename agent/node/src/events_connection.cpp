@@ -22,9 +22,7 @@
 namespace ingest {
 namespace {
 
-constexpr std::string_view k_component = k_service_component;
 constexpr int k_qos = k_service_qos;
-constexpr auto k_max_wait = k_service_max_wait;
 constexpr auto k_connect_grace = k_service_connect_grace;
 
 using Clock = std::chrono::steady_clock;
@@ -125,8 +123,8 @@ struct EventsConnection::Impl {
   void post(Event event) { events.post(std::move(event)); }
 
   std::deque<Event> wait_events(std::stop_token stop, Clock::duration timeout) {
-    return events.wait(stop,
-                       std::clamp<Clock::duration>(timeout, Clock::duration::zero(), k_max_wait));
+    return events.wait(
+        stop, std::clamp<Clock::duration>(timeout, Clock::duration::zero(), k_service_max_wait));
   }
 
   // A listener whose answers reach the connection thread as `ok` and `failed` events; a SUBACK
@@ -155,7 +153,7 @@ struct EventsConnection::Impl {
           return true;
         },
         [this](milliseconds delay) {
-          log.debug(k_component, "reconnecting to {} in {} ms", config.url, delay.count());
+          log.debug(k_service_component, "reconnecting to {} in {} ms", config.url, delay.count());
         });
   }
 
@@ -196,13 +194,13 @@ struct EventsConnection::Impl {
 
   void connect_failed(const std::string& why) {
     auto message = fmt::format("cannot connect to {}: {}", config.url, why);
-    log.warning(k_component, "{}; retrying with backoff", message);
+    log.warning(k_service_component, "{}; retrying with backoff", message);
     std::lock_guard lock(stats_mutex);
     faults.set(stats, k_fault, std::move(message));
   }
 
   void connected() {
-    log.info(k_component, "connected to {} as {}", config.url, config.client_id);
+    log.info(k_service_component, "connected to {} as {}", config.url, config.client_id);
     {
       std::lock_guard lock(stats_mutex);
       stats.connected = true;
@@ -220,15 +218,16 @@ struct EventsConnection::Impl {
     try {
       client->subscribe(status_filter, 0);
     } catch (const std::exception& e) {
-      log.warning(k_component, "subscribing to {} failed: {}; acks carry no consistency proofs",
-                  status_filter, e.what());
+      log.warning(k_service_component,
+                  "subscribing to {} failed: {}; acks carry no consistency proofs", status_filter,
+                  e.what());
     }
   }
 
   // Runs one connection until it is lost or stop is requested.
   void session(std::stop_token stop) {
     while (!stop.stop_requested()) {
-      for (const Event& event : wait_events(stop, k_max_wait)) {
+      for (const Event& event : wait_events(stop, k_service_max_wait)) {
         switch (event.kind) {
           case Kind::connection_lost:
             lost(event.text.empty() ? "connection lost" : "connection lost: " + event.text);
@@ -239,8 +238,8 @@ struct EventsConnection::Impl {
             break;
           case Kind::subscribe_failed:
             if (event.generation != generation) break;
-            log.error(k_component, "subscribing to {} failed: {}; reconnecting", events_filter,
-                      event.text);
+            log.error(k_service_component, "subscribing to {} failed: {}; reconnecting",
+                      events_filter, event.text);
             try {
               client->disconnect(0)->wait_for(std::chrono::seconds(1));
             } catch (const std::exception&) {
@@ -258,10 +257,11 @@ struct EventsConnection::Impl {
 
   void subscribed() {
     if (!ever_subscribed) {
-      log.info(k_component, "ready: subscribed to {} at {} (QoS 1, session kept {} by the broker)",
+      log.info(k_service_component,
+               "ready: subscribed to {} at {} (QoS 1, session kept {} by the broker)",
                events_filter, config.url, agent::format_duration(config.session_expiry));
     } else {
-      log.info(k_component, "subscribed to {} again", events_filter);
+      log.info(k_service_component, "subscribed to {} again", events_filter);
     }
     ever_subscribed = true;
     std::lock_guard lock(stats_mutex);
@@ -270,7 +270,7 @@ struct EventsConnection::Impl {
   }
 
   void lost(const std::string& why) {
-    log.warning(k_component, "disconnected from {}: {}", config.url, why);
+    log.warning(k_service_component, "disconnected from {}: {}", config.url, why);
     std::lock_guard lock(stats_mutex);
     stats.connected = false;
     stats.subscribed = false;
@@ -283,10 +283,10 @@ struct EventsConnection::Impl {
         // Keeps the broker session (session_expiry): events published while the service is
         // down are queued for it.
         if (!client->disconnect(0)->wait_for(wait))
-          log.warning(k_component, "disconnecting from {} did not finish before the deadline",
-                      config.url);
+          log.warning(k_service_component,
+                      "disconnecting from {} did not finish before the deadline", config.url);
       } catch (const std::exception& e) {
-        log.warning(k_component, "disconnecting from {}: {}", config.url, e.what());
+        log.warning(k_service_component, "disconnecting from {}: {}", config.url, e.what());
       }
     }
     try {

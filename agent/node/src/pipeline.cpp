@@ -31,8 +31,6 @@
 namespace ingest {
 namespace {
 
-constexpr std::string_view k_component = k_service_component;
-constexpr auto k_max_wait = k_service_max_wait;
 // Rejections logged per sender (topic DEVICE) and minute; the rest get one summary line.
 constexpr LogLimits k_log_limits{};
 // The log's signed checkpoint is published at most once per this (PROTOCOL §5.1), and once it
@@ -161,7 +159,7 @@ struct IngestPipeline::Impl {
       std::vector<Message> batch;
       {
         std::unique_lock lock(messages_mutex);
-        not_empty.wait_for(lock, stop, k_max_wait, [&] { return !messages.empty(); });
+        not_empty.wait_for(lock, stop, k_service_max_wait, [&] { return !messages.empty(); });
         take(batch);
       }
       if (batch.empty()) continue;
@@ -191,7 +189,7 @@ struct IngestPipeline::Impl {
       messages.clear();
     }
     if (left > 0)
-      log.warning(k_component,
+      log.warning(k_service_component,
                   "stopping with {} envelopes received but not stored; they are not acked, so "
                   "their agents republish them",
                   left);
@@ -221,8 +219,8 @@ struct IngestPipeline::Impl {
       auto device = device_of_events_topic(message.topic, config.topic_prefix);
       if (!device) {
         // The subscription only matches PREFIX/+/events; anything else is not ours.
-        log.warning(k_component, "ignoring a message on {}: not {}/DEVICE/events", message.topic,
-                    config.topic_prefix);
+        log.warning(k_service_component, "ignoring a message on {}: not {}/DEVICE/events",
+                    message.topic, config.topic_prefix);
         continue;
       }
       pending.checks.push_back(Check{&message, std::move(*device), std::nullopt});
@@ -238,7 +236,7 @@ struct IngestPipeline::Impl {
     std::unique_lock lock(handoff_mutex);
     handoff_cv.wait(lock, [&] { return !handoff || store_ended; });
     if (store_ended) {
-      log.warning(k_component,
+      log.warning(k_service_component,
                   "stopping with {} envelopes not stored; they are not acked, so their agents "
                   "republish them",
                   pending.messages.size());
@@ -265,7 +263,7 @@ struct IngestPipeline::Impl {
     if (attempt < 62) ++attempt;
     const std::string message =
         fmt::format("storing {} envelopes failed: {}", envelopes, error.message);
-    log.error(k_component, "{}; nothing of them is acked; retrying in {}", message,
+    log.error(k_service_component, "{}; nothing of them is acked; retrying in {}", message,
               agent::format_duration(delay));
     {
       std::lock_guard lock(stats_mutex);
@@ -278,7 +276,7 @@ struct IngestPipeline::Impl {
     const bool slept = env.steady_now() < deadline && env.sleep_until(until, stop) &&
                        env.steady_now() < stop_deadline.load();
     if (!slept)
-      log.warning(k_component,
+      log.warning(k_service_component,
                   "stopping with {} envelopes not stored; they are not acked, so their agents "
                   "republish them",
                   envelopes);
@@ -295,8 +293,8 @@ struct IngestPipeline::Impl {
       bool done = false;
       {
         std::unique_lock lock(handoff_mutex);
-        const auto timeout = std::clamp<Clock::duration>(next_ack_due - env.steady_now(),
-                                                         Clock::duration::zero(), k_max_wait);
+        const auto timeout = std::clamp<Clock::duration>(
+            next_ack_due - env.steady_now(), Clock::duration::zero(), k_service_max_wait);
         handoff_cv.wait_for(lock, timeout, [&] { return handoff.has_value() || handoff_done; });
         if (handoff) {
           pending = std::move(handoff);
@@ -399,18 +397,19 @@ struct IngestPipeline::Impl {
       switch (result.outcome) {
         case PutOutcome::stored:
           ++stored;
-          log.debug(k_component, "stored {} seq {} {}", item.event->device, item.event->seq,
+          log.debug(k_service_component, "stored {} seq {} {}", item.event->device, item.event->seq,
                     item.event->action);
           // Storing it proved a held successor wrong: that one is a rejection now.
           if (!result.detail.empty() && log_limiter.admit(item.event->device, now))
-            log.warning(k_component, "stored {} stream {} seq {}; {}", item.event->device,
+            log.warning(k_service_component, "stored {} stream {} seq {}; {}", item.event->device,
                         item.event->stream, item.event->seq, result.detail);
           mark(item.event->device, false);
           checkpoint_dirty = true;
           break;
         case PutOutcome::duplicate:
           ++duplicates;
-          log.debug(k_component, "duplicate {} seq {}", item.event->device, item.event->seq);
+          log.debug(k_service_component, "duplicate {} seq {}", item.event->device,
+                    item.event->seq);
           mark(item.event->device, true);
           break;
         case PutOutcome::rejected:
@@ -421,7 +420,7 @@ struct IngestPipeline::Impl {
       }
     }
     for (const auto& summary : log_limiter.take_summaries(now))
-      log.warning(k_component,
+      log.warning(k_service_component,
                   "{} more rejections of {} in {} were not logged; `reflow-ingest rejections` and "
                   "`reflow-ingest stats` have them",
                   summary.suppressed, summary.sender, agent::format_duration(k_log_limits.window));
@@ -456,7 +455,7 @@ struct IngestPipeline::Impl {
       if (detail.empty()) detail = item.rejection->detail;
     }
     if (log_limiter.admit(device, now))
-      log.warning(k_component, "rejected {} stream {} seq {}: {}: {}{}", device,
+      log.warning(k_service_component, "rejected {} stream {} seq {}: {}: {}{}", device,
                   stream.value_or("?"), seq ? std::to_string(*seq) : std::string("?"),
                   to_string(reason), detail,
                   result.kept == RejectionKept::repeat    ? " (a repeat: counted on its row)"
@@ -542,9 +541,9 @@ struct IngestPipeline::Impl {
       }
       auto point = store.ack_point(device);
       if (!point) {
-        log.warning(k_component, "reading the ack point of {} failed: {}; retrying", device,
+        log.warning(k_service_component, "reading the ack point of {} failed: {}; retrying", device,
                     point.error().message);
-        next_ack_due = std::min(next_ack_due, now + k_max_wait);
+        next_ack_due = std::min(next_ack_due, now + k_service_max_wait);
         continue;
       }
       if (!*point || (*point)->seq == 0) {
@@ -559,9 +558,9 @@ struct IngestPipeline::Impl {
       }
       auto body = ack_body_of(device, current, ack);
       if (!body) {
-        log.warning(k_component, "signing the ack of {} failed: {}; retrying", device,
+        log.warning(k_service_component, "signing the ack of {} failed: {}; retrying", device,
                     body.error().message);
-        next_ack_due = std::min(next_ack_due, now + k_max_wait);
+        next_ack_due = std::min(next_ack_due, now + k_service_max_wait);
         continue;
       }
       acks.hand(device, std::move(*body));
@@ -616,9 +615,9 @@ struct IngestPipeline::Impl {
     }
     auto checkpoint = store.log_checkpoint();
     if (!checkpoint) {
-      log.warning(k_component, "reading the log's checkpoint failed: {}; retrying",
+      log.warning(k_service_component, "reading the log's checkpoint failed: {}; retrying",
                   checkpoint.error().message);
-      next_ack_due = std::min(next_ack_due, now + k_max_wait);
+      next_ack_due = std::min(next_ack_due, now + k_service_max_wait);
       return;
     }
     checkpoint_dirty = false;
@@ -626,7 +625,7 @@ struct IngestPipeline::Impl {
     acks.hand_checkpoint(signer->checkpoint_note(*checkpoint));
     last_checkpoint_sent = now;
     last_checkpoint_size = checkpoint->size;
-    log.debug(k_component, "published the log's checkpoint of {} leaves", checkpoint->size);
+    log.debug(k_service_component, "published the log's checkpoint of {} leaves", checkpoint->size);
   }
 
   const IngestConfig& config;

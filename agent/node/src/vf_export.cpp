@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include <reflow/core/json_strict.hpp>
 #include <reflow/core/units.hpp>
 #include <reflow/core/zenflows_rules.hpp>
 #include <reflow/node/query.hpp>
@@ -29,12 +30,6 @@ constexpr std::string_view k_create_economic_event =
     "{ createEconomicEvent(event: $event, newInventoriedResource: $newInventoriedResource) "
     "{ economicEvent { id resourceInventoriedAs { id } } } }";
 
-std::string string_field(const Json& object, const char* name) {
-  auto it = object.find(name);
-  if (it == object.end() || !it->is_string()) return {};
-  return it->get<std::string>();
-}
-
 struct ParsedEvent {
   const StoredEvent* stored = nullptr;
   Json payload;
@@ -47,7 +42,7 @@ std::int64_t time_of(const std::string& text, std::int64_t fallback) {
   return t ? *t : fallback;
 }
 
-bool is_one_of(std::string_view action, std::initializer_list<std::string_view> set) {
+bool action_is_one_of(std::string_view action, std::initializer_list<std::string_view> set) {
   return std::find(set.begin(), set.end(), action) != set.end();
 }
 
@@ -119,13 +114,13 @@ std::string provenance_note(const ParsedEvent& e) {
   const StoredEvent& s = *e.stored;
   std::string source;
   if (auto it = e.payload.find("source"); it != e.payload.end() && it->is_object()) {
-    source =
-        fmt::format(", source {}/{}", string_field(*it, "driver"), string_field(*it, "instance"));
-    if (auto ref = string_field(*it, "ref"); !ref.empty()) source += " " + ref;
+    source = fmt::format(", source {}/{}", agent::string_at(*it, {"driver"}),
+                         agent::string_at(*it, {"instance"}));
+    if (auto ref = agent::string_at(*it, {"ref"}); !ref.empty()) source += " " + ref;
   }
   auto provenance = fmt::format("(reflow event {}, device {}, stream {} seq {}{})", s.id, s.device,
                                 s.stream, s.seq, source);
-  auto note = string_field(e.payload, "note");
+  auto note = agent::string_at(e.payload, {"note"});
   return note.empty() ? provenance : note + " " + provenance;
 }
 
@@ -142,7 +137,7 @@ std::vector<ParsedEvent> parse_in_time_order(const std::vector<StoredEvent>& eve
     if (!e.payload.is_object()) continue;
     e.time_unix_ms = stored.recorded_unix_ms;
     for (const char* field : {"hasPointInTime", "hasBeginning", "hasEnd"}) {
-      auto text = string_field(e.payload, field);
+      auto text = agent::string_at(e.payload, {field});
       if (!text.empty()) {
         e.time_unix_ms = time_of(text, stored.recorded_unix_ms);
         break;
@@ -164,12 +159,12 @@ std::map<std::string, ProcessSpan> process_spans(const std::vector<ParsedEvent>&
   std::map<std::string, ProcessSpan> spans;
   for (const auto& e : parsed) {
     for (const char* field : {"inputOf", "outputOf"}) {
-      auto process = string_field(e.payload, field);
+      auto process = agent::string_at(e.payload, {field});
       if (process.empty() || resolver.server_id(process)) continue;
       ProcessSpan& span = spans[process];
-      auto point = string_field(e.payload, "hasPointInTime");
-      auto begin = point.empty() ? string_field(e.payload, "hasBeginning") : point;
-      auto end = point.empty() ? string_field(e.payload, "hasEnd") : point;
+      auto point = agent::string_at(e.payload, {"hasPointInTime"});
+      auto begin = point.empty() ? agent::string_at(e.payload, {"hasBeginning"}) : point;
+      auto end = point.empty() ? agent::string_at(e.payload, {"hasEnd"}) : point;
       if (!begin.empty()) {
         auto t = time_of(begin, e.time_unix_ms);
         if (!span.begin || t < span.begin->first) span.begin = {t, begin};
@@ -199,7 +194,7 @@ class RequestBuilder {
   void add(const ParsedEvent& e) {
     const Json& p = e.payload;
     const std::string& event_id = e.stored->id;
-    const std::string action = string_field(p, "action");
+    const std::string action = agent::string_at(p, {"action"});
     VfRequest request;
     request.kind = VfRequestKind::create_economic_event;
     request.event_id = event_id;
@@ -211,7 +206,7 @@ class RequestBuilder {
     event["action"] = action;
 
     for (const char* field : {"provider", "receiver"}) {
-      auto agent = string_field(p, field);
+      auto agent = agent::string_at(p, {field});
       if (!agent.empty())
         event[field] = m_resolver.id_or_missing("agent", field, agent, event_id);
       else if (!m_config.default_agent.empty())
@@ -229,9 +224,9 @@ class RequestBuilder {
       if (auto it = p.find(field); it != p.end() && it->is_object())
         event[field] = measure(*it, field, m_resolver, event_id);
     for (const char* field : {"hasPointInTime", "hasBeginning", "hasEnd"})
-      if (auto value = string_field(p, field); !value.empty()) event[field] = value;
+      if (auto value = agent::string_at(p, {field}); !value.empty()) event[field] = value;
     for (const char* field : {"atLocation", "toLocation"})
-      if (auto location = string_field(p, field); !location.empty())
+      if (auto location = agent::string_at(p, {field}); !location.empty())
         event[field] = m_resolver.id_or_missing("location", field, location, event_id);
     event["note"] = provenance_note(e);
 
@@ -254,7 +249,7 @@ class RequestBuilder {
   // (its createProcess goes first; the poster fills in the server's id).
   void resolve_processes(const Json& p, Json& event, VfRequest& request) {
     for (const char* field : {"inputOf", "outputOf"}) {
-      auto process = string_field(p, field);
+      auto process = agent::string_at(p, {field});
       if (process.empty()) continue;
       if (auto id = m_resolver.server_id(process)) {
         event[field] = *id;
@@ -286,10 +281,10 @@ class RequestBuilder {
                                         VfRequest& request) {
     const std::string& event_id = request.event_id;
     // zenflows: use/cite/produce/raise take resourceInventoriedAs XOR resourceConformsTo.
-    const bool exclusive = is_one_of(action, {"use", "cite", "produce", "raise"});
-    const bool may_create = is_one_of(action, {"produce", "raise"});
-    auto resource = string_field(p, "resourceInventoriedAs");
-    auto spec = string_field(p, "resourceConformsTo");
+    const bool exclusive = action_is_one_of(action, {"use", "cite", "produce", "raise"});
+    const bool may_create = action_is_one_of(action, {"produce", "raise"});
+    auto resource = agent::string_at(p, {"resourceInventoriedAs"});
+    auto spec = agent::string_at(p, {"resourceConformsTo"});
     bool resource_known = false;
     std::optional<Json> new_resource;
     if (!resource.empty()) {
@@ -313,7 +308,7 @@ class RequestBuilder {
         resource_known = true;
       }
     }
-    auto to_resource = string_field(p, "toResourceInventoriedAs");
+    auto to_resource = agent::string_at(p, {"toResourceInventoriedAs"});
     if (!to_resource.empty()) {
       if (auto id = m_resolver.server_id(to_resource)) {
         event["toResourceInventoriedAs"] = *id;
@@ -425,7 +420,7 @@ VfCheck check_vf_export(const std::vector<StoredEvent>& events, const IngestConf
     VfEventCheck result;
     result.id = e.stored->id;
     result.device = e.stored->device;
-    result.action = string_field(e.payload, "action");
+    result.action = agent::string_at(e.payload, {"action"});
     bool agents_checked = false;
     for (const agent::vf::RuleProblem& p : agent::vf::zenflows_problems(e.payload)) {
       agents_checked = agents_checked || p.field == "provider, receiver";
