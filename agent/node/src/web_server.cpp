@@ -183,9 +183,9 @@ struct Server::Impl {
         html_escape(title), nav, html_escape(title), body);
   }
 
-  static void html(httplib::Response& response, std::string text, int status = 200) {
+  static void html(httplib::Response& response, const std::string& text, int status = 200) {
     response.status = status;
-    response.set_content(std::move(text), "text/html; charset=utf-8");
+    response.set_content(text, "text/html; charset=utf-8");
   }
 
   static void error_page(httplib::Response& response, int status, std::string_view message,
