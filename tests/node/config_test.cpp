@@ -326,6 +326,21 @@ TEST_F(IngestConfigTest, ExampleFileLoadsAsIsWithTheDefaults) {
   EXPECT_EQ(config->effective_ca_dir(), defaults.effective_ca_dir());
 }
 
+TEST_F(IngestConfigTest, HttpListenIsAnAddressAndPort) {
+  const auto defaults = parse_ingest_config("", "ingest.toml");
+  ASSERT_TRUE(defaults.has_value());
+  EXPECT_EQ(defaults->http_listen, "127.0.0.1:8080");
+  const auto v6 = parse_ingest_config("[http]\nlisten = \"[::1]:9090\"\n", "ingest.toml");
+  ASSERT_TRUE(v6.has_value()) << v6.error().message;
+  EXPECT_EQ(v6->http_listen, "[::1]:9090");
+  for (const char* bad : {"localhost:8080", "127.0.0.1", "127.0.0.1:70000"}) {
+    const std::string message = error_of(fmt::format("[http]\n\nlisten = \"{}\"\n", bad));
+    EXPECT_NE(message.find("ingest.toml:3"), std::string::npos) << message;
+    EXPECT_NE(message.find("http.listen"), std::string::npos) << message;
+    EXPECT_NE(message.find("ADDR:PORT"), std::string::npos) << message;
+  }
+}
+
 TEST_F(IngestConfigTest, ExampleFileDocumentsEveryKey) {
   const auto keys = reflow_test::keys_in_example(k_example);
   ASSERT_FALSE(keys.empty());

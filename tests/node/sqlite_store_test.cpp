@@ -1187,6 +1187,28 @@ TEST_F(SqliteStoreTest, ForEachEventFiltersAndOrders) {
   EXPECT_EQ(seqs(events(all_three)),
             (std::vector<std::string>{"fablab-mk4-01/Z/2", "fablab-mk4-01/Z/3"}));
 
+  EventFilter until;  // recorded < until
+  until.until_unix_ms = k_t0 + 500;
+  EXPECT_EQ(seqs(events(until)), (std::vector<std::string>{"fablab-mk4-01/Z/1", "fablab-mk4-01/Z/2",
+                                                           "fablab-mk4-01/Z/3"}));
+
+  // Keyset paging: after an event, the rest in the same order, across streams and devices.
+  EventFilter after;
+  after.after = EventCursor{e.id, c[0].stream, 2};
+  EXPECT_EQ(seqs(events(after)),
+            (std::vector<std::string>{"fablab-mk4-01/Z/1", "fablab-mk4-01/Z/2", "fablab-mk4-01/Z/3",
+                                      "fablab-mk4-01/0/1", "fablab-mk4-01/0/2"}));
+  after.after = EventCursor{d.id, late_name, 3};
+  EXPECT_EQ(seqs(events(after)),
+            (std::vector<std::string>{"fablab-mk4-01/0/1", "fablab-mk4-01/0/2"}));
+  after.after = EventCursor{d.id, late_name, 0};  // from the stream's first event
+  after.action = "use";
+  EXPECT_EQ(seqs(events(after)), (std::vector<std::string>{"fablab-mk4-01/Z/1", "fablab-mk4-01/Z/2",
+                                                           "fablab-mk4-01/Z/3"}));
+  after.after = EventCursor{d.id, "01KDXE6E00NOTSTORED0000000", 1};
+  after.action.reset();
+  EXPECT_TRUE(events(after).empty());
+
   int calls = 0;
   ASSERT_TRUE(m_store->for_each_event({}, [&](const StoredEvent&) { return ++calls < 2; }));
   EXPECT_EQ(calls, 2);

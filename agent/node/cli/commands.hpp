@@ -73,5 +73,7 @@ void add_log_commands(CLI::App& app,
                       int& exit_code);  // log_commands.cpp: log checkpoint|prove|consistency
 void add_key_commands(CLI::App& app, int& exit_code);  // key_commands.cpp: key init|show
 void add_ca_commands(CLI::App& app, int& exit_code);  // ca_commands.cpp: ca init|sign|server|client
+void add_web_commands(CLI::App& app,
+                      int& exit_code);  // web_commands.cpp: serve, users add|list|remove
 
 }  // namespace ingest::cli

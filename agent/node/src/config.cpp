@@ -17,6 +17,7 @@
 #include <reflow/core/units.hpp>
 
 #include <reflow/core/config_table.hpp>
+#include <reflow/node/web.hpp>
 
 namespace ingest {
 namespace {
@@ -114,8 +115,8 @@ void apply_intervals(const toml::table& table, std::string_view dotted, const Pa
 
 IngestSchema make_schema() {
   IngestSchema schema;
-  schema.sections = {"ingest", "mqtt", "ca", "export", "maintenance"};
-  schema.known_tables = "known tables: [ingest], [mqtt], [ca], [export], [maintenance]";
+  schema.sections = {"ingest", "mqtt", "ca", "export", "maintenance", "http"};
+  schema.known_tables = "known tables: [ingest], [mqtt], [ca], [export], [maintenance], [http]";
   auto add = [&](std::string section, std::string name, std::string type, std::string default_text,
                  std::string description, Apply apply) {
     schema.add(std::move(section), std::move(name), std::move(type), std::move(default_text),
@@ -224,6 +225,15 @@ IngestSchema make_schema() {
                    "[maintenance.intervals]: hours of use between services per machine (a use "
                    "event's resourceInventoriedAs), e.g. \"printer:mk4\" = \"300h\".",
                    apply_intervals);
+
+  // [http]
+  add("http", "listen", "string", "\"127.0.0.1:8080\"",
+      "`reflow-ingest serve`: the address of the web page and /metrics, ADDR:PORT ([::1]:8080 "
+      "for IPv6); serve --listen overrides it.",
+      string_key(&IngestConfig::http_listen,
+                 "expected ADDR:PORT with an IP address and a port 0-65535, such as "
+                 "\"127.0.0.1:8080\"",
+                 [](std::string_view s) { return web::parse_listen_address(s).has_value(); }));
   return schema;
 }
 

@@ -490,7 +490,7 @@ class SqliteStore final : public Store {
     // (events_recorded, events_action) and sort just the matching rows. Without such a filter,
     // CROSS JOIN makes streams the outer loop: rows then come in the wanted order straight from
     // the indexes, with no sort of a whole device's payloads.
-    const bool narrowed = filter.since_unix_ms || filter.action;
+    const bool narrowed = filter.since_unix_ms || filter.action || filter.until_unix_ms;
     std::string sql = fmt::format(
         "SELECT e.device, e.stream, e.seq, e.event_id, e.action, e.kid, e.recorded_ms, "
         "e.received_ms, e.envelope FROM streams s {} events e "
@@ -499,7 +499,21 @@ class SqliteStore final : public Store {
     if (filter.device) sql += " AND s.device = ?1";
     if (filter.since_unix_ms) sql += " AND e.recorded_ms >= ?2";
     if (filter.action) sql += " AND e.action = ?3";
+    if (filter.until_unix_ms) sql += " AND e.recorded_ms < ?4";
+    // Keyset paging: the row value of the order below, compared with the cursor's.
+    if (filter.after)
+      sql +=
+          " AND (s.device, s.first_seen_ms, s.id, e.seq) > (SELECT c.device, c.first_seen_ms, "
+          "c.id, ?7 FROM streams c WHERE c.device = ?5 AND c.stream = ?6)";
     sql += " ORDER BY s.device, s.first_seen_ms, s.id, e.seq";
+    std::optional<std::string> after_device;
+    std::optional<std::string> after_stream;
+    std::optional<std::int64_t> after_seq;
+    if (filter.after) {
+      after_device = filter.after->device;
+      after_stream = filter.after->stream;
+      after_seq = filter.after->seq;
+    }
     // An unset filter binds NULL to a parameter its SQL does not have, which SQLite ignores.
     StoredEvent event;
     return each_row(
@@ -524,7 +538,8 @@ class SqliteStore final : public Store {
           event.payload = std::move(parsed->payload);
           return fn(event);
         },
-        filter.device, filter.since_unix_ms, filter.action);
+        filter.device, filter.since_unix_ms, filter.action, filter.until_unix_ms, after_device,
+        after_stream, after_seq);
   }
 
   Status for_each_rejection(std::optional<std::string_view> device,

@@ -65,6 +65,9 @@ struct IngestConfig {
                                                       ///< machine; 0: none
   std::map<std::string, std::chrono::milliseconds> maintenance_intervals;  ///< per machine
 
+  // [http] (reflow-ingest serve: the web page)
+  std::string http_listen = "127.0.0.1:8080";  ///< ADDR:PORT (web::parse_listen_address)
+
   std::string source_file;  ///< where this config came from ("" = built-in defaults)
 
   std::filesystem::path store_path() const { return data_dir / "ingest.db"; }

@@ -159,11 +159,24 @@ struct RejectionLimits {
   std::int64_t bytes_total = 64 * 1024 * 1024;  ///< kept envelope bytes of all such senders
 };
 
+/// A place in Store::for_each_event's order: the event (device, stream, seq). A page of events
+/// continues after the last one of the page before (keyset paging: the store seeks to it
+/// instead of counting rows, so a page costs the same at any depth).
+struct EventCursor {
+  std::string device;
+  std::string stream;
+  std::int64_t seq = 0;  ///< 0: before the stream's first event
+};
+
 /// Filter for Store::for_each_event; unset fields match everything.
 struct EventFilter {
   std::optional<std::string> device;
   std::optional<std::int64_t> since_unix_ms;  ///< `recorded` ≥ this
   std::optional<std::string> action;
+  std::optional<std::int64_t> until_unix_ms;  ///< `recorded` < this
+  /// only the events after this one in the order of for_each_event; none when the cursor's
+  /// stream is not stored
+  std::optional<EventCursor> after;
 };
 
 /// One stream of one device, for `stats`.
