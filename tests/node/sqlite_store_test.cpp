@@ -266,6 +266,11 @@ class StoreTestBase : public ::testing::Test {
 
 class SqliteStoreTest : public StoreTestBase {};
 
+class PostgresStoreTest : public StoreTestBase {
+ protected:
+  Backend backend() const override { return Backend::postgresql; }
+};
+
 class StoreTest : public StoreTestBase, public ::testing::WithParamInterface<Backend> {
  protected:
   Backend backend() const override { return GetParam(); }
@@ -714,6 +719,48 @@ TEST_F(SqliteStoreTest, RefusesANewerSchemaVersion) {
   ASSERT_FALSE(store);
   EXPECT_EQ(store.error().code, agent::ErrorCode::corruption);
   EXPECT_NE(store.error().message.find("schema version 99 is newer"), std::string::npos)
+      << store.error().message;
+}
+
+TEST_F(PostgresStoreTest, ExistingOnlyRefusesAnEmptyDatabaseAndCreatesNothing) {
+  const std::string empty = m_pg->create_database();
+  ASSERT_FALSE(empty.empty());
+  auto store = open_postgres_store(empty, {}, {}, StoreOpen::existing_only);
+  ASSERT_FALSE(store);
+  EXPECT_EQ(store.error().code, agent::ErrorCode::not_found);
+  EXPECT_NE(store.error().message.find("has `reflow-ingest run` ever run"), std::string::npos)
+      << store.error().message;
+  // Nothing was created: a foreign table now makes the database someone else's.
+  ASSERT_TRUE(m_pg->run(empty, "CREATE TABLE inventory(x integer)"));
+  store = open_postgres_store(empty);
+  ASSERT_FALSE(store);
+  EXPECT_EQ(store.error().code, agent::ErrorCode::corruption);
+  EXPECT_NE(store.error().message.find("not a reflow-ingest database (1 tables"), std::string::npos)
+      << store.error().message;
+  m_pg->drop_database(empty);
+}
+
+TEST_F(PostgresStoreTest, RefusesANewerSchemaVersion) {
+  m_store.reset();
+  ASSERT_TRUE(
+      m_pg->run(m_pg_url, "UPDATE reflow_meta SET value = '99' WHERE name = 'schema_version'"));
+  auto store = open_postgres_store(m_pg_url);
+  ASSERT_FALSE(store);
+  EXPECT_EQ(store.error().code, agent::ErrorCode::corruption);
+  EXPECT_NE(store.error().message.find("schema version \"99\""), std::string::npos)
+      << store.error().message;
+}
+
+TEST_F(PostgresStoreTest, ConnectionErrorsNeverShowThePassword) {
+  const fs::path password = m_dir / "db-password";
+  std::ofstream(password) << "s3cret-from-file\n";
+  auto store = open_postgres_store(fmt::format("postgresql://reflow:s3cret-in-url@/nodb?host={}",
+                                               (m_dir / "no-server").string()),
+                                   password);
+  ASSERT_FALSE(store);
+  EXPECT_EQ(store.error().code, agent::ErrorCode::io);
+  EXPECT_EQ(store.error().message.find("s3cret"), std::string::npos) << store.error().message;
+  EXPECT_NE(store.error().message.find("postgresql://reflow:***@/nodb"), std::string::npos)
       << store.error().message;
 }
 

@@ -87,6 +87,19 @@ bool PgCluster::psql(const std::string& sql) const {
                          .c_str()) == 0;
 }
 
+bool PgCluster::run(const std::string& uri, const std::string& sql) const {
+  // Both go through the shell in single quotes: each ' becomes '\''.
+  auto quoted = [](std::string_view text) {
+    std::string out = "'";
+    for (char c : text)
+      out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return out + "'";
+  };
+  return std::system(
+             fmt::format("'{}/psql' -d {} -qAtX -c {}", k_bin, quoted(uri), quoted(sql)).c_str()) ==
+         0;
+}
+
 std::string PgCluster::create_database() {
   // Parallel test processes share the cluster: a random name, not a counter.
   std::random_device random;

@@ -27,6 +27,10 @@ class PgCluster {
   /// Drops a database create_database made (its connections are closed first).
   void drop_database(const std::string& uri);
 
+  /// Runs `sql` with psql in the database at `uri` (one of create_database's); false when it
+  /// failed (psql printed why).
+  bool run(const std::string& uri, const std::string& sql) const;
+
   const std::filesystem::path& socket_dir() const { return m_socket_dir; }
 
  private:
