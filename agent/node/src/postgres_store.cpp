@@ -1173,7 +1173,7 @@ class PostgresStore final : public Store {
       return fail(ErrorCode::io, fmt::format("ingest store {}: {}: cannot reach the database: {}",
                                              m_shown, what, first_line(e.what())));
     } catch (const pqxx::sql_error& e) {
-      const std::string state = e.sqlstate();
+      const std::string& state = e.sqlstate();
       const ErrorCode code = state == "53100" ? ErrorCode::no_space : ErrorCode::io;
       return fail(code, fmt::format("ingest store {}: {}: {} (SQLSTATE {})", m_shown, what,
                                     first_line(e.what()), state));
