@@ -341,6 +341,37 @@ TEST_F(IngestConfigTest, HttpListenIsAnAddressAndPort) {
   }
 }
 
+TEST_F(IngestConfigTest, StoreKindPicksSqliteOrPostgresqlWithItsUrl) {
+  const auto defaults = parse_ingest_config("", "ingest.toml");
+  ASSERT_TRUE(defaults.has_value()) << defaults.error().message;
+  EXPECT_EQ(defaults->store_kind, StoreKind::sqlite);
+
+  const auto config = parse_ingest_config(
+      "[store]\nkind = \"postgresql\"\nurl = \"postgresql://reflow@db.example/reflow\"\n"
+      "password_file = \"db-password\"\n",
+      "/etc/reflow-ingest/ingest.toml");
+  ASSERT_TRUE(config.has_value()) << config.error().message;
+  EXPECT_EQ(config->store_kind, StoreKind::postgresql);
+  EXPECT_EQ(config->store_url, "postgresql://reflow@db.example/reflow");
+  EXPECT_EQ(config->store_password_file, "/etc/reflow-ingest/db-password");
+}
+
+TEST_F(IngestConfigTest, BadStoreKeysNameFileLineAndKey) {
+  EXPECT_EQ(error_of("[store]\nkind = \"mysql\"\n"),
+            "ingest.toml:2: store.kind: expected \"sqlite\" or \"postgresql\"; got \"mysql\"");
+  EXPECT_EQ(error_of("[store]\nkind = \"postgresql\"\n"),
+            "ingest.toml:2: store.kind: expected store.url to be set too (the database to use, "
+            "\"postgresql://…\"); got \"postgresql\"");
+  EXPECT_EQ(error_of("[store]\nurl = \"postgresql://db/reflow\"\n"),
+            "ingest.toml:2: store.url: expected store.kind = \"postgresql\" too: it is used only "
+            "by the PostgreSQL store");
+  // A URI may hold a password: the error does not show it.
+  const std::string bad =
+      error_of("[store]\nkind = \"postgresql\"\nurl = \"mysql://u:s3cret@db/reflow\"\n");
+  EXPECT_NE(bad.find("ingest.toml:3: store.url: expected a libpq URI"), std::string::npos) << bad;
+  EXPECT_EQ(bad.find("s3cret"), std::string::npos) << bad;
+}
+
 TEST_F(IngestConfigTest, ExampleFileDocumentsEveryKey) {
   const auto keys = reflow_test::keys_in_example(k_example);
   ASSERT_FALSE(keys.empty());

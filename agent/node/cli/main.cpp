@@ -80,9 +80,10 @@ std::optional<NodeSigner> node_signer_or_report(const IngestConfig& config) {
 
 std::unique_ptr<Store> open_store_or_report(const IngestConfig& config, StoreOpen mode) {
   const std::filesystem::path path = config.store_path();
-  auto store = open_sqlite_store(path, {}, mode);
+  auto store = open_configured_store(config, mode);
   if (!store) {
-    const bool denied = store.error().code != agent::ErrorCode::not_found &&
+    const bool denied = config.store_kind == StoreKind::sqlite &&
+                        store.error().code != agent::ErrorCode::not_found &&
                         permission_denied(path, mode == StoreOpen::existing_only ? R_OK : W_OK);
     print_error(fmt::format("{}{}", store.error().message, denied ? k_permission_hint : ""));
     return nullptr;

@@ -96,7 +96,7 @@ int run(const std::string& config_path, const std::string& log_level_override) {
     sd_notifyf(0, "STATUS=failed: %s", error.message.c_str());
     return 1;
   };
-  auto store = open_sqlite_store(config->store_path());
+  auto store = open_configured_store(*config);
   if (!store) return fatal(store.error());
 
   agent::Env& env = agent::Env::real();

@@ -33,6 +33,11 @@ bool is_valid_share_group(std::string_view name) {
   return is_non_empty_text(name) && name.find_first_of("/+#") == name.npos;
 }
 
+bool is_postgres_url(std::string_view url) {
+  return (url.starts_with("postgresql://") || url.starts_with("postgres://")) && !has_nul(url) &&
+         url.find_first_of(" \t\r\n") == url.npos;
+}
+
 bool is_http_url(std::string_view url) {
   // The host is looked for only after the scheme matched: without "//" there is none ("" threw).
   if (!url.starts_with("http://") && !url.starts_with("https://")) return false;
@@ -115,8 +120,9 @@ void apply_intervals(const toml::table& table, std::string_view dotted, const Pa
 
 IngestSchema make_schema() {
   IngestSchema schema;
-  schema.sections = {"ingest", "mqtt", "ca", "export", "maintenance", "http"};
-  schema.known_tables = "known tables: [ingest], [mqtt], [ca], [export], [maintenance], [http]";
+  schema.sections = {"ingest", "store", "mqtt", "ca", "export", "maintenance", "http"};
+  schema.known_tables =
+      "known tables: [ingest], [store], [mqtt], [ca], [export], [maintenance], [http]";
   auto add = [&](std::string section, std::string name, std::string type, std::string default_text,
                  std::string description, Apply apply) {
     schema.add(std::move(section), std::move(name), std::move(type), std::move(default_text),
@@ -149,6 +155,44 @@ IngestSchema make_schema() {
                  "expected a name without spaces or '+', such as \"fablab.example/reflow\" "
                  "(c2sp.org/signed-note)",
                  agent::note::is_valid_key_name));
+
+  // [store]
+  add("store", "kind", "enum(sqlite|postgresql)", "\"sqlite\"",
+      "Where events, rejections, the device registry, the log and the export ledger are kept: "
+      "\"sqlite\" in data_dir/ingest.db, or \"postgresql\" in the database at store.url (several "
+      "instances on several hosts may share it).",
+      [](const toml::node& node, const ParseContext&,
+         IngestConfig& config) -> std::optional<std::string> {
+        const auto* text = node.as_string();
+        if (text != nullptr && text->get() == "sqlite") {
+          config.store_kind = StoreKind::sqlite;
+        } else if (text != nullptr && text->get() == "postgresql") {
+          config.store_kind = StoreKind::postgresql;
+        } else {
+          return got("expected \"sqlite\" or \"postgresql\"", node);
+        }
+        return std::nullopt;
+      });
+  add("store", "url", "string", "(none)",
+      "kind = \"postgresql\" only: libpq connection URI such as "
+      "\"postgresql://reflow@db.example/reflow\" or \"postgresql:///reflow?host=/run/postgresql\"; "
+      "TLS with ?sslmode=verify-full. Keep the password out of it: password_file, ~/.pgpass or "
+      "PGPASSWORD.",
+      [](const toml::node& node, const ParseContext&,
+         IngestConfig& config) -> std::optional<std::string> {
+        const auto* text = node.as_string();
+        if (text == nullptr || !is_postgres_url(text->get()))
+          // The value is not shown: a URI may hold a password.
+          return "expected a libpq URI starting with postgresql:// or postgres://, such as "
+                 "\"postgresql://reflow@db.example/reflow\", without spaces; got another value "
+                 "(not shown: it may hold a password)";
+        config.store_url = text->get();
+        return std::nullopt;
+      });
+  add("store", "password_file", "path", "(none: libpq's ~/.pgpass or PGPASSWORD)",
+      "kind = \"postgresql\" only: file whose first line is the database password. Must not be "
+      "readable by others (chmod 600).",
+      path_key(&IngestConfig::store_password_file));
 
   // [mqtt]
   add_mqtt_keys(schema,
@@ -242,6 +286,27 @@ const IngestSchema& schema() {
   return schema;
 }
 
+// Checks between keys of [store], once each key is valid on its own.
+void check_store(const std::map<std::string, const toml::node*>& seen, const IngestConfig& config,
+                 Problems& problems) {
+  const auto kind = seen.find("store.kind");
+  if (config.store_kind == StoreKind::postgresql) {
+    if (!seen.contains("store.url"))
+      problems.add(line_of(*kind->second), "store.kind",
+                   got("expected store.url to be set too (the database to use, "
+                       "\"postgresql://…\")",
+                       *kind->second));
+    return;
+  }
+  for (const char* key : {"store.url", "store.password_file"}) {
+    const auto it = seen.find(key);
+    if (it != seen.end())
+      problems.add(line_of(*it->second), key,
+                   "expected store.kind = \"postgresql\" too: it is used only by the PostgreSQL "
+                   "store");
+  }
+}
+
 // Checks between keys of [export], once each key is valid on its own.
 void check_export(const std::map<std::string, const toml::node*>& seen, Problems& problems) {
   const auto user = seen.find("export.zenflows_user");
@@ -271,6 +336,7 @@ agent::Result<IngestConfig> parse_document(std::string_view text, const std::str
   if (problems.empty()) {
     check_mqtt_combinations(seen, config.url, config.reconnect_min, config.reconnect_max, problems);
     check_export(seen, problems);
+    check_store(seen, config, problems);
   }
   if (!problems.empty()) return std::unexpected(problems.error());
   return config;

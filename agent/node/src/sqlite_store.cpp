@@ -21,6 +21,8 @@
 
 #include <reflow/core/sqlite.hpp>
 
+#include "store_rules.hpp"
+
 namespace ingest {
 namespace {
 
@@ -33,6 +35,11 @@ using agent::sqlite::column_text;
 using agent::sqlite::Cursor;
 using agent::sqlite::DbPtr;
 using agent::sqlite::StmtPtr;
+using store_rules::k_all_unauthenticated;
+using store_rules::k_unauthenticated_reasons;
+using store_rules::reason_from_name;
+using store_rules::saturating_add;
+using store_rules::unauthenticated;
 
 // Version 2 dropped events.payload: it is the envelope's payload, decoded, and the envelope is
 // kept byte for byte, so for_each_event decodes it instead (about 40 % of each row, and of the
@@ -249,14 +256,6 @@ std::optional<std::int64_t> column_optional_int(sqlite3_stmt* stmt, int col) {
   return sqlite3_column_int64(stmt, col);
 }
 
-std::int64_t saturating_add(std::int64_t a, std::int64_t b) {
-  std::int64_t sum = 0;
-  if (__builtin_add_overflow(a, b, &sum))
-    return b > 0 ? std::numeric_limits<std::int64_t>::max()
-                 : std::numeric_limits<std::int64_t>::min();
-  return sum;
-}
-
 ErrorCode code_of(int rc) {
   switch (rc & 0xff) {
     case SQLITE_FULL:
@@ -268,17 +267,6 @@ ErrorCode code_of(int rc) {
     default:
       return ErrorCode::io;
   }
-}
-
-std::optional<RejectReason> reason_from_name(std::string_view name) {
-  for (RejectReason reason :
-       {RejectReason::oversized, RejectReason::malformed_jws, RejectReason::unknown_kid,
-        RejectReason::bad_signature, RejectReason::device_mismatch, RejectReason::invalid_event,
-        RejectReason::key_revoked, RejectReason::equivocation, RejectReason::chain_break,
-        RejectReason::recorded_backwards}) {
-    if (to_string(reason) == name) return reason;
-  }
-  return std::nullopt;
 }
 
 // One SQLite connection and its cached statements; used under `mutex` only.
@@ -323,15 +311,6 @@ struct ChainLink {
   std::int64_t row_id = 0;
 };
 
-// Rejections whose sender nothing authenticates: RejectionLimits caps what they keep.
-constexpr std::array k_unauthenticated_reasons{RejectReason::oversized, RejectReason::malformed_jws,
-                                               RejectReason::unknown_kid,
-                                               RejectReason::bad_signature};
-
-bool unauthenticated(RejectReason reason) {
-  return std::ranges::find(k_unauthenticated_reasons, reason) != k_unauthenticated_reasons.end();
-}
-
 // The migration's `capped` for rows kept before version 3: an unauthenticated reason, or a
 // device the node does not know. The reasons are our constants, not input.
 std::string migrate_2_capped_sql() {
@@ -348,10 +327,6 @@ struct CappedUsage {
   std::int64_t rows = 0;
   std::int64_t bytes = 0;
 };
-
-// The not-kept counts beyond the total cap go under this device, which no device id can be
-// (PROTOCOL §1), so that a sender varying the topic's DEVICE adds no rows.
-constexpr std::string_view k_all_unauthenticated = "*";
 
 class SqliteStore final : public Store {
  public:

@@ -17,6 +17,12 @@ namespace ingest {
 /// Default config location of every `reflow-ingest` command (the Debian package's conffile).
 inline constexpr std::string_view k_default_config_path = "/etc/reflow-ingest/reflow-ingest.toml";
 
+/// Where the node keeps its store ([store] kind).
+enum class StoreKind {
+  sqlite,      ///< DATA_DIR/ingest.db (open_sqlite_store)
+  postgresql,  ///< the database at [store] url (open_postgres_store)
+};
+
 /// `reflow-ingest`'s configuration, every key with its default. `config/reflow-ingest.example.toml`
 /// documents each one; `config_reference()` prints the same table (`run --help`).
 struct IngestConfig {
@@ -28,6 +34,11 @@ struct IngestConfig {
                                                 ///< (PROTOCOL §5: "about ten a second")
   std::filesystem::path node_key_file;  ///< default: DATA_DIR/node.key (the node's Ed25519 key)
   std::string log_origin;               ///< default: effective_log_origin()
+
+  // [store]
+  StoreKind store_kind = StoreKind::sqlite;
+  std::string store_url;                      ///< kind postgresql: libpq URI "postgresql://…"
+  std::filesystem::path store_password_file;  ///< kind postgresql: first line is the password
 
   // [mqtt]
   std::string url = "mqtt://127.0.0.1:1883";

@@ -285,7 +285,8 @@ struct LedgerEntry {
 /// - rejections: one row per (topic, envelope bytes) with a count; unauthenticated senders are
 ///   capped (RejectionLimits).
 ///
-/// Implementations: SQLite (open_sqlite_store); PostgreSQL later. All methods are thread-safe
+/// Implementations: SQLite (open_sqlite_store) and PostgreSQL (open_postgres_store). All methods
+/// are thread-safe
 /// (one connection behind a mutex is fine); several processes may open the same SQLite file
 /// (WAL, busy timeout) — `reflow-ingest events` reads while `run` writes.
 class Store {
@@ -417,5 +418,31 @@ enum class StoreOpen {
 Result<std::unique_ptr<Store>> open_sqlite_store(const std::filesystem::path& path,
                                                  const RejectionLimits& limits = {},
                                                  StoreOpen mode = StoreOpen::create_if_missing);
+
+/// Opens the PostgreSQL store at `url` (a libpq connection URI, "postgresql://HOST/DB" or
+/// "postgresql:///DB?host=/run/postgresql"; TLS, .pgpass and the PG* environment as libpq does
+/// them), the database's first line of `password_file` as its password when that is not empty.
+/// With StoreOpen::create_if_missing an empty database gets the schema; its version (currently
+/// 1) is kept in the table reflow_meta, and later versions will migrate older ones when opened.
+/// Every writing transaction first takes one advisory lock (pg_advisory_xact_lock): several
+/// processes and hosts may share the database, and the database, not a process, orders their
+/// writes; readers never wait for it (REPEATABLE READ snapshots). Durability is the server's
+/// (synchronous_commit): put() returns once COMMIT did. A lost connection is opened again at
+/// the next call.
+/// Errors: io (cannot connect: the message names the URL without its password, never the
+/// password), invalid_config (password_file unreadable), not_found (StoreOpen::existing_only
+/// and the database has no store), corruption (the database holds other tables, or a schema
+/// version this build does not know).
+Result<std::unique_ptr<Store>> open_postgres_store(std::string_view url,
+                                                   const std::filesystem::path& password_file = {},
+                                                   const RejectionLimits& limits = {},
+                                                   StoreOpen mode = StoreOpen::create_if_missing);
+
+struct IngestConfig;
+
+/// The store `config` names ([store] kind): open_sqlite_store at config.store_path(), or
+/// open_postgres_store at [store] url with its password_file. Errors: those of the one opened.
+Result<std::unique_ptr<Store>> open_configured_store(const IngestConfig& config,
+                                                     StoreOpen mode = StoreOpen::create_if_missing);
 
 }  // namespace ingest
