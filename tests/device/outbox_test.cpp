@@ -247,6 +247,36 @@ TEST_F(OutboxTest, KeepsTheNodesVerifiedLogAcrossRestart) {
   EXPECT_TRUE(outbox->node_sends_consistency());
 }
 
+TEST_F(OutboxTest, KeepsTheLeavesOfAckedEventsAfterPruningThemForAnAudit) {
+  std::string stream;
+  {
+    auto outbox = open();
+    append(*outbox, 3);
+    stream = outbox->head().stream;
+    merkle::Hash root{};
+    root.fill(0x11);
+    ASSERT_TRUE(outbox->record_verified_log(5, root, true).has_value());
+    // An ack of seq 2 proved at leaf 4: seqs 1 and 2 are kept, only seq 2 with its index.
+    ASSERT_TRUE(outbox->record_acked_leaves(2, 4).has_value());
+    ASSERT_TRUE(outbox->apply_ack(stream, 2).has_value());
+    // The same ack again changes nothing.
+    ASSERT_TRUE(outbox->record_acked_leaves(2, 4).has_value());
+  }
+  auto state = Outbox::read_audit_state(options().path);
+  ASSERT_TRUE(state.has_value()) << state.error().message;
+  EXPECT_EQ(state->stream, stream);
+  ASSERT_TRUE(state->verified_log.has_value());
+  EXPECT_EQ(state->verified_log->first, 5u);
+  ASSERT_EQ(state->leaves.size(), 2u);
+  EXPECT_EQ(state->leaves[0].seq, 1);
+  EXPECT_EQ(state->leaves[0].leaf, merkle::leaf_hash(envelope_for(1)));
+  EXPECT_FALSE(state->leaves[0].leaf_index.has_value());
+  EXPECT_EQ(state->leaves[1].seq, 2);
+  EXPECT_EQ(state->leaves[1].leaf, merkle::leaf_hash(envelope_for(2)));
+  EXPECT_EQ(state->leaves[1].leaf_index, std::optional<std::uint64_t>(4));
+  EXPECT_FALSE(state->leaves[1].id.empty());
+}
+
 TEST_F(OutboxTest, KeepsUnackedEventsAcrossRestart) {
   ChainHead before;
   {

@@ -925,6 +925,55 @@ class SignedAckTest(nh.NodeTestCase):
         self.assertGreaterEqual(s["verified_tree_size"], 5)
         self.assertEqual(len(self.cli.events("dev-s")), 4)
 
+    def audit(self, *extra):
+        return h.run_cli(["audit", "--config", str(self.device.config_path), "--timeout", "30",
+                          *extra])
+
+    def test_audit_proves_every_acked_event_and_names_those_the_node_lost_or_altered(self):
+        agent = self.start_device_agent(self.device)
+        emitted = self.emit_for(self.device, h.emit_lines(3))
+        agent.wait_status(lambda s: s["acked_seq"] == 3 and s["backlog_events"] == 0,
+                          "seq 1..3 acked and pruned")
+        ok = self.audit("--format", "json")
+        self.assertEqual(ok.returncode, 0, ok.stderr)
+        report = json.loads(ok.stdout)
+        self.assertTrue(report["ok"], report)
+        self.assertEqual(report["checked"], 3)
+        self.assertGreaterEqual(report["tree_size"], 3)
+        self.assertEqual(report["origin"], self.node_key["origin"])
+        self.assertIn("checked 3/3 leaves", ok.stderr)
+        text = self.audit()
+        self.assertEqual(text.returncode, 0, text.stderr)
+        self.assertIn("checked 3 leaves", text.stdout)
+        self.assertTrue(text.stdout.rstrip().endswith(": OK"), text.stdout)
+
+        # The operator deletes event 1 and changes a byte of event 2's envelope, by SQL, while
+        # the node runs; its log is untouched.
+        db = sqlite3.connect(self.ingest_data / "ingest.db")
+        with db:
+            deleted = db.execute("DELETE FROM events WHERE device = 'dev-s' AND seq = 1").rowcount
+            (envelope,) = db.execute(
+                "SELECT envelope FROM events WHERE device = 'dev-s' AND seq = 2").fetchone()
+            at = envelope.index('"signature":"') + 13
+            altered = envelope[:at] + ("A" if envelope[at] != "A" else "B") + envelope[at + 1:]
+            db.execute("UPDATE events SET envelope = ? WHERE device = 'dev-s' AND seq = 2",
+                       (altered,))
+        db.close()
+        self.assertEqual(deleted, 1)
+
+        failed = self.audit("--format", "json")
+        self.assertEqual(failed.returncode, 1, failed.stderr)
+        report = json.loads(failed.stdout)
+        self.assertFalse(report["ok"])
+        self.assertIsNone(report["inconsistent"])
+        ids = {seq: event_id for seq, event_id in emitted}
+        self.assertEqual([(f["seq"], f["id"], f["problem"]) for f in report["findings"]],
+                         [(1, ids[1], "missing"), (2, ids[2], "altered")])
+        text = self.audit()
+        self.assertEqual(text.returncode, 1)
+        self.assertIn(f"MISSING: seq 1 id {ids[1]}", text.stdout)
+        self.assertIn(f"ALTERED: seq 2 id {ids[2]}", text.stdout)
+
     def test_an_altered_node_store_fails_the_next_proof_and_prunes_nothing(self):
         agent = self.start_device_agent(self.device)
         other_agent = self.start_device_agent(self.other)

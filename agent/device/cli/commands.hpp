@@ -65,6 +65,13 @@ struct MembersAddOptions {
 };
 int members_add(const std::filesystem::path& config_path, const MembersAddOptions& options);
 
+/// `audit`: checks that every event a verified signed ack covered is still in the node's latest
+/// signed checkpoint, unchanged, and that the checkpoint extends the log the agent verified last
+/// (agent::audit_node, PROTOCOL §5.2). Prints a summary (text, or one JSON object with `json`)
+/// and progress lines on stderr. Exit 0 when everything is proven, 1 when an event is missing,
+/// altered or not proven or the log is inconsistent, 2 when the audit could not run (audit.cpp).
+int audit(const std::filesystem::path& config_path, bool json, int timeout_s);
+
 /// Prints "reflow-agent: MESSAGE" to stderr.
 void print_error(const std::string& message);
 

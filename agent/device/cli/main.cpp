@@ -99,6 +99,21 @@ int main(int argc, char** argv) {
   exp->add_option("--outbox", outbox_file,
                   "Read this outbox file instead (e.g. a quarantined outbox.db.corrupt-*)");
 
+  int audit_timeout_s = 30;
+  std::string audit_format = "text";
+  auto* audit = app.add_subcommand(
+      "audit",
+      "Check that every event the node acked with a verified signed ack is still in its latest "
+      "signed checkpoint, unchanged, and that its log only grew (PROTOCOL §5.2). Exit 1 naming "
+      "each missing or altered event, 2 if the audit could not run");
+  audit->add_option("--config", config_path, "The agent's TOML config file")->required();
+  audit->add_option("--format", audit_format, "text or json")
+      ->check(CLI::IsMember({"text", "json"}));
+  audit
+      ->add_option("--timeout", audit_timeout_s,
+                   "Seconds to wait for the broker, the checkpoint and each answer")
+      ->check(CLI::PositiveNumber);
+
   auto* verify = app.add_subcommand(
       "verify",
       "Check envelopes (JSON lines on stdin): signature, event schema and the chain between lines");
@@ -209,6 +224,7 @@ int main(int argc, char** argv) {
       return agent::cli::export_events(
           config_path, from_seq,
           outbox_file.empty() ? std::nullopt : std::optional<std::filesystem::path>(outbox_file));
+    if (*audit) return agent::cli::audit(config_path, audit_format == "json", audit_timeout_s);
     if (*verify) return agent::cli::verify(jwk_path, expected_device);
     if (*enroll)
       return agent::cli::enroll(

@@ -428,6 +428,13 @@ struct Forwarder::Impl {
                     recorded.error().message);
         return std::nullopt;
       }
+      // The leaves of the events it covers, kept for `reflow-agent audit` before they are
+      // pruned: an event pruned without its leaf could never be audited.
+      if (auto kept = outbox.record_acked_leaves(verified->seq, verified->leaf_index); !kept) {
+        log.warning(k_component, "not applying the verified ack of seq {}: {}", verified->seq,
+                    kept.error().message);
+        return std::nullopt;
+      }
       std::lock_guard lock(stats_mutex);
       stats.ack_error.clear();
       stats.verified_tree_size = verified->tree_size;

@@ -395,6 +395,17 @@ struct Outbox::Impl {
                               nullptr, nullptr, nullptr);
         rc != SQLITE_OK)
       return rc;
+    // The events a verified signed ack covered (PROTOCOL §5.1), kept after pruning for
+    // `reflow-agent audit`; beside meta for the same reason as node_log.
+    if (int rc = sqlite3_exec(db.get(),
+                              "CREATE TABLE IF NOT EXISTS acked_leaves("
+                              " seq INTEGER PRIMARY KEY,"
+                              " id TEXT NOT NULL,"
+                              " leaf BLOB NOT NULL,"
+                              " leaf_index INTEGER)",
+                              nullptr, nullptr, nullptr);
+        rc != SQLITE_OK)
+      return rc;
     // A node_log made before consistency_seen: the column is added (an error here means it is
     // there already; a real one shows in node_sends_consistency() reading false).
     sqlite3_exec(db.get(),
@@ -983,6 +994,110 @@ Status Outbox::record_verified_log(std::uint64_t tree_size, const merkle::Hash& 
                 fmt::format("outbox {}: cannot record the node's verified log of {} leaves: {}",
                             s.path_text(), tree_size, sqlite::error_detail(s.db.get(), rc)));
   return {};
+}
+
+Status Outbox::record_acked_leaves(std::int64_t upto_seq, std::uint64_t leaf_index) {
+  Impl& s = *m_impl;
+  std::lock_guard lock(s.mutex);
+  sqlite3* d = s.db.get();
+  auto failed = [&](int rc) {
+    return fail(
+        is_full(rc) ? ErrorCode::no_space : ErrorCode::io,
+        fmt::format("outbox {}: cannot keep the leaves of the events acked up to seq {}: {}",
+                    s.path_text(), upto_seq, sqlite::error_detail(d, rc)));
+  };
+  StmtPtr select;
+  StmtPtr upsert;
+  int rc = prepare(
+      d, "SELECT seq, id, envelope FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq", select);
+  if (rc == SQLITE_OK)
+    rc = prepare(d,
+                 "INSERT INTO acked_leaves(seq, id, leaf, leaf_index) VALUES (?1, ?2, ?3, ?4) "
+                 "ON CONFLICT(seq) DO UPDATE SET leaf_index = coalesce(leaf_index, "
+                 "excluded.leaf_index)",
+                 upsert);
+  if (rc != SQLITE_OK) return failed(rc);
+  if ((rc = run(s.begin.get())) != SQLITE_OK) return failed(rc);
+  sqlite3_bind_int64(select.get(), 1, s.acked_seq);
+  sqlite3_bind_int64(select.get(), 2, upto_seq);
+  while ((rc = sqlite3_step(select.get())) == SQLITE_ROW) {
+    const std::int64_t seq = sqlite3_column_int64(select.get(), 0);
+    const std::string id = column_text(select.get(), 1);
+    const merkle::Hash leaf = merkle::leaf_hash(column_text(select.get(), 2));
+    const std::optional<std::int64_t> index =
+        seq == upto_seq ? std::optional(static_cast<std::int64_t>(leaf_index)) : std::nullopt;
+    rc =
+        run(upsert.get(), seq, id,
+            sqlite::Blob{std::string_view(reinterpret_cast<const char*>(leaf.data()), leaf.size())},
+            index);
+    if (rc != SQLITE_OK) break;
+  }
+  if (rc == SQLITE_DONE) rc = SQLITE_OK;
+  sqlite3_reset(select.get());
+  if (rc == SQLITE_OK) rc = run(s.commit.get());
+  if (rc != SQLITE_OK) {
+    (void)run(s.rollback.get());
+    return failed(rc);
+  }
+  return {};
+}
+
+Result<AuditState> Outbox::read_audit_state(const std::filesystem::path& path) {
+  const std::string path_text = path.string();
+  std::error_code ec;
+  if (!fs::exists(path, ec))
+    return fail(ErrorCode::io, fmt::format("cannot audit from {}: {}", path_text,
+                                           ec ? ec.message() : std::string("no such file")));
+  // Read-only: the live outbox belongs to the running agent.
+  DbPtr db;
+  int rc = sqlite::open(path, SQLITE_OPEN_READONLY, k_busy_timeout_ms, db);
+  if (rc != SQLITE_OK)
+    return fail(ErrorCode::io, fmt::format("cannot audit from {}: {}", path_text,
+                                           sqlite::error_detail(db.get(), rc)));
+  sqlite3* raw = db.get();
+  auto unreadable = [&](int code, std::string_view what) {
+    return fail((code & 0xff) == SQLITE_IOERR ? ErrorCode::io : ErrorCode::corruption,
+                fmt::format("cannot audit from {}: {}: {}", path_text, what,
+                            sqlite::error_detail(raw, code)));
+  };
+  AuditState out;
+  // One read transaction: the leaves and the verified log of the same commit.
+  if ((rc = sqlite3_exec(raw, "BEGIN", nullptr, nullptr, nullptr)) != SQLITE_OK)
+    return unreadable(rc, "starting a read");
+  StmtPtr meta;
+  if ((rc = prepare(raw, "SELECT device_id, stream FROM meta WHERE id = 1", meta)) != SQLITE_OK)
+    return unreadable(rc, "not an outbox");
+  if ((rc = sqlite3_step(meta.get())) != SQLITE_ROW)
+    return unreadable(rc == SQLITE_DONE ? SQLITE_CORRUPT : rc, "no meta row");
+  out.device_id = column_text(meta.get(), 0);
+  out.stream = column_text(meta.get(), 1);
+  StmtPtr node_log;
+  // A file that never verified an ack may have neither table (an agent of before 1.1).
+  if (prepare(raw, "SELECT tree_size, root FROM node_log WHERE id = 1", node_log) == SQLITE_OK &&
+      sqlite3_step(node_log.get()) == SQLITE_ROW &&
+      sqlite3_column_bytes(node_log.get(), 1) == static_cast<int>(merkle::Hash{}.size())) {
+    merkle::Hash root{};
+    std::memcpy(root.data(), sqlite3_column_blob(node_log.get(), 1), root.size());
+    out.verified_log =
+        std::pair{static_cast<std::uint64_t>(sqlite3_column_int64(node_log.get(), 0)), root};
+  }
+  StmtPtr leaves;
+  if (prepare(raw, "SELECT seq, id, leaf, leaf_index FROM acked_leaves ORDER BY seq", leaves) !=
+      SQLITE_OK)
+    return out;
+  while ((rc = sqlite3_step(leaves.get())) == SQLITE_ROW) {
+    AckedLeaf leaf;
+    leaf.seq = sqlite3_column_int64(leaves.get(), 0);
+    leaf.id = column_text(leaves.get(), 1);
+    if (sqlite3_column_bytes(leaves.get(), 2) != static_cast<int>(leaf.leaf.size()))
+      return unreadable(SQLITE_CORRUPT, fmt::format("acked_leaves: seq {}: not a hash", leaf.seq));
+    std::memcpy(leaf.leaf.data(), sqlite3_column_blob(leaves.get(), 2), leaf.leaf.size());
+    if (sqlite3_column_type(leaves.get(), 3) != SQLITE_NULL)
+      leaf.leaf_index = static_cast<std::uint64_t>(sqlite3_column_int64(leaves.get(), 3));
+    out.leaves.push_back(std::move(leaf));
+  }
+  if (rc != SQLITE_DONE) return unreadable(rc, "reading acked_leaves");
+  return out;
 }
 
 Result<std::int64_t> Outbox::apply_ack(const std::string& stream, std::int64_t seq) {

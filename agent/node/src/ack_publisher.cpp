@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include <reflow/core/audit_proofs.hpp>
 #include <reflow/core/units.hpp>
 
 namespace ingest {
@@ -106,10 +107,22 @@ void AckPublisher::hand(const std::string& device, std::string body) {
 
 void AckPublisher::hand_checkpoint(std::string note) {
   PendingAck checkpoint{fmt::format("{}/{}", m_config.topic_prefix, k_checkpoint_topic),
-                        std::move(note)};
+                        std::move(note), /*retained=*/true, /*counted=*/false};
   {
     std::lock_guard lock(m_out_mutex);
     m_out.insert_or_assign(std::string(k_checkpoint_key), std::move(checkpoint));
+  }
+  m_out_cv.notify_one();
+}
+
+void AckPublisher::hand_answer(const std::string& device, std::string body) {
+  // Device ids have no '/', so this key never meets a device's ack or the checkpoint's.
+  PendingAck answer{
+      fmt::format("{}/{}{}", m_config.topic_prefix, device, agent::audit::k_answer_suffix),
+      std::move(body), /*retained=*/false, /*counted=*/false};
+  {
+    std::lock_guard lock(m_out_mutex);
+    m_out.insert_or_assign(device + "/audit", std::move(answer));
   }
   m_out_cv.notify_one();
 }
@@ -154,9 +167,9 @@ void AckPublisher::run(std::stop_token stop) {
     std::string failure;
     for (auto it = round.begin(); it != round.end();) {
       try {
-        in_flight.push_back(m_client->publish(
-            mqtt::make_message(it->second.topic, it->second.body, k_service_qos, true)));
-        if (it->first != k_checkpoint_key) ++published;
+        in_flight.push_back(m_client->publish(mqtt::make_message(
+            it->second.topic, it->second.body, k_service_qos, it->second.retained)));
+        if (it->second.counted) ++published;
         it = round.erase(it);
       } catch (const std::exception& e) {
         failure = fmt::format("publishing the ack on {} failed: {}", it->second.topic, e.what());

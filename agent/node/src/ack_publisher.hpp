@@ -72,6 +72,11 @@ class AckPublisher {
   /// Not counted in acks_published.
   void hand_checkpoint(std::string note);
 
+  /// From any thread: `body` (an audit answer, PROTOCOL §5.2) is published next, not retained,
+  /// on PREFIX/DEVICE/audit/proofs, replacing an answer to `device` not yet handed to Paho (an
+  /// auditor waits for one answer at a time). Not counted in acks_published.
+  void hand_answer(const std::string& device, std::string body);
+
   /// Publishes what was handed over (while connected and before the stop deadline), waits for
   /// the broker to confirm it, and joins the thread. Call after the last hand(); what is left is
   /// dropped with a warning (the agents republish those events).
@@ -87,6 +92,8 @@ class AckPublisher {
   struct PendingAck {
     std::string topic;
     std::string body;
+    bool retained = true;  ///< acks and checkpoints are; audit answers are not
+    bool counted = true;   ///< counted in acks_published
   };
 
   void run(std::stop_token stop);

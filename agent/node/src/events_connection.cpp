@@ -17,6 +17,7 @@
 
 #include <fmt/format.h>
 
+#include <reflow/core/audit_proofs.hpp>
 #include <reflow/core/units.hpp>
 
 namespace ingest {
@@ -79,6 +80,10 @@ struct EventsConnection::Impl {
                 ? config.topic_prefix + "/+/events"
                 : fmt::format("$share/{}/{}/+/events", config.share_group, config.topic_prefix)),
         status_filter(config.topic_prefix + "/+/status"),
+        audit_filter(
+            config.share_group.empty()
+                ? config.topic_prefix + "/+/audit"
+                : fmt::format("$share/{}/{}/+/audit", config.share_group, config.topic_prefix)),
         backoff(config.reconnect_min, config.reconnect_max) {}
 
   Status configure(const agent::mqtt_connect::BrokerAddress& address) {
@@ -103,6 +108,10 @@ struct EventsConnection::Impl {
       const std::string& topic = message->get_topic();
       if (topic.ends_with("/status")) {
         pipeline.note_status(topic, message->to_string());
+        return;
+      }
+      if (topic.ends_with(agent::audit::k_request_suffix)) {
+        pipeline.note_audit_request(topic, message->to_string());
         return;
       }
       pipeline.enqueue(topic, message->to_string());
@@ -222,6 +231,15 @@ struct EventsConnection::Impl {
                   "subscribing to {} failed: {}; acks carry no consistency proofs", status_filter,
                   e.what());
     }
+    // The devices' audit requests (PROTOCOL §5.2), QoS 0: an auditor waits for its answer and
+    // asks again, so nothing is queued for a stopped service. One instance of a share group
+    // answers each. A broker that refuses it only costs the audits.
+    try {
+      client->subscribe(audit_filter, 0);
+    } catch (const std::exception& e) {
+      log.warning(k_component, "subscribing to {} failed: {}; audits are not answered",
+                  audit_filter, e.what());
+    }
   }
 
   // Runs one connection until it is lost or stop is requested.
@@ -306,6 +324,7 @@ struct EventsConnection::Impl {
   IngestPipeline& pipeline;
   const std::string events_filter;
   const std::string status_filter;
+  const std::string audit_filter;
 
   // Declared before the client: Paho may call into them until the client is destroyed.
   agent::mqtt_connect::EventQueue<Event> events;

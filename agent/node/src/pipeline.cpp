@@ -21,6 +21,7 @@
 
 #include <fmt/format.h>
 
+#include <reflow/core/audit_proofs.hpp>
 #include <reflow/core/json_strict.hpp>
 #include <reflow/core/units.hpp>
 #include <reflow/node/key_lookup.hpp>
@@ -36,6 +37,9 @@ constexpr LogLimits k_log_limits{};
 // The log's signed checkpoint is published at most once per this (PROTOCOL §5.1), and once it
 // has passed after a burst.
 constexpr auto k_checkpoint_interval = std::chrono::seconds(1);
+// Audit requests waiting for the store thread at most (PROTOCOL §5.2); an auditor asks one at a
+// time and again after its timeout, so a flood only costs the flooder.
+constexpr std::size_t k_max_audit_requests = 16;
 constexpr auto k_store_retry_min = std::chrono::milliseconds(100);
 constexpr auto k_store_retry_max = std::chrono::seconds(10);
 // Envelopes waiting for the worker, per envelope of max_batch: one batch being stored while the
@@ -288,6 +292,7 @@ struct IngestPipeline::Impl {
   // Stores the verified batches one transaction each and decides the acks. Ends once the worker
   // has handed over its last batch and that is stored (or abandoned at the stop deadline).
   void store_batches(std::stop_token stop) {
+    std::deque<std::pair<std::string, std::string>> audits;
     for (;;) {
       std::optional<Pending> pending;
       bool done = false;
@@ -295,7 +300,10 @@ struct IngestPipeline::Impl {
         std::unique_lock lock(handoff_mutex);
         const auto timeout = std::clamp<Clock::duration>(
             next_ack_due - env.steady_now(), Clock::duration::zero(), k_service_max_wait);
-        handoff_cv.wait_for(lock, timeout, [&] { return handoff.has_value() || handoff_done; });
+        handoff_cv.wait_for(lock, timeout, [&] {
+          return handoff.has_value() || handoff_done || !audit_requests.empty();
+        });
+        audits.swap(audit_requests);
         if (handoff) {
           pending = std::move(handoff);
           handoff.reset();
@@ -303,6 +311,9 @@ struct IngestPipeline::Impl {
           done = handoff_done;
         }
       }
+      for (const auto& [device, payload] : audits)
+        acks.hand_answer(device, answer_audit(device, payload));
+      audits.clear();
       if (pending) {
         handoff_cv.notify_all();
         if (!store_pending(*pending, stop)) break;
@@ -492,6 +503,63 @@ struct IngestPipeline::Impl {
     handoff_cv.notify_all();
   }
 
+  // ---- audits (PROTOCOL §5.2) ----
+
+  // Runs on a Paho thread.
+  void note_audit_request(std::string_view topic, std::string_view payload) {
+    const std::string_view suffix = agent::audit::k_request_suffix;
+    const std::string_view prefix = config.topic_prefix;
+    if (topic.size() <= prefix.size() + 1 + suffix.size() || !topic.starts_with(prefix) ||
+        topic[prefix.size()] != '/' || !topic.ends_with(suffix))
+      return;
+    const std::string_view device =
+        topic.substr(prefix.size() + 1, topic.size() - prefix.size() - 1 - suffix.size());
+    if (device.empty() || device.find('/') != std::string_view::npos) return;
+    {
+      std::lock_guard lock(handoff_mutex);
+      if (audit_requests.size() >= k_max_audit_requests) return;
+      audit_requests.emplace_back(std::string(device), std::string(payload));
+    }
+    handoff_cv.notify_all();
+  }
+
+  // Store thread: the answer to one audit request of `device`, from the log as it is now.
+  std::string answer_audit(const std::string& device, const std::string& payload) {
+    agent::audit::ProofAnswer answer;
+    auto request = agent::audit::parse_request(payload);
+    if (!request) {
+      answer.error = request.error().message;
+      return agent::audit::encode(answer);
+    }
+    answer.id = request->id;
+    answer.tree_size = request->tree_size;
+    auto fail_with = [&](const agent::Error& error) {
+      log.warning(k_component, "answering the audit request {} of {}: {}", request->id, device,
+                  error.message);
+      answer.error = error.message;
+      return agent::audit::encode(answer);
+    };
+    if (request->from_size > 0) {
+      auto consistency = store.log_consistency_proof(request->from_size, request->tree_size);
+      if (!consistency) return fail_with(consistency.error());
+      answer.consistency_from = request->from_size;
+      answer.consistency = std::move(*consistency);
+    }
+    for (const std::int64_t seq : request->seqs) {
+      auto proof = store.log_audit(device, request->stream, seq, request->tree_size);
+      if (!proof) return fail_with(proof.error());
+      if (!*proof) {
+        answer.missing.push_back(seq);
+        continue;
+      }
+      answer.proofs.push_back(
+          {seq, (*proof)->entry.index, (*proof)->envelope_leaf, std::move((*proof)->proof)});
+    }
+    log.debug(k_component, "answered the audit request {} of {}: {} proofs, {} missing",
+              request->id, device, answer.proofs.size(), answer.missing.size());
+    return agent::audit::encode(answer);
+  }
+
   // The size `device` last verified, per its status; 0 when none came.
   std::uint64_t verified_size_of(const std::string& device) {
     std::lock_guard lock(status_mutex);
@@ -657,6 +725,8 @@ struct IngestPipeline::Impl {
   std::optional<Pending> handoff;
   bool handoff_done = false;  ///< the worker has handed over its last batch
   bool store_ended = false;   ///< the store thread takes nothing more
+  /// Audit requests (device, payload) for the store thread to answer (PROTOCOL §5.2).
+  std::deque<std::pair<std::string, std::string>> audit_requests;
 
   // Owned by the store thread.
   std::map<std::string, DeviceAck> device_acks;
@@ -697,6 +767,10 @@ void IngestPipeline::start() {
 
 void IngestPipeline::enqueue(std::string topic, std::string payload) {
   m_impl->enqueue(Impl::Message{std::move(topic), std::move(payload)});
+}
+
+void IngestPipeline::note_audit_request(std::string_view topic, std::string_view payload) {
+  m_impl->note_audit_request(topic, payload);
 }
 
 void IngestPipeline::note_status(std::string_view topic, std::string_view payload) {

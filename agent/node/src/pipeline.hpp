@@ -67,6 +67,12 @@ class IngestPipeline {
   /// nothing; a payload that is not the §6 object is ignored. Never waits for the store.
   void note_status(std::string_view topic, std::string_view payload);
 
+  /// From Paho's thread: a device's audit request from `topic` (PREFIX/DEVICE/audit, PROTOCOL
+  /// §5.2). The store thread answers it (AckPublisher::hand_answer) with the proofs of the
+  /// device's events in the log of the asked size; at most 16 requests wait, later ones are
+  /// dropped (the auditor asks again). Never waits for the store.
+  void note_audit_request(std::string_view topic, std::string_view payload);
+
   /// Takes no more envelopes; what is queued is still verified and stored by stop().
   void close_intake();
 

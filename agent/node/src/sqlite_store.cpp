@@ -242,6 +242,9 @@ constexpr const char* k_sql_log_entries =
 constexpr const char* k_sql_log_entry_of =
     "SELECT l.idx, l.hash FROM events e JOIN log_leaves l ON l.event = e.id "
     "WHERE e.device = ?1 AND e.stream = ?2 AND e.seq = ?3 ORDER BY l.idx LIMIT 1";
+constexpr const char* k_sql_log_audit_of =
+    "SELECT l.idx, l.hash, e.envelope FROM events e JOIN log_leaves l ON l.event = e.id "
+    "WHERE e.device = ?1 AND e.stream = ?2 AND e.seq = ?3 ORDER BY l.idx LIMIT 1";
 constexpr const char* k_sql_events_in_order = "SELECT id, envelope FROM events ORDER BY id";
 constexpr const char* k_sql_ack_point =
     "SELECT stream, contiguous FROM streams WHERE device = ?1 ORDER BY last_event DESC LIMIT 1";
@@ -717,6 +720,34 @@ class SqliteStore final : public Store {
           if (!proof) return std::unexpected(proof.error());
           out.proof = std::move(*proof);
           out.checkpoint = {log_size, agent::merkle::root(log_size, lookup)};
+          return out;
+        });
+  }
+
+  Result<std::optional<LogAudit>> log_audit(std::string_view device, std::string_view stream,
+                                            std::int64_t seq, std::uint64_t size) override {
+    return with_log_snapshot(
+        [&](std::uint64_t log_size,
+            const agent::merkle::PerfectSubtree& lookup) -> Result<std::optional<LogAudit>> {
+          if (size > log_size) return beyond_log(size, log_size);
+          LogAudit out;
+          auto leaf = first_row(
+              m_reader, k_sql_log_audit_of, "reading the log",
+              [&](Cursor& row) {
+                out.entry.index = static_cast<std::uint64_t>(row.int64(0));
+                out.envelope_leaf = agent::merkle::leaf_hash(row.text(2));
+                return column_hash(row.get(), 1, fmt::format("leaf {}", out.entry.index));
+              },
+              device, stream, seq);
+          if (!leaf) return std::unexpected(leaf.error());
+          if (!*leaf || out.entry.index >= size) return std::optional<LogAudit>{};
+          out.entry.leaf = **leaf;
+          out.entry.device = std::string(device);
+          out.entry.stream = std::string(stream);
+          out.entry.seq = seq;
+          auto proof = agent::merkle::inclusion_proof(out.entry.index, size, lookup);
+          if (!proof) return std::unexpected(proof.error());
+          out.proof = std::move(*proof);
           return out;
         });
   }
@@ -1719,6 +1750,10 @@ Result<std::vector<LogEntry>> Store::log_entries(std::string_view) {
 }
 Result<std::optional<LogInclusion>> Store::log_inclusion(std::string_view, std::string_view,
                                                          std::int64_t) {
+  return no_log();
+}
+Result<std::optional<LogAudit>> Store::log_audit(std::string_view, std::string_view, std::int64_t,
+                                                 std::uint64_t) {
   return no_log();
 }
 Result<std::vector<agent::merkle::Hash>> Store::log_inclusion_proof(std::uint64_t, std::uint64_t) {

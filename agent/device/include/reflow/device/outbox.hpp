@@ -91,6 +91,26 @@ struct OutboxOptions {
   FreeSpaceProbe free_space{};  ///< empty: statvfs_free_bytes
 };
 
+/// One event the node acknowledged with a verified signed ack (PROTOCOL §5.1), as the outbox keeps
+/// it after pruning the event, for `reflow-agent audit`: about 70 bytes a row.
+struct AckedLeaf {
+  std::int64_t seq = 0;
+  std::string id;       ///< event id (ULID), to name it in an audit's findings
+  merkle::Hash leaf{};  ///< SHA-256(0x00 || envelope as published), RFC 9162 §2.1.1
+  /// The leaf's index in the node's log when a signed ack proved it (the ack's own seq); nullopt
+  /// for the events below it that the same ack covered without a proof of their own.
+  std::optional<std::uint64_t> leaf_index;
+};
+
+/// What `reflow-agent audit` reads from an outbox file (Outbox::read_audit_state).
+struct AuditState {
+  std::string device_id;
+  std::string stream;
+  /// The node's log (tree_size, root) the last verified ack stated; nullopt: none verified.
+  std::optional<std::pair<std::uint64_t, merkle::Hash>> verified_log;
+  std::vector<AckedLeaf> leaves;  ///< in seq order
+};
+
 /// Room for new envelopes, and which limit sets it.
 struct OutboxRoom {
   std::uint64_t bytes = 0;
@@ -184,6 +204,18 @@ class Outbox {
   /// naming the file.
   Status record_verified_log(std::uint64_t tree_size, const merkle::Hash& root,
                              bool consistency_seen);
+
+  /// Keeps the leaf hash (SHA-256(0x00 || envelope)) and event id of every event in
+  /// (acked seq, `upto_seq`] in table acked_leaves, with `leaf_index` for `upto_seq` (the event a
+  /// verified signed ack proved, PROTOCOL §5.1), in one transaction, durable before apply_ack()
+  /// prunes them. Rows already kept stay (a repeat adds the index if it was missing). Events the
+  /// outbox no longer holds are skipped. Errors: io or no_space naming the file.
+  Status record_acked_leaves(std::int64_t upto_seq, std::uint64_t leaf_index);
+
+  /// Reads, read-only, what `reflow-agent audit` checks from an outbox file (the live one, while
+  /// its agent runs): the device, stream, the last verified log and every kept AckedLeaf.
+  /// Errors: io when the file cannot be opened, corruption when it is not an outbox.
+  static Result<AuditState> read_audit_state(const std::filesystem::path& path);
 
   /// Reads the envelopes of an outbox file (the live one or a quarantined one) read-only, in seq
   /// order from `from_seq`, calling `each` per event, for `reflow-agent export`. Rows that cannot

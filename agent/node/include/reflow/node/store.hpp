@@ -235,6 +235,14 @@ struct LogInclusion {
   std::vector<agent::merkle::Hash> proof;  ///< RFC 9162 §2.1.3.1, of entry.index in checkpoint
 };
 
+/// A stored event's proof for an audit (PROTOCOL §5.2): its leaf, the leaf hash of the envelope
+/// the node holds for it now, and its inclusion proof in the log's first `size` leaves.
+struct LogAudit {
+  LogEntry entry;                          ///< the event's leaf as the log keeps it
+  agent::merkle::Hash envelope_leaf{};     ///< SHA-256(0x00 || the stored envelope) now
+  std::vector<agent::merkle::Hash> proof;  ///< RFC 9162 §2.1.3.1, of entry.index in `size`
+};
+
 /// What an export ledger row stands for (Store::ledger_entries).
 enum class LedgerKind {
   process,  ///< a Process the export created (createProcess); ref: the local process reference
@@ -361,6 +369,15 @@ class Store {
   virtual Result<std::optional<LogInclusion>> log_inclusion(std::string_view device,
                                                             std::string_view stream,
                                                             std::int64_t seq);
+
+  /// For an audit (PROTOCOL §5.2): the stored event (device, stream, seq), its leaf, the leaf hash
+  /// of its envelope as stored now (an envelope altered in the store no longer hashes to its
+  /// leaf) and its inclusion proof in the log's first `size` leaves, of one snapshot; nullopt
+  /// when no such event is stored, it has no leaf, or its leaf is not among the first `size`.
+  /// Errors: invalid_argument when size is beyond the log; io.
+  virtual Result<std::optional<LogAudit>> log_audit(std::string_view device,
+                                                    std::string_view stream, std::int64_t seq,
+                                                    std::uint64_t size);
 
   /// The inclusion proof of leaf `index` in the log's first `size` leaves (RFC 9162 §2.1.3.1).
   /// Errors: invalid_argument when index ≥ size or size is beyond the log; io.

@@ -1,0 +1,69 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// `reflow-agent audit`: the device's side of the node's accountability (PROTOCOL §5.2).
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <reflow/device/audit.hpp>
+#include <reflow/device/config.hpp>
+
+#include "commands.hpp"
+
+namespace agent::cli {
+
+int audit(const std::filesystem::path& config_path, bool json, int timeout_s) {
+  auto config = load_config(config_path);
+  if (!config) {
+    print_error(config.error().message);
+    return 2;
+  }
+  auto report = audit_node(
+      *config, std::chrono::seconds(timeout_s), [](std::uint64_t checked, std::uint64_t total) {
+        fmt::print(stderr, "reflow-agent: audit: checked {}/{} leaves\n", checked, total);
+      });
+  if (!report) {
+    print_error(report.error().message);
+    return 2;
+  }
+  const std::string root = merkle::to_hex(report->root);
+  if (json) {
+    nlohmann::ordered_json findings = nlohmann::ordered_json::array();
+    for (const auto& finding : report->findings)
+      findings.push_back({{"seq", finding.seq},
+                          {"id", finding.id},
+                          {"problem", finding.problem},
+                          {"detail", finding.detail}});
+    nlohmann::ordered_json out{
+        {"ok", report->ok()},
+        {"checked", report->checked},
+        {"origin", report->origin},
+        {"tree_size", report->tree_size},
+        {"root", root},
+        {"consistency_from", report->consistency_from},
+        {"inconsistent", report->inconsistent ? nlohmann::ordered_json(*report->inconsistent)
+                                              : nlohmann::ordered_json(nullptr)},
+        {"findings", std::move(findings)}};
+    std::cout << out.dump() << '\n';
+  } else {
+    if (report->inconsistent) fmt::print("INCONSISTENT: {}\n", *report->inconsistent);
+    for (const auto& finding : report->findings)
+      fmt::print("{}: seq {} id {}: {}\n",
+                 finding.problem == "not_proven" ? "NOT PROVEN"
+                 : finding.problem == "altered"  ? "ALTERED"
+                                                 : "MISSING",
+                 finding.seq, finding.id, finding.detail);
+    fmt::print("checked {} leaves against {} tree size {} root {}{}: {}\n", report->checked,
+               report->origin, report->tree_size, root,
+               report->consistency_from > 0
+                   ? fmt::format(" (from the verified log of {} leaves)", report->consistency_from)
+                   : std::string(),
+               report->ok() ? "OK" : fmt::format("FAILED, {} events", report->findings.size()));
+  }
+  std::cout.flush();
+  return report->ok() ? 0 : 1;
+}
+
+}  // namespace agent::cli

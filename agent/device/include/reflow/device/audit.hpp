@@ -1,0 +1,59 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <reflow/core/merkle.hpp>
+#include <reflow/core/result.hpp>
+#include <reflow/device/config.hpp>
+
+namespace agent {
+
+/// One event of this device that the node's log no longer proves.
+struct AuditFinding {
+  std::int64_t seq = 0;
+  std::string id;       ///< event id (ULID)
+  std::string problem;  ///< "missing", "altered" or "not_proven"
+  std::string detail;   ///< what the node answered, in words
+};
+
+/// What `reflow-agent audit` found (audit_node).
+struct AuditReport {
+  std::string origin;           ///< the checkpoint's origin (the node's ingest.log_origin)
+  std::uint64_t tree_size = 0;  ///< the node's signed checkpoint audited against
+  merkle::Hash root{};
+  /// The size of the log this agent verified last, when the checkpoint was checked against it
+  /// (RFC 9162 §2.1.4); 0 when none was verified yet.
+  std::uint64_t consistency_from = 0;
+  std::optional<std::string> inconsistent;  ///< why the checkpoint does not extend that log
+  std::uint64_t checked = 0;                ///< kept leaves checked
+  std::vector<AuditFinding> findings;
+  bool ok() const { return !inconsistent && findings.empty(); }
+};
+
+/// Called after each answer: leaves checked so far and in all.
+using AuditProgress = std::function<void(std::uint64_t checked, std::uint64_t total)>;
+
+/// Audits the node from this device's side (PROTOCOL §5.2): reads, read-only, the leaves the
+/// outbox kept of every event a verified signed ack covered and the last log it verified
+/// (Outbox::read_audit_state), connects to the broker as `client_id` (or "reflow-agent-" +
+/// device_id) + "-audit" with the config's credentials, takes the node's retained signed
+/// checkpoint on PREFIX/_node/checkpoint and verifies it with the pinned key (mqtt.node_jwk,
+/// C2SP signed note), then asks on PREFIX/DEVICE/audit for the proofs, up to 256 events a
+/// request, and checks each answer: the consistency of the checkpoint with the last verified
+/// log (RFC 9162 §2.1.4.2), and per event that the node holds it (else "missing"), that the
+/// envelope it holds hashes to the kept leaf and sits at the index the ack proved (else
+/// "altered"), and that the inclusion proof puts the kept leaf under the checkpoint's root
+/// (RFC 9162 §2.1.3.2, else "not_proven"). `timeout` bounds the wait for the connection, the
+/// checkpoint and each answer. Errors: invalid_config (no mqtt.node_jwk, bad credentials), io
+/// (the outbox cannot be read), timeout (no checkpoint or no answer), crypto (the checkpoint
+/// does not verify with the pinned key), rejected (the node answered with an error).
+Result<AuditReport> audit_node(const AgentConfig& config, std::chrono::milliseconds timeout,
+                               const AuditProgress& progress);
+
+}  // namespace agent
