@@ -237,7 +237,7 @@ struct EventsConnection::Impl {
     try {
       client->subscribe(audit_filter, 0);
     } catch (const std::exception& e) {
-      log.warning(k_component, "subscribing to {} failed: {}; audits are not answered",
+      log.warning(k_service_component, "subscribing to {} failed: {}; audits are not answered",
                   audit_filter, e.what());
     }
   }

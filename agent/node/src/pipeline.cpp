@@ -534,8 +534,8 @@ struct IngestPipeline::Impl {
     answer.id = request->id;
     answer.tree_size = request->tree_size;
     auto fail_with = [&](const agent::Error& error) {
-      log.warning(k_component, "answering the audit request {} of {}: {}", request->id, device,
-                  error.message);
+      log.warning(k_service_component, "answering the audit request {} of {}: {}", request->id,
+                  device, error.message);
       answer.error = error.message;
       return agent::audit::encode(answer);
     };
@@ -555,7 +555,7 @@ struct IngestPipeline::Impl {
       answer.proofs.push_back(
           {seq, (*proof)->entry.index, (*proof)->envelope_leaf, std::move((*proof)->proof)});
     }
-    log.debug(k_component, "answered the audit request {} of {}: {} proofs, {} missing",
+    log.debug(k_service_component, "answered the audit request {} of {}: {} proofs, {} missing",
               request->id, device, answer.proofs.size(), answer.missing.size());
     return agent::audit::encode(answer);
   }
