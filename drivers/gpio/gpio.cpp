@@ -319,7 +319,6 @@ class GpioDriver final : public Driver {
       nlohmann::ordered_json consume;
       consume["action"] = "consume";
       consume["resourceInventoriedAs"] = m_config.resource;
-      consume["resourceConformsTo"] = "electricity";
       consume["resourceQuantity"] =
           vf::quantity(static_cast<double>(n) / m_config.impulses_per_kwh, "kilowattHour");
       const std::int64_t begin_ms = std::min(m_period_begin_ms, end_ms);

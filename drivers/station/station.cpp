@@ -1,10 +1,13 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 // The `station` driver: a recycling station's scan-and-weigh workflow. A batch label scanned on
 // the station's scanner arms it; the next stable weight on its scale within `window` (net of
-// `tare`) completes one record, emitted as the configured action (`transferCustody` at intake
-// and on hand-over, into the receiver's `to_resource`, `produce` at the shredder, `consume` at the
-// extruder …) of the batch with the weight as resourceQuantity. A count-only station (no scale)
-// records 1 `one` per batch scan. An optional LED and buzzer on GPIO lines tell the operator what
+// `tare`) completes one record. A one-action station emits the configured action of the batch
+// with the weight as resourceQuantity (`transferCustody` at intake and on hand-over, into the
+// receiver's `to_resource`). A process station (`process`: shredder, extruder, sorting) emits a
+// `consume` of each input label's batch (inputOf) and a `produce` of each output label's batch
+// (outputOf) of one process "station:<name>:<process>-<n>": the first input after an output
+// opens the next process, numbered in state.json. A count-only station (no scale) records 1
+// `one` per batch scan. An optional LED and buzzer on GPIO lines tell the operator what
 // happened.
 //
 // Threads: the scanner's and the scale's reader threads only queue what they read; the driver's
@@ -12,6 +15,7 @@
 // sink's writer thread reports commits. They share one Core under one mutex. The Core is shared
 // with the submit callbacks, so a commit reported after stop() is still saved.
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <deque>
 #include <mutex>
@@ -78,11 +82,12 @@ struct Record {
   std::int64_t number = 0;
   std::string ref;
   std::string fields_text;
-  std::string summary;  // for the log: "accept urn:…:0042 12.345 kilogram"
+  std::string summary;  // for the log: "transferCustody urn:…:0042 12.345 kilogram"
 };
 
 struct Armed {
   std::string code;
+  bool output = false;  // a process station's output label (a produce), else an input
   TimePoint at{};
   std::int64_t unix_ms = 0;
 };
@@ -112,6 +117,11 @@ struct Core : std::enable_shared_from_this<Core> {
   std::deque<Record> unsent;    // oldest first; saved in the state file
   std::set<std::int64_t> in_flight;
   std::int64_t next_record = 1;
+  // A process station's processes: the next number, the open one (inputs are going in, or
+  // outputs coming out once outputs_started) and whether it has had an output.
+  std::int64_t next_process = 1;
+  std::optional<std::int64_t> open_process;
+  bool outputs_started = false;
   TimePoint retry_at{};
   std::int64_t retry_delay_ms = k_retry_min_ms;
   std::optional<Armed> armed;
@@ -152,6 +162,11 @@ struct Core : std::enable_shared_from_this<Core> {
   void save_locked() {
     nlohmann::json s = nlohmann::json::object();
     s["next_record"] = next_record;
+    if (!config.process.empty()) {
+      s["next_process"] = next_process;
+      s["open_process"] = open_process ? nlohmann::json(*open_process) : nlohmann::json(nullptr);
+      s["outputs_started"] = outputs_started;
+    }
     auto& list = s["unsent"] = nlohmann::json::array();
     for (const Record& r : unsent)
       list.push_back({{"record", r.number},
@@ -174,6 +189,21 @@ struct Core : std::enable_shared_from_this<Core> {
       if (!it->is_number_integer() || it->get<std::int64_t>() < 1)
         return corrupt("next_record is not a positive integer");
       next_record = it->get<std::int64_t>();
+    }
+    if (auto it = s.find("next_process"); it != s.end()) {
+      if (!it->is_number_integer() || it->get<std::int64_t>() < 1)
+        return corrupt("next_process is not a positive integer");
+      next_process = it->get<std::int64_t>();
+    }
+    if (auto it = s.find("open_process"); it != s.end() && !it->is_null()) {
+      if (!it->is_number_integer() || it->get<std::int64_t>() < 1 ||
+          it->get<std::int64_t>() >= next_process)
+        return corrupt("open_process is not a process number below next_process");
+      open_process = it->get<std::int64_t>();
+    }
+    if (auto it = s.find("outputs_started"); it != s.end()) {
+      if (!it->is_boolean()) return corrupt("outputs_started is not true or false");
+      outputs_started = it->get<bool>() && open_process.has_value();
     }
     if (auto it = s.find("unsent"); it != s.end()) {
       if (!it->is_array()) return corrupt("unsent is not an array");
@@ -250,6 +280,9 @@ class StationDriver final : public Driver {
       core.in_flight.clear();
       core.inputs.clear();
       core.armed.reset();
+      core.next_process = 1;
+      core.open_process.reset();
+      core.outputs_started = false;
     }
     if (Status loaded = core.load(*state); !loaded) return loaded;
     if (!core.unsent.empty())
@@ -315,6 +348,11 @@ class StationDriver final : public Driver {
         activity = fmt::format("waiting for the weight of {}", core.armed->code);
       else
         activity = "waiting for a batch scan";
+      if (core.running && !core.config.process.empty())
+        activity += core.open_process
+                        ? fmt::format(" (process {}: {})", process_reference(*core.open_process),
+                                      core.outputs_started ? "outputs" : "inputs")
+                        : std::string(" (no process open: scan an input)");
     }
     std::string devices;
     {
@@ -401,9 +439,19 @@ class StationDriver final : public Driver {
     core.health.state = "stopped";
   }
 
-  bool is_batch(const barcode::Scan& scan) const {
+  // "station:<name>:<process>-<n>": the reference of a process station's n-th process.
+  std::string process_reference(std::int64_t n) const {
     const StationConfig& c = m_core->config;
-    return c.scanner.patterns.empty() || scan.label == c.batch_label;
+    return fmt::format("station:{}:{}-{}", c.name, c.process, n);
+  }
+
+  enum class Role { input, output, other };
+
+  Role role_of(const barcode::Scan& scan) const {
+    const StationConfig& c = m_core->config;
+    if (c.scanner.patterns.empty() || scan.label == c.batch_label) return Role::input;
+    if (!c.process.empty() && scan.label == c.output_label) return Role::output;
+    return Role::other;
   }
 
   void on_scan(const barcode::Scan& scan) {
@@ -411,11 +459,14 @@ class StationDriver final : public Driver {
     expire(scan.at);
     std::lock_guard lock(core.mutex);
     ++core.scans;
-    if (!is_batch(scan)) {
+    const Role role = role_of(scan);
+    if (role == Role::other) {
       ++core.other_labels;
       core.log.info(core.component, "ignored the scan \"{}\" ({}): not a `{}` label", scan.code,
                     scan.label.empty() ? "no pattern matched" : "label " + scan.label,
-                    core.config.batch_label);
+                    core.config.process.empty()
+                        ? core.config.batch_label
+                        : core.config.batch_label + "` or `" + core.config.output_label);
       m_plan.play(Signal::error, scan.at);
       return;
     }
@@ -425,12 +476,21 @@ class StationDriver final : public Driver {
       m_plan.play(Signal::error, scan.at);
       return;
     }
+    const bool output = role == Role::output;
+    if (output && !core.open_process) {
+      core.miss_locked(fmt::format(
+          "the output {} was scanned before any input: nothing recorded (scan and weigh the "
+          "inputs of the process first, then its outputs)",
+          scan.code));
+      m_plan.play(Signal::error, scan.at);
+      return;
+    }
     if (!core.config.scale) {
-      add_record_locked(scan.code, scan.unix_ms, std::nullopt);
+      add_record_locked(scan.code, output, scan.unix_ms, std::nullopt);
       return;
     }
     if (core.armed) {
-      if (core.armed->code == scan.code) {
+      if (core.armed->code == scan.code && core.armed->output == output) {
         // Scanners read a label twice when it is held still: a restart of the window, not a miss.
         core.armed->at = scan.at;
         core.armed->unix_ms = scan.unix_ms;
@@ -443,7 +503,7 @@ class StationDriver final : public Driver {
       core.miss_locked(fmt::format("the scan of {} got no weight: replaced by the scan of {}",
                                    core.armed->code, scan.code));
     }
-    core.armed = Armed{scan.code, scan.at, scan.unix_ms};
+    core.armed = Armed{scan.code, output, scan.at, scan.unix_ms};
     m_plan.arm(scan.at);
     core.log.info(core.component, "batch {} scanned: waiting {} for a stable weight", scan.code,
                   format_duration(core.config.window));
@@ -478,7 +538,8 @@ class StationDriver final : public Driver {
     const Armed armed = *core.armed;
     core.armed.reset();
     m_plan.disarm();
-    add_record_locked(armed.code, weight.unix_ms, WeighedAs{weight, gross, net, armed.unix_ms});
+    add_record_locked(armed.code, armed.output, weight.unix_ms,
+                      WeighedAs{weight, gross, net, armed.unix_ms});
   }
 
   // A batch scan whose window ended before a stable weight came (scan-stamped `at` first: a
@@ -503,19 +564,39 @@ class StationDriver final : public Driver {
   };
 
   // Caller holds the mutex. The record is saved before it is submitted: from here on a restart
-  // submits it rather than lose it.
-  void add_record_locked(const std::string& code, std::int64_t at_unix_ms,
+  // submits it rather than lose it. A process station's input opens a process unless one is
+  // taking inputs; its output (on_scan checked that a process is open) goes out of the open one.
+  void add_record_locked(const std::string& code, bool output, std::int64_t at_unix_ms,
                          const std::optional<WeighedAs>& weighed) {
     Core& core = *m_core;
     const StationConfig& c = core.config;
     const std::int64_t number = core.next_record++;
+    const bool is_process = !c.process.empty();
+    std::string action = c.action;
+    std::string process;
+    if (is_process) {
+      if (!output && (!core.open_process || core.outputs_started)) {
+        core.open_process = core.next_process++;
+        core.outputs_started = false;
+        core.log.info(core.component, "process {} begins with the input {}",
+                      process_reference(*core.open_process), code);
+      }
+      if (output) core.outputs_started = true;
+      process = process_reference(*core.open_process);
+      action = output ? "produce" : "consume";
+    }
 
     nlohmann::ordered_json fields;
-    fields["action"] = c.action;
+    fields["action"] = action;
     fields["hasPointInTime"] = format_rfc3339_ms(at_unix_ms);
     if (!c.provider.empty()) fields["provider"] = c.provider;
     if (!c.receiver.empty()) fields["receiver"] = c.receiver;
-    fields["resourceInventoriedAs"] = expand_batch(c.resource, code);
+    if (output) {
+      fields["resourceInventoriedAs"] = expand_batch(c.output_resource, code);
+      fields["resourceConformsTo"] = c.output_conforms_to;
+    } else {
+      fields["resourceInventoriedAs"] = expand_batch(c.resource, code);
+    }
     if (!c.to_resource.empty())
       fields["toResourceInventoriedAs"] = expand_batch(c.to_resource, code);
     double value = 1;
@@ -531,9 +612,11 @@ class StationDriver final : public Driver {
     }
     fields["resourceQuantity"] = vf::quantity(value, unit);
     if (!c.at_location.empty()) fields["atLocation"] = c.at_location;
+    if (is_process) fields[output ? "outputOf" : "inputOf"] = process;
     nlohmann::ordered_json meta;
     meta["station"] = c.name;
     meta["record"] = number;
+    if (is_process) meta["role"] = output ? "output" : "input";
     if (weighed) {
       meta["method"] = "weighed";
       meta["gross_kg"] = weighed->gross_kg;
@@ -549,7 +632,9 @@ class StationDriver final : public Driver {
     record.number = number;
     record.ref = fmt::format("record {}", number);
     record.fields_text = fields.dump();
-    record.summary = fmt::format("{} {} {} {}", c.action, code, value, unit);
+    record.summary = is_process ? fmt::format("{} {} {} {} ({} of {})", action, code, value, unit,
+                                              output ? "output" : "input", process)
+                                : fmt::format("{} {} {} {}", action, code, value, unit);
     core.log.info(core.component, "{}: {} (submitting)", record.ref, record.summary);
     core.unsent.push_back(std::move(record));
     core.save_locked();
@@ -657,10 +742,22 @@ class StationDriver final : public Driver {
 
 const std::vector<DriverKeyInfo>& own_keys() {
   static const std::vector<DriverKeyInfo> keys = {
-      {"action", "string", "(required)",
-       "what one record is: \"transferCustody\" (intake, hand-over), \"transfer\", "
-       "\"produce\" (shredder output), \"consume\" (extruder input) … (a PROTOCOL §4 action that "
-       "carries resourceQuantity)"},
+      {"action", "string", "(required without process)",
+       "what one record is at a one-action station: \"transferCustody\" (intake, hand-over), "
+       "\"transfer\", \"move\" … (a PROTOCOL §4 action that carries resourceQuantity and needs no "
+       "process)"},
+      {"process", "string", "\"\"",
+       "makes a process station (shredder, extruder, sorting): the word its processes are named "
+       "by, \"shred\" giving station:<name>:shred-<n>; scans of batch_label are its inputs "
+       "(consume), scans of output_label its outputs (produce)"},
+      {"output_label", "string", "(required with process)",
+       "process station: name of the scanner pattern whose codes are outputs"},
+      {"output_resource", "string", "\"{batch}\"",
+       "process station: the output's resourceInventoriedAs (the new resource's name); {batch} "
+       "stands for the scanned output code"},
+      {"output_conforms_to", "string", "(required with process)",
+       "process station: resourceConformsTo of the outputs, the kind of what comes out "
+       "(\"pet-flakes\", \"pet-filament\")"},
       {"provider", "string", "\"\"", "agent reference of who hands the batch over; none if empty"},
       {"receiver", "string", "\"\"", "agent reference of who receives it; none if empty"},
       {"at_location", "string", "\"\"", "atLocation: where the station stands; none if empty"},
@@ -672,8 +769,8 @@ const std::vector<DriverKeyInfo>& own_keys() {
        "receiver's resource the batch goes into; {batch} stands for the scanned code; none if "
        "empty"},
       {"batch_label", "string", "\"batch\"",
-       "name of the scanner pattern whose codes are batches; other labels are ignored (with no "
-       "scanner patterns every code is a batch)"},
+       "name of the scanner pattern whose codes are batches (a process station's inputs); other "
+       "labels are ignored (with no scanner patterns every code is a batch)"},
       {"window", "duration", "\"60s\"",
        "after a batch scan, how long the station waits for a stable weight"},
       {"tare", "number", "0", "kilograms subtracted from every weight (the empty bin or pallet)"},
@@ -712,8 +809,8 @@ class StationKind final : public DriverKind {
  public:
   std::string_view kind() const override { return "station"; }
   std::string_view summary() const override {
-    return "recycling station: scan a batch code, weigh it, record "
-           "accept/transfer/produce/consume";
+    return "recycling station: scan a batch code, weigh it, record a transferCustody/transfer, "
+           "or a process's consume (inputs) and produce (outputs)";
   }
   const std::vector<DriverKeyInfo>& keys() const override { return station_keys(); }
 
@@ -756,17 +853,41 @@ Result<StationConfig> parse_station_config(const DriverConfig& config) {
   StationConfig station;
   station.name = config.name;
 
-  auto action = table.required_string("action");
+  auto process = table.string("process", "");
+  if (!process) return std::unexpected(process.error());
+  station.process = *process;
+  const bool is_process = !station.process.empty();
+  if (is_process && (station.process.size() > 32 ||
+                     !std::all_of(station.process.begin(), station.process.end(), [](char ch) {
+                       return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' ||
+                              ch == '_';
+                     })))
+    return std::unexpected(table.error(
+        "process", "must be a word of up to 32 letters, digits, - or _, e.g. \"shred\""));
+  if (is_process && present(table, "action"))
+    return std::unexpected(
+        table.error("action",
+                    "is not for a process station: it records a consume of each input "
+                    "and a produce of each output; remove action, or process"));
+  if (!is_process && !present(table, "action"))
+    return std::unexpected(
+        table.error("action",
+                    "is required: set action (\"transferCustody\" at an intake or hand-over) or, "
+                    "for a shredder, extruder or sorting station, process (\"shred\")"));
+  auto action = is_process ? Result<std::string>("") : table.required_string("action");
   auto provider = table.string("provider", "");
   auto receiver = table.string("receiver", "");
   auto at_location = table.string("at_location", "");
   auto resource = table.string("resource", "{batch}");
   auto to_resource = table.string("to_resource", "");
   auto batch_label = table.string("batch_label", "batch");
+  auto output_label = table.string("output_label", "");
+  auto output_resource = table.string("output_resource", "{batch}");
+  auto output_conforms_to = table.string("output_conforms_to", "");
   auto window = table.duration("window", std::chrono::seconds(60));
   auto unit = table.choice("unit", "kilogram", {"kilogram", "gram"});
-  for (const auto* r :
-       {&action, &provider, &receiver, &at_location, &resource, &to_resource, &batch_label, &unit})
+  for (const auto* r : {&action, &provider, &receiver, &at_location, &resource, &to_resource,
+                        &batch_label, &output_label, &output_resource, &output_conforms_to, &unit})
     if (!*r) return std::unexpected(r->error());
   if (!window) return std::unexpected(window.error());
   if (window->count() <= 0 || *window > std::chrono::hours(1))
@@ -777,6 +898,9 @@ Result<StationConfig> parse_station_config(const DriverConfig& config) {
   station.at_location = *at_location;
   station.resource = *resource;
   station.to_resource = *to_resource;
+  station.output_label = *output_label;
+  station.output_resource = *output_resource;
+  station.output_conforms_to = *output_conforms_to;
   if (station.resource.empty())
     return std::unexpected(
         table.error("resource", "must not be empty (the default is \"{batch}\")"));
@@ -789,8 +913,33 @@ Result<StationConfig> parse_station_config(const DriverConfig& config) {
   if (!station.to_resource.empty() && !is_transfer_action(station.action))
     return std::unexpected(table.error(
         "to_resource", fmt::format("only a transfer, transferCustody, transferAllRights or move "
-                                   "goes into another resource, not \"{}\"",
-                                   station.action)));
+                                   "goes into another resource, not {}",
+                                   is_process ? std::string("a process station's consume")
+                                              : fmt::format("\"{}\"", station.action))));
+  if (!is_process) {
+    for (std::string_view key : {"output_label", "output_resource", "output_conforms_to"})
+      if (present(table, key))
+        return std::unexpected(table.error(
+            key, "is for a process station only: set process (\"shred\"), or remove this key"));
+  } else {
+    if (station.output_label.empty())
+      return std::unexpected(
+          table.error("output_label",
+                      "is required for a process station: the name of the scanner pattern "
+                      "of its output labels (e.g. \"flakes\")"));
+    if (station.output_label == *batch_label)
+      return std::unexpected(
+          table.error("output_label",
+                      "must differ from batch_label: inputs and outputs need their own labels"));
+    if (station.output_resource.empty())
+      return std::unexpected(
+          table.error("output_resource", "must not be empty (the default is \"{batch}\")"));
+    if (station.output_conforms_to.empty())
+      return std::unexpected(table.error(
+          "output_conforms_to",
+          "is required for a process station: the kind of its outputs (e.g. \"pet-flakes\"); a "
+          "produce creates the output resource of that kind (valueflows.md §2d)"));
+  }
   station.batch_label = *batch_label;
   station.window = *window;
   station.unit = *unit == "gram" ? WeightUnit::gram : WeightUnit::kilogram;
@@ -807,29 +956,53 @@ Result<StationConfig> parse_station_config(const DriverConfig& config) {
     station.tare_kg = *tare;
   }
 
-  // Every action the agent accepts with a weighed batch, as validate_submission decides.
-  nlohmann::ordered_json probe;
-  probe["action"] = station.action;
-  probe["hasPointInTime"] = "2026-01-01T00:00:00.000Z";
-  if (!station.provider.empty()) probe["provider"] = station.provider;
-  if (!station.receiver.empty()) probe["receiver"] = station.receiver;
-  probe["resourceInventoriedAs"] = expand_batch(station.resource, "urn:example:batch:1");
-  if (!station.to_resource.empty())
-    probe["toResourceInventoriedAs"] = expand_batch(station.to_resource, "urn:example:batch:1");
-  probe["resourceQuantity"] = vf::quantity(1, "kilogram");
-  if (!station.at_location.empty()) probe["atLocation"] = station.at_location;
-  if (Status valid = validate_submission(probe); !valid) {
+  // Every event the station can make must pass the agent's checks (validate_submission) and
+  // zenflows' per-action rules (valueflows.md §2c-2d): a one-action station's action, a process
+  // station's consume and produce.
+  std::vector<nlohmann::ordered_json> probes;
+  auto probe_of = [&](std::string_view probe_action) {
+    nlohmann::ordered_json probe;
+    probe["action"] = probe_action;
+    probe["hasPointInTime"] = "2026-01-01T00:00:00.000Z";
+    if (!station.provider.empty()) probe["provider"] = station.provider;
+    if (!station.receiver.empty()) probe["receiver"] = station.receiver;
+    const bool out = probe_action == "produce" && is_process;
+    probe["resourceInventoriedAs"] =
+        expand_batch(out ? station.output_resource : station.resource, "urn:example:batch:1");
+    if (out) probe["resourceConformsTo"] = station.output_conforms_to;
+    if (!station.to_resource.empty())
+      probe["toResourceInventoriedAs"] = expand_batch(station.to_resource, "urn:example:batch:1");
+    probe["resourceQuantity"] = vf::quantity(1, "kilogram");
+    if (!station.at_location.empty()) probe["atLocation"] = station.at_location;
+    if (is_process) probe[out ? "outputOf" : "inputOf"] = "station:probe:process-1";
+    return probe;
+  };
+  if (is_process) {
+    probes.push_back(probe_of("consume"));
+    probes.push_back(probe_of("produce"));
+  } else {
+    probes.push_back(probe_of(station.action));
+  }
+  for (const nlohmann::ordered_json& probe : probes) {
+    Status valid = validate_submission(probe);
+    if (valid) valid = vf::check_zenflows_rules(probe);
+    if (valid) continue;
     const std::string& why = valid.error().message;
     const std::string_view key = why.starts_with("provider")     ? "provider"
                                  : why.starts_with("receiver")   ? "receiver"
                                  : why.starts_with("atLocation") ? "at_location"
+                                 : is_process                    ? "process"
                                                                  : "action";
+    const bool needs_process = why.starts_with("inputOf") || why.starts_with("outputOf");
     return std::unexpected(table.error(
         key, fmt::format("a station cannot record this: {}{}", why,
-                         key == "action" ? "; use \"transferCustody\" (intake, "
-                                           "hand-over), \"transfer\", \"produce\" (shredder "
-                                           "output) or \"consume\" (extruder input)"
-                                         : "")));
+                         key != "action" ? ""
+                         : needs_process
+                             ? "; a shredder, extruder or sorting station is a process: remove "
+                               "action and set process (\"shred\"), output_label and "
+                               "output_conforms_to"
+                             : "; use \"transferCustody\" (intake, hand-over) or \"transfer\", "
+                               "or set process for a shredder, extruder or sorting station")));
   }
 
   auto scanner = barcode::parse_scanner_config(table, "scanner_");
@@ -842,6 +1015,14 @@ Result<StationConfig> parse_station_config(const DriverConfig& config) {
         "batch_label", fmt::format("no scanner pattern is named \"{}\": name the pattern of your "
                                    "batch labels so, or set batch_label to its name",
                                    station.batch_label)));
+  if (is_process &&
+      std::none_of(station.scanner.patterns.begin(), station.scanner.patterns.end(),
+                   [&](const barcode::CodePattern& p) { return p.name == station.output_label; }))
+    return std::unexpected(table.error(
+        "output_label",
+        fmt::format("no scanner pattern is named \"{}\": a process station tells inputs from "
+                    "outputs by their labels; add a pattern of that name to scanner_patterns",
+                    station.output_label)));
 
   if (present(table, "scale")) {
     auto scale = scale::parse_scale_config(table, "scale_");

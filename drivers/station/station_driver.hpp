@@ -31,7 +31,16 @@ struct OutputRequest {
 /// The validated `[[driver]]` table of kind "station" (README.md documents every key).
 struct StationConfig {
   std::string name;
-  std::string action;  ///< a PROTOCOL §4 action that carries resourceQuantity
+  /// A one-action station's action (transferCustody, transfer …); empty for a process station.
+  std::string action;
+  /// A process station (shredder, extruder, sorting): the word its processes are named by. The
+  /// scans of a `batch_label` input, then of an `output_label` output, make one process
+  /// "station:<name>:<process>-<n>" (n counts up in state.json, across restarts): a `consume` of
+  /// each input (inputOf) and a `produce` of each output (outputOf). Empty: a one-action station.
+  std::string process;
+  std::string output_label;                 ///< process station: scans of this pattern are outputs
+  std::string output_resource = "{batch}";  ///< the produce's resourceInventoriedAs, `{batch}` …
+  std::string output_conforms_to;  ///< the produce's resourceConformsTo: the kind of the output
   std::string provider;
   std::string receiver;
   std::string at_location;
@@ -42,7 +51,7 @@ struct StationConfig {
   /// into (toResourceInventoriedAs), `{batch}` standing for the scanned code; empty: none (then
   /// zenflows creates a new resource for the receiver, valueflows.md §2d).
   std::string to_resource;
-  std::string batch_label = "batch";  ///< scans of this pattern name are batches
+  std::string batch_label = "batch";  ///< scans of this pattern name are batches (the inputs)
   std::chrono::milliseconds window{60'000};
   double tare_kg = 0;
   WeightUnit unit = WeightUnit::kilogram;

@@ -1,22 +1,45 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
-"""The recycling station end to end: a real `reflow-agent run` whose `station` driver reads a
-serial-mode barcode scanner and an `st_gs` scale, each a real pseudo-terminal (os.openpty) behind a
+"""The recycling station end to end: a real `reflow-agent run` whose `station` drivers read
+serial-mode barcode scanners and `st_gs` scales, each a real pseudo-terminal (os.openpty) behind a
 by-id-style symlink, a real Mosquitto and a real `reflow-ingest run` that verifies and stores what
-arrives (drivers/station/README.md, PROTOCOL §4, §7).
+arrives (drivers/station/README.md, PROTOCOL §4, §7). The recycling chain intake → shredder →
+extruder is then exported with the real `reflow-ingest export --post` to the stand-in zenflows
+(zenflows_standin.py), which accepts every request (issue 16).
 
 Nothing sleeps to let time pass: every wait polls a condition with a bound. "Nothing recorded"
 is asserted by recording a later good batch and finding it alone in the ingest's store and in
 the agent's own sequence."""
 
+import json
 import os
 import unittest
 
 import harness as h
 import node_harness as nh
+from zenflows_standin import ZenflowsStandIn
 
 BATCH = "urn:example:batch:0042"
 OTHER_BATCH = "urn:example:batch:0043"
 DEVICE = "station-01"
+FLAKES = "urn:example:flakes:0007"
+SPOOL = "urn:example:spool:0003"
+PATTERNS = ["scanner_patterns = '''",
+            "batch = ^urn:example:batch:[0-9]+$",
+            "flakes = ^urn:example:flakes:[0-9]+$",
+            "spool = ^urn:example:spool:[0-9]+$",
+            "'''"]
+# The zenflows ids of what the stations name (agents, place, the intake's resources, the output
+# kinds, the unit), as a node operator maps them in [export.ids] and [export.units].
+IDS = {
+    "agent:green-shed-collective": "01FVHYSZ8M6W2K4QJ9TNX0RBCE",
+    "agent:fablab-recycling": "01FVHYT0AB2C3D4E5F6G7H8J9K",
+    "place:fablab-intake": "01FVHYT1BC3D4E5F6G7H8J9KMN",
+    BATCH: "01FVHYT2CD4E5F6G7H8J9KMNPQ",
+    BATCH + "@fablab-recycling": "01FVHYT3DE5F6G7H8J9KMNPQRS",
+    "pet-flakes": "01FVHYT4EF6G7H8J9KMNPQRSTV",
+    "pet-filament": "01FVHYT5FG7H8J9KMNPQRSTVWX",
+}
+KILOGRAM_ID = "01FVHYT6GH8J9KMNPQRSTVWXYZ"
 
 
 class Pty:
@@ -51,67 +74,67 @@ class StationTest(nh.NodeTestCase):
 
     def setUp(self):
         super().setUp()
-        by_id = self.tmp / "serial-by-id"
-        by_id.mkdir()
-        self.scanner = Pty(by_id / "usb-Example_Barcode_Scanner_0001-if00")
-        self.scale = Pty(by_id / "usb-FTDI_FT232R_USB_UART_A10K1234-if00-port0")
-        # The agent goes first, then the devices it holds open.
-        self.addCleanup(self.scale.close)
-        self.addCleanup(self.scanner.close)
-        self.addCleanup(self._kill_agents)
+        self.by_id = self.tmp / "serial-by-id"
+        self.by_id.mkdir()
+        self.devices = {}  # station name → (scanner Pty, scale Pty)
+        self.scanner, self.scale = self.station_devices("intake")
+        self.addCleanup(self._kill_agents)  # the agent goes first, then the devices it holds open
 
-    def start_station(self, window="60s"):
+    def station_devices(self, name):
+        scanner = Pty(self.by_id / f"usb-Example_Barcode_Scanner_{name}-if00")
+        scale = Pty(self.by_id / f"usb-FTDI_FT232R_USB_UART_{name}-if00-port0")
+        self.addCleanup(scale.close)
+        self.addCleanup(scanner.close)
+        self.devices[name] = (scanner, scale)
+        return scanner, scale
+
+    def station_table(self, name, *keys):
+        scanner, scale = self.devices[name]
+        return "\n".join(["", "[[driver]]", 'kind = "station"', f"name = {nh.toml_str(name)}",
+                          *keys,
+                          f"scanner = {nh.toml_str(scanner.link)}", 'scanner_mode = "serial"',
+                          *PATTERNS,
+                          f"scale = {nh.toml_str(scale.link)}", 'scale_protocol = "st_gs"',
+                          "scale_resolution = 0.005", ""])
+
+    def intake_table(self, window="60s"):
+        return self.station_table(
+            "intake", 'action = "transferCustody"', 'to_resource = "{batch}@fablab-recycling"',
+            'provider = "agent:green-shed-collective"', 'receiver = "agent:fablab-recycling"',
+            'at_location = "place:fablab-intake"', f"window = {nh.toml_str(window)}", "tare = 0.5")
+
+    def start_station(self, window="60s", more_tables=""):
         self.start_plain_broker()
         dev = self.new_device(DEVICE)
-        station = "\n".join([
-            "",
-            "[[driver]]",
-            'kind = "station"',
-            'name = "intake"',
-            'action = "accept"',
-            'provider = "agent:green-shed-collective"',
-            'receiver = "agent:fablab-recycling"',
-            'at_location = "place:fablab-intake"',
-            f"window = {nh.toml_str(window)}",
-            "tare = 0.5",
-            f"scanner = {nh.toml_str(self.scanner.link)}",
-            'scanner_mode = "serial"',
-            "scanner_patterns = '''",
-            "batch = ^urn:example:batch:[0-9]+$",
-            "'''",
-            f"scale = {nh.toml_str(self.scale.link)}",
-            'scale_protocol = "st_gs"',
-            "scale_resolution = 0.005",
-            "",
-        ])
-        dev.config_path.write_text(dev.config_path.read_text() + station)
+        dev.config_path.write_text(dev.config_path.read_text() + self.intake_table(window)
+                                   + more_tables)
         self.start_ingest()
         agent = self.start_device_agent(dev)
         self.wait_station(agent, "scanner connected", "scale connected")
         return dev, agent
 
-    def station_status(self, status):
+    def station_status(self, status, name="intake"):
         for d in status.get("drivers", []):
-            if d.get("name") == "intake":
+            if d.get("name") == name:
                 return d
         return None
 
-    def wait_station(self, agent, *texts):
+    def wait_station(self, agent, *texts, name="intake"):
         """Waits until the station's status line says each of `texts`; returns its status."""
         def says(s):
-            d = self.station_status(s)
+            d = self.station_status(s, name)
             return d is not None and all(t in d["state"] for t in texts)
 
-        status = agent.wait_status(says, f"the station's state says {texts}")
-        return self.station_status(status)
+        status = agent.wait_status(says, f"the station {name}'s state says {texts}")
+        return self.station_status(status, name)
 
-    def weigh(self, kilograms):
+    def weigh(self, kilograms, scale=None):
         """The operator puts it on: the indicator sends motion, then the value settles."""
-        self.scale.send(st_gs(kilograms * 0.6, stable=False) + st_gs(kilograms, stable=False)
-                        + st_gs(kilograms) * 4)
+        (scale or self.scale).send(st_gs(kilograms * 0.6, stable=False)
+                                   + st_gs(kilograms, stable=False) + st_gs(kilograms) * 4)
 
-    def empty_pan(self):
-        self.scale.send(st_gs(0.3, stable=False) + st_gs(0.0) * 4)
+    def empty_pan(self, scale=None):
+        (scale or self.scale).send(st_gs(0.3, stable=False) + st_gs(0.0) * 4)
 
     def stored(self, dev):
         return [event for _, event in self.cli.events(dev.id)]
@@ -120,10 +143,11 @@ class StationTest(nh.NodeTestCase):
         return h.wait_for(lambda: len(self.stored(dev)) >= n and self.stored(dev),
                           f"the ingest stores {n} event(s) of {dev.id}")
 
-    def assert_accept(self, event, batch, kilograms):
+    def assert_intake(self, event, batch, kilograms):
         self.assertEqual(event["device"], DEVICE)
-        self.assertEqual(event["action"], "accept")
+        self.assertEqual(event["action"], "transferCustody")
         self.assertEqual(event["resourceInventoriedAs"], batch)
+        self.assertEqual(event["toResourceInventoriedAs"], batch + "@fablab-recycling")
         self.assertEqual(event["resourceQuantity"],
                          {"hasNumericalValue": kilograms, "hasUnit": "kilogram"})
         self.assertEqual(event["provider"], "agent:green-shed-collective")
@@ -141,12 +165,12 @@ class StationTest(nh.NodeTestCase):
                           "the ingest's ack covers everything the agent recorded")
         events = self.stored(dev)
         self.assertEqual(len(events), 1, f"stored: {events}")
-        self.assert_accept(events[0], batch, kilograms)
+        self.assert_intake(events[0], batch, kilograms)
         self.assertEqual(agent.status()["last_seq"], 1, "the agent recorded nothing else")
         self.assertEqual(self.cli.rejections(dev.id), [], "the ingest rejected nothing")
         return events[0]
 
-    def test_scan_then_stable_weight_stores_one_signed_accept_of_the_batch(self):
+    def test_scan_then_stable_weight_stores_one_signed_intake_of_the_batch(self):
         dev, agent = self.start_station()
         self.scanner.send(f"{BATCH}\r\n".encode())
         self.wait_station(agent, f"waiting for the weight of {BATCH}")
@@ -177,6 +201,83 @@ class StationTest(nh.NodeTestCase):
         self.assert_only(dev, agent, BATCH, 7.75)
         station = self.wait_station(agent, "1 recorded")
         self.assertEqual(station["malformed"], 2, station)
+
+    def record(self, agent, name, code, kilograms, n_stored, dev):
+        """Scans `code` at station `name`, weighs it, waits until the ingest stores it."""
+        scanner, scale = self.devices[name]
+        scanner.send(f"{code}\r\n".encode())
+        self.wait_station(agent, f"waiting for the weight of {code}", name=name)
+        self.weigh(kilograms, scale)
+        self.wait_stored(dev, n_stored)
+        self.empty_pan(scale)
+
+    def test_recycling_chain_records_processes_and_exports_to_zenflows_in_full(self):
+        self.station_devices("shredder")
+        self.station_devices("extruder")
+        one_agent = ['provider = "agent:fablab-recycling"', 'receiver = "agent:fablab-recycling"']
+        shredder = self.station_table(
+            "shredder", 'process = "shred"', *one_agent, 'resource = "{batch}@fablab-recycling"',
+            'output_label = "flakes"', 'output_conforms_to = "pet-flakes"')
+        extruder = self.station_table(
+            "extruder", 'process = "extrude"', *one_agent, 'batch_label = "flakes"',
+            'output_label = "spool"', 'output_conforms_to = "pet-filament"')
+        dev, agent = self.start_station(more_tables=shredder + extruder)
+        self.record(agent, "intake", BATCH, 13.545, 1, dev)
+        self.record(agent, "shredder", BATCH, 13.0, 2, dev)
+        self.record(agent, "shredder", FLAKES, 12.5, 3, dev)
+        self.record(agent, "extruder", FLAKES, 12.5, 4, dev)
+        self.record(agent, "extruder", SPOOL, 11.8, 5, dev)
+
+        events = self.stored(dev)
+        self.assertEqual([(e["action"], e["resourceInventoriedAs"]) for e in events], [
+            ("transferCustody", BATCH), ("consume", BATCH + "@fablab-recycling"),
+            ("produce", FLAKES), ("consume", FLAKES), ("produce", SPOOL)])
+        self.assertEqual([e.get("inputOf") or e.get("outputOf") for e in events[1:]], [
+            "station:shredder:shred-1", "station:shredder:shred-1",
+            "station:extruder:extrude-1", "station:extruder:extrude-1"])
+        self.assertEqual(events[2]["resourceConformsTo"], "pet-flakes")
+        self.assertEqual(events[4]["resourceConformsTo"], "pet-filament")
+        self.assertEqual(self.cli.rejections(dev.id), [])
+
+        # The node exports the chain to zenflows: every request accepted, in time order.
+        key_file = self.tmp / "zenflows.key"
+        keygen = h.run_cli(["keygen", "--key", str(key_file)])
+        self.assertEqual(keygen.returncode, 0, keygen.stderr)
+        standin = ZenflowsStandIn()
+        standin.add_user("reflow-node", h.b64url_decode(json.loads(keygen.stdout)["x"]))
+        for reference in (BATCH, BATCH + "@fablab-recycling"):
+            standin.add_resource(IDS[reference], reference)
+        standin.start()
+        self.addCleanup(standin.stop)
+        ids = "\n".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in IDS.items())
+        self.ingest_config.write_text(
+            self.ingest_config.read_text()
+            + f"\n[export]\nzenflows_url = {nh.toml_str(standin.url)}\n"
+            + f'zenflows_user = "reflow-node"\nzenflows_key_file = {nh.toml_str(key_file)}\n'
+            + f'\n[export.units]\nkilogram = "{KILOGRAM_ID}"\n\n[export.ids]\n{ids}\n')
+        check = self.cli.run("export", "--format", "vf-graphql", "--check")
+        self.assertEqual(check.returncode, 0, f"{check.stdout}\n{check.stderr}")
+        post = self.cli.run("export", "--format", "vf-graphql", "--post")
+        self.assertEqual(post.returncode, 0, f"{post.stdout}\n{post.stderr}")
+        self.assertEqual(standin.mutations, 7)  # 2 createProcess + 5 createEconomicEvent
+        self.assertEqual(standin.bad_signatures, 0)
+        self.assertEqual(sorted(p["name"] for p in standin.processes),
+                         ["station:extruder:extrude-1", "station:shredder:shred-1"])
+        sent = [e["variables"]["event"] for e in standin.events]
+        self.assertEqual([e["action"] for e in sent],
+                         ["transferCustody", "consume", "produce", "consume", "produce"])
+        process_id = {p["name"]: p["id"] for p in standin.processes}
+        self.assertEqual(sent[1]["inputOf"], process_id["station:shredder:shred-1"])
+        self.assertEqual(sent[2]["outputOf"], process_id["station:shredder:shred-1"])
+        self.assertEqual(sent[3]["inputOf"], process_id["station:extruder:extrude-1"])
+        self.assertEqual(sent[4]["outputOf"], process_id["station:extruder:extrude-1"])
+        self.assertEqual(sent[1]["resourceInventoriedAs"], IDS[BATCH + "@fablab-recycling"])
+        # The extruder consumes the very flakes resource the shredder's produce created.
+        flakes = [r for r in standin.resources.values() if r["name"] == FLAKES]
+        self.assertEqual(len(flakes), 1, standin.resources)
+        self.assertEqual(sent[3]["resourceInventoriedAs"], flakes[0]["id"])
+        self.assertEqual([r["name"] for r in standin.resources.values()
+                          if r["name"] == SPOOL], [SPOOL])
 
 
 if __name__ == "__main__":

@@ -414,7 +414,7 @@ TEST_F(StationDriverTest, NewScanReplacesTheArmedBatch) {
 TEST_F(StationDriverTest, CountOnlyStationRecordsOnePerBatchScan) {
   CapturingSink sink;
   auto driver =
-      make(config("[[driver]]\nkind = \"station\"\nname = \"shredder-out\"\naction = \"produce\"\n"
+      make(config("[[driver]]\nkind = \"station\"\nname = \"shelf\"\naction = \"transfer\"\n"
                   "scanner = \"/dev/input/by-id/usb-Example_Scanner-event-kbd\"\n" +
                   k_patterns));
   ASSERT_TRUE(driver->start(sink, m_dir.path()));
@@ -428,7 +428,8 @@ TEST_F(StationDriverTest, CountOnlyStationRecordsOnePerBatchScan) {
   for (std::size_t i = 0; i < 2; ++i) {
     const ordered_json& e = events[i].fields;
     EXPECT_TRUE(validate_submission(e));
-    EXPECT_EQ(e["action"], "produce");
+    EXPECT_TRUE(vf::check_zenflows_rules(e)) << e.dump();
+    EXPECT_EQ(e["action"], "transfer");
     EXPECT_EQ(e["resourceQuantity"].dump(), R"({"hasNumericalValue":1.0,"hasUnit":"one"})");
     EXPECT_EQ(e["meta"]["method"], "counted");
     EXPECT_EQ(events[i].source.ref, fmt::format("record {}", i + 1));
@@ -461,10 +462,115 @@ TEST_F(StationDriverTest, ResourceAndToResourceNameBothSidesOfAHandOver) {
             "urn:example:batch:0007@shredder-crew/urn:example:batch:0007");
 }
 
+const std::string k_shredder =
+    "[[driver]]\nkind = \"station\"\nname = \"shredder\"\nprocess = \"shred\"\n"
+    "provider = \"agent:fablab-recycling\"\nreceiver = \"agent:fablab-recycling\"\n"
+    "at_location = \"place:fablab-shredder\"\nresource = \"{batch}@fablab-recycling\"\n"
+    "output_label = \"flakes\"\noutput_conforms_to = \"pet-flakes\"\n"
+    "scanner = \"/dev/ttyACM0\"\nscanner_patterns = \"\"\"\n"
+    "batch = ^urn:example:batch:[0-9]+$\nflakes = ^urn:example:flakes:[0-9]+$\n\"\"\"\n"
+    "scale = \"/dev/ttyUSB0\"\nscale_resolution = 0.005\n";
+
+// A shredder (issue 16): scan and weigh the inputs, then the outputs; each a consume (inputOf) or
+// produce (outputOf) of one process; the next input after an output opens the next process.
+TEST_F(StationDriverTest, ProcessStationConsumesInputsAndProducesOutputsOfOneProcess) {
+  CapturingSink sink;
+  auto driver = make(config(k_shredder));
+  ASSERT_TRUE(driver->start(sink, m_dir.path()));
+  ASSERT_TRUE(wait_state(*driver, "(no process open: scan an input)"));
+  auto record = [&](std::string code, std::string label, double kg) {
+    m_scanner->scan(std::move(code), std::move(label));
+    m_scale->weigh(kg);
+  };
+  record("urn:example:batch:1", "batch", 2.4);
+  record("urn:example:batch:2", "batch", 1.1);
+  record("urn:example:flakes:1", "flakes", 3.3);
+  ASSERT_TRUE(wait_state(*driver, "(process station:shredder:shred-1: outputs)"));
+  record("urn:example:batch:3", "batch", 5.0);  // the next process
+  auto events = sink.wait_for(4);
+  ASSERT_TRUE(wait_state(*driver, "(process station:shredder:shred-2: inputs)"));
+  driver->stop();
+
+  ASSERT_EQ(events.size(), 4u);
+  for (const auto& ev : events) {
+    EXPECT_TRUE(validate_submission(ev.fields)) << ev.fields.dump();
+    EXPECT_TRUE(vf::check_zenflows_rules(ev.fields))
+        << vf::check_zenflows_rules(ev.fields).error().message;
+    EXPECT_EQ(ev.fields["provider"], "agent:fablab-recycling");
+    EXPECT_EQ(ev.fields["receiver"], "agent:fablab-recycling");
+    EXPECT_EQ(ev.fields["atLocation"], "place:fablab-shredder");
+  }
+  const ordered_json& in1 = events[0].fields;
+  EXPECT_EQ(in1["action"], "consume");
+  EXPECT_EQ(in1["resourceInventoriedAs"], "urn:example:batch:1@fablab-recycling");
+  EXPECT_EQ(in1["resourceQuantity"].dump(), R"({"hasNumericalValue":2.4,"hasUnit":"kilogram"})");
+  EXPECT_EQ(in1["inputOf"], "station:shredder:shred-1");
+  EXPECT_FALSE(in1.contains("outputOf"));
+  EXPECT_EQ(in1["meta"]["role"], "input");
+  EXPECT_EQ(events[1].fields["inputOf"], "station:shredder:shred-1");
+  const ordered_json& out = events[2].fields;
+  EXPECT_EQ(out["action"], "produce");
+  EXPECT_EQ(out["resourceInventoriedAs"], "urn:example:flakes:1");
+  EXPECT_EQ(out["resourceConformsTo"], "pet-flakes");
+  EXPECT_EQ(out["resourceQuantity"]["hasNumericalValue"].dump(), "3.3");
+  EXPECT_EQ(out["outputOf"], "station:shredder:shred-1");
+  EXPECT_FALSE(out.contains("inputOf"));
+  EXPECT_EQ(out["meta"]["role"], "output");
+  EXPECT_EQ(events[3].fields["inputOf"], "station:shredder:shred-2");
+  EXPECT_EQ(events[3].source.ref, "record 4");
+
+  auto state = load_driver_state(m_dir.path() / "state.json");
+  ASSERT_TRUE(state) << state.error().message;
+  EXPECT_EQ((*state)["next_process"], 3);
+  EXPECT_EQ((*state)["open_process"], 2);
+  EXPECT_EQ((*state)["outputs_started"], false);
+}
+
+// The open process survives a restart: outputs weighed after it go out of the same process.
+TEST_F(StationDriverTest, ProcessStationKeepsItsOpenProcessAcrossARestart) {
+  {
+    CapturingSink sink;
+    auto driver = make(config(k_shredder));
+    ASSERT_TRUE(driver->start(sink, m_dir.path()));
+    m_scanner->scan("urn:example:batch:7", "batch");
+    m_scale->weigh(2.0);
+    ASSERT_EQ(sink.wait_for(1).size(), 1u);
+    ASSERT_TRUE(wait_state(*driver, "1 recorded"));
+    driver->stop();
+  }
+  CapturingSink sink;
+  auto driver = make(config(k_shredder));
+  ASSERT_TRUE(driver->start(sink, m_dir.path()));
+  ASSERT_TRUE(wait_state(*driver, "(process station:shredder:shred-1: inputs)"));
+  m_scanner->scan("urn:example:flakes:7", "flakes");
+  m_scale->weigh(1.9);
+  auto events = sink.wait_for(1);
+  driver->stop();
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].fields["action"], "produce");
+  EXPECT_EQ(events[0].fields["outputOf"], "station:shredder:shred-1");
+  EXPECT_EQ(events[0].source.ref, "record 2");
+}
+
+TEST_F(StationDriverTest, ProcessStationOutputBeforeAnyInputRecordsNothing) {
+  CapturingSink sink;
+  auto driver = make(config(k_shredder));
+  ASSERT_TRUE(driver->start(sink, m_dir.path()));
+  m_scanner->scan("urn:example:flakes:1", "flakes");
+  ASSERT_TRUE(wait_state(*driver, "waiting for a batch scan"));
+  m_scale->weigh(3.0);  // nothing armed: a weight without scan too
+  ASSERT_TRUE(wait_state(*driver, "1 weight(s) without scan"));
+  const DriverHealth health = driver->health();
+  driver->stop();
+  EXPECT_TRUE(sink.events().empty());
+  EXPECT_EQ(health.malformed, 2u);
+  EXPECT_NE(health.state.find("no process open"), std::string::npos) << health.state;
+}
+
 TEST_F(StationDriverTest, WithoutPatternsEveryCodeIsABatch) {
   CapturingSink sink;
   auto driver =
-      make(config("[[driver]]\nkind = \"station\"\nname = \"s\"\naction = \"accept\"\n"
+      make(config("[[driver]]\nkind = \"station\"\nname = \"s\"\naction = \"transferCustody\"\n"
                   "scanner = \"/dev/ttyACM0\"\nscale = \"/dev/ttyUSB0\"\n"));
   ASSERT_TRUE(driver->start(sink, m_dir.path()));
   m_scanner->scan("4006381333931", "code");
@@ -681,25 +787,26 @@ TEST_F(StationDriverTest, ConfigErrorsNameTheKey) {
   const Error use = config_error(base + "action = \"use\"\nscale = \"/dev/ttyUSB0\"\n");
   EXPECT_NE(use.message.find("driver.s.action"), std::string::npos) << use.message;
   EXPECT_NE(use.message.find("effortQuantity"), std::string::npos) << use.message;
-  EXPECT_NE(config_error(base + "action = \"accept\"\nscale_protocol = \"st_gs\"\n")
+  EXPECT_NE(config_error(base + "action = \"transfer\"\nscale_protocol = \"st_gs\"\n")
                 .message.find("scale_protocol"),
             std::string::npos);
-  EXPECT_NE(config_error(base + "action = \"accept\"\ntare = 2\n").message.find("tare"),
+  EXPECT_NE(config_error(base + "action = \"transfer\"\ntare = 2\n").message.find("tare"),
             std::string::npos);
-  EXPECT_NE(config_error(base + "action = \"accept\"\nbatch_label = \"lot\"\n" + k_patterns)
+  EXPECT_NE(config_error(base + "action = \"transfer\"\nbatch_label = \"lot\"\n" + k_patterns)
                 .message.find("batch_label"),
             std::string::npos);
-  EXPECT_NE(config_error(base + "action = \"accept\"\nscale = \"/dev/ttyUSB0\"\nunit = \"lb\"\n")
+  EXPECT_NE(config_error(base + "action = \"transfer\"\nscale = \"/dev/ttyUSB0\"\nunit = \"lb\"\n")
                 .message.find("unit"),
             std::string::npos);
-  EXPECT_NE(config_error(base + "action = \"accept\"\nscale = \"/dev/ttyUSB0\"\nwindow = \"0s\"\n")
-                .message.find("window"),
-            std::string::npos);
-  EXPECT_NE(config_error(base + "action = \"accept\"\nled_line = \"GPIO5\"\n"
+  EXPECT_NE(
+      config_error(base + "action = \"transfer\"\nscale = \"/dev/ttyUSB0\"\nwindow = \"0s\"\n")
+          .message.find("window"),
+      std::string::npos);
+  EXPECT_NE(config_error(base + "action = \"transfer\"\nled_line = \"GPIO5\"\n"
                                 "buzzer_line = \"GPIO5\"\n")
                 .message.find("buzzer_line"),
             std::string::npos);
-  EXPECT_NE(config_error(base + "action = \"accept\"\nbogus = 1\n").message.find("bogus"),
+  EXPECT_NE(config_error(base + "action = \"transfer\"\nbogus = 1\n").message.find("bogus"),
             std::string::npos);
   // to_resource: only where the batch goes into another resource, and not the batch itself.
   const Error into = config_error(base + "action = \"consume\"\nto_resource = \"stock:pet\"\n");
@@ -711,8 +818,44 @@ TEST_F(StationDriverTest, ConfigErrorsNameTheKey) {
   EXPECT_NE(config_error(base + "action = \"transfer\"\nresource = \"\"\n")
                 .message.find("driver.s.resource"),
             std::string::npos);
+  // A consume or produce needs a process (zenflows, valueflows.md §2c): a process station.
+  const Error consume = config_error(base + "action = \"consume\"\n");
+  EXPECT_NE(consume.message.find("driver.s.action"), std::string::npos) << consume.message;
+  EXPECT_NE(consume.message.find("inputOf"), std::string::npos) << consume.message;
+  EXPECT_NE(consume.message.find("set process"), std::string::npos) << consume.message;
+  EXPECT_NE(config_error(base + "action = \"accept\"\n").message.find("inputOf"),
+            std::string::npos);
+  const std::string shredder = base + "process = \"shred\"\n" + k_patterns;
+  EXPECT_NE(config_error(shredder + "output_conforms_to = \"pet-flakes\"\n")
+                .message.find("driver.s.output_label"),
+            std::string::npos);
+  EXPECT_NE(config_error(shredder + "output_label = \"spool\"\n")
+                .message.find("driver.s.output_conforms_to"),
+            std::string::npos);
+  EXPECT_NE(
+      config_error(shredder + "output_label = \"flakes\"\noutput_conforms_to = \"pet-flakes\"\n")
+          .message.find("no scanner pattern is named \"flakes\""),
+      std::string::npos);
+  EXPECT_NE(config_error(shredder + "output_label = \"batch\"\noutput_conforms_to = \"x\"\n")
+                .message.find("must differ from batch_label"),
+            std::string::npos);
+  EXPECT_NE(config_error(shredder + "action = \"consume\"\noutput_label = \"spool\"\n"
+                                    "output_conforms_to = \"x\"\n")
+                .message.find("driver.s.action"),
+            std::string::npos);
+  EXPECT_NE(config_error(shredder + "output_label = \"spool\"\noutput_conforms_to = \"x\"\n"
+                                    "provider = \"agent:a\"\nreceiver = \"agent:b\"\n")
+                .message.find("must be the same agent"),
+            std::string::npos);
+  EXPECT_NE(config_error(base + "process = \"shred it\"\n").message.find("driver.s.process"),
+            std::string::npos);
+  EXPECT_NE(config_error(base + "action = \"transfer\"\noutput_label = \"spool\"\n")
+                .message.find("process station only"),
+            std::string::npos);
+  EXPECT_NE(config_error(base).message.find("driver.s.action"), std::string::npos);
   // tare = 0 is the default spelled out, and allowed.
-  EXPECT_EQ(config(base + "action = \"accept\"\nscale = \"/dev/ttyUSB0\"\ntare = 0\n").tare_kg, 0);
+  EXPECT_EQ(config(base + "action = \"transfer\"\nscale = \"/dev/ttyUSB0\"\ntare = 0\n").tare_kg,
+            0);
 }
 
 TEST_F(StationDriverTest, KindDescribesTheScannerAndScaleKeysWithTheirPrefixes) {
@@ -722,8 +865,9 @@ TEST_F(StationDriverTest, KindDescribesTheScannerAndScaleKeysWithTheirPrefixes) 
                        [&](const DriverKeyInfo& k) { return k.key == name; });
   };
   for (std::string_view name :
-       {"action", "window", "tare", "unit", "batch_label", "led_line", "buzzer_line", "scanner",
-        "scanner_mode", "scanner_patterns", "scale", "scale_protocol"})
+       {"action", "process", "output_label", "output_resource", "output_conforms_to", "window",
+        "tare", "unit", "batch_label", "led_line", "buzzer_line", "scanner", "scanner_mode",
+        "scanner_patterns", "scale", "scale_protocol"})
     EXPECT_TRUE(has(name)) << name;
 }
 
