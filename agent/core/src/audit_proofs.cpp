@@ -163,8 +163,9 @@ Result<ProofAnswer> parse_answer(std::string_view payload) {
     auto from = count_of(*doc, "consistency_from");
     auto consistency = doc->find("consistency");
     auto hashes = consistency == doc->end() ? std::nullopt : hashes_of(*consistency);
-    if (!from || !hashes)
-      return bad("answer", "consistency_from and consistency: expected a size and base64 hashes");
+    if (!from || *from == 0 || !hashes)
+      return bad("answer",
+                 "consistency_from and consistency: expected a size ≥ 1 and base64 hashes");
     out.consistency_from = *from;
     out.consistency = std::move(*hashes);
   }
@@ -178,8 +179,8 @@ Result<ProofAnswer> parse_answer(std::string_view payload) {
     auto index = count_of(item, "leaf_index");
     auto leaf = item.contains("leaf") ? hash_of(item["leaf"]) : std::nullopt;
     auto inclusion = item.contains("inclusion") ? hashes_of(item["inclusion"]) : std::nullopt;
-    if (!seq || !index || !leaf || !inclusion)
-      return bad("answer", "proofs: expected seq, leaf_index, leaf and inclusion");
+    if (!seq || *seq == 0 || *seq > (std::uint64_t{1} << 53) - 1 || !index || !leaf || !inclusion)
+      return bad("answer", "proofs: expected seq (≥ 1), leaf_index, leaf and inclusion");
     proof.seq = static_cast<std::int64_t>(*seq);
     proof.leaf_index = *index;
     proof.leaf = *leaf;

@@ -22,7 +22,7 @@
 namespace agent {
 namespace {
 
-constexpr int k_qos = 1;
+constexpr int k_audit_qos = 1;
 
 // Waits for the next message on `topic` (others are dropped), at most `timeout`.
 mqtt::const_message_ptr next_on(mqtt::async_client& client, const std::string& topic,
@@ -85,8 +85,8 @@ Result<AuditReport> audit_node(const AgentConfig& config, std::chrono::milliseco
       return fail(ErrorCode::timeout, fmt::format("audit: no connection to {} within {} ms",
                                                   config.url, timeout.count()));
     // The answer topic first, so that no answer can come before its subscription.
-    client.subscribe(answer_topic, k_qos)->wait_for(timeout);
-    client.subscribe(checkpoint_topic, k_qos)->wait_for(timeout);
+    client.subscribe(answer_topic, k_audit_qos)->wait_for(timeout);
+    client.subscribe(checkpoint_topic, k_audit_qos)->wait_for(timeout);
 
     auto deadline = std::chrono::steady_clock::now() + timeout;
     auto message = next_on(client, checkpoint_topic, deadline);
@@ -158,7 +158,7 @@ Result<AuditReport> audit_node(const AgentConfig& config, std::chrono::milliseco
       for (std::size_t i = next; i < end; ++i)
         request.seqs.push_back(state->leaves[i].seq);
       if (request.seqs.empty() && request.from_size == 0) break;
-      client.publish(request_topic, audit::encode(request), k_qos, false)->wait_for(timeout);
+      client.publish(request_topic, audit::encode(request), k_audit_qos, false)->wait_for(timeout);
       deadline = std::chrono::steady_clock::now() + timeout;
       std::optional<audit::ProofAnswer> answer;
       while (!answer) {

@@ -23,6 +23,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <reflow/core/event.hpp>
 #include <reflow/core/ulid.hpp>
 #include <reflow/core/units.hpp>
 
