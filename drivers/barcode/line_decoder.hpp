@@ -8,7 +8,7 @@
 #include <string_view>
 #include <vector>
 
-#include "key_decoder.hpp"
+#include <reflow/drivers/key_decoder.hpp>
 
 namespace agent::barcode {
 

@@ -115,9 +115,7 @@ class McuDriver final : public Driver {
           BadgeAttribution::open(*m_config.badge, m_config.name, state_dir, m_log, m_component);
       if (!badges) return std::unexpected(badges.error());
       m_badges = std::move(*badges);
-      if (m_config.badge->source == BadgeConfig::Source::serial)
-        m_reader = std::make_unique<SerialBadgeReader>(m_config.badge->device, *m_badges, m_env,
-                                                       m_log, m_component);
+      m_reader = make_badge_reader(*m_config.badge, *m_badges, m_env, m_log, m_component);
     }
     m_sink = &sink;
     if (m_reader) m_reader->start();
@@ -625,8 +623,8 @@ class McuDriver final : public Driver {
   std::deque<Message> m_queue;
   std::optional<InFlight> m_in_flight;
 
-  std::unique_ptr<BadgeAttribution> m_badges;   // set at start() when configured
-  std::unique_ptr<SerialBadgeReader> m_reader;  // source "serial"
+  std::unique_ptr<BadgeAttribution> m_badges;  // set at start() when configured
+  std::unique_ptr<BadgeReader> m_reader;       // sources "serial" and "evdev"
 
   std::shared_ptr<Shared> m_shared;
   std::jthread m_thread;  // last: joined before the members it uses go
@@ -723,7 +721,7 @@ Result<McuConfig> parse_mcu_config(const DriverConfig& config) {
   if (s0->count() > 65535)
     return std::unexpected(table.error("s0_min_pulse", "must be at most 65535ms"));
 
-  auto badge = parse_badge_config(config, {"mcu", "serial"});
+  auto badge = parse_badge_config(config, {"mcu", "serial", "evdev"});
   if (!badge) return std::unexpected(badge.error());
   out.badge = std::move(*badge);
 

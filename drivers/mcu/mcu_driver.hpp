@@ -22,7 +22,8 @@ struct McuConfig {
   std::string resource;      ///< the machine: `use` events' resourceInventoriedAs
   std::string electricity;   ///< the metered supply for `consume`; empty: no consume events
   reflow::fw::Config board;  ///< thresholds and calibration sent to the board (LINK §4.2)
-  /// [driver.badge]: the board's own reader ("mcu") or an RDM6300 ("serial"); none: badges are
+  /// [driver.badge]: the board's own reader ("mcu"), an RDM6300 ("serial") or a keyboard-mode USB
+  /// reader ("evdev"); none: badges are
   /// counted only and sessions carry no member.
   std::optional<BadgeConfig> badge;
 };

@@ -4,7 +4,8 @@
 // print_duration), `consume` of filament (grams from the measured millimetres; the spool, or else
 // the printer's filament stock) and, for completed jobs, `produce` of one new, named part.
 // Optionally the filament comes from a Spoolman spool, and the length used is reported back to
-// Spoolman.
+// Spoolman. With a [driver.badge] table a job that starts within the window after a member's
+// badge at the printer is that member's ("badge then use", README "Badges and members").
 #include <algorithm>
 #include <future>
 #include <map>
@@ -17,6 +18,7 @@
 #include <reflow/core/units.hpp>
 #include <reflow/device/driver.hpp>
 #include <reflow/device/driver_table.hpp>
+#include <reflow/drivers/badge.hpp>
 #include <reflow/drivers/driver_state.hpp>
 #include <reflow/drivers/driver_thread.hpp>
 #include <reflow/drivers/printer_keys.hpp>
@@ -52,6 +54,7 @@ const std::vector<DriverKeyInfo>& moonraker_keys() {
                     {"timeout", "duration", "\"10s\"", "time allowed for one HTTP request"},
                     {"backfill", "duration", "\"1d\"",
                      "on the very first start, also record jobs that started this long before"},
+                    badge_key_info(),
                 });
     std::ranges::copy(spoolman::spoolman_key_rows(), std::back_inserter(rows));
     return rows;
@@ -74,6 +77,9 @@ struct MoonrakerConfig {
   std::string spoolman_url;
   std::int64_t spool_id = 0;
   spoolman::Report report = spoolman::Report::off;
+  /// [driver.badge] ("serial" or "evdev": a reader beside the printer); none: jobs carry no
+  /// member.
+  std::optional<BadgeConfig> badge;
 };
 
 // The cursor. Moonraker's `since` filters on start_time, but jobs finish out of start order (a
@@ -180,13 +186,29 @@ class MoonrakerDriver final : public Driver {
       m_log.info(m_component, "first start: recording jobs started since {}",
                  format_rfc3339_ms(from_ms / 1000 * 1000));
     }
+    if (m_config.badge && !m_badges) {
+      auto badges =
+          BadgeAttribution::open(*m_config.badge, m_config.name, state_dir, m_log, m_component);
+      if (!badges) return std::unexpected(badges.error());
+      m_badges = std::move(*badges);
+      m_reader = make_badge_reader(*m_config.badge, *m_badges, m_env, m_log, m_component);
+    }
     set_state("polling");
+    if (m_reader) m_reader->start();
     return m_worker.start(m_component, [this, &sink](std::stop_token stop) { run(sink, stop); });
   }
 
-  void stop() override { m_worker.stop(); }
+  void stop() override {
+    if (m_reader) m_reader->stop();
+    m_worker.stop();
+  }
 
-  DriverHealth health() const override { return m_worker.health(); }
+  DriverHealth health() const override {
+    DriverHealth h = m_worker.health();
+    if (m_badges) h.state += fmt::format("; {}; {}", m_badges->status(), m_reader->status());
+    if (m_reader) h.malformed += m_reader->bad_frames();
+    return h;
+  }
 
  private:
   // Which peer a problem is about, so that each is logged once per change, not every poll.
@@ -370,6 +392,15 @@ class MoonrakerDriver final : public Driver {
       context.spool_id = spool->id;
     }
     auto events = moonraker::job_events(job, context);
+    if (m_badges) {
+      // Moonraker's start_time is Unix seconds, the badges' time Unix ms of the agent's clock.
+      const auto who = m_badges->for_session(static_cast<std::int64_t>(job.start_time * 1000));
+      if (who)
+        for (auto& fields : events)
+          attribute(fields, *who);
+      else if (!m_cursor.partial.contains(job.job_id))
+        m_badges->count_unbadged_session();
+    }
     for (const auto& fields : events)
       if (Status valid = validate_submission(fields); !valid) {
         malformed(fmt::format("job {}: would give an invalid event ({}); the job is skipped",
@@ -513,7 +544,9 @@ class MoonrakerDriver final : public Driver {
   std::optional<spoolman::Client> m_spoolman;
   std::map<Peer, std::string> m_last_problem;
   std::set<std::string> m_reported_malformed;
-  DriverThread<DriverHealth> m_worker;  // last: joined before the members it uses go
+  std::unique_ptr<BadgeAttribution> m_badges;  // with [driver.badge]
+  std::unique_ptr<BadgeReader> m_reader;       // fed into m_badges; stopped before it goes
+  DriverThread<DriverHealth> m_worker;         // last: joined before the members it uses go
 };
 
 // A base URL without its trailing slashes; "" stays "" (an optional key left out).
@@ -593,6 +626,9 @@ class MoonrakerKind final : public DriverKind {
     if (c.report != spoolman::Report::off && c.spool_id == 0)
       return std::unexpected(table.error(
           "spoolman_report", "needs spool_id (the spool to report to) and spoolman_url"));
+    auto badge = parse_badge_config(config, {"serial", "evdev"});
+    if (!badge) return std::unexpected(badge.error());
+    c.badge = std::move(*badge);
     return std::make_unique<MoonrakerDriver>(std::move(c), env, log);
   }
 };

@@ -128,8 +128,7 @@ class PowerDriver final : public Driver {
           BadgeAttribution::open(*m_config.badge, m_config.name, state_dir, m_log, core->component);
       if (!badges) return std::unexpected(badges.error());
       m_badges = std::move(*badges);
-      m_reader = std::make_unique<SerialBadgeReader>(m_config.badge->device, *m_badges, m_env,
-                                                     m_log, core->component);
+      m_reader = make_badge_reader(*m_config.badge, *m_badges, m_env, m_log, core->component);
     }
     core->badges = m_badges.get();
     core->state_file = state_file;
@@ -358,7 +357,7 @@ class PowerDriver final : public Driver {
   Env& m_env;
   Logger& m_log;
   std::unique_ptr<BadgeAttribution> m_badges;  // [driver.badge]; set at start()
-  std::unique_ptr<SerialBadgeReader> m_reader;
+  std::unique_ptr<BadgeReader> m_reader;
   std::shared_ptr<Core> m_core;
   std::unique_ptr<MqttSubscriber> m_subscriber;
   std::jthread m_thread;

@@ -117,7 +117,7 @@ Result<PowerConfig> read_power_config(const DriverConfig& config) {
   out.username = *username;
   out.password_file = *password_file;
   out.ca_file = *ca_file;
-  auto badge = parse_badge_config(config, {"serial"});
+  auto badge = parse_badge_config(config, {"serial", "evdev"});
   if (!badge) return std::unexpected(badge.error());
   out.badge = std::move(*badge);
   return out;

@@ -33,7 +33,8 @@ struct PowerConfig {
   std::string username;
   std::filesystem::path password_file;
   std::filesystem::path ca_file;
-  /// [driver.badge] ("serial": an RDM6300 at the machine); none: sessions carry no member.
+  /// [driver.badge] ("serial": an RDM6300 at the machine, "evdev": a keyboard-mode USB reader);
+  /// none: sessions carry no member.
   std::optional<BadgeConfig> badge;
 };
 

@@ -15,9 +15,9 @@
 #include <string>
 
 #include "fuzz_support.hpp"
-#include "key_decoder.hpp"
 #include "line_decoder.hpp"
 
+using namespace agent;
 using namespace agent::barcode;
 
 namespace {

@@ -205,6 +205,21 @@ class McuTest(nh.NodeTestCase):
         self.assertEqual(use["receiver"], "person:ada")
         self.assertEqual(consume["receiver"], "person:ada")
         self.assertEqual(self.cli.rejections(dev.id), [])
+        # The node's usage report (issue 17, "Reports at the node") names the member, the
+        # machine she used, the session's hours and the electricity it took.
+        out = self.cli.ok("report", "usage", "--by", "member", "--period", "all",
+                          "--format", "json").stdout
+        rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+        self.assertEqual([r["member"] for r in rows], ["person:ada"], out)
+        self.assertEqual(rows[0]["sessions"], 1)
+        self.assertEqual(rows[0]["machines"], {"machine:bandsaw-01": 1})
+        self.assertAlmostEqual(rows[0]["hours"], 20 / 3600, delta=1 / 3600)
+        self.assertAlmostEqual(rows[0]["hours"], use["effortQuantity"]["hasNumericalValue"],
+                               places=6)
+        self.assertEqual([(c["resource"], c["unit"]) for c in rows[0]["consumed"]],
+                         [("electricity:workshop", "kilowattHour")])
+        self.assertAlmostEqual(rows[0]["consumed"][0]["quantity"],
+                               consume["resourceQuantity"]["hasNumericalValue"], places=6)
         status = agent.wait_status(
             lambda s: "unknown 1" in [d for d in s["drivers"] if d["name"] == "saw"][0]["state"],
             "the agent saw the unknown card")

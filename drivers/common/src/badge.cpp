@@ -82,11 +82,12 @@ DriverKeyInfo badge_key_info() {
 
 const std::vector<DriverKeyInfo>& badge_keys() {
   static const std::vector<DriverKeyInfo> keys = {
-      {"source", "enum(mcu|serial)", "(required)",
+      {"source", "enum(mcu|serial|evdev)", "(required)",
        "mcu: the board's own reader (mcu driver only); serial: an RDM6300/EM4100 module "
-       "(9600 8N1)"},
-      {"device", "string", "(required for serial)",
-       "the reader's serial device (/dev/serial/by-id/…)"},
+       "(9600 8N1); evdev: a USB reader in keyboard mode (types the card number and Enter)"},
+      {"device", "string", "(required for serial and evdev)",
+       "the reader's serial device (/dev/serial/by-id/…) or input device "
+       "(/dev/input/by-id/…-event-kbd)"},
       {"window", "duration", "\"2m\"",
        "a session beginning at most this long after a known badge is that member's"},
   };
@@ -116,7 +117,9 @@ Result<std::optional<BadgeConfig>> parse_badge_config(
   if (!source) return std::unexpected(source.error());
   if (source->empty())
     return std::unexpected(table.error("source", "is required (one of the listed sources)"));
-  out.source = *source == "serial" ? BadgeConfig::Source::serial : BadgeConfig::Source::mcu;
+  out.source = *source == "serial"  ? BadgeConfig::Source::serial
+               : *source == "evdev" ? BadgeConfig::Source::evdev
+                                    : BadgeConfig::Source::mcu;
   if (out.source != BadgeConfig::Source::mcu) {
     auto device = table.required_string("device");
     if (!device) return std::unexpected(device.error());
@@ -262,6 +265,24 @@ std::uint64_t BadgeAttribution::unbadged_sessions() const {
   return m_unbadged;
 }
 
+std::unique_ptr<BadgeReader> make_badge_reader(const BadgeConfig& config, BadgeAttribution& badges,
+                                               Env& env, Logger& log, std::string component) {
+  switch (config.source) {
+    case BadgeConfig::Source::serial:
+      return std::make_unique<SerialBadgeReader>(config.device, badges, env, log,
+                                                 std::move(component));
+    case BadgeConfig::Source::evdev:
+      return std::make_unique<EvdevBadgeReader>(
+          config.device, badges, env, log, std::move(component),
+          [&env](const std::filesystem::path& path, bool grab) {
+            return open_evdev_source(path, grab, env);
+          });
+    case BadgeConfig::Source::mcu:
+      break;
+  }
+  return nullptr;
+}
+
 SerialBadgeReader::SerialBadgeReader(std::string device, BadgeAttribution& badges, Env& env,
                                      Logger& log, std::string component)
     : m_device(std::move(device)),
@@ -352,6 +373,125 @@ void SerialBadgeReader::run(std::stop_token stop) {
       m_state = fmt::format("reader waiting for {}", m_device);
     }
     m_env.sleep_until(m_env.steady_now() + k_reopen, stop);
+  }
+  std::fill(last_id.begin(), last_id.end(), '\0');
+}
+
+EvdevBadgeReader::EvdevBadgeReader(std::filesystem::path device, BadgeAttribution& badges, Env& env,
+                                   Logger& log, std::string component,
+                                   KeyEventSourceFactory open_keys)
+    : m_device(std::move(device)),
+      m_badges(badges),
+      m_env(env),
+      m_log(log),
+      m_component(std::move(component)),
+      m_open_keys(std::move(open_keys)) {}
+
+EvdevBadgeReader::~EvdevBadgeReader() {
+  stop();
+}
+
+void EvdevBadgeReader::start() {
+  if (m_thread.joinable()) return;
+  m_thread = std::jthread([this](std::stop_token stop) { run(stop); });
+}
+
+void EvdevBadgeReader::stop() {
+  if (!m_thread.joinable()) return;
+  m_thread.request_stop();
+  m_thread.join();
+}
+
+std::string EvdevBadgeReader::status() const {
+  std::lock_guard lock(m_mutex);
+  return fmt::format("{}, cards {}, bad codes {}", m_state, m_frames, m_bad_frames);
+}
+
+std::uint64_t EvdevBadgeReader::bad_frames() const {
+  std::lock_guard lock(m_mutex);
+  return m_bad_frames;
+}
+
+void EvdevBadgeReader::on_code(std::string& code, std::string& last_id, std::int64_t& last_at) {
+  constexpr std::int64_t k_repeat_ms = 2000;  // a held card is typed again
+  const bool card = !code.empty() && code.size() <= k_max_typed_card &&
+                    std::all_of(code.begin(), code.end(), [](char c) { return hex_value(c) >= 0; });
+  if (!card) {
+    // Not logged: it may be a card number in a form this reader should not have typed.
+    std::fill(code.begin(), code.end(), '\0');
+    std::lock_guard lock(m_mutex);
+    ++m_bad_frames;
+    m_log.debug(m_component, "badge reader: a typed code that is not a card number skipped");
+    return;
+  }
+  {
+    std::lock_guard lock(m_mutex);
+    ++m_frames;
+  }
+  const std::int64_t now = m_env.now_unix_ms();
+  const bool repeat = code == last_id && now - last_at < k_repeat_ms;
+  last_at = now;
+  if (!repeat) {
+    last_id = code;
+    m_badges.on_card(code, now);
+  }
+  std::fill(code.begin(), code.end(), '\0');
+}
+
+void EvdevBadgeReader::run(std::stop_token stop) {
+  using namespace std::chrono_literals;
+  constexpr auto k_reopen = 5s;
+  constexpr auto k_inter_key = 200ms;
+  std::string last_id;
+  std::int64_t last_at = 0;
+  while (!stop.stop_requested()) {
+    auto source = m_open_keys(m_device, true);
+    if (!source) {
+      {
+        std::lock_guard lock(m_mutex);
+        m_state = fmt::format("reader waiting for {}", m_device.string());
+      }
+      m_log.warning(m_component, "badge reader: {}", source.error().message);
+      m_env.sleep_until(m_env.steady_now() + k_reopen, stop);
+      continue;
+    }
+    {
+      std::lock_guard lock(m_mutex);
+      m_state = "reader open";
+    }
+    KeyDecoder decoder(k_inter_key);
+    while (!stop.stop_requested()) {
+      // Waits a key gap at most while a number is being typed, so a half-typed one is dropped
+      // (KeyDecoder::drop_fragment) even when no key follows it.
+      const auto deadline =
+          m_env.steady_now() + (decoder.pending() ? k_inter_key : std::chrono::milliseconds(1000));
+      auto events = (*source)->wait(deadline, stop);
+      if (!events) {
+        m_log.warning(m_component, "badge reader: {}", events.error().message);
+        break;
+      }
+      const std::uint64_t spoiled_before = decoder.malformed() + decoder.fragments();
+      if (events->empty()) decoder.drop_fragment();
+      for (const KeyEvent& e : *events)
+        if (auto code = decoder.feed(e)) on_code(*code, last_id, last_at);
+      // Half-typed numbers and keys that no card number has: bad frames, not logged.
+      if (const auto spoiled = decoder.malformed() + decoder.fragments() - spoiled_before) {
+        std::lock_guard lock(m_mutex);
+        m_bad_frames += spoiled;
+      }
+    }
+    decoder.reset();
+    source->reset();
+    if (stop.stop_requested()) break;
+    {
+      std::lock_guard lock(m_mutex);
+      m_state = fmt::format("reader waiting for {}", m_device.string());
+    }
+    m_env.sleep_until(m_env.steady_now() + k_reopen, stop);
+  }
+  {
+    std::lock_guard lock(m_mutex);
+    m_state = "reader stopped";
   }
   std::fill(last_id.begin(), last_id.end(), '\0');
 }

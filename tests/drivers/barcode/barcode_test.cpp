@@ -27,7 +27,6 @@
 
 #include "capturing_sink.hpp"
 #include "files.hpp"
-#include "key_decoder.hpp"
 #include "key_event_source.hpp"
 #include "line_decoder.hpp"
 #include "pty.hpp"

@@ -8,9 +8,12 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
+#include <cctype>
 #include <chrono>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -21,6 +24,7 @@
 #include <reflow/drivers/badge.hpp>
 #include <reflow/drivers/serial_port.hpp>
 
+#include "replay_key_source.hpp"
 #include "temp_dir.hpp"
 
 namespace {
@@ -37,6 +41,34 @@ std::string frame(std::string_view card, bool good_checksum = true) {
     x ^= static_cast<std::uint8_t>(std::stoi(std::string(card.substr(i, 2)), nullptr, 16));
   if (!good_checksum) x ^= 0x01;
   return fmt::format("\x02{}{:02X}\x03", card, x);
+}
+
+// A keyboard-mode reader typing `text` (digits, lowercase letters, '\n' for Enter) from `at_ms`,
+// 4 ms a key, as a recording for parse_key_recording (`evtest`'s names).
+std::string typed(std::string_view text, std::int64_t at_ms) {
+  std::string out;
+  std::int64_t us = at_ms * 1000;
+  for (char c : text) {
+    const std::string key = c == '\n' ? std::string("KEY_ENTER")
+                                      : fmt::format("KEY_{}", static_cast<char>(std::toupper(c)));
+    for (int value : {1, 0}) {
+      out += fmt::format("{}.{:06} EV_KEY {} {}\n{}.{:06} EV_SYN SYN_REPORT 0\n", us / 1'000'000,
+                         us % 1'000'000, key, value, us / 1'000'000, us % 1'000'000);
+      us += 2000;
+    }
+  }
+  return out;
+}
+
+// Polls a state another thread changes, with a bound (no timing is asserted).
+template <class Predicate>
+bool wait_until(Predicate predicate) {
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!predicate()) {
+    if (std::chrono::steady_clock::now() > give_up) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
 }
 
 std::vector<std::string> decode(Em4100Decoder& d, std::string_view bytes) {
@@ -117,7 +149,7 @@ class BadgeTest : public ::testing::Test {
     auto c = config(badge_table, with_members);
     EXPECT_TRUE(c) << c.error().message;
     if (!c) return "";
-    auto b = parse_badge_config(c->drivers.at(0), {"mcu", "serial"});
+    auto b = parse_badge_config(c->drivers.at(0), {"mcu", "serial", "evdev"});
     EXPECT_FALSE(b);
     return b ? "" : b.error().message;
   }
@@ -239,6 +271,74 @@ TEST_F(BadgeTest, UnknownCardIsLoggedByHashCountedAndKeptAsLastUnknown) {
   EXPECT_NE(log.find((*last)->hash), std::string::npos) << log;
   EXPECT_EQ(log.find("DEADBEEF01"), std::string::npos) << log;
   EXPECT_EQ(log.find("deadbeef01"), std::string::npos) << log;
+}
+
+TEST_F(BadgeTest, KeyboardReaderTypesCardsThatBecomeBadgesAndOtherCodesAreBadFrames) {
+  ::testing::internal::CaptureStderr();
+  auto a = open();
+  ASSERT_TRUE(a);
+  // ada's card typed (lowercase hex: one hash whatever the case), typed again while held, a
+  // code that is no card number, ada again later, and a number cut off before its Enter.
+  auto events = parse_key_recording(typed("0415a3b2c1\n", 0) + typed("0415a3b2c1\n", 500) +
+                                        typed("hello\n", 1500) + typed("0415a3b2c1\n", 3500) +
+                                        typed("12", 6000),
+                                    "typed");
+  ASSERT_TRUE(events) << events.error().message;
+  FakeEnv env;
+  std::atomic<std::size_t> delivered{0};
+  std::atomic<int> opens{0};
+  EvdevBadgeReader reader(
+      "/dev/input/by-id/usb-Reader-event-kbd", *a, env, m_log, "driver mcu/laser",
+      [&](const std::filesystem::path& path, bool grab) -> Result<std::unique_ptr<KeyEventSource>> {
+        EXPECT_EQ(path, "/dev/input/by-id/usb-Reader-event-kbd");
+        EXPECT_TRUE(grab);  // the number must reach no console
+        ++opens;
+        return std::make_unique<ReplayKeySource>(*events, env, false, &delivered);
+      });
+  reader.start();
+  ASSERT_TRUE(env.wait_for_sleepers(1));
+  const auto at = [&](std::int64_t ms) {
+    ASSERT_TRUE(env.wait_for_sleepers(1));
+    env.advance_ms(ms);
+  };
+  at(200);
+  ASSERT_TRUE(wait_until([&] { return a->known_badges() == 1; }));
+  at(400);  // 0.6 s: the repeat while the card is held
+  ASSERT_TRUE(wait_until([&] { return reader.status().find("cards 2") != std::string::npos; }));
+  at(1000);  // 1.6 s: "hello"
+  ASSERT_TRUE(wait_until([&] { return reader.bad_frames() == 1; }));
+  at(2000);  // 3.6 s: ada again, 3 s after the last typing of her card
+  ASSERT_TRUE(wait_until([&] { return a->known_badges() == 2; }));
+  at(2500);  // 6.1 s: "12" and no Enter
+  ASSERT_TRUE(wait_until([&] { return delivered == events->size(); }));
+  at(300);  // longer than a gap between keys
+  ASSERT_TRUE(wait_until([&] { return reader.bad_frames() == 2; }));
+  reader.stop();
+  EXPECT_EQ(opens.load(), 1);
+  EXPECT_EQ(a->known_badges(), 2U);
+  EXPECT_EQ(a->unknown_badges(), 0U);
+  EXPECT_EQ(a->for_session(k_t0 + 3'600 + 60'000)->handle, "ada");
+  EXPECT_NE(reader.status().find("reader stopped, cards 3, bad codes 2"), std::string::npos)
+      << reader.status();
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(log.find("0415a3b2c1"), std::string::npos) << log;
+  EXPECT_EQ(log.find("hello"), std::string::npos) << log;
+}
+
+TEST_F(BadgeTest, KeyboardReaderNeedsItsInputDevice) {
+  EXPECT_NE(error_of("[driver.badge]\nsource = \"evdev\"\n").find("driver.laser.badge.device"),
+            std::string::npos);
+  auto c = config("[driver.badge]\nsource = \"evdev\"\ndevice = \"/dev/input/event3\"\n");
+  ASSERT_TRUE(c) << c.error().message;
+  auto b = parse_badge_config(c->drivers.at(0), {"mcu", "serial", "evdev"});
+  ASSERT_TRUE(b && *b) << (b ? "absent" : b.error().message);
+  EXPECT_EQ((*b)->source, BadgeConfig::Source::evdev);
+  EXPECT_EQ((*b)->device, "/dev/input/event3");
+  // A kind without keyboard readers names the sources it has.
+  auto power_like = parse_badge_config(c->drivers.at(0), {"mcu", "serial"});
+  ASSERT_FALSE(power_like);
+  EXPECT_NE(power_like.error().message.find("evdev"), std::string::npos)
+      << power_like.error().message;
 }
 
 }  // namespace

@@ -8,12 +8,15 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <reflow/core/event.hpp>
 #include <reflow/device/config.hpp>
 #include <reflow/device/driver.hpp>
+#include <reflow/drivers/badge.hpp>
 #include <reflow/drivers/driver_state.hpp>
+#include <reflow/drivers/members.hpp>
 #include <reflow/drivers/spoolman.hpp>
 #include <reflow/drivers/valueflows.hpp>
 
@@ -21,6 +24,7 @@
 #include "files.hpp"
 #include "history.hpp"
 #include "http_replay.hpp"
+#include "pty.hpp"
 #include "temp_dir.hpp"
 
 namespace agent {
@@ -784,6 +788,73 @@ TEST_F(MoonrakerDriverTest, BadConfigIsRefusedNamingTheKey) {
     EXPECT_EQ(driver.error().code, ErrorCode::invalid_config);
     EXPECT_NE(driver.error().message.find(c.message), std::string::npos) << driver.error().message;
   }
+}
+
+TEST_F(MoonrakerDriverTest, AJobStartedAfterAMembersBadgeAtThePrinterIsTheirs) {
+  // An RDM6300 beside the printer (a real pseudo-terminal); ada is enrolled by the keyed hash of
+  // her card. The job that starts 5 min after her badge is hers; one that started an hour before
+  // it is nobody's.
+  reflow_test::Pty reader;
+  ASSERT_TRUE(reader.ok());
+  auto secret = load_or_create_site_secret(site_secret_path(m_dir.path()));
+  ASSERT_TRUE(secret) << secret.error().message;
+  write_text(m_dir / "members.toml",
+             fmt::format("[[member]]\nhandle = \"ada\"\nagent = \"person:ada\"\nbadges = "
+                         "[\"{}\"]\n",
+                         badge_hash(*secret, "0415A3B2C1")));
+  const double t0 = 1'767'225'600.0;  // the FakeEnv's start
+  const auto before = history_job("000040", "completed", t0 - 3600, 100);
+  const auto after = history_job("000041", "completed", t0 + 300, 200);
+  reflow_test::HttpReplayServer server(script({ok(page_of({})), ok(page_of({before, after}))}));
+  auto config = parse_config(
+      fmt::format("[agent]\ndevice_id = \"test-01\"\nkey_file = \"/tmp/k\"\ndata_dir = "
+                  "\"{}\"\n[members]\nfile = \"{}\"\nprovider = \"org:fablab\"\n\n"
+                  "[[driver]]\nkind = \"moonraker\"\nname = \"voron\"\n{}"
+                  "[driver.badge]\nsource = \"serial\"\ndevice = \"{}\"\nwindow = \"10m\"\n",
+                  m_dir.path().string(), (m_dir / "members.toml").string(), keys_for(server),
+                  reader.name()),
+      "agent.toml");
+  ASSERT_TRUE(config) << config.error().message;
+  auto driver = moonraker_driver_kind().create(config->drivers.at(0), m_env, m_log);
+  ASSERT_TRUE(driver) << driver.error().message;
+  CapturingSink sink;
+  start(**driver, sink);
+  const auto state_has = [&](std::string_view text) {
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while ((*driver)->health().state.find(text) == std::string::npos)
+      if (std::chrono::steady_clock::now() > give_up)
+        return false;
+      else
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return true;
+  };
+  ASSERT_TRUE(state_has("reader open")) << (*driver)->health().state;
+  // STX, the card's 10 hex digits, their XOR checksum, ETX (RDM6300 datasheet).
+  ASSERT_TRUE(
+      reader.write("\x02"
+                   "0415A3B2C1"
+                   "C1\x03"));
+  ASSERT_TRUE(state_has("known 1")) << (*driver)->health().state;
+  ASSERT_TRUE(m_env.next_poll());
+  const auto health = (*driver)->health();
+  (*driver)->stop();
+  const auto events = sink.fields();
+  std::vector<nlohmann::ordered_json> uses;
+  for (const auto& e : events) {
+    const std::string process = e.value("inputOf", "");
+    if (process == "moonraker:voron:job-000041") {
+      EXPECT_EQ(e.value("receiver", ""), "person:ada") << e.dump();
+    }
+    if (process == "moonraker:voron:job-000040") {
+      EXPECT_FALSE(e.contains("receiver")) << e.dump();
+    }
+    if (e.value("action", "") == "use") uses.push_back(e);
+  }
+  ASSERT_EQ(uses.size(), 2u);
+  EXPECT_FALSE(uses[0].contains("provider"));
+  EXPECT_EQ(uses[1].value("provider", ""), "org:fablab");
+  EXPECT_NE(health.state.find("sessions without badge 1, last member ada"), std::string::npos)
+      << health.state;
 }
 
 }  // namespace

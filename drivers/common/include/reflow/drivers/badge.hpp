@@ -7,8 +7,9 @@
 //     name = "laser"
 //     …
 //     [driver.badge]
-//     source = "mcu"        # "mcu" (the board's reader) or "serial" (an RDM6300 module)
-//     device = "/dev/serial/by-id/…"   # serial only
+//     source = "mcu"        # "mcu" (the board's reader), "serial" (an RDM6300 module) or
+//                           # "evdev" (a USB reader in keyboard mode: types the card, then Enter)
+//     device = "/dev/serial/by-id/…"   # serial and evdev only
 //     window = "2m"         # a session starting this long after a known badge is the member's
 //
 // The raw card id goes from the reader straight into BadgeAttribution::on_card, which hashes it
@@ -35,6 +36,8 @@
 #include <reflow/core/result.hpp>
 #include <reflow/device/config.hpp>
 #include <reflow/device/driver_table.hpp>
+#include <reflow/drivers/evdev_source.hpp>
+#include <reflow/drivers/key_decoder.hpp>
 #include <reflow/drivers/members.hpp>
 
 namespace agent {
@@ -65,9 +68,9 @@ class Em4100Decoder {
 
 /// The validated `badge` sub-table of a driver.
 struct BadgeConfig {
-  enum class Source { mcu, serial };
+  enum class Source { mcu, serial, evdev };
   Source source = Source::mcu;
-  std::string device;  ///< the serial device; empty for mcu
+  std::string device;  ///< the serial or input device; empty for mcu
   std::chrono::milliseconds window{std::chrono::minutes(2)};
   std::filesystem::path members_file;  ///< from [members] file
   std::string provider;                ///< from [members] provider
@@ -175,26 +178,42 @@ class BadgeAttribution {
   std::string m_last_member;
 };
 
+/// A badge reader beside the machine, feeding a BadgeAttribution from its own thread (the board's
+/// reader of source "mcu" is the mcu driver's and has none). Thread-safe status().
+class BadgeReader {
+ public:
+  virtual ~BadgeReader() = default;
+  /// Starts the reader's thread. Idempotent.
+  virtual void start() = 0;
+  /// Stops and joins. Idempotent.
+  virtual void stop() = 0;
+  /// "reader open, frames 3, bad frames 1" / "reader waiting for /dev/…".
+  virtual std::string status() const = 0;
+  /// Frames or typed codes that were not a card (for the driver's `malformed` count).
+  virtual std::uint64_t bad_frames() const = 0;
+};
+
+/// The reader of `config` ("serial": SerialBadgeReader, "evdev": EvdevBadgeReader on libevdev);
+/// nullptr for "mcu". Opens nothing until start().
+std::unique_ptr<BadgeReader> make_badge_reader(const BadgeConfig& config, BadgeAttribution& badges,
+                                               Env& env, Logger& log, std::string component);
+
 /// An RDM6300/EM4100 reader on a serial port (9600 8N1) feeding a BadgeAttribution: one thread
 /// opens the device (again after it went away, every 5 s of Env time), decodes frames with
 /// Em4100Decoder and passes each card, stamped with the Env clock, to on_card. A reader repeats a
-/// frame while a card is held: a card read again within 2 s is one badge. Thread-safe status().
-class SerialBadgeReader {
+/// frame while a card is held: a card read again within 2 s is one badge.
+class SerialBadgeReader final : public BadgeReader {
  public:
   SerialBadgeReader(std::string device, BadgeAttribution& badges, Env& env, Logger& log,
                     std::string component);
-  ~SerialBadgeReader();
+  ~SerialBadgeReader() override;
   SerialBadgeReader(const SerialBadgeReader&) = delete;
   SerialBadgeReader& operator=(const SerialBadgeReader&) = delete;
 
-  /// Starts the reader's thread. Idempotent.
-  void start();
-  /// Stops and joins. Idempotent.
-  void stop();
-
-  /// "reader open, frames 3, bad frames 1" / "reader waiting for /dev/…".
-  std::string status() const;
-  std::uint64_t bad_frames() const;
+  void start() override;
+  void stop() override;
+  std::string status() const override;
+  std::uint64_t bad_frames() const override;
 
  private:
   void run(std::stop_token stop);
@@ -204,6 +223,50 @@ class SerialBadgeReader {
   Env& m_env;
   Logger& m_log;
   const std::string m_component;
+  mutable std::mutex m_mutex;
+  std::string m_state = "reader starting";
+  std::uint64_t m_frames = 0;
+  std::uint64_t m_bad_frames = 0;
+  std::jthread m_thread;  // last: joined before the members it uses go
+};
+
+/// The longest card number a keyboard-mode reader may type (characters): 125 kHz readers type
+/// 8 or 10 decimal digits, 13.56 MHz ones up to 20 hex digits (a 10-byte UID).
+inline constexpr std::size_t k_max_typed_card = 32;
+
+/// A USB RFID/NFC reader in keyboard mode (evdev): it types the card number and Enter, like a
+/// barcode scanner. One thread opens the input device through `open_keys` with an exclusive grab
+/// (the number must not reach a console or a login prompt), again every 5 s of Env time after it
+/// went away, decodes keys with KeyDecoder (US layout, 200 ms between keys at most) and passes
+/// each code, stamped with the Env clock, to on_card. A code is a card when it is 1 to
+/// k_max_typed_card hex digits (decimal ones included: most readers type the low 4 bytes in
+/// decimal, so one card read by this reader and by an RDM6300 gives two different hashes: enrol
+/// a card with the reader it will be used at); anything else is counted as a bad frame and
+/// forgotten unlogged. The same card typed again within 2 s is one badge (readers repeat while
+/// a card is held).
+class EvdevBadgeReader final : public BadgeReader {
+ public:
+  EvdevBadgeReader(std::filesystem::path device, BadgeAttribution& badges, Env& env, Logger& log,
+                   std::string component, KeyEventSourceFactory open_keys);
+  ~EvdevBadgeReader() override;
+  EvdevBadgeReader(const EvdevBadgeReader&) = delete;
+  EvdevBadgeReader& operator=(const EvdevBadgeReader&) = delete;
+
+  void start() override;
+  void stop() override;
+  std::string status() const override;
+  std::uint64_t bad_frames() const override;
+
+ private:
+  void run(std::stop_token stop);
+  void on_code(std::string& code, std::string& last_id, std::int64_t& last_at);
+
+  const std::filesystem::path m_device;
+  BadgeAttribution& m_badges;
+  Env& m_env;
+  Logger& m_log;
+  const std::string m_component;
+  const KeyEventSourceFactory m_open_keys;
   mutable std::mutex m_mutex;
   std::string m_state = "reader starting";
   std::uint64_t m_frames = 0;

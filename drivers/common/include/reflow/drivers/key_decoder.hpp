@@ -7,7 +7,7 @@
 #include <optional>
 #include <string>
 
-namespace agent::barcode {
+namespace agent {
 
 /// The longest code accepted (bytes); a QR code holds at most 7089 digits or 2953 bytes.
 inline constexpr std::size_t k_max_code_bytes = 8192;
@@ -22,7 +22,8 @@ struct KeyEvent {
   std::int32_t value = 0;
 };
 
-/// Turns the key events of a scanner in keyboard-emulation mode into codes, on a US layout
+/// Turns the key events of a device in keyboard-emulation mode (a barcode scanner, a badge
+/// reader) into codes, on a US layout
 /// (docs/reference/drivers.md §5.1): only EV_KEY counts; a press (1) types a character, an
 /// autorepeat (2) of a character key types it again (what a console would show) but repeats nothing
 /// else, a release (0) only matters for Shift. Shift and CapsLock give upper case and symbols;
@@ -79,4 +80,4 @@ class KeyDecoder {
   std::string m_last_unknown;
 };
 
-}  // namespace agent::barcode
+}  // namespace agent

@@ -12,9 +12,9 @@
 #include <cstring>
 #include <ctime>
 
-#include "key_event_source.hpp"
+#include <reflow/drivers/evdev_source.hpp>
 
-namespace agent::barcode {
+namespace agent {
 namespace {
 
 // poll() slices: how soon a stop request or the deadline is noticed.
@@ -26,14 +26,14 @@ Error device_error(const std::filesystem::path& path, int err, std::string_view 
     case ENODEV:
     case ENXIO:
       return Error{ErrorCode::device_unavailable,
-                   fmt::format("{}: {} failed: {} (scanner unplugged? `ls -l /dev/input/by-id/` "
+                   fmt::format("{}: {} failed: {} (device unplugged? `ls -l /dev/input/by-id/` "
                                "lists the keyboards that are there)",
                                path.string(), doing, std::strerror(err))};
     case EACCES:
     case EPERM:
       return Error{ErrorCode::device_unavailable,
                    fmt::format("{}: {} failed: {} (add the agent's user to group `input`, or "
-                               "install the udev rule from drivers/barcode/README.md)",
+                               "install the udev rule from the driver's README)",
                                path.string(), doing, std::strerror(err))};
     case EBUSY:
       return Error{ErrorCode::device_unavailable,
@@ -140,7 +140,7 @@ Result<std::unique_ptr<KeyEventSource>> open_evdev_source(const std::filesystem:
     libevdev_free(dev);
     ::close(fd);
     return fail(ErrorCode::device_unavailable,
-                fmt::format("{} (\"{}\") is not a keyboard; use the scanner's …-event-kbd node "
+                fmt::format("{} (\"{}\") is not a keyboard; use the device's …-event-kbd node "
                             "in /dev/input/by-id/",
                             path.string(), name));
   }
@@ -157,4 +157,4 @@ Result<std::unique_ptr<KeyEventSource>> open_evdev_source(const std::filesystem:
   return std::make_unique<EvdevSource>(fd, dev, path, grab, env);
 }
 
-}  // namespace agent::barcode
+}  // namespace agent

@@ -9,7 +9,7 @@
 #include <fstream>
 #include <sstream>
 
-namespace agent::barcode {
+namespace agent {
 namespace {
 
 bool parse_int(std::string_view text, long long& out) {
@@ -94,4 +94,4 @@ Result<std::vector<KeyEvent>> ReplayKeySource::wait(std::chrono::steady_clock::t
   return due();
 }
 
-}  // namespace agent::barcode
+}  // namespace agent

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
-#include "key_decoder.hpp"
+#include <reflow/drivers/key_decoder.hpp>
 
 #include <fmt/format.h>
 #include <libevdev/libevdev.h>
@@ -8,7 +8,7 @@
 #include <array>
 #include <utility>
 
-namespace agent::barcode {
+namespace agent {
 namespace {
 
 // Unshifted and shifted character of each key on a US layout (0: not a character key).
@@ -191,4 +191,4 @@ std::optional<std::string> KeyDecoder::press(std::uint16_t code, bool repeat) {
   return std::nullopt;
 }
 
-}  // namespace agent::barcode
+}  // namespace agent

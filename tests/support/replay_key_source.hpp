@@ -9,9 +9,9 @@
 
 #include <reflow/core/env.hpp>
 
-#include "key_event_source.hpp"
+#include <reflow/drivers/evdev_source.hpp>
 
-namespace agent::barcode {
+namespace agent {
 
 /// Reads a recorded `input_event` stream: one event per line, `sec.usec type code value`, type
 /// and code as linux/input.h names (`EV_KEY KEY_A`, as `evtest` prints them) or numbers; blank
@@ -47,4 +47,4 @@ class ReplayKeySource final : public KeyEventSource {
   std::atomic<std::size_t>* m_delivered;
 };
 
-}  // namespace agent::barcode
+}  // namespace agent
