@@ -21,7 +21,7 @@
 namespace ingest::cli {
 namespace {
 
-constexpr std::string_view k_component = "run";
+constexpr std::string_view k_run_component = "run";
 constexpr std::chrono::seconds k_status_refresh{10};
 constexpr std::chrono::seconds k_summary_interval{60};
 
@@ -67,7 +67,7 @@ std::string status_line(const IngestCounters& c) {
 
 // The minute's counts, then the totals since start.
 void log_summary(agent::Logger& log, const IngestCounters& now, const IngestCounters& before) {
-  log.info(k_component,
+  log.info(k_run_component,
            "last {}s: received {}, stored {}, duplicates {}, rejected {}, acks {}; since start: "
            "stored {}, duplicates {}, rejected {} ({}; {}), acks {}, store errors {}; {}",
            k_summary_interval.count(), now.received - before.received, now.stored - before.stored,
@@ -88,11 +88,11 @@ int run(const std::string& config_path, const std::string& log_level_override) {
     return 1;
   }
   log.set_level(level);
-  log.info(k_component, "reflow-ingest {} starting with {}", agent::version(),
+  log.info(k_run_component, "reflow-ingest {} starting with {}", agent::version(),
            config->source_file.empty() ? "the built-in defaults" : config->source_file);
 
   auto fatal = [&](const agent::Error& error) {
-    log.error(k_component, "{}", error.message);
+    log.error(k_run_component, "{}", error.message);
     sd_notifyf(0, "STATUS=failed: %s", error.message.c_str());
     return 1;
   };
@@ -110,7 +110,7 @@ int run(const std::string& config_path, const std::string& log_level_override) {
   // and log the summary.
   IngestCounters at_last_summary = service.counters();
   auto next_summary = env.steady_now() + k_summary_interval;
-  agent::wait_for_stop_signal(log, k_component, k_status_refresh, [&] {
+  agent::wait_for_stop_signal(log, k_run_component, k_status_refresh, [&] {
     const IngestCounters counters = service.counters();
     sd_notifyf(0, "STATUS=%s", status_line(counters).c_str());
     if (env.steady_now() >= next_summary) {
@@ -122,7 +122,7 @@ int run(const std::string& config_path, const std::string& log_level_override) {
 
   service.stop(3000);
   const IngestCounters last = service.counters();
-  log.info(k_component,
+  log.info(k_run_component,
            "stopped: stored {}, duplicates {}, rejected {} ({}; {}), acks {}, store errors {} "
            "since start",
            last.stored, last.duplicates, last.rejected, rejections_text(last.rejected_by_reason),

@@ -22,7 +22,7 @@
 namespace ingest::cli {
 namespace {
 
-constexpr std::string_view k_component = "serve";
+constexpr std::string_view k_serve_component = "serve";
 
 // One line of stdin without its line end; nullopt at end of input.
 std::optional<std::string> read_line() {
@@ -127,7 +127,7 @@ int serve(const std::string& config_path, const std::string& listen_text) {
   auto users = web::UserFile(users_file).load();
   if (print_if_error(users)) return 1;
   if (users->empty())
-    log.warning(k_component,
+    log.warning(k_serve_component,
                 "no accounts in {}: nobody can log in; add one with `reflow-ingest "
                 "users add NAME`",
                 users_file.string());
@@ -140,8 +140,8 @@ int serve(const std::string& config_path, const std::string& listen_text) {
   const std::string host = listen->host.find(':') != std::string::npos
                                ? fmt::format("[{}]", listen->host)
                                : listen->host;
-  log.info(k_component, "serving http://{}:{}/", host, *port);
-  agent::wait_for_stop_signal(log, k_component, std::chrono::seconds(10), [] {});
+  log.info(k_serve_component, "serving http://{}:{}/", host, *port);
+  agent::wait_for_stop_signal(log, k_serve_component, std::chrono::seconds(10), [] {});
   server.stop();
   return 0;
 }
