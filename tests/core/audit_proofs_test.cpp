@@ -42,13 +42,13 @@ TEST(AuditProofsTest, RequestAndAnswerReadBackFromTheirEncoding) {
   EXPECT_EQ(again->proofs[0].seq, 3);
 }
 
-// A seq beyond the range requests allow (2^53 - 1) used to be read as a negative seq.
+// Seq 0 (no event has it) used to be read as a proof; seqs beyond 2^53 - 1 are refused by the
+// strict JSON reader (RFC 7493 §2.2) before the codec sees them.
 TEST(AuditProofsTest, AnswerRefusesAProofSeqOfZeroOrBeyondTheSeqRange) {
   for (const char* seq : {"0", "9007199254740992", "18446744073709551615"}) {
     auto answer = parse_answer(answer_with_proof_seq(seq));
     ASSERT_FALSE(answer.has_value()) << seq;
-    EXPECT_NE(answer.error().message.find("proofs: expected seq"), std::string::npos)
-        << answer.error().message;
+    EXPECT_NE(answer.error().message.find("seq"), std::string::npos) << answer.error().message;
   }
 }
 

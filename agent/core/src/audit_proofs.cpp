@@ -179,7 +179,7 @@ Result<ProofAnswer> parse_answer(std::string_view payload) {
     auto index = count_of(item, "leaf_index");
     auto leaf = item.contains("leaf") ? hash_of(item["leaf"]) : std::nullopt;
     auto inclusion = item.contains("inclusion") ? hashes_of(item["inclusion"]) : std::nullopt;
-    if (!seq || *seq == 0 || *seq > (std::uint64_t{1} << 53) - 1 || !index || !leaf || !inclusion)
+    if (!seq || *seq == 0 || !index || !leaf || !inclusion)
       return bad("answer", "proofs: expected seq (≥ 1), leaf_index, leaf and inclusion");
     proof.seq = static_cast<std::int64_t>(*seq);
     proof.leaf_index = *index;
