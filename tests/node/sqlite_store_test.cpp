@@ -93,6 +93,10 @@ class StoreTestBase : public ::testing::Test {
   void SetUp() override {
     m_faults.write_error = SQLITE_OK;
     if (backend() == Backend::postgresql) {
+#if !REFLOW_HAVE_POSTGRESQL
+      GTEST_SKIP() << "built without the PostgreSQL store (REFLOW_POSTGRESQL=OFF: no libpqxx, as "
+                      "in cross builds)";
+#endif
       std::string why;
       m_pg = reflow_test::PgCluster::shared(why);
       if (m_pg == nullptr) GTEST_SKIP() << why;
@@ -125,7 +129,9 @@ class StoreTestBase : public ::testing::Test {
     return *m_devices.back();
   }
 
-  std::string new_stream() { return m_ulids.next(k_t0); }
+  std::string new_stream() {
+    return m_ulids.next(k_t0);
+  }
 
   VerifiedEvent make(const Device& d, const std::string& stream, const EventSpec& spec) {
     agent::EventStamp s;
@@ -178,8 +184,12 @@ class StoreTestBase : public ::testing::Test {
                      std::move(detail),       std::nullopt, std::nullopt};
   }
 
-  static Incoming in(const VerifiedEvent& e) { return Incoming{e, std::nullopt}; }
-  static Incoming in(const Rejection& r) { return Incoming{std::nullopt, r}; }
+  static Incoming in(const VerifiedEvent& e) {
+    return Incoming{e, std::nullopt};
+  }
+  static Incoming in(const Rejection& r) {
+    return Incoming{std::nullopt, r};
+  }
 
   std::vector<PutResult> put(const std::vector<Incoming>& batch, std::int64_t now = k_t0) {
     return put_into(*m_store, batch, now);
