@@ -14,8 +14,6 @@ namespace {
 
 using Json = nlohmann::ordered_json;
 
-// An inclusion or consistency proof has at most one hash per level of a tree of 2^64 leaves.
-constexpr std::size_t k_max_proof_hashes = 64;
 // The answer to k_max_seqs proofs of up to k_max_proof_hashes hashes, with room to spare.
 constexpr std::size_t k_max_answer_bytes = 2 * 1024 * 1024;
 // k_max_seqs seqs of 16 digits, with room for the other members.
@@ -30,26 +28,6 @@ Json hash_list(const std::vector<merkle::Hash>& hashes) {
   for (const auto& hash : hashes)
     list.push_back(note::base64_encode(hash));
   return list;
-}
-
-std::optional<merkle::Hash> hash_of(const Json& value) {
-  if (!value.is_string()) return std::nullopt;
-  auto bytes = note::base64_decode(value.get_ref<const std::string&>());
-  if (!bytes || bytes->size() != merkle::Hash{}.size()) return std::nullopt;
-  merkle::Hash hash{};
-  std::memcpy(hash.data(), bytes->data(), hash.size());
-  return hash;
-}
-
-std::optional<std::vector<merkle::Hash>> hashes_of(const Json& value) {
-  if (!value.is_array() || value.size() > k_max_proof_hashes) return std::nullopt;
-  std::vector<merkle::Hash> out;
-  for (const auto& item : value) {
-    auto hash = hash_of(item);
-    if (!hash) return std::nullopt;
-    out.push_back(*hash);
-  }
-  return out;
 }
 
 // A JSON integer in [0, 2^53 − 1], or nullopt.
@@ -82,6 +60,26 @@ std::optional<std::vector<std::int64_t>> seqs_of(const Json& value) {
 }
 
 }  // namespace
+
+std::optional<merkle::Hash> hash_from_json(const nlohmann::ordered_json& value) {
+  if (!value.is_string()) return std::nullopt;
+  auto bytes = note::base64_decode(value.get_ref<const std::string&>());
+  if (!bytes || bytes->size() != merkle::Hash{}.size()) return std::nullopt;
+  merkle::Hash hash{};
+  std::memcpy(hash.data(), bytes->data(), hash.size());
+  return hash;
+}
+
+std::optional<std::vector<merkle::Hash>> proof_from_json(const nlohmann::ordered_json& value) {
+  if (!value.is_array() || value.size() > k_max_proof_hashes) return std::nullopt;
+  std::vector<merkle::Hash> out;
+  for (const auto& item : value) {
+    auto hash = hash_from_json(item);
+    if (!hash) return std::nullopt;
+    out.push_back(*hash);
+  }
+  return out;
+}
 
 std::string encode(const ProofRequest& request) {
   Json doc{{"id", request.id},
@@ -162,7 +160,7 @@ Result<ProofAnswer> parse_answer(std::string_view payload) {
   if (doc->contains("consistency_from")) {
     auto from = count_of(*doc, "consistency_from");
     auto consistency = doc->find("consistency");
-    auto hashes = consistency == doc->end() ? std::nullopt : hashes_of(*consistency);
+    auto hashes = consistency == doc->end() ? std::nullopt : proof_from_json(*consistency);
     if (!from || *from == 0 || !hashes)
       return bad("answer",
                  "consistency_from and consistency: expected a size ≥ 1 and base64 hashes");
@@ -177,8 +175,8 @@ Result<ProofAnswer> parse_answer(std::string_view payload) {
     LeafProof proof;
     auto seq = count_of(item, "seq");
     auto index = count_of(item, "leaf_index");
-    auto leaf = item.contains("leaf") ? hash_of(item["leaf"]) : std::nullopt;
-    auto inclusion = item.contains("inclusion") ? hashes_of(item["inclusion"]) : std::nullopt;
+    auto leaf = item.contains("leaf") ? hash_from_json(item["leaf"]) : std::nullopt;
+    auto inclusion = item.contains("inclusion") ? proof_from_json(item["inclusion"]) : std::nullopt;
     if (!seq || *seq == 0 || !index || !leaf || !inclusion)
       return bad("answer", "proofs: expected seq (≥ 1), leaf_index, leaf and inclusion");
     proof.seq = static_cast<std::int64_t>(*seq);

@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #include <reflow/device/ack_verifier.hpp>
 
-#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <utility>
@@ -10,6 +9,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <reflow/core/audit_proofs.hpp>
 #include <reflow/core/json_strict.hpp>
 #include <reflow/core/signed_note.hpp>
 
@@ -18,21 +18,9 @@ namespace {
 
 // A public JWK is about 150 bytes; a file much larger is not one.
 constexpr std::size_t k_max_jwk_file_bytes = 4096;
-// An inclusion proof has at most one hash per level of a tree of 2^64 leaves.
-constexpr std::size_t k_max_proof_hashes = 64;
 
 std::unexpected<AckRefused> refuse(AckRefusal reason, std::string message) {
   return std::unexpected(AckRefused{reason, std::move(message)});
-}
-
-// A hash of the payload: standard base64 of 32 bytes (PROTOCOL §5.1).
-std::optional<merkle::Hash> decode_hash(const nlohmann::ordered_json& value) {
-  if (!value.is_string()) return std::nullopt;
-  auto bytes = note::base64_decode(value.get_ref<const std::string&>());
-  if (!bytes || bytes->size() != merkle::Hash{}.size()) return std::nullopt;
-  merkle::Hash hash{};
-  std::memcpy(hash.data(), bytes->data(), hash.size());
-  return hash;
 }
 
 // A JSON integer in [0, 2^53 − 1] (I-JSON), or nullopt.
@@ -124,25 +112,15 @@ std::expected<VerifiedAck, AckRefused> verify_signed_ack(std::string_view payloa
   const auto tree_size = count_of(doc, "tree_size");
   const auto leaf_index = count_of(doc, "leaf_index");
   auto root_it = doc.find("root");
-  const auto root = root_it != doc.end() ? decode_hash(*root_it) : std::nullopt;
+  const auto root = root_it != doc.end() ? audit::hash_from_json(*root_it) : std::nullopt;
   auto inclusion_it = doc.find("inclusion");
   if (!device || !stream || !seq || !tree_size || !leaf_index || !root ||
       inclusion_it == doc.end() || !inclusion_it->is_array() ||
-      inclusion_it->size() > k_max_proof_hashes)
+      inclusion_it->size() > audit::k_max_proof_hashes)
     return refuse(AckRefusal::malformed,
                   "ack: signed payload: expected device, stream, seq, tree_size, root, "
                   "leaf_index and inclusion (PROTOCOL §5.1)");
-  auto decode_proof =
-      [](const nlohmann::ordered_json& list) -> std::optional<std::vector<merkle::Hash>> {
-    std::vector<merkle::Hash> out;
-    for (const auto& item : list) {
-      auto hash = decode_hash(item);
-      if (!hash) return std::nullopt;
-      out.push_back(*hash);
-    }
-    return out;
-  };
-  auto inclusion = decode_proof(*inclusion_it);
+  auto inclusion = audit::proof_from_json(*inclusion_it);
   if (!inclusion)
     return refuse(AckRefusal::malformed,
                   "ack: signed payload: inclusion: expected base64 SHA-256 hashes");
@@ -153,13 +131,13 @@ std::expected<VerifiedAck, AckRefused> verify_signed_ack(std::string_view payloa
   const bool has_consistency = consistency_it != doc.end();
   if (has_from != has_consistency || (has_from && !consistency_from) ||
       (has_consistency &&
-       (!consistency_it->is_array() || consistency_it->size() > k_max_proof_hashes)))
+       (!consistency_it->is_array() || consistency_it->size() > audit::k_max_proof_hashes)))
     return refuse(AckRefusal::malformed,
                   "ack: signed payload: expected consistency_from and consistency together, a "
                   "count and a list of hashes (PROTOCOL §5.1)");
   std::optional<std::vector<merkle::Hash>> consistency;
   if (has_consistency) {
-    consistency = decode_proof(*consistency_it);
+    consistency = audit::proof_from_json(*consistency_it);
     if (!consistency)
       return refuse(AckRefusal::malformed,
                     "ack: signed payload: consistency: expected base64 SHA-256 hashes");

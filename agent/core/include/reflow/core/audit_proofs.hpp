@@ -14,6 +14,8 @@
 #include <string_view>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include <reflow/core/merkle.hpp>
 #include <reflow/core/result.hpp>
 
@@ -59,6 +61,17 @@ struct ProofAnswer {
   std::vector<LeafProof> proofs;
   std::vector<std::int64_t> missing;  ///< seqs the node holds no event or no leaf for
 };
+
+/// At most this many hashes in one proof: one per level of a tree of 2^64 leaves.
+inline constexpr std::size_t k_max_proof_hashes = 64;
+
+/// A hash as signed acks (PROTOCOL §5.1) and audit answers (§5.2) carry it: a JSON string of
+/// the standard base64 with padding (RFC 4648 §4) of its 32 bytes. nullopt for anything else.
+std::optional<merkle::Hash> hash_from_json(const nlohmann::ordered_json& value);
+
+/// An inclusion or consistency proof: a JSON array of at most k_max_proof_hashes such hashes,
+/// in order. nullopt when it is not an array, is longer, or any item is not such a hash.
+std::optional<std::vector<merkle::Hash>> proof_from_json(const nlohmann::ordered_json& value);
 
 std::string encode(const ProofRequest& request);
 std::string encode(const ProofAnswer& answer);
