@@ -19,7 +19,7 @@
 namespace agent {
 namespace {
 
-constexpr std::string_view k_device = "dev-a";
+constexpr std::string_view k_verifier_device = "dev-a";
 constexpr std::string_view k_stream = "01KDX3G000STREAMSTREAM0000";
 
 // Hand-built signed acks (PROTOCOL §5.1) over a log held in memory: this device's envelopes of
@@ -51,7 +51,7 @@ class AckVerifierTest : public ::testing::Test {
     auto inclusion = nlohmann::ordered_json::array();
     for (const auto& hash : *proof)
       inclusion.push_back(note::base64_encode(hash));
-    return {{"device", std::string(k_device)},
+    return {{"device", std::string(k_verifier_device)},
             {"stream", std::string(k_stream)},
             {"seq", seq},
             {"node", m_node->public_jwk().kid},
@@ -92,7 +92,7 @@ class AckVerifierTest : public ::testing::Test {
 
   AckContext context(std::int64_t last_committed = 5, std::int64_t last_verified = 0) const {
     AckContext out;
-    out.device = std::string(k_device);
+    out.device = std::string(k_verifier_device);
     out.stream = std::string(k_stream);
     out.last_committed = last_committed;
     out.last_verified = last_verified;

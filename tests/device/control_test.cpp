@@ -37,7 +37,7 @@ using nlohmann::ordered_json;
 
 // Generous: only turns a hang into a failure.
 constexpr int k_wait_ms = 30'000;
-const std::string k_device = "fablab-mk4-01";
+const std::string k_control_device = "fablab-mk4-01";
 const std::string k_good_line = R"({"action":"use","resourceInventoriedAs":"printer:1",)"
                                 R"("effortQuantity":{"hasNumericalValue":1.5,"hasUnit":"hour"},)"
                                 R"("hasPointInTime":"2026-01-01T00:00:00Z"})";
@@ -130,12 +130,12 @@ class ControlServerTest : public ::testing::Test {
     m_key.emplace(std::move(*key));
     OutboxOptions options;
     options.path = m_dir / "outbox.db";
-    options.device_id = k_device;
+    options.device_id = k_control_device;
     auto outbox = Outbox::open(options, m_env, m_log);
     ASSERT_TRUE(outbox) << outbox.error().message;
     m_outbox = std::move(*outbox);
-    m_writer = std::make_unique<Writer>(Writer::Options{.device_id = k_device}, *m_key, *m_outbox,
-                                        m_env, m_log);
+    m_writer = std::make_unique<Writer>(Writer::Options{.device_id = k_control_device}, *m_key,
+                                        *m_outbox, m_env, m_log);
     m_writer->start();
     m_server = make_server();
   }

@@ -36,7 +36,7 @@ namespace {
 
 using namespace std::chrono_literals;
 
-constexpr const char* k_device = "dev-1";
+constexpr const char* k_forwarder_device = "dev-1";
 constexpr const char* k_prefix = "reflow/v1/dev-1";
 
 // Polls a condition with a generous bound; tests wait for what happens, never for time to pass.
@@ -112,10 +112,11 @@ class ForwarderTest : public ::testing::Test {
  protected:
   void SetUp() override {
     m_broker.start();
-    auto outbox = agent::Outbox::open({m_dir / "outbox.db", k_device}, agent::Env::real(), m_log);
+    auto outbox =
+        agent::Outbox::open({m_dir / "outbox.db", k_forwarder_device}, agent::Env::real(), m_log);
     ASSERT_TRUE(outbox.has_value()) << outbox.error().message;
     m_outbox = std::move(*outbox);
-    m_config.device_id = k_device;
+    m_config.device_id = k_forwarder_device;
     m_config.data_dir = m_dir.path();
     m_config.url = m_broker.url();
     m_config.connect_timeout = 2s;
@@ -246,7 +247,7 @@ TEST_F(ForwarderTest, AnAckTheFullDiskCannotRecordStopsRepublishingAndIsRecorded
   m_outbox.reset();
   agent::OutboxOptions options;
   options.path = m_dir / "outbox.db";
-  options.device_id = k_device;
+  options.device_id = k_forwarder_device;
   options.reserve_bytes = 0;
   options.min_free_bytes = 0;
   auto reopened = agent::Outbox::open(options, agent::Env::real(), m_log);
@@ -515,12 +516,12 @@ TEST_F(ForwarderTest, StatusSaysAConnectionIsRefusedNamingHostAndPort) {
 
 TEST_F(ForwarderTest, StatusSaysAWrongPasswordIsNotAuthorised) {
   m_broker.stop();
-  m_broker.require_password(k_device, "the right one");
+  m_broker.require_password(k_forwarder_device, "the right one");
   m_broker.start();
   { std::ofstream(m_dir / "password") << "a wrong one\n"; }
   std::filesystem::permissions(
       m_dir / "password", std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
-  m_config.username = k_device;
+  m_config.username = k_forwarder_device;
   m_config.password_file = m_dir / "password";
   auto& forwarder = start_forwarder();
   const std::string expected = fmt::format(

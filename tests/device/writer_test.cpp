@@ -28,7 +28,7 @@ using nlohmann::ordered_json;
 // Generous: a commit takes milliseconds; this bound only turns a hang into a failure.
 constexpr auto k_wait = std::chrono::seconds(30);
 constexpr std::int64_t k_day_ms = 24 * 60 * 60 * 1000;
-const std::string k_device = "fablab-mk4-01";
+const std::string k_writer_device = "fablab-mk4-01";
 
 ordered_json use_event() {
   return ordered_json::parse(R"({"action":"use","resourceInventoriedAs":"printer:1",
@@ -88,7 +88,7 @@ class WriterTest : public ::testing::Test {
     m_outbox.reset();
     OutboxOptions options;
     options.path = m_dir / "outbox.db";
-    options.device_id = k_device;
+    options.device_id = k_writer_device;
     options.quota_bytes = quota_bytes;
     auto outbox = Outbox::open(options, m_env, m_log);
     ASSERT_TRUE(outbox) << outbox.error().message;
@@ -98,7 +98,8 @@ class WriterTest : public ::testing::Test {
   void make_writer(std::size_t queue_capacity = 4096) {
     m_writer.reset();
     m_writer = std::make_unique<Writer>(
-        Writer::Options{.device_id = k_device, .queue_capacity = queue_capacity, .max_batch = 1024},
+        Writer::Options{
+            .device_id = k_writer_device, .queue_capacity = queue_capacity, .max_batch = 1024},
         *m_key, *m_outbox, m_env, m_log);
   }
 
@@ -136,7 +137,7 @@ class WriterTest : public ::testing::Test {
       EXPECT_EQ(payload["seq"], seq);
       EXPECT_EQ(payload["v"], 1);
       EXPECT_EQ(payload["id"], row.id);
-      EXPECT_EQ(payload["device"], k_device);
+      EXPECT_EQ(payload["device"], k_writer_device);
       EXPECT_EQ(payload["stream"], stream);
       if (seq == 1)
         EXPECT_TRUE(payload["prev"].is_null()) << payload["prev"];

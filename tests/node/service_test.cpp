@@ -47,7 +47,7 @@ namespace {
 
 using namespace std::chrono_literals;
 
-constexpr const char* k_device = "dev-1";
+constexpr const char* k_service_device = "dev-1";
 constexpr const char* k_events_topic = "reflow/v1/dev-1/events";
 constexpr const char* k_ack_topic = "reflow/v1/dev-1/ack";
 constexpr const char* k_checkpoint_topic = "reflow/v1/_node/checkpoint";
@@ -300,7 +300,7 @@ class IngestServiceTest : public ::testing::Test {
   void SetUp() override {
     m_broker.start();
     ASSERT_NO_FATAL_FAILURE(test_store::open_store_and_key(m_dir.path(), m_store, m_key));
-    ASSERT_TRUE(m_store->add_device(k_device, m_key->public_jwk(), m_env.now_unix_ms()));
+    ASSERT_TRUE(m_store->add_device(k_service_device, m_key->public_jwk(), m_env.now_unix_ms()));
     m_config.url = m_broker.url();
     m_config.client_id = "ingest-test";
     m_config.ack_interval = 0ms;
@@ -339,7 +339,7 @@ class IngestServiceTest : public ::testing::Test {
 TEST_F(IngestServiceTest, StoresEventsAndPublishesTheRetainedAck) {
   auto service = start_service(m_config);
   DeviceClient device(m_broker.port());
-  SignedStream stream(*m_key, k_device, m_env);
+  SignedStream stream(*m_key, k_service_device, m_env);
   for (const auto& envelope : stream.next(3))
     device.publish(envelope);
 
@@ -347,7 +347,7 @@ TEST_F(IngestServiceTest, StoresEventsAndPublishesTheRetainedAck) {
   const auto events = stored_events();
   ASSERT_EQ(events.size(), 3u);
   for (std::size_t i = 0; i < events.size(); ++i) {
-    EXPECT_EQ(events[i].device, k_device);
+    EXPECT_EQ(events[i].device, k_service_device);
     EXPECT_EQ(events[i].stream, stream.stream());
     EXPECT_EQ(events[i].seq, static_cast<std::int64_t>(i + 1));
   }
@@ -374,7 +374,7 @@ TEST_F(IngestServiceTest, KeepsItsAcksInFlightBelowTheBrokersReceiveMaximum) {
   auto service = start_service(m_config);
 
   DeviceClient device(m_broker.port());
-  SignedStream stream(*m_key, k_device, m_env);
+  SignedStream stream(*m_key, k_service_device, m_env);
   for (const auto& envelope : stream.next(20))
     device.publish(envelope);
   ASSERT_TRUE(eventually([&] { return device.last_ack_is(stream.stream(), 20); }));
@@ -387,7 +387,7 @@ TEST_F(IngestServiceTest, KeepsItsAcksInFlightBelowTheBrokersReceiveMaximum) {
 TEST_F(IngestServiceTest, GapHoldsTheAckAndTheFillAdvancesIt) {
   auto service = start_service(m_config);
   DeviceClient device(m_broker.port());
-  SignedStream stream(*m_key, k_device, m_env);
+  SignedStream stream(*m_key, k_service_device, m_env);
   const auto envelopes = stream.next(4);
   device.publish(envelopes[0]);
   device.publish(envelopes[1]);
@@ -416,7 +416,7 @@ TEST_F(IngestServiceTest, BurstEndsWithTheAckAtItsLastSeqFromFarFewerAckPublishe
   m_config.ack_interval = 100ms;
   auto service = start_service(m_config);
   DeviceClient device(m_broker.port());
-  SignedStream stream(*m_key, k_device, m_env);
+  SignedStream stream(*m_key, k_service_device, m_env);
   device.publish_all(stream.next(1000));
 
   ASSERT_TRUE(eventually([&] { return service->counters().stored == 1000; }, 120s))
@@ -451,7 +451,7 @@ TEST_F(IngestServiceTest, WithANodeKeyAcksAreSignedAndOneCheckpointFollowsABurst
   ASSERT_TRUE(empty.has_value()) << empty.error().message;
   EXPECT_EQ(empty->size, 0u);
 
-  SignedStream stream(*m_key, k_device, m_env);
+  SignedStream stream(*m_key, k_service_device, m_env);
   const auto envelopes = stream.next(30);
   device.publish_all(envelopes);
   ASSERT_TRUE(eventually([&] { return device.last_ack_is(stream.stream(), 30); }));
@@ -513,7 +513,7 @@ TEST_F(IngestServiceTest, ASignedAckProvesTheLogGrewFromTheSizeInTheDevicesStatu
     return hash;
   };
 
-  SignedStream stream(*m_key, k_device, m_env);
+  SignedStream stream(*m_key, k_service_device, m_env);
   device.publish_all(stream.next(10));
   ASSERT_TRUE(eventually([&] { return device.last_ack_is(stream.stream(), 10); }));
   const auto first = payload_of(device.raw_acks().back());
@@ -547,7 +547,7 @@ TEST_F(IngestServiceTest, KeepsStoringAndAckingWhileAFullQueueHoldsBackTheBroker
   m_config.max_batch = 1;  // a queue of 64: a flood fills it at once
   auto service = start_service(m_config);
   DeviceClient device(m_broker.port());
-  SignedStream stream(*m_key, k_device, m_env);
+  SignedStream stream(*m_key, k_service_device, m_env);
   constexpr int k_events = 3000;
   const auto envelopes = stream.next(k_events);
   // Paho's lock is one per process: while the service's Paho thread holds it, this client's
@@ -585,7 +585,7 @@ TEST_F(IngestServiceTest, KeepsStoringAndAckingWhileAFullQueueHoldsBackTheBroker
 TEST_F(IngestServiceTest, KeepsRejectedEnvelopesWithTheirReasonAndAcksValidEventsAfterThem) {
   auto service = start_service(m_config);
   DeviceClient device(m_broker.port());
-  SignedStream stream(*m_key, k_device, m_env);
+  SignedStream stream(*m_key, k_service_device, m_env);
   const auto envelopes = stream.next(3);
 
   // seq 2 with its signature from another message.
@@ -594,7 +594,7 @@ TEST_F(IngestServiceTest, KeepsRejectedEnvelopesWithTheirReasonAndAcksValidEvent
   // A key the node never registered.
   auto stranger_key = agent::DeviceKey::generate(m_dir / "stranger.key");
   ASSERT_TRUE(stranger_key.has_value());
-  SignedStream stranger(*stranger_key, k_device, m_env);
+  SignedStream stranger(*stranger_key, k_service_device, m_env);
 
   device.publish(envelopes[0]);
   device.publish(forged.dump());
@@ -618,7 +618,7 @@ TEST_F(IngestServiceTest, KeepsRejectedEnvelopesWithTheirReasonAndAcksValidEvent
   }));
   ASSERT_EQ(rejections.size(), 3u);
   EXPECT_EQ(rejections[0].reason, RejectReason::bad_signature);
-  EXPECT_EQ(rejections[0].device, k_device);
+  EXPECT_EQ(rejections[0].device, k_service_device);
   EXPECT_EQ(rejections[0].topic, k_events_topic);
   EXPECT_EQ(rejections[0].envelope, forged.dump());
   EXPECT_EQ(rejections[0].seq, 2);
@@ -633,7 +633,7 @@ TEST_F(IngestServiceTest, KeepsRejectedEnvelopesWithTheirReasonAndAcksValidEvent
 TEST_F(IngestServiceTest, RepeatedGarbageIsOneRowCountedAndLoggedAFewTimes) {
   auto service = start_service(m_config);
   DeviceClient device(m_broker.port());
-  SignedStream stream(*m_key, k_device, m_env);
+  SignedStream stream(*m_key, k_service_device, m_env);
   constexpr int k_repeats = 200;
   for (int i = 0; i < k_repeats; ++i)
     device.publish("not a JWS");
@@ -662,7 +662,7 @@ TEST_F(IngestServiceTest, StoreErrorsAckNothingAndTheBatchIsRetriedUntilStored) 
   ASSERT_TRUE(service.start());
   ASSERT_TRUE(eventually([&] { return service.counters().subscribed; }));
   DeviceClient device(m_broker.port());
-  SignedStream stream(*m_key, k_device, m_env);
+  SignedStream stream(*m_key, k_service_device, m_env);
   device.publish_all(stream.next(2));
 
   ASSERT_TRUE(eventually([&] { return service.counters().store_errors >= 1; }));
@@ -697,7 +697,7 @@ TEST_F(IngestServiceTest, VerifiesTheNextBatchDuringACommitAndAcksOnlyWhatIsComm
   ASSERT_TRUE(service.start());
   ASSERT_TRUE(eventually([&] { return service.counters().subscribed; }));
   DeviceClient device(m_broker.port());
-  SignedStream stream(*m_key, k_device, m_env);
+  SignedStream stream(*m_key, k_service_device, m_env);
   const auto envelopes = stream.next(2);
 
   device.publish(envelopes[0]);
@@ -725,7 +725,7 @@ TEST_F(IngestServiceTest, SharedGroupStoresEveryEventExactlyOnce) {
   auto a = start_service(first);
   auto b = start_service(second);
   DeviceClient device(m_broker.port());
-  SignedStream stream(*m_key, k_device, m_env);
+  SignedStream stream(*m_key, k_service_device, m_env);
   device.publish_all(stream.next(200));
 
   ASSERT_TRUE(eventually([&] {
@@ -747,7 +747,7 @@ TEST_F(IngestServiceTest, SharedGroupStoresEveryEventExactlyOnce) {
   for (const auto& event : stored_events())
     EXPECT_TRUE(seqs.insert(event.seq).second) << event.seq;
   EXPECT_EQ(seqs.size(), 200u);
-  auto point = m_store->ack_point(k_device);
+  auto point = m_store->ack_point(k_service_device);
   ASSERT_TRUE(point.has_value());
   ASSERT_TRUE(point->has_value());
   EXPECT_EQ((*point)->seq, 200);
@@ -755,7 +755,7 @@ TEST_F(IngestServiceTest, SharedGroupStoresEveryEventExactlyOnce) {
 
 TEST_F(IngestServiceTest, ReconnectsAfterABrokerRestartAndKeepsReceiving) {
   auto service = start_service(m_config);
-  SignedStream stream(*m_key, k_device, m_env);
+  SignedStream stream(*m_key, k_service_device, m_env);
   {
     DeviceClient device(m_broker.port());
     device.publish(stream.next());

@@ -20,8 +20,8 @@ namespace {
 
 using Json = nlohmann::ordered_json;
 
-constexpr std::int64_t k_t0 = 1'767'225'600'000;  // 2026-01-01T00:00:00Z
-constexpr const char* k_device = "fablab-mk4-01";
+constexpr std::int64_t k_verifier_t0 = 1'767'225'600'000;  // 2026-01-01T00:00:00Z
+constexpr const char* k_verifier_device = "fablab-mk4-01";
 constexpr const char* k_topic = "reflow/v1/fablab-mk4-01/events";
 
 Json use_fields() {
@@ -64,18 +64,18 @@ class VerifierTest : public ::testing::Test {
   void SetUp() override {
     ASSERT_NO_FATAL_FAILURE(test_store::open_store_and_key(m_dir.path(), m_store, m_key));
     m_header = agent::jws_protected_header_b64(m_key->public_jwk().kid);
-    ASSERT_TRUE(m_store->add_device(k_device, m_key->public_jwk(), k_t0));
-    m_stream = m_ulids.next(k_t0);
+    ASSERT_TRUE(m_store->add_device(k_verifier_device, m_key->public_jwk(), k_verifier_t0));
+    m_stream = m_ulids.next(k_verifier_t0);
   }
 
-  agent::EventStamp stamp(std::int64_t seq, std::string device = k_device) {
+  agent::EventStamp stamp(std::int64_t seq, std::string device = k_verifier_device) {
     agent::EventStamp s;
-    s.id = m_ulids.next(k_t0);
+    s.id = m_ulids.next(k_verifier_t0);
     s.device = std::move(device);
     s.stream = m_stream;
     s.seq = seq;
     s.prev = seq == 1 ? "" : agent::sha256_b64url("the predecessor's signing input");
-    s.recorded_unix_ms = k_t0 + 1000;
+    s.recorded_unix_ms = k_verifier_t0 + 1000;
     s.clock = agent::ClockSync::synced;
     return s;
   }
@@ -88,15 +88,16 @@ class VerifierTest : public ::testing::Test {
     return agent::jws_sign(*m_key, m_header, bytes).to_envelope();
   }
 
-  Result<std::expected<VerifiedEvent, Rejection>> verify(std::string_view envelope,
-                                                         std::string_view topic = k_topic,
-                                                         std::string_view device = k_device) {
+  Result<std::expected<VerifiedEvent, Rejection>> verify(
+      std::string_view envelope, std::string_view topic = k_topic,
+      std::string_view device = k_verifier_device) {
     return verify_envelope(*m_store, topic, device, envelope);
   }
 
   // Verifies `envelope` and expects a rejection with `reason` whose detail contains `detail`.
   Rejection expect_rejected(std::string_view envelope, RejectReason reason, std::string_view detail,
-                            std::string_view topic = k_topic, std::string_view device = k_device) {
+                            std::string_view topic = k_topic,
+                            std::string_view device = k_verifier_device) {
     auto r = verify(envelope, topic, device);
     EXPECT_TRUE(r) << r.error().message;
     if (!r) return {};
@@ -133,13 +134,13 @@ TEST_F(VerifierTest, AcceptsASignedEventAndReadsItsFields) {
   EXPECT_EQ(e.envelope, envelope);
   EXPECT_EQ(e.kid, m_key->public_jwk().kid);
   EXPECT_EQ(e.payload, bytes);
-  EXPECT_EQ(e.device, k_device);
+  EXPECT_EQ(e.device, k_verifier_device);
   EXPECT_EQ(e.stream, m_stream);
   EXPECT_EQ(e.seq, 2);
   EXPECT_EQ(e.prev, s.prev);
   EXPECT_EQ(e.id, s.id);
   EXPECT_EQ(e.action, "use");
-  EXPECT_EQ(e.recorded_unix_ms, k_t0 + 1000);
+  EXPECT_EQ(e.recorded_unix_ms, k_verifier_t0 + 1000);
   EXPECT_EQ(e.signing_input_sha256, agent::sha256_b64url(jws.signing_input()));
 }
 
@@ -320,8 +321,8 @@ TEST_F(VerifierTest, NamesTheFirstBadStringOfAPayloadInFieldOrder) {
 }
 
 TEST_F(VerifierTest, AcceptsRevokedKeysEventsRecordedBeforeRevocationOnly) {
-  const std::int64_t revoked_at = k_t0 + 60'000;
-  ASSERT_TRUE(m_store->revoke_device(k_device, revoked_at));
+  const std::int64_t revoked_at = k_verifier_t0 + 60'000;
+  ASSERT_TRUE(m_store->revoke_device(k_verifier_device, revoked_at));
 
   agent::EventStamp before = stamp(1);
   before.recorded_unix_ms = revoked_at - 1;
@@ -336,7 +337,7 @@ TEST_F(VerifierTest, AcceptsRevokedKeysEventsRecordedBeforeRevocationOnly) {
 
 TEST_F(VerifierTest, ReturnsStoreFailureInsteadOfRejecting) {
   BrokenStore broken;
-  auto r = verify_envelope(broken, k_topic, k_device, sign(payload(stamp(1))));
+  auto r = verify_envelope(broken, k_topic, k_verifier_device, sign(payload(stamp(1))));
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, agent::ErrorCode::io);
 }

@@ -41,7 +41,7 @@ StoredEvent make_event(const std::string& device, std::int64_t seq, const std::s
   return e;
 }
 
-Json quantity(Json value, const char* unit) {
+Json export_quantity(Json value, const char* unit) {
   return {{"hasNumericalValue", value}, {"hasUnit", unit}};
 }
 
@@ -67,7 +67,7 @@ std::vector<StoredEvent> print_job() {
                   {"hasPointInTime", "2026-11-01T11:30:00Z"},
                   {"resourceInventoriedAs", "part-9"},
                   {"resourceConformsTo", "pla-part"},
-                  {"resourceQuantity", quantity(1, "one")},
+                  {"resourceQuantity", export_quantity(1, "one")},
                   {"outputOf", "job-42"},
                   {"atLocation", "fablab"}}),
       make_event("printer-01", 1, "01JBQ9000000000000000000B1",
@@ -77,13 +77,13 @@ std::vector<StoredEvent> print_job() {
                   {"provider", "alice"},
                   {"resourceInventoriedAs", "printer-mk4"},
                   {"resourceConformsTo", "pla-part"},
-                  {"effortQuantity", quantity(2, "hour")},
+                  {"effortQuantity", export_quantity(2, "hour")},
                   {"inputOf", "job-42"}}),
       make_event("printer-01", 2, "01JBQ9000000000000000000B2",
                  {{"action", "consume"},
                   {"hasPointInTime", "2026-11-01T11:00:00Z"},
                   {"resourceInventoriedAs", "spool-3"},
-                  {"resourceQuantity", quantity(12.5, "gram")},
+                  {"resourceQuantity", export_quantity(12.5, "gram")},
                   {"inputOf", "job-42"}}),
   };
 }
@@ -136,7 +136,7 @@ TEST_F(VfExportTest, ProduceOfAnUnknownResourceCreatesItAndLaterEventsWaitForIts
                               {{"action", "transferCustody"},
                                {"hasPointInTime", "2026-11-01T12:00:00Z"},
                                {"resourceInventoriedAs", "part-9"},
-                               {"resourceQuantity", quantity(1, "one")},
+                               {"resourceQuantity", export_quantity(1, "one")},
                                {"toLocation", "fablab"}}));
   VfExport plan = build_vf_export(events, full_config());
   ASSERT_TRUE(plan.missing.empty()) << describe_missing(plan.missing);
@@ -163,21 +163,21 @@ TEST_F(VfExportTest, APrinterJobsPartIsCreatedWithItsNameAsTheJobsOutput) {
       make_event("printer-01", 1, "01JBQ9000000000000000000D1",
                  {{"action", "use"},
                   {"resourceInventoriedAs", "printer-mk4"},
-                  {"effortQuantity", quantity(0.5, "hour")},
+                  {"effortQuantity", export_quantity(0.5, "hour")},
                   {"hasBeginning", "2026-11-01T09:00:00.000Z"},
                   {"hasEnd", "2026-11-01T09:30:00.000Z"},
                   {"inputOf", "sim:printer:job-1"}}),
       make_event("printer-01", 2, "01JBQ9000000000000000000D2",
                  {{"action", "consume"},
                   {"resourceInventoriedAs", "spool-3"},
-                  {"resourceQuantity", quantity(14.2, "gram")},
+                  {"resourceQuantity", export_quantity(14.2, "gram")},
                   {"hasPointInTime", "2026-11-01T09:30:00.000Z"},
                   {"inputOf", "sim:printer:job-1"}}),
       make_event("printer-01", 3, "01JBQ9000000000000000000D3",
                  {{"action", "produce"},
                   {"resourceInventoriedAs", part},
                   {"resourceConformsTo", "pla-part"},
-                  {"resourceQuantity", quantity(1, "one")},
+                  {"resourceQuantity", export_quantity(1, "one")},
                   {"hasPointInTime", "2026-11-01T09:30:00.000Z"},
                   {"outputOf", "sim:printer:job-1"}}),
   };
@@ -255,7 +255,7 @@ TEST_F(VfExportTest, BodyIsTheConstantQueryWithTheDataInVariablesOnly) {
                          {{"action", "raise"},
                           {"hasPointInTime", "2026-11-01T11:30:00Z"},
                           {"resourceInventoriedAs", "spool-3"},
-                          {"resourceQuantity", quantity(1, "gram")},
+                          {"resourceQuantity", export_quantity(1, "gram")},
                           {"note", "\"}) { deleteProcess(id: \"x\") } #\n caf\xc3\xa9"}});
   VfExport plan = build_vf_export(events, full_config());
   ASSERT_EQ(plan.requests.size(), 1u);
@@ -307,13 +307,13 @@ std::vector<StoredEvent> bad_events() {
                  {{"action", "consume"},
                   {"hasPointInTime", "2026-11-01T12:00:00Z"},
                   {"resourceConformsTo", "pla-part"},
-                  {"resourceQuantity", quantity(3, "gram")}}),
+                  {"resourceQuantity", export_quantity(3, "gram")}}),
       // An intake recorded as accept, of a batch the config has no id for, weighed in litres.
       make_event("station-01", 2, "01JBQ9000000000000000000D2",
                  {{"action", "accept"},
                   {"hasPointInTime", "2026-11-01T12:01:00Z"},
                   {"resourceInventoriedAs", "batch-17"},
-                  {"resourceQuantity", quantity(2, "litre")}}),
+                  {"resourceQuantity", export_quantity(2, "litre")}}),
   };
 }
 
@@ -398,7 +398,7 @@ TEST_F(VfCheckSqliteTest, ChecksTheAgentsTheExportFillsIn) {
                    {"hasPointInTime", "2026-11-01T11:30:00Z"},
                    {"provider", "alice"},
                    {"resourceInventoriedAs", "spool-3"},
-                   {"resourceQuantity", quantity(1, "one")},
+                   {"resourceQuantity", export_quantity(1, "one")},
                    {"outputOf", "job-42"}})});
   IngestConfig config = full_config();
   VfCheck result = check(config);
@@ -424,7 +424,7 @@ TEST_F(VfCheckSqliteTest, ChecksTheAgentsTheExportFillsIn) {
                    {"provider", "alice"},
                    {"receiver", "bob"},
                    {"resourceInventoriedAs", "spool-3"},
-                   {"resourceQuantity", quantity(1, "one")}})});
+                   {"resourceQuantity", export_quantity(1, "one")}})});
   result = check(with_bob);
   ASSERT_EQ(result.events.size(), 2u);
   EXPECT_TRUE(result.events[1].problems.empty());  // a transfer is between two agents
