@@ -45,6 +45,7 @@ int audit(const std::filesystem::path& config_path, bool json, int timeout_s) {
         {"consistency_from", report->consistency_from},
         {"inconsistent", report->inconsistent ? nlohmann::ordered_json(*report->inconsistent)
                                               : nlohmann::ordered_json(nullptr)},
+        {"saved_tree_size", report->saved_tree_size},
         {"findings", std::move(findings)}};
     std::cout << out.dump() << '\n';
   } else {
@@ -55,6 +56,9 @@ int audit(const std::filesystem::path& config_path, bool json, int timeout_s) {
                  : finding.problem == "altered"  ? "ALTERED"
                                                  : "MISSING",
                  finding.seq, finding.id, finding.detail);
+    if (report->saved_tree_size > 0)
+      fmt::print("saved the log of {} leaves as the one this agent verified\n",
+                 report->saved_tree_size);
     fmt::print("checked {} leaves against {} tree size {} root {}{}: {}\n", report->checked,
                report->origin, report->tree_size, root,
                report->consistency_from > 0

@@ -77,6 +77,9 @@ Result<AuditReport> audit_node(const AgentConfig& config, std::chrono::milliseco
       fmt::format("{}/{}{}", config.topic_prefix, config.device_id, audit::k_answer_suffix);
 
   AuditReport report;
+  bool consistency_proven = false;
+  std::uint64_t checkpoint_size = 0;
+  merkle::Hash checkpoint_root{};
   try {
     mqtt::async_client client(address->paho_uri, client_id,
                               static_cast<mqtt::iclient_persistence*>(nullptr));
@@ -117,8 +120,8 @@ Result<AuditReport> audit_node(const AgentConfig& config, std::chrono::milliseco
       if (!checkpoint) return std::unexpected(checkpoint.error());
     }
     report.origin = checkpoint->origin;
-    report.tree_size = checkpoint->size;
-    report.root = checkpoint->root;
+    report.tree_size = checkpoint_size = checkpoint->size;
+    report.root = checkpoint_root = checkpoint->root;
 
     std::uint64_t from_size = 0;
     if (state->verified_log) {
@@ -180,21 +183,38 @@ Result<AuditReport> audit_node(const AgentConfig& config, std::chrono::milliseco
                     fmt::format("audit: the node refused the request: {}", *answer->error));
       if (request.from_size > 0) {
         const auto& [old_size, old_root] = *state->verified_log;
-        if (answer->consistency_from != old_size ||
-            !merkle::verify_consistency(old_size, checkpoint->size, old_root, checkpoint->root,
-                                        answer->consistency))
+        if (answer->consistency_error)
+          report.inconsistent = fmt::format(
+              "the node cannot prove its log of {} leaves an extension of the log of {} leaves "
+              "this agent verified: {}",
+              checkpoint->size, old_size, *answer->consistency_error);
+        else if (answer->consistency_from != old_size ||
+                 !merkle::verify_consistency(old_size, checkpoint->size, old_root, checkpoint->root,
+                                             answer->consistency))
           report.inconsistent = fmt::format(
               "the node's log of {} leaves is not an extension of the log of {} leaves this "
               "agent verified: its consistency proof fails (RFC 9162 §2.1.4.2)",
               checkpoint->size, old_size);
+        else
+          consistency_proven = true;
       }
       std::map<std::int64_t, const audit::LeafProof*> proofs;
       for (const auto& proof : answer->proofs)
         proofs.emplace(proof.seq, &proof);
+      std::map<std::int64_t, const std::string*> unproven;
+      for (const auto& item : answer->unproven)
+        unproven.emplace(item.seq, &item.error);
       for (const std::int64_t seq : request.seqs) {
         const AckedLeaf& kept = *by_seq.at(seq);
         auto it = proofs.find(seq);
         if (it == proofs.end()) {
+          if (auto why = unproven.find(seq); why != unproven.end()) {
+            report.findings.push_back(
+                {seq, kept.id, "not_proven",
+                 fmt::format("the node holds it but cannot prove it in its log of {} leaves: {}",
+                             checkpoint->size, *why->second)});
+            continue;
+          }
           report.findings.push_back(
               {seq, kept.id, "missing",
                fmt::format("the node holds no event seq {} of stream {} in its log of {} leaves",
@@ -231,6 +251,14 @@ Result<AuditReport> audit_node(const AgentConfig& config, std::chrono::milliseco
     client.disconnect()->wait_for(timeout);
   } catch (const std::exception& e) {
     return fail(ErrorCode::io, fmt::format("audit: MQTT at {}: {}", config.url, e.what()));
+  }
+  // The signed checkpoint, proven an extension of the log this agent verified, becomes the log
+  // it holds the node to: the next audit and the daemon's ack verifier start from it.
+  if (consistency_proven && !report.inconsistent) {
+    auto saved = Outbox::save_audited_log(config.outbox_path(), *state->verified_log,
+                                          {checkpoint_size, checkpoint_root});
+    if (!saved) return std::unexpected(saved.error());
+    if (*saved) report.saved_tree_size = checkpoint_size;
   }
   return report;
 }
