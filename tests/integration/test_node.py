@@ -947,6 +947,10 @@ class SignedAckTest(nh.NodeTestCase):
         self.assertIn("checked 3 leaves", text.stdout)
         self.assertTrue(text.stdout.rstrip().endswith(": OK"), text.stdout)
         self.assertEqual(report["saved_tree_size"], 0, "nothing newer to save")
+        # A witness keeps the node's signed checkpoint of these 3 leaves.
+        witness = self.device.config_path.parent / "witness-3.note"
+        witness.write_text(self.cli.ok("log", "checkpoint", "--signed").stdout)
+        self.assertTrue(witness.read_text().startswith(f"{self.node_key['origin']}\n3\n"))
 
         # The log grows by the other device's event (leaf 3) while this agent is stopped: the
         # audit proves the signed checkpoint of 4 leaves an extension of the 3 it verified and
@@ -966,9 +970,13 @@ class SignedAckTest(nh.NodeTestCase):
         report = json.loads(grown.stdout)
         self.assertEqual((report["consistency_from"], report["tree_size"],
                           report["saved_tree_size"]), (3, 4, 4), report)
-        report = json.loads(self.audit("--format", "json").stdout)
+        # The next audit starts from the saved log, and proves the witness's checkpoint a view
+        # of the same log (the node's consistency proof from 3 to 4 leaves).
+        report = json.loads(self.audit("--format", "json", "--witness", str(witness)).stdout)
         self.assertEqual((report["ok"], report["consistency_from"], report["saved_tree_size"]),
                          (True, 4, 0), report)
+        self.assertEqual((report["witness"]["tree_size"], report["witness"]["consistent"]),
+                         (3, True), report)
 
         # The restarted agent's ack verifier holds the node to the saved log too: the ack it
         # accepts for seq 4 (leaf 4) proves the log of 5 leaves from the log of 4.
@@ -1108,6 +1116,12 @@ class SignedAckTest(nh.NodeTestCase):
             self.emit_for(self.device, h.emit_lines(1, start=seq - 1))
             s = agent.wait_status(lambda s, seq=seq: s["acked_seq"] == seq, f"seq {seq} acked")
         self.assertEqual(s["verified_tree_size"], 2)
+        # A witness keeps the node's signed checkpoint of these 2 leaves.
+        witness = self.device.config_path.parent / "witness-2.note"
+        witness.write_text(self.cli.ok("log", "checkpoint", "--signed").stdout)
+        checkpoint_topic = f"{h.PREFIX}/_node/checkpoint"
+        checkpoints = self.probe(name="checkpoints")
+        checkpoints.subscribe(checkpoint_topic)
 
         # The operator cuts the log back to its first leaf; the node then stores event 3 as a
         # second leaf 1: a log of the size the agent verified, with another root.
@@ -1123,6 +1137,19 @@ class SignedAckTest(nh.NodeTestCase):
                               "the inconsistent log refused")
         self.assertIn("a log only grows", s["ack_error"])
         self.assertEqual((s["acked_seq"], s["backlog_events"]), (2, 1), "nothing pruned")
+        # The node now signs another checkpoint of 2 leaves: the witness's and the audit's are
+        # two histories, a split view the audit names.
+        old_root = witness.read_text().split("\n")[2].encode()
+        checkpoints.wait_message(lambda m: m[0] == checkpoint_topic and
+                                 m[1].split(b"\n")[1] == b"2" and
+                                 m[1].split(b"\n")[2] != old_root,
+                                 "the new checkpoint of 2 leaves")
+        split = self.audit("--format", "json", "--witness", str(witness))
+        self.assertEqual(split.returncode, 1, split.stderr)
+        report = json.loads(split.stdout)
+        self.assertEqual((report["witness"]["tree_size"], report["witness"]["consistent"]),
+                         (2, False), report)
+        self.assertIn("different histories", report["witness"]["detail"])
         # A restarted agent holds the node to the same log: it was kept in the outbox.
         agent.send_signal(signal.SIGTERM)
         self.assertIsNotNone(agent.wait_exit(h.WAIT_S))

@@ -40,10 +40,57 @@ std::string first_line(std::string_view text) {
   return std::string(text.substr(0, text.find('\n')));
 }
 
+// Whether the checkpoint another party holds (`witness`) and the one audited are two views of
+// one append-only log: equal roots at equal sizes, else the node's consistency proof from the
+// smaller to the larger (RFC 9162 §2.1.4.2), asked with a request of no seqs.
+template <typename Exchange>
+Result<WitnessCheck> check_witness(const note::Checkpoint& witness, const note::Checkpoint& audited,
+                                   const std::string& stream, const std::string& run_id,
+                                   Exchange& exchange) {
+  WitnessCheck out;
+  out.tree_size = witness.size;
+  out.root = witness.root;
+  if (witness.size == audited.size) {
+    out.consistent = witness.root == audited.root;
+    if (!out.consistent)
+      out.detail = fmt::format(
+          "the node signed two checkpoints of {} leaves with different roots: it shows "
+          "different histories to different parties",
+          witness.size);
+    return out;
+  }
+  const note::Checkpoint& older = witness.size < audited.size ? witness : audited;
+  const note::Checkpoint& newer = witness.size < audited.size ? audited : witness;
+  audit::ProofRequest request;
+  request.id = run_id + "-witness";
+  request.stream = stream;  // the node reads a request of no seqs only with one
+  request.tree_size = newer.size;
+  request.from_size = older.size;
+  auto answer = exchange(request);
+  if (!answer) return std::unexpected(answer.error());
+  if (answer->consistency_error) {
+    out.detail =
+        fmt::format("the node cannot prove its log of {} leaves an extension of its log of {}: {}",
+                    newer.size, older.size, *answer->consistency_error);
+  } else if (answer->consistency_from != older.size ||
+             !merkle::verify_consistency(older.size, newer.size, older.root, newer.root,
+                                         answer->consistency)) {
+    out.detail = fmt::format(
+        "the node's signed log of {} leaves is not an extension of its signed log of {}: the "
+        "consistency proof fails (RFC 9162 §2.1.4.2); it shows different histories to "
+        "different parties",
+        newer.size, older.size);
+  } else {
+    out.consistent = true;
+  }
+  return out;
+}
+
 }  // namespace
 
 Result<AuditReport> audit_node(const AgentConfig& config, std::chrono::milliseconds timeout,
-                               const AuditProgress& progress) {
+                               const AuditProgress& progress,
+                               const std::optional<std::string>& witness_note) {
   if (config.node_jwk.empty())
     return fail(ErrorCode::invalid_config,
                 fmt::format("{}: mqtt.node_jwk is not set: an audit checks the node's log against "
@@ -111,6 +158,17 @@ Result<AuditReport> audit_node(const AgentConfig& config, std::chrono::milliseco
     };
     auto checkpoint = verify(message);
     if (!checkpoint) return std::unexpected(checkpoint.error());
+    // The witness's checkpoint must be the same node's: signed by the pinned key, same origin.
+    std::optional<note::Checkpoint> witness;
+    if (witness_note) {
+      auto verified = note::verify_checkpoint(*witness_note, checkpoint->origin, *node_key);
+      if (!verified)
+        return fail(ErrorCode::crypto,
+                    fmt::format("audit: the witness checkpoint is not one of origin {} signed "
+                                "with the pinned node key {}: {}",
+                                checkpoint->origin, node_key->kid, verified.error().message));
+      witness = std::move(*verified);
+    }
     // The node publishes its checkpoint at most once a second (PROTOCOL §5.1), so the retained
     // one may lag the log an ack just proved: a smaller one is waited on until the deadline.
     while (state->verified_log && checkpoint->size < state->verified_log->first) {
@@ -150,6 +208,29 @@ Result<AuditReport> audit_node(const AgentConfig& config, std::chrono::milliseco
     const std::string run_id = ulids.next(std::chrono::duration_cast<std::chrono::milliseconds>(
                                               std::chrono::system_clock::now().time_since_epoch())
                                               .count());
+    // One request and its answer (an answer to another request, an earlier audit's, is not
+    // this one's); an answer with `error` means the node could not read the request.
+    auto exchange = [&](const audit::ProofRequest& request) -> Result<audit::ProofAnswer> {
+      client.publish(request_topic, audit::encode(request), k_audit_qos, false)->wait_for(timeout);
+      deadline = std::chrono::steady_clock::now() + timeout;
+      for (;;) {
+        auto reply = next_on(client, answer_topic, deadline);
+        if (!reply)
+          return fail(ErrorCode::timeout,
+                      fmt::format("audit: no answer on {} within {} ms: does the node answer "
+                                  "audits (PROTOCOL §5.2, reflow-ingest 1.2 or later)?",
+                                  answer_topic, timeout.count()));
+        auto parsed = audit::parse_answer(reply->to_string());
+        if (!parsed)
+          return fail(ErrorCode::rejected, fmt::format("audit: the node's answer on {}: {}",
+                                                       answer_topic, parsed.error().message));
+        if (parsed->id != request.id) continue;
+        if (parsed->error)
+          return fail(ErrorCode::rejected,
+                      fmt::format("audit: the node refused the request: {}", *parsed->error));
+        return std::move(*parsed);
+      }
+    };
     for (std::uint64_t batch = 0; next < state->leaves.size() || batch == 0; ++batch) {
       if (report.inconsistent && state->leaves.empty()) break;
       audit::ProofRequest request;
@@ -161,26 +242,8 @@ Result<AuditReport> audit_node(const AgentConfig& config, std::chrono::milliseco
       for (std::size_t i = next; i < end; ++i)
         request.seqs.push_back(state->leaves[i].seq);
       if (request.seqs.empty() && request.from_size == 0) break;
-      client.publish(request_topic, audit::encode(request), k_audit_qos, false)->wait_for(timeout);
-      deadline = std::chrono::steady_clock::now() + timeout;
-      std::optional<audit::ProofAnswer> answer;
-      while (!answer) {
-        auto reply = next_on(client, answer_topic, deadline);
-        if (!reply)
-          return fail(ErrorCode::timeout,
-                      fmt::format("audit: no answer on {} within {} ms: does the node answer "
-                                  "audits (PROTOCOL §5.2, reflow-ingest 1.2 or later)?",
-                                  answer_topic, timeout.count()));
-        auto parsed = audit::parse_answer(reply->to_string());
-        if (!parsed)
-          return fail(ErrorCode::rejected, fmt::format("audit: the node's answer on {}: {}",
-                                                       answer_topic, parsed.error().message));
-        if (parsed->id == request.id) answer = std::move(*parsed);
-        // An answer to another request (an earlier audit's) is not this one's.
-      }
-      if (answer->error)
-        return fail(ErrorCode::rejected,
-                    fmt::format("audit: the node refused the request: {}", *answer->error));
+      auto answer = exchange(request);
+      if (!answer) return std::unexpected(answer.error());
       if (request.from_size > 0) {
         const auto& [old_size, old_root] = *state->verified_log;
         if (answer->consistency_error)
@@ -247,6 +310,13 @@ Result<AuditReport> audit_node(const AgentConfig& config, std::chrono::milliseco
       report.checked += request.seqs.size();
       next = end;
       if (progress) progress(report.checked, total);
+    }
+    if (witness) {
+      if (auto checked = check_witness(*witness, *checkpoint, state->stream, run_id, exchange);
+          !checked)
+        return std::unexpected(checked.error());
+      else
+        report.witness = std::move(*checked);
     }
     client.disconnect()->wait_for(timeout);
   } catch (const std::exception& e) {
