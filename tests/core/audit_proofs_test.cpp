@@ -62,4 +62,48 @@ TEST(AuditProofsTest, AnswerRefusesAConsistencyProofFromSizeZero) {
       << answer.error().message;
 }
 
+// A node that cannot prove some leaves or the consistency says so per leaf (PROTOCOL §5.2); the
+// auditor reads each back.
+TEST(AuditProofsTest, PerLeafErrorsAndAConsistencyErrorReadBackFromTheirEncoding) {
+  agent::audit::ProofAnswer answer;
+  answer.id = "a1";
+  answer.tree_size = 7;
+  answer.consistency_from = 3;
+  answer.consistency_error = "the log has no hash for subtree (1, 0)";
+  answer.missing = {4};
+  answer.unproven = {{2, "the log has no hash for subtree (0, 0)"}, {5, "no tree of 7"}};
+  auto parsed = parse_answer(agent::audit::encode(answer));
+  ASSERT_TRUE(parsed.has_value()) << parsed.error().message;
+  EXPECT_EQ(parsed->consistency_from, 3u);
+  EXPECT_EQ(parsed->consistency_error, answer.consistency_error);
+  EXPECT_TRUE(parsed->consistency.empty());
+  EXPECT_EQ(parsed->missing, answer.missing);
+  ASSERT_EQ(parsed->unproven.size(), 2u);
+  EXPECT_EQ(parsed->unproven[1].seq, 5);
+  EXPECT_EQ(parsed->unproven[1].error, "no tree of 7");
+
+  // An answer of a node before per-leaf errors has neither member.
+  auto old = parse_answer(answer_with_proof_seq("3"));
+  ASSERT_TRUE(old.has_value()) << old.error().message;
+  EXPECT_TRUE(old->unproven.empty());
+  EXPECT_FALSE(old->consistency_error.has_value());
+}
+
+TEST(AuditProofsTest, AnswerRefusesMalformedPerLeafErrors) {
+  const std::string head = R"({"id":"a1","tree_size":5,"proofs":[],"missing":[],)";
+  for (const std::string tail :
+       {R"("unproven":[{"seq":0,"error":"x"}]})", R"("unproven":[{"seq":2}]})",
+        R"("unproven":[{"seq":2,"error":7}]})", R"("unproven":{"seq":2,"error":"x"}})",
+        R"("consistency_from":2,"consistency":[],"consistency_error":"x"})",
+        R"("consistency_from":2})", R"("consistency_from":2,"consistency_error":1})"}) {
+    auto answer = parse_answer(head + tail);
+    EXPECT_FALSE(answer.has_value()) << tail;
+  }
+  // A long error text is cut, not refused.
+  auto long_error =
+      parse_answer(head + R"("unproven":[{"seq":2,"error":")" + std::string(2000, 'e') + R"("}]})");
+  ASSERT_TRUE(long_error.has_value()) << long_error.error().message;
+  EXPECT_LE(long_error->unproven[0].error.size(), agent::audit::k_max_error_chars + 3);
+}
+
 }  // namespace

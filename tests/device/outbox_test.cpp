@@ -277,6 +277,38 @@ TEST_F(OutboxTest, KeepsTheLeavesOfAckedEventsAfterPruningThemForAnAudit) {
   EXPECT_FALSE(state->leaves[1].id.empty());
 }
 
+// The audit saves the checkpoint it proved while the agent holds the file open: the agent reads
+// it as its verified log at once; a stale `from` (the agent verified another log since) changes
+// nothing.
+TEST_F(OutboxTest, AnAuditSavesTheLogItProvedOnlyOverTheLogItStartedFrom) {
+  auto outbox = open();
+  merkle::Hash root{};
+  root.fill(0x11);
+  ASSERT_TRUE(outbox->record_verified_log(5, root, true).has_value());
+  merkle::Hash newer{};
+  newer.fill(0x22);
+  auto saved = Outbox::save_audited_log(options().path, {5, root}, {8, newer});
+  ASSERT_TRUE(saved.has_value()) << saved.error().message;
+  EXPECT_TRUE(*saved);
+  auto log = outbox->verified_log();
+  ASSERT_TRUE(log.has_value());
+  EXPECT_EQ(log->first, 8u);
+  EXPECT_EQ(log->second, newer);
+  EXPECT_TRUE(outbox->node_sends_consistency());
+
+  merkle::Hash other{};
+  other.fill(0x33);
+  saved = Outbox::save_audited_log(options().path, {5, root}, {9, other});
+  ASSERT_TRUE(saved.has_value()) << saved.error().message;
+  EXPECT_FALSE(*saved);
+  EXPECT_EQ(outbox->verified_log()->first, 8u);
+  auto state = Outbox::read_audit_state(options().path);
+  ASSERT_TRUE(state.has_value()) << state.error().message;
+  ASSERT_TRUE(state->verified_log.has_value());
+  EXPECT_EQ(state->verified_log->first, 8u);
+  EXPECT_EQ(state->verified_log->second, newer);
+}
+
 TEST_F(OutboxTest, KeepsUnackedEventsAcrossRestart) {
   ChainHead before;
   {

@@ -946,9 +946,54 @@ class SignedAckTest(nh.NodeTestCase):
         self.assertEqual(text.returncode, 0, text.stderr)
         self.assertIn("checked 3 leaves", text.stdout)
         self.assertTrue(text.stdout.rstrip().endswith(": OK"), text.stdout)
+        self.assertEqual(report["saved_tree_size"], 0, "nothing newer to save")
+        # A witness keeps the node's signed checkpoint of these 3 leaves.
+        witness = self.device.config_path.parent / "witness-3.note"
+        witness.write_text(self.cli.ok("log", "checkpoint", "--signed").stdout)
+        self.assertTrue(witness.read_text().startswith(f"{self.node_key['origin']}\n3\n"))
 
-        # The operator deletes event 1 and changes a byte of event 2's envelope, by SQL, while
-        # the node runs; its log is untouched.
+        # The log grows by the other device's event (leaf 3) while this agent is stopped: the
+        # audit proves the signed checkpoint of 4 leaves an extension of the 3 it verified and
+        # saves it in the outbox, so that the next audit starts from it.
+        checkpoint_topic = f"{h.PREFIX}/_node/checkpoint"
+        checkpoints = self.probe(name="checkpoints")
+        checkpoints.subscribe(checkpoint_topic)
+        agent.send_signal(signal.SIGTERM)
+        self.assertIsNotNone(agent.wait_exit(h.WAIT_S))
+        other_agent = self.start_device_agent(self.other)
+        self.emit_for(self.other, h.emit_lines(1))
+        other_agent.wait_status(lambda s: s["acked_seq"] == 1, "the other device acked")
+        checkpoints.wait_message(lambda m: m[0] == checkpoint_topic and
+                                 m[1].split(b"\n")[1] == b"4", "the checkpoint of 4 leaves")
+        grown = self.audit("--format", "json")
+        self.assertEqual(grown.returncode, 0, grown.stderr)
+        report = json.loads(grown.stdout)
+        self.assertEqual((report["consistency_from"], report["tree_size"],
+                          report["saved_tree_size"]), (3, 4, 4), report)
+        # The next audit starts from the saved log, and proves the witness's checkpoint a view
+        # of the same log (the node's consistency proof from 3 to 4 leaves).
+        report = json.loads(self.audit("--format", "json", "--witness", str(witness)).stdout)
+        self.assertEqual((report["ok"], report["consistency_from"], report["saved_tree_size"]),
+                         (True, 4, 0), report)
+        self.assertEqual((report["witness"]["tree_size"], report["witness"]["consistent"]),
+                         (3, True), report)
+
+        # The restarted agent's ack verifier holds the node to the saved log too: the ack it
+        # accepts for seq 4 (leaf 4) proves the log of 5 leaves from the log of 4.
+        agent = self.start_device_agent(self.device)
+        emitted += self.emit_for(self.device, h.emit_lines(1, start=3))
+        s = agent.wait_status(lambda s: s["acked_seq"] == 4 and s["backlog_events"] == 0,
+                              "seq 4 acked and pruned")
+        self.assertEqual(s["verified_tree_size"], 5)
+        self.assertIs(s["consistency_proven"], True, s)
+        accepted = [ack for ack in self.acks.raw_acks("dev-s")
+                    if ack["seq"] == 4 and "signed" in ack]
+        statement = json.loads(b64url_decode(accepted[-1]["signed"]["payload"]))
+        self.assertEqual((statement["consistency_from"], statement["tree_size"]), (4, 5))
+
+        # The operator deletes event 1, changes a byte of event 2's envelope and deletes the
+        # other device's leaf 3 from the log, by SQL, while the node runs. Event 3's inclusion
+        # proof needs leaf 3: the node answers that it cannot give it, and the audit names it.
         db = sqlite3.connect(self.ingest_data / "ingest.db")
         with db:
             deleted = db.execute("DELETE FROM events WHERE device = 'dev-s' AND seq = 1").rowcount
@@ -958,21 +1003,27 @@ class SignedAckTest(nh.NodeTestCase):
             altered = envelope[:at] + ("A" if envelope[at] != "A" else "B") + envelope[at + 1:]
             db.execute("UPDATE events SET envelope = ? WHERE device = 'dev-s' AND seq = 2",
                        (altered,))
+            leaf_rows = db.execute("DELETE FROM log_leaves WHERE idx = 3").rowcount
         db.close()
-        self.assertEqual(deleted, 1)
+        self.assertEqual((deleted, leaf_rows), (1, 1))
 
         failed = self.audit("--format", "json")
         self.assertEqual(failed.returncode, 1, failed.stderr)
         report = json.loads(failed.stdout)
         self.assertFalse(report["ok"])
         self.assertIsNone(report["inconsistent"])
+        self.assertEqual(report["checked"], 4)
         ids = {seq: event_id for seq, event_id in emitted}
         self.assertEqual([(f["seq"], f["id"], f["problem"]) for f in report["findings"]],
-                         [(1, ids[1], "missing"), (2, ids[2], "altered")])
+                         [(1, ids[1], "missing"), (2, ids[2], "altered"),
+                          (3, ids[3], "not_proven")])
+        self.assertIn("no hash for subtree (0, 3)", report["findings"][2]["detail"])
         text = self.audit()
         self.assertEqual(text.returncode, 1)
         self.assertIn(f"MISSING: seq 1 id {ids[1]}", text.stdout)
         self.assertIn(f"ALTERED: seq 2 id {ids[2]}", text.stdout)
+        self.assertIn(f"NOT PROVEN: seq 3 id {ids[3]}: the node holds it but cannot prove it",
+                      text.stdout)
 
     def test_an_altered_node_store_fails_the_next_proof_and_prunes_nothing(self):
         agent = self.start_device_agent(self.device)
@@ -1065,6 +1116,12 @@ class SignedAckTest(nh.NodeTestCase):
             self.emit_for(self.device, h.emit_lines(1, start=seq - 1))
             s = agent.wait_status(lambda s, seq=seq: s["acked_seq"] == seq, f"seq {seq} acked")
         self.assertEqual(s["verified_tree_size"], 2)
+        # A witness keeps the node's signed checkpoint of these 2 leaves.
+        witness = self.device.config_path.parent / "witness-2.note"
+        witness.write_text(self.cli.ok("log", "checkpoint", "--signed").stdout)
+        checkpoint_topic = f"{h.PREFIX}/_node/checkpoint"
+        checkpoints = self.probe(name="checkpoints")
+        checkpoints.subscribe(checkpoint_topic)
 
         # The operator cuts the log back to its first leaf; the node then stores event 3 as a
         # second leaf 1: a log of the size the agent verified, with another root.
@@ -1080,6 +1137,19 @@ class SignedAckTest(nh.NodeTestCase):
                               "the inconsistent log refused")
         self.assertIn("a log only grows", s["ack_error"])
         self.assertEqual((s["acked_seq"], s["backlog_events"]), (2, 1), "nothing pruned")
+        # The node now signs another checkpoint of 2 leaves: the witness's and the audit's are
+        # two histories, a split view the audit names.
+        old_root = witness.read_text().split("\n")[2].encode()
+        checkpoints.wait_message(lambda m: m[0] == checkpoint_topic and
+                                 m[1].split(b"\n")[1] == b"2" and
+                                 m[1].split(b"\n")[2] != old_root,
+                                 "the new checkpoint of 2 leaves")
+        split = self.audit("--format", "json", "--witness", str(witness))
+        self.assertEqual(split.returncode, 1, split.stderr)
+        report = json.loads(split.stdout)
+        self.assertEqual((report["witness"]["tree_size"], report["witness"]["consistent"]),
+                         (2, False), report)
+        self.assertIn("different histories", report["witness"]["detail"])
         # A restarted agent holds the node to the same log: it was kept in the outbox.
         agent.send_signal(signal.SIGTERM)
         self.assertIsNotNone(agent.wait_exit(h.WAIT_S))

@@ -38,6 +38,19 @@ std::optional<std::uint64_t> count_of(const Json& doc, const char* name) {
   return std::nullopt;  // nlohmann parses non-negative integers as unsigned
 }
 
+constexpr std::uint64_t k_max_seq = (std::uint64_t{1} << 53) - 1;
+
+// A node's error text, cut to k_max_error_chars (at a UTF-8 character boundary).
+std::string error_text(const Json& value) {
+  std::string text = value.get<std::string>();
+  if (text.size() <= k_max_error_chars) return text;
+  std::size_t cut = k_max_error_chars;
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0U) == 0x80U)
+    --cut;
+  text.resize(cut);
+  return text + "…";
+}
+
 bool valid_id(std::string_view id) {
   if (id.empty() || id.size() > k_max_id_chars) return false;
   for (char c : id)
@@ -52,7 +65,7 @@ std::optional<std::vector<std::int64_t>> seqs_of(const Json& value) {
   std::vector<std::int64_t> out;
   for (const auto& item : value) {
     if (!item.is_number_unsigned() || item.get<std::uint64_t>() == 0 ||
-        item.get<std::uint64_t>() > (std::uint64_t{1} << 53) - 1)
+        item.get<std::uint64_t>() > k_max_seq)
       return std::nullopt;
     out.push_back(static_cast<std::int64_t>(item.get<std::uint64_t>()));
   }
@@ -101,10 +114,19 @@ std::string encode(const ProofAnswer& answer) {
   Json doc{{"id", answer.id}, {"tree_size", answer.tree_size}};
   if (answer.consistency_from > 0) {
     doc["consistency_from"] = answer.consistency_from;
-    doc["consistency"] = hash_list(answer.consistency);
+    if (answer.consistency_error)
+      doc["consistency_error"] = *answer.consistency_error;
+    else
+      doc["consistency"] = hash_list(answer.consistency);
   }
   doc["proofs"] = std::move(proofs);
   doc["missing"] = answer.missing;
+  if (!answer.unproven.empty()) {
+    Json unproven = Json::array();
+    for (const auto& item : answer.unproven)
+      unproven.push_back({{"seq", item.seq}, {"error", item.error}});
+    doc["unproven"] = std::move(unproven);
+  }
   return doc.dump();
 }
 
@@ -159,13 +181,21 @@ Result<ProofAnswer> parse_answer(std::string_view payload) {
   out.tree_size = *tree_size;
   if (doc->contains("consistency_from")) {
     auto from = count_of(*doc, "consistency_from");
-    auto consistency = doc->find("consistency");
-    auto hashes = consistency == doc->end() ? std::nullopt : proof_from_json(*consistency);
-    if (!from || *from == 0 || !hashes)
-      return bad("answer",
-                 "consistency_from and consistency: expected a size ≥ 1 and base64 hashes");
+    if (!from || *from == 0) return bad("answer", "consistency_from: expected a size ≥ 1");
     out.consistency_from = *from;
-    out.consistency = std::move(*hashes);
+    auto consistency = doc->find("consistency");
+    auto consistency_error = doc->find("consistency_error");
+    if ((consistency == doc->end()) == (consistency_error == doc->end()))
+      return bad("answer", "expected consistency or consistency_error beside consistency_from");
+    if (consistency_error != doc->end()) {
+      if (!consistency_error->is_string())
+        return bad("answer", "consistency_error: expected a string");
+      out.consistency_error = error_text(*consistency_error);
+    } else {
+      auto hashes = proof_from_json(*consistency);
+      if (!hashes) return bad("answer", "consistency: expected base64 hashes");
+      out.consistency = std::move(*hashes);
+    }
   }
   auto proofs = doc->find("proofs");
   if (proofs == doc->end() || !proofs->is_array() || proofs->size() > k_max_seqs)
@@ -189,6 +219,21 @@ Result<ProofAnswer> parse_answer(std::string_view payload) {
   auto missing_seqs = missing == doc->end() ? std::nullopt : seqs_of(*missing);
   if (!missing_seqs) return bad("answer", "missing: expected a list of seqs");
   out.missing = std::move(*missing_seqs);
+  if (auto unproven = doc->find("unproven"); unproven != doc->end()) {
+    if (!unproven->is_array() || unproven->size() > k_max_seqs)
+      return bad("answer", fmt::format("unproven: expected a list of at most {}", k_max_seqs));
+    const auto refused = [] {
+      return bad("answer", "unproven: expected objects of seq (≥ 1) and error (a string)");
+    };
+    for (const auto& item : *unproven) {
+      if (!item.is_object()) return refused();
+      const std::uint64_t seq = count_of(item, "seq").value_or(0);
+      auto error = item.find("error");
+      if (seq == 0 || seq > k_max_seq || error == item.end() || !error->is_string())
+        return refused();
+      out.unproven.push_back({static_cast<std::int64_t>(seq), error_text(*error)});
+    }
+  }
   return out;
 }
 

@@ -70,7 +70,8 @@ int members_add(const std::filesystem::path& config_path, const MembersAddOption
 /// (agent::audit_node, PROTOCOL §5.2). Prints a summary (text, or one JSON object with `json`)
 /// and progress lines on stderr. Exit 0 when everything is proven, 1 when an event is missing,
 /// altered or not proven or the log is inconsistent, 2 when the audit could not run (audit.cpp).
-int audit(const std::filesystem::path& config_path, bool json, int timeout_s);
+int audit(const std::filesystem::path& config_path, bool json, int timeout_s,
+          const std::optional<std::filesystem::path>& witness_path);
 
 /// Prints "reflow-agent: MESSAGE" to stderr.
 void print_error(const std::string& message);

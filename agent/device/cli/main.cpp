@@ -113,6 +113,13 @@ int main(int argc, char** argv) {
       ->add_option("--timeout", audit_timeout_s,
                    "Seconds to wait for the broker, the checkpoint and each answer")
       ->check(CLI::PositiveNumber);
+  std::string audit_witness;
+  audit
+      ->add_option("--witness", audit_witness,
+                   "A signed checkpoint of the node (C2SP tlog-checkpoint note) that another "
+                   "party holds, e.g. from `reflow-ingest log checkpoint --signed`: also check "
+                   "that it and the audited one are views of one append-only log")
+      ->check(CLI::ExistingFile);
 
   auto* verify = app.add_subcommand(
       "verify",
@@ -224,7 +231,11 @@ int main(int argc, char** argv) {
       return agent::cli::export_events(
           config_path, from_seq,
           outbox_file.empty() ? std::nullopt : std::optional<std::filesystem::path>(outbox_file));
-    if (*audit) return agent::cli::audit(config_path, audit_format == "json", audit_timeout_s);
+    if (*audit)
+      return agent::cli::audit(config_path, audit_format == "json", audit_timeout_s,
+                               audit_witness.empty()
+                                   ? std::nullopt
+                                   : std::optional<std::filesystem::path>(audit_witness));
     if (*verify) return agent::cli::verify(jwk_path, expected_device);
     if (*enroll)
       return agent::cli::enroll(

@@ -40,10 +40,57 @@ std::string first_line(std::string_view text) {
   return std::string(text.substr(0, text.find('\n')));
 }
 
+// Whether the checkpoint another party holds (`witness`) and the one audited are two views of
+// one append-only log: equal roots at equal sizes, else the node's consistency proof from the
+// smaller to the larger (RFC 9162 §2.1.4.2), asked with a request of no seqs.
+template <typename Exchange>
+Result<WitnessCheck> check_witness(const note::Checkpoint& witness, const note::Checkpoint& audited,
+                                   const std::string& stream, const std::string& run_id,
+                                   Exchange& exchange) {
+  WitnessCheck out;
+  out.tree_size = witness.size;
+  out.root = witness.root;
+  if (witness.size == audited.size) {
+    out.consistent = witness.root == audited.root;
+    if (!out.consistent)
+      out.detail = fmt::format(
+          "the node signed two checkpoints of {} leaves with different roots: it shows "
+          "different histories to different parties",
+          witness.size);
+    return out;
+  }
+  const note::Checkpoint& older = witness.size < audited.size ? witness : audited;
+  const note::Checkpoint& newer = witness.size < audited.size ? audited : witness;
+  audit::ProofRequest request;
+  request.id = run_id + "-witness";
+  request.stream = stream;  // the node reads a request of no seqs only with one
+  request.tree_size = newer.size;
+  request.from_size = older.size;
+  auto answer = exchange(request);
+  if (!answer) return std::unexpected(answer.error());
+  if (answer->consistency_error) {
+    out.detail =
+        fmt::format("the node cannot prove its log of {} leaves an extension of its log of {}: {}",
+                    newer.size, older.size, *answer->consistency_error);
+  } else if (answer->consistency_from != older.size ||
+             !merkle::verify_consistency(older.size, newer.size, older.root, newer.root,
+                                         answer->consistency)) {
+    out.detail = fmt::format(
+        "the node's signed log of {} leaves is not an extension of its signed log of {}: the "
+        "consistency proof fails (RFC 9162 §2.1.4.2); it shows different histories to "
+        "different parties",
+        newer.size, older.size);
+  } else {
+    out.consistent = true;
+  }
+  return out;
+}
+
 }  // namespace
 
 Result<AuditReport> audit_node(const AgentConfig& config, std::chrono::milliseconds timeout,
-                               const AuditProgress& progress) {
+                               const AuditProgress& progress,
+                               const std::optional<std::string>& witness_note) {
   if (config.node_jwk.empty())
     return fail(ErrorCode::invalid_config,
                 fmt::format("{}: mqtt.node_jwk is not set: an audit checks the node's log against "
@@ -77,6 +124,9 @@ Result<AuditReport> audit_node(const AgentConfig& config, std::chrono::milliseco
       fmt::format("{}/{}{}", config.topic_prefix, config.device_id, audit::k_answer_suffix);
 
   AuditReport report;
+  bool consistency_proven = false;
+  std::uint64_t checkpoint_size = 0;
+  merkle::Hash checkpoint_root{};
   try {
     mqtt::async_client client(address->paho_uri, client_id,
                               static_cast<mqtt::iclient_persistence*>(nullptr));
@@ -108,6 +158,17 @@ Result<AuditReport> audit_node(const AgentConfig& config, std::chrono::milliseco
     };
     auto checkpoint = verify(message);
     if (!checkpoint) return std::unexpected(checkpoint.error());
+    // The witness's checkpoint must be the same node's: signed by the pinned key, same origin.
+    std::optional<note::Checkpoint> witness;
+    if (witness_note) {
+      auto verified = note::verify_checkpoint(*witness_note, checkpoint->origin, *node_key);
+      if (!verified)
+        return fail(ErrorCode::crypto,
+                    fmt::format("audit: the witness checkpoint is not one of origin {} signed "
+                                "with the pinned node key {}: {}",
+                                checkpoint->origin, node_key->kid, verified.error().message));
+      witness = std::move(*verified);
+    }
     // The node publishes its checkpoint at most once a second (PROTOCOL §5.1), so the retained
     // one may lag the log an ack just proved: a smaller one is waited on until the deadline.
     while (state->verified_log && checkpoint->size < state->verified_log->first) {
@@ -117,8 +178,8 @@ Result<AuditReport> audit_node(const AgentConfig& config, std::chrono::milliseco
       if (!checkpoint) return std::unexpected(checkpoint.error());
     }
     report.origin = checkpoint->origin;
-    report.tree_size = checkpoint->size;
-    report.root = checkpoint->root;
+    report.tree_size = checkpoint_size = checkpoint->size;
+    report.root = checkpoint_root = checkpoint->root;
 
     std::uint64_t from_size = 0;
     if (state->verified_log) {
@@ -147,6 +208,29 @@ Result<AuditReport> audit_node(const AgentConfig& config, std::chrono::milliseco
     const std::string run_id = ulids.next(std::chrono::duration_cast<std::chrono::milliseconds>(
                                               std::chrono::system_clock::now().time_since_epoch())
                                               .count());
+    // One request and its answer (an answer to another request, an earlier audit's, is not
+    // this one's); an answer with `error` means the node could not read the request.
+    auto exchange = [&](const audit::ProofRequest& request) -> Result<audit::ProofAnswer> {
+      client.publish(request_topic, audit::encode(request), k_audit_qos, false)->wait_for(timeout);
+      deadline = std::chrono::steady_clock::now() + timeout;
+      for (;;) {
+        auto reply = next_on(client, answer_topic, deadline);
+        if (!reply)
+          return fail(ErrorCode::timeout,
+                      fmt::format("audit: no answer on {} within {} ms: does the node answer "
+                                  "audits (PROTOCOL §5.2, reflow-ingest 1.2 or later)?",
+                                  answer_topic, timeout.count()));
+        auto parsed = audit::parse_answer(reply->to_string());
+        if (!parsed)
+          return fail(ErrorCode::rejected, fmt::format("audit: the node's answer on {}: {}",
+                                                       answer_topic, parsed.error().message));
+        if (parsed->id != request.id) continue;
+        if (parsed->error)
+          return fail(ErrorCode::rejected,
+                      fmt::format("audit: the node refused the request: {}", *parsed->error));
+        return std::move(*parsed);
+      }
+    };
     for (std::uint64_t batch = 0; next < state->leaves.size() || batch == 0; ++batch) {
       if (report.inconsistent && state->leaves.empty()) break;
       audit::ProofRequest request;
@@ -158,43 +242,42 @@ Result<AuditReport> audit_node(const AgentConfig& config, std::chrono::milliseco
       for (std::size_t i = next; i < end; ++i)
         request.seqs.push_back(state->leaves[i].seq);
       if (request.seqs.empty() && request.from_size == 0) break;
-      client.publish(request_topic, audit::encode(request), k_audit_qos, false)->wait_for(timeout);
-      deadline = std::chrono::steady_clock::now() + timeout;
-      std::optional<audit::ProofAnswer> answer;
-      while (!answer) {
-        auto reply = next_on(client, answer_topic, deadline);
-        if (!reply)
-          return fail(ErrorCode::timeout,
-                      fmt::format("audit: no answer on {} within {} ms: does the node answer "
-                                  "audits (PROTOCOL §5.2, reflow-ingest 1.2 or later)?",
-                                  answer_topic, timeout.count()));
-        auto parsed = audit::parse_answer(reply->to_string());
-        if (!parsed)
-          return fail(ErrorCode::rejected, fmt::format("audit: the node's answer on {}: {}",
-                                                       answer_topic, parsed.error().message));
-        if (parsed->id == request.id) answer = std::move(*parsed);
-        // An answer to another request (an earlier audit's) is not this one's.
-      }
-      if (answer->error)
-        return fail(ErrorCode::rejected,
-                    fmt::format("audit: the node refused the request: {}", *answer->error));
+      auto answer = exchange(request);
+      if (!answer) return std::unexpected(answer.error());
       if (request.from_size > 0) {
         const auto& [old_size, old_root] = *state->verified_log;
-        if (answer->consistency_from != old_size ||
-            !merkle::verify_consistency(old_size, checkpoint->size, old_root, checkpoint->root,
-                                        answer->consistency))
+        if (answer->consistency_error)
+          report.inconsistent = fmt::format(
+              "the node cannot prove its log of {} leaves an extension of the log of {} leaves "
+              "this agent verified: {}",
+              checkpoint->size, old_size, *answer->consistency_error);
+        else if (answer->consistency_from != old_size ||
+                 !merkle::verify_consistency(old_size, checkpoint->size, old_root, checkpoint->root,
+                                             answer->consistency))
           report.inconsistent = fmt::format(
               "the node's log of {} leaves is not an extension of the log of {} leaves this "
               "agent verified: its consistency proof fails (RFC 9162 §2.1.4.2)",
               checkpoint->size, old_size);
+        else
+          consistency_proven = true;
       }
       std::map<std::int64_t, const audit::LeafProof*> proofs;
       for (const auto& proof : answer->proofs)
         proofs.emplace(proof.seq, &proof);
+      std::map<std::int64_t, const std::string*> unproven;
+      for (const auto& item : answer->unproven)
+        unproven.emplace(item.seq, &item.error);
       for (const std::int64_t seq : request.seqs) {
         const AckedLeaf& kept = *by_seq.at(seq);
         auto it = proofs.find(seq);
         if (it == proofs.end()) {
+          if (auto why = unproven.find(seq); why != unproven.end()) {
+            report.findings.push_back(
+                {seq, kept.id, "not_proven",
+                 fmt::format("the node holds it but cannot prove it in its log of {} leaves: {}",
+                             checkpoint->size, *why->second)});
+            continue;
+          }
           report.findings.push_back(
               {seq, kept.id, "missing",
                fmt::format("the node holds no event seq {} of stream {} in its log of {} leaves",
@@ -228,9 +311,24 @@ Result<AuditReport> audit_node(const AgentConfig& config, std::chrono::milliseco
       next = end;
       if (progress) progress(report.checked, total);
     }
+    if (witness) {
+      if (auto checked = check_witness(*witness, *checkpoint, state->stream, run_id, exchange);
+          !checked)
+        return std::unexpected(checked.error());
+      else
+        report.witness = std::move(*checked);
+    }
     client.disconnect()->wait_for(timeout);
   } catch (const std::exception& e) {
     return fail(ErrorCode::io, fmt::format("audit: MQTT at {}: {}", config.url, e.what()));
+  }
+  // The signed checkpoint, proven an extension of the log this agent verified, becomes the log
+  // it holds the node to: the next audit and the daemon's ack verifier start from it.
+  if (consistency_proven && !report.inconsistent) {
+    auto saved = Outbox::save_audited_log(config.outbox_path(), *state->verified_log,
+                                          {checkpoint_size, checkpoint_root});
+    if (!saved) return std::unexpected(saved.error());
+    if (*saved) report.saved_tree_size = checkpoint_size;
   }
   return report;
 }

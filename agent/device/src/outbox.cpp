@@ -1101,6 +1101,38 @@ Result<AuditState> Outbox::read_audit_state(const std::filesystem::path& path) {
   return out;
 }
 
+Result<bool> Outbox::save_audited_log(const std::filesystem::path& path,
+                                      const std::pair<std::uint64_t, merkle::Hash>& from,
+                                      const std::pair<std::uint64_t, merkle::Hash>& to) {
+  const std::string path_text = path.string();
+  // Read-write, never created: the file is the agent's, and its schema is the agent's to make.
+  DbPtr db;
+  int rc = sqlite::open(path, SQLITE_OPEN_READWRITE, k_busy_timeout_ms, db);
+  auto failed = [&](int code) {
+    return fail(is_full(code) ? ErrorCode::no_space : ErrorCode::io,
+                fmt::format("outbox {}: cannot save the node's log of {} leaves the audit "
+                            "verified: {}",
+                            path_text, to.first, sqlite::error_detail(db.get(), code)));
+  };
+  if (rc != SQLITE_OK) return failed(rc);
+  if ((rc = sqlite3_exec(db.get(), "PRAGMA synchronous=FULL", nullptr, nullptr, nullptr)) !=
+      SQLITE_OK)
+    return failed(rc);
+  auto blob = [](const merkle::Hash& hash) {
+    return sqlite::Blob{std::string_view(reinterpret_cast<const char*>(hash.data()), hash.size())};
+  };
+  StmtPtr update;
+  if ((rc = prepare(db.get(),
+                    "UPDATE node_log SET tree_size = ?3, root = ?4 "
+                    "WHERE id = 1 AND tree_size = ?1 AND root = ?2",
+                    update)) != SQLITE_OK)
+    return failed(rc);
+  if ((rc = run(update.get(), static_cast<std::int64_t>(from.first), blob(from.second),
+                static_cast<std::int64_t>(to.first), blob(to.second))) != SQLITE_OK)
+    return failed(rc);
+  return sqlite3_changes(db.get()) == 1;
+}
+
 Result<std::int64_t> Outbox::apply_ack(const std::string& stream, std::int64_t seq) {
   Impl& s = *m_impl;
   std::lock_guard lock(s.mutex);

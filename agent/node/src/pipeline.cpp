@@ -523,7 +523,10 @@ struct IngestPipeline::Impl {
     handoff_cv.notify_all();
   }
 
-  // Store thread: the answer to one audit request of `device`, from the log as it is now.
+  // Store thread: the answer to one audit request of `device`, from the log as it is now. A
+  // proof the log cannot give (a hash of it deleted or damaged, a size beyond it) is answered
+  // for that leaf or for the consistency alone, so that the auditor names each event it cannot
+  // prove instead of learning nothing (PROTOCOL §5.2).
   std::string answer_audit(const std::string& device, const std::string& payload) {
     agent::audit::ProofAnswer answer;
     auto request = agent::audit::parse_request(payload);
@@ -533,21 +536,29 @@ struct IngestPipeline::Impl {
     }
     answer.id = request->id;
     answer.tree_size = request->tree_size;
-    auto fail_with = [&](const agent::Error& error) {
-      log.warning(k_service_component, "answering the audit request {} of {}: {}", request->id,
-                  device, error.message);
-      answer.error = error.message;
-      return agent::audit::encode(answer);
+    std::size_t failures = 0;
+    auto failed = [&](std::string_view what, const agent::Error& error) {
+      // One line a request: a damaged log fails every proof that needs the damaged hash.
+      if (failures++ == 0)
+        log.warning(k_service_component, "answering the audit request {} of {}: {}: {}",
+                    request->id, device, what, error.message);
+      return error.message;
     };
     if (request->from_size > 0) {
-      auto consistency = store.log_consistency_proof(request->from_size, request->tree_size);
-      if (!consistency) return fail_with(consistency.error());
       answer.consistency_from = request->from_size;
-      answer.consistency = std::move(*consistency);
+      auto consistency = store.log_consistency_proof(request->from_size, request->tree_size);
+      if (consistency)
+        answer.consistency = std::move(*consistency);
+      else
+        answer.consistency_error = failed("the consistency proof", consistency.error());
     }
     for (const std::int64_t seq : request->seqs) {
       auto proof = store.log_audit(device, request->stream, seq, request->tree_size);
-      if (!proof) return fail_with(proof.error());
+      if (!proof) {
+        answer.unproven.push_back(
+            {seq, failed(fmt::format("the proof of seq {}", seq), proof.error())});
+        continue;
+      }
       if (!*proof) {
         answer.missing.push_back(seq);
         continue;
@@ -555,8 +566,10 @@ struct IngestPipeline::Impl {
       answer.proofs.push_back(
           {seq, (*proof)->entry.index, (*proof)->envelope_leaf, std::move((*proof)->proof)});
     }
-    log.debug(k_service_component, "answered the audit request {} of {}: {} proofs, {} missing",
-              request->id, device, answer.proofs.size(), answer.missing.size());
+    log.debug(k_service_component,
+              "answered the audit request {} of {}: {} proofs, {} missing, {} unproven",
+              request->id, device, answer.proofs.size(), answer.missing.size(),
+              answer.unproven.size());
     return agent::audit::encode(answer);
   }
 

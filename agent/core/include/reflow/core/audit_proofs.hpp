@@ -49,17 +49,33 @@ struct LeafProof {
   std::vector<merkle::Hash> inclusion;  ///< RFC 9162 §2.1.3.1, in the tree of tree_size leaves
 };
 
-/// `{"id":ID,"tree_size":N,"consistency_from":M,"consistency":[…],"proofs":[{"seq","leaf_index",
-/// "leaf","inclusion"}…],"missing":[seq…]}`, or `{"id":ID,"error":TEXT}` when the node cannot
-/// answer (a tree_size beyond its log, a malformed request).
+/// One event the node holds but cannot prove (its log lacks a hash the proof needs, the
+/// checkpoint is beyond its log): `{"seq":N,"error":TEXT}` in the answer's "unproven".
+struct LeafError {
+  std::int64_t seq = 0;
+  std::string error;  ///< the node's words, at most k_max_error_chars
+};
+
+/// At most this many characters of a node's error text are kept by parse_answer.
+inline constexpr std::size_t k_max_error_chars = 500;
+
+/// `{"id":ID,"tree_size":N,"consistency_from":M,"consistency":[…]|"consistency_error":TEXT,
+/// "proofs":[{"seq","leaf_index","leaf","inclusion"}…],"missing":[seq…],"unproven":[{"seq",
+/// "error"}…]}`, or `{"id":ID,"error":TEXT}` when the node cannot read the request at all. Each
+/// requested seq is in exactly one of proofs, missing and unproven ("unproven" and
+/// "consistency_error" since the per-leaf answers of PROTOCOL 1.2; absent: none).
 struct ProofAnswer {
   std::string id;
   std::optional<std::string> error;
   std::uint64_t tree_size = 0;
   std::uint64_t consistency_from = 0;  ///< the request's from_size, 0 when none was asked
   std::vector<merkle::Hash> consistency;
+  /// Why the node cannot prove the consistency from consistency_from (then `consistency` is
+  /// empty and not sent).
+  std::optional<std::string> consistency_error;
   std::vector<LeafProof> proofs;
   std::vector<std::int64_t> missing;  ///< seqs the node holds no event or no leaf for
+  std::vector<LeafError> unproven;    ///< seqs the node holds but cannot prove
 };
 
 /// At most this many hashes in one proof: one per level of a tree of 2^64 leaves.

@@ -22,6 +22,15 @@ struct AuditFinding {
   std::string detail;   ///< what the node answered, in words
 };
 
+/// The check of a checkpoint another party holds against the audited one (C2SP tlog-witness's
+/// question: are they views of one append-only log?).
+struct WitnessCheck {
+  std::uint64_t tree_size = 0;  ///< the witness checkpoint's
+  merkle::Hash root{};
+  bool consistent = false;
+  std::string detail;  ///< why not, in words; empty when consistent
+};
+
 /// What `reflow-agent audit` found (audit_node).
 struct AuditReport {
   std::string origin;           ///< the checkpoint's origin (the node's ingest.log_origin)
@@ -31,9 +40,13 @@ struct AuditReport {
   /// (RFC 9162 §2.1.4); 0 when none was verified yet.
   std::uint64_t consistency_from = 0;
   std::optional<std::string> inconsistent;  ///< why the checkpoint does not extend that log
-  std::uint64_t checked = 0;                ///< kept leaves checked
+  /// The checkpoint's size when it was proven to extend that log and saved in the outbox as the
+  /// log this agent verified (Outbox::save_audited_log); 0 when nothing was saved.
+  std::uint64_t saved_tree_size = 0;
+  std::uint64_t checked = 0;  ///< kept leaves checked
   std::vector<AuditFinding> findings;
-  bool ok() const { return !inconsistent && findings.empty(); }
+  std::optional<WitnessCheck> witness;  ///< when a witness checkpoint was given
+  bool ok() const { return !inconsistent && findings.empty() && (!witness || witness->consistent); }
 };
 
 /// Called after each answer: leaves checked so far and in all.
@@ -49,11 +62,21 @@ using AuditProgress = std::function<void(std::uint64_t checked, std::uint64_t to
 /// log (RFC 9162 §2.1.4.2), and per event that the node holds it (else "missing"), that the
 /// envelope it holds hashes to the kept leaf and sits at the index the ack proved (else
 /// "altered"), and that the inclusion proof puts the kept leaf under the checkpoint's root
-/// (RFC 9162 §2.1.3.2, else "not_proven"). `timeout` bounds the wait for the connection, the
-/// checkpoint and each answer. Errors: invalid_config (no mqtt.node_jwk, bad credentials), io
-/// (the outbox cannot be read), timeout (no checkpoint or no answer), crypto (the checkpoint
-/// does not verify with the pinned key), rejected (the node answered with an error).
+/// (RFC 9162 §2.1.3.2, else "not_proven"; an event the node answers it cannot prove, its log
+/// lacking a hash the proof needs, is "not_proven" too, with the node's words). A consistency
+/// proof that verifies makes the checkpoint the log this agent verified, saved durably in the
+/// outbox (Outbox::save_audited_log, saved_tree_size) for the next audit and the daemon's ack
+/// verifier. With `witness_note` (a C2SP tlog-checkpoint signed note another party got from
+/// the node, e.g. by `reflow-ingest log checkpoint --signed` or from the retained topic) it
+/// also checks that the note verifies with the pinned key for the same origin and that the two
+/// checkpoints are views of one log: equal roots at equal sizes, else the node's consistency
+/// proof from the smaller to the larger (report.witness). `timeout` bounds the wait for the
+/// connection, the checkpoint and each answer.
+/// Errors: invalid_config (no mqtt.node_jwk, bad credentials), io (the outbox cannot be read or
+/// written), timeout (no checkpoint or no answer), crypto (the checkpoint or the witness note
+/// does not verify with the pinned key), rejected (the node cannot read the request at all).
 Result<AuditReport> audit_node(const AgentConfig& config, std::chrono::milliseconds timeout,
-                               const AuditProgress& progress);
+                               const AuditProgress& progress,
+                               const std::optional<std::string>& witness_note = std::nullopt);
 
 }  // namespace agent

@@ -217,6 +217,16 @@ class Outbox {
   /// Errors: io when the file cannot be opened, corruption when it is not an outbox.
   static Result<AuditState> read_audit_state(const std::filesystem::path& path);
 
+  /// For `reflow-agent audit` (PROTOCOL §5.2): replaces the verified log `from` (tree_size,
+  /// root) of the outbox file at `path` (the live one, while its agent runs) with `to`, a
+  /// signed checkpoint the audit proved an extension of it (RFC 9162 §2.1.4.2), committed with
+  /// synchronous=FULL before it returns. Only when the file still records `from`: false, and
+  /// nothing changed, when the agent verified another log since. consistency_seen is kept.
+  /// Errors: io or no_space naming the file.
+  static Result<bool> save_audited_log(const std::filesystem::path& path,
+                                       const std::pair<std::uint64_t, merkle::Hash>& from,
+                                       const std::pair<std::uint64_t, merkle::Hash>& to);
+
   /// Reads the envelopes of an outbox file (the live one or a quarantined one) read-only, in seq
   /// order from `from_seq`, calling `each` per event, for `reflow-agent export`. Rows that cannot
   /// be read are skipped and counted in `skipped`. Errors: io or corruption when the file cannot
