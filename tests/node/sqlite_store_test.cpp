@@ -100,15 +100,15 @@ class StoreTestBase : public ::testing::Test {
       std::string why;
       m_pg = reflow_test::PgCluster::shared(why);
       if (m_pg == nullptr) GTEST_SKIP() << why;
-      m_pg_url = m_pg->create_database();
-      ASSERT_FALSE(m_pg_url.empty()) << "cannot create a database in the test cluster";
+      m_pg_url = m_pg->create_schema();
+      ASSERT_FALSE(m_pg_url.empty()) << "cannot create a schema in the test cluster";
     }
     m_store = open_store();
   }
   void TearDown() override {
     m_faults.write_error = SQLITE_OK;
     m_store.reset();
-    if (m_pg != nullptr && !m_pg_url.empty()) m_pg->drop_database(m_pg_url);
+    if (m_pg != nullptr && !m_pg_url.empty()) m_pg->drop_schema(m_pg_url);
   }
 
   std::unique_ptr<Store> open_store(const RejectionLimits& limits = {}) {
@@ -271,7 +271,7 @@ class StoreTestBase : public ::testing::Test {
   std::vector<std::unique_ptr<Device>> m_devices;
   agent::UlidGenerator m_ulids;
   reflow_test::PgCluster* m_pg = nullptr;
-  std::string m_pg_url;  ///< postgresql: this test's own database
+  std::string m_pg_url;  ///< postgresql: this test's own schema
 };
 
 class SqliteStoreTest : public StoreTestBase {};
@@ -733,7 +733,7 @@ TEST_F(SqliteStoreTest, RefusesANewerSchemaVersion) {
 }
 
 TEST_F(PostgresStoreTest, ExistingOnlyRefusesAnEmptyDatabaseAndCreatesNothing) {
-  const std::string empty = m_pg->create_database();
+  const std::string empty = m_pg->create_schema();
   ASSERT_FALSE(empty.empty());
   auto store = open_postgres_store(empty, {}, {}, StoreOpen::existing_only);
   ASSERT_FALSE(store);
@@ -747,7 +747,7 @@ TEST_F(PostgresStoreTest, ExistingOnlyRefusesAnEmptyDatabaseAndCreatesNothing) {
   EXPECT_EQ(store.error().code, agent::ErrorCode::corruption);
   EXPECT_NE(store.error().message.find("not a reflow-ingest database (1 tables"), std::string::npos)
       << store.error().message;
-  m_pg->drop_database(empty);
+  m_pg->drop_schema(empty);
 }
 
 TEST_F(PostgresStoreTest, RefusesANewerSchemaVersion) {
