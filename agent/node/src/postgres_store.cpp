@@ -9,12 +9,12 @@
 #include <utility>
 
 #include <fmt/format.h>
-#include <pqxx/pqxx>
 
 #include <reflow/core/event.hpp>
 #include <reflow/core/jose.hpp>
 #include <reflow/core/units.hpp>
 
+#include "pq_support.hpp"
 #include "put_core.hpp"
 #include "store_rules.hpp"
 
@@ -26,70 +26,14 @@ using agent::fail;
 using store_rules::reason_from_name;
 using store_rules::saturating_add;
 
-// One parameter of a statement, in PostgreSQL's text format; nullopt is SQL NULL.
-struct Param {
-  std::optional<std::string> text;
-};
-
-}  // namespace
-}  // namespace ingest
-
-// How libpqxx passes a Param: as its text, or NULL.
-template <>
-struct pqxx::string_traits<ingest::Param> {
-  static constexpr const char* name() noexcept { return "ingest::Param"; }
-  static constexpr bool has_null() noexcept { return true; }
-  static bool is_null(const ingest::Param& p) { return !p.text.has_value(); }
-  static ingest::Param null() { return {}; }
-  static void from_string(const char* str, ingest::Param& p) { p.text = str; }
-  static std::string to_string(const ingest::Param& p) { return p.text.value_or(""); }
-};
-
-namespace ingest {
-namespace {
-
-// Bytes for a BYTEA column, sent in its hex text format (PostgreSQL §8.4.1).
-struct Bytes {
-  std::string_view data;
-};
-
-Param param(std::string_view s) {
-  return Param{std::string(s)};
-}
-Param param(const std::string& s) {
-  return Param{s};
-}
-Param param(std::int64_t v) {
-  return Param{std::to_string(v)};
-}
-Param param(bool v) {
-  return Param{v ? "true" : "false"};
-}
-Param param(Bytes b) {
-  static constexpr char k_hex[] = "0123456789abcdef";
-  std::string out = "\\x";
-  out.reserve(2 + b.data.size() * 2);
-  for (unsigned char c : b.data) {
-    out.push_back(k_hex[c >> 4U]);
-    out.push_back(k_hex[c & 0xfU]);
-  }
-  return Param{std::move(out)};
-}
-template <typename T>
-Param param(const std::optional<T>& v) {
-  if (!v) return Param{};
-  return param(*v);
-}
+using pq::Bytes;
+using pq::run;
 
 // Version 1 of the PostgreSQL schema holds what version 5 of the SQLite store holds (its
 // comments in sqlite_store.cpp say why each column is there). Rows are numbered by identity
 // columns; writers serialize on k_write_lock, so those numbers follow commit order.
 constexpr std::int64_t k_schema_version = 1;
-// pg_advisory_xact_lock key every writing transaction takes first ("RFLI", as the SQLite file's
-// application_id): the log's leaves are one sequence, and the chain and cap checks read what
-// earlier batches wrote, so writers of all instances sharing the database take turns. Readers
-// never take it.
-constexpr std::int64_t k_write_lock = 0x52464c49;
+using pq::k_write_lock;
 
 constexpr const char* k_schema_sql =
     "CREATE TABLE reflow_meta(name TEXT PRIMARY KEY, value TEXT NOT NULL);"
@@ -953,12 +897,6 @@ class PostgresStore final : public Store {
 
   // --- running statements ---
 
-  template <typename... Args>
-  static pqxx::result run(pqxx::transaction_base& tx, const std::string& sql, Args&&... args) {
-    const std::vector<Param> params{param(args)...};
-    return tx.exec_params(sql, pqxx::prepare::make_dynamic_params(params));
-  }
-
   // Connects `c` when it is not (first use, or the server went away since).
   void connect(Connection& c) {
     if (c.db && c.db->is_open()) return;
@@ -1028,24 +966,34 @@ class PostgresStore final : public Store {
 
 }  // namespace
 
+namespace pq {
+
+Result<Target> target(std::string_view url, const std::filesystem::path& password_file) {
+  Target out{std::string(url), shown_url(url)};
+  if (password_file.empty()) return out;
+  std::ifstream in(password_file);
+  std::string password;
+  if (!in || !std::getline(in, password))
+    return fail(ErrorCode::invalid_config,
+                fmt::format("cannot read the database password from {} ([store] "
+                            "password_file): check that it exists and is readable",
+                            password_file.string()));
+  if (!password.empty() && password.back() == '\r') password.pop_back();
+  out.conninfo +=
+      fmt::format("{}password={}", out.conninfo.find('?') == std::string::npos ? '?' : '&',
+                  percent_encode(password));
+  return out;
+}
+
+}  // namespace pq
+
 Result<std::unique_ptr<Store>> open_postgres_store(std::string_view url,
                                                    const std::filesystem::path& password_file,
                                                    const RejectionLimits& limits, StoreOpen mode) {
-  const std::string shown = shown_url(url);
-  std::string conninfo(url);
-  if (!password_file.empty()) {
-    std::ifstream in(password_file);
-    std::string password;
-    if (!in || !std::getline(in, password))
-      return fail(ErrorCode::invalid_config,
-                  fmt::format("cannot read the database password from {} ([store] "
-                              "password_file): check that it exists and is readable",
-                              password_file.string()));
-    if (!password.empty() && password.back() == '\r') password.pop_back();
-    conninfo += fmt::format("{}password={}", conninfo.find('?') == conninfo.npos ? '?' : '&',
-                            percent_encode(password));
-  }
-  auto store = std::make_unique<PostgresStore>(std::move(conninfo), shown, limits, mode);
+  auto where = pq::target(url, password_file);
+  if (!where) return std::unexpected(where.error());
+  auto store = std::make_unique<PostgresStore>(std::move(where->conninfo), std::move(where->shown),
+                                               limits, mode);
   if (auto s = store->open(); !s) return std::unexpected(s.error());
   return std::unique_ptr<Store>(std::move(store));
 }
