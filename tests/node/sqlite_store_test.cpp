@@ -100,15 +100,15 @@ class StoreTestBase : public ::testing::Test {
       std::string why;
       m_pg = reflow_test::PgCluster::shared(why);
       if (m_pg == nullptr) GTEST_SKIP() << why;
-      m_pg_url = m_pg->create_database();
-      ASSERT_FALSE(m_pg_url.empty()) << "cannot create a database in the test cluster";
+      m_pg_url = m_pg->create_schema();
+      ASSERT_FALSE(m_pg_url.empty()) << "cannot create a schema in the test cluster";
     }
     m_store = open_store();
   }
   void TearDown() override {
     m_faults.write_error = SQLITE_OK;
     m_store.reset();
-    if (m_pg != nullptr && !m_pg_url.empty()) m_pg->drop_database(m_pg_url);
+    if (m_pg != nullptr && !m_pg_url.empty()) m_pg->drop_schema(m_pg_url);
   }
 
   std::unique_ptr<Store> open_store(const RejectionLimits& limits = {}) {
@@ -271,7 +271,7 @@ class StoreTestBase : public ::testing::Test {
   std::vector<std::unique_ptr<Device>> m_devices;
   agent::UlidGenerator m_ulids;
   reflow_test::PgCluster* m_pg = nullptr;
-  std::string m_pg_url;  ///< postgresql: this test's own database
+  std::string m_pg_url;  ///< postgresql: this test's own schema
 };
 
 class SqliteStoreTest : public StoreTestBase {};
@@ -733,7 +733,7 @@ TEST_F(SqliteStoreTest, RefusesANewerSchemaVersion) {
 }
 
 TEST_F(PostgresStoreTest, ExistingOnlyRefusesAnEmptyDatabaseAndCreatesNothing) {
-  const std::string empty = m_pg->create_database();
+  const std::string empty = m_pg->create_schema();
   ASSERT_FALSE(empty.empty());
   auto store = open_postgres_store(empty, {}, {}, StoreOpen::existing_only);
   ASSERT_FALSE(store);
@@ -747,7 +747,7 @@ TEST_F(PostgresStoreTest, ExistingOnlyRefusesAnEmptyDatabaseAndCreatesNothing) {
   EXPECT_EQ(store.error().code, agent::ErrorCode::corruption);
   EXPECT_NE(store.error().message.find("not a reflow-ingest database (1 tables"), std::string::npos)
       << store.error().message;
-  m_pg->drop_database(empty);
+  m_pg->drop_schema(empty);
 }
 
 TEST_F(PostgresStoreTest, RefusesANewerSchemaVersion) {
@@ -772,6 +772,129 @@ TEST_F(PostgresStoreTest, ConnectionErrorsNeverShowThePassword) {
   EXPECT_EQ(store.error().message.find("s3cret"), std::string::npos) << store.error().message;
   EXPECT_NE(store.error().message.find("postgresql://reflow:***@/nodb"), std::string::npos)
       << store.error().message;
+}
+
+// Everything a store answers, as one text: two stores holding the same rows read the same.
+std::string everything_in(Store& store, const std::vector<std::string>& devices) {
+  std::string out;
+  auto s = store.for_each_event({}, [&](const StoredEvent& e) {
+    out += fmt::format("event {} {} {} {} {} {} {}\n", e.device, e.stream, e.seq, e.id,
+                       e.received_unix_ms, e.kid, e.envelope);
+    return true;
+  });
+  EXPECT_TRUE(s) << s.error().message;
+  s = store.for_each_rejection(std::nullopt, [&](const StoredRejection& r) {
+    out +=
+        fmt::format("rejection {} {} {} {} {} {} {} {}\n", r.device, r.topic, to_string(r.reason),
+                    r.detail, r.seq.value_or(0), r.count, r.last_seen_unix_ms, r.envelope);
+    return true;
+  });
+  EXPECT_TRUE(s) << s.error().message;
+  auto keys = store.list_keys();
+  EXPECT_TRUE(keys) << keys.error().message;
+  for (const auto& k : keys.value_or(std::vector<DeviceKeyRecord>{}))
+    out += fmt::format("key {} {} {} {}\n", k.jwk.kid, k.device, k.added_unix_ms,
+                       k.revoked_unix_ms.value_or(-1));
+  auto stats = store.stats();
+  EXPECT_TRUE(stats) << stats.error().message;
+  for (const auto& d : stats.value_or(std::vector<DeviceStats>{})) {
+    out += fmt::format("stats {} {} {} {} {} {}\n", d.device, d.events, d.gaps, d.chain_intact,
+                       d.revoked, d.rejections_not_kept);
+    for (const auto& st : d.streams)
+      out += fmt::format("  stream {} {} {} {}\n", st.stream, st.events, st.contiguous, st.max_seq);
+  }
+  for (const auto& device : devices) {
+    auto ack = store.ack_point(device);
+    EXPECT_TRUE(ack) << ack.error().message;
+    if (ack && *ack) out += fmt::format("ack {} {} {}\n", device, (*ack)->stream, (*ack)->seq);
+  }
+  auto ledger = store.ledger_entries("https://zenflows.example");
+  EXPECT_TRUE(ledger) << ledger.error().message;
+  for (const auto& l : ledger.value_or(std::vector<LedgerEntry>{}))
+    out += fmt::format("ledger {} {} {} {} {}\n", to_string(l.kind), l.ref, l.recorded, l.server_id,
+                       l.note);
+  auto log = store.log_checkpoint();
+  EXPECT_TRUE(log) << log.error().message;
+  if (log) out += fmt::format("log {} {}\n", log->size, agent::base64url_encode(log->root));
+  return out;
+}
+
+// reflow-ingest migrate: a SQLite store with chains, a filled gap, a displaced held event,
+// repeated rejections, a revoked key and the export ledger reads the same from PostgreSQL; a
+// re-run copies only what the SQLite store gained since, and the copy takes new events after.
+TEST_F(PostgresStoreTest, MigrateCopiesASqliteStoreAndARerunCopiesOnlyTheRest) {
+  std::unique_ptr<Store> pg = std::move(m_store);
+  auto sqlite = open_sqlite_store(db_path());
+  ASSERT_TRUE(sqlite) << sqlite.error().message;
+  m_store = std::move(*sqlite);  // device() and put() work on m_store
+  Device& a = device("fablab-mk4-01");
+  Device& b = device("recycler-01");
+  const std::string s1 = new_stream();
+  auto evs = chain(a, s1, 6);
+  // Seq 4 from elsewhere arrives first and is held, then seq 3 decides against it.
+  const VerifiedEvent stray = make(a, s1, EventSpec{4, "bm90LXRoZS1wcmV2", k_t0 + 4, "use", ""});
+  put({in(evs[0]), in(evs[1]), in(stray)});
+  put({in(evs[2]), in(evs[3]), in(junk_rejection()), in(junk_rejection())});
+  const std::string s2 = new_stream();
+  auto other = chain(b, s2, 2, k_t0, "produce");
+  put({in(other[0]), in(other[1])});
+  ASSERT_TRUE(m_store->revoke_device("recycler-01", k_t0 + 100));
+  ASSERT_TRUE(
+      m_store->ledger_intent(LedgerEntry{"https://zenflows.example", LedgerKind::event, evs[0].id,
+                                         false, "", "n1", evs[0].id, "", k_t0, 0},
+                             k_t0));
+  const std::vector<std::string> devices{"fablab-mk4-01", "recycler-01", "junk"};
+
+  std::vector<std::string> lines;
+  auto first = migrate_sqlite_to_postgres(db_path(), m_pg_url, {},
+                                          [&](std::string_view line) { lines.emplace_back(line); });
+  ASSERT_TRUE(first) << first.error().message;
+  EXPECT_FALSE(lines.empty());
+  EXPECT_EQ(everything_in(*pg, devices), everything_in(*m_store, devices));
+  EXPECT_EQ(first->log.size, 7U);  // 7 stored, the displaced one's leaf included
+
+  // Nothing new: nothing copied but the tables that change in place.
+  auto again = migrate_sqlite_to_postgres(db_path(), m_pg_url, {}, [](std::string_view) {});
+  ASSERT_TRUE(again) << again.error().message;
+  for (const auto& t : again->tables) {
+    if (t.name == "events" || t.name == "log_leaves") {
+      EXPECT_EQ(t.copied, 0) << t.name;
+    }
+  }
+
+  // The SQLite store went on: the re-run copies the rest.
+  put({in(evs[4])});
+  auto rest = migrate_sqlite_to_postgres(db_path(), m_pg_url, {}, [](std::string_view) {});
+  ASSERT_TRUE(rest) << rest.error().message;
+  for (const auto& t : rest->tables) {
+    if (t.name == "events" || t.name == "log_leaves") {
+      EXPECT_EQ(t.copied, 1) << t.name;
+    }
+  }
+  EXPECT_EQ(everything_in(*pg, devices), everything_in(*m_store, devices));
+
+  // The copy is a working store: the next event gets a new row after the copied ones.
+  auto next = put_into(*pg, {in(evs[5])}, k_t0 + 5);
+  ASSERT_EQ(next.size(), 1U);
+  expect_outcome(next[0], PutOutcome::stored);
+  EventFilter of_a;
+  of_a.device = "fablab-mk4-01";
+  EXPECT_EQ(events(of_a, pg.get()).size(), 6U);
+}
+
+TEST_F(PostgresStoreTest, MigrateRefusesADatabaseHoldingOtherEvents) {
+  Device& a = device("fablab-mk4-01");
+  put({in(chain(a, new_stream(), 1)[0])});  // the PostgreSQL store's own event
+  auto sqlite = open_sqlite_store(db_path());
+  ASSERT_TRUE(sqlite) << sqlite.error().message;
+  ASSERT_TRUE((*sqlite)->add_device("fablab-mk4-01", a.key.public_jwk(), k_t0));
+  put_into(**sqlite, {in(chain(a, new_stream(), 2)[0])}, k_t0);
+  auto refused = migrate_sqlite_to_postgres(db_path(), m_pg_url, {}, [](std::string_view) {});
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, agent::ErrorCode::rejected);
+  EXPECT_NE(refused.error().message.find("is not a prefix of the log"), std::string::npos)
+      << refused.error().message;
+  EXPECT_EQ(events({}).size(), 1U);  // nothing written
 }
 
 // Schema 1 kept each payload beside its envelope; opening such a file drops the column and

@@ -18,6 +18,9 @@ namespace fs = std::filesystem;
 
 constexpr const char* k_bin = "/usr/lib/postgresql/15/bin";
 const fs::path k_script = fs::path(REFLOW_TEST_SUPPORT_DIR) / "pg_cluster.sh";
+// The database pg_cluster.sh creates for the tests' schemas.
+constexpr const char* k_database = "reflow_tests";
+constexpr std::string_view k_search_path = "options=-csearch_path%3D";
 
 std::string read_first_line(const fs::path& path) {
   std::ifstream in(path);
@@ -81,9 +84,9 @@ PgCluster* PgCluster::shared(std::string& why) {
   return cluster.get();
 }
 
-bool PgCluster::psql(const std::string& sql) const {
-  return std::system(fmt::format("'{}/psql' -h '{}' -U postgres -d postgres -qAtX -c '{}'", k_bin,
-                                 m_socket_dir.string(), sql)
+bool PgCluster::psql(const std::string& database, const std::string& sql) const {
+  return std::system(fmt::format("'{}/psql' -h '{}' -U postgres -d {} -qAtX -c '{}'", k_bin,
+                                 m_socket_dir.string(), database, sql)
                          .c_str()) == 0;
 }
 
@@ -100,18 +103,20 @@ bool PgCluster::run(const std::string& uri, const std::string& sql) const {
          0;
 }
 
-std::string PgCluster::create_database() {
+std::string PgCluster::create_schema() {
   // Parallel test processes share the cluster: a random name, not a counter.
   std::random_device random;
   const std::string name = fmt::format("t{}_{:08x}", ::getpid(), random());
-  if (!psql(fmt::format("CREATE DATABASE {} TEMPLATE template0", name))) return {};
-  return fmt::format("postgresql:///{}?host={}&user=postgres", name, m_socket_dir.string());
+  if (!psql(k_database, fmt::format("CREATE SCHEMA {}", name))) return {};
+  return fmt::format("postgresql:///{}?host={}&user=postgres&{}{}", k_database,
+                     m_socket_dir.string(), k_search_path, name);
 }
 
-void PgCluster::drop_database(const std::string& uri) {
-  const auto start = uri.find(":///") + 4;
-  const std::string name = uri.substr(start, uri.find('?') - start);
-  psql(fmt::format("DROP DATABASE IF EXISTS {} WITH (FORCE)", name));
+void PgCluster::drop_schema(const std::string& uri) {
+  const auto at = uri.find(k_search_path);
+  if (at == std::string::npos) return;
+  const std::string name = uri.substr(at + k_search_path.size());
+  psql(k_database, fmt::format("DROP SCHEMA IF EXISTS {} CASCADE", name));
 }
 
 }  // namespace reflow_test

@@ -71,7 +71,8 @@ void add_report_commands(CLI::App& app, int& exit_code);  // report_commands.cpp
 void add_export_command(CLI::App& app, int& exit_code);   // export_commands.cpp: export
 void add_log_commands(CLI::App& app,
                       int& exit_code);  // log_commands.cpp: log checkpoint|prove|consistency
-void add_key_commands(CLI::App& app, int& exit_code);  // key_commands.cpp: key init|show
+void add_key_commands(CLI::App& app, int& exit_code);     // key_commands.cpp: key init|show
+void add_migrate_command(CLI::App& app, int& exit_code);  // migrate_commands.cpp: migrate
 void add_ca_commands(CLI::App& app, int& exit_code);  // ca_commands.cpp: ca init|sign|server|client
 void add_web_commands(CLI::App& app,
                       int& exit_code);  // web_commands.cpp: serve, users add|list|remove

@@ -131,6 +131,7 @@ int main(int argc, char** argv) {
     ingest::cli::add_log_commands(app, exit_code);
     ingest::cli::add_export_command(app, exit_code);
     ingest::cli::add_key_commands(app, exit_code);
+    ingest::cli::add_migrate_command(app, exit_code);
     ingest::cli::add_ca_commands(app, exit_code);
     ingest::cli::add_web_commands(app, exit_code);
     agent::cli_options::refuse_empty_values(app);

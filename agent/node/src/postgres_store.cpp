@@ -9,12 +9,13 @@
 #include <utility>
 
 #include <fmt/format.h>
-#include <pqxx/pqxx>
 
 #include <reflow/core/event.hpp>
 #include <reflow/core/jose.hpp>
 #include <reflow/core/units.hpp>
 
+#include "pq_support.hpp"
+#include "put_core.hpp"
 #include "store_rules.hpp"
 
 namespace ingest {
@@ -22,75 +23,17 @@ namespace {
 
 using agent::ErrorCode;
 using agent::fail;
-using store_rules::k_all_unauthenticated;
 using store_rules::reason_from_name;
 using store_rules::saturating_add;
-using store_rules::unauthenticated;
 
-// One parameter of a statement, in PostgreSQL's text format; nullopt is SQL NULL.
-struct Param {
-  std::optional<std::string> text;
-};
-
-}  // namespace
-}  // namespace ingest
-
-// How libpqxx passes a Param: as its text, or NULL.
-template <>
-struct pqxx::string_traits<ingest::Param> {
-  static constexpr const char* name() noexcept { return "ingest::Param"; }
-  static constexpr bool has_null() noexcept { return true; }
-  static bool is_null(const ingest::Param& p) { return !p.text.has_value(); }
-  static ingest::Param null() { return {}; }
-  static void from_string(const char* str, ingest::Param& p) { p.text = str; }
-  static std::string to_string(const ingest::Param& p) { return p.text.value_or(""); }
-};
-
-namespace ingest {
-namespace {
-
-// Bytes for a BYTEA column, sent in its hex text format (PostgreSQL §8.4.1).
-struct Bytes {
-  std::string_view data;
-};
-
-Param param(std::string_view s) {
-  return Param{std::string(s)};
-}
-Param param(const std::string& s) {
-  return Param{s};
-}
-Param param(std::int64_t v) {
-  return Param{std::to_string(v)};
-}
-Param param(bool v) {
-  return Param{v ? "true" : "false"};
-}
-Param param(Bytes b) {
-  static constexpr char k_hex[] = "0123456789abcdef";
-  std::string out = "\\x";
-  out.reserve(2 + b.data.size() * 2);
-  for (unsigned char c : b.data) {
-    out.push_back(k_hex[c >> 4U]);
-    out.push_back(k_hex[c & 0xfU]);
-  }
-  return Param{std::move(out)};
-}
-template <typename T>
-Param param(const std::optional<T>& v) {
-  if (!v) return Param{};
-  return param(*v);
-}
+using pq::Bytes;
+using pq::run;
 
 // Version 1 of the PostgreSQL schema holds what version 5 of the SQLite store holds (its
 // comments in sqlite_store.cpp say why each column is there). Rows are numbered by identity
 // columns; writers serialize on k_write_lock, so those numbers follow commit order.
 constexpr std::int64_t k_schema_version = 1;
-// pg_advisory_xact_lock key every writing transaction takes first ("RFLI", as the SQLite file's
-// application_id): the log's leaves are one sequence, and the chain and cap checks read what
-// earlier batches wrote, so writers of all instances sharing the database take turns. Readers
-// never take it.
-constexpr std::int64_t k_write_lock = 0x52464c49;
+using pq::k_write_lock;
 
 constexpr const char* k_schema_sql =
     "CREATE TABLE reflow_meta(name TEXT PRIMARY KEY, value TEXT NOT NULL);"
@@ -203,44 +146,6 @@ std::string percent_encode(std::string_view text) {
   return out;
 }
 
-// A stream's row, loaded once per put() batch and written back at its end (as SqliteStore).
-struct StreamState {
-  std::int64_t row_id = 0;
-  std::int64_t contiguous = 0;
-  std::int64_t max_seq = 0;
-  std::int64_t events = 0;
-  std::int64_t last_seen_ms = 0;
-  bool chain_broken = false;
-  std::int64_t last_event = 0;
-  bool dirty = false;
-  std::int64_t tail_seq = 0;
-  std::string tail_hash;
-  std::int64_t tail_recorded_ms = 0;
-};
-
-struct ChainLink {
-  std::string hash;
-  std::string prev;
-  std::int64_t recorded_ms = 0;
-  std::int64_t row_id = 0;
-};
-
-struct CappedUsage {
-  std::int64_t rows = 0;
-  std::int64_t bytes = 0;
-};
-
-// What one put() transaction has read so far.
-struct Batch {
-  std::unordered_map<std::string, StreamState> streams;
-  std::vector<StreamState*> dirty;
-  std::unordered_map<std::string, std::optional<std::int64_t>> revoked;
-  std::unordered_map<std::string, bool> registered;
-  std::unordered_map<std::string, CappedUsage> capped;
-  std::optional<CappedUsage> capped_total;
-  std::optional<std::uint64_t> log_size;
-};
-
 // A connection used under its mutex only; opened again after the server went away.
 struct Connection {
   std::mutex mutex;
@@ -334,27 +239,13 @@ class PostgresStore final : public Store {
 
   Result<std::vector<PutResult>> put(std::span<const Incoming> batch,
                                      std::int64_t now_unix_ms) override {
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      if (batch[i].event.has_value() == batch[i].rejection.has_value())
-        return fail(
-            ErrorCode::internal,
-            fmt::format("put: batch item {} must hold exactly one of event or rejection", i));
-    }
+    if (auto s = put_core::check_batch(batch); !s) return std::unexpected(s.error());
     std::vector<PutResult> results;
     auto s = write_tx("storing a batch", [&](pqxx::work& tx) {
-      results.clear();
-      results.reserve(batch.size());
-      Batch state;
-      for (const Incoming& item : batch) {
-        results.push_back(item.event ? apply_event(tx, state, *item.event, now_unix_ms)
-                                     : apply_rejection(tx, state, *item.rejection, now_unix_ms));
-      }
-      for (StreamState* st : state.dirty)
-        run(tx,
-            "UPDATE streams SET last_seen_ms = $2, contiguous = $3, max_seq = $4, events = $5, "
-            "chain_broken = $6, last_event = $7 WHERE id = $1",
-            st->row_id, st->last_seen_ms, st->contiguous, st->max_seq, st->events, st->chain_broken,
-            st->last_event);
+      Rows rows(*this, tx);
+      auto stored = put_core::put(rows, batch, now_unix_ms, m_limits);
+      if (!stored) throw Refused{stored.error()};
+      results = std::move(*stored);
     });
     if (!s) return std::unexpected(s.error());
     return results;
@@ -706,326 +597,177 @@ class PostgresStore final : public Store {
 
   // --- put ---
 
-  PutResult apply_rejection(pqxx::work& tx, Batch& batch, const Rejection& r,
-                            std::int64_t now_unix_ms) {
-    const auto kept = keep_rejection(tx, batch, r.topic, r.device, r.reason, r.detail, r.stream,
-                                     r.seq, r.envelope, now_unix_ms);
-    return PutResult{PutOutcome::rejected, r.reason, r.detail, kept};
-  }
+  // put_core's rows, inside put()'s transaction `tx`. libpqxx throws, and so do these: the
+  // exceptions pass through put_core::put to guarded(), which rolls the transaction back.
+  class Rows final : public put_core::PutRows {
+   public:
+    Rows(PostgresStore& store, pqxx::work& tx) : m_store(store), m_tx(tx) {}
 
-  PutResult reject_event(pqxx::work& tx, Batch& batch, const VerifiedEvent& e, RejectReason reason,
-                         std::string detail, std::int64_t now_unix_ms) {
-    const auto kept = keep_rejection(tx, batch, e.topic, e.device, reason, detail, e.stream, e.seq,
-                                     e.envelope, now_unix_ms);
-    return PutResult{PutOutcome::rejected, reason, std::move(detail), kept};
-  }
+    Result<std::optional<put_core::StreamRow>> load_stream(const std::string& device,
+                                                           const std::string& stream) override {
+      auto r = run(m_tx,
+                   "SELECT id, first_seen_ms, last_seen_ms, contiguous, max_seq, events, "
+                   "chain_broken, last_event FROM streams WHERE device = $1 AND stream = $2",
+                   device, stream);
+      if (r.empty()) return std::nullopt;
+      return put_core::StreamRow{r[0][0].as<std::int64_t>(), r[0][1].as<std::int64_t>(),
+                                 r[0][2].as<std::int64_t>(), r[0][3].as<std::int64_t>(),
+                                 r[0][4].as<std::int64_t>(), r[0][5].as<std::int64_t>(),
+                                 r[0][6].as<bool>(),         r[0][7].as<std::int64_t>()};
+    }
 
-  // PROTOCOL §7 steps 6–7, as SqliteStore::apply_event (store.hpp says what each branch does).
-  PutResult apply_event(pqxx::work& tx, Batch& batch, const VerifiedEvent& e,
-                        std::int64_t now_unix_ms) {
-    StreamState& st = stream_state(tx, batch, e.device, e.stream);
-    const bool known = st.row_id != 0;
+    Result<std::int64_t> insert_stream(const std::string& device, const std::string& stream,
+                                       std::int64_t now_unix_ms) override {
+      return run(m_tx,
+                 "INSERT INTO streams(device, stream, first_seen_ms, last_seen_ms, contiguous, "
+                 "max_seq, events, chain_broken, last_event) "
+                 "VALUES ($1, $2, $3, $3, 0, 0, 0, false, 0) RETURNING id",
+                 device, stream, now_unix_ms)[0][0]
+          .as<std::int64_t>();
+    }
 
-    if (known && e.seq <= st.max_seq) {
-      if (auto stored = find_link(tx, e.device, e.stream, e.seq)) {
-        if (stored->hash == e.signing_input_sha256)
-          return PutResult{PutOutcome::duplicate, std::nullopt, {}};
-        return reject_event(
-            tx, batch, e, RejectReason::equivocation,
-            fmt::format("seq {} of stream {} is already stored with different content (stored "
-                        "signing input SHA-256 {}, this one {}); the first copy is kept",
-                        e.seq, e.stream, stored->hash, e.signing_input_sha256),
-            now_unix_ms);
+    Status update_stream(const put_core::StreamRow& st) override {
+      run(m_tx,
+          "UPDATE streams SET last_seen_ms = $2, contiguous = $3, max_seq = $4, events = $5, "
+          "chain_broken = $6, last_event = $7 WHERE id = $1",
+          st.row_id, st.last_seen_ms, st.contiguous, st.max_seq, st.events, st.chain_broken,
+          st.last_event);
+      return {};
+    }
+
+    Result<std::optional<put_core::ChainLink>> find_event(const std::string& device,
+                                                          const std::string& stream,
+                                                          std::int64_t seq) override {
+      auto r = run(m_tx,
+                   "SELECT signing_input_sha256, coalesce(prev, ''), recorded_ms, id FROM events "
+                   "WHERE device = $1 AND stream = $2 AND seq = $3",
+                   device, stream, seq);
+      if (r.empty()) return std::nullopt;
+      return put_core::ChainLink{r[0][0].as<std::string>(), r[0][1].as<std::string>(),
+                                 r[0][2].as<std::int64_t>(), r[0][3].as<std::int64_t>()};
+    }
+
+    Result<std::int64_t> contiguous_from(const std::string& device, const std::string& stream,
+                                         std::int64_t from) override {
+      std::int64_t reach = from;
+      for (const auto& row : run(m_tx,
+                                 "SELECT seq FROM events WHERE device = $1 AND stream = $2 "
+                                 "AND seq > $3 ORDER BY seq",
+                                 device, stream, from)) {
+        if (row[0].as<std::int64_t>() != reach + 1) break;
+        ++reach;
       }
+      return reach;
     }
 
-    const std::optional<std::int64_t> revoked = revoked_ms(tx, batch, e.kid);
-
-    if (known && e.seq > 1) {
-      std::optional<ChainLink> predecessor;
-      if (st.tail_seq == e.seq - 1) {
-        predecessor = ChainLink{st.tail_hash, {}, st.tail_recorded_ms, 0};
-      } else if (e.seq - 1 <= st.max_seq) {
-        predecessor = find_link(tx, e.device, e.stream, e.seq - 1);
-      }
-      if (predecessor && predecessor->hash != e.prev) {
-        mark_broken(batch, st);
-        return reject_event(tx, batch, e, RejectReason::chain_break,
-                            fmt::format("prev {} of seq {} is not the SHA-256 of stored seq {}'s "
-                                        "signing input ({}) in stream {}",
-                                        e.prev, e.seq, e.seq - 1, predecessor->hash, e.stream),
-                            now_unix_ms);
-      }
-      if (predecessor && e.recorded_unix_ms < predecessor->recorded_ms)
-        return reject_event(
-            tx, batch, e, RejectReason::recorded_backwards,
-            fmt::format("recorded {} of seq {} is earlier than recorded {} of stored seq {} in "
-                        "stream {}: `recorded` must not go backwards within a stream",
-                        agent::format_rfc3339_ms(e.recorded_unix_ms), e.seq,
-                        agent::format_rfc3339_ms(predecessor->recorded_ms), e.seq - 1, e.stream),
-            now_unix_ms);
+    Result<std::int64_t> max_seq(const std::string& device, const std::string& stream) override {
+      return run(m_tx, "SELECT coalesce(max(seq), 0) FROM events WHERE device = $1 AND stream = $2",
+                 device, stream)[0][0]
+          .as<std::int64_t>();
     }
 
-    bool vouched = false;
-    std::string displaced;
-    if (known && e.seq < st.max_seq) {
-      if (auto next = find_link(tx, e.device, e.stream, e.seq + 1)) {
-        std::optional<RejectReason> conflict;
-        std::string why;
-        if (next->prev != e.signing_input_sha256) {
-          conflict = RejectReason::chain_break;
-          why = fmt::format(
-              "prev {} of seq {} is not the SHA-256 of seq {}'s signing input ({}) "
-              "in stream {}",
-              next->prev, e.seq + 1, e.seq, e.signing_input_sha256, e.stream);
-        } else if (next->recorded_ms < e.recorded_unix_ms) {
-          conflict = RejectReason::recorded_backwards;
-          why = fmt::format(
-              "recorded {} of seq {} is earlier than recorded {} of seq {} in "
-              "stream {}: `recorded` must not go backwards within a stream",
-              agent::format_rfc3339_ms(next->recorded_ms), e.seq + 1,
-              agent::format_rfc3339_ms(e.recorded_unix_ms), e.seq, e.stream);
-        }
-        if (!conflict) {
-          vouched = true;
-        } else if (revoked) {
-          return reject_event(
-              tx, batch, e, RejectReason::key_revoked,
-              fmt::format("kid {} was revoked at {}, and stored seq {} does not "
-                          "vouch for this seq {}: {}",
-                          e.kid, agent::format_rfc3339_ms(*revoked), e.seq + 1, e.seq, why),
-              now_unix_ms);
-        } else {
-          if (*conflict == RejectReason::chain_break) mark_broken(batch, st);
-          displace(tx, batch, st, e, *next, why, now_unix_ms, *conflict);
-          displaced = fmt::format("held seq {} moved to the rejections ({}): {}", e.seq + 1,
-                                  to_string(*conflict), why);
-        }
-      }
+    Result<std::int64_t> insert_event(const VerifiedEvent& e, std::int64_t now_unix_ms) override {
+      return run(m_tx,
+                 "INSERT INTO events(device, stream, seq, recorded_ms, received_ms, action, "
+                 "signing_input_sha256, prev, event_id, kid, envelope) "
+                 "VALUES ($1, $2, $3, $4, $5, $6, $7, NULLIF($8, ''), $9, $10, $11) "
+                 "RETURNING id",
+                 e.device, e.stream, e.seq, e.recorded_unix_ms, now_unix_ms, e.action,
+                 e.signing_input_sha256, e.prev, e.id, e.kid, e.envelope)[0][0]
+          .as<std::int64_t>();
     }
 
-    if (revoked && !vouched)
-      return reject_event(
-          tx, batch, e, RejectReason::key_revoked,
-          fmt::format("kid {} was revoked at {}; since then only an event that fills a gap below "
-                      "a stored event whose prev is its hash is stored, and seq {} of stream {} "
-                      "is not one (no seq {} stored)",
-                      e.kid, agent::format_rfc3339_ms(*revoked), e.seq, e.stream, e.seq + 1),
-          now_unix_ms);
-
-    if (!known) {
-      auto r = run(tx,
-                   "INSERT INTO streams(device, stream, first_seen_ms, last_seen_ms, contiguous, "
-                   "max_seq, events, chain_broken, last_event) "
-                   "VALUES ($1, $2, $3, $3, 0, 0, 0, false, 0) RETURNING id",
-                   e.device, e.stream, now_unix_ms);
-      st.row_id = r[0][0].as<std::int64_t>();
-      st.last_seen_ms = now_unix_ms;
+    Result<std::string> delete_event(std::int64_t row_id) override {
+      return run(m_tx, "DELETE FROM events WHERE id = $1 RETURNING envelope", row_id)
+          .at(0)[0]
+          .as<std::string>();
     }
-    auto inserted = run(tx,
-                        "INSERT INTO events(device, stream, seq, recorded_ms, received_ms, action, "
-                        "signing_input_sha256, prev, event_id, kid, envelope) "
-                        "VALUES ($1, $2, $3, $4, $5, $6, $7, NULLIF($8, ''), $9, $10, $11) "
-                        "RETURNING id",
-                        e.device, e.stream, e.seq, e.recorded_unix_ms, now_unix_ms, e.action,
-                        e.signing_input_sha256, e.prev, e.id, e.kid, e.envelope);
-    const auto row_id = inserted[0][0].as<std::int64_t>();
-    log_append(tx, batch.log_size, row_id, agent::merkle::leaf_hash(e.envelope));
 
-    const std::int64_t old_max = st.max_seq;
-    st.events += 1;
-    st.max_seq = std::max(st.max_seq, e.seq);
-    st.last_seen_ms = now_unix_ms;
-    st.last_event = row_id;
-    st.tail_seq = e.seq;
-    st.tail_hash = e.signing_input_sha256;
-    st.tail_recorded_ms = e.recorded_unix_ms;
-    if (e.seq == st.contiguous + 1) {
-      st.contiguous = e.seq;
-      if (e.seq < old_max) st.contiguous = contiguous_from(tx, e.device, e.stream, e.seq);
+    Result<std::optional<std::int64_t>> revoked_ms(const std::string& kid) override {
+      auto key = m_store.find_key_in(m_tx, kid);
+      if (!key) return std::nullopt;
+      return key->revoked_unix_ms;
     }
-    mark_dirty(batch, st);
-    return PutResult{PutOutcome::stored, std::nullopt, std::move(displaced)};
-  }
 
-  void displace(pqxx::work& tx, Batch& batch, StreamState& st, const VerifiedEvent& e,
-                const ChainLink& next, const std::string& why, std::int64_t now_unix_ms,
-                RejectReason reason) {
-    auto r = run(tx, "DELETE FROM events WHERE id = $1 RETURNING envelope", next.row_id);
-    const auto envelope = r.at(0)[0].as<std::string>();
-    const std::string detail = fmt::format(
-        "held until seq {} arrived, which decided it: {}; the agent's own seq {} is accepted when "
-        "resent",
-        e.seq, why, e.seq + 1);
-    keep_rejection(tx, batch, e.topic, e.device, reason, detail, e.stream, e.seq + 1, envelope,
-                   now_unix_ms);
-    st.events -= 1;
-    if (st.tail_seq == e.seq + 1) st.tail_seq = 0;
-    if (e.seq + 1 == st.max_seq)
-      st.max_seq =
-          run(tx, "SELECT coalesce(max(seq), 0) FROM events WHERE device = $1 AND stream = $2",
-              e.device, e.stream)[0][0]
-              .as<std::int64_t>();
-    mark_dirty(batch, st);
-  }
-
-  static void mark_dirty(Batch& batch, StreamState& st) {
-    if (!st.dirty) {
-      st.dirty = true;
-      batch.dirty.push_back(&st);
+    Result<bool> device_registered(const std::string& device) override {
+      return !run(m_tx, "SELECT 1 FROM keys WHERE device = $1 LIMIT 1", device).empty();
     }
-  }
 
-  static void mark_broken(Batch& batch, StreamState& st) {
-    st.chain_broken = true;
-    mark_dirty(batch, st);
-  }
-
-  static StreamState& stream_state(pqxx::work& tx, Batch& batch, const std::string& device,
-                                   const std::string& stream) {
-    std::string key = device;
-    key.push_back('\0');
-    key.append(stream);
-    if (auto it = batch.streams.find(key); it != batch.streams.end()) return it->second;
-    StreamState st;
-    auto r = run(tx,
-                 "SELECT id, last_seen_ms, contiguous, max_seq, events, chain_broken, last_event "
-                 "FROM streams WHERE device = $1 AND stream = $2",
-                 device, stream);
-    if (!r.empty()) {
-      st.row_id = r[0][0].as<std::int64_t>();
-      st.last_seen_ms = r[0][1].as<std::int64_t>();
-      st.contiguous = r[0][2].as<std::int64_t>();
-      st.max_seq = r[0][3].as<std::int64_t>();
-      st.events = r[0][4].as<std::int64_t>();
-      st.chain_broken = r[0][5].as<bool>();
-      st.last_event = r[0][6].as<std::int64_t>();
+    Result<bool> repeat_rejection(std::string_view topic, std::string_view envelope_sha256,
+                                  std::int64_t now_unix_ms, RejectReason reason,
+                                  std::string_view detail) override {
+      return run(m_tx,
+                 "UPDATE rejections SET count = count + 1, last_seen_ms = $3, reason = $4, "
+                 "detail = $5 WHERE topic = $1 AND envelope_sha256 = $2",
+                 topic, envelope_sha256, now_unix_ms, to_string(reason), detail)
+                 .affected_rows() > 0;
     }
-    // unordered_map never moves its elements, so the pointers in Batch::dirty stay valid.
-    return batch.streams.emplace(std::move(key), std::move(st)).first->second;
-  }
 
-  static std::optional<ChainLink> find_link(pqxx::work& tx, const std::string& device,
-                                            const std::string& stream, std::int64_t seq) {
-    auto r = run(tx,
-                 "SELECT signing_input_sha256, coalesce(prev, ''), recorded_ms, id FROM events "
-                 "WHERE device = $1 AND stream = $2 AND seq = $3",
-                 device, stream, seq);
-    if (r.empty()) return std::nullopt;
-    return ChainLink{r[0][0].as<std::string>(), r[0][1].as<std::string>(),
-                     r[0][2].as<std::int64_t>(), r[0][3].as<std::int64_t>()};
-  }
-
-  static std::int64_t contiguous_from(pqxx::work& tx, const std::string& device,
-                                      const std::string& stream, std::int64_t from) {
-    std::int64_t reach = from;
-    for (const auto& row : run(tx,
-                               "SELECT seq FROM events WHERE device = $1 AND stream = $2 "
-                               "AND seq > $3 ORDER BY seq",
-                               device, stream, from)) {
-      if (row[0].as<std::int64_t>() != reach + 1) break;
-      ++reach;
+    Result<put_core::CappedUsage> capped_usage(const std::string& device) override {
+      return usage_of(run(m_tx,
+                          "SELECT count(*), coalesce(sum(octet_length(envelope)), 0)::BIGINT "
+                          "FROM rejections WHERE capped AND device = $1",
+                          device));
     }
-    return reach;
-  }
 
-  std::optional<std::int64_t> revoked_ms(pqxx::work& tx, Batch& batch, const std::string& kid) {
-    if (auto it = batch.revoked.find(kid); it != batch.revoked.end()) return it->second;
-    std::optional<std::int64_t> revoked;
-    if (auto key = find_key_in(tx, kid)) revoked = key->revoked_unix_ms;
-    batch.revoked.emplace(kid, revoked);
-    return revoked;
-  }
-
-  RejectionKept keep_rejection(pqxx::work& tx, Batch& batch, std::string_view topic,
-                               std::string_view device, RejectReason reason,
-                               std::string_view detail, const std::optional<std::string>& stream,
-                               std::optional<std::int64_t> seq, std::string_view envelope,
-                               std::int64_t now_unix_ms) {
-    const std::string hash = agent::sha256_b64url(envelope);
-    auto repeat = run(tx,
-                      "UPDATE rejections SET count = count + 1, last_seen_ms = $3, reason = $4, "
-                      "detail = $5 WHERE topic = $1 AND envelope_sha256 = $2",
-                      topic, hash, now_unix_ms, to_string(reason), detail);
-    if (repeat.affected_rows() > 0) return RejectionKept::repeat;
-
-    bool capped = unauthenticated(reason);
-    const std::string sender(device);
-    if (!capped) {
-      auto it = batch.registered.find(sender);
-      if (it == batch.registered.end())
-        it = batch.registered
-                 .emplace(sender,
-                          !run(tx, "SELECT 1 FROM keys WHERE device = $1 LIMIT 1", sender).empty())
-                 .first;
-      capped = !it->second;
+    Result<put_core::CappedUsage> capped_total() override {
+      return usage_of(run(m_tx,
+                          "SELECT count(*), coalesce(sum(octet_length(envelope)), 0)::BIGINT "
+                          "FROM rejections WHERE capped"));
     }
-    const auto size = static_cast<std::int64_t>(envelope.size());
-    if (capped) {
-      auto usage_of = [&](const pqxx::result& r) {
-        return CappedUsage{r[0][0].as<std::int64_t>(), r[0][1].as<std::int64_t>()};
-      };
-      auto it = batch.capped.find(sender);
-      if (it == batch.capped.end())
-        it = batch.capped
-                 .emplace(sender, usage_of(run(tx,
-                                               "SELECT count(*), "
-                                               "coalesce(sum(octet_length(envelope)), 0)::BIGINT "
-                                               "FROM rejections WHERE capped AND device = $1",
-                                               sender)))
-                 .first;
-      CappedUsage& usage = it->second;
-      if (!batch.capped_total)
-        batch.capped_total = usage_of(
-            run(tx,
-                "SELECT count(*), coalesce(sum(octet_length(envelope)), 0)::BIGINT FROM rejections "
-                "WHERE capped"));
-      CappedUsage& total = *batch.capped_total;
-      const bool over_total =
-          total.rows >= m_limits.rows_total || total.bytes + size > m_limits.bytes_total;
-      const bool over_device =
-          usage.rows >= m_limits.rows_per_device || usage.bytes + size > m_limits.bytes_per_device;
-      if (over_total || over_device) {
-        run(tx,
-            "INSERT INTO rejections_not_kept(device, reason, count, bytes, last_seen_ms) "
-            "VALUES ($1, $2, 1, $3, $4) ON CONFLICT (device, reason) DO UPDATE SET "
-            "count = rejections_not_kept.count + 1, "
-            "bytes = rejections_not_kept.bytes + excluded.bytes, "
-            "last_seen_ms = excluded.last_seen_ms",
-            over_total ? k_all_unauthenticated : device, to_string(reason), size, now_unix_ms);
-        return RejectionKept::counted;
-      }
-      usage.rows += 1;
-      usage.bytes += size;
-      total.rows += 1;
-      total.bytes += size;
+
+    Status count_not_kept(std::string_view device, RejectReason reason, std::int64_t bytes,
+                          std::int64_t now_unix_ms) override {
+      run(m_tx,
+          "INSERT INTO rejections_not_kept(device, reason, count, bytes, last_seen_ms) "
+          "VALUES ($1, $2, 1, $3, $4) ON CONFLICT (device, reason) DO UPDATE SET "
+          "count = rejections_not_kept.count + 1, "
+          "bytes = rejections_not_kept.bytes + excluded.bytes, "
+          "last_seen_ms = excluded.last_seen_ms",
+          device, to_string(reason), bytes, now_unix_ms);
+      return {};
     }
-    run(tx,
-        "INSERT INTO rejections(received_ms, topic, device, reason, detail, stream, seq, "
-        "envelope, last_seen_ms, count, envelope_sha256, capped) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $1, 1, $9, $10)",
-        now_unix_ms, topic, device, to_string(reason), detail, stream, seq, Bytes{envelope}, hash,
-        capped);
-    return RejectionKept::new_row;
-  }
+
+    Status insert_rejection(const put_core::RejectionRow& r) override {
+      run(m_tx,
+          "INSERT INTO rejections(received_ms, topic, device, reason, detail, stream, seq, "
+          "envelope, last_seen_ms, count, envelope_sha256, capped) "
+          "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $1, 1, $9, $10)",
+          r.received_ms, r.topic, r.device, to_string(r.reason), r.detail, r.stream, r.seq,
+          Bytes{r.envelope}, r.envelope_sha256, r.capped);
+      return {};
+    }
+
+    Result<std::uint64_t> log_size() override { return PostgresStore::log_size(m_tx); }
+
+    Status insert_log_leaf(std::uint64_t index, std::int64_t event_row,
+                           const agent::merkle::Hash& hash) override {
+      run(m_tx, "INSERT INTO log_leaves(idx, event, hash) VALUES ($1, $2, $3)",
+          static_cast<std::int64_t>(index), event_row, Bytes{hash_view(hash)});
+      return {};
+    }
+
+    Status insert_log_node(unsigned level, std::uint64_t index,
+                           const agent::merkle::Hash& hash) override {
+      run(m_tx, "INSERT INTO log_nodes(level, idx, hash) VALUES ($1, $2, $3)", std::int64_t{level},
+          static_cast<std::int64_t>(index), Bytes{hash_view(hash)});
+      return {};
+    }
+
+    Result<agent::merkle::Hash> log_hash(unsigned level, std::uint64_t index) override {
+      return m_store.log_hash(m_tx, level, index);
+    }
+
+   private:
+    static put_core::CappedUsage usage_of(const pqxx::result& r) {
+      return put_core::CappedUsage{r[0][0].as<std::int64_t>(), r[0][1].as<std::int64_t>()};
+    }
+
+    PostgresStore& m_store;
+    pqxx::work& m_tx;
+  };
 
   // --- the log ---
-
-  void log_append(pqxx::work& tx, std::optional<std::uint64_t>& size, std::int64_t event_row,
-                  const agent::merkle::Hash& leaf) {
-    if (!size) size = log_size(tx);
-    const std::uint64_t index = *size;
-    run(tx, "INSERT INTO log_leaves(idx, event, hash) VALUES ($1, $2, $3)",
-        static_cast<std::int64_t>(index), event_row, Bytes{hash_view(leaf)});
-    agent::merkle::Hash hash = leaf;
-    std::uint64_t at = index;
-    for (unsigned level = 0; (at & 1U) != 0; ++level, at >>= 1U) {
-      hash = agent::merkle::node_hash(log_hash(tx, level, at - 1), hash);
-      run(tx, "INSERT INTO log_nodes(level, idx, hash) VALUES ($1, $2, $3)",
-          std::int64_t{level} + 1, static_cast<std::int64_t>(at >> 1U), Bytes{hash_view(hash)});
-    }
-    size = index + 1;
-  }
 
   static std::string_view hash_view(const agent::merkle::Hash& hash) {
     return {reinterpret_cast<const char*>(hash.data()), hash.size()};
@@ -1155,12 +897,6 @@ class PostgresStore final : public Store {
 
   // --- running statements ---
 
-  template <typename... Args>
-  static pqxx::result run(pqxx::transaction_base& tx, const std::string& sql, Args&&... args) {
-    const std::vector<Param> params{param(args)...};
-    return tx.exec_params(sql, pqxx::prepare::make_dynamic_params(params));
-  }
-
   // Connects `c` when it is not (first use, or the server went away since).
   void connect(Connection& c) {
     if (c.db && c.db->is_open()) return;
@@ -1230,24 +966,34 @@ class PostgresStore final : public Store {
 
 }  // namespace
 
+namespace pq {
+
+Result<Target> target(std::string_view url, const std::filesystem::path& password_file) {
+  Target out{std::string(url), shown_url(url)};
+  if (password_file.empty()) return out;
+  std::ifstream in(password_file);
+  std::string password;
+  if (!in || !std::getline(in, password))
+    return fail(ErrorCode::invalid_config,
+                fmt::format("cannot read the database password from {} ([store] "
+                            "password_file): check that it exists and is readable",
+                            password_file.string()));
+  if (!password.empty() && password.back() == '\r') password.pop_back();
+  out.conninfo +=
+      fmt::format("{}password={}", out.conninfo.find('?') == std::string::npos ? '?' : '&',
+                  percent_encode(password));
+  return out;
+}
+
+}  // namespace pq
+
 Result<std::unique_ptr<Store>> open_postgres_store(std::string_view url,
                                                    const std::filesystem::path& password_file,
                                                    const RejectionLimits& limits, StoreOpen mode) {
-  const std::string shown = shown_url(url);
-  std::string conninfo(url);
-  if (!password_file.empty()) {
-    std::ifstream in(password_file);
-    std::string password;
-    if (!in || !std::getline(in, password))
-      return fail(ErrorCode::invalid_config,
-                  fmt::format("cannot read the database password from {} ([store] "
-                              "password_file): check that it exists and is readable",
-                              password_file.string()));
-    if (!password.empty() && password.back() == '\r') password.pop_back();
-    conninfo += fmt::format("{}password={}", conninfo.find('?') == conninfo.npos ? '?' : '&',
-                            percent_encode(password));
-  }
-  auto store = std::make_unique<PostgresStore>(std::move(conninfo), shown, limits, mode);
+  auto where = pq::target(url, password_file);
+  if (!where) return std::unexpected(where.error());
+  auto store = std::make_unique<PostgresStore>(std::move(where->conninfo), std::move(where->shown),
+                                               limits, mode);
   if (auto s = store->open(); !s) return std::unexpected(s.error());
   return std::unique_ptr<Store>(std::move(store));
 }

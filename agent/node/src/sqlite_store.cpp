@@ -21,6 +21,7 @@
 
 #include <reflow/core/sqlite.hpp>
 
+#include "put_core.hpp"
 #include "store_rules.hpp"
 
 namespace ingest {
@@ -35,7 +36,6 @@ using agent::sqlite::column_text;
 using agent::sqlite::Cursor;
 using agent::sqlite::DbPtr;
 using agent::sqlite::StmtPtr;
-using store_rules::k_all_unauthenticated;
 using store_rules::k_unauthenticated_reasons;
 using store_rules::reason_from_name;
 using store_rules::saturating_add;
@@ -289,31 +289,6 @@ struct Connection {
   }
 };
 
-// A stream's row, loaded once per put() batch and written back at its end.
-struct StreamState {
-  std::int64_t row_id = 0;  ///< 0: no row yet (no event of it stored)
-  std::int64_t first_seen_ms = 0;
-  std::int64_t last_seen_ms = 0;
-  std::int64_t contiguous = 0;
-  std::int64_t max_seq = 0;
-  std::int64_t events = 0;
-  bool chain_broken = false;
-  std::int64_t last_event = 0;
-  bool dirty = false;
-  // The last event stored in this batch: in-order delivery finds its predecessor here.
-  std::int64_t tail_seq = 0;
-  std::string tail_hash;
-  std::int64_t tail_recorded_ms = 0;
-};
-
-// A stored event's chain fields.
-struct ChainLink {
-  std::string hash;  ///< signing_input_sha256
-  std::string prev;  ///< empty for seq 1
-  std::int64_t recorded_ms = 0;
-  std::int64_t row_id = 0;
-};
-
 // The migration's `capped` for rows kept before version 3: an unauthenticated reason, or a
 // device the node does not know. The reasons are our constants, not input.
 std::string migrate_2_capped_sql() {
@@ -324,12 +299,6 @@ std::string migrate_2_capped_sql() {
       "UPDATE rejections SET capped = (reason IN ({}) OR device NOT IN (SELECT device FROM keys));",
       reasons);
 }
-
-// Kept rows and envelope bytes of capped rejections.
-struct CappedUsage {
-  std::int64_t rows = 0;
-  std::int64_t bytes = 0;
-};
 
 class SqliteStore final : public Store {
  public:
@@ -425,24 +394,15 @@ class SqliteStore final : public Store {
 
   Result<std::vector<PutResult>> put(std::span<const Incoming> batch,
                                      std::int64_t now_unix_ms) override {
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      if (batch[i].event.has_value() == batch[i].rejection.has_value())
-        return fail(
-            ErrorCode::internal,
-            fmt::format("put: batch item {} must hold exactly one of event or rejection", i));
-    }
+    if (auto s = put_core::check_batch(batch); !s) return std::unexpected(s.error());
     std::lock_guard lock(m_writer.mutex);
     std::vector<PutResult> results;
-    results.reserve(batch.size());
     Status done = in_transaction([&]() -> Status {
-      Batch state;
-      for (const Incoming& item : batch) {
-        Result<PutResult> r = item.event ? apply_event(state, *item.event, now_unix_ms)
-                                         : apply_rejection(state, *item.rejection, now_unix_ms);
-        if (!r) return std::unexpected(r.error());
-        results.push_back(std::move(*r));
-      }
-      return flush_streams(state);
+      Rows rows(*this);
+      auto stored = put_core::put(rows, batch, now_unix_ms, m_limits);
+      if (!stored) return std::unexpected(stored.error());
+      results = std::move(*stored);
+      return {};
     });
     if (!done) return std::unexpected(done.error());
     return results;
@@ -782,16 +742,6 @@ class SqliteStore final : public Store {
   }
 
  private:
-  struct Batch {
-    std::unordered_map<std::string, StreamState> streams;
-    std::vector<StreamState*> dirty;
-    std::unordered_map<std::string, std::optional<std::int64_t>> revoked;  ///< by kid
-    std::unordered_map<std::string, bool> registered;                      ///< by device
-    std::unordered_map<std::string, CappedUsage> capped;                   ///< by device
-    std::optional<CappedUsage> capped_total;
-    std::optional<std::uint64_t> log_size;  ///< the log's size, read at the batch's first event
-  };
-
   Result<std::vector<DeviceStats>> stats_locked() {
     std::map<std::string, DeviceStats> devices;
     auto device_entry = [&](std::string name) -> DeviceStats& {
@@ -871,195 +821,166 @@ class SqliteStore final : public Store {
     return out;
   }
 
-  Result<PutResult> apply_rejection(Batch& batch, const Rejection& r, std::int64_t now_unix_ms) {
-    auto kept = keep_rejection(batch, r.topic, r.device, r.reason, r.detail, r.stream, r.seq,
-                               r.envelope, now_unix_ms);
-    if (!kept) return std::unexpected(kept.error());
-    return PutResult{PutOutcome::rejected, r.reason, r.detail, *kept};
-  }
+  // put_core's rows: the writer's cached statements, inside put()'s transaction.
+  class Rows final : public put_core::PutRows {
+   public:
+    explicit Rows(SqliteStore& store) : m_store(store), m_c(store.m_writer) {}
 
-  Result<PutResult> reject_event(Batch& batch, const VerifiedEvent& e, RejectReason reason,
-                                 std::string detail, std::int64_t now_unix_ms) {
-    auto kept = keep_rejection(batch, e.topic, e.device, reason, detail, e.stream, e.seq,
-                               e.envelope, now_unix_ms);
-    if (!kept) return std::unexpected(kept.error());
-    return PutResult{PutOutcome::rejected, reason, std::move(detail), *kept};
-  }
-
-  Result<PutResult> apply_event(Batch& batch, const VerifiedEvent& e, std::int64_t now_unix_ms) {
-    auto loaded = stream_state(batch, e.device, e.stream);
-    if (!loaded) return std::unexpected(loaded.error());
-    StreamState& st = **loaded;
-    const bool known = st.row_id != 0;
-
-    // §7.6: a seq above max_seq cannot be stored yet, so in-order delivery skips the lookup.
-    if (known && e.seq <= st.max_seq) {
-      auto stored = find_link(e.device, e.stream, e.seq);
-      if (!stored) return std::unexpected(stored.error());
-      if (stored->has_value()) {
-        // The signed bytes decide, not the envelope's JSON spacing: Ed25519 is deterministic,
-        // so the same signing input is the same event.
-        if ((*stored)->hash == e.signing_input_sha256)
-          return PutResult{PutOutcome::duplicate, std::nullopt, {}};
-        return reject_event(
-            batch, e, RejectReason::equivocation,
-            fmt::format("seq {} of stream {} is already stored with different content (stored "
-                        "signing input SHA-256 {}, this one {}); the first copy is kept",
-                        e.seq, e.stream, (*stored)->hash, e.signing_input_sha256),
-            now_unix_ms);
-      }
+    Result<std::optional<put_core::StreamRow>> load_stream(const std::string& device,
+                                                           const std::string& stream) override {
+      return m_store.first_row(
+          m_c, k_sql_load_stream, "reading a stream",
+          [](Cursor& row) {
+            return put_core::StreamRow{row.int64(0), row.int64(1), row.int64(2),      row.int64(3),
+                                       row.int64(4), row.int64(5), row.int64(6) != 0, row.int64(7)};
+          },
+          device, stream);
     }
 
-    auto revoked = revoked_ms(batch, e.kid);
-    if (!revoked) return std::unexpected(revoked.error());
-    const bool revoked_key = revoked->has_value();
-
-    // §7.7 backwards: the stored predecessor vouches for this event, and its `recorded` is not
-    // later than this one's.
-    if (known && e.seq > 1) {
-      std::optional<ChainLink> predecessor;
-      if (st.tail_seq == e.seq - 1) {
-        predecessor = ChainLink{st.tail_hash, {}, st.tail_recorded_ms, 0};
-      } else if (e.seq - 1 <= st.max_seq) {
-        auto link = find_link(e.device, e.stream, e.seq - 1);
-        if (!link) return std::unexpected(link.error());
-        predecessor = std::move(*link);
-      }
-      if (predecessor && predecessor->hash != e.prev) {
-        mark_broken(batch, st);
-        return reject_event(batch, e, RejectReason::chain_break,
-                            fmt::format("prev {} of seq {} is not the SHA-256 of stored seq {}'s "
-                                        "signing input ({}) in stream {}",
-                                        e.prev, e.seq, e.seq - 1, predecessor->hash, e.stream),
-                            now_unix_ms);
-      }
-      if (predecessor && e.recorded_unix_ms < predecessor->recorded_ms)
-        return reject_event(
-            batch, e, RejectReason::recorded_backwards,
-            fmt::format("recorded {} of seq {} is earlier than recorded {} of stored seq {} in "
-                        "stream {}: `recorded` must not go backwards within a stream",
-                        agent::format_rfc3339_ms(e.recorded_unix_ms), e.seq,
-                        agent::format_rfc3339_ms(predecessor->recorded_ms), e.seq - 1, e.stream),
-            now_unix_ms);
-    }
-
-    // §7.7 forwards: a successor stored first, across a gap, is held until this event decides
-    // it. When it disagrees, it — not this event, which its own predecessor (if any) has just
-    // accepted — is the wrong one: it goes to the rejections. A revoked key never displaces.
-    bool vouched = false;
-    std::string displaced;
-    if (known && e.seq < st.max_seq) {
-      auto link = find_link(e.device, e.stream, e.seq + 1);
-      if (!link) return std::unexpected(link.error());
-      if (link->has_value()) {
-        const ChainLink& next = **link;
-        std::optional<RejectReason> conflict;
-        std::string why;
-        if (next.prev != e.signing_input_sha256) {
-          conflict = RejectReason::chain_break;
-          why = fmt::format(
-              "prev {} of seq {} is not the SHA-256 of seq {}'s signing input ({}) "
-              "in stream {}",
-              next.prev, e.seq + 1, e.seq, e.signing_input_sha256, e.stream);
-        } else if (next.recorded_ms < e.recorded_unix_ms) {
-          conflict = RejectReason::recorded_backwards;
-          why = fmt::format(
-              "recorded {} of seq {} is earlier than recorded {} of seq {} in "
-              "stream {}: `recorded` must not go backwards within a stream",
-              agent::format_rfc3339_ms(next.recorded_ms), e.seq + 1,
-              agent::format_rfc3339_ms(e.recorded_unix_ms), e.seq, e.stream);
-        }
-        if (!conflict) {
-          vouched = true;
-        } else if (revoked_key) {
-          return reject_event(
-              batch, e, RejectReason::key_revoked,
-              fmt::format("kid {} was revoked at {}, and stored seq {} does not "
-                          "vouch for this seq {}: {}",
-                          e.kid, agent::format_rfc3339_ms(**revoked), e.seq + 1, e.seq, why),
-              now_unix_ms);
-        } else {
-          if (*conflict == RejectReason::chain_break) mark_broken(batch, st);
-          if (auto s = displace(batch, st, e, next, *conflict, why, now_unix_ms); !s)
-            return std::unexpected(s.error());
-          displaced = fmt::format("held seq {} moved to the rejections ({}): {}", e.seq + 1,
-                                  to_string(*conflict), why);
-        }
-      }
-    }
-
-    // Revocation goes by what the node had, not by the device's clock: after it, the key may
-    // only fill a gap below a stored event whose `prev` binds this one.
-    if (revoked_key && !vouched)
-      return reject_event(
-          batch, e, RejectReason::key_revoked,
-          fmt::format("kid {} was revoked at {}; since then only an event that fills a gap below "
-                      "a stored event whose prev is its hash is stored, and seq {} of stream {} "
-                      "is not one (no seq {} stored)",
-                      e.kid, agent::format_rfc3339_ms(**revoked), e.seq, e.stream, e.seq + 1),
-          now_unix_ms);
-
-    if (!known) {
-      if (auto s = insert_stream(e.device, e.stream, now_unix_ms, st); !s)
-        return std::unexpected(s.error());
-    }
-    auto rowid = insert_event(e, now_unix_ms);
-    if (!rowid) return std::unexpected(rowid.error());
-    if (auto s = log_append(batch.log_size, *rowid, agent::merkle::leaf_hash(e.envelope)); !s)
-      return std::unexpected(s.error());
-
-    const std::int64_t old_max = st.max_seq;
-    st.events += 1;
-    st.max_seq = std::max(st.max_seq, e.seq);
-    st.last_seen_ms = now_unix_ms;
-    st.last_event = *rowid;
-    st.tail_seq = e.seq;
-    st.tail_hash = e.signing_input_sha256;
-    st.tail_recorded_ms = e.recorded_unix_ms;
-    if (e.seq == st.contiguous + 1) {
-      st.contiguous = e.seq;
-      // Filling a gap: the events stored beyond it now count too.
-      if (e.seq < old_max) {
-        auto reach = contiguous_from(e.device, e.stream, e.seq);
-        if (!reach) return std::unexpected(reach.error());
-        st.contiguous = *reach;
-      }
-    }
-    mark_dirty(batch, st);
-    return PutResult{PutOutcome::stored, std::nullopt, std::move(displaced)};
-  }
-
-  // Appends leaf `leaf` (of events row `event_row`) to the log and every perfect subtree it
-  // completes (RFC 9162 §2.1.1: a leaf with an odd index closes its pair, and so on up).
-  // `size` is the log's size, read here when unknown and advanced.
-  Status log_append(std::optional<std::uint64_t>& size, std::int64_t event_row,
-                    const agent::merkle::Hash& leaf) {
-    const char* what = "appending to the log";
-    if (!size) {
-      auto n = query_int(k_sql_log_size);
-      if (!n) return std::unexpected(n.error());
-      size = static_cast<std::uint64_t>(*n);
-    }
-    const std::uint64_t index = *size;
-    if (auto s = write(m_writer, k_sql_log_insert_leaf, what, static_cast<std::int64_t>(index),
-                       event_row, hash_blob(leaf));
-        !s)
-      return s;
-    agent::merkle::Hash hash = leaf;
-    std::uint64_t at = index;
-    for (unsigned level = 0; (at & 1U) != 0; ++level, at >>= 1U) {
-      auto left = log_hash(m_writer, level, at - 1);
-      if (!left) return std::unexpected(left.error());
-      hash = agent::merkle::node_hash(*left, hash);
-      if (auto s = write(m_writer, k_sql_log_insert_node, what, std::int64_t{level} + 1,
-                         static_cast<std::int64_t>(at >> 1U), hash_blob(hash));
+    Result<std::int64_t> insert_stream(const std::string& device, const std::string& stream,
+                                       std::int64_t now_unix_ms) override {
+      if (auto s = m_store.write(m_c, k_sql_insert_stream, "storing a stream", device, stream,
+                                 now_unix_ms);
           !s)
-        return s;
+        return std::unexpected(s.error());
+      return sqlite3_last_insert_rowid(m_c.db.get());
     }
-    size = index + 1;
-    return {};
-  }
 
+    Status update_stream(const put_core::StreamRow& st) override {
+      return m_store.write(m_c, k_sql_update_stream, "updating a stream", st.row_id,
+                           st.last_seen_ms, st.contiguous, st.max_seq, st.events, st.chain_broken,
+                           st.last_event);
+    }
+
+    Result<std::optional<put_core::ChainLink>> find_event(const std::string& device,
+                                                          const std::string& stream,
+                                                          std::int64_t seq) override {
+      return m_store.first_row(
+          m_c, k_sql_find_event, "reading an event",
+          [](Cursor& row) {
+            return put_core::ChainLink{row.text(0), row.text(1), row.int64(2), row.int64(3)};
+          },
+          device, stream, seq);
+    }
+
+    Result<std::int64_t> contiguous_from(const std::string& device, const std::string& stream,
+                                         std::int64_t from) override {
+      const char* what = "reading a stream";
+      auto cursor = m_store.rows(m_c, k_sql_seqs_after, what, device, stream, from);
+      if (!cursor) return std::unexpected(cursor.error());
+      std::int64_t reach = from;
+      while (true) {
+        auto row = m_store.next(m_c, *cursor, what);
+        if (!row) return std::unexpected(row.error());
+        if (!*row || cursor->int64(0) != reach + 1) return reach;
+        ++reach;
+      }
+    }
+
+    Result<std::int64_t> max_seq(const std::string& device, const std::string& stream) override {
+      return m_store.only_row(
+          m_c, k_sql_max_seq, "reading a stream", [](Cursor& row) { return row.int64(0); }, device,
+          stream);
+    }
+
+    Result<std::int64_t> insert_event(const VerifiedEvent& e, std::int64_t now_unix_ms) override {
+      const auto prev = e.prev.empty() ? std::nullopt : std::optional<std::string_view>(e.prev);
+      if (auto s = m_store.write(m_c, k_sql_insert_event, "storing an event", e.device, e.stream,
+                                 e.seq, e.recorded_unix_ms, now_unix_ms, e.action,
+                                 e.signing_input_sha256, prev, e.id, e.kid, e.envelope);
+          !s)
+        return std::unexpected(s.error());
+      return sqlite3_last_insert_rowid(m_c.db.get());
+    }
+
+    Result<std::string> delete_event(std::int64_t row_id) override {
+      auto envelope = m_store.only_row(
+          m_c, k_sql_event_envelope, "reading a held event",
+          [](Cursor& row) { return row.text(0); }, row_id);
+      if (!envelope) return std::unexpected(envelope.error());
+      if (auto s = m_store.write(m_c, k_sql_delete_event, "removing a held event", row_id); !s)
+        return std::unexpected(s.error());
+      return std::move(*envelope);
+    }
+
+    Result<std::optional<std::int64_t>> revoked_ms(const std::string& kid) override {
+      auto key = m_store.find_key_locked(m_c, kid);
+      if (!key) return std::unexpected(key.error());
+      if (!key->has_value()) return std::nullopt;
+      return (*key)->revoked_unix_ms;
+    }
+
+    Result<bool> device_registered(const std::string& device) override {
+      auto row = m_store.first_row(
+          m_c, k_sql_device_registered, "looking up a device", [](Cursor&) { return true; },
+          device);
+      if (!row) return std::unexpected(row.error());
+      return row->has_value();
+    }
+
+    Result<bool> repeat_rejection(std::string_view topic, std::string_view envelope_sha256,
+                                  std::int64_t now_unix_ms, RejectReason reason,
+                                  std::string_view detail) override {
+      if (auto s = m_store.write(m_c, k_sql_repeat_rejection, "storing a rejection", topic,
+                                 envelope_sha256, now_unix_ms, to_string(reason), detail);
+          !s)
+        return std::unexpected(s.error());
+      return sqlite3_changes(m_c.db.get()) > 0;
+    }
+
+    Result<put_core::CappedUsage> capped_usage(const std::string& device) override {
+      return m_store.only_row(m_c, k_sql_capped_usage, "counting rejections", capped_row, device);
+    }
+
+    Result<put_core::CappedUsage> capped_total() override {
+      return m_store.only_row(m_c, k_sql_capped_total, "counting rejections", capped_row);
+    }
+
+    Status count_not_kept(std::string_view device, RejectReason reason, std::int64_t bytes,
+                          std::int64_t now_unix_ms) override {
+      return m_store.write(m_c, k_sql_not_kept, "counting a rejection", device, to_string(reason),
+                           bytes, now_unix_ms);
+    }
+
+    Status insert_rejection(const put_core::RejectionRow& r) override {
+      // A BLOB: an oversized or malformed envelope is any bytes a client sent, kept exactly.
+      return m_store.write(m_c, k_sql_insert_rejection, "storing a rejection", r.received_ms,
+                           r.topic, r.device, to_string(r.reason), r.detail, r.stream, r.seq,
+                           Blob{r.envelope}, r.envelope_sha256, r.capped);
+    }
+
+    Result<std::uint64_t> log_size() override {
+      auto n = m_store.query_int(k_sql_log_size);
+      if (!n) return std::unexpected(n.error());
+      return static_cast<std::uint64_t>(*n);
+    }
+
+    Status insert_log_leaf(std::uint64_t index, std::int64_t event_row,
+                           const agent::merkle::Hash& hash) override {
+      return m_store.write(m_c, k_sql_log_insert_leaf, "appending to the log",
+                           static_cast<std::int64_t>(index), event_row, hash_blob(hash));
+    }
+
+    Status insert_log_node(unsigned level, std::uint64_t index,
+                           const agent::merkle::Hash& hash) override {
+      return m_store.write(m_c, k_sql_log_insert_node, "appending to the log", std::int64_t{level},
+                           static_cast<std::int64_t>(index), hash_blob(hash));
+    }
+
+    Result<agent::merkle::Hash> log_hash(unsigned level, std::uint64_t index) override {
+      return m_store.log_hash(m_c, level, index);
+    }
+
+   private:
+    // A row of k_sql_capped_usage or k_sql_capped_total: count(*), total(length(envelope)).
+    static put_core::CappedUsage capped_row(Cursor& row) {
+      return put_core::CappedUsage{row.int64(0),
+                                   static_cast<std::int64_t>(sqlite3_column_double(row.get(), 1))};
+    }
+
+    SqliteStore& m_store;
+    Connection& m_c;
+  };
   // The perfect subtree (level, index) of the log: a leaf hash at level 0.
   Result<agent::merkle::Hash> log_hash(Connection& c, unsigned level, std::uint64_t index) {
     auto read = [&](Cursor& row) {
@@ -1125,236 +1046,6 @@ class SqliteStore final : public Store {
   std::unexpected<agent::Error> beyond_log(std::uint64_t size, std::uint64_t log_size) const {
     return fail(ErrorCode::invalid_argument,
                 fmt::format("the log has {} leaves; there is no tree of {}", log_size, size));
-  }
-
-  // Moves the held event `next` (seq e.seq + 1, never confirmed: e.seq was not stored) from the
-  // events to the rejections.
-  Status displace(Batch& batch, StreamState& st, const VerifiedEvent& e, const ChainLink& next,
-                  RejectReason reason, const std::string& why, std::int64_t now_unix_ms) {
-    auto envelope = only_row(
-        m_writer, k_sql_event_envelope, "reading a held event",
-        [](Cursor& row) { return row.text(0); }, next.row_id);
-    if (!envelope) return std::unexpected(envelope.error());
-    if (auto s = write(m_writer, k_sql_delete_event, "removing a held event", next.row_id); !s)
-      return s;
-    const std::string detail = fmt::format(
-        "held until seq {} arrived, which decided it: {}; the agent's own seq {} is accepted when "
-        "resent",
-        e.seq, why, e.seq + 1);
-    auto kept = keep_rejection(batch, e.topic, e.device, reason, detail, e.stream, e.seq + 1,
-                               *envelope, now_unix_ms);
-    if (!kept) return std::unexpected(kept.error());
-    st.events -= 1;
-    if (st.tail_seq == e.seq + 1) st.tail_seq = 0;
-    if (e.seq + 1 == st.max_seq) {
-      auto max = only_row(
-          m_writer, k_sql_max_seq, "reading a stream", [](Cursor& row) { return row.int64(0); },
-          e.device, e.stream);
-      if (!max) return std::unexpected(max.error());
-      st.max_seq = *max;
-    }
-    mark_dirty(batch, st);
-    return {};
-  }
-  void mark_dirty(Batch& batch, StreamState& st) {
-    if (!st.dirty) {
-      st.dirty = true;
-      batch.dirty.push_back(&st);
-    }
-  }
-
-  void mark_broken(Batch& batch, StreamState& st) {
-    st.chain_broken = true;
-    mark_dirty(batch, st);
-  }
-
-  Result<StreamState*> stream_state(Batch& batch, const std::string& device,
-                                    const std::string& stream) {
-    std::string key;
-    key.reserve(device.size() + 1 + stream.size());
-    key.append(device).push_back('\0');
-    key.append(stream);
-    auto it = batch.streams.find(key);
-    if (it != batch.streams.end()) return &it->second;
-
-    auto loaded = first_row(
-        m_writer, k_sql_load_stream, "reading a stream",
-        [](Cursor& row) {
-          StreamState st;
-          st.row_id = row.int64(0);
-          st.first_seen_ms = row.int64(1);
-          st.last_seen_ms = row.int64(2);
-          st.contiguous = row.int64(3);
-          st.max_seq = row.int64(4);
-          st.events = row.int64(5);
-          st.chain_broken = row.int64(6) != 0;
-          st.last_event = row.int64(7);
-          return st;
-        },
-        device, stream);
-    if (!loaded) return std::unexpected(loaded.error());
-    // unordered_map never moves its elements, so the pointers in Batch::dirty stay valid.
-    return &batch.streams.emplace(std::move(key), loaded->value_or(StreamState{})).first->second;
-  }
-
-  Status insert_stream(const std::string& device, const std::string& stream,
-                       std::int64_t now_unix_ms, StreamState& st) {
-    if (auto s =
-            write(m_writer, k_sql_insert_stream, "storing a stream", device, stream, now_unix_ms);
-        !s)
-      return s;
-    st.row_id = sqlite3_last_insert_rowid(m_writer.db.get());
-    st.first_seen_ms = now_unix_ms;
-    st.last_seen_ms = now_unix_ms;
-    return {};
-  }
-
-  Status flush_streams(Batch& batch) {
-    for (StreamState* st : batch.dirty) {
-      if (auto s = write(m_writer, k_sql_update_stream, "updating a stream", st->row_id,
-                         st->last_seen_ms, st->contiguous, st->max_seq, st->events,
-                         st->chain_broken, st->last_event);
-          !s)
-        return s;
-    }
-    return {};
-  }
-
-  Result<std::optional<ChainLink>> find_link(const std::string& device, const std::string& stream,
-                                             std::int64_t seq) {
-    return first_row(
-        m_writer, k_sql_find_event, "reading an event",
-        [](Cursor& row) {
-          return ChainLink{row.text(0), row.text(1), row.int64(2), row.int64(3)};
-        },
-        device, stream, seq);
-  }
-
-  // The highest seq n ≥ `from` such that from..n are all stored (`from` is).
-  Result<std::int64_t> contiguous_from(const std::string& device, const std::string& stream,
-                                       std::int64_t from) {
-    const char* what = "reading a stream";
-    auto cursor = rows(m_writer, k_sql_seqs_after, what, device, stream, from);
-    if (!cursor) return std::unexpected(cursor.error());
-    std::int64_t reach = from;
-    while (true) {
-      auto row = next(m_writer, *cursor, what);
-      if (!row) return std::unexpected(row.error());
-      if (!*row || cursor->int64(0) != reach + 1) return reach;
-      ++reach;
-    }
-  }
-
-  Result<std::optional<std::int64_t>> revoked_ms(Batch& batch, const std::string& kid) {
-    if (auto it = batch.revoked.find(kid); it != batch.revoked.end()) return it->second;
-    auto key = find_key_locked(m_writer, kid);
-    if (!key) return std::unexpected(key.error());
-    std::optional<std::int64_t> revoked;
-    if (key->has_value()) revoked = (*key)->revoked_unix_ms;
-    batch.revoked.emplace(kid, revoked);
-    return revoked;
-  }
-
-  Result<std::int64_t> insert_event(const VerifiedEvent& e, std::int64_t now_unix_ms) {
-    const auto prev = e.prev.empty() ? std::nullopt : std::optional<std::string_view>(e.prev);
-    if (auto s = write(m_writer, k_sql_insert_event, "storing an event", e.device, e.stream, e.seq,
-                       e.recorded_unix_ms, now_unix_ms, e.action, e.signing_input_sha256, prev,
-                       e.id, e.kid, e.envelope);
-        !s)
-      return std::unexpected(s.error());
-    return sqlite3_last_insert_rowid(m_writer.db.get());
-  }
-
-  // Keeps one rejection: a repeat of a kept envelope on the same topic raises its row's count;
-  // a new one from an unauthenticated sender over its cap (RejectionLimits) is only counted.
-  Result<RejectionKept> keep_rejection(Batch& batch, std::string_view topic,
-                                       std::string_view device, RejectReason reason,
-                                       std::string_view detail,
-                                       const std::optional<std::string>& stream,
-                                       std::optional<std::int64_t> seq, std::string_view envelope,
-                                       std::int64_t now_unix_ms) {
-    const std::string hash = agent::sha256_b64url(envelope);
-    const char* what = "storing a rejection";
-    if (auto s = write(m_writer, k_sql_repeat_rejection, what, topic, hash, now_unix_ms,
-                       to_string(reason), detail);
-        !s)
-      return std::unexpected(s.error());
-    if (sqlite3_changes(m_writer.db.get()) > 0) return RejectionKept::repeat;
-
-    bool capped = unauthenticated(reason);
-    if (!capped) {
-      auto registered = device_registered(batch, std::string(device));
-      if (!registered) return std::unexpected(registered.error());
-      capped = !*registered;
-    }
-    const auto size = static_cast<std::int64_t>(envelope.size());
-    CappedUsage* usage = nullptr;
-    CappedUsage* total = nullptr;
-    if (capped) {
-      auto u = capped_usage(batch, std::string(device));
-      if (!u) return std::unexpected(u.error());
-      usage = *u;
-      auto t = capped_total(batch);
-      if (!t) return std::unexpected(t.error());
-      total = *t;
-      const bool over_total =
-          total->rows >= m_limits.rows_total || total->bytes + size > m_limits.bytes_total;
-      const bool over_device = usage->rows >= m_limits.rows_per_device ||
-                               usage->bytes + size > m_limits.bytes_per_device;
-      if (over_total || over_device) {
-        if (auto s = write(m_writer, k_sql_not_kept, "counting a rejection",
-                           over_total ? k_all_unauthenticated : device, to_string(reason), size,
-                           now_unix_ms);
-            !s)
-          return std::unexpected(s.error());
-        return RejectionKept::counted;
-      }
-    }
-
-    // A BLOB: an oversized or malformed envelope is any bytes a client sent, kept exactly.
-    if (auto s = write(m_writer, k_sql_insert_rejection, what, now_unix_ms, topic, device,
-                       to_string(reason), detail, stream, seq, Blob{envelope}, hash, capped);
-        !s)
-      return std::unexpected(s.error());
-    if (capped) {
-      usage->rows += 1;
-      usage->bytes += size;
-      total->rows += 1;
-      total->bytes += size;
-    }
-    return RejectionKept::new_row;
-  }
-
-  Result<bool> device_registered(Batch& batch, const std::string& device) {
-    if (auto it = batch.registered.find(device); it != batch.registered.end()) return it->second;
-    auto row = first_row(
-        m_writer, k_sql_device_registered, "looking up a device", [](Cursor&) { return true; },
-        device);
-    if (!row) return std::unexpected(row.error());
-    batch.registered.emplace(device, row->has_value());
-    return row->has_value();
-  }
-
-  // A row of k_sql_capped_usage or k_sql_capped_total: count(*), total(length(envelope)).
-  static CappedUsage capped_row(Cursor& row) {
-    return CappedUsage{row.int64(0),
-                       static_cast<std::int64_t>(sqlite3_column_double(row.get(), 1))};
-  }
-
-  // Loaded once per batch (another process may share the file), then kept up to date.
-  Result<CappedUsage*> capped_usage(Batch& batch, const std::string& device) {
-    if (auto it = batch.capped.find(device); it != batch.capped.end()) return &it->second;
-    auto usage = only_row(m_writer, k_sql_capped_usage, "counting rejections", capped_row, device);
-    if (!usage) return std::unexpected(usage.error());
-    return &batch.capped.emplace(device, *usage).first->second;
-  }
-
-  Result<CappedUsage*> capped_total(Batch& batch) {
-    if (batch.capped_total) return &*batch.capped_total;
-    auto total = only_row(m_writer, k_sql_capped_total, "counting rejections", capped_row);
-    if (!total) return std::unexpected(total.error());
-    batch.capped_total = *total;
-    return &*batch.capped_total;
   }
 
   Result<std::optional<DeviceKeyRecord>> find_key_locked(Connection& c, std::string_view kid) {
@@ -1654,9 +1345,11 @@ class SqliteStore final : public Store {
   Status build_log() {
     const char* what = "building the log (schema version 4)";
     if (auto s = exec(m_writer, k_log_sql, what); !s) return s;
-    std::optional<std::uint64_t> size = 0;
+    Rows rows(*this);
+    std::uint64_t size = 0;
     return each_row(m_writer, k_sql_events_in_order, what, [&](Cursor& row) {
-      return log_append(size, row.int64(0), agent::merkle::leaf_hash(row.text(1)));
+      return put_core::log_append(rows, size++, row.int64(0),
+                                  agent::merkle::leaf_hash(row.text(1)));
     });
   }
 

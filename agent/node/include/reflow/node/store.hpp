@@ -455,6 +455,39 @@ Result<std::unique_ptr<Store>> open_postgres_store(std::string_view url,
                                                    const RejectionLimits& limits = {},
                                                    StoreOpen mode = StoreOpen::create_if_missing);
 
+/// What migrate_sqlite_to_postgres found and did.
+struct MigrationReport {
+  struct Table {
+    std::string name;         ///< keys, streams, events, rejections, rejections_not_kept,
+                              ///< export_ledger, log_leaves, log_nodes
+    std::int64_t rows = 0;    ///< in both stores after the copy
+    std::int64_t copied = 0;  ///< written by this run
+  };
+  std::vector<Table> tables;
+  LogCheckpoint log;  ///< the log's size and root, the same in both stores
+};
+
+/// Copies the SQLite store at `sqlite_path` into the PostgreSQL database at `url` (as
+/// open_postgres_store takes it, with `password_file`) in one transaction: the registry, events,
+/// rejections, streams (the ack points), the log and the export ledger, with their row ids, so
+/// that the copy reads exactly as the file did. Opening each store first brings its schema up to
+/// date (an older SQLite file is migrated in place; an empty database gets the schema). A
+/// database that already holds a store must hold a log that is a prefix of the file's (an
+/// earlier copy): then its events and log get what they lack, and the tables that change in
+/// place (keys, streams, rejections, rejections_not_kept, export_ledger) are copied again whole.
+/// Afterwards every table holds as many rows as the file's, and the log's size and root are the
+/// file's. `progress` gets one line per step (and per 10 000 rows). Neither store may be written
+/// meanwhile: stop `reflow-ingest run` first (the copy holds the PostgreSQL store's write lock).
+/// Errors: those of opening either store; rejected (the database holds other events, or a
+/// longer log); io (reading the file, or the database failed: nothing was committed);
+/// corruption (counts or log differ after the copy: nothing was committed, or the log differs
+/// after it, when something wrote to a store meanwhile); invalid_config (built without the
+/// PostgreSQL store).
+Result<MigrationReport> migrate_sqlite_to_postgres(
+    const std::filesystem::path& sqlite_path, std::string_view url,
+    const std::filesystem::path& password_file,
+    const std::function<void(std::string_view)>& progress);
+
 struct IngestConfig;
 
 /// The store `config` names ([store] kind): open_sqlite_store at config.store_path(), or
