@@ -5,8 +5,9 @@
 // with the weight as resourceQuantity (`transferCustody` at intake and on hand-over, into the
 // receiver's `to_resource`). A process station (`process`: shredder, extruder, sorting) emits a
 // `consume` of each input label's batch (inputOf) and a `produce` of each output label's batch
-// (outputOf) of one process "station:<name>:<process>-<n>": the first input after an output
-// opens the next process, numbered in state.json. A count-only station (no scale) records 1
+// (outputOf) of one process "station:<device>:<name>:<process>-<n>" (the agent's device id makes
+// it differ from a same-named station's at another site): the first input after an output opens
+// the next process, numbered in state.json. A count-only station (no scale) records 1
 // `one` per batch scan. An optional LED and buzzer on GPIO lines tell the operator what
 // happened.
 //
@@ -57,6 +58,11 @@ std::string expand_batch(std::string_view pattern, std::string_view code) {
   }
   out += rest;
   return out;
+}
+
+// The reference processes had before they carried the device id: "station:<name>:<process>-<n>".
+std::string legacy_process_reference(const StationConfig& config, std::int64_t n) {
+  return fmt::format("station:{}:{}-{}", config.name, config.process, n);
 }
 
 using TimePoint = std::chrono::steady_clock::time_point;
@@ -121,6 +127,9 @@ struct Core : std::enable_shared_from_this<Core> {
   // outputs coming out once outputs_started) and whether it has had an output.
   std::int64_t next_process = 1;
   std::optional<std::int64_t> open_process;
+  // The open process's reference, saved with it: a process opened by a version that named
+  // processes without the device id keeps its old reference until it ends.
+  std::string open_reference;
   bool outputs_started = false;
   TimePoint retry_at{};
   std::int64_t retry_delay_ms = k_retry_min_ms;
@@ -165,6 +174,7 @@ struct Core : std::enable_shared_from_this<Core> {
     if (!config.process.empty()) {
       s["next_process"] = next_process;
       s["open_process"] = open_process ? nlohmann::json(*open_process) : nlohmann::json(nullptr);
+      if (open_process) s["open_process_ref"] = open_reference;
       s["outputs_started"] = outputs_started;
     }
     auto& list = s["unsent"] = nlohmann::json::array();
@@ -200,6 +210,14 @@ struct Core : std::enable_shared_from_this<Core> {
           it->get<std::int64_t>() >= next_process)
         return corrupt("open_process is not a process number below next_process");
       open_process = it->get<std::int64_t>();
+      if (auto ref = s.find("open_process_ref"); ref != s.end()) {
+        if (!ref->is_string() || ref->get<std::string>().empty())
+          return corrupt("open_process_ref is not a process reference");
+        open_reference = ref->get<std::string>();
+      } else {
+        // Saved before process references carried the device id (0.x, issue 16).
+        open_reference = legacy_process_reference(config, *open_process);
+      }
     }
     if (auto it = s.find("outputs_started"); it != s.end()) {
       if (!it->is_boolean()) return corrupt("outputs_started is not true or false");
@@ -282,6 +300,7 @@ class StationDriver final : public Driver {
       core.armed.reset();
       core.next_process = 1;
       core.open_process.reset();
+      core.open_reference.clear();
       core.outputs_started = false;
     }
     if (Status loaded = core.load(*state); !loaded) return loaded;
@@ -349,10 +368,9 @@ class StationDriver final : public Driver {
       else
         activity = "waiting for a batch scan";
       if (core.running && !core.config.process.empty())
-        activity += core.open_process
-                        ? fmt::format(" (process {}: {})", process_reference(*core.open_process),
-                                      core.outputs_started ? "outputs" : "inputs")
-                        : std::string(" (no process open: scan an input)");
+        activity += core.open_process ? fmt::format(" (process {}: {})", core.open_reference,
+                                                    core.outputs_started ? "outputs" : "inputs")
+                                      : std::string(" (no process open: scan an input)");
     }
     std::string devices;
     {
@@ -439,10 +457,8 @@ class StationDriver final : public Driver {
     core.health.state = "stopped";
   }
 
-  // "station:<name>:<process>-<n>": the reference of a process station's n-th process.
   std::string process_reference(std::int64_t n) const {
-    const StationConfig& c = m_core->config;
-    return fmt::format("station:{}:{}-{}", c.name, c.process, n);
+    return station::process_reference(m_core->config, n);
   }
 
   enum class Role { input, output, other };
@@ -577,12 +593,13 @@ class StationDriver final : public Driver {
     if (is_process) {
       if (!output && (!core.open_process || core.outputs_started)) {
         core.open_process = core.next_process++;
+        core.open_reference = process_reference(*core.open_process);
         core.outputs_started = false;
-        core.log.info(core.component, "process {} begins with the input {}",
-                      process_reference(*core.open_process), code);
+        core.log.info(core.component, "process {} begins with the input {}", core.open_reference,
+                      code);
       }
       if (output) core.outputs_started = true;
-      process = process_reference(*core.open_process);
+      process = core.open_reference;
       action = output ? "produce" : "consume";
     }
 
@@ -748,7 +765,8 @@ const std::vector<DriverKeyInfo>& own_keys() {
        "process)"},
       {"process", "string", "\"\"",
        "makes a process station (shredder, extruder, sorting): the word its processes are named "
-       "by, \"shred\" giving station:<name>:shred-<n>; scans of batch_label are its inputs "
+       "by, \"shred\" giving station:<device>:<name>:shred-<n>; scans of batch_label are its "
+       "inputs "
        "(consume), scans of output_label its outputs (produce)"},
       {"output_label", "string", "(required with process)",
        "process station: name of the scanner pattern whose codes are outputs"},
@@ -852,6 +870,7 @@ Result<StationConfig> parse_station_config(const DriverConfig& config) {
   if (Status keys = table.check_keys(station_keys()); !keys) return std::unexpected(keys.error());
   StationConfig station;
   station.name = config.name;
+  station.device_id = config.device_id;
 
   auto process = table.string("process", "");
   if (!process) return std::unexpected(process.error());
@@ -1058,6 +1077,10 @@ Result<StationConfig> parse_station_config(const DriverConfig& config) {
 std::unique_ptr<Driver> make_station_driver(StationConfig config, Env& env, Logger& log,
                                             StationDevices devices) {
   return std::make_unique<StationDriver>(std::move(config), env, log, std::move(devices));
+}
+
+std::string process_reference(const StationConfig& config, std::int64_t n) {
+  return fmt::format("station:{}:{}:{}-{}", config.device_id, config.name, config.process, n);
 }
 
 }  // namespace station

@@ -23,6 +23,9 @@ OTHER_BATCH = "urn:example:batch:0043"
 DEVICE = "station-01"
 FLAKES = "urn:example:flakes:0007"
 SPOOL = "urn:example:spool:0003"
+# A process station's processes carry the device id: two sites' "shredder" stations differ.
+SHRED_1 = f"station:{DEVICE}:shredder:shred-1"
+EXTRUDE_1 = f"station:{DEVICE}:extruder:extrude-1"
 PATTERNS = ["scanner_patterns = '''",
             "batch = ^urn:example:batch:[0-9]+$",
             "flakes = ^urn:example:flakes:[0-9]+$",
@@ -233,8 +236,7 @@ class StationTest(nh.NodeTestCase):
             ("transferCustody", BATCH), ("consume", BATCH + "@fablab-recycling"),
             ("produce", FLAKES), ("consume", FLAKES), ("produce", SPOOL)])
         self.assertEqual([e.get("inputOf") or e.get("outputOf") for e in events[1:]], [
-            "station:shredder:shred-1", "station:shredder:shred-1",
-            "station:extruder:extrude-1", "station:extruder:extrude-1"])
+            SHRED_1, SHRED_1, EXTRUDE_1, EXTRUDE_1])
         self.assertEqual(events[2]["resourceConformsTo"], "pet-flakes")
         self.assertEqual(events[4]["resourceConformsTo"], "pet-filament")
         self.assertEqual(self.cli.rejections(dev.id), [])
@@ -262,15 +264,15 @@ class StationTest(nh.NodeTestCase):
         self.assertEqual(standin.mutations, 7)  # 2 createProcess + 5 createEconomicEvent
         self.assertEqual(standin.bad_signatures, 0)
         self.assertEqual(sorted(p["name"] for p in standin.processes),
-                         ["station:extruder:extrude-1", "station:shredder:shred-1"])
+                         [EXTRUDE_1, SHRED_1])
         sent = [e["variables"]["event"] for e in standin.events]
         self.assertEqual([e["action"] for e in sent],
                          ["transferCustody", "consume", "produce", "consume", "produce"])
         process_id = {p["name"]: p["id"] for p in standin.processes}
-        self.assertEqual(sent[1]["inputOf"], process_id["station:shredder:shred-1"])
-        self.assertEqual(sent[2]["outputOf"], process_id["station:shredder:shred-1"])
-        self.assertEqual(sent[3]["inputOf"], process_id["station:extruder:extrude-1"])
-        self.assertEqual(sent[4]["outputOf"], process_id["station:extruder:extrude-1"])
+        self.assertEqual(sent[1]["inputOf"], process_id[SHRED_1])
+        self.assertEqual(sent[2]["outputOf"], process_id[SHRED_1])
+        self.assertEqual(sent[3]["inputOf"], process_id[EXTRUDE_1])
+        self.assertEqual(sent[4]["outputOf"], process_id[EXTRUDE_1])
         self.assertEqual(sent[1]["resourceInventoriedAs"], IDS[BATCH + "@fablab-recycling"])
         # The extruder consumes the very flakes resource the shredder's produce created.
         flakes = [r for r in standin.resources.values() if r["name"] == FLAKES]

@@ -485,10 +485,10 @@ TEST_F(StationDriverTest, ProcessStationConsumesInputsAndProducesOutputsOfOnePro
   record("urn:example:batch:1", "batch", 2.4);
   record("urn:example:batch:2", "batch", 1.1);
   record("urn:example:flakes:1", "flakes", 3.3);
-  ASSERT_TRUE(wait_state(*driver, "(process station:shredder:shred-1: outputs)"));
+  ASSERT_TRUE(wait_state(*driver, "(process station:test-01:shredder:shred-1: outputs)"));
   record("urn:example:batch:3", "batch", 5.0);  // the next process
   auto events = sink.wait_for(4);
-  ASSERT_TRUE(wait_state(*driver, "(process station:shredder:shred-2: inputs)"));
+  ASSERT_TRUE(wait_state(*driver, "(process station:test-01:shredder:shred-2: inputs)"));
   driver->stop();
 
   ASSERT_EQ(events.size(), 4u);
@@ -504,26 +504,60 @@ TEST_F(StationDriverTest, ProcessStationConsumesInputsAndProducesOutputsOfOnePro
   EXPECT_EQ(in1["action"], "consume");
   EXPECT_EQ(in1["resourceInventoriedAs"], "urn:example:batch:1@fablab-recycling");
   EXPECT_EQ(in1["resourceQuantity"].dump(), R"({"hasNumericalValue":2.4,"hasUnit":"kilogram"})");
-  EXPECT_EQ(in1["inputOf"], "station:shredder:shred-1");
+  EXPECT_EQ(in1["inputOf"], "station:test-01:shredder:shred-1");
   EXPECT_FALSE(in1.contains("outputOf"));
   EXPECT_EQ(in1["meta"]["role"], "input");
-  EXPECT_EQ(events[1].fields["inputOf"], "station:shredder:shred-1");
+  EXPECT_EQ(events[1].fields["inputOf"], "station:test-01:shredder:shred-1");
   const ordered_json& out = events[2].fields;
   EXPECT_EQ(out["action"], "produce");
   EXPECT_EQ(out["resourceInventoriedAs"], "urn:example:flakes:1");
   EXPECT_EQ(out["resourceConformsTo"], "pet-flakes");
   EXPECT_EQ(out["resourceQuantity"]["hasNumericalValue"].dump(), "3.3");
-  EXPECT_EQ(out["outputOf"], "station:shredder:shred-1");
+  EXPECT_EQ(out["outputOf"], "station:test-01:shredder:shred-1");
   EXPECT_FALSE(out.contains("inputOf"));
   EXPECT_EQ(out["meta"]["role"], "output");
-  EXPECT_EQ(events[3].fields["inputOf"], "station:shredder:shred-2");
+  EXPECT_EQ(events[3].fields["inputOf"], "station:test-01:shredder:shred-2");
   EXPECT_EQ(events[3].source.ref, "record 4");
 
   auto state = load_driver_state(m_dir.path() / "state.json");
   ASSERT_TRUE(state) << state.error().message;
   EXPECT_EQ((*state)["next_process"], 3);
   EXPECT_EQ((*state)["open_process"], 2);
+  EXPECT_EQ((*state)["open_process_ref"], "station:test-01:shredder:shred-2");
   EXPECT_EQ((*state)["outputs_started"], false);
+}
+
+// Two sites' stations of the same name make different processes: the device id is in the
+// reference (the node's export makes one zenflows Process per reference).
+TEST_F(StationDriverTest, ProcessReferencesOfSameNamedStationsOnTwoDevicesDiffer) {
+  StationConfig here = config(k_shredder);
+  StationConfig there = here;
+  there.device_id = "other-site-02";
+  EXPECT_EQ(process_reference(here, 7), "station:test-01:shredder:shred-7");
+  EXPECT_EQ(process_reference(there, 7), "station:other-site-02:shredder:shred-7");
+}
+
+// A process opened before references carried the device id (state.json without
+// open_process_ref) keeps its old reference until it ends, so that its inputs and outputs stay
+// in one process; the next process gets the new reference.
+TEST_F(StationDriverTest, ProcessOpenedBeforeTheUpgradeKeepsItsOldReferenceUntilItEnds) {
+  ASSERT_TRUE(save_driver_state(
+      m_dir.path() / "state.json",
+      {{"next_record", 3}, {"next_process", 4}, {"open_process", 3}, {"outputs_started", false}}));
+  CapturingSink sink;
+  auto driver = make(config(k_shredder));
+  ASSERT_TRUE(driver->start(sink, m_dir.path()));
+  ASSERT_TRUE(wait_state(*driver, "(process station:shredder:shred-3: inputs)"));
+  m_scanner->scan("urn:example:flakes:9", "flakes");
+  m_scale->weigh(1.5);
+  m_scanner->scan("urn:example:batch:10", "batch");
+  m_scale->weigh(2.5);
+  auto events = sink.wait_for(2);
+  ASSERT_TRUE(wait_state(*driver, "(process station:test-01:shredder:shred-4: inputs)"));
+  driver->stop();
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0].fields["outputOf"], "station:shredder:shred-3");
+  EXPECT_EQ(events[1].fields["inputOf"], "station:test-01:shredder:shred-4");
 }
 
 // The open process survives a restart: outputs weighed after it go out of the same process.
@@ -541,14 +575,14 @@ TEST_F(StationDriverTest, ProcessStationKeepsItsOpenProcessAcrossARestart) {
   CapturingSink sink;
   auto driver = make(config(k_shredder));
   ASSERT_TRUE(driver->start(sink, m_dir.path()));
-  ASSERT_TRUE(wait_state(*driver, "(process station:shredder:shred-1: inputs)"));
+  ASSERT_TRUE(wait_state(*driver, "(process station:test-01:shredder:shred-1: inputs)"));
   m_scanner->scan("urn:example:flakes:7", "flakes");
   m_scale->weigh(1.9);
   auto events = sink.wait_for(1);
   driver->stop();
   ASSERT_EQ(events.size(), 1u);
   EXPECT_EQ(events[0].fields["action"], "produce");
-  EXPECT_EQ(events[0].fields["outputOf"], "station:shredder:shred-1");
+  EXPECT_EQ(events[0].fields["outputOf"], "station:test-01:shredder:shred-1");
   EXPECT_EQ(events[0].source.ref, "record 2");
 }
 
@@ -771,6 +805,17 @@ TEST_F(StationDriverTest, RefusedRecordIsRetriedUntilCommitted) {
 }
 
 TEST_F(StationDriverTest, CorruptStateRefusesToStartRatherThanGuess) {
+  ASSERT_TRUE(
+      save_driver_state(m_dir.path() / "state.json",
+                        {{"next_process", 2}, {"open_process", 1}, {"open_process_ref", 7}}));
+  {
+    CapturingSink sink;
+    auto driver = make(config(k_shredder));
+    auto started = driver->start(sink, m_dir.path());
+    ASSERT_FALSE(started);
+    EXPECT_NE(started.error().message.find("open_process_ref"), std::string::npos)
+        << started.error().message;
+  }
   ASSERT_TRUE(save_driver_state(m_dir.path() / "state.json", {{"unsent", {{{"record", 1}}}}}));
   CapturingSink sink;
   auto driver = make(config(k_intake));
