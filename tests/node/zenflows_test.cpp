@@ -538,6 +538,52 @@ TEST_F(ZenflowsTest, LedgerPlanLeavesOutRecordedEventsAndUsesRecordedProcessesAn
   EXPECT_EQ(done.events_recorded, 3u);
 }
 
+// export --check with the ledger: what an earlier --post recorded is listed as posted with its
+// zenflows id and not checked again (a unit the config no longer maps is moot for it); the rest
+// is checked with the ledger's processes and resources as server ids.
+TEST_F(ZenflowsTest, LedgerCheckListsRecordedEventsAsPostedAndChecksTheRest) {
+  const auto events = produce_job_events();
+  ExportLedger ledger;
+  ledger.server = "http://zenflows.test/api";
+  IngestConfig config = produce_config();
+  config.units.erase("hour");  // the use's effortQuantity: a problem, until the use is posted
+  VfCheck fresh = check_ledger_export(events, config, ledger);
+  ASSERT_EQ(fresh.events.size(), 3u);
+  EXPECT_EQ(fresh.posted, 0u);
+  EXPECT_EQ(fresh.refused, 1u);
+
+  ledger.processes["job-42"] = "01SERVERPR0CESS00000000000";
+  ledger.events[ledger_event_ref("printer-01", "01JBQ8Z6V2X4W6Y8A0C2E4G6J8", 1)] =
+      "01SERVEREVENT0000000000001";
+  VfCheck resumed = check_ledger_export(events, config, ledger);
+  ASSERT_EQ(resumed.events.size(), 3u);
+  EXPECT_EQ(resumed.posted, 1u);
+  EXPECT_EQ(resumed.refused, 0u);
+  EXPECT_EQ(resumed.problems, 0u);
+  EXPECT_EQ(resumed.events[0].posted_id, "01SERVEREVENT0000000000001");
+  EXPECT_TRUE(resumed.events[0].problems.empty());
+  EXPECT_TRUE(resumed.events[1].posted_id.empty());
+
+  const std::string text = format_vf_check_text(resumed);
+  EXPECT_NE(text.find(resumed.events[0].id + " use (device printer-01): posted already as "
+                                             "01SERVEREVENT0000000000001\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find(resumed.events[1].id + " consume (device printer-01): ok\n"),
+            std::string::npos)
+      << text;
+  EXPECT_TRUE(
+      text.ends_with("checked 2 events: 0 would be refused by zenflows (0 problems), 2 "
+                     "pass; 1 already posted (export ledger), not checked again\n"))
+      << text;
+  const Json json = vf_check_json(resumed);
+  EXPECT_EQ(json["checked"], 2);
+  EXPECT_EQ(json["posted"], 1);
+  EXPECT_EQ(json["events"][0]["posted_id"], "01SERVEREVENT0000000000001");
+  EXPECT_FALSE(json["events"][0].contains("problems"));
+  EXPECT_EQ(json["events"][1]["problems"], Json::array());
+}
+
 using test_store::ledger_row;
 
 class ZenflowsLedgerTest : public ZenflowsTest {

@@ -132,13 +132,22 @@ Result<ExportLedger> read_export_ledger(Store& store, std::string_view server) {
   return ledger;
 }
 
-LedgerPlan plan_ledger_export(const std::vector<StoredEvent>& events, const IngestConfig& config,
-                              const ExportLedger& ledger) {
+namespace {
+
+// `config` with the ledger's processes and resources as server ids.
+IngestConfig with_ledger_ids(const IngestConfig& config, const ExportLedger& ledger) {
   IngestConfig with_ledger = config;
   for (const auto* ids : {&ledger.processes, &ledger.resources})
     for (const auto& [reference, id] : *ids)
       with_ledger.ids.emplace(reference, id);  // the config's own entry wins
-  VfExport all = build_vf_export(events, with_ledger);
+  return with_ledger;
+}
+
+}  // namespace
+
+LedgerPlan plan_ledger_export(const std::vector<StoredEvent>& events, const IngestConfig& config,
+                              const ExportLedger& ledger) {
+  VfExport all = build_vf_export(events, with_ledger_ids(config, ledger));
 
   LedgerPlan plan;
   std::vector<VfRequest> remaining;
@@ -170,6 +179,22 @@ Result<LedgerPlan> plan_ledger_export(Store& store, const EventFilter& filter,
   auto events = collect_events(store, filter);
   if (!events) return std::unexpected(events.error());
   return plan_ledger_export(*events, config, ledger);
+}
+
+VfCheck check_ledger_export(const std::vector<StoredEvent>& events, const IngestConfig& config,
+                            const ExportLedger& ledger) {
+  return check_vf_export(
+      events, with_ledger_ids(config, ledger), [&ledger](const StoredEvent& e) -> std::string {
+        auto it = ledger.events.find(ledger_event_ref(e.device, e.stream, e.seq));
+        return it == ledger.events.end() ? std::string() : it->second;
+      });
+}
+
+Result<VfCheck> check_ledger_export(Store& store, const EventFilter& filter,
+                                    const IngestConfig& config, const ExportLedger& ledger) {
+  auto events = collect_events(store, filter);
+  if (!events) return std::unexpected(events.error());
+  return check_ledger_export(*events, config, ledger);
 }
 
 VfPostHooks ledger_post_hooks(Store& store, std::string server, std::function<std::int64_t()> now,

@@ -73,6 +73,16 @@ LedgerPlan plan_ledger_export(const std::vector<StoredEvent>& events, const Inge
 Result<LedgerPlan> plan_ledger_export(Store& store, const EventFilter& filter,
                                       const IngestConfig& config, const ExportLedger& ledger);
 
+/// `export --check` with the ledger: check_vf_export of `events` with the ledger's processes and
+/// resources as server ids (after the config's [export.ids], which win), each event the ledger
+/// recorded listed as posted with its zenflows id rather than checked again.
+VfCheck check_ledger_export(const std::vector<StoredEvent>& events, const IngestConfig& config,
+                            const ExportLedger& ledger);
+
+/// The same over the store's events matching `filter`. Errors: those of Store::for_each_event.
+Result<VfCheck> check_ledger_export(Store& store, const EventFilter& filter,
+                                    const IngestConfig& config, const ExportLedger& ledger);
+
 /// Hooks for post_vf_export that keep the ledger of `server` in `store`: an intent before each
 /// request, the ids after, the intent dropped on a GraphQL refusal. `now` gives node time (Unix
 /// ms); `ulids` makes createProcess markers; `on_posted` is told of each recorded answer after
