@@ -43,6 +43,10 @@ struct StationConfig {
   std::string output_label;                 ///< process station: scans of this pattern are outputs
   std::string output_resource = "{batch}";  ///< the produce's resourceInventoriedAs, `{batch}` …
   std::string output_conforms_to;  ///< the produce's resourceConformsTo: the kind of the output
+  /// Process station: the machine's resource (resourceInventoriedAs of its `use`). Set, each
+  /// output also records a `use` of it, inputOf the process, effortQuantity the hours since the
+  /// process's first input or its previous output (hasBeginning, hasEnd). Empty: no use.
+  std::string machine;
   std::string provider;
   std::string receiver;
   std::string at_location;

@@ -586,6 +586,76 @@ TEST_F(StationDriverTest, ProcessStationKeepsItsOpenProcessAcrossARestart) {
   EXPECT_EQ(events[0].source.ref, "record 2");
 }
 
+const std::string k_extruder =
+    "[[driver]]\nkind = \"station\"\nname = \"extruder\"\nprocess = \"extrude\"\n"
+    "provider = \"agent:fablab-recycling\"\nreceiver = \"agent:fablab-recycling\"\n"
+    "machine = \"machine:extruder-01\"\nbatch_label = \"flakes\"\noutput_label = \"spool\"\n"
+    "output_conforms_to = \"pet-filament\"\nscanner = \"/dev/ttyACM0\"\nscanner_patterns = \"\"\"\n"
+    "flakes = ^urn:example:flakes:[0-9]+$\nspool = ^urn:example:spool:[0-9]+$\n\"\"\"\n"
+    "scale = \"/dev/ttyUSB0\"\nscale_resolution = 0.005\n";
+
+// An extruder with `machine` (issue 16): each output also records the machine's use, an input of
+// the process for the hours since the first input or the previous output, valid per zenflows'
+// rules (valueflows.md §2c: inputOf, effortQuantity, the resource used).
+TEST_F(StationDriverTest, ProcessStationWithMachineRecordsItsUseInHoursBeforeEachOutput) {
+  CapturingSink sink;
+  auto driver = make(config(k_extruder));
+  ASSERT_TRUE(driver->start(sink, m_dir.path()));
+  m_scanner->scan("urn:example:flakes:7", "flakes");
+  m_scale->weigh(12.5);
+  ASSERT_EQ(sink.wait_for(1).size(), 1u);
+  advance(90 * 60 * 1000);  // 1.5 h of extruding
+  m_scanner->scan("urn:example:spool:3", "spool");
+  m_scale->weigh(1.2);
+  ASSERT_EQ(sink.wait_for(3).size(), 3u);
+  advance(20 * 60 * 1000 + 1);  // and a second spool
+  m_scanner->scan("urn:example:spool:4", "spool");
+  m_scale->weigh(1.1);
+  auto events = sink.wait_for(5);
+  driver->stop();
+
+  ASSERT_EQ(events.size(), 5u);
+  std::vector<std::string> actions;
+  for (const auto& ev : events) {
+    actions.push_back(ev.fields["action"]);
+    EXPECT_TRUE(validate_submission(ev.fields)) << ev.fields.dump();
+    EXPECT_TRUE(vf::check_zenflows_rules(ev.fields))
+        << vf::check_zenflows_rules(ev.fields).error().message;
+  }
+  EXPECT_EQ(actions, (std::vector<std::string>{"consume", "use", "produce", "use", "produce"}));
+  const std::string process = "station:test-01:extruder:extrude-1";
+  const ordered_json& use = events[1].fields;
+  EXPECT_EQ(use.dump(),
+            R"({"action":"use","resourceInventoriedAs":"machine:extruder-01",)"
+            R"("effortQuantity":{"hasNumericalValue":1.5,"hasUnit":"hour"},)"
+            R"("hasBeginning":"2026-01-01T00:00:00.000Z","hasEnd":"2026-01-01T01:30:00.000Z",)"
+            R"("inputOf":"station:test-01:extruder:extrude-1","provider":"agent:fablab-recycling",)"
+            R"("receiver":"agent:fablab-recycling","meta":{"station":"extruder","record":2,)"
+            R"("role":"machine","method":"timed"}})");
+  EXPECT_EQ(events[1].source.ref, "record 2");
+  EXPECT_EQ(events[2].fields["outputOf"], process);
+  EXPECT_EQ(events[2].fields["hasPointInTime"], "2026-01-01T01:30:00.000Z");
+  const ordered_json& second = events[3].fields;
+  EXPECT_EQ(second["inputOf"], process);
+  EXPECT_EQ(second["hasBeginning"], "2026-01-01T01:30:00.000Z");
+  EXPECT_EQ(second["hasEnd"], "2026-01-01T01:50:00.001Z");
+  // 20 min and 1 ms: nine decimals of an hour keep the millisecond.
+  EXPECT_EQ(second["effortQuantity"]["hasNumericalValue"].get<double>(), 0.333333611);
+
+  auto state = load_driver_state(m_dir.path() / "state.json");
+  ASSERT_TRUE(state) << state.error().message;
+  EXPECT_EQ((*state)["machine_since"], k_start_unix_ms + 110 * 60 * 1000 + 1);
+}
+
+// The machine's use is checked at start-up like every event the station makes.
+TEST_F(StationDriverTest, MachineIsForProcessStationsAndMustBeAResource) {
+  const Error one_action = config_error(k_intake + "machine = \"machine:x\"\n");
+  EXPECT_NE(one_action.message.find("driver.intake.machine"), std::string::npos)
+      << one_action.message;
+  EXPECT_NE(one_action.message.find("process station only"), std::string::npos)
+      << one_action.message;
+}
+
 TEST_F(StationDriverTest, ProcessStationOutputBeforeAnyInputRecordsNothing) {
   CapturingSink sink;
   auto driver = make(config(k_shredder));
