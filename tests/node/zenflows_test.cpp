@@ -670,6 +670,12 @@ TEST_F(ZenflowsLedgerTest, SettlingRecordsWhatTheServerHasAndDropsWhatItLacks) {
                                      {"note", event_note},
                                      {"resourceInventoriedAs", {{"id", "01RES"}}}}}}})},
            {"pageInfo", {{"hasNextPage", false}, {"endCursor", "01E2"}}}}}}}});
+  const Json no_processes = {
+      {"data",
+       {{"processes",
+         {{"edges", Json::array()},
+          {"pageInfo", {{"hasNextPage", false}, {"endCursor", nullptr}}}}}}}};
+  responses.push_back(no_processes);
   StubServer server(m_dir.path(), responses);
   ZenflowsPostOptions options;
   options.url = server.url();
@@ -695,10 +701,11 @@ TEST_F(ZenflowsLedgerTest, SettlingRecordsWhatTheServerHasAndDropsWhatItLacks) {
   EXPECT_EQ(ledger->events.at("dev-a/S/3"), "01E2");
   EXPECT_EQ(ledger->resources.at("part-1"), "01RES");
 
-  // Signed queries, paging from a cursor a margin before the intents, then from endCursor.
+  // Signed queries, paging from the server's first object (the ledger has no id of the server
+  // whose clock would say where to start: the node's may be days off), then from endCursor.
   auto requests = server.requests();
   ASSERT_EQ(requests.size(), 3u);
-  const std::string floor = agent::ulid_floor(t - k_settle_margin_ms);
+  const std::string floor = agent::ulid_floor(0);
   Json q0 = Json::parse(body_of(requests[0]));
   EXPECT_EQ(q0["query"], settle_query_text(LedgerKind::process));
   EXPECT_EQ(q0["variables"]["after"], floor);
@@ -715,6 +722,22 @@ TEST_F(ZenflowsLedgerTest, SettlingRecordsWhatTheServerHasAndDropsWhatItLacks) {
   ASSERT_TRUE(again);
   EXPECT_TRUE(again->empty());
   EXPECT_EQ(server.requests().size(), 3u);
+
+  // With an id of the server in the ledger, its clock sets the cursor: a margin before that
+  // id's time when it is earlier than the intent's.
+  const std::int64_t server_ms = t - 3 * k_settle_margin_ms;  // its clock is 3 days behind
+  ASSERT_TRUE(m_store->ledger_intent(
+      ledger_row(options.url, LedgerKind::process, "job-0", "job-0 (reflow export 01M)"), t));
+  ASSERT_TRUE(m_store->ledger_record(options.url, LedgerKind::process, "job-0",
+                                     agent::ulid_floor(server_ms), "", t));
+  ASSERT_TRUE(m_store->ledger_intent(
+      ledger_row(options.url, LedgerKind::process, "job-2", "job-2 (reflow export 01N)"), t + 1));
+  auto settled_last = settle_export_intents(*m_store, options, *m_key);
+  ASSERT_TRUE(settled_last) << settled_last.error().message;
+  requests = server.requests();
+  ASSERT_EQ(requests.size(), 4u);
+  EXPECT_EQ(Json::parse(body_of(requests[3]))["variables"]["after"],
+            agent::ulid_floor(server_ms - k_settle_margin_ms));
 }
 
 TEST_F(ZenflowsLedgerTest, SettlingKeepsTheIntentsWhenTheAnswerIsNotAPage) {

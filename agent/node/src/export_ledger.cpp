@@ -98,9 +98,17 @@ Result<Found> look_up(LedgerKind kind, const std::set<std::string>& notes, std::
     const bool has_next = info != data->end() && info->is_object() &&
                           info->value("hasNextPage", nlohmann::json()).is_boolean() &&
                           (*info)["hasNextPage"].get<bool>();
-    if (!has_next || end.empty()) break;
+    if (!has_next || end.empty()) return found;
     cursor = end;
   }
+  if (found.size() < notes.size())
+    // Not having seen the end, "not found" would be a guess, and a wrong one sends a request
+    // twice: the intents stay.
+    return fail(ErrorCode::busy,
+                fmt::format("looking up unsettled export intents: zenflows at {} listed {} {} "
+                            "from the cursor without reaching the end (at most {} pages are "
+                            "read); the intents stay unsettled",
+                            options.url, k_max_pages * k_page_size, connection, k_max_pages));
   return found;
 }
 
@@ -243,7 +251,8 @@ Result<std::vector<SettledIntent>> settle_export_intents(Store& store,
   std::string latest_id;
   for (LedgerEntry& e : *entries) {
     if (e.recorded) {
-      latest_id = std::max(latest_id, e.server_id);
+      // zenflows' ids are ULIDs, whose text sorts by time; anything else says nothing of it.
+      if (agent::ulid_time(e.server_id)) latest_id = std::max(latest_id, e.server_id);
     } else {
       const std::int64_t t = e.intent_unix_ms - k_settle_margin_ms;
       from_ms = from_ms ? std::min(*from_ms, t) : t;
@@ -253,8 +262,13 @@ Result<std::vector<SettledIntent>> settle_export_intents(Store& store,
   std::vector<SettledIntent> out;
   if (intents.empty()) return out;
   // The server's own clock where the ledger has one of its ids: objects it made after that one
-  // have larger ids, less a margin for a server clock that stepped back.
-  if (auto t = agent::ulid_time(latest_id)) from_ms = std::min(*from_ms, *t - k_settle_margin_ms);
+  // have larger ids, less a margin for a server clock that stepped back. Without one, the
+  // node's clock says nothing about the server's (it may be behind by more than the margin):
+  // from the server's first object.
+  if (auto t = agent::ulid_time(latest_id))
+    from_ms = std::min(*from_ms, *t - k_settle_margin_ms);
+  else
+    from_ms = 0;
   const std::string cursor = agent::ulid_floor(*from_ms);
 
   for (LedgerKind kind : {LedgerKind::process, LedgerKind::event}) {
