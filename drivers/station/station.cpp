@@ -5,8 +5,9 @@
 // with the weight as resourceQuantity (`transferCustody` at intake and on hand-over, into the
 // receiver's `to_resource`). A process station (`process`: shredder, extruder, sorting) emits a
 // `consume` of each input label's batch (inputOf) and a `produce` of each output label's batch
-// (outputOf) of one process "station:<name>:<process>-<n>": the first input after an output
-// opens the next process, numbered in state.json. A count-only station (no scale) records 1
+// (outputOf) of one process "station:<device>:<name>:<process>-<n>" (the agent's device id makes
+// it differ from a same-named station's at another site): the first input after an output opens
+// the next process, numbered in state.json. A count-only station (no scale) records 1
 // `one` per batch scan. An optional LED and buzzer on GPIO lines tell the operator what
 // happened.
 //
@@ -57,6 +58,11 @@ std::string expand_batch(std::string_view pattern, std::string_view code) {
   }
   out += rest;
   return out;
+}
+
+// The reference processes had before they carried the device id: "station:<name>:<process>-<n>".
+std::string legacy_process_reference(const StationConfig& config, std::int64_t n) {
+  return fmt::format("station:{}:{}-{}", config.name, config.process, n);
 }
 
 using TimePoint = std::chrono::steady_clock::time_point;
@@ -121,6 +127,12 @@ struct Core : std::enable_shared_from_this<Core> {
   // outputs coming out once outputs_started) and whether it has had an output.
   std::int64_t next_process = 1;
   std::optional<std::int64_t> open_process;
+  // The open process's reference, saved with it: a process opened by a version that named
+  // processes without the device id keeps its old reference until it ends.
+  std::string open_reference;
+  // With `machine`: when the machine time of the open process not yet recorded as a `use` began
+  // (its first input, then its latest output), Unix ms; none when unknown.
+  std::optional<std::int64_t> machine_since;
   bool outputs_started = false;
   TimePoint retry_at{};
   std::int64_t retry_delay_ms = k_retry_min_ms;
@@ -165,6 +177,8 @@ struct Core : std::enable_shared_from_this<Core> {
     if (!config.process.empty()) {
       s["next_process"] = next_process;
       s["open_process"] = open_process ? nlohmann::json(*open_process) : nlohmann::json(nullptr);
+      if (open_process) s["open_process_ref"] = open_reference;
+      if (open_process && machine_since) s["machine_since"] = *machine_since;
       s["outputs_started"] = outputs_started;
     }
     auto& list = s["unsent"] = nlohmann::json::array();
@@ -200,6 +214,19 @@ struct Core : std::enable_shared_from_this<Core> {
           it->get<std::int64_t>() >= next_process)
         return corrupt("open_process is not a process number below next_process");
       open_process = it->get<std::int64_t>();
+      if (auto ref = s.find("open_process_ref"); ref != s.end()) {
+        if (!ref->is_string() || ref->get<std::string>().empty())
+          return corrupt("open_process_ref is not a process reference");
+        open_reference = ref->get<std::string>();
+      } else {
+        // Saved before process references carried the device id (0.x, issue 16).
+        open_reference = legacy_process_reference(config, *open_process);
+      }
+      if (auto since = s.find("machine_since"); since != s.end()) {
+        if (!since->is_number_integer() || since->get<std::int64_t>() < 0)
+          return corrupt("machine_since is not a time in Unix milliseconds");
+        machine_since = since->get<std::int64_t>();
+      }
     }
     if (auto it = s.find("outputs_started"); it != s.end()) {
       if (!it->is_boolean()) return corrupt("outputs_started is not true or false");
@@ -282,6 +309,8 @@ class StationDriver final : public Driver {
       core.armed.reset();
       core.next_process = 1;
       core.open_process.reset();
+      core.open_reference.clear();
+      core.machine_since.reset();
       core.outputs_started = false;
     }
     if (Status loaded = core.load(*state); !loaded) return loaded;
@@ -349,10 +378,9 @@ class StationDriver final : public Driver {
       else
         activity = "waiting for a batch scan";
       if (core.running && !core.config.process.empty())
-        activity += core.open_process
-                        ? fmt::format(" (process {}: {})", process_reference(*core.open_process),
-                                      core.outputs_started ? "outputs" : "inputs")
-                        : std::string(" (no process open: scan an input)");
+        activity += core.open_process ? fmt::format(" (process {}: {})", core.open_reference,
+                                                    core.outputs_started ? "outputs" : "inputs")
+                                      : std::string(" (no process open: scan an input)");
     }
     std::string devices;
     {
@@ -439,10 +467,8 @@ class StationDriver final : public Driver {
     core.health.state = "stopped";
   }
 
-  // "station:<name>:<process>-<n>": the reference of a process station's n-th process.
   std::string process_reference(std::int64_t n) const {
-    const StationConfig& c = m_core->config;
-    return fmt::format("station:{}:{}-{}", c.name, c.process, n);
+    return station::process_reference(m_core->config, n);
   }
 
   enum class Role { input, output, other };
@@ -570,21 +596,25 @@ class StationDriver final : public Driver {
                          const std::optional<WeighedAs>& weighed) {
     Core& core = *m_core;
     const StationConfig& c = core.config;
-    const std::int64_t number = core.next_record++;
     const bool is_process = !c.process.empty();
     std::string action = c.action;
     std::string process;
     if (is_process) {
       if (!output && (!core.open_process || core.outputs_started)) {
         core.open_process = core.next_process++;
+        core.open_reference = process_reference(*core.open_process);
+        core.machine_since = at_unix_ms;
         core.outputs_started = false;
-        core.log.info(core.component, "process {} begins with the input {}",
-                      process_reference(*core.open_process), code);
+        core.log.info(core.component, "process {} begins with the input {}", core.open_reference,
+                      code);
       }
       if (output) core.outputs_started = true;
-      process = process_reference(*core.open_process);
+      process = core.open_reference;
       action = output ? "produce" : "consume";
+      if (output && !c.machine.empty()) add_machine_use_locked(at_unix_ms);
     }
+    // After the machine's use: the records are numbered in the order they are submitted.
+    const std::int64_t number = core.next_record++;
 
     nlohmann::ordered_json fields;
     fields["action"] = action;
@@ -638,6 +668,47 @@ class StationDriver final : public Driver {
     core.log.info(core.component, "{}: {} (submitting)", record.ref, record.summary);
     core.unsent.push_back(std::move(record));
     core.save_locked();
+  }
+
+  // Caller holds the mutex; the open process has an output at `end_unix_ms`. With
+  // `machine`, the machine's `use` as an input of the open process for the time since its first
+  // input or its previous output: effortQuantity in hours (valueflows.md §2c: use needs inputOf,
+  // effortQuantity and the resource used). No time (a clock that went back, an unknown start
+  // from an older state file) records none.
+  void add_machine_use_locked(std::int64_t end_unix_ms) {
+    Core& core = *m_core;
+    const StationConfig& c = core.config;
+    const std::optional<std::int64_t> since = core.machine_since;
+    core.machine_since = end_unix_ms;
+    if (!since || end_unix_ms <= *since) {
+      core.log.info(core.component, "no use of {} recorded for process {}: {}", c.machine,
+                    core.open_reference,
+                    since ? "no machine time since the previous record"
+                          : "its start was not recorded (state from an older version)");
+      return;
+    }
+    // Nine decimals of an hour keep every millisecond (1 ms = 0.000000278 h).
+    const double hours = vf::round_to(static_cast<double>(end_unix_ms - *since) / 3'600'000.0, 9);
+    nlohmann::ordered_json fields = vf::use(c.machine, hours, format_rfc3339_ms(*since),
+                                            format_rfc3339_ms(end_unix_ms), core.open_reference);
+    if (!c.provider.empty()) fields["provider"] = c.provider;
+    if (!c.receiver.empty()) fields["receiver"] = c.receiver;
+    if (!c.at_location.empty()) fields["atLocation"] = c.at_location;
+    const std::int64_t number = core.next_record++;
+    nlohmann::ordered_json meta;
+    meta["station"] = c.name;
+    meta["record"] = number;
+    meta["role"] = "machine";
+    meta["method"] = "timed";
+    fields["meta"] = std::move(meta);
+    Record record;
+    record.number = number;
+    record.ref = fmt::format("record {}", number);
+    record.fields_text = fields.dump();
+    record.summary =
+        fmt::format("use {} {} hour (machine of {})", c.machine, hours, core.open_reference);
+    core.log.info(core.component, "{}: {} (submitting)", record.ref, record.summary);
+    core.unsent.push_back(std::move(record));
   }
 
   // Hands every record not in flight to the sink, unless a refusal asked to wait. The sink may
@@ -748,13 +819,18 @@ const std::vector<DriverKeyInfo>& own_keys() {
        "process)"},
       {"process", "string", "\"\"",
        "makes a process station (shredder, extruder, sorting): the word its processes are named "
-       "by, \"shred\" giving station:<name>:shred-<n>; scans of batch_label are its inputs "
+       "by, \"shred\" giving station:<device>:<name>:shred-<n>; scans of batch_label are its "
+       "inputs "
        "(consume), scans of output_label its outputs (produce)"},
       {"output_label", "string", "(required with process)",
        "process station: name of the scanner pattern whose codes are outputs"},
       {"output_resource", "string", "\"{batch}\"",
        "process station: the output's resourceInventoriedAs (the new resource's name); {batch} "
        "stands for the scanned output code"},
+      {"machine", "string", "\"\"",
+       "process station: the machine's resource (\"machine:extruder-01\"); each output also "
+       "records its use, inputOf the process, for the hours since the process's first input or "
+       "previous output (effortQuantity in hour); none if empty"},
       {"output_conforms_to", "string", "(required with process)",
        "process station: resourceConformsTo of the outputs, the kind of what comes out "
        "(\"pet-flakes\", \"pet-filament\")"},
@@ -852,6 +928,7 @@ Result<StationConfig> parse_station_config(const DriverConfig& config) {
   if (Status keys = table.check_keys(station_keys()); !keys) return std::unexpected(keys.error());
   StationConfig station;
   station.name = config.name;
+  station.device_id = config.device_id;
 
   auto process = table.string("process", "");
   if (!process) return std::unexpected(process.error());
@@ -884,10 +961,12 @@ Result<StationConfig> parse_station_config(const DriverConfig& config) {
   auto output_label = table.string("output_label", "");
   auto output_resource = table.string("output_resource", "{batch}");
   auto output_conforms_to = table.string("output_conforms_to", "");
+  auto machine = table.string("machine", "");
   auto window = table.duration("window", std::chrono::seconds(60));
   auto unit = table.choice("unit", "kilogram", {"kilogram", "gram"});
-  for (const auto* r : {&action, &provider, &receiver, &at_location, &resource, &to_resource,
-                        &batch_label, &output_label, &output_resource, &output_conforms_to, &unit})
+  for (const auto* r :
+       {&action, &provider, &receiver, &at_location, &resource, &to_resource, &batch_label,
+        &output_label, &output_resource, &output_conforms_to, &machine, &unit})
     if (!*r) return std::unexpected(r->error());
   if (!window) return std::unexpected(window.error());
   if (window->count() <= 0 || *window > std::chrono::hours(1))
@@ -901,6 +980,7 @@ Result<StationConfig> parse_station_config(const DriverConfig& config) {
   station.output_label = *output_label;
   station.output_resource = *output_resource;
   station.output_conforms_to = *output_conforms_to;
+  station.machine = *machine;
   if (station.resource.empty())
     return std::unexpected(
         table.error("resource", "must not be empty (the default is \"{batch}\")"));
@@ -917,7 +997,8 @@ Result<StationConfig> parse_station_config(const DriverConfig& config) {
                                    is_process ? std::string("a process station's consume")
                                               : fmt::format("\"{}\"", station.action))));
   if (!is_process) {
-    for (std::string_view key : {"output_label", "output_resource", "output_conforms_to"})
+    for (std::string_view key :
+         {"output_label", "output_resource", "output_conforms_to", "machine"})
       if (present(table, key))
         return std::unexpected(table.error(
             key, "is for a process station only: set process (\"shred\"), or remove this key"));
@@ -967,12 +1048,20 @@ Result<StationConfig> parse_station_config(const DriverConfig& config) {
     if (!station.provider.empty()) probe["provider"] = station.provider;
     if (!station.receiver.empty()) probe["receiver"] = station.receiver;
     const bool out = probe_action == "produce" && is_process;
-    probe["resourceInventoriedAs"] =
-        expand_batch(out ? station.output_resource : station.resource, "urn:example:batch:1");
+    if (probe_action == "use" && is_process) {
+      probe["resourceInventoriedAs"] = station.machine;
+      probe["effortQuantity"] = vf::quantity(0.5, "hour");
+      probe["hasBeginning"] = probe["hasPointInTime"];
+      probe["hasEnd"] = "2026-01-01T00:30:00.000Z";
+      probe.erase("hasPointInTime");
+    } else {
+      probe["resourceInventoriedAs"] =
+          expand_batch(out ? station.output_resource : station.resource, "urn:example:batch:1");
+      probe["resourceQuantity"] = vf::quantity(1, "kilogram");
+    }
     if (out) probe["resourceConformsTo"] = station.output_conforms_to;
     if (!station.to_resource.empty())
       probe["toResourceInventoriedAs"] = expand_batch(station.to_resource, "urn:example:batch:1");
-    probe["resourceQuantity"] = vf::quantity(1, "kilogram");
     if (!station.at_location.empty()) probe["atLocation"] = station.at_location;
     if (is_process) probe[out ? "outputOf" : "inputOf"] = "station:probe:process-1";
     return probe;
@@ -980,6 +1069,7 @@ Result<StationConfig> parse_station_config(const DriverConfig& config) {
   if (is_process) {
     probes.push_back(probe_of("consume"));
     probes.push_back(probe_of("produce"));
+    if (!station.machine.empty()) probes.push_back(probe_of("use"));
   } else {
     probes.push_back(probe_of(station.action));
   }
@@ -988,11 +1078,12 @@ Result<StationConfig> parse_station_config(const DriverConfig& config) {
     if (valid) valid = vf::check_zenflows_rules(probe);
     if (valid) continue;
     const std::string& why = valid.error().message;
-    const std::string_view key = why.starts_with("provider")     ? "provider"
-                                 : why.starts_with("receiver")   ? "receiver"
-                                 : why.starts_with("atLocation") ? "at_location"
-                                 : is_process                    ? "process"
-                                                                 : "action";
+    const std::string_view key = why.starts_with("provider")              ? "provider"
+                                 : why.starts_with("receiver")            ? "receiver"
+                                 : why.starts_with("atLocation")          ? "at_location"
+                                 : is_process && probe["action"] == "use" ? "machine"
+                                 : is_process                             ? "process"
+                                                                          : "action";
     const bool needs_process = why.starts_with("inputOf") || why.starts_with("outputOf");
     return std::unexpected(table.error(
         key, fmt::format("a station cannot record this: {}{}", why,
@@ -1058,6 +1149,10 @@ Result<StationConfig> parse_station_config(const DriverConfig& config) {
 std::unique_ptr<Driver> make_station_driver(StationConfig config, Env& env, Logger& log,
                                             StationDevices devices) {
   return std::make_unique<StationDriver>(std::move(config), env, log, std::move(devices));
+}
+
+std::string process_reference(const StationConfig& config, std::int64_t n) {
+  return fmt::format("station:{}:{}:{}-{}", config.device_id, config.name, config.process, n);
 }
 
 }  // namespace station

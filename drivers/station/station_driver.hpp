@@ -31,16 +31,22 @@ struct OutputRequest {
 /// The validated `[[driver]]` table of kind "station" (README.md documents every key).
 struct StationConfig {
   std::string name;
+  std::string device_id;  ///< the agent's [agent] device_id (PROTOCOL §1)
   /// A one-action station's action (transferCustody, transfer …); empty for a process station.
   std::string action;
   /// A process station (shredder, extruder, sorting): the word its processes are named by. The
   /// scans of a `batch_label` input, then of an `output_label` output, make one process
-  /// "station:<name>:<process>-<n>" (n counts up in state.json, across restarts): a `consume` of
-  /// each input (inputOf) and a `produce` of each output (outputOf). Empty: a one-action station.
+  /// "station:<device>:<name>:<process>-<n>" (process_reference; n counts up in state.json, across
+  /// restarts): a `consume` of each input (inputOf) and a `produce` of each output (outputOf).
+  /// Empty: a one-action station.
   std::string process;
   std::string output_label;                 ///< process station: scans of this pattern are outputs
   std::string output_resource = "{batch}";  ///< the produce's resourceInventoriedAs, `{batch}` …
   std::string output_conforms_to;  ///< the produce's resourceConformsTo: the kind of the output
+  /// Process station: the machine's resource (resourceInventoriedAs of its `use`). Set, each
+  /// output also records a `use` of it, inputOf the process, effortQuantity the hours since the
+  /// process's first input or its previous output (hasBeginning, hasEnd). Empty: no use.
+  std::string machine;
   std::string provider;
   std::string receiver;
   std::string at_location;
@@ -62,6 +68,11 @@ struct StationConfig {
 };
 
 const std::vector<DriverKeyInfo>& station_keys();
+
+/// The reference of a process station's n-th process: "station:<device>:<name>:<process>-<n>",
+/// e.g. "station:fablab-01:shredder:shred-3". The device id (PROTOCOL §1: no ':') keeps two sites'
+/// stations of the same name apart: the node's export makes one zenflows Process per reference.
+std::string process_reference(const StationConfig& config, std::int64_t n);
 
 /// Reads and validates the table (the station's own keys, the scanner's with the `scanner_`
 /// prefix and the scale's with `scale_`). Errors: invalid_config naming file, line and key.

@@ -168,6 +168,46 @@ class ExportLedgerTest(unittest.TestCase):
         self.assert_second_post_sends_nothing(config, standin, context)
         return err
 
+    def export(self, config, *args):
+        return nh.run_ingest(["export", "--format", "vf-graphql", "--config", config, *args])
+
+    def test_check_and_print_report_what_the_ledger_recorded_as_posted(self):
+        standin = self.new_standin()
+        standin.faults[5] = "refuse"  # the second job's createProcess: the first job is posted
+        config = self.fresh_node(standin)
+        code, out, err = self.post(config, standin)
+        self.assertEqual(code, 1, f"{out}\n{err}")
+        posted = {e["note"].split("(reflow event ")[1].split(",")[0]: e["id"]
+                  for e in standin.events}
+        self.assertEqual(len(posted), 3, standin.events)
+        mutations = standin.mutations
+
+        check = self.export(config, "--check")
+        self.assertEqual(check.returncode, 0, f"{check.stdout}\n{check.stderr}")
+        lines = check.stdout.splitlines()
+        self.assertEqual(lines[-1], "checked 6 events: 0 would be refused by zenflows "
+                                    "(0 problems), 6 pass; 3 already posted (export ledger), "
+                                    "not checked again")
+        for event_id, server_id in posted.items():
+            self.assertIn(f"posted already as {server_id}",
+                          next(line for line in lines if line.startswith(event_id)))
+        report = json.loads(self.export(config, "--check", "--json").stdout)
+        self.assertEqual((report["checked"], report["posted"]), (6, 3))
+        self.assertEqual({e["id"]: e["posted_id"] for e in report["events"] if "posted_id" in e},
+                         posted)
+
+        # The printing mode prints what --post would send: 2 processes and 6 events.
+        printed = self.export(config)
+        self.assertEqual(printed.returncode, 0, printed.stderr)
+        bodies = [json.loads(line) for line in printed.stdout.splitlines()]
+        self.assertEqual(len(bodies), 8, printed.stdout)
+        notes = [b["variables"]["event"]["note"] for b in bodies if "event" in b["variables"]]
+        self.assertEqual(len(notes), 6)
+        self.assertFalse(any(f"(reflow event {i}," in n for n in notes for i in posted), notes)
+        self.assertIn("export: 3 of 9 events are already in the export ledger for "
+                      f"{standin.url} (posted): left out", printed.stderr)
+        self.assertEqual(standin.mutations, mutations, "--check and printing send nothing")
+
     def test_refused_nth_request_then_resume_records_each_event_once(self):
         for n in range(1, 13):
             err = self.run_interrupted("refuse", n)

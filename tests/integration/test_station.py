@@ -23,6 +23,9 @@ OTHER_BATCH = "urn:example:batch:0043"
 DEVICE = "station-01"
 FLAKES = "urn:example:flakes:0007"
 SPOOL = "urn:example:spool:0003"
+# A process station's processes carry the device id: two sites' "shredder" stations differ.
+SHRED_1 = f"station:{DEVICE}:shredder:shred-1"
+EXTRUDE_1 = f"station:{DEVICE}:extruder:extrude-1"
 PATTERNS = ["scanner_patterns = '''",
             "batch = ^urn:example:batch:[0-9]+$",
             "flakes = ^urn:example:flakes:[0-9]+$",
@@ -38,8 +41,10 @@ IDS = {
     BATCH + "@fablab-recycling": "01FVHYT3DE5F6G7H8J9KMNPQRS",
     "pet-flakes": "01FVHYT4EF6G7H8J9KMNPQRSTV",
     "pet-filament": "01FVHYT5FG7H8J9KMNPQRSTVWX",
+    "machine:extruder-01": "01FVHYT7HJ9KMNPQRSTVWXYZ01",
 }
 KILOGRAM_ID = "01FVHYT6GH8J9KMNPQRSTVWXYZ"
+HOUR_ID = "01FVHYT8JK0MNPQRSTVWXYZ012"
 
 
 class Pty:
@@ -220,23 +225,30 @@ class StationTest(nh.NodeTestCase):
             'output_label = "flakes"', 'output_conforms_to = "pet-flakes"')
         extruder = self.station_table(
             "extruder", 'process = "extrude"', *one_agent, 'batch_label = "flakes"',
-            'output_label = "spool"', 'output_conforms_to = "pet-filament"')
+            'output_label = "spool"', 'output_conforms_to = "pet-filament"',
+            'machine = "machine:extruder-01"')
         dev, agent = self.start_station(more_tables=shredder + extruder)
         self.record(agent, "intake", BATCH, 13.545, 1, dev)
         self.record(agent, "shredder", BATCH, 13.0, 2, dev)
         self.record(agent, "shredder", FLAKES, 12.5, 3, dev)
         self.record(agent, "extruder", FLAKES, 12.5, 4, dev)
-        self.record(agent, "extruder", SPOOL, 11.8, 5, dev)
+        self.record(agent, "extruder", SPOOL, 11.8, 6, dev)  # the machine's use and the spool
 
         events = self.stored(dev)
         self.assertEqual([(e["action"], e["resourceInventoriedAs"]) for e in events], [
             ("transferCustody", BATCH), ("consume", BATCH + "@fablab-recycling"),
-            ("produce", FLAKES), ("consume", FLAKES), ("produce", SPOOL)])
+            ("produce", FLAKES), ("consume", FLAKES), ("use", "machine:extruder-01"),
+            ("produce", SPOOL)])
         self.assertEqual([e.get("inputOf") or e.get("outputOf") for e in events[1:]], [
-            "station:shredder:shred-1", "station:shredder:shred-1",
-            "station:extruder:extrude-1", "station:extruder:extrude-1"])
+            SHRED_1, SHRED_1, EXTRUDE_1, EXTRUDE_1, EXTRUDE_1])
         self.assertEqual(events[2]["resourceConformsTo"], "pet-flakes")
-        self.assertEqual(events[4]["resourceConformsTo"], "pet-filament")
+        self.assertEqual(events[5]["resourceConformsTo"], "pet-filament")
+        # The extruder's machine time: from its input's weighing to the spool's.
+        use = events[4]
+        self.assertEqual(use["effortQuantity"]["hasUnit"], "hour")
+        self.assertGreater(use["effortQuantity"]["hasNumericalValue"], 0)
+        self.assertEqual((use["hasBeginning"], use["hasEnd"]),
+                         (events[3]["hasPointInTime"], events[5]["hasPointInTime"]))
         self.assertEqual(self.cli.rejections(dev.id), [])
 
         # The node exports the chain to zenflows: every request accepted, in time order.
@@ -245,7 +257,7 @@ class StationTest(nh.NodeTestCase):
         self.assertEqual(keygen.returncode, 0, keygen.stderr)
         standin = ZenflowsStandIn()
         standin.add_user("reflow-node", h.b64url_decode(json.loads(keygen.stdout)["x"]))
-        for reference in (BATCH, BATCH + "@fablab-recycling"):
+        for reference in (BATCH, BATCH + "@fablab-recycling", "machine:extruder-01"):
             standin.add_resource(IDS[reference], reference)
         standin.start()
         self.addCleanup(standin.stop)
@@ -254,23 +266,27 @@ class StationTest(nh.NodeTestCase):
             self.ingest_config.read_text()
             + f"\n[export]\nzenflows_url = {nh.toml_str(standin.url)}\n"
             + f'zenflows_user = "reflow-node"\nzenflows_key_file = {nh.toml_str(key_file)}\n'
-            + f'\n[export.units]\nkilogram = "{KILOGRAM_ID}"\n\n[export.ids]\n{ids}\n')
+            + f'\n[export.units]\nkilogram = "{KILOGRAM_ID}"\nhour = "{HOUR_ID}"\n'
+            + f'\n[export.ids]\n{ids}\n')
         check = self.cli.run("export", "--format", "vf-graphql", "--check")
         self.assertEqual(check.returncode, 0, f"{check.stdout}\n{check.stderr}")
         post = self.cli.run("export", "--format", "vf-graphql", "--post")
         self.assertEqual(post.returncode, 0, f"{post.stdout}\n{post.stderr}")
-        self.assertEqual(standin.mutations, 7)  # 2 createProcess + 5 createEconomicEvent
+        self.assertEqual(standin.mutations, 8)  # 2 createProcess + 6 createEconomicEvent
         self.assertEqual(standin.bad_signatures, 0)
         self.assertEqual(sorted(p["name"] for p in standin.processes),
-                         ["station:extruder:extrude-1", "station:shredder:shred-1"])
+                         [EXTRUDE_1, SHRED_1])
         sent = [e["variables"]["event"] for e in standin.events]
         self.assertEqual([e["action"] for e in sent],
-                         ["transferCustody", "consume", "produce", "consume", "produce"])
+                         ["transferCustody", "consume", "produce", "consume", "use", "produce"])
         process_id = {p["name"]: p["id"] for p in standin.processes}
-        self.assertEqual(sent[1]["inputOf"], process_id["station:shredder:shred-1"])
-        self.assertEqual(sent[2]["outputOf"], process_id["station:shredder:shred-1"])
-        self.assertEqual(sent[3]["inputOf"], process_id["station:extruder:extrude-1"])
-        self.assertEqual(sent[4]["outputOf"], process_id["station:extruder:extrude-1"])
+        self.assertEqual(sent[1]["inputOf"], process_id[SHRED_1])
+        self.assertEqual(sent[2]["outputOf"], process_id[SHRED_1])
+        self.assertEqual(sent[3]["inputOf"], process_id[EXTRUDE_1])
+        self.assertEqual(sent[4]["inputOf"], process_id[EXTRUDE_1])
+        self.assertEqual(sent[4]["resourceInventoriedAs"], IDS["machine:extruder-01"])
+        self.assertEqual(sent[4]["effortQuantity"]["hasUnit"], HOUR_ID)
+        self.assertEqual(sent[5]["outputOf"], process_id[EXTRUDE_1])
         self.assertEqual(sent[1]["resourceInventoriedAs"], IDS[BATCH + "@fablab-recycling"])
         # The extruder consumes the very flakes resource the shredder's produce created.
         flakes = [r for r in standin.resources.values() if r["name"] == FLAKES]

@@ -273,6 +273,8 @@ class ZenflowsStandIn:
                     raise Refusal("resourceConformsTo: is required when creating a resource")
                 if not new_resource or not new_resource.get("name"):
                     raise Refusal("newInventoriedResource.name: can't be blank")
+        if action in ("use", "work") and not isinstance(e.get("effortQuantity"), dict):
+            raise Refusal(f"effortQuantity: is required for {action}")
         if action in ("use", "cite") and (resource is None) == (spec is None):
             raise Refusal("exactly one of resourceInventoriedAs and resourceConformsTo")
         for quantity in ("resourceQuantity", "effortQuantity"):

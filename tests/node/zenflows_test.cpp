@@ -538,6 +538,52 @@ TEST_F(ZenflowsTest, LedgerPlanLeavesOutRecordedEventsAndUsesRecordedProcessesAn
   EXPECT_EQ(done.events_recorded, 3u);
 }
 
+// export --check with the ledger: what an earlier --post recorded is listed as posted with its
+// zenflows id and not checked again (a unit the config no longer maps is moot for it); the rest
+// is checked with the ledger's processes and resources as server ids.
+TEST_F(ZenflowsTest, LedgerCheckListsRecordedEventsAsPostedAndChecksTheRest) {
+  const auto events = produce_job_events();
+  ExportLedger ledger;
+  ledger.server = "http://zenflows.test/api";
+  IngestConfig config = produce_config();
+  config.units.erase("hour");  // the use's effortQuantity: a problem, until the use is posted
+  VfCheck fresh = check_ledger_export(events, config, ledger);
+  ASSERT_EQ(fresh.events.size(), 3u);
+  EXPECT_EQ(fresh.posted, 0u);
+  EXPECT_EQ(fresh.refused, 1u);
+
+  ledger.processes["job-42"] = "01SERVERPR0CESS00000000000";
+  ledger.events[ledger_event_ref("printer-01", "01JBQ8Z6V2X4W6Y8A0C2E4G6J8", 1)] =
+      "01SERVEREVENT0000000000001";
+  VfCheck resumed = check_ledger_export(events, config, ledger);
+  ASSERT_EQ(resumed.events.size(), 3u);
+  EXPECT_EQ(resumed.posted, 1u);
+  EXPECT_EQ(resumed.refused, 0u);
+  EXPECT_EQ(resumed.problems, 0u);
+  EXPECT_EQ(resumed.events[0].posted_id, "01SERVEREVENT0000000000001");
+  EXPECT_TRUE(resumed.events[0].problems.empty());
+  EXPECT_TRUE(resumed.events[1].posted_id.empty());
+
+  const std::string text = format_vf_check_text(resumed);
+  EXPECT_NE(text.find(resumed.events[0].id + " use (device printer-01): posted already as "
+                                             "01SERVEREVENT0000000000001\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find(resumed.events[1].id + " consume (device printer-01): ok\n"),
+            std::string::npos)
+      << text;
+  EXPECT_TRUE(
+      text.ends_with("checked 2 events: 0 would be refused by zenflows (0 problems), 2 "
+                     "pass; 1 already posted (export ledger), not checked again\n"))
+      << text;
+  const Json json = vf_check_json(resumed);
+  EXPECT_EQ(json["checked"], 2);
+  EXPECT_EQ(json["posted"], 1);
+  EXPECT_EQ(json["events"][0]["posted_id"], "01SERVEREVENT0000000000001");
+  EXPECT_FALSE(json["events"][0].contains("problems"));
+  EXPECT_EQ(json["events"][1]["problems"], Json::array());
+}
+
 using test_store::ledger_row;
 
 class ZenflowsLedgerTest : public ZenflowsTest {
@@ -624,6 +670,12 @@ TEST_F(ZenflowsLedgerTest, SettlingRecordsWhatTheServerHasAndDropsWhatItLacks) {
                                      {"note", event_note},
                                      {"resourceInventoriedAs", {{"id", "01RES"}}}}}}})},
            {"pageInfo", {{"hasNextPage", false}, {"endCursor", "01E2"}}}}}}}});
+  const Json no_processes = {
+      {"data",
+       {{"processes",
+         {{"edges", Json::array()},
+          {"pageInfo", {{"hasNextPage", false}, {"endCursor", nullptr}}}}}}}};
+  responses.push_back(no_processes);
   StubServer server(m_dir.path(), responses);
   ZenflowsPostOptions options;
   options.url = server.url();
@@ -649,10 +701,11 @@ TEST_F(ZenflowsLedgerTest, SettlingRecordsWhatTheServerHasAndDropsWhatItLacks) {
   EXPECT_EQ(ledger->events.at("dev-a/S/3"), "01E2");
   EXPECT_EQ(ledger->resources.at("part-1"), "01RES");
 
-  // Signed queries, paging from a cursor a margin before the intents, then from endCursor.
+  // Signed queries, paging from the server's first object (the ledger has no id of the server
+  // whose clock would say where to start: the node's may be days off), then from endCursor.
   auto requests = server.requests();
   ASSERT_EQ(requests.size(), 3u);
-  const std::string floor = agent::ulid_floor(t - k_settle_margin_ms);
+  const std::string floor = agent::ulid_floor(0);
   Json q0 = Json::parse(body_of(requests[0]));
   EXPECT_EQ(q0["query"], settle_query_text(LedgerKind::process));
   EXPECT_EQ(q0["variables"]["after"], floor);
@@ -669,6 +722,22 @@ TEST_F(ZenflowsLedgerTest, SettlingRecordsWhatTheServerHasAndDropsWhatItLacks) {
   ASSERT_TRUE(again);
   EXPECT_TRUE(again->empty());
   EXPECT_EQ(server.requests().size(), 3u);
+
+  // With an id of the server in the ledger, its clock sets the cursor: a margin before that
+  // id's time when it is earlier than the intent's.
+  const std::int64_t server_ms = t - 3 * k_settle_margin_ms;  // its clock is 3 days behind
+  ASSERT_TRUE(m_store->ledger_intent(
+      ledger_row(options.url, LedgerKind::process, "job-0", "job-0 (reflow export 01M)"), t));
+  ASSERT_TRUE(m_store->ledger_record(options.url, LedgerKind::process, "job-0",
+                                     agent::ulid_floor(server_ms), "", t));
+  ASSERT_TRUE(m_store->ledger_intent(
+      ledger_row(options.url, LedgerKind::process, "job-2", "job-2 (reflow export 01N)"), t + 1));
+  auto settled_last = settle_export_intents(*m_store, options, *m_key);
+  ASSERT_TRUE(settled_last) << settled_last.error().message;
+  requests = server.requests();
+  ASSERT_EQ(requests.size(), 4u);
+  EXPECT_EQ(Json::parse(body_of(requests[3]))["variables"]["after"],
+            agent::ulid_floor(server_ms - k_settle_margin_ms));
 }
 
 TEST_F(ZenflowsLedgerTest, SettlingKeepsTheIntentsWhenTheAnswerIsNotAPage) {

@@ -237,6 +237,7 @@ Result<AgentConfig> parse_document(std::string_view text, const std::string& fil
     }
   }
   for (DriverConfig& driver : config.drivers) {
+    driver.device_id = config.device_id;
     driver.data_dir = config.data_dir;
     driver.members_file = config.members_file;
     driver.members_provider = config.members_provider;

@@ -38,11 +38,33 @@ struct ExportOptions {
   bool json = false;
 };
 
+// The export ledger of [export] zenflows_url: what earlier --post runs recorded there. Without a
+// URL nothing was posted.
+Result<ExportLedger> ledger_of(Store& store, const IngestConfig& config) {
+  if (config.zenflows_url.empty()) return ExportLedger{};
+  return read_export_ledger(store, config.zenflows_url);
+}
+
+// Unsettled intents are sent again unless --post finds them on the server: they are no news
+// for the printing mode and --check, which check and print them as unsent, so they say so.
+void tell_unsettled(const ExportLedger& ledger) {
+  if (ledger.intents.empty()) return;
+  print_error(fmt::format(
+      "export: {} request(s) to {} were sent without their answer being recorded (an "
+      "interrupted --post); they are shown as unsent here, and the next --post asks the server "
+      "whether it created them before sending anything",
+      ledger.intents.size(), ledger.server));
+}
+
 // --check: every event that would be exported, through zenflows' rules and the export mapping;
-// nothing is sent. Exit status 1 when any event would be refused.
+// nothing is sent. What the export ledger recorded is listed as posted, not checked again.
+// Exit status 1 when any event would be refused.
 int run_check(Store& store, const EventFilter& filter, const IngestConfig& config, bool json) {
-  auto check = check_vf_export(store, filter, config);
+  auto ledger = ledger_of(store, config);
+  if (print_if_error(ledger)) return 1;
+  auto check = check_ledger_export(store, filter, config, *ledger);
   if (print_if_error(check)) return 1;
+  tell_unsettled(*ledger);
   if (json)
     std::cout << vf_check_json(*check).dump(2) << '\n';
   else
@@ -206,8 +228,18 @@ int run_export(const ExportOptions& options) {
   if (options.check) return run_check(*store, *filter, *config, options.json);
   if (options.post) return post_once(*store, *filter, *config);
 
-  auto built = build_vf_export(*store, *filter, *config);
-  if (print_if_error(built)) return 1;
+  // What --post would send: the requests the export ledger has not recorded, referring to
+  // recorded processes and resources by their zenflows ids.
+  auto ledger = ledger_of(*store, *config);
+  if (print_if_error(ledger)) return 1;
+  auto plan = plan_ledger_export(*store, *filter, *config, *ledger);
+  if (print_if_error(plan)) return 1;
+  const VfExport* built = &plan->export_;
+  if (plan->events_recorded > 0)
+    print_error(fmt::format(
+        "export: {} of {} events are already in the export ledger for {} (posted): left out",
+        plan->events_recorded, plan->events_total, config->zenflows_url));
+  tell_unsettled(*ledger);
   for (const auto& request : built->requests)
     std::cout << vf_request_body(request) << '\n';
   std::cout.flush();
@@ -228,7 +260,8 @@ void add_export_command(CLI::App& app, int& exit_code) {
       "export",
       "Print the stored events as zenflows GraphQL requests, one JSON body {query, variables} per "
       "line (createProcess once per process reference, then createEconomicEvent per event, in "
-      "time order); with --post, sign and send them to [export] zenflows_url, once: the export "
+      "time order), leaving out what the export ledger recorded as posted to [export] "
+      "zenflows_url; with --post, sign and send them to [export] zenflows_url, once: the export "
       "ledger in the store remembers what each server recorded, and --post resumes after any "
       "failure without sending anything twice");
   add_config_option(*command, options->config_path);
@@ -249,7 +282,8 @@ void add_export_command(CLI::App& app, int& exit_code) {
       "--check", options->check,
       "Send nothing: check every event that would be exported against zenflows' per-action rules "
       "and the export's mapping (server ids, units, default_agent), print each problem with its "
-      "field and rule, and exit 1 when zenflows would refuse any event");
+      "field and rule, and exit 1 when zenflows would refuse any event; events the export "
+      "ledger recorded as posted are listed as such with their zenflows id, not checked again");
   check->excludes(post);
   command->add_flag("--json", options->json, "With --check: the report as one JSON object")
       ->needs(check);

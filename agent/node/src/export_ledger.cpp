@@ -98,9 +98,17 @@ Result<Found> look_up(LedgerKind kind, const std::set<std::string>& notes, std::
     const bool has_next = info != data->end() && info->is_object() &&
                           info->value("hasNextPage", nlohmann::json()).is_boolean() &&
                           (*info)["hasNextPage"].get<bool>();
-    if (!has_next || end.empty()) break;
+    if (!has_next || end.empty()) return found;
     cursor = end;
   }
+  if (found.size() < notes.size())
+    // Not having seen the end, "not found" would be a guess, and a wrong one sends a request
+    // twice: the intents stay.
+    return fail(ErrorCode::busy,
+                fmt::format("looking up unsettled export intents: zenflows at {} listed {} {} "
+                            "from the cursor without reaching the end (at most {} pages are "
+                            "read); the intents stay unsettled",
+                            options.url, k_max_pages * k_page_size, connection, k_max_pages));
   return found;
 }
 
@@ -132,13 +140,22 @@ Result<ExportLedger> read_export_ledger(Store& store, std::string_view server) {
   return ledger;
 }
 
-LedgerPlan plan_ledger_export(const std::vector<StoredEvent>& events, const IngestConfig& config,
-                              const ExportLedger& ledger) {
+namespace {
+
+// `config` with the ledger's processes and resources as server ids.
+IngestConfig with_ledger_ids(const IngestConfig& config, const ExportLedger& ledger) {
   IngestConfig with_ledger = config;
   for (const auto* ids : {&ledger.processes, &ledger.resources})
     for (const auto& [reference, id] : *ids)
       with_ledger.ids.emplace(reference, id);  // the config's own entry wins
-  VfExport all = build_vf_export(events, with_ledger);
+  return with_ledger;
+}
+
+}  // namespace
+
+LedgerPlan plan_ledger_export(const std::vector<StoredEvent>& events, const IngestConfig& config,
+                              const ExportLedger& ledger) {
+  VfExport all = build_vf_export(events, with_ledger_ids(config, ledger));
 
   LedgerPlan plan;
   std::vector<VfRequest> remaining;
@@ -170,6 +187,22 @@ Result<LedgerPlan> plan_ledger_export(Store& store, const EventFilter& filter,
   auto events = collect_events(store, filter);
   if (!events) return std::unexpected(events.error());
   return plan_ledger_export(*events, config, ledger);
+}
+
+VfCheck check_ledger_export(const std::vector<StoredEvent>& events, const IngestConfig& config,
+                            const ExportLedger& ledger) {
+  return check_vf_export(
+      events, with_ledger_ids(config, ledger), [&ledger](const StoredEvent& e) -> std::string {
+        auto it = ledger.events.find(ledger_event_ref(e.device, e.stream, e.seq));
+        return it == ledger.events.end() ? std::string() : it->second;
+      });
+}
+
+Result<VfCheck> check_ledger_export(Store& store, const EventFilter& filter,
+                                    const IngestConfig& config, const ExportLedger& ledger) {
+  auto events = collect_events(store, filter);
+  if (!events) return std::unexpected(events.error());
+  return check_ledger_export(*events, config, ledger);
 }
 
 VfPostHooks ledger_post_hooks(Store& store, std::string server, std::function<std::int64_t()> now,
@@ -218,7 +251,8 @@ Result<std::vector<SettledIntent>> settle_export_intents(Store& store,
   std::string latest_id;
   for (LedgerEntry& e : *entries) {
     if (e.recorded) {
-      latest_id = std::max(latest_id, e.server_id);
+      // zenflows' ids are ULIDs, whose text sorts by time; anything else says nothing of it.
+      if (agent::ulid_time(e.server_id)) latest_id = std::max(latest_id, e.server_id);
     } else {
       const std::int64_t t = e.intent_unix_ms - k_settle_margin_ms;
       from_ms = from_ms ? std::min(*from_ms, t) : t;
@@ -228,8 +262,13 @@ Result<std::vector<SettledIntent>> settle_export_intents(Store& store,
   std::vector<SettledIntent> out;
   if (intents.empty()) return out;
   // The server's own clock where the ledger has one of its ids: objects it made after that one
-  // have larger ids, less a margin for a server clock that stepped back.
-  if (auto t = agent::ulid_time(latest_id)) from_ms = std::min(*from_ms, *t - k_settle_margin_ms);
+  // have larger ids, less a margin for a server clock that stepped back. Without one, the
+  // node's clock says nothing about the server's (it may be behind by more than the margin):
+  // from the server's first object.
+  if (auto t = agent::ulid_time(latest_id))
+    from_ms = std::min(*from_ms, *t - k_settle_margin_ms);
+  else
+    from_ms = 0;
   const std::string cursor = agent::ulid_floor(*from_ms);
 
   for (LedgerKind kind : {LedgerKind::process, LedgerKind::event}) {

@@ -412,15 +412,27 @@ void check_mapping(const VfRequest& request, const std::string& action, bool age
 }  // namespace
 
 VfCheck check_vf_export(const std::vector<StoredEvent>& events, const IngestConfig& config) {
+  return check_vf_export(events, config, VfPostedId());
+}
+
+VfCheck check_vf_export(const std::vector<StoredEvent>& events, const IngestConfig& config,
+                        const VfPostedId& posted_id) {
   const std::vector<ParsedEvent> parsed = parse_in_time_order(events);
   RequestBuilder builder(config, parsed);
   VfCheck check;
   for (const auto& e : parsed) {
+    // Posted events go through the builder too: later events refer to what they created.
     builder.add(e);
     VfEventCheck result;
     result.id = e.stored->id;
     result.device = e.stored->device;
     result.action = agent::string_at(e.payload, {"action"});
+    if (posted_id) result.posted_id = posted_id(*e.stored);
+    if (!result.posted_id.empty()) {
+      ++check.posted;
+      check.events.push_back(std::move(result));
+      continue;
+    }
     bool agents_checked = false;
     for (const agent::vf::RuleProblem& p : agent::vf::zenflows_problems(e.payload)) {
       agents_checked = agents_checked || p.field == "provider, receiver";
@@ -444,6 +456,11 @@ Result<VfCheck> check_vf_export(Store& store, const EventFilter& filter,
 std::string format_vf_check_text(const VfCheck& check) {
   std::string out;
   for (const VfEventCheck& e : check.events) {
+    if (!e.posted_id.empty()) {
+      out += fmt::format("{} {} (device {}): posted already as {}\n", e.id, e.action, e.device,
+                         e.posted_id);
+      continue;
+    }
     if (e.problems.empty()) {
       out += fmt::format("{} {} (device {}): ok\n", e.id, e.action, e.device);
       continue;
@@ -453,24 +470,33 @@ std::string format_vf_check_text(const VfCheck& check) {
     for (const VfProblem& p : e.problems)
       out += fmt::format("  {}\n", p.message);
   }
-  out += fmt::format(
-      "checked {} event{}: {} would be refused by zenflows ({} problem{}), {} pass\n",
-      check.events.size(), check.events.size() == 1 ? "" : "s", check.refused, check.problems,
-      check.problems == 1 ? "" : "s", check.events.size() - check.refused);
+  const std::size_t checked = check.events.size() - check.posted;
+  out += fmt::format("checked {} event{}: {} would be refused by zenflows ({} problem{}), {} pass",
+                     checked, checked == 1 ? "" : "s", check.refused, check.problems,
+                     check.problems == 1 ? "" : "s", checked - check.refused);
+  if (check.posted > 0)
+    out += fmt::format("; {} already posted (export ledger), not checked again", check.posted);
+  out += '\n';
   return out;
 }
 
 nlohmann::ordered_json vf_check_json(const VfCheck& check) {
   Json out;
-  out["checked"] = check.events.size();
+  out["checked"] = check.events.size() - check.posted;
   out["refused"] = check.refused;
   out["problems"] = check.problems;
+  out["posted"] = check.posted;
   out["events"] = Json::array();
   for (const VfEventCheck& e : check.events) {
     Json event;
     event["id"] = e.id;
     event["device"] = e.device;
     event["action"] = e.action;
+    if (!e.posted_id.empty()) {
+      event["posted_id"] = e.posted_id;
+      out["events"].push_back(std::move(event));
+      continue;
+    }
     event["problems"] = Json::array();
     for (const VfProblem& p : e.problems)
       event["problems"].push_back(

@@ -485,10 +485,10 @@ TEST_F(StationDriverTest, ProcessStationConsumesInputsAndProducesOutputsOfOnePro
   record("urn:example:batch:1", "batch", 2.4);
   record("urn:example:batch:2", "batch", 1.1);
   record("urn:example:flakes:1", "flakes", 3.3);
-  ASSERT_TRUE(wait_state(*driver, "(process station:shredder:shred-1: outputs)"));
+  ASSERT_TRUE(wait_state(*driver, "(process station:test-01:shredder:shred-1: outputs)"));
   record("urn:example:batch:3", "batch", 5.0);  // the next process
   auto events = sink.wait_for(4);
-  ASSERT_TRUE(wait_state(*driver, "(process station:shredder:shred-2: inputs)"));
+  ASSERT_TRUE(wait_state(*driver, "(process station:test-01:shredder:shred-2: inputs)"));
   driver->stop();
 
   ASSERT_EQ(events.size(), 4u);
@@ -504,26 +504,60 @@ TEST_F(StationDriverTest, ProcessStationConsumesInputsAndProducesOutputsOfOnePro
   EXPECT_EQ(in1["action"], "consume");
   EXPECT_EQ(in1["resourceInventoriedAs"], "urn:example:batch:1@fablab-recycling");
   EXPECT_EQ(in1["resourceQuantity"].dump(), R"({"hasNumericalValue":2.4,"hasUnit":"kilogram"})");
-  EXPECT_EQ(in1["inputOf"], "station:shredder:shred-1");
+  EXPECT_EQ(in1["inputOf"], "station:test-01:shredder:shred-1");
   EXPECT_FALSE(in1.contains("outputOf"));
   EXPECT_EQ(in1["meta"]["role"], "input");
-  EXPECT_EQ(events[1].fields["inputOf"], "station:shredder:shred-1");
+  EXPECT_EQ(events[1].fields["inputOf"], "station:test-01:shredder:shred-1");
   const ordered_json& out = events[2].fields;
   EXPECT_EQ(out["action"], "produce");
   EXPECT_EQ(out["resourceInventoriedAs"], "urn:example:flakes:1");
   EXPECT_EQ(out["resourceConformsTo"], "pet-flakes");
   EXPECT_EQ(out["resourceQuantity"]["hasNumericalValue"].dump(), "3.3");
-  EXPECT_EQ(out["outputOf"], "station:shredder:shred-1");
+  EXPECT_EQ(out["outputOf"], "station:test-01:shredder:shred-1");
   EXPECT_FALSE(out.contains("inputOf"));
   EXPECT_EQ(out["meta"]["role"], "output");
-  EXPECT_EQ(events[3].fields["inputOf"], "station:shredder:shred-2");
+  EXPECT_EQ(events[3].fields["inputOf"], "station:test-01:shredder:shred-2");
   EXPECT_EQ(events[3].source.ref, "record 4");
 
   auto state = load_driver_state(m_dir.path() / "state.json");
   ASSERT_TRUE(state) << state.error().message;
   EXPECT_EQ((*state)["next_process"], 3);
   EXPECT_EQ((*state)["open_process"], 2);
+  EXPECT_EQ((*state)["open_process_ref"], "station:test-01:shredder:shred-2");
   EXPECT_EQ((*state)["outputs_started"], false);
+}
+
+// Two sites' stations of the same name make different processes: the device id is in the
+// reference (the node's export makes one zenflows Process per reference).
+TEST_F(StationDriverTest, ProcessReferencesOfSameNamedStationsOnTwoDevicesDiffer) {
+  StationConfig here = config(k_shredder);
+  StationConfig there = here;
+  there.device_id = "other-site-02";
+  EXPECT_EQ(process_reference(here, 7), "station:test-01:shredder:shred-7");
+  EXPECT_EQ(process_reference(there, 7), "station:other-site-02:shredder:shred-7");
+}
+
+// A process opened before references carried the device id (state.json without
+// open_process_ref) keeps its old reference until it ends, so that its inputs and outputs stay
+// in one process; the next process gets the new reference.
+TEST_F(StationDriverTest, ProcessOpenedBeforeTheUpgradeKeepsItsOldReferenceUntilItEnds) {
+  ASSERT_TRUE(save_driver_state(
+      m_dir.path() / "state.json",
+      {{"next_record", 3}, {"next_process", 4}, {"open_process", 3}, {"outputs_started", false}}));
+  CapturingSink sink;
+  auto driver = make(config(k_shredder));
+  ASSERT_TRUE(driver->start(sink, m_dir.path()));
+  ASSERT_TRUE(wait_state(*driver, "(process station:shredder:shred-3: inputs)"));
+  m_scanner->scan("urn:example:flakes:9", "flakes");
+  m_scale->weigh(1.5);
+  m_scanner->scan("urn:example:batch:10", "batch");
+  m_scale->weigh(2.5);
+  auto events = sink.wait_for(2);
+  ASSERT_TRUE(wait_state(*driver, "(process station:test-01:shredder:shred-4: inputs)"));
+  driver->stop();
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0].fields["outputOf"], "station:shredder:shred-3");
+  EXPECT_EQ(events[1].fields["inputOf"], "station:test-01:shredder:shred-4");
 }
 
 // The open process survives a restart: outputs weighed after it go out of the same process.
@@ -541,15 +575,85 @@ TEST_F(StationDriverTest, ProcessStationKeepsItsOpenProcessAcrossARestart) {
   CapturingSink sink;
   auto driver = make(config(k_shredder));
   ASSERT_TRUE(driver->start(sink, m_dir.path()));
-  ASSERT_TRUE(wait_state(*driver, "(process station:shredder:shred-1: inputs)"));
+  ASSERT_TRUE(wait_state(*driver, "(process station:test-01:shredder:shred-1: inputs)"));
   m_scanner->scan("urn:example:flakes:7", "flakes");
   m_scale->weigh(1.9);
   auto events = sink.wait_for(1);
   driver->stop();
   ASSERT_EQ(events.size(), 1u);
   EXPECT_EQ(events[0].fields["action"], "produce");
-  EXPECT_EQ(events[0].fields["outputOf"], "station:shredder:shred-1");
+  EXPECT_EQ(events[0].fields["outputOf"], "station:test-01:shredder:shred-1");
   EXPECT_EQ(events[0].source.ref, "record 2");
+}
+
+const std::string k_extruder =
+    "[[driver]]\nkind = \"station\"\nname = \"extruder\"\nprocess = \"extrude\"\n"
+    "provider = \"agent:fablab-recycling\"\nreceiver = \"agent:fablab-recycling\"\n"
+    "machine = \"machine:extruder-01\"\nbatch_label = \"flakes\"\noutput_label = \"spool\"\n"
+    "output_conforms_to = \"pet-filament\"\nscanner = \"/dev/ttyACM0\"\nscanner_patterns = \"\"\"\n"
+    "flakes = ^urn:example:flakes:[0-9]+$\nspool = ^urn:example:spool:[0-9]+$\n\"\"\"\n"
+    "scale = \"/dev/ttyUSB0\"\nscale_resolution = 0.005\n";
+
+// An extruder with `machine` (issue 16): each output also records the machine's use, an input of
+// the process for the hours since the first input or the previous output, valid per zenflows'
+// rules (valueflows.md §2c: inputOf, effortQuantity, the resource used).
+TEST_F(StationDriverTest, ProcessStationWithMachineRecordsItsUseInHoursBeforeEachOutput) {
+  CapturingSink sink;
+  auto driver = make(config(k_extruder));
+  ASSERT_TRUE(driver->start(sink, m_dir.path()));
+  m_scanner->scan("urn:example:flakes:7", "flakes");
+  m_scale->weigh(12.5);
+  ASSERT_EQ(sink.wait_for(1).size(), 1u);
+  advance(90 * 60 * 1000);  // 1.5 h of extruding
+  m_scanner->scan("urn:example:spool:3", "spool");
+  m_scale->weigh(1.2);
+  ASSERT_EQ(sink.wait_for(3).size(), 3u);
+  advance(20 * 60 * 1000 + 1);  // and a second spool
+  m_scanner->scan("urn:example:spool:4", "spool");
+  m_scale->weigh(1.1);
+  auto events = sink.wait_for(5);
+  driver->stop();
+
+  ASSERT_EQ(events.size(), 5u);
+  std::vector<std::string> actions;
+  for (const auto& ev : events) {
+    actions.push_back(ev.fields["action"]);
+    EXPECT_TRUE(validate_submission(ev.fields)) << ev.fields.dump();
+    EXPECT_TRUE(vf::check_zenflows_rules(ev.fields))
+        << vf::check_zenflows_rules(ev.fields).error().message;
+  }
+  EXPECT_EQ(actions, (std::vector<std::string>{"consume", "use", "produce", "use", "produce"}));
+  const std::string process = "station:test-01:extruder:extrude-1";
+  const ordered_json& use = events[1].fields;
+  EXPECT_EQ(use.dump(),
+            R"({"action":"use","resourceInventoriedAs":"machine:extruder-01",)"
+            R"("effortQuantity":{"hasNumericalValue":1.5,"hasUnit":"hour"},)"
+            R"("hasBeginning":"2026-01-01T00:00:00.000Z","hasEnd":"2026-01-01T01:30:00.000Z",)"
+            R"("inputOf":"station:test-01:extruder:extrude-1","provider":"agent:fablab-recycling",)"
+            R"("receiver":"agent:fablab-recycling","meta":{"station":"extruder","record":2,)"
+            R"("role":"machine","method":"timed"}})");
+  EXPECT_EQ(events[1].source.ref, "record 2");
+  EXPECT_EQ(events[2].fields["outputOf"], process);
+  EXPECT_EQ(events[2].fields["hasPointInTime"], "2026-01-01T01:30:00.000Z");
+  const ordered_json& second = events[3].fields;
+  EXPECT_EQ(second["inputOf"], process);
+  EXPECT_EQ(second["hasBeginning"], "2026-01-01T01:30:00.000Z");
+  EXPECT_EQ(second["hasEnd"], "2026-01-01T01:50:00.001Z");
+  // 20 min and 1 ms: nine decimals of an hour keep the millisecond.
+  EXPECT_EQ(second["effortQuantity"]["hasNumericalValue"].get<double>(), 0.333333611);
+
+  auto state = load_driver_state(m_dir.path() / "state.json");
+  ASSERT_TRUE(state) << state.error().message;
+  EXPECT_EQ((*state)["machine_since"], k_start_unix_ms + 110 * 60 * 1000 + 1);
+}
+
+// The machine's use is checked at start-up like every event the station makes.
+TEST_F(StationDriverTest, MachineIsForProcessStationsAndMustBeAResource) {
+  const Error one_action = config_error(k_intake + "machine = \"machine:x\"\n");
+  EXPECT_NE(one_action.message.find("driver.intake.machine"), std::string::npos)
+      << one_action.message;
+  EXPECT_NE(one_action.message.find("process station only"), std::string::npos)
+      << one_action.message;
 }
 
 TEST_F(StationDriverTest, ProcessStationOutputBeforeAnyInputRecordsNothing) {
@@ -771,6 +875,17 @@ TEST_F(StationDriverTest, RefusedRecordIsRetriedUntilCommitted) {
 }
 
 TEST_F(StationDriverTest, CorruptStateRefusesToStartRatherThanGuess) {
+  ASSERT_TRUE(
+      save_driver_state(m_dir.path() / "state.json",
+                        {{"next_process", 2}, {"open_process", 1}, {"open_process_ref", 7}}));
+  {
+    CapturingSink sink;
+    auto driver = make(config(k_shredder));
+    auto started = driver->start(sink, m_dir.path());
+    ASSERT_FALSE(started);
+    EXPECT_NE(started.error().message.find("open_process_ref"), std::string::npos)
+        << started.error().message;
+  }
   ASSERT_TRUE(save_driver_state(m_dir.path() / "state.json", {{"unsent", {{{"record", 1}}}}}));
   CapturingSink sink;
   auto driver = make(config(k_intake));

@@ -34,6 +34,9 @@ struct DriverConfig {
   std::string name;
   std::shared_ptr<const toml::table> table;  ///< the whole `[[driver]]` table, never null
   std::string file;                          ///< config file path, for error messages
+  /// [agent] device_id, for drivers whose references must differ between devices (a station's
+  /// processes "station:<device>:<name>:<process>-<n>").
+  std::string device_id;
   // From the agent's config, for drivers that read badges (drivers/common members.hpp):
   std::filesystem::path data_dir;      ///< [agent] data_dir: where the site secret lives
   std::filesystem::path members_file;  ///< [members] file; empty: none

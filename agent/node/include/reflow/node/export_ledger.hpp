@@ -35,7 +35,9 @@
 /// `processes(first, after)`: zenflows src/zenflows/vf/economic_event/type.ex and
 /// process/type.ex, paged by Zenflows.DB.Page.all as `id > after` ascending), and its ids are
 /// ULIDs of the server's clock at insert (Zenflows.DB.ID.gen). So the node pages from a cursor
-/// before the intent and looks for an object whose `note` is exactly the intent's: found, the
+/// before the intent (from the server's first object while the ledger holds no id of the
+/// server, whose clock may differ from the node's by any amount) and looks for an object whose
+/// `note` is exactly the intent's: found, the
 /// intent is recorded with that id (and, for an event, its resourceInventoriedAs); not found, it
 /// is dropped and the request is sent again. Then plan_ledger_export leaves out what the ledger
 /// recorded and refers to recorded processes and resources by their ids.
@@ -73,6 +75,16 @@ LedgerPlan plan_ledger_export(const std::vector<StoredEvent>& events, const Inge
 Result<LedgerPlan> plan_ledger_export(Store& store, const EventFilter& filter,
                                       const IngestConfig& config, const ExportLedger& ledger);
 
+/// `export --check` with the ledger: check_vf_export of `events` with the ledger's processes and
+/// resources as server ids (after the config's [export.ids], which win), each event the ledger
+/// recorded listed as posted with its zenflows id rather than checked again.
+VfCheck check_ledger_export(const std::vector<StoredEvent>& events, const IngestConfig& config,
+                            const ExportLedger& ledger);
+
+/// The same over the store's events matching `filter`. Errors: those of Store::for_each_event.
+Result<VfCheck> check_ledger_export(Store& store, const EventFilter& filter,
+                                    const IngestConfig& config, const ExportLedger& ledger);
+
 /// Hooks for post_vf_export that keep the ledger of `server` in `store`: an intent before each
 /// request, the ids after, the intent dropped on a GraphQL refusal. `now` gives node time (Unix
 /// ms); `ulids` makes createProcess markers; `on_posted` is told of each recorded answer after
@@ -90,13 +102,15 @@ struct SettledIntent {
 };
 
 /// Settling pages from this long before the intent, or before the server's latest id the
-/// ledger recorded, whichever is earlier, for clocks that differ (node and server).
+/// ledger recorded, whichever is earlier, for clocks that differ (node and server); while the
+/// ledger holds no id of the server, from its first object.
 inline constexpr std::int64_t k_settle_margin_ms = 24LL * 60 * 60 * 1000;
 
 /// Settles every intent of `options.url` in the store's ledger by looking the objects up on
 /// the server (signed GraphQL queries, as every zenflows call is): records the found ones and
 /// drops the others, and returns what it did. Nothing is created on the server. Errors: those
-/// of zenflows_post (the server cannot be asked: the intents stay) and of the store.
+/// of zenflows_post (the server cannot be asked: the intents stay), busy (1000 pages of 100 read
+/// without reaching the end nor finding every intent: the intents stay) and of the store.
 Result<std::vector<SettledIntent>> settle_export_intents(Store& store,
                                                          const ZenflowsPostOptions& options,
                                                          const agent::DeviceKey& key);

@@ -143,13 +143,21 @@ struct VfEventCheck {
   std::string device;  ///< the device that signed it
   std::string action;
   std::vector<VfProblem> problems;
+  /// The zenflows EconomicEvent id the export ledger recorded for it: posted already, so not
+  /// checked again (no problems). Empty: not posted, checked.
+  std::string posted_id;
 };
 
 struct VfCheck {
-  std::vector<VfEventCheck> events;  ///< in sending order (event time)
+  std::vector<VfEventCheck> events;  ///< in sending order (event time), posted ones included
   std::size_t refused = 0;           ///< events with at least one problem
   std::size_t problems = 0;          ///< all problems of all events
+  std::size_t posted = 0;            ///< events the export ledger recorded (not checked)
 };
+
+/// The zenflows id of an event that an earlier `--post` recorded (the export ledger), or "" for
+/// an event still to be sent.
+using VfPostedId = std::function<std::string(const StoredEvent& event)>;
 
 /// What build_vf_export would send for `events`, checked without sending anything. Per event,
 /// every problem of:
@@ -162,17 +170,26 @@ struct VfCheck {
 ///   (load_ingest_config refuses others, valueflows.md §2d).
 VfCheck check_vf_export(const std::vector<StoredEvent>& events, const IngestConfig& config);
 
+/// The same, leaving out of the check each event for which `posted_id` gives an id: it is listed
+/// as posted (VfEventCheck::posted_id, VfCheck::posted), the rules and the mapping are not applied
+/// to it again. export_ledger.hpp's check_ledger_export passes the ledger's ids.
+VfCheck check_vf_export(const std::vector<StoredEvent>& events, const IngestConfig& config,
+                        const VfPostedId& posted_id);
+
 /// The same over the store's events matching `filter`. Errors: those of Store::for_each_event.
 Result<VfCheck> check_vf_export(Store& store, const EventFilter& filter,
                                 const IngestConfig& config);
 
-/// The check for people: per event a line `ID ACTION (device D): ok` or `… N problem(s)` and an
-/// indented line per problem (`field: rule (zenflows, section: why)`), then the summary
-/// `checked N events: M would be refused by zenflows (K problems), P pass`.
+/// The check for people: per event a line `ID ACTION (device D): ok`, `… N problem(s)` and an
+/// indented line per problem (`field: rule (zenflows, section: why)`), or `… posted already as
+/// ZENFLOWS-ID`, then the summary `checked N events: M would be refused by zenflows (K
+/// problems), P pass`, N not counting the posted ones, and with any: `; Q already posted (export
+/// ledger), not checked again`.
 std::string format_vf_check_text(const VfCheck& check);
 
-/// The check for programs: {"checked":N,"refused":M,"problems":K,"events":[{"id","device",
-/// "action","problems":[{"field","rule","section","message"}]}]}.
+/// The check for programs: {"checked":N,"refused":M,"problems":K,"posted":Q,"events":[{"id",
+/// "device","action","problems":[{"field","rule","section","message"}]}]}, a posted event with
+/// "posted_id" (its zenflows id) instead of "problems"; N does not count the posted ones.
 nlohmann::ordered_json vf_check_json(const VfCheck& check);
 
 // --- delivery (zenflows.cpp) ---
