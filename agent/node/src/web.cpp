@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <sodium.h>
 
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <fstream>
@@ -45,6 +46,17 @@ std::string html_escape(std::string_view text) {
       default:
         out += c;
     }
+  }
+  return out;
+}
+
+std::string url_encode(std::string_view text) {
+  std::string out;
+  for (const unsigned char c : text) {
+    if (std::isalnum(c) != 0 || c == '-' || c == '_' || c == '.' || c == '~')
+      out += static_cast<char>(c);
+    else
+      out += fmt::format("%{:02X}", c);
   }
   return out;
 }

@@ -24,6 +24,10 @@ namespace ingest::web {
 /// Standard §13.1.2.3, §13.1.3). Every dynamic string of every page goes through it.
 std::string html_escape(std::string_view text);
 
+/// `text` percent-encoded for a URL's query value (RFC 3986 §2.1): every byte but the
+/// unreserved A-Z a-z 0-9 - _ . ~ as %XX (upper-case hex).
+std::string url_encode(std::string_view text);
+
 /// The value of cookie `name` in a `Cookie:` request header (RFC 6265 §4.2.1:
 /// `name=value; name2=value2`, a value optionally in double quotes, which are removed); the
 /// first one when the name repeats; nullopt when it is not there.
