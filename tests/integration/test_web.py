@@ -242,6 +242,18 @@ class WebTest(ServedNodeTestCase):
         self.assertEqual(self.request("GET", "/devices", cookie=cookie)[0], 401)
         self.assertEqual(self.request("GET", "/metrics", cookie=cookie)[0], 401)
 
+        # Password guessing: 5 failures a minute from this address (an unknown name costs the
+        # same check as an account), then 429 with Retry-After, even for the right password.
+        for _ in range(5):
+            status, _, _ = self.request("POST", "/login",
+                                        body={"user": "mallory", "password": "guess"})
+            self.assertEqual(status, 401)
+        status, headers, body = self.login()
+        self.assertEqual(status, 429)
+        self.assertIn(int(headers["retry-after"]), range(1, 61))
+        self.assertIn("too many failed logins", body)
+        self.assertNotIn("set-cookie", headers)
+
 
 if __name__ == "__main__":
     unittest.main()

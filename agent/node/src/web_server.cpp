@@ -141,13 +141,20 @@ struct EventQuery {
 
 struct Server::Impl {
   Store& store;
+  agent::Env& env;
   ServerOptions options;
+  LoginLimiter limiter;
+  std::string dummy_hash;  // verify_login's, for names that are no account
   httplib::Server http;
   std::thread thread;
   std::mutex sessions_mutex;
   std::unordered_map<std::string, Session> sessions;
 
-  Impl(Store& s, ServerOptions o) : store(s), options(std::move(o)) {}
+  Impl(Store& s, agent::Env& e, ServerOptions o)
+      : store(s), env(e), options(std::move(o)), limiter(e, {}) {
+    // A hash of a secret nobody knows (not even this process, after this line).
+    if (auto hash = hash_password(random_session_id())) dummy_hash = std::move(*hash);
+  }
 
   // --- sessions ---
 
@@ -157,7 +164,7 @@ struct Server::Impl {
     std::lock_guard lock(sessions_mutex);
     const auto it = sessions.find(*id);
     if (it == sessions.end()) return std::nullopt;
-    if (it->second.expires < std::chrono::steady_clock::now()) {
+    if (it->second.expires < env.steady_now()) {
       sessions.erase(it);
       return std::nullopt;
     }
@@ -256,15 +263,24 @@ struct Server::Impl {
                  std::nullopt);
       return;
     }
-    const auto it = users->find(user);
-    if (it == users->end() || !verify_password(it->second, password)) {
+    const std::string& address = request.remote_addr;
+    if (const auto wait = limiter.retry_after(address, user)) {
+      response.set_header("Retry-After", std::to_string(wait->count()));
+      html(response,
+           login_form(fmt::format("too many failed logins; try again in {} s", wait->count())),
+           429);
+      return;
+    }
+    if (!verify_login(*users, user, password, dummy_hash)) {
+      limiter.failed(address, user);
       html(response, login_form("wrong user name or password"), 401);
       return;
     }
+    limiter.succeeded(address, user);
     const std::string id = random_session_id();
     {
       std::lock_guard lock(sessions_mutex);
-      sessions[id] = {user, std::chrono::steady_clock::now() + k_session_lifetime};
+      sessions[id] = {user, env.steady_now() + k_session_lifetime};
     }
     response.set_header("Set-Cookie", cookie_header(id, false));
     response.set_redirect("/devices", 303);
@@ -619,8 +635,8 @@ struct Server::Impl {
   }
 };
 
-Server::Server(Store& store, ServerOptions options)
-    : m_impl(std::make_unique<Impl>(store, std::move(options))) {
+Server::Server(Store& store, agent::Env& env, ServerOptions options)
+    : m_impl(std::make_unique<Impl>(store, env, std::move(options))) {
   m_impl->routes();
 }
 
