@@ -177,6 +177,13 @@ class WebTest(ServedNodeTestCase):
         self.assertNotIn("<script", body)
         self.assertEqual(self.request("GET", "/passport?resource=nothing", cookie=cookie)[0], 404)
 
+        # process: its inputs (inputOf) and outputs (outputOf); member: provider or receiver.
+        _, body = get("/events?process=test%3Ajob-3")
+        self.assertEqual(re.findall(r"<td>(use|consume|produce)</td>", body),
+                         ["use", "consume", "produce"])
+        _, body = get("/events?device=dev-w&member=someone")
+        self.assertIn("No events match.", body)
+
         # One event's page: its envelope, and the note escaped.
         stream = json.loads(self.cli.events_lines("dev-w")[-1])["stream"]
         _, body = get(f"/event?device=dev-w&stream={stream}&seq={EVENTS}")

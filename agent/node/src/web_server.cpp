@@ -133,8 +133,19 @@ std::string reasons_text(const std::map<std::string, std::int64_t>& reasons) {
 
 // The events page's filters, from the query string.
 struct EventQuery {
-  std::string device, action, resource, since, until;
-  EventFilter filter;
+  std::string device, action, resource, process, member, since, until;
+  EventFilter filter;  // what the store filters; resource, process and member are the payload's
+
+  // Whether the filters of the payload's fields hold: resource (resourceInventoriedAs or
+  // toResourceInventoriedAs), process (inputOf or outputOf), member (provider or receiver).
+  bool payload_matches(const nlohmann::json& payload) const {
+    const auto either = [&](const std::string& wanted, const char* a, const char* b) {
+      return wanted.empty() || field_text(payload, a) == wanted || field_text(payload, b) == wanted;
+    };
+    return either(resource, "resourceInventoriedAs", "toResourceInventoriedAs") &&
+           either(process, "inputOf", "outputOf") && either(member, "provider", "receiver");
+  }
+  bool filters_payload() const { return !resource.empty() || !process.empty() || !member.empty(); }
 };
 
 }  // namespace
@@ -343,6 +354,8 @@ struct Server::Impl {
     q.device = request.get_param_value("device");
     q.action = request.get_param_value("action");
     q.resource = request.get_param_value("resource");
+    q.process = request.get_param_value("process");
+    q.member = request.get_param_value("member");
     q.since = request.get_param_value("since");
     q.until = request.get_param_value("until");
     if (!q.device.empty()) q.filter.device = q.device;
@@ -372,11 +385,6 @@ struct Server::Impl {
     return q;
   }
 
-  static bool names_resource(const nlohmann::json& payload, std::string_view resource) {
-    return field_text(payload, "resourceInventoriedAs") == resource ||
-           field_text(payload, "toResourceInventoriedAs") == resource;
-  }
-
   void events(const httplib::Request& request, httplib::Response& response) {
     const auto user = session_user(request);
     auto q = event_query(request, response, user);
@@ -387,7 +395,7 @@ struct Server::Impl {
     bool more = false;
     auto status = store.for_each_event(q->filter, [&](const StoredEvent& e) {
       const auto payload = nlohmann::json::parse(e.payload, nullptr, false);
-      if (!q->resource.empty() && !names_resource(payload, q->resource)) return true;
+      if (!q->payload_matches(payload)) return true;
       if (shown == k_page_size) {
         more = true;
         return false;
@@ -406,11 +414,10 @@ struct Server::Impl {
       return true;
     });
     if (!status) return error_page(response, 500, status.error().message, user);
-    const std::vector<std::pair<std::string, std::string>> filters = {{"device", q->device},
-                                                                      {"action", q->action},
-                                                                      {"resource", q->resource},
-                                                                      {"since", q->since},
-                                                                      {"until", q->until}};
+    const std::vector<std::pair<std::string, std::string>> filters = {
+        {"device", q->device},   {"action", q->action}, {"resource", q->resource},
+        {"process", q->process}, {"member", q->member}, {"since", q->since},
+        {"until", q->until}};
     std::string body = "<form class=\"filters\" method=\"get\" action=\"/events\">";
     for (const auto& [key, value] : filters)
       body += fmt::format("<label>{} <input name=\"{}\" value=\"{}\"></label>", key, key,
@@ -509,7 +516,7 @@ struct Server::Impl {
     auto q = event_query(request, response, user);
     if (!q) return;
     std::ostringstream out;
-    if (q->resource.empty()) {
+    if (!q->filters_payload()) {
       if (auto status = write_events(store, q->filter, format, out); !status)
         return error_page(response, 500, status.error().message, user);
     } else {
@@ -520,8 +527,7 @@ struct Server::Impl {
         out << "\r\n";
       }
       auto status = store.for_each_event(q->filter, [&](const StoredEvent& e) {
-        if (!names_resource(nlohmann::json::parse(e.payload, nullptr, false), q->resource))
-          return true;
+        if (!q->payload_matches(nlohmann::json::parse(e.payload, nullptr, false))) return true;
         if (format == EventFormat::csv)
           out << event_csv_row(e) << "\r\n";
         else
