@@ -43,16 +43,22 @@ def parse_metrics(text):
     return samples
 
 
-class WebTest(nh.NodeTestCase):
+class ServedNodeTestCase(nh.NodeTestCase):
+    """A store filled by a real agent (EVENTS events, the hostile note and a rejected hostile
+    sender), an account USER, and `reflow-ingest serve` on a free port (self.port)."""
+
     def setUp(self):
         super().setUp()
         self.start_plain_broker()
         self.device = self.new_device("dev-w")
         self.start_ingest()
         self.start_device_agent(self.device)
-        last = json.loads(h.emit_lines(1, start=EVENTS - 1)[0])
-        last["note"] = HOSTILE_NOTE
-        self.emit_for(self.device, h.emit_lines(EVENTS - 1) + [json.dumps(last)])
+        # The hostile note on the last event and on the last consume of the spool (event 59),
+        # which the spool's passport draws.
+        fields = [json.loads(line) for line in h.emit_lines(EVENTS)]
+        for f in fields[-2:]:
+            f["note"] = HOSTILE_NOTE
+        self.emit_for(self.device, [json.dumps(f) for f in fields])
         h.wait_for(lambda: len(self.cli.events_lines("dev-w")) == EVENTS,
                    f"{EVENTS} events stored at the node")
         probe = self.probe(name="hostile")
@@ -84,6 +90,8 @@ class WebTest(nh.NodeTestCase):
             self.serve.terminate()
         self.serve.wait(timeout=h.WAIT_S)
 
+
+class WebTest(ServedNodeTestCase):
     def request(self, method, path, cookie=None, body=None):
         """(status, headers, body text) of one request on a new connection; no redirects."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=h.WAIT_S)
@@ -158,6 +166,24 @@ class WebTest(nh.NodeTestCase):
         self.assertEqual(len(re.findall(r"<td>consume</td>", body)), EVENTS // 3)
         self.assertNotIn("<td>use</td>", body)
 
+        # The spool's material passport, linked from Events: drawn as SVG by Graphviz, one node
+        # for the spool and one per consume, the hostile note escaped there too.
+        self.assertIn('<a href="/passport?resource=spool%3Apla-black-01">spool:pla-black-01</a>',
+                      body)
+        _, body = get("/passport?resource=spool%3Apla-black-01")
+        svg = body[body.index("<svg"):body.index("</svg>")]
+        self.assertEqual(len(re.findall(r'<g id="node\d+" class="node">', svg)), 1 + EVENTS // 3)
+        self.assertIn("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;", svg)
+        self.assertNotIn("<script", body)
+        self.assertEqual(self.request("GET", "/passport?resource=nothing", cookie=cookie)[0], 404)
+
+        # process: its inputs (inputOf) and outputs (outputOf); member: provider or receiver.
+        _, body = get("/events?process=test%3Ajob-3")
+        self.assertEqual(re.findall(r"<td>(use|consume|produce)</td>", body),
+                         ["use", "consume", "produce"])
+        _, body = get("/events?device=dev-w&member=someone")
+        self.assertIn("No events match.", body)
+
         # One event's page: its envelope, and the note escaped.
         stream = json.loads(self.cli.events_lines("dev-w")[-1])["stream"]
         _, body = get(f"/event?device=dev-w&stream={stream}&seq={EVENTS}")
@@ -222,6 +248,18 @@ class WebTest(nh.NodeTestCase):
         self.assertIn("Max-Age=0", headers["set-cookie"])
         self.assertEqual(self.request("GET", "/devices", cookie=cookie)[0], 401)
         self.assertEqual(self.request("GET", "/metrics", cookie=cookie)[0], 401)
+
+        # Password guessing: 5 failures a minute from this address (an unknown name costs the
+        # same check as an account), then 429 with Retry-After, even for the right password.
+        for _ in range(5):
+            status, _, _ = self.request("POST", "/login",
+                                        body={"user": "mallory", "password": "guess"})
+            self.assertEqual(status, 401)
+        status, headers, body = self.login()
+        self.assertEqual(status, 429)
+        self.assertIn(int(headers["retry-after"]), range(1, 61))
+        self.assertIn("too many failed logins", body)
+        self.assertNotIn("set-cookie", headers)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
 #include <regex>
 #include <sstream>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "temp_dir.hpp"
@@ -151,6 +152,69 @@ TEST(MetricsTest, EveryFamilyHasHelpAndTypeAndLabelValuesAreEscaped) {
     ++samples;
   }
   EXPECT_EQ(samples, 2 + 2 + 1 + 1);
+}
+
+TEST(VerifyLoginTest, AnUnknownUserIsRefusedAfterTheSameCheckAsAKnownOne) {
+  auto alice = hash_password("alice's secret");
+  auto dummy = hash_password("the dummy's secret");
+  ASSERT_TRUE(alice && dummy);
+  const std::map<std::string, std::string> users = {{"alice", *alice}};
+  EXPECT_TRUE(verify_login(users, "alice", "alice's secret", *dummy));
+  EXPECT_FALSE(verify_login(users, "alice", "wrong", *dummy));
+  // The dummy hash is checked for an unknown name, but never lets anyone in, even with the
+  // dummy's own password.
+  EXPECT_FALSE(verify_login(users, "mallory", "the dummy's secret", *dummy));
+  EXPECT_FALSE(verify_login(users, "mallory", "alice's secret", *dummy));
+}
+
+class LoginLimiterTest : public ::testing::Test {
+ protected:
+  agent::FakeEnv m_env;
+  LoginLimiter m_limiter{m_env, {.max_failures = 5, .window = std::chrono::minutes(1)}};
+};
+
+TEST_F(LoginLimiterTest, FiveFailuresAMinuteThenWaitUntilTheOldestIsAMinuteOld) {
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(m_limiter.retry_after("192.0.2.1", "alice"), std::nullopt) << i;
+    m_limiter.failed("192.0.2.1", "alice");
+    m_env.advance_ms(1000);
+  }
+  // The first failure was 5 s ago: 55 s to go.
+  EXPECT_EQ(m_limiter.retry_after("192.0.2.1", "alice"), std::chrono::seconds(55));
+  m_env.advance_ms(54'500);
+  EXPECT_EQ(m_limiter.retry_after("192.0.2.1", "alice"), std::chrono::seconds(1));  // rounded up
+  m_env.advance_ms(500);
+  EXPECT_EQ(m_limiter.retry_after("192.0.2.1", "alice"), std::nullopt);
+  // A sliding window: one more failure, and the next oldest (4 s after the first) is the limit.
+  m_limiter.failed("192.0.2.1", "alice");
+  EXPECT_EQ(m_limiter.retry_after("192.0.2.1", "alice"), std::chrono::seconds(1));
+}
+
+TEST_F(LoginLimiterTest, LimitsEachUserFromAnyAddressAndEachAddressForAnyUser) {
+  for (int i = 0; i < 5; ++i)
+    m_limiter.failed(fmt::format("192.0.2.{}", i), "alice");
+  EXPECT_EQ(m_limiter.retry_after("198.51.100.7", "alice"), std::chrono::seconds(60));
+  EXPECT_EQ(m_limiter.retry_after("192.0.2.1", "bob"), std::nullopt);  // one failure there
+
+  for (int i = 0; i < 5; ++i)
+    m_limiter.failed("203.0.113.9", fmt::format("user{}", i));
+  EXPECT_EQ(m_limiter.retry_after("203.0.113.9", "carol"), std::chrono::seconds(60));
+  EXPECT_EQ(m_limiter.retry_after("198.51.100.7", "user1"), std::nullopt);
+}
+
+TEST_F(LoginLimiterTest, SuccessForgetsTheFailuresOfItsAddressAndUser) {
+  for (int i = 0; i < 4; ++i)
+    m_limiter.failed("192.0.2.1", "alice");
+  m_limiter.succeeded("192.0.2.1", "alice");
+  m_limiter.failed("192.0.2.1", "alice");
+  EXPECT_EQ(m_limiter.retry_after("192.0.2.1", "alice"), std::nullopt);
+}
+
+TEST_F(LoginLimiterTest, NamesThatCannotBeAccountsShareOneCounter) {
+  for (int i = 0; i < 5; ++i)
+    m_limiter.failed(fmt::format("192.0.2.{}", i), fmt::format("no such name {}", i));
+  EXPECT_EQ(m_limiter.retry_after("198.51.100.7", "<another bad name>"), std::chrono::seconds(60));
+  EXPECT_EQ(m_limiter.retry_after("198.51.100.7", "alice"), std::nullopt);
 }
 
 }  // namespace

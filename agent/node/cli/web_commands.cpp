@@ -131,10 +131,11 @@ int serve(const std::string& config_path, const std::string& listen_text) {
                 "no accounts in {}: nobody can log in; add one with `reflow-ingest "
                 "users add NAME`",
                 users_file.string());
-  web::Server server(*store, {.listen = *listen,
-                              .users_file = users_file,
-                              .store_path = config->store_path(),
-                              .secure_cookies = false});
+  web::Server server(*store, agent::Env::real(),
+                     {.listen = *listen,
+                      .users_file = users_file,
+                      .store_path = config->store_path(),
+                      .secure_cookies = false});
   auto port = server.start();
   if (print_if_error(port)) return 1;
   const std::string host = listen->host.find(':') != std::string::npos

@@ -6,6 +6,8 @@
 #include <arpa/inet.h>
 #include <sodium.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <fstream>
@@ -45,6 +47,17 @@ std::string html_escape(std::string_view text) {
       default:
         out += c;
     }
+  }
+  return out;
+}
+
+std::string url_encode(std::string_view text) {
+  std::string out;
+  for (const unsigned char c : text) {
+    if (std::isalnum(c) != 0 || c == '-' || c == '_' || c == '.' || c == '~')
+      out += static_cast<char>(c);
+    else
+      out += fmt::format("%{:02X}", c);
   }
   return out;
 }
@@ -183,6 +196,69 @@ agent::Status UserFile::remove(std::string_view name) const {
     return fail(ErrorCode::not_found,
                 fmt::format("no user \"{}\" in {}", agent::printable_text(name), m_path.string()));
   return save(*users);
+}
+
+bool verify_login(const std::map<std::string, std::string>& users, std::string_view user,
+                  std::string_view password, std::string_view dummy_hash) {
+  const auto it = users.find(std::string(user));
+  if (it == users.end()) {
+    (void)verify_password(dummy_hash, password);  // the same work as for an account
+    return false;
+  }
+  return verify_password(it->second, password);
+}
+
+LoginLimiter::LoginLimiter(agent::Env& env, Limits limits) : m_env(env), m_limits(limits) {}
+
+std::string LoginLimiter::user_key(std::string_view user) const {
+  // Names that cannot be accounts share one counter, so that guessing with made-up names cannot
+  // grow the map beyond the addresses that try.
+  return is_valid_user_name(user) ? fmt::format("u {}", user) : std::string("u (invalid name)");
+}
+
+void LoginLimiter::drop_old(Times& times, std::chrono::steady_clock::time_point now) const {
+  while (!times.empty() && times.front() + m_limits.window <= now)
+    times.pop_front();
+}
+
+std::optional<std::chrono::seconds> LoginLimiter::retry_after(std::string_view address,
+                                                              std::string_view user) {
+  const auto now = m_env.steady_now();
+  std::lock_guard lock(m_mutex);
+  std::optional<std::chrono::steady_clock::duration> wait;
+  for (const std::string& key : {fmt::format("a {}", address), user_key(user)}) {
+    const auto it = m_failures.find(key);
+    if (it == m_failures.end()) continue;
+    drop_old(it->second, now);
+    if (std::ssize(it->second) < m_limits.max_failures) continue;
+    // The attempt may go ahead once enough of the failures have left the window.
+    const auto until =
+        it->second[it->second.size() - static_cast<std::size_t>(m_limits.max_failures)] +
+        m_limits.window;
+    wait = std::max(wait.value_or(until - now), until - now);
+  }
+  if (!wait) return std::nullopt;
+  return std::max(std::chrono::seconds(1), std::chrono::ceil<std::chrono::seconds>(*wait));
+}
+
+void LoginLimiter::failed(std::string_view address, std::string_view user) {
+  const auto now = m_env.steady_now();
+  std::lock_guard lock(m_mutex);
+  for (auto it = m_failures.begin(); it != m_failures.end();) {
+    drop_old(it->second, now);
+    it = it->second.empty() ? m_failures.erase(it) : std::next(it);
+  }
+  for (const std::string& key : {fmt::format("a {}", address), user_key(user)}) {
+    Times& times = m_failures[key];
+    times.push_back(now);
+    if (std::ssize(times) > m_limits.max_failures) times.pop_front();
+  }
+}
+
+void LoginLimiter::succeeded(std::string_view address, std::string_view user) {
+  std::lock_guard lock(m_mutex);
+  m_failures.erase(fmt::format("a {}", address));
+  m_failures.erase(user_key(user));
 }
 
 namespace {

@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include <reflow/core/units.hpp>
+#include <reflow/node/passport_graph.hpp>
 #include <reflow/node/query.hpp>
 
 namespace ingest::web {
@@ -48,7 +49,7 @@ main{padding:1em}table{border-collapse:collapse;width:100%;font-size:.9em}
 th,td{border-bottom:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-align:top}
 tr.trouble td{background:#fee}pre{white-space:pre-wrap;word-break:break-all;background:#eee;
 padding:.5em}form.filters{display:flex;flex-wrap:wrap;gap:.5em;margin-bottom:1em}
-.error{color:#a00}
+.error{color:#a00}.graph{overflow:auto;background:#fff;border:1px solid #ddd;margin:1em 0}
 )css";
 
 struct Asset {
@@ -92,17 +93,6 @@ std::string quantity_text(const nlohmann::json& payload) {
   return fmt::format("{} {}", field_text(*it, "hasNumericalValue"), field_text(*it, "hasUnit"));
 }
 
-std::string url_encode(std::string_view text) {
-  std::string out;
-  for (const unsigned char c : text) {
-    if (std::isalnum(c) != 0 || c == '-' || c == '_' || c == '.' || c == '~')
-      out += static_cast<char>(c);
-    else
-      out += fmt::format("%{:02X}", c);
-  }
-  return out;
-}
-
 // `?k=v&…` of the non-empty `params`, each encoded.
 std::string query_string(const std::vector<std::pair<std::string, std::string>>& params) {
   std::string out;
@@ -111,6 +101,21 @@ std::string query_string(const std::vector<std::pair<std::string, std::string>>&
     out += out.empty() ? "?" : "&";
     out += key + "=" + url_encode(value);
   }
+  return out;
+}
+
+// A link to the passport of `resource` (HTML), or "" for no resource.
+std::string passport_link(std::string_view resource) {
+  if (resource.empty()) return {};
+  return fmt::format("<a href=\"/passport?resource={}\">{}</a>", html_escape(url_encode(resource)),
+                     html_escape(resource));
+}
+
+// The event's resource and, for a transfer or move, the one it went to, each a passport link.
+std::string resource_links(const nlohmann::json& payload) {
+  std::string out = passport_link(field_text(payload, "resourceInventoriedAs"));
+  if (const auto to = field_text(payload, "toResourceInventoriedAs"); !to.empty())
+    out += " → " + passport_link(to);
   return out;
 }
 
@@ -128,21 +133,39 @@ std::string reasons_text(const std::map<std::string, std::int64_t>& reasons) {
 
 // The events page's filters, from the query string.
 struct EventQuery {
-  std::string device, action, resource, since, until;
-  EventFilter filter;
+  std::string device, action, resource, process, member, since, until;
+  EventFilter filter;  // what the store filters; resource, process and member are the payload's
+
+  // Whether the filters of the payload's fields hold: resource (resourceInventoriedAs or
+  // toResourceInventoriedAs), process (inputOf or outputOf), member (provider or receiver).
+  bool payload_matches(const nlohmann::json& payload) const {
+    const auto either = [&](const std::string& wanted, const char* a, const char* b) {
+      return wanted.empty() || field_text(payload, a) == wanted || field_text(payload, b) == wanted;
+    };
+    return either(resource, "resourceInventoriedAs", "toResourceInventoriedAs") &&
+           either(process, "inputOf", "outputOf") && either(member, "provider", "receiver");
+  }
+  bool filters_payload() const { return !resource.empty() || !process.empty() || !member.empty(); }
 };
 
 }  // namespace
 
 struct Server::Impl {
   Store& store;
+  agent::Env& env;
   ServerOptions options;
+  LoginLimiter limiter;
+  std::string dummy_hash;  // verify_login's, for names that are no account
   httplib::Server http;
   std::thread thread;
   std::mutex sessions_mutex;
   std::unordered_map<std::string, Session> sessions;
 
-  Impl(Store& s, ServerOptions o) : store(s), options(std::move(o)) {}
+  Impl(Store& s, agent::Env& e, ServerOptions o)
+      : store(s), env(e), options(std::move(o)), limiter(e, {}) {
+    // A hash of a secret nobody knows (not even this process, after this line).
+    if (auto hash = hash_password(random_session_id())) dummy_hash = std::move(*hash);
+  }
 
   // --- sessions ---
 
@@ -152,7 +175,7 @@ struct Server::Impl {
     std::lock_guard lock(sessions_mutex);
     const auto it = sessions.find(*id);
     if (it == sessions.end()) return std::nullopt;
-    if (it->second.expires < std::chrono::steady_clock::now()) {
+    if (it->second.expires < env.steady_now()) {
       sessions.erase(it);
       return std::nullopt;
     }
@@ -251,15 +274,24 @@ struct Server::Impl {
                  std::nullopt);
       return;
     }
-    const auto it = users->find(user);
-    if (it == users->end() || !verify_password(it->second, password)) {
+    const std::string& address = request.remote_addr;
+    if (const auto wait = limiter.retry_after(address, user)) {
+      response.set_header("Retry-After", std::to_string(wait->count()));
+      html(response,
+           login_form(fmt::format("too many failed logins; try again in {} s", wait->count())),
+           429);
+      return;
+    }
+    if (!verify_login(*users, user, password, dummy_hash)) {
+      limiter.failed(address, user);
       html(response, login_form("wrong user name or password"), 401);
       return;
     }
+    limiter.succeeded(address, user);
     const std::string id = random_session_id();
     {
       std::lock_guard lock(sessions_mutex);
-      sessions[id] = {user, std::chrono::steady_clock::now() + k_session_lifetime};
+      sessions[id] = {user, env.steady_now() + k_session_lifetime};
     }
     response.set_header("Set-Cookie", cookie_header(id, false));
     response.set_redirect("/devices", 303);
@@ -322,6 +354,8 @@ struct Server::Impl {
     q.device = request.get_param_value("device");
     q.action = request.get_param_value("action");
     q.resource = request.get_param_value("resource");
+    q.process = request.get_param_value("process");
+    q.member = request.get_param_value("member");
     q.since = request.get_param_value("since");
     q.until = request.get_param_value("until");
     if (!q.device.empty()) q.filter.device = q.device;
@@ -351,11 +385,6 @@ struct Server::Impl {
     return q;
   }
 
-  static bool names_resource(const nlohmann::json& payload, std::string_view resource) {
-    return field_text(payload, "resourceInventoriedAs") == resource ||
-           field_text(payload, "toResourceInventoriedAs") == resource;
-  }
-
   void events(const httplib::Request& request, httplib::Response& response) {
     const auto user = session_user(request);
     auto q = event_query(request, response, user);
@@ -366,33 +395,29 @@ struct Server::Impl {
     bool more = false;
     auto status = store.for_each_event(q->filter, [&](const StoredEvent& e) {
       const auto payload = nlohmann::json::parse(e.payload, nullptr, false);
-      if (!q->resource.empty() && !names_resource(payload, q->resource)) return true;
+      if (!q->payload_matches(payload)) return true;
       if (shown == k_page_size) {
         more = true;
         return false;
       }
       ++shown;
       last = {e.device, e.stream, e.seq};
-      std::string resource = field_text(payload, "resourceInventoriedAs");
-      if (const auto to = field_text(payload, "toResourceInventoriedAs"); !to.empty())
-        resource += " → " + to;
+      const std::string resource = resource_links(payload);
       rows += fmt::format(
           "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
           "<td><a href=\"/event{}\">{}</a></td></tr>\n",
           html_escape(time_text(e.recorded_unix_ms)), html_escape(e.device), html_escape(e.action),
-          html_escape(resource), html_escape(quantity_text(payload)),
-          html_escape(field_text(payload, "note")),
+          resource, html_escape(quantity_text(payload)), html_escape(field_text(payload, "note")),
           html_escape(query_string(
               {{"device", e.device}, {"stream", e.stream}, {"seq", std::to_string(e.seq)}})),
           e.seq);
       return true;
     });
     if (!status) return error_page(response, 500, status.error().message, user);
-    const std::vector<std::pair<std::string, std::string>> filters = {{"device", q->device},
-                                                                      {"action", q->action},
-                                                                      {"resource", q->resource},
-                                                                      {"since", q->since},
-                                                                      {"until", q->until}};
+    const std::vector<std::pair<std::string, std::string>> filters = {
+        {"device", q->device},   {"action", q->action}, {"resource", q->resource},
+        {"process", q->process}, {"member", q->member}, {"since", q->since},
+        {"until", q->until}};
     std::string body = "<form class=\"filters\" method=\"get\" action=\"/events\">";
     for (const auto& [key, value] : filters)
       body += fmt::format("<label>{} <input name=\"{}\" value=\"{}\"></label>", key, key,
@@ -443,19 +468,46 @@ struct Server::Impl {
         payload.is_discarded()
             ? found->payload
             : payload.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+    const std::string resource = resource_links(payload);
     const std::string body = fmt::format(
         "<table><tr><th>Device</th><td>{}</td></tr><tr><th>Stream</th><td>{}</td></tr>"
         "<tr><th>Seq</th><td>{}</td></tr><tr><th>Event id</th><td>{}</td></tr>"
-        "<tr><th>Action</th><td>{}</td></tr><tr><th>Key id</th><td>{}</td></tr>"
+        "<tr><th>Action</th><td>{}</td></tr><tr><th>Resource</th><td>{}</td></tr>"
+        "<tr><th>Key id</th><td>{}</td></tr>"
         "<tr><th>Recorded</th><td>{}</td></tr><tr><th>Received</th><td>{}</td></tr>"
         "<tr><th>Verified</th><td>signature and chain checked when stored (PROTOCOL §7)</td></tr>"
         "</table><h2>Payload</h2><pre>{}</pre><h2>Envelope as received</h2><pre>{}</pre>",
         html_escape(found->device), html_escape(found->stream), found->seq, html_escape(found->id),
-        html_escape(found->action), html_escape(found->kid),
+        html_escape(found->action), resource, html_escape(found->kid),
         html_escape(time_text(found->recorded_unix_ms)),
         html_escape(time_text(found->received_unix_ms)), html_escape(pretty),
         html_escape(found->envelope));
     html(response, page("Event", body, user));
+  }
+
+  // The material passport of a resource: its trace drawn by Graphviz (when built with it) and
+  // as the text `reflow-ingest trace` prints.
+  void passport(const httplib::Request& request, httplib::Response& response) {
+    const auto user = session_user(request);
+    const std::string resource = request.get_param_value("resource");
+    if (resource.empty()) return error_page(response, 400, "expected resource=REFERENCE", user);
+    auto tree = trace_resource(store, resource);
+    if (!tree)
+      return error_page(response, tree.error().code == ErrorCode::not_found ? 404 : 500,
+                        tree.error().message, user);
+    std::string body = fmt::format(
+        "<p>Resource <strong>{}</strong>: its history as the node's signed events tell it; "
+        "arrows run the way the material went. <a href=\"/events{}\">Its events</a></p>\n",
+        html_escape(resource), html_escape(query_string({{"resource", resource}})));
+    if (can_render_svg()) {
+      // Graphviz writes every label and URL XML-escaped; the labels were plain (never
+      // HTML-like) DOT strings, so nothing a device sent becomes markup.
+      auto svg = render_svg(passport_dot(*tree));
+      if (!svg) return error_page(response, 500, svg.error().message, user);
+      body += "<div class=\"graph\">" + *svg + "</div>\n";
+    }
+    body += "<h2>Trace</h2><pre>" + html_escape(format_trace_text(*tree)) + "</pre>";
+    html(response, page("Material passport", body, user));
   }
 
   // The filtered events as `reflow-ingest events --format csv|jsonl` prints them.
@@ -464,7 +516,7 @@ struct Server::Impl {
     auto q = event_query(request, response, user);
     if (!q) return;
     std::ostringstream out;
-    if (q->resource.empty()) {
+    if (!q->filters_payload()) {
       if (auto status = write_events(store, q->filter, format, out); !status)
         return error_page(response, 500, status.error().message, user);
     } else {
@@ -475,8 +527,7 @@ struct Server::Impl {
         out << "\r\n";
       }
       auto status = store.for_each_event(q->filter, [&](const StoredEvent& e) {
-        if (!names_resource(nlohmann::json::parse(e.payload, nullptr, false), q->resource))
-          return true;
+        if (!q->payload_matches(nlohmann::json::parse(e.payload, nullptr, false))) return true;
         if (format == EventFormat::csv)
           out << event_csv_row(e) << "\r\n";
         else
@@ -563,6 +614,8 @@ struct Server::Impl {
     http.Get("/devices",
              [this](const httplib::Request& q, httplib::Response& r) { devices(q, r); });
     http.Get("/events", [this](const httplib::Request& q, httplib::Response& r) { events(q, r); });
+    http.Get("/passport",
+             [this](const httplib::Request& q, httplib::Response& r) { passport(q, r); });
     http.Get("/event", [this](const httplib::Request& q, httplib::Response& r) { event(q, r); });
     http.Get("/events.csv", [this](const httplib::Request& q, httplib::Response& r) {
       download(q, r, EventFormat::csv);
@@ -588,8 +641,8 @@ struct Server::Impl {
   }
 };
 
-Server::Server(Store& store, ServerOptions options)
-    : m_impl(std::make_unique<Impl>(store, std::move(options))) {
+Server::Server(Store& store, agent::Env& env, ServerOptions options)
+    : m_impl(std::make_unique<Impl>(store, env, std::move(options))) {
   m_impl->routes();
 }
 

@@ -1,15 +1,19 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <deque>
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include <reflow/core/env.hpp>
 #include <reflow/core/result.hpp>
 #include <reflow/node/config.hpp>
 #include <reflow/node/store.hpp>
@@ -23,6 +27,10 @@ namespace ingest::web {
 /// &gt; &quot; &#39;. Safe in element content and in quoted attribute values (HTML Living
 /// Standard §13.1.2.3, §13.1.3). Every dynamic string of every page goes through it.
 std::string html_escape(std::string_view text);
+
+/// `text` percent-encoded for a URL's query value (RFC 3986 §2.1): every byte but the
+/// unreserved A-Z a-z 0-9 - _ . ~ as %XX (upper-case hex).
+std::string url_encode(std::string_view text);
 
 /// The value of cookie `name` in a `Cookie:` request header (RFC 6265 §4.2.1:
 /// `name=value; name2=value2`, a value optionally in double quotes, which are removed); the
@@ -82,6 +90,56 @@ class UserFile {
   std::filesystem::path m_path;
 };
 
+// --- login ---
+
+/// Whether `password` is the password of account `user` in `users` (name → hash_password
+/// string). For an unknown user the password is verified all the same, against `dummy_hash` (a
+/// hash_password of a secret nobody knows, made with the same limits), and the answer is false
+/// whatever that says: the work, and so the time of the answer, is the same for a name that is
+/// an account and one that is not, so timing does not tell which accounts exist.
+bool verify_login(const std::map<std::string, std::string>& users, std::string_view user,
+                  std::string_view password, std::string_view dummy_hash);
+
+/// Failed logins limited per client address and per user name, against password guessing:
+/// after `max_failures` failures within `window`, further attempts from that address, or for
+/// that user from anywhere, are refused until the oldest of those failures is `window` old (a
+/// sliding window). Names that cannot be accounts (is_valid_user_name false) share one
+/// counter. Time is the Env's steady clock, so tests move it by hand. Memory: per address and
+/// name that failed, its newest `max_failures` times; counters whose failures are all older
+/// than the window are dropped as new failures arrive. Behind a reverse proxy every client has
+/// the proxy's address: the per-address limit then applies to all clients together.
+/// Thread-safe.
+class LoginLimiter {
+ public:
+  struct Limits {
+    int max_failures = 5;
+    std::chrono::milliseconds window{std::chrono::minutes(1)};
+  };
+
+  /// `env` must outlive the limiter.
+  LoginLimiter(agent::Env& env, Limits limits);
+
+  /// How long an attempt from `address` for `user` must wait, in whole seconds rounded up (at
+  /// least 1: the value of Retry-After, RFC 9110 §10.2.3); nullopt when it may go ahead.
+  std::optional<std::chrono::seconds> retry_after(std::string_view address, std::string_view user);
+
+  /// Counts a failed attempt (wrong password, unknown user) for `address` and for `user`.
+  void failed(std::string_view address, std::string_view user);
+
+  /// A login succeeded: forgets the failures of `address` and of `user`.
+  void succeeded(std::string_view address, std::string_view user);
+
+ private:
+  using Times = std::deque<std::chrono::steady_clock::time_point>;
+  std::string user_key(std::string_view user) const;
+  void drop_old(Times& times, std::chrono::steady_clock::time_point now) const;
+
+  agent::Env& m_env;
+  Limits m_limits;
+  std::mutex m_mutex;
+  std::map<std::string, Times, std::less<>> m_failures;  // "a " + address, "u " + user
+};
+
 // --- metrics ---
 
 /// The Prometheus text exposition format (version 0.0.4: prometheus.io/docs/instrumenting/
@@ -103,11 +161,15 @@ struct ServerOptions {
   bool secure_cookies = false;       ///< adds `Secure` to the session cookie (served over TLS)
 };
 
-/// The web server: start() binds and serves on its own threads until stop().
+/// The web server: start() binds and serves on its own threads until stop(). Logins are
+/// limited by a LoginLimiter (5 failures a minute per client address and per user name: 429
+/// with Retry-After), and an unknown user name costs the same password check as a known one
+/// (verify_login).
 class Server {
  public:
-  /// `store` must outlive the server.
-  Server(Store& store, ServerOptions options);
+  /// `store` and `env` (sessions' lifetime, the login limits) must outlive the server. Hashes
+  /// a random secret once (verify_login's dummy hash): about as long as one login.
+  Server(Store& store, agent::Env& env, ServerOptions options);
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
