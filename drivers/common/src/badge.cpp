@@ -8,6 +8,7 @@
 
 #include <reflow/core/units.hpp>
 #include <reflow/drivers/serial_port.hpp>
+#include <reflow/drivers/valueflows.hpp>
 
 namespace agent {
 namespace {
@@ -179,8 +180,21 @@ BadgeAttribution::BadgeAttribution(const BadgeConfig& config, SiteSecret secret,
       m_log(log),
       m_component(std::move(component)) {}
 
-void BadgeAttribution::on_card(std::string_view card_hex, std::int64_t at_ms,
-                               std::int64_t seen_unix_ms) {
+nlohmann::ordered_json unknown_badge_event(std::string_view machine, std::string_view hash,
+                                           std::int64_t at_unix_ms, std::string_view process) {
+  nlohmann::ordered_json event;
+  event["action"] = "cite";
+  event["resourceInventoriedAs"] = machine;
+  event["resourceQuantity"] = vf::quantity(1, "one");
+  event["hasPointInTime"] = format_rfc3339_ms(at_unix_ms);
+  event["inputOf"] = process;
+  event["note"] = "unknown badge";
+  event["meta"] = {{"badge", "unknown"}, {"badge_hash", hash}};
+  return event;
+}
+
+std::optional<std::string> BadgeAttribution::on_card(std::string_view card_hex, std::int64_t at_ms,
+                                                     std::int64_t seen_unix_ms) {
   const std::string hash = badge_hash(m_secret, card_hex);
   const Member* member = m_members.by_badge(hash);
   const std::string at = format_rfc3339_ms(seen_unix_ms);
@@ -194,7 +208,7 @@ void BadgeAttribution::on_card(std::string_view card_hex, std::int64_t at_ms,
       m_log.error(m_component, "cannot keep the last unknown badge: {}", s.error().message);
     std::lock_guard lock(m_mutex);
     ++m_unknown;
-    return;
+    return hash;
   }
   m_log.info(m_component, "badge of {} at {} ({})", member->handle, m_machine, at);
   std::lock_guard lock(m_mutex);
@@ -203,6 +217,7 @@ void BadgeAttribution::on_card(std::string_view card_hex, std::int64_t at_ms,
   m_history.push_back(Seen{at_ms, member});
   while (m_history.size() > k_history)
     m_history.pop_front();
+  return std::nullopt;
 }
 
 std::optional<Attribution> BadgeAttribution::for_session(std::int64_t begin_ms) const {
