@@ -114,10 +114,11 @@ void attribute(nlohmann::ordered_json& event, const Attribution& who);
 nlohmann::ordered_json unknown_badge_event(std::string_view machine, std::string_view hash,
                                            std::int64_t at_unix_ms, std::string_view process);
 
-/// "Badge then use" for one machine: remembers the recent known badges, says whose a session is,
-/// counts what it sees and keeps the last unknown card in the driver's state directory. Loads the
-/// site secret and the members file at open(). Thread-safe (a reader thread feeds cards, the
-/// driver's thread asks about sessions, the control socket reads status()).
+/// "Badge then use" for one machine: remembers the recent known badges (kept in the driver's state
+/// directory as `badges.json`, so a badge just before an agent restart attributes the session
+/// after it), says whose a session is, counts what it sees and keeps the last unknown card there.
+/// Loads the site secret and the members file at open(). Thread-safe (a reader thread feeds cards,
+/// the driver's thread asks about sessions, the control socket reads status()).
 class BadgeAttribution {
  public:
   /// Loads the secret (creating it at first start) and the members file. Errors: those of
@@ -174,6 +175,10 @@ class BadgeAttribution {
     const Member* member = nullptr;
   };
   static constexpr std::size_t k_history = 32;
+  static constexpr const char* k_badges_file = "badges.json";
+
+  void load_history();
+  void save_history() const;
 
   const BadgeConfig m_config;
   const SiteSecret m_secret;
