@@ -577,8 +577,16 @@ class McuDriver final : public Driver {
         // badge table it is counted and never logged (issue 17: a card id never leaves here).
         if (m_badges && m_config.badge->source == BadgeConfig::Source::mcu) {
           std::string tag = hex(b.tag);
-          m_badges->on_card(tag, static_cast<std::int64_t>(b.at_ms), to_unix_ms(b.at_ms, m));
+          const auto unknown =
+              m_badges->on_card(tag, static_cast<std::int64_t>(b.at_ms), to_unix_ms(b.at_ms, m));
           std::fill(tag.begin(), tag.end(), '\0');
+          // Recorded for the node's `members` list (its keyed hash only), for enrolment.
+          if (unknown)
+            out.emplace_back(
+                "unknown-badge",
+                unknown_badge_event(
+                    m_config.resource, *unknown, to_unix_ms(b.at_ms, m),
+                    fmt::format("mcu:{}:boot-{}-badge-{}", m_config.name, m.header.boot, b.at_ms)));
         } else {
           m_log.info(m_component,
                      "badge read at {} (not attributed: no [driver.badge] table "

@@ -8,6 +8,9 @@
 // OctoPrint has no job id and, for one cancel, announces both PrintCancelled and PrintFailed
 // (reference §1.3); polling sees exactly one transition out of the printing states instead, and
 // keys the job by (origin, path, start time estimated as first-seen time − printTime).
+//
+// With a [driver.badge] table a job that starts within the window after a member's badge at the
+// printer is that member's ("badge then use", README "Badges and members"), as with moonraker.
 #include <cmath>
 #include <condition_variable>
 #include <mutex>
@@ -19,6 +22,7 @@
 #include <reflow/core/units.hpp>
 #include <reflow/device/driver.hpp>
 #include <reflow/device/driver_table.hpp>
+#include <reflow/drivers/badge.hpp>
 #include <reflow/drivers/driver_state.hpp>
 #include <reflow/drivers/driver_thread.hpp>
 #include <reflow/drivers/printer_keys.hpp>
@@ -61,6 +65,7 @@ const std::vector<DriverKeyInfo>& octoprint_keys() {
                      "longest wait between retries while OctoPrint is unreachable or answers "
                      "with an error"},
                     {"request_timeout", "duration", "\"10s\"", "time one HTTP request may take"},
+                    badge_key_info(),
                 });
     std::ranges::copy(spoolman::spoolman_key_rows(), std::back_inserter(rows));
     return rows;
@@ -82,6 +87,9 @@ struct OctoPrintConfig {
   std::string spoolman_url;
   std::int64_t spool_id = 0;
   spoolman::Report report = spoolman::Report::off;
+  /// [driver.badge] ("serial" or "evdev": a reader beside the printer); none: jobs carry no
+  /// member.
+  std::optional<BadgeConfig> badge;
 
   bool spoolman() const { return !spoolman_url.empty() && spool_id > 0; }
   std::string filament_reference() const {
@@ -176,12 +184,31 @@ class OctoPrintDriver final : public Driver {
     if (m_job)
       m_log.info(m_component, "resuming job {} ({}), started {}", m_job->file.name,
                  m_job->file.origin, format_rfc3339_ms(m_job->start_ms));
+    if (m_config.badge && !m_badges) {
+      auto badges =
+          BadgeAttribution::open(*m_config.badge, m_config.name, state_dir, m_log, m_component);
+      if (!badges) return std::unexpected(badges.error());
+      m_badges = std::move(*badges);
+      m_reader = make_badge_reader(*m_config.badge, *m_badges, m_env, m_log, m_component);
+    }
+    if (m_reader) m_reader->start();
     return m_worker.start(m_component, [this, &sink](std::stop_token stop) { run(sink, stop); });
   }
 
-  void stop() override { m_worker.stop(); }
+  void stop() override {
+    if (m_reader) m_reader->stop();
+    m_worker.stop();
+  }
 
-  DriverHealth health() const override { return m_worker.health(); }
+  DriverHealth health() const override {
+    DriverHealth h = m_worker.health();
+    if (m_badges) h.state += fmt::format("; {}", m_badges->status());
+    if (m_reader) {
+      h.state += fmt::format("; {}", m_reader->status());
+      h.malformed += m_reader->bad_frames();
+    }
+    return h;
+  }
 
  private:
   Status load(const nlohmann::json& state) {
@@ -454,7 +481,15 @@ class OctoPrintDriver final : public Driver {
     const std::string ref = fmt::format("job {} {}:{}", start_s, job.file.origin, job.file.path);
     const std::string begin = format_rfc3339_ms(job.start_ms);
     const std::string end = format_rfc3339_ms(end_ms);
+    // "Badge then use": the job's start (on the agent's clock, as the badges') against the
+    // members' badges at this printer.
+    std::optional<Attribution> who;
+    if (m_badges) {
+      who = m_badges->for_session(job.start_ms);
+      if (!who) m_badges->count_unbadged_session();
+    }
     auto add = [&](nlohmann::ordered_json fields) {
+      if (who) attribute(fields, *who);
       m_pending_events.push_back({{"fields", std::move(fields)}, {"ref", ref}});
     };
 
@@ -637,7 +672,9 @@ class OctoPrintDriver final : public Driver {
   bool m_spoolman_problem = false;
   std::string m_last_state_text = "unknown";
 
-  DriverThread<DriverHealth> m_worker;  // last: joined before the members it uses go
+  std::unique_ptr<BadgeAttribution> m_badges;  // with [driver.badge]
+  std::unique_ptr<BadgeReader> m_reader;       // fed into m_badges; stopped before it goes
+  DriverThread<DriverHealth> m_worker;         // last: joined before the members it uses go
 };
 
 class OctoPrintKind final : public DriverKind {
@@ -715,6 +752,9 @@ class OctoPrintKind final : public DriverKind {
     c.request_timeout = *timeout;
     c.spoolman_url = base_url(p.spoolman_url);
     c.spool_id = p.spool_id;
+    auto badge = parse_badge_config(config, {"serial", "evdev"});
+    if (!badge) return std::unexpected(badge.error());
+    c.badge = std::move(*badge);
     return std::make_unique<OctoPrintDriver>(std::move(c), env, log);
   }
 };

@@ -198,7 +198,11 @@ class McuTest(nh.NodeTestCase):
         dev, agent = self.start_node_and_agent(
             "3000:20000:4", extra=extra, before_start=enrol,
             badges=("100:0A1B2C3D4E", "40000:0102030405"))
-        events = self.wait_stored(dev, 2)
+        # The board sends the unknown card after the session: its event is the stream's third.
+        events = self.wait_stored(dev, 3)
+        self.assertEqual(len(events), 3, events)
+        sighting = events[2]
+        events = events[:2]
         self.assert_session(events, 20)
         use, consume = sorted(events, key=lambda e: e["action"], reverse=True)
         self.assertEqual(use["provider"], "org:fablab")
@@ -229,6 +233,13 @@ class McuTest(nh.NodeTestCase):
         last = json.loads((dev.data_dir / "drivers" / "saw" / "last-unknown.json").read_text())
         digest = hashlib.blake2b(b"0102030405", key=secret, digest_size=32).digest()
         self.assertEqual(last["hash"], base64.urlsafe_b64encode(digest).rstrip(b"=").decode())
+        # The node lists the unknown card for enrolment (PROTOCOL §4.1), by its keyed hash.
+        self.assertEqual(sighting["action"], "cite")
+        self.assertEqual(sighting["meta"]["badge_hash"], last["hash"])
+        out = self.cli.ok("members", "--since", "36500d", "--format", "json").stdout
+        cards = [json.loads(line) for line in out.splitlines() if line.strip()]
+        self.assertEqual([(c["device"], c["machine"], c["badge"], c["times"]) for c in cards],
+                         [(dev.id, "machine:bandsaw-01", last["hash"], 1)], out)
         # The raw ids are in no event, no status line and no log line of the agent.
         for raw in ("0a1b2c3d4e", "0A1B2C3D4E", "0102030405"):
             self.assertNotIn(raw, json.dumps(self.stored(dev)))

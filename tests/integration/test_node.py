@@ -16,6 +16,8 @@ import sys
 import threading
 import unittest
 
+from jwcrypto import jwk, jws
+
 import harness as h
 import node_harness as nh
 
@@ -858,6 +860,35 @@ class SignedAckTest(nh.NodeTestCase):
             if ack["seq"] == seq and "signed" in ack:
                 return ack
         self.fail(f"no signed ack of {device} seq {seq} in {self.acks.raw_acks(device)}")
+
+    def test_members_publish_signs_the_list_with_the_node_key_retained(self):
+        """`reflow-ingest members publish` (PROTOCOL §5.3): the site's members file, signed with
+        the node's key as acks are, retained on PREFIX/_node/members/SITE; jwcrypto verifies it
+        with the node's public JWK."""
+        members = self.tmp / "members.toml"
+        text = '[[member]]\nhandle = "ada"\nagent = "person:ada"\nbadges = ["' + "A" * 43 + '"]\n'
+        members.write_text(text)
+        out = self.cli.ok("members", "publish", "--site", "fablab", "--file", members,
+                          "--version", "2").stdout
+        topic = f"{h.PREFIX}/_node/members/fablab"
+        self.assertIn(topic, out)
+        probe = self.probe(name="members")
+        probe.subscribe(topic)
+        _, payload, retained = probe.wait_message(lambda m: m[0] == topic, "the members list")
+        self.assertTrue(retained)
+        token = jws.JWS()
+        token.deserialize(payload.decode("utf-8"))
+        token.verify(jwk.JWK(**self.node_key["jwk"]), alg="EdDSA")
+        self.assertEqual(json.loads(b64url_decode(json.loads(payload)["protected"])),
+                         {"alg": "EdDSA", "kid": self.node_key["kid"],
+                          "typ": "reflow-members+json"})
+        statement = json.loads(token.payload)
+        self.assertEqual((statement["site"], statement["version"], statement["members"]),
+                         ("fablab", 2, text))
+        # A site that is not a topic level is refused before anything is published.
+        bad = self.cli.run("members", "publish", "--site", "fab/+", "--file", members)
+        self.assertEqual(bad.returncode, 2, bad.stderr)
+        self.assertIn('--site "fab/+"', bad.stderr)
 
     def test_hostile_acks_prune_nothing_and_the_nodes_signed_ack_then_prunes(self):
         agent = self.start_device_agent(self.device)

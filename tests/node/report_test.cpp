@@ -341,5 +341,91 @@ TEST(MaintenanceReportTest, TableCsvAndJsonShowTheSameFigures) {
   EXPECT_TRUE(maintenance_json(rows[0])["last_service"].is_null());
 }
 
+// Unknown cards as the badge drivers emit them (PROTOCOL §4.1): a cite of the machine.
+StoredEvent unknown_card(std::int64_t seq, const std::string& device, const std::string& machine,
+                         const std::string& hash, const std::string& at) {
+  StoredEvent e = event(seq, at,
+                        {{"action", "cite"},
+                         {"resourceInventoriedAs", machine},
+                         {"resourceQuantity", quantity(1, "one")},
+                         {"hasPointInTime", at},
+                         {"inputOf", "mcu:laser:badge-" + std::to_string(seq)},
+                         {"note", "unknown badge"},
+                         {"meta", {{"badge", "unknown"}, {"badge_hash", hash}}}});
+  e.device = device;
+  return e;
+}
+
+const std::string k_card_a(43, 'A');
+const std::string k_card_b = std::string(42, 'b') + "-";
+
+// A week at two devices: card A twice at the laser, card B once at the laser and once at the
+// printer of another device; an old sighting, a hash of the wrong shape, a known member's use.
+std::vector<StoredEvent> sightings() {
+  return {
+      unknown_card(1, "fablab-laser", "machine:laser", k_card_a, "2026-11-20T10:00:00Z"),
+      unknown_card(2, "fablab-laser", "machine:laser", k_card_b, "2026-11-21T09:00:00Z"),
+      unknown_card(3, "fablab-laser", "machine:laser", k_card_a, "2026-11-22T18:30:00Z"),
+      unknown_card(4, "fablab-mk4-01", "printer:mk4", k_card_b, "2026-11-21T12:00:00Z"),
+      unknown_card(5, "fablab-laser", "machine:laser", k_card_a, "2026-10-01T08:00:00Z"),
+      unknown_card(6, "fablab-laser", "machine:laser", "0a1b2c3d4e", "2026-11-22T19:00:00Z"),
+      event(7, "2026-11-22T20:00:00Z",
+            {{"action", "use"},
+             {"resourceInventoriedAs", "machine:laser"},
+             {"receiver", "member:ana"},
+             {"effortQuantity", quantity(0.5, "hour")},
+             {"hasBeginning", "2026-11-22T19:30:00Z"},
+             {"hasEnd", "2026-11-22T20:00:00Z"},
+             {"inputOf", "mcu:laser:session-1"}}),
+  };
+}
+
+TEST(UnknownCardsTest, ListsEachCardPerDeviceAndMachineMostRecentFirst) {
+  const auto rows = unknown_cards(sightings(), *agent::parse_rfc3339("2026-11-15T00:00:00Z"));
+  ASSERT_EQ(rows.size(), 3U);
+  EXPECT_EQ(rows[0].device, "fablab-laser");
+  EXPECT_EQ(rows[0].machine, "machine:laser");
+  EXPECT_EQ(rows[0].hash, k_card_a);
+  EXPECT_EQ(rows[0].times, 2);  // the October sighting is before --since
+  EXPECT_EQ(rows[0].first_seen_ms, *agent::parse_rfc3339("2026-11-20T10:00:00Z"));
+  EXPECT_EQ(rows[0].last_seen_ms, *agent::parse_rfc3339("2026-11-22T18:30:00Z"));
+  EXPECT_EQ(rows[1].device, "fablab-mk4-01");
+  EXPECT_EQ(rows[1].machine, "printer:mk4");
+  EXPECT_EQ(rows[1].hash, k_card_b);
+  EXPECT_EQ(rows[2].device, "fablab-laser");
+  EXPECT_EQ(rows[2].hash, k_card_b);
+  EXPECT_EQ(rows[2].times, 1);
+
+  EXPECT_EQ(unknown_cards(sightings(), *agent::parse_rfc3339("2026-11-23T00:00:00Z")).size(), 0U);
+  EXPECT_EQ(unknown_cards(sightings(), 0)[0].times, 3);
+}
+
+TEST(UnknownCardsTest, AreNeitherUseNorMaterialInTheUsageReport) {
+  UsageOptions options;
+  options.period = Period::all;
+  const auto rows = usage(sightings(), options);
+  ASSERT_EQ(rows.size(), 1U);
+  EXPECT_EQ(rows[0].key, "machine:laser");
+  EXPECT_EQ(rows[0].events, 1);
+  EXPECT_EQ(rows[0].sessions, 1);
+}
+
+TEST(UnknownCardsTest, TableAndJsonShowTheSameCards) {
+  const auto rows = unknown_cards(sightings(), *agent::parse_rfc3339("2026-11-15T00:00:00Z"));
+  const std::string table = format_unknown_cards_table(rows);
+  EXPECT_NE(table.find("LAST SEEN                 DEVICE         MACHINE        TIMES  BADGE"),
+            std::string::npos)
+      << table;
+  EXPECT_NE(
+      table.find("2026-11-22T18:30:00.000Z  fablab-laser   machine:laser  2      " + k_card_a),
+      std::string::npos)
+      << table;
+  EXPECT_EQ(format_unknown_cards_table({}), "no unknown cards in the period\n");
+  EXPECT_EQ(unknown_card_json(rows[1]).dump(),
+            R"({"device":"fablab-mk4-01","machine":"printer:mk4","badge":")" + k_card_b +
+                R"(","times":1,"first_seen":"2026-11-21T12:00:00.000Z",)"
+                R"("last_seen":"2026-11-21T12:00:00.000Z"})");
+}
+
 }  // namespace
 }  // namespace ingest::report

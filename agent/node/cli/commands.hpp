@@ -67,8 +67,9 @@ void add_run_command(CLI::App& app, int& exit_code);  // run_commands.cpp: run
 void add_device_commands(CLI::App& app,
                          int& exit_code);  // device_commands.cpp: device add|list|revoke
 void add_query_commands(CLI::App& app, int& exit_code);  // query_commands.cpp: events, stats, trace
-void add_report_commands(CLI::App& app, int& exit_code);  // report_commands.cpp: report usage
-void add_export_command(CLI::App& app, int& exit_code);   // export_commands.cpp: export
+void add_report_commands(CLI::App& app, int& exit_code);   // report_commands.cpp: report usage
+void add_members_commands(CLI::App& app, int& exit_code);  // members_commands.cpp: members
+void add_export_command(CLI::App& app, int& exit_code);    // export_commands.cpp: export
 void add_log_commands(CLI::App& app,
                       int& exit_code);  // log_commands.cpp: log checkpoint|prove|consistency
 void add_key_commands(CLI::App& app, int& exit_code);     // key_commands.cpp: key init|show

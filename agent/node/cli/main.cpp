@@ -128,6 +128,7 @@ int main(int argc, char** argv) {
     ingest::cli::add_device_commands(app, exit_code);
     ingest::cli::add_query_commands(app, exit_code);
     ingest::cli::add_report_commands(app, exit_code);
+    ingest::cli::add_members_commands(app, exit_code);
     ingest::cli::add_log_commands(app, exit_code);
     ingest::cli::add_export_command(app, exit_code);
     ingest::cli::add_key_commands(app, exit_code);

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <functional>
 #include <tuple>
 #include <unordered_map>
 
@@ -32,6 +33,7 @@ struct Record {
   std::string note;      // a modify's note
   std::optional<double> hours;
   std::optional<std::pair<double, std::string>> quantity;  // resourceQuantity
+  bool unknown_card = false;  // an unknown badge's cite (PROTOCOL §4.1): no use, no material
 };
 
 std::string string_of(const nlohmann::json& object, const char* key) {
@@ -87,7 +89,17 @@ std::optional<Record> record_of(const StoredEvent& event) {
     if (auto effort = measure_of(payload, "effortQuantity"))
       if (auto per = hours_per(effort->second)) r.hours = effort->first * *per;
   r.quantity = measure_of(payload, "resourceQuantity");
+  if (r.action == "cite")
+    if (const auto meta = payload.find("meta"); meta != payload.end() && meta->is_object())
+      r.unknown_card = string_of(*meta, "badge") == "unknown";
   return r;
+}
+
+// 43 base64url characters: the shape of the agent's keyed badge hash (drivers/common members.hpp).
+bool is_badge_hash(std::string_view text) {
+  return text.size() == 43 && std::ranges::all_of(text, [](unsigned char c) {
+           return std::isalnum(c) != 0 || c == '-' || c == '_';
+         });
 }
 
 const char* key_name(By by) {
@@ -182,7 +194,7 @@ std::vector<UsageRow> usage(const std::vector<StoredEvent>& events, const UsageO
   std::unordered_map<std::string, std::pair<std::string, std::string>> process_use;
   for (const auto& event : events) {
     auto record = record_of(event);
-    if (!record) continue;
+    if (!record || record->unknown_card) continue;  // a card seen, not a use or a material
     if (record->action == "use" && !record->process.empty())
       process_use.try_emplace(record->process, record->machine, record->member);
     records.push_back(std::move(*record));
@@ -390,6 +402,66 @@ nlohmann::ordered_json maintenance_json(const MaintenanceRow& row) {
   out["interval_hours"] = row.interval_hours ? Json(*row.interval_hours) : Json();
   out["hours_left"] = row.hours_left ? Json(*row.hours_left) : Json();
   out["overdue"] = row.overdue();
+  return out;
+}
+
+std::vector<UnknownCardRow> unknown_cards(const std::vector<StoredEvent>& events,
+                                          std::int64_t since_unix_ms) {
+  std::map<std::tuple<std::string, std::string, std::string>, UnknownCardRow> rows;
+  for (const auto& event : events) {
+    if (event.action != "cite") continue;
+    auto record = record_of(event);
+    if (!record || !record->unknown_card || record->time_ms < since_unix_ms) continue;
+    const auto payload = nlohmann::json::parse(event.payload, nullptr, false);
+    const std::string hash = string_of(payload.at("meta"), "badge_hash");
+    if (!is_badge_hash(hash)) continue;
+    UnknownCardRow& row = rows[{event.device, record->resource, hash}];
+    if (row.times == 0) {
+      row.device = event.device;
+      row.machine = record->resource;
+      row.hash = hash;
+      row.first_seen_ms = record->time_ms;
+      row.last_seen_ms = record->time_ms;
+    }
+    ++row.times;
+    row.first_seen_ms = std::min(row.first_seen_ms, record->time_ms);
+    row.last_seen_ms = std::max(row.last_seen_ms, record->time_ms);
+  }
+  std::vector<UnknownCardRow> out;
+  out.reserve(rows.size());
+  for (auto& [_, row] : rows)
+    out.push_back(std::move(row));
+  // Most recent first: the card just badged at the machine is the one an operator enrols.
+  std::ranges::stable_sort(out, std::greater<>(), &UnknownCardRow::last_seen_ms);
+  return out;
+}
+
+Result<std::vector<UnknownCardRow>> unknown_cards(Store& store, std::int64_t since_unix_ms) {
+  EventFilter filter;
+  filter.action = "cite";
+  auto events = collect_events(store, filter);
+  if (!events) return std::unexpected(events.error());
+  return unknown_cards(*events, since_unix_ms);
+}
+
+std::string format_unknown_cards_table(const std::vector<UnknownCardRow>& rows) {
+  if (rows.empty()) return "no unknown cards in the period\n";
+  std::vector<std::vector<std::string>> table;
+  table.push_back({"LAST SEEN", "DEVICE", "MACHINE", "TIMES", "BADGE"});
+  for (const auto& row : rows)
+    table.push_back({agent::format_rfc3339_ms(row.last_seen_ms), agent::printable_text(row.device),
+                     shown_key(row.machine), std::to_string(row.times), row.hash});
+  return agent::aligned_table(table);
+}
+
+nlohmann::ordered_json unknown_card_json(const UnknownCardRow& row) {
+  Json out;
+  out["device"] = row.device;
+  out["machine"] = row.machine;
+  out["badge"] = row.hash;
+  out["times"] = row.times;
+  out["first_seen"] = agent::format_rfc3339_ms(row.first_seen_ms);
+  out["last_seen"] = agent::format_rfc3339_ms(row.last_seen_ms);
   return out;
 }
 

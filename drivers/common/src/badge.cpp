@@ -7,7 +7,9 @@
 #include <toml++/toml.h>
 
 #include <reflow/core/units.hpp>
+#include <reflow/drivers/driver_state.hpp>
 #include <reflow/drivers/serial_port.hpp>
+#include <reflow/drivers/valueflows.hpp>
 
 namespace agent {
 namespace {
@@ -177,10 +179,61 @@ BadgeAttribution::BadgeAttribution(const BadgeConfig& config, SiteSecret secret,
       m_machine(std::move(machine)),
       m_state_dir(std::move(state_dir)),
       m_log(log),
-      m_component(std::move(component)) {}
+      m_component(std::move(component)) {
+  load_history();
+}
 
-void BadgeAttribution::on_card(std::string_view card_hex, std::int64_t at_ms,
-                               std::int64_t seen_unix_ms) {
+// The recent known badges, kept so that a badge just before an agent restart still attributes
+// the session after it: {"version":1,"badges":[{"at_ms":N,"handle":"ada"}…]}, handles (not
+// hashes) so that a member removed from the members file is forgotten with it.
+void BadgeAttribution::load_history() {
+  auto state = load_driver_state(m_state_dir / k_badges_file);
+  if (!state) {
+    m_log.warning(m_component, "badges seen before the restart are forgotten: {}",
+                  state.error().message);
+    return;
+  }
+  const auto badges = state->find("badges");
+  if (badges == state->end() || !badges->is_array()) return;
+  for (const auto& b : *badges) {
+    if (!b.is_object() || !b.contains("at_ms") || !b["at_ms"].is_number_integer() ||
+        !b.contains("handle") || !b["handle"].is_string())
+      continue;
+    const Member* member = m_members.by_handle(b["handle"].get<std::string>());
+    if (member == nullptr) continue;
+    m_history.push_back(Seen{b["at_ms"].get<std::int64_t>(), member});
+  }
+  while (m_history.size() > k_history)
+    m_history.pop_front();
+}
+
+// Called with m_mutex held.
+void BadgeAttribution::save_history() const {
+  nlohmann::json badges = nlohmann::json::array();
+  for (const Seen& s : m_history)
+    badges.push_back({{"at_ms", s.at_ms}, {"handle", s.member->handle}});
+  if (Status saved = save_driver_state(m_state_dir / k_badges_file,
+                                       {{"version", 1}, {"badges", std::move(badges)}});
+      !saved)
+    m_log.error(m_component, "cannot keep the recent badges for a restart: {}",
+                saved.error().message);
+}
+
+nlohmann::ordered_json unknown_badge_event(std::string_view machine, std::string_view hash,
+                                           std::int64_t at_unix_ms, std::string_view process) {
+  nlohmann::ordered_json event;
+  event["action"] = "cite";
+  event["resourceInventoriedAs"] = machine;
+  event["resourceQuantity"] = vf::quantity(1, "one");
+  event["hasPointInTime"] = format_rfc3339_ms(at_unix_ms);
+  event["inputOf"] = process;
+  event["note"] = "unknown badge";
+  event["meta"] = {{"badge", "unknown"}, {"badge_hash", hash}};
+  return event;
+}
+
+std::optional<std::string> BadgeAttribution::on_card(std::string_view card_hex, std::int64_t at_ms,
+                                                     std::int64_t seen_unix_ms) {
   const std::string hash = badge_hash(m_secret, card_hex);
   const Member* member = m_members.by_badge(hash);
   const std::string at = format_rfc3339_ms(seen_unix_ms);
@@ -194,7 +247,7 @@ void BadgeAttribution::on_card(std::string_view card_hex, std::int64_t at_ms,
       m_log.error(m_component, "cannot keep the last unknown badge: {}", s.error().message);
     std::lock_guard lock(m_mutex);
     ++m_unknown;
-    return;
+    return hash;
   }
   m_log.info(m_component, "badge of {} at {} ({})", member->handle, m_machine, at);
   std::lock_guard lock(m_mutex);
@@ -203,6 +256,8 @@ void BadgeAttribution::on_card(std::string_view card_hex, std::int64_t at_ms,
   m_history.push_back(Seen{at_ms, member});
   while (m_history.size() > k_history)
     m_history.pop_front();
+  save_history();
+  return std::nullopt;
 }
 
 std::optional<Attribution> BadgeAttribution::for_session(std::int64_t begin_ms) const {
@@ -238,6 +293,7 @@ std::vector<std::pair<std::int64_t, Attribution>> BadgeAttribution::handovers(
 void BadgeAttribution::forget_badges() {
   std::lock_guard lock(m_mutex);
   m_history.clear();
+  save_history();
 }
 
 void BadgeAttribution::count_unbadged_session() {

@@ -24,6 +24,7 @@
 #include <reflow/drivers/badge.hpp>
 #include <reflow/drivers/serial_port.hpp>
 
+#include "files.hpp"
 #include "replay_key_source.hpp"
 #include "temp_dir.hpp"
 
@@ -207,6 +208,31 @@ TEST_F(BadgeTest, TableIsOptionalAndItsErrorsNameFileLineAndKey) {
   EXPECT_EQ((*ok)->window, 2min);
   EXPECT_EQ((*ok)->provider, "org:fablab");
   EXPECT_EQ((*ok)->secret_file, m_dir / "site-secret");
+}
+
+TEST_F(BadgeTest, RecentBadgesSurviveARestartUntilForgotten) {
+  {
+    auto a = open(2min);
+    ASSERT_TRUE(a);
+    a->on_card("0415A3B2C1", k_t0);
+  }
+  // The agent restarts: the badge just before still makes the next session ada's.
+  {
+    auto a = open(2min);
+    ASSERT_TRUE(a);
+    auto who = a->for_session(k_t0 + 60'000);
+    ASSERT_TRUE(who);
+    EXPECT_EQ(who->handle, "ada");
+    // The kept file names the member, not the card.
+    const std::string kept = reflow_test::read_text(m_dir / "state" / "badges.json");
+    EXPECT_NE(kept.find("\"handle\":\"ada\""), std::string::npos) << kept;
+    EXPECT_EQ(kept.find(m_ada), std::string::npos) << kept;
+    EXPECT_EQ(kept.find("0415"), std::string::npos) << kept;
+    a->forget_badges();  // the board rebooted: its clock starts again
+  }
+  auto a = open(2min);
+  ASSERT_TRUE(a);
+  EXPECT_FALSE(a->for_session(k_t0 + 60'000));
 }
 
 TEST_F(BadgeTest, SessionWithinTheWindowAfterAKnownBadgeIsTheMembers) {

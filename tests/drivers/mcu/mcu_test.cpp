@@ -393,7 +393,7 @@ TEST_F(McuBadgeTest, BoardBadgeThenUseMakesTheMemberReceiverOfUseAndConsume) {
   EXPECT_EQ(m_board.ack(), 4U);
 
   const auto events = sink.fields();
-  ASSERT_EQ(events.size(), 4U);
+  ASSERT_EQ(events.size(), 5U);
   EXPECT_EQ(events[0]["action"], "use");
   EXPECT_EQ(events[0]["provider"], "org:fablab");
   EXPECT_EQ(events[0]["receiver"], "person:ada");
@@ -416,6 +416,13 @@ TEST_F(McuBadgeTest, BoardBadgeThenUseMakesTheMemberReceiverOfUseAndConsume) {
   ASSERT_TRUE(secret);
   EXPECT_EQ((*unknown)->hash, badge_hash(*secret, "0102030405"));
   EXPECT_EQ((*unknown)->seen_at, format_rfc3339_ms(k_start_unix_ms + 790'000));
+  // …and recorded as an event for the node's `reflow-ingest members` (PROTOCOL §4.1).
+  EXPECT_EQ(events[4]["action"], "cite");
+  EXPECT_EQ(events[4]["resourceInventoriedAs"], "machine:saw-01");
+  EXPECT_EQ(events[4]["hasPointInTime"], (*unknown)->seen_at);
+  EXPECT_EQ(events[4]["meta"]["badge"], "unknown");
+  EXPECT_EQ(events[4]["meta"]["badge_hash"], (*unknown)->hash);
+  EXPECT_FALSE(events[4].contains("receiver"));
   for (const auto& e : events)
     EXPECT_EQ(e.dump().find("0a1b2c3d4e"), std::string::npos);
 }

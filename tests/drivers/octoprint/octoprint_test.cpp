@@ -19,11 +19,13 @@
 #include <reflow/device/config.hpp>
 #include <reflow/device/driver.hpp>
 #include <reflow/drivers/driver_state.hpp>
+#include <reflow/drivers/members.hpp>
 #include <reflow/drivers/valueflows.hpp>
 
 #include "capturing_sink.hpp"
 #include "files.hpp"
 #include "http_replay.hpp"
+#include "pty.hpp"
 #include "temp_dir.hpp"
 
 namespace agent {
@@ -39,6 +41,7 @@ const std::filesystem::path k_testdata =
     std::filesystem::path(REFLOW_SOURCE_DIR) / "drivers" / "octoprint" / "testdata";
 
 using reflow_test::read_text;
+using reflow_test::write_text;
 
 using reflow_test::CapturingSink;
 
@@ -280,6 +283,79 @@ TEST_F(OctoPrintDriverTest, CorruptStateRefusesToStartRatherThanGuess) {
   ASSERT_FALSE(started);
   EXPECT_EQ(started.error().code, ErrorCode::corruption);
   EXPECT_NE(started.error().message.find("state.json"), std::string::npos);
+}
+
+TEST_F(OctoPrintDriverTest, AJobStartedAfterAMembersBadgeAtThePrinterIsTheirs) {
+  // An RDM6300 beside the printer (a real pseudo-terminal); ada is enrolled by the keyed hash of
+  // her card. The replayed OctoPrint prints a job that started 16 min 40 s before her badge
+  // (nobody's), then one that starts 25 s after it (hers: within the 10 min window).
+  reflow_test::Pty reader;
+  ASSERT_TRUE(reader.ok());
+  auto secret = load_or_create_site_secret(site_secret_path(m_state.path()));
+  ASSERT_TRUE(secret) << secret.error().message;
+  write_text(m_state / "members.toml",
+             fmt::format("[[member]]\nhandle = \"ada\"\nagent = \"person:ada\"\nbadges = "
+                         "[\"{}\"]\n",
+                         badge_hash(*secret, "0415A3B2C1")));
+  m_server = std::make_unique<reflow_test::HttpReplayServer>(k_testdata / "restart_between_jobs" /
+                                                             "script.json");
+  auto config = parse_config(
+      fmt::format("[agent]\ndevice_id = \"test-01\"\nkey_file = \"/tmp/k\"\ndata_dir = \"{}\"\n"
+                  "[members]\nfile = \"{}\"\nprovider = \"org:fablab\"\n\n"
+                  "[[driver]]\nkind = \"octoprint\"\nname = \"mk3\"\nurl = \"{}/\"\n"
+                  "api_key = \"A1B2C3D4E5\"\nresource = \"printer:mk3-01\"\n"
+                  "poll_interval = \"10s\"\nmax_backoff = \"40s\"\n"
+                  "filament = \"spool:pla-black-01\"\n"
+                  "[driver.badge]\nsource = \"serial\"\ndevice = \"{}\"\nwindow = \"10m\"\n",
+                  m_state.path().string(), (m_state / "members.toml").string(), m_server->url(),
+                  reader.name()),
+      "test.toml");
+  ASSERT_TRUE(config) << config.error().message;
+  auto driver = octoprint_driver_kind().create(config->drivers.at(0), m_env, m_log);
+  ASSERT_TRUE(driver) << driver.error().message;
+  m_driver = std::move(*driver);
+  CapturingSink sink;
+  const std::size_t before = m_server->requests().size();
+  ASSERT_TRUE(m_driver->start(sink, m_state.path()));
+  wait_until([&] { return evidence() > before; });
+  ASSERT_TRUE(m_env.wait_for_sleepers(1));
+  const auto state_has = [&](std::string_view text) {
+    return m_driver->health().state.find(text) != std::string::npos;
+  };
+  wait_until([&] { return state_has("reader open"); });
+  // STX, the card's 10 hex digits, their XOR checksum, ETX (RDM6300 datasheet).
+  ASSERT_TRUE(
+      reader.write("\x02"
+                   "0415A3B2C1"
+                   "C1\x03"));
+  wait_until([&] { return state_has("known 1"); });
+  for (const std::int64_t seconds : {10, 10, 10, 900}) {
+    poll_after(seconds);
+    if (HasFatalFailure()) return;
+  }
+  const auto health = m_driver->health();
+  m_driver->stop();
+  std::size_t hers = 0;
+  std::size_t nobodys = 0;
+  for (const auto& e : sink.fields()) {
+    const std::string process = e.value("inputOf", e.value("outputOf", ""));
+    if (process == "octoprint:mk3:job-1767225625") {
+      ++hers;
+      // The member receives the use and the filament; the makerspace provides the use.
+      const std::string action = e.value("action", "");
+      EXPECT_EQ(e.value("receiver", ""), action == "produce" ? "" : "person:ada") << e.dump();
+      EXPECT_EQ(e.value("provider", ""), action == "use" ? "org:fablab" : "") << e.dump();
+    } else {
+      ++nobodys;
+      EXPECT_FALSE(e.contains("receiver")) << e.dump();
+      EXPECT_FALSE(e.contains("provider")) << e.dump();
+    }
+    EXPECT_TRUE(vf::check_zenflows_rules(e)) << e.dump();
+  }
+  EXPECT_GT(hers, 0U);
+  EXPECT_GT(nobodys, 0U);
+  EXPECT_NE(health.state.find("sessions without badge 1, last member ada"), std::string::npos)
+      << health.state;
 }
 
 TEST_F(OctoPrintDriverTest, ConfigErrorsNameTheKey) {

@@ -16,6 +16,8 @@ namespace agent {
 inline constexpr std::string_view k_event_typ = "reflow-event+json";
 /// The `typ` of a node's signed ack (PROTOCOL §5.1).
 inline constexpr std::string_view k_ack_typ = "reflow-ack+json";
+/// The `typ` of a node's signed members list (PROTOCOL §5.3, issue 17).
+inline constexpr std::string_view k_members_typ = "reflow-members+json";
 
 /// base64url without padding (RFC 7515 §2, RFC 4648 §5), through libsodium.
 std::string base64url_encode(std::span<const std::uint8_t> bytes);

@@ -69,6 +69,12 @@ class NodeSigner {
   /// one JSON object on one line.
   nlohmann::ordered_json sign_ack(const AckStatement& statement) const;
 
+  /// A JWS of `payload` under the base64url protected header `protected_b64` (which names this
+  /// key's kid and a `typ`): for the node's other signed statements (members_list.hpp).
+  agent::Jws sign_raw(std::string_view protected_b64, std::string_view payload) const {
+    return agent::jws_sign(m_key, protected_b64, payload);
+  }
+
  private:
   agent::DeviceKey m_key;
   std::string m_origin;

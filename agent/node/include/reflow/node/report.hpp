@@ -147,4 +147,36 @@ std::string format_maintenance_csv(const std::vector<MaintenanceRow>& rows);
 /// {"time","note"}|null,"interval_hours"|null,"hours_left"|null,"overdue"}.
 nlohmann::ordered_json maintenance_json(const MaintenanceRow& row);
 
+/// `reflow-ingest members`: the unknown cards machines saw recently, for enrolment (issue 17).
+/// An unknown card is the event a badge driver emits when a card's keyed hash is in no member's
+/// badges (PROTOCOL §4.1): a `cite` of the machine (resourceInventoriedAs) at hasPointInTime with
+/// meta {"badge": "unknown", "badge_hash": HASH}. The hash is the agent's keyed hash (43
+/// base64url characters; the raw card id never leaves the device): `reflow-agent members add
+/// HANDLE --badge HASH` on that device enrols it. The node does not know the device's members
+/// file, so a card enrolled since it was seen is still listed until it falls out of `since`.
+struct UnknownCardRow {
+  std::string device;
+  std::string machine;  ///< the cited resource (the machine's resource reference)
+  std::string hash;     ///< the keyed badge hash
+  std::int64_t times = 0;
+  std::int64_t first_seen_ms = 0;  ///< event time (hasPointInTime, else recorded), Unix ms
+  std::int64_t last_seen_ms = 0;
+};
+
+/// The unknown cards of `events` whose time is at or after `since_unix_ms`, one row per device,
+/// machine and hash: the most recently seen first, then by device, machine and hash. Events
+/// other than unknown-card cites, or whose hash is not 43 base64url characters, are skipped.
+std::vector<UnknownCardRow> unknown_cards(const std::vector<StoredEvent>& events,
+                                          std::int64_t since_unix_ms);
+
+/// The same over the store's confirmed `cite` events. Errors: those of Store::for_each_event.
+Result<std::vector<UnknownCardRow>> unknown_cards(Store& store, std::int64_t since_unix_ms);
+
+/// An aligned table: LAST SEEN (RFC 3339), DEVICE, MACHINE, TIMES, BADGE (the hash). "no unknown
+/// cards in the period" when `rows` is empty.
+std::string format_unknown_cards_table(const std::vector<UnknownCardRow>& rows);
+
+/// {"device","machine","badge","times","first_seen","last_seen"} (times RFC 3339).
+nlohmann::ordered_json unknown_card_json(const UnknownCardRow& row);
+
 }  // namespace ingest::report

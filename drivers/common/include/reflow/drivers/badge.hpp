@@ -104,10 +104,21 @@ struct Attribution {
 /// is left to the node's export; the node's reports key consume on `receiver`).
 void attribute(nlohmann::ordered_json& event, const Attribution& who);
 
-/// "Badge then use" for one machine: remembers the recent known badges, says whose a session is,
-/// counts what it sees and keeps the last unknown card in the driver's state directory. Loads the
-/// site secret and the members file at open(). Thread-safe (a reader thread feeds cards, the
-/// driver's thread asks about sessions, the control socket reads status()).
+/// The event of an unknown card seen at a machine, so that the node can list it for enrolment
+/// (`reflow-ingest members`; PROTOCOL §4.1): a `cite` of the machine —
+/// {"action":"cite", "resourceInventoriedAs": machine, "resourceQuantity": 1 one,
+/// "hasPointInTime": at, "inputOf": process, "note":"unknown badge", "meta": {"badge":"unknown",
+/// "badge_hash": hash}}. `hash` is the keyed hash (badge_hash), never the raw id; `process` names
+/// the sighting ("mcu:laser:boot-3-badge-800000"), as zenflows wants a cite's process
+/// (valueflows.md §2c). The node's usage report counts no use or material for it.
+nlohmann::ordered_json unknown_badge_event(std::string_view machine, std::string_view hash,
+                                           std::int64_t at_unix_ms, std::string_view process);
+
+/// "Badge then use" for one machine: remembers the recent known badges (kept in the driver's state
+/// directory as `badges.json`, so a badge just before an agent restart attributes the session
+/// after it), says whose a session is, counts what it sees and keeps the last unknown card there.
+/// Loads the site secret and the members file at open(). Thread-safe (a reader thread feeds cards,
+/// the driver's thread asks about sessions, the control socket reads status()).
 class BadgeAttribution {
  public:
   /// Loads the secret (creating it at first start) and the members file. Errors: those of
@@ -122,9 +133,12 @@ class BadgeAttribution {
   /// out of order), and at `seen_unix_ms` for the log and the last unknown card. `card_hex` is
   /// the raw id in hex: hashed here and dropped. A known card becomes the machine's current
   /// badge; an unknown one is logged (hash only), counted and saved as the last unknown card.
-  void on_card(std::string_view card_hex, std::int64_t at_ms, std::int64_t seen_unix_ms);
-  void on_card(std::string_view card_hex, std::int64_t at_unix_ms) {
-    on_card(card_hex, at_unix_ms, at_unix_ms);
+  /// Returns the keyed hash of an unknown card (for a driver that records it as an event with
+  /// unknown_badge_event), nullopt for a member's.
+  std::optional<std::string> on_card(std::string_view card_hex, std::int64_t at_ms,
+                                     std::int64_t seen_unix_ms);
+  std::optional<std::string> on_card(std::string_view card_hex, std::int64_t at_unix_ms) {
+    return on_card(card_hex, at_unix_ms, at_unix_ms);
   }
 
   /// The member of a session that began at `begin_ms` (the clock of on_card's `at_ms`): the
@@ -161,6 +175,10 @@ class BadgeAttribution {
     const Member* member = nullptr;
   };
   static constexpr std::size_t k_history = 32;
+  static constexpr const char* k_badges_file = "badges.json";
+
+  void load_history();
+  void save_history() const;
 
   const BadgeConfig m_config;
   const SiteSecret m_secret;
