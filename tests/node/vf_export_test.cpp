@@ -130,6 +130,23 @@ TEST_F(VfExportTest, MapsEventFieldsToZenflowsCreateParams) {
   EXPECT_EQ(consume["resourceInventoriedAs"], "01RESSP0010000000000000000");
 }
 
+TEST_F(VfExportTest, AnUnknownBadgesSightingStaysAtTheNode) {
+  auto events = print_job();
+  events.push_back(
+      make_event("printer-01", 3, "01JBQ9000000000000000000B3",
+                 {{"action", "cite"},
+                  {"hasPointInTime", "2026-11-01T10:00:00Z"},
+                  {"resourceInventoriedAs", "printer-mk4"},
+                  {"resourceQuantity", export_quantity(1, "one")},
+                  {"note", "unknown badge"},
+                  {"meta", {{"badge", "unknown"}, {"badge_hash", std::string(43, 'A')}}}}));
+  VfExport plan = build_vf_export(events, full_config());
+  EXPECT_TRUE(plan.missing.empty()) << describe_missing(plan.missing);
+  ASSERT_EQ(plan.requests.size(), 4u);  // the process and the job's three events, as without it
+  for (const VfRequest& request : plan.requests)
+    EXPECT_NE(request.event_id, "01JBQ9000000000000000000B3");
+}
+
 TEST_F(VfExportTest, ProduceOfAnUnknownResourceCreatesItAndLaterEventsWaitForItsId) {
   auto events = print_job();
   events.push_back(make_event("scale-01", 2, "01JBQ9000000000000000000C2",

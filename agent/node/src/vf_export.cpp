@@ -135,6 +135,8 @@ std::vector<ParsedEvent> parse_in_time_order(const std::vector<StoredEvent>& eve
     e.stored = &stored;
     e.payload = Json::parse(stored.payload, nullptr, false);
     if (!e.payload.is_object()) continue;
+    // An unknown badge's sighting (PROTOCOL §4.1) stays at the node, for enrolment.
+    if (agent::string_at(e.payload, {"meta", "badge"}) == "unknown") continue;
     e.time_unix_ms = stored.recorded_unix_ms;
     for (const char* field : {"hasPointInTime", "hasBeginning", "hasEnd"}) {
       auto text = agent::string_at(e.payload, {field});

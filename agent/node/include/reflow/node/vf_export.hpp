@@ -117,7 +117,9 @@ std::string_view vf_mutation_text(VfRequestKind kind);
 std::string vf_request_body(const VfRequest& request);
 
 /// Builds the export of `events` (any order; sent in event time order). Payloads that are not
-/// JSON objects are skipped (the store holds verified events only).
+/// JSON objects are skipped (the store holds verified events only), and so are unknown badges'
+/// sightings (`meta.badge` "unknown", PROTOCOL §4.1): they are for enrolment at the node, not
+/// economic activity, and their keyed hash names the card only to its agent.
 VfExport build_vf_export(const std::vector<StoredEvent>& events, const IngestConfig& config);
 
 /// The same over the store's events matching `filter`. Errors: those of Store::for_each_event.
