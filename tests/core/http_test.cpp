@@ -55,6 +55,13 @@ class HttpClientTest : public ::testing::Test {
   HttpClient m_client;
 };
 
+TEST(UrlEscapeTest, KeepsTheUnreservedAndPercentEncodesEveryOtherByteInUpperCase) {
+  EXPECT_EQ(agent::url_escape("AZaz09-._~"), "AZaz09-._~");
+  EXPECT_EQ(agent::url_escape("spool 3/é?&=#%"), "spool%203%2F%C3%A9%3F%26%3D%23%25");
+  EXPECT_EQ(agent::url_escape(std::string("a\0b", 3)), "a%00b");
+  EXPECT_EQ(agent::url_escape(""), "");
+}
+
 TEST_F(HttpClientTest, SendsMethodHeadersAndBodyAsGiven) {
   HttpReplayServer server(write_script(
       "script.json",

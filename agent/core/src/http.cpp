@@ -6,7 +6,11 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdint>
+#include <limits>
+#include <memory>
 #include <mutex>
+#include <new>
+#include <stdexcept>
 #include <string_view>
 
 #include <fmt/format.h>
@@ -169,6 +173,16 @@ struct EasyHandle {
 };
 
 }  // namespace
+
+std::string url_escape(std::string_view text) {
+  if (text.size() > static_cast<std::size_t>(std::numeric_limits<int>::max()))
+    throw std::length_error("url_escape: text over 2 GiB");
+  // A null handle is allowed since libcurl 7.82 (Debian 12: 7.88).
+  std::unique_ptr<char, void (*)(void*)> escaped(
+      curl_easy_escape(nullptr, text.data(), static_cast<int>(text.size())), curl_free);
+  if (!escaped) throw std::bad_alloc();
+  return std::string(escaped.get());
+}
 
 Result<long> proxy_connect_status(std::string_view proxy_host_port,
                                   std::string_view target_host_port,

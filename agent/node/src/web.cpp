@@ -7,7 +7,6 @@
 #include <sodium.h>
 
 #include <algorithm>
-#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <fstream>
@@ -17,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include <reflow/core/file_io.hpp>
+#include <reflow/core/http.hpp>
 #include <reflow/core/text.hpp>
 
 namespace ingest::web {
@@ -52,14 +52,7 @@ std::string html_escape(std::string_view text) {
 }
 
 std::string url_encode(std::string_view text) {
-  std::string out;
-  for (const unsigned char c : text) {
-    if (std::isalnum(c) != 0 || c == '-' || c == '_' || c == '.' || c == '~')
-      out += static_cast<char>(c);
-    else
-      out += fmt::format("%{:02X}", c);
-  }
-  return out;
+  return agent::url_escape(text);
 }
 
 std::optional<std::string> cookie_value(std::string_view header, std::string_view name) {

@@ -56,6 +56,12 @@ class HttpClient {
   std::unique_ptr<Impl> m_impl;
 };
 
+/// `text` percent-encoded for a URL's query value or path segment (RFC 3986 §2.1): every byte but
+/// the unreserved A-Z a-z 0-9 - . _ ~ becomes %XX (upper-case hex), with libcurl's
+/// curl_easy_escape. Throws std::bad_alloc when libcurl cannot allocate, std::length_error for
+/// text over 2 GiB (libcurl takes an int length).
+std::string url_escape(std::string_view text);
+
 /// Asks the HTTP proxy at `proxy_host_port` ("host:port") for a CONNECT tunnel (RFC 9110
 /// §9.3.6) to `target_host_port` ("host:port") with libcurl and closes it: the proxy's HTTP
 /// status, 200 when the tunnel opened, else the refusal (403 …). When it opened and `inside` is
